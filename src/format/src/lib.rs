@@ -1,0 +1,193 @@
+//! The zmtrace dump format, defined once for the writer (the recorder inside the traced process) and
+//! the reader (the offline analyzer).
+//!
+//! # Layout (version 1)
+//!
+//! ```text
+//! file    := MAGIC (8 bytes "ZMTRACE\0") VERSION (u32 LE) record*
+//! record  := kind (u8) len (u32 LE) crc32 (u32 LE, over kind and payload) payload (len bytes)
+//! ```
+//!
+//! A dump is written incrementally, one whole record per `write(2)`, so a process that dies (SIGKILL,
+//! SIGSEGV) leaves a file that is valid up to its last flush. Every record carries its own length and
+//! checksum: the reader takes every intact record, says what it could not read, and resynchronises
+//! after a damaged one.
+//!
+//! Integers in payloads are LEB128 varints unless said otherwise; strings and byte strings are a
+//! varint length followed by the bytes. The record kinds, in the order a writer usually emits them:
+//!
+//! | kind | payload |
+//! |---|---|
+//! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv |
+//! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process |
+//! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) |
+//! | [`RecordKind::Stacks`] | count, then per stack: id, frame count, frames (first absolute, then zigzag deltas) |
+//! | [`RecordKind::Events`] | stream, thread id, raw length, zstd-compressed event bytes (see [`event`]) |
+//! | [`RecordKind::Inherited`] | raw length, zstd-compressed blocks (addr, size, usable, stack) live in a forked child at birth |
+//! | [`RecordKind::Exec`] | path: the process called `execve`; its new image writes a dump of its own |
+//! | [`RecordKind::End`] | how the process ended and the recorder's own counters ([`End`]) |
+//!
+//! Stacks are interned: an event names its stack by id, and the `Stacks` record defining an id is
+//! written before the first `Events` record that uses it. Stack frames are raw return addresses
+//! (the first one is the return address into the allocating function's caller chain, innermost
+//! first); symbolization happens offline against the `Module` records.
+//!
+//! Events carry a process-wide sequence number taken from one atomic counter: a free is numbered
+//! before the real `free` runs and an allocation after the real `malloc` returns, so sorting by it
+//! gives an order in which an address is never handed out twice without a free between.
+
+pub mod event;
+pub mod read;
+pub mod varint;
+pub mod write;
+
+pub use event::{AllocKind, Event, EventKind};
+pub use read::{Dump, ReadError};
+
+/// The first eight bytes of every dump.
+pub const MAGIC: &[u8; 8] = b"ZMTRACE\0";
+/// The format version this crate writes and the newest it reads.
+pub const VERSION: u32 = 1;
+/// Bytes before the first record: magic and version.
+pub const FILE_HEADER_LEN: usize = 12;
+/// Bytes of a record header: kind, length, crc32.
+pub const RECORD_HEADER_LEN: usize = 9;
+/// No record is larger than this; a larger length field means a damaged record.
+pub const MAX_RECORD_LEN: usize = 1 << 30;
+
+/// The kind byte of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    Process = 1,
+    Module = 2,
+    ModuleGone = 3,
+    Stacks = 4,
+    Events = 5,
+    Inherited = 6,
+    Exec = 7,
+    End = 8,
+}
+
+impl RecordKind {
+    pub fn from_u8(b: u8) -> Option<RecordKind> {
+        Some(match b {
+            1 => RecordKind::Process,
+            2 => RecordKind::Module,
+            3 => RecordKind::ModuleGone,
+            4 => RecordKind::Stacks,
+            5 => RecordKind::Events,
+            6 => RecordKind::Inherited,
+            7 => RecordKind::Exec,
+            8 => RecordKind::End,
+            _ => return None,
+        })
+    }
+}
+
+/// How a traced process came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Started by `zmtrace run` or with `LD_PRELOAD` set.
+    Start,
+    /// A child of `fork`: its dump starts with the blocks it inherited.
+    Fork,
+    /// A new image after `execve` in an already traced process.
+    Exec,
+}
+
+/// The `Process` record: who this dump is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub origin: Origin,
+    /// For a forked child: the parent's pid (whose dump holds the events before the fork).
+    pub parent_pid: u32,
+    /// For a forked child: the parent's sequence counter at the fork.
+    pub fork_seq: u64,
+    pub start_unix_ns: u64,
+    /// The `ZMTRACE_SESSION` token of the `zmtrace run` that started the process tree.
+    pub session: String,
+    pub exe: String,
+    pub argv: Vec<String>,
+}
+
+/// A module (executable or shared library) mapped into the process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Module {
+    /// Load bias: the difference between the addresses in the process and in the file.
+    pub base: u64,
+    pub path: String,
+    pub build_id: Vec<u8>,
+    /// The address ranges of its `PT_LOAD` segments, in the process.
+    pub segments: Vec<(u64, u64)>,
+}
+
+/// A block live in a forked child at birth, inherited from the parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub addr: u64,
+    pub size: u64,
+    pub usable: u64,
+    pub stack: u32,
+}
+
+/// How the traced process ended, as far as the recorder saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// `exit` or a return from `main` (the library destructors ran).
+    Exit,
+    /// `_exit` or `_Exit`.
+    UnderscoreExit,
+    /// `abort`.
+    Abort,
+    /// `execve` succeeded; the new image writes its own dump.
+    Exec,
+    /// The recorder stopped because it could not write the dump (full disk, I/O error).
+    WriteError,
+}
+
+impl EndReason {
+    pub fn from_u8(b: u8) -> Option<EndReason> {
+        Some(match b {
+            0 => EndReason::Exit,
+            1 => EndReason::UnderscoreExit,
+            2 => EndReason::Abort,
+            3 => EndReason::Exec,
+            4 => EndReason::WriteError,
+            _ => return None,
+        })
+    }
+    pub fn describe(self) -> &'static str {
+        match self {
+            EndReason::Exit => "exit",
+            EndReason::UnderscoreExit => "_exit",
+            EndReason::Abort => "abort",
+            EndReason::Exec => "exec",
+            EndReason::WriteError => "recording stopped on a write error",
+        }
+    }
+}
+
+/// The `End` record: the last record of a dump whose process ended normally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct End {
+    pub reason: EndReason,
+    /// Exit status where known (from `_exit`), else -1.
+    pub status: i32,
+    /// Events the recorder wrote (must equal the events in the dump).
+    pub events: u64,
+    /// Events lost: produced after the final flush (threads still running at exit) or while the
+    /// dump could not be written.
+    pub dropped: u64,
+    /// `free`/`realloc` of addresses the recorder never saw allocated (e.g. from before it started).
+    pub untracked_frees: u64,
+    /// `free(NULL)` calls: no block, no event, but counted.
+    pub free_null: u64,
+    /// Stacks cut at the depth limit or where the unwinder found no unwind information.
+    pub truncated_stacks: u64,
+    /// With `ZMTRACE_UNWIND=compare`: stacks captured by both unwinders, and how many differed.
+    pub compared_stacks: u64,
+    pub mismatched_stacks: u64,
+}

@@ -1,0 +1,479 @@
+//! Reading a dump: every intact record is taken, damage is skipped and reported in
+//! [`Dump::warnings`], and nothing in the data can make the reader panic.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::event::decode_events;
+use crate::varint::{unzigzag, Cursor, Malformed};
+use crate::{
+    Block, End, EndReason, Event, Module, Origin, Process, RecordKind, FILE_HEADER_LEN, MAGIC,
+    MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION,
+};
+
+/// Why a file could not be read as a dump at all.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(PathBuf, std::io::Error),
+    IsDirectory(PathBuf),
+    Empty(PathBuf),
+    NotADump(PathBuf),
+    FutureVersion(PathBuf, u32),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            ReadError::IsDirectory(p) => {
+                write!(f, "{} is a directory, not a zmtrace dump", p.display())
+            }
+            ReadError::Empty(p) => write!(f, "{} is empty: no dump was written", p.display()),
+            ReadError::NotADump(p) => {
+                write!(f, "{} is not a zmtrace dump (bad magic)", p.display())
+            }
+            ReadError::FutureVersion(p, v) => write!(
+                f,
+                "{} is a version {v} dump; this zmtrace reads versions up to {VERSION}: upgrade zmtrace",
+                p.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Everything read from one dump.
+#[derive(Debug, Default)]
+pub struct Dump {
+    pub path: PathBuf,
+    pub version: u32,
+    pub file_len: u64,
+    pub process: Option<Process>,
+    /// Modules in the order they were recorded (a module unloaded later is still listed).
+    pub modules: Vec<Module>,
+    /// Load biases of modules recorded as unloaded.
+    pub modules_gone: Vec<u64>,
+    pub stacks: HashMap<u32, Vec<u64>>,
+    /// All events, sorted by sequence number.
+    pub events: Vec<Event>,
+    /// Blocks a forked child inherited from its parent.
+    pub inherited: Vec<Block>,
+    /// Set when the process called `execve` (the path).
+    pub exec: Option<String>,
+    /// Absent when the process did not end normally (crash, SIGKILL) or the dump is cut short.
+    pub end: Option<End>,
+    /// Number of records read intact.
+    pub records: u64,
+    /// Bytes that could not be read (damaged or cut-off records).
+    pub bytes_lost: u64,
+    /// One line per problem met while reading.
+    pub warnings: Vec<String>,
+}
+
+impl Dump {
+    /// Reads a dump from a file.
+    pub fn open(path: &Path) -> Result<Dump, ReadError> {
+        if path.is_dir() {
+            return Err(ReadError::IsDirectory(path.to_owned()));
+        }
+        let data = std::fs::read(path).map_err(|e| ReadError::Io(path.to_owned(), e))?;
+        Dump::from_bytes(path, &data)
+    }
+
+    /// Reads only the first record (the process record), cheaply: used to pick the dumps that
+    /// belong to one run out of a directory.
+    pub fn peek_process(path: &Path) -> Option<Process> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).ok()?;
+        let mut head = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(_) => return None,
+            }
+        }
+        head.truncate(n);
+        if n < FILE_HEADER_LEN + RECORD_HEADER_LEN || &head[..8] != MAGIC {
+            return None;
+        }
+        let (kind, payload) = record_at(&head, FILE_HEADER_LEN)?;
+        if kind != RecordKind::Process {
+            return None;
+        }
+        parse_process(payload).ok()
+    }
+
+    /// Reads a dump already in memory. `path` is only used in messages.
+    pub fn from_bytes(path: &Path, data: &[u8]) -> Result<Dump, ReadError> {
+        if data.is_empty() {
+            return Err(ReadError::Empty(path.to_owned()));
+        }
+        let magic_len = data.len().min(MAGIC.len());
+        if data[..magic_len] != MAGIC[..magic_len] {
+            return Err(ReadError::NotADump(path.to_owned()));
+        }
+        let mut dump = Dump {
+            path: path.to_owned(),
+            file_len: data.len() as u64,
+            ..Dump::default()
+        };
+        if data.len() < FILE_HEADER_LEN {
+            dump.bytes_lost = data.len() as u64;
+            dump.warnings.push(format!(
+                "truncated: the file ends inside its {FILE_HEADER_LEN}-byte header ({} bytes)",
+                data.len()
+            ));
+            return Ok(dump);
+        }
+        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
+        if version > VERSION {
+            return Err(ReadError::FutureVersion(path.to_owned(), version));
+        }
+        dump.version = version;
+
+        let mut pos = FILE_HEADER_LEN;
+        while pos < data.len() {
+            let rest = data.len() - pos;
+            if let Some((kind, payload)) = record_at(data, pos) {
+                if let Err(Malformed) = dump.take_record(kind, payload) {
+                    dump.warnings.push(format!(
+                        "malformed {kind:?} record at offset {pos}: part of it was skipped"
+                    ));
+                }
+                dump.records += 1;
+                pos += RECORD_HEADER_LEN + payload.len();
+                continue;
+            }
+            // Not an intact record here. A record that runs past the end of the file is the
+            // normal shape of a dump cut short by a crash or a kill.
+            if rest < RECORD_HEADER_LEN || plausible_cut_record(data, pos) {
+                dump.bytes_lost += rest as u64;
+                dump.warnings.push(format!(
+                    "truncated: the last {rest} bytes (offset {pos}) are an incomplete record"
+                ));
+                break;
+            }
+            // Damage: skip to the next intact record, if any.
+            let next = (pos + 1..data.len()).find(|&p| record_at(data, p).is_some());
+            let end = next.unwrap_or(data.len());
+            dump.bytes_lost += (end - pos) as u64;
+            dump.warnings.push(format!(
+                "corrupt data at offset {pos}: {} bytes skipped{}",
+                end - pos,
+                if next.is_some() {
+                    ""
+                } else {
+                    " (to the end of the file)"
+                }
+            ));
+            pos = end;
+        }
+        if dump.process.is_none() {
+            dump.warnings
+                .push("the process record is missing: who was traced is unknown".into());
+        }
+        dump.events.sort_by_key(|e| e.seq);
+        Ok(dump)
+    }
+
+    /// True when the dump holds everything the process did: it ended through `exit`, `_exit`,
+    /// `abort` or `exec`, and nothing was lost in between.
+    pub fn is_complete(&self) -> bool {
+        self.bytes_lost == 0
+            && matches!(self.end, Some(e) if e.dropped == 0 && e.reason != EndReason::WriteError)
+    }
+
+    /// One line on how the recorded process ended, for people.
+    pub fn ending(&self) -> String {
+        match self.end {
+            Some(e) if e.reason == EndReason::UnderscoreExit => {
+                format!("ended normally (_exit({}))", e.status)
+            }
+            Some(e) => format!("ended normally ({})", e.reason.describe()),
+            None => "did not end normally: the process crashed or was killed, or the dump was cut \
+                     short; events after its last flush are missing"
+                .into(),
+        }
+    }
+
+    fn take_record(&mut self, kind: RecordKind, payload: &[u8]) -> Result<(), Malformed> {
+        let mut c = Cursor::new(payload);
+        match kind {
+            RecordKind::Process => self.process = Some(parse_process(payload)?),
+            RecordKind::Module => {
+                let base = c.uvarint()?;
+                let path = c.string()?;
+                let build_id = c.bytes()?.to_vec();
+                let n = c.uvarint()?;
+                let mut segments = Vec::new();
+                for _ in 0..n {
+                    segments.push((c.uvarint()?, c.uvarint()?));
+                }
+                self.modules.push(Module {
+                    base,
+                    path,
+                    build_id,
+                    segments,
+                });
+            }
+            RecordKind::ModuleGone => self.modules_gone.push(c.uvarint()?),
+            RecordKind::Stacks => {
+                let n = c.uvarint()?;
+                for _ in 0..n {
+                    let id = c.u32()?;
+                    let len = c.uvarint()?;
+                    let mut frames = Vec::with_capacity(len.min(1024) as usize);
+                    let mut prev = 0u64;
+                    for i in 0..len {
+                        let v = c.uvarint()?;
+                        prev = if i == 0 {
+                            v
+                        } else {
+                            prev.wrapping_add(unzigzag(v) as u64)
+                        };
+                        frames.push(prev);
+                    }
+                    self.stacks.insert(id, frames);
+                }
+            }
+            RecordKind::Events => {
+                let _stream = c.u32()?;
+                let tid = c.u32()?;
+                let raw = decompress(c.uvarint()?, c.rest())?;
+                decode_events(&raw, tid, &mut self.events)?;
+            }
+            RecordKind::Inherited => {
+                let raw = decompress(c.uvarint()?, c.rest())?;
+                let mut c = Cursor::new(&raw);
+                while !c.is_empty() {
+                    self.inherited.push(Block {
+                        addr: c.uvarint()?,
+                        size: c.uvarint()?,
+                        usable: c.uvarint()?,
+                        stack: c.u32()?,
+                    });
+                }
+            }
+            RecordKind::Exec => self.exec = Some(c.string()?),
+            RecordKind::End => {
+                let reason = EndReason::from_u8(c.u8()?).ok_or(Malformed)?;
+                let status = unzigzag(c.uvarint()?) as i32;
+                let mut v = [0u64; 7];
+                for x in &mut v {
+                    *x = c.uvarint()?;
+                }
+                self.end = Some(End {
+                    reason,
+                    status,
+                    events: v[0],
+                    dropped: v[1],
+                    untracked_frees: v[2],
+                    free_null: v[3],
+                    truncated_stacks: v[4],
+                    compared_stacks: v[5],
+                    mismatched_stacks: v[6],
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decompress(raw_len: u64, data: &[u8]) -> Result<Vec<u8>, Malformed> {
+    // The length comes from a checksummed record, but bound it anyway: a damaged length must not
+    // make the reader reserve gigabytes.
+    if raw_len > 64 * MAX_RECORD_LEN as u64 {
+        return Err(Malformed);
+    }
+    let out = zstd::bulk::decompress(data, raw_len as usize).map_err(|_| Malformed)?;
+    if out.len() as u64 != raw_len {
+        return Err(Malformed);
+    }
+    Ok(out)
+}
+
+fn parse_process(payload: &[u8]) -> Result<Process, Malformed> {
+    let mut c = Cursor::new(payload);
+    let pid = c.u32()?;
+    let ppid = c.u32()?;
+    let origin = match c.u8()? {
+        0 => Origin::Start,
+        1 => Origin::Fork,
+        2 => Origin::Exec,
+        _ => return Err(Malformed),
+    };
+    let parent_pid = c.u32()?;
+    let fork_seq = c.uvarint()?;
+    let start_unix_ns = c.uvarint()?;
+    let session = c.string()?;
+    let exe = c.string()?;
+    let n = c.uvarint()?;
+    let mut argv = Vec::new();
+    for _ in 0..n {
+        argv.push(c.string()?);
+    }
+    Ok(Process {
+        pid,
+        ppid,
+        origin,
+        parent_pid,
+        fork_seq,
+        start_unix_ns,
+        session,
+        exe,
+        argv,
+    })
+}
+
+/// The intact record starting at `pos`, if there is one: known kind, whole, checksum right.
+fn record_at(data: &[u8], pos: usize) -> Option<(RecordKind, &[u8])> {
+    let head = data.get(pos..pos + RECORD_HEADER_LEN)?;
+    let kind = RecordKind::from_u8(head[0])?;
+    let len = u32::from_le_bytes(head[1..5].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(head[5..9].try_into().unwrap());
+    if len > MAX_RECORD_LEN {
+        return None;
+    }
+    let start = pos + RECORD_HEADER_LEN;
+    let payload = data.get(start..start.checked_add(len)?)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&head[..1]);
+    h.update(payload);
+    (h.finalize() == crc).then_some((kind, payload))
+}
+
+/// A record header at `pos` that is sane but whose payload runs past the end of the file.
+fn plausible_cut_record(data: &[u8], pos: usize) -> bool {
+    let Some(head) = data.get(pos..pos + RECORD_HEADER_LEN) else {
+        return false;
+    };
+    let len = u32::from_le_bytes(head[1..5].try_into().unwrap()) as usize;
+    RecordKind::from_u8(head[0]).is_some()
+        && len <= MAX_RECORD_LEN
+        && pos + RECORD_HEADER_LEN + len > data.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{encode_alloc, encode_free, EventBuf};
+    use crate::{write, AllocKind};
+
+    fn sample() -> Vec<u8> {
+        let mut out = write::file_header().to_vec();
+        write::process(
+            &mut out,
+            &Process {
+                pid: 7,
+                ppid: 1,
+                origin: Origin::Start,
+                parent_pid: 0,
+                fork_seq: 0,
+                start_unix_ns: 5,
+                session: "s".into(),
+                exe: "/bin/x".into(),
+                argv: vec!["x".into(), "-y".into()],
+            },
+        );
+        let frames = [0x1000u64, 0x0fff, 0x2000];
+        write::stacks(&mut out, [(1u32, &frames[..])].into_iter());
+        let mut raw = Vec::new();
+        for i in 0..3u64 {
+            let mut b = EventBuf::default();
+            encode_alloc(
+                &mut b,
+                2 * i + 1,
+                i,
+                AllocKind::Malloc,
+                0x10 + i,
+                8,
+                24,
+                1,
+            );
+            raw.extend_from_slice(b.as_slice());
+            let mut b = EventBuf::default();
+            encode_free(&mut b, 2 * i + 2, i, 0x10 + i);
+            raw.extend_from_slice(b.as_slice());
+        }
+        let z = zstd::bulk::compress(&raw, 1).unwrap();
+        write::events(&mut out, 0, 99, raw.len(), &z);
+        write::end(
+            &mut out,
+            &End {
+                reason: EndReason::Exit,
+                status: -1,
+                events: 6,
+                dropped: 0,
+                untracked_frees: 0,
+                free_null: 2,
+                truncated_stacks: 0,
+                compared_stacks: 0,
+                mismatched_stacks: 0,
+            },
+        );
+        out
+    }
+
+    #[test]
+    fn reads_back_what_was_written() {
+        let d = Dump::from_bytes(Path::new("t"), &sample()).unwrap();
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        assert!(d.is_complete());
+        assert_eq!(d.process.as_ref().unwrap().argv, ["x", "-y"]);
+        assert_eq!(d.stacks[&1], [0x1000, 0x0fff, 0x2000]);
+        assert_eq!(d.events.len(), 6);
+        assert_eq!(d.end.unwrap().free_null, 2);
+    }
+
+    #[test]
+    fn every_truncation_reads_a_prefix_without_panicking() {
+        let full = sample();
+        for cut in 0..full.len() {
+            match Dump::from_bytes(Path::new("t"), &full[..cut]) {
+                Err(ReadError::Empty(_)) => assert_eq!(cut, 0),
+                Err(e) => panic!("cut at {cut}: {e}"),
+                Ok(d) => {
+                    assert!(d.events.len() <= 6);
+                    assert!(!d.is_complete(), "cut at {cut} claims to be complete");
+                    assert!(!d.warnings.is_empty() || d.end.is_none());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corruption_is_skipped_and_reported() {
+        let mut data = sample();
+        // Damage one byte inside the stacks record: it is lost, the rest is read.
+        data[FILE_HEADER_LEN + 60] ^= 0xff;
+        let d = Dump::from_bytes(Path::new("t"), &data).unwrap();
+        assert!(d.bytes_lost > 0);
+        assert!(d.warnings.iter().any(|w| w.contains("corrupt")));
+        assert!(d.end.is_some());
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_dump() {
+        let future = {
+            let mut d = sample();
+            d[8] = 99;
+            d
+        };
+        assert!(matches!(
+            Dump::from_bytes(Path::new("t"), &future),
+            Err(ReadError::FutureVersion(_, 99))
+        ));
+        assert!(matches!(
+            Dump::from_bytes(Path::new("t"), b"hello world, not a dump"),
+            Err(ReadError::NotADump(_))
+        ));
+        assert!(matches!(
+            Dump::open(Path::new("/")),
+            Err(ReadError::IsDirectory(_))
+        ));
+    }
+}

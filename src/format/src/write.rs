@@ -1,0 +1,137 @@
+//! Building records. The recorder calls these off the hot path (on its writer thread or while
+//! flushing), with its own heap, so they may allocate.
+
+use crate::varint::{put_bytes, put_uvarint, zigzag};
+use crate::{Block, End, Module, Origin, Process, RecordKind, MAGIC, VERSION};
+
+/// The bytes every dump starts with.
+pub fn file_header() -> [u8; crate::FILE_HEADER_LEN] {
+    let mut h = [0u8; crate::FILE_HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+/// Appends one framed record (header, checksum, payload) to `out`.
+pub fn record(out: &mut Vec<u8>, kind: RecordKind, payload: &[u8]) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[kind as u8]);
+    crc.update(payload);
+    out.push(kind as u8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+pub fn process(out: &mut Vec<u8>, p: &Process) {
+    let mut b = Vec::new();
+    put_uvarint(&mut b, u64::from(p.pid));
+    put_uvarint(&mut b, u64::from(p.ppid));
+    b.push(match p.origin {
+        Origin::Start => 0,
+        Origin::Fork => 1,
+        Origin::Exec => 2,
+    });
+    put_uvarint(&mut b, u64::from(p.parent_pid));
+    put_uvarint(&mut b, p.fork_seq);
+    put_uvarint(&mut b, p.start_unix_ns);
+    put_bytes(&mut b, p.session.as_bytes());
+    put_bytes(&mut b, p.exe.as_bytes());
+    put_uvarint(&mut b, p.argv.len() as u64);
+    for a in &p.argv {
+        put_bytes(&mut b, a.as_bytes());
+    }
+    record(out, RecordKind::Process, &b);
+}
+
+pub fn module(out: &mut Vec<u8>, m: &Module) {
+    let mut b = Vec::new();
+    put_uvarint(&mut b, m.base);
+    put_bytes(&mut b, m.path.as_bytes());
+    put_bytes(&mut b, &m.build_id);
+    put_uvarint(&mut b, m.segments.len() as u64);
+    for &(s, e) in &m.segments {
+        put_uvarint(&mut b, s);
+        put_uvarint(&mut b, e);
+    }
+    record(out, RecordKind::Module, &b);
+}
+
+pub fn module_gone(out: &mut Vec<u8>, base: u64) {
+    let mut b = Vec::new();
+    put_uvarint(&mut b, base);
+    record(out, RecordKind::ModuleGone, &b);
+}
+
+/// One `Stacks` record for a batch of newly interned stacks.
+pub fn stacks<'a>(out: &mut Vec<u8>, stacks: impl ExactSizeIterator<Item = (u32, &'a [u64])>) {
+    let mut b = Vec::new();
+    put_uvarint(&mut b, stacks.len() as u64);
+    for (id, frames) in stacks {
+        put_uvarint(&mut b, u64::from(id));
+        put_uvarint(&mut b, frames.len() as u64);
+        let mut prev = 0u64;
+        for (i, &f) in frames.iter().enumerate() {
+            if i == 0 {
+                put_uvarint(&mut b, f);
+            } else {
+                put_uvarint(&mut b, zigzag(f.wrapping_sub(prev) as i64));
+            }
+            prev = f;
+        }
+    }
+    record(out, RecordKind::Stacks, &b);
+}
+
+/// An `Events` record: `raw` is the encoded events of one thread, `compressed` its zstd frame.
+pub fn events(out: &mut Vec<u8>, stream: u32, tid: u32, raw_len: usize, compressed: &[u8]) {
+    let mut b = Vec::with_capacity(compressed.len() + 16);
+    put_uvarint(&mut b, u64::from(stream));
+    put_uvarint(&mut b, u64::from(tid));
+    put_uvarint(&mut b, raw_len as u64);
+    b.extend_from_slice(compressed);
+    record(out, RecordKind::Events, &b);
+}
+
+/// Encodes inherited blocks (before compression) for an `Inherited` record.
+pub fn inherited_raw(blocks: impl Iterator<Item = Block>) -> Vec<u8> {
+    let mut b = Vec::new();
+    for blk in blocks {
+        put_uvarint(&mut b, blk.addr);
+        put_uvarint(&mut b, blk.size);
+        put_uvarint(&mut b, blk.usable);
+        put_uvarint(&mut b, u64::from(blk.stack));
+    }
+    b
+}
+
+pub fn inherited(out: &mut Vec<u8>, raw_len: usize, compressed: &[u8]) {
+    let mut b = Vec::with_capacity(compressed.len() + 8);
+    put_uvarint(&mut b, raw_len as u64);
+    b.extend_from_slice(compressed);
+    record(out, RecordKind::Inherited, &b);
+}
+
+pub fn exec(out: &mut Vec<u8>, path: &str) {
+    let mut b = Vec::new();
+    put_bytes(&mut b, path.as_bytes());
+    record(out, RecordKind::Exec, &b);
+}
+
+pub fn end(out: &mut Vec<u8>, e: &End) {
+    let mut b = Vec::new();
+    b.push(e.reason as u8);
+    put_uvarint(&mut b, zigzag(i64::from(e.status)));
+    for v in [
+        e.events,
+        e.dropped,
+        e.untracked_frees,
+        e.free_null,
+        e.truncated_stacks,
+        e.compared_stacks,
+        e.mismatched_stacks,
+    ] {
+        put_uvarint(&mut b, v);
+    }
+    record(out, RecordKind::End, &b);
+}
