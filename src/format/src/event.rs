@@ -171,6 +171,33 @@ pub fn encode_failed(b: &mut EventBuf, seq: u64, ts: u64, kind: AllocKind, size:
     b.uvarint(u64::from(stack));
 }
 
+/// Counts the whole events in `data` without decoding them (the writer's tally for the `End`
+/// record). Stops at the first malformed byte.
+pub fn count_events(data: &[u8]) -> u64 {
+    let mut c = Cursor::new(data);
+    let mut n = 0;
+    let skip = |c: &mut Cursor, k: usize| -> Result<(), Malformed> {
+        for _ in 0..k {
+            c.uvarint()?;
+        }
+        Ok(())
+    };
+    while !c.is_empty() {
+        let ok = match c.u8() {
+            Ok(TAG_ALLOC) => skip(&mut c, 2).and_then(|_| c.u8()).and_then(|_| skip(&mut c, 4)),
+            Ok(TAG_FREE) => skip(&mut c, 3),
+            Ok(TAG_REALLOC) => skip(&mut c, 7),
+            Ok(TAG_FAILED) => skip(&mut c, 2).and_then(|_| c.u8()).and_then(|_| skip(&mut c, 2)),
+            _ => Err(Malformed),
+        };
+        if ok.is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Decodes the events of one `Events` record into `out`. On malformed input it keeps the events
 /// before the damage and returns the error.
 pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), Malformed> {
@@ -257,6 +284,7 @@ mod tests {
         );
         assert_eq!(out[3].kind, EventKind::Free { addr: u64::MAX });
         assert!(out.iter().all(|e| e.tid == 42));
+        assert_eq!(count_events(&raw), 4);
 
         // A cut in the middle keeps the whole events before it.
         let mut out = Vec::new();

@@ -1,1 +1,354 @@
+//! `libzmtrace.so`: the `LD_PRELOAD` front end of the recorder.
+//!
+//! Each exported hook is a few lines: make sure the next allocator in the chain is known, call it,
+//! hand what happened to the recorder. "Next" is `dlsym(RTLD_NEXT, …)`, so a program linked with
+//! jemalloc keeps jemalloc (going to `__libc_malloc` instead would move it onto glibc's heap while
+//! its `mallctl` still talks to jemalloc).
+//!
+//! The library's own Rust heap (maps, stacks, buffers) is glibc's, reached through `__libc_*`
+//! directly: it never passes through the hooks, so it is neither traced nor mixed into the
+//! program's allocator.
 
+mod real;
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use real::{next, pool_contains, pool_usable_size, Next};
+use zmtrace_recorder::{self as rec, AllocKind, EndReason, FrontEnd};
+
+// ---- the library's own heap ------------------------------------------------------------------
+
+extern "C" {
+    fn __libc_malloc(size: usize) -> *mut c_void;
+    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
+    fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
+    fn __libc_free(p: *mut c_void);
+    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
+}
+
+struct OwnHeap;
+
+unsafe impl std::alloc::GlobalAlloc for OwnHeap {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        if l.align() <= 16 {
+            __libc_malloc(l.size()).cast()
+        } else {
+            __libc_memalign(l.align(), l.size()).cast()
+        }
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        if l.align() <= 16 {
+            __libc_calloc(1, l.size()).cast()
+        } else {
+            let p = self.alloc(l);
+            if !p.is_null() {
+                std::ptr::write_bytes(p, 0, l.size());
+            }
+            p
+        }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, _: std::alloc::Layout) {
+        __libc_free(p.cast())
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        if l.align() <= 16 {
+            __libc_realloc(p.cast(), new).cast()
+        } else {
+            let q = self.alloc(std::alloc::Layout::from_size_align_unchecked(new, l.align()));
+            if !q.is_null() {
+                std::ptr::copy_nonoverlapping(p, q, l.size().min(new));
+                self.dealloc(p, l);
+            }
+            q
+        }
+    }
+}
+
+#[global_allocator]
+static OWN_HEAP: OwnHeap = OwnHeap;
+
+// ---- set-up and tear-down --------------------------------------------------------------------
+
+unsafe fn usable_size(p: *mut u8) -> usize {
+    match next() {
+        Some(n) => (n.usable_size)(p.cast()),
+        None => 0,
+    }
+}
+
+fn marker() {}
+
+static FRONT: FrontEnd = FrontEnd {
+    usable_size,
+    own_code: marker,
+};
+
+/// Resolves the next allocator and registers with the recorder; cheap after the first call.
+#[inline(always)]
+fn ready() -> Option<&'static Next> {
+    let n = next();
+    if n.is_some() {
+        rec::set_front_end(&FRONT);
+    }
+    n
+}
+
+extern "C" fn on_load() {
+    ready();
+    rec::start_writer();
+}
+
+extern "C" fn on_unload() {
+    rec::finish(EndReason::Exit, -1);
+}
+
+// The constructor starts the writer thread once the C runtime is up; the destructor runs after
+// the program's own atexit handlers and destructors, so their frees are in the dump.
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = on_load;
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = on_unload;
+
+// ---- the allocator hooks ---------------------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    let Some(n) = ready() else {
+        return real::pool_alloc(size, 16);
+    };
+    let p = (n.malloc)(size);
+    rec::on_alloc(AllocKind::Malloc, p.cast(), size);
+    p
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
+    let Some(n) = ready() else {
+        // dlsym asks for memory while we look the allocator up: the static pool is zeroed.
+        return match count.checked_mul(size) {
+            Some(total) => real::pool_alloc(total, 16),
+            None => std::ptr::null_mut(),
+        };
+    };
+    let p = (n.calloc)(count, size);
+    rec::on_alloc(
+        AllocKind::Calloc,
+        p.cast(),
+        count.checked_mul(size).unwrap_or(usize::MAX),
+    );
+    p
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn realloc(old: *mut c_void, size: usize) -> *mut c_void {
+    do_realloc(old, size, AllocKind::Realloc)
+}
+
+unsafe fn do_realloc(old: *mut c_void, size: usize, kind: AllocKind) -> *mut c_void {
+    if pool_contains(old) {
+        // A start-up block: move it to the real heap, never free it (it is not the heap's).
+        let new = malloc(size);
+        if !new.is_null() {
+            std::ptr::copy_nonoverlapping(
+                old.cast::<u8>(),
+                new.cast::<u8>(),
+                pool_usable_size(old).min(size),
+            );
+        }
+        return new;
+    }
+    let Some(n) = ready() else {
+        return real::pool_alloc(size, 16);
+    };
+    if old.is_null() {
+        let p = (n.realloc)(old, size);
+        rec::on_alloc(kind, p.cast(), size);
+        return p;
+    }
+    let tok = rec::realloc_begin(old.cast());
+    let p = (n.realloc)(old, size);
+    rec::realloc_end(tok, kind, p.cast(), size);
+    p
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(old: *mut c_void, count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        Some(total) => do_realloc(old, total, AllocKind::Reallocarray),
+        None => {
+            *libc::__errno_location() = libc::ENOMEM;
+            std::ptr::null_mut()
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    if pool_contains(p) {
+        return;
+    }
+    let Some(n) = ready() else { return };
+    rec::on_free(p.cast());
+    (n.free)(p);
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    if pool_contains(p) {
+        return pool_usable_size(p);
+    }
+    match ready() {
+        Some(n) if !p.is_null() => (n.usable_size)(p),
+        _ => 0,
+    }
+}
+
+unsafe fn aligned(kind: AllocKind, align: usize, size: usize) -> *mut c_void {
+    let Some(n) = ready() else {
+        return real::pool_alloc(size, align);
+    };
+    let p = (n.memalign)(align, size);
+    rec::on_alloc(kind, p.cast(), size);
+    p
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    aligned(AllocKind::Memalign, align, size)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    let Some(n) = ready() else {
+        return real::pool_alloc(size, align);
+    };
+    let p = (n.aligned_alloc)(align, size);
+    rec::on_alloc(AllocKind::AlignedAlloc, p.cast(), size);
+    p
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    aligned(AllocKind::Valloc, real::page_size(), size)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    // pvalloc rounds the size up to whole pages; built on memalign so that any allocator that
+    // has memalign serves it (jemalloc has no pvalloc, and glibc's would use the wrong heap).
+    let page = real::page_size();
+    let rounded = size.max(1).div_ceil(page).saturating_mul(page);
+    aligned(AllocKind::Pvalloc, page, rounded)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    let Some(n) = ready() else {
+        *out = real::pool_alloc(size, align);
+        return 0;
+    };
+    let rc = (n.posix_memalign)(out, align, size);
+    let p = if rc == 0 { *out } else { std::ptr::null_mut() };
+    rec::on_alloc(AllocKind::PosixMemalign, p.cast(), size);
+    rc
+}
+
+// ---- process events: exit, abort, exec, dlopen ------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn _exit(status: c_int) -> ! {
+    rec::finish(EndReason::UnderscoreExit, status);
+    (real::exit_fn(c"_exit"))(status)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
+    rec::finish(EndReason::UnderscoreExit, status);
+    (real::exit_fn(c"_Exit"))(status)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn abort() -> ! {
+    rec::finish(EndReason::Abort, -1);
+    (real::abort_fn())()
+}
+
+type ExecveFn = unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+type FexecveFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
+
+extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// Writes out the dump before the image is replaced, and makes sure the new image is traced too
+/// (its environment keeps `LD_PRELOAD` and the `ZMTRACE_*` settings) and knows it was exec'ed.
+unsafe fn exec_prepare(what: *const c_char, envp: *const *const c_char) -> real::ExecEnv {
+    let name = if what.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(what).to_string_lossy().into_owned()
+    };
+    rec::before_exec(&name);
+    real::ExecEnv::new(envp)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let env = exec_prepare(path, envp);
+    let f: ExecveFn = real::sym(c"execve");
+    f(path, argv, env.as_ptr())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    execve(path, argv, environ)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let env = exec_prepare(file, envp);
+    let f: ExecveFn = real::sym(c"execvpe");
+    f(file, argv, env.as_ptr())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    execvpe(file, argv, environ)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let env = exec_prepare(c"(fexecve)".as_ptr(), envp);
+    let f: FexecveFn = real::sym(c"fexecve");
+    f(fd, argv, env.as_ptr())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dlopen(file: *const c_char, flags: c_int) -> *mut c_void {
+    let f: unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void = real::sym(c"dlopen");
+    let h = f(file, flags);
+    rec::modules_changed();
+    h
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
+    let f: unsafe extern "C" fn(*mut c_void) -> c_int = real::sym(c"dlclose");
+    let rc = f(handle);
+    rec::modules_changed();
+    rc
+}

@@ -1,1 +1,787 @@
-pub fn _x(){}
+//! The zmtrace recorder: the part of the tracer that runs inside the traced process, shared by
+//! every front end (the `LD_PRELOAD` library today; the `zmalloc` C API and the Rust global
+//! allocator build on the same calls).
+//!
+//! A front end calls the real allocator and reports what happened:
+//! [`on_alloc`] after an allocation, [`on_free`] *before* a free (so that another thread cannot
+//! be handed the same address before the free is numbered), and [`realloc_begin`] /
+//! [`realloc_end`] around a reallocation. For each event the recorder
+//!
+//! 1. captures the call stack as raw return addresses with a cached CFI unwinder (framehop, over
+//!    the in-memory `.eh_frame_hdr`/`.eh_frame` of each module; one unwinder copy and rule cache per
+//!    thread, so no lock is taken), dropping its own frames;
+//! 2. interns the stack (identical stacks are stored once; a new one is queued for the dump);
+//! 3. updates the live set (a `dashmap` keyed by address);
+//! 4. numbers the event from one process-wide counter and appends it, varint-encoded, to the
+//!    thread's own ring buffer.
+//!
+//! Nothing else happens on the hot path: no symbolization, no formatting, no I/O. A background
+//! thread ([`output`]) drains the rings at least ten times a second, compresses them and appends
+//! whole records to the dump, so a crash loses at most the last fraction of a second.
+//!
+//! Every path that may allocate runs under the per-thread [`sync::Guard`], so the recorder's own
+//! allocations are never recorded and never re-enter it. `fork` is handled with `pthread_atfork`
+//! handlers that hold every recorder lock across the fork; the child starts a dump of its own that
+//! begins with the blocks it inherited.
+
+pub mod modules;
+pub mod output;
+pub mod ring;
+pub mod sync;
+mod unwind;
+
+use std::cell::{Cell, UnsafeCell};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use dashmap::DashMap;
+use zmtrace_format::event::{encode_alloc, encode_failed, encode_free, encode_realloc, EventBuf};
+pub use zmtrace_format::{AllocKind, EndReason};
+
+use crate::ring::Ring;
+use crate::sync::{Guard, SpinLock};
+
+/// Bytes of event ring per thread. At ~25 bytes an event this holds ~10,000 events: the writer
+/// drains it well before it fills unless the disk stalls, and then the thread waits instead of
+/// losing events.
+const RING_BYTES: usize = 256 * 1024;
+/// The deepest stack recorded; deeper stacks keep their innermost frames and count as truncated.
+pub const MAX_FRAMES: usize = 256;
+
+/// What a front end tells the recorder about itself.
+pub struct FrontEnd {
+    /// The real allocator's usable size of a block (`malloc_usable_size` of the next allocator).
+    pub usable_size: unsafe fn(*mut u8) -> usize,
+    /// A function of the front end: the module that holds it is the recorder's own, and its
+    /// frames are dropped from the top of every stack.
+    pub own_code: fn(),
+}
+
+static FRONT_END: OnceLock<&'static FrontEnd> = OnceLock::new();
+
+const UNINIT: u8 = 0;
+const INITIALIZING: u8 = 1;
+const READY: u8 = 2;
+const DISABLED: u8 = 3;
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+
+/// The event sequence counter: one total order over all threads' events.
+static SEQ: AtomicU64 = AtomicU64::new(1);
+/// CLOCK_MONOTONIC at start, in ns: event timestamps are relative to it.
+static START_MONO: AtomicU64 = AtomicU64::new(0);
+/// Events that could not be written (after the final flush, or after a write error).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How stacks are captured (`ZMTRACE_UNWIND`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UnwindMode {
+    /// framehop over the in-memory unwind tables (default).
+    Fast,
+    /// The `backtrace` crate (`_Unwind_Backtrace`): the reference, slow.
+    Backtrace,
+    /// Both, recording the fast one and counting the stacks where they differ.
+    Compare,
+}
+
+#[derive(Default)]
+struct Fx(u64);
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64)
+    }
+}
+type FxBuild = BuildHasherDefault<Fx>;
+
+/// A live block, as the recorder keeps it.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveBlock {
+    pub size: u64,
+    pub usable: u64,
+    pub stack: u32,
+}
+
+/// State set up once, on the first event.
+struct Core {
+    mode: UnwindMode,
+    /// Address range of the module holding the recorder (its frames are dropped).
+    own: Range<u64>,
+    live: DashMap<usize, LiveBlock, FxBuild>,
+    stacks: DashMap<Box<[u64]>, u32, FxBuild>,
+    /// Process facts for the dump's first record.
+    proc: procinfo::ProcInfo,
+}
+
+static CORE: OnceLock<Core> = OnceLock::new();
+static NEXT_STACK: AtomicU32 = AtomicU32::new(1);
+/// Stacks interned but not yet written to the dump.
+static PENDING_STACKS: SpinLock<Vec<(u32, Box<[u64]>)>> = SpinLock::new(Vec::new());
+
+/// The module list and the master copy of the unwinder; threads copy it when `generation` moves.
+pub(crate) struct ModuleTable {
+    pub list: Vec<modules::LoadedModule>,
+    /// How many of `list` are in the dump already.
+    pub written: usize,
+    /// Load biases of unloaded modules not yet in the dump.
+    pub gone: Vec<u64>,
+    pub unwinder: Option<framehop::x86_64::UnwinderX86_64<&'static [u8]>>,
+}
+pub(crate) static MODULES: SpinLock<ModuleTable> = SpinLock::new(ModuleTable {
+    list: Vec::new(),
+    written: 0,
+    gone: Vec::new(),
+    unwinder: None,
+});
+/// Bumped when the module list changes (`dlopen`, `dlclose`).
+pub(crate) static MODULES_GENERATION: AtomicU64 = AtomicU64::new(0);
+static MODULES_DIRTY: AtomicBool = AtomicBool::new(false);
+
+/// Per-thread recorder state. Never freed: when its thread is gone the writer marks it free and a
+/// new thread takes it over, so a program that creates threads by the million uses a bounded set.
+pub struct ThreadState {
+    next: AtomicPtr<ThreadState>,
+    in_use: AtomicBool,
+    /// Fixed index of this state, written in each `Events` record.
+    pub stream: u32,
+    pub tid: AtomicU32,
+    pub ring: Ring,
+    pub counters: Counters,
+    /// Touched only by the owning thread.
+    local: UnsafeCell<unwind::Local>,
+}
+
+unsafe impl Sync for ThreadState {}
+
+/// Per-thread tallies, written only by the owner (relaxed load + store, no atomic RMW).
+#[derive(Default)]
+pub struct Counters {
+    pub untracked_frees: AtomicU64,
+    pub free_null: AtomicU64,
+    pub truncated_stacks: AtomicU64,
+    pub compared_stacks: AtomicU64,
+    pub mismatched_stacks: AtomicU64,
+}
+
+#[inline]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+static THREADS: AtomicPtr<ThreadState> = AtomicPtr::new(ptr::null_mut());
+static NEXT_STREAM: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    // Const-initialised, no destructor: see `sync`.
+    static CURRENT: Cell<*const ThreadState> = const { Cell::new(ptr::null()) };
+}
+
+/// Every thread state ever made.
+pub(crate) fn all_threads() -> impl Iterator<Item = &'static ThreadState> {
+    let mut p = THREADS.load(Ordering::Acquire);
+    std::iter::from_fn(move || {
+        // SAFETY: thread states are leaked, never freed.
+        let s = unsafe { p.as_ref()? };
+        p = s.next.load(Ordering::Acquire);
+        Some(s)
+    })
+}
+
+fn gettid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// This thread's state, claimed on first use. Must be called under the guard.
+fn current_thread(core: &Core) -> &'static ThreadState {
+    let p = CURRENT.with(|c| c.get());
+    if !p.is_null() {
+        // SAFETY: states are never freed.
+        return unsafe { &*p };
+    }
+    let state = claim_thread(core);
+    CURRENT.with(|c| c.set(state));
+    state
+}
+
+fn claim_thread(core: &Core) -> &'static ThreadState {
+    let tid = gettid();
+    let top = unwind::stack_top();
+    for s in all_threads() {
+        if !s.in_use.load(Ordering::Relaxed)
+            && s.in_use
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            // SAFETY: the state is ours now; its previous thread is gone.
+            unsafe { (*s.local.get()).reset_for_thread(top) };
+            s.tid.store(tid, Ordering::Release);
+            return s;
+        }
+    }
+    let s: &'static ThreadState = Box::leak(Box::new(ThreadState {
+        next: AtomicPtr::new(ptr::null_mut()),
+        in_use: AtomicBool::new(true),
+        stream: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
+        tid: AtomicU32::new(tid),
+        ring: Ring::new(RING_BYTES),
+        counters: Counters::default(),
+        local: UnsafeCell::new(unwind::Local::new(top, core.mode)),
+    }));
+    let mut head = THREADS.load(Ordering::Relaxed);
+    loop {
+        s.next.store(head, Ordering::Relaxed);
+        match THREADS.compare_exchange_weak(
+            head,
+            s as *const _ as *mut _,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return s,
+            Err(h) => head = h,
+        }
+    }
+}
+
+/// Makes the recorder ready; called on the first event. Returns the core if recording.
+#[inline]
+fn core() -> Option<&'static Core> {
+    if STATE.load(Ordering::Acquire) == READY {
+        return CORE.get();
+    }
+    init_slow()
+}
+
+#[cold]
+fn init_slow() -> Option<&'static Core> {
+    if STATE
+        .compare_exchange(UNINIT, INITIALIZING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // Being set up by this very thread (an allocation made while initialising) or disabled.
+        return if STATE.load(Ordering::Acquire) == READY {
+            CORE.get()
+        } else {
+            None
+        };
+    }
+    let front = FRONT_END.get().copied();
+    let Some(front) = front else {
+        STATE.store(DISABLED, Ordering::Release);
+        return None;
+    };
+    START_MONO.store(now_mono(), Ordering::Relaxed);
+    let proc = procinfo::ProcInfo::read();
+    let mode = match proc.env("ZMTRACE_UNWIND").as_deref() {
+        Some("backtrace") => UnwindMode::Backtrace,
+        Some("compare") => UnwindMode::Compare,
+        _ => UnwindMode::Fast,
+    };
+    let list = modules::enumerate();
+    let own_addr = front.own_code as usize as u64;
+    let own = list
+        .iter()
+        .find(|m| m.info.segments.iter().any(|&(s, e)| s <= own_addr && own_addr < e))
+        .map(|m| m.range.clone())
+        .unwrap_or(0..0);
+    {
+        let mut t = MODULES.lock();
+        t.unwinder = Some(modules::build_unwinder(&list));
+        t.list = list;
+    }
+    MODULES_GENERATION.fetch_add(1, Ordering::Release);
+    let _ = CORE.set(Core {
+        mode,
+        own,
+        live: DashMap::with_hasher_and_shard_amount(FxBuild::default(), 64),
+        stacks: DashMap::with_hasher_and_shard_amount(FxBuild::default(), 64),
+        proc,
+    });
+    // SAFETY: registering handlers has no preconditions; they are plain extern "C" functions.
+    unsafe {
+        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+    }
+    STATE.store(READY, Ordering::Release);
+    CORE.get()
+}
+
+/// Registers the front end. Call once, before the first event.
+pub fn set_front_end(front: &'static FrontEnd) {
+    let _ = FRONT_END.set(front);
+}
+
+/// Stops recording for good in this process (e.g. `ZMTRACE` says so, or a write failed).
+pub fn disable() {
+    STATE.store(DISABLED, Ordering::Release);
+}
+
+pub fn is_recording() -> bool {
+    STATE.load(Ordering::Acquire) == READY
+}
+
+fn now_mono() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC is served by the vDSO without a syscall.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[inline]
+fn timestamp() -> u64 {
+    now_mono().saturating_sub(START_MONO.load(Ordering::Relaxed))
+}
+
+/// Captures and interns the current stack.
+#[inline(always)]
+fn stack_id(core: &Core, t: &ThreadState) -> u32 {
+    // SAFETY: `local` is only touched by its owning thread, which is this one.
+    let local = unsafe { &mut *t.local.get() };
+    let frames = local.capture(core, &t.counters);
+    intern(core, frames)
+}
+
+fn intern(core: &Core, frames: &[u64]) -> u32 {
+    if let Some(id) = core.stacks.get(frames) {
+        return *id;
+    }
+    *core.stacks.entry(frames.into()).or_insert_with(|| {
+        let id = NEXT_STACK.fetch_add(1, Ordering::Relaxed);
+        PENDING_STACKS.lock().push((id, frames.into()));
+        id
+    })
+}
+
+#[inline]
+fn emit(t: &ThreadState, ev: &EventBuf) {
+    // SAFETY: only the owning thread pushes to its ring.
+    if unsafe { t.ring.push(ev.as_slice()) } {
+        if t.ring.len() > RING_BYTES / 2 {
+            output::wake_writer();
+        }
+        return;
+    }
+    output::push_when_full(t, ev.as_slice());
+}
+
+/// Records an allocation that returned `ptr` (NULL: a failed allocation) for `size` bytes.
+///
+/// # Safety
+/// `ptr` is null or a block the real allocator just returned.
+#[inline]
+pub unsafe fn on_alloc(kind: AllocKind, ptr: *mut u8, size: usize) {
+    let Some(_g) = Guard::enter() else { return };
+    let Some(core) = core() else { return };
+    let t = current_thread(core);
+    let stack = stack_id(core, t);
+    let mut ev = EventBuf::default();
+    if ptr.is_null() {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        encode_failed(&mut ev, seq, timestamp(), kind, size as u64, stack);
+    } else {
+        let usable = usable_size(ptr);
+        core.live.insert(
+            ptr as usize,
+            LiveBlock {
+                size: size as u64,
+                usable,
+                stack,
+            },
+        );
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        encode_alloc(
+            &mut ev,
+            seq,
+            timestamp(),
+            kind,
+            ptr as u64,
+            size as u64,
+            usable,
+            stack,
+        );
+    }
+    emit(t, &ev);
+}
+
+unsafe fn usable_size(ptr: *mut u8) -> u64 {
+    match FRONT_END.get() {
+        Some(f) => (f.usable_size)(ptr) as u64,
+        None => 0,
+    }
+}
+
+/// Records a free. Call it *before* the real free: once the real allocator has the block back,
+/// another thread may be given the same address, and its allocation must be numbered after this.
+///
+/// # Safety
+/// `ptr` is the argument of a `free` about to happen.
+#[inline]
+pub unsafe fn on_free(ptr: *mut u8) {
+    let Some(_g) = Guard::enter() else { return };
+    let Some(core) = core() else { return };
+    let t = current_thread(core);
+    if ptr.is_null() {
+        bump(&t.counters.free_null);
+        return;
+    }
+    if core.live.remove(&(ptr as usize)).is_none() {
+        // Allocated before the recorder started, or by a path it does not see: no event, or the
+        // dump would hold a free without its allocation.
+        bump(&t.counters.untracked_frees);
+        return;
+    }
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut ev = EventBuf::default();
+    encode_free(&mut ev, seq, timestamp(), ptr as u64);
+    emit(t, &ev);
+}
+
+/// What [`realloc_begin`] learnt about the old block.
+pub struct ReallocToken {
+    old: *mut u8,
+    block: Option<LiveBlock>,
+    recording: bool,
+}
+
+/// Call before the real `realloc(old, …)` with a non-null `old`: the old address leaves the live
+/// set first, because the moment the real `realloc` moves the block another thread may get it.
+///
+/// # Safety
+/// `old` is the non-null argument of a `realloc` about to happen.
+#[inline]
+pub unsafe fn realloc_begin(old: *mut u8) -> ReallocToken {
+    let Some(_g) = Guard::enter() else {
+        return ReallocToken {
+            old,
+            block: None,
+            recording: false,
+        };
+    };
+    let Some(core) = core() else {
+        return ReallocToken {
+            old,
+            block: None,
+            recording: false,
+        };
+    };
+    let block = core.live.remove(&(old as usize)).map(|(_, b)| b);
+    ReallocToken {
+        old,
+        block,
+        recording: true,
+    }
+}
+
+/// Call after the real `realloc` returned `new` for `size` bytes.
+///
+/// # Safety
+/// `tok` comes from [`realloc_begin`] for this very call.
+#[inline]
+pub unsafe fn realloc_end(tok: ReallocToken, kind: AllocKind, new: *mut u8, size: usize) {
+    if !tok.recording {
+        return;
+    }
+    let Some(_g) = Guard::enter() else { return };
+    let Some(core) = core() else { return };
+    let t = current_thread(core);
+    let stack = stack_id(core, t);
+    let mut ev = EventBuf::default();
+    let ts_seq = || (SEQ.fetch_add(1, Ordering::Relaxed), timestamp());
+    match (new.is_null(), tok.block) {
+        (true, Some(block)) if size != 0 => {
+            // Failed: the old block is untouched and still live.
+            core.live.insert(tok.old as usize, block);
+            let (seq, ts) = ts_seq();
+            encode_failed(&mut ev, seq, ts, kind, size as u64, stack);
+        }
+        (true, None) if size != 0 => {
+            let (seq, ts) = ts_seq();
+            encode_failed(&mut ev, seq, ts, kind, size as u64, stack);
+        }
+        (true, Some(_)) => {
+            // realloc(p, 0) that freed p (glibc).
+            let (seq, ts) = ts_seq();
+            encode_realloc(&mut ev, seq, ts, tok.old as u64, 0, 0, 0, stack);
+        }
+        (true, None) => {
+            bump(&t.counters.untracked_frees);
+            return;
+        }
+        (false, block) => {
+            let usable = usable_size(new);
+            core.live.insert(
+                new as usize,
+                LiveBlock {
+                    size: size as u64,
+                    usable,
+                    stack,
+                },
+            );
+            let (seq, ts) = ts_seq();
+            if block.is_some() {
+                encode_realloc(
+                    &mut ev,
+                    seq,
+                    ts,
+                    tok.old as u64,
+                    new as u64,
+                    size as u64,
+                    usable,
+                    stack,
+                );
+            } else {
+                // The old block was never seen: to the dump this is a new block.
+                bump(&t.counters.untracked_frees);
+                encode_alloc(
+                    &mut ev,
+                    seq,
+                    ts,
+                    kind,
+                    new as u64,
+                    size as u64,
+                    usable,
+                    stack,
+                );
+            }
+        }
+    }
+    emit(t, &ev);
+}
+
+/// Tells the recorder that modules were loaded or unloaded (`dlopen`, `dlclose`).
+pub fn modules_changed() {
+    let Some(_g) = Guard::enter() else { return };
+    if STATE.load(Ordering::Acquire) != READY {
+        return;
+    }
+    MODULES_DIRTY.store(true, Ordering::Release);
+    refresh_modules();
+}
+
+/// Re-reads the module list if it changed, and publishes a new unwinder generation.
+pub(crate) fn refresh_modules() {
+    if !MODULES_DIRTY.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let now = modules::enumerate();
+    let mut t = MODULES.lock();
+    let old_bases: Vec<u64> = t.list.iter().map(|m| m.info.base).collect();
+    let new_bases: Vec<u64> = now.iter().map(|m| m.info.base).collect();
+    let gone: Vec<u64> = old_bases
+        .iter()
+        .copied()
+        .filter(|b| !new_bases.contains(b))
+        .collect();
+    t.gone.extend(gone);
+    // Keep the dump's order: modules already written stay first, new ones are appended.
+    let mut list: Vec<_> = t
+        .list
+        .iter()
+        .filter(|m| new_bases.contains(&m.info.base))
+        .cloned()
+        .collect();
+    let kept = list.len();
+    let written = t.written.min(kept);
+    list.extend(now.into_iter().filter(|m| !old_bases.contains(&m.info.base)));
+    t.unwinder = Some(modules::build_unwinder(&list));
+    t.list = list;
+    t.written = written;
+    drop(t);
+    MODULES_GENERATION.fetch_add(1, Ordering::Release);
+}
+
+/// Writes everything recorded so far and the `End` record; later events are counted as dropped.
+/// Called from the library destructor (`exit`), `_exit` and `abort`.
+pub fn finish(reason: EndReason, status: i32) {
+    let _g = Guard::enter();
+    if STATE.load(Ordering::Acquire) != READY || !output::owns_dump() {
+        return;
+    }
+    output::finish(reason, status);
+}
+
+/// Flushes everything before `execve` replaces the image (the new image writes its own dump).
+pub fn before_exec(path: &str) {
+    let _g = Guard::enter();
+    if STATE.load(Ordering::Acquire) != READY || !output::owns_dump() {
+        return;
+    }
+    output::before_exec(path);
+}
+
+/// Starts the background writer. Call from the front end's constructor, once the C runtime is up.
+pub fn start_writer() {
+    let _g = Guard::enter();
+    if core().is_some() {
+        output::start_writer();
+    }
+}
+
+// ---- fork ----------------------------------------------------------------------------------
+
+/// Takes every recorder lock so that no other thread holds one at the fork: a child inherits only
+/// the forking thread, and a lock held by any other thread would stay locked in it forever.
+extern "C" fn fork_prepare() {
+    Guard::enter_forever(); // released in fork_parent / fork_child
+    let Some(core) = CORE.get() else { return };
+    output::OUTPUT.raw_lock();
+    MODULES.raw_lock();
+    for shard in core.stacks.shards() {
+        // SAFETY: paired with the unlock in fork_parent / fork_child.
+        unsafe { lock_api::RawRwLock::lock_exclusive(shard.raw()) };
+    }
+    PENDING_STACKS.raw_lock();
+    for shard in core.live.shards() {
+        unsafe { lock_api::RawRwLock::lock_exclusive(shard.raw()) };
+    }
+}
+
+fn unlock_after_fork() {
+    let Some(core) = CORE.get() else { return };
+    // SAFETY: fork_prepare took all of these in this thread (or, in the child, its parent did).
+    unsafe {
+        for shard in core.live.shards() {
+            lock_api::RawRwLock::unlock_exclusive(shard.raw());
+        }
+        PENDING_STACKS.raw_unlock();
+        for shard in core.stacks.shards() {
+            lock_api::RawRwLock::unlock_exclusive(shard.raw());
+        }
+        MODULES.raw_unlock();
+        output::OUTPUT.raw_unlock();
+    }
+}
+
+extern "C" fn fork_parent() {
+    unlock_after_fork();
+    Guard::leave_forever();
+}
+
+extern "C" fn fork_child() {
+    unlock_after_fork();
+    if let Some(core) = CORE.get() {
+        let me = CURRENT.with(|c| c.get());
+        for s in all_threads() {
+            // Unread events belong to the parent, which writes them to its own dump.
+            s.ring.discard();
+            s.counters.untracked_frees.store(0, Ordering::Relaxed);
+            s.counters.free_null.store(0, Ordering::Relaxed);
+            s.counters.truncated_stacks.store(0, Ordering::Relaxed);
+            s.counters.compared_stacks.store(0, Ordering::Relaxed);
+            s.counters.mismatched_stacks.store(0, Ordering::Relaxed);
+            if ptr::eq(s, me) {
+                s.tid.store(gettid(), Ordering::Release);
+            } else {
+                // Its thread does not exist in the child.
+                s.in_use.store(false, Ordering::Release);
+            }
+        }
+        DROPPED.store(0, Ordering::Relaxed);
+        output::after_fork_in_child(core);
+    }
+    Guard::leave_forever();
+}
+
+mod procinfo {
+    //! Facts about the process, read from `/proc` with plain syscalls so that they work at any
+    //! point of start-up (the first `malloc` can come before the C library has set `environ`).
+
+    pub struct ProcInfo {
+        pub argv: Vec<String>,
+        pub environ: Vec<String>,
+        pub exe: String,
+    }
+
+    fn read_file(path: &std::ffi::CStr) -> Vec<u8> {
+        let mut out = Vec::new();
+        // SAFETY: plain syscalls on a buffer we own.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return out;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                if n <= 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n as usize]);
+            }
+            libc::close(fd);
+        }
+        out
+    }
+
+    fn split_nul(b: &[u8]) -> Vec<String> {
+        b.split(|&c| c == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect()
+    }
+
+    impl ProcInfo {
+        pub fn read() -> ProcInfo {
+            ProcInfo {
+                argv: split_nul(&read_file(c"/proc/self/cmdline")),
+                environ: split_nul(&read_file(c"/proc/self/environ")),
+                exe: std::fs::read_link("/proc/self/exe")
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            }
+        }
+
+        pub fn env(&self, name: &str) -> Option<String> {
+            self.environ.iter().find_map(|kv| {
+                kv.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('='))
+                    .map(str::to_owned)
+            })
+        }
+
+        /// The program's name for the dump's file name: `argv[0]`'s last component, made safe.
+        pub fn program_name(&self) -> String {
+            let a0 = self.argv.first().map(String::as_str).unwrap_or("");
+            let base = a0.rsplit('/').next().unwrap_or("");
+            let base = if base.is_empty() {
+                self.exe.rsplit('/').next().unwrap_or("program")
+            } else {
+                base
+            };
+            let clean: String = base
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._-+".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .take(64)
+                .collect();
+            if clean.is_empty() {
+                "program".into()
+            } else {
+                clean
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! `zmtrace dump-info`: what is in a dump, and whether it is whole.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use zmtrace_format::{Dump, EventKind};
+
+use crate::summary::{human_bytes, summarize};
+use crate::Failure;
+
+pub fn dump_info(path: &Path, list_modules: bool) -> Result<(), Failure> {
+    let d = Dump::open(path).map_err(|e| Failure::bad_input(e.to_string()))?;
+    let mut o = std::io::stdout().lock();
+    let _ = print(&mut o, &d, list_modules);
+    Ok(())
+}
+
+fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()> {
+    writeln!(o, "dump:      {}", d.path.display())?;
+    writeln!(o, "format:    version {}, {} bytes, {} records", d.version, d.file_len, d.records)?;
+    if let Some(p) = &d.process {
+        writeln!(o, "process:   pid {} (parent {}), {:?}", p.pid, p.ppid, p.origin)?;
+        if p.origin == zmtrace_format::Origin::Fork {
+            writeln!(o, "           forked from pid {} at event {}", p.parent_pid, p.fork_seq)?;
+        }
+        writeln!(o, "program:   {}", p.exe)?;
+        writeln!(o, "command:   {}", p.argv.join(" "))?;
+    }
+    let ending = match (&d.exec, &d.end) {
+        (Some(path), None) => format!("ended by exec of {path}"),
+        _ => d.ending(),
+    };
+    writeln!(o, "ending:    {ending}")?;
+    let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in &d.events {
+        let k = match e.kind {
+            EventKind::Alloc { kind, .. } => kind.name(),
+            EventKind::Free { .. } => "free",
+            EventKind::Realloc { .. } => "realloc (existing block)",
+            EventKind::AllocFailed { .. } => "failed",
+        };
+        *by_kind.entry(k).or_default() += 1;
+    }
+    writeln!(o, "events:    {}", d.events.len())?;
+    for (k, n) in &by_kind {
+        writeln!(o, "  {k:<26} {n}")?;
+    }
+    let s = summarize(d);
+    writeln!(
+        o,
+        "summary:   {} allocations ({}), {} frees, {} reallocs, {} failed",
+        s.allocations,
+        human_bytes(s.bytes_allocated),
+        s.frees,
+        s.reallocs,
+        s.failed
+    )?;
+    writeln!(
+        o,
+        "           peak {} at {:.3} s; not freed: {} blocks, {}",
+        human_bytes(s.peak_bytes),
+        s.peak_ns as f64 / 1e9,
+        s.live_blocks,
+        human_bytes(s.live_bytes)
+    )?;
+    if !d.inherited.is_empty() {
+        writeln!(o, "inherited: {} blocks live at the fork", d.inherited.len())?;
+    }
+    writeln!(o, "threads:   {}", s.threads)?;
+    writeln!(o, "stacks:    {}", d.stacks.len())?;
+    if let Some(e) = &d.end {
+        writeln!(
+            o,
+            "recorder:  {} events written, {} dropped, {} untracked frees, {} free(NULL), {} truncated stacks",
+            e.events, e.dropped, e.untracked_frees, e.free_null, e.truncated_stacks
+        )?;
+        if e.compared_stacks > 0 {
+            writeln!(
+                o,
+                "unwinding: {} stacks compared with the reference unwinder, {} differ",
+                e.compared_stacks, e.mismatched_stacks
+            )?;
+        }
+        if e.events != d.events.len() as u64 {
+            writeln!(
+                o,
+                "warning:   the recorder wrote {} events but {} were read",
+                e.events,
+                d.events.len()
+            )?;
+        }
+    }
+    if s.inconsistent > 0 {
+        writeln!(o, "warning:   {} events free an address that was not live", s.inconsistent)?;
+    }
+    writeln!(o, "modules:   {}", d.modules.len())?;
+    if list_modules {
+        for m in &d.modules {
+            let id: String = m.build_id.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(o, "  {:#014x} {} {}", m.base, m.path, if id.is_empty() { "-" } else { &id })?;
+        }
+    }
+    for w in &d.warnings {
+        writeln!(o, "warning:   {w}")?;
+    }
+    if d.bytes_lost > 0 {
+        writeln!(o, "lost:      {} bytes could not be read", d.bytes_lost)?;
+    }
+    Ok(())
+}

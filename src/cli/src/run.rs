@@ -1,0 +1,334 @@
+//! `zmtrace run`: start a program with the recorder preloaded, pass Ctrl-C/SIGTERM on to it,
+//! wait, and say where the dumps are.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+
+use zmtrace_format::{Dump, Origin};
+
+use crate::summary::{human_bytes, summarize};
+use crate::Failure;
+
+pub struct RunOptions {
+    pub out_dir: PathBuf,
+    pub program: OsString,
+    pub args: Vec<OsString>,
+}
+
+/// Runs the program; returns the exit code zmtrace should end with (the program's own).
+pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
+    let program = find_program(&opts.program)?;
+    check_dynamic(&program)?;
+    let out_dir = prepare_out_dir(&opts.out_dir)?;
+    let lib = find_library()?;
+    let session = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let preload = match std::env::var_os("LD_PRELOAD") {
+        Some(old) if !old.is_empty() => {
+            let mut v = lib.clone().into_os_string();
+            v.push(":");
+            v.push(old);
+            v
+        }
+        _ => lib.clone().into_os_string(),
+    };
+
+    let mut cmd = Command::new(&program);
+    cmd.arg0(&opts.program)
+        .args(&opts.args)
+        .env("LD_PRELOAD", preload)
+        .env("ZMTRACE_OUT", &out_dir)
+        .env("ZMTRACE_SESSION", &session)
+        .env_remove("ZMTRACE_EXEC_FROM")
+        // Its own process group: a signal we forward reaches the program and its children once,
+        // whether it came from the terminal or from `kill`.
+        .process_group(0);
+    let child = cmd.spawn().map_err(|e| {
+        Failure::cannot_run(format!("cannot start {}: {e}", program.display()))
+    })?;
+    let pid = child.id();
+    CHILD_PGID.store(pid, Ordering::SeqCst);
+    let terminal = Terminal::hand_to(pid);
+    install_forwarding();
+
+    let status = wait(pid);
+    drop(terminal);
+    drop(child);
+
+    let code = match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        _ => 1,
+    };
+    report(&out_dir, &session, pid, status.signal());
+    Ok(code)
+}
+
+fn find_program(name: &std::ffi::OsStr) -> Result<PathBuf, Failure> {
+    let p = Path::new(name);
+    if p.as_os_str().is_empty() {
+        return Err(Failure::not_found("no program given".into()));
+    }
+    if p.components().count() > 1 || name.to_string_lossy().contains('/') {
+        return if p.is_file() {
+            Ok(p.to_owned())
+        } else {
+            Err(Failure::not_found(format!(
+                "program not found: {}",
+                p.display()
+            )))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(p))
+        .find(|c| c.is_file() && is_executable(c))
+        .ok_or_else(|| Failure::not_found(format!("program not found in PATH: {}", p.display())))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// A statically linked program has no dynamic loader, so `LD_PRELOAD` does nothing: say so
+/// instead of running it untraced and pretending.
+fn check_dynamic(program: &Path) -> Result<(), Failure> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let data = std::fs::read(program).map_err(|e| {
+        Failure::cannot_run(format!("cannot read {}: {e}", program.display()))
+    })?;
+    if data.starts_with(b"#!") {
+        return Ok(()); // a script: its interpreter is what gets traced
+    }
+    if !is_executable(program) {
+        return Err(Failure::cannot_run(format!(
+            "{} is not executable",
+            program.display()
+        )));
+    }
+    let Ok(elf) = object::elf::FileHeader64::<object::Endianness>::parse(&*data) else {
+        return Ok(()); // not a 64-bit ELF: let the kernel say what it is
+    };
+    let Ok(endian) = elf.endian() else {
+        return Ok(());
+    };
+    let Ok(headers) = elf.program_headers(endian, &*data) else {
+        return Ok(());
+    };
+    let has_interp = headers
+        .iter()
+        .any(|h| h.p_type(endian) == object::elf::PT_INTERP);
+    if has_interp {
+        Ok(())
+    } else {
+        Err(Failure::cannot_run(format!(
+            "{} is statically linked: nothing can be preloaded into it, so its allocations cannot be traced",
+            program.display()
+        )))
+    }
+}
+
+fn prepare_out_dir(dir: &Path) -> Result<PathBuf, Failure> {
+    let bad = |e: std::io::Error| {
+        Failure::usage(format!(
+            "cannot write to output directory {}: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(bad)?;
+    let dir = dir.canonicalize().map_err(bad)?;
+    let probe = dir.join(format!(".zmtrace-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(bad)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(dir)
+}
+
+fn find_library() -> Result<PathBuf, Failure> {
+    if let Some(p) = std::env::var_os("ZMTRACE_LIB") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p.canonicalize().unwrap_or(p))
+        } else {
+            Err(Failure::usage(format!(
+                "ZMTRACE_LIB names {}, which does not exist",
+                p.display()
+            )))
+        };
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::usage(format!("cannot find zmtrace's own path: {e}")))?;
+    let lib = exe.with_file_name("libzmtrace.so");
+    if lib.is_file() {
+        Ok(lib)
+    } else {
+        Err(Failure::usage(format!(
+            "cannot find the recorder library {} (build it with `cargo build`, or set ZMTRACE_LIB)",
+            lib.display()
+        )))
+    }
+}
+
+// ---- signals and the terminal ----------------------------------------------------------------
+
+static CHILD_PGID: AtomicU32 = AtomicU32::new(0);
+static SIGNALS_SEEN: AtomicI32 = AtomicI32::new(0);
+
+/// Ctrl-C or SIGTERM sent to zmtrace goes on to the program's process group: first SIGINT (what a
+/// terminal sends), then SIGTERM, then SIGKILL if the program still does not stop.
+fn install_forwarding() {
+    let _ = ctrlc::set_handler(|| {
+        let pgid = CHILD_PGID.load(Ordering::SeqCst) as i32;
+        if pgid <= 0 {
+            return;
+        }
+        let sig = match SIGNALS_SEEN.fetch_add(1, Ordering::SeqCst) {
+            0 => libc::SIGINT,
+            1 => libc::SIGTERM,
+            _ => libc::SIGKILL,
+        };
+        // SAFETY: kill(2) on the child's process group.
+        unsafe { libc::kill(-pgid, sig) };
+    });
+}
+
+/// While the program runs it owns the terminal, so Ctrl-C typed there reaches it directly.
+struct Terminal {
+    ours: Option<libc::pid_t>,
+}
+
+impl Terminal {
+    fn hand_to(pgid: u32) -> Terminal {
+        // SAFETY: terminal job-control calls on stdin; failures just leave things as they are.
+        unsafe {
+            if libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() {
+                let ours = libc::getpgrp();
+                let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                let ok = libc::tcsetpgrp(0, pgid as libc::pid_t) == 0;
+                libc::signal(libc::SIGTTOU, old);
+                if ok {
+                    return Terminal { ours: Some(ours) };
+                }
+            }
+        }
+        Terminal { ours: None }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if let Some(pg) = self.ours {
+            // SAFETY: as above; SIGTTOU is ignored because we are in the background now.
+            unsafe {
+                let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::tcsetpgrp(0, pg);
+                libc::signal(libc::SIGTTOU, old);
+            }
+        }
+    }
+}
+
+fn wait(pid: u32) -> std::process::ExitStatus {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if rc == pid as libc::pid_t {
+            return std::process::ExitStatus::from_raw(status);
+        }
+        if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return std::process::ExitStatus::from_raw(1 << 8);
+        }
+    }
+}
+
+// ---- the report ----------------------------------------------------------------------------
+
+/// The dumps this run left, the first process first.
+pub fn session_dumps(dir: &Path, session: &str) -> Vec<PathBuf> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("zmtrace.") && n.ends_with(".zmt"))
+        })
+        .filter_map(|p| {
+            let proc = Dump::peek_process(&p)?;
+            (proc.session == session).then_some((proc.start_unix_ns, p))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+fn report(dir: &Path, session: &str, pid: u32, signal: Option<i32>) {
+    let dumps = session_dumps(dir, session);
+    let mut err = std::io::stderr().lock();
+    if dumps.is_empty() {
+        let _ = writeln!(
+            err,
+            "zmtrace: no dump was written in {} (did the program run at all?)",
+            dir.display()
+        );
+        return;
+    }
+    for path in &dumps {
+        let dump = match Dump::open(path) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = writeln!(err, "zmtrace: {e}");
+                continue;
+            }
+        };
+        let proc = dump.process.as_ref();
+        let what = match proc.map(|p| (p.origin, p.pid)) {
+            Some((Origin::Start, p)) if p == pid => "",
+            Some((Origin::Fork, _)) => " (forked child)",
+            Some((Origin::Exec, _)) => " (after exec)",
+            _ => " (child process)",
+        };
+        let s = summarize(&dump);
+        let _ = writeln!(err, "zmtrace: dump {}{what}", path.display());
+        let _ = writeln!(
+            err,
+            "zmtrace:   allocations {} ({}), frees {}, reallocs {}",
+            s.allocations,
+            human_bytes(s.bytes_allocated),
+            s.frees,
+            s.reallocs
+        );
+        let _ = writeln!(
+            err,
+            "zmtrace:   peak heap {} at {:.3} s; not freed at exit: {} blocks, {}",
+            human_bytes(s.peak_bytes),
+            s.peak_ns as f64 / 1e9,
+            s.live_blocks,
+            human_bytes(s.live_bytes)
+        );
+        if dump.end.is_none() && dump.exec.is_none() {
+            let _ = writeln!(err, "zmtrace:   the process {}", dump.ending());
+        }
+        for w in &dump.warnings {
+            let _ = writeln!(err, "zmtrace:   warning: {w}");
+        }
+    }
+    if let Some(sig) = signal {
+        let _ = writeln!(err, "zmtrace: the program was killed by signal {sig}");
+    }
+}

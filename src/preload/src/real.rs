@@ -1,0 +1,203 @@
+//! Finding the next allocator in the chain, and the static pool that serves the allocations made
+//! while we look it up (`dlsym` may call `calloc`, which is us).
+
+use std::cell::UnsafeCell;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+pub struct Next {
+    pub malloc: unsafe extern "C" fn(usize) -> *mut c_void,
+    pub calloc: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+    pub realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
+    pub free: unsafe extern "C" fn(*mut c_void),
+    pub memalign: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+    pub aligned_alloc: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+    pub posix_memalign: unsafe extern "C" fn(*mut *mut c_void, usize, usize) -> c_int,
+    pub usable_size: unsafe extern "C" fn(*mut c_void) -> usize,
+}
+
+struct NextCell(UnsafeCell<Option<Next>>);
+unsafe impl Sync for NextCell {}
+static NEXT: NextCell = NextCell(UnsafeCell::new(None));
+const UNRESOLVED: u8 = 0;
+const RESOLVING: u8 = 1;
+const RESOLVED: u8 = 2;
+static STATE: AtomicU8 = AtomicU8::new(UNRESOLVED);
+
+/// The next allocator, or `None` while it is being looked up (use the pool then).
+#[inline(always)]
+pub fn next() -> Option<&'static Next> {
+    if STATE.load(Ordering::Acquire) == RESOLVED {
+        // SAFETY: written once before RESOLVED was published, never again.
+        return unsafe { (*NEXT.0.get()).as_ref() };
+    }
+    resolve()
+}
+
+#[cold]
+fn resolve() -> Option<&'static Next> {
+    if STATE
+        .compare_exchange(UNRESOLVED, RESOLVING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // Looked up right now by this thread (dlsym allocating) or another one: use the pool.
+        return None;
+    }
+    // SAFETY: dlsym of the standard allocator symbols; each has the C signature given in Next.
+    unsafe {
+        let n = Next {
+            malloc: sym(c"malloc"),
+            calloc: sym(c"calloc"),
+            realloc: sym(c"realloc"),
+            free: sym(c"free"),
+            memalign: sym(c"memalign"),
+            aligned_alloc: sym(c"aligned_alloc"),
+            posix_memalign: sym(c"posix_memalign"),
+            usable_size: sym(c"malloc_usable_size"),
+        };
+        *NEXT.0.get() = Some(n);
+        STATE.store(RESOLVED, Ordering::Release);
+        (*NEXT.0.get()).as_ref()
+    }
+}
+
+/// The next definition of `name` after this library.
+///
+/// # Safety
+/// `F` must be a function pointer type matching the symbol's C signature.
+pub unsafe fn sym<F: Copy>(name: &CStr) -> F {
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
+    let p = libc::dlsym(libc::RTLD_NEXT, name.as_ptr());
+    if p.is_null() {
+        let msg = format!(
+            "zmtrace: cannot find the next `{}` (dlsym RTLD_NEXT): cannot run\n",
+            name.to_string_lossy()
+        );
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::syscall(libc::SYS_exit_group, 127);
+    }
+    std::mem::transmute_copy(&p)
+}
+
+pub unsafe fn exit_fn(name: &CStr) -> unsafe extern "C" fn(c_int) -> ! {
+    sym(name)
+}
+
+pub unsafe fn abort_fn() -> unsafe extern "C" fn() -> ! {
+    sym(c"abort")
+}
+
+pub fn page_size() -> usize {
+    // SAFETY: no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+// ---- the start-up pool -----------------------------------------------------------------------
+
+const POOL_BYTES: usize = 256 * 1024;
+/// Each pool block starts with a 16-byte header holding its size.
+const HEADER: usize = 16;
+
+#[repr(C, align(4096))]
+struct Pool(UnsafeCell<[u8; POOL_BYTES]>);
+unsafe impl Sync for Pool {}
+static POOL: Pool = Pool(UnsafeCell::new([0; POOL_BYTES]));
+static POOL_USED: AtomicUsize = AtomicUsize::new(0);
+
+fn pool_base() -> usize {
+    POOL.0.get() as usize
+}
+
+/// Never reused and never freed: it only serves the handful of allocations made before the real
+/// allocator is known, so its memory is still zero (as `calloc` needs).
+pub fn pool_alloc(size: usize, align: usize) -> *mut c_void {
+    let align = align.max(16);
+    let mut used = POOL_USED.load(Ordering::Relaxed);
+    loop {
+        let start = (pool_base() + used + HEADER).next_multiple_of(align) - pool_base();
+        let end = match start.checked_add(size) {
+            Some(e) if e <= POOL_BYTES => e,
+            _ => return std::ptr::null_mut(),
+        };
+        match POOL_USED.compare_exchange_weak(used, end, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => {
+                let p = (pool_base() + start) as *mut u8;
+                // SAFETY: the header lies inside the range we just reserved.
+                unsafe { (p.sub(HEADER) as *mut usize).write(size) };
+                return p.cast();
+            }
+            Err(u) => used = u,
+        }
+    }
+}
+
+pub fn pool_contains(p: *mut c_void) -> bool {
+    let a = p as usize;
+    a >= pool_base() && a < pool_base() + POOL_BYTES
+}
+
+pub fn pool_usable_size(p: *mut c_void) -> usize {
+    // SAFETY: `p` is a pool block (checked by the caller), whose header precedes it.
+    unsafe { ((p as *const u8).sub(HEADER) as *const usize).read() }
+}
+
+// ---- exec ------------------------------------------------------------------------------------
+
+/// The environment for an exec'ed image: the program's own, plus what zmtrace needs if the
+/// program dropped it (`LD_PRELOAD`, `ZMTRACE_*`), plus `ZMTRACE_EXEC_FROM=<pid>` so the new image
+/// knows it follows an exec.
+pub struct ExecEnv {
+    _strings: Vec<CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+impl ExecEnv {
+    /// # Safety
+    /// `envp` is null or a NULL-terminated array of C strings.
+    pub unsafe fn new(envp: *const *const c_char) -> ExecEnv {
+        let mut given: Vec<*const c_char> = Vec::new();
+        if !envp.is_null() {
+            let mut i = 0;
+            while !(*envp.add(i)).is_null() {
+                given.push(*envp.add(i));
+                i += 1;
+            }
+        }
+        let has = |given: &[*const c_char], key: &str| {
+            given.iter().any(|&s| {
+                CStr::from_ptr(s)
+                    .to_bytes()
+                    .strip_prefix(key.as_bytes())
+                    .is_some_and(|r| r.first() == Some(&b'='))
+            })
+        };
+        let mut strings = Vec::new();
+        for key in ["LD_PRELOAD", "ZMTRACE_OUT", "ZMTRACE_SESSION", "ZMTRACE_UNWIND"] {
+            if !has(&given, key) {
+                if let Some(v) = std::env::var_os(key) {
+                    let mut s = key.as_bytes().to_vec();
+                    s.push(b'=');
+                    s.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()));
+                    if let Ok(c) = CString::new(s) {
+                        strings.push(c);
+                    }
+                }
+            }
+        }
+        given.retain(|&s| !CStr::from_ptr(s).to_bytes().starts_with(b"ZMTRACE_EXEC_FROM="));
+        if let Ok(c) = CString::new(format!("ZMTRACE_EXEC_FROM={}", libc::getpid())) {
+            strings.push(c);
+        }
+        let mut ptrs = given;
+        ptrs.extend(strings.iter().map(|c| c.as_ptr()));
+        ptrs.push(std::ptr::null());
+        ExecEnv {
+            _strings: strings,
+            ptrs,
+        }
+    }
+
+    pub fn as_ptr(&self) -> *const *const c_char {
+        self.ptrs.as_ptr()
+    }
+}

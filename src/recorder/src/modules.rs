@@ -1,0 +1,213 @@
+//! The modules mapped in this process, read with `dl_iterate_phdr`: what the dump records for
+//! offline symbolization (path, load bias, segments, build-id) and what the unwinder needs (the
+//! in-memory `.eh_frame_hdr` and `.eh_frame`).
+//!
+//! Paths come from the loader and `/proc/self/exe`, never from `dladdr` or `argv[0]`: programs such
+//! as Redis rewrite `argv[0]` into a process title.
+
+use std::ffi::CStr;
+use std::ops::Range;
+
+use framehop::x86_64::UnwinderX86_64;
+use framehop::{ExplicitModuleSectionInfo, Module as FhModule, Unwinder};
+
+/// One mapped module, with the addresses of its unwind tables in memory.
+#[derive(Clone, Debug)]
+pub struct LoadedModule {
+    pub info: zmtrace_format::Module,
+    /// From the lowest to the highest `PT_LOAD` address.
+    pub range: Range<u64>,
+    eh_frame_hdr: Option<Range<u64>>,
+    exec_segment: Option<Range<u64>>,
+}
+
+/// Enumerates the modules mapped now. Allocates: call it under the recorder guard.
+pub fn enumerate() -> Vec<LoadedModule> {
+    let mut out: Vec<LoadedModule> = Vec::new();
+    // SAFETY: the callback only reads the program headers the loader hands it.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(callback),
+            &mut out as *mut Vec<LoadedModule> as *mut libc::c_void,
+        );
+    }
+    out
+}
+
+unsafe extern "C" fn callback(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    let out = &mut *(data as *mut Vec<LoadedModule>);
+    let info = &*info;
+    let bias = info.dlpi_addr;
+    let name = if info.dlpi_name.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(info.dlpi_name).to_string_lossy().into_owned()
+    };
+    let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+    let mut segments = Vec::new();
+    let mut eh_frame_hdr = None;
+    let mut exec_segment = None;
+    let mut build_id = Vec::new();
+    for ph in phdrs {
+        let start = bias.wrapping_add(ph.p_vaddr);
+        let end = start.wrapping_add(ph.p_memsz);
+        match ph.p_type {
+            libc::PT_LOAD => {
+                segments.push((start, end));
+                if ph.p_flags & libc::PF_X != 0 && exec_segment.is_none() {
+                    exec_segment = Some(start..end);
+                }
+            }
+            libc::PT_GNU_EH_FRAME => eh_frame_hdr = Some(start..end),
+            libc::PT_NOTE if build_id.is_empty() => {
+                build_id = find_build_id(std::slice::from_raw_parts(
+                    start as *const u8,
+                    ph.p_memsz as usize,
+                ));
+            }
+            _ => {}
+        }
+    }
+    if segments.is_empty() {
+        return 0;
+    }
+    let path = if name.is_empty() && out.is_empty() {
+        // The first entry with no name is the main program.
+        std::fs::read_link("/proc/self/exe")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        name
+    };
+    let lo = segments.iter().map(|s| s.0).min().unwrap_or(0);
+    let hi = segments.iter().map(|s| s.1).max().unwrap_or(0);
+    out.push(LoadedModule {
+        info: zmtrace_format::Module {
+            base: bias,
+            path,
+            build_id,
+            segments,
+        },
+        range: lo..hi,
+        eh_frame_hdr,
+        exec_segment,
+    });
+    0
+}
+
+/// The GNU build-id note's descriptor, if the notes hold one.
+fn find_build_id(notes: &[u8]) -> Vec<u8> {
+    let mut pos = 0;
+    let align4 = |n: usize| (n + 3) & !3;
+    while pos + 12 <= notes.len() {
+        let word = |i: usize| u32::from_ne_bytes(notes[i..i + 4].try_into().unwrap()) as usize;
+        let (namesz, descsz, ty) = (word(pos), word(pos + 4), word(pos + 8));
+        let name_start = pos + 12;
+        let desc_start = name_start + align4(namesz);
+        let next = desc_start + align4(descsz);
+        if next > notes.len() {
+            break;
+        }
+        if ty == 3 && namesz == 4 && &notes[name_start..name_start + 4] == b"GNU\0" {
+            return notes[desc_start..desc_start + descsz].to_vec();
+        }
+        pos = next;
+    }
+    Vec::new()
+}
+
+/// Where `.eh_frame` starts, read from the `.eh_frame_hdr` header (its `eh_frame_ptr` field).
+unsafe fn eh_frame_start(hdr: u64) -> Option<u64> {
+    let p = hdr as *const u8;
+    if *p != 1 {
+        return None; // unknown eh_frame_hdr version
+    }
+    let enc = *p.add(1);
+    let field = hdr + 4;
+    let value: i64 = match enc & 0x0f {
+        0x03 => std::ptr::read_unaligned(field as *const u32) as i64, // udata4
+        0x0b => std::ptr::read_unaligned(field as *const i32) as i64, // sdata4
+        0x04 | 0x0c => std::ptr::read_unaligned(field as *const i64), // (u|s)data8
+        _ => return None,
+    };
+    match enc & 0x70 {
+        0x00 => Some(value as u64),                     // absptr
+        0x10 => Some((field as i64).wrapping_add(value) as u64), // pcrel
+        0x30 => Some((hdr as i64).wrapping_add(value) as u64), // datarel (relative to the hdr)
+        _ => None,
+    }
+}
+
+impl LoadedModule {
+    /// The module as framehop needs it, with its unwind tables read in place in memory.
+    pub fn unwind_module(&self) -> Option<FhModule<&'static [u8]>> {
+        let hdr = self.eh_frame_hdr.clone()?;
+        let bias = self.info.base;
+        // SAFETY: the ranges come from the loader's program headers of a mapped module; the
+        // module stays mapped until a `dlclose`, after which it is removed from the unwinder.
+        unsafe {
+            let eh = eh_frame_start(hdr.start)?;
+            // .eh_frame has no length in the header: it runs at most to the end of its segment.
+            let seg_end = self
+                .info
+                .segments
+                .iter()
+                .find(|&&(s, e)| s <= eh && eh < e)
+                .map(|s| s.1)?;
+            let slice = |r: &Range<u64>| -> &'static [u8] {
+                std::slice::from_raw_parts(r.start as *const u8, (r.end - r.start) as usize)
+            };
+            let svma = |r: &Range<u64>| (r.start - bias)..(r.end - bias);
+            let eh_range = eh..seg_end;
+            let info = ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: self.exec_segment.as_ref().map(svma),
+                text: self.exec_segment.as_ref().map(slice),
+                eh_frame_hdr_svma: Some(svma(&hdr)),
+                eh_frame_hdr: Some(slice(&hdr)),
+                eh_frame_svma: Some(svma(&eh_range)),
+                eh_frame: Some(slice(&eh_range)),
+                ..Default::default()
+            };
+            Some(FhModule::new(
+                self.info.path.clone(),
+                self.range.clone(),
+                bias,
+                info,
+            ))
+        }
+    }
+}
+
+/// An unwinder that knows every module in `modules`.
+pub fn build_unwinder(modules: &[LoadedModule]) -> UnwinderX86_64<&'static [u8]> {
+    let mut u = UnwinderX86_64::new();
+    for m in modules {
+        if let Some(fm) = m.unwind_module() {
+            u.add_module(fm);
+        }
+    }
+    u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_test_binary_and_libc_with_unwind_tables() {
+        let mods = enumerate();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let main = &mods[0];
+        assert_eq!(main.info.path, exe.to_string_lossy());
+        assert!(main.unwind_module().is_some());
+        assert!(!main.info.build_id.is_empty(), "rustc links with a build-id");
+        let here = finds_the_test_binary_and_libc_with_unwind_tables as usize as u64;
+        assert!(main.range.contains(&here));
+        assert!(mods.iter().any(|m| m.info.path.contains("libc.so")));
+    }
+}

@@ -1,0 +1,420 @@
+//! The dump writer: drains the per-thread rings, compresses them, and appends whole records to
+//! `zmtrace.<program>.<pid>.zmt` with plain `write(2)` calls.
+//!
+//! A background thread does this at least ten times a second (and sooner when a ring is half
+//! full), so the program's threads never wait for the disk unless a ring fills up. Everything here
+//! runs under [`OUTPUT`]'s lock and the recorder guard. When the dump cannot be written (full disk,
+//! removed directory) recording stops with one message on stderr and the program goes on.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use zmtrace_format::{write, Block, End, EndReason, Origin, Process};
+
+use crate::sync::{Guard, SpinLock};
+use crate::{all_threads, Core, ThreadState, DROPPED, MODULES, PENDING_STACKS, SEQ};
+
+pub(crate) struct Output {
+    fd: i32,
+    path: String,
+    /// The process this dump belongs to (after `fork`, the child opens its own).
+    pid: u32,
+    failed: bool,
+    finished: bool,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    raw: Vec<u8>,
+    events: Vec<u8>,
+    meta: Vec<u8>,
+    events_written: u64,
+    last_reap_ns: u64,
+}
+
+pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
+    fd: -1,
+    path: String::new(),
+    pid: 0,
+    failed: false,
+    finished: false,
+    zstd: None,
+    raw: Vec::new(),
+    events: Vec::new(),
+    meta: Vec::new(),
+    events_written: 0,
+    last_reap_ns: 0,
+});
+
+/// The pid that owns the dump: a `vfork` child shares our memory but must not touch the dump.
+static OWNER_PID: AtomicU32 = AtomicU32::new(0);
+static WRITER_RUNNING: AtomicBool = AtomicBool::new(false);
+static WRITER_IDLE: AtomicBool = AtomicBool::new(false);
+static WAKE: AtomicU32 = AtomicU32::new(0);
+/// How often the writer drains the rings when nobody wakes it.
+const PERIOD_MS: i64 = 100;
+static FLUSHES: AtomicU64 = AtomicU64::new(0);
+
+fn getpid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::getpid() as u32 }
+}
+
+pub(crate) fn owns_dump() -> bool {
+    let owner = OWNER_PID.load(Ordering::Acquire);
+    owner == 0 || owner == getpid()
+}
+
+/// Wakes the writer early (a ring is half full). Cheap when the writer is busy anyway.
+#[inline]
+pub(crate) fn wake_writer() {
+    if WRITER_IDLE.load(Ordering::Relaxed) && WRITER_IDLE.swap(false, Ordering::AcqRel) {
+        WAKE.fetch_add(1, Ordering::Release);
+        // SAFETY: futex wake on a static word.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                WAKE.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                1,
+            );
+        }
+    }
+}
+
+/// The slow path of an event: the thread's ring is full. Drain it ourselves (waiting for the
+/// writer's lock), or count the event as dropped once the dump is closed.
+pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
+    loop {
+        {
+            let mut out = OUTPUT.lock();
+            if out.finished || out.failed || !owns_dump() {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            out.flush_pass(crate::CORE.get());
+        }
+        // SAFETY: we are the ring's owner.
+        if unsafe { t.ring.push(bytes) } {
+            return;
+        }
+    }
+}
+
+extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    Guard::enter_forever();
+    loop {
+        WRITER_IDLE.store(true, Ordering::Release);
+        let seen = WAKE.load(Ordering::Acquire);
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: PERIOD_MS * 1_000_000,
+        };
+        // SAFETY: futex wait on a static word with a timeout.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                WAKE.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                seen,
+                &ts as *const libc::timespec,
+            );
+        }
+        WRITER_IDLE.store(false, Ordering::Release);
+        let mut out = OUTPUT.lock();
+        if out.finished || out.failed {
+            WRITER_RUNNING.store(false, Ordering::Release);
+            return std::ptr::null_mut();
+        }
+        out.flush_pass(crate::CORE.get());
+    }
+}
+
+pub(crate) fn start_writer() {
+    if WRITER_RUNNING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: a detached thread running a plain extern "C" function. A raw pthread rather than
+    // std::thread: std registers thread-locals with destructors, which must not exist here.
+    unsafe {
+        let mut th: libc::pthread_t = 0;
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, 256 * 1024);
+        let rc = libc::pthread_create(&mut th, &attr, writer_main, std::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 {
+            // No writer: threads flush their own rings when full, and at exit.
+            WRITER_RUNNING.store(false, Ordering::Release);
+        }
+    }
+}
+
+pub(crate) fn finish(reason: EndReason, status: i32) {
+    let mut out = OUTPUT.lock();
+    if out.finished {
+        return;
+    }
+    let core = crate::CORE.get();
+    out.flush_pass(core);
+    out.finished = true;
+    if out.fd < 0 || out.failed {
+        return;
+    }
+    let mut end = End {
+        reason,
+        status,
+        events: out.events_written,
+        dropped: DROPPED.load(Ordering::Relaxed),
+        untracked_frees: 0,
+        free_null: 0,
+        truncated_stacks: 0,
+        compared_stacks: 0,
+        mismatched_stacks: 0,
+    };
+    for t in all_threads() {
+        let c = &t.counters;
+        end.untracked_frees += c.untracked_frees.load(Ordering::Relaxed);
+        end.free_null += c.free_null.load(Ordering::Relaxed);
+        end.truncated_stacks += c.truncated_stacks.load(Ordering::Relaxed);
+        end.compared_stacks += c.compared_stacks.load(Ordering::Relaxed);
+        end.mismatched_stacks += c.mismatched_stacks.load(Ordering::Relaxed);
+    }
+    let mut buf = Vec::new();
+    write::end(&mut buf, &end);
+    out.write_all_or_fail(&buf);
+}
+
+pub(crate) fn before_exec(path: &str) {
+    let mut out = OUTPUT.lock();
+    if out.finished {
+        return;
+    }
+    out.flush_pass(crate::CORE.get());
+    let mut buf = Vec::new();
+    write::exec(&mut buf, path);
+    out.write_all_or_fail(&buf);
+}
+
+/// In a forked child: leave the parent's dump alone, start our own with what we inherited.
+pub(crate) fn after_fork_in_child(core: &Core) {
+    let parent = OWNER_PID.load(Ordering::Acquire);
+    let fork_seq = SEQ.load(Ordering::Relaxed);
+    {
+        let mut out = OUTPUT.lock();
+        if out.fd >= 0 {
+            // SAFETY: closing our copy of the parent's descriptor.
+            unsafe { libc::close(out.fd) };
+        }
+        out.fd = -1;
+        out.events_written = 0;
+        if out.finished || out.failed {
+            return;
+        }
+        out.open(core, Origin::Fork, parent, fork_seq);
+    }
+    WRITER_RUNNING.store(false, Ordering::Release);
+    start_writer();
+}
+
+impl Output {
+    /// Opens the dump and writes what every dump starts with.
+    fn open(&mut self, core: &Core, origin: Origin, parent_pid: u32, fork_seq: u64) {
+        let pid = getpid();
+        let dir = core.proc.env("ZMTRACE_OUT").unwrap_or_else(|| ".".into());
+        let name = core.proc.program_name();
+        let mut fd = -1;
+        let mut path = String::new();
+        for attempt in 0..1000 {
+            path = if attempt == 0 {
+                format!("{dir}/zmtrace.{name}.{pid}.zmt")
+            } else {
+                // Same pid again: an exec of the same program, or a recycled pid.
+                format!("{dir}/zmtrace.{name}.{pid}.{attempt}.zmt")
+            };
+            let Ok(c) = std::ffi::CString::new(path.clone()) else {
+                break;
+            };
+            // SAFETY: plain open(2) of a path we own.
+            fd = unsafe {
+                libc::open(
+                    c.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    0o644,
+                )
+            };
+            if fd >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+                break;
+            }
+        }
+        self.path = path;
+        self.pid = pid;
+        OWNER_PID.store(pid, Ordering::Release);
+        if fd < 0 {
+            self.fail(&std::io::Error::last_os_error());
+            return;
+        }
+        self.fd = fd;
+        let origin = match (origin, core.proc.env("ZMTRACE_EXEC_FROM")) {
+            // Set by our execve hook: the same pid traced before this image.
+            (Origin::Start, Some(p)) if p == pid.to_string() => Origin::Exec,
+            (o, _) => o,
+        };
+        let mut buf = write::file_header().to_vec();
+        write::process(
+            &mut buf,
+            &Process {
+                pid,
+                // SAFETY: no preconditions.
+                ppid: unsafe { libc::getppid() } as u32,
+                origin,
+                parent_pid,
+                fork_seq,
+                start_unix_ns: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0),
+                session: core.proc.env("ZMTRACE_SESSION").unwrap_or_default(),
+                exe: core.proc.exe.clone(),
+                argv: core.proc.argv.clone(),
+            },
+        );
+        if origin == Origin::Fork {
+            // Everything the parent knew: modules, every stack, the blocks live at the fork.
+            let mut m = MODULES.lock();
+            for module in &m.list {
+                write::module(&mut buf, &module.info);
+            }
+            m.written = m.list.len();
+            m.gone.clear();
+            drop(m);
+            PENDING_STACKS.lock().clear();
+            let all: Vec<(u32, Box<[u64]>)> = core
+                .stacks
+                .iter()
+                .map(|e| (*e.value(), e.key().clone()))
+                .collect();
+            for chunk in all.chunks(4096) {
+                write::stacks(&mut buf, chunk.iter().map(|(id, f)| (*id, &f[..])));
+            }
+            let raw = write::inherited_raw(core.live.iter().map(|e| Block {
+                addr: *e.key() as u64,
+                size: e.value().size,
+                usable: e.value().usable,
+                stack: e.value().stack,
+            }));
+            if !raw.is_empty() {
+                let z = self.compress(&raw);
+                write::inherited(&mut buf, raw.len(), &z);
+            }
+        }
+        self.write_all_or_fail(&buf);
+    }
+
+    fn compress(&mut self, raw: &[u8]) -> Vec<u8> {
+        let z = self
+            .zstd
+            .get_or_insert_with(|| zstd::bulk::Compressor::new(1).expect("zstd context"));
+        z.compress(raw).unwrap_or_default()
+    }
+
+    /// Drains every ring and writes what it found, after the stacks and modules it refers to.
+    pub(crate) fn flush_pass(&mut self, core: Option<&Core>) {
+        let Some(core) = core else { return };
+        if self.finished || self.failed {
+            return;
+        }
+        if self.fd < 0 {
+            self.open(core, Origin::Start, 0, 0);
+            if self.failed {
+                return;
+            }
+        }
+        FLUSHES.fetch_add(1, Ordering::Relaxed);
+        // Threads that are gone: found before draining, released after, so their last events
+        // are written and a new thread cannot take the state in between.
+        let now = crate::now_mono();
+        let reap = now.saturating_sub(self.last_reap_ns) > 1_000_000_000;
+        let mut gone = Vec::new();
+        if reap {
+            self.last_reap_ns = now;
+            for t in all_threads() {
+                if t.in_use.load(Ordering::Acquire) && thread_is_gone(t.tid.load(Ordering::Acquire)) {
+                    gone.push(t);
+                }
+            }
+        }
+        // 1. The events, first, so that every stack they name is already pending below.
+        self.events.clear();
+        for t in all_threads() {
+            self.raw.clear();
+            // SAFETY: we hold OUTPUT, so we are the only drainer.
+            if unsafe { t.ring.drain_into(&mut self.raw) } == 0 {
+                continue;
+            }
+            // Read after draining: a new owner's tid is published before its first event.
+            let tid = t.tid.load(Ordering::Acquire);
+            self.events_written += zmtrace_format::event::count_events(&self.raw);
+            let raw = std::mem::take(&mut self.raw);
+            let z = self.compress(&raw);
+            write::events(&mut self.events, t.stream, tid, raw.len(), &z);
+            self.raw = raw;
+        }
+        for t in gone {
+            t.in_use.store(false, Ordering::Release);
+        }
+        // 2. Modules and stacks that appeared since the last pass.
+        self.meta.clear();
+        {
+            let mut m = MODULES.lock();
+            for base in std::mem::take(&mut m.gone) {
+                write::module_gone(&mut self.meta, base);
+            }
+            for module in &m.list[m.written..] {
+                write::module(&mut self.meta, &module.info);
+            }
+            m.written = m.list.len();
+        }
+        let stacks = std::mem::take(&mut *PENDING_STACKS.lock());
+        for chunk in stacks.chunks(4096) {
+            write::stacks(&mut self.meta, chunk.iter().map(|(id, f)| (*id, &f[..])));
+        }
+        let meta = std::mem::take(&mut self.meta);
+        self.write_all_or_fail(&meta);
+        self.meta = meta;
+        let events = std::mem::take(&mut self.events);
+        self.write_all_or_fail(&events);
+        self.events = events;
+    }
+
+    fn write_all_or_fail(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() && !self.failed {
+            // SAFETY: writing our own buffer to our own descriptor.
+            let n = unsafe { libc::write(self.fd, buf.as_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.fail(&e);
+                return;
+            }
+            buf = &buf[n as usize..];
+        }
+    }
+
+    /// Stops recording: the program must go on unharmed, with one line saying why.
+    fn fail(&mut self, e: &std::io::Error) {
+        self.failed = true;
+        crate::disable();
+        let msg = format!(
+            "zmtrace: cannot write dump {}: {e}; recording stopped, the program goes on\n",
+            self.path
+        );
+        // SAFETY: raw write to stderr: Rust's stderr may be unusable at exit.
+        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    }
+}
+
+fn thread_is_gone(tid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the thread exists.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, getpid(), tid, 0) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
