@@ -18,11 +18,23 @@ pub fn dump_info(path: &Path, list_modules: bool) -> Result<(), Failure> {
 
 fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()> {
     writeln!(o, "dump:      {}", d.path.display())?;
-    writeln!(o, "format:    version {}, {} bytes, {} records", d.version, d.file_len, d.records)?;
+    writeln!(
+        o,
+        "format:    version {}, {} bytes, {} records",
+        d.version, d.file_len, d.records
+    )?;
     if let Some(p) = &d.process {
-        writeln!(o, "process:   pid {} (parent {}), {:?}", p.pid, p.ppid, p.origin)?;
+        writeln!(
+            o,
+            "process:   pid {} (parent {}), {:?}",
+            p.pid, p.ppid, p.origin
+        )?;
         if p.origin == zmtrace_format::Origin::Fork {
-            writeln!(o, "           forked from pid {} at event {}", p.parent_pid, p.fork_seq)?;
+            writeln!(
+                o,
+                "           forked from pid {} at event {}",
+                p.parent_pid, p.fork_seq
+            )?;
         }
         writeln!(o, "program:   {}", p.exe)?;
         writeln!(o, "command:   {}", p.argv.join(" "))?;
@@ -65,7 +77,11 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
         human_bytes(s.live_bytes)
     )?;
     if !d.inherited.is_empty() {
-        writeln!(o, "inherited: {} blocks live at the fork", d.inherited.len())?;
+        writeln!(
+            o,
+            "inherited: {} blocks live at the fork",
+            d.inherited.len()
+        )?;
     }
     writeln!(o, "threads:   {}", s.threads)?;
     writeln!(o, "stacks:    {}", d.stacks.len())?;
@@ -92,13 +108,23 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
         }
     }
     if s.inconsistent > 0 {
-        writeln!(o, "warning:   {} events free an address that was not live", s.inconsistent)?;
+        writeln!(
+            o,
+            "warning:   {} events free an address that was not live",
+            s.inconsistent
+        )?;
     }
     writeln!(o, "modules:   {}", d.modules.len())?;
     if list_modules {
         for m in &d.modules {
             let id: String = m.build_id.iter().map(|b| format!("{b:02x}")).collect();
-            writeln!(o, "  {:#014x} {} {}", m.base, m.path, if id.is_empty() { "-" } else { &id })?;
+            writeln!(
+                o,
+                "  {:#014x} {} {}",
+                m.base,
+                m.path,
+                if id.is_empty() { "-" } else { &id }
+            )?;
         }
     }
     for w in &d.warnings {

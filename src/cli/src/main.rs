@@ -16,7 +16,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "zmtrace", version, about = "Trace every allocation of a native program; analyze the dump offline.")]
+#[command(
+    name = "zmtrace",
+    version,
+    about = "Trace every allocation of a native program; analyze the dump offline."
+)]
 struct Opt {
     #[command(subcommand)]
     cmd: Cmd,

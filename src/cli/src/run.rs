@@ -53,9 +53,9 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         // Its own process group: a signal we forward reaches the program and its children once,
         // whether it came from the terminal or from `kill`.
         .process_group(0);
-    let child = cmd.spawn().map_err(|e| {
-        Failure::cannot_run(format!("cannot start {}: {e}", program.display()))
-    })?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| Failure::cannot_run(format!("cannot start {}: {e}", program.display())))?;
     let pid = child.id();
     CHILD_PGID.store(pid, Ordering::SeqCst);
     let terminal = Terminal::hand_to(pid);
@@ -107,9 +107,8 @@ fn is_executable(p: &Path) -> bool {
 /// instead of running it untraced and pretending.
 fn check_dynamic(program: &Path) -> Result<(), Failure> {
     use object::read::elf::{FileHeader, ProgramHeader};
-    let data = std::fs::read(program).map_err(|e| {
-        Failure::cannot_run(format!("cannot read {}: {e}", program.display()))
-    })?;
+    let data = std::fs::read(program)
+        .map_err(|e| Failure::cannot_run(format!("cannot read {}: {e}", program.display())))?;
     if data.starts_with(b"#!") {
         return Ok(()); // a script: its interpreter is what gets traced
     }

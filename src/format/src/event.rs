@@ -184,10 +184,14 @@ pub fn count_events(data: &[u8]) -> u64 {
     };
     while !c.is_empty() {
         let ok = match c.u8() {
-            Ok(TAG_ALLOC) => skip(&mut c, 2).and_then(|_| c.u8()).and_then(|_| skip(&mut c, 4)),
+            Ok(TAG_ALLOC) => skip(&mut c, 2)
+                .and_then(|_| c.u8())
+                .and_then(|_| skip(&mut c, 4)),
             Ok(TAG_FREE) => skip(&mut c, 3),
             Ok(TAG_REALLOC) => skip(&mut c, 7),
-            Ok(TAG_FAILED) => skip(&mut c, 2).and_then(|_| c.u8()).and_then(|_| skip(&mut c, 2)),
+            Ok(TAG_FAILED) => skip(&mut c, 2)
+                .and_then(|_| c.u8())
+                .and_then(|_| skip(&mut c, 2)),
             _ => Err(Malformed),
         };
         if ok.is_err() {
@@ -247,7 +251,16 @@ mod tests {
     fn every_event_kind_round_trips() {
         let mut raw = Vec::new();
         let mut b = EventBuf::default();
-        encode_alloc(&mut b, 1, 10, AllocKind::Calloc, 0x7fff_0000_1000, 24, 40, 7);
+        encode_alloc(
+            &mut b,
+            1,
+            10,
+            AllocKind::Calloc,
+            0x7fff_0000_1000,
+            24,
+            40,
+            7,
+        );
         raw.extend_from_slice(b.as_slice());
         let mut b = EventBuf::default();
         encode_realloc(&mut b, 2, 11, 0x7fff_0000_1000, 0x5555_0000, 4096, 4104, 8);

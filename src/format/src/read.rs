@@ -384,16 +384,7 @@ mod tests {
         let mut raw = Vec::new();
         for i in 0..3u64 {
             let mut b = EventBuf::default();
-            encode_alloc(
-                &mut b,
-                2 * i + 1,
-                i,
-                AllocKind::Malloc,
-                0x10 + i,
-                8,
-                24,
-                1,
-            );
+            encode_alloc(&mut b, 2 * i + 1, i, AllocKind::Malloc, 0x10 + i, 8, 24, 1);
             raw.extend_from_slice(b.as_slice());
             let mut b = EventBuf::default();
             encode_free(&mut b, 2 * i + 2, i, 0x10 + i);

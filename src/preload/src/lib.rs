@@ -54,7 +54,10 @@ unsafe impl std::alloc::GlobalAlloc for OwnHeap {
         if l.align() <= 16 {
             __libc_realloc(p.cast(), new).cast()
         } else {
-            let q = self.alloc(std::alloc::Layout::from_size_align_unchecked(new, l.align()));
+            let q = self.alloc(std::alloc::Layout::from_size_align_unchecked(
+                new,
+                l.align(),
+            ));
             if !q.is_null() {
                 std::ptr::copy_nonoverlapping(p, q, l.size().min(new));
                 self.dealloc(p, l);
@@ -275,7 +278,8 @@ pub unsafe extern "C" fn abort() -> ! {
     (real::abort_fn())()
 }
 
-type ExecveFn = unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+type ExecveFn =
+    unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
 type FexecveFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
 
 extern "C" {

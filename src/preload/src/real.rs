@@ -172,7 +172,12 @@ impl ExecEnv {
             })
         };
         let mut strings = Vec::new();
-        for key in ["LD_PRELOAD", "ZMTRACE_OUT", "ZMTRACE_SESSION", "ZMTRACE_UNWIND"] {
+        for key in [
+            "LD_PRELOAD",
+            "ZMTRACE_OUT",
+            "ZMTRACE_SESSION",
+            "ZMTRACE_UNWIND",
+        ] {
             if !has(&given, key) {
                 if let Some(v) = std::env::var_os(key) {
                     let mut s = key.as_bytes().to_vec();
@@ -184,7 +189,11 @@ impl ExecEnv {
                 }
             }
         }
-        given.retain(|&s| !CStr::from_ptr(s).to_bytes().starts_with(b"ZMTRACE_EXEC_FROM="));
+        given.retain(|&s| {
+            !CStr::from_ptr(s)
+                .to_bytes()
+                .starts_with(b"ZMTRACE_EXEC_FROM=")
+        });
         if let Ok(c) = CString::new(format!("ZMTRACE_EXEC_FROM={}", libc::getpid())) {
             strings.push(c);
         }

@@ -297,7 +297,12 @@ fn init_slow() -> Option<&'static Core> {
     let own_addr = front.own_code as usize as u64;
     let own = list
         .iter()
-        .find(|m| m.info.segments.iter().any(|&(s, e)| s <= own_addr && own_addr < e))
+        .find(|m| {
+            m.info
+                .segments
+                .iter()
+                .any(|&(s, e)| s <= own_addr && own_addr < e)
+        })
         .map(|m| m.range.clone())
         .unwrap_or(0..0);
     {
@@ -600,7 +605,10 @@ pub(crate) fn refresh_modules() {
         .collect();
     let kept = list.len();
     let written = t.written.min(kept);
-    list.extend(now.into_iter().filter(|m| !old_bases.contains(&m.info.base)));
+    list.extend(
+        now.into_iter()
+            .filter(|m| !old_bases.contains(&m.info.base)),
+    );
     t.unwinder = Some(modules::build_unwinder(&list));
     t.list = list;
     t.written = written;
@@ -731,9 +739,13 @@ mod procinfo {
         out
     }
 
+    /// NUL-terminated strings; an empty argument (`""`) stays an empty string.
     fn split_nul(b: &[u8]) -> Vec<String> {
+        let b = b.strip_suffix(&[0]).unwrap_or(b);
+        if b.is_empty() {
+            return Vec::new();
+        }
         b.split(|&c| c == 0)
-            .filter(|s| !s.is_empty())
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect()
     }

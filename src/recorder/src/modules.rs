@@ -45,7 +45,9 @@ unsafe extern "C" fn callback(
     let name = if info.dlpi_name.is_null() {
         String::new()
     } else {
-        CStr::from_ptr(info.dlpi_name).to_string_lossy().into_owned()
+        CStr::from_ptr(info.dlpi_name)
+            .to_string_lossy()
+            .into_owned()
     };
     let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
     let mut segments = Vec::new();
@@ -135,9 +137,9 @@ unsafe fn eh_frame_start(hdr: u64) -> Option<u64> {
         _ => return None,
     };
     match enc & 0x70 {
-        0x00 => Some(value as u64),                     // absptr
+        0x00 => Some(value as u64),                              // absptr
         0x10 => Some((field as i64).wrapping_add(value) as u64), // pcrel
-        0x30 => Some((hdr as i64).wrapping_add(value) as u64), // datarel (relative to the hdr)
+        0x30 => Some((hdr as i64).wrapping_add(value) as u64),   // datarel (relative to the hdr)
         _ => None,
     }
 }
@@ -205,7 +207,10 @@ mod tests {
         let main = &mods[0];
         assert_eq!(main.info.path, exe.to_string_lossy());
         assert!(main.unwind_module().is_some());
-        assert!(!main.info.build_id.is_empty(), "rustc links with a build-id");
+        assert!(
+            !main.info.build_id.is_empty(),
+            "rustc links with a build-id"
+        );
         let here = finds_the_test_binary_and_libc_with_unwind_tables as usize as u64;
         assert!(main.range.contains(&here));
         assert!(mods.iter().any(|m| m.info.path.contains("libc.so")));

@@ -152,36 +152,13 @@ pub(crate) fn finish(reason: EndReason, status: i32) {
     if out.finished {
         return;
     }
-    let core = crate::CORE.get();
-    out.flush_pass(core);
+    out.flush_pass(crate::CORE.get());
     out.finished = true;
-    if out.fd < 0 || out.failed {
-        return;
-    }
-    let mut end = End {
-        reason,
-        status,
-        events: out.events_written,
-        dropped: DROPPED.load(Ordering::Relaxed),
-        untracked_frees: 0,
-        free_null: 0,
-        truncated_stacks: 0,
-        compared_stacks: 0,
-        mismatched_stacks: 0,
-    };
-    for t in all_threads() {
-        let c = &t.counters;
-        end.untracked_frees += c.untracked_frees.load(Ordering::Relaxed);
-        end.free_null += c.free_null.load(Ordering::Relaxed);
-        end.truncated_stacks += c.truncated_stacks.load(Ordering::Relaxed);
-        end.compared_stacks += c.compared_stacks.load(Ordering::Relaxed);
-        end.mismatched_stacks += c.mismatched_stacks.load(Ordering::Relaxed);
-    }
-    let mut buf = Vec::new();
-    write::end(&mut buf, &end);
-    out.write_all_or_fail(&buf);
+    out.write_end(reason, status);
 }
 
+/// Writes everything recorded so far, the `Exec` record and an `End` of reason exec: if the exec
+/// succeeds, nothing more comes; if it fails, recording goes on and a later `End` replaces it.
 pub(crate) fn before_exec(path: &str) {
     let mut out = OUTPUT.lock();
     if out.finished {
@@ -191,6 +168,37 @@ pub(crate) fn before_exec(path: &str) {
     let mut buf = Vec::new();
     write::exec(&mut buf, path);
     out.write_all_or_fail(&buf);
+    out.write_end(EndReason::Exec, -1);
+}
+
+impl Output {
+    fn write_end(&mut self, reason: EndReason, status: i32) {
+        if self.fd < 0 || self.failed {
+            return;
+        }
+        let mut end = End {
+            reason,
+            status,
+            events: self.events_written,
+            dropped: DROPPED.load(Ordering::Relaxed),
+            untracked_frees: 0,
+            free_null: 0,
+            truncated_stacks: 0,
+            compared_stacks: 0,
+            mismatched_stacks: 0,
+        };
+        for t in all_threads() {
+            let c = &t.counters;
+            end.untracked_frees += c.untracked_frees.load(Ordering::Relaxed);
+            end.free_null += c.free_null.load(Ordering::Relaxed);
+            end.truncated_stacks += c.truncated_stacks.load(Ordering::Relaxed);
+            end.compared_stacks += c.compared_stacks.load(Ordering::Relaxed);
+            end.mismatched_stacks += c.mismatched_stacks.load(Ordering::Relaxed);
+        }
+        let mut buf = Vec::new();
+        write::end(&mut buf, &end);
+        self.write_all_or_fail(&buf);
+    }
 }
 
 /// In a forked child: leave the parent's dump alone, start our own with what we inherited.
@@ -336,7 +344,8 @@ impl Output {
         if reap {
             self.last_reap_ns = now;
             for t in all_threads() {
-                if t.in_use.load(Ordering::Acquire) && thread_is_gone(t.tid.load(Ordering::Acquire)) {
+                if t.in_use.load(Ordering::Acquire) && thread_is_gone(t.tid.load(Ordering::Acquire))
+                {
                     gone.push(t);
                 }
             }
