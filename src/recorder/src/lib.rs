@@ -72,6 +72,19 @@ static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 static SEQ: AtomicU64 = AtomicU64::new(1);
 /// CLOCK_MONOTONIC at start, in ns: event timestamps are relative to it.
 static START_MONO: AtomicU64 = AtomicU64::new(0);
+/// The wall clock at the same moment (Unix ns): the dump's start time, to which timestamps add.
+pub(crate) static START_UNIX: AtomicU64 = AtomicU64::new(0);
+
+/// Takes the two start clocks together: at the first event, and again in a forked child, whose
+/// dump starts at the fork.
+pub(crate) fn mark_start() {
+    START_MONO.store(now_mono(), Ordering::Relaxed);
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    START_UNIX.store(unix, Ordering::Relaxed);
+}
 /// Events that could not be written (after the final flush, or after a write error).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -286,7 +299,7 @@ fn init_slow() -> Option<&'static Core> {
         STATE.store(DISABLED, Ordering::Release);
         return None;
     };
-    START_MONO.store(now_mono(), Ordering::Relaxed);
+    mark_start();
     let proc = procinfo::ProcInfo::read();
     let mode = match proc.env("ZMTRACE_UNWIND").as_deref() {
         Some("backtrace") => UnwindMode::Backtrace,

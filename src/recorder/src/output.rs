@@ -205,6 +205,7 @@ impl Output {
 pub(crate) fn after_fork_in_child(core: &Core) {
     let parent = OWNER_PID.load(Ordering::Acquire);
     let fork_seq = SEQ.load(Ordering::Relaxed);
+    crate::mark_start();
     {
         let mut out = OUTPUT.lock();
         if out.fd >= 0 {
@@ -275,10 +276,7 @@ impl Output {
                 origin,
                 parent_pid,
                 fork_seq,
-                start_unix_ns: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0),
+                start_unix_ns: crate::START_UNIX.load(Ordering::Relaxed),
                 session: core.proc.env("ZMTRACE_SESSION").unwrap_or_default(),
                 exe: core.proc.exe.clone(),
                 argv: core.proc.argv.clone(),

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Redis throughput untraced vs traced by zmtrace (and by heaptrack, where installed), interleaved
+# A B C A B C… over REPS repetitions. Prints, per command, the median requests/s of each and the
+# median of the per-repetition ratio to the untraced run.
+#
+#   scripts/redis-throughput.sh [REPS] [REQUESTS] [PIPELINE]      (needs redis-server and redis-benchmark)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+reps=${1:-5}
+requests=${2:-100000}
+pipeline=${3:-16}
+tests=set,get,incr,lpush
+cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+zmtrace=$root/target/release/zmtrace
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+port=$((20000 + RANDOM % 20000))
+
+modes=(untraced zmtrace)
+command -v heaptrack >/dev/null && modes+=(heaptrack)
+
+run_one() { # mode rep
+    local mode=$1 rep=$2 out="$work/$1.$2"
+    mkdir -p "$out"
+    local server=(redis-server --port "$port" --save "" --appendonly no --dir "$out")
+    case $mode in
+        untraced) "${server[@]}" >"$out/log" 2>&1 & ;;
+        zmtrace) "$zmtrace" run -o "$out" -- "${server[@]}" >"$out/log" 2>&1 & ;;
+        heaptrack) heaptrack -o "$out/heaptrack" "${server[@]}" >"$out/log" 2>&1 & ;;
+    esac
+    local pid=$!
+    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-benchmark -p "$port" -q -n "$requests" -P "$pipeline" -t "$tests" 2>/dev/null | tr '\r' '\n' |
+        awk -v m="$mode" -v r="$rep" '/requests per second/ {sub(":","",$1); print m, r, $1, $2}' >>"$work/results"
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    wait "$pid" 2>/dev/null || true
+    if [ "$mode" = zmtrace ]; then du -b "$out"/zmtrace.*.zmt | awk '{s+=$1} END {print "dump-bytes", s}' >>"$work/sizes"; fi
+    if [ "$mode" = heaptrack ]; then du -b "$out"/heaptrack* | awk '{s+=$1} END {print "heaptrack-bytes", s}' >>"$work/sizes"; fi
+}
+
+for rep in $(seq "$reps"); do
+    for mode in "${modes[@]}"; do run_one "$mode" "$rep"; done
+done
+
+python3 - "$work/results" <<'PY'
+import sys, statistics as st, collections
+rows = [l.split() for l in open(sys.argv[1])]
+rps = collections.defaultdict(dict)          # (test, mode) -> rep -> rps
+for mode, rep, test, v in rows:
+    rps[(test, mode)][rep] = float(v)
+tests = sorted({t for t, _ in rps})
+modes = [m for m in ("untraced", "zmtrace", "heaptrack") if any(m == k[1] for k in rps)]
+print(f"{'command':8} " + " ".join(f"{m+' rps (min-max)':>32}" for m in modes) + "  ratio to untraced (median of per-rep ratios)")
+for t in tests:
+    cells, ratios = [], []
+    for m in modes:
+        v = list(rps[(t, m)].values())
+        cells.append(f"{st.median(v):>10.0f} ({min(v):.0f}-{max(v):.0f})".rjust(32))
+        if m != "untraced":
+            r = [rps[(t, m)][k] / rps[(t, "untraced")][k] for k in rps[(t, m)] if k in rps[(t, "untraced")]]
+            ratios.append(f"{m} {st.median(r):.2f} ({min(r):.2f}-{max(r):.2f})")
+    print(f"{t:8} " + " ".join(cells) + "  " + ", ".join(ratios))
+PY
+sort "$work/sizes" | awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "%s mean %.1f MiB\n", k, s[k]/n[k]/1048576}'
