@@ -164,8 +164,14 @@ pub struct Finished {
 /// Runs `zmtrace` with `args` in its own process group; after [`RUN_TIMEOUT`] the whole group is
 /// killed and the test fails (a deadlocked traced process must not hang the test suite).
 pub fn run_zmtrace<S: AsRef<OsStr>>(args: &[S]) -> Finished {
+    run_zmtrace_env(args, &[])
+}
+
+/// [`run_zmtrace`] with extra environment variables (e.g. `ZMTRACE_UNWIND`).
+pub fn run_zmtrace_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Finished {
     let mut cmd = Command::new(zmtrace_bin());
     cmd.args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -260,6 +266,11 @@ pub fn unix_ns(dump: &Dump, e: &Event) -> u64 {
 /// `zmtrace run -o <fresh dir> -- program args...`, then every dump in the directory read with
 /// [`Dump::open`] (a dump that cannot be opened fails the test).
 pub fn run_traced(program: &Path, args: &[&str]) -> Run {
+    run_traced_env(program, args, &[])
+}
+
+/// [`run_traced`] with extra environment variables for zmtrace and the traced program.
+pub fn run_traced_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     ensure_preload_built();
     let stem = program.file_name().unwrap().to_string_lossy().into_owned();
     let dir = fresh_dir(&stem);
@@ -272,7 +283,7 @@ pub fn run_traced(program: &Path, args: &[&str]) -> Run {
     argv.push(program.as_os_str());
     argv.extend(args.iter().map(|a| OsStr::new(*a)));
     let started_unix_ns = now_unix_ns();
-    let fin = run_zmtrace(&argv);
+    let fin = run_zmtrace_env(&argv, env);
     let finished_unix_ns = now_unix_ns();
     let mut dumps = Vec::new();
     for path in dump_files(&dir) {
