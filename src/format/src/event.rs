@@ -1,7 +1,12 @@
-//! Allocation events: how the recorder encodes them (into a fixed buffer, on the hot path) and how
-//! the reader decodes them.
+//! Allocation events: how the recorder encodes them (into a fixed buffer, on the hot path), how
+//! its writer packs them for the dump, and how the reader decodes them.
 //!
-//! Inside an `Events` record, after decompression, events follow each other with no framing:
+//! On the hot path an event is a tag and varints with absolute values ([`encode_alloc`] and its
+//! siblings): no per-thread encoder state, nothing to get wrong when a ring is drained at an
+//! arbitrary point. The writer then rewrites each drained batch into the *packed* form stored in
+//! `Events` records ([`pack`]), where every field is relative to the previous event of the same
+//! record, which roughly halves what zstd has to compress. Each record starts from zero, so it
+//! decodes on its own and a damaged record loses only its own events.
 //!
 //! ```text
 //! Alloc       := 1 seq ts kind addr size usable stack
@@ -10,13 +15,15 @@
 //! AllocFailed := 4 seq ts kind size stack
 //! ```
 //!
-//! Every field is a varint with its absolute value, so each record decodes on its own (a damaged
-//! record loses only its own events); zstd removes most of the redundancy. `ts` is nanoseconds since
-//! the process record's start. A `Realloc` whose `new_addr` is 0 and `size` is 0 freed the block
-//! (`realloc(p, 0)` on glibc). A `realloc` that failed leaves its block alone and is recorded as
-//! `AllocFailed` of kind [`AllocKind::Realloc`]; `realloc(NULL, n)` is an `Alloc` of that kind.
+//! Packed, per record: `seq` is the difference to the previous event's (varint), `ts` likewise
+//! (zigzag), addresses are zigzag differences to the previous address field (a realloc's new
+//! address to its old one), `usable` is zigzag(usable - size), `stack` a zigzag difference to the
+//! previous stack id; `size` and `kind` are plain. `ts` is nanoseconds since the process record's
+//! start. A `Realloc` whose `new_addr` is 0 and `size` is 0 freed the block (`realloc(p, 0)` on
+//! glibc). A `realloc` that failed leaves its block alone and is recorded as `AllocFailed` of kind
+//! [`AllocKind::Realloc`]; `realloc(NULL, n)` is an `Alloc` of that kind.
 
-use crate::varint::{Cursor, FixedBuf, Malformed};
+use crate::varint::{put_uvarint, unzigzag, zigzag, Cursor, FixedBuf, Malformed};
 
 /// The largest encoded event: a tag and at most seven varints.
 pub const MAX_EVENT_LEN: usize = 1 + 7 * crate::varint::MAX_VARINT_LEN;
@@ -111,6 +118,8 @@ pub enum EventKind {
     },
 }
 
+// One argument per field of the wire format, on the hot path: a struct would only be unpacked.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn encode_alloc(
     b: &mut EventBuf,
@@ -140,6 +149,7 @@ pub fn encode_free(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
     b.uvarint(addr);
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn encode_realloc(
     b: &mut EventBuf,
@@ -171,40 +181,9 @@ pub fn encode_failed(b: &mut EventBuf, seq: u64, ts: u64, kind: AllocKind, size:
     b.uvarint(u64::from(stack));
 }
 
-/// Counts the whole events in `data` without decoding them (the writer's tally for the `End`
-/// record). Stops at the first malformed byte.
-pub fn count_events(data: &[u8]) -> u64 {
-    let mut c = Cursor::new(data);
-    let mut n = 0;
-    let skip = |c: &mut Cursor, k: usize| -> Result<(), Malformed> {
-        for _ in 0..k {
-            c.uvarint()?;
-        }
-        Ok(())
-    };
-    while !c.is_empty() {
-        let ok = match c.u8() {
-            Ok(TAG_ALLOC) => skip(&mut c, 2)
-                .and_then(|_| c.u8())
-                .and_then(|_| skip(&mut c, 4)),
-            Ok(TAG_FREE) => skip(&mut c, 3),
-            Ok(TAG_REALLOC) => skip(&mut c, 7),
-            Ok(TAG_FAILED) => skip(&mut c, 2)
-                .and_then(|_| c.u8())
-                .and_then(|_| skip(&mut c, 2)),
-            _ => Err(Malformed),
-        };
-        if ok.is_err() {
-            break;
-        }
-        n += 1;
-    }
-    n
-}
-
-/// Decodes the events of one `Events` record into `out`. On malformed input it keeps the events
-/// before the damage and returns the error.
-pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), Malformed> {
+/// Decodes hot-path (plain) events into `out`. On malformed input it keeps the events before the
+/// damage and returns the error.
+pub fn decode_plain(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), Malformed> {
     let mut c = Cursor::new(data);
     while !c.is_empty() {
         let tag = c.u8()?;
@@ -243,6 +222,150 @@ pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), 
     Ok(())
 }
 
+/// Field-by-field delta state of a packed record.
+#[derive(Default)]
+struct Deltas {
+    seq: u64,
+    ts: u64,
+    addr: u64,
+    stack: u32,
+}
+
+impl Deltas {
+    fn addr(&mut self, out: &mut Vec<u8>, a: u64) {
+        put_uvarint(out, zigzag(a.wrapping_sub(self.addr) as i64));
+        self.addr = a;
+    }
+    fn stack(&mut self, out: &mut Vec<u8>, s: u32) {
+        put_uvarint(out, zigzag(i64::from(s) - i64::from(self.stack)));
+        self.stack = s;
+    }
+    fn read_addr(&mut self, c: &mut Cursor) -> Result<u64, Malformed> {
+        self.addr = self.addr.wrapping_add(unzigzag(c.uvarint()?) as u64);
+        Ok(self.addr)
+    }
+    fn read_stack(&mut self, c: &mut Cursor) -> Result<u32, Malformed> {
+        let s = i64::from(self.stack) + unzigzag(c.uvarint()?);
+        self.stack = u32::try_from(s).map_err(|_| Malformed)?;
+        Ok(self.stack)
+    }
+}
+
+/// Rewrites plain events (as drained from a ring) into the packed form of an `Events` record,
+/// appending to `out`; returns how many events it packed. Stops at the first malformed byte
+/// (which the recorder never writes).
+pub fn pack(plain: &[u8], out: &mut Vec<u8>) -> u64 {
+    let mut c = Cursor::new(plain);
+    let mut d = Deltas::default();
+    let mut n = 0;
+    let mut one = |c: &mut Cursor, out: &mut Vec<u8>| -> Result<(), Malformed> {
+        let tag = c.u8()?;
+        let seq = c.uvarint()?;
+        let ts = c.uvarint()?;
+        let start = out.len();
+        out.push(tag);
+        put_uvarint(out, seq.wrapping_sub(d.seq));
+        put_uvarint(out, zigzag(ts.wrapping_sub(d.ts) as i64));
+        d.seq = seq;
+        d.ts = ts;
+        let r = (|| {
+            match tag {
+                TAG_ALLOC => {
+                    out.push(c.u8()?);
+                    d.addr(out, c.uvarint()?);
+                    let size = c.uvarint()?;
+                    put_uvarint(out, size);
+                    put_uvarint(out, zigzag(c.uvarint()?.wrapping_sub(size) as i64));
+                    d.stack(out, c.u32()?);
+                }
+                TAG_FREE => d.addr(out, c.uvarint()?),
+                TAG_REALLOC => {
+                    d.addr(out, c.uvarint()?);
+                    d.addr(out, c.uvarint()?);
+                    let size = c.uvarint()?;
+                    put_uvarint(out, size);
+                    put_uvarint(out, zigzag(c.uvarint()?.wrapping_sub(size) as i64));
+                    d.stack(out, c.u32()?);
+                }
+                TAG_FAILED => {
+                    out.push(c.u8()?);
+                    put_uvarint(out, c.uvarint()?);
+                    d.stack(out, c.u32()?);
+                }
+                _ => return Err(Malformed),
+            }
+            Ok(())
+        })();
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    };
+    while !c.is_empty() {
+        if one(&mut c, out).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Decodes the packed events of one `Events` record into `out`. On malformed input it keeps the
+/// events before the damage and returns the error.
+pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), Malformed> {
+    let mut c = Cursor::new(data);
+    let mut d = Deltas::default();
+    while !c.is_empty() {
+        let tag = c.u8()?;
+        d.seq = d.seq.wrapping_add(c.uvarint()?);
+        d.ts = d.ts.wrapping_add(unzigzag(c.uvarint()?) as u64);
+        let kind = match tag {
+            TAG_ALLOC => {
+                let kind = AllocKind::from_u8(c.u8()?).ok_or(Malformed)?;
+                let addr = d.read_addr(&mut c)?;
+                let size = c.uvarint()?;
+                let usable = size.wrapping_add(unzigzag(c.uvarint()?) as u64);
+                EventKind::Alloc {
+                    kind,
+                    addr,
+                    size,
+                    usable,
+                    stack: d.read_stack(&mut c)?,
+                }
+            }
+            TAG_FREE => EventKind::Free {
+                addr: d.read_addr(&mut c)?,
+            },
+            TAG_REALLOC => {
+                let old_addr = d.read_addr(&mut c)?;
+                let new_addr = d.read_addr(&mut c)?;
+                let size = c.uvarint()?;
+                let usable = size.wrapping_add(unzigzag(c.uvarint()?) as u64);
+                EventKind::Realloc {
+                    old_addr,
+                    new_addr,
+                    size,
+                    usable,
+                    stack: d.read_stack(&mut c)?,
+                }
+            }
+            TAG_FAILED => EventKind::AllocFailed {
+                kind: AllocKind::from_u8(c.u8()?).ok_or(Malformed)?,
+                size: c.uvarint()?,
+                stack: d.read_stack(&mut c)?,
+            },
+            _ => return Err(Malformed),
+        };
+        out.push(Event {
+            seq: d.seq,
+            ts_ns: d.ts,
+            tid,
+            kind,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +397,12 @@ mod tests {
         assert!(b.len <= MAX_EVENT_LEN);
 
         let mut out = Vec::new();
-        decode_events(&raw, 42, &mut out).unwrap();
+        decode_plain(&raw, 42, &mut out).unwrap();
+        let mut packed = Vec::new();
+        assert_eq!(pack(&raw, &mut packed), 4);
+        let mut unpacked = Vec::new();
+        decode_events(&packed, 42, &mut unpacked).unwrap();
+        assert_eq!(unpacked, out, "packing loses nothing");
         assert_eq!(out.len(), 4);
         assert_eq!(
             out[0].kind,
@@ -297,11 +425,15 @@ mod tests {
         );
         assert_eq!(out[3].kind, EventKind::Free { addr: u64::MAX });
         assert!(out.iter().all(|e| e.tid == 42));
-        assert_eq!(count_events(&raw), 4);
 
         // A cut in the middle keeps the whole events before it.
         let mut out = Vec::new();
-        assert!(decode_events(&raw[..raw.len() - 2], 1, &mut out).is_err());
+        assert!(decode_plain(&raw[..raw.len() - 2], 1, &mut out).is_err());
+        assert_eq!(out.len(), 3);
+        let mut cut = Vec::new();
+        assert_eq!(pack(&raw[..raw.len() - 2], &mut cut), 3);
+        let mut out = Vec::new();
+        assert!(decode_events(&packed[..packed.len() - 1], 1, &mut out).is_err());
         assert_eq!(out.len(), 3);
     }
 }

@@ -390,8 +390,10 @@ mod tests {
             encode_free(&mut b, 2 * i + 2, i, 0x10 + i);
             raw.extend_from_slice(b.as_slice());
         }
-        let z = zstd::bulk::compress(&raw, 1).unwrap();
-        write::events(&mut out, 0, 99, raw.len(), &z);
+        let mut packed = Vec::new();
+        crate::event::pack(&raw, &mut packed);
+        let z = zstd::bulk::compress(&packed, 1).unwrap();
+        write::events(&mut out, 0, 99, packed.len(), &z);
         write::end(
             &mut out,
             &End {

@@ -9,6 +9,10 @@
 //! directly: it never passes through the hooks, so it is neither traced nor mixed into the
 //! program's allocator.
 
+// The exported functions are the C library's allocator and process functions; their safety
+// contract is libc's, documented there, not restated on each hook.
+#![allow(clippy::missing_safety_doc)]
+
 mod real;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -81,19 +85,15 @@ unsafe fn usable_size(p: *mut u8) -> usize {
 
 fn marker() {}
 
-static FRONT: FrontEnd = FrontEnd {
+pub(crate) static FRONT: FrontEnd = FrontEnd {
     usable_size,
     own_code: marker,
 };
 
-/// Resolves the next allocator and registers with the recorder; cheap after the first call.
+/// The next allocator (resolved, and the recorder told about us, on the first call).
 #[inline(always)]
 fn ready() -> Option<&'static Next> {
-    let n = next();
-    if n.is_some() {
-        rec::set_front_end(&FRONT);
-    }
-    n
+    next()
 }
 
 extern "C" fn on_load() {
@@ -136,11 +136,7 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
         };
     };
     let p = (n.calloc)(count, size);
-    rec::on_alloc(
-        AllocKind::Calloc,
-        p.cast(),
-        count.checked_mul(size).unwrap_or(usize::MAX),
-    );
+    rec::on_alloc(AllocKind::Calloc, p.cast(), count.saturating_mul(size));
     p
 }
 

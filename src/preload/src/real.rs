@@ -57,6 +57,7 @@ fn resolve() -> Option<&'static Next> {
         };
         *NEXT.0.get() = Some(n);
         STATE.store(RESOLVED, Ordering::Release);
+        zmtrace_recorder::set_front_end(&crate::FRONT);
         (*NEXT.0.get()).as_ref()
     }
 }

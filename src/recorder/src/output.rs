@@ -22,6 +22,7 @@ pub(crate) struct Output {
     finished: bool,
     zstd: Option<zstd::bulk::Compressor<'static>>,
     raw: Vec<u8>,
+    packed: Vec<u8>,
     events: Vec<u8>,
     meta: Vec<u8>,
     events_written: u64,
@@ -36,6 +37,7 @@ pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
     finished: false,
     zstd: None,
     raw: Vec::new(),
+    packed: Vec::new(),
     events: Vec::new(),
     meta: Vec::new(),
     events_written: 0,
@@ -358,11 +360,12 @@ impl Output {
             }
             // Read after draining: a new owner's tid is published before its first event.
             let tid = t.tid.load(Ordering::Acquire);
-            self.events_written += zmtrace_format::event::count_events(&self.raw);
-            let raw = std::mem::take(&mut self.raw);
-            let z = self.compress(&raw);
-            write::events(&mut self.events, t.stream, tid, raw.len(), &z);
-            self.raw = raw;
+            self.packed.clear();
+            self.events_written += zmtrace_format::event::pack(&self.raw, &mut self.packed);
+            let packed = std::mem::take(&mut self.packed);
+            let z = self.compress(&packed);
+            write::events(&mut self.events, t.stream, tid, packed.len(), &z);
+            self.packed = packed;
         }
         for t in gone {
             t.in_use.store(false, Ordering::Release);

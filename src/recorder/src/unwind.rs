@@ -20,53 +20,156 @@ use crate::{bump, Core, Counters, UnwindMode, MAX_FRAMES, MODULES, MODULES_GENER
 const SUB_CACHES: usize = 16;
 const FRAMEHOP_SLOTS: u64 = 509;
 
+/// One walk of a stack: the frames, the unwinding state (sp, bp) at each, and every stack word the
+/// unwinder read to go from each frame to the next.
+struct Walk {
+    n: usize,
+    truncated: bool,
+    /// False when the read log overflowed: this walk cannot be reused.
+    reusable: bool,
+    frames: [u64; MAX_FRAMES],
+    sp: [u64; MAX_FRAMES],
+    bp: [u64; MAX_FRAMES],
+    /// Reads of the step from frame i to i+1: `reads[read_start[i]..read_start[i + 1]]`.
+    read_start: [u32; MAX_FRAMES + 1],
+    reads: Vec<(u64, u64)>,
+}
+
+const MAX_READS: usize = 4 * MAX_FRAMES;
+
+impl Walk {
+    fn new() -> Box<Walk> {
+        Box::new(Walk {
+            n: 0,
+            truncated: false,
+            reusable: false,
+            frames: [0; MAX_FRAMES],
+            sp: [0; MAX_FRAMES],
+            bp: [0; MAX_FRAMES],
+            read_start: [0; MAX_FRAMES + 1],
+            reads: Vec::with_capacity(MAX_READS),
+        })
+    }
+}
+
+/// A per-thread cache in front of the shared stack store: a thread usually allocates from the
+/// same few stacks, and a hit costs a hash and a compare instead of a shard lock.
+const INTERN_SLOTS: usize = 512;
+
+#[derive(Clone, Copy)]
+struct Interned {
+    hash: u64,
+    frames: *const u64,
+    len: u32,
+    id: u32,
+}
+
 pub(crate) struct Local {
+    interned: Box<[Interned; INTERN_SLOTS]>,
     unwinder: UnwinderX86_64<&'static [u8]>,
     caches: [Option<Box<CacheX86_64>>; SUB_CACHES],
     generation: u64,
     /// The highest address of this thread's stack: reads above it are refused.
     stack_top: u64,
     mode: UnwindMode,
-    frames: [u64; MAX_FRAMES],
+    /// The walk being made, and the previous one (whose outer frames are usually still there).
+    cur: Box<Walk>,
+    prev: Box<Walk>,
     reference: [u64; MAX_FRAMES],
 }
 
 impl Local {
     pub fn new(stack_top: u64, mode: UnwindMode) -> Local {
         Local {
+            interned: Box::new(
+                [Interned {
+                    hash: 0,
+                    frames: std::ptr::null(),
+                    len: 0,
+                    id: 0,
+                }; INTERN_SLOTS],
+            ),
             unwinder: UnwinderX86_64::new(),
             caches: Default::default(),
             generation: u64::MAX,
             stack_top,
             mode,
-            frames: [0; MAX_FRAMES],
+            cur: Walk::new(),
+            prev: Walk::new(),
             reference: [0; MAX_FRAMES],
         }
     }
 
     pub fn reset_for_thread(&mut self, stack_top: u64) {
         self.stack_top = stack_top;
+        self.prev.reusable = false;
+    }
+
+    /// Captures the current stack and returns its interned id.
+    #[inline(always)]
+    pub fn stack_id(&mut self, core: &Core, counters: &Counters) -> u32 {
+        let frames: &[u64] = match self.mode {
+            UnwindMode::Fast => {
+                let n = self.capture_fast(core, counters);
+                &self.prev.frames[..n]
+            }
+            // The reference modes are slow anyway: no cache.
+            _ => return crate::intern(core, self.capture(core, counters)).0,
+        };
+        let mut h = crate::Fx::default();
+        for &f in frames {
+            std::hash::Hasher::write_u64(&mut h, f);
+        }
+        let hash = std::hash::Hasher::finish(&h) | 1;
+        let slot = &mut self.interned[(hash as usize >> 7) % INTERN_SLOTS];
+        if slot.hash == hash && slot.len as usize == frames.len() {
+            // SAFETY: `slot.frames` points into the stack store, whose stacks are never freed.
+            let cached = unsafe { std::slice::from_raw_parts(slot.frames, frames.len()) };
+            if cached == frames {
+                return slot.id;
+            }
+        }
+        let (id, ptr) = crate::intern(core, frames);
+        *slot = Interned {
+            hash,
+            frames: ptr,
+            len: frames.len() as u32,
+            id,
+        };
+        id
     }
 
     /// The current call stack, innermost first, without the recorder's own frames.
     #[inline(always)]
     pub fn capture(&mut self, core: &Core, counters: &Counters) -> &[u64] {
-        let n = match self.mode {
-            UnwindMode::Fast => self.capture_fast(core, counters),
-            UnwindMode::Backtrace => capture_backtrace(core, &mut self.frames),
+        match self.mode {
+            UnwindMode::Fast => {
+                let n = self.capture_fast(core, counters);
+                &self.prev.frames[..n]
+            }
+            UnwindMode::Backtrace => {
+                let n = capture_backtrace(core, &mut self.reference);
+                &self.reference[..n]
+            }
             UnwindMode::Compare => {
                 let n = self.capture_fast(core, counters);
-                let m = capture_backtrace(core, &mut self.reference);
+                let mut reference = [0u64; MAX_FRAMES];
+                let m = capture_backtrace(core, &mut reference);
                 bump(&counters.compared_stacks);
-                if self.frames[..n] != self.reference[..m] {
+                if self.prev.frames[..n] != reference[..m] {
                     bump(&counters.mismatched_stacks);
                 }
-                n
+                &self.prev.frames[..n]
             }
-        };
-        &self.frames[..n]
+        }
     }
 
+    /// Walks the stack with framehop, one cached rule per frame, and stops early where the rest of
+    /// the stack is provably the previous walk's: the same frame in the same state (return
+    /// address, sp, bp), and every stack word the previous walk read from there on still holds the
+    /// value it read. Unwinding is a function of the state and those words, so the outer frames
+    /// are then exactly the previous ones, for a few compares instead of a rule lookup each.
+    /// Returns the frame count; the frames are in `self.prev` (the walks are swapped at the end).
     #[inline(never)]
     fn capture_fast(&mut self, core: &Core, counters: &Counters) -> usize {
         let generation = MODULES_GENERATION.load(Ordering::Acquire);
@@ -76,6 +179,7 @@ impl Local {
                 self.unwinder = u.clone();
             }
             self.generation = generation;
+            self.prev.reusable = false;
         }
         let (ip, sp, bp): (u64, u64, u64);
         // SAFETY: reads three registers; no memory is touched.
@@ -94,36 +198,92 @@ impl Local {
         if sp >= top || top - sp > (1 << 30) {
             // Not on this thread's own stack (sigaltstack, a coroutine): use the slow unwinder,
             // which needs no bounds.
-            return capture_backtrace(core, &mut self.frames);
+            let n = capture_backtrace(core, &mut self.prev.frames);
+            self.prev.n = n;
+            self.prev.reusable = false;
+            return n;
         }
-        // Only this thread's stack, between the current stack pointer and its top, is read.
-        let mut read_stack = |addr: u64| -> Result<u64, ()> {
-            if addr >= sp && addr.checked_add(8).is_some_and(|e| e <= top) && addr % 8 == 0 {
-                // SAFETY: inside this thread's live stack, checked above.
-                Ok(unsafe { (addr as *const u64).read() })
-            } else {
-                Err(())
-            }
+        let on_stack = move |addr: u64| {
+            addr >= sp && addr.checked_add(8).is_some_and(|e| e <= top) && addr.is_multiple_of(8)
         };
         let own = &core.own;
+        let cur = &mut *self.cur;
+        let prev = &*self.prev;
+        cur.reads.clear();
+        cur.truncated = false;
+        cur.reusable = true;
         let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
         let mut frame = FrameAddress::InstructionPointer(ip);
         let mut n = 0;
         let mut skipping = true;
+        let mut pj = 0; // the first frame of the previous walk not below the current sp
         loop {
             let a = frame.address();
             if !(skipping && own.contains(&a)) {
                 skipping = false;
                 if n == MAX_FRAMES {
-                    bump(&counters.truncated_stacks);
+                    cur.truncated = true;
                     break;
                 }
-                self.frames[n] = a;
+                let (fsp, fbp) = (regs.sp(), regs.bp());
+                cur.frames[n] = a;
+                cur.sp[n] = fsp;
+                cur.bp[n] = fbp;
+                cur.read_start[n] = cur.reads.len() as u32;
+                if prev.reusable && frame.is_return_address() {
+                    while pj < prev.n && prev.sp[pj] < fsp {
+                        pj += 1;
+                    }
+                    if pj < prev.n
+                        && prev.sp[pj] == fsp
+                        && prev.frames[pj] == a
+                        && prev.bp[pj] == fbp
+                        && cur.reads.len() + prev.reads.len() <= MAX_READS
+                    {
+                        let from = prev.read_start[pj] as usize;
+                        let same = prev.reads[from..].iter().all(|&(addr, v)| {
+                            // SAFETY: inside this thread's live stack, checked first.
+                            on_stack(addr) && unsafe { (addr as *const u64).read() } == v
+                        });
+                        if same {
+                            let k = prev.n - pj; // frames taken over, this one included
+                            if n + k <= MAX_FRAMES {
+                                cur.frames[n..n + k].copy_from_slice(&prev.frames[pj..prev.n]);
+                                cur.sp[n..n + k].copy_from_slice(&prev.sp[pj..prev.n]);
+                                cur.bp[n..n + k].copy_from_slice(&prev.bp[pj..prev.n]);
+                                let base = cur.reads.len() as i64 - from as i64;
+                                for i in 0..=k {
+                                    cur.read_start[n + i] =
+                                        (prev.read_start[pj + i] as i64 + base) as u32;
+                                }
+                                cur.reads.extend_from_slice(&prev.reads[from..]);
+                                n += k;
+                                cur.truncated = prev.truncated;
+                                break;
+                            }
+                        }
+                    }
+                }
                 n += 1;
             }
             let lookup = frame.address_for_lookup();
             let slot = ((lookup / FRAMEHOP_SLOTS) % SUB_CACHES as u64) as usize;
             let cache = self.caches[slot].get_or_insert_with(|| Box::new(CacheX86_64::new()));
+            let reads = &mut cur.reads;
+            let reusable = &mut cur.reusable;
+            let mut read_stack = |addr: u64| -> Result<u64, ()> {
+                if !on_stack(addr) {
+                    return Err(());
+                }
+                // SAFETY: inside this thread's live stack, checked above.
+                let v = unsafe { (addr as *const u64).read() };
+                if reads.len() < MAX_READS {
+                    reads.push((addr, v));
+                } else {
+                    *reusable = false;
+                }
+                Ok(v)
+            };
             match self
                 .unwinder
                 .unwind_frame(frame, &mut regs, cache, &mut read_stack)
@@ -136,11 +296,17 @@ impl Local {
                 Err(_) => {
                     // A frame framehop could not unwind (no unwind info and no usable frame
                     // pointer): the stack ends here.
-                    bump(&counters.truncated_stacks);
+                    cur.truncated = true;
                     break;
                 }
             }
         }
+        cur.n = n;
+        cur.read_start[n] = cur.reads.len() as u32;
+        if cur.truncated {
+            bump(&counters.truncated_stacks);
+        }
+        std::mem::swap(&mut self.cur, &mut self.prev);
         n
     }
 }
