@@ -3,7 +3,9 @@
  * Usage: crasher segv     early blocks, 2 s pause, late blocks, write through a NULL pointer
  *        crasher abort    early blocks, late blocks, abort()
  *        crasher kill     early blocks, 2 s pause, late blocks, raise(SIGKILL)
- * Prints nothing. Exit status 20..99 = bad usage or a failed check.
+ *        crasher wait     early blocks, prints "ready", waits for a signal to end it (the
+ *                         tests send SIGINT or SIGTERM to `zmtrace run`, which passes it on)
+ * Prints nothing else. Exit status 20..99 = bad usage or a failed check.
  *
  * The pause lets the recorder flush (it flushes at least once a second), so the early events are
  * in the dump even where the process gets no chance to say goodbye (SIGKILL).
@@ -55,10 +57,17 @@ int main(int argc, char **argv)
     int segv = strcmp(mode, "segv") == 0;
     int abrt = strcmp(mode, "abort") == 0;
     int killme = strcmp(mode, "kill") == 0;
-    if (!segv && !abrt && !killme)
-        sample_check_failed(31, "mode is one of segv, abort, kill");
+    int wait = strcmp(mode, "wait") == 0;
+    if (!segv && !abrt && !killme && !wait)
+        sample_check_failed(31, "mode is one of segv, abort, kill, wait");
 
     zs_early();
+    if (wait) {
+        printf("ready\n");
+        fflush(stdout);
+        for (;;)
+            pause();
+    }
     if (!abrt)
         sleep_ms(2000);
     fflush(stdout);

@@ -185,22 +185,39 @@ fn find_library() -> Result<PathBuf, Failure> {
 static CHILD_PGID: AtomicU32 = AtomicU32::new(0);
 static SIGNALS_SEEN: AtomicI32 = AtomicI32::new(0);
 
-/// Ctrl-C or SIGTERM sent to zmtrace goes on to the program's process group: first SIGINT (what a
-/// terminal sends), then SIGTERM, then SIGKILL if the program still does not stop.
+/// Signals sent to zmtrace go on to the program's process group. Ctrl-C (SIGINT, through
+/// `ctrlc`): first SIGINT, then SIGTERM, then SIGKILL if the program still does not stop.
+/// SIGTERM and SIGHUP are passed on as they are.
 fn install_forwarding() {
     let _ = ctrlc::set_handler(|| {
-        let pgid = CHILD_PGID.load(Ordering::SeqCst) as i32;
-        if pgid <= 0 {
-            return;
-        }
         let sig = match SIGNALS_SEEN.fetch_add(1, Ordering::SeqCst) {
             0 => libc::SIGINT,
             1 => libc::SIGTERM,
             _ => libc::SIGKILL,
         };
+        forward(sig);
+    });
+    extern "C" fn pass_on(sig: libc::c_int) {
+        forward(sig);
+    }
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs a handler that only calls kill(2), which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = pass_on as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+fn forward(sig: libc::c_int) {
+    let pgid = CHILD_PGID.load(Ordering::SeqCst) as i32;
+    if pgid > 0 {
         // SAFETY: kill(2) on the child's process group.
         unsafe { libc::kill(-pgid, sig) };
-    });
+    }
 }
 
 /// While the program runs it owns the terminal, so Ctrl-C typed there reaches it directly.
