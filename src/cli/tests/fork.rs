@@ -274,3 +274,41 @@ fn fork_timestamps_respect_causality() {
         }
     }
 }
+
+/// vfork children share the parent's memory, recorder included: one that calls `_exit` must not
+/// end the parent's dump, and one that calls `execv` must not flush or end it.
+#[test]
+fn vfork_children_leave_the_parents_dump_alone() {
+    let run = run_traced(&sample("vforker"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let parents: Vec<&Dump> = run
+        .dumps
+        .iter()
+        .filter(|d| {
+            process(d)
+                .argv
+                .first()
+                .is_some_and(|a| a.ends_with("vforker"))
+        })
+        .collect();
+    assert_eq!(parents.len(), 1, "{}", run.describe());
+    let dump = parents[0];
+    let sym = Symbolizer::new();
+    let r = replay(dump, &sym, &is_sample);
+    assert_complete(&run, dump, &r);
+    let end = dump.end.unwrap();
+    assert_eq!(end.reason, EndReason::Exit, "{}", run.describe());
+    assert!(
+        dump.exec.is_none(),
+        "the vfork child's exec is not the parent's"
+    );
+    assert_eq!(
+        r.counts,
+        Counts::new()
+            .alloc("malloc", 5, 11 + 22 + 33 + 44 + 55)
+            .frees(1)
+            .leaked(4, 11 + 33 + 44 + 55),
+        "{}",
+        list_events(&r)
+    );
+}

@@ -98,6 +98,8 @@ fn ready() -> Option<&'static Next> {
 
 extern "C" fn on_load() {
     ready();
+    // SAFETY: dlsym lookups of libc functions with their C signatures.
+    unsafe { real::resolve_exits() };
     rec::start_writer();
 }
 
@@ -284,14 +286,22 @@ extern "C" {
 
 /// Writes out the dump before the image is replaced, and makes sure the new image is traced too
 /// (its environment keeps `LD_PRELOAD` and the `ZMTRACE_*` settings) and knows it was exec'ed.
-unsafe fn exec_prepare(what: *const c_char, envp: *const *const c_char) -> real::ExecEnv {
+/// In a `vfork` child the environment is passed on untouched.
+unsafe fn exec_prepare(what: *const c_char, envp: *const *const c_char) -> Option<real::ExecEnv> {
     let name = if what.is_null() {
         String::new()
     } else {
         CStr::from_ptr(what).to_string_lossy().into_owned()
     };
-    rec::before_exec(&name);
-    real::ExecEnv::new(envp)
+    if rec::before_exec(&name) {
+        Some(real::ExecEnv::new(envp))
+    } else {
+        None
+    }
+}
+
+fn env_ptr(env: &Option<real::ExecEnv>, given: *const *const c_char) -> *const *const c_char {
+    env.as_ref().map_or(given, |e| e.as_ptr())
 }
 
 #[no_mangle]
@@ -302,7 +312,7 @@ pub unsafe extern "C" fn execve(
 ) -> c_int {
     let env = exec_prepare(path, envp);
     let f: ExecveFn = real::sym(c"execve");
-    f(path, argv, env.as_ptr())
+    f(path, argv, env_ptr(&env, envp))
 }
 
 #[no_mangle]
@@ -318,7 +328,7 @@ pub unsafe extern "C" fn execvpe(
 ) -> c_int {
     let env = exec_prepare(file, envp);
     let f: ExecveFn = real::sym(c"execvpe");
-    f(file, argv, env.as_ptr())
+    f(file, argv, env_ptr(&env, envp))
 }
 
 #[no_mangle]
@@ -334,7 +344,7 @@ pub unsafe extern "C" fn fexecve(
 ) -> c_int {
     let env = exec_prepare(c"(fexecve)".as_ptr(), envp);
     let f: FexecveFn = real::sym(c"fexecve");
-    f(fd, argv, env.as_ptr())
+    f(fd, argv, env_ptr(&env, envp))
 }
 
 #[no_mangle]

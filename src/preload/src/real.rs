@@ -80,12 +80,40 @@ pub unsafe fn sym<F: Copy>(name: &CStr) -> F {
     std::mem::transmute_copy(&p)
 }
 
+static EXIT: AtomicUsize = AtomicUsize::new(0);
+static UNDERSCORE_EXIT: AtomicUsize = AtomicUsize::new(0);
+static ABORT: AtomicUsize = AtomicUsize::new(0);
+
+/// `dlsym` once, then from the cache: `_exit` may be called in a `vfork` child, which should not
+/// run the loader's lookup (or allocate) on its parent's memory.
+unsafe fn cached(name: &CStr, slot: &AtomicUsize) -> usize {
+    let p = slot.load(Ordering::Acquire);
+    if p != 0 {
+        return p;
+    }
+    let f: usize = sym(name);
+    slot.store(f, Ordering::Release);
+    f
+}
+
+/// Looks up the process-ending functions early (from the library constructor).
+pub unsafe fn resolve_exits() {
+    cached(c"_exit", &EXIT);
+    cached(c"_Exit", &UNDERSCORE_EXIT);
+    cached(c"abort", &ABORT);
+}
+
 pub unsafe fn exit_fn(name: &CStr) -> unsafe extern "C" fn(c_int) -> ! {
-    sym(name)
+    let slot = if name == c"_exit" {
+        &EXIT
+    } else {
+        &UNDERSCORE_EXIT
+    };
+    std::mem::transmute::<usize, unsafe extern "C" fn(c_int) -> !>(cached(name, slot))
 }
 
 pub unsafe fn abort_fn() -> unsafe extern "C" fn() -> ! {
-    sym(c"abort")
+    std::mem::transmute::<usize, unsafe extern "C" fn() -> !>(cached(c"abort", &ABORT))
 }
 
 pub fn page_size() -> usize {

@@ -371,6 +371,8 @@ fn init_slow() -> Option<&'static Core> {
     unsafe {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
     }
+    // SAFETY: no preconditions.
+    output::OWNER_PID.store(unsafe { libc::getpid() } as u32, Ordering::Release);
     STATE.store(READY, Ordering::Release);
     CORE.get()
 }
@@ -685,12 +687,17 @@ pub fn finish(reason: EndReason, status: i32) {
 }
 
 /// Flushes everything before `execve` replaces the image (the new image writes its own dump).
-pub fn before_exec(path: &str) {
+/// Returns false in a process that does not own the dump (a `vfork` child, which must not
+/// allocate either: it shares the parent's heap).
+pub fn before_exec(path: &str) -> bool {
     let _g = Guard::enter();
-    if STATE.load(Ordering::Acquire) != READY || !output::owns_dump() {
-        return;
+    if !output::owns_dump() {
+        return false;
     }
-    output::before_exec(path);
+    if STATE.load(Ordering::Acquire) == READY {
+        output::before_exec(path);
+    }
+    true
 }
 
 /// Starts the background writer. Call from the front end's constructor, once the C runtime is up.

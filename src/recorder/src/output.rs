@@ -45,7 +45,7 @@ pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
 });
 
 /// The pid that owns the dump: a `vfork` child shares our memory but must not touch the dump.
-static OWNER_PID: AtomicU32 = AtomicU32::new(0);
+pub(crate) static OWNER_PID: AtomicU32 = AtomicU32::new(0);
 static WRITER_RUNNING: AtomicBool = AtomicBool::new(false);
 static WRITER_IDLE: AtomicBool = AtomicBool::new(false);
 static WAKE: AtomicU32 = AtomicU32::new(0);
@@ -58,9 +58,9 @@ fn getpid() -> u32 {
     unsafe { libc::getpid() as u32 }
 }
 
+/// False in a `vfork` child, which shares our memory (and so this dump) with its parent.
 pub(crate) fn owns_dump() -> bool {
-    let owner = OWNER_PID.load(Ordering::Acquire);
-    owner == 0 || owner == getpid()
+    OWNER_PID.load(Ordering::Acquire) == getpid()
 }
 
 /// Wakes the writer early (a ring is half full). Cheap when the writer is busy anyway.
@@ -157,6 +157,9 @@ pub(crate) fn finish(reason: EndReason, status: i32) {
     out.flush_pass(crate::CORE.get());
     out.finished = true;
     out.write_end(reason, status);
+    // Threads still running after this cannot be written any more: stop recording them rather
+    // than capture stacks for nothing.
+    crate::disable();
 }
 
 /// Writes everything recorded so far, the `Exec` record and an `End` of reason exec: if the exec
