@@ -45,7 +45,7 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
     };
     writeln!(o, "ending:    {ending}")?;
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
-    for e in &d.events {
+    for e in d.events() {
         let k = match e.kind {
             EventKind::Alloc { kind, .. } => kind.name(),
             EventKind::Free { .. } => "free",
@@ -54,7 +54,7 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
         };
         *by_kind.entry(k).or_default() += 1;
     }
-    writeln!(o, "events:    {}", d.events.len())?;
+    writeln!(o, "events:    {}", d.events().count())?;
     for (k, n) in &by_kind {
         writeln!(o, "  {k:<26} {n}")?;
     }
@@ -98,12 +98,12 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
                 e.compared_stacks, e.mismatched_stacks
             )?;
         }
-        if e.events != d.events.len() as u64 {
+        if e.events != d.events().count() as u64 {
             writeln!(
                 o,
                 "warning:   the recorder wrote {} events but {} were read",
                 e.events,
-                d.events.len()
+                d.events().count()
             )?;
         }
     }

@@ -42,7 +42,7 @@ pub fn summarize(d: &Dump) -> Summary {
     }
     s.peak_bytes = cur;
     let mut tids = std::collections::HashSet::new();
-    for e in &d.events {
+    for e in d.events() {
         tids.insert(e.tid);
         match e.kind {
             EventKind::Alloc { addr, size, .. } => {

@@ -54,7 +54,7 @@ fn assert_killed_prefix(mode: &str, signal: i32) {
         dump.end,
         run.describe()
     );
-    let ops: Vec<Op> = r.events.iter().map(|e| e.op.clone()).collect();
+    let ops: Vec<Op> = r.events().map(|e| e.op.clone()).collect();
     let truth = truth();
     assert!(
         ops.len() >= EARLY && ops.len() <= truth.len() && ops[..] == truth[..ops.len()],
@@ -91,6 +91,6 @@ fn abort_ends_the_dump_completely_and_exits_134() {
         run.describe()
     );
     assert_complete(&run, dump, &r);
-    let ops: Vec<Op> = r.events.iter().map(|e| e.op.clone()).collect();
+    let ops: Vec<Op> = r.events().map(|e| e.op.clone()).collect();
     assert_eq!(ops, truth(), "{}", run.describe());
 }

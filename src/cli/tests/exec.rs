@@ -97,8 +97,7 @@ fn exec_stage_counts_are_exact() {
         run.describe()
     );
     assert!(
-        r1.events
-            .iter()
+        r1.events()
             .all(|e| e.functions.iter().any(|f| f == "zs_stage1_alloc")),
         "stage 1 dump holds stage 2 events\n{}",
         list_events(&r1)
@@ -118,8 +117,7 @@ fn exec_stage_counts_are_exact() {
         run.describe()
     );
     assert!(
-        r2.events
-            .iter()
+        r2.events()
             .all(|e| e.functions.iter().any(|f| f == "zs_stage2_alloc")),
         "stage 2 dump holds stage 1 events\n{}",
         list_events(&r2)
@@ -132,12 +130,12 @@ fn exec_timestamps_respect_causality() {
     assert_times_within_run(run, first);
     assert_times_within_run(run, second);
     let exec_image_start = process(second).start_unix_ns;
-    for e in &first.events {
+    for e in first.events() {
         assert!(
-            unix_ns(first, e) <= exec_image_start,
+            unix_ns(first, &e) <= exec_image_start,
             "stage 1 event seq {} at {} ns (Unix) is after stage 2 started at {exec_image_start}",
             e.seq,
-            unix_ns(first, e)
+            unix_ns(first, &e)
         );
     }
 }

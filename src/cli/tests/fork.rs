@@ -42,8 +42,7 @@ fn dumps() -> (&'static Run, &'static Dump, BTreeMap<u64, &'static Dump>) {
     for d in run.dumps.iter().filter(|d| !std::ptr::eq(*d, parent)) {
         let r = replay(d, &sym, &has_function_prefix("zs_child"));
         let markers: Vec<u64> = r
-            .events
-            .iter()
+            .events()
             .filter_map(|e| match e.op {
                 Op::Alloc("malloc", n) if (1000..1000 + CHILDREN).contains(&n) => Some(n - 1000),
                 _ => None,
@@ -137,8 +136,7 @@ fn fork_child_inherits_the_parents_blocks_and_frees_one() {
     // Where the parent's two zs_parent_keep blocks are.
     let pr = replay(parent, &sym, &has_function_prefix("zs_parent_keep"));
     let mut kept: Vec<(u64, u64)> = pr
-        .events
-        .iter()
+        .events()
         .filter_map(|e| match e.event.kind {
             EventKind::Alloc { addr, size, .. } => Some((size, addr)),
             _ => None,
@@ -168,8 +166,7 @@ fn fork_child_inherits_the_parents_blocks_and_frees_one() {
         );
         let r = replay(d, &sym, &has_function_prefix("zs_parent_keep"));
         let frees: Vec<u64> = r
-            .events
-            .iter()
+            .events()
             .filter_map(|e| match e.event.kind {
                 EventKind::Free { addr } => Some(addr),
                 _ => None,
@@ -235,15 +232,13 @@ fn fork_timestamps_respect_causality() {
     let sym = Symbolizer::new();
     let keep = replay(parent, &sym, &has_function_prefix("zs_parent_keep"));
     let kept_at = keep
-        .events
-        .iter()
+        .events()
         .filter(|e| matches!(e.event.kind, EventKind::Alloc { .. }))
         .map(|e| unix_ns(parent, &e.event))
         .max()
         .expect("zs_parent_keep allocations");
     let released_at = keep
-        .events
-        .iter()
+        .events()
         .filter(|e| matches!(e.event.kind, EventKind::Free { .. }))
         .map(|e| unix_ns(parent, &e.event))
         .min()
@@ -260,7 +255,7 @@ fn fork_timestamps_respect_causality() {
             ms(kept_at)
         );
         let r = replay(d, &sym, &has_function_prefix("zs_child"));
-        for e in &r.events {
+        for e in r.events() {
             let at = unix_ns(d, &e.event);
             assert!(
                 at <= released_at,

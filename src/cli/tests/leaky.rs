@@ -103,7 +103,7 @@ fn leaky_frees_on_other_threads_are_matched_to_their_blocks() {
         run.describe()
     );
     // The worker threads' allocations are all under zs_worker, unwound through the thread start.
-    for e in &r.events {
+    for e in r.events() {
         if e.functions.iter().any(|f| f == "zs_worker_allocs") {
             assert!(
                 is_subsequence(&["zs_worker_allocs", "zs_worker"], &e.functions),
@@ -119,7 +119,7 @@ fn leaky_block_fields_match_what_libc_returned() {
     let (run, dump) = leaky_dump();
     let sym = Symbolizer::new();
     let r = replay(dump, &sym, &is_sample);
-    for e in &r.events {
+    for e in r.events() {
         if let EventKind::Alloc {
             kind,
             addr,
@@ -150,8 +150,7 @@ fn leaky_block_fields_match_what_libc_returned() {
     // zs_reallocs: grow in place (100 -> 104), reallocarray (-> 160), move (64 -> 1 MiB),
     // realloc(p, 0).
     let reallocs: Vec<(u64, u64, u64, u64)> = r
-        .events
-        .iter()
+        .events()
         .filter(|e| e.functions.iter().any(|f| f == "zs_reallocs"))
         .filter_map(|e| match e.event.kind {
             EventKind::Realloc {
@@ -171,8 +170,7 @@ fn leaky_block_fields_match_what_libc_returned() {
         list_events(&r)
     );
     let ops: Vec<&Op> = r
-        .events
-        .iter()
+        .events()
         .filter(|e| matches!(e.event.kind, EventKind::Realloc { .. }))
         .filter(|e| e.functions.iter().any(|f| f == "zs_reallocs"))
         .map(|e| &e.op)
@@ -199,8 +197,7 @@ fn leaky_block_fields_match_what_libc_returned() {
     assert!(old != 0 && new == 0, "realloc(p, 0): {old:#x} -> {new:#x}");
     // The failed realloc left its 24-byte block alone: zs_failures frees it afterwards.
     let failures: Vec<&Op> = r
-        .events
-        .iter()
+        .events()
         .filter(|e| e.functions.iter().any(|f| f == "zs_failures"))
         .map(|e| &e.op)
         .collect();
@@ -259,8 +256,7 @@ fn leaky_deepest_stack_unwinds_to_main_without_frame_pointers() {
     let sym = Symbolizer::new();
     let r = replay(dump, &sym, &is_sample);
     let deep = r
-        .events
-        .iter()
+        .events()
         .find(|e| {
             e.op == Op::Alloc("malloc", 48) && e.functions.iter().any(|f| f == "zs_alloc_deep")
         })
@@ -293,8 +289,7 @@ fn leaky_deepest_stack_unwinds_to_main_without_frame_pointers() {
 
     // strdup's malloc: frame 0 is in libc, and the stack goes on through the sample to main.
     let dup = r
-        .events
-        .iter()
+        .events()
         .find(|e| e.op == Op::Alloc("malloc", 21))
         .unwrap_or_else(|| panic!("no malloc(21) from strdup\n{}", list_events(&r)));
     let EventKind::Alloc { stack, .. } = dup.event.kind else {
@@ -330,7 +325,7 @@ fn leaky_timestamps_fall_within_the_run_and_grow_per_thread() {
     let (run, dump) = leaky_dump();
     assert_times_within_run(run, dump);
     let mut last: std::collections::HashMap<u32, (u64, u64)> = Default::default();
-    for e in &dump.events {
+    for e in dump.events() {
         if let Some(&(seq, ts)) = last.get(&e.tid) {
             assert!(
                 e.ts_ns >= ts,

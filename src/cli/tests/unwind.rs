@@ -19,8 +19,7 @@ fn assert_fast_equals_reference(name: &str, args: &[&str]) {
         });
         // Every allocation, failed allocation and realloc captured a stack.
         let captures = dump
-            .events
-            .iter()
+            .events()
             .filter(|e| !matches!(e.kind, zmtrace_format::EventKind::Free { .. }))
             .count() as u64;
         assert_eq!(

@@ -1,9 +1,16 @@
 //! Reading a dump: every intact record is taken, damage is skipped and reported in
 //! [`Dump::warnings`], and nothing in the data can make the reader panic.
+//!
+//! Opening a dump maps the file and reads everything but the events (process, modules, stacks,
+//! inherited blocks, end): one pass that checks every record's checksum and notes where the
+//! `Events` records are. [`Dump::events`] then streams the events in sequence order, merging the
+//! threads' records as it goes: only one decoded record per thread is in memory at a time, so a
+//! dump of any size is analyzed in the memory its live set needs, not its event count.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::event::decode_events;
 use crate::varint::{unzigzag, Cursor, Malformed};
@@ -56,8 +63,8 @@ pub struct Dump {
     /// Load biases of modules recorded as unloaded.
     pub modules_gone: Vec<u64>,
     pub stacks: HashMap<u32, Vec<u64>>,
-    /// All events, sorted by sequence number.
-    pub events: Vec<Event>,
+    /// Where the `Events` records are: read by [`Dump::events`].
+    event_records: Vec<EventsRef>,
     /// Blocks a forked child inherited from its parent.
     pub inherited: Vec<Block>,
     /// Set when the process called `execve` (the path).
@@ -70,6 +77,37 @@ pub struct Dump {
     pub bytes_lost: u64,
     /// One line per problem met while reading.
     pub warnings: Vec<String>,
+    /// Problems met while streaming the events (a record whose events do not decode).
+    late_warnings: Mutex<Vec<String>>,
+    data: Data,
+}
+
+/// An `Events` record, not yet decoded.
+#[derive(Debug, Clone, Copy)]
+struct EventsRef {
+    /// Where its payload starts in the file, and its length.
+    offset: usize,
+    len: usize,
+    stream: u32,
+}
+
+/// The file's bytes: mapped from disk, or owned (tests, small inputs).
+#[derive(Debug, Default)]
+enum Data {
+    #[default]
+    Empty,
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Data {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Empty => &[],
+            Data::Mapped(m) => m,
+            Data::Owned(v) => v,
+        }
+    }
 }
 
 impl Dump {
@@ -78,8 +116,16 @@ impl Dump {
         if path.is_dir() {
             return Err(ReadError::IsDirectory(path.to_owned()));
         }
-        let data = std::fs::read(path).map_err(|e| ReadError::Io(path.to_owned(), e))?;
-        Dump::from_bytes(path, &data)
+        let io = |e| ReadError::Io(path.to_owned(), e);
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len == 0 {
+            return Err(ReadError::Empty(path.to_owned()));
+        }
+        // SAFETY: the map is only read. A dump still being appended to keeps the length it had
+        // when mapped; one truncated underneath us could fault, as with any mapped file.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Dump::read(path, Data::Mapped(map))
     }
 
     /// Reads only the first record (the process record), cheaply: used to pick the dumps that
@@ -108,7 +154,12 @@ impl Dump {
     }
 
     /// Reads a dump already in memory. `path` is only used in messages.
-    pub fn from_bytes(path: &Path, data: &[u8]) -> Result<Dump, ReadError> {
+    pub fn from_bytes(path: &Path, data: Vec<u8>) -> Result<Dump, ReadError> {
+        Dump::read(path, Data::Owned(data))
+    }
+
+    fn read(path: &Path, owned: Data) -> Result<Dump, ReadError> {
+        let data = owned.bytes();
         if data.is_empty() {
             return Err(ReadError::Empty(path.to_owned()));
         }
@@ -139,7 +190,7 @@ impl Dump {
         while pos < data.len() {
             let rest = data.len() - pos;
             if let Some((kind, payload)) = record_at(data, pos) {
-                if let Err(Malformed) = dump.take_record(kind, payload) {
+                if let Err(Malformed) = dump.take_record(kind, payload, pos + RECORD_HEADER_LEN) {
                     dump.warnings.push(format!(
                         "malformed {kind:?} record at offset {pos}: part of it was skipped"
                     ));
@@ -176,8 +227,67 @@ impl Dump {
             dump.warnings
                 .push("the process record is missing: who was traced is unknown".into());
         }
-        dump.events.sort_by_key(|e| e.seq);
+        drop(dump.data);
+        dump.data = owned;
         Ok(dump)
+    }
+
+    /// Every event, in sequence order, streamed from the file. A record whose events do not
+    /// decode yields the events before the damage and adds a line to [`Dump::late_warnings`].
+    pub fn events(&self) -> Events<'_> {
+        let mut per_stream: HashMap<u32, usize> = HashMap::new();
+        let mut streams: Vec<StreamCursor> = Vec::new();
+        for (i, r) in self.event_records.iter().enumerate() {
+            let s = *per_stream.entry(r.stream).or_insert_with(|| {
+                streams.push(StreamCursor::default());
+                streams.len() - 1
+            });
+            streams[s].records.push(i);
+        }
+        let mut ev = Events {
+            dump: self,
+            streams,
+            heap: BinaryHeap::new(),
+        };
+        for s in 0..ev.streams.len() {
+            ev.refill(s);
+        }
+        ev
+    }
+
+    /// All events in a vector: for small dumps and tests. Analyses use [`Dump::events`].
+    pub fn all_events(&self) -> Vec<Event> {
+        self.events().collect()
+    }
+
+    /// Problems found while streaming the events so far.
+    pub fn late_warnings(&self) -> Vec<String> {
+        self.late_warnings
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default()
+    }
+
+    fn decode_record(&self, r: EventsRef, out: &mut Vec<Event>) {
+        let data = self.data.bytes();
+        let Some(payload) = data.get(r.offset..r.offset + r.len) else {
+            return;
+        };
+        let result = (|| {
+            let mut c = Cursor::new(payload);
+            let _stream = c.u32()?;
+            let tid = c.u32()?;
+            let raw = decompress(c.uvarint()?, c.rest())?;
+            decode_events(&raw, tid, out)
+        })();
+        if result.is_err() {
+            if let Ok(mut w) = self.late_warnings.lock() {
+                w.push(format!(
+                    "the events record at offset {} does not decode: its remaining events are lost",
+                    r.offset
+                ));
+            }
+        }
     }
 
     /// True when the dump holds everything the process did: it ended through `exit`, `_exit`,
@@ -200,7 +310,12 @@ impl Dump {
         }
     }
 
-    fn take_record(&mut self, kind: RecordKind, payload: &[u8]) -> Result<(), Malformed> {
+    fn take_record(
+        &mut self,
+        kind: RecordKind,
+        payload: &[u8],
+        offset: usize,
+    ) -> Result<(), Malformed> {
         let mut c = Cursor::new(payload);
         match kind {
             RecordKind::Process => self.process = Some(parse_process(payload)?),
@@ -241,10 +356,12 @@ impl Dump {
                 }
             }
             RecordKind::Events => {
-                let _stream = c.u32()?;
-                let tid = c.u32()?;
-                let raw = decompress(c.uvarint()?, c.rest())?;
-                decode_events(&raw, tid, &mut self.events)?;
+                let stream = c.u32()?;
+                self.event_records.push(EventsRef {
+                    offset,
+                    len: payload.len(),
+                    stream,
+                });
             }
             RecordKind::Inherited => {
                 let raw = decompress(c.uvarint()?, c.rest())?;
@@ -280,6 +397,56 @@ impl Dump {
             }
         }
         Ok(())
+    }
+}
+
+/// The next events of one thread's stream: its records in file order, and the current one
+/// decoded.
+#[derive(Default)]
+struct StreamCursor {
+    records: Vec<usize>,
+    next_record: usize,
+    buf: Vec<Event>,
+    pos: usize,
+}
+
+/// Streams a dump's events in sequence order: a k-way merge of the threads' streams, each of
+/// which is in sequence order already (a thread numbers its events as it makes them).
+pub struct Events<'a> {
+    dump: &'a Dump,
+    streams: Vec<StreamCursor>,
+    /// (Reverse(seq), stream) of each stream's next event.
+    heap: BinaryHeap<(std::cmp::Reverse<u64>, usize)>,
+}
+
+impl Events<'_> {
+    /// Makes stream `s`'s next event available, decoding its next record if needed.
+    fn refill(&mut self, s: usize) {
+        let st = &mut self.streams[s];
+        while st.pos >= st.buf.len() {
+            if st.next_record >= st.records.len() {
+                return;
+            }
+            let r = self.dump.event_records[st.records[st.next_record]];
+            st.next_record += 1;
+            st.buf.clear();
+            st.pos = 0;
+            self.dump.decode_record(r, &mut st.buf);
+        }
+        self.heap.push((std::cmp::Reverse(st.buf[st.pos].seq), s));
+    }
+}
+
+impl Iterator for Events<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        let (_, s) = self.heap.pop()?;
+        let st = &mut self.streams[s];
+        let e = st.buf[st.pos];
+        st.pos += 1;
+        self.refill(s);
+        Some(e)
     }
 }
 
@@ -413,12 +580,12 @@ mod tests {
 
     #[test]
     fn reads_back_what_was_written() {
-        let d = Dump::from_bytes(Path::new("t"), &sample()).unwrap();
+        let d = Dump::from_bytes(Path::new("t"), sample()).unwrap();
         assert!(d.warnings.is_empty(), "{:?}", d.warnings);
         assert!(d.is_complete());
         assert_eq!(d.process.as_ref().unwrap().argv, ["x", "-y"]);
         assert_eq!(d.stacks[&1], [0x1000, 0x0fff, 0x2000]);
-        assert_eq!(d.events.len(), 6);
+        assert_eq!(d.all_events().len(), 6);
         assert_eq!(d.end.unwrap().free_null, 2);
     }
 
@@ -426,11 +593,11 @@ mod tests {
     fn every_truncation_reads_a_prefix_without_panicking() {
         let full = sample();
         for cut in 0..full.len() {
-            match Dump::from_bytes(Path::new("t"), &full[..cut]) {
+            match Dump::from_bytes(Path::new("t"), full[..cut].to_vec()) {
                 Err(ReadError::Empty(_)) => assert_eq!(cut, 0),
                 Err(e) => panic!("cut at {cut}: {e}"),
                 Ok(d) => {
-                    assert!(d.events.len() <= 6);
+                    assert!(d.all_events().len() <= 6);
                     assert!(!d.is_complete(), "cut at {cut} claims to be complete");
                     assert!(!d.warnings.is_empty() || d.end.is_none());
                 }
@@ -443,7 +610,7 @@ mod tests {
         let mut data = sample();
         // Damage one byte inside the stacks record: it is lost, the rest is read.
         data[FILE_HEADER_LEN + 60] ^= 0xff;
-        let d = Dump::from_bytes(Path::new("t"), &data).unwrap();
+        let d = Dump::from_bytes(Path::new("t"), data).unwrap();
         assert!(d.bytes_lost > 0);
         assert!(d.warnings.iter().any(|w| w.contains("corrupt")));
         assert!(d.end.is_some());
@@ -457,11 +624,11 @@ mod tests {
             d
         };
         assert!(matches!(
-            Dump::from_bytes(Path::new("t"), &future),
+            Dump::from_bytes(Path::new("t"), future),
             Err(ReadError::FutureVersion(_, 99))
         ));
         assert!(matches!(
-            Dump::from_bytes(Path::new("t"), b"hello world, not a dump"),
+            Dump::from_bytes(Path::new("t"), b"hello world, not a dump".to_vec()),
             Err(ReadError::NotADump(_))
         ));
         assert!(matches!(

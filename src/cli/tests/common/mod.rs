@@ -364,7 +364,7 @@ impl Run {
             s += &format!(
                 "(read back: {} events, {} stacks, {} modules, {} inherited, end {:?}, \
                  warnings {:?})\n",
-                d.events.len(),
+                d.events().count(),
                 d.stacks.len(),
                 d.modules.len(),
                 d.inherited.len(),
@@ -392,7 +392,7 @@ impl Run {
 /// before `zmtrace run` ended).
 pub fn assert_times_within_run(run: &Run, dump: &Dump) {
     let start = process(dump).start_unix_ns;
-    let last = dump.events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
+    let last = dump.events().map(|e| e.ts_ns).max().unwrap_or(0);
     let ms = |t: u64| (t as f64 - run.started_unix_ns as f64) / 1e6;
     assert!(
         run.started_unix_ns <= start && start.saturating_add(last) <= run.finished_unix_ns,
@@ -642,6 +642,13 @@ pub struct Replay {
     pub undefined_stacks: u64,
 }
 
+impl Replay {
+    /// The sample's events, in sequence order.
+    pub fn events(&self) -> std::slice::Iter<'_, SampleEvent> {
+        self.events.iter()
+    }
+}
+
 /// Replays `dump`'s events in sequence order, starting from its inherited blocks, and keeps the
 /// events that belong to the sample according to `belongs` (applied to the symbolized stack of an
 /// allocation; a free belongs where the block it frees does).
@@ -670,7 +677,7 @@ pub fn replay(dump: &Dump, sym: &Symbolizer, belongs: &dyn Fn(&[String]) -> bool
         );
     }
     let mut last_seq = None;
-    for e in &dump.events {
+    for e in dump.events() {
         if last_seq == Some(e.seq) {
             r.duplicate_seqs += 1;
         }
@@ -702,7 +709,7 @@ pub fn replay(dump: &Dump, sym: &Symbolizer, belongs: &dyn Fn(&[String]) -> bool
                     c.1 += size;
                     r.tids.insert(e.tid);
                     r.events.push(SampleEvent {
-                        event: *e,
+                        event: e,
                         op: Op::Alloc(kind.name(), size),
                         functions: fns.as_ref().clone(),
                     });
@@ -727,7 +734,7 @@ pub fn replay(dump: &Dump, sym: &Symbolizer, belongs: &dyn Fn(&[String]) -> bool
                         r.cross_thread_frees += 1;
                     }
                     r.events.push(SampleEvent {
-                        event: *e,
+                        event: e,
                         op: Op::Free(b.size),
                         functions: functions_of(b.stack).as_ref().clone(),
                     });
@@ -762,7 +769,7 @@ pub fn replay(dump: &Dump, sym: &Symbolizer, belongs: &dyn Fn(&[String]) -> bool
                         r.cross_thread_frees += 1;
                     }
                     r.events.push(SampleEvent {
-                        event: *e,
+                        event: e,
                         op: Op::Realloc(old.as_ref().map_or(0, |b| b.size), size),
                         functions: fns.as_ref().clone(),
                     });
@@ -787,7 +794,7 @@ pub fn replay(dump: &Dump, sym: &Symbolizer, belongs: &dyn Fn(&[String]) -> bool
                     *r.counts.failed.entry(kind.name()).or_default() += 1;
                     r.tids.insert(e.tid);
                     r.events.push(SampleEvent {
-                        event: *e,
+                        event: e,
                         op: Op::Failed(kind.name()),
                         functions: fns.as_ref().clone(),
                     });
@@ -808,7 +815,7 @@ pub fn replay(dump: &Dump, sym: &Symbolizer, belongs: &dyn Fn(&[String]) -> bool
 /// The sample's events of a replay, one line each, for failure messages.
 pub fn list_events(r: &Replay) -> String {
     let mut s = String::new();
-    for e in &r.events {
+    for e in r.events() {
         let fns: Vec<&str> = e
             .functions
             .iter()
@@ -851,11 +858,11 @@ pub fn assert_complete(run: &Run, dump: &Dump, r: &Replay) {
     );
     assert_eq!(
         end.events,
-        dump.events.len() as u64,
+        dump.events().count() as u64,
         "{}: the End record counts {} events, the dump holds {}\n{}",
         dump.path.display(),
         end.events,
-        dump.events.len(),
+        dump.events().count(),
         run.describe()
     );
     assert_eq!(
