@@ -6,8 +6,8 @@ use std::path::Path;
 
 use zmtrace_format::{Dump, EventKind};
 
-use crate::summary::{human_bytes, summarize};
 use crate::Failure;
+use zmtrace_analyze::reports::human_bytes;
 
 pub fn dump_info(path: &Path, list_modules: bool) -> Result<(), Failure> {
     let d = Dump::open(path).map_err(|e| Failure::bad_input(e.to_string()))?;
@@ -58,7 +58,7 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
     for (k, n) in &by_kind {
         writeln!(o, "  {k:<26} {n}")?;
     }
-    let s = summarize(d);
+    let s = zmtrace_analyze::analyze(d, false, &mut |_, _| {});
     writeln!(
         o,
         "summary:   {} allocations ({}), {} frees, {} reallocs, {} failed",
@@ -73,8 +73,8 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
         "           peak {} at {:.3} s; not freed: {} blocks, {}",
         human_bytes(s.peak_bytes),
         s.peak_ns as f64 / 1e9,
-        s.live_blocks,
-        human_bytes(s.live_bytes)
+        s.leaked_blocks,
+        human_bytes(s.leaked_bytes)
     )?;
     if !d.inherited.is_empty() {
         writeln!(

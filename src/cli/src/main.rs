@@ -6,9 +6,9 @@
 //! 125 when zmtrace cannot set up (unwritable output, missing library); 126 when the program
 //! cannot be traced (statically linked, not executable); 127 when it does not exist.
 
+mod analyze;
 mod info;
 mod run;
-mod summary;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -44,6 +44,84 @@ enum Cmd {
         #[arg(long)]
         modules: bool,
     },
+    /// Summary: counts, bytes, peak heap, leaks, temporaries, and the top sites for each.
+    Report {
+        dump: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The blocks not freed at exit, grouped by the stack that made them, largest first.
+    Leaks {
+        dump: PathBuf,
+        /// Only groups of at least this many bytes.
+        #[arg(long, default_value_t = 0)]
+        min_bytes: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Realloc churn per call site: grows, shrinks, moves, bytes copied, chains, growth pattern.
+    Churn {
+        dump: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// An SVG flamegraph of one metric (or the collapsed stacks, with --folded).
+    Flamegraph {
+        dump: PathBuf,
+        /// allocations, bytes, leaked, peak, temporary or reallocs.
+        #[arg(long, default_value = "bytes", value_parser = parse_metric)]
+        metric: zmtrace_analyze::flame::Metric,
+        /// Write the collapsed stacks (for other tools) instead of an SVG.
+        #[arg(long)]
+        folded: bool,
+        /// Output file (the SVG; for --folded, stdout when not given).
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+        /// Another allocator wrapper to see through (a `*` glob); may be repeated.
+        #[arg(long = "wrapper")]
+        wrappers: Vec<String>,
+    },
+}
+
+/// Options of the text and JSON reports.
+#[derive(clap::Args)]
+struct Common {
+    /// Machine-readable output (schema in the zmtrace-analyze crate docs).
+    #[arg(long)]
+    json: bool,
+    /// How many sites to show (0: all).
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Frames shown per stack in text output (0: all).
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Another allocator wrapper to see through when naming sites (a `*` glob); may be repeated.
+    #[arg(long = "wrapper")]
+    wrappers: Vec<String>,
+    /// Write to this file instead of stdout.
+    #[arg(short = 'o', long = "out")]
+    out: Option<PathBuf>,
+}
+
+fn parse_metric(s: &str) -> Result<zmtrace_analyze::flame::Metric, String> {
+    zmtrace_analyze::flame::Metric::parse(s).ok_or_else(|| {
+        "expected one of: allocations, bytes, leaked, peak, temporary, reallocs".to_string()
+    })
+}
+
+fn analyze_options(dump: PathBuf, c: Common) -> analyze::AnalyzeOptions {
+    let mut report = zmtrace_analyze::reports::Options {
+        top: c.top,
+        depth: c.depth,
+        ..Default::default()
+    };
+    report.wrappers.extend(c.wrappers);
+    analyze::AnalyzeOptions {
+        dump,
+        json: c.json,
+        out: c.out,
+        report,
+    }
 }
 
 /// Why zmtrace itself failed: a one-line message and the exit code.
@@ -81,6 +159,41 @@ fn main() {
             })
         }
         Cmd::DumpInfo { dump, modules } => info::dump_info(&dump, modules).map(|()| 0),
+        Cmd::Report { dump, common } => {
+            analyze::run(analyze::What::Report, &analyze_options(dump, common)).map(|()| 0)
+        }
+        Cmd::Leaks {
+            dump,
+            min_bytes,
+            common,
+        } => analyze::run(
+            analyze::What::Leaks { min_bytes },
+            &analyze_options(dump, common),
+        )
+        .map(|()| 0),
+        Cmd::Churn { dump, common } => {
+            analyze::run(analyze::What::Churn, &analyze_options(dump, common)).map(|()| 0)
+        }
+        Cmd::Flamegraph {
+            dump,
+            metric,
+            folded,
+            out,
+            wrappers,
+        } => {
+            let mut o = analyze_options(
+                dump,
+                Common {
+                    json: false,
+                    top: 0,
+                    depth: 0,
+                    wrappers,
+                    out,
+                },
+            );
+            o.report.top = 0;
+            analyze::run(analyze::What::Flamegraph { metric, folded }, &o).map(|()| 0)
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use zmtrace_format::{Dump, Origin};
 
-use crate::summary::{human_bytes, summarize};
 use crate::Failure;
+use zmtrace_analyze::reports::human_bytes;
 
 pub struct RunOptions {
     pub out_dir: PathBuf,
@@ -319,7 +319,7 @@ fn report(dir: &Path, session: &str, pid: u32, signal: Option<i32>) {
             Some((Origin::Exec, _)) => " (after exec)",
             _ => " (child process)",
         };
-        let s = summarize(&dump);
+        let s = zmtrace_analyze::analyze(&dump, false, &mut |_, _| {});
         let _ = writeln!(err, "zmtrace: dump {}{what}", path.display());
         let _ = writeln!(
             err,
@@ -334,8 +334,8 @@ fn report(dir: &Path, session: &str, pid: u32, signal: Option<i32>) {
             "zmtrace:   peak heap {} at {:.3} s; not freed at exit: {} blocks, {}",
             human_bytes(s.peak_bytes),
             s.peak_ns as f64 / 1e9,
-            s.live_blocks,
-            human_bytes(s.live_bytes)
+            s.leaked_blocks,
+            human_bytes(s.leaked_bytes)
         );
         if dump.end.is_none() && dump.exec.is_none() {
             let _ = writeln!(err, "zmtrace:   the process {}", dump.ending());

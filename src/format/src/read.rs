@@ -248,6 +248,7 @@ impl Dump {
             dump: self,
             streams,
             heap: BinaryHeap::new(),
+            loaded: 0,
         };
         for s in 0..ev.streams.len() {
             ev.refill(s);
@@ -417,9 +418,16 @@ pub struct Events<'a> {
     streams: Vec<StreamCursor>,
     /// (Reverse(seq), stream) of each stream's next event.
     heap: BinaryHeap<(std::cmp::Reverse<u64>, usize)>,
+    /// Records decoded so far.
+    loaded: usize,
 }
 
 impl Events<'_> {
+    /// (records decoded so far, records in the dump): for a progress bar.
+    pub fn progress(&self) -> (usize, usize) {
+        (self.loaded, self.dump.event_records.len())
+    }
+
     /// Makes stream `s`'s next event available, decoding its next record if needed.
     fn refill(&mut self, s: usize) {
         let st = &mut self.streams[s];
@@ -431,6 +439,7 @@ impl Events<'_> {
             st.next_record += 1;
             st.buf.clear();
             st.pos = 0;
+            self.loaded += 1;
             self.dump.decode_record(r, &mut st.buf);
         }
         self.heap.push((std::cmp::Reverse(st.buf[st.pos].seq), s));

@@ -1,0 +1,388 @@
+//! One replay of a dump's events, in sequence order, that computes everything the reports need:
+//! the totals, per stack what it allocated, leaked and churned, and the heap's peak. Memory is
+//! the live set plus one entry per stack: the events themselves stream past.
+
+use std::collections::HashMap;
+
+use zmtrace_format::{Dump, EventKind};
+
+/// A block live during the replay.
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    size: u64,
+    /// The stack of its allocation, or of its last realloc.
+    stack: u32,
+    /// The thread that allocated (or last reallocated) it.
+    tid: u32,
+    /// How many reallocs it has gone through.
+    chain: u32,
+}
+
+/// What one stack did. Allocation-side numbers count against the stack of the allocation (or
+/// realloc) that made the block.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SiteStats {
+    /// Successful allocations made here (`realloc(NULL, n)` included).
+    pub allocations: u64,
+    /// Requested bytes of those allocations, plus the new sizes of reallocs made here.
+    pub bytes: u64,
+    /// Blocks from here freed before their thread allocated (or reallocated) anything else
+    /// since their allocation.
+    pub temporary: u64,
+    /// Blocks not freed at the end, whose (last) stack is this one, and their bytes.
+    pub leaked_blocks: u64,
+    pub leaked_bytes: u64,
+    /// Of the leaked blocks, those whose stack is a realloc's (the block was grown or shrunk).
+    pub leaked_via_realloc: u64,
+    /// Bytes live from here at the moment of the peak heap.
+    pub peak_bytes: u64,
+    /// Failed allocations and reallocs here.
+    pub failed: u64,
+    pub churn: Churn,
+}
+
+/// The reallocs made from one stack.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Churn {
+    pub reallocs: u64,
+    pub grew: u64,
+    pub shrank: u64,
+    pub moved: u64,
+    pub in_place: u64,
+    /// Estimated bytes copied by moves: the smaller of the old and the new size.
+    pub bytes_copied: u64,
+    /// The most reallocs one block had gone through when it was reallocated here.
+    pub longest_chain: u64,
+    /// Growth steps (new size - old size) and how often each was seen, for the first
+    /// [`MAX_STEPS`] distinct steps; and how many grows did not fit.
+    pub steps: Vec<(u64, u64)>,
+    pub other_steps: u64,
+    /// Sum of new/old size ratios of the grows (for the mean growth factor).
+    pub ratio_sum: f64,
+}
+
+/// Distinct growth steps kept per site.
+pub const MAX_STEPS: usize = 16;
+
+/// How a site grows its blocks.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GrowthPattern {
+    /// No grows.
+    None,
+    /// Most grows (three quarters or more) add the same number of bytes.
+    FixedStep {
+        step: u64,
+        share: f64,
+    },
+    /// Grows multiply the size (by `factor` on average, at least 1.25).
+    Geometric {
+        factor: f64,
+    },
+    Irregular,
+}
+
+impl SiteStats {
+    /// Adds another stack's numbers (two stacks that symbolize the same).
+    pub fn merge(&mut self, o: &SiteStats) {
+        self.allocations += o.allocations;
+        self.bytes += o.bytes;
+        self.temporary += o.temporary;
+        self.leaked_blocks += o.leaked_blocks;
+        self.leaked_bytes += o.leaked_bytes;
+        self.leaked_via_realloc += o.leaked_via_realloc;
+        self.peak_bytes += o.peak_bytes;
+        self.failed += o.failed;
+        let (c, d) = (&mut self.churn, &o.churn);
+        c.reallocs += d.reallocs;
+        c.grew += d.grew;
+        c.shrank += d.shrank;
+        c.moved += d.moved;
+        c.in_place += d.in_place;
+        c.bytes_copied += d.bytes_copied;
+        c.longest_chain = c.longest_chain.max(d.longest_chain);
+        c.ratio_sum += d.ratio_sum;
+        c.other_steps += d.other_steps;
+        for &(step, n) in &d.steps {
+            if let Some((_, m)) = c.steps.iter_mut().find(|(s, _)| *s == step) {
+                *m += n;
+            } else if c.steps.len() < MAX_STEPS {
+                c.steps.push((step, n));
+            } else {
+                c.other_steps += n;
+            }
+        }
+    }
+}
+
+impl Churn {
+    fn add(&mut self, old: u64, new: u64, moved: bool, chain: u32) {
+        self.reallocs += 1;
+        if new > old {
+            self.grew += 1;
+            let step = new - old;
+            if let Some((_, n)) = self.steps.iter_mut().find(|(s, _)| *s == step) {
+                *n += 1;
+            } else if self.steps.len() < MAX_STEPS {
+                self.steps.push((step, 1));
+            } else {
+                self.other_steps += 1;
+            }
+            if old > 0 {
+                self.ratio_sum += new as f64 / old as f64;
+            }
+        } else if new < old {
+            self.shrank += 1;
+        }
+        if moved {
+            self.moved += 1;
+            self.bytes_copied += old.min(new);
+        } else {
+            self.in_place += 1;
+        }
+        self.longest_chain = self.longest_chain.max(u64::from(chain));
+    }
+
+    pub fn pattern(&self) -> GrowthPattern {
+        if self.grew == 0 {
+            return GrowthPattern::None;
+        }
+        let (step, n) = self
+            .steps
+            .iter()
+            .copied()
+            .max_by_key(|&(s, n)| (n, std::cmp::Reverse(s)))
+            .unwrap_or((0, 0));
+        let share = n as f64 / self.grew as f64;
+        if self.grew >= 2 && share >= 0.75 {
+            return GrowthPattern::FixedStep { step, share };
+        }
+        let factor = self.ratio_sum / self.grew as f64;
+        if self.grew >= 2 && factor >= 1.25 {
+            GrowthPattern::Geometric { factor }
+        } else {
+            GrowthPattern::Irregular
+        }
+    }
+}
+
+/// Everything one replay found.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    pub allocations: u64,
+    pub frees: u64,
+    pub reallocs: u64,
+    pub failed: u64,
+    pub bytes_allocated: u64,
+    pub peak_bytes: u64,
+    pub peak_ns: u64,
+    /// The sequence number of the event that reached the peak.
+    pub peak_seq: u64,
+    pub leaked_blocks: u64,
+    pub leaked_bytes: u64,
+    pub temporary: u64,
+    pub threads: u64,
+    pub events: u64,
+    pub duration_ns: u64,
+    /// Blocks inherited at a fork (live from the start).
+    pub inherited_blocks: u64,
+    /// Frees and reallocs of addresses that were not live: a damaged or partial dump.
+    pub inconsistent: u64,
+    pub sites: HashMap<u32, SiteStats>,
+}
+
+/// Replays `dump`; `progress` is called now and then with (records read, records in all). With
+/// `peak_sites`, a second replay up to the peak fills in [`SiteStats::peak_bytes`].
+pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, usize)) -> Analysis {
+    let mut a = Analysis::default();
+    let mut live: HashMap<u64, Live> = HashMap::with_capacity(dump.inherited.len() + 4096);
+    // The block each thread allocated last, while it may still turn out temporary.
+    let mut last_alloc: HashMap<u32, u64> = HashMap::new();
+    let mut tids: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let mut cur: u64 = 0;
+    for b in &dump.inherited {
+        live.insert(
+            b.addr,
+            Live {
+                size: b.size,
+                stack: b.stack,
+                tid: 0,
+                chain: 0,
+            },
+        );
+        cur += b.size;
+    }
+    a.inherited_blocks = dump.inherited.len() as u64;
+    a.peak_bytes = cur;
+    let mut events = dump.events();
+    while let Some(e) = events.next() {
+        a.events += 1;
+        if a.events % 65536 == 0 {
+            let (done, total) = events.progress();
+            progress(done, total);
+        }
+        tids.insert(e.tid);
+        match e.kind {
+            EventKind::Alloc {
+                addr, size, stack, ..
+            } => {
+                a.allocations += 1;
+                a.bytes_allocated += size;
+                let site = a.sites.entry(stack).or_default();
+                site.allocations += 1;
+                site.bytes += size;
+                if let Some(old) = live.insert(
+                    addr,
+                    Live {
+                        size,
+                        stack,
+                        tid: e.tid,
+                        chain: 0,
+                    },
+                ) {
+                    a.inconsistent += 1;
+                    cur -= old.size;
+                }
+                cur += size;
+                last_alloc.insert(e.tid, addr);
+            }
+            EventKind::Free { addr } => match live.remove(&addr) {
+                Some(b) => {
+                    a.frees += 1;
+                    cur -= b.size;
+                    if last_alloc.get(&b.tid) == Some(&addr) {
+                        last_alloc.remove(&b.tid);
+                        a.temporary += 1;
+                        a.sites.entry(b.stack).or_default().temporary += 1;
+                    }
+                }
+                None => a.inconsistent += 1,
+            },
+            EventKind::Realloc {
+                old_addr,
+                new_addr,
+                size,
+                stack,
+                ..
+            } => {
+                let old = live.remove(&old_addr);
+                if old.is_none() {
+                    a.inconsistent += 1;
+                }
+                let old = old.unwrap_or(Live {
+                    size: 0,
+                    stack,
+                    tid: e.tid,
+                    chain: 0,
+                });
+                cur -= old.size;
+                if last_alloc.get(&old.tid) == Some(&old_addr) {
+                    last_alloc.remove(&old.tid);
+                }
+                if new_addr == 0 && size == 0 {
+                    // realloc(p, 0) that freed the block.
+                    a.frees += 1;
+                } else {
+                    a.reallocs += 1;
+                    a.bytes_allocated += size;
+                    let chain = old.chain + 1;
+                    let site = a.sites.entry(stack).or_default();
+                    site.bytes += size;
+                    site.churn.add(old.size, size, new_addr != old_addr, chain);
+                    live.insert(
+                        new_addr,
+                        Live {
+                            size,
+                            stack,
+                            tid: e.tid,
+                            chain,
+                        },
+                    );
+                    cur += size;
+                }
+                // A realloc is an allocation of its thread: the block that thread made last is
+                // not temporary any more, and a reallocated block never is (it was allocated,
+                // then reallocated, before it was freed).
+                last_alloc.remove(&e.tid);
+            }
+            EventKind::AllocFailed { stack, .. } => {
+                a.failed += 1;
+                a.sites.entry(stack).or_default().failed += 1;
+                // A failed call is still an allocation attempt of its thread.
+                last_alloc.remove(&e.tid);
+            }
+        }
+        if cur > a.peak_bytes {
+            a.peak_bytes = cur;
+            a.peak_ns = e.ts_ns;
+            a.peak_seq = e.seq;
+        }
+        a.duration_ns = a.duration_ns.max(e.ts_ns);
+    }
+    let (done, total) = events.progress();
+    progress(done, total);
+    a.threads = tids.len() as u64;
+    for b in live.values() {
+        a.leaked_blocks += 1;
+        a.leaked_bytes += b.size;
+        let site = a.sites.entry(b.stack).or_default();
+        site.leaked_blocks += 1;
+        site.leaked_bytes += b.size;
+        if b.chain > 0 {
+            site.leaked_via_realloc += 1;
+        }
+    }
+    if !peak_sites {
+        return a;
+    }
+    if a.peak_seq > 0 {
+        peak_by_site(dump, &mut a);
+    } else {
+        // The peak is the inherited set itself (or nothing).
+        for b in &dump.inherited {
+            a.sites.entry(b.stack).or_default().peak_bytes += b.size;
+        }
+    }
+    a
+}
+
+/// Replays again up to the peak to say which stacks held the memory at that moment: keeping a
+/// copy of the per-stack totals at every new peak would cost far more than a second pass.
+fn peak_by_site(dump: &Dump, a: &mut Analysis) {
+    let mut live: HashMap<u64, (u64, u32)> = dump
+        .inherited
+        .iter()
+        .map(|b| (b.addr, (b.size, b.stack)))
+        .collect();
+    for e in dump.events() {
+        if e.seq > a.peak_seq {
+            break;
+        }
+        match e.kind {
+            EventKind::Alloc {
+                addr, size, stack, ..
+            } => {
+                live.insert(addr, (size, stack));
+            }
+            EventKind::Free { addr } => {
+                live.remove(&addr);
+            }
+            EventKind::Realloc {
+                old_addr,
+                new_addr,
+                size,
+                stack,
+                ..
+            } => {
+                live.remove(&old_addr);
+                if !(new_addr == 0 && size == 0) {
+                    live.insert(new_addr, (size, stack));
+                }
+            }
+            EventKind::AllocFailed { .. } => {}
+        }
+    }
+    for (size, stack) in live.into_values() {
+        a.sites.entry(stack).or_default().peak_bytes += size;
+    }
+}

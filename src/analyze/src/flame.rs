@@ -1,0 +1,136 @@
+//! Flamegraphs (with `inferno`) and the collapsed stacks behind them.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use zmtrace_format::Dump;
+
+use crate::analysis::{Analysis, SiteStats};
+use crate::symbols::Symbolizer;
+
+/// What a flamegraph measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Number of allocations.
+    Allocations,
+    /// Bytes allocated in all.
+    Bytes,
+    /// Bytes not freed at exit.
+    Leaked,
+    /// Bytes live at the moment of the peak heap.
+    Peak,
+    /// Number of temporary allocations.
+    Temporary,
+    /// Number of reallocs.
+    Reallocs,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 6] = [
+        Metric::Allocations,
+        Metric::Bytes,
+        Metric::Leaked,
+        Metric::Peak,
+        Metric::Temporary,
+        Metric::Reallocs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Allocations => "allocations",
+            Metric::Bytes => "bytes",
+            Metric::Leaked => "leaked",
+            Metric::Peak => "peak",
+            Metric::Temporary => "temporary",
+            Metric::Reallocs => "reallocs",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    fn value(self, s: &SiteStats) -> u64 {
+        match self {
+            Metric::Allocations => s.allocations,
+            Metric::Bytes => s.bytes,
+            Metric::Leaked => s.leaked_bytes,
+            Metric::Peak => s.peak_bytes,
+            Metric::Temporary => s.temporary,
+            Metric::Reallocs => s.churn.reallocs,
+        }
+    }
+
+    /// What the numbers count, for the title and the tooltips.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::Allocations => "allocations",
+            Metric::Bytes | Metric::Leaked | Metric::Peak => "bytes",
+            Metric::Temporary => "temporary allocations",
+            Metric::Reallocs => "reallocs",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Metric::Allocations => "Allocations (count)",
+            Metric::Bytes => "Bytes allocated in all",
+            Metric::Leaked => "Bytes not freed at exit",
+            Metric::Peak => "Bytes live at the peak heap",
+            Metric::Temporary => "Temporary allocations (count)",
+            Metric::Reallocs => "Reallocs (count)",
+        }
+    }
+}
+
+/// The collapsed stacks (`main;f;g 123`, outermost first), one line per distinct stack, sorted.
+/// Inlined frames are kept; a semicolon inside a name would split a frame, so it is replaced.
+pub fn folded(a: &Analysis, sym: &mut Symbolizer, metric: Metric) -> Vec<String> {
+    let mut lines: BTreeMap<String, u64> = BTreeMap::new();
+    for (&id, s) in &a.sites {
+        let v = metric.value(s);
+        if v == 0 {
+            continue;
+        }
+        let frames = sym.stack(id);
+        let path: Vec<String> = frames
+            .iter()
+            .rev()
+            .map(|f| f.label().replace(';', ":"))
+            .collect();
+        let key = if path.is_empty() {
+            "<empty stack>".to_string()
+        } else {
+            path.join(";")
+        };
+        *lines.entry(key).or_default() += v;
+    }
+    lines.into_iter().map(|(k, v)| format!("{k} {v}")).collect()
+}
+
+/// Writes an SVG flamegraph of `metric`.
+pub fn flamegraph(
+    dump: &Dump,
+    folded: &[String],
+    metric: Metric,
+    out: impl Write,
+) -> std::io::Result<()> {
+    let program = dump
+        .process
+        .as_ref()
+        .and_then(|p| p.argv.first())
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_else(|| "?".into());
+    let pid = dump.process.as_ref().map_or(0, |p| p.pid);
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = format!("{} — {program} (pid {pid})", metric.title());
+    opts.count_name = metric.unit().to_string();
+    opts.name_type = "Function:".to_string();
+    if folded.is_empty() {
+        opts.subtitle = Some(format!("no {} in this dump", metric.unit()));
+        // inferno refuses empty input: draw a single empty root instead.
+        let empty = ["(none) 0".to_string()];
+        return inferno::flamegraph::from_lines(&mut opts, empty.iter().map(String::as_str), out);
+    }
+    inferno::flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), out)
+}

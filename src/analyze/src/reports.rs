@@ -1,0 +1,689 @@
+//! The reports built from an [`Analysis`]: `report` (the summary and the top sites), `leaks` and
+//! `churn`, each as data (serialized to JSON with a stable schema, see the crate docs) and as
+//! text for people.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use zmtrace_format::Dump;
+
+use crate::analysis::{Analysis, GrowthPattern, SiteStats};
+use crate::symbols::{Frame, Symbolizer};
+
+/// Frames that are allocator wrappers rather than the code that wanted the memory: a site is
+/// named after the first frame outside them. Globs with `*`.
+pub const DEFAULT_WRAPPERS: &[&str] = &[
+    "malloc",
+    "calloc",
+    "realloc",
+    "reallocarray",
+    "free",
+    "posix_memalign",
+    "aligned_alloc",
+    "memalign",
+    "valloc",
+    "pvalloc",
+    "__libc_*",
+    "zmalloc*",
+    "zcalloc*",
+    "zrealloc*",
+    "zfree*",
+    "ztrymalloc*",
+    "ztrycalloc*",
+    "ztryrealloc*",
+    "zstrdup",
+    "operator new*",
+    "operator delete*",
+    "xmalloc",
+    "xcalloc",
+    "xrealloc",
+    "g_malloc*",
+    "g_realloc*",
+];
+
+/// Matches `*` globs (the only wildcard).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Options shared by the reports.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Sites shown per list (0: all).
+    pub top: usize,
+    /// Frames shown per stack in text (0: all).
+    pub depth: usize,
+    pub wrappers: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            top: 10,
+            depth: 8,
+            wrappers: DEFAULT_WRAPPERS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// A stack, ready to show: its frames and the name of the site.
+#[derive(Clone, Debug, Serialize)]
+pub struct Site {
+    /// The first frame outside allocator wrappers and the C library.
+    pub site: String,
+    pub stack: Vec<Frame>,
+}
+
+fn is_wrapper(f: &Frame, wrappers: &[String]) -> bool {
+    let in_libc = f.module.as_deref().is_some_and(|m| {
+        let name = m.rsplit('/').next().unwrap_or(m);
+        name.starts_with("libc.so") || name.starts_with("ld-linux")
+    });
+    in_libc
+        || f.function
+            .as_deref()
+            .is_some_and(|n| wrappers.iter().any(|w| glob_match(w, n)))
+}
+
+fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
+    let frames = sym.stack(stack);
+    let name = frames
+        .iter()
+        .find(|f| !is_wrapper(f, &opts.wrappers))
+        .or(frames.first())
+        .map(Frame::label)
+        .unwrap_or_else(|| "<empty stack>".into());
+    Site {
+        site: name,
+        stack: frames.as_ref().clone(),
+    }
+}
+
+/// What makes two frames the same for people: function, file, line, and module (or, for a
+/// frame with neither name nor line, its address).
+type FrameKey = (Option<String>, Option<String>, Option<u32>, Option<String>);
+
+/// The per-stack numbers, merged where stacks symbolize the same (the same functions, files and
+/// lines: e.g. one source line compiled into several calls), each with the smallest stack id as
+/// its representative.
+pub fn merged_sites(a: &Analysis, sym: &mut Symbolizer) -> Vec<(u32, SiteStats)> {
+    let mut ids: Vec<u32> = a.sites.keys().copied().collect();
+    ids.sort_unstable();
+    let mut by_key: std::collections::HashMap<Vec<FrameKey>, usize> =
+        std::collections::HashMap::new();
+    let mut out: Vec<(u32, SiteStats)> = Vec::new();
+    for id in ids {
+        let frames = sym.stack(id);
+        let key: Vec<_> = frames
+            .iter()
+            .map(|f| {
+                let unknown = f.function.is_none() && f.line.is_none();
+                (
+                    f.function.clone(),
+                    f.file.clone(),
+                    f.line,
+                    // Frames without names or lines differ by address, not by module.
+                    if unknown {
+                        Some(f.address.clone())
+                    } else {
+                        f.module.clone()
+                    },
+                )
+            })
+            .collect();
+        match by_key.get(&key) {
+            Some(&i) => out[i].1.merge(&a.sites[&id]),
+            None => {
+                by_key.insert(key, out.len());
+                out.push((id, a.sites[&id].clone()));
+            }
+        }
+    }
+    out
+}
+
+/// What a dump is, and how sure the numbers are.
+#[derive(Clone, Debug, Serialize)]
+pub struct Header {
+    pub dump: String,
+    pub program: String,
+    pub pid: u32,
+    pub command: Vec<String>,
+    /// False when the process did not end normally or data was lost: the numbers cover what the
+    /// dump holds.
+    pub complete: bool,
+    pub ending: String,
+    pub warnings: Vec<String>,
+}
+
+pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
+    let p = dump.process.as_ref();
+    let mut warnings = dump.warnings.clone();
+    warnings.extend(dump.late_warnings());
+    warnings.extend(sym.warnings.iter().cloned());
+    if let Some(e) = dump.end {
+        if e.dropped > 0 {
+            warnings.push(format!(
+                "{} events were lost by the recorder (written after its last flush)",
+                e.dropped
+            ));
+        }
+        if e.events != a.events && dump.bytes_lost == 0 {
+            warnings.push(format!(
+                "the recorder wrote {} events but {} were read",
+                e.events, a.events
+            ));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    warnings.retain(|w| seen.insert(w.clone()));
+    if a.inconsistent > 0 {
+        warnings.push(format!(
+            "{} frees or reallocs name an address that was not live: the dump is partial",
+            a.inconsistent
+        ));
+    }
+    Header {
+        dump: dump.path.display().to_string(),
+        program: p
+            .and_then(|p| p.argv.first().cloned())
+            .unwrap_or_else(|| "?".into()),
+        pid: p.map_or(0, |p| p.pid),
+        command: p.map(|p| p.argv.clone()).unwrap_or_default(),
+        complete: dump.is_complete(),
+        ending: match (&dump.exec, dump.end) {
+            (Some(path), _) => format!("ended by exec of {path}"),
+            _ => dump.ending(),
+        },
+        warnings,
+    }
+}
+
+// ---- report ----------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TopSite {
+    pub value: u64,
+    #[serde(flatten)]
+    pub site: Site,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Top {
+    pub allocations: Vec<TopSite>,
+    pub bytes: Vec<TopSite>,
+    pub peak: Vec<TopSite>,
+    pub leaked: Vec<TopSite>,
+    pub temporary: Vec<TopSite>,
+    pub reallocs: Vec<TopSite>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub header: Header,
+    pub allocations: u64,
+    pub frees: u64,
+    pub reallocs: u64,
+    pub failed: u64,
+    pub bytes_allocated: u64,
+    pub peak_bytes: u64,
+    pub peak_time_ns: u64,
+    pub leaked_blocks: u64,
+    pub leaked_bytes: u64,
+    pub temporary: u64,
+    pub threads: u64,
+    pub events: u64,
+    pub duration_ns: u64,
+    pub top: Top,
+}
+
+fn top_by(
+    sites: &[(u32, SiteStats)],
+    sym: &mut Symbolizer,
+    opts: &Options,
+    metric: impl Fn(&SiteStats) -> u64,
+) -> Vec<TopSite> {
+    let mut v: Vec<(u64, u32)> = sites
+        .iter()
+        .map(|(id, s)| (metric(s), *id))
+        .filter(|&(m, _)| m > 0)
+        .collect();
+    v.sort_by_key(|&(m, id)| (std::cmp::Reverse(m), id));
+    if opts.top > 0 {
+        v.truncate(opts.top);
+    }
+    v.into_iter()
+        .map(|(value, id)| TopSite {
+            value,
+            site: site(sym, id, opts),
+        })
+        .collect()
+}
+
+pub fn report(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -> Report {
+    let sites = merged_sites(a, sym);
+    let top = Top {
+        allocations: top_by(&sites, sym, opts, |s| s.allocations),
+        bytes: top_by(&sites, sym, opts, |s| s.bytes),
+        peak: top_by(&sites, sym, opts, |s| s.peak_bytes),
+        leaked: top_by(&sites, sym, opts, |s| s.leaked_bytes),
+        temporary: top_by(&sites, sym, opts, |s| s.temporary),
+        reallocs: top_by(&sites, sym, opts, |s| s.churn.reallocs),
+    };
+    Report {
+        header: header(dump, a, sym),
+        allocations: a.allocations,
+        frees: a.frees,
+        reallocs: a.reallocs,
+        failed: a.failed,
+        bytes_allocated: a.bytes_allocated,
+        peak_bytes: a.peak_bytes,
+        peak_time_ns: a.peak_ns,
+        leaked_blocks: a.leaked_blocks,
+        leaked_bytes: a.leaked_bytes,
+        temporary: a.temporary,
+        threads: a.threads,
+        events: a.events,
+        duration_ns: a.duration_ns,
+        top,
+    }
+}
+
+// ---- leaks -----------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LeakSite {
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Blocks of this group whose stack is the one of their last realloc, not their malloc.
+    pub via_realloc: u64,
+    #[serde(flatten)]
+    pub site: Site,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Leaks {
+    #[serde(flatten)]
+    pub header: Header,
+    pub leaked_blocks: u64,
+    pub leaked_bytes: u64,
+    /// Groups in all (stacks that symbolize the same are one group), before `min_bytes` and
+    /// `top` were applied.
+    pub groups: u64,
+    pub sites: Vec<LeakSite>,
+}
+
+pub fn leaks(
+    dump: &Dump,
+    a: &Analysis,
+    sym: &mut Symbolizer,
+    opts: &Options,
+    min_bytes: u64,
+) -> Leaks {
+    let merged = merged_sites(a, sym);
+    let mut v: Vec<(u32, &SiteStats)> = merged
+        .iter()
+        .filter(|(_, s)| s.leaked_blocks > 0)
+        .map(|(id, s)| (*id, s))
+        .collect();
+    let groups = v.len() as u64;
+    v.retain(|(_, s)| s.leaked_bytes >= min_bytes);
+    v.sort_by_key(|&(id, s)| {
+        (
+            std::cmp::Reverse(s.leaked_bytes),
+            std::cmp::Reverse(s.leaked_blocks),
+            id,
+        )
+    });
+    if opts.top > 0 {
+        v.truncate(opts.top);
+    }
+    let sites = v
+        .into_iter()
+        .map(|(id, s)| LeakSite {
+            blocks: s.leaked_blocks,
+            bytes: s.leaked_bytes,
+            via_realloc: s.leaked_via_realloc,
+            site: site(sym, id, opts),
+        })
+        .collect();
+    Leaks {
+        header: header(dump, a, sym),
+        leaked_blocks: a.leaked_blocks,
+        leaked_bytes: a.leaked_bytes,
+        groups,
+        sites,
+    }
+}
+
+// ---- churn -----------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChurnSite {
+    pub reallocs: u64,
+    pub grew: u64,
+    pub shrank: u64,
+    pub moved: u64,
+    pub in_place: u64,
+    pub bytes_copied: u64,
+    pub longest_chain: u64,
+    pub pattern: GrowthPattern,
+    /// One line of advice where the pattern calls for it, else null.
+    pub hint: Option<String>,
+    #[serde(flatten)]
+    pub site: Site,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChurnReport {
+    #[serde(flatten)]
+    pub header: Header,
+    pub reallocs: u64,
+    pub bytes_copied: u64,
+    pub sites: Vec<ChurnSite>,
+}
+
+pub fn churn(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -> ChurnReport {
+    let merged = merged_sites(a, sym);
+    let mut v: Vec<(u32, &SiteStats)> = merged
+        .iter()
+        .filter(|(_, s)| s.churn.reallocs > 0)
+        .map(|(id, s)| (*id, s))
+        .collect();
+    let bytes_copied = v.iter().map(|(_, s)| s.churn.bytes_copied).sum();
+    v.sort_by_key(|&(id, s)| {
+        (
+            std::cmp::Reverse(s.churn.bytes_copied),
+            std::cmp::Reverse(s.churn.reallocs),
+            id,
+        )
+    });
+    if opts.top > 0 {
+        v.truncate(opts.top);
+    }
+    let sites = v
+        .into_iter()
+        .map(|(id, s)| {
+            let c = &s.churn;
+            let pattern = c.pattern();
+            let hint = match pattern {
+                GrowthPattern::FixedStep { step, .. } if c.grew >= 4 => Some(format!(
+                    "grows by a fixed {step} bytes per realloc ({} times): reserve the capacity up front, or grow geometrically",
+                    c.grew
+                )),
+                _ => None,
+            };
+            ChurnSite {
+                reallocs: c.reallocs,
+                grew: c.grew,
+                shrank: c.shrank,
+                moved: c.moved,
+                in_place: c.in_place,
+                bytes_copied: c.bytes_copied,
+                longest_chain: c.longest_chain,
+                pattern,
+                hint,
+                site: site(sym, id, opts),
+            }
+        })
+        .collect();
+    ChurnReport {
+        header: header(dump, a, sym),
+        reallocs: a.reallocs,
+        bytes_copied,
+        sites,
+    }
+}
+
+// ---- text ------------------------------------------------------------------------------------
+
+/// Bytes for people: 1023 B, 1.5 KiB, 12.3 MiB.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// 1234567 -> "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn write_header(o: &mut String, what: &str, h: &Header) {
+    let _ = writeln!(
+        o,
+        "zmtrace {what}: {} (pid {}), {}",
+        h.command.join(" "),
+        h.pid,
+        h.ending
+    );
+    for w in &h.warnings {
+        let _ = writeln!(o, "warning: {w}");
+    }
+}
+
+fn write_stack(o: &mut String, s: &Site, opts: &Options) {
+    let shown = if opts.depth == 0 {
+        s.stack.len()
+    } else {
+        opts.depth.min(s.stack.len())
+    };
+    for f in &s.stack[..shown] {
+        let loc = f.location().map(|l| format!("  {l}")).unwrap_or_default();
+        let inl = if f.inlined { " (inlined)" } else { "" };
+        let _ = writeln!(o, "      {}{inl}{loc}", f.label());
+    }
+    if shown < s.stack.len() {
+        let _ = writeln!(o, "      … {} more frames", s.stack.len() - shown);
+    }
+}
+
+pub fn report_text(r: &Report, opts: &Options) -> String {
+    let mut o = String::new();
+    write_header(&mut o, "report", &r.header);
+    let pct = |n: u64, d: u64| {
+        if d == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / d as f64
+        }
+    };
+    let _ = writeln!(
+        o,
+        "  allocations        {:>14}  ({} requested in all, reallocs included)",
+        thousands(r.allocations),
+        human_bytes(r.bytes_allocated)
+    );
+    let _ = writeln!(o, "  frees              {:>14}", thousands(r.frees));
+    let _ = writeln!(o, "  reallocs           {:>14}", thousands(r.reallocs));
+    let _ = writeln!(o, "  failed             {:>14}", thousands(r.failed));
+    let _ = writeln!(
+        o,
+        "  peak heap          {:>14}  at {:.3} s",
+        human_bytes(r.peak_bytes),
+        r.peak_time_ns as f64 / 1e9
+    );
+    let _ = writeln!(
+        o,
+        "  not freed at exit  {:>14}  in {} blocks",
+        human_bytes(r.leaked_bytes),
+        thousands(r.leaked_blocks)
+    );
+    let _ = writeln!(
+        o,
+        "  temporary          {:>14}  ({:.1}% of allocations)",
+        thousands(r.temporary),
+        pct(r.temporary, r.allocations)
+    );
+    let _ = writeln!(o, "  threads            {:>14}", thousands(r.threads));
+    let _ = writeln!(
+        o,
+        "  run time           {:>14}",
+        format!("{:.3} s", r.duration_ns as f64 / 1e9)
+    );
+    let lists: [(&str, &Vec<TopSite>, bool); 6] = [
+        ("allocations", &r.top.allocations, false),
+        ("bytes allocated", &r.top.bytes, true),
+        ("bytes live at the peak", &r.top.peak, true),
+        ("bytes not freed at exit", &r.top.leaked, true),
+        ("temporary allocations", &r.top.temporary, false),
+        ("reallocs", &r.top.reallocs, false),
+    ];
+    for (title, list, bytes) in lists {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(o, "\nTop sites by {title}:");
+        for t in list {
+            let v = if bytes {
+                human_bytes(t.value)
+            } else {
+                thousands(t.value)
+            };
+            let _ = writeln!(o, "  {v:>12}  {}", t.site.site);
+            write_stack(&mut o, &t.site, opts);
+        }
+    }
+    o
+}
+
+pub fn leaks_text(l: &Leaks, opts: &Options) -> String {
+    let mut o = String::new();
+    write_header(&mut o, "leaks", &l.header);
+    let _ = writeln!(
+        o,
+        "{} blocks ({}) not freed at exit, from {} stacks; {} shown, largest first",
+        thousands(l.leaked_blocks),
+        human_bytes(l.leaked_bytes),
+        thousands(l.groups),
+        l.sites.len()
+    );
+    for (i, s) in l.sites.iter().enumerate() {
+        let realloc = if s.via_realloc > 0 {
+            format!(
+                " ({} grown by realloc: the stack is their last realloc's)",
+                s.via_realloc
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            o,
+            "\n#{} {} in {} blocks{realloc}: {}",
+            i + 1,
+            human_bytes(s.bytes),
+            thousands(s.blocks),
+            s.site.site
+        );
+        write_stack(&mut o, &s.site, opts);
+    }
+    o
+}
+
+pub fn churn_text(c: &ChurnReport, opts: &Options) -> String {
+    let mut o = String::new();
+    write_header(&mut o, "churn", &c.header);
+    let _ = writeln!(
+        o,
+        "{} reallocs, {} copied by moving reallocs; sites by bytes copied",
+        thousands(c.reallocs),
+        human_bytes(c.bytes_copied)
+    );
+    for (i, s) in c.sites.iter().enumerate() {
+        let pattern = match s.pattern {
+            GrowthPattern::None => "no growth".to_string(),
+            GrowthPattern::FixedStep { step, share } => {
+                format!(
+                    "fixed step of {step} bytes ({:.0}% of grows)",
+                    share * 100.0
+                )
+            }
+            GrowthPattern::Geometric { factor } => format!("geometric, ×{factor:.2} per grow"),
+            GrowthPattern::Irregular => "irregular".to_string(),
+        };
+        let _ = writeln!(
+            o,
+            "\n#{} {}: {} reallocs (grew {}, shrank {}; moved {}, in place {}), {} copied, longest chain {}, {pattern}",
+            i + 1,
+            s.site.site,
+            thousands(s.reallocs),
+            thousands(s.grew),
+            thousands(s.shrank),
+            thousands(s.moved),
+            thousands(s.in_place),
+            human_bytes(s.bytes_copied),
+            thousands(s.longest_chain)
+        );
+        if let Some(h) = &s.hint {
+            let _ = writeln!(o, "    hint: {h}");
+        }
+        write_stack(&mut o, &s.site, opts);
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_as_shell_star() {
+        assert!(glob_match("zmalloc*", "zmalloc_usable"));
+        assert!(glob_match("zmalloc*", "zmalloc"));
+        assert!(!glob_match("zmalloc*", "my_zmalloc"));
+        assert!(glob_match("operator new*", "operator new(unsigned long)"));
+        assert!(glob_match("*alloc*", "ztrymalloc_usable"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXcYYb"));
+        assert!(glob_match("free", "free"));
+        assert!(!glob_match("free", "freed"));
+    }
+
+    #[test]
+    fn human_bytes_picks_the_unit() {
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 20), "5.0 MiB");
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}

@@ -1,0 +1,163 @@
+//! `zmtrace report`, `leaks`, `churn` and `flamegraph`: open the dump, replay it, print.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use zmtrace_analyze::flame::{self, Metric};
+use zmtrace_analyze::reports::{self, Options};
+use zmtrace_analyze::{analyze, Analysis, Symbolizer};
+use zmtrace_format::Dump;
+
+use crate::Failure;
+
+pub enum What {
+    Report,
+    Leaks { min_bytes: u64 },
+    Churn,
+    Flamegraph { metric: Metric, folded: bool },
+}
+
+pub struct AnalyzeOptions {
+    pub dump: PathBuf,
+    pub json: bool,
+    pub out: Option<PathBuf>,
+    pub report: Options,
+}
+
+/// Shows how far the replay is on a terminal, once it has taken more than a moment.
+struct Progress {
+    start: Instant,
+    last: Instant,
+    shown: bool,
+    tty: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let now = Instant::now();
+        Progress {
+            start: now,
+            last: now,
+            shown: false,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, done: usize, total: usize) {
+        let now = Instant::now();
+        if !self.tty
+            || total == 0
+            || now - self.start < Duration::from_secs(1)
+            || now - self.last < Duration::from_millis(100)
+        {
+            return;
+        }
+        self.last = now;
+        self.shown = true;
+        let pct = 100 * done / total;
+        eprint!("\rzmtrace: reading events {pct:>3}% ({done}/{total} records)");
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.shown {
+            eprint!("\r{:70}\r", "");
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<Dump, Failure> {
+    Dump::open(path).map_err(|e| Failure::bad_input(e.to_string()))
+}
+
+pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
+    let dump = open(&o.dump)?;
+    let peak = matches!(
+        what,
+        What::Report
+            | What::Flamegraph {
+                metric: Metric::Peak,
+                ..
+            }
+    );
+    let a: Analysis = {
+        let mut p = Progress::new();
+        analyze(&dump, peak, &mut |d, t| p.update(d, t))
+    };
+    let mut sym = Symbolizer::new(&dump);
+    let (text, json) = match what {
+        What::Report => {
+            let r = reports::report(&dump, &a, &mut sym, &o.report);
+            (reports::report_text(&r, &o.report), to_json(&r))
+        }
+        What::Leaks { min_bytes } => {
+            let l = reports::leaks(&dump, &a, &mut sym, &o.report, min_bytes);
+            (reports::leaks_text(&l, &o.report), to_json(&l))
+        }
+        What::Churn => {
+            let c = reports::churn(&dump, &a, &mut sym, &o.report);
+            (reports::churn_text(&c, &o.report), to_json(&c))
+        }
+        What::Flamegraph { metric, folded } => {
+            let lines = flame::folded(&a, &mut sym, metric);
+            for w in &sym.warnings {
+                eprintln!("zmtrace: warning: {w}");
+            }
+            for w in dump.warnings.iter().chain(dump.late_warnings().iter()) {
+                eprintln!("zmtrace: warning: {w}");
+            }
+            return write_flamegraph(&dump, &lines, metric, folded, o.out.as_deref());
+        }
+    };
+    let out = if o.json { json } else { text };
+    write_out(o.out.as_deref(), out.as_bytes())
+}
+
+fn to_json(v: &impl serde::Serialize) -> String {
+    let mut s =
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
+    match path {
+        Some(p) => std::fs::write(p, bytes)
+            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", p.display()))),
+        None => {
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth reporting.
+            let _ = out.write_all(bytes);
+            Ok(())
+        }
+    }
+}
+
+fn write_flamegraph(
+    dump: &Dump,
+    lines: &[String],
+    metric: Metric,
+    folded: bool,
+    out: Option<&Path>,
+) -> Result<(), Failure> {
+    if folded {
+        let mut s = lines.join("\n");
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        return write_out(out, s.as_bytes());
+    }
+    let Some(path) = out else {
+        return Err(Failure::bad_input(
+            "flamegraph needs -o FILE.svg (or --folded to print the collapsed stacks)".into(),
+        ));
+    };
+    let file = std::fs::File::create(path)
+        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
+    let mut w = std::io::BufWriter::new(file);
+    flame::flamegraph(dump, lines, metric, &mut w)
+        .and_then(|()| w.flush())
+        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))
+}
