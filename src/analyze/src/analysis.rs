@@ -2,8 +2,7 @@
 //! the totals, per stack what it allocated, leaked and churned, and the heap's peak. Memory is
 //! the live set plus one entry per stack: the events themselves stream past.
 
-use std::collections::HashMap;
-
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use zmtrace_format::{Dump, EventKind};
 
 /// A block live during the replay.
@@ -195,10 +194,11 @@ pub struct Analysis {
 /// `peak_sites`, a second replay up to the peak fills in [`SiteStats::peak_bytes`].
 pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, usize)) -> Analysis {
     let mut a = Analysis::default();
-    let mut live: HashMap<u64, Live> = HashMap::with_capacity(dump.inherited.len() + 4096);
+    let mut live: HashMap<u64, Live> = HashMap::default();
+    live.reserve(dump.inherited.len() + 4096);
     // The block each thread allocated last, while it may still turn out temporary.
-    let mut last_alloc: HashMap<u32, u64> = HashMap::new();
-    let mut tids: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let mut last_alloc: HashMap<u32, u64> = HashMap::default();
+    let mut tids: HashSet<u32> = HashSet::default();
     let mut cur: u64 = 0;
     for b in &dump.inherited {
         live.insert(
