@@ -384,3 +384,81 @@ fn a_truncated_dump_is_analyzed_with_a_warning() {
     assert_eq!(f.stderr.lines().count(), 1, "{}", f.stderr);
     assert!(f.stderr.contains("not a zmtrace dump"), "{}", f.stderr);
 }
+
+#[test]
+fn cxx_names_are_demangled_and_inlined_frames_named() {
+    let run = run_traced(&sample("cxx"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let l = json("leaks", &run.only_dump().path, &[]);
+    let mut by_site = BTreeMap::new();
+    for s in l["sites"].as_array().unwrap() {
+        by_site.insert(
+            s["site"].as_str().unwrap().to_string(),
+            (
+                s["blocks"].as_u64().unwrap(),
+                s["bytes"].as_u64().unwrap(),
+                s.clone(),
+            ),
+        );
+    }
+    let (blocks, bytes, _) = &by_site["zs::Factory::make(int)"];
+    assert_eq!((*blocks, *bytes), (5, 5 * 24));
+    let (blocks, bytes, site) = &by_site["zs_fill"];
+    assert_eq!((*blocks, *bytes), (7, 7 * 64));
+    let frames = site["stack"].as_array().unwrap();
+    let names: Vec<(&str, bool)> = frames
+        .iter()
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap_or("?"),
+                f["inlined"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let fill = names.iter().position(|n| n.0 == "zs_fill").unwrap();
+    assert!(names[fill].1, "zs_fill is an inlined frame: {names:?}");
+    assert_eq!(
+        names[fill + 1],
+        ("zs::Factory::fill_all()", false),
+        "{names:?}"
+    );
+    assert!(
+        names[..fill]
+            .iter()
+            .any(|n| n.0.starts_with("operator new")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_rebuilt_module_is_warned_about() {
+    let dir = fresh_dir("rebuilt");
+    let exe = dir.join("churn");
+    compile_c(
+        &workspace_root().join("samples/churn.c"),
+        &exe,
+        SAMPLE_CFLAGS,
+    );
+    let out = dir.join("dumps");
+    let f = run_zmtrace(&[
+        "run",
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        exe.to_str().unwrap(),
+    ]);
+    assert_eq!(f.code, Some(0), "{}", f.stderr);
+    let dump = dump_files(&out).pop().unwrap();
+    let before = zmtrace_ok(&["leaks", dump.to_str().unwrap()]);
+    assert!(!before.contains("build-id differs"), "{before}");
+    // The same path, other code: a different build-id.
+    let mut flags = SAMPLE_CFLAGS.to_vec();
+    flags.push("-DZS_REBUILT=1");
+    flags.push("-O1");
+    compile_c(&workspace_root().join("samples/churn.c"), &exe, &flags);
+    let after = zmtrace_ok(&["leaks", dump.to_str().unwrap()]);
+    assert!(
+        after.contains("was rebuilt since the run (its build-id differs)"),
+        "{after}"
+    );
+}

@@ -105,12 +105,17 @@ pub fn fresh_dir(stem: &str) -> PathBuf {
     dir
 }
 
-/// Compiles C source with `cc` plus `flags` into `out`; panics with the compiler's output on
-/// failure. Warnings are printed, not fatal.
+/// Compiles C (or, for a `.cpp` file, C++) source with `cc` (`c++`) plus `flags` into `out`;
+/// panics with the compiler's output on failure. Warnings are printed, not fatal.
 pub fn compile_c(src: &Path, out: &Path, flags: &[&str]) {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let tmp = out.with_extension(format!("tmp{}", unique("")));
-    let res = Command::new("cc")
+    let compiler = if src.extension().is_some_and(|e| e == "cpp") {
+        "c++"
+    } else {
+        "cc"
+    };
+    let res = Command::new(compiler)
         .args(flags)
         .arg("-o")
         .arg(&tmp)
@@ -136,7 +141,8 @@ pub fn compile_c(src: &Path, out: &Path, flags: &[&str]) {
 /// so that the stacks in the dumps prove the recorder unwinds with the unwind tables.
 pub const SAMPLE_CFLAGS: &[&str] = &["-O2", "-g", "-fomit-frame-pointer", "-pthread", "-Wall"];
 
-/// `samples/<name>.c`, compiled (once per test binary); returns the executable's absolute path.
+/// `samples/<name>.c` (or `.cpp`), compiled (once per test binary); returns the executable's
+/// absolute path.
 pub fn sample(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
@@ -144,7 +150,10 @@ pub fn sample(name: &str) -> PathBuf {
     if let Some(p) = built.get(name) {
         return p.clone();
     }
-    let src = workspace_root().join("samples").join(format!("{name}.c"));
+    let mut src = workspace_root().join("samples").join(format!("{name}.c"));
+    if !src.exists() {
+        src.set_extension("cpp");
+    }
     let out = scratch_dir().join("samples").join(name);
     compile_c(&src, &out, SAMPLE_CFLAGS);
     built.insert(name.to_owned(), out.clone());
