@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds zmtrace, compiles the `leaky` sample (-O2, no frame pointers) and traces it:
-# prints the dump's path, the summary, and what dump-info reads back.
+# Builds zmtrace, compiles the `leaky` sample (-O2, no frame pointers) and traces it: prints the
+# dump's path and summary, what dump-info reads back, the leak and churn reports, and writes a
+# flamegraph.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -12,4 +13,8 @@ rm -f "$out"/zmtrace.*.zmt
 target/release/zmtrace run -o "$out" -- "$out/leaky"
 for dump in "$out"/zmtrace.*.zmt; do
     target/release/zmtrace dump-info "$dump"
+    target/release/zmtrace leaks "$dump" --depth 4
+    target/release/zmtrace churn "$dump" --depth 3 --top 3
+    target/release/zmtrace flamegraph "$dump" --metric bytes -o "$out/bytes.svg"
+    echo "flamegraph of the bytes allocated: $out/bytes.svg"
 done
