@@ -146,6 +146,8 @@ pub enum EndReason {
     Exec,
     /// The recorder stopped because it could not write the dump (full disk, I/O error).
     WriteError,
+    /// The program stopped tracing (`zmtrace_stop()`, or the Rust guard dropped).
+    Stopped,
 }
 
 impl EndReason {
@@ -156,6 +158,7 @@ impl EndReason {
             2 => EndReason::Abort,
             3 => EndReason::Exec,
             4 => EndReason::WriteError,
+            5 => EndReason::Stopped,
             _ => return None,
         })
     }
@@ -166,6 +169,7 @@ impl EndReason {
             EndReason::Abort => "abort",
             EndReason::Exec => "exec",
             EndReason::WriteError => "recording stopped on a write error",
+            EndReason::Stopped => "tracing stopped by the program",
         }
     }
 }

@@ -88,6 +88,7 @@ fn marker() {}
 pub(crate) static FRONT: FrontEnd = FrontEnd {
     usable_size,
     own_code: marker,
+    auto_start: true,
 };
 
 /// The next allocator (resolved, and the recorder told about us, on the first call).

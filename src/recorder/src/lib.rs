@@ -51,13 +51,40 @@ const RING_BYTES: usize = 256 * 1024;
 /// The deepest stack recorded; deeper stacks keep their innermost frames and count as truncated.
 pub const MAX_FRAMES: usize = 256;
 
+/// Which frames at the top of a stack are the tracer's own, to be dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Those in the module that holds the front end (the preload library).
+    OwnModule,
+    /// Those at or below this stack pointer: a front end linked into the program reads its
+    /// stack pointer in its exported entry function (see [`stack_pointer`]), so its caller's frame
+    /// is the first one kept.
+    Below(u64),
+}
+
+/// The current stack pointer, for [`Skip::Below`]. Inlined into the caller, so it reads the
+/// caller's own frame.
+#[inline(always)]
+pub fn stack_pointer() -> u64 {
+    let sp: u64;
+    // SAFETY: reads one register.
+    unsafe {
+        std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags));
+    }
+    sp
+}
+
 /// What a front end tells the recorder about itself.
 pub struct FrontEnd {
     /// The real allocator's usable size of a block (`malloc_usable_size` of the next allocator).
     pub usable_size: unsafe fn(*mut u8) -> usize,
     /// A function of the front end: the module that holds it is the recorder's own, and its
-    /// frames are dropped from the top of every stack.
+    /// frames are dropped from the top of every stack ([`Skip::OwnModule`]).
     pub own_code: fn(),
+    /// True: tracing starts with the first event (the preload library). False: nothing is
+    /// recorded until [`start`] (the C API and the Rust allocator, which the environment or the
+    /// program turns on).
+    pub auto_start: bool,
 }
 
 static FRONT_END: OnceLock<&'static FrontEnd> = OnceLock::new();
@@ -316,8 +343,15 @@ fn core() -> Option<&'static Core> {
     init_slow()
 }
 
+/// Set by [`start`]: a front end without `auto_start` initialises only then.
+static START_REQUESTED: AtomicBool = AtomicBool::new(false);
+
 #[cold]
 fn init_slow() -> Option<&'static Core> {
+    let front = FRONT_END.get().copied()?;
+    if !front.auto_start && !START_REQUESTED.load(Ordering::Acquire) {
+        return None;
+    }
     if STATE
         .compare_exchange(UNINIT, INITIALIZING, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
@@ -329,11 +363,6 @@ fn init_slow() -> Option<&'static Core> {
             None
         };
     }
-    let front = FRONT_END.get().copied();
-    let Some(front) = front else {
-        STATE.store(DISABLED, Ordering::Release);
-        return None;
-    };
     calibrate_tsc();
     mark_start();
     let proc = procinfo::ProcInfo::read();
@@ -415,10 +444,10 @@ fn timestamp() -> u64 {
 
 /// Captures and interns the current stack.
 #[inline(always)]
-fn stack_id(core: &Core, t: &ThreadState) -> u32 {
+fn stack_id(core: &Core, t: &ThreadState, skip: Skip) -> u32 {
     // SAFETY: `local` is only touched by its owning thread, which is this one.
     let local = unsafe { &mut *t.local.get() };
-    local.stack_id(core, &t.counters)
+    local.stack_id(core, &t.counters, skip)
 }
 
 /// The id of a stack, and where the stack store keeps its frames (stable: stacks are never
@@ -447,22 +476,39 @@ fn emit(t: &ThreadState, ev: &EventBuf) {
     output::push_when_full(t, ev.as_slice());
 }
 
-/// Records an allocation that returned `ptr` (NULL: a failed allocation) for `size` bytes.
+/// Records an allocation that returned `ptr` (NULL: a failed allocation) for `size` bytes; the
+/// usable size is asked of the front end.
 ///
 /// # Safety
 /// `ptr` is null or a block the real allocator just returned.
 #[inline]
 pub unsafe fn on_alloc(kind: AllocKind, ptr: *mut u8, size: usize) {
+    record_alloc(kind, ptr, size, None, Skip::OwnModule)
+}
+
+/// Records an allocation, with the usable size when the front end knows it and the frames to
+/// drop.
+///
+/// # Safety
+/// `ptr` is null or a block the real allocator just returned.
+#[inline]
+pub unsafe fn record_alloc(
+    kind: AllocKind,
+    ptr: *mut u8,
+    size: usize,
+    usable: Option<usize>,
+    skip: Skip,
+) {
     let Some(_g) = Guard::enter() else { return };
     let Some(core) = core() else { return };
     let t = current_thread(core);
-    let stack = stack_id(core, t);
+    let stack = stack_id(core, t, skip);
     let mut ev = EventBuf::default();
     if ptr.is_null() {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         encode_failed(&mut ev, seq, timestamp(), kind, size as u64, stack);
     } else {
-        let usable = usable_size(ptr);
+        let usable = usable.map_or_else(|| usable_size(ptr), |u| u as u64);
         core.live.insert(
             ptr as usize,
             LiveBlock {
@@ -561,13 +607,29 @@ pub unsafe fn realloc_begin(old: *mut u8) -> ReallocToken {
 /// `tok` comes from [`realloc_begin`] for this very call.
 #[inline]
 pub unsafe fn realloc_end(tok: ReallocToken, kind: AllocKind, new: *mut u8, size: usize) {
+    record_realloc(tok, kind, new, size, None, Skip::OwnModule)
+}
+
+/// [`realloc_end`] with the usable size when the front end knows it, and the frames to drop.
+///
+/// # Safety
+/// `tok` comes from [`realloc_begin`] for this very call.
+#[inline]
+pub unsafe fn record_realloc(
+    tok: ReallocToken,
+    kind: AllocKind,
+    new: *mut u8,
+    size: usize,
+    usable: Option<usize>,
+    skip: Skip,
+) {
     if !tok.recording {
         return;
     }
     let Some(_g) = Guard::enter() else { return };
     let Some(core) = core() else { return };
     let t = current_thread(core);
-    let stack = stack_id(core, t);
+    let stack = stack_id(core, t, skip);
     let mut ev = EventBuf::default();
     let ts_seq = || (SEQ.fetch_add(1, Ordering::Relaxed), timestamp());
     match (new.is_null(), tok.block) {
@@ -591,7 +653,7 @@ pub unsafe fn realloc_end(tok: ReallocToken, kind: AllocKind, new: *mut u8, size
             return;
         }
         (false, block) => {
-            let usable = usable_size(new);
+            let usable = usable.map_or_else(|| usable_size(new), |u| u as u64);
             core.live.insert(
                 new as usize,
                 LiveBlock {
@@ -684,6 +746,83 @@ pub fn finish(reason: EndReason, status: i32) {
         return;
     }
     output::finish(reason, status);
+}
+
+/// Where [`start`] was told to write (overrides `ZMTRACE_OUT`).
+pub(crate) static OUT_DIR: SpinLock<Option<String>> = SpinLock::new(None);
+static AT_EXIT_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn finish_at_exit() {
+    finish(EndReason::Exit, -1);
+}
+
+/// Starts tracing (a front end without `auto_start`): the dump is opened now, in `out_dir` or
+/// else `ZMTRACE_OUT` or else the current directory. After a [`stop`], starts a new dump.
+/// Returns why not, if the dump cannot be written.
+pub fn start(out_dir: Option<&str>) -> Result<(), String> {
+    let _g = Guard::enter();
+    if FRONT_END.get().is_none() {
+        return Err("no zmtrace front end is registered".into());
+    }
+    if let Some(d) = out_dir {
+        *OUT_DIR.lock() = Some(d.to_owned());
+    }
+    match STATE.load(Ordering::Acquire) {
+        READY => return Ok(()),
+        UNINIT => {
+            START_REQUESTED.store(true, Ordering::Release);
+            init_slow();
+        }
+        DISABLED => {
+            // A new session: forget what the last one saw (blocks freed while tracing was off
+            // would otherwise stay live), and start a new dump with everything it refers to.
+            let Some(core) = CORE.get() else {
+                return Err("tracing cannot start again".into());
+            };
+            core.live.clear();
+            for t in all_threads() {
+                t.ring.discard();
+            }
+            mark_start();
+            output::restart();
+            STATE.store(READY, Ordering::Release);
+        }
+        _ => {}
+    }
+    if STATE.load(Ordering::Acquire) != READY {
+        return Err("the recorder could not start".into());
+    }
+    output::open_now()?;
+    output::start_writer();
+    if !AT_EXIT_REGISTERED.swap(true, Ordering::AcqRel) {
+        // SAFETY: registers a plain extern "C" function.
+        unsafe { libc::atexit(finish_at_exit) };
+    }
+    Ok(())
+}
+
+/// Stops tracing: writes everything and the `End` record. Allocations go on untraced.
+pub fn stop() {
+    finish(EndReason::Stopped, -1);
+}
+
+/// Writes everything recorded so far to the dump now.
+pub fn dump_now() {
+    let _g = Guard::enter();
+    if STATE.load(Ordering::Acquire) == READY && output::owns_dump() {
+        output::flush_now();
+    }
+}
+
+/// True while events are being recorded: the front ends' one-load check.
+#[inline]
+pub fn tracing() -> bool {
+    STATE.load(Ordering::Relaxed) == READY
+}
+
+/// The path of the current (or last) dump.
+pub fn dump_path() -> Option<String> {
+    output::path()
 }
 
 /// Flushes everything before `execve` replaces the image (the new image writes its own dump).

@@ -27,6 +27,8 @@ pub(crate) struct Output {
     meta: Vec<u8>,
     events_written: u64,
     last_reap_ns: u64,
+    /// Tracing was stopped and started again: the new dump needs every module and stack.
+    restarted: bool,
 }
 
 pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
@@ -42,6 +44,7 @@ pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
     meta: Vec::new(),
     events_written: 0,
     last_reap_ns: 0,
+    restarted: false,
 });
 
 /// The pid that owns the dump: a `vfork` child shares our memory but must not touch the dump.
@@ -164,6 +167,46 @@ pub(crate) fn finish(reason: EndReason, status: i32) {
 
 /// Writes everything recorded so far, the `Exec` record and an `End` of reason exec: if the exec
 /// succeeds, nothing more comes; if it fails, recording goes on and a later `End` replaces it.
+/// Opens the dump now if it is not open (so that [`crate::start`] can report a failure).
+pub(crate) fn open_now() -> Result<(), String> {
+    let mut out = OUTPUT.lock();
+    if out.fd < 0 && !out.failed && !out.finished {
+        if let Some(core) = crate::CORE.get() {
+            out.open(core, Origin::Start, 0, 0);
+        }
+    }
+    if out.failed {
+        Err(format!("cannot write the dump {}", out.path))
+    } else {
+        Ok(())
+    }
+}
+
+/// Forgets the finished dump: the next flush opens a new one, with every module and stack.
+pub(crate) fn restart() {
+    let mut out = OUTPUT.lock();
+    if out.fd >= 0 {
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(out.fd) };
+    }
+    out.fd = -1;
+    out.finished = false;
+    out.failed = false;
+    out.events_written = 0;
+    out.restarted = true;
+    DROPPED.store(0, Ordering::Relaxed);
+}
+
+pub(crate) fn flush_now() {
+    let mut out = OUTPUT.lock();
+    out.flush_pass(crate::CORE.get());
+}
+
+pub(crate) fn path() -> Option<String> {
+    let out = OUTPUT.lock();
+    (!out.path.is_empty()).then(|| out.path.clone())
+}
+
 pub(crate) fn before_exec(path: &str) {
     let mut out = OUTPUT.lock();
     if out.finished {
@@ -232,7 +275,11 @@ impl Output {
     /// Opens the dump and writes what every dump starts with.
     fn open(&mut self, core: &Core, origin: Origin, parent_pid: u32, fork_seq: u64) {
         let pid = getpid();
-        let dir = core.proc.env("ZMTRACE_OUT").unwrap_or_else(|| ".".into());
+        let dir = crate::OUT_DIR
+            .lock()
+            .clone()
+            .or_else(|| core.proc.env("ZMTRACE_OUT"))
+            .unwrap_or_else(|| ".".into());
         let name = core.proc.program_name();
         let mut fd = -1;
         let mut path = String::new();
@@ -287,8 +334,9 @@ impl Output {
                 argv: core.proc.argv.clone(),
             },
         );
-        if origin == Origin::Fork {
-            // Everything the parent knew: modules, every stack, the blocks live at the fork.
+        if origin == Origin::Fork || std::mem::take(&mut self.restarted) {
+            // Everything known so far: modules and every stack (and, after a fork, the blocks
+            // live at the fork).
             let mut m = MODULES.lock();
             for module in &m.list {
                 write::module(&mut buf, &module.info);
@@ -311,7 +359,7 @@ impl Output {
                 usable: e.value().usable,
                 stack: e.value().stack,
             }));
-            if !raw.is_empty() {
+            if origin == Origin::Fork && !raw.is_empty() {
                 let z = self.compress(&raw);
                 write::inherited(&mut buf, raw.len(), &z);
             }

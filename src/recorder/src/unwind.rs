@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{FrameAddress, Unwinder};
 
-use crate::{bump, Core, Counters, UnwindMode, MAX_FRAMES, MODULES, MODULES_GENERATION};
+use crate::{bump, Core, Counters, Skip, UnwindMode, MAX_FRAMES, MODULES, MODULES_GENERATION};
 
 /// framehop's rule cache is direct-mapped with 509 slots, far fewer than the return addresses of
 /// a real program (Redis touches ~3,000): misses re-parse the CFI, and that was a quarter of the
@@ -107,14 +107,14 @@ impl Local {
 
     /// Captures the current stack and returns its interned id.
     #[inline(always)]
-    pub fn stack_id(&mut self, core: &Core, counters: &Counters) -> u32 {
+    pub fn stack_id(&mut self, core: &Core, counters: &Counters, skip: Skip) -> u32 {
         let frames: &[u64] = match self.mode {
             UnwindMode::Fast => {
-                let n = self.capture_fast(core, counters);
+                let n = self.capture_fast(core, counters, skip);
                 &self.prev.frames[..n]
             }
             // The reference modes are slow anyway: no cache.
-            _ => return crate::intern(core, self.capture(core, counters)).0,
+            _ => return crate::intern(core, self.capture(core, counters, skip)).0,
         };
         let mut h = crate::Fx::default();
         for &f in frames {
@@ -141,20 +141,20 @@ impl Local {
 
     /// The current call stack, innermost first, without the recorder's own frames.
     #[inline(always)]
-    pub fn capture(&mut self, core: &Core, counters: &Counters) -> &[u64] {
+    pub fn capture(&mut self, core: &Core, counters: &Counters, skip: Skip) -> &[u64] {
         match self.mode {
             UnwindMode::Fast => {
-                let n = self.capture_fast(core, counters);
+                let n = self.capture_fast(core, counters, skip);
                 &self.prev.frames[..n]
             }
             UnwindMode::Backtrace => {
-                let n = capture_backtrace(core, &mut self.reference);
+                let n = capture_backtrace(core, skip, &mut self.reference);
                 &self.reference[..n]
             }
             UnwindMode::Compare => {
-                let n = self.capture_fast(core, counters);
+                let n = self.capture_fast(core, counters, skip);
                 let mut reference = [0u64; MAX_FRAMES];
-                let m = capture_backtrace(core, &mut reference);
+                let m = capture_backtrace(core, skip, &mut reference);
                 bump(&counters.compared_stacks);
                 if self.prev.frames[..n] != reference[..m] {
                     bump(&counters.mismatched_stacks);
@@ -171,7 +171,7 @@ impl Local {
     /// are then exactly the previous ones, for a few compares instead of a rule lookup each.
     /// Returns the frame count; the frames are in `self.prev` (the walks are swapped at the end).
     #[inline(never)]
-    fn capture_fast(&mut self, core: &Core, counters: &Counters) -> usize {
+    fn capture_fast(&mut self, core: &Core, counters: &Counters, skip: Skip) -> usize {
         let generation = MODULES_GENERATION.load(Ordering::Acquire);
         if generation != self.generation {
             crate::refresh_modules();
@@ -198,7 +198,7 @@ impl Local {
         if sp >= top || top - sp > (1 << 30) {
             // Not on this thread's own stack (sigaltstack, a coroutine): use the slow unwinder,
             // which needs no bounds.
-            let n = capture_backtrace(core, &mut self.prev.frames);
+            let n = capture_backtrace(core, skip, &mut self.prev.frames);
             self.prev.n = n;
             self.prev.reusable = false;
             return n;
@@ -219,7 +219,13 @@ impl Local {
         let mut pj = 0; // the first frame of the previous walk not below the current sp
         loop {
             let a = frame.address();
-            if !(skipping && own.contains(&a)) {
+            let own_frame = match skip {
+                Skip::OwnModule => own.contains(&a),
+                // The front end's entry frame and everything it called (the recorder) are
+                // at or below its stack pointer.
+                Skip::Below(boundary) => regs.sp() <= boundary,
+            };
+            if !(skipping && own_frame) {
                 skipping = false;
                 if n == MAX_FRAMES {
                     cur.truncated = true;
@@ -314,15 +320,21 @@ impl Local {
 /// The reference unwinder. `trace_unsynchronized`, because `trace` takes a global lock that
 /// another thread may hold across a `fork`.
 #[inline(never)]
-fn capture_backtrace(core: &Core, out: &mut [u64; MAX_FRAMES]) -> usize {
+fn capture_backtrace(core: &Core, skip: Skip, out: &mut [u64; MAX_FRAMES]) -> usize {
     let own = &core.own;
     let mut n = 0;
     let mut skipping = true;
+    // `Frame::sp` is the stack pointer register in each frame's context: the same value
+    // framehop's walk has for the frame, so a boundary means the same in both.
     // SAFETY: no other unwinding of this thread's stack runs concurrently.
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
             let a = frame.ip() as u64;
-            if skipping && own.contains(&a) {
+            let own_frame = match skip {
+                Skip::OwnModule => own.contains(&a),
+                Skip::Below(boundary) => (frame.sp() as u64) <= boundary,
+            };
+            if skipping && own_frame {
                 return true;
             }
             skipping = false;
