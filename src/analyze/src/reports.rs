@@ -39,6 +39,18 @@ pub const DEFAULT_WRAPPERS: &[&str] = &[
     "xrealloc",
     "g_malloc*",
     "g_realloc*",
+    // Rust: the allocation shims and the standard library's collections.
+    "__rust_*",
+    "__rustc::*",
+    "__rdl_*",
+    "alloc::*",
+    "<alloc::*",
+    "<* as alloc::*",
+    "core::*",
+    "<core::*",
+    "<* as core::*",
+    "hashbrown::*",
+    "<hashbrown::*",
 ];
 
 /// Matches `*` globs (the only wildcard).

@@ -758,8 +758,9 @@ extern "C" fn finish_at_exit() {
 
 /// Starts tracing (a front end without `auto_start`): the dump is opened now, in `out_dir` or
 /// else `ZMTRACE_OUT` or else the current directory. After a [`stop`], starts a new dump.
-/// Returns why not, if the dump cannot be written.
-pub fn start(out_dir: Option<&str>) -> Result<(), String> {
+/// Returns the dump's path (made under the guard: not an allocation of the program's), or why
+/// the dump cannot be written.
+pub fn start(out_dir: Option<&str>) -> Result<String, String> {
     let _g = Guard::enter();
     if FRONT_END.get().is_none() {
         return Err("no zmtrace front end is registered".into());
@@ -768,7 +769,7 @@ pub fn start(out_dir: Option<&str>) -> Result<(), String> {
         *OUT_DIR.lock() = Some(d.to_owned());
     }
     match STATE.load(Ordering::Acquire) {
-        READY => return Ok(()),
+        READY => return Ok(output::path().unwrap_or_default()),
         UNINIT => {
             START_REQUESTED.store(true, Ordering::Release);
             init_slow();
@@ -798,7 +799,7 @@ pub fn start(out_dir: Option<&str>) -> Result<(), String> {
         // SAFETY: registers a plain extern "C" function.
         unsafe { libc::atexit(finish_at_exit) };
     }
-    Ok(())
+    Ok(output::path().unwrap_or_default())
 }
 
 /// Stops tracing: writes everything and the `End` record. Allocations go on untraced.

@@ -211,7 +211,7 @@ mod tests {
             !main.info.build_id.is_empty(),
             "rustc links with a build-id"
         );
-        let here = finds_the_test_binary_and_libc_with_unwind_tables as usize as u64;
+        let here = finds_the_test_binary_and_libc_with_unwind_tables as *const () as u64;
         assert!(main.range.contains(&here));
         assert!(mods.iter().any(|m| m.info.path.contains("libc.so")));
     }

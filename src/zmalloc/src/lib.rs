@@ -16,7 +16,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use zmtrace_recorder::{self as rec, AllocKind, FrontEnd, Skip};
 
@@ -26,7 +26,8 @@ pub const PREFIX_SIZE: usize = std::mem::size_of::<usize>();
 #[cfg(not(feature = "prefix-size"))]
 pub const PREFIX_SIZE: usize = 0;
 
-static USED_MEMORY: AtomicUsize = AtomicUsize::new(0);
+/// `zmalloc_used_memory()`: per-thread parts, not one contended atomic (see `ThreadSum`).
+static USED_MEMORY: rec::sync::ThreadSum = rec::sync::ThreadSum::new(0);
 static OOM_HANDLER: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Redis's MALLOC_MIN_SIZE: a zero-byte request still gets a `long`.
@@ -75,7 +76,7 @@ fn check_env() {
     }
     rec::set_front_end(&FRONT);
     if std::env::var_os("ZMTRACE").is_some_and(|v| v == "1") {
-        if let Err(e) = rec::start(None) {
+        if let Err(e) = rec::start(None).map(drop) {
             eprintln!("zmtrace: {e}; the program goes on untraced");
         }
     }
@@ -136,11 +137,11 @@ unsafe fn try_alloc(size: usize, zeroed: bool, usable: *mut usize, sp: u64) -> *
     let (ptr, got) = if cfg!(feature = "prefix-size") {
         let s = min_size(size);
         (raw as *mut usize).write_unaligned(s);
-        USED_MEMORY.fetch_add(s + PREFIX_SIZE, Ordering::Relaxed);
+        USED_MEMORY.add((s + PREFIX_SIZE) as i64);
         (raw.cast::<u8>().add(PREFIX_SIZE).cast::<c_void>(), s)
     } else {
         let s = libc::malloc_usable_size(raw);
-        USED_MEMORY.fetch_add(s, Ordering::Relaxed);
+        USED_MEMORY.add(s as i64);
         (raw, s)
     };
     if !usable.is_null() {
@@ -173,14 +174,14 @@ unsafe fn free_impl(ptr: *mut c_void, usable: *mut usize) {
     if cfg!(feature = "prefix-size") {
         let real = ptr.cast::<u8>().sub(PREFIX_SIZE);
         let old = (real as *const usize).read_unaligned();
-        USED_MEMORY.fetch_sub(old + PREFIX_SIZE, Ordering::Relaxed);
+        USED_MEMORY.add(-((old + PREFIX_SIZE) as i64));
         if !usable.is_null() {
             *usable = old;
         }
         libc::free(real.cast());
     } else {
         let old = libc::malloc_usable_size(ptr);
-        USED_MEMORY.fetch_sub(old, Ordering::Relaxed);
+        USED_MEMORY.add(-(old as i64));
         if !usable.is_null() {
             *usable = old;
         }
@@ -235,8 +236,7 @@ unsafe fn try_realloc(ptr: *mut c_void, size: usize, usable: *mut usize, sp: u64
             (std::ptr::null_mut(), 0)
         } else {
             (raw as *mut usize).write_unaligned(size);
-            USED_MEMORY.fetch_sub(old, Ordering::Relaxed);
-            USED_MEMORY.fetch_add(size, Ordering::Relaxed);
+            USED_MEMORY.add(size as i64 - old as i64);
             (raw.cast::<u8>().add(PREFIX_SIZE).cast::<c_void>(), size)
         }
     } else {
@@ -246,8 +246,7 @@ unsafe fn try_realloc(ptr: *mut c_void, size: usize, usable: *mut usize, sp: u64
             (std::ptr::null_mut(), 0)
         } else {
             let s = libc::malloc_usable_size(raw);
-            USED_MEMORY.fetch_sub(old, Ordering::Relaxed);
-            USED_MEMORY.fetch_add(s, Ordering::Relaxed);
+            USED_MEMORY.add(s as i64 - old as i64);
             (raw, s)
         }
     };
@@ -384,7 +383,7 @@ pub unsafe extern "C" fn zstrdup(s: *const c_char) -> *mut c_char {
 
 #[no_mangle]
 pub extern "C" fn zmalloc_used_memory() -> usize {
-    USED_MEMORY.load(Ordering::Relaxed)
+    USED_MEMORY.total().max(0) as usize
 }
 
 #[no_mangle]
@@ -435,7 +434,7 @@ pub unsafe extern "C" fn zmtrace_start(dir: *const c_char) -> c_int {
         Some(std::ffi::CStr::from_ptr(dir).to_string_lossy().into_owned())
     };
     match rec::start(dir.as_deref()) {
-        Ok(()) => 0,
+        Ok(_) => 0,
         Err(e) => {
             eprintln!("zmtrace: {e}");
             -1

@@ -45,41 +45,49 @@ pub fn scratch_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("zmtrace-tests")
 }
 
+/// Runs `cargo build --quiet ARGS` with the test's profile; returns the profile directory of
+/// the target directory it built into (`target_dir`, or the one the tests run from).
+pub fn cargo_build(args: &[&str], target_dir: Option<&Path>) -> PathBuf {
+    let bin = zmtrace_bin();
+    let profile_dir = bin.parent().expect("zmtrace binary has a directory");
+    let profile = profile_dir.file_name().and_then(OsStr::to_str);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "--quiet"])
+        .args(args);
+    match profile {
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some("debug") => {}
+        other => panic!(
+            "unexpected profile directory {other:?} of {}",
+            bin.display()
+        ),
+    }
+    let target = target_dir
+        .map(Path::to_path_buf)
+        .or_else(|| profile_dir.parent().map(Path::to_path_buf))
+        .expect("a target directory");
+    cmd.arg("--target-dir").arg(&target);
+    let out = cmd.stdin(Stdio::null()).output().expect("cannot run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join(profile.unwrap())
+}
+
 /// Builds `zmtrace-preload` (once per test binary), with the test's profile, so that
 /// `libzmtrace.so` sits next to the `zmtrace` binary, where `zmtrace run` looks for it.
 pub fn ensure_preload_built() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let bin = zmtrace_bin();
-        let profile_dir = bin.parent().expect("zmtrace binary has a directory");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", "zmtrace-preload"]);
-        match profile_dir.file_name().and_then(OsStr::to_str) {
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some("debug") => {}
-            other => panic!(
-                "unexpected profile directory {other:?} of {}",
-                bin.display()
-            ),
-        }
-        if let Some(target_dir) = profile_dir.parent() {
-            cmd.arg("--target-dir").arg(target_dir);
-        }
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run cargo to build zmtrace-preload");
-        assert!(
-            out.status.success(),
-            "cargo build -p zmtrace-preload failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let so = profile_dir.join("libzmtrace.so");
+        let dir = cargo_build(&["-p", "zmtrace-preload"], None);
+        let so = dir.join("libzmtrace.so");
         assert!(
             so.is_file(),
             "{} is missing after building zmtrace-preload",
