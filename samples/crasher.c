@@ -5,6 +5,12 @@
  *        crasher kill     early blocks, 2 s pause, late blocks, raise(SIGKILL)
  *        crasher wait     early blocks, prints "ready", waits for a signal to end it (the
  *                         tests send SIGINT or SIGTERM to `zmtrace run`, which passes it on)
+ *        crasher handler  checks that SIGINT and SIGTERM read as the default action (the tracer's
+ *                         handlers are invisible), installs its own SIGTERM handler with
+ *                         signal(), early blocks, raise(SIGTERM): its handler allocates
+ *                         (zs_late) and exits 0
+ *        crasher exit-thread  early blocks, a thread that allocates and frees without pause,
+ *                         then exit(0) from main while it runs
  * Prints nothing else. Exit status 20..99 = bad usage or a failed check.
  *
  * The pause lets the recorder flush (it flushes at least once a second), so the early events are
@@ -13,11 +19,15 @@
  * The sample's events, in program order (single-threaded), as src/cli/tests/crash.rs asserts:
  *   zs_early: malloc(201), malloc(202), calloc(4, 50) [200 bytes], malloc(203), free(the 202 B)
  *   zs_late:  malloc(301), malloc(302), free(the 301 B)
- * segv, kill: the run exits 128 + signal, the dump has no End record, and the sample's events in
- *   it are a prefix of the list above holding at least all of zs_early.
+ * segv: the run exits 139; the recorder's handler wrote everything: all eight events, and an End
+ *   record of reason signal (SIGSEGV).
+ * kill: the run exits 137, the dump has no End record, and the sample's events in it are a
+ *   prefix of the list above holding at least all of zs_early.
+ * handler: exits 0, all eight events, End reason exit.
  * abort: the run exits 134, the dump ends with reason abort and holds all eight events.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +59,31 @@ ZS_FN void zs_late(void)
     g_blocks[4] = NULL;
 }
 
+static void on_term(int sig)
+{
+    (void)sig;
+    zs_late();
+    exit(0);
+}
+
+void *volatile g_spin;
+
+ZS_FN void zs_spin(void)
+{
+    for (;;) {
+        void *p = malloc(48);
+        g_spin = p;
+        free(p);
+    }
+}
+
+static void *spinner(void *arg)
+{
+    (void)arg;
+    zs_spin();
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2)
@@ -58,10 +93,27 @@ int main(int argc, char **argv)
     int abrt = strcmp(mode, "abort") == 0;
     int killme = strcmp(mode, "kill") == 0;
     int wait = strcmp(mode, "wait") == 0;
-    if (!segv && !abrt && !killme && !wait)
-        sample_check_failed(31, "mode is one of segv, abort, kill, wait");
+    int handler = strcmp(mode, "handler") == 0;
+    int exit_thread = strcmp(mode, "exit-thread") == 0;
+    if (!segv && !abrt && !killme && !wait && !handler && !exit_thread)
+        sample_check_failed(31, "mode is one of segv, abort, kill, wait, handler, exit-thread");
 
+    if (handler) {
+        struct sigaction old;
+        ZS_CHECK(33, sigaction(SIGINT, NULL, &old) == 0 && old.sa_handler == SIG_DFL);
+        ZS_CHECK(34, signal(SIGTERM, on_term) == SIG_DFL);
+        ZS_CHECK(35, sigaction(SIGTERM, NULL, &old) == 0 && old.sa_handler == on_term);
+        zs_early();
+        raise(SIGTERM);
+        sample_check_failed(36, "the SIGTERM handler did not exit");
+    }
     zs_early();
+    if (exit_thread) {
+        pthread_t t;
+        ZS_CHECK(37, pthread_create(&t, NULL, spinner, NULL) == 0);
+        sleep_ms(200);
+        exit(0);
+    }
     if (wait) {
         printf("ready\n");
         fflush(stdout);

@@ -1,5 +1,6 @@
 //! `samples/crasher.c` under `zmtrace run`: a process killed by a signal leaves a readable dump
-//! holding a prefix of what it did, and `zmtrace run` exits 128 + signal.
+//! (complete when the signal could be caught, else a prefix of what it did), the analyzer says
+//! the run did not end normally, and `zmtrace run` exits 128 + signal.
 
 mod common;
 
@@ -70,9 +71,79 @@ fn assert_killed_prefix(mode: &str, signal: i32) {
     );
 }
 
+/// `zmtrace report`'s text on the run's dump.
+fn report_text(run: &Run) -> String {
+    let f = run_zmtrace(&["report", run.only_dump().path.to_str().unwrap()]);
+    assert_eq!(f.code, Some(0), "{}", f.stderr);
+    f.stdout
+}
+
 #[test]
-fn segv_leaves_a_readable_prefix_and_exits_139() {
-    assert_killed_prefix("segv", libc::SIGSEGV);
+fn segv_is_flushed_by_the_handler_and_exits_139() {
+    let (run, r) = crash("segv", libc::SIGSEGV);
+    let dump = run.only_dump();
+    let end = dump.end.expect("the handler wrote the End record");
+    assert_eq!((end.reason, end.status), (EndReason::Signal, libc::SIGSEGV));
+    assert_complete(&run, dump, &r);
+    let ops: Vec<Op> = r.events().map(|e| e.op.clone()).collect();
+    assert_eq!(
+        ops,
+        truth(),
+        "every event up to the crash\n{}",
+        run.describe()
+    );
+    let text = report_text(&run);
+    assert!(
+        text.contains("did not end normally: killed by SIGSEGV (11)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_programs_own_signal_handler_replaces_the_tracers_unseen() {
+    let run = run_traced(&sample("crasher"), &["handler"]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let dump = run.only_dump();
+    let sym = Symbolizer::new();
+    let r = replay(dump, &sym, &is_sample);
+    assert_eq!(dump.end.map(|e| e.reason), Some(EndReason::Exit));
+    assert_complete(&run, dump, &r);
+    let ops: Vec<Op> = r.events().map(|e| e.op.clone()).collect();
+    assert_eq!(ops, truth(), "{}", run.describe());
+}
+
+#[test]
+fn exit_while_another_thread_allocates_leaves_a_consistent_dump() {
+    let run = run_traced(&sample("crasher"), &["exit-thread"]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let dump = run.only_dump();
+    let sym = Symbolizer::new();
+    let r = replay(dump, &sym, &is_sample);
+    assert_eq!(dump.end.map(|e| e.reason), Some(EndReason::Exit));
+    // No invented events: every free frees a block the dump saw allocated.
+    assert_eq!(
+        (r.unknown_frees, r.duplicate_seqs),
+        (0, 0),
+        "{}",
+        run.describe()
+    );
+    let early: Vec<Op> = r
+        .events()
+        .filter(|e| !e.functions.iter().any(|f| f == "zs_spin"))
+        .map(|e| e.op.clone())
+        .collect();
+    assert_eq!(early, truth()[..EARLY], "{}", run.describe());
+    let text = report_text(&run);
+    if dump.late_threads.is_empty() {
+        // The thread happened not to allocate between the end of the dump and the exit.
+        assert!(dump.is_complete(), "{}", run.describe());
+    } else {
+        assert!(!dump.is_complete());
+        assert!(
+            text.contains("did not end normally: exit while 1 other thread(s) still allocated"),
+            "{text}"
+        );
+    }
 }
 
 #[test]

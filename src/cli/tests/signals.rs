@@ -1,4 +1,5 @@
-//! `zmtrace run` passes the signals it gets on to the traced program, and still reports its dump.
+//! `zmtrace run` passes the signals it gets on to the traced program, whose dump is still
+//! complete: the recorder's handler writes everything before the signal takes its course.
 
 mod common;
 
@@ -30,9 +31,9 @@ fn signal_zmtrace(sig: i32) -> (Option<i32>, Vec<zmtrace_format::Dump>, String) 
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "ready");
-    // The program is blocked in pause(): give the recorder's writer (10 flushes a second) time
-    // to write its events, then signal zmtrace.
-    std::thread::sleep(Duration::from_millis(400));
+    // Signal at once: the events are in the dump because the handler flushes them, not because
+    // a periodic flush happened to come first.
+    std::thread::sleep(Duration::from_millis(5));
     unsafe { libc::kill(child.id() as i32, sig) };
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -60,8 +61,14 @@ fn signal_zmtrace(sig: i32) -> (Option<i32>, Vec<zmtrace_format::Dump>, String) 
     (status.code(), dumps, stderr)
 }
 
-fn assert_early_events_recorded(dumps: &[zmtrace_format::Dump], stderr: &str) {
+fn assert_early_events_recorded(dumps: &[zmtrace_format::Dump], stderr: &str, sig: i32) {
     assert_eq!(dumps.len(), 1, "{stderr}");
+    let end = dumps[0].end.expect("the dump is complete");
+    assert_eq!(
+        (end.reason, end.status),
+        (zmtrace_format::EndReason::Signal, sig)
+    );
+    assert!(dumps[0].is_complete());
     let sym = Symbolizer::new();
     let r = replay(&dumps[0], &sym, &is_sample);
     // zs_early: malloc(201), malloc(202), calloc(4, 50), malloc(203), free(202 B).
@@ -75,12 +82,12 @@ fn assert_early_events_recorded(dumps: &[zmtrace_format::Dump], stderr: &str) {
 fn sigint_to_zmtrace_reaches_the_program() {
     let (code, dumps, stderr) = signal_zmtrace(libc::SIGINT);
     assert_eq!(code, Some(128 + libc::SIGINT), "{stderr}");
-    assert_early_events_recorded(&dumps, &stderr);
+    assert_early_events_recorded(&dumps, &stderr, libc::SIGINT);
 }
 
 #[test]
 fn sigterm_to_zmtrace_is_passed_on_as_sigterm() {
     let (code, dumps, stderr) = signal_zmtrace(libc::SIGTERM);
     assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
-    assert_early_events_recorded(&dumps, &stderr);
+    assert_early_events_recorded(&dumps, &stderr, libc::SIGTERM);
 }

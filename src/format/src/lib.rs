@@ -26,6 +26,7 @@
 //! | [`RecordKind::Inherited`] | raw length, zstd-compressed blocks (addr, size, usable, stack) live in a forked child at birth |
 //! | [`RecordKind::Exec`] | path: the process called `execve`; its new image writes a dump of its own |
 //! | [`RecordKind::End`] | how the process ended and the recorder's own counters ([`End`]) |
+//! | [`RecordKind::Late`] | thread id: a thread allocated or freed after the `End` record (e.g. while another thread ran `exit`); its events from then on are not in the dump |
 //!
 //! Stacks are interned: an event names its stack by id, and the `Stacks` record defining an id is
 //! written before the first `Events` record that uses it. Stack frames are raw return addresses
@@ -67,6 +68,7 @@ pub enum RecordKind {
     Inherited = 6,
     Exec = 7,
     End = 8,
+    Late = 9,
 }
 
 impl RecordKind {
@@ -80,6 +82,7 @@ impl RecordKind {
             6 => RecordKind::Inherited,
             7 => RecordKind::Exec,
             8 => RecordKind::End,
+            9 => RecordKind::Late,
             _ => return None,
         })
     }
@@ -148,6 +151,9 @@ pub enum EndReason {
     WriteError,
     /// The program stopped tracing (`zmtrace_stop()`, or the Rust guard dropped).
     Stopped,
+    /// A signal ended the process (`status` is its number): the recorder wrote everything up to
+    /// it before the signal took its default action.
+    Signal,
 }
 
 impl EndReason {
@@ -159,6 +165,7 @@ impl EndReason {
             3 => EndReason::Exec,
             4 => EndReason::WriteError,
             5 => EndReason::Stopped,
+            6 => EndReason::Signal,
             _ => return None,
         })
     }
@@ -170,6 +177,7 @@ impl EndReason {
             EndReason::Exec => "exec",
             EndReason::WriteError => "recording stopped on a write error",
             EndReason::Stopped => "tracing stopped by the program",
+            EndReason::Signal => "killed by a signal",
         }
     }
 }
@@ -194,4 +202,26 @@ pub struct End {
     /// With `ZMTRACE_UNWIND=compare`: stacks captured by both unwinders, and how many differed.
     pub compared_stacks: u64,
     pub mismatched_stacks: u64,
+}
+
+/// The name of a signal number, for messages.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => return format!("signal {sig}"),
+    };
+    format!("{name} ({sig})")
 }

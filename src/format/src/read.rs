@@ -71,6 +71,8 @@ pub struct Dump {
     pub exec: Option<String>,
     /// Absent when the process did not end normally (crash, SIGKILL) or the dump is cut short.
     pub end: Option<End>,
+    /// Threads that allocated or freed after the `End` record (their later events are missing).
+    pub late_threads: Vec<u32>,
     /// Number of records read intact.
     pub records: u64,
     /// Bytes that could not be read (damaged or cut-off records).
@@ -302,12 +304,23 @@ impl Dump {
     /// `abort` or `exec`, and nothing was lost in between.
     pub fn is_complete(&self) -> bool {
         self.bytes_lost == 0
+            && self.late_threads.is_empty()
             && matches!(self.end, Some(e) if e.dropped == 0 && e.reason != EndReason::WriteError)
     }
 
     /// One line on how the recorded process ended, for people.
     pub fn ending(&self) -> String {
         match self.end {
+            Some(e) if e.reason == EndReason::Signal => format!(
+                "did not end normally: killed by {}; everything up to the signal is in the dump",
+                crate::signal_name(e.status)
+            ),
+            Some(e) if !self.late_threads.is_empty() => format!(
+                "did not end normally: {} while {} other thread(s) still allocated; what they \
+                 did after that is not in the dump",
+                e.reason.describe(),
+                self.late_threads.len()
+            ),
             Some(e) if e.reason == EndReason::UnderscoreExit => {
                 format!("ended normally (_exit({}))", e.status)
             }
@@ -403,6 +416,7 @@ impl Dump {
                     mismatched_stacks: v[6],
                 });
             }
+            RecordKind::Late => self.late_threads.push(c.u32()?),
         }
         Ok(())
     }

@@ -135,3 +135,10 @@ pub fn end(out: &mut Vec<u8>, e: &End) {
     }
     record(out, RecordKind::End, &b);
 }
+
+/// A `Late` record: thread `tid` recorded an event after the `End` record.
+pub fn late(out: &mut Vec<u8>, tid: u32) {
+    let mut b = Vec::new();
+    put_uvarint(&mut b, u64::from(tid));
+    record(out, RecordKind::Late, &b);
+}

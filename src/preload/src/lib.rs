@@ -14,6 +14,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod real;
+mod signals;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
@@ -99,8 +100,11 @@ fn ready() -> Option<&'static Next> {
 
 extern "C" fn on_load() {
     ready();
-    // SAFETY: dlsym lookups of libc functions with their C signatures.
-    unsafe { real::resolve_exits() };
+    // SAFETY: dlsym lookups of libc functions with their C signatures; sigaction calls.
+    unsafe {
+        real::resolve_exits();
+        signals::install();
+    }
     rec::start_writer();
 }
 

@@ -357,10 +357,13 @@ fn init_slow() -> Option<&'static Core> {
         .is_err()
     {
         // Being set up by this very thread (an allocation made while initialising) or disabled.
-        return if STATE.load(Ordering::Acquire) == READY {
-            CORE.get()
-        } else {
-            None
+        return match STATE.load(Ordering::Acquire) {
+            READY => CORE.get(),
+            DISABLED => {
+                output::note_late();
+                None
+            }
+            _ => None,
         };
     }
     calibrate_tsc();
@@ -824,6 +827,15 @@ pub fn tracing() -> bool {
 /// The path of the current (or last) dump.
 pub fn dump_path() -> Option<String> {
     output::path()
+}
+
+/// From a handler of a fatal signal (the front end's): writes everything up to now and the `End`
+/// record (reason [`EndReason::Signal`]) before the signal takes its default action.
+/// Async-signal-safe: the work is done by the writer thread.
+pub fn finish_on_signal(sig: i32) {
+    if STATE.load(Ordering::Acquire) == READY && output::owns_dump() {
+        output::finish_on_signal(sig);
+    }
 }
 
 /// Flushes everything before `execve` replaces the image (the new image writes its own dump).

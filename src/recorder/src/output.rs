@@ -102,8 +102,22 @@ pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
     }
 }
 
+/// A fatal signal arrived (its number): the writer writes everything and the `End` record.
+static FINAL_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+static FINAL_DONE: AtomicBool = AtomicBool::new(false);
+/// The writer's kernel thread id: a signal handler running on it must not wait for itself.
+static WRITER_TID: AtomicU32 = AtomicU32::new(0);
+
 extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
     Guard::enter_forever();
+    // SAFETY: blocks every signal in this thread only: process signals go to the program's
+    // threads, whose handlers may ask this thread for the final flush and wait for it.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        WRITER_TID.store(libc::syscall(libc::SYS_gettid) as u32, Ordering::Release);
+    }
     loop {
         WRITER_IDLE.store(true, Ordering::Release);
         let seen = WAKE.load(Ordering::Acquire);
@@ -122,6 +136,11 @@ extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
             );
         }
         WRITER_IDLE.store(false, Ordering::Release);
+        let sig = FINAL_SIGNAL.load(Ordering::Acquire);
+        if sig != 0 {
+            finish(EndReason::Signal, sig);
+            FINAL_DONE.store(true, Ordering::Release);
+        }
         let mut out = OUTPUT.lock();
         if out.finished || out.failed {
             WRITER_RUNNING.store(false, Ordering::Release);
@@ -129,6 +148,69 @@ extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
         }
         out.flush_pass(crate::CORE.get());
     }
+}
+
+/// From a signal handler, on the thread the fatal signal hit: has the writer thread write
+/// everything and the `End` record, and waits for it (2 s at most). Only async-signal-safe
+/// calls here: the thread may have been interrupted anywhere, in `malloc` too, so it must not
+/// allocate or take a lock itself.
+pub(crate) fn finish_on_signal(sig: i32) {
+    // SAFETY: plain syscalls.
+    let me = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    if !WRITER_RUNNING.load(Ordering::Acquire) || me == WRITER_TID.load(Ordering::Acquire) {
+        return;
+    }
+    if FINAL_SIGNAL
+        .compare_exchange(0, sig, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return; // another thread's signal is being handled
+    }
+    WAKE.fetch_add(1, Ordering::Release);
+    // SAFETY: futex wake and nanosleep are async-signal-safe syscalls.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            WAKE.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
+        for _ in 0..2000 {
+            if FINAL_DONE.load(Ordering::Acquire) {
+                break;
+            }
+            let ms = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1_000_000,
+            };
+            libc::nanosleep(&ms, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Set once the dump ended with the process (exit, `_exit`, abort, a signal): threads that
+/// still allocate after that leave a `Late` record, once each.
+static ENDED_WITH_PROCESS: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    // Const, no destructor: see `sync`.
+    static LATE_NOTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// An event after the end of the dump: say so in the dump, once per thread.
+pub(crate) fn note_late() {
+    if !ENDED_WITH_PROCESS.load(Ordering::Acquire) || LATE_NOTED.with(|n| n.replace(true)) {
+        return;
+    }
+    let Some(out) = OUTPUT.try_lock() else { return };
+    if out.fd < 0 || out.failed || !owns_dump() {
+        return;
+    }
+    let mut buf = Vec::new();
+    // SAFETY: no preconditions.
+    write::late(&mut buf, unsafe { libc::syscall(libc::SYS_gettid) } as u32);
+    // SAFETY: one write of our own buffer to our own descriptor.
+    unsafe { libc::write(out.fd, buf.as_ptr().cast(), buf.len()) };
 }
 
 pub(crate) fn start_writer() {
@@ -160,6 +242,9 @@ pub(crate) fn finish(reason: EndReason, status: i32) {
     out.flush_pass(crate::CORE.get());
     out.finished = true;
     out.write_end(reason, status);
+    if reason != EndReason::Stopped {
+        ENDED_WITH_PROCESS.store(true, Ordering::Release);
+    }
     // Threads still running after this cannot be written any more: stop recording them rather
     // than capture stacks for nothing.
     crate::disable();

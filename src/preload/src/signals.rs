@@ -1,0 +1,151 @@
+//! Fatal signals: a program killed by Ctrl-C, SIGTERM or a crash still leaves a complete dump.
+//!
+//! At start-up, for each signal whose action would end the process and that the program has not
+//! claimed (its action is still the default), a handler is installed that has the recorder write
+//! everything up to now and the `End` record, then lets the signal take its default action (the
+//! exit status is the one the program would have had). `sigaction` and `signal` are interposed
+//! so that the program never notices: asking for the action of such a signal answers "default",
+//! and installing its own handler simply replaces ours. SIGKILL and SIGSTOP cannot be caught: a
+//! program killed by SIGKILL leaves its dump as of the last flush (a tenth of a second).
+
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use zmtrace_recorder as rec;
+
+/// Signals whose default action ends the process, and which are worth a final flush.
+/// (SIGXFSZ is left alone: the recorder's own write may be what raises it.)
+const FATAL: [c_int; 11] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGPIPE,
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGFPE,
+    libc::SIGILL,
+    libc::SIGABRT,
+    libc::SIGXCPU,
+];
+
+const NSIG: usize = 65;
+/// Whether our handler is the one installed for a signal.
+static OURS: [AtomicBool; NSIG] = [const { AtomicBool::new(false) }; NSIG];
+static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
+
+type SigactionFn =
+    unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+
+unsafe fn real_sigaction() -> SigactionFn {
+    let mut f = REAL_SIGACTION.load(Ordering::Acquire);
+    if f == 0 {
+        f = crate::real::sym::<usize>(c"sigaction");
+        REAL_SIGACTION.store(f, Ordering::Release);
+    }
+    std::mem::transmute::<usize, SigactionFn>(f)
+}
+
+fn ours(sig: c_int) -> bool {
+    usize::try_from(sig)
+        .ok()
+        .and_then(|s| OURS.get(s))
+        .is_some_and(|o| o.load(Ordering::Acquire))
+}
+
+fn set_ours(sig: c_int, v: bool) {
+    if let Some(o) = usize::try_from(sig).ok().and_then(|s| OURS.get(s)) {
+        o.store(v, Ordering::Release);
+    }
+}
+
+/// The default action, as the program would have seen it.
+fn default_action() -> libc::sigaction {
+    // SAFETY: an all-zero sigaction is SIG_DFL with no flags and an empty mask.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Installs the handler for every fatal signal still at its default action.
+pub unsafe fn install() {
+    let real = real_sigaction();
+    for sig in FATAL {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if real(sig, std::ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
+            continue;
+        }
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction =
+            on_fatal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        act.sa_flags = libc::SA_SIGINFO;
+        libc::sigfillset(&mut act.sa_mask);
+        if real(sig, &act, std::ptr::null_mut()) == 0 {
+            set_ours(sig, true);
+        }
+    }
+}
+
+extern "C" fn on_fatal(sig: c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    rec::finish_on_signal(sig);
+    // SAFETY: async-signal-safe calls only: back to the default action, then let the signal do
+    // what it would have done.
+    unsafe {
+        set_ours(sig, false);
+        real_sigaction()(sig, &default_action(), std::ptr::null_mut());
+        // A fault raised by an instruction (a bad access) happens again when the handler returns,
+        // now with the default action; anything sent (kill, raise, the terminal) is sent again.
+        let sent = info.is_null() || (*info).si_code <= 0;
+        let synchronous = matches!(
+            sig,
+            libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE | libc::SIGILL
+        );
+        if sent || !synchronous {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+}
+
+/// `sigaction`, with our handlers invisible: they read as the default action, and the
+/// program's own handler replaces them.
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    oldact: *mut libc::sigaction,
+) -> c_int {
+    let real = real_sigaction();
+    if !ours(sig) {
+        return real(sig, act, oldact);
+    }
+    let rc = real(sig, act, std::ptr::null_mut());
+    if rc == 0 {
+        if !act.is_null() {
+            set_ours(sig, false);
+        }
+        if !oldact.is_null() {
+            *oldact = default_action();
+        }
+    }
+    rc
+}
+
+/// `signal` with glibc's (BSD) semantics, through our `sigaction` (glibc's `signal` calls its
+/// internal one, which would bypass it).
+#[no_mangle]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    let mut act: libc::sigaction = std::mem::zeroed();
+    act.sa_sigaction = handler;
+    act.sa_flags = libc::SA_RESTART;
+    libc::sigemptyset(&mut act.sa_mask);
+    if libc::sigaddset(&mut act.sa_mask, sig) != 0 {
+        return libc::SIG_ERR;
+    }
+    let mut old: libc::sigaction = std::mem::zeroed();
+    if sigaction(sig, &act, &mut old) != 0 {
+        return libc::SIG_ERR;
+    }
+    old.sa_sigaction
+}
