@@ -255,6 +255,13 @@ impl Deltas {
 /// appending to `out`; returns how many events it packed. Stops at the first malformed byte
 /// (which the recorder never writes).
 pub fn pack(plain: &[u8], out: &mut Vec<u8>) -> u64 {
+    pack_some(plain, out, usize::MAX).0
+}
+
+/// [`pack`], stopping after the event that makes `out` reach `limit` bytes: one record's worth.
+/// Returns (events packed, plain bytes consumed); the rest goes into the next record, which
+/// starts its deltas from zero again.
+pub fn pack_some(plain: &[u8], out: &mut Vec<u8>, limit: usize) -> (u64, usize) {
     let mut c = Cursor::new(plain);
     let mut d = Deltas::default();
     let mut n = 0;
@@ -301,13 +308,15 @@ pub fn pack(plain: &[u8], out: &mut Vec<u8>) -> u64 {
         }
         r
     };
-    while !c.is_empty() {
+    let mut consumed = 0;
+    while !c.is_empty() && out.len() < limit {
         if one(&mut c, out).is_err() {
             break;
         }
         n += 1;
+        consumed = plain.len() - c.remaining();
     }
-    n
+    (n, consumed)
 }
 
 /// Decodes the packed events of one `Events` record into `out`. On malformed input it keeps the
@@ -432,6 +441,17 @@ mod tests {
         assert_eq!(out.len(), 3);
         let mut cut = Vec::new();
         assert_eq!(pack(&raw[..raw.len() - 2], &mut cut), 3);
+        // Packed one record's worth at a time, each record decodes on its own.
+        let mut chunks = Vec::new();
+        let mut pos = 0;
+        while pos < raw.len() {
+            let mut chunk = Vec::new();
+            let (n, used) = pack_some(&raw[pos..], &mut chunk, 1);
+            assert_eq!((n, used > 0), (1, true));
+            decode_events(&chunk, 42, &mut chunks).unwrap();
+            pos += used;
+        }
+        assert_eq!(chunks, unpacked);
         let mut out = Vec::new();
         assert!(decode_events(&packed[..packed.len() - 1], 1, &mut out).is_err());
         assert_eq!(out.len(), 3);

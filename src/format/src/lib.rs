@@ -38,6 +38,8 @@
 //! gives an order in which an address is never handed out twice without a free between.
 
 pub mod event;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod read;
 pub mod varint;
 pub mod write;

@@ -253,6 +253,8 @@ impl Dump {
             loaded: 0,
             zstd: None,
             current: None,
+            last_seq: None,
+            skipped: 0,
         };
         for s in 0..ev.streams.len() {
             ev.refill(s);
@@ -445,6 +447,25 @@ pub struct Events<'a> {
     zstd: Option<zstd::bulk::Decompressor<'static>>,
     /// The stream whose next event comes next, kept out of the heap.
     current: Option<usize>,
+    last_seq: Option<u64>,
+    /// Events dropped as duplicates or out of order (damage).
+    skipped: u64,
+}
+
+impl Drop for Events<'_> {
+    fn drop(&mut self) {
+        if self.skipped > 0 {
+            if let Ok(mut w) = self.dump.late_warnings.lock() {
+                let line = format!(
+                    "{} events repeated or out of order (damaged records) were skipped",
+                    self.skipped
+                );
+                if !w.contains(&line) {
+                    w.push(line);
+                }
+            }
+        }
+    }
 }
 
 impl Events<'_> {
@@ -482,24 +503,33 @@ impl Iterator for Events<'_> {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {
-        let s = match self.current.take() {
-            Some(s) => s,
-            None => self.heap.pop()?.1,
-        };
-        let st = &mut self.streams[s];
-        let e = st.buf[st.pos];
-        st.pos += 1;
-        if let Some(seq) = self.advance(s) {
-            // Stay on this stream while it is ahead of every other: a run of one thread's
-            // events costs no heap operation.
-            match self.heap.peek() {
-                Some(&(std::cmp::Reverse(other), _)) if other < seq => {
-                    self.heap.push((std::cmp::Reverse(seq), s));
+        loop {
+            let s = match self.current.take() {
+                Some(s) => s,
+                None => self.heap.pop()?.1,
+            };
+            let st = &mut self.streams[s];
+            let e = st.buf[st.pos];
+            st.pos += 1;
+            if let Some(seq) = self.advance(s) {
+                // Stay on this stream while it is ahead of every other: a run of one thread's
+                // events costs no heap operation.
+                match self.heap.peek() {
+                    Some(&(std::cmp::Reverse(other), _)) if other < seq => {
+                        self.heap.push((std::cmp::Reverse(seq), s));
+                    }
+                    _ => self.current = Some(s),
                 }
-                _ => self.current = Some(s),
             }
+            // A writer never numbers two events alike nor goes back: only a damaged dump (a
+            // record written twice, say) does, and those events are not the process's.
+            if self.last_seq.is_some_and(|l| e.seq <= l) {
+                self.skipped += 1;
+                continue;
+            }
+            self.last_seq = Some(e.seq);
+            return Some(e);
         }
-        Some(e)
     }
 }
 

@@ -80,6 +80,10 @@ impl<'a> Cursor<'a> {
     pub fn is_empty(&self) -> bool {
         self.pos >= self.data.len()
     }
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.data.len().saturating_sub(self.pos)
+    }
     pub fn u8(&mut self) -> Result<u8, Malformed> {
         let b = *self.data.get(self.pos).ok_or(Malformed)?;
         self.pos += 1;

@@ -52,6 +52,8 @@ pub(crate) static OWNER_PID: AtomicU32 = AtomicU32::new(0);
 static WRITER_RUNNING: AtomicBool = AtomicBool::new(false);
 static WRITER_IDLE: AtomicBool = AtomicBool::new(false);
 static WAKE: AtomicU32 = AtomicU32::new(0);
+/// Packed event bytes per `Events` record (before compression: ~8 KiB after).
+const RECORD_BYTES: usize = 32 * 1024;
 /// How often the writer drains the rings when nobody wakes it.
 const PERIOD_MS: i64 = 100;
 static FLUSHES: AtomicU64 = AtomicU64::new(0);
@@ -496,12 +498,25 @@ impl Output {
             }
             // Read after draining: a new owner's tid is published before its first event.
             let tid = t.tid.load(Ordering::Acquire);
-            self.packed.clear();
-            self.events_written += zmtrace_format::event::pack(&self.raw, &mut self.packed);
-            let packed = std::mem::take(&mut self.packed);
-            let z = self.compress(&packed);
-            write::events(&mut self.events, t.stream, tid, packed.len(), &z);
-            self.packed = packed;
+            // Records of bounded size: a dump cut anywhere (a full disk, a kill mid-write) keeps
+            // every record before the cut.
+            let raw = std::mem::take(&mut self.raw);
+            let mut pos = 0;
+            while pos < raw.len() {
+                self.packed.clear();
+                let (n, used) =
+                    zmtrace_format::event::pack_some(&raw[pos..], &mut self.packed, RECORD_BYTES);
+                if used == 0 {
+                    break;
+                }
+                pos += used;
+                self.events_written += n;
+                let packed = std::mem::take(&mut self.packed);
+                let z = self.compress(&packed);
+                write::events(&mut self.events, t.stream, tid, packed.len(), &z);
+                self.packed = packed;
+            }
+            self.raw = raw;
         }
         for t in gone {
             t.in_use.store(false, Ordering::Release);

@@ -1,0 +1,34 @@
+//! The reader's fuzz target: any bytes at all must read without a panic or a hang, and what is
+//! read must hold the reader's promises. Used by the short fuzz run in the tests
+//! (`tests/fuzz_reader.rs`) and by the cargo-fuzz target in `fuzz/` (`cargo +nightly fuzz run
+//! reader`).
+
+use std::path::Path;
+
+use crate::{Dump, EventKind};
+
+/// Reads `data` as a dump and streams all its events, checking what the reader promises.
+pub fn check_reader(data: &[u8]) {
+    let Ok(dump) = Dump::from_bytes(Path::new("fuzz"), data.to_vec()) else {
+        return;
+    };
+    assert!(dump.bytes_lost <= data.len() as u64);
+    let mut last = None;
+    let mut n = 0u64;
+    for e in dump.events() {
+        // Sequence order, whatever the damage.
+        assert!(last.is_none_or(|l| l <= e.seq), "events out of order");
+        last = Some(e.seq);
+        if let EventKind::Realloc {
+            new_addr: 0, size, ..
+        } = e.kind
+        {
+            let _ = size;
+        }
+        n += 1;
+    }
+    // Events cannot outnumber the bytes they are made of (each takes at least 4).
+    assert!(n <= data.len() as u64 / 4 + 1);
+    let _ = dump.ending();
+    let _ = dump.is_complete();
+}
