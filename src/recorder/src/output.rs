@@ -72,16 +72,21 @@ pub(crate) fn owns_dump() -> bool {
 #[inline]
 pub(crate) fn wake_writer() {
     if WRITER_IDLE.load(Ordering::Relaxed) && WRITER_IDLE.swap(false, Ordering::AcqRel) {
-        WAKE.fetch_add(1, Ordering::Release);
-        // SAFETY: futex wake on a static word.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                WAKE.as_ptr(),
-                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                1,
-            );
-        }
+        wake_writer_now();
+    }
+}
+
+/// Wakes the writer whatever it is doing. Async-signal-safe: an atomic and a syscall.
+fn wake_writer_now() {
+    WAKE.fetch_add(1, Ordering::Release);
+    // SAFETY: futex wake on a static word.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            WAKE.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
     }
 }
 
@@ -168,15 +173,9 @@ pub(crate) fn finish_on_signal(sig: i32) {
     {
         return; // another thread's signal is being handled
     }
-    WAKE.fetch_add(1, Ordering::Release);
-    // SAFETY: futex wake and nanosleep are async-signal-safe syscalls.
+    wake_writer_now();
+    // SAFETY: nanosleep is an async-signal-safe syscall.
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            WAKE.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        );
         for _ in 0..2000 {
             if FINAL_DONE.load(Ordering::Acquire) {
                 break;
