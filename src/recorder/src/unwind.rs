@@ -24,6 +24,8 @@ const FRAMEHOP_SLOTS: u64 = 509;
 /// unwinder read to go from each frame to the next.
 struct Walk {
     n: usize,
+    /// Leading frames that are the recorder's own (not part of the stack recorded).
+    own: usize,
     truncated: bool,
     /// False when the read log overflowed: this walk cannot be reused.
     reusable: bool,
@@ -41,6 +43,7 @@ impl Walk {
     fn new() -> Box<Walk> {
         Box::new(Walk {
             n: 0,
+            own: 0,
             truncated: false,
             reusable: false,
             frames: [0; MAX_FRAMES],
@@ -75,6 +78,8 @@ pub(crate) struct Local {
     /// The walk being made, and the previous one (whose outer frames are usually still there).
     cur: Box<Walk>,
     prev: Box<Walk>,
+    /// The stack id of the previous walk's frames (0: none), for a walk that ends up the same.
+    prev_id: u32,
     reference: [u64; MAX_FRAMES],
 }
 
@@ -96,6 +101,7 @@ impl Local {
             mode,
             cur: Walk::new(),
             prev: Walk::new(),
+            prev_id: 0,
             reference: [0; MAX_FRAMES],
         }
     }
@@ -103,6 +109,7 @@ impl Local {
     pub fn reset_for_thread(&mut self, stack_top: u64) {
         self.stack_top = stack_top;
         self.prev.reusable = false;
+        self.prev_id = 0;
     }
 
     /// Captures the current stack and returns its interned id.
@@ -110,8 +117,11 @@ impl Local {
     pub fn stack_id(&mut self, core: &Core, counters: &Counters, skip: Skip) -> u32 {
         let frames: &[u64] = match self.mode {
             UnwindMode::Fast => {
-                let n = self.capture_fast(core, counters, skip);
-                &self.prev.frames[..n]
+                let (start, n, same) = self.capture_fast(core, counters, skip);
+                if same && self.prev_id != 0 {
+                    return self.prev_id;
+                }
+                &self.prev.frames[start..n]
             }
             // The reference modes are slow anyway: no cache.
             _ => return crate::intern(core, self.capture(core, counters, skip)).0,
@@ -126,6 +136,7 @@ impl Local {
             // SAFETY: `slot.frames` points into the stack store, whose stacks are never freed.
             let cached = unsafe { std::slice::from_raw_parts(slot.frames, frames.len()) };
             if cached == frames {
+                self.prev_id = slot.id;
                 return slot.id;
             }
         }
@@ -136,6 +147,7 @@ impl Local {
             len: frames.len() as u32,
             id,
         };
+        self.prev_id = id;
         id
     }
 
@@ -144,22 +156,22 @@ impl Local {
     pub fn capture(&mut self, core: &Core, counters: &Counters, skip: Skip) -> &[u64] {
         match self.mode {
             UnwindMode::Fast => {
-                let n = self.capture_fast(core, counters, skip);
-                &self.prev.frames[..n]
+                let (start, n, _) = self.capture_fast(core, counters, skip);
+                &self.prev.frames[start..n]
             }
             UnwindMode::Backtrace => {
                 let n = capture_backtrace(core, skip, &mut self.reference);
                 &self.reference[..n]
             }
             UnwindMode::Compare => {
-                let n = self.capture_fast(core, counters, skip);
+                let (start, n, _) = self.capture_fast(core, counters, skip);
                 let mut reference = [0u64; MAX_FRAMES];
                 let m = capture_backtrace(core, skip, &mut reference);
                 bump(&counters.compared_stacks);
-                if self.prev.frames[..n] != reference[..m] {
+                if self.prev.frames[start..n] != reference[..m] {
                     bump(&counters.mismatched_stacks);
                 }
-                &self.prev.frames[..n]
+                &self.prev.frames[start..n]
             }
         }
     }
@@ -169,9 +181,19 @@ impl Local {
     /// address, sp, bp), and every stack word the previous walk read from there on still holds the
     /// value it read. Unwinding is a function of the state and those words, so the outer frames
     /// are then exactly the previous ones, for a few compares instead of a rule lookup each.
-    /// Returns the frame count; the frames are in `self.prev` (the walks are swapped at the end).
+    ///
+    /// The recorder's own frames are walked (and matched) too, then left out: the walk of a
+    /// second call from the same place usually matches at its very first return address.
+    ///
+    /// Returns `(start, n, same)`: the stack is `self.prev.frames[start..n]` (the walks are
+    /// swapped at the end), and `same` says it is the previous walk's stack, unchanged.
     #[inline(never)]
-    fn capture_fast(&mut self, core: &Core, counters: &Counters, skip: Skip) -> usize {
+    fn capture_fast(
+        &mut self,
+        core: &Core,
+        counters: &Counters,
+        skip: Skip,
+    ) -> (usize, usize, bool) {
         let generation = MODULES_GENERATION.load(Ordering::Acquire);
         if generation != self.generation {
             crate::refresh_modules();
@@ -180,6 +202,7 @@ impl Local {
             }
             self.generation = generation;
             self.prev.reusable = false;
+            self.prev_id = 0;
         }
         let (ip, sp, bp): (u64, u64, u64);
         // SAFETY: reads three registers; no memory is touched.
@@ -200,43 +223,38 @@ impl Local {
             // which needs no bounds.
             let n = capture_backtrace(core, skip, &mut self.prev.frames);
             self.prev.n = n;
+            self.prev.own = 0;
             self.prev.reusable = false;
-            return n;
+            self.prev_id = 0;
+            return (0, n, false);
         }
         let on_stack = move |addr: u64| {
             addr >= sp && addr.checked_add(8).is_some_and(|e| e <= top) && addr.is_multiple_of(8)
         };
-        let own = &core.own;
         let cur = &mut *self.cur;
-        let prev = &*self.prev;
+        let prev = &mut *self.prev;
         cur.reads.clear();
         cur.truncated = false;
         cur.reusable = true;
         let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
         let mut frame = FrameAddress::InstructionPointer(ip);
         let mut n = 0;
-        let mut skipping = true;
         let mut pj = 0; // the first frame of the previous walk not below the current sp
+                        // Where the previous walk was taken over: (index here, index there).
+        let mut reused: Option<(usize, usize)> = None;
         loop {
-            let a = frame.address();
-            let own_frame = match skip {
-                Skip::OwnModule => own.contains(&a),
-                // The front end's entry frame and everything it called (the recorder) are
-                // at or below its stack pointer.
-                Skip::Below(boundary) => regs.sp() <= boundary,
-            };
-            if !(skipping && own_frame) {
-                skipping = false;
+            // The first frame is this function itself: only return addresses are recorded.
+            if frame.is_return_address() {
                 if n == MAX_FRAMES {
                     cur.truncated = true;
                     break;
                 }
-                let (fsp, fbp) = (regs.sp(), regs.bp());
+                let (a, fsp, fbp) = (frame.address(), regs.sp(), regs.bp());
                 cur.frames[n] = a;
                 cur.sp[n] = fsp;
                 cur.bp[n] = fbp;
                 cur.read_start[n] = cur.reads.len() as u32;
-                if prev.reusable && frame.is_return_address() {
+                if prev.reusable {
                     while pj < prev.n && prev.sp[pj] < fsp {
                         pj += 1;
                     }
@@ -251,22 +269,9 @@ impl Local {
                             // SAFETY: inside this thread's live stack, checked first.
                             on_stack(addr) && unsafe { (addr as *const u64).read() } == v
                         });
-                        if same {
-                            let k = prev.n - pj; // frames taken over, this one included
-                            if n + k <= MAX_FRAMES {
-                                cur.frames[n..n + k].copy_from_slice(&prev.frames[pj..prev.n]);
-                                cur.sp[n..n + k].copy_from_slice(&prev.sp[pj..prev.n]);
-                                cur.bp[n..n + k].copy_from_slice(&prev.bp[pj..prev.n]);
-                                let base = cur.reads.len() as i64 - from as i64;
-                                for i in 0..=k {
-                                    cur.read_start[n + i] =
-                                        (prev.read_start[pj + i] as i64 + base) as u32;
-                                }
-                                cur.reads.extend_from_slice(&prev.reads[from..]);
-                                n += k;
-                                cur.truncated = prev.truncated;
-                                break;
-                            }
+                        if same && n + (prev.n - pj) <= MAX_FRAMES {
+                            reused = Some((n, pj));
+                            break;
                         }
                     }
                 }
@@ -307,13 +312,59 @@ impl Local {
                 }
             }
         }
-        cur.n = n;
-        cur.read_start[n] = cur.reads.len() as u32;
-        if cur.truncated {
+        let mut in_place_at = None;
+        let old_own = prev.own;
+        match reused {
+            // The same depth and the same reads before the match (the usual case: another call
+            // from the same place): the new frames go into the previous walk, which is kept.
+            Some((k, j)) if k == j && cur.read_start[k] == prev.read_start[j] => {
+                let r = cur.read_start[k] as usize;
+                prev.frames[..k].copy_from_slice(&cur.frames[..k]);
+                prev.sp[..k].copy_from_slice(&cur.sp[..k]);
+                prev.bp[..k].copy_from_slice(&cur.bp[..k]);
+                prev.read_start[..k].copy_from_slice(&cur.read_start[..k]);
+                prev.reads[..r].copy_from_slice(&cur.reads[..r]);
+                in_place_at = Some(k);
+            }
+            Some((k, j)) => {
+                let take = prev.n - j;
+                let from = prev.read_start[j] as usize;
+                cur.frames[k..k + take].copy_from_slice(&prev.frames[j..prev.n]);
+                cur.sp[k..k + take].copy_from_slice(&prev.sp[j..prev.n]);
+                cur.bp[k..k + take].copy_from_slice(&prev.bp[j..prev.n]);
+                let base = cur.reads.len() as i64 - from as i64;
+                for i in 0..=take {
+                    cur.read_start[k + i] = (prev.read_start[j + i] as i64 + base) as u32;
+                }
+                cur.reads.extend_from_slice(&prev.reads[from..]);
+                cur.n = k + take;
+                cur.truncated = prev.truncated;
+                std::mem::swap(&mut self.cur, &mut self.prev);
+            }
+            None => {
+                cur.n = n;
+                cur.read_start[n] = cur.reads.len() as u32;
+                std::mem::swap(&mut self.cur, &mut self.prev);
+            }
+        }
+        let w = &mut *self.prev;
+        // The recorder's own frames lead the stack.
+        let own = &core.own;
+        w.own = (0..w.n)
+            .take_while(|&i| match skip {
+                Skip::OwnModule => own.contains(&w.frames[i]),
+                // The front end's entry frame and everything it called (the recorder) are at
+                // or below its stack pointer.
+                Skip::Below(boundary) => w.sp[i] <= boundary,
+            })
+            .count();
+        if w.truncated {
             bump(&counters.truncated_stacks);
         }
-        std::mem::swap(&mut self.cur, &mut self.prev);
-        n
+        // Taken over from within the recorder's own frames, which are as many as before: the
+        // stack recorded is the previous one.
+        let same = in_place_at.is_some_and(|k| k <= w.own && w.own == old_own);
+        (w.own, w.n, same)
     }
 }
 
