@@ -890,3 +890,203 @@ pub fn assert_complete(run: &Run, dump: &Dump, r: &Replay) {
         run.describe()
     );
 }
+
+/// [`replay`] for dumps of millions of events: the same counts, threads, cross-thread frees,
+/// leaks, unknown frees, duplicate sequence numbers and undefined stacks, but without keeping
+/// the sample's events (`events` stays empty; `replay` keeps each one with its symbolized stack,
+/// gigabytes for 8 million events). Returns the number of events read too, for
+/// [`assert_complete_counted`].
+pub fn replay_counts(
+    dump: &Dump,
+    sym: &Symbolizer,
+    belongs: &dyn Fn(&[String]) -> bool,
+) -> (Replay, u64) {
+    // (belongs to the sample, defined in the dump) by stack id.
+    let mut stack_info: HashMap<u32, (bool, bool), FastHash> = HashMap::default();
+    let mut info = |id: u32| -> (bool, bool) {
+        *stack_info
+            .entry(id)
+            .or_insert_with(|| (belongs(&sym.stack(dump, id)), dump.stacks.contains_key(&id)))
+    };
+    let mut r = Replay::default();
+    let mut live: HashMap<u64, LiveBlock, FastHash> = HashMap::default();
+    for b in &dump.inherited {
+        let sample = info(b.stack).0;
+        live.insert(
+            b.addr,
+            LiveBlock {
+                size: b.size,
+                usable: b.usable,
+                stack: b.stack,
+                tid: None,
+                sample,
+                inherited: true,
+            },
+        );
+    }
+    let mut last_seq = None;
+    let mut events = 0u64;
+    for e in dump.events() {
+        events += 1;
+        if last_seq == Some(e.seq) {
+            r.duplicate_seqs += 1;
+        }
+        last_seq = Some(e.seq);
+        match e.kind {
+            EventKind::Alloc {
+                kind,
+                addr,
+                size,
+                usable,
+                stack,
+            } => {
+                let (sample, defined) = info(stack);
+                r.undefined_stacks += u64::from(!defined);
+                if sample {
+                    let c = r.counts.allocs.entry(kind.name()).or_default();
+                    c.0 += 1;
+                    c.1 += size;
+                    r.tids.insert(e.tid);
+                }
+                live.insert(
+                    addr,
+                    LiveBlock {
+                        size,
+                        usable,
+                        stack,
+                        tid: Some(e.tid),
+                        sample,
+                        inherited: false,
+                    },
+                );
+            }
+            EventKind::Free { addr } => match live.remove(&addr) {
+                Some(b) if b.sample => {
+                    r.counts.frees += 1;
+                    r.tids.insert(e.tid);
+                    if b.tid.is_some_and(|t| t != e.tid) {
+                        r.cross_thread_frees += 1;
+                    }
+                }
+                Some(_) => {}
+                None => r.unknown_frees += 1,
+            },
+            EventKind::Realloc {
+                old_addr,
+                new_addr,
+                size,
+                usable,
+                stack,
+            } => {
+                let (sample, defined) = info(stack);
+                r.undefined_stacks += u64::from(!defined);
+                let old = live.remove(&old_addr);
+                if old.is_none() && old_addr != 0 {
+                    r.unknown_frees += 1;
+                }
+                if sample {
+                    r.counts.reallocs += 1;
+                    if new_addr == 0 && size == 0 {
+                        r.counts.realloc_frees += 1;
+                    }
+                    r.tids.insert(e.tid);
+                    if old
+                        .as_ref()
+                        .is_some_and(|b| b.tid.is_some_and(|t| t != e.tid))
+                    {
+                        r.cross_thread_frees += 1;
+                    }
+                }
+                if new_addr != 0 {
+                    live.insert(
+                        new_addr,
+                        LiveBlock {
+                            size,
+                            usable,
+                            stack,
+                            tid: Some(e.tid),
+                            sample,
+                            inherited: false,
+                        },
+                    );
+                }
+            }
+            EventKind::AllocFailed { kind, stack, .. } => {
+                let (sample, defined) = info(stack);
+                r.undefined_stacks += u64::from(!defined);
+                if sample {
+                    *r.counts.failed.entry(kind.name()).or_default() += 1;
+                    r.tids.insert(e.tid);
+                }
+            }
+        }
+    }
+    for (addr, b) in live {
+        if b.sample {
+            r.counts.leaked_blocks += 1;
+            r.counts.leaked_bytes += b.size;
+            r.leaks.insert(addr, b);
+        }
+    }
+    (r, events)
+}
+
+/// A multiplicative hasher for integer keys: the test binaries are not optimized, and SipHash
+/// through the generic `HashMap` code dominates a replay of millions of events.
+#[derive(Clone, Copy, Default)]
+pub struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        // The table indexes by the low bits: fold the well-mixed high bits into them.
+        self.0 ^ (self.0 >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+pub type FastHash = std::hash::BuildHasherDefault<FastHasher>;
+
+/// [`assert_complete`] for a replay made by [`replay_counts`], which counted the `events` it read
+/// (one pass over the dump instead of two).
+pub fn assert_complete_counted(run: &Run, dump: &Dump, r: &Replay, events: u64) {
+    let end = dump.end.unwrap_or_else(|| {
+        panic!(
+            "{}: no End record although the process ended normally\n{}",
+            dump.path.display(),
+            run.describe()
+        )
+    });
+    assert!(
+        dump.warnings.is_empty() && dump.bytes_lost == 0 && dump.is_complete(),
+        "{}: read with warnings {:?}, {} bytes lost, complete: {}\n{}",
+        dump.path.display(),
+        dump.warnings,
+        dump.bytes_lost,
+        dump.is_complete(),
+        run.describe()
+    );
+    assert_eq!(
+        (end.dropped, end.events),
+        (0, events),
+        "{}: (events dropped, events the End record counts); the dump holds {events}\n{}",
+        dump.path.display(),
+        run.describe()
+    );
+    assert_eq!(
+        (r.duplicate_seqs, r.undefined_stacks),
+        (0, 0),
+        "{}: (duplicate sequence numbers, events naming undefined stacks)\n{}",
+        dump.path.display(),
+        run.describe()
+    );
+}
