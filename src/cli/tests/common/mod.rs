@@ -186,6 +186,10 @@ pub fn run_zmtrace<S: AsRef<OsStr>>(args: &[S]) -> Finished {
 
 /// [`run_zmtrace`] with extra environment variables (e.g. `ZMTRACE_UNWIND`).
 pub fn run_zmtrace_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Finished {
+    if args.first().is_some_and(|a| a.as_ref() == "run") {
+        // `zmtrace run` needs the preload library next to it (cargo test does not build it).
+        ensure_preload_built();
+    }
     let mut cmd = Command::new(zmtrace_bin());
     cmd.args(args)
         .envs(env.iter().copied())
