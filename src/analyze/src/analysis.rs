@@ -214,8 +214,21 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     }
     a.inherited_blocks = dump.inherited.len() as u64;
     a.peak_bytes = cur;
+    // Blocks being reallocated: out of the live set, not yet replaced (see `ReallocOut`).
+    let mut moving: HashMap<(u32, u64), Live> = HashMap::default();
     let mut events = dump.events();
     while let Some(e) = events.next() {
+        if let EventKind::ReallocOut { addr } = e.kind {
+            // Not an event of the program's: the first half of a realloc's numbering.
+            match live.remove(&addr) {
+                Some(b) => {
+                    cur -= b.size;
+                    moving.insert((e.tid, addr), b);
+                }
+                None => a.inconsistent += 1,
+            }
+            continue;
+        }
         a.events += 1;
         if a.events % 65536 == 0 {
             let (done, total) = events.progress();
@@ -265,7 +278,11 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                 stack,
                 ..
             } => {
-                let old = live.remove(&old_addr);
+                let old = moving.remove(&(e.tid, old_addr)).or_else(|| {
+                    let b = live.remove(&old_addr)?;
+                    cur -= b.size;
+                    Some(b)
+                });
                 if old.is_none() {
                     a.inconsistent += 1;
                 }
@@ -275,7 +292,6 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                     tid: e.tid,
                     chain: 0,
                 });
-                cur -= old.size;
                 if last_alloc.get(&old.tid) == Some(&old_addr) {
                     last_alloc.remove(&old.tid);
                 }
@@ -305,6 +321,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                 // then reallocated, before it was freed).
                 last_alloc.remove(&e.tid);
             }
+            EventKind::ReallocOut { .. } => {} // handled above
             EventKind::AllocFailed { stack, .. } => {
                 a.failed += 1;
                 a.sites.entry(stack).or_default().failed += 1;
@@ -359,6 +376,10 @@ fn peak_by_site(dump: &Dump, a: &mut Analysis) {
             break;
         }
         match e.kind {
+            // The old block leaves here; its Realloc only adds the new one.
+            EventKind::ReallocOut { addr } => {
+                live.remove(&addr);
+            }
             EventKind::Alloc {
                 addr, size, stack, ..
             } => {

@@ -20,7 +20,13 @@ fn assert_fast_equals_reference(name: &str, args: &[&str]) {
         // Every allocation, failed allocation and realloc captured a stack.
         let captures = dump
             .events()
-            .filter(|e| !matches!(e.kind, zmtrace_format::EventKind::Free { .. }))
+            .filter(|e| {
+                !matches!(
+                    e.kind,
+                    zmtrace_format::EventKind::Free { .. }
+                        | zmtrace_format::EventKind::ReallocOut { .. }
+                )
+            })
             .count() as u64;
         assert_eq!(
             end.compared_stacks,

@@ -11,22 +11,26 @@
 //! ```text
 //! Alloc       := 1 seq ts kind addr size usable stack
 //! Free        := 2 seq ts addr
-//! Realloc     := 3 seq ts old_addr new_addr size usable stack
+//! Realloc     := 3 seq ts old_addr new_addr size usable stack (seq - out_seq)
 //! AllocFailed := 4 seq ts kind size stack
 //! ```
 //!
 //! Packed, per record: `seq` is the difference to the previous event's (varint), `ts` likewise
-//! (zigzag), addresses are zigzag differences to the previous address field (a realloc's new
+//! (zigzag), `seq - out_seq` is plain, addresses are zigzag differences to the previous address field (a realloc's new
 //! address to its old one), `usable` is zigzag(usable - size), `stack` a zigzag difference to the
 //! previous stack id; `size` and `kind` are plain. `ts` is nanoseconds since the process record's
 //! start. A `Realloc` whose `new_addr` is 0 and `size` is 0 freed the block (`realloc(p, 0)` on
-//! glibc). A `realloc` that failed leaves its block alone and is recorded as `AllocFailed` of kind
+//! glibc). A realloc carries two sequence numbers: `out_seq`, taken before the real `realloc`
+//! (the moment the old block may go back to the allocator, which can hand its address to another
+//! thread at once), and `seq`, taken after it returned (the new block exists). The reader yields
+//! a [`EventKind::ReallocOut`] at `out_seq` and the [`EventKind::Realloc`] at `seq`, so that in
+//! sequence order an address is never live twice. A `realloc` that failed leaves its block alone and is recorded as `AllocFailed` of kind
 //! [`AllocKind::Realloc`]; `realloc(NULL, n)` is an `Alloc` of that kind.
 
 use crate::varint::{put_uvarint, unzigzag, zigzag, Cursor, FixedBuf, Malformed};
 
 /// The largest encoded event: a tag and at most seven varints.
-pub const MAX_EVENT_LEN: usize = 1 + 7 * crate::varint::MAX_VARINT_LEN;
+pub const MAX_EVENT_LEN: usize = 1 + 8 * crate::varint::MAX_VARINT_LEN;
 
 pub type EventBuf = FixedBuf<MAX_EVENT_LEN>;
 
@@ -104,6 +108,12 @@ pub enum EventKind {
     Free {
         addr: u64,
     },
+    /// The block at `addr` is being reallocated: from here on (in sequence order) its address
+    /// may belong to another block. The matching [`EventKind::Realloc`] of the same thread
+    /// follows.
+    ReallocOut {
+        addr: u64,
+    },
     Realloc {
         old_addr: u64,
         new_addr: u64,
@@ -154,6 +164,7 @@ pub fn encode_free(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
 pub fn encode_realloc(
     b: &mut EventBuf,
     seq: u64,
+    out_seq: u64,
     ts: u64,
     old_addr: u64,
     new_addr: u64,
@@ -169,6 +180,7 @@ pub fn encode_realloc(
     b.uvarint(size);
     b.uvarint(usable);
     b.uvarint(u64::from(stack));
+    b.uvarint(seq.saturating_sub(out_seq));
 }
 
 #[inline]
@@ -179,6 +191,35 @@ pub fn encode_failed(b: &mut EventBuf, seq: u64, ts: u64, kind: AllocKind, size:
     b.u8(kind as u8);
     b.uvarint(size);
     b.uvarint(u64::from(stack));
+}
+
+/// Before a realloc, the moment its old block left (`seq - back` in sequence order).
+fn push_realloc_out(
+    out: &mut Vec<Event>,
+    seq: u64,
+    back: u64,
+    ts_ns: u64,
+    tid: u32,
+    kind: EventKind,
+) -> Result<(), Malformed> {
+    let EventKind::Realloc { old_addr, .. } = kind else {
+        return Ok(());
+    };
+    if back == 0 {
+        return Ok(()); // numbered as one: the Realloc itself says the old block left
+    }
+    let out_seq = seq.checked_sub(back).ok_or(Malformed)?;
+    // It follows this thread's previous event, whose number it cannot reach or pass.
+    if out.last().is_some_and(|p| p.tid == tid && p.seq >= out_seq) {
+        return Err(Malformed);
+    }
+    out.push(Event {
+        seq: out_seq,
+        ts_ns,
+        tid,
+        kind: EventKind::ReallocOut { addr: old_addr },
+    });
+    Ok(())
 }
 
 /// Decodes hot-path (plain) events into `out`. On malformed input it keeps the events before the
@@ -198,13 +239,17 @@ pub fn decode_plain(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), M
                 stack: c.u32()?,
             },
             TAG_FREE => EventKind::Free { addr: c.uvarint()? },
-            TAG_REALLOC => EventKind::Realloc {
-                old_addr: c.uvarint()?,
-                new_addr: c.uvarint()?,
-                size: c.uvarint()?,
-                usable: c.uvarint()?,
-                stack: c.u32()?,
-            },
+            TAG_REALLOC => {
+                let kind = EventKind::Realloc {
+                    old_addr: c.uvarint()?,
+                    new_addr: c.uvarint()?,
+                    size: c.uvarint()?,
+                    usable: c.uvarint()?,
+                    stack: c.u32()?,
+                };
+                push_realloc_out(out, seq, c.uvarint()?, ts_ns, tid, kind)?;
+                kind
+            }
             TAG_FAILED => EventKind::AllocFailed {
                 kind: AllocKind::from_u8(c.u8()?).ok_or(Malformed)?,
                 size: c.uvarint()?,
@@ -293,6 +338,7 @@ pub fn pack_some(plain: &[u8], out: &mut Vec<u8>, limit: usize) -> (u64, usize) 
                     put_uvarint(out, size);
                     put_uvarint(out, zigzag(c.uvarint()?.wrapping_sub(size) as i64));
                     d.stack(out, c.u32()?);
+                    put_uvarint(out, c.uvarint()?);
                 }
                 TAG_FAILED => {
                     out.push(c.u8()?);
@@ -350,13 +396,15 @@ pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), 
                 let new_addr = d.read_addr(&mut c)?;
                 let size = c.uvarint()?;
                 let usable = size.wrapping_add(unzigzag(c.uvarint()?) as u64);
-                EventKind::Realloc {
+                let kind = EventKind::Realloc {
                     old_addr,
                     new_addr,
                     size,
                     usable,
                     stack: d.read_stack(&mut c)?,
-                }
+                };
+                push_realloc_out(out, d.seq, c.uvarint()?, d.ts, tid, kind)?;
+                kind
             }
             TAG_FAILED => EventKind::AllocFailed {
                 kind: AllocKind::from_u8(c.u8()?).ok_or(Malformed)?,
@@ -395,7 +443,17 @@ mod tests {
         );
         raw.extend_from_slice(b.as_slice());
         let mut b = EventBuf::default();
-        encode_realloc(&mut b, 2, 11, 0x7fff_0000_1000, 0x5555_0000, 4096, 4104, 8);
+        encode_realloc(
+            &mut b,
+            2,
+            2,
+            11,
+            0x7fff_0000_1000,
+            0x5555_0000,
+            4096,
+            4104,
+            8,
+        );
         raw.extend_from_slice(b.as_slice());
         let mut b = EventBuf::default();
         encode_failed(&mut b, 3, 12, AllocKind::Malloc, u64::MAX, 9);

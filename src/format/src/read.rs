@@ -262,6 +262,14 @@ impl Dump {
         ev
     }
 
+    /// How many events the process made (the [`EventKind::ReallocOut`] markers, halves of
+    /// reallocs, are not counted): what the `End` record's count must equal.
+    pub fn count_events(&self) -> u64 {
+        self.events()
+            .filter(|e| !matches!(e.kind, crate::EventKind::ReallocOut { .. }))
+            .count() as u64
+    }
+
     /// All events in a vector: for small dumps and tests. Analyses use [`Dump::events`].
     pub fn all_events(&self) -> Vec<Event> {
         self.events().collect()

@@ -63,7 +63,17 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
                     i + 8,
                     1,
                 ),
-                1 => encode_realloc(&mut b, i * 2, i * 10, 0x9000, 0xa000 + i, i * 3, i * 3, 2),
+                1 => encode_realloc(
+                    &mut b,
+                    i * 2,
+                    i * 2 - 1,
+                    i * 10,
+                    0x9000,
+                    0xa000 + i,
+                    i * 3,
+                    i * 3,
+                    2,
+                ),
                 _ => encode_free(&mut b, i * 2, i * 10, 0x9000 + i),
             }
             plain.extend_from_slice(b.as_slice());

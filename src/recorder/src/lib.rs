@@ -572,6 +572,9 @@ pub unsafe fn on_free(ptr: *mut u8) {
 pub struct ReallocToken {
     old: *mut u8,
     block: Option<LiveBlock>,
+    /// The old block's number of leaving: taken before the real `realloc`, which may give its
+    /// address to another thread before it returns.
+    out_seq: u64,
     recording: bool,
 }
 
@@ -586,6 +589,7 @@ pub unsafe fn realloc_begin(old: *mut u8) -> ReallocToken {
         return ReallocToken {
             old,
             block: None,
+            out_seq: 0,
             recording: false,
         };
     };
@@ -593,13 +597,20 @@ pub unsafe fn realloc_begin(old: *mut u8) -> ReallocToken {
         return ReallocToken {
             old,
             block: None,
+            out_seq: 0,
             recording: false,
         };
     };
     let block = core.live.remove(&(old as usize)).map(|(_, b)| b);
+    let out_seq = if block.is_some() {
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    } else {
+        0
+    };
     ReallocToken {
         old,
         block,
+        out_seq,
         recording: true,
     }
 }
@@ -649,7 +660,17 @@ pub unsafe fn record_realloc(
         (true, Some(_)) => {
             // realloc(p, 0) that freed p (glibc).
             let (seq, ts) = ts_seq();
-            encode_realloc(&mut ev, seq, ts, tok.old as u64, 0, 0, 0, stack);
+            encode_realloc(
+                &mut ev,
+                seq,
+                tok.out_seq,
+                ts,
+                tok.old as u64,
+                0,
+                0,
+                0,
+                stack,
+            );
         }
         (true, None) => {
             bump(&t.counters.untracked_frees);
@@ -670,6 +691,7 @@ pub unsafe fn record_realloc(
                 encode_realloc(
                     &mut ev,
                     seq,
+                    tok.out_seq,
                     ts,
                     tok.old as u64,
                     new as u64,

@@ -385,7 +385,7 @@ impl Run {
             s += &format!(
                 "(read back: {} events, {} stacks, {} modules, {} inherited, end {:?}, \
                  warnings {:?})\n",
-                d.events().count(),
+                d.count_events(),
                 d.stacks.len(),
                 d.modules.len(),
                 d.inherited.len(),
@@ -698,16 +698,27 @@ pub fn replay(dump: &Dump, sym: &Symbolizer, belongs: &dyn Fn(&[String]) -> bool
         );
     }
     let mut last_seq = None;
+    // Blocks between the two halves of a realloc (ReallocOut, then Realloc).
+    let mut moving: HashMap<(u32, u64), LiveBlock> = HashMap::new();
     for e in dump.events() {
         if last_seq == Some(e.seq) {
             r.duplicate_seqs += 1;
         }
         last_seq = Some(e.seq);
+        if let EventKind::ReallocOut { addr } = e.kind {
+            match live.remove(&addr) {
+                Some(b) => {
+                    moving.insert((e.tid, addr), b);
+                }
+                None => r.unknown_frees += 1,
+            }
+            continue;
+        }
         let stack_of = |k: &EventKind| match *k {
             EventKind::Alloc { stack, .. }
             | EventKind::Realloc { stack, .. }
             | EventKind::AllocFailed { stack, .. } => Some(stack),
-            EventKind::Free { .. } => None,
+            EventKind::Free { .. } | EventKind::ReallocOut { .. } => None,
         };
         if let Some(s) = stack_of(&e.kind) {
             if !dump.stacks.contains_key(&s) {
@@ -771,7 +782,9 @@ pub fn replay(dump: &Dump, sym: &Symbolizer, belongs: &dyn Fn(&[String]) -> bool
                 stack,
             } => {
                 let fns = functions_of(stack);
-                let old = live.remove(&old_addr);
+                let old = moving
+                    .remove(&(e.tid, old_addr))
+                    .or_else(|| live.remove(&old_addr));
                 if old.is_none() && old_addr != 0 {
                     r.unknown_frees += 1;
                 }
@@ -809,6 +822,7 @@ pub fn replay(dump: &Dump, sym: &Symbolizer, belongs: &dyn Fn(&[String]) -> bool
                     );
                 }
             }
+            EventKind::ReallocOut { .. } => unreachable!("handled before the match"),
             EventKind::AllocFailed { kind, stack, .. } => {
                 let fns = functions_of(stack);
                 if belongs(&fns) {
@@ -879,11 +893,11 @@ pub fn assert_complete(run: &Run, dump: &Dump, r: &Replay) {
     );
     assert_eq!(
         end.events,
-        dump.events().count() as u64,
+        dump.count_events(),
         "{}: the End record counts {} events, the dump holds {}\n{}",
         dump.path.display(),
         end.events,
-        dump.events().count(),
+        dump.count_events(),
         run.describe()
     );
     assert_eq!(
@@ -930,12 +944,23 @@ pub fn replay_counts(
     }
     let mut last_seq = None;
     let mut events = 0u64;
+    // Blocks between the two halves of a realloc (ReallocOut, then Realloc).
+    let mut moving: HashMap<(u32, u64), LiveBlock, FastHash> = HashMap::default();
     for e in dump.events() {
-        events += 1;
         if last_seq == Some(e.seq) {
             r.duplicate_seqs += 1;
         }
         last_seq = Some(e.seq);
+        if let EventKind::ReallocOut { addr } = e.kind {
+            match live.remove(&addr) {
+                Some(b) => {
+                    moving.insert((e.tid, addr), b);
+                }
+                None => r.unknown_frees += 1,
+            }
+            continue;
+        }
+        events += 1;
         match e.kind {
             EventKind::Alloc {
                 kind,
@@ -984,7 +1009,9 @@ pub fn replay_counts(
             } => {
                 let (sample, defined) = info(stack);
                 r.undefined_stacks += u64::from(!defined);
-                let old = live.remove(&old_addr);
+                let old = moving
+                    .remove(&(e.tid, old_addr))
+                    .or_else(|| live.remove(&old_addr));
                 if old.is_none() && old_addr != 0 {
                     r.unknown_frees += 1;
                 }
@@ -1015,6 +1042,7 @@ pub fn replay_counts(
                     );
                 }
             }
+            EventKind::ReallocOut { .. } => unreachable!("handled before the match"),
             EventKind::AllocFailed { kind, stack, .. } => {
                 let (sample, defined) = info(stack);
                 r.undefined_stacks += u64::from(!defined);
