@@ -674,262 +674,33 @@ impl Replay {
 /// events that belong to the sample according to `belongs` (applied to the symbolized stack of an
 /// allocation; a free belongs where the block it frees does).
 pub fn replay(dump: &Dump, sym: &Symbolizer, belongs: &dyn Fn(&[String]) -> bool) -> Replay {
-    let mut stack_fns: HashMap<u32, Rc<Vec<String>>> = HashMap::new();
-    let mut functions_of = |id: u32| -> Rc<Vec<String>> {
-        stack_fns
-            .entry(id)
-            .or_insert_with(|| Rc::new(sym.stack(dump, id)))
-            .clone()
-    };
-    let mut r = Replay::default();
-    let mut live: HashMap<u64, LiveBlock> = HashMap::new();
-    for b in &dump.inherited {
-        let fns = functions_of(b.stack);
-        live.insert(
-            b.addr,
-            LiveBlock {
-                size: b.size,
-                usable: b.usable,
-                stack: b.stack,
-                tid: None,
-                sample: belongs(&fns),
-                inherited: true,
-            },
-        );
-    }
-    let mut last_seq = None;
-    // Blocks between the two halves of a realloc (ReallocOut, then Realloc).
-    let mut moving: HashMap<(u32, u64), LiveBlock> = HashMap::new();
-    for e in dump.events() {
-        if last_seq == Some(e.seq) {
-            r.duplicate_seqs += 1;
-        }
-        last_seq = Some(e.seq);
-        if let EventKind::ReallocOut { addr } = e.kind {
-            match live.remove(&addr) {
-                Some(b) => {
-                    moving.insert((e.tid, addr), b);
-                }
-                None => r.unknown_frees += 1,
-            }
-            continue;
-        }
-        let stack_of = |k: &EventKind| match *k {
-            EventKind::Alloc { stack, .. }
-            | EventKind::Realloc { stack, .. }
-            | EventKind::AllocFailed { stack, .. } => Some(stack),
-            EventKind::Free { .. } | EventKind::ReallocOut { .. } => None,
-        };
-        if let Some(s) = stack_of(&e.kind) {
-            if !dump.stacks.contains_key(&s) {
-                r.undefined_stacks += 1;
-            }
-        }
-        match e.kind {
-            EventKind::Alloc {
-                kind,
-                addr,
-                size,
-                usable,
-                stack,
-            } => {
-                let fns = functions_of(stack);
-                let sample = belongs(&fns);
-                if sample {
-                    let c = r.counts.allocs.entry(kind.name()).or_default();
-                    c.0 += 1;
-                    c.1 += size;
-                    r.tids.insert(e.tid);
-                    r.events.push(SampleEvent {
-                        event: e,
-                        op: Op::Alloc(kind.name(), size),
-                        functions: fns.as_ref().clone(),
-                    });
-                }
-                live.insert(
-                    addr,
-                    LiveBlock {
-                        size,
-                        usable,
-                        stack,
-                        tid: Some(e.tid),
-                        sample,
-                        inherited: false,
-                    },
-                );
-            }
-            EventKind::Free { addr } => match live.remove(&addr) {
-                Some(b) if b.sample => {
-                    r.counts.frees += 1;
-                    r.tids.insert(e.tid);
-                    if b.tid.is_some_and(|t| t != e.tid) {
-                        r.cross_thread_frees += 1;
-                    }
-                    r.events.push(SampleEvent {
-                        event: e,
-                        op: Op::Free(b.size),
-                        functions: functions_of(b.stack).as_ref().clone(),
-                    });
-                }
-                Some(_) => {}
-                None => r.unknown_frees += 1,
-            },
-            EventKind::Realloc {
-                old_addr,
-                new_addr,
-                size,
-                usable,
-                stack,
-            } => {
-                let fns = functions_of(stack);
-                let old = moving
-                    .remove(&(e.tid, old_addr))
-                    .or_else(|| live.remove(&old_addr));
-                if old.is_none() && old_addr != 0 {
-                    r.unknown_frees += 1;
-                }
-                let sample = belongs(&fns);
-                if sample {
-                    r.counts.reallocs += 1;
-                    let freed = new_addr == 0 && size == 0;
-                    if freed {
-                        r.counts.realloc_frees += 1;
-                    }
-                    r.tids.insert(e.tid);
-                    if old
-                        .as_ref()
-                        .is_some_and(|b| b.tid.is_some_and(|t| t != e.tid))
-                    {
-                        r.cross_thread_frees += 1;
-                    }
-                    r.events.push(SampleEvent {
-                        event: e,
-                        op: Op::Realloc(old.as_ref().map_or(0, |b| b.size), size),
-                        functions: fns.as_ref().clone(),
-                    });
-                }
-                if new_addr != 0 {
-                    live.insert(
-                        new_addr,
-                        LiveBlock {
-                            size,
-                            usable,
-                            stack,
-                            tid: Some(e.tid),
-                            sample,
-                            inherited: false,
-                        },
-                    );
-                }
-            }
-            EventKind::ReallocOut { .. } => unreachable!("handled before the match"),
-            EventKind::AllocFailed { kind, stack, .. } => {
-                let fns = functions_of(stack);
-                if belongs(&fns) {
-                    *r.counts.failed.entry(kind.name()).or_default() += 1;
-                    r.tids.insert(e.tid);
-                    r.events.push(SampleEvent {
-                        event: e,
-                        op: Op::Failed(kind.name()),
-                        functions: fns.as_ref().clone(),
-                    });
-                }
-            }
-        }
-    }
-    for (addr, b) in live {
-        if b.sample {
-            r.counts.leaked_blocks += 1;
-            r.counts.leaked_bytes += b.size;
-            r.leaks.insert(addr, b);
-        }
-    }
-    r
+    replay_impl(dump, sym, belongs, true).0
 }
 
-/// The sample's events of a replay, one line each, for failure messages.
-pub fn list_events(r: &Replay) -> String {
-    let mut s = String::new();
-    for e in r.events() {
-        let fns: Vec<&str> = e
-            .functions
-            .iter()
-            .filter(|f| f.starts_with("zs_") || *f == "main")
-            .map(String::as_str)
-            .collect();
-        s += &format!(
-            "  seq {:>6} tid {:>7} {:?} {:?}\n",
-            e.event.seq, e.event.tid, e.op, fns
-        );
-    }
-    s
-}
-
-/// Common checks of a dump whose process ended normally: nothing lost, no warnings, the End
-/// record's event count matches the events read, no duplicate sequence numbers, every stack
-/// id defined.
-pub fn assert_complete(run: &Run, dump: &Dump, r: &Replay) {
-    let end = dump.end.unwrap_or_else(|| {
-        panic!(
-            "{}: no End record although the process ended normally\n{}",
-            dump.path.display(),
-            run.describe()
-        )
-    });
-    assert!(
-        dump.warnings.is_empty() && dump.bytes_lost == 0,
-        "{}: read with warnings {:?}, {} bytes lost\n{}",
-        dump.path.display(),
-        dump.warnings,
-        dump.bytes_lost,
-        run.describe()
-    );
-    assert_eq!(
-        end.dropped,
-        0,
-        "{}: events dropped\n{}",
-        dump.path.display(),
-        run.describe()
-    );
-    assert_eq!(
-        end.events,
-        dump.count_events(),
-        "{}: the End record counts {} events, the dump holds {}\n{}",
-        dump.path.display(),
-        end.events,
-        dump.count_events(),
-        run.describe()
-    );
-    assert_eq!(
-        (r.duplicate_seqs, r.undefined_stacks),
-        (0, 0),
-        "{}: (duplicate sequence numbers, events naming undefined stacks)\n{}",
-        dump.path.display(),
-        run.describe()
-    );
-}
-
-/// [`replay`] for dumps of millions of events: the same counts, threads, cross-thread frees,
-/// leaks, unknown frees, duplicate sequence numbers and undefined stacks, but without keeping
-/// the sample's events (`events` stays empty; `replay` keeps each one with its symbolized stack,
-/// gigabytes for 8 million events). Returns the number of events read too, for
-/// [`assert_complete_counted`].
-pub fn replay_counts(
+/// The one replay behind [`replay`] and [`replay_counts`]: with `keep`, each of the sample's
+/// events is kept with its symbolized stack. Returns the number of events read too.
+fn replay_impl(
     dump: &Dump,
     sym: &Symbolizer,
     belongs: &dyn Fn(&[String]) -> bool,
+    keep: bool,
 ) -> (Replay, u64) {
-    // (belongs to the sample, defined in the dump) by stack id.
-    let mut stack_info: HashMap<u32, (bool, bool), FastHash> = HashMap::default();
-    let mut info = |id: u32| -> (bool, bool) {
-        *stack_info
+    // By stack id: its functions, whether it belongs to the sample, whether the dump defines it.
+    let mut stacks: HashMap<u32, (Rc<Vec<String>>, bool, bool), FastHash> = HashMap::default();
+    let mut info = |id: u32| -> (Rc<Vec<String>>, bool, bool) {
+        stacks
             .entry(id)
-            .or_insert_with(|| (belongs(&sym.stack(dump, id)), dump.stacks.contains_key(&id)))
+            .or_insert_with(|| {
+                let fns = sym.stack(dump, id);
+                let sample = belongs(&fns);
+                (Rc::new(fns), sample, dump.stacks.contains_key(&id))
+            })
+            .clone()
     };
     let mut r = Replay::default();
     let mut live: HashMap<u64, LiveBlock, FastHash> = HashMap::default();
     for b in &dump.inherited {
-        let sample = info(b.stack).0;
+        let sample = info(b.stack).1;
         live.insert(
             b.addr,
             LiveBlock {
@@ -961,6 +732,15 @@ pub fn replay_counts(
             continue;
         }
         events += 1;
+        let push = |r: &mut Replay, op: Op, fns: &Rc<Vec<String>>| {
+            if keep {
+                r.events.push(SampleEvent {
+                    event: e,
+                    op,
+                    functions: fns.as_ref().clone(),
+                });
+            }
+        };
         match e.kind {
             EventKind::Alloc {
                 kind,
@@ -969,13 +749,14 @@ pub fn replay_counts(
                 usable,
                 stack,
             } => {
-                let (sample, defined) = info(stack);
+                let (fns, sample, defined) = info(stack);
                 r.undefined_stacks += u64::from(!defined);
                 if sample {
                     let c = r.counts.allocs.entry(kind.name()).or_default();
                     c.0 += 1;
                     c.1 += size;
                     r.tids.insert(e.tid);
+                    push(&mut r, Op::Alloc(kind.name(), size), &fns);
                 }
                 live.insert(
                     addr,
@@ -996,6 +777,8 @@ pub fn replay_counts(
                     if b.tid.is_some_and(|t| t != e.tid) {
                         r.cross_thread_frees += 1;
                     }
+                    let fns = info(b.stack).0;
+                    push(&mut r, Op::Free(b.size), &fns);
                 }
                 Some(_) => {}
                 None => r.unknown_frees += 1,
@@ -1007,7 +790,7 @@ pub fn replay_counts(
                 usable,
                 stack,
             } => {
-                let (sample, defined) = info(stack);
+                let (fns, sample, defined) = info(stack);
                 r.undefined_stacks += u64::from(!defined);
                 let old = moving
                     .remove(&(e.tid, old_addr))
@@ -1027,6 +810,8 @@ pub fn replay_counts(
                     {
                         r.cross_thread_frees += 1;
                     }
+                    let op = Op::Realloc(old.as_ref().map_or(0, |b| b.size), size);
+                    push(&mut r, op, &fns);
                 }
                 if new_addr != 0 {
                     live.insert(
@@ -1044,11 +829,12 @@ pub fn replay_counts(
             }
             EventKind::ReallocOut { .. } => unreachable!("handled before the match"),
             EventKind::AllocFailed { kind, stack, .. } => {
-                let (sample, defined) = info(stack);
+                let (fns, sample, defined) = info(stack);
                 r.undefined_stacks += u64::from(!defined);
                 if sample {
                     *r.counts.failed.entry(kind.name()).or_default() += 1;
                     r.tids.insert(e.tid);
+                    push(&mut r, Op::Failed(kind.name()), &fns);
                 }
             }
         }
@@ -1061,6 +847,44 @@ pub fn replay_counts(
         }
     }
     (r, events)
+}
+
+/// The sample's events of a replay, one line each, for failure messages.
+pub fn list_events(r: &Replay) -> String {
+    let mut s = String::new();
+    for e in r.events() {
+        let fns: Vec<&str> = e
+            .functions
+            .iter()
+            .filter(|f| f.starts_with("zs_") || *f == "main")
+            .map(String::as_str)
+            .collect();
+        s += &format!(
+            "  seq {:>6} tid {:>7} {:?} {:?}\n",
+            e.event.seq, e.event.tid, e.op, fns
+        );
+    }
+    s
+}
+
+/// Common checks of a dump whose process ended normally: nothing lost, no warnings, the End
+/// record's event count matches the events read, no duplicate sequence numbers, every stack
+/// id defined.
+pub fn assert_complete(run: &Run, dump: &Dump, r: &Replay) {
+    assert_complete_counted(run, dump, r, dump.count_events());
+}
+
+/// [`replay`] for dumps of millions of events: the same counts, threads, cross-thread frees,
+/// leaks, unknown frees, duplicate sequence numbers and undefined stacks, but without keeping
+/// the sample's events (`events` stays empty; `replay` keeps each one with its symbolized stack,
+/// gigabytes for 8 million events). Returns the number of events read too, for
+/// [`assert_complete_counted`].
+pub fn replay_counts(
+    dump: &Dump,
+    sym: &Symbolizer,
+    belongs: &dyn Fn(&[String]) -> bool,
+) -> (Replay, u64) {
+    replay_impl(dump, sym, belongs, false)
 }
 
 /// A multiplicative hasher for integer keys: the test binaries are not optimized, and SipHash
