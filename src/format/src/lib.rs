@@ -190,7 +190,8 @@ pub struct End {
     pub reason: EndReason,
     /// Exit status where known (from `_exit`), else -1.
     pub status: i32,
-    /// Events the recorder wrote (must equal the events in the dump).
+    /// Events the recorder wrote: must equal [`Dump::count_events`] (the `ReallocOut` halves of
+    /// reallocs are not events of their own).
     pub events: u64,
     /// Events lost: produced after the final flush (threads still running at exit) or while the
     /// dump could not be written.
