@@ -262,7 +262,7 @@ impl Dump {
         ev
     }
 
-    /// How many events the process made (the [`EventKind::ReallocOut`] markers, halves of
+    /// How many events the process made (the [`crate::EventKind::ReallocOut`] markers, halves of
     /// reallocs, are not counted): what the `End` record's count must equal.
     pub fn count_events(&self) -> u64 {
         self.events()
