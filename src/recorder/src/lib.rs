@@ -1,11 +1,11 @@
 //! The zmtrace recorder: the part of the tracer that runs inside the traced process, shared by
-//! every front end (the `LD_PRELOAD` library today; the `zmalloc` C API and the Rust global
-//! allocator build on the same calls).
+//! every front end (the `LD_PRELOAD` library, the `zmalloc` C API, the Rust global allocator).
 //!
 //! A front end calls the real allocator and reports what happened:
-//! [`on_alloc`] after an allocation, [`on_free`] *before* a free (so that another thread cannot
-//! be handed the same address before the free is numbered), and [`realloc_begin`] /
-//! [`realloc_end`] around a reallocation. For each event the recorder
+//! [`on_alloc`]/[`record_alloc`] after an allocation, [`on_free`] *before* a free (so that
+//! another thread cannot be handed the same address before the free is numbered), and
+//! [`realloc_begin`] / [`realloc_end`] around a reallocation (numbered twice: before, when the old
+//! block may go back to the allocator, and after). For each event the recorder
 //!
 //! 1. captures the call stack as raw return addresses with a cached CFI unwinder (framehop, over
 //!    the in-memory `.eh_frame_hdr`/`.eh_frame` of each module; one unwinder copy and rule cache per
@@ -22,7 +22,9 @@
 //! Every path that may allocate runs under the per-thread [`sync::Guard`], so the recorder's own
 //! allocations are never recorded and never re-enter it. `fork` is handled with `pthread_atfork`
 //! handlers that hold every recorder lock across the fork; the child starts a dump of its own that
-//! begins with the blocks it inherited.
+//! begins with the blocks it inherited. The dump ends with an `End` record written at `exit`,
+//! `_exit`, `abort`, `exec`, [`stop`], or from a front end's fatal-signal handler
+//! ([`finish_on_signal`], which hands the work to the writer thread).
 
 pub mod modules;
 pub mod output;
