@@ -3,7 +3,7 @@
 //!
 //! A background thread does this at least ten times a second (and sooner when a ring is half
 //! full), so the program's threads never wait for the disk unless a ring fills up. Everything here
-//! runs under [`OUTPUT`]'s lock and the recorder guard. When the dump cannot be written (full disk,
+//! runs under the `OUTPUT` lock and the recorder guard. When the dump cannot be written (full disk,
 //! removed directory) recording stops with one message on stderr and the program goes on.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
