@@ -216,15 +216,8 @@ pub fn run_zmtrace_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Fin
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", zmtrace_bin().display()));
     let pgid = child.id() as i32;
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().unwrap()));
-    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let out = read_in_thread(child.stdout.take().unwrap());
+    let err = read_in_thread(child.stderr.take().unwrap());
     let deadline = Instant::now() + RUN_TIMEOUT;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for zmtrace") {
@@ -253,6 +246,16 @@ pub fn run_zmtrace_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Fin
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     }
+}
+
+/// Reads a child's pipe to the end on a thread of its own (so that a full pipe never blocks the
+/// child while the test waits for it).
+pub fn read_in_thread(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
 }
 
 /// A program run under `zmtrace run`, with its dumps.
