@@ -1,7 +1,7 @@
 //! The zmtrace dump format, defined once for the writer (the recorder inside the traced process) and
 //! the reader (the offline analyzer).
 //!
-//! # Layout (version 1)
+//! # Layout (version 2)
 //!
 //! ```text
 //! file    := MAGIC (8 bytes "ZMTRACE\0") VERSION (u32 LE) record*
@@ -18,7 +18,7 @@
 //!
 //! | kind | payload |
 //! |---|---|
-//! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv |
+//! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2) |
 //! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process |
 //! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) |
 //! | [`RecordKind::Stacks`] | count, then per stack: id, frame count, frames (first absolute, then zigzag deltas) |
@@ -27,6 +27,11 @@
 //! | [`RecordKind::Exec`] | path: the process called `execve`; its new image writes a dump of its own |
 //! | [`RecordKind::End`] | how the process ended and the recorder's own counters ([`End`]) |
 //! | [`RecordKind::Late`] | thread id: a thread allocated or freed after the `End` record (e.g. while another thread ran `exit`); its events from then on are not in the dump |
+//! | [`RecordKind::Aggregate`] | raw length, zstd-compressed [`Aggregate`]: per-stack counters of an aggregated recording (no `Events` records); the last one in the file holds the totals |
+//! | [`RecordKind::LiveAtEnd`] | raw length, zstd-compressed blocks (addr, size, usable, stack, reallocs) live when an aggregated recording ended; the last one counts |
+//!
+//! Version 2 added the last two kinds (`zmtrace run --aggregate`); a version-1 reader stops at
+//! the version number instead of calling them damage.
 //!
 //! Stacks are interned: an event names its stack by id, and the `Stacks` record defining an id is
 //! written before the first `Events` record that uses it. Stack frames are raw return addresses
@@ -50,7 +55,7 @@ pub use read::{Dump, ReadError};
 /// The first eight bytes of every dump.
 pub const MAGIC: &[u8; 8] = b"ZMTRACE\0";
 /// The format version this crate writes and the newest it reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes before the first record: magic and version.
 pub const FILE_HEADER_LEN: usize = 12;
 /// Bytes of a record header: kind, length, crc32.
@@ -71,6 +76,8 @@ pub enum RecordKind {
     Exec = 7,
     End = 8,
     Late = 9,
+    Aggregate = 10,
+    LiveAtEnd = 11,
 }
 
 impl RecordKind {
@@ -85,6 +92,8 @@ impl RecordKind {
             7 => RecordKind::Exec,
             8 => RecordKind::End,
             9 => RecordKind::Late,
+            10 => RecordKind::Aggregate,
+            11 => RecordKind::LiveAtEnd,
             _ => return None,
         })
     }
@@ -116,6 +125,8 @@ pub struct Process {
     pub session: String,
     pub exe: String,
     pub argv: Vec<String>,
+    /// Recorded with `--aggregate`: per-stack counters, no events (version 2).
+    pub aggregated: bool,
 }
 
 /// A module (executable or shared library) mapped into the process.
@@ -136,6 +147,56 @@ pub struct Block {
     pub size: u64,
     pub usable: u64,
     pub stack: u32,
+}
+
+/// A block live when an aggregated recording ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveBlock {
+    pub addr: u64,
+    pub size: u64,
+    pub usable: u64,
+    pub stack: u32,
+    /// How many reallocs the block went through (0: as allocated).
+    pub reallocs: u32,
+}
+
+/// The counters of an aggregated recording (`zmtrace run --aggregate`): what the analyzer would
+/// compute by replaying the events, kept by the recorder instead. There is no timeline, so no
+/// peak: everything else matches an event recording of the same run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Aggregate {
+    pub allocations: u64,
+    pub frees: u64,
+    pub reallocs: u64,
+    pub failed: u64,
+    pub bytes_allocated: u64,
+    pub temporary: u64,
+    pub threads: u64,
+    /// Program calls aggregated (allocations, frees and reallocs, failed ones included).
+    pub calls: u64,
+    pub sites: Vec<AggregateSite>,
+}
+
+/// One stack's counters in an [`Aggregate`]: the meanings of the analyzer's per-site numbers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AggregateSite {
+    pub stack: u32,
+    pub allocations: u64,
+    pub bytes: u64,
+    pub temporary: u64,
+    pub failed: u64,
+    pub reallocs: u64,
+    pub grew: u64,
+    pub shrank: u64,
+    pub moved: u64,
+    pub in_place: u64,
+    pub bytes_copied: u64,
+    pub longest_chain: u64,
+    /// Sum of new/old size ratios of the grows.
+    pub ratio_sum: f64,
+    /// Growth steps (bytes, times seen), and grows whose step did not fit the list.
+    pub steps: Vec<(u64, u64)>,
+    pub other_steps: u64,
 }
 
 /// How the traced process ended, as far as the recorder saw.

@@ -15,7 +15,8 @@ use std::sync::Mutex;
 use crate::event::decode_events;
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::{
-    Block, End, EndReason, Event, Module, Origin, Process, RecordKind, FILE_HEADER_LEN, MAGIC,
+    Aggregate, AggregateSite, Block, End, EndReason, Event, LiveBlock, Module, Origin, Process,
+    RecordKind, FILE_HEADER_LEN, MAGIC,
     MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION,
 };
 
@@ -67,6 +68,11 @@ pub struct Dump {
     event_records: Vec<EventsRef>,
     /// Blocks a forked child inherited from its parent.
     pub inherited: Vec<Block>,
+    /// The counters of an aggregated recording (the last `Aggregate` record): such a dump has no
+    /// events, so no timeline and no peak.
+    pub aggregate: Option<Aggregate>,
+    /// The blocks live when an aggregated recording ended (the last `LiveAtEnd` record).
+    pub live_at_end: Vec<LiveBlock>,
     /// Set when the process called `execve` (the path).
     pub exec: Option<String>,
     /// Absent when the process did not end normally (crash, SIGKILL) or the dump is cut short.
@@ -314,8 +320,14 @@ impl Dump {
     /// `abort` or `exec`, and nothing was lost in between.
     pub fn is_complete(&self) -> bool {
         self.bytes_lost == 0
+            && (!self.is_aggregated() || self.aggregate.is_some())
             && self.late_threads.is_empty()
             && matches!(self.end, Some(e) if e.dropped == 0 && e.reason != EndReason::WriteError)
+    }
+
+    /// True for a dump of `zmtrace run --aggregate`: counters and the live set, no events.
+    pub fn is_aggregated(&self) -> bool {
+        self.process.as_ref().is_some_and(|p| p.aggregated)
     }
 
     /// One line on how the recorded process ended, for people.
@@ -427,6 +439,25 @@ impl Dump {
                 });
             }
             RecordKind::Late => self.late_threads.push(c.u32()?),
+            RecordKind::Aggregate => {
+                let raw = decompress(c.uvarint()?, c.rest())?;
+                self.aggregate = Some(parse_aggregate(&raw)?);
+            }
+            RecordKind::LiveAtEnd => {
+                let raw = decompress(c.uvarint()?, c.rest())?;
+                let mut c = Cursor::new(&raw);
+                let mut blocks = Vec::new();
+                while !c.is_empty() {
+                    blocks.push(LiveBlock {
+                        addr: c.uvarint()?,
+                        size: c.uvarint()?,
+                        usable: c.uvarint()?,
+                        stack: c.u32()?,
+                        reallocs: c.u32()?,
+                    });
+                }
+                self.live_at_end = blocks;
+            }
         }
         Ok(())
     }
@@ -564,6 +595,59 @@ fn decompress_with(
     Ok(out)
 }
 
+fn parse_aggregate(raw: &[u8]) -> Result<Aggregate, Malformed> {
+    let mut c = Cursor::new(raw);
+    let mut t = [0u64; 8];
+    for x in &mut t {
+        *x = c.uvarint()?;
+    }
+    let n = c.uvarint()?;
+    let mut sites = Vec::with_capacity(n.min(1 << 20) as usize);
+    for _ in 0..n {
+        let stack = c.u32()?;
+        let mut v = [0u64; 13];
+        for x in &mut v {
+            *x = c.uvarint()?;
+        }
+        let k = c.uvarint()?;
+        let mut steps = Vec::with_capacity(k.min(64) as usize);
+        for _ in 0..k {
+            steps.push((c.uvarint()?, c.uvarint()?));
+        }
+        sites.push(AggregateSite {
+            stack,
+            allocations: v[0],
+            bytes: v[1],
+            temporary: v[2],
+            failed: v[3],
+            reallocs: v[4],
+            grew: v[5],
+            shrank: v[6],
+            moved: v[7],
+            in_place: v[8],
+            bytes_copied: v[9],
+            longest_chain: v[10],
+            ratio_sum: f64::from_bits(v[11]),
+            other_steps: v[12],
+            steps,
+        });
+    }
+    if !c.is_empty() {
+        return Err(Malformed);
+    }
+    Ok(Aggregate {
+        allocations: t[0],
+        frees: t[1],
+        reallocs: t[2],
+        failed: t[3],
+        bytes_allocated: t[4],
+        temporary: t[5],
+        threads: t[6],
+        calls: t[7],
+        sites,
+    })
+}
+
 fn decompress(raw_len: u64, data: &[u8]) -> Result<Vec<u8>, Malformed> {
     // The length comes from a checksummed record, but bound it anyway: a damaged length must not
     // make the reader reserve gigabytes.
@@ -597,6 +681,8 @@ fn parse_process(payload: &[u8]) -> Result<Process, Malformed> {
     for _ in 0..n {
         argv.push(c.string()?);
     }
+    // Added in version 2; a version-1 dump ends here.
+    let aggregated = !c.is_empty() && c.u8()? == 1;
     Ok(Process {
         pid,
         ppid,
@@ -607,6 +693,7 @@ fn parse_process(payload: &[u8]) -> Result<Process, Malformed> {
         session,
         exe,
         argv,
+        aggregated,
     })
 }
 
@@ -658,6 +745,7 @@ mod tests {
                 session: "s".into(),
                 exe: "/bin/x".into(),
                 argv: vec!["x".into(), "-y".into()],
+                aggregated: false,
             },
         );
         let frames = [0x1000u64, 0x0fff, 0x2000];
@@ -701,6 +789,72 @@ mod tests {
         assert_eq!(d.stacks[&1], [0x1000, 0x0fff, 0x2000]);
         assert_eq!(d.all_events().len(), 6);
         assert_eq!(d.end.unwrap().free_null, 2);
+    }
+
+    #[test]
+    fn aggregated_records_round_trip_and_the_last_counts() {
+        let mut out = write::file_header().to_vec();
+        let p = Process {
+            pid: 7,
+            ppid: 1,
+            origin: Origin::Start,
+            parent_pid: 0,
+            fork_seq: 0,
+            start_unix_ns: 5,
+            session: String::new(),
+            exe: "/bin/x".into(),
+            argv: vec![],
+            aggregated: true,
+        };
+        write::process(&mut out, &p);
+        let site = AggregateSite {
+            stack: 3,
+            allocations: 10,
+            bytes: 800,
+            temporary: 2,
+            failed: 1,
+            reallocs: 4,
+            grew: 3,
+            shrank: 1,
+            moved: 2,
+            in_place: 2,
+            bytes_copied: 96,
+            longest_chain: 4,
+            ratio_sum: 6.25,
+            steps: vec![(8, 2), (32, 1)],
+            other_steps: 0,
+        };
+        for n in [1u64, 2] {
+            let a = Aggregate {
+                allocations: 10 * n,
+                frees: 7,
+                calls: 22,
+                sites: vec![site.clone()],
+                ..Aggregate::default()
+            };
+            let raw = write::aggregate_raw(&a);
+            let z = zstd::bulk::compress(&raw, 1).unwrap();
+            write::compressed(&mut out, RecordKind::Aggregate, raw.len(), &z);
+        }
+        let blocks = [LiveBlock {
+            addr: 0x1000,
+            size: 24,
+            usable: 40,
+            stack: 3,
+            reallocs: 2,
+        }];
+        let raw = write::live_raw(blocks.iter().copied());
+        let z = zstd::bulk::compress(&raw, 1).unwrap();
+        write::compressed(&mut out, RecordKind::LiveAtEnd, raw.len(), &z);
+        let d = Dump::from_bytes(Path::new("t"), out.clone()).unwrap();
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        assert!(d.is_aggregated());
+        let a = d.aggregate.as_ref().unwrap();
+        assert_eq!(a.allocations, 20, "the last snapshot wins");
+        assert_eq!(a.sites, [site]);
+        assert_eq!(d.live_at_end, blocks);
+        // No End: an aggregated dump without its counters is not complete.
+        assert!(!d.is_complete());
     }
 
     #[test]

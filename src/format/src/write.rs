@@ -2,7 +2,7 @@
 //! flushing), with its own heap, so they may allocate.
 
 use crate::varint::{put_bytes, put_uvarint, zigzag};
-use crate::{Block, End, Module, Origin, Process, RecordKind, MAGIC, VERSION};
+use crate::{Aggregate, Block, End, LiveBlock, Module, Origin, Process, RecordKind, MAGIC, VERSION};
 
 /// The bytes every dump starts with.
 pub fn file_header() -> [u8; crate::FILE_HEADER_LEN] {
@@ -41,6 +41,7 @@ pub fn process(out: &mut Vec<u8>, p: &Process) {
     for a in &p.argv {
         put_bytes(&mut b, a.as_bytes());
     }
+    b.push(u8::from(p.aggregated));
     record(out, RecordKind::Process, &b);
 }
 
@@ -141,4 +142,69 @@ pub fn late(out: &mut Vec<u8>, tid: u32) {
     let mut b = Vec::new();
     put_uvarint(&mut b, u64::from(tid));
     record(out, RecordKind::Late, &b);
+}
+
+/// Encodes an [`Aggregate`] (before compression) for an `Aggregate` record.
+pub fn aggregate_raw(a: &Aggregate) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [
+        a.allocations,
+        a.frees,
+        a.reallocs,
+        a.failed,
+        a.bytes_allocated,
+        a.temporary,
+        a.threads,
+        a.calls,
+    ] {
+        put_uvarint(&mut b, v);
+    }
+    put_uvarint(&mut b, a.sites.len() as u64);
+    for s in &a.sites {
+        put_uvarint(&mut b, u64::from(s.stack));
+        for v in [
+            s.allocations,
+            s.bytes,
+            s.temporary,
+            s.failed,
+            s.reallocs,
+            s.grew,
+            s.shrank,
+            s.moved,
+            s.in_place,
+            s.bytes_copied,
+            s.longest_chain,
+            s.ratio_sum.to_bits(),
+            s.other_steps,
+        ] {
+            put_uvarint(&mut b, v);
+        }
+        put_uvarint(&mut b, s.steps.len() as u64);
+        for &(step, n) in &s.steps {
+            put_uvarint(&mut b, step);
+            put_uvarint(&mut b, n);
+        }
+    }
+    b
+}
+
+/// Encodes live blocks (before compression) for a `LiveAtEnd` record.
+pub fn live_raw(blocks: impl Iterator<Item = LiveBlock>) -> Vec<u8> {
+    let mut b = Vec::new();
+    for blk in blocks {
+        put_uvarint(&mut b, blk.addr);
+        put_uvarint(&mut b, blk.size);
+        put_uvarint(&mut b, blk.usable);
+        put_uvarint(&mut b, u64::from(blk.stack));
+        put_uvarint(&mut b, u64::from(blk.reallocs));
+    }
+    b
+}
+
+/// A record of `kind` holding one zstd frame (`compressed`) of `raw_len` bytes.
+pub fn compressed(out: &mut Vec<u8>, kind: RecordKind, raw_len: usize, compressed: &[u8]) {
+    let mut b = Vec::with_capacity(compressed.len() + 8);
+    put_uvarint(&mut b, raw_len as u64);
+    b.extend_from_slice(compressed);
+    record(out, kind, &b);
 }

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use zmtrace_format::event::{encode_alloc, encode_free, encode_realloc, pack, EventBuf};
 use zmtrace_format::fuzz::check_reader;
-use zmtrace_format::{write, AllocKind, Block, End, EndReason, Module, Origin, Process};
+use zmtrace_format::{
+    write, Aggregate, AggregateSite, AllocKind, Block, End, EndReason, LiveBlock, Module, Origin,
+    Process, RecordKind,
+};
 
 fn seed(events: u64, fork: bool) -> Vec<u8> {
     let mut out = write::file_header().to_vec();
@@ -23,6 +26,7 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
             session: "s".into(),
             exe: "/bin/prog".into(),
             argv: vec!["prog".into(), "--x".into()],
+            aggregated: fork,
         },
     );
     write::module(
@@ -47,6 +51,35 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
             stack: 1,
         }));
         write::inherited(&mut out, raw.len(), &zstd::bulk::compress(&raw, 1).unwrap());
+        // The aggregated records too, so that damage to them is fuzzed as well.
+        let agg = Aggregate {
+            allocations: 9,
+            frees: 4,
+            reallocs: 2,
+            calls: 15,
+            sites: vec![AggregateSite {
+                stack: 2,
+                allocations: 9,
+                reallocs: 2,
+                grew: 2,
+                ratio_sum: 3.5,
+                steps: vec![(16, 2)],
+                ..AggregateSite::default()
+            }],
+            ..Aggregate::default()
+        };
+        let raw = write::aggregate_raw(&agg);
+        let z = zstd::bulk::compress(&raw, 1).unwrap();
+        write::compressed(&mut out, RecordKind::Aggregate, raw.len(), &z);
+        let raw = write::live_raw((0..3).map(|i| LiveBlock {
+            addr: 0x8000 + i * 32,
+            size: 24,
+            usable: 24,
+            stack: 2,
+            reallocs: i as u32,
+        }));
+        let z = zstd::bulk::compress(&raw, 1).unwrap();
+        write::compressed(&mut out, RecordKind::LiveAtEnd, raw.len(), &z);
     }
     for (stream, chunk) in [(0u32, 0..events / 2), (1, events / 2..events)] {
         let mut plain = Vec::new();
