@@ -188,11 +188,17 @@ pub struct Analysis {
     /// Frees and reallocs of addresses that were not live: a damaged or partial dump.
     pub inconsistent: u64,
     pub sites: HashMap<u32, SiteStats>,
+    /// From an aggregated dump (`zmtrace run --aggregate`): the recorder's counters, no events,
+    /// so no peak and no timeline (`peak_bytes`, `peak_ns`, `duration_ns` are 0).
+    pub aggregated: bool,
 }
 
 /// Replays `dump`; `progress` is called now and then with (records read, records in all). With
 /// `peak_sites`, a second replay up to the peak fills in [`SiteStats::peak_bytes`].
 pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, usize)) -> Analysis {
+    if dump.is_aggregated() {
+        return from_aggregate(dump);
+    }
     let mut a = Analysis::default();
     let mut live: HashMap<u64, Live> = HashMap::default();
     live.reserve(dump.inherited.len() + 4096);
@@ -358,6 +364,70 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
         // The peak is the inherited set itself (or nothing).
         for b in &dump.inherited {
             a.sites.entry(b.stack).or_default().peak_bytes += b.size;
+        }
+    }
+    a
+}
+
+/// An aggregated dump's counters, in the shape a replay gives. A dump cut short before its
+/// counters were written has nothing but the blocks a forked child inherited.
+fn from_aggregate(dump: &Dump) -> Analysis {
+    let mut a = Analysis {
+        aggregated: true,
+        inherited_blocks: dump.inherited.len() as u64,
+        ..Analysis::default()
+    };
+    if let Some(g) = &dump.aggregate {
+        a.allocations = g.allocations;
+        a.frees = g.frees;
+        a.reallocs = g.reallocs;
+        a.failed = g.failed;
+        a.bytes_allocated = g.bytes_allocated;
+        a.temporary = g.temporary;
+        a.threads = g.threads;
+        a.events = g.calls;
+        for s in &g.sites {
+            let site = a.sites.entry(s.stack).or_default();
+            site.allocations += s.allocations;
+            site.bytes += s.bytes;
+            site.temporary += s.temporary;
+            site.failed += s.failed;
+            site.merge(&SiteStats {
+                churn: Churn {
+                    reallocs: s.reallocs,
+                    grew: s.grew,
+                    shrank: s.shrank,
+                    moved: s.moved,
+                    in_place: s.in_place,
+                    bytes_copied: s.bytes_copied,
+                    longest_chain: s.longest_chain,
+                    steps: s.steps.clone(),
+                    other_steps: s.other_steps,
+                    ratio_sum: s.ratio_sum,
+                },
+                ..SiteStats::default()
+            });
+        }
+    }
+    let live: Vec<(u64, u32, u32)> = if dump.aggregate.is_some() {
+        dump.live_at_end
+            .iter()
+            .map(|b| (b.size, b.stack, b.reallocs))
+            .collect()
+    } else {
+        dump.inherited
+            .iter()
+            .map(|b| (b.size, b.stack, 0))
+            .collect()
+    };
+    for (size, stack, reallocs) in live {
+        a.leaked_blocks += 1;
+        a.leaked_bytes += size;
+        let site = a.sites.entry(stack).or_default();
+        site.leaked_blocks += 1;
+        site.leaked_bytes += size;
+        if reallocs > 0 {
+            site.leaked_via_realloc += 1;
         }
     }
     a

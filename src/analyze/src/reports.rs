@@ -195,12 +195,21 @@ pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
                 e.dropped
             ));
         }
-        if e.events != a.events && dump.bytes_lost == 0 {
+        if e.events != a.events && dump.bytes_lost == 0 && !a.aggregated {
             warnings.push(format!(
                 "the recorder wrote {} events but {} were read",
                 e.events, a.events
             ));
         }
+    }
+    if a.aggregated && dump.end.is_none() {
+        warnings.push(if dump.aggregate.is_some() {
+            "aggregated dump cut short: the counters are from the last snapshot (every 2 s), and \
+             the blocks live at the end are unknown, so no leaks are reported"
+                .into()
+        } else {
+            "aggregated dump cut short before its first snapshot: no counters".into()
+        });
     }
     let mut seen = std::collections::HashSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
@@ -262,6 +271,9 @@ pub struct Report {
     pub threads: u64,
     pub events: u64,
     pub duration_ns: u64,
+    /// An aggregated dump: no timeline, so `peak_bytes`, `peak_time_ns` and `duration_ns` are 0
+    /// and `top.peak` is empty; `events` counts the program's calls.
+    pub aggregated: bool,
     pub top: Top,
 }
 
@@ -313,6 +325,7 @@ pub fn report(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -
         threads: a.threads,
         events: a.events,
         duration_ns: a.duration_ns,
+        aggregated: a.aggregated,
         top,
     }
 }
@@ -542,12 +555,20 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
     let _ = writeln!(o, "  frees              {:>14}", thousands(r.frees));
     let _ = writeln!(o, "  reallocs           {:>14}", thousands(r.reallocs));
     let _ = writeln!(o, "  failed             {:>14}", thousands(r.failed));
-    let _ = writeln!(
-        o,
-        "  peak heap          {:>14}  at {:.3} s",
-        human_bytes(r.peak_bytes),
-        r.peak_time_ns as f64 / 1e9
-    );
+    if r.aggregated {
+        let _ = writeln!(
+            o,
+            "  peak heap          {:>14}  (aggregated dump: no timeline)",
+            "n/a"
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "  peak heap          {:>14}  at {:.3} s",
+            human_bytes(r.peak_bytes),
+            r.peak_time_ns as f64 / 1e9
+        );
+    }
     let _ = writeln!(
         o,
         "  not freed at exit  {:>14}  in {} blocks",
@@ -561,11 +582,13 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
         pct(r.temporary, r.allocations)
     );
     let _ = writeln!(o, "  threads            {:>14}", thousands(r.threads));
-    let _ = writeln!(
-        o,
-        "  run time           {:>14}",
-        format!("{:.3} s", r.duration_ns as f64 / 1e9)
-    );
+    if !r.aggregated {
+        let _ = writeln!(
+            o,
+            "  run time           {:>14}",
+            format!("{:.3} s", r.duration_ns as f64 / 1e9)
+        );
+    }
     let lists: [(&str, &Vec<TopSite>, bool); 6] = [
         ("allocations", &r.top.allocations, false),
         ("bytes allocated", &r.top.bytes, true),

@@ -74,6 +74,21 @@ fn open(path: &Path) -> Result<Dump, Failure> {
 
 pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
     let dump = open(&o.dump)?;
+    if dump.is_aggregated()
+        && matches!(
+            what,
+            What::Flamegraph {
+                metric: Metric::Peak,
+                ..
+            }
+        )
+    {
+        return Err(Failure::bad_input(format!(
+            "{}: an aggregated dump (zmtrace run --aggregate) has no timeline, so no peak; \
+             every other metric works",
+            o.dump.display()
+        )));
+    }
     let peak = matches!(
         what,
         What::Report

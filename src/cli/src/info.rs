@@ -71,14 +71,34 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
         s.reallocs,
         s.failed
     )?;
+    let peak = if s.aggregated {
+        "aggregated (no events: no timeline, no peak)".to_string()
+    } else {
+        format!(
+            "peak {} at {:.3} s",
+            human_bytes(s.peak_bytes),
+            s.peak_ns as f64 / 1e9
+        )
+    };
     writeln!(
         o,
-        "           peak {} at {:.3} s; not freed: {} blocks, {}",
-        human_bytes(s.peak_bytes),
-        s.peak_ns as f64 / 1e9,
+        "           {peak}; not freed: {} blocks, {}",
         s.leaked_blocks,
         human_bytes(s.leaked_bytes)
     )?;
+    if s.aggregated {
+        writeln!(
+            o,
+            "aggregate: {} calls counted, {} blocks live at the end{}",
+            s.events,
+            d.live_at_end.len(),
+            if d.aggregate.is_none() {
+                " (no counters: the process ended before writing them)"
+            } else {
+                ""
+            }
+        )?;
+    }
     if !d.inherited.is_empty() {
         writeln!(
             o,

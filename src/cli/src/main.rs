@@ -33,6 +33,10 @@ enum Cmd {
         /// Directory for the dumps (created if missing).
         #[arg(short = 'o', long = "out", default_value = ".")]
         out: PathBuf,
+        /// For long-running servers: keep per-site counters and the live set only, no event
+        /// stream. Reports, leaks, churn and flamegraphs work; the timeline and the peak do not.
+        #[arg(long)]
+        aggregate: bool,
         /// The program to run and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
@@ -149,13 +153,18 @@ impl Failure {
 fn main() {
     let opt = Opt::parse();
     let result = match opt.cmd {
-        Cmd::Run { out, command } => {
+        Cmd::Run {
+            out,
+            aggregate,
+            command,
+        } => {
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
             run::run(&run::RunOptions {
                 out_dir: out,
                 program,
                 args: it.collect(),
+                aggregate,
             })
         }
         Cmd::DumpInfo { dump, modules } => info::dump_info(&dump, modules).map(|()| 0),

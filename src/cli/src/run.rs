@@ -17,6 +17,8 @@ pub struct RunOptions {
     pub out_dir: PathBuf,
     pub program: OsString,
     pub args: Vec<OsString>,
+    /// Per-site counters and the live set only, no event stream (`--aggregate`).
+    pub aggregate: bool,
 }
 
 /// Runs the program; returns the exit code zmtrace should end with (the program's own).
@@ -50,6 +52,7 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         .env("ZMTRACE_OUT", &out_dir)
         .env("ZMTRACE_SESSION", &session)
         .env_remove("ZMTRACE_EXEC_FROM")
+        .env("ZMTRACE_AGGREGATE", if opts.aggregate { "1" } else { "0" })
         // Its own process group: a signal we forward reaches the program and its children once,
         // whether it came from the terminal or from `kill`.
         .process_group(0);
@@ -329,11 +332,18 @@ fn report(dir: &Path, session: &str, pid: u32, signal: Option<i32>) {
             s.frees,
             s.reallocs
         );
+        let peak = if s.aggregated {
+            "aggregated, no timeline".to_string()
+        } else {
+            format!(
+                "peak heap {} at {:.3} s",
+                human_bytes(s.peak_bytes),
+                s.peak_ns as f64 / 1e9
+            )
+        };
         let _ = writeln!(
             err,
-            "zmtrace:   peak heap {} at {:.3} s; not freed at exit: {} blocks, {}",
-            human_bytes(s.peak_bytes),
-            s.peak_ns as f64 / 1e9,
+            "zmtrace:   {peak}; not freed at exit: {} blocks, {}",
             s.leaked_blocks,
             human_bytes(s.leaked_bytes)
         );

@@ -16,8 +16,7 @@ use crate::event::decode_events;
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::{
     Aggregate, AggregateSite, Block, End, EndReason, Event, LiveBlock, Module, Origin, Process,
-    RecordKind, FILE_HEADER_LEN, MAGIC,
-    MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION,
+    RecordKind, FILE_HEADER_LEN, MAGIC, MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION,
 };
 
 /// Why a file could not be read as a dump at all.

@@ -2,7 +2,9 @@
 //! flushing), with its own heap, so they may allocate.
 
 use crate::varint::{put_bytes, put_uvarint, zigzag};
-use crate::{Aggregate, Block, End, LiveBlock, Module, Origin, Process, RecordKind, MAGIC, VERSION};
+use crate::{
+    Aggregate, Block, End, LiveBlock, Module, Origin, Process, RecordKind, MAGIC, VERSION,
+};
 
 /// The bytes every dump starts with.
 pub fn file_header() -> [u8; crate::FILE_HEADER_LEN] {

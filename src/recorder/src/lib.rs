@@ -26,6 +26,7 @@
 //! `_exit`, `abort`, `exec`, [`stop`], or from a front end's fatal-signal handler
 //! ([`finish_on_signal`], which hands the work to the writer thread).
 
+mod aggregate;
 pub mod modules;
 pub mod output;
 pub mod ring;
@@ -36,7 +37,9 @@ use std::cell::{Cell, UnsafeCell};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::sync::OnceLock;
 
 use dashmap::DashMap;
@@ -193,6 +196,10 @@ pub struct LiveBlock {
     pub size: u64,
     pub usable: u64,
     pub stack: u32,
+    /// Reallocs the block went through.
+    pub chain: u32,
+    /// The stream (thread state) that allocated or last reallocated it.
+    pub stream: u32,
 }
 
 /// State set up once, on the first event.
@@ -240,6 +247,12 @@ pub struct ThreadState {
     pub tid: AtomicU32,
     pub ring: Ring,
     pub counters: Counters,
+    /// Aggregated mode: the block this thread allocated last, while it may still be temporary
+    /// (cleared by whichever thread frees it, hence atomic).
+    last_alloc: AtomicUsize,
+    /// Aggregated mode: frees made by this thread, and whether it recorded anything yet.
+    agg_frees: AtomicU64,
+    agg_seen: AtomicBool,
     /// Touched only by the owning thread.
     local: UnsafeCell<unwind::Local>,
 }
@@ -308,6 +321,8 @@ fn claim_thread(core: &Core) -> &'static ThreadState {
         {
             // SAFETY: the state is ours now; its previous thread is gone.
             unsafe { (*s.local.get()).reset_for_thread(top) };
+            s.last_alloc.store(0, Ordering::Relaxed);
+            s.agg_seen.store(false, Ordering::Relaxed);
             s.tid.store(tid, Ordering::Release);
             return s;
         }
@@ -319,8 +334,12 @@ fn claim_thread(core: &Core) -> &'static ThreadState {
         tid: AtomicU32::new(tid),
         ring: Ring::new(RING_BYTES),
         counters: Counters::default(),
+        last_alloc: AtomicUsize::new(0),
+        agg_frees: AtomicU64::new(0),
+        agg_seen: AtomicBool::new(false),
         local: UnsafeCell::new(unwind::Local::new(top, core.mode)),
     }));
+    aggregate::register_stream(s);
     let mut head = THREADS.load(Ordering::Relaxed);
     loop {
         s.next.store(head, Ordering::Relaxed);
@@ -376,6 +395,10 @@ fn init_slow() -> Option<&'static Core> {
         Some("compare") => UnwindMode::Compare,
         _ => UnwindMode::Fast,
     };
+    aggregate::ON.store(
+        proc.env("ZMTRACE_AGGREGATE").as_deref() == Some("1"),
+        Ordering::Relaxed,
+    );
     let list = modules::enumerate();
     let own_addr = front.own_code as usize as u64;
     let own = list
@@ -508,6 +531,25 @@ pub unsafe fn record_alloc(
     let Some(core) = core() else { return };
     let t = current_thread(core);
     let stack = stack_id(core, t, skip);
+    if aggregate::on() {
+        if ptr.is_null() {
+            aggregate::failed(t, stack);
+        } else {
+            let usable = usable.map_or_else(|| usable_size(ptr), |u| u as u64);
+            core.live.insert(
+                ptr as usize,
+                LiveBlock {
+                    size: size as u64,
+                    usable,
+                    stack,
+                    chain: 0,
+                    stream: t.stream,
+                },
+            );
+            aggregate::alloc(t, ptr as usize, size as u64, stack);
+        }
+        return;
+    }
     let mut ev = EventBuf::default();
     if ptr.is_null() {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -520,6 +562,8 @@ pub unsafe fn record_alloc(
                 size: size as u64,
                 usable,
                 stack,
+                chain: 0,
+                stream: t.stream,
             },
         );
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -558,10 +602,14 @@ pub unsafe fn on_free(ptr: *mut u8) {
         bump(&t.counters.free_null);
         return;
     }
-    if core.live.remove(&(ptr as usize)).is_none() {
+    let Some((_, block)) = core.live.remove(&(ptr as usize)) else {
         // Allocated before the recorder started, or by a path it does not see: no event, or the
         // dump would hold a free without its allocation.
         bump(&t.counters.untracked_frees);
+        return;
+    };
+    if aggregate::on() {
+        aggregate::free(t, ptr as usize, &block);
         return;
     }
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -604,7 +652,7 @@ pub unsafe fn realloc_begin(old: *mut u8) -> ReallocToken {
         };
     };
     let block = core.live.remove(&(old as usize)).map(|(_, b)| b);
-    let out_seq = if block.is_some() {
+    let out_seq = if block.is_some() && !aggregate::on() {
         SEQ.fetch_add(1, Ordering::Relaxed)
     } else {
         0
@@ -646,6 +694,10 @@ pub unsafe fn record_realloc(
     let Some(core) = core() else { return };
     let t = current_thread(core);
     let stack = stack_id(core, t, skip);
+    if aggregate::on() {
+        aggregate_realloc(core, t, tok, new, size, usable, stack);
+        return;
+    }
     let mut ev = EventBuf::default();
     let ts_seq = || (SEQ.fetch_add(1, Ordering::Relaxed), timestamp());
     match (new.is_null(), tok.block) {
@@ -686,6 +738,8 @@ pub unsafe fn record_realloc(
                     size: size as u64,
                     usable,
                     stack,
+                    chain: block.map_or(0, |b| b.chain.saturating_add(1)),
+                    stream: t.stream,
                 },
             );
             let (seq, ts) = ts_seq();
@@ -718,6 +772,49 @@ pub unsafe fn record_realloc(
         }
     }
     emit(t, &ev);
+}
+
+/// [`record_realloc`] in aggregated mode: the same cases, counted instead of written.
+unsafe fn aggregate_realloc(
+    core: &Core,
+    t: &ThreadState,
+    tok: ReallocToken,
+    new: *mut u8,
+    size: usize,
+    usable: Option<usize>,
+    stack: u32,
+) {
+    match (new.is_null(), tok.block) {
+        (true, Some(block)) if size != 0 => {
+            core.live.insert(tok.old as usize, block);
+            aggregate::failed(t, stack);
+        }
+        (true, None) if size != 0 => aggregate::failed(t, stack),
+        (true, Some(block)) => aggregate::realloc(t, tok.old as usize, &block, 0, 0, stack),
+        (true, None) => bump(&t.counters.untracked_frees),
+        (false, block) => {
+            let usable = usable.map_or_else(|| usable_size(new), |u| u as u64);
+            core.live.insert(
+                new as usize,
+                LiveBlock {
+                    size: size as u64,
+                    usable,
+                    stack,
+                    chain: block.map_or(0, |b| b.chain.saturating_add(1)),
+                    stream: t.stream,
+                },
+            );
+            match block {
+                Some(b) => {
+                    aggregate::realloc(t, tok.old as usize, &b, new as usize, size as u64, stack)
+                }
+                None => {
+                    bump(&t.counters.untracked_frees);
+                    aggregate::alloc(t, new as usize, size as u64, stack);
+                }
+            }
+        }
+    }
 }
 
 /// Tells the recorder that modules were loaded or unloaded (`dlopen`, `dlclose`).
@@ -811,6 +908,7 @@ pub fn start(out_dir: Option<&str>) -> Result<String, String> {
             for t in all_threads() {
                 t.ring.discard();
             }
+            aggregate::reset();
             mark_start();
             output::restart();
             STATE.store(READY, Ordering::Release);
@@ -944,6 +1042,10 @@ extern "C" fn fork_child() {
             }
         }
         DROPPED.store(0, Ordering::Relaxed);
+        if aggregate::on() {
+            // The child's counts start at the fork; it inherits the live blocks.
+            aggregate::reset();
+        }
         output::after_fork_in_child(core);
     }
     Guard::leave_forever();

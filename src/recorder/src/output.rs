@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use zmtrace_format::{write, Block, End, EndReason, Origin, Process};
+use zmtrace_format::{write, Block, End, EndReason, LiveBlock, Origin, Process, RecordKind};
 
 use crate::sync::{Guard, SpinLock};
 use crate::{all_threads, Core, ThreadState, DROPPED, MODULES, PENDING_STACKS, SEQ};
@@ -27,6 +27,7 @@ pub(crate) struct Output {
     meta: Vec<u8>,
     events_written: u64,
     last_reap_ns: u64,
+    last_snapshot_ns: u64,
     /// Tracing was stopped and started again: the new dump needs every module and stack.
     restarted: bool,
 }
@@ -44,6 +45,7 @@ pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
     meta: Vec::new(),
     events_written: 0,
     last_reap_ns: 0,
+    last_snapshot_ns: 0,
     restarted: false,
 });
 
@@ -154,8 +156,18 @@ extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
             return std::ptr::null_mut();
         }
         out.flush_pass(crate::CORE.get());
+        let now = crate::now_mono();
+        if crate::aggregate::on() && now.saturating_sub(out.last_snapshot_ns) > SNAPSHOT_NS {
+            // Counters only: a killed process keeps them up to here. The live set can be
+            // large (a server's whole keyspace), so it is written only at the end.
+            out.last_snapshot_ns = now;
+            out.write_aggregate(false);
+        }
     }
 }
+
+/// How often an aggregated recording writes its counters while the program runs.
+const SNAPSHOT_NS: u64 = 2_000_000_000;
 
 /// From a signal handler, on the thread the fatal signal hit: has the writer thread write
 /// everything and the `End` record, and waits for it (2 s at most). Only async-signal-safe
@@ -286,6 +298,7 @@ pub(crate) fn restart() {
 pub(crate) fn flush_now() {
     let mut out = OUTPUT.lock();
     out.flush_pass(crate::CORE.get());
+    out.write_aggregate(true);
 }
 
 pub(crate) fn path() -> Option<String> {
@@ -306,15 +319,52 @@ pub(crate) fn before_exec(path: &str) {
 }
 
 impl Output {
+    /// Aggregated mode: the counters and (`with_live`) the live set, as of now. Each snapshot
+    /// replaces the last one for the reader, so writing one more (`dump_now`, then the end) is
+    /// harmless.
+    fn write_aggregate(&mut self, with_live: bool) {
+        if !crate::aggregate::on() || self.fd < 0 || self.failed || self.finished {
+            return;
+        }
+        let Some(core) = crate::CORE.get() else {
+            return;
+        };
+        // The stacks the counters name, first.
+        self.flush_pass(Some(core));
+        let a = crate::aggregate::snapshot();
+        let raw = write::aggregate_raw(&a);
+        let z = self.compress(&raw);
+        let mut buf = Vec::new();
+        write::compressed(&mut buf, RecordKind::Aggregate, raw.len(), &z);
+        if !with_live {
+            self.write_all_or_fail(&buf);
+            return;
+        }
+        let raw = write::live_raw(core.live.iter().map(|e| LiveBlock {
+            addr: *e.key() as u64,
+            size: e.value().size,
+            usable: e.value().usable,
+            stack: e.value().stack,
+            reallocs: e.value().chain,
+        }));
+        let z = self.compress(&raw);
+        write::compressed(&mut buf, RecordKind::LiveAtEnd, raw.len(), &z);
+        self.write_all_or_fail(&buf);
+    }
+
     fn write_end(&mut self, reason: EndReason, status: i32) {
         if self.fd < 0 || self.failed {
             return;
         }
+        let finished = std::mem::replace(&mut self.finished, false);
+        self.write_aggregate(true);
+        self.finished = finished;
         let mut end = End {
             reason,
             status,
             events: self.events_written,
-            dropped: DROPPED.load(Ordering::Relaxed),
+            // Aggregated mode: calls from stacks beyond the counter table are lost too.
+            dropped: DROPPED.load(Ordering::Relaxed) + crate::aggregate::overflow(),
             untracked_frees: 0,
             free_null: 0,
             truncated_stacks: 0,
@@ -418,6 +468,7 @@ impl Output {
                 session: core.proc.env("ZMTRACE_SESSION").unwrap_or_default(),
                 exe: core.proc.exe.clone(),
                 argv: core.proc.argv.clone(),
+                aggregated: crate::aggregate::on(),
             },
         );
         if origin == Origin::Fork || std::mem::take(&mut self.restarted) {

@@ -295,15 +295,22 @@ pub fn run_traced(program: &Path, args: &[&str]) -> Run {
 
 /// [`run_traced`] with extra environment variables for zmtrace and the traced program.
 pub fn run_traced_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_traced_opts(program, args, &[], env)
+}
+
+/// [`run_traced_env`] with options for `zmtrace run` itself (e.g. `--aggregate`).
+pub fn run_traced_opts(
+    program: &Path,
+    args: &[&str],
+    run_opts: &[&str],
+    env: &[(&str, &str)],
+) -> Run {
     ensure_preload_built();
     let stem = program.file_name().unwrap().to_string_lossy().into_owned();
     let dir = fresh_dir(&stem);
-    let mut argv: Vec<&OsStr> = vec![
-        "run".as_ref(),
-        "-o".as_ref(),
-        dir.as_os_str(),
-        "--".as_ref(),
-    ];
+    let mut argv: Vec<&OsStr> = vec!["run".as_ref(), "-o".as_ref(), dir.as_os_str()];
+    argv.extend(run_opts.iter().map(OsStr::new));
+    argv.push("--".as_ref());
     argv.push(program.as_os_str());
     argv.extend(args.iter().map(|a| OsStr::new(*a)));
     let started_unix_ns = now_unix_ns();
