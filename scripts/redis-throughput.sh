@@ -16,7 +16,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 20000))
 
-modes=(untraced zmtrace)
+modes=(untraced zmtrace aggregate)
 command -v heaptrack >/dev/null && modes+=(heaptrack)
 
 run_one() { # mode rep
@@ -26,15 +26,25 @@ run_one() { # mode rep
     case $mode in
         untraced) "${server[@]}" >"$out/log" 2>&1 & ;;
         zmtrace) "$zmtrace" run -o "$out" -- "${server[@]}" >"$out/log" 2>&1 & ;;
+        aggregate) "$zmtrace" run --aggregate -o "$out" -- "${server[@]}" >"$out/log" 2>&1 & ;;
         heaptrack) heaptrack -o "$out/heaptrack" "${server[@]}" >"$out/log" 2>&1 & ;;
     esac
     local pid=$!
     for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     redis-benchmark -p "$port" -q -n "$requests" -P "$pipeline" -t "$tests" 2>/dev/null | tr '\r' '\n' |
         awk -v m="$mode" -v r="$rep" '/requests per second/ {sub(":","",$1); print m, r, $1, $2}' >>"$work/results"
+    # Peak RSS (VmHWM, KiB) of the server, and of heaptrack's interpreter process.
+    local hwm=0 interp=0 spid ipid
+    spid=$(pgrep -n -x redis-server || true)
+    [ -n "$spid" ] && hwm=$(awk '/VmHWM/ {print $2}' "/proc/$spid/status")
+    ipid=$(pgrep -n -x heaptrack_inter || true)
+    [ "$mode" = heaptrack ] && [ -n "$ipid" ] && interp=$(awk '/VmHWM/ {print $2}' "/proc/$ipid/status")
+    echo "$mode $hwm $interp" >>"$work/rss"
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
     wait "$pid" 2>/dev/null || true
-    if [ "$mode" = zmtrace ]; then du -b "$out"/zmtrace.*.zmt | awk '{s+=$1} END {print "dump-bytes", s}' >>"$work/sizes"; fi
+    if [ "$mode" = zmtrace ] || [ "$mode" = aggregate ]; then
+        du -b "$out"/zmtrace.*.zmt | awk -v m="$mode" '{s+=$1} END {print m "-dump-bytes", s}' >>"$work/sizes"
+    fi
     if [ "$mode" = heaptrack ]; then du -b "$out"/heaptrack* | awk '{s+=$1} END {print "heaptrack-bytes", s}' >>"$work/sizes"; fi
 }
 
@@ -49,7 +59,7 @@ rps = collections.defaultdict(dict)          # (test, mode) -> rep -> rps
 for mode, rep, test, v in rows:
     rps[(test, mode)][rep] = float(v)
 tests = sorted({t for t, _ in rps})
-modes = [m for m in ("untraced", "zmtrace", "heaptrack") if any(m == k[1] for k in rps)]
+modes = [m for m in ("untraced", "zmtrace", "aggregate", "heaptrack") if any(m == k[1] for k in rps)]
 print(f"{'command':8} " + " ".join(f"{m+' rps (min-max)':>32}" for m in modes) + "  ratio to untraced (median of per-rep ratios)")
 for t in tests:
     cells, ratios = [], []
@@ -62,3 +72,18 @@ for t in tests:
     print(f"{t:8} " + " ".join(cells) + "  " + ", ".join(ratios))
 PY
 sort "$work/sizes" | awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "%s mean %.1f MiB\n", k, s[k]/n[k]/1048576}'
+python3 - "$work/rss" <<'PY'
+import sys, statistics as st, collections
+v = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    mode, hwm, interp = line.split()
+    v[mode].append((int(hwm) / 1024, int(interp) / 1024))
+base = st.median(h for h, _ in v["untraced"])
+print(f"peak RSS: untraced server {base:.1f} MiB")
+for mode in ("zmtrace", "aggregate", "heaptrack"):
+    if mode in v:
+        server = st.median(h for h, _ in v[mode])
+        extra = st.median(i for _, i in v[mode])
+        print(f"  {mode:10} server {server:.1f} MiB, other tracer processes {extra:.1f} MiB; "
+              f"tracer's own memory {server - base + extra:.1f} MiB")
+PY
