@@ -409,26 +409,24 @@ fn from_aggregate(dump: &Dump) -> Analysis {
             });
         }
     }
-    let live: Vec<(u64, u32, u32)> = if dump.aggregate.is_some() {
+    let live: Vec<(u32, u64, u64, u64)> = if dump.aggregate.is_some() {
         dump.live_at_end
             .iter()
-            .map(|b| (b.size, b.stack, b.reallocs))
+            .map(|s| (s.stack, s.blocks, s.bytes, s.via_realloc))
             .collect()
     } else {
         dump.inherited
             .iter()
-            .map(|b| (b.size, b.stack, 0))
+            .map(|b| (b.stack, 1, b.size, 0))
             .collect()
     };
-    for (size, stack, reallocs) in live {
-        a.leaked_blocks += 1;
-        a.leaked_bytes += size;
+    for (stack, blocks, bytes, via_realloc) in live {
+        a.leaked_blocks += blocks;
+        a.leaked_bytes += bytes;
         let site = a.sites.entry(stack).or_default();
-        site.leaked_blocks += 1;
-        site.leaked_bytes += size;
-        if reallocs > 0 {
-            site.leaked_via_realloc += 1;
-        }
+        site.leaked_blocks += blocks;
+        site.leaked_bytes += bytes;
+        site.leaked_via_realloc += via_realloc;
     }
     a
 }

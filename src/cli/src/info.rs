@@ -91,7 +91,7 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
             o,
             "aggregate: {} calls counted, {} blocks live at the end{}",
             s.events,
-            d.live_at_end.len(),
+            d.live_at_end.iter().map(|l| l.blocks).sum::<u64>(),
             if d.aggregate.is_none() {
                 " (no counters: the process ended before writing them)"
             } else {

@@ -21,17 +21,17 @@
 //! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2) |
 //! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process |
 //! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) |
-//! | [`RecordKind::Stacks`] | count, then per stack: id, frame count, frames (first absolute, then zigzag deltas) |
+//! | [`RecordKind::Stacks`] | raw length, then zstd-compressed (version 1: plain): count, then per stack: id, frame count, frames (first absolute, then zigzag deltas) |
 //! | [`RecordKind::Events`] | stream, thread id, raw length, zstd-compressed event bytes (see [`event`]) |
 //! | [`RecordKind::Inherited`] | raw length, zstd-compressed blocks (addr, size, usable, stack) live in a forked child at birth |
 //! | [`RecordKind::Exec`] | path: the process called `execve`; its new image writes a dump of its own |
 //! | [`RecordKind::End`] | how the process ended and the recorder's own counters ([`End`]) |
 //! | [`RecordKind::Late`] | thread id: a thread allocated or freed after the `End` record (e.g. while another thread ran `exit`); its events from then on are not in the dump |
 //! | [`RecordKind::Aggregate`] | raw length, zstd-compressed [`Aggregate`]: per-stack counters of an aggregated recording (no `Events` records); the last one in the file holds the totals |
-//! | [`RecordKind::LiveAtEnd`] | raw length, zstd-compressed blocks (addr, size, usable, stack, reallocs) live when an aggregated recording ended; the last one counts |
+//! | [`RecordKind::LiveAtEnd`] | raw length, zstd-compressed per-stack sums (stack, blocks, bytes, usable bytes, blocks that went through a realloc) of the blocks live when an aggregated recording ended; the last one counts |
 //!
-//! Version 2 added the last two kinds (`zmtrace run --aggregate`); a version-1 reader stops at
-//! the version number instead of calling them damage.
+//! Version 2 added the last two kinds (`zmtrace run --aggregate`) and compressed the `Stacks`
+//! records; a version-1 reader stops at the version number instead of calling them damage.
 //!
 //! Stacks are interned: an event names its stack by id, and the `Stacks` record defining an id is
 //! written before the first `Events` record that uses it. Stack frames are raw return addresses
@@ -149,15 +149,16 @@ pub struct Block {
     pub stack: u32,
 }
 
-/// A block live when an aggregated recording ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LiveBlock {
-    pub addr: u64,
-    pub size: u64,
-    pub usable: u64,
+/// The blocks of one stack live when an aggregated recording ended. Per stack, not per block:
+/// a server's live set is its whole keyspace, and the reports need only these sums.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveSite {
     pub stack: u32,
-    /// How many reallocs the block went through (0: as allocated).
-    pub reallocs: u32,
+    pub blocks: u64,
+    pub bytes: u64,
+    pub usable: u64,
+    /// Of the blocks, those that went through a realloc.
+    pub via_realloc: u64,
 }
 
 /// The counters of an aggregated recording (`zmtrace run --aggregate`): what the analyzer would

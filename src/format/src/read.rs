@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use crate::event::decode_events;
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::{
-    Aggregate, AggregateSite, Block, End, EndReason, Event, LiveBlock, Module, Origin, Process,
+    Aggregate, AggregateSite, Block, End, EndReason, Event, LiveSite, Module, Origin, Process,
     RecordKind, FILE_HEADER_LEN, MAGIC, MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION,
 };
 
@@ -70,8 +70,9 @@ pub struct Dump {
     /// The counters of an aggregated recording (the last `Aggregate` record): such a dump has no
     /// events, so no timeline and no peak.
     pub aggregate: Option<Aggregate>,
-    /// The blocks live when an aggregated recording ended (the last `LiveAtEnd` record).
-    pub live_at_end: Vec<LiveBlock>,
+    /// Per stack, the blocks live when an aggregated recording ended (the last `LiveAtEnd`
+    /// record).
+    pub live_at_end: Vec<LiveSite>,
     /// Set when the process called `execve` (the path).
     pub exec: Option<String>,
     /// Absent when the process did not end normally (crash, SIGKILL) or the dump is cut short.
@@ -379,6 +380,13 @@ impl Dump {
             }
             RecordKind::ModuleGone => self.modules_gone.push(c.uvarint()?),
             RecordKind::Stacks => {
+                let raw;
+                let mut c = if self.version >= 2 {
+                    raw = decompress(c.uvarint()?, c.rest())?;
+                    Cursor::new(&raw)
+                } else {
+                    c
+                };
                 let n = c.uvarint()?;
                 for _ in 0..n {
                     let id = c.u32()?;
@@ -445,17 +453,17 @@ impl Dump {
             RecordKind::LiveAtEnd => {
                 let raw = decompress(c.uvarint()?, c.rest())?;
                 let mut c = Cursor::new(&raw);
-                let mut blocks = Vec::new();
+                let mut sites = Vec::new();
                 while !c.is_empty() {
-                    blocks.push(LiveBlock {
-                        addr: c.uvarint()?,
-                        size: c.uvarint()?,
-                        usable: c.uvarint()?,
+                    sites.push(LiveSite {
                         stack: c.u32()?,
-                        reallocs: c.u32()?,
+                        blocks: c.uvarint()?,
+                        bytes: c.uvarint()?,
+                        usable: c.uvarint()?,
+                        via_realloc: c.uvarint()?,
                     });
                 }
-                self.live_at_end = blocks;
+                self.live_at_end = sites;
             }
         }
         Ok(())
@@ -748,7 +756,9 @@ mod tests {
             },
         );
         let frames = [0x1000u64, 0x0fff, 0x2000];
-        write::stacks(&mut out, [(1u32, &frames[..])].into_iter());
+        write::stacks(&mut out, [(1u32, &frames[..])].into_iter(), &mut |b| {
+            zstd::bulk::compress(b, 1).unwrap()
+        });
         let mut raw = Vec::new();
         for i in 0..3u64 {
             let mut b = EventBuf::default();
@@ -835,12 +845,12 @@ mod tests {
             let z = zstd::bulk::compress(&raw, 1).unwrap();
             write::compressed(&mut out, RecordKind::Aggregate, raw.len(), &z);
         }
-        let blocks = [LiveBlock {
-            addr: 0x1000,
-            size: 24,
-            usable: 40,
+        let blocks = [LiveSite {
             stack: 3,
-            reallocs: 2,
+            blocks: 2,
+            bytes: 24,
+            usable: 40,
+            via_realloc: 1,
         }];
         let raw = write::live_raw(blocks.iter().copied());
         let z = zstd::bulk::compress(&raw, 1).unwrap();
@@ -875,8 +885,12 @@ mod tests {
     #[test]
     fn corruption_is_skipped_and_reported() {
         let mut data = sample();
-        // Damage one byte inside the stacks record: it is lost, the rest is read.
-        data[FILE_HEADER_LEN + 60] ^= 0xff;
+        // Damage one byte inside the stacks record (after the process record): it is lost, the
+        // rest is read.
+        let process_len = u32::from_le_bytes(data[FILE_HEADER_LEN + 1..][..4].try_into().unwrap());
+        let stacks = FILE_HEADER_LEN + RECORD_HEADER_LEN + process_len as usize;
+        assert_eq!(data[stacks], RecordKind::Stacks as u8);
+        data[stacks + RECORD_HEADER_LEN + 2] ^= 0xff;
         let d = Dump::from_bytes(Path::new("t"), data).unwrap();
         assert!(d.bytes_lost > 0);
         assert!(d.warnings.iter().any(|w| w.contains("corrupt")));

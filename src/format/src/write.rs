@@ -2,9 +2,7 @@
 //! flushing), with its own heap, so they may allocate.
 
 use crate::varint::{put_bytes, put_uvarint, zigzag};
-use crate::{
-    Aggregate, Block, End, LiveBlock, Module, Origin, Process, RecordKind, MAGIC, VERSION,
-};
+use crate::{Aggregate, Block, End, LiveSite, Module, Origin, Process, RecordKind, MAGIC, VERSION};
 
 /// The bytes every dump starts with.
 pub fn file_header() -> [u8; crate::FILE_HEADER_LEN] {
@@ -66,8 +64,13 @@ pub fn module_gone(out: &mut Vec<u8>, base: u64) {
     record(out, RecordKind::ModuleGone, &b);
 }
 
-/// One `Stacks` record for a batch of newly interned stacks.
-pub fn stacks<'a>(out: &mut Vec<u8>, stacks: impl ExactSizeIterator<Item = (u32, &'a [u64])>) {
+/// One `Stacks` record for a batch of newly interned stacks. `compress` makes one zstd frame:
+/// stacks that share their outer frames share byte runs, and compress ~5 times.
+pub fn stacks<'a>(
+    out: &mut Vec<u8>,
+    stacks: impl ExactSizeIterator<Item = (u32, &'a [u64])>,
+    compress: &mut dyn FnMut(&[u8]) -> Vec<u8>,
+) {
     let mut b = Vec::new();
     put_uvarint(&mut b, stacks.len() as u64);
     for (id, frames) in stacks {
@@ -83,7 +86,7 @@ pub fn stacks<'a>(out: &mut Vec<u8>, stacks: impl ExactSizeIterator<Item = (u32,
             prev = f;
         }
     }
-    record(out, RecordKind::Stacks, &b);
+    compressed(out, RecordKind::Stacks, b.len(), &compress(&b));
 }
 
 /// An `Events` record: `raw` is the encoded events of one thread, `compressed` its zstd frame.
@@ -190,15 +193,15 @@ pub fn aggregate_raw(a: &Aggregate) -> Vec<u8> {
     b
 }
 
-/// Encodes live blocks (before compression) for a `LiveAtEnd` record.
-pub fn live_raw(blocks: impl Iterator<Item = LiveBlock>) -> Vec<u8> {
+/// Encodes live sites (before compression) for a `LiveAtEnd` record.
+pub fn live_raw(sites: impl Iterator<Item = LiveSite>) -> Vec<u8> {
     let mut b = Vec::new();
-    for blk in blocks {
-        put_uvarint(&mut b, blk.addr);
-        put_uvarint(&mut b, blk.size);
-        put_uvarint(&mut b, blk.usable);
-        put_uvarint(&mut b, u64::from(blk.stack));
-        put_uvarint(&mut b, u64::from(blk.reallocs));
+    for s in sites {
+        put_uvarint(&mut b, u64::from(s.stack));
+        put_uvarint(&mut b, s.blocks);
+        put_uvarint(&mut b, s.bytes);
+        put_uvarint(&mut b, s.usable);
+        put_uvarint(&mut b, s.via_realloc);
     }
     b
 }

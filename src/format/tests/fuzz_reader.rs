@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use zmtrace_format::event::{encode_alloc, encode_free, encode_realloc, pack, EventBuf};
 use zmtrace_format::fuzz::check_reader;
 use zmtrace_format::{
-    write, Aggregate, AggregateSite, AllocKind, Block, End, EndReason, LiveBlock, Module, Origin,
+    write, Aggregate, AggregateSite, AllocKind, Block, End, EndReason, LiveSite, Module, Origin,
     Process, RecordKind,
 };
 
@@ -42,6 +42,7 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
     write::stacks(
         &mut out,
         [(1u32, &frames[..4]), (2, &frames[..])].into_iter(),
+        &mut |b| zstd::bulk::compress(b, 1).unwrap(),
     );
     if fork {
         let raw = write::inherited_raw((0..5).map(|i| Block {
@@ -71,12 +72,12 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
         let raw = write::aggregate_raw(&agg);
         let z = zstd::bulk::compress(&raw, 1).unwrap();
         write::compressed(&mut out, RecordKind::Aggregate, raw.len(), &z);
-        let raw = write::live_raw((0..3).map(|i| LiveBlock {
-            addr: 0x8000 + i * 32,
-            size: 24,
-            usable: 24,
-            stack: 2,
-            reallocs: i as u32,
+        let raw = write::live_raw((0..3).map(|i| LiveSite {
+            stack: i + 1,
+            blocks: 3,
+            bytes: 72,
+            usable: 72,
+            via_realloc: u64::from(i),
         }));
         let z = zstd::bulk::compress(&raw, 1).unwrap();
         write::compressed(&mut out, RecordKind::LiveAtEnd, raw.len(), &z);

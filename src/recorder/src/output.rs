@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use zmtrace_format::{write, Block, End, EndReason, LiveBlock, Origin, Process, RecordKind};
+use zmtrace_format::{write, Block, End, EndReason, LiveSite, Origin, Process, RecordKind};
 
 use crate::sync::{Guard, SpinLock};
 use crate::{all_threads, Core, ThreadState, DROPPED, MODULES, PENDING_STACKS, SEQ};
@@ -340,13 +340,21 @@ impl Output {
             self.write_all_or_fail(&buf);
             return;
         }
-        let raw = write::live_raw(core.live.iter().map(|e| LiveBlock {
-            addr: *e.key() as u64,
-            size: e.value().size,
-            usable: e.value().usable,
-            stack: e.value().stack,
-            reallocs: e.value().chain,
-        }));
+        let mut sites: std::collections::HashMap<u32, LiveSite> = Default::default();
+        for e in core.live.iter() {
+            let b = e.value();
+            let s = sites.entry(b.stack).or_insert(LiveSite {
+                stack: b.stack,
+                ..LiveSite::default()
+            });
+            s.blocks += 1;
+            s.bytes += b.size;
+            s.usable += b.usable;
+            s.via_realloc += u64::from(b.chain > 0);
+        }
+        let mut sites: Vec<LiveSite> = sites.into_values().collect();
+        sites.sort_unstable_by_key(|s| s.stack);
+        let raw = write::live_raw(sites.into_iter());
         let z = self.compress(&raw);
         write::compressed(&mut buf, RecordKind::LiveAtEnd, raw.len(), &z);
         self.write_all_or_fail(&buf);
@@ -488,7 +496,11 @@ impl Output {
                 .map(|e| (*e.value(), e.key().clone()))
                 .collect();
             for chunk in all.chunks(4096) {
-                write::stacks(&mut buf, chunk.iter().map(|(id, f)| (*id, &f[..])));
+                write::stacks(
+                    &mut buf,
+                    chunk.iter().map(|(id, f)| (*id, &f[..])),
+                    &mut |b| self.compress(b),
+                );
             }
             let raw = write::inherited_raw(core.live.iter().map(|e| Block {
                 addr: *e.key() as u64,
@@ -585,7 +597,13 @@ impl Output {
         }
         let stacks = std::mem::take(&mut *PENDING_STACKS.lock());
         for chunk in stacks.chunks(4096) {
-            write::stacks(&mut self.meta, chunk.iter().map(|(id, f)| (*id, &f[..])));
+            let mut meta = std::mem::take(&mut self.meta);
+            write::stacks(
+                &mut meta,
+                chunk.iter().map(|(id, f)| (*id, &f[..])),
+                &mut |b| self.compress(b),
+            );
+            self.meta = meta;
         }
         let meta = std::mem::take(&mut self.meta);
         self.write_all_or_fail(&meta);
