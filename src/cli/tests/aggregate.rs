@@ -309,3 +309,17 @@ fn a_killed_aggregated_process_keeps_its_last_snapshot() {
     assert_eq!(early(&allocs), 4);
     assert_eq!(early(&bytes), 806);
 }
+
+#[test]
+fn aggregated_stacks_are_the_reference_unwinders() {
+    let run = run_traced_opts(
+        &sample("leaky"),
+        &[],
+        &["--aggregate"],
+        &[("ZMTRACE_UNWIND", "compare")],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let end = run.only_dump().end.expect("an End record");
+    assert!(end.compared_stacks > 100, "{end:?}");
+    assert_eq!(end.mismatched_stacks, 0, "{end:?}");
+}
