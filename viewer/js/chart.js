@@ -121,7 +121,8 @@ class Chart {
     // Stacked: each series, then everything else up to the heap's top.
     for (let b = 0; b < n; b++) {
       let base = 0;
-      const x0 = x(b), bw = Math.max(1, x(b + 1) - x0);
+      // Whole pixels, or neighbouring buckets leave hairline gaps between them.
+      const x0 = Math.round(x(b)), bw = Math.max(1, Math.round(x(b + 1)) - x0);
       this.t.series.forEach((s, i) => {
         const v = s.live[b];
         if (v > 0) {
