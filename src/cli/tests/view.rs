@@ -237,6 +237,69 @@ fn the_diff_shows_what_grew_and_what_shrank() {
     assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
 }
 
+/// A dump with no events, as an aggregated recording makes: the page says there is no timeline
+/// and shows the rest.
+#[test]
+fn a_dump_without_events_shows_no_chart() {
+    use zmtrace_format::{write, End, EndReason, Origin, Process};
+    let dir = fresh_dir("no-events");
+    let mut bytes = write::file_header().to_vec();
+    write::process(
+        &mut bytes,
+        &Process {
+            pid: 4242,
+            ppid: 1,
+            origin: Origin::Start,
+            parent_pid: 0,
+            fork_seq: 0,
+            start_unix_ns: 1,
+            session: "s".into(),
+            exe: "/bin/quiet".into(),
+            argv: vec!["quiet".into()],
+        },
+    );
+    write::end(
+        &mut bytes,
+        &End {
+            reason: EndReason::Exit,
+            status: 0,
+            events: 0,
+            dropped: 0,
+            untracked_frees: 0,
+            free_null: 0,
+            truncated_stacks: 0,
+            compared_stacks: 0,
+            mismatched_stacks: 0,
+        },
+    );
+    let dump = dir.join("quiet.zmt");
+    std::fs::write(&dump, bytes).unwrap();
+    let html = artifacts().join("no-events.html");
+    view(&dump, &html, &[]);
+
+    let mut browser = Browser::launch(&fresh_dir("chromium"), 1280, 900);
+    let mut page = browser.page();
+    page.navigate(&url(&html));
+    let shown = page.eval(
+        "[document.getElementById('timeline-missing').hidden, \
+          document.getElementById('timeline-missing').textContent, \
+          document.getElementById('timeline-body').hidden, \
+          document.getElementById('flame-total').textContent, \
+          document.getElementById('title').textContent]",
+    );
+    assert_eq!(
+        shown,
+        serde_json::json!([
+            false,
+            "this dump has no timeline (recorded with --aggregate, or no events)",
+            true,
+            "0",
+            "quiet (pid 4242)"
+        ])
+    );
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
+}
+
 #[test]
 fn serve_answers_with_the_same_page() {
     let dump = leaky_dump();

@@ -76,6 +76,8 @@ impl Browser {
             // Root (CI) cannot use the sandbox; the page is our own file.
             "--no-sandbox",
             "--disable-gpu",
+            // Containers often have a small /dev/shm.
+            "--disable-dev-shm-usage",
             "--no-first-run",
             "--no-default-browser-check",
             "--disable-extensions",
