@@ -140,6 +140,7 @@ function flameSection() {
 
 function searchFlame() {
   const matched = flame.setSearch($("flame-search").value);
+  $("flame-match").dataset.value = matched === null ? "" : matched;
   $("flame-match").textContent = matched === null ? "" : `— matched: ${flame.unitText(matched)} (${fmtPct(matched, flame.root.value)})`;
 }
 

@@ -128,11 +128,42 @@ fn the_page_shows_the_report_opens_leaks_and_follows_a_time_range() {
             "no {want:?} in the stack shown:\n{detail}"
         );
     }
+    // Sorted by bytes, largest first; a click on the header turns the order round.
+    let bytes = |page: &mut cdp::Page| -> Vec<u64> {
+        let v = page.eval(
+            "[...document.querySelectorAll('#leaks tbody tr')].map(tr => tr.cells[2].textContent.split(' ')[0])",
+        );
+        v.as_array().unwrap().iter().map(number).collect()
+    };
+    let descending = bytes(&mut page);
+    assert!(
+        descending.len() >= 2 && descending.windows(2).all(|w| w[0] >= w[1]),
+        "{descending:?}"
+    );
+    page.click_on("#leaks thead th[data-key=bytes]");
+    let mut ascending = bytes(&mut page);
+    ascending.reverse();
+    assert_eq!(ascending, descending);
     // The filter keeps the matching rows.
     page.type_into("#leaks-filter", "small");
     let rows = page
         .eval("[...document.querySelectorAll('#leaks tbody td.site')].map(td => td.textContent)");
     assert_eq!(rows, serde_json::json!(["zs_leak_small"]));
+
+    // Searching the flamegraph of leaked bytes for the sample's leaking functions finds their
+    // 4,096 + 3 x 100 bytes.
+    page.click_on("#flame-metrics button[data-metric=leaked]");
+    page.type_into("#flame-search", "zs_leak_");
+    let matched = page.eval("document.getElementById('flame-match').dataset.value");
+    assert_eq!(matched, "4396");
+    page.eval(
+        "const s = document.getElementById('flame-search'); s.value = ''; \
+         s.dispatchEvent(new Event('input'))",
+    );
+    assert_eq!(
+        page.eval("document.getElementById('flame-match').textContent"),
+        ""
+    );
 
     // The flamegraph of allocations counts every allocation of the run.
     page.click_on("#flame-metrics button[data-metric=allocations]");
