@@ -51,11 +51,6 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
             PathBuf::from(format!("{stem}.html"))
         })
     });
-    // Created before the analysis, so that an unwritable path fails at once.
-    let file = out
-        .as_deref()
-        .map(|p| std::fs::File::create(p).map_err(|e| cannot_write(p, e)))
-        .transpose()?;
     let listener = if o.serve {
         Some(
             TcpListener::bind("127.0.0.1:0")
@@ -64,6 +59,12 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
     } else {
         None
     };
+    // Created before the analysis, so that an unwritable path fails at once
+    // (and after the port, so that a failure there leaves no empty file).
+    let file = out
+        .as_deref()
+        .map(|p| std::fs::File::create(p).map_err(|e| cannot_write(p, e)))
+        .transpose()?;
 
     let a = analyze(&dump, true, &mut |_, _| {});
     let mut sym = Symbolizer::new(&dump);
