@@ -6,6 +6,7 @@
 //! - [`analysis`]: one streaming replay that computes every number the reports need.
 //! - [`reports`]: `report`, `leaks` and `churn`, as data (JSON) and text.
 //! - [`flame`]: collapsed stacks and SVG flamegraphs per metric.
+//! - [`view`]: the pre-aggregated data of `zmtrace view`'s page (time buckets, sites, diff).
 //!
 //! # JSON schema (version 1)
 //!
@@ -30,6 +31,7 @@ pub mod analysis;
 pub mod flame;
 pub mod reports;
 pub mod symbols;
+pub mod view;
 
 pub use analysis::{analyze, Analysis};
 pub use symbols::Symbolizer;

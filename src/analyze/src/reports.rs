@@ -112,7 +112,8 @@ fn is_wrapper(f: &Frame, wrappers: &[String]) -> bool {
             .is_some_and(|n| wrappers.iter().any(|w| glob_match(w, n)))
 }
 
-fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
+/// Stack `stack` as a site: its frames, named after its first frame outside the wrappers.
+pub fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
     let frames = sym.stack(stack);
     let name = frames
         .iter()
@@ -128,7 +129,30 @@ fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
 
 /// What makes two frames the same for people: function, file, line, and module (or, for a
 /// frame with neither name nor line, its address).
-type FrameKey = (Option<String>, Option<String>, Option<u32>, Option<String>);
+pub type FrameKey = (Option<String>, Option<String>, Option<u32>, Option<String>);
+
+/// What makes two stacks one site (see [`merged_sites`]). A frame without name or line is keyed
+/// by its offset in its module, not its address in the process, so the key also matches a site
+/// across two runs of the same program.
+pub fn site_key(frames: &[Frame]) -> Vec<FrameKey> {
+    frames
+        .iter()
+        .map(|f| {
+            let unknown = f.function.is_none() && f.line.is_none();
+            (
+                f.function.clone(),
+                f.file.clone(),
+                f.line,
+                // Frames without names or lines differ by address, not by module.
+                if unknown {
+                    Some(f.address.clone())
+                } else {
+                    f.module.clone()
+                },
+            )
+        })
+        .collect()
+}
 
 /// The per-stack numbers, merged where stacks symbolize the same (the same functions, files and
 /// lines: e.g. one source line compiled into several calls), each with the smallest stack id as
@@ -141,23 +165,7 @@ pub fn merged_sites(a: &Analysis, sym: &mut Symbolizer) -> Vec<(u32, SiteStats)>
     let mut out: Vec<(u32, SiteStats)> = Vec::new();
     for id in ids {
         let frames = sym.stack(id);
-        let key: Vec<_> = frames
-            .iter()
-            .map(|f| {
-                let unknown = f.function.is_none() && f.line.is_none();
-                (
-                    f.function.clone(),
-                    f.file.clone(),
-                    f.line,
-                    // Frames without names or lines differ by address, not by module.
-                    if unknown {
-                        Some(f.address.clone())
-                    } else {
-                        f.module.clone()
-                    },
-                )
-            })
-            .collect();
+        let key = site_key(&frames);
         match by_key.get(&key) {
             Some(&i) => out[i].1.merge(&a.sites[&id]),
             None => {

@@ -9,6 +9,7 @@
 mod analyze;
 mod info;
 mod run;
+mod view;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -81,6 +82,22 @@ enum Cmd {
         /// Output file (the SVG; for --folded, stdout when not given).
         #[arg(short = 'o', long = "out")]
         out: Option<PathBuf>,
+        /// Another allocator wrapper to see through (a `*` glob); may be repeated.
+        #[arg(long = "wrapper")]
+        wrappers: Vec<String>,
+    },
+    /// One self-contained HTML page: summary, memory over time, flamegraphs, leaks, churn.
+    View {
+        dump: PathBuf,
+        /// Output file (default: the dump's name with .html, here; none with --serve alone).
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+        /// Another dump to compare with: what grew and what shrank per site.
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// Also serve the page on 127.0.0.1 at a free port, until stopped.
+        #[arg(long)]
+        serve: bool,
         /// Another allocator wrapper to see through (a `*` glob); may be repeated.
         #[arg(long = "wrapper")]
         wrappers: Vec<String>,
@@ -202,6 +219,24 @@ fn main() {
             );
             o.report.top = 0;
             analyze::run(analyze::What::Flamegraph { metric, folded }, &o).map(|()| 0)
+        }
+        Cmd::View {
+            dump,
+            out,
+            base,
+            serve,
+            wrappers,
+        } => {
+            let mut report = zmtrace_analyze::reports::Options::default();
+            report.wrappers.extend(wrappers);
+            view::run(&view::ViewOptions {
+                dump,
+                base,
+                out,
+                serve,
+                report,
+            })
+            .map(|()| 0)
         }
     };
     match result {

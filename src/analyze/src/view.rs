@@ -1,0 +1,1088 @@
+//! The data behind `zmtrace view`'s page, aggregated here so that the page stays small and quick
+//! whatever the size of the dump: it never sees an event.
+//!
+//! - The summary and the leak and churn tables are the reports of [`crate::reports`]: the same
+//!   numbers as `zmtrace report`, `leaks` and `churn`.
+//! - Sites are the merged sites of the reports. The page gets the top [`Limits::top`] of each
+//!   metric and every site of the tables; the others are folded into one "other sites" entry, so
+//!   totals still add up.
+//! - The run is cut into [`Limits::buckets`] equal time buckets, and one more replay counts, per
+//!   bucket and site, the [`COUNTERS`]. A block counts in the bucket of its allocation (or last
+//!   realloc), its leaked and peak bytes too, so a time range ("what was allocated between t1
+//!   and t2") is answered in the page by adding buckets.
+//! - The heap over time is each bucket's highest point, with the live bytes of the
+//!   [`Limits::series`] sites that held most at the peak, at that point.
+//! - With a base dump, what changed per site between the two runs.
+//!
+//! Stacks are sent once: frames are interned, sites name their frames by index.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use zmtrace_format::{Dump, EventKind};
+
+use crate::analysis::{Analysis, GrowthPattern, SiteStats};
+use crate::reports::{self, FrameKey, Options, Report};
+use crate::symbols::{Frame, Symbolizer};
+
+/// What the page gets per site, per time bucket and in all; `timeline.counters[i]` and
+/// `sites[_].totals[i]` are `COUNTERS[i]`. The flamegraph metrics are `allocations`, `bytes`,
+/// `leaked`, `peak`, `temporary` and `reallocs`, with the meanings of [`crate::flame::Metric`].
+pub const COUNTERS: [&str; 12] = [
+    "allocations",
+    "bytes",
+    "temporary",
+    "reallocs",
+    "leaked",
+    "leaked_blocks",
+    "peak",
+    "grew",
+    "shrank",
+    "moved",
+    "in_place",
+    "bytes_copied",
+];
+const ALLOCATIONS: usize = 0;
+const BYTES: usize = 1;
+const TEMPORARY: usize = 2;
+const REALLOCS: usize = 3;
+const LEAKED: usize = 4;
+const LEAKED_BLOCKS: usize = 5;
+const PEAK: usize = 6;
+const GREW: usize = 7;
+const SHRANK: usize = 8;
+const MOVED: usize = 9;
+const IN_PLACE: usize = 10;
+const BYTES_COPIED: usize = 11;
+
+type Counts = [u64; COUNTERS.len()];
+
+/// The metrics of the diff, as indices into [`COUNTERS`].
+const DIFF_METRICS: [usize; 6] = [ALLOCATIONS, BYTES, LEAKED, PEAK, TEMPORARY, REALLOCS];
+
+/// How much the page may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Sites kept per metric (and rows per table); the rest are folded into "other sites".
+    pub top: usize,
+    /// Time buckets of the timeline.
+    pub buckets: usize,
+    /// Sites drawn as their own series on the memory chart.
+    pub series: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            top: 100,
+            buckets: 300,
+            series: 8,
+        }
+    }
+}
+
+/// Everything the page shows (serialized to JSON into the page; the shape is described in
+/// `viewer/README.md`).
+#[derive(Debug, Serialize)]
+pub struct ViewData {
+    /// The shape of this data; the page refuses another.
+    pub format: u32,
+    pub counters: [&'static str; COUNTERS.len()],
+    /// `zmtrace report --json`, exactly.
+    pub report: Report,
+    /// Module paths, named by index from the frames.
+    pub modules: Vec<String>,
+    pub frames: Vec<ViewFrame>,
+    pub sites: Vec<ViewSite>,
+    /// Sites in the dump; those not in `sites` are folded into `sites[other]`.
+    pub sites_in_dump: usize,
+    pub other: Option<usize>,
+    /// The largest leak groups, as `zmtrace leaks` orders them.
+    pub leaks: Vec<LeakRow>,
+    /// Leak groups in all.
+    pub leak_groups: u64,
+    /// The sites with most bytes copied by reallocs, as `zmtrace churn` orders them.
+    pub churn: Vec<ChurnRow>,
+    /// Sites that reallocated, in all.
+    pub churn_sites: u64,
+    pub timeline: Option<Timeline>,
+    /// Why there is no timeline, when there is none.
+    pub no_timeline: Option<String>,
+    pub diff: Option<Diff>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ViewFrame {
+    /// The function, else `module+offset`, else the address (as in the flamegraphs).
+    pub label: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub module: Option<usize>,
+    pub address: String,
+    pub inlined: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ViewSite {
+    pub name: String,
+    /// Frames, innermost first.
+    pub stack: Vec<usize>,
+    /// The whole run's numbers, in the order of [`COUNTERS`].
+    pub totals: Counts,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LeakRow {
+    pub site: usize,
+    pub blocks: u64,
+    pub bytes: u64,
+    pub via_realloc: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChurnRow {
+    pub site: usize,
+    pub reallocs: u64,
+    pub grew: u64,
+    pub shrank: u64,
+    pub moved: u64,
+    pub in_place: u64,
+    pub bytes_copied: u64,
+    pub longest_chain: u64,
+    pub pattern: GrowthPattern,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Timeline {
+    /// Bucket `i` holds the events with `start_ns + i * bucket_ns <= ts < start_ns + (i + 1) *
+    /// bucket_ns` (ns since the process started; the first event starts bucket 0).
+    pub start_ns: u64,
+    pub bucket_ns: u64,
+    /// The heap's highest point in each bucket.
+    pub heap: Vec<u64>,
+    pub series: Vec<Series>,
+    /// Per counter, per bucket: `[site, value, site, value, …]` for the sites with a value.
+    pub counters: Vec<Vec<Vec<u64>>>,
+}
+
+/// One site on the memory chart.
+#[derive(Debug, Serialize)]
+pub struct Series {
+    pub site: usize,
+    /// Its live bytes at each bucket's highest point.
+    pub live: Vec<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Diff {
+    /// What `base` and `current` of each row hold.
+    pub metrics: [&'static str; DIFF_METRICS.len()],
+    /// `zmtrace report --json` of the base dump.
+    pub base: Report,
+    /// The sites that changed most, per metric (the top [`Limits::top`] of each).
+    pub rows: Vec<DiffRow>,
+    /// Sites whose numbers differ at all.
+    pub sites_differing: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiffRow {
+    pub name: String,
+    pub stack: Vec<usize>,
+    pub base: [u64; DIFF_METRICS.len()],
+    pub current: [u64; DIFF_METRICS.len()],
+}
+
+/// The base run of a diff.
+pub struct Base<'a, 'd> {
+    pub dump: &'a Dump,
+    /// Analyzed with the peak's sites.
+    pub analysis: &'a Analysis,
+    pub sym: &'a mut Symbolizer<'d>,
+}
+
+fn totals(s: &SiteStats) -> Counts {
+    let c = &s.churn;
+    [
+        s.allocations,
+        s.bytes,
+        s.temporary,
+        c.reallocs,
+        s.leaked_bytes,
+        s.leaked_blocks,
+        s.peak_bytes,
+        c.grew,
+        c.shrank,
+        c.moved,
+        c.in_place,
+        c.bytes_copied,
+    ]
+}
+
+/// Everything that makes two frames one for the page.
+type FrameId = (
+    String,
+    Option<String>,
+    Option<u32>,
+    Option<String>,
+    String,
+    bool,
+);
+
+/// Frames and modules, each sent once.
+#[derive(Default)]
+struct Interner {
+    modules: Vec<String>,
+    module_ids: HashMap<String, usize>,
+    frames: Vec<ViewFrame>,
+    frame_ids: HashMap<FrameId, usize>,
+}
+
+impl Interner {
+    fn frame(&mut self, f: &Frame) -> usize {
+        let key = (
+            f.label(),
+            f.file.clone(),
+            f.line,
+            f.module.clone(),
+            f.address.clone(),
+            f.inlined,
+        );
+        if let Some(&i) = self.frame_ids.get(&key) {
+            return i;
+        }
+        let module = f.module.as_ref().map(|m| {
+            *self.module_ids.entry(m.clone()).or_insert_with(|| {
+                self.modules.push(m.clone());
+                self.modules.len() - 1
+            })
+        });
+        self.frames.push(ViewFrame {
+            label: key.0.clone(),
+            file: f.file.clone(),
+            line: f.line,
+            module,
+            address: f.address.clone(),
+            inlined: f.inlined,
+        });
+        self.frame_ids.insert(key, self.frames.len() - 1);
+        self.frames.len() - 1
+    }
+
+    fn stack(&mut self, frames: &[Frame]) -> Vec<usize> {
+        frames.iter().map(|f| self.frame(f)).collect()
+    }
+
+    /// A made-up one-frame stack (the "other sites" entry).
+    fn label(&mut self, label: &str) -> Vec<usize> {
+        let f = Frame {
+            function: Some(label.to_string()),
+            file: None,
+            line: None,
+            module: None,
+            address: String::new(),
+            inlined: false,
+        };
+        vec![self.frame(&f)]
+    }
+}
+
+/// Builds the page's data. `a` (and the base's analysis) must have been made with the peak's
+/// sites (`analyze(dump, true, …)`); `opts` are the report's options (top sites, wrappers).
+pub fn build(
+    dump: &Dump,
+    a: &Analysis,
+    sym: &mut Symbolizer,
+    opts: &Options,
+    limits: Limits,
+    base: Option<Base>,
+) -> ViewData {
+    let report = reports::report(dump, a, sym, opts);
+    let merged = reports::merged_sites(a, sym);
+    let mut group_of: HashMap<Vec<FrameKey>, usize> = HashMap::new();
+    for (i, (id, _)) in merged.iter().enumerate() {
+        group_of.insert(reports::site_key(&sym.stack(*id)), i);
+    }
+
+    // The sites the page gets: the top of each metric, and every row of the tables.
+    let mut kept = vec![false; merged.len()];
+    for metric in [
+        ALLOCATIONS,
+        BYTES,
+        TEMPORARY,
+        REALLOCS,
+        LEAKED,
+        PEAK,
+        BYTES_COPIED,
+    ] {
+        let mut v: Vec<(u64, u32, usize)> = merged
+            .iter()
+            .enumerate()
+            .map(|(i, (id, s))| (totals(s)[metric], *id, i))
+            .filter(|&(m, _, _)| m > 0)
+            .collect();
+        v.sort_unstable_by_key(|&(m, id, _)| (Reverse(m), id));
+        for &(_, _, i) in v.iter().take(limits.top) {
+            kept[i] = true;
+        }
+    }
+    let table_opts = Options {
+        top: limits.top,
+        ..opts.clone()
+    };
+    let leaks = reports::leaks(dump, a, sym, &table_opts, 0);
+    let churn = reports::churn(dump, a, sym, &table_opts);
+    let group = |s: &reports::Site| group_of.get(&reports::site_key(&s.stack)).copied();
+    let leak_groups: Vec<Option<usize>> = leaks.sites.iter().map(|s| group(&s.site)).collect();
+    let churn_groups: Vec<Option<usize>> = churn.sites.iter().map(|s| group(&s.site)).collect();
+    for &g in leak_groups.iter().chain(&churn_groups).flatten() {
+        kept[g] = true;
+    }
+
+    let mut intern = Interner::default();
+    let mut sites = Vec::new();
+    // Merged site -> index in `sites`.
+    let mut index = vec![usize::MAX; merged.len()];
+    for (i, (id, s)) in merged.iter().enumerate() {
+        if kept[i] {
+            let site = reports::site(sym, *id, opts);
+            index[i] = sites.len();
+            sites.push(ViewSite {
+                name: site.site,
+                stack: intern.stack(&site.stack),
+                totals: totals(s),
+            });
+        }
+    }
+    let folded = merged.len() - sites.len();
+    let other = (folded > 0).then(|| {
+        let name = format!(
+            "({folded} other site{})",
+            if folded == 1 { "" } else { "s" }
+        );
+        let mut sum = [0u64; COUNTERS.len()];
+        for (i, (_, s)) in merged.iter().enumerate() {
+            if !kept[i] {
+                for (t, v) in sum.iter_mut().zip(totals(s)) {
+                    *t += v;
+                }
+            }
+        }
+        let other = sites.len();
+        sites.push(ViewSite {
+            stack: intern.label(&name),
+            name,
+            totals: sum,
+        });
+        for x in index.iter_mut().filter(|x| **x == usize::MAX) {
+            *x = other;
+        }
+        other
+    });
+
+    let leak_rows = leaks
+        .sites
+        .iter()
+        .zip(&leak_groups)
+        .filter_map(|(l, g)| {
+            Some(LeakRow {
+                site: index[(*g)?],
+                blocks: l.blocks,
+                bytes: l.bytes,
+                via_realloc: l.via_realloc,
+            })
+        })
+        .collect();
+    let churn_rows = churn
+        .sites
+        .iter()
+        .zip(&churn_groups)
+        .filter_map(|(c, g)| {
+            Some(ChurnRow {
+                site: index[(*g)?],
+                reallocs: c.reallocs,
+                grew: c.grew,
+                shrank: c.shrank,
+                moved: c.moved,
+                in_place: c.in_place,
+                bytes_copied: c.bytes_copied,
+                longest_chain: c.longest_chain,
+                pattern: c.pattern.clone(),
+                hint: c.hint.clone(),
+            })
+        })
+        .collect();
+    let churn_sites = merged.iter().filter(|(_, s)| s.churn.reallocs > 0).count() as u64;
+
+    let (timeline, no_timeline) = if a.events == 0 {
+        (
+            None,
+            Some("this dump has no timeline (recorded with --aggregate, or no events)".into()),
+        )
+    } else {
+        let mut site_of: FxHashMap<u32, u32> = FxHashMap::default();
+        for &id in a.sites.keys() {
+            if let Some(&g) = group_of.get(&reports::site_key(&sym.stack(id))) {
+                site_of.insert(id, index[g] as u32);
+            }
+        }
+        let mut by_peak: Vec<usize> = (0..sites.len())
+            .filter(|&i| Some(i) != other && sites[i].totals[PEAK] > 0)
+            .collect();
+        by_peak.sort_by_key(|&i| Reverse(sites[i].totals[PEAK]));
+        by_peak.truncate(limits.series);
+        (
+            Some(timeline(dump, a, &site_of, sites.len(), &by_peak, limits)),
+            None,
+        )
+    };
+
+    let diff = base.map(|b| diff(a, sym, b, opts, limits, &mut intern));
+    ViewData {
+        format: 1,
+        counters: COUNTERS,
+        report,
+        modules: intern.modules,
+        frames: intern.frames,
+        sites,
+        sites_in_dump: merged.len(),
+        other,
+        leaks: leak_rows,
+        leak_groups: leaks.groups,
+        churn: churn_rows,
+        churn_sites,
+        timeline,
+        no_timeline,
+        diff,
+    }
+}
+
+/// A block live during the timeline's replay.
+#[derive(Clone, Copy)]
+struct Live {
+    size: u64,
+    /// Index into the page's sites (`u32::MAX`: a stack the analysis never counted).
+    site: u32,
+    tid: u32,
+    /// The bucket of its allocation (or last realloc).
+    bucket: u32,
+}
+
+const NO_SITE: u32 = u32::MAX;
+
+/// The replay behind the timeline. It follows [`crate::analysis::analyze`] event for event (the
+/// same live set, temporaries, realloc halves and peak), only counting per bucket as well.
+fn timeline(
+    dump: &Dump,
+    a: &Analysis,
+    site_of: &FxHashMap<u32, u32>,
+    n_sites: usize,
+    series_sites: &[usize],
+    limits: Limits,
+) -> Timeline {
+    let nb = limits.buckets.max(1);
+    let start_ns = dump
+        .events()
+        .find(|e| !matches!(e.kind, EventKind::ReallocOut { .. }))
+        .map_or(0, |e| e.ts_ns);
+    let span = a.duration_ns.saturating_sub(start_ns) + 1;
+    let bucket_ns = span.div_ceil(nb as u64).max(1);
+    let bucket_of = |ts: u64| ((ts.saturating_sub(start_ns) / bucket_ns) as usize).min(nb - 1);
+    let site = |stack: u32| site_of.get(&stack).copied().unwrap_or(NO_SITE);
+
+    // Dense per (bucket, site): the page's sites are bounded, and a hash lookup per event would
+    // cost more than the memory.
+    let mut cells = vec![[0u64; COUNTERS.len()]; nb * n_sites];
+    let cell = |bucket: u32, site: u32| -> Option<usize> {
+        (site != NO_SITE).then(|| bucket as usize * n_sites + site as usize)
+    };
+    let mut series_of = vec![u8::MAX; n_sites];
+    for (i, &s) in series_sites.iter().enumerate() {
+        series_of[s] = i as u8;
+    }
+    let ns = series_sites.len();
+    let mut series_now = vec![0u64; ns];
+    let add_series = |now: &mut Vec<u64>, site: u32, size: u64, add: bool| {
+        if site == NO_SITE {
+            return;
+        }
+        let i = series_of[site as usize];
+        if (i as usize) < ns {
+            let v = &mut now[i as usize];
+            *v = if add { *v + size } else { *v - size };
+        }
+    };
+
+    let mut live: FxHashMap<u64, Live> = FxHashMap::default();
+    let mut cur: u64 = 0;
+    for b in &dump.inherited {
+        let s = site(b.stack);
+        live.insert(
+            b.addr,
+            Live {
+                size: b.size,
+                site: s,
+                tid: 0,
+                bucket: 0,
+            },
+        );
+        cur += b.size;
+        add_series(&mut series_now, s, b.size, true);
+    }
+    let snapshot_peak = |live: &FxHashMap<u64, Live>, cells: &mut Vec<Counts>| {
+        for b in live.values() {
+            if let Some(c) = cell(b.bucket, b.site) {
+                cells[c][PEAK] += b.size;
+            }
+        }
+    };
+    if a.peak_seq == 0 {
+        snapshot_peak(&live, &mut cells);
+    }
+    let mut heap = vec![0u64; nb];
+    let mut at_top = vec![0u64; nb * ns];
+    heap[0] = cur;
+    at_top[..ns].copy_from_slice(&series_now);
+    // Buckets before this one have been started (given the heap as it was when they began).
+    let mut started = 1usize;
+    let mut last_alloc: FxHashMap<u32, u64> = FxHashMap::default();
+    let mut moving: FxHashMap<(u32, u64), Live> = FxHashMap::default();
+    for e in dump.events() {
+        if let EventKind::ReallocOut { addr } = e.kind {
+            if let Some(b) = live.remove(&addr) {
+                cur -= b.size;
+                add_series(&mut series_now, b.site, b.size, false);
+                moving.insert((e.tid, addr), b);
+            }
+            continue;
+        }
+        let bi = bucket_of(e.ts_ns);
+        while started <= bi {
+            heap[started] = cur;
+            at_top[started * ns..(started + 1) * ns].copy_from_slice(&series_now);
+            started += 1;
+        }
+        let bucket = bi as u32;
+        match e.kind {
+            EventKind::Alloc {
+                addr, size, stack, ..
+            } => {
+                let s = site(stack);
+                if let Some(c) = cell(bucket, s) {
+                    cells[c][ALLOCATIONS] += 1;
+                    cells[c][BYTES] += size;
+                }
+                let new = Live {
+                    size,
+                    site: s,
+                    tid: e.tid,
+                    bucket,
+                };
+                if let Some(old) = live.insert(addr, new) {
+                    cur -= old.size;
+                    add_series(&mut series_now, old.site, old.size, false);
+                }
+                cur += size;
+                add_series(&mut series_now, s, size, true);
+                last_alloc.insert(e.tid, addr);
+            }
+            EventKind::Free { addr } => {
+                if let Some(b) = live.remove(&addr) {
+                    cur -= b.size;
+                    add_series(&mut series_now, b.site, b.size, false);
+                    if last_alloc.get(&b.tid) == Some(&addr) {
+                        last_alloc.remove(&b.tid);
+                        if let Some(c) = cell(b.bucket, b.site) {
+                            cells[c][TEMPORARY] += 1;
+                        }
+                    }
+                }
+            }
+            EventKind::Realloc {
+                old_addr,
+                new_addr,
+                size,
+                stack,
+                ..
+            } => {
+                let s = site(stack);
+                let old = moving.remove(&(e.tid, old_addr)).or_else(|| {
+                    let b = live.remove(&old_addr)?;
+                    cur -= b.size;
+                    add_series(&mut series_now, b.site, b.size, false);
+                    Some(b)
+                });
+                let (old_size, old_tid) = old.map_or((0, e.tid), |b| (b.size, b.tid));
+                if last_alloc.get(&old_tid) == Some(&old_addr) {
+                    last_alloc.remove(&old_tid);
+                }
+                if !(new_addr == 0 && size == 0) {
+                    if let Some(c) = cell(bucket, s) {
+                        let c = &mut cells[c];
+                        c[REALLOCS] += 1;
+                        c[BYTES] += size;
+                        if size > old_size {
+                            c[GREW] += 1;
+                        } else if size < old_size {
+                            c[SHRANK] += 1;
+                        }
+                        if new_addr != old_addr {
+                            c[MOVED] += 1;
+                            c[BYTES_COPIED] += old_size.min(size);
+                        } else {
+                            c[IN_PLACE] += 1;
+                        }
+                    }
+                    live.insert(
+                        new_addr,
+                        Live {
+                            size,
+                            site: s,
+                            tid: e.tid,
+                            bucket,
+                        },
+                    );
+                    cur += size;
+                    add_series(&mut series_now, s, size, true);
+                }
+                last_alloc.remove(&e.tid);
+            }
+            EventKind::AllocFailed { .. } => {
+                last_alloc.remove(&e.tid);
+            }
+            EventKind::ReallocOut { .. } => {} // handled above
+        }
+        if cur > heap[bi] {
+            heap[bi] = cur;
+            at_top[bi * ns..(bi + 1) * ns].copy_from_slice(&series_now);
+        }
+        if e.seq == a.peak_seq && a.peak_seq > 0 {
+            snapshot_peak(&live, &mut cells);
+        }
+    }
+    while started < nb {
+        heap[started] = cur;
+        at_top[started * ns..(started + 1) * ns].copy_from_slice(&series_now);
+        started += 1;
+    }
+    for b in live.values() {
+        if let Some(c) = cell(b.bucket, b.site) {
+            cells[c][LEAKED] += b.size;
+            cells[c][LEAKED_BLOCKS] += 1;
+        }
+    }
+
+    let counters = (0..COUNTERS.len())
+        .map(|k| {
+            (0..nb)
+                .map(|b| {
+                    let mut flat = Vec::new();
+                    for s in 0..n_sites {
+                        let v = cells[b * n_sites + s][k];
+                        if v > 0 {
+                            flat.extend([s as u64, v]);
+                        }
+                    }
+                    flat
+                })
+                .collect()
+        })
+        .collect();
+    let series = series_sites
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| Series {
+            site: s,
+            live: (0..nb).map(|b| at_top[b * ns + i]).collect(),
+        })
+        .collect();
+    Timeline {
+        start_ns,
+        bucket_ns,
+        heap,
+        series,
+        counters,
+    }
+}
+
+/// Per site (matched across the runs by [`reports::site_key`]), the diff metrics of both runs.
+fn diff(
+    a: &Analysis,
+    sym: &mut Symbolizer,
+    base: Base,
+    opts: &Options,
+    limits: Limits,
+    intern: &mut Interner,
+) -> Diff {
+    struct Side {
+        name: String,
+        stack: Vec<Frame>,
+        values: [u64; DIFF_METRICS.len()],
+    }
+    fn sides(a: &Analysis, sym: &mut Symbolizer, opts: &Options) -> HashMap<Vec<FrameKey>, Side> {
+        let mut out: HashMap<Vec<FrameKey>, Side> = HashMap::new();
+        for (id, s) in reports::merged_sites(a, sym) {
+            let site = reports::site(sym, id, opts);
+            let t = totals(&s);
+            let values = DIFF_METRICS.map(|m| t[m]);
+            out.insert(
+                reports::site_key(&site.stack),
+                Side {
+                    name: site.site,
+                    stack: site.stack,
+                    values,
+                },
+            );
+        }
+        out
+    }
+    let base_report = reports::report(base.dump, base.analysis, base.sym, opts);
+    let mut before = sides(base.analysis, base.sym, opts);
+    let mut after = sides(a, sym, opts);
+    let mut keys: Vec<Vec<FrameKey>> = before.keys().chain(after.keys()).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    let zero = [0u64; DIFF_METRICS.len()];
+    let value =
+        |m: &HashMap<Vec<FrameKey>, Side>, k: &Vec<FrameKey>| m.get(k).map_or(zero, |s| s.values);
+    let changed: Vec<&Vec<FrameKey>> = keys
+        .iter()
+        .filter(|k| value(&before, k) != value(&after, k))
+        .collect();
+    let mut kept = vec![false; changed.len()];
+    for m in 0..DIFF_METRICS.len() {
+        let mut v: Vec<(u64, usize)> = changed
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (value(&before, k)[m].abs_diff(value(&after, k)[m]), i))
+            .filter(|&(d, _)| d > 0)
+            .collect();
+        v.sort_unstable_by_key(|&(d, i)| (Reverse(d), i));
+        for &(_, i) in v.iter().take(limits.top) {
+            kept[i] = true;
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, k) in changed.iter().enumerate() {
+        if !kept[i] {
+            continue;
+        }
+        let (b, c) = (value(&before, k), value(&after, k));
+        // Named and drawn as in the current run where it exists there.
+        let side = after.remove(*k).or_else(|| before.remove(*k));
+        let Some(side) = side else { continue };
+        rows.push(DiffRow {
+            name: side.name,
+            stack: intern.stack(&side.stack),
+            base: b,
+            current: c,
+        });
+    }
+    Diff {
+        metrics: DIFF_METRICS.map(|m| COUNTERS[m]),
+        base: base_report,
+        rows,
+        sites_differing: changed.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use zmtrace_format::event::{encode_alloc, encode_free, encode_realloc, EventBuf};
+    use zmtrace_format::{write, AllocKind, End, EndReason, Origin, Process};
+
+    use super::*;
+    use crate::analyze;
+
+    #[derive(Clone, Copy)]
+    enum Ev {
+        Alloc(u64, u64, u32),        // addr, size, stack
+        Free(u64),                   // addr
+        Realloc(u64, u64, u64, u32), // old, new, size, stack (its old block leaves at seq - 1)
+    }
+
+    /// A dump of `events` (tid, seq, ts, event); stacks 1 to 4 are one frame each, at no module
+    /// (so each is its own site, named by its address).
+    fn dump(events: &[(u32, u64, u64, Ev)]) -> Dump {
+        let mut out = write::file_header().to_vec();
+        write::process(
+            &mut out,
+            &Process {
+                pid: 42,
+                ppid: 1,
+                origin: Origin::Start,
+                parent_pid: 0,
+                fork_seq: 0,
+                start_unix_ns: 0,
+                session: "s".into(),
+                exe: "/bin/t".into(),
+                argv: vec!["t".into()],
+            },
+        );
+        let frames: Vec<[u64; 1]> = (1..=4u64).map(|i| [i * 0x1000]).collect();
+        write::stacks(
+            &mut out,
+            frames
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (i as u32 + 1, &f[..])),
+        );
+        let mut tids: Vec<u32> = events.iter().map(|e| e.0).collect();
+        tids.sort_unstable();
+        tids.dedup();
+        for tid in tids {
+            let mut raw = Vec::new();
+            for &(_, seq, ts, ev) in events.iter().filter(|e| e.0 == tid) {
+                let mut b = EventBuf::default();
+                match ev {
+                    Ev::Alloc(addr, size, stack) => {
+                        encode_alloc(&mut b, seq, ts, AllocKind::Malloc, addr, size, size, stack)
+                    }
+                    Ev::Free(addr) => encode_free(&mut b, seq, ts, addr),
+                    Ev::Realloc(old, new, size, stack) => {
+                        encode_realloc(&mut b, seq, seq - 1, ts, old, new, size, size, stack)
+                    }
+                }
+                raw.extend_from_slice(b.as_slice());
+            }
+            let mut packed = Vec::new();
+            zmtrace_format::event::pack(&raw, &mut packed);
+            let z = zstd::bulk::compress(&packed, 1).unwrap();
+            write::events(&mut out, tid, tid, packed.len(), &z);
+        }
+        write::end(
+            &mut out,
+            &End {
+                reason: EndReason::Exit,
+                status: 0,
+                events: events.len() as u64,
+                dropped: 0,
+                untracked_frees: 0,
+                free_null: 0,
+                truncated_stacks: 0,
+                compared_stacks: 0,
+                mismatched_stacks: 0,
+            },
+        );
+        Dump::from_bytes(Path::new("test.zmt"), out).unwrap()
+    }
+
+    /// Two threads, ten buckets of 100 ns: a temporary block, a moving realloc, a peak of 2,060
+    /// bytes at seq 12, and 67 bytes leaked from three blocks.
+    fn sample() -> Dump {
+        dump(&[
+            (1, 2, 0, Ev::Alloc(0x100, 100, 1)),
+            (1, 4, 10, Ev::Free(0x100)),
+            (1, 6, 100, Ev::Alloc(0x200, 1000, 2)),
+            (2, 8, 200, Ev::Alloc(0x300, 50, 3)),
+            (1, 10, 300, Ev::Realloc(0x200, 0x400, 2000, 4)),
+            (1, 12, 400, Ev::Alloc(0x500, 10, 1)),
+            (2, 14, 500, Ev::Free(0x400)),
+            (2, 16, 999, Ev::Alloc(0x600, 7, 3)),
+        ])
+    }
+
+    const LIMITS: Limits = Limits {
+        top: 100,
+        buckets: 10,
+        series: 2,
+    };
+
+    fn build_of(d: &Dump, limits: Limits) -> ViewData {
+        let a = analyze(d, true, &mut |_, _| {});
+        let mut sym = Symbolizer::new(d);
+        build(d, &a, &mut sym, &Options::default(), limits, None)
+    }
+
+    /// counter -> bucket -> site -> value
+    fn cells(t: &Timeline) -> Vec<Vec<HashMap<usize, u64>>> {
+        t.counters
+            .iter()
+            .map(|per| {
+                per.iter()
+                    .map(|flat| flat.chunks(2).map(|p| (p[0] as usize, p[1])).collect())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn site_named(v: &ViewData, name: &str) -> usize {
+        v.sites
+            .iter()
+            .position(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no site {name}"))
+    }
+
+    #[test]
+    fn buckets_add_up_to_the_reports_numbers() {
+        let d = sample();
+        let v = build_of(&d, LIMITS);
+        let r = &v.report;
+        assert_eq!(
+            (r.allocations, r.bytes_allocated, r.temporary, r.reallocs),
+            (5, 3167, 1, 1)
+        );
+        assert_eq!(
+            (r.peak_bytes, r.leaked_bytes, r.leaked_blocks),
+            (2060, 67, 3)
+        );
+        let t = v.timeline.as_ref().expect("a timeline");
+        assert_eq!((t.start_ns, t.bucket_ns, t.heap.len()), (0, 100, 10));
+        let c = cells(t);
+        // Every site's buckets add up to its whole-run numbers, and those to the report's.
+        for (i, site) in v.sites.iter().enumerate() {
+            for k in 0..COUNTERS.len() {
+                let sum: u64 = c[k].iter().map(|b| b.get(&i).copied().unwrap_or(0)).sum();
+                assert_eq!(sum, site.totals[k], "{} of {}", COUNTERS[k], site.name);
+            }
+        }
+        let total = |k: usize| v.sites.iter().map(|s| s.totals[k]).sum::<u64>();
+        assert_eq!(total(ALLOCATIONS), r.allocations);
+        assert_eq!(total(BYTES), r.bytes_allocated);
+        assert_eq!(total(TEMPORARY), r.temporary);
+        assert_eq!(total(REALLOCS), r.reallocs);
+        assert_eq!(total(LEAKED), r.leaked_bytes);
+        assert_eq!(total(LEAKED_BLOCKS), r.leaked_blocks);
+        assert_eq!(total(PEAK), r.peak_bytes);
+    }
+
+    #[test]
+    fn blocks_count_in_the_bucket_of_their_allocation() {
+        let d = sample();
+        let v = build_of(&d, LIMITS);
+        let t = v.timeline.as_ref().unwrap();
+        let c = cells(t);
+        let (s1, s2, s3, s4) = (
+            site_named(&v, "0x1000"),
+            site_named(&v, "0x2000"),
+            site_named(&v, "0x3000"),
+            site_named(&v, "0x4000"),
+        );
+        let at = |k: usize, b: usize| {
+            let mut v: Vec<(usize, u64)> = c[k][b].iter().map(|(&s, &n)| (s, n)).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(at(ALLOCATIONS, 0), vec![(s1, 1)]);
+        assert_eq!(
+            at(TEMPORARY, 0),
+            vec![(s1, 1)],
+            "freed in bucket 0, made there"
+        );
+        assert_eq!(at(BYTES, 1), vec![(s2, 1000)]);
+        assert_eq!(at(BYTES, 3), vec![(s4, 2000)], "the realloc's new size");
+        for k in [REALLOCS, GREW, MOVED] {
+            assert_eq!(at(k, 3), vec![(s4, 1)], "{}", COUNTERS[k]);
+        }
+        assert_eq!(at(BYTES_COPIED, 3), vec![(s4, 1000)]);
+        // Live at the peak (seq 12): 50 bytes made in bucket 2, 2,000 in 3, 10 in 4.
+        assert_eq!(at(PEAK, 2), vec![(s3, 50)]);
+        assert_eq!(at(PEAK, 3), vec![(s4, 2000)]);
+        assert_eq!(at(PEAK, 4), vec![(s1, 10)]);
+        assert_eq!(at(LEAKED, 2), vec![(s3, 50)]);
+        assert_eq!(at(LEAKED, 4), vec![(s1, 10)]);
+        assert_eq!(at(LEAKED, 9), vec![(s3, 7)]);
+        // The heap's highest point per bucket (the first block is gone after 10 ns); bucket 5
+        // starts at the peak, then the free.
+        assert_eq!(
+            t.heap,
+            vec![100, 1000, 1050, 2050, 2060, 2060, 60, 60, 60, 67]
+        );
+        // The two sites that held most at the peak, at each bucket's highest point.
+        assert_eq!(
+            t.series.iter().map(|s| s.site).collect::<Vec<_>>(),
+            vec![s4, s3]
+        );
+        assert_eq!(
+            t.series[0].live,
+            vec![0, 0, 0, 2000, 2000, 2000, 0, 0, 0, 0]
+        );
+        assert_eq!(t.series[1].live, vec![0, 0, 50, 50, 50, 50, 50, 50, 50, 57]);
+    }
+
+    #[test]
+    fn small_sites_are_folded_into_one() {
+        let d = sample();
+        // One site per metric: 0x1000 (most allocations, temporaries), 0x4000 (bytes, reallocs,
+        // peak, copies), 0x3000 (leaks); 0x2000 is folded.
+        let v = build_of(&d, Limits { top: 1, ..LIMITS });
+        assert_eq!(v.sites_in_dump, 4);
+        let other = v.other.expect("an other-sites entry");
+        assert_eq!(v.sites.len(), 4);
+        assert_eq!(v.sites[other].name, "(1 other site)");
+        assert_eq!(v.sites[other].totals[ALLOCATIONS], 1);
+        assert_eq!(v.sites[other].totals[BYTES], 1000);
+        assert!(v.sites.iter().all(|s| s.name != "0x2000"));
+        let c = cells(v.timeline.as_ref().unwrap());
+        assert_eq!(c[BYTES][1].get(&other), Some(&1000));
+        assert_eq!(v.leaks.len(), 1);
+        assert_eq!(v.sites[v.leaks[0].site].name, "0x3000");
+        assert_eq!((v.leaks[0].blocks, v.leaks[0].bytes), (2, 57));
+        assert_eq!(v.leak_groups, 2);
+    }
+
+    #[test]
+    fn diff_matches_sites_across_runs() {
+        let base = dump(&[
+            (1, 2, 0, Ev::Alloc(0x100, 100, 1)),
+            (1, 4, 10, Ev::Alloc(0x200, 500, 2)),
+        ]);
+        let d = sample();
+        let a = analyze(&d, true, &mut |_, _| {});
+        let mut sym = Symbolizer::new(&d);
+        let ba = analyze(&base, true, &mut |_, _| {});
+        let mut bsym = Symbolizer::new(&base);
+        let v = build(
+            &d,
+            &a,
+            &mut sym,
+            &Options::default(),
+            LIMITS,
+            Some(Base {
+                dump: &base,
+                analysis: &ba,
+                sym: &mut bsym,
+            }),
+        );
+        let diff = v.diff.expect("a diff");
+        assert_eq!(diff.base.bytes_allocated, 600);
+        let row = |name: &str| {
+            diff.rows
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("no row {name}"))
+        };
+        let bytes = diff.metrics.iter().position(|&m| m == "bytes").unwrap();
+        let leaked = diff.metrics.iter().position(|&m| m == "leaked").unwrap();
+        assert_eq!(
+            (row("0x2000").base[bytes], row("0x2000").current[bytes]),
+            (500, 1000)
+        );
+        assert_eq!(
+            (row("0x2000").base[leaked], row("0x2000").current[leaked]),
+            (500, 0)
+        );
+        assert_eq!(
+            (row("0x3000").base[bytes], row("0x3000").current[bytes]),
+            (0, 57)
+        );
+        // 0x1000: 100 bytes in the base; 110 now, 10 of them leaked (100 were in the base).
+        assert_eq!(row("0x1000").base[bytes], 100);
+        assert_eq!(row("0x1000").current[bytes], 110);
+        assert_eq!(diff.sites_differing, 4);
+    }
+
+    #[test]
+    fn a_dump_without_events_has_no_timeline() {
+        let d = dump(&[]);
+        let v = build_of(&d, LIMITS);
+        assert!(v.timeline.is_none());
+        assert!(v.no_timeline.unwrap().contains("no timeline"));
+        assert!(v.sites.is_empty());
+    }
+}

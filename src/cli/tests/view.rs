@@ -1,0 +1,405 @@
+//! `zmtrace view`, end to end: the page of a sample's dump, driven in headless Chromium (see
+//! `cdp/`), shows the same numbers as `zmtrace report --json`, opens a leak's stack, follows a
+//! time range, compares two runs, and logs no error. Screenshots are kept in
+//! `target/view-artifacts/`.
+
+mod cdp;
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cdp::Browser;
+use common::*;
+use serde_json::Value;
+
+fn leaky_dump() -> &'static Path {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    let run = RUN.get_or_init(|| run_traced(&sample("leaky"), &[]));
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    &run.only_dump().path
+}
+
+fn churn_dump() -> &'static Path {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    let run = RUN.get_or_init(|| run_traced(&sample("churn"), &[]));
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    &run.only_dump().path
+}
+
+/// Where the pages and screenshots stay after the tests, for CI to keep.
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("view-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn zmtrace_ok(args: &[&str]) -> String {
+    let f = run_zmtrace(args);
+    assert_eq!(f.code, Some(0), "zmtrace {args:?} failed:\n{}", f.stderr);
+    f.stdout
+}
+
+fn report_json(dump: &Path) -> Value {
+    serde_json::from_str(&zmtrace_ok(&["report", dump.to_str().unwrap(), "--json"])).unwrap()
+}
+
+fn view(dump: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec!["view", dump.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    zmtrace_ok(&args);
+}
+
+fn url(path: &Path) -> String {
+    format!("file://{}", path.canonicalize().unwrap().display())
+}
+
+/// "1,234" -> 1234.
+fn number(v: &Value) -> u64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not text: {v}"));
+    s.replace(',', "")
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number: {s:?}"))
+}
+
+/// The line of `samples/<file>` that holds `text`.
+fn line_of(file: &str, text: &str) -> usize {
+    let src = std::fs::read_to_string(workspace_root().join("samples").join(file)).unwrap();
+    src.lines()
+        .position(|l| l.contains(text))
+        .unwrap_or_else(|| panic!("{file} has no line with {text:?}"))
+        + 1
+}
+
+#[test]
+fn the_page_shows_the_report_opens_leaks_and_follows_a_time_range() {
+    let dump = leaky_dump();
+    let report = report_json(dump);
+    let dir = artifacts();
+    let html = dir.join("leaky.html");
+    view(dump, &html, &[]);
+
+    let mut browser = Browser::launch(&fresh_dir("chromium"), 1280, 900);
+    let mut page = browser.page();
+    page.navigate(&url(&html));
+
+    // Every number of the report is on the page, exactly.
+    let shown = page.eval(
+        "Object.fromEntries([...document.querySelectorAll('#summary tr[data-field]')]\
+         .map(tr => [tr.dataset.field, tr.querySelector('td.exact').textContent]))",
+    );
+    let mut compared = 0;
+    for (field, v) in report.as_object().unwrap() {
+        let Some(n) = v.as_u64() else { continue };
+        if field == "pid" {
+            continue; // in the title
+        }
+        assert_eq!(number(&shown[field]), n, "summary field {field}: {shown}");
+        compared += 1;
+    }
+    assert_eq!(compared, 13, "the report's numbers: {report}");
+
+    // The largest leak is zs_leak_page's page; a click on its row opens its stack.
+    let first = page.eval("document.querySelector('#leaks tbody tr td.site').textContent");
+    assert_eq!(first, "zs_leak_page");
+    assert_eq!(
+        page.eval("document.getElementById('leaks-detail').hidden"),
+        true
+    );
+    page.click_on("#leaks tbody tr:first-child td.site");
+    let detail = page.eval("document.getElementById('leaks-detail').innerText");
+    let detail = detail.as_str().unwrap();
+    let line = line_of("leaky.c", "g_leaks[3] = malloc(4096);");
+    for want in [
+        "zs_leak_page".to_string(),
+        format!("leaky.c:{line}"),
+        "zs_finish".to_string(),
+        "4,096 bytes in 1 block ".to_string(),
+    ] {
+        assert!(
+            detail.contains(&want),
+            "no {want:?} in the stack shown:\n{detail}"
+        );
+    }
+    // Sorted by bytes, largest first; a click on the header turns the order round.
+    let bytes = |page: &mut cdp::Page| -> Vec<u64> {
+        let v = page.eval(
+            "[...document.querySelectorAll('#leaks tbody tr')].map(tr => tr.cells[2].textContent.split(' ')[0])",
+        );
+        v.as_array().unwrap().iter().map(number).collect()
+    };
+    let descending = bytes(&mut page);
+    assert!(
+        descending.len() >= 2 && descending.windows(2).all(|w| w[0] >= w[1]),
+        "{descending:?}"
+    );
+    page.click_on("#leaks thead th[data-key=bytes]");
+    let mut ascending = bytes(&mut page);
+    ascending.reverse();
+    assert_eq!(ascending, descending);
+    // The filter keeps the matching rows.
+    page.type_into("#leaks-filter", "small");
+    let rows = page
+        .eval("[...document.querySelectorAll('#leaks tbody td.site')].map(td => td.textContent)");
+    assert_eq!(rows, serde_json::json!(["zs_leak_small"]));
+
+    // Searching the flamegraph of leaked bytes for the sample's leaking functions finds their
+    // 4,096 + 3 x 100 bytes.
+    page.click_on("#flame-metrics button[data-metric=leaked]");
+    page.type_into("#flame-search", "zs_leak_");
+    let matched = page.eval("document.getElementById('flame-match').dataset.value");
+    assert_eq!(matched, "4396");
+    page.eval(
+        "const s = document.getElementById('flame-search'); s.value = ''; \
+         s.dispatchEvent(new Event('input'))",
+    );
+    assert_eq!(
+        page.eval("document.getElementById('flame-match').textContent"),
+        ""
+    );
+
+    // The flamegraph of allocations counts every allocation of the run.
+    page.click_on("#flame-metrics button[data-metric=allocations]");
+    let total = |page: &mut cdp::Page| {
+        page.eval("Number(document.getElementById('flame-total').dataset.value)")
+            .as_u64()
+            .unwrap()
+    };
+    let whole = total(&mut page);
+    assert_eq!(whole, report["allocations"].as_u64().unwrap());
+
+    // Dragging across the second half of the chart selects that time: the flamegraph then counts
+    // the allocations made in it, as the dump's own events say.
+    let (left, top, width, height) = page.rect("#chart");
+    let plot_left = left + 74.0; // the chart's left margin (axis labels)
+    let plot_width = width - 74.0 - 12.0;
+    page.drag(
+        plot_left + plot_width * 0.5,
+        plot_left + plot_width - 1.0,
+        top + height / 2.0,
+    );
+    let info = page.eval("Object.assign({}, document.getElementById('range-info').dataset)");
+    assert_eq!(info["selected"], "yes", "{info}");
+    let start: u64 = info["startNs"].as_str().unwrap().parse().unwrap();
+    let end: u64 = info["endNs"].as_str().unwrap().parse().unwrap();
+    let events = zmtrace_format::Dump::open(dump).unwrap().all_events();
+    let in_range = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Alloc { .. }))
+        .filter(|e| (start..end).contains(&e.ts_ns))
+        .count() as u64;
+    let selected = total(&mut page);
+    assert_eq!(selected, in_range, "allocations in {start}..{end} ns");
+    assert_ne!(
+        selected, whole,
+        "the range {start}..{end} ns changes the flamegraph"
+    );
+    let flame_note = page.eval("document.getElementById('flame-range').textContent");
+    assert_eq!(flame_note, " in the selected range");
+
+    // A click on a frame zooms on it and shows its stack.
+    let (fl, ft, fw, _) = page.rect("#flame");
+    page.click(fl + fw / 2.0, ft + 18.0 * 1.5);
+    let detail = page.eval("document.getElementById('flame-detail').innerText");
+    assert!(detail.as_str().unwrap().contains("allocations"), "{detail}");
+
+    page.screenshot(&dir.join("leaky.png"));
+    let png = std::fs::read(dir.join("leaky.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a screenshot"
+    );
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
+}
+
+#[test]
+fn the_diff_shows_what_grew_and_what_shrank() {
+    let (leaky, churn) = (leaky_dump(), churn_dump());
+    let (now, base) = (report_json(leaky), report_json(churn));
+    let dir = artifacts();
+    let html = dir.join("diff.html");
+    view(leaky, &html, &["--base", churn.to_str().unwrap()]);
+
+    let mut browser = Browser::launch(&fresh_dir("chromium"), 1280, 900);
+    let mut page = browser.page();
+    page.navigate(&url(&html));
+    assert_eq!(
+        page.eval("document.getElementById('diff-section').hidden"),
+        false
+    );
+    let change = page.eval(
+        "document.querySelector('#diff-summary tr[data-field=leaked_bytes] td:last-child').textContent",
+    );
+    let delta = now["leaked_bytes"].as_i64().unwrap() - base["leaked_bytes"].as_i64().unwrap();
+    let shown = change
+        .as_str()
+        .unwrap()
+        .replace(['+', ','], "")
+        .replace('−', "-");
+    assert_eq!(shown.parse::<i64>().unwrap(), delta, "{change}");
+
+    page.click_on("#diff-metrics button[data-metric=leaked]");
+    let rows = page.eval(
+        "Object.fromEntries([...document.querySelectorAll('#diff tbody tr')].map(tr => \
+         [tr.cells[0].textContent, [...tr.cells].slice(2, 5).map(td => td.textContent)]))",
+    );
+    // leaky leaks a page from zs_leak_page, churn 16,016 bytes from zs_grow_fixed.
+    assert_eq!(
+        rows["zs_leak_page"],
+        serde_json::json!(["0", "4,096", "+4,096"])
+    );
+    assert_eq!(
+        rows["zs_grow_fixed"],
+        serde_json::json!(["16,016", "0", "−16,016"])
+    );
+    page.click_on("#diff tbody tr:first-child");
+    assert_eq!(
+        page.eval("document.getElementById('diff-detail').hidden"),
+        false
+    );
+    page.screenshot(&dir.join("diff.png"));
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
+}
+
+/// A dump with no events, as an aggregated recording makes: the page says there is no timeline
+/// and shows the rest.
+#[test]
+fn a_dump_without_events_shows_no_chart() {
+    use zmtrace_format::{write, End, EndReason, Origin, Process};
+    let dir = fresh_dir("no-events");
+    let mut bytes = write::file_header().to_vec();
+    write::process(
+        &mut bytes,
+        &Process {
+            pid: 4242,
+            ppid: 1,
+            origin: Origin::Start,
+            parent_pid: 0,
+            fork_seq: 0,
+            start_unix_ns: 1,
+            session: "s".into(),
+            exe: "/bin/quiet".into(),
+            argv: vec!["quiet".into()],
+        },
+    );
+    write::end(
+        &mut bytes,
+        &End {
+            reason: EndReason::Exit,
+            status: 0,
+            events: 0,
+            dropped: 0,
+            untracked_frees: 0,
+            free_null: 0,
+            truncated_stacks: 0,
+            compared_stacks: 0,
+            mismatched_stacks: 0,
+        },
+    );
+    let dump = dir.join("quiet.zmt");
+    std::fs::write(&dump, bytes).unwrap();
+    let html = artifacts().join("no-events.html");
+    view(&dump, &html, &[]);
+
+    let mut browser = Browser::launch(&fresh_dir("chromium"), 1280, 900);
+    let mut page = browser.page();
+    page.navigate(&url(&html));
+    let shown = page.eval(
+        "[document.getElementById('timeline-missing').hidden, \
+          document.getElementById('timeline-missing').textContent, \
+          document.getElementById('timeline-body').hidden, \
+          document.getElementById('flame-total').textContent, \
+          document.getElementById('title').textContent]",
+    );
+    assert_eq!(
+        shown,
+        serde_json::json!([
+            false,
+            "this dump has no timeline (recorded with --aggregate, or no events)",
+            true,
+            "0",
+            "quiet (pid 4242)"
+        ])
+    );
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
+}
+
+#[test]
+fn serve_answers_with_the_same_page() {
+    let dump = leaky_dump();
+    let file = fresh_dir("serve").join("page.html");
+    view(dump, &file, &[]);
+    let mut child = Command::new(zmtrace_bin())
+        .args(["view", dump.to_str().unwrap(), "--serve"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let get = |path: &str| -> String {
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_else(|| panic!("no URL in {line:?}"));
+        assert!(addr.starts_with("127.0.0.1:"), "{line}");
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let page = get("/");
+    let missing = get("/nothing");
+    let _ = child.kill();
+    let _ = child.wait();
+    let (head, body) = page.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/html"), "{head}");
+    assert_eq!(body, std::fs::read_to_string(&file).unwrap());
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}
+
+fn assert_one_line_error(f: &Finished, code: i32, mentions: &str) {
+    assert_eq!(f.code, Some(code), "stderr:\n{}", f.stderr);
+    assert_eq!(f.stderr.trim().lines().count(), 1, "{}", f.stderr);
+    assert!(f.stderr.contains(mentions), "{}", f.stderr);
+}
+
+#[test]
+fn bad_input_and_unwritable_output_fail_with_one_line() {
+    let dir = fresh_dir("view-errors");
+    let not_a_dump = dir.join("notes.zmt");
+    std::fs::write(&not_a_dump, "not a dump").unwrap();
+    let out = dir.join("out.html");
+    let o = out.to_str().unwrap();
+    let f = run_zmtrace(&["view", not_a_dump.to_str().unwrap(), "-o", o]);
+    assert_one_line_error(&f, 2, "not a zmtrace dump");
+    assert!(!out.exists(), "no page for a bad dump");
+
+    let d = leaky_dump().to_str().unwrap();
+    let f = run_zmtrace(&["view", d, "--base", not_a_dump.to_str().unwrap(), "-o", o]);
+    assert_one_line_error(&f, 2, "not a zmtrace dump");
+    let missing = dir.join("missing.zmt");
+    let f = run_zmtrace(&["view", missing.to_str().unwrap(), "-o", o]);
+    assert_one_line_error(&f, 2, "missing.zmt");
+
+    // Root ignores permission bits: the unwritable paths are beneath a regular file.
+    let under_file = not_a_dump.join("out.html");
+    let f = run_zmtrace(&["view", d, "-o", under_file.to_str().unwrap()]);
+    assert_one_line_error(&f, 125, "cannot write");
+    let f = run_zmtrace(&["view", d, "-o", dir.to_str().unwrap()]);
+    assert_one_line_error(&f, 125, "cannot write");
+}
