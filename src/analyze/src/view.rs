@@ -417,11 +417,17 @@ pub fn build(
         .collect();
     let churn_sites = merged.iter().filter(|(_, s)| s.churn.reallocs > 0).count() as u64;
 
-    let (timeline, no_timeline) = if a.events == 0 {
+    let (timeline, no_timeline) = if a.aggregated {
         (
             None,
-            Some("this dump has no timeline (recorded with --aggregate, or no events)".into()),
+            Some(
+                "this dump has no timeline: it was recorded with --aggregate (counters only); \
+                 everything else is here"
+                    .into(),
+            ),
         )
+    } else if a.events == 0 {
+        (None, Some("this dump has no events, so no timeline".into()))
     } else {
         let mut site_of: FxHashMap<u32, u32> = FxHashMap::default();
         for &id in a.sites.keys() {

@@ -268,8 +268,7 @@ fn the_diff_shows_what_grew_and_what_shrank() {
     assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
 }
 
-/// A dump with no events, as an aggregated recording makes: the page says there is no timeline
-/// and shows the rest.
+/// A dump with no events: the page says there is no timeline and shows the rest.
 #[test]
 fn a_dump_without_events_shows_no_chart() {
     use zmtrace_format::{write, End, EndReason, Origin, Process};
@@ -287,6 +286,7 @@ fn a_dump_without_events_shows_no_chart() {
             session: "s".into(),
             exe: "/bin/quiet".into(),
             argv: vec!["quiet".into()],
+            aggregated: false,
         },
     );
     write::end(
@@ -322,12 +322,70 @@ fn a_dump_without_events_shows_no_chart() {
         shown,
         serde_json::json!([
             false,
-            "this dump has no timeline (recorded with --aggregate, or no events)",
+            "this dump has no events, so no timeline",
             true,
             "0",
             "quiet (pid 4242)"
         ])
     );
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
+}
+
+/// An aggregated recording (`zmtrace run --aggregate`): no chart, and everything else from the
+/// counters: the report's numbers, the leak table, the flamegraphs.
+#[test]
+fn an_aggregated_dump_shows_everything_but_the_timeline() {
+    let run = run_traced_opts(&sample("leaky"), &[], &["--aggregate"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let dump = &run.only_dump().path;
+    let report = report_json(dump);
+    let html = artifacts().join("aggregated.html");
+    view(dump, &html, &[]);
+
+    let mut browser = Browser::launch(&fresh_dir("chromium"), 1280, 900);
+    let mut page = browser.page();
+    page.navigate(&url(&html));
+    let missing = page.eval(
+        "[document.getElementById('timeline-missing').hidden, \
+          document.getElementById('timeline-missing').textContent, \
+          document.getElementById('timeline-body').hidden]",
+    );
+    assert_eq!(missing[0], false);
+    assert!(
+        missing[1].as_str().unwrap().contains("--aggregate"),
+        "{missing}"
+    );
+    assert_eq!(missing[2], true);
+    let shown = page.eval(
+        "Object.fromEntries([...document.querySelectorAll('#summary tr[data-field]')]\
+         .map(tr => [tr.dataset.field, tr.querySelector('td.exact').textContent]))",
+    );
+    for field in [
+        "allocations",
+        "frees",
+        "reallocs",
+        "leaked_bytes",
+        "temporary",
+    ] {
+        assert_eq!(
+            number(&shown[field]),
+            report[field].as_u64().unwrap(),
+            "summary field {field}: {shown}"
+        );
+    }
+    let first = page.eval("document.querySelector('#leaks tbody tr td.site').textContent");
+    assert_eq!(first, "zs_leak_page");
+    page.click_on("#flame-metrics button[data-metric=allocations]");
+    let total = page
+        .eval("Number(document.getElementById('flame-total').dataset.value)")
+        .as_u64()
+        .unwrap();
+    assert_eq!(total, report["allocations"].as_u64().unwrap());
+    page.click_on("#flame-metrics button[data-metric=leaked]");
+    page.type_into("#flame-search", "zs_leak_");
+    let matched = page.eval("document.getElementById('flame-match').dataset.value");
+    assert_eq!(matched, "4396");
+    page.screenshot(&artifacts().join("aggregated.png"));
     assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
 }
 
