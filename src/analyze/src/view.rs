@@ -828,6 +828,7 @@ mod tests {
                 session: "s".into(),
                 exe: "/bin/t".into(),
                 argv: vec!["t".into()],
+                aggregated: false,
             },
         );
         let frames: Vec<[u64; 1]> = (1..=4u64).map(|i| [i * 0x1000]).collect();
@@ -837,6 +838,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, f)| (i as u32 + 1, &f[..])),
+            &mut |b| zstd::bulk::compress(b, 1).unwrap(),
         );
         let mut tids: Vec<u32> = events.iter().map(|e| e.0).collect();
         tids.sort_unstable();
