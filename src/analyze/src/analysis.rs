@@ -205,7 +205,10 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     // The block each thread allocated last, while it may still turn out temporary.
     let mut last_alloc: HashMap<u32, u64> = HashMap::default();
     let mut tids: HashSet<u32> = HashSet::default();
-    let mut cur: u64 = 0;
+    let mut heap = Heap {
+        track: peak_sites,
+        ..Heap::default()
+    };
     for b in &dump.inherited {
         live.insert(
             b.addr,
@@ -216,10 +219,11 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                 chain: 0,
             },
         );
-        cur += b.size;
+        heap.add(b.stack, b.size);
     }
     a.inherited_blocks = dump.inherited.len() as u64;
-    a.peak_bytes = cur;
+    a.peak_bytes = heap.cur;
+    heap.new_peak();
     // Blocks being reallocated: out of the live set, not yet replaced (see `ReallocOut`).
     let mut moving: HashMap<(u32, u64), Live> = HashMap::default();
     let mut events = dump.events();
@@ -228,7 +232,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
             // Not an event of the program's: the first half of a realloc's numbering.
             match live.remove(&addr) {
                 Some(b) => {
-                    cur -= b.size;
+                    heap.sub(b.stack, b.size);
                     moving.insert((e.tid, addr), b);
                 }
                 None => a.inconsistent += 1,
@@ -260,15 +264,15 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                     },
                 ) {
                     a.inconsistent += 1;
-                    cur -= old.size;
+                    heap.sub(old.stack, old.size);
                 }
-                cur += size;
+                heap.add(stack, size);
                 last_alloc.insert(e.tid, addr);
             }
             EventKind::Free { addr } => match live.remove(&addr) {
                 Some(b) => {
                     a.frees += 1;
-                    cur -= b.size;
+                    heap.sub(b.stack, b.size);
                     if last_alloc.get(&b.tid) == Some(&addr) {
                         last_alloc.remove(&b.tid);
                         a.temporary += 1;
@@ -286,7 +290,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
             } => {
                 let old = moving.remove(&(e.tid, old_addr)).or_else(|| {
                     let b = live.remove(&old_addr)?;
-                    cur -= b.size;
+                    heap.sub(b.stack, b.size);
                     Some(b)
                 });
                 if old.is_none() {
@@ -320,7 +324,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                             chain,
                         },
                     );
-                    cur += size;
+                    heap.add(stack, size);
                 }
                 // A realloc is an allocation of its thread: the block that thread made last is
                 // not temporary any more, and a reallocated block never is (it was allocated,
@@ -335,10 +339,11 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                 last_alloc.remove(&e.tid);
             }
         }
-        if cur > a.peak_bytes {
-            a.peak_bytes = cur;
+        if heap.cur > a.peak_bytes {
+            a.peak_bytes = heap.cur;
             a.peak_ns = e.ts_ns;
             a.peak_seq = e.seq;
+            heap.new_peak();
         }
         a.duration_ns = a.duration_ns.max(e.ts_ns);
     }
@@ -355,18 +360,65 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
             site.leaked_via_realloc += 1;
         }
     }
-    if !peak_sites {
-        return a;
-    }
-    if a.peak_seq > 0 {
-        peak_by_site(dump, &mut a);
-    } else {
-        // The peak is the inherited set itself (or nothing).
-        for b in &dump.inherited {
-            a.sites.entry(b.stack).or_default().peak_bytes += b.size;
+    for (stack, &bytes) in heap.at_peak.iter().enumerate() {
+        if bytes > 0 {
+            a.sites.entry(stack as u32).or_default().peak_bytes = bytes;
         }
     }
     a
+}
+
+/// The heap's size as the replay goes, and (with `track`) what each stack held at its highest
+/// point, found in the same pass: the changes since the last peak are kept per stack and folded
+/// into the peak's picture when a new peak comes, so each change is folded at most once. (A
+/// second replay up to the peak cost as much as the first; a copy of every stack's bytes at
+/// each new peak costs far more when the heap only grows.)
+#[derive(Default)]
+struct Heap {
+    cur: u64,
+    track: bool,
+    /// Indexed by stack id (ids are dense, from 1).
+    since_peak: Vec<i64>,
+    touched: Vec<bool>,
+    touched_list: Vec<u32>,
+    at_peak: Vec<u64>,
+}
+
+impl Heap {
+    fn note(&mut self, stack: u32, delta: i64) {
+        let i = stack as usize;
+        if i >= self.since_peak.len() {
+            let n = (i + 1).next_power_of_two();
+            self.since_peak.resize(n, 0);
+            self.touched.resize(n, false);
+            self.at_peak.resize(n, 0);
+        }
+        self.since_peak[i] += delta;
+        if !self.touched[i] {
+            self.touched[i] = true;
+            self.touched_list.push(stack);
+        }
+    }
+    fn add(&mut self, stack: u32, size: u64) {
+        self.cur += size;
+        if self.track {
+            self.note(stack, size as i64);
+        }
+    }
+    fn sub(&mut self, stack: u32, size: u64) {
+        self.cur -= size;
+        if self.track {
+            self.note(stack, -(size as i64));
+        }
+    }
+    fn new_peak(&mut self) {
+        for s in self.touched_list.drain(..) {
+            let i = s as usize;
+            self.at_peak[i] = (self.at_peak[i] as i64 + self.since_peak[i]) as u64;
+            self.since_peak[i] = 0;
+            self.touched[i] = false;
+        }
+    }
 }
 
 /// An aggregated dump's counters, in the shape a replay gives. A dump cut short before its
@@ -429,49 +481,4 @@ fn from_aggregate(dump: &Dump) -> Analysis {
         site.leaked_via_realloc += via_realloc;
     }
     a
-}
-
-/// Replays again up to the peak to say which stacks held the memory at that moment: keeping a
-/// copy of the per-stack totals at every new peak would cost far more than a second pass.
-fn peak_by_site(dump: &Dump, a: &mut Analysis) {
-    let mut live: HashMap<u64, (u64, u32)> = dump
-        .inherited
-        .iter()
-        .map(|b| (b.addr, (b.size, b.stack)))
-        .collect();
-    for e in dump.events() {
-        if e.seq > a.peak_seq {
-            break;
-        }
-        match e.kind {
-            // The old block leaves here; its Realloc only adds the new one.
-            EventKind::ReallocOut { addr } => {
-                live.remove(&addr);
-            }
-            EventKind::Alloc {
-                addr, size, stack, ..
-            } => {
-                live.insert(addr, (size, stack));
-            }
-            EventKind::Free { addr } => {
-                live.remove(&addr);
-            }
-            EventKind::Realloc {
-                old_addr,
-                new_addr,
-                size,
-                stack,
-                ..
-            } => {
-                live.remove(&old_addr);
-                if !(new_addr == 0 && size == 0) {
-                    live.insert(new_addr, (size, stack));
-                }
-            }
-            EventKind::AllocFailed { .. } => {}
-        }
-    }
-    for (size, stack) in live.into_values() {
-        a.sites.entry(stack).or_default().peak_bytes += size;
-    }
 }
