@@ -205,6 +205,9 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     // The block each thread allocated last, while it may still turn out temporary.
     let mut last_alloc: HashMap<u32, u64> = HashMap::default();
     let mut tids: HashSet<u32> = HashSet::default();
+    let mut last_tid = u32::MAX;
+    // Per stack, indexed by id: a hash lookup per event was a fifth of the replay.
+    let mut sites: ById<SiteStats> = ById::default();
     let mut heap = Heap {
         track: peak_sites,
         ..Heap::default()
@@ -244,14 +247,17 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
             let (done, total) = events.progress();
             progress(done, total);
         }
-        tids.insert(e.tid);
+        if e.tid != last_tid {
+            tids.insert(e.tid);
+            last_tid = e.tid;
+        }
         match e.kind {
             EventKind::Alloc {
                 addr, size, stack, ..
             } => {
                 a.allocations += 1;
                 a.bytes_allocated += size;
-                let site = a.sites.entry(stack).or_default();
+                let site = sites.get(stack);
                 site.allocations += 1;
                 site.bytes += size;
                 if let Some(old) = live.insert(
@@ -276,7 +282,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                     if last_alloc.get(&b.tid) == Some(&addr) {
                         last_alloc.remove(&b.tid);
                         a.temporary += 1;
-                        a.sites.entry(b.stack).or_default().temporary += 1;
+                        sites.get(b.stack).temporary += 1;
                     }
                 }
                 None => a.inconsistent += 1,
@@ -312,7 +318,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                     a.reallocs += 1;
                     a.bytes_allocated += size;
                     let chain = old.chain + 1;
-                    let site = a.sites.entry(stack).or_default();
+                    let site = sites.get(stack);
                     site.bytes += size;
                     site.churn.add(old.size, size, new_addr != old_addr, chain);
                     live.insert(
@@ -334,7 +340,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
             EventKind::ReallocOut { .. } => {} // handled above
             EventKind::AllocFailed { stack, .. } => {
                 a.failed += 1;
-                a.sites.entry(stack).or_default().failed += 1;
+                sites.get(stack).failed += 1;
                 // A failed call is still an allocation attempt of its thread.
                 last_alloc.remove(&e.tid);
             }
@@ -353,19 +359,66 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     for b in live.values() {
         a.leaked_blocks += 1;
         a.leaked_bytes += b.size;
-        let site = a.sites.entry(b.stack).or_default();
+        let site = sites.get(b.stack);
         site.leaked_blocks += 1;
         site.leaked_bytes += b.size;
         if b.chain > 0 {
             site.leaked_via_realloc += 1;
         }
     }
-    for (stack, &bytes) in heap.at_peak.iter().enumerate() {
-        if bytes > 0 {
-            a.sites.entry(stack as u32).or_default().peak_bytes = bytes;
+    for (stack, h) in heap.by_stack.iter() {
+        if h.at_peak > 0 {
+            sites.get(stack).peak_bytes = h.at_peak;
         }
     }
+    a.sites = sites
+        .iter()
+        .filter(|(_, s)| **s != SiteStats::default())
+        .map(|(id, s)| (id, s.clone()))
+        .collect();
     a
+}
+
+/// Values by stack id: in a vector for the ids a recorder hands out (dense, from 1), in a map
+/// beyond (a damaged dump's ids must not size the vector).
+struct ById<T> {
+    dense: Vec<T>,
+    sparse: HashMap<u32, T>,
+}
+
+impl<T> Default for ById<T> {
+    fn default() -> Self {
+        ById {
+            dense: Vec::new(),
+            sparse: HashMap::default(),
+        }
+    }
+}
+
+const DENSE_IDS: usize = 1 << 22;
+
+impl<T: Default> ById<T> {
+    #[inline]
+    fn get(&mut self, id: u32) -> &mut T {
+        let i = id as usize;
+        if i < DENSE_IDS {
+            if i >= self.dense.len() {
+                self.dense
+                    .resize_with((i + 1).next_power_of_two(), T::default);
+            }
+            &mut self.dense[i]
+        } else {
+            self.sparse.entry(id).or_default()
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.dense
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u32, v))
+            .chain(self.sparse.iter().map(|(&id, v)| (id, v)))
+    }
 }
 
 /// The heap's size as the replay goes, and (with `track`) what each stack held at its highest
@@ -377,26 +430,24 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
 struct Heap {
     cur: u64,
     track: bool,
-    /// Indexed by stack id (ids are dense, from 1).
-    since_peak: Vec<i64>,
-    touched: Vec<bool>,
-    touched_list: Vec<u32>,
-    at_peak: Vec<u64>,
+    by_stack: ById<StackHeap>,
+    touched: Vec<u32>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct StackHeap {
+    since_peak: i64,
+    touched: bool,
+    at_peak: u64,
 }
 
 impl Heap {
     fn note(&mut self, stack: u32, delta: i64) {
-        let i = stack as usize;
-        if i >= self.since_peak.len() {
-            let n = (i + 1).next_power_of_two();
-            self.since_peak.resize(n, 0);
-            self.touched.resize(n, false);
-            self.at_peak.resize(n, 0);
-        }
-        self.since_peak[i] += delta;
-        if !self.touched[i] {
-            self.touched[i] = true;
-            self.touched_list.push(stack);
+        let h = self.by_stack.get(stack);
+        h.since_peak += delta;
+        if !h.touched {
+            h.touched = true;
+            self.touched.push(stack);
         }
     }
     fn add(&mut self, stack: u32, size: u64) {
@@ -412,12 +463,15 @@ impl Heap {
         }
     }
     fn new_peak(&mut self) {
-        for s in self.touched_list.drain(..) {
-            let i = s as usize;
-            self.at_peak[i] = (self.at_peak[i] as i64 + self.since_peak[i]) as u64;
-            self.since_peak[i] = 0;
-            self.touched[i] = false;
+        let mut touched = std::mem::take(&mut self.touched);
+        for &s in &touched {
+            let h = self.by_stack.get(s);
+            h.at_peak = (h.at_peak as i64 + h.since_peak) as u64;
+            h.since_peak = 0;
+            h.touched = false;
         }
+        touched.clear();
+        self.touched = touched;
     }
 }
 
