@@ -55,6 +55,23 @@ impl Walk {
     }
 }
 
+/// The per-thread cache's hash of a stack: two independent multiply chains (even and odd
+/// frames), half the latency of one over a deep stack.
+#[inline]
+fn hash_frames(frames: &[u64]) -> u64 {
+    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+    let (mut a, mut b) = (frames.len() as u64, 0x9e37_79b9_7f4a_7c15u64);
+    let mut pairs = frames.chunks_exact(2);
+    for p in &mut pairs {
+        a = (a.rotate_left(5) ^ p[0]).wrapping_mul(K);
+        b = (b.rotate_left(5) ^ p[1]).wrapping_mul(K);
+    }
+    if let [last] = pairs.remainder() {
+        a = (a.rotate_left(5) ^ last).wrapping_mul(K);
+    }
+    (a ^ b.rotate_left(32)).wrapping_mul(K) | 1
+}
+
 /// A per-thread cache in front of the shared stack store: a thread usually allocates from the
 /// same few stacks, and a hit costs a hash and a compare instead of a shard lock.
 const INTERN_SLOTS: usize = 512;
@@ -78,8 +95,11 @@ pub(crate) struct Local {
     /// The walk being made, and the previous one (whose outer frames are usually still there).
     cur: Box<Walk>,
     prev: Box<Walk>,
-    /// The stack id of the previous walk's frames (0: none), for a walk that ends up the same.
+    /// The stack id of the previous walk's frames (0: none), for a walk that ends up the same,
+    /// and where the stack store keeps them.
     prev_id: u32,
+    prev_frames: *const u64,
+    prev_len: u32,
     reference: [u64; MAX_FRAMES],
 }
 
@@ -102,6 +122,8 @@ impl Local {
             cur: Walk::new(),
             prev: Walk::new(),
             prev_id: 0,
+            prev_frames: std::ptr::null(),
+            prev_len: 0,
             reference: [0; MAX_FRAMES],
         }
     }
@@ -126,17 +148,25 @@ impl Local {
             // The reference modes are slow anyway: no cache.
             _ => return crate::intern(core, self.capture(core, counters, skip)).0,
         };
-        let mut h = crate::Fx::default();
-        for &f in frames {
-            std::hash::Hasher::write_u64(&mut h, f);
+        // The walk could not prove it (a register such as rbp changed below the program's
+        // frames) but the stack is often the previous one all the same: a compare is cheaper
+        // than the hash.
+        if self.prev_id != 0 && frames.len() == self.prev_len as usize {
+            // SAFETY: `prev_frames` points into the stack store, whose stacks are never freed.
+            let p = unsafe { std::slice::from_raw_parts(self.prev_frames, frames.len()) };
+            if p == frames {
+                return self.prev_id;
+            }
         }
-        let hash = std::hash::Hasher::finish(&h) | 1;
+        let hash = hash_frames(frames);
         let slot = &mut self.interned[(hash as usize >> 7) % INTERN_SLOTS];
         if slot.hash == hash && slot.len as usize == frames.len() {
             // SAFETY: `slot.frames` points into the stack store, whose stacks are never freed.
             let cached = unsafe { std::slice::from_raw_parts(slot.frames, frames.len()) };
             if cached == frames {
                 self.prev_id = slot.id;
+                self.prev_frames = slot.frames;
+                self.prev_len = slot.len;
                 return slot.id;
             }
         }
@@ -148,6 +178,8 @@ impl Local {
             id,
         };
         self.prev_id = id;
+        self.prev_frames = ptr;
+        self.prev_len = frames.len() as u32;
         id
     }
 
