@@ -113,7 +113,7 @@ pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
 static FINAL_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 static FINAL_DONE: AtomicBool = AtomicBool::new(false);
 /// The writer's kernel thread id: a signal handler running on it must not wait for itself.
-static WRITER_TID: AtomicU32 = AtomicU32::new(0);
+pub(crate) static WRITER_TID: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
     Guard::enter_forever();
@@ -281,6 +281,19 @@ pub(crate) fn restart() {
     out.events_written = 0;
     out.restarted = true;
     DROPPED.store(0, Ordering::Relaxed);
+}
+
+/// Appends one whole record (a leak check's) to the dump, unless it is finished or failed.
+pub(crate) fn write_record(bytes: &[u8]) {
+    let mut out = OUTPUT.lock();
+    if out.fd < 0 && !out.finished && !out.failed {
+        if let Some(core) = crate::CORE.get() {
+            out.open(core, Origin::Start, 0, 0);
+        }
+    }
+    if out.fd >= 0 && !out.finished && !out.failed {
+        out.write_all_or_fail(bytes);
+    }
 }
 
 pub(crate) fn flush_now() {

@@ -1,0 +1,152 @@
+/* reach: blocks of every leak class, made on purpose, of known sizes.
+ *
+ * Usage: reach [PART...]   PART: reachable, lost, possible (default: all three); prints nothing,
+ *                          exits 0 (20..99: a libc assumption failed)
+ *
+ * What a leak check at exit finds (zmtrace's and valgrind memcheck's, --leak-check=full), per part,
+ * as src/cli/tests/reach.rs asserts it:
+ *
+ *   reachable   zs_keep_global      1 block   1000 B   kept in a global pointer
+ *               zs_keep_child       1 block    200 B   pointed to (start) from that block
+ *               still reachable: 2 blocks, 1200 B
+ *   lost        zs_lose_outright    1 block    333 B   definitely lost: its pointer is dropped
+ *               zs_list_head        1 block     48 B   definitely lost: the head of a lost list
+ *               zs_list_node        4 blocks   160 B   indirectly lost: the list's nodes (40 B each)
+ *               zs_lose_cycle       2 blocks   144 B   two 72 B blocks pointing at each other:
+ *                                                      one definitely, one indirectly lost
+ *               definitely lost: 3 blocks, 453 B; indirectly lost: 5 blocks, 232 B
+ *   possible    zs_keep_middle      1 block    256 B   possibly lost: only a pointer 100 bytes
+ *                                                      into it is kept (in a global)
+ *               zs_possible_child   1 block     24 B   possibly lost: pointed to only from it
+ *               possibly lost: 2 blocks, 280 B
+ *
+ * Every block is filled before pointers are stored in it, so that no stale data in it points
+ * anywhere; before main returns, zs_scrub_stack overwrites the dead stack where the zs_ functions
+ * held their pointers (a scan of the stack at exit must not find them there: memcheck ignores
+ * such words as undefined, zmtrace cannot tell them from live ones).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "zs_common.h"
+
+struct node {
+    struct node *next;
+    char payload[32];
+};
+
+void *g_keep;         /* the reachable block */
+char *g_middle;       /* 100 bytes into the possibly lost block */
+
+ZS_FN void *zs_fill(size_t n, int byte)
+{
+    void *p = malloc(n);
+    ZS_CHECK(20, p != NULL);
+    memset(p, byte, n);
+    return p;
+}
+
+ZS_FN void *zs_keep_child(void)
+{
+    return zs_fill(200, 0x11);
+}
+
+ZS_FN void zs_keep_global(void)
+{
+    void **p = zs_fill(1000, 0x12);
+    p[2] = zs_keep_child();
+    ZS_KEEP();
+    g_keep = p;
+}
+
+ZS_FN void zs_lose_outright(void)
+{
+    void *volatile p = zs_fill(333, 0x13);
+    (void)p;
+}
+
+ZS_FN struct node *zs_list_node(struct node *next)
+{
+    struct node *n = zs_fill(sizeof *n, 0x14);
+    n->next = next;
+    return n;
+}
+
+ZS_FN void *zs_list_head(struct node *first)
+{
+    void **h = zs_fill(48, 0x15);
+    h[0] = first;
+    return h;
+}
+
+ZS_FN void zs_lose_list(void)
+{
+    struct node *first = NULL;
+    for (int i = 0; i < 4; i++) {
+        first = zs_list_node(first);
+        ZS_KEEP();
+    }
+    void *volatile head = zs_list_head(first);
+    (void)head;
+}
+
+ZS_FN void zs_lose_cycle(void)
+{
+    void **a = zs_fill(72, 0x16);
+    void **b = zs_fill(72, 0x17);
+    a[3] = b;
+    b[5] = a;
+}
+
+ZS_FN void *zs_possible_child(void)
+{
+    return zs_fill(24, 0x18);
+}
+
+ZS_FN void zs_keep_middle(void)
+{
+    void **p = zs_fill(256, 0x19);
+    p[0] = zs_possible_child();
+    ZS_KEEP();
+    g_middle = (char *)p + 100;
+}
+
+/* Overwrites the dead stack below main's frame. */
+ZS_FN void zs_scrub_stack(void)
+{
+    volatile char pad[64 * 1024];
+    for (size_t i = 0; i < sizeof pad; i++)
+        pad[i] = 0;
+}
+
+int main(int argc, char **argv)
+{
+    int reachable = argc < 2, lost = argc < 2, possible = argc < 2;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "reachable") == 0)
+            reachable = 1;
+        else if (strcmp(argv[i], "lost") == 0)
+            lost = 1;
+        else if (strcmp(argv[i], "possible") == 0)
+            possible = 1;
+        else
+            sample_check_failed(21, "unknown part");
+    }
+    if (reachable)
+        zs_keep_global();
+    ZS_KEEP();
+    if (lost) {
+        zs_lose_outright();
+        ZS_KEEP();
+        zs_lose_list();
+        ZS_KEEP();
+        zs_lose_cycle();
+        ZS_KEEP();
+    }
+    if (possible)
+        zs_keep_middle();
+    ZS_KEEP();
+    zs_scrub_stack();
+    ZS_KEEP();
+    return 0;
+}
