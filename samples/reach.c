@@ -38,22 +38,25 @@ struct node {
 void *g_keep;         /* the reachable block */
 char *g_middle;       /* 100 bytes into the possibly lost block */
 
-ZS_FN void *zs_fill(size_t n, int byte)
-{
-    void *p = malloc(n);
-    ZS_CHECK(20, p != NULL);
-    memset(p, byte, n);
-    return p;
-}
+/* Each zs_ function mallocs itself (a helper would name every site after the helper). */
+#define ZS_FILLED(p, n, byte)                                                                      \
+    do {                                                                                           \
+        (p) = malloc(n);                                                                           \
+        ZS_CHECK(20, (p) != NULL);                                                                 \
+        memset((p), (byte), (n));                                                                  \
+    } while (0)
 
 ZS_FN void *zs_keep_child(void)
 {
-    return zs_fill(200, 0x11);
+    void *p;
+    ZS_FILLED(p, 200, 0x11);
+    return p;
 }
 
 ZS_FN void zs_keep_global(void)
 {
-    void **p = zs_fill(1000, 0x12);
+    void **p;
+    ZS_FILLED(p, 1000, 0x12);
     p[2] = zs_keep_child();
     ZS_KEEP();
     g_keep = p;
@@ -61,20 +64,22 @@ ZS_FN void zs_keep_global(void)
 
 ZS_FN void zs_lose_outright(void)
 {
-    void *volatile p = zs_fill(333, 0x13);
-    (void)p;
+    void *volatile p;
+    ZS_FILLED(p, 333, 0x13);
 }
 
 ZS_FN struct node *zs_list_node(struct node *next)
 {
-    struct node *n = zs_fill(sizeof *n, 0x14);
+    struct node *n;
+    ZS_FILLED(n, sizeof *n, 0x14);
     n->next = next;
     return n;
 }
 
 ZS_FN void *zs_list_head(struct node *first)
 {
-    void **h = zs_fill(48, 0x15);
+    void **h;
+    ZS_FILLED(h, 48, 0x15);
     h[0] = first;
     return h;
 }
@@ -92,20 +97,26 @@ ZS_FN void zs_lose_list(void)
 
 ZS_FN void zs_lose_cycle(void)
 {
-    void **a = zs_fill(72, 0x16);
-    void **b = zs_fill(72, 0x17);
+    void **a, **b;
+    ZS_FILLED(a, 72, 0x16);
+    ZS_FILLED(b, 72, 0x17);
     a[3] = b;
     b[5] = a;
+    /* Nothing reads a or b again: without this, gcc drops both stores. */
+    __asm__ volatile("" : : "r"(a), "r"(b) : "memory");
 }
 
 ZS_FN void *zs_possible_child(void)
 {
-    return zs_fill(24, 0x18);
+    void *p;
+    ZS_FILLED(p, 24, 0x18);
+    return p;
 }
 
 ZS_FN void zs_keep_middle(void)
 {
-    void **p = zs_fill(256, 0x19);
+    void **p;
+    ZS_FILLED(p, 256, 0x19);
     p[0] = zs_possible_child();
     ZS_KEEP();
     g_middle = (char *)p + 100;

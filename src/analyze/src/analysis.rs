@@ -3,7 +3,10 @@
 //! the live set plus one entry per stack: the events themselves stream past.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use zmtrace_format::{Dump, EventKind};
+use zmtrace_format::{Dump, EventKind, KindTotal};
+
+use crate::leakcheck::{self, Check};
+use crate::suppressions::Suppressed;
 
 /// A block live during the replay.
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +41,11 @@ pub struct SiteStats {
     /// Failed allocations and reallocs here.
     pub failed: u64,
     pub churn: Churn,
+    /// The leaked blocks by what the leak check at exit found them to be, per
+    /// [`zmtrace_format::LeakKind`] (all zero without a check).
+    pub kinds: [KindTotal; 4],
+    /// Of those, per kind, the blocks whose stack is a realloc's.
+    pub kinds_via_realloc: [u64; 4],
 }
 
 /// The reallocs made from one stack.
@@ -92,6 +100,13 @@ impl SiteStats {
         self.leaked_via_realloc += o.leaked_via_realloc;
         self.peak_bytes += o.peak_bytes;
         self.failed += o.failed;
+        for (k, o) in self.kinds.iter_mut().zip(&o.kinds) {
+            k.blocks += o.blocks;
+            k.bytes += o.bytes;
+        }
+        for (k, o) in self.kinds_via_realloc.iter_mut().zip(&o.kinds_via_realloc) {
+            *k += o;
+        }
         let (c, d) = (&mut self.churn, &o.churn);
         c.reallocs += d.reallocs;
         c.grew += d.grew;
@@ -188,6 +203,12 @@ pub struct Analysis {
     /// Frees and reallocs of addresses that were not live: a damaged or partial dump.
     pub inconsistent: u64,
     pub sites: HashMap<u32, SiteStats>,
+    /// The leak check made as the process ended, if the dump has one (see [`leakcheck`]).
+    pub check: Option<Check>,
+    /// The leaked blocks per kind, less the suppressed ones (all zero without a check).
+    pub kinds: [KindTotal; 4],
+    /// What suppressions took out ([`crate::suppressions::apply`]).
+    pub suppressed: Suppressed,
 }
 
 /// Replays `dump`; `progress` is called now and then with (records read, records in all). With
@@ -339,7 +360,9 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     let (done, total) = events.progress();
     progress(done, total);
     a.threads = tids.len() as u64;
-    for b in live.values() {
+    let reach = leakcheck::exit_check(dump);
+    let mut check = reach.map(Check::new);
+    for (&addr, b) in &live {
         a.leaked_blocks += 1;
         a.leaked_bytes += b.size;
         let site = a.sites.entry(b.stack).or_default();
@@ -348,7 +371,16 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
         if b.chain > 0 {
             site.leaked_via_realloc += 1;
         }
+        if let (Some(r), Some(c)) = (reach, check.as_mut()) {
+            let k = c.kind_of(r, addr, b.size) as usize;
+            site.kinds[k].blocks += 1;
+            site.kinds[k].bytes += b.size;
+            site.kinds_via_realloc[k] += u64::from(b.chain > 0);
+            a.kinds[k].blocks += 1;
+            a.kinds[k].bytes += b.size;
+        }
     }
+    a.check = check;
     if !peak_sites {
         return a;
     }

@@ -112,7 +112,7 @@ fn is_wrapper(f: &Frame, wrappers: &[String]) -> bool {
             .is_some_and(|n| wrappers.iter().any(|w| glob_match(w, n)))
 }
 
-fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
+pub(crate) fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
     let frames = sym.stack(stack);
     let name = frames
         .iter()
@@ -127,8 +127,23 @@ fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
 }
 
 /// What makes two frames the same for people: function, file, line, and module (or, for a
-/// frame with neither name nor line, its address).
-type FrameKey = (Option<String>, Option<String>, Option<u32>, Option<String>);
+/// frame with neither name nor line, its address: the offset in its module, where it has one).
+pub type FrameKey = (Option<String>, Option<String>, Option<u32>, Option<String>);
+
+pub fn frame_key(f: &Frame) -> FrameKey {
+    let unknown = f.function.is_none() && f.line.is_none();
+    (
+        f.function.clone(),
+        f.file.clone(),
+        f.line,
+        // Frames without names or lines differ by address, not by module.
+        if unknown {
+            Some(f.address.clone())
+        } else {
+            f.module.clone()
+        },
+    )
+}
 
 /// The per-stack numbers, merged where stacks symbolize the same (the same functions, files and
 /// lines: e.g. one source line compiled into several calls), each with the smallest stack id as
@@ -141,23 +156,7 @@ pub fn merged_sites(a: &Analysis, sym: &mut Symbolizer) -> Vec<(u32, SiteStats)>
     let mut out: Vec<(u32, SiteStats)> = Vec::new();
     for id in ids {
         let frames = sym.stack(id);
-        let key: Vec<_> = frames
-            .iter()
-            .map(|f| {
-                let unknown = f.function.is_none() && f.line.is_none();
-                (
-                    f.function.clone(),
-                    f.file.clone(),
-                    f.line,
-                    // Frames without names or lines differ by address, not by module.
-                    if unknown {
-                        Some(f.address.clone())
-                    } else {
-                        f.module.clone()
-                    },
-                )
-            })
-            .collect();
+        let key: Vec<_> = frames.iter().map(frame_key).collect();
         match by_key.get(&key) {
             Some(&i) => out[i].1.merge(&a.sites[&id]),
             None => {
@@ -202,6 +201,7 @@ pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
             ));
         }
     }
+    warnings.extend(a.check.as_ref().and_then(|c| c.warning()));
     let mut seen = std::collections::HashSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
     if a.inconsistent > 0 {
@@ -262,6 +262,11 @@ pub struct Report {
     pub threads: u64,
     pub events: u64,
     pub duration_ns: u64,
+    /// The leak check at exit (null without one), the classes of the leaked blocks less the
+    /// suppressed ones (null without a check), and what suppressions took out.
+    pub check: Option<crate::leakcheck::Check>,
+    pub kinds: Option<crate::leakcheck::Kinds>,
+    pub suppressed: crate::suppressions::Suppressed,
     pub top: Top,
 }
 
@@ -313,76 +318,16 @@ pub fn report(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -
         threads: a.threads,
         events: a.events,
         duration_ns: a.duration_ns,
+        check: a.check.clone(),
+        kinds: a.check.as_ref().map(|_| (&a.kinds).into()),
+        suppressed: a.suppressed.clone(),
         top,
     }
 }
 
-// ---- leaks -----------------------------------------------------------------------------------
+// ---- leaks: see `crate::leaks` ------------------------------------------------------------
 
-#[derive(Clone, Debug, Serialize)]
-pub struct LeakSite {
-    pub blocks: u64,
-    pub bytes: u64,
-    /// Blocks of this group whose stack is the one of their last realloc, not their malloc.
-    pub via_realloc: u64,
-    #[serde(flatten)]
-    pub site: Site,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Leaks {
-    #[serde(flatten)]
-    pub header: Header,
-    pub leaked_blocks: u64,
-    pub leaked_bytes: u64,
-    /// Groups in all (stacks that symbolize the same are one group), before `min_bytes` and
-    /// `top` were applied.
-    pub groups: u64,
-    pub sites: Vec<LeakSite>,
-}
-
-pub fn leaks(
-    dump: &Dump,
-    a: &Analysis,
-    sym: &mut Symbolizer,
-    opts: &Options,
-    min_bytes: u64,
-) -> Leaks {
-    let merged = merged_sites(a, sym);
-    let mut v: Vec<(u32, &SiteStats)> = merged
-        .iter()
-        .filter(|(_, s)| s.leaked_blocks > 0)
-        .map(|(id, s)| (*id, s))
-        .collect();
-    let groups = v.len() as u64;
-    v.retain(|(_, s)| s.leaked_bytes >= min_bytes);
-    v.sort_by_key(|&(id, s)| {
-        (
-            std::cmp::Reverse(s.leaked_bytes),
-            std::cmp::Reverse(s.leaked_blocks),
-            id,
-        )
-    });
-    if opts.top > 0 {
-        v.truncate(opts.top);
-    }
-    let sites = v
-        .into_iter()
-        .map(|(id, s)| LeakSite {
-            blocks: s.leaked_blocks,
-            bytes: s.leaked_bytes,
-            via_realloc: s.leaked_via_realloc,
-            site: site(sym, id, opts),
-        })
-        .collect();
-    Leaks {
-        header: header(dump, a, sym),
-        leaked_blocks: a.leaked_blocks,
-        leaked_bytes: a.leaked_bytes,
-        groups,
-        sites,
-    }
-}
+pub use crate::leaks::{leaks, leaks_text, LeakSite, Leaks};
 
 // ---- churn -----------------------------------------------------------------------------------
 
@@ -494,7 +439,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-fn write_header(o: &mut String, what: &str, h: &Header) {
+pub(crate) fn write_header(o: &mut String, what: &str, h: &Header) {
     let _ = writeln!(
         o,
         "zmtrace {what}: {} (pid {}), {}",
@@ -507,7 +452,7 @@ fn write_header(o: &mut String, what: &str, h: &Header) {
     }
 }
 
-fn write_stack(o: &mut String, s: &Site, opts: &Options) {
+pub(crate) fn write_stack(o: &mut String, s: &Site, opts: &Options) {
     let shown = if opts.depth == 0 {
         s.stack.len()
     } else {
@@ -554,6 +499,20 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
         human_bytes(r.leaked_bytes),
         thousands(r.leaked_blocks)
     );
+    match (&r.check, &r.kinds) {
+        (Some(c), Some(k)) => {
+            let _ = writeln!(o, "  {}", crate::leaks::check_line(c));
+            for line in crate::leaks::kinds_lines(k) {
+                let _ = writeln!(o, "    {line}");
+            }
+        }
+        _ => {
+            let _ = writeln!(o, "  {}", crate::leakcheck::NO_CHECK);
+        }
+    }
+    for line in crate::leaks::suppressed_lines(&r.suppressed) {
+        let _ = writeln!(o, "  {line}");
+    }
     let _ = writeln!(
         o,
         "  temporary          {:>14}  ({:.1}% of allocations)",
@@ -588,39 +547,6 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
             let _ = writeln!(o, "  {v:>12}  {}", t.site.site);
             write_stack(&mut o, &t.site, opts);
         }
-    }
-    o
-}
-
-pub fn leaks_text(l: &Leaks, opts: &Options) -> String {
-    let mut o = String::new();
-    write_header(&mut o, "leaks", &l.header);
-    let _ = writeln!(
-        o,
-        "{} blocks ({}) not freed at exit, from {} stacks; {} shown, largest first",
-        thousands(l.leaked_blocks),
-        human_bytes(l.leaked_bytes),
-        thousands(l.groups),
-        l.sites.len()
-    );
-    for (i, s) in l.sites.iter().enumerate() {
-        let realloc = if s.via_realloc > 0 {
-            format!(
-                " ({} grown by realloc: the stack is their last realloc's)",
-                s.via_realloc
-            )
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            o,
-            "\n#{} {} in {} blocks{realloc}: {}",
-            i + 1,
-            human_bytes(s.bytes),
-            thousands(s.blocks),
-            s.site.site
-        );
-        write_stack(&mut o, &s.site, opts);
     }
     o
 }

@@ -113,7 +113,21 @@ pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
 static FINAL_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 static FINAL_DONE: AtomicBool = AtomicBool::new(false);
 /// The writer's kernel thread id: a signal handler running on it must not wait for itself.
-pub(crate) static WRITER_TID: AtomicU32 = AtomicU32::new(0);
+static WRITER_TID: AtomicU32 = AtomicU32::new(0);
+
+/// The writer thread's id (0 if there is none), waiting a moment for a writer that has been
+/// created but has not run yet (a short program can reach `exit` first).
+pub(crate) fn writer_tid() -> u32 {
+    let deadline = crate::now_mono() + 200_000_000;
+    loop {
+        let tid = WRITER_TID.load(Ordering::Acquire);
+        if tid != 0 || !WRITER_RUNNING.load(Ordering::Acquire) || crate::now_mono() > deadline {
+            return tid;
+        }
+        // SAFETY: plain syscall.
+        unsafe { libc::sched_yield() };
+    }
+}
 
 extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
     Guard::enter_forever();
@@ -367,6 +381,8 @@ pub(crate) fn after_fork_in_child(core: &Core) {
         out.open(core, Origin::Fork, parent, fork_seq);
     }
     WRITER_RUNNING.store(false, Ordering::Release);
+    // The parent's writer is not in this process; ours publishes its id when it runs.
+    WRITER_TID.store(0, Ordering::Release);
     start_writer();
 }
 

@@ -985,7 +985,7 @@ fn check_locked(
         return None;
     }
     let me = gettid();
-    let writer = crate::output::WRITER_TID.load(Ordering::Acquire);
+    let writer = crate::output::writer_tid();
     let sig = stop_signal();
     let mut text = Buf::new();
     let mut tids = Buf::new();
