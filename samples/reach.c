@@ -1,7 +1,10 @@
 /* reach: blocks of every leak class, made on purpose, of known sizes.
  *
- * Usage: reach [PART...]   PART: reachable, lost, possible (default: all three); prints nothing,
- *                          exits 0 (20..99: a libc assumption failed)
+ * Usage: reach [PART...] [check] [fail]
+ *        PART: reachable, lost, possible (default: all three). `check`: before main returns, call
+ *        zmtrace_leak_check() (when traced) and exit 27 unless it returns 685, the bytes lost.
+ *        `fail`: end with exit(3) (a failing program that leaks) instead of returning 0.
+ *        Prints nothing, exits 0 (20..99: a libc assumption failed).
  *
  * What a leak check at exit finds (zmtrace's and valgrind memcheck's, --leak-check=full), per part,
  * as src/cli/tests/reach.rs asserts it:
@@ -25,6 +28,7 @@
  * held their pointers (a scan of the stack at exit must not find them there: memcheck ignores
  * such words as undefined, zmtrace cannot tell them from live ones).
  */
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -132,9 +136,13 @@ ZS_FN void zs_scrub_stack(void)
 
 int main(int argc, char **argv)
 {
-    int reachable = argc < 2, lost = argc < 2, possible = argc < 2;
+    int reachable = 0, lost = 0, possible = 0, check = 0, fail = 0;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "reachable") == 0)
+        if (strcmp(argv[i], "check") == 0)
+            check = 1;
+        else if (strcmp(argv[i], "fail") == 0)
+            fail = 1;
+        else if (strcmp(argv[i], "reachable") == 0)
             reachable = 1;
         else if (strcmp(argv[i], "lost") == 0)
             lost = 1;
@@ -143,6 +151,8 @@ int main(int argc, char **argv)
         else
             sample_check_failed(21, "unknown part");
     }
+    if (!reachable && !lost && !possible)
+        reachable = lost = possible = 1;
     if (reachable)
         zs_keep_global();
     ZS_KEEP();
@@ -159,5 +169,12 @@ int main(int argc, char **argv)
     ZS_KEEP();
     zs_scrub_stack();
     ZS_KEEP();
+    if (check) {
+        long (*leak_check)(void) = (long (*)(void))dlsym(RTLD_DEFAULT, "zmtrace_leak_check");
+        if (leak_check != NULL && leak_check() != 685)
+            sample_check_failed(27, "zmtrace_leak_check() != 685");
+    }
+    if (fail)
+        exit(3);
     return 0;
 }
