@@ -700,7 +700,12 @@ impl<'a> Graph<'a> {
         if v < self.lo || v >= self.hi {
             return None;
         }
-        let run = self.sparse.as_slice().partition_point(|&a| a <= v).checked_sub(1)? * SPARSE;
+        let run = self
+            .sparse
+            .as_slice()
+            .partition_point(|&a| a <= v)
+            .checked_sub(1)?
+            * SPARSE;
         let end = (run + SPARSE).min(self.addr.len());
         let i = run + self.addr[run..end].partition_point(|&a| a <= v) - 1;
         let (a, s) = (self.addr[i], self.size[i]);
