@@ -40,8 +40,10 @@ load() { # PORT
 
 echo "== zmtrace"
 mkdir "$work/dumps"
+start=$(date +%s.%N)
 serve 7411 "$zmtrace" run -o "$work/dumps" -- redis-server
 load 7411
+echo "run: $(echo "$(date +%s.%N) - $start" | bc) s"
 dump=$(ls "$work"/dumps/zmtrace.redis-server.*.zmt | head -1)
 "$zmtrace" dump-info "$dump" | sed -n '/^leak check/,/still reachable/p'
 "$zmtrace" leaks "$dump" --json --top 0 |
@@ -50,8 +52,10 @@ dump=$(ls "$work"/dumps/zmtrace.redis-server.*.zmt | head -1)
            "suppressed: \(.suppressed.bytes) bytes in \(.suppressed.blocks) blocks"'
 
 echo "== valgrind memcheck"
+start=$(date +%s.%N)
 serve 7412 valgrind --leak-check=full --soname-synonyms='somalloc=*jemalloc*' \
     --log-file="$work/memcheck.log" redis-server
 load 7412
+echo "run: $(echo "$(date +%s.%N) - $start" | bc) s"
 grep -E "in use at exit|definitely lost:|indirectly lost:|possibly lost:|still reachable:" \
     "$work/memcheck.log" | sed 's/^==[0-9]*== *//'
