@@ -869,7 +869,7 @@ mod tests {
         );
         let d = Dump::from_bytes(Path::new("t"), data).unwrap();
         assert!(d.warnings.is_empty(), "{:?}", d.warnings);
-        assert_eq!(d.reach, [r.clone()]);
+        assert_eq!(d.reach, std::slice::from_ref(&r));
         assert_eq!(d.reach[0].kind_of(0x1040), Some(crate::LeakKind::Definite));
         assert_eq!(d.reach[0].kind_of(0x20), Some(crate::LeakKind::Reachable));
         assert_eq!(d.reach[0].kind_of(0x30), None);

@@ -418,6 +418,9 @@ const PARKED: u32 = 1;
 const BUSY: u32 = 2;
 const LEFT: u32 = 3;
 
+/// Threads stopped at most in one check; those beyond are scanned as if they did not answer.
+const MAX_STOPPED: usize = 1024;
+
 /// One thread asked to stop, and what its handler saved.
 struct Slot {
     tid: AtomicU32,
@@ -432,8 +435,22 @@ struct Slot {
     regs: [AtomicU64; 15],
 }
 
-/// The slots of the check under way (null when none), read by the handler.
-static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+impl Slot {
+    const fn new() -> Slot {
+        Slot {
+            tid: AtomicU32::new(0),
+            state: AtomicU32::new(ASKED),
+            sp: AtomicU64::new(0),
+            tp: AtomicU64::new(0),
+            top: AtomicU64::new(0),
+            regs: [const { AtomicU64::new(0) }; 15],
+        }
+    }
+}
+
+/// The threads asked to stop by the last check (`SLOTS[..NSLOTS]`), read by the handler. Static
+/// and never freed: a signal of an old check may still be delivered while a handler reads them.
+static SLOTS: [Slot; MAX_STOPPED] = [const { Slot::new() }; MAX_STOPPED];
 static NSLOTS: AtomicUsize = AtomicUsize::new(0);
 /// 1 while threads are to stay stopped: the futex word they wait on.
 static HOLD: AtomicU32 = AtomicU32::new(0);
@@ -456,18 +473,19 @@ extern "C" fn on_stop(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) 
 }
 
 /// Saves this thread's registers and waits for the end of the check; false when the signal is
-/// not the check's (no check under way, or this thread was not asked).
+/// not a check's (this thread was not asked).
 unsafe fn park(ctx: *mut c_void) -> bool {
-    let slots = SLOTS.load(Ordering::Acquire);
-    let n = NSLOTS.load(Ordering::Acquire);
-    if slots.is_null() {
-        return false;
-    }
+    let n = NSLOTS.load(Ordering::Acquire).min(MAX_STOPPED);
     let me = gettid();
-    let slots = std::slice::from_raw_parts(slots, n);
-    let Some(slot) = slots.iter().find(|s| s.tid.load(Ordering::Acquire) == me) else {
+    let Some(slot) = SLOTS[..n]
+        .iter()
+        .find(|s| s.tid.load(Ordering::Acquire) == me)
+    else {
         return false;
     };
+    if HOLD.load(Ordering::Acquire) == 0 {
+        return true; // asked by a check that has ended
+    }
     if Guard::is_held() {
         // Inside the recorder, perhaps holding a lock of the live set: ask again later.
         slot.state.store(BUSY, Ordering::Release);
@@ -560,25 +578,33 @@ fn sleep_ns(ns: i64) {
     unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
 }
 
-/// Stops every thread in `tids` that can be stopped (within [`STOP_WAIT_NS`]).
-fn stop_threads(slots: &Buf<Slot>) {
+/// Asks the threads `tids` to stop (at most [`MAX_STOPPED`]; the others are returned) and
+/// waits for them ([`STOP_WAIT_NS`] at most).
+fn stop_threads(tids: &[u32]) -> (&'static [Slot], &[u32]) {
+    let (asked, left) = tids.split_at(tids.len().min(MAX_STOPPED));
+    NSLOTS.store(0, Ordering::Release);
+    for (s, &tid) in SLOTS.iter().zip(asked) {
+        s.tid.store(tid, Ordering::Relaxed);
+        s.state.store(ASKED, Ordering::Relaxed);
+        s.top.store(0, Ordering::Relaxed);
+    }
+    let slots = &SLOTS[..asked.len()];
+    NSLOTS.store(slots.len(), Ordering::Release);
+    HOLD.store(1, Ordering::Release);
     let sig = stop_signal();
     // SAFETY: no preconditions.
     let pid = unsafe { libc::getpid() };
-    HOLD.store(1, Ordering::Release);
-    NSLOTS.store(slots.len, Ordering::Release);
-    SLOTS.store(slots.ptr, Ordering::Release);
     let send = |tid: u32| {
         // SAFETY: a signal to a thread of our own process.
         unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
     };
-    for s in slots.as_slice() {
+    for s in slots {
         send(s.tid.load(Ordering::Relaxed));
     }
     let deadline = now_mono() + STOP_WAIT_NS;
     loop {
         let mut waiting = false;
-        for s in slots.as_slice() {
+        for s in slots {
             match s.state.load(Ordering::Acquire) {
                 ASKED => waiting = true,
                 BUSY => {
@@ -590,15 +616,15 @@ fn stop_threads(slots: &Buf<Slot>) {
             }
         }
         if !waiting || now_mono() > deadline {
-            return;
+            return (slots, left);
         }
         sleep_ns(100_000);
     }
 }
 
-/// Lets the stopped threads go, and waits until none is left in the handler (so that the slots
-/// can be unmapped). Returns false if one never left: the slots must then stay mapped.
-fn resume_threads(slots: &Buf<Slot>) -> bool {
+/// Lets the stopped threads go, and waits (a second at most) until they have left the handler,
+/// so that the next check finds them running.
+fn resume_threads(slots: &[Slot]) {
     HOLD.store(0, Ordering::Release);
     // SAFETY: futex wake on a static word.
     unsafe {
@@ -610,24 +636,13 @@ fn resume_threads(slots: &Buf<Slot>) -> bool {
         );
     }
     let deadline = now_mono() + 1_000_000_000;
-    let all_left = loop {
-        let parked = slots
-            .as_slice()
-            .iter()
-            .any(|s| s.state.load(Ordering::Acquire) == PARKED);
-        if !parked {
-            break true;
-        }
-        if now_mono() > deadline {
-            break false;
-        }
+    while slots
+        .iter()
+        .any(|s| s.state.load(Ordering::Acquire) == PARKED)
+        && now_mono() < deadline
+    {
         sleep_ns(100_000);
-    };
-    if all_left {
-        SLOTS.store(std::ptr::null_mut(), Ordering::Release);
-        NSLOTS.store(0, Ordering::Release);
     }
-    all_left
 }
 
 // ---- the scan ----------------------------------------------------------------------------------
@@ -1010,42 +1025,35 @@ fn check_locked(
     list_threads(&mut tids);
     // Threads that block the signal cannot be stopped: their stacks are scanned as they are.
     let mut unstoppable: Buf<u32> = Buf::new();
-    let mut slots: Buf<Slot> = Buf::new();
+    let mut stoppable: Buf<u32> = Buf::new();
     for &tid in tids.as_slice() {
         if tid == me || tid == writer {
             continue;
         }
         if blocks_signal(tid, sig, &mut text) {
             unstoppable.push(tid);
-            continue;
+        } else {
+            stoppable.push(tid);
         }
-        slots.push(Slot {
-            tid: AtomicU32::new(tid),
-            state: AtomicU32::new(ASKED),
-            sp: AtomicU64::new(0),
-            tp: AtomicU64::new(0),
-            top: AtomicU64::new(0),
-            regs: [const { AtomicU64::new(0) }; 15],
-        });
     }
 
     // ---- threads stopped from here: no malloc, no locks of others, no loader ----
-    stop_threads(&slots);
+    let (slots, too_many) = stop_threads(stoppable.as_slice());
+    for &tid in too_many {
+        unstoppable.push(tid);
+    }
     let result = scan(
         core,
         &segments,
-        &slots,
+        slots,
         &unstoppable,
         tls_size,
         me,
         my_sp,
         my_regs,
     );
-    let resumed = resume_threads(&slots);
+    resume_threads(slots);
     // ---- threads running again ----
-    if !resumed {
-        std::mem::forget(slots);
-    }
     let (seq, blocks, stopped, unstopped, root_bytes) = result?;
     let mut reach = Reach {
         trigger,
@@ -1072,7 +1080,7 @@ type ScanResult = (u64, Buf<(u64, u64, LeakKind)>, u32, u32, u64);
 fn scan(
     core: &Core,
     segments: &Buf<(u64, u64)>,
-    slots: &Buf<Slot>,
+    slots: &[Slot],
     unstoppable: &Buf<u32>,
     tls_size: u64,
     me: u32,
@@ -1097,12 +1105,12 @@ fn scan(
 
     // One view of who stopped, used throughout: a thread may still park after the wait ended.
     let mut parked: Buf<bool> = Buf::new();
-    for s in slots.as_slice() {
+    for s in slots {
         parked.push(s.state.load(Ordering::Acquire) == PARKED);
     }
     let parked = parked.as_slice();
     let stopped = parked.iter().filter(|&&p| p).count() as u32;
-    let unstopped = slots.len as u32 - stopped + unstoppable.len as u32;
+    let unstopped = slots.len() as u32 - stopped + unstoppable.len as u32;
     let reads = if unstopped > 0 {
         Reads::Careful
     } else {
@@ -1146,17 +1154,21 @@ fn scan(
         tp: thread_pointer(),
     }]
     .into_iter()
-    .chain(slots.as_slice().iter().zip(parked).filter_map(|(s, &p)| {
-        p.then(|| ThreadRoots {
-            sp: s.sp.load(Ordering::Relaxed),
-            top: s.top.load(Ordering::Relaxed),
-            tp: s.tp.load(Ordering::Relaxed),
-        })
-    }));
+    .chain(
+        slots
+            .iter()
+            .zip(parked)
+            .filter(|(_, &p)| p)
+            .map(|(s, _)| ThreadRoots {
+                sp: s.sp.load(Ordering::Relaxed),
+                top: s.top.load(Ordering::Relaxed),
+                tp: s.tp.load(Ordering::Relaxed),
+            }),
+    );
     for &w in &my_regs {
         g.reach_word(w, true);
     }
-    for (s, &p) in slots.as_slice().iter().zip(parked) {
+    for (s, &p) in slots.iter().zip(parked) {
         if p {
             for r in &s.regs {
                 g.reach_word(r.load(Ordering::Relaxed), true);
@@ -1175,7 +1187,6 @@ fn scan(
     }
     // Threads that did not stop: their whole stack mapping, as far as it can be found.
     let unanswered = slots
-        .as_slice()
         .iter()
         .zip(parked)
         .filter(|(_, &p)| !p)
