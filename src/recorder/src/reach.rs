@@ -1232,7 +1232,9 @@ fn scan(
 fn stack_range(g: &Graph, maps: &[Mapping], sp: u64, top: u64) -> Option<(u64, u64)> {
     let m = mapping_of(maps, sp)?;
     let lo = sp.saturating_sub(RED_ZONE).max(m.start);
-    if top > sp && top - sp <= 1 << 30 && mapping_of(maps, top - 1).is_some() {
+    // The known top only if the stack pointer is on that stack (not on a signal stack or a
+    // coroutine's, where everything between the two would be scanned).
+    if top > sp && mapping_of(maps, top - 1).is_some_and(|t| t.start == m.start) {
         return Some((lo, top));
     }
     if m.kind == MapKind::Heap {
