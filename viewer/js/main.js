@@ -170,13 +170,18 @@ function stackDetail(box, row, numbers) {
 }
 
 let leaksTable = null, churnTable = null;
+const KIND_NAMES = { definite: "definitely lost", indirect: "indirectly lost", possible: "possibly lost", reachable: "still reachable" };
 
 function leakRows() {
   const blocks = range ? siteValues("leaked_blocks") : null;
   const bytes = range ? siteValues("leaked") : null;
-  return data.leaks.map((l, i) => ({
+  // The buckets count per site, not per class: in a range, a site's classes make one row.
+  const seen = new Set();
+  const multi = new Set(data.leaks.filter((l, i) => data.leaks.findIndex((m) => m.site === l.site) !== i).map((l) => l.site));
+  return data.leaks.filter((l) => !range || !seen.has(l.site) && seen.add(l.site)).map((l, i) => ({
     id: i,
     site: l.site,
+    kind: range && multi.has(l.site) ? "all classes" : KIND_NAMES[l.kind] || "",
     name: data.sites[l.site].name,
     where: siteWhere(data, data.sites[l.site].stack, data.sites[l.site].name),
     bytes: range ? bytes[l.site] : l.bytes,
@@ -212,8 +217,10 @@ function tables() {
     bytesCol("bytes", "bytes"),
     countCol("blocks", "blocks"),
     countCol("via_realloc", "grown by realloc", "blocks whose stack is their last realloc's (whole run)"),
+    { key: "kind", title: "class", help: "what the leak check at exit found (memcheck's classes); empty without a check" },
   ], "bytes", (r) => stackDetail($("leaks-detail"), r,
     `${fmtInt(r.bytes)} bytes in ${plural(r.blocks, "block")} not freed at exit` +
+    (r.kind ? ` (${r.kind})` : "") +
     (r.via_realloc ? `; ${fmtInt(r.via_realloc)} grown by realloc (the stack is their last realloc's)` : "") +
     (range ? " — allocated in the selected range" : "")));
   churnTable = new Table(data, "churn", [

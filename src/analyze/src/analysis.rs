@@ -3,7 +3,10 @@
 //! the live set plus one entry per stack: the events themselves stream past.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use zmtrace_format::{Dump, EventKind};
+use zmtrace_format::{Dump, EventKind, KindTotal, LeakKind, LiveSite};
+
+use crate::leakcheck::{self, Check};
+use crate::suppressions::Suppressed;
 
 /// A block live during the replay.
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +41,11 @@ pub struct SiteStats {
     /// Failed allocations and reallocs here.
     pub failed: u64,
     pub churn: Churn,
+    /// The leaked blocks by what the leak check at exit found them to be, per
+    /// [`zmtrace_format::LeakKind`] (all zero without a check).
+    pub kinds: [KindTotal; 4],
+    /// Of those, per kind, the blocks whose stack is a realloc's.
+    pub kinds_via_realloc: [u64; 4],
 }
 
 /// The reallocs made from one stack.
@@ -92,6 +100,13 @@ impl SiteStats {
         self.leaked_via_realloc += o.leaked_via_realloc;
         self.peak_bytes += o.peak_bytes;
         self.failed += o.failed;
+        for (k, o) in self.kinds.iter_mut().zip(&o.kinds) {
+            k.blocks += o.blocks;
+            k.bytes += o.bytes;
+        }
+        for (k, o) in self.kinds_via_realloc.iter_mut().zip(&o.kinds_via_realloc) {
+            *k += o;
+        }
         let (c, d) = (&mut self.churn, &o.churn);
         c.reallocs += d.reallocs;
         c.grew += d.grew;
@@ -191,6 +206,12 @@ pub struct Analysis {
     /// From an aggregated dump (`zmtrace run --aggregate`): the recorder's counters, no events,
     /// so no peak and no timeline (`peak_bytes`, `peak_ns`, `duration_ns` are 0).
     pub aggregated: bool,
+    /// The leak check made as the process ended, if the dump has one (see [`leakcheck`]).
+    pub check: Option<Check>,
+    /// The leaked blocks per kind, less the suppressed ones (all zero without a check).
+    pub kinds: [KindTotal; 4],
+    /// What suppressions took out ([`crate::suppressions::apply`]).
+    pub suppressed: Suppressed,
 }
 
 /// Replays `dump`; `progress` is called now and then with (records read, records in all). With
@@ -356,7 +377,9 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     let (done, total) = events.progress();
     progress(done, total);
     a.threads = tids.len() as u64;
-    for b in live.values() {
+    let reach = leakcheck::exit_check(dump);
+    let mut check = reach.map(Check::new);
+    for (&addr, b) in &live {
         a.leaked_blocks += 1;
         a.leaked_bytes += b.size;
         let site = sites.get(b.stack);
@@ -365,7 +388,16 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
         if b.chain > 0 {
             site.leaked_via_realloc += 1;
         }
+        if let (Some(r), Some(c)) = (reach, check.as_mut()) {
+            let k = c.kind_of(r, addr, b.size) as usize;
+            site.kinds[k].blocks += 1;
+            site.kinds[k].bytes += b.size;
+            site.kinds_via_realloc[k] += u64::from(b.chain > 0);
+            a.kinds[k].blocks += 1;
+            a.kinds[k].bytes += b.size;
+        }
     }
+    a.check = check;
     for (stack, h) in heap.by_stack.iter() {
         if h.at_peak > 0 {
             sites.get(stack).peak_bytes = h.at_peak;
@@ -515,24 +547,45 @@ fn from_aggregate(dump: &Dump) -> Analysis {
             });
         }
     }
-    let live: Vec<(u32, u64, u64, u64)> = if dump.aggregate.is_some() {
-        dump.live_at_end
-            .iter()
-            .map(|s| (s.stack, s.blocks, s.bytes, s.via_realloc))
-            .collect()
+    let live: Vec<LiveSite> = if dump.aggregate.is_some() {
+        dump.live_at_end.clone()
     } else {
         dump.inherited
             .iter()
-            .map(|b| (b.stack, 1, b.size, 0))
+            .map(|b| LiveSite {
+                stack: b.stack,
+                blocks: 1,
+                bytes: b.size,
+                usable: b.usable,
+                via_realloc: 0,
+                kind: LiveSite::UNCHECKED,
+            })
             .collect()
     };
-    for (stack, blocks, bytes, via_realloc) in live {
-        a.leaked_blocks += blocks;
-        a.leaked_bytes += bytes;
-        let site = a.sites.entry(stack).or_default();
-        site.leaked_blocks += blocks;
-        site.leaked_bytes += bytes;
-        site.leaked_via_realloc += via_realloc;
+    // The recorder classified the live set by the check at the end (it has the addresses).
+    let reach = leakcheck::exit_check(dump);
+    let mut check = reach.map(Check::new);
+    for l in live {
+        a.leaked_blocks += l.blocks;
+        a.leaked_bytes += l.bytes;
+        let site = a.sites.entry(l.stack).or_default();
+        site.leaked_blocks += l.blocks;
+        site.leaked_bytes += l.bytes;
+        site.leaked_via_realloc += l.via_realloc;
+        if let Some(c) = check.as_mut() {
+            let k = l.leak_kind().unwrap_or_else(|| {
+                // Allocated after the check, by a thread still running.
+                c.unscanned_blocks += l.blocks;
+                c.unscanned_bytes += l.bytes;
+                LeakKind::Reachable
+            }) as usize;
+            site.kinds[k].blocks += l.blocks;
+            site.kinds[k].bytes += l.bytes;
+            site.kinds_via_realloc[k] += l.via_realloc;
+            a.kinds[k].blocks += l.blocks;
+            a.kinds[k].bytes += l.bytes;
+        }
     }
+    a.check = check;
     a
 }

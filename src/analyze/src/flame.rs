@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use zmtrace_format::Dump;
+use zmtrace_format::{Dump, LeakKind};
 
 use crate::analysis::{Analysis, SiteStats};
 use crate::symbols::Symbolizer;
@@ -23,16 +23,20 @@ pub enum Metric {
     Temporary,
     /// Number of reallocs.
     Reallocs,
+    /// Bytes definitely and indirectly lost at exit (the leak check's; without one, every byte
+    /// not freed at exit).
+    Lost,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 7] = [
         Metric::Allocations,
         Metric::Bytes,
         Metric::Leaked,
         Metric::Peak,
         Metric::Temporary,
         Metric::Reallocs,
+        Metric::Lost,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Metric {
             Metric::Peak => "peak",
             Metric::Temporary => "temporary",
             Metric::Reallocs => "reallocs",
+            Metric::Lost => "lost",
         }
     }
 
@@ -58,6 +63,10 @@ impl Metric {
             Metric::Peak => s.peak_bytes,
             Metric::Temporary => s.temporary,
             Metric::Reallocs => s.churn.reallocs,
+            Metric::Lost => {
+                s.kinds[LeakKind::Definite as usize].bytes
+                    + s.kinds[LeakKind::Indirect as usize].bytes
+            }
         }
     }
 
@@ -65,7 +74,7 @@ impl Metric {
     pub fn unit(self) -> &'static str {
         match self {
             Metric::Allocations => "allocations",
-            Metric::Bytes | Metric::Leaked | Metric::Peak => "bytes",
+            Metric::Bytes | Metric::Leaked | Metric::Peak | Metric::Lost => "bytes",
             Metric::Temporary => "temporary allocations",
             Metric::Reallocs => "reallocs",
         }
@@ -79,13 +88,20 @@ impl Metric {
             Metric::Peak => "Bytes live at the peak heap",
             Metric::Temporary => "Temporary allocations (count)",
             Metric::Reallocs => "Reallocs (count)",
+            Metric::Lost => "Bytes definitely and indirectly lost at exit",
         }
     }
 }
 
 /// The collapsed stacks (`main;f;g 123`, outermost first), one line per distinct stack, sorted.
 /// Inlined frames are kept; a semicolon inside a name would split a frame, so it is replaced.
+/// `lost` without a leak check in the dump counts every byte not freed at exit (`leaked`).
 pub fn folded(a: &Analysis, sym: &mut Symbolizer, metric: Metric) -> Vec<String> {
+    let metric = if metric == Metric::Lost && a.check.is_none() {
+        Metric::Leaked
+    } else {
+        metric
+    };
     let mut lines: BTreeMap<String, u64> = BTreeMap::new();
     for (&id, s) in &a.sites {
         let v = metric.value(s);
@@ -133,4 +149,39 @@ pub fn flamegraph(
         return inferno::flamegraph::from_lines(&mut opts, empty.iter().map(String::as_str), out);
     }
     inferno::flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), out)
+}
+
+/// Writes a differential flamegraph of `metric` from `base` to `new` (collapsed stacks of each):
+/// frames are as wide as in `new`, red where they grew, blue where they shrank (inferno's
+/// differential mode).
+pub fn differential(
+    base: &[String],
+    new: &[String],
+    metric: Metric,
+    title: String,
+    out: impl Write,
+) -> std::io::Result<()> {
+    let join = |v: &[String]| {
+        let mut s = v.join("\n");
+        s.push('\n');
+        s
+    };
+    let mut lines = Vec::new();
+    inferno::differential::from_readers(
+        inferno::differential::Options::default(),
+        join(base).as_bytes(),
+        join(new).as_bytes(),
+        &mut lines,
+    )?;
+    let lines = String::from_utf8_lossy(&lines).into_owned();
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title;
+    opts.count_name = metric.unit().to_string();
+    opts.name_type = "Function:".to_string();
+    if lines.trim().is_empty() {
+        opts.subtitle = Some(format!("no {} in either dump", metric.unit()));
+        let empty = ["(none) 0 0".to_string()];
+        return inferno::flamegraph::from_lines(&mut opts, empty.iter().map(String::as_str), out);
+    }
+    inferno::flamegraph::from_lines(&mut opts, lines.lines(), out)
 }

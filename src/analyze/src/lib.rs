@@ -4,7 +4,10 @@
 //! - [`symbols`]: addresses to functions, files and lines (DWARF with inlining, else ELF symbol
 //!   tables, else module+offset).
 //! - [`analysis`]: one streaming replay that computes every number the reports need.
-//! - [`reports`]: `report`, `leaks` and `churn`, as data (JSON) and text.
+//! - [`leakcheck`]: the leak check made in the process at exit, which classes the blocks left.
+//! - [`suppressions`]: stack patterns that hide accepted leaks, and glibc's built-in set.
+//! - [`reports`]: `report`, `leaks` ([`leaks`]) and `churn`, as data (JSON) and text.
+//! - [`diff`]: two dumps compared site by site.
 //! - [`flame`]: collapsed stacks and SVG flamegraphs per metric.
 //! - [`view`]: the pre-aggregated data of `zmtrace view`'s page (time buckets, sites, diff).
 //!
@@ -18,18 +21,30 @@
 //!
 //! - `report`: `allocations`, `frees`, `reallocs`, `failed`, `bytes_allocated`, `peak_bytes`,
 //!   `peak_time_ns`, `leaked_blocks`, `leaked_bytes`, `temporary`, `threads`, `events`,
-//!   `duration_ns`, and `top`: `{allocations, bytes, peak, leaked, temporary, reallocs}`, each a
-//!   list of sites with a `value`.
-//! - `leaks`: `leaked_blocks`, `leaked_bytes`, `groups`, `sites` (each `blocks`, `bytes`,
-//!   `via_realloc`, `site`, `stack`), largest first.
+//!   `duration_ns`, `check`, `kinds`, `suppressed` (as in `leaks`), and `top`:
+//!   `{allocations, bytes, peak, leaked, temporary, reallocs}`, each a list of sites with a `value`.
+//! - `leaks`: `leaked_blocks`, `leaked_bytes` (every block not freed at exit), `groups`, `check`
+//!   (the leak check at exit: `{trigger, scan_ns, threads_stopped, threads_unstopped,
+//!   root_bytes, unscanned_blocks, unscanned_bytes}`, or null without one), `kinds` (`{definite,
+//!   indirect, possible, reachable}`, each `{blocks, bytes}`, suppressed blocks left out; null
+//!   without a check), `suppressed` (`{blocks, bytes, by: [{name, blocks, bytes}]}`), `sites`
+//!   (each `kind` (one of the four, or null without a check), `blocks`, `bytes`, `via_realloc`,
+//!   `site`, `stack`), lost first, then largest first.
+//! - `diff`: `base` and `new` (headers), `sites` (each `site`, `stack`, and `allocations`,
+//!   `bytes`, `peak`, `leaked_blocks`, `leaked_bytes`, `lost_bytes`, `reallocs`, each
+//!   `{base, new, delta}`), largest change first; `totals` the same fields over all sites.
 //! - `churn`: `reallocs`, `bytes_copied`, `sites` (each `reallocs`, `grew`, `shrank`, `moved`,
 //!   `in_place`, `bytes_copied`, `longest_chain`, `pattern` (`{kind: none | fixed_step |
 //!   geometric | irregular, step, share, factor}`), `hint` (or null), `site`, `stack`), by bytes
 //!   copied.
 
 pub mod analysis;
+pub mod diff;
 pub mod flame;
+pub mod leakcheck;
+pub mod leaks;
 pub mod reports;
+pub mod suppressions;
 pub mod symbols;
 pub mod view;
 

@@ -128,30 +128,29 @@ pub fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
 }
 
 /// What makes two frames the same for people: function, file, line, and module (or, for a
-/// frame with neither name nor line, its address).
+/// frame with neither name nor line, its address: the offset in its module, where it has one).
 pub type FrameKey = (Option<String>, Option<String>, Option<u32>, Option<String>);
+
+pub fn frame_key(f: &Frame) -> FrameKey {
+    let unknown = f.function.is_none() && f.line.is_none();
+    (
+        f.function.clone(),
+        f.file.clone(),
+        f.line,
+        // Frames without names or lines differ by address, not by module.
+        if unknown {
+            Some(f.address.clone())
+        } else {
+            f.module.clone()
+        },
+    )
+}
 
 /// What makes two stacks one site (see [`merged_sites`]). A frame without name or line is keyed
 /// by its offset in its module, not its address in the process, so the key also matches a site
 /// across two runs of the same program.
 pub fn site_key(frames: &[Frame]) -> Vec<FrameKey> {
-    frames
-        .iter()
-        .map(|f| {
-            let unknown = f.function.is_none() && f.line.is_none();
-            (
-                f.function.clone(),
-                f.file.clone(),
-                f.line,
-                // Frames without names or lines differ by address, not by module.
-                if unknown {
-                    Some(f.address.clone())
-                } else {
-                    f.module.clone()
-                },
-            )
-        })
-        .collect()
+    frames.iter().map(frame_key).collect()
 }
 
 /// The per-stack numbers, merged where stacks symbolize the same (the same functions, files and
@@ -219,6 +218,7 @@ pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
             "aggregated dump cut short before its first snapshot: no counters".into()
         });
     }
+    warnings.extend(a.check.as_ref().and_then(|c| c.warning()));
     let mut seen = std::collections::HashSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
     if a.inconsistent > 0 {
@@ -282,6 +282,11 @@ pub struct Report {
     /// An aggregated dump: no timeline, so `peak_bytes`, `peak_time_ns` and `duration_ns` are 0
     /// and `top.peak` is empty; `events` counts the program's calls.
     pub aggregated: bool,
+    /// The leak check at exit (null without one), the classes of the leaked blocks less the
+    /// suppressed ones (null without a check), and what suppressions took out.
+    pub check: Option<crate::leakcheck::Check>,
+    pub kinds: Option<crate::leakcheck::Kinds>,
+    pub suppressed: crate::suppressions::Suppressed,
     pub top: Top,
 }
 
@@ -334,76 +339,16 @@ pub fn report(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -
         events: a.events,
         duration_ns: a.duration_ns,
         aggregated: a.aggregated,
+        check: a.check.clone(),
+        kinds: a.check.as_ref().map(|_| (&a.kinds).into()),
+        suppressed: a.suppressed.clone(),
         top,
     }
 }
 
-// ---- leaks -----------------------------------------------------------------------------------
+// ---- leaks: see `crate::leaks` ------------------------------------------------------------
 
-#[derive(Clone, Debug, Serialize)]
-pub struct LeakSite {
-    pub blocks: u64,
-    pub bytes: u64,
-    /// Blocks of this group whose stack is the one of their last realloc, not their malloc.
-    pub via_realloc: u64,
-    #[serde(flatten)]
-    pub site: Site,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Leaks {
-    #[serde(flatten)]
-    pub header: Header,
-    pub leaked_blocks: u64,
-    pub leaked_bytes: u64,
-    /// Groups in all (stacks that symbolize the same are one group), before `min_bytes` and
-    /// `top` were applied.
-    pub groups: u64,
-    pub sites: Vec<LeakSite>,
-}
-
-pub fn leaks(
-    dump: &Dump,
-    a: &Analysis,
-    sym: &mut Symbolizer,
-    opts: &Options,
-    min_bytes: u64,
-) -> Leaks {
-    let merged = merged_sites(a, sym);
-    let mut v: Vec<(u32, &SiteStats)> = merged
-        .iter()
-        .filter(|(_, s)| s.leaked_blocks > 0)
-        .map(|(id, s)| (*id, s))
-        .collect();
-    let groups = v.len() as u64;
-    v.retain(|(_, s)| s.leaked_bytes >= min_bytes);
-    v.sort_by_key(|&(id, s)| {
-        (
-            std::cmp::Reverse(s.leaked_bytes),
-            std::cmp::Reverse(s.leaked_blocks),
-            id,
-        )
-    });
-    if opts.top > 0 {
-        v.truncate(opts.top);
-    }
-    let sites = v
-        .into_iter()
-        .map(|(id, s)| LeakSite {
-            blocks: s.leaked_blocks,
-            bytes: s.leaked_bytes,
-            via_realloc: s.leaked_via_realloc,
-            site: site(sym, id, opts),
-        })
-        .collect();
-    Leaks {
-        header: header(dump, a, sym),
-        leaked_blocks: a.leaked_blocks,
-        leaked_bytes: a.leaked_bytes,
-        groups,
-        sites,
-    }
-}
+pub use crate::leaks::{leaks, leaks_text, LeakSite, Leaks};
 
 // ---- churn -----------------------------------------------------------------------------------
 
@@ -515,7 +460,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-fn write_header(o: &mut String, what: &str, h: &Header) {
+pub(crate) fn write_header(o: &mut String, what: &str, h: &Header) {
     let _ = writeln!(
         o,
         "zmtrace {what}: {} (pid {}), {}",
@@ -528,7 +473,7 @@ fn write_header(o: &mut String, what: &str, h: &Header) {
     }
 }
 
-fn write_stack(o: &mut String, s: &Site, opts: &Options) {
+pub(crate) fn write_stack(o: &mut String, s: &Site, opts: &Options) {
     let shown = if opts.depth == 0 {
         s.stack.len()
     } else {
@@ -583,6 +528,20 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
         human_bytes(r.leaked_bytes),
         thousands(r.leaked_blocks)
     );
+    match (&r.check, &r.kinds) {
+        (Some(c), Some(k)) => {
+            let _ = writeln!(o, "  {}", crate::leaks::check_line(c));
+            for line in crate::leaks::kinds_lines(k) {
+                let _ = writeln!(o, "    {line}");
+            }
+        }
+        _ => {
+            let _ = writeln!(o, "  {}", crate::leakcheck::NO_CHECK);
+        }
+    }
+    for line in crate::leaks::suppressed_lines(&r.suppressed) {
+        let _ = writeln!(o, "  {line}");
+    }
     let _ = writeln!(
         o,
         "  temporary          {:>14}  ({:.1}% of allocations)",
@@ -619,39 +578,6 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
             let _ = writeln!(o, "  {v:>12}  {}", t.site.site);
             write_stack(&mut o, &t.site, opts);
         }
-    }
-    o
-}
-
-pub fn leaks_text(l: &Leaks, opts: &Options) -> String {
-    let mut o = String::new();
-    write_header(&mut o, "leaks", &l.header);
-    let _ = writeln!(
-        o,
-        "{} blocks ({}) not freed at exit, from {} stacks; {} shown, largest first",
-        thousands(l.leaked_blocks),
-        human_bytes(l.leaked_bytes),
-        thousands(l.groups),
-        l.sites.len()
-    );
-    for (i, s) in l.sites.iter().enumerate() {
-        let realloc = if s.via_realloc > 0 {
-            format!(
-                " ({} grown by realloc: the stack is their last realloc's)",
-                s.via_realloc
-            )
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            o,
-            "\n#{} {} in {} blocks{realloc}: {}",
-            i + 1,
-            human_bytes(s.bytes),
-            thousands(s.blocks),
-            s.site.site
-        );
-        write_stack(&mut o, &s.site, opts);
     }
     o
 }

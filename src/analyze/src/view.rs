@@ -136,6 +136,9 @@ pub struct ViewSite {
 #[derive(Debug, Serialize)]
 pub struct LeakRow {
     pub site: usize,
+    /// The leak check's class (`definite`, `indirect`, `possible`, `reachable`); null without a
+    /// check. A site has a row per class.
+    pub kind: Option<&'static str>,
     pub blocks: u64,
     pub bytes: u64,
     pub via_realloc: u64,
@@ -333,7 +336,7 @@ pub fn build(
         top: limits.top,
         ..opts.clone()
     };
-    let leaks = reports::leaks(dump, a, sym, &table_opts, 0);
+    let leaks = reports::leaks(dump, a, sym, &table_opts, 0, &[]);
     let churn = reports::churn(dump, a, sym, &table_opts);
     let group = |s: &reports::Site| group_of.get(&reports::site_key(&s.stack)).copied();
     let leak_groups: Vec<Option<usize>> = leaks.sites.iter().map(|s| group(&s.site)).collect();
@@ -390,6 +393,7 @@ pub fn build(
         .filter_map(|(l, g)| {
             Some(LeakRow {
                 site: index[(*g)?],
+                kind: l.kind,
                 blocks: l.blocks,
                 bytes: l.bytes,
                 via_realloc: l.via_realloc,

@@ -5,17 +5,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use zmtrace_analyze::flame::{self, Metric};
+use zmtrace_analyze::leakcheck::NO_CHECK;
 use zmtrace_analyze::reports::{self, Options};
+use zmtrace_analyze::suppressions::{self, Suppressions};
 use zmtrace_analyze::{analyze, Analysis, Symbolizer};
-use zmtrace_format::Dump;
+use zmtrace_format::{Dump, LeakKind};
 
 use crate::Failure;
 
 pub enum What {
     Report,
-    Leaks { min_bytes: u64 },
+    Leaks {
+        min_bytes: u64,
+        kinds: Vec<LeakKind>,
+    },
     Churn,
-    Flamegraph { metric: Metric, folded: bool },
+    Flamegraph {
+        metric: Metric,
+        folded: bool,
+    },
 }
 
 pub struct AnalyzeOptions {
@@ -23,6 +31,7 @@ pub struct AnalyzeOptions {
     pub json: bool,
     pub out: Option<PathBuf>,
     pub report: Options,
+    pub suppressions: Suppressions,
 }
 
 /// Shows how far the replay is on a terminal, once it has taken more than a moment.
@@ -97,18 +106,19 @@ pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
                 ..
             }
     );
-    let a: Analysis = {
+    let mut a: Analysis = {
         let mut p = Progress::new();
         analyze(&dump, peak, &mut |d, t| p.update(d, t))
     };
     let mut sym = Symbolizer::new(&dump);
+    suppressions::apply(&mut a, &mut sym, &o.suppressions);
     let (text, json) = match what {
         What::Report => {
             let r = reports::report(&dump, &a, &mut sym, &o.report);
             (reports::report_text(&r, &o.report), to_json(&r))
         }
-        What::Leaks { min_bytes } => {
-            let l = reports::leaks(&dump, &a, &mut sym, &o.report, min_bytes);
+        What::Leaks { min_bytes, kinds } => {
+            let l = reports::leaks(&dump, &a, &mut sym, &o.report, min_bytes, &kinds);
             (reports::leaks_text(&l, &o.report), to_json(&l))
         }
         What::Churn => {
@@ -117,6 +127,9 @@ pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
         }
         What::Flamegraph { metric, folded } => {
             let lines = flame::folded(&a, &mut sym, metric);
+            if metric == Metric::Lost && a.check.is_none() {
+                eprintln!("zmtrace: warning: {NO_CHECK} (counted as lost)");
+            }
             for w in &sym.warnings {
                 eprintln!("zmtrace: warning: {w}");
             }
@@ -127,6 +140,67 @@ pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
         }
     };
     let out = if o.json { json } else { text };
+    write_out(o.out.as_deref(), out.as_bytes())
+}
+
+/// `zmtrace diff`: `o.dump` is the base, `new` the dump compared with it; with `flame`, a
+/// differential flamegraph of that metric instead of the report.
+pub fn diff(o: &AnalyzeOptions, new: &Path, flame: Option<Metric>) -> Result<(), Failure> {
+    let base_dump = open(&o.dump)?;
+    let new_dump = open(new)?;
+    let mut p = Progress::new();
+    let mut base_a = analyze(&base_dump, true, &mut |d, t| p.update(d, t));
+    let mut new_a = analyze(&new_dump, true, &mut |d, t| p.update(d, t));
+    drop(p);
+    let mut base_sym = Symbolizer::new(&base_dump);
+    let mut new_sym = Symbolizer::new(&new_dump);
+    suppressions::apply(&mut base_a, &mut base_sym, &o.suppressions);
+    suppressions::apply(&mut new_a, &mut new_sym, &o.suppressions);
+    if let Some(metric) = flame {
+        let base_lines = flame::folded(&base_a, &mut base_sym, metric);
+        let new_lines = flame::folded(&new_a, &mut new_sym, metric);
+        let Some(path) = o.out.as_deref() else {
+            return Err(Failure::bad_input(
+                "diff --flamegraph needs -o FILE.svg".into(),
+            ));
+        };
+        let name = |d: &Dump| {
+            d.process
+                .as_ref()
+                .map(|p| format!("{} (pid {})", p.argv.join(" "), p.pid))
+                .unwrap_or_else(|| d.path.display().to_string())
+        };
+        let title = format!(
+            "{} — {} → {}",
+            metric.name(),
+            name(&base_dump),
+            name(&new_dump)
+        );
+        let file = std::fs::File::create(path)
+            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
+        let mut w = std::io::BufWriter::new(file);
+        return flame::differential(&base_lines, &new_lines, metric, title, &mut w)
+            .and_then(|()| w.flush())
+            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())));
+    }
+    let d = zmtrace_analyze::diff::diff(
+        zmtrace_analyze::diff::Side {
+            dump: &base_dump,
+            analysis: &base_a,
+            sym: &mut base_sym,
+        },
+        zmtrace_analyze::diff::Side {
+            dump: &new_dump,
+            analysis: &new_a,
+            sym: &mut new_sym,
+        },
+        &o.report,
+    );
+    let out = if o.json {
+        to_json(&d)
+    } else {
+        zmtrace_analyze::diff::diff_text(&d, &o.report)
+    };
     write_out(o.out.as_deref(), out.as_bytes())
 }
 

@@ -129,6 +129,28 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
             )?;
         }
     }
+    for r in &d.reach {
+        writeln!(
+            o,
+            "leak check: {} (event {}), {:.1} ms; {} threads stopped, {} not; {} of roots",
+            r.trigger.describe(),
+            r.seq,
+            r.scan_ns as f64 / 1e6,
+            r.threads_stopped,
+            r.threads_unstopped,
+            human_bytes(r.root_bytes)
+        )?;
+        for k in zmtrace_format::LeakKind::ALL {
+            let t = r.totals[k as usize];
+            writeln!(
+                o,
+                "  {:<26} {} blocks, {}",
+                k.describe(),
+                t.blocks,
+                human_bytes(t.bytes)
+            )?;
+        }
+    }
     if s.inconsistent > 0 {
         writeln!(
             o,

@@ -2,11 +2,14 @@
 //! turns the outcome into an exit code.
 //!
 //! Exit codes: the traced program's own status for `run` (128+N if a signal N killed it);
-//! 0 for a successful analysis; 2 for bad input (a file that is not a dump, bad options);
-//! 125 when zmtrace cannot set up (unwritable output, missing library); 126 when the program
-//! cannot be traced (statically linked, not executable); 127 when it does not exist.
+//! 0 for a successful analysis; 2 for bad input (a file that is not a dump, bad options, a bad
+//! suppression file); 23 for `run --fail-on-leak` when the program exited 0 but leaked beyond
+//! the suppressions (LeakSanitizer's code); 125 when zmtrace cannot set up (unwritable output,
+//! missing library); 126 when the program cannot be traced (statically linked, not executable);
+//! 127 when it does not exist.
 
 mod analyze;
+mod gate;
 mod info;
 mod run;
 mod view;
@@ -38,6 +41,19 @@ enum Cmd {
         /// stream. Reports, leaks, churn and flamegraphs work; the timeline and the peak do not.
         #[arg(long)]
         aggregate: bool,
+        /// After the program ends, exit with 23 if it leaked: `lost` (definitely or indirectly
+        /// lost, the default), `possible` (or possibly lost) or `all` (any block not freed), beyond
+        /// the suppressions. A program that failed keeps its own status.
+        #[arg(
+            long = "fail-on-leak",
+            value_name = "LEVEL",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "lost"
+        )]
+        fail_on_leak: Option<String>,
+        #[command(flatten)]
+        supp: Supp,
         /// The program to run and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
@@ -53,14 +69,23 @@ enum Cmd {
     Report {
         dump: PathBuf,
         #[command(flatten)]
+        supp: Supp,
+        #[command(flatten)]
         common: Common,
     },
-    /// The blocks not freed at exit, grouped by the stack that made them, largest first.
+    /// The blocks not freed at exit, grouped by stack and class (definitely, indirectly,
+    /// possibly lost, still reachable), lost first, largest first.
     Leaks {
         dump: PathBuf,
         /// Only groups of at least this many bytes.
         #[arg(long, default_value_t = 0)]
         min_bytes: u64,
+        /// Only these classes: definite, indirect, possible, reachable (comma-separated, or
+        /// repeated).
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        #[command(flatten)]
+        supp: Supp,
         #[command(flatten)]
         common: Common,
     },
@@ -73,7 +98,8 @@ enum Cmd {
     /// An SVG flamegraph of one metric (or the collapsed stacks, with --folded).
     Flamegraph {
         dump: PathBuf,
-        /// allocations, bytes, leaked, peak, temporary or reallocs.
+        /// allocations, bytes, leaked, peak, temporary, reallocs or lost (definitely and
+        /// indirectly lost bytes).
         #[arg(long, default_value = "bytes", value_parser = parse_metric)]
         metric: zmtrace_analyze::flame::Metric,
         /// Write the collapsed stacks (for other tools) instead of an SVG.
@@ -85,6 +111,8 @@ enum Cmd {
         /// Another allocator wrapper to see through (a `*` glob); may be repeated.
         #[arg(long = "wrapper")]
         wrappers: Vec<String>,
+        #[command(flatten)]
+        supp: Supp,
     },
     /// One self-contained HTML page: summary, memory over time, flamegraphs, leaks, churn.
     View {
@@ -102,6 +130,56 @@ enum Cmd {
         #[arg(long = "wrapper")]
         wrappers: Vec<String>,
     },
+    /// Compare two dumps site by site: allocations, bytes, peak, leaked, lost, reallocs.
+    Diff {
+        base: PathBuf,
+        new: PathBuf,
+        /// Write a differential flamegraph (SVG, to -o) of --metric instead of the report.
+        #[arg(long)]
+        flamegraph: bool,
+        /// The flamegraph's metric (see `flamegraph`).
+        #[arg(long, default_value = "bytes", value_parser = parse_metric)]
+        metric: zmtrace_analyze::flame::Metric,
+        #[command(flatten)]
+        supp: Supp,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Suppressions of accepted leaks.
+#[derive(clap::Args)]
+struct Supp {
+    /// A suppression file (format: the zmtrace-analyze crate's `suppressions` docs, or the
+    /// README); may be repeated.
+    #[arg(long = "suppressions", value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Do not hide glibc's own one-time allocations (stdio buffers, thread DTV, dlopen, locale).
+    #[arg(long = "no-default-suppressions")]
+    no_defaults: bool,
+}
+
+impl Supp {
+    /// No suppressions at all (reports that do not show leaks).
+    fn none() -> Supp {
+        Supp {
+            files: Vec::new(),
+            no_defaults: true,
+        }
+    }
+
+    fn load(&self) -> Result<zmtrace_analyze::suppressions::Suppressions, Failure> {
+        use zmtrace_analyze::suppressions::Suppressions;
+        let mut s = if self.no_defaults {
+            Suppressions::default()
+        } else {
+            Suppressions::builtin()
+        };
+        for f in &self.files {
+            s.extend(Suppressions::load(f).map_err(Failure::bad_input)?);
+        }
+        Ok(s)
+    }
 }
 
 /// Options of the text and JSON reports.
@@ -126,23 +204,28 @@ struct Common {
 
 fn parse_metric(s: &str) -> Result<zmtrace_analyze::flame::Metric, String> {
     zmtrace_analyze::flame::Metric::parse(s).ok_or_else(|| {
-        "expected one of: allocations, bytes, leaked, peak, temporary, reallocs".to_string()
+        "expected one of: allocations, bytes, leaked, peak, temporary, reallocs, lost".to_string()
     })
 }
 
-fn analyze_options(dump: PathBuf, c: Common) -> analyze::AnalyzeOptions {
+fn analyze_options(
+    dump: PathBuf,
+    c: Common,
+    supp: &Supp,
+) -> Result<analyze::AnalyzeOptions, Failure> {
     let mut report = zmtrace_analyze::reports::Options {
         top: c.top,
         depth: c.depth,
         ..Default::default()
     };
     report.wrappers.extend(c.wrappers);
-    analyze::AnalyzeOptions {
+    Ok(analyze::AnalyzeOptions {
         dump,
         json: c.json,
         out: c.out,
         report,
-    }
+        suppressions: supp.load()?,
+    })
 }
 
 /// Why zmtrace itself failed: a one-line message and the exit code.
@@ -173,8 +256,14 @@ fn main() {
         Cmd::Run {
             out,
             aggregate,
+            fail_on_leak,
+            supp,
             command,
-        } => {
+        } => (|| {
+            let gate = match fail_on_leak.as_deref() {
+                None => None,
+                Some(level) => Some(gate::LeakLevel::parse(level).map_err(Failure::bad_input)?),
+            };
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
             run::run(&run::RunOptions {
@@ -182,44 +271,50 @@ fn main() {
                 program,
                 args: it.collect(),
                 aggregate,
+                gate,
+                suppressions: supp.load()?,
             })
-        }
+        })(),
         Cmd::DumpInfo { dump, modules } => info::dump_info(&dump, modules).map(|()| 0),
-        Cmd::Report { dump, common } => {
-            analyze::run(analyze::What::Report, &analyze_options(dump, common)).map(|()| 0)
-        }
+        Cmd::Report { dump, supp, common } => analyze_options(dump, common, &supp)
+            .and_then(|o| analyze::run(analyze::What::Report, &o))
+            .map(|()| 0),
         Cmd::Leaks {
             dump,
             min_bytes,
+            kinds,
+            supp,
             common,
-        } => analyze::run(
-            analyze::What::Leaks { min_bytes },
-            &analyze_options(dump, common),
-        )
-        .map(|()| 0),
-        Cmd::Churn { dump, common } => {
-            analyze::run(analyze::What::Churn, &analyze_options(dump, common)).map(|()| 0)
-        }
+        } => zmtrace_analyze::leakcheck::parse_kinds(&kinds)
+            .map_err(Failure::bad_input)
+            .and_then(|kinds| {
+                let o = analyze_options(dump, common, &supp)?;
+                analyze::run(analyze::What::Leaks { min_bytes, kinds }, &o)
+            })
+            .map(|()| 0),
+        Cmd::Churn { dump, common } => analyze_options(dump, common, &Supp::none())
+            .and_then(|o| analyze::run(analyze::What::Churn, &o))
+            .map(|()| 0),
         Cmd::Flamegraph {
             dump,
             metric,
             folded,
             out,
             wrappers,
-        } => {
-            let mut o = analyze_options(
-                dump,
-                Common {
-                    json: false,
-                    top: 0,
-                    depth: 0,
-                    wrappers,
-                    out,
-                },
-            );
-            o.report.top = 0;
-            analyze::run(analyze::What::Flamegraph { metric, folded }, &o).map(|()| 0)
-        }
+            supp,
+        } => analyze_options(
+            dump,
+            Common {
+                json: false,
+                top: 0,
+                depth: 0,
+                wrappers,
+                out,
+            },
+            &supp,
+        )
+        .and_then(|o| analyze::run(analyze::What::Flamegraph { metric, folded }, &o))
+        .map(|()| 0),
         Cmd::View {
             dump,
             out,
@@ -238,6 +333,16 @@ fn main() {
             })
             .map(|()| 0)
         }
+        Cmd::Diff {
+            base,
+            new,
+            flamegraph,
+            metric,
+            supp,
+            common,
+        } => analyze_options(base, common, &supp)
+            .and_then(|o| analyze::diff(&o, &new, flamegraph.then_some(metric)))
+            .map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

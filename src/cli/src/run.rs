@@ -19,9 +19,13 @@ pub struct RunOptions {
     pub args: Vec<OsString>,
     /// Per-site counters and the live set only, no event stream (`--aggregate`).
     pub aggregate: bool,
+    /// `--fail-on-leak`: the level that fails the run.
+    pub gate: Option<crate::gate::LeakLevel>,
+    pub suppressions: zmtrace_analyze::suppressions::Suppressions,
 }
 
-/// Runs the program; returns the exit code zmtrace should end with (the program's own).
+/// Runs the program; returns the exit code zmtrace should end with (the program's own, or the
+/// gate's when it exited 0 and leaked).
 pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
     let program = find_program(&opts.program)?;
     check_dynamic(&program)?;
@@ -74,6 +78,12 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         _ => 1,
     };
     report(&out_dir, &session, pid, status.signal());
+    if let Some(level) = opts.gate {
+        let dumps = session_dumps(&out_dir, &session);
+        if crate::gate::check(&dumps, level, &opts.suppressions) && code == 0 {
+            return Ok(crate::gate::LEAK_EXIT);
+        }
+    }
     Ok(code)
 }
 
@@ -347,6 +357,18 @@ fn report(dir: &Path, session: &str, pid: u32, signal: Option<i32>) {
             s.leaked_blocks,
             human_bytes(s.leaked_bytes)
         );
+        if s.check.is_some() {
+            let k = zmtrace_analyze::leakcheck::Kinds::from(&s.kinds);
+            let _ = writeln!(
+                err,
+                "zmtrace:   leak check: definitely lost {}, indirectly lost {}, possibly lost {}, \
+                 still reachable {}",
+                human_bytes(k.definite.bytes),
+                human_bytes(k.indirect.bytes),
+                human_bytes(k.possible.bytes),
+                human_bytes(k.reachable.bytes)
+            );
+        }
         if dump.end.is_none() && dump.exec.is_none() {
             let _ = writeln!(err, "zmtrace:   the process {}", dump.ending());
         }

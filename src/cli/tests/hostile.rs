@@ -96,13 +96,13 @@ fn files_that_are_not_dumps_get_one_line_errors() {
     future[8..12].copy_from_slice(&7u32.to_le_bytes());
     let future_path = dir.join("future.zmt");
     std::fs::write(&future_path, future).unwrap();
-    let future_msg = format!(
+    let future_message = format!(
         "is a version 7 dump; this zmtrace reads versions up to {}",
         zmtrace_format::VERSION
     );
     let cases = [
         (empty.clone(), "is empty"),
-        (future_path.clone(), future_msg.as_str()),
+        (future_path.clone(), future_message.as_str()),
         (dir.clone(), "is a directory, not a zmtrace dump"),
         (dir.join("missing.zmt"), "cannot read"),
     ];

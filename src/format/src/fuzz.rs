@@ -22,6 +22,15 @@ pub fn check_reader(data: &[u8]) {
             let _ = addr;
         }
     }
+    for r in &dump.reach {
+        // Lookups rely on each list being strictly ascending.
+        for list in &r.addrs {
+            assert!(
+                list.windows(2).all(|w| w[0] < w[1]),
+                "addresses out of order"
+            );
+        }
+    }
     let _ = dump.ending();
     let _ = dump.is_complete();
 }

@@ -28,10 +28,14 @@
 //! | [`RecordKind::End`] | how the process ended and the recorder's own counters ([`End`]) |
 //! | [`RecordKind::Late`] | thread id: a thread allocated or freed after the `End` record (e.g. while another thread ran `exit`); its events from then on are not in the dump |
 //! | [`RecordKind::Aggregate`] | raw length, zstd-compressed [`Aggregate`]: per-stack counters of an aggregated recording (no `Events` records); the last one in the file holds the totals |
-//! | [`RecordKind::LiveAtEnd`] | raw length, zstd-compressed per-stack sums (stack, blocks, bytes, usable bytes, blocks that went through a realloc) of the blocks live when an aggregated recording ended; the last one counts |
+//! | [`RecordKind::LiveAtEnd`] | raw length, zstd-compressed per-stack sums (stack, blocks, bytes, usable bytes, blocks that went through a realloc, leak kind) of the blocks live when an aggregated recording ended; the last one counts |
+//! | [`RecordKind::Reach`] | a leak check ([`Reach`]): trigger, sequence number, scan figures, per [`LeakKind`] blocks and bytes, then raw length and the zstd-compressed addresses of each kind (count, then ascending: first absolute, then deltas) |
 //!
-//! Version 2 added the last two kinds (`zmtrace run --aggregate`) and compressed the `Stacks`
-//! records; a version-1 reader stops at the version number instead of calling them damage.
+//! Version 2 added the last three kinds (`zmtrace run --aggregate`, the leak check) and
+//! compressed the `Stacks` records; this crate reads versions 1 and 2. A version-1 reader refuses
+//! a version-2 dump with "upgrade zmtrace" rather than take the new records for damage. An intact
+//! record of a kind this reader does not know (from a newer writer) is skipped with a warning that
+//! says so, not counted as lost bytes.
 //!
 //! Stacks are interned: an event names its stack by id, and the `Stacks` record defining an id is
 //! written before the first `Events` record that uses it. Stack frames are raw return addresses
@@ -78,6 +82,7 @@ pub enum RecordKind {
     Late = 9,
     Aggregate = 10,
     LiveAtEnd = 11,
+    Reach = 12,
 }
 
 impl RecordKind {
@@ -94,6 +99,7 @@ impl RecordKind {
             9 => RecordKind::Late,
             10 => RecordKind::Aggregate,
             11 => RecordKind::LiveAtEnd,
+            12 => RecordKind::Reach,
             _ => return None,
         })
     }
@@ -159,6 +165,18 @@ pub struct LiveSite {
     pub usable: u64,
     /// Of the blocks, those that went through a realloc.
     pub via_realloc: u64,
+    /// What the leak check at the end found these blocks to be ([`LeakKind`] as a number), or
+    /// [`LiveSite::UNCHECKED`]: a stack has one entry per kind.
+    pub kind: u8,
+}
+
+impl LiveSite {
+    /// The blocks were not seen by a leak check (none was made, or they came after it).
+    pub const UNCHECKED: u8 = 0xff;
+
+    pub fn leak_kind(&self) -> Option<LeakKind> {
+        LeakKind::ALL.get(usize::from(self.kind)).copied()
+    }
 }
 
 /// The counters of an aggregated recording (`zmtrace run --aggregate`): what the analyzer would
@@ -267,6 +285,126 @@ pub struct End {
     /// With `ZMTRACE_UNWIND=compare`: stacks captured by both unwinders, and how many differed.
     pub compared_stacks: u64,
     pub mismatched_stacks: u64,
+}
+
+/// What a leak check found a block to be, with valgrind memcheck's meanings. The order is the
+/// order of the lists in a [`Reach`] record, and the order reports show them in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LeakKind {
+    /// No pointer to the block anywhere: neither from the roots nor from another block.
+    Definite = 0,
+    /// Pointed to only from lost blocks (the nodes of a list whose head is lost).
+    Indirect = 1,
+    /// Reached only through a pointer into its middle (or from a block reached that way).
+    Possible = 2,
+    /// A pointer to its start is reachable from the roots.
+    Reachable = 3,
+}
+
+impl LeakKind {
+    pub const ALL: [LeakKind; 4] = [
+        LeakKind::Definite,
+        LeakKind::Indirect,
+        LeakKind::Possible,
+        LeakKind::Reachable,
+    ];
+
+    /// The name on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            LeakKind::Definite => "definite",
+            LeakKind::Indirect => "indirect",
+            LeakKind::Possible => "possible",
+            LeakKind::Reachable => "reachable",
+        }
+    }
+
+    /// The name for people, as memcheck prints it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            LeakKind::Definite => "definitely lost",
+            LeakKind::Indirect => "indirectly lost",
+            LeakKind::Possible => "possibly lost",
+            LeakKind::Reachable => "still reachable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LeakKind> {
+        LeakKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// What started a leak check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReachTrigger {
+    /// `exit` or a return from `main`, after the program's own exit handlers.
+    #[default]
+    Exit,
+    /// `_exit` or `_Exit`.
+    UnderscoreExit,
+    /// The program asked (`zmtrace_leak_check()`).
+    Request,
+}
+
+impl ReachTrigger {
+    pub fn from_u8(b: u8) -> Option<ReachTrigger> {
+        Some(match b {
+            0 => ReachTrigger::Exit,
+            1 => ReachTrigger::UnderscoreExit,
+            2 => ReachTrigger::Request,
+            _ => return None,
+        })
+    }
+    pub fn describe(self) -> &'static str {
+        match self {
+            ReachTrigger::Exit => "at exit",
+            ReachTrigger::UnderscoreExit => "at _exit",
+            ReachTrigger::Request => "on request",
+        }
+    }
+    /// True for the checks made as the process ended: they classify what is live at the end.
+    pub fn at_end(self) -> bool {
+        self != ReachTrigger::Request
+    }
+}
+
+/// Blocks and bytes (requested sizes) of one kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindTotal {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// The `Reach` record: one leak check made inside the traced process. The roots were the
+/// writable segments of the loaded modules, the registers and stacks of the live threads and
+/// their static TLS; the blocks were the live set at the check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub trigger: ReachTrigger,
+    /// The event sequence counter at the check: events numbered below it came before.
+    pub seq: u64,
+    /// How long the check took, threads stopped and started again included (ns).
+    pub scan_ns: u64,
+    /// Threads stopped for the check (the checking thread not counted).
+    pub threads_stopped: u32,
+    /// Threads that could not be stopped (the signal blocked, or no answer in time): their
+    /// whole stack mapping was scanned, or what of it could be found.
+    pub threads_unstopped: u32,
+    /// Bytes of roots scanned (segments, stacks, TLS).
+    pub root_bytes: u64,
+    /// Per [`LeakKind`], in its order.
+    pub totals: [KindTotal; 4],
+    /// The blocks' addresses per [`LeakKind`], ascending.
+    pub addrs: [Vec<u64>; 4],
+}
+
+impl Reach {
+    /// The kind of the block at `addr`, if the check saw it.
+    pub fn kind_of(&self, addr: u64) -> Option<LeakKind> {
+        LeakKind::ALL
+            .into_iter()
+            .find(|&k| self.addrs[k as usize].binary_search(&addr).is_ok())
+    }
 }
 
 /// The name of a signal number, for messages.

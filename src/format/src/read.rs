@@ -15,8 +15,9 @@ use std::sync::Mutex;
 use crate::event::decode_events;
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::{
-    Aggregate, AggregateSite, Block, End, EndReason, Event, LiveSite, Module, Origin, Process,
-    RecordKind, FILE_HEADER_LEN, MAGIC, MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION,
+    Aggregate, AggregateSite, Block, End, EndReason, Event, KindTotal, LiveSite, Module, Origin,
+    Process, Reach, ReachTrigger, RecordKind, FILE_HEADER_LEN, MAGIC, MAX_RECORD_LEN,
+    RECORD_HEADER_LEN, VERSION,
 };
 
 /// Why a file could not be read as a dump at all.
@@ -79,6 +80,8 @@ pub struct Dump {
     pub end: Option<End>,
     /// Threads that allocated or freed after the `End` record (their later events are missing).
     pub late_threads: Vec<u32>,
+    /// The leak checks made in the process, in the order they were written.
+    pub reach: Vec<Reach>,
     /// Number of records read intact.
     pub records: u64,
     /// Bytes that could not be read (damaged or cut-off records).
@@ -197,6 +200,15 @@ impl Dump {
         let mut pos = FILE_HEADER_LEN;
         while pos < data.len() {
             let rest = data.len() - pos;
+            if let Some(len) = unknown_record_at(data, pos) {
+                dump.warnings.push(format!(
+                    "a record of unknown kind {} at offset {pos} ({len} bytes) was skipped: \
+                     written by a newer zmtrace?",
+                    data[pos]
+                ));
+                pos += RECORD_HEADER_LEN + len;
+                continue;
+            }
             if let Some((kind, payload)) = record_at(data, pos) {
                 if let Err(Malformed) = dump.take_record(kind, payload, pos + RECORD_HEADER_LEN) {
                     dump.warnings.push(format!(
@@ -217,7 +229,8 @@ impl Dump {
                 break;
             }
             // Damage: skip to the next intact record, if any.
-            let next = (pos + 1..data.len()).find(|&p| record_at(data, p).is_some());
+            let next = (pos + 1..data.len())
+                .find(|&p| record_at(data, p).is_some() || unknown_record_at(data, p).is_some());
             let end = next.unwrap_or(data.len());
             dump.bytes_lost += (end - pos) as u64;
             dump.warnings.push(format!(
@@ -461,10 +474,12 @@ impl Dump {
                         bytes: c.uvarint()?,
                         usable: c.uvarint()?,
                         via_realloc: c.uvarint()?,
+                        kind: c.u8()?,
                     });
                 }
                 self.live_at_end = sites;
             }
+            RecordKind::Reach => self.reach.push(parse_reach(&mut c)?),
         }
         Ok(())
     }
@@ -704,6 +719,67 @@ fn parse_process(payload: &[u8]) -> Result<Process, Malformed> {
     })
 }
 
+fn parse_reach(c: &mut Cursor<'_>) -> Result<Reach, Malformed> {
+    let trigger = ReachTrigger::from_u8(c.u8()?).ok_or(Malformed)?;
+    let seq = c.uvarint()?;
+    let scan_ns = c.uvarint()?;
+    let threads_stopped = c.u32()?;
+    let threads_unstopped = c.u32()?;
+    let root_bytes = c.uvarint()?;
+    let mut totals = [KindTotal::default(); 4];
+    for t in &mut totals {
+        t.blocks = c.uvarint()?;
+        t.bytes = c.uvarint()?;
+    }
+    let raw = decompress(c.uvarint()?, c.rest())?;
+    let mut c = Cursor::new(&raw);
+    let mut addrs: [Vec<u64>; 4] = Default::default();
+    for list in &mut addrs {
+        let n = c.uvarint()?;
+        // Every address takes a byte at least: a damaged count cannot reserve more than that.
+        list.reserve(n.min(c.remaining() as u64) as usize);
+        let mut prev = 0u64;
+        for i in 0..n {
+            let delta = c.uvarint()?;
+            if i > 0 && delta == 0 {
+                return Err(Malformed); // lookups need strictly ascending addresses
+            }
+            prev = prev.checked_add(delta).ok_or(Malformed)?;
+            list.push(prev);
+        }
+    }
+    Ok(Reach {
+        trigger,
+        seq,
+        scan_ns,
+        threads_stopped,
+        threads_unstopped,
+        root_bytes,
+        totals,
+        addrs,
+    })
+}
+
+/// An intact record of a kind this reader does not know (checksum right, whole): its payload
+/// length. A newer writer's record, to be skipped and named rather than taken for damage.
+fn unknown_record_at(data: &[u8], pos: usize) -> Option<usize> {
+    let head = data.get(pos..pos + RECORD_HEADER_LEN)?;
+    if head[0] == 0 || RecordKind::from_u8(head[0]).is_some() {
+        return None;
+    }
+    let len = u32::from_le_bytes(head[1..5].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(head[5..9].try_into().unwrap());
+    if len > MAX_RECORD_LEN {
+        return None;
+    }
+    let start = pos + RECORD_HEADER_LEN;
+    let payload = data.get(start..start.checked_add(len)?)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&head[..1]);
+    h.update(payload);
+    (h.finalize() == crc).then_some(len)
+}
+
 /// The intact record starting at `pos`, if there is one: known kind, whole, checksum right.
 fn record_at(data: &[u8], pos: usize) -> Option<(RecordKind, &[u8])> {
     let head = data.get(pos..pos + RECORD_HEADER_LEN)?;
@@ -851,6 +927,7 @@ mod tests {
             bytes: 24,
             usable: 40,
             via_realloc: 1,
+            kind: crate::LeakKind::Possible as u8,
         }];
         let raw = write::live_raw(blocks.iter().copied());
         let z = zstd::bulk::compress(&raw, 1).unwrap();
@@ -922,6 +999,82 @@ mod tests {
                 proptest::prop_assert!(events.windows(2).all(|w| w[0].seq <= w[1].seq));
             }
         }
+    }
+
+    fn reach_record() -> Reach {
+        let mut r = Reach {
+            trigger: ReachTrigger::UnderscoreExit,
+            seq: 77,
+            scan_ns: 1234,
+            threads_stopped: 2,
+            threads_unstopped: 1,
+            root_bytes: 4096,
+            ..Reach::default()
+        };
+        r.addrs = [
+            vec![0x1000, 0x1040],
+            vec![],
+            vec![0x7fff_0000_0000],
+            vec![0x10, 0x20, 0x5555_0000_0010],
+        ];
+        for (k, list) in r.addrs.iter().enumerate() {
+            r.totals[k] = KindTotal {
+                blocks: list.len() as u64,
+                bytes: 8 * list.len() as u64,
+            };
+        }
+        r
+    }
+
+    #[test]
+    fn reads_back_a_leak_check() {
+        let mut data = sample();
+        let r = reach_record();
+        let raw = write::reach_raw(&r.addrs);
+        write::reach(
+            &mut data,
+            &r,
+            raw.len(),
+            &zstd::bulk::compress(&raw, 1).unwrap(),
+        );
+        let d = Dump::from_bytes(Path::new("t"), data).unwrap();
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        assert_eq!(d.reach, std::slice::from_ref(&r));
+        assert_eq!(d.reach[0].kind_of(0x1040), Some(crate::LeakKind::Definite));
+        assert_eq!(d.reach[0].kind_of(0x20), Some(crate::LeakKind::Reachable));
+        assert_eq!(d.reach[0].kind_of(0x30), None);
+    }
+
+    #[test]
+    fn an_intact_record_of_an_unknown_kind_is_named_and_skipped() {
+        let mut data = sample();
+        let end_len = {
+            let d = Dump::from_bytes(Path::new("t"), data.clone()).unwrap();
+            let mut e = Vec::new();
+            write::end(&mut e, &d.end.unwrap());
+            e.len()
+        };
+        let end = data.split_off(data.len() - end_len);
+        assert_eq!(end[0], RecordKind::End as u8);
+        // What a newer writer might add: kind 200, intact.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&[200, 1, 2, 3]);
+        data.push(200);
+        data.extend_from_slice(&3u32.to_le_bytes());
+        data.extend_from_slice(&crc.finalize().to_le_bytes());
+        data.extend_from_slice(&[1, 2, 3]);
+        data.extend_from_slice(&end);
+        let d = Dump::from_bytes(Path::new("t"), data).unwrap();
+        assert_eq!(d.bytes_lost, 0);
+        assert_eq!(
+            d.warnings,
+            [format!(
+                "a record of unknown kind 200 at offset {} (3 bytes) was skipped: written by a \
+                 newer zmtrace?",
+                d.file_len as usize - end_len - 12
+            )]
+        );
+        assert!(d.end.is_some() && d.is_complete());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! flushing), with its own heap, so they may allocate.
 
 use crate::varint::{put_bytes, put_uvarint, zigzag};
-use crate::{Aggregate, Block, End, LiveSite, Module, Origin, Process, RecordKind, MAGIC, VERSION};
+use crate::{
+    Aggregate, Block, End, LiveSite, Module, Origin, Process, Reach, RecordKind, MAGIC, VERSION,
+};
 
 /// The bytes every dump starts with.
 pub fn file_header() -> [u8; crate::FILE_HEADER_LEN] {
@@ -202,6 +204,7 @@ pub fn live_raw(sites: impl Iterator<Item = LiveSite>) -> Vec<u8> {
         put_uvarint(&mut b, s.bytes);
         put_uvarint(&mut b, s.usable);
         put_uvarint(&mut b, s.via_realloc);
+        b.push(s.kind);
     }
     b
 }
@@ -212,4 +215,43 @@ pub fn compressed(out: &mut Vec<u8>, kind: RecordKind, raw_len: usize, compresse
     put_uvarint(&mut b, raw_len as u64);
     b.extend_from_slice(compressed);
     record(out, kind, &b);
+}
+
+/// The address lists of a `Reach` record, before compression: per kind a count, then the
+/// addresses ascending, the first absolute and the others as deltas (heap addresses are close
+/// together, so most deltas take one or two bytes).
+pub fn reach_raw(addrs: &[Vec<u64>; 4]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for list in addrs {
+        put_uvarint(&mut b, list.len() as u64);
+        let mut prev = 0u64;
+        for &a in list {
+            put_uvarint(&mut b, a.wrapping_sub(prev));
+            prev = a;
+        }
+    }
+    b
+}
+
+/// A `Reach` record: `r`'s header fields (its `addrs` are ignored) and the compressed lists made
+/// by [`reach_raw`].
+pub fn reach(out: &mut Vec<u8>, r: &Reach, raw_len: usize, compressed: &[u8]) {
+    let mut b = Vec::with_capacity(compressed.len() + 64);
+    b.push(r.trigger as u8);
+    for v in [
+        r.seq,
+        r.scan_ns,
+        u64::from(r.threads_stopped),
+        u64::from(r.threads_unstopped),
+        r.root_bytes,
+    ] {
+        put_uvarint(&mut b, v);
+    }
+    for t in &r.totals {
+        put_uvarint(&mut b, t.blocks);
+        put_uvarint(&mut b, t.bytes);
+    }
+    put_uvarint(&mut b, raw_len as u64);
+    b.extend_from_slice(compressed);
+    record(out, RecordKind::Reach, &b);
 }

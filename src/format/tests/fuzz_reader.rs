@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use zmtrace_format::event::{encode_alloc, encode_free, encode_realloc, pack, EventBuf};
 use zmtrace_format::fuzz::check_reader;
 use zmtrace_format::{
-    write, Aggregate, AggregateSite, AllocKind, Block, End, EndReason, LiveSite, Module, Origin,
-    Process, RecordKind,
+    write, Aggregate, AggregateSite, AllocKind, Block, End, EndReason, KindTotal, LiveSite, Module,
+    Origin, Process, Reach, RecordKind,
 };
 
 fn seed(events: u64, fork: bool) -> Vec<u8> {
@@ -78,6 +78,7 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
             bytes: 72,
             usable: 72,
             via_realloc: u64::from(i),
+            kind: i as u8,
         }));
         let z = zstd::bulk::compress(&raw, 1).unwrap();
         write::compressed(&mut out, RecordKind::LiveAtEnd, raw.len(), &z);
@@ -117,6 +118,25 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
         let z = zstd::bulk::compress(&packed, 1).unwrap();
         write::events(&mut out, stream, 100 + stream, packed.len(), &z);
     }
+    let mut reach = Reach {
+        seq: events * 2,
+        ..Reach::default()
+    };
+    reach.addrs[0] = (0..events / 3).map(|i| 0x9000 + i * 48).collect();
+    reach.addrs[3] = vec![0xa000, 0xa100];
+    for (k, list) in reach.addrs.iter().enumerate() {
+        reach.totals[k] = KindTotal {
+            blocks: list.len() as u64,
+            bytes: 16 * list.len() as u64,
+        };
+    }
+    let raw = write::reach_raw(&reach.addrs);
+    write::reach(
+        &mut out,
+        &reach,
+        raw.len(),
+        &zstd::bulk::compress(&raw, 1).unwrap(),
+    );
     write::end(
         &mut out,
         &End {
@@ -176,7 +196,7 @@ fn mutate(data: &mut Vec<u8>, rng: &mut Rng) {
             _ if len > 9 => {
                 // A plausible record header with a wild length, where damage hurts most.
                 let at = rng.below(len - 9);
-                data[at] = 1 + rng.below(9) as u8;
+                data[at] = 1 + rng.below(10) as u8;
                 data[at + 1..at + 5].copy_from_slice(&(rng.next() as u32).to_le_bytes());
             }
             _ => {}

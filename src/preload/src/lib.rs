@@ -367,3 +367,22 @@ pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
     rec::modules_changed();
     rc
 }
+
+// ---- leak checks on request ------------------------------------------------------------------
+
+/// `long zmtrace_leak_check(void)`: classifies the blocks live now (definitely, indirectly,
+/// possibly lost, still reachable) and writes the result to the dump. Returns the bytes
+/// definitely and indirectly lost, or -1 when nothing is being recorded. A program finds it with
+/// `dlsym(RTLD_DEFAULT, "zmtrace_leak_check")` or a weak declaration, so that it also runs
+/// untraced.
+#[no_mangle]
+pub extern "C" fn zmtrace_leak_check() -> std::ffi::c_long {
+    match rec::leak_check() {
+        Some(t) => {
+            let lost = t[rec::LeakKind::Definite as usize].bytes
+                + t[rec::LeakKind::Indirect as usize].bytes;
+            lost.min(std::ffi::c_long::MAX as u64) as std::ffi::c_long
+        }
+        None => -1,
+    }
+}

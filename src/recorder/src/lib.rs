@@ -24,11 +24,14 @@
 //! handlers that hold every recorder lock across the fork; the child starts a dump of its own that
 //! begins with the blocks it inherited. The dump ends with an `End` record written at `exit`,
 //! `_exit`, `abort`, `exec`, [`stop`], or from a front end's fatal-signal handler
-//! ([`finish_on_signal`], which hands the work to the writer thread).
+//! ([`finish_on_signal`], which hands the work to the writer thread). Before the `End` of an
+//! `exit` or `_exit`, and whenever the program calls [`leak_check`], a leak check ([`reach`])
+//! classifies the live set as memcheck would and writes a `Reach` record.
 
 mod aggregate;
 pub mod modules;
 pub mod output;
+pub mod reach;
 pub mod ring;
 pub mod sync;
 mod unwind;
@@ -44,7 +47,7 @@ use std::sync::OnceLock;
 
 use dashmap::DashMap;
 use zmtrace_format::event::{encode_alloc, encode_failed, encode_free, encode_realloc, EventBuf};
-pub use zmtrace_format::{AllocKind, EndReason};
+pub use zmtrace_format::{AllocKind, EndReason, KindTotal, LeakKind, ReachTrigger};
 
 use crate::ring::Ring;
 use crate::sync::{Guard, SpinLock};
@@ -258,6 +261,15 @@ pub struct ThreadState {
 }
 
 unsafe impl Sync for ThreadState {}
+
+impl ThreadState {
+    /// The top of the stack of the thread that owns this state.
+    pub(crate) fn stack_top(&self) -> u64 {
+        // SAFETY: a plain read of a field written only when a thread claims the state; the
+        // leak check reads it from the owning thread or while that thread is stopped.
+        unsafe { (*self.local.get()).stack_top() }
+    }
+}
 
 /// Per-thread tallies, written only by the owner (relaxed load + store, no atomic RMW).
 #[derive(Default)]
@@ -869,7 +881,44 @@ pub fn finish(reason: EndReason, status: i32) {
     if STATE.load(Ordering::Acquire) != READY || !output::owns_dump() {
         return;
     }
+    let trigger = match reason {
+        EndReason::Exit => Some(ReachTrigger::Exit),
+        EndReason::UnderscoreExit => Some(ReachTrigger::UnderscoreExit),
+        _ => None,
+    };
+    if let (Some(trigger), Some(core)) = (trigger, CORE.get()) {
+        write_leak_check(core, trigger);
+    }
     output::finish(reason, status);
+}
+
+/// Runs a leak check now and writes it to the dump; returns the blocks and bytes of each
+/// [`LeakKind`] (in its order), or None when nothing is being recorded (or another check is
+/// under way).
+pub fn leak_check() -> Option<[KindTotal; 4]> {
+    let _g = Guard::enter()?;
+    if STATE.load(Ordering::Acquire) != READY || !output::owns_dump() {
+        return None;
+    }
+    write_leak_check(CORE.get()?, ReachTrigger::Request)
+}
+
+/// Aggregated mode: the addresses of each class found by the check at the end, for the live
+/// set written after it (see `output`).
+pub(crate) static LAST_EXIT_CHECK: SpinLock<Option<Box<[Vec<u64>; 4]>>> = SpinLock::new(None);
+
+fn write_leak_check(core: &Core, trigger: ReachTrigger) -> Option<[KindTotal; 4]> {
+    let outcome = reach::check(core, trigger)?;
+    let r = &outcome.reach;
+    if aggregate::on() && trigger != ReachTrigger::Request {
+        *LAST_EXIT_CHECK.lock() = Some(Box::new(r.addrs.clone()));
+    }
+    let raw = zmtrace_format::write::reach_raw(&r.addrs);
+    let z = zstd::bulk::compress(&raw, 1).ok()?;
+    let mut buf = Vec::new();
+    zmtrace_format::write::reach(&mut buf, r, raw.len(), &z);
+    output::write_record(&buf);
+    Some(r.totals)
 }
 
 /// Where [`start`] was told to write (overrides `ZMTRACE_OUT`).

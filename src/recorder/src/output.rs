@@ -117,6 +117,20 @@ static FINAL_DONE: AtomicBool = AtomicBool::new(false);
 /// The writer's kernel thread id: a signal handler running on it must not wait for itself.
 static WRITER_TID: AtomicU32 = AtomicU32::new(0);
 
+/// The writer thread's id (0 if there is none), waiting a moment for a writer that has been
+/// created but has not run yet (a short program can reach `exit` first).
+pub(crate) fn writer_tid() -> u32 {
+    let deadline = crate::now_mono() + 200_000_000;
+    loop {
+        let tid = WRITER_TID.load(Ordering::Acquire);
+        if tid != 0 || !WRITER_RUNNING.load(Ordering::Acquire) || crate::now_mono() > deadline {
+            return tid;
+        }
+        // SAFETY: plain syscall.
+        unsafe { libc::sched_yield() };
+    }
+}
+
 extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
     Guard::enter_forever();
     // SAFETY: blocks every signal in this thread only: process signals go to the program's
@@ -295,6 +309,19 @@ pub(crate) fn restart() {
     DROPPED.store(0, Ordering::Relaxed);
 }
 
+/// Appends one whole record (a leak check's) to the dump, unless it is finished or failed.
+pub(crate) fn write_record(bytes: &[u8]) {
+    let mut out = OUTPUT.lock();
+    if out.fd < 0 && !out.finished && !out.failed {
+        if let Some(core) = crate::CORE.get() {
+            out.open(core, Origin::Start, 0, 0);
+        }
+    }
+    if out.fd >= 0 && !out.finished && !out.failed {
+        out.write_all_or_fail(bytes);
+    }
+}
+
 pub(crate) fn flush_now() {
     let mut out = OUTPUT.lock();
     out.flush_pass(crate::CORE.get());
@@ -340,11 +367,22 @@ impl Output {
             self.write_all_or_fail(&buf);
             return;
         }
-        let mut sites: std::collections::HashMap<u32, LiveSite> = Default::default();
+        // Classified by the leak check made at the end, when there is one: the reports need
+        // the classes per stack, and a summed live set has no addresses to match them by.
+        let check = crate::LAST_EXIT_CHECK.lock().take();
+        let mut sites: std::collections::HashMap<(u32, u8), LiveSite> = Default::default();
         for e in core.live.iter() {
             let b = e.value();
-            let s = sites.entry(b.stack).or_insert(LiveSite {
+            let kind = check
+                .as_ref()
+                .and_then(|addrs| {
+                    let a = *e.key() as u64;
+                    (0..4).find(|&k| addrs[k].binary_search(&a).is_ok())
+                })
+                .map_or(LiveSite::UNCHECKED, |k| k as u8);
+            let s = sites.entry((b.stack, kind)).or_insert(LiveSite {
                 stack: b.stack,
+                kind,
                 ..LiveSite::default()
             });
             s.blocks += 1;
@@ -353,7 +391,7 @@ impl Output {
             s.via_realloc += u64::from(b.chain > 0);
         }
         let mut sites: Vec<LiveSite> = sites.into_values().collect();
-        sites.sort_unstable_by_key(|s| s.stack);
+        sites.sort_unstable_by_key(|s| (s.stack, s.kind));
         let raw = write::live_raw(sites.into_iter());
         let z = self.compress(&raw);
         write::compressed(&mut buf, RecordKind::LiveAtEnd, raw.len(), &z);
@@ -412,6 +450,8 @@ pub(crate) fn after_fork_in_child(core: &Core) {
         out.open(core, Origin::Fork, parent, fork_seq);
     }
     WRITER_RUNNING.store(false, Ordering::Release);
+    // The parent's writer is not in this process; ours publishes its id when it runs.
+    WRITER_TID.store(0, Ordering::Release);
     start_writer();
 }
 

@@ -128,6 +128,10 @@ impl Local {
         }
     }
 
+    pub fn stack_top(&self) -> u64 {
+        self.stack_top
+    }
+
     pub fn reset_for_thread(&mut self, stack_top: u64) {
         self.stack_top = stack_top;
         self.prev.reusable = false;

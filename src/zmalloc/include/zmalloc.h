@@ -55,6 +55,9 @@ const char *zmalloc_layout(void);
 int zmtrace_start(const char *dir);
 void zmtrace_stop(void);
 void zmtrace_dump_now(void);
+/* A leak check now (memcheck's classes of the blocks live now), written to the dump: returns the
+ * bytes definitely and indirectly lost, or -1 when not tracing. At exit one is made anyway. */
+long zmtrace_leak_check(void);
 
 #ifdef __cplusplus
 }

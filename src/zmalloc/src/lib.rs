@@ -451,3 +451,17 @@ pub extern "C" fn zmtrace_stop() {
 pub extern "C" fn zmtrace_dump_now() {
     rec::dump_now();
 }
+
+/// A leak check now, written to the dump: the bytes definitely and indirectly lost, or -1 when
+/// not tracing (see `zmtrace_leak_check` in zmalloc.h).
+#[no_mangle]
+pub extern "C" fn zmtrace_leak_check() -> std::ffi::c_long {
+    match rec::leak_check() {
+        Some(t) => {
+            let lost = t[rec::LeakKind::Definite as usize].bytes
+                + t[rec::LeakKind::Indirect as usize].bytes;
+            lost.min(std::ffi::c_long::MAX as u64) as std::ffi::c_long
+        }
+        None => -1,
+    }
+}

@@ -1,0 +1,144 @@
+//! The leak check the recorder made inside the process as it ended (a `Reach` record), as the
+//! reports use it: every block live at the end gets memcheck's class, *definitely lost*,
+//! *indirectly lost*, *possibly lost* or *still reachable*.
+//!
+//! A dump without one (a process killed, one that `exec`ed or `abort`ed, a dump of an older
+//! zmtrace) is analyzed as before: every block live at exit is listed, with no class.
+
+use serde::Serialize;
+use zmtrace_format::{Dump, KindTotal, LeakKind, Reach};
+
+/// The line reports print when a dump has no leak check made at its end.
+pub const NO_CHECK: &str = "no reachability data: every block live at exit is listed";
+
+/// The last leak check made as the process ended, if any.
+pub fn exit_check(dump: &Dump) -> Option<&Reach> {
+    dump.reach.iter().rev().find(|r| r.trigger.at_end())
+}
+
+/// How the leak check at the end went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Check {
+    /// `exit` or `_exit`.
+    pub trigger: &'static str,
+    /// How long it took in the process, threads stopped and resumed included.
+    pub scan_ns: u64,
+    pub threads_stopped: u32,
+    /// Threads that could not be stopped: their stacks were scanned as they were.
+    pub threads_unstopped: u32,
+    pub root_bytes: u64,
+    /// Blocks live at the end that the check did not see (allocated after it, by a thread
+    /// still running): counted as still reachable.
+    pub unscanned_blocks: u64,
+    pub unscanned_bytes: u64,
+}
+
+impl Check {
+    pub fn new(r: &Reach) -> Check {
+        Check {
+            trigger: match r.trigger {
+                zmtrace_format::ReachTrigger::UnderscoreExit => "_exit",
+                _ => "exit",
+            },
+            scan_ns: r.scan_ns,
+            threads_stopped: r.threads_stopped,
+            threads_unstopped: r.threads_unstopped,
+            root_bytes: r.root_bytes,
+            unscanned_blocks: 0,
+            unscanned_bytes: 0,
+        }
+    }
+
+    /// The class of the block at `addr` that is live at the end.
+    pub fn kind_of(&mut self, r: &Reach, addr: u64, size: u64) -> LeakKind {
+        r.kind_of(addr).unwrap_or_else(|| {
+            self.unscanned_blocks += 1;
+            self.unscanned_bytes += size;
+            LeakKind::Reachable
+        })
+    }
+
+    /// A warning line when blocks escaped the check.
+    pub fn warning(&self) -> Option<String> {
+        (self.unscanned_blocks > 0).then(|| {
+            format!(
+                "{} blocks ({} bytes) were allocated after the leak check by a thread still \
+                 running: counted as still reachable",
+                self.unscanned_blocks, self.unscanned_bytes
+            )
+        })
+    }
+}
+
+/// Blocks and bytes of one class, for JSON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Total {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl From<KindTotal> for Total {
+    fn from(t: KindTotal) -> Total {
+        Total {
+            blocks: t.blocks,
+            bytes: t.bytes,
+        }
+    }
+}
+
+/// The four classes, for JSON: `{definite, indirect, possible, reachable}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Kinds {
+    pub definite: Total,
+    pub indirect: Total,
+    pub possible: Total,
+    pub reachable: Total,
+}
+
+impl From<&[KindTotal; 4]> for Kinds {
+    fn from(k: &[KindTotal; 4]) -> Kinds {
+        Kinds {
+            definite: k[LeakKind::Definite as usize].into(),
+            indirect: k[LeakKind::Indirect as usize].into(),
+            possible: k[LeakKind::Possible as usize].into(),
+            reachable: k[LeakKind::Reachable as usize].into(),
+        }
+    }
+}
+
+/// Parses `--kind` values: names separated by commas (`definite,indirect`), repeatable.
+pub fn parse_kinds(values: &[String]) -> Result<Vec<LeakKind>, String> {
+    let mut out = Vec::new();
+    for v in values {
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let k = LeakKind::parse(name).ok_or_else(|| {
+                format!(
+                    "unknown leak kind `{name}`: expected definite, indirect, possible or reachable"
+                )
+            })?;
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_comma_separated_and_repeated() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_kinds(&v(&["possible,definite", "definite"])).unwrap(),
+            [LeakKind::Definite, LeakKind::Possible]
+        );
+        assert_eq!(
+            parse_kinds(&v(&["lost"])).unwrap_err(),
+            "unknown leak kind `lost`: expected definite, indirect, possible or reachable"
+        );
+    }
+}

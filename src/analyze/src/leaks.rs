@@ -1,0 +1,235 @@
+//! `zmtrace leaks`: the blocks not freed at exit, grouped by stack. With the dump's leak check
+//! (see [`crate::leakcheck`]) each group is one stack and one class, lost first; without it,
+//! every block live at exit is listed, as before there were classes.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use zmtrace_format::{Dump, LeakKind};
+
+use crate::analysis::Analysis;
+use crate::leakcheck::{Check, Kinds, NO_CHECK};
+use crate::reports::{
+    header, human_bytes, merged_sites, site, thousands, write_header, write_stack, Header, Options,
+    Site,
+};
+use crate::suppressions::Suppressed;
+use crate::symbols::Symbolizer;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LeakSite {
+    /// `definite`, `indirect`, `possible` or `reachable`; null without a leak check.
+    pub kind: Option<&'static str>,
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Blocks of this group whose stack is the one of their last realloc, not their malloc.
+    pub via_realloc: u64,
+    #[serde(flatten)]
+    pub site: Site,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Leaks {
+    #[serde(flatten)]
+    pub header: Header,
+    /// Every block not freed at exit (what heaptrack calls leaked), suppressed ones included.
+    pub leaked_blocks: u64,
+    pub leaked_bytes: u64,
+    /// Groups in all, before `--kind`, `--min-bytes` and `--top` were applied.
+    pub groups: u64,
+    /// How the leak check at exit went; null when the dump has none.
+    pub check: Option<Check>,
+    /// Blocks and bytes per class, suppressed ones left out; null without a leak check.
+    pub kinds: Option<Kinds>,
+    pub suppressed: Suppressed,
+    pub sites: Vec<LeakSite>,
+}
+
+/// The leaks report. `kinds` keeps only those classes (all when empty; ignored without a leak
+/// check, when there are no classes).
+pub fn leaks(
+    dump: &Dump,
+    a: &Analysis,
+    sym: &mut Symbolizer,
+    opts: &Options,
+    min_bytes: u64,
+    kinds: &[LeakKind],
+) -> Leaks {
+    let merged = merged_sites(a, sym);
+    // (kind, blocks, bytes, via realloc, stack id)
+    let mut groups: Vec<(Option<LeakKind>, u64, u64, u64, u32)> = Vec::new();
+    for (id, s) in &merged {
+        if s.leaked_blocks == 0 {
+            continue;
+        }
+        if a.check.is_none() {
+            groups.push((
+                None,
+                s.leaked_blocks,
+                s.leaked_bytes,
+                s.leaked_via_realloc,
+                *id,
+            ));
+            continue;
+        }
+        for k in LeakKind::ALL {
+            let t = s.kinds[k as usize];
+            if t.blocks > 0 {
+                groups.push((
+                    Some(k),
+                    t.blocks,
+                    t.bytes,
+                    s.kinds_via_realloc[k as usize],
+                    *id,
+                ));
+            }
+        }
+    }
+    let total_groups = groups.len() as u64;
+    groups.retain(|g| {
+        g.2 >= min_bytes && (kinds.is_empty() || g.0.is_none_or(|k| kinds.contains(&k)))
+    });
+    groups.sort_by_key(|&(k, blocks, bytes, _, id)| {
+        (k, std::cmp::Reverse(bytes), std::cmp::Reverse(blocks), id)
+    });
+    if opts.top > 0 {
+        groups.truncate(opts.top);
+    }
+    let sites = groups
+        .into_iter()
+        .map(|(k, blocks, bytes, via_realloc, id)| LeakSite {
+            kind: k.map(LeakKind::name),
+            blocks,
+            bytes,
+            via_realloc,
+            site: site(sym, id, opts),
+        })
+        .collect();
+    Leaks {
+        header: header(dump, a, sym),
+        leaked_blocks: a.leaked_blocks,
+        leaked_bytes: a.leaked_bytes,
+        groups: total_groups,
+        check: a.check.clone(),
+        kinds: a.check.as_ref().map(|_| Kinds::from(&a.kinds)),
+        suppressed: a.suppressed.clone(),
+        sites,
+    }
+}
+
+/// One line per class: `definitely lost: 453 B in 3 blocks`.
+pub fn kinds_lines(k: &Kinds) -> Vec<String> {
+    [
+        (LeakKind::Definite, k.definite),
+        (LeakKind::Indirect, k.indirect),
+        (LeakKind::Possible, k.possible),
+        (LeakKind::Reachable, k.reachable),
+    ]
+    .into_iter()
+    .map(|(kind, t)| {
+        format!(
+            "{:<16} {:>12} in {} blocks",
+            format!("{}:", kind.describe()),
+            human_bytes(t.bytes),
+            thousands(t.blocks)
+        )
+    })
+    .collect()
+}
+
+/// `leak check at exit: 0.4 ms, 1 thread stopped` and what it could not do.
+pub fn check_line(c: &Check) -> String {
+    let mut s = format!(
+        "leak check at {}: {:.1} ms, {} other threads stopped, {} of roots",
+        c.trigger,
+        c.scan_ns as f64 / 1e6,
+        c.threads_stopped,
+        human_bytes(c.root_bytes)
+    );
+    if c.threads_unstopped > 0 {
+        let _ = write!(
+            s,
+            "; {} threads could not be stopped (their stacks were read as they were)",
+            c.threads_unstopped
+        );
+    }
+    s
+}
+
+/// The suppression summary lines (none when nothing was suppressed).
+pub fn suppressed_lines(s: &Suppressed) -> Vec<String> {
+    if s.blocks == 0 {
+        return Vec::new();
+    }
+    let mut out = vec![format!(
+        "suppressed: {} in {} blocks",
+        human_bytes(s.bytes),
+        thousands(s.blocks)
+    )];
+    for b in &s.by {
+        out.push(format!(
+            "  {:>12} in {:>6} blocks  {}",
+            human_bytes(b.bytes),
+            thousands(b.blocks),
+            b.name
+        ));
+    }
+    out
+}
+
+pub fn leaks_text(l: &Leaks, opts: &Options) -> String {
+    let mut o = String::new();
+    write_header(&mut o, "leaks", &l.header);
+    match (&l.check, &l.kinds) {
+        (Some(c), Some(k)) => {
+            let _ = writeln!(o, "{}", check_line(c));
+            for line in kinds_lines(k) {
+                let _ = writeln!(o, "  {line}");
+            }
+        }
+        _ => {
+            let _ = writeln!(o, "{NO_CHECK}");
+        }
+    }
+    for line in suppressed_lines(&l.suppressed) {
+        let _ = writeln!(o, "{line}");
+    }
+    let _ = writeln!(
+        o,
+        "{} blocks ({}) not freed at exit, in {} groups; {} shown, {}largest first",
+        thousands(l.leaked_blocks),
+        human_bytes(l.leaked_bytes),
+        thousands(l.groups),
+        l.sites.len(),
+        if l.check.is_some() {
+            "lost first, "
+        } else {
+            ""
+        }
+    );
+    for (i, s) in l.sites.iter().enumerate() {
+        let realloc = if s.via_realloc > 0 {
+            format!(
+                " ({} grown by realloc: the stack is their last realloc's)",
+                s.via_realloc
+            )
+        } else {
+            String::new()
+        };
+        let kind = s
+            .kind
+            .and_then(LeakKind::parse)
+            .map(|k| format!("{}: ", k.describe()))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "\n#{} {kind}{} in {} blocks{realloc}: {}",
+            i + 1,
+            human_bytes(s.bytes),
+            thousands(s.blocks),
+            s.site.site
+        );
+        write_stack(&mut o, &s.site, opts);
+    }
+    o
+}

@@ -1,0 +1,128 @@
+//! `zmtrace run --fail-on-leak[=LEVEL]`: a CI gate. After the program ends, its dumps are
+//! analyzed, suppressions applied, and the run fails with [`LEAK_EXIT`] when a process leaked at
+//! the level asked, naming the sites that did.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use zmtrace_analyze::reports::{human_bytes, thousands, Options};
+use zmtrace_analyze::suppressions::{self, Suppressions};
+use zmtrace_analyze::{analyze, Symbolizer};
+use zmtrace_format::{Dump, LeakKind};
+
+/// The exit status of a run that leaked (LeakSanitizer's).
+pub const LEAK_EXIT: i32 = 23;
+
+/// What counts as a leak for the gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakLevel {
+    /// Definitely or indirectly lost.
+    Lost,
+    /// Lost or possibly lost.
+    Possible,
+    /// Any block not freed at exit.
+    All,
+}
+
+impl LeakLevel {
+    pub fn parse(s: &str) -> Result<LeakLevel, String> {
+        match s {
+            "lost" => Ok(LeakLevel::Lost),
+            "possible" => Ok(LeakLevel::Possible),
+            "all" => Ok(LeakLevel::All),
+            _ => Err(format!(
+                "--fail-on-leak={s}: expected lost, possible or all"
+            )),
+        }
+    }
+
+    fn kinds(self) -> &'static [LeakKind] {
+        match self {
+            LeakLevel::Lost => &[LeakKind::Definite, LeakKind::Indirect],
+            LeakLevel::Possible => &[LeakKind::Definite, LeakKind::Indirect, LeakKind::Possible],
+            LeakLevel::All => &LeakKind::ALL,
+        }
+    }
+}
+
+/// Checks every dump of the run; prints what leaked on stderr. True when something did.
+pub fn check(dumps: &[PathBuf], level: LeakLevel, supp: &Suppressions) -> bool {
+    let mut err = std::io::stderr().lock();
+    let mut leaked = false;
+    for path in dumps {
+        let Ok(dump) = Dump::open(path) else { continue };
+        // An image replaced by exec freed nothing, but it did not leak either.
+        if dump.exec.is_some() {
+            continue;
+        }
+        let mut a = analyze(&dump, false, &mut |_, _| {});
+        let mut sym = Symbolizer::new(&dump);
+        suppressions::apply(&mut a, &mut sym, supp);
+        let kinds = level.kinds();
+        let (blocks, bytes) = if a.check.is_some() {
+            kinds.iter().fold((0, 0), |(n, b), &k| {
+                (
+                    n + a.kinds[k as usize].blocks,
+                    b + a.kinds[k as usize].bytes,
+                )
+            })
+        } else if level == LeakLevel::All {
+            (
+                a.leaked_blocks - a.suppressed.blocks,
+                a.leaked_bytes - a.suppressed.bytes,
+            )
+        } else {
+            let _ = writeln!(
+                err,
+                "zmtrace: leak gate: {}: no reachability data (the process did not exit \
+                 normally): not checked",
+                path.display()
+            );
+            continue;
+        };
+        if blocks == 0 {
+            continue;
+        }
+        leaked = true;
+        let what = match level {
+            LeakLevel::Lost => "lost",
+            LeakLevel::Possible => "lost or possibly lost",
+            LeakLevel::All => "not freed",
+        };
+        let _ = writeln!(
+            err,
+            "zmtrace: leak gate: {} {what} in {} blocks ({}):",
+            human_bytes(bytes),
+            thousands(blocks),
+            path.display()
+        );
+        let opts = Options {
+            top: 10,
+            ..Options::default()
+        };
+        let filter = if a.check.is_some() { kinds } else { &[] };
+        let l = zmtrace_analyze::reports::leaks(&dump, &a, &mut sym, &opts, 0, filter);
+        for s in &l.sites {
+            let kind = s
+                .kind
+                .and_then(LeakKind::parse)
+                .map(|k| format!("{} ", k.describe()))
+                .unwrap_or_default();
+            let _ = writeln!(
+                err,
+                "zmtrace:   {kind}{} in {} blocks: {}",
+                human_bytes(s.bytes),
+                thousands(s.blocks),
+                s.site.site
+            );
+        }
+        if l.groups > l.sites.len() as u64 {
+            let _ = writeln!(
+                err,
+                "zmtrace:   (`zmtrace leaks {}` lists them all)",
+                path.display()
+            );
+        }
+    }
+    leaked
+}

@@ -1,0 +1,86 @@
+//! `zmtrace run --fail-on-leak[=lost|possible|all]`: exit 23 when the program leaks at that level
+//! (beyond the suppressions), naming the sites; the program's own status otherwise.
+
+mod common;
+
+use common::*;
+
+/// `zmtrace run [gate] -- reach PARTS`: exit code and stderr.
+fn gate(flag: &str, parts: &[&str]) -> Finished {
+    let dir = fresh_dir("gate");
+    let program = sample("reach");
+    let mut args = vec!["run"];
+    if !flag.is_empty() {
+        args.push(flag);
+    }
+    args.extend(["-o", dir.to_str().unwrap(), "--", program.to_str().unwrap()]);
+    args.extend_from_slice(parts);
+    run_zmtrace(&args)
+}
+
+#[test]
+fn each_level_fails_exactly_on_its_classes() {
+    // (level flag, the sample's parts, expected exit code)
+    let cases: &[(&str, &[&str], i32)] = &[
+        ("--fail-on-leak", &["lost"], 23),
+        ("--fail-on-leak", &["possible"], 0),
+        ("--fail-on-leak", &["reachable"], 0),
+        ("--fail-on-leak=lost", &["lost"], 23),
+        ("--fail-on-leak=lost", &["possible", "reachable"], 0),
+        ("--fail-on-leak=possible", &["possible"], 23),
+        ("--fail-on-leak=possible", &["lost"], 23),
+        ("--fail-on-leak=possible", &["reachable"], 0),
+        ("--fail-on-leak=all", &["reachable"], 23),
+        ("", &["lost"], 0),
+    ];
+    for &(flag, parts, code) in cases {
+        let f = gate(flag, parts);
+        assert_eq!(
+            f.code,
+            Some(code),
+            "zmtrace run {flag} -- reach {parts:?}:\n{}",
+            f.stderr
+        );
+    }
+}
+
+#[test]
+fn a_failing_gate_names_the_lost_sites() {
+    let f = gate("--fail-on-leak", &["lost"]);
+    assert_eq!(f.code, Some(23), "{}", f.stderr);
+    for line in [
+        "zmtrace: leak gate: 685 B lost in 8 blocks",
+        "definitely lost 333 B in 1 blocks: zs_lose_outright",
+        "indirectly lost 160 B in 4 blocks: zs_list_node",
+    ] {
+        assert!(f.stderr.contains(line), "no `{line}` in:\n{}", f.stderr);
+    }
+    let f = gate("--fail-on-leak=possible", &["possible"]);
+    assert!(
+        f.stderr
+            .contains("possibly lost 256 B in 1 blocks: zs_keep_middle"),
+        "{}",
+        f.stderr
+    );
+}
+
+#[test]
+fn a_failed_program_keeps_its_own_status() {
+    // `fail`: reach leaks its lost part, then exit(3).
+    let f = gate("--fail-on-leak", &["lost", "fail"]);
+    assert_eq!(f.code, Some(3), "{}", f.stderr);
+    assert!(f.stderr.contains("zs_lose_outright"), "{}", f.stderr);
+}
+
+#[test]
+fn a_bad_level_is_one_line() {
+    let f = gate("--fail-on-leak=some", &["lost"]);
+    assert_eq!(f.code, Some(2), "{}", f.stderr);
+    assert_eq!(f.stderr.trim().lines().count(), 1, "{}", f.stderr);
+    assert!(
+        f.stderr
+            .contains("--fail-on-leak=some: expected lost, possible or all"),
+        "{}",
+        f.stderr
+    );
+}
