@@ -354,3 +354,27 @@ fn the_lost_flamegraph_counts_definitely_and_indirectly_lost_bytes() {
     .collect();
     assert_eq!(by_leaf, want, "{}", f.stdout);
 }
+
+/// An aggregated recording has no addresses in its dump: the recorder classifies its live set
+/// by the check at exit itself. Every class comes out the same as from the event dump.
+#[test]
+fn an_aggregated_recording_has_the_same_classes() {
+    let run = run_traced_opts(&sample("reach"), &[], &["--aggregate"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let d = run.only_dump();
+    assert!(d.is_aggregated() && d.is_complete(), "{:?}", d.warnings);
+    let l = leaks_json(&d.path, &["--no-default-suppressions"]);
+    assert_eq!(
+        classes(&l),
+        expect(REACH_SITES),
+        "{l:#}\n{}",
+        run.describe()
+    );
+    let events = leaks_json(
+        &traced(&["reach"]).only_dump().path,
+        &["--no-default-suppressions"],
+    );
+    assert_eq!(totals(&l), totals(&events));
+    assert_eq!(l["check"]["trigger"], "exit");
+    assert_eq!(l["check"]["unscanned_blocks"], 0);
+}
