@@ -71,7 +71,7 @@ for t in tests:
             ratios.append(f"{m} {st.median(r):.2f} ({min(r):.2f}-{max(r):.2f})")
     print(f"{t:8} " + " ".join(cells) + "  " + ", ".join(ratios))
 PY
-sort "$work/sizes" | awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "%s mean %.1f MiB\n", k, s[k]/n[k]/1048576}'
+sort "$work/sizes" | awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "%s mean %.1f KiB\n", k, s[k]/n[k]/1024}'
 python3 - "$work/rss" <<'PY'
 import sys, statistics as st, collections
 v = collections.defaultdict(list)
