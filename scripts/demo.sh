@@ -17,4 +17,6 @@ for dump in "$out"/zmtrace.*.zmt; do
     target/release/zmtrace churn "$dump" --depth 3 --top 3
     target/release/zmtrace flamegraph "$dump" --metric bytes -o "$out/bytes.svg"
     echo "flamegraph of the bytes allocated: $out/bytes.svg"
+    target/release/zmtrace view "$dump" -o "$out/leaky.html"
+    echo "the page of the run (open it in a browser): $out/leaky.html"
 done
