@@ -77,7 +77,7 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         (None, Some(sig)) => 128 + sig,
         _ => 1,
     };
-    report(&out_dir, &session, pid, status.signal());
+    report(&out_dir, &session, pid, status.signal(), &opts.suppressions);
     if let Some(level) = opts.gate {
         let dumps = session_dumps(&out_dir, &session);
         if crate::gate::check(&dumps, level, &opts.suppressions) && code == 0 {
@@ -306,7 +306,13 @@ pub fn session_dumps(dir: &Path, session: &str) -> Vec<PathBuf> {
     found.into_iter().map(|(_, p)| p).collect()
 }
 
-fn report(dir: &Path, session: &str, pid: u32, signal: Option<i32>) {
+fn report(
+    dir: &Path,
+    session: &str,
+    pid: u32,
+    signal: Option<i32>,
+    supp: &zmtrace_analyze::suppressions::Suppressions,
+) {
     let dumps = session_dumps(dir, session);
     let mut err = std::io::stderr().lock();
     if dumps.is_empty() {
@@ -332,7 +338,12 @@ fn report(dir: &Path, session: &str, pid: u32, signal: Option<i32>) {
             Some((Origin::Exec, _)) => " (after exec)",
             _ => " (child process)",
         };
-        let s = zmtrace_analyze::analyze(&dump, false, &mut |_, _| {});
+        let mut s = zmtrace_analyze::analyze(&dump, false, &mut |_, _| {});
+        if s.check.is_some() {
+            // The same classes as `zmtrace leaks` shows: accepted leaks left out.
+            let mut sym = zmtrace_analyze::Symbolizer::new(&dump);
+            zmtrace_analyze::suppressions::apply(&mut s, &mut sym, supp);
+        }
         let _ = writeln!(err, "zmtrace: dump {}{what}", path.display());
         let _ = writeln!(
             err,
@@ -362,11 +373,16 @@ fn report(dir: &Path, session: &str, pid: u32, signal: Option<i32>) {
             let _ = writeln!(
                 err,
                 "zmtrace:   leak check: definitely lost {}, indirectly lost {}, possibly lost {}, \
-                 still reachable {}",
+                 still reachable {}{}",
                 human_bytes(k.definite.bytes),
                 human_bytes(k.indirect.bytes),
                 human_bytes(k.possible.bytes),
-                human_bytes(k.reachable.bytes)
+                human_bytes(k.reachable.bytes),
+                if s.suppressed.blocks > 0 {
+                    format!(" ({} suppressed)", human_bytes(s.suppressed.bytes))
+                } else {
+                    String::new()
+                }
             );
         }
         if dump.end.is_none() && dump.exec.is_none() {

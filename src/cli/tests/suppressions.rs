@@ -59,6 +59,18 @@ fn the_builtin_set_leaves_a_clean_program_with_nothing_in_any_class() {
         assert_eq!(kind(&l, k), (0, 0), "{k}\n{l:#}");
     }
     assert!(l["sites"].as_array().unwrap().is_empty(), "{l:#}");
+    // `zmtrace run`'s summary says the same as `leaks`, and that something was suppressed.
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("leak check:"))
+        .unwrap_or_else(|| panic!("no leak check line:\n{}", run.stderr));
+    assert!(
+        line.contains(
+            "definitely lost 0 B, indirectly lost 0 B, possibly lost 0 B, still reachable 0 B ("
+        ) && line.ends_with(" suppressed)"),
+        "{line}"
+    );
     // What it hid is glibc's, all of it: the sample itself freed everything.
     let raw = leaks_json(dump, &["--no-default-suppressions"]);
     assert_eq!(
