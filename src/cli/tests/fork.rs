@@ -307,3 +307,41 @@ fn vfork_children_leave_the_parents_dump_alone() {
         list_events(&r)
     );
 }
+
+/// `samples/forkdl.c`: a fork while another thread is inside `dl_iterate_phdr`, whose lock glibc
+/// does not reset in the child. The child's leak check at `_exit` must not need the loader: the
+/// child ends at once, and its check still sees the program's globals.
+#[test]
+fn a_child_forked_while_the_loader_is_busy_ends_with_its_leak_check() {
+    let run = run_traced(&sample("forkdl"), &[]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "exit 3: the child hung at _exit\n{}",
+        run.describe()
+    );
+    let child = run
+        .dumps
+        .iter()
+        .find(|d| process(d).origin == Origin::Fork)
+        .expect("the child's dump");
+    assert_eq!(child.end.unwrap().reason, EndReason::UnderscoreExit);
+    let out = run_zmtrace(&[
+        "leaks",
+        child.path.to_str().unwrap(),
+        "--json",
+        "--top",
+        "0",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let l: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(l["check"]["trigger"], "_exit", "{l:#}");
+    let kept: Vec<(&str, u64)> = l["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["site"] == "zs_child_block")
+        .map(|s| (s["kind"].as_str().unwrap(), s["bytes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(kept, [("reachable", 64)], "{l:#}");
+}

@@ -1038,6 +1038,9 @@ pub fn start_writer() {
 extern "C" fn fork_prepare() {
     Guard::enter_forever(); // released in fork_parent / fork_child
     let Some(core) = CORE.get() else { return };
+    if STATE.load(Ordering::Acquire) == READY {
+        reach::before_fork(core);
+    }
     output::OUTPUT.raw_lock();
     MODULES.raw_lock();
     for shard in core.stacks.shards() {
@@ -1073,6 +1076,7 @@ extern "C" fn fork_parent() {
 
 extern "C" fn fork_child() {
     unlock_after_fork();
+    reach::IN_FORKED_CHILD.store(true, Ordering::Release);
     if let Some(core) = CORE.get() {
         let me = CURRENT.with(|c| c.get());
         for s in all_threads() {

@@ -889,7 +889,7 @@ fn read_own(addr: u64, buf: &mut [u64], len: usize) -> usize {
 
 /// The writable `PT_LOAD` segments of the loaded modules, but the recorder's own (unless it is
 /// linked into the program itself).
-fn writable_segments(core: &Core, out: &mut Buf<(u64, u64)>) {
+fn writable_segments_from_loader(core: &Core, out: &mut Buf<(u64, u64)>) {
     struct Ctx<'a> {
         out: &'a mut Buf<(u64, u64)>,
         own: std::ops::Range<u64>,
@@ -930,6 +930,51 @@ fn writable_segments(core: &Core, out: &mut Buf<(u64, u64)>) {
     };
     // SAFETY: the callback only reads the program headers the loader hands it.
     unsafe { libc::dl_iterate_phdr(Some(cb), &mut ctx as *mut Ctx as *mut c_void) };
+}
+
+/// The writable segments as they were just before the last `fork`, and the module generation
+/// then: what a forked child's check uses instead of asking the loader. `dl_iterate_phdr` takes
+/// the loader's write lock, which glibc does not reset in the child: if another thread of the
+/// parent held it at the fork (a C++ exception being unwound, say), the child's check at `_exit`
+/// would wait for it forever.
+static PREFORK_SEGMENTS: crate::sync::SpinLock<Vec<(u64, u64)>> =
+    crate::sync::SpinLock::new(Vec::new());
+static PREFORK_GENERATION: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Set in a forked child (until it loads a module itself, which proves the loader usable).
+pub(crate) static IN_FORKED_CHILD: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// From the `fork` prepare handler, before it takes the recorder's locks (a thread inside the
+/// loader may be about to allocate): what a check in the child will need from the loader.
+pub(crate) fn before_fork(core: &Core) {
+    static_tls_size();
+    let mut segments = Buf::new();
+    writable_segments_from_loader(core, &mut segments);
+    let mut v = PREFORK_SEGMENTS.lock();
+    v.clear();
+    v.extend_from_slice(segments.as_slice());
+    PREFORK_GENERATION.store(
+        crate::MODULES_GENERATION.load(Ordering::Acquire),
+        Ordering::Release,
+    );
+}
+
+/// The writable segments to scan: from the loader, or in a forked child from the snapshot taken
+/// before the fork (unless the child loaded or unloaded modules since).
+fn writable_segments(core: &Core, out: &mut Buf<(u64, u64)>) {
+    if IN_FORKED_CHILD.load(Ordering::Acquire)
+        && PREFORK_GENERATION.load(Ordering::Acquire)
+            == crate::MODULES_GENERATION.load(Ordering::Acquire)
+    {
+        // Held only by a thread of the parent that was forking at the same moment.
+        if let Some(segments) = PREFORK_SEGMENTS.try_lock() {
+            for &seg in segments.iter() {
+                out.push(seg);
+            }
+            return;
+        }
+    }
+    writable_segments_from_loader(core, out);
 }
 
 /// glibc's size of the static TLS block (`_dl_get_tls_static_info`), 0 if unknown.
