@@ -13,6 +13,7 @@ const METRICS = [
   { name: "peak", title: "live at peak", unit: "bytes" },
   { name: "temporary", title: "temporary", unit: "temporary allocations" },
   { name: "reallocs", title: "reallocs", unit: "reallocs" },
+  { name: "lost", title: "lost", unit: "bytes" },
 ];
 
 // The selected range of time buckets, [first, last], or null for the whole run.

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 use serde::Serialize;
-use zmtrace_format::{Dump, EventKind};
+use zmtrace_format::{Dump, EventKind, LeakKind};
 
 use crate::analysis::{Analysis, GrowthPattern, SiteStats};
 use crate::reports::{self, FrameKey, Options, Report};
@@ -29,8 +29,10 @@ use crate::symbols::{Frame, Symbolizer};
 
 /// What the page gets per site, per time bucket and in all; `timeline.counters[i]` and
 /// `sites[_].totals[i]` are `COUNTERS[i]`. The flamegraph metrics are `allocations`, `bytes`,
-/// `leaked`, `peak`, `temporary` and `reallocs`, with the meanings of [`crate::flame::Metric`].
-pub const COUNTERS: [&str; 12] = [
+/// `leaked`, `peak`, `temporary`, `reallocs` and `lost`, with the meanings of
+/// [`crate::flame::Metric`]. `leaked` and `lost` leave out the suppressed blocks, as
+/// `zmtrace leaks` does.
+pub const COUNTERS: [&str; 13] = [
     "allocations",
     "bytes",
     "temporary",
@@ -43,6 +45,7 @@ pub const COUNTERS: [&str; 12] = [
     "moved",
     "in_place",
     "bytes_copied",
+    "lost",
 ];
 const ALLOCATIONS: usize = 0;
 const BYTES: usize = 1;
@@ -56,6 +59,7 @@ const SHRANK: usize = 8;
 const MOVED: usize = 9;
 const IN_PLACE: usize = 10;
 const BYTES_COPIED: usize = 11;
+const LOST: usize = 12;
 
 type Counts = [u64; COUNTERS.len()];
 
@@ -222,6 +226,7 @@ fn totals(s: &SiteStats) -> Counts {
         c.moved,
         c.in_place,
         c.bytes_copied,
+        s.kinds[LeakKind::Definite as usize].bytes + s.kinds[LeakKind::Indirect as usize].bytes,
     ]
 }
 
@@ -476,6 +481,8 @@ struct Live {
     size: u64,
     /// Index into the page's sites (`u32::MAX`: a stack the analysis never counted).
     site: u32,
+    /// Its stack, for the suppressions and the leak classes at the end.
+    stack: u32,
     tid: u32,
     /// The bucket of its allocation (or last realloc).
     bucket: u32,
@@ -535,6 +542,7 @@ fn timeline(
             Live {
                 size: b.size,
                 site: s,
+                stack: b.stack,
                 tid: 0,
                 bucket: 0,
             },
@@ -588,6 +596,7 @@ fn timeline(
                 let new = Live {
                     size,
                     site: s,
+                    stack,
                     tid: e.tid,
                     bucket,
                 };
@@ -651,6 +660,7 @@ fn timeline(
                         Live {
                             size,
                             site: s,
+                            stack,
                             tid: e.tid,
                             bucket,
                         },
@@ -678,10 +688,21 @@ fn timeline(
         at_top[started * ns..(started + 1) * ns].copy_from_slice(&series_now);
         started += 1;
     }
-    for b in live.values() {
+    let reach = crate::leakcheck::exit_check(dump);
+    for (&addr, b) in &live {
+        // A suppressed stack's blocks were taken out of its site (`suppressions::apply`).
+        if a.sites.get(&b.stack).is_none_or(|s| s.leaked_blocks == 0) {
+            continue;
+        }
         if let Some(c) = cell(b.bucket, b.site) {
             cells[c][LEAKED] += b.size;
             cells[c][LEAKED_BLOCKS] += 1;
+            if reach
+                .and_then(|r| r.kind_of(addr))
+                .is_some_and(|k| matches!(k, LeakKind::Definite | LeakKind::Indirect))
+            {
+                cells[c][LOST] += b.size;
+            }
         }
     }
 

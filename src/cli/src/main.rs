@@ -129,6 +129,8 @@ enum Cmd {
         /// Another allocator wrapper to see through (a `*` glob); may be repeated.
         #[arg(long = "wrapper")]
         wrappers: Vec<String>,
+        #[command(flatten)]
+        supp: Supp,
     },
     /// Compare two dumps site by site: allocations, bytes, peak, leaked, lost, reallocs.
     Diff {
@@ -321,17 +323,21 @@ fn main() {
             base,
             serve,
             wrappers,
+            supp,
         } => {
             let mut report = zmtrace_analyze::reports::Options::default();
             report.wrappers.extend(wrappers);
-            view::run(&view::ViewOptions {
-                dump,
-                base,
-                out,
-                serve,
-                report,
+            supp.load().and_then(|suppressions| {
+                view::run(&view::ViewOptions {
+                    dump,
+                    base,
+                    out,
+                    serve,
+                    report,
+                    suppressions,
+                })
+                .map(|()| 0)
             })
-            .map(|()| 0)
         }
         Cmd::Diff {
             base,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use zmtrace_analyze::reports::Options;
+use zmtrace_analyze::suppressions::{self, Suppressions};
 use zmtrace_analyze::view::{self, Base, Limits};
 use zmtrace_analyze::{analyze, Symbolizer};
 use zmtrace_format::Dump;
@@ -31,6 +32,9 @@ pub struct ViewOptions {
     pub out: Option<PathBuf>,
     pub serve: bool,
     pub report: Options,
+    /// Accepted leaks, left out of the leak table and of the leaked and lost numbers, as
+    /// `zmtrace leaks` leaves them out.
+    pub suppressions: Suppressions,
 }
 
 fn open(path: &Path) -> Result<Dump, Failure> {
@@ -66,10 +70,15 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
         .map(|p| std::fs::File::create(p).map_err(|e| cannot_write(p, e)))
         .transpose()?;
 
-    let a = analyze(&dump, true, &mut |_, _| {});
+    let mut a = analyze(&dump, true, &mut |_, _| {});
     let mut sym = Symbolizer::new(&dump);
-    let base_analysis = base.as_ref().map(|b| analyze(b, true, &mut |_, _| {}));
+    suppressions::apply(&mut a, &mut sym, &o.suppressions);
     let mut base_sym = base.as_ref().map(Symbolizer::new);
+    let base_analysis = base.as_ref().zip(base_sym.as_mut()).map(|(b, sym)| {
+        let mut a = analyze(b, true, &mut |_, _| {});
+        suppressions::apply(&mut a, sym, &o.suppressions);
+        a
+    });
     let base_run = match (&base, &base_analysis, &mut base_sym) {
         (Some(dump), Some(analysis), Some(sym)) => Some(Base {
             dump,

@@ -389,6 +389,104 @@ fn an_aggregated_dump_shows_everything_but_the_timeline() {
     assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
 }
 
+/// The leak check's classes on the page: the leak table lists what `zmtrace leaks` lists (the
+/// suppressed glibc blocks left out, each row with its class), and the flamegraph of lost bytes
+/// totals the definitely and indirectly lost bytes.
+#[test]
+fn the_page_shows_the_leak_classes_as_leaks_does() {
+    let run = run_traced(&sample("reach"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let dump = &run.only_dump().path;
+    let leaks: Value = serde_json::from_str(&zmtrace_ok(&[
+        "leaks",
+        dump.to_str().unwrap(),
+        "--json",
+        "--top",
+        "0",
+    ]))
+    .unwrap();
+    let html = artifacts().join("reach.html");
+    view(dump, &html, &[]);
+
+    let mut browser = Browser::launch(&fresh_dir("chromium"), 1280, 900);
+    let mut page = browser.page();
+    page.navigate(&url(&html));
+    let names = |k: &str| match k {
+        "definite" => "definitely lost",
+        "indirect" => "indirectly lost",
+        "possible" => "possibly lost",
+        _ => "still reachable",
+    };
+    let mut want: Vec<(String, String, u64)> = leaks["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["site"].as_str().unwrap().to_string(),
+                names(s["kind"].as_str().unwrap()).to_string(),
+                s["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    want.sort();
+    let shown = page.eval(
+        "[...document.querySelectorAll('#leaks tbody tr')].map(tr => [tr.cells[0].textContent, \
+          tr.cells[tr.cells.length - 1].textContent, tr.cells[2].textContent.split(' ')[0]])",
+    );
+    let mut got: Vec<(String, String, u64)> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().to_string(),
+                r[1].as_str().unwrap().to_string(),
+                number(&r[2]),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "the leak table against `zmtrace leaks`");
+    assert!(
+        got.iter().all(|(site, _, _)| site.starts_with("zs_")),
+        "{got:?}"
+    );
+
+    page.click_on("#flame-metrics button[data-metric=lost]");
+    let total = page
+        .eval("Number(document.getElementById('flame-total').dataset.value)")
+        .as_u64()
+        .unwrap();
+    let lost = leaks["kinds"]["definite"]["bytes"].as_u64().unwrap()
+        + leaks["kinds"]["indirect"]["bytes"].as_u64().unwrap();
+    assert_eq!(total, lost);
+    assert_eq!(lost, 453 + 232, "samples/reach.c's lost bytes");
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
+
+    // samples/clean.c frees everything: what glibc keeps is suppressed, here as in `leaks`.
+    let run = run_traced(&sample("clean"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let dump = &run.only_dump().path;
+    let raw: Value = serde_json::from_str(&zmtrace_ok(&[
+        "leaks",
+        dump.to_str().unwrap(),
+        "--json",
+        "--no-default-suppressions",
+    ]))
+    .unwrap();
+    assert!(!raw["sites"].as_array().unwrap().is_empty(), "{raw:#}");
+    let html = artifacts().join("clean.html");
+    view(dump, &html, &[]);
+    page.navigate(&url(&html));
+    let rows = page.eval("document.querySelectorAll('#leaks tbody tr td.site').length");
+    assert_eq!(rows, 0, "no leak rows for a clean program");
+    page.click_on("#flame-metrics button[data-metric=leaked]");
+    let total = page.eval("Number(document.getElementById('flame-total').dataset.value)");
+    assert_eq!(total, 0);
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
+}
+
 #[test]
 fn serve_answers_with_the_same_page() {
     let dump = leaky_dump();
