@@ -48,28 +48,7 @@ pub struct SiteStats {
     pub kinds_via_realloc: [u64; 4],
 }
 
-/// The reallocs made from one stack.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Churn {
-    pub reallocs: u64,
-    pub grew: u64,
-    pub shrank: u64,
-    pub moved: u64,
-    pub in_place: u64,
-    /// Estimated bytes copied by moves: the smaller of the old and the new size.
-    pub bytes_copied: u64,
-    /// The most reallocs one block had gone through when it was reallocated here.
-    pub longest_chain: u64,
-    /// Growth steps (new size - old size) and how often each was seen, for the first
-    /// [`MAX_STEPS`] distinct steps; and how many grows did not fit.
-    pub steps: Vec<(u64, u64)>,
-    pub other_steps: u64,
-    /// Sum of new/old size ratios of the grows (for the mean growth factor).
-    pub ratio_sum: f64,
-}
-
-/// Distinct growth steps kept per site.
-pub const MAX_STEPS: usize = 16;
+pub use zmtrace_format::{Churn, MAX_STEPS};
 
 /// How a site grows its blocks.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -90,6 +69,19 @@ pub enum GrowthPattern {
 }
 
 impl SiteStats {
+    /// Blocks of this stack live at the end; `kind`: what the leak check found them to be.
+    fn add_leaked(&mut self, blocks: u64, bytes: u64, via_realloc: u64, kind: Option<LeakKind>) {
+        self.leaked_blocks += blocks;
+        self.leaked_bytes += bytes;
+        self.leaked_via_realloc += via_realloc;
+        if let Some(k) = kind {
+            let k = k as usize;
+            self.kinds[k].blocks += blocks;
+            self.kinds[k].bytes += bytes;
+            self.kinds_via_realloc[k] += via_realloc;
+        }
+    }
+
     /// Adds another stack's numbers (two stacks that symbolize the same).
     pub fn merge(&mut self, o: &SiteStats) {
         self.allocations += o.allocations;
@@ -107,75 +99,41 @@ impl SiteStats {
         for (k, o) in self.kinds_via_realloc.iter_mut().zip(&o.kinds_via_realloc) {
             *k += o;
         }
-        let (c, d) = (&mut self.churn, &o.churn);
-        c.reallocs += d.reallocs;
-        c.grew += d.grew;
-        c.shrank += d.shrank;
-        c.moved += d.moved;
-        c.in_place += d.in_place;
-        c.bytes_copied += d.bytes_copied;
-        c.longest_chain = c.longest_chain.max(d.longest_chain);
-        c.ratio_sum += d.ratio_sum;
-        c.other_steps += d.other_steps;
-        for &(step, n) in &d.steps {
-            if let Some((_, m)) = c.steps.iter_mut().find(|(s, _)| *s == step) {
-                *m += n;
-            } else if c.steps.len() < MAX_STEPS {
-                c.steps.push((step, n));
-            } else {
-                c.other_steps += n;
-            }
-        }
+        self.churn.merge(&o.churn);
     }
 }
 
-impl Churn {
-    fn add(&mut self, old: u64, new: u64, moved: bool, chain: u32) {
-        self.reallocs += 1;
-        if new > old {
-            self.grew += 1;
-            let step = new - old;
-            if let Some((_, n)) = self.steps.iter_mut().find(|(s, _)| *s == step) {
-                *n += 1;
-            } else if self.steps.len() < MAX_STEPS {
-                self.steps.push((step, 1));
-            } else {
-                self.other_steps += 1;
-            }
-            if old > 0 {
-                self.ratio_sum += new as f64 / old as f64;
-            }
-        } else if new < old {
-            self.shrank += 1;
-        }
-        if moved {
-            self.moved += 1;
-            self.bytes_copied += old.min(new);
-        } else {
-            self.in_place += 1;
-        }
-        self.longest_chain = self.longest_chain.max(u64::from(chain));
+/// How a site grows its blocks, from its reallocs.
+pub fn pattern(c: &Churn) -> GrowthPattern {
+    if c.grew == 0 {
+        return GrowthPattern::None;
     }
+    let (step, n) = c
+        .steps
+        .iter()
+        .copied()
+        .max_by_key(|&(s, n)| (n, std::cmp::Reverse(s)))
+        .unwrap_or((0, 0));
+    let share = n as f64 / c.grew as f64;
+    if c.grew >= 2 && share >= 0.75 {
+        return GrowthPattern::FixedStep { step, share };
+    }
+    let factor = c.ratio_sum / c.grew as f64;
+    if c.grew >= 2 && factor >= 1.25 {
+        GrowthPattern::Geometric { factor }
+    } else {
+        GrowthPattern::Irregular
+    }
+}
 
-    pub fn pattern(&self) -> GrowthPattern {
-        if self.grew == 0 {
-            return GrowthPattern::None;
-        }
-        let (step, n) = self
-            .steps
-            .iter()
-            .copied()
-            .max_by_key(|&(s, n)| (n, std::cmp::Reverse(s)))
-            .unwrap_or((0, 0));
-        let share = n as f64 / self.grew as f64;
-        if self.grew >= 2 && share >= 0.75 {
-            return GrowthPattern::FixedStep { step, share };
-        }
-        let factor = self.ratio_sum / self.grew as f64;
-        if self.grew >= 2 && factor >= 1.25 {
-            GrowthPattern::Geometric { factor }
-        } else {
-            GrowthPattern::Irregular
+impl Analysis {
+    /// Blocks live at the end, in the totals; `kind` as for [`SiteStats`].
+    fn add_leaked(&mut self, blocks: u64, bytes: u64, kind: Option<LeakKind>) {
+        self.leaked_blocks += blocks;
+        self.leaked_bytes += bytes;
+        if let Some(k) = kind {
+            self.kinds[k as usize].blocks += blocks;
+            self.kinds[k as usize].bytes += bytes;
         }
     }
 }
@@ -380,22 +338,13 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     let reach = leakcheck::exit_check(dump);
     let mut check = reach.map(Check::new);
     for (&addr, b) in &live {
-        a.leaked_blocks += 1;
-        a.leaked_bytes += b.size;
-        let site = sites.get(b.stack);
-        site.leaked_blocks += 1;
-        site.leaked_bytes += b.size;
-        if b.chain > 0 {
-            site.leaked_via_realloc += 1;
-        }
-        if let (Some(r), Some(c)) = (reach, check.as_mut()) {
-            let k = c.kind_of(r, addr, b.size) as usize;
-            site.kinds[k].blocks += 1;
-            site.kinds[k].bytes += b.size;
-            site.kinds_via_realloc[k] += u64::from(b.chain > 0);
-            a.kinds[k].blocks += 1;
-            a.kinds[k].bytes += b.size;
-        }
+        let kind = reach
+            .zip(check.as_mut())
+            .map(|(r, c)| c.kind_of(r, addr, b.size));
+        a.add_leaked(1, b.size, kind);
+        sites
+            .get(b.stack)
+            .add_leaked(1, b.size, u64::from(b.chain > 0), kind);
     }
     a.check = check;
     for (stack, h) in heap.by_stack.iter() {
@@ -530,21 +479,7 @@ fn from_aggregate(dump: &Dump) -> Analysis {
             site.bytes += s.bytes;
             site.temporary += s.temporary;
             site.failed += s.failed;
-            site.merge(&SiteStats {
-                churn: Churn {
-                    reallocs: s.reallocs,
-                    grew: s.grew,
-                    shrank: s.shrank,
-                    moved: s.moved,
-                    in_place: s.in_place,
-                    bytes_copied: s.bytes_copied,
-                    longest_chain: s.longest_chain,
-                    steps: s.steps.clone(),
-                    other_steps: s.other_steps,
-                    ratio_sum: s.ratio_sum,
-                },
-                ..SiteStats::default()
-            });
+            site.churn.merge(&s.churn);
         }
     }
     let live: Vec<LiveSite> = if dump.aggregate.is_some() {
@@ -566,25 +501,19 @@ fn from_aggregate(dump: &Dump) -> Analysis {
     let reach = leakcheck::exit_check(dump);
     let mut check = reach.map(Check::new);
     for l in live {
-        a.leaked_blocks += l.blocks;
-        a.leaked_bytes += l.bytes;
-        let site = a.sites.entry(l.stack).or_default();
-        site.leaked_blocks += l.blocks;
-        site.leaked_bytes += l.bytes;
-        site.leaked_via_realloc += l.via_realloc;
-        if let Some(c) = check.as_mut() {
-            let k = l.leak_kind().unwrap_or_else(|| {
+        let kind = check.as_mut().map(|c| {
+            l.leak_kind().unwrap_or_else(|| {
                 // Allocated after the check, by a thread still running.
                 c.unscanned_blocks += l.blocks;
                 c.unscanned_bytes += l.bytes;
                 LeakKind::Reachable
-            }) as usize;
-            site.kinds[k].blocks += l.blocks;
-            site.kinds[k].bytes += l.bytes;
-            site.kinds_via_realloc[k] += l.via_realloc;
-            a.kinds[k].blocks += l.blocks;
-            a.kinds[k].bytes += l.bytes;
-        }
+            })
+        });
+        a.add_leaked(l.blocks, l.bytes, kind);
+        a.sites
+            .entry(l.stack)
+            .or_default()
+            .add_leaked(l.blocks, l.bytes, l.via_realloc, kind);
     }
     a.check = check;
     a

@@ -399,7 +399,7 @@ pub fn churn(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) ->
         .into_iter()
         .map(|(id, s)| {
             let c = &s.churn;
-            let pattern = c.pattern();
+            let pattern = crate::analysis::pattern(c);
             let hint = match pattern {
                 GrowthPattern::FixedStep { step, .. } if c.grew >= 4 => Some(format!(
                     "grows by a fixed {step} bytes per realloc ({} times): reserve the capacity up front, or grow geometrically",

@@ -204,18 +204,82 @@ pub struct AggregateSite {
     pub bytes: u64,
     pub temporary: u64,
     pub failed: u64,
+    pub churn: Churn,
+}
+
+/// The reallocs made from one stack. Defined here, once, for the analyzer replaying events and
+/// the recorder counting them in an aggregated recording: both dumps of one run must say the
+/// same.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Churn {
     pub reallocs: u64,
     pub grew: u64,
     pub shrank: u64,
     pub moved: u64,
     pub in_place: u64,
+    /// Estimated bytes copied by moves: the smaller of the old and the new size.
     pub bytes_copied: u64,
+    /// The most reallocs one block had gone through when it was reallocated here.
     pub longest_chain: u64,
-    /// Sum of new/old size ratios of the grows.
-    pub ratio_sum: f64,
-    /// Growth steps (bytes, times seen), and grows whose step did not fit the list.
+    /// Growth steps (new size - old size) and how often each was seen, for the first
+    /// [`MAX_STEPS`] distinct steps; and how many grows did not fit.
     pub steps: Vec<(u64, u64)>,
     pub other_steps: u64,
+    /// Sum of new/old size ratios of the grows (for the mean growth factor).
+    pub ratio_sum: f64,
+}
+
+/// Distinct growth steps kept per site.
+pub const MAX_STEPS: usize = 16;
+
+impl Churn {
+    /// One realloc from `old` to `new` bytes; `chain`: the reallocs its block has now been
+    /// through.
+    pub fn add(&mut self, old: u64, new: u64, moved: bool, chain: u32) {
+        self.reallocs += 1;
+        if new > old {
+            self.grew += 1;
+            self.add_step(new - old, 1);
+            if old > 0 {
+                self.ratio_sum += new as f64 / old as f64;
+            }
+        } else if new < old {
+            self.shrank += 1;
+        }
+        if moved {
+            self.moved += 1;
+            self.bytes_copied += old.min(new);
+        } else {
+            self.in_place += 1;
+        }
+        self.longest_chain = self.longest_chain.max(u64::from(chain));
+    }
+
+    /// Adds another stack's reallocs (two stacks that symbolize the same, or two threads').
+    pub fn merge(&mut self, o: &Churn) {
+        self.reallocs += o.reallocs;
+        self.grew += o.grew;
+        self.shrank += o.shrank;
+        self.moved += o.moved;
+        self.in_place += o.in_place;
+        self.bytes_copied += o.bytes_copied;
+        self.longest_chain = self.longest_chain.max(o.longest_chain);
+        self.ratio_sum += o.ratio_sum;
+        self.other_steps += o.other_steps;
+        for &(step, n) in &o.steps {
+            self.add_step(step, n);
+        }
+    }
+
+    fn add_step(&mut self, step: u64, n: u64) {
+        if let Some((_, m)) = self.steps.iter_mut().find(|(s, _)| *s == step) {
+            *m += n;
+        } else if self.steps.len() < MAX_STEPS {
+            self.steps.push((step, n));
+        } else {
+            self.other_steps += n;
+        }
+    }
 }
 
 /// How the traced process ended, as far as the recorder saw.

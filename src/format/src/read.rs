@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use crate::event::decode_events;
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::{
-    Aggregate, AggregateSite, Block, End, EndReason, Event, KindTotal, LiveSite, Module, Origin,
-    Process, Reach, ReachTrigger, RecordKind, FILE_HEADER_LEN, MAGIC, MAX_RECORD_LEN,
+    Aggregate, AggregateSite, Block, Churn, End, EndReason, Event, KindTotal, LiveSite, Module,
+    Origin, Process, Reach, ReachTrigger, RecordKind, FILE_HEADER_LEN, MAGIC, MAX_RECORD_LEN,
     RECORD_HEADER_LEN, VERSION,
 };
 
@@ -642,16 +642,18 @@ fn parse_aggregate(raw: &[u8]) -> Result<Aggregate, Malformed> {
             bytes: v[1],
             temporary: v[2],
             failed: v[3],
-            reallocs: v[4],
-            grew: v[5],
-            shrank: v[6],
-            moved: v[7],
-            in_place: v[8],
-            bytes_copied: v[9],
-            longest_chain: v[10],
-            ratio_sum: f64::from_bits(v[11]),
-            other_steps: v[12],
-            steps,
+            churn: Churn {
+                reallocs: v[4],
+                grew: v[5],
+                shrank: v[6],
+                moved: v[7],
+                in_place: v[8],
+                bytes_copied: v[9],
+                longest_chain: v[10],
+                ratio_sum: f64::from_bits(v[11]),
+                other_steps: v[12],
+                steps,
+            },
         });
     }
     if !c.is_empty() {
@@ -898,16 +900,18 @@ mod tests {
             bytes: 800,
             temporary: 2,
             failed: 1,
-            reallocs: 4,
-            grew: 3,
-            shrank: 1,
-            moved: 2,
-            in_place: 2,
-            bytes_copied: 96,
-            longest_chain: 4,
-            ratio_sum: 6.25,
-            steps: vec![(8, 2), (32, 1)],
-            other_steps: 0,
+            churn: Churn {
+                reallocs: 4,
+                grew: 3,
+                shrank: 1,
+                moved: 2,
+                in_place: 2,
+                bytes_copied: 96,
+                longest_chain: 4,
+                ratio_sum: 6.25,
+                steps: vec![(8, 2), (32, 1)],
+                other_steps: 0,
+            },
         };
         for n in [1u64, 2] {
             let a = Aggregate {

@@ -169,25 +169,26 @@ pub fn aggregate_raw(a: &Aggregate) -> Vec<u8> {
     put_uvarint(&mut b, a.sites.len() as u64);
     for s in &a.sites {
         put_uvarint(&mut b, u64::from(s.stack));
+        let c = &s.churn;
         for v in [
             s.allocations,
             s.bytes,
             s.temporary,
             s.failed,
-            s.reallocs,
-            s.grew,
-            s.shrank,
-            s.moved,
-            s.in_place,
-            s.bytes_copied,
-            s.longest_chain,
-            s.ratio_sum.to_bits(),
-            s.other_steps,
+            c.reallocs,
+            c.grew,
+            c.shrank,
+            c.moved,
+            c.in_place,
+            c.bytes_copied,
+            c.longest_chain,
+            c.ratio_sum.to_bits(),
+            c.other_steps,
         ] {
             put_uvarint(&mut b, v);
         }
-        put_uvarint(&mut b, s.steps.len() as u64);
-        for &(step, n) in &s.steps {
+        put_uvarint(&mut b, c.steps.len() as u64);
+        for &(step, n) in &c.steps {
             put_uvarint(&mut b, step);
             put_uvarint(&mut b, n);
         }

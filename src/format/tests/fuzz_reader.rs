@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use zmtrace_format::event::{encode_alloc, encode_free, encode_realloc, pack, EventBuf};
 use zmtrace_format::fuzz::check_reader;
 use zmtrace_format::{
-    write, Aggregate, AggregateSite, AllocKind, Block, End, EndReason, KindTotal, LiveSite, Module,
-    Origin, Process, Reach, RecordKind,
+    write, Aggregate, AggregateSite, AllocKind, Block, Churn, End, EndReason, KindTotal, LiveSite,
+    Module, Origin, Process, Reach, RecordKind,
 };
 
 fn seed(events: u64, fork: bool) -> Vec<u8> {
@@ -61,10 +61,13 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
             sites: vec![AggregateSite {
                 stack: 2,
                 allocations: 9,
-                reallocs: 2,
-                grew: 2,
-                ratio_sum: 3.5,
-                steps: vec![(16, 2)],
+                churn: Churn {
+                    reallocs: 2,
+                    grew: 2,
+                    ratio_sum: 3.5,
+                    steps: vec![(16, 2)],
+                    ..Churn::default()
+                },
                 ..AggregateSite::default()
             }],
             ..Aggregate::default()

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use zmtrace_format::{Aggregate, AggregateSite};
+use zmtrace_format::{Aggregate, AggregateSite, Churn};
 
 use crate::sync::SpinLock;
 use crate::{all_threads, LiveBlock, ThreadState};
@@ -27,24 +27,8 @@ pub(crate) fn on() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
-/// Distinct growth steps kept per stack, as the analyzer keeps them.
-const MAX_STEPS: usize = 16;
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 4096;
-
-#[derive(Default)]
-struct Churn {
-    reallocs: u64,
-    grew: u64,
-    shrank: u64,
-    moved: u64,
-    in_place: u64,
-    bytes_copied: u64,
-    longest_chain: u64,
-    ratio_sum: f64,
-    steps: Vec<(u64, u64)>,
-    other_steps: u64,
-}
 
 struct Entry {
     allocations: AtomicU64,
@@ -188,33 +172,12 @@ pub(crate) fn realloc(
     }
     let Some(e) = entry(stack) else { return };
     add(&e.bytes, new_size);
-    let mut guard = e.churn.lock();
-    let c = guard.get_or_insert_with(Box::default);
-    let old_size = old.size;
-    c.reallocs += 1;
-    if new_size > old_size {
-        c.grew += 1;
-        let step = new_size - old_size;
-        if let Some((_, n)) = c.steps.iter_mut().find(|(s, _)| *s == step) {
-            *n += 1;
-        } else if c.steps.len() < MAX_STEPS {
-            c.steps.push((step, 1));
-        } else {
-            c.other_steps += 1;
-        }
-        if old_size > 0 {
-            c.ratio_sum += new_size as f64 / old_size as f64;
-        }
-    } else if new_size < old_size {
-        c.shrank += 1;
-    }
-    if new_addr != old_addr {
-        c.moved += 1;
-        c.bytes_copied += old_size.min(new_size);
-    } else {
-        c.in_place += 1;
-    }
-    c.longest_chain = c.longest_chain.max(u64::from(old.chain) + 1);
+    e.churn.lock().get_or_insert_with(Box::default).add(
+        old.size,
+        new_size,
+        new_addr != old_addr,
+        old.chain.saturating_add(1),
+    );
 }
 
 /// Everything counted so far.
@@ -239,22 +202,13 @@ pub(crate) fn snapshot() -> Aggregate {
                 ..AggregateSite::default()
             };
             if let Some(c) = e.churn.lock().as_deref() {
-                s.reallocs = c.reallocs;
-                s.grew = c.grew;
-                s.shrank = c.shrank;
-                s.moved = c.moved;
-                s.in_place = c.in_place;
-                s.bytes_copied = c.bytes_copied;
-                s.longest_chain = c.longest_chain;
-                s.ratio_sum = c.ratio_sum;
-                s.steps = c.steps.clone();
-                s.other_steps = c.other_steps;
+                s.churn = c.clone();
             }
-            if s.allocations + s.failed + s.reallocs + s.bytes == 0 {
+            if s.allocations + s.failed + s.churn.reallocs + s.bytes == 0 {
                 continue;
             }
             a.allocations += s.allocations;
-            a.reallocs += s.reallocs;
+            a.reallocs += s.churn.reallocs;
             a.failed += s.failed;
             a.bytes_allocated += s.bytes;
             a.temporary += s.temporary;
