@@ -543,53 +543,44 @@ pub unsafe fn record_alloc(
     let Some(core) = core() else { return };
     let t = current_thread(core);
     let stack = stack_id(core, t, skip);
-    if aggregate::on() {
-        if ptr.is_null() {
+    if ptr.is_null() {
+        if aggregate::on() {
             aggregate::failed(t, stack);
-        } else {
-            let usable = usable.map_or_else(|| usable_size(ptr), |u| u as u64);
-            core.live.insert(
-                ptr as usize,
-                LiveBlock {
-                    size: size as u64,
-                    usable,
-                    stack,
-                    chain: 0,
-                    stream: t.stream,
-                },
-            );
-            aggregate::alloc(t, ptr as usize, size as u64, stack);
+            return;
         }
+        let mut ev = EventBuf::default();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        encode_failed(&mut ev, seq, timestamp(), kind, size as u64, stack);
+        emit(t, &ev);
+        return;
+    }
+    let usable = usable.map_or_else(|| usable_size(ptr), |u| u as u64);
+    core.live.insert(
+        ptr as usize,
+        LiveBlock {
+            size: size as u64,
+            usable,
+            stack,
+            chain: 0,
+            stream: t.stream,
+        },
+    );
+    if aggregate::on() {
+        aggregate::alloc(t, ptr as usize, size as u64, stack);
         return;
     }
     let mut ev = EventBuf::default();
-    if ptr.is_null() {
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        encode_failed(&mut ev, seq, timestamp(), kind, size as u64, stack);
-    } else {
-        let usable = usable.map_or_else(|| usable_size(ptr), |u| u as u64);
-        core.live.insert(
-            ptr as usize,
-            LiveBlock {
-                size: size as u64,
-                usable,
-                stack,
-                chain: 0,
-                stream: t.stream,
-            },
-        );
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        encode_alloc(
-            &mut ev,
-            seq,
-            timestamp(),
-            kind,
-            ptr as u64,
-            size as u64,
-            usable,
-            stack,
-        );
-    }
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    encode_alloc(
+        &mut ev,
+        seq,
+        timestamp(),
+        kind,
+        ptr as u64,
+        size as u64,
+        usable,
+        stack,
+    );
     emit(t, &ev);
 }
 
@@ -706,25 +697,29 @@ pub unsafe fn record_realloc(
     let Some(core) = core() else { return };
     let t = current_thread(core);
     let stack = stack_id(core, t, skip);
-    if aggregate::on() {
-        aggregate_realloc(core, t, tok, new, size, usable, stack);
-        return;
-    }
+    // Aggregated mode: the same cases and the same live set, counted instead of written.
+    let agg = aggregate::on();
     let mut ev = EventBuf::default();
     let ts_seq = || (SEQ.fetch_add(1, Ordering::Relaxed), timestamp());
     match (new.is_null(), tok.block) {
-        (true, Some(block)) if size != 0 => {
-            // Failed: the old block is untouched and still live.
-            core.live.insert(tok.old as usize, block);
+        (true, block) if size != 0 => {
+            // Failed: the old block, if there was one, is untouched and still live.
+            if let Some(block) = block {
+                core.live.insert(tok.old as usize, block);
+            }
+            if agg {
+                aggregate::failed(t, stack);
+                return;
+            }
             let (seq, ts) = ts_seq();
             encode_failed(&mut ev, seq, ts, kind, size as u64, stack);
         }
-        (true, None) if size != 0 => {
-            let (seq, ts) = ts_seq();
-            encode_failed(&mut ev, seq, ts, kind, size as u64, stack);
-        }
-        (true, Some(_)) => {
+        (true, Some(block)) => {
             // realloc(p, 0) that freed p (glibc).
+            if agg {
+                aggregate::realloc(t, tok.old as usize, &block, 0, 0, stack);
+                return;
+            }
             let (seq, ts) = ts_seq();
             encode_realloc(
                 &mut ev,
@@ -754,6 +749,24 @@ pub unsafe fn record_realloc(
                     stream: t.stream,
                 },
             );
+            if block.is_none() {
+                // The old block was never seen: to the dump this is a new block.
+                bump(&t.counters.untracked_frees);
+            }
+            if agg {
+                match block {
+                    Some(b) => aggregate::realloc(
+                        t,
+                        tok.old as usize,
+                        &b,
+                        new as usize,
+                        size as u64,
+                        stack,
+                    ),
+                    None => aggregate::alloc(t, new as usize, size as u64, stack),
+                }
+                return;
+            }
             let (seq, ts) = ts_seq();
             if block.is_some() {
                 encode_realloc(
@@ -768,8 +781,6 @@ pub unsafe fn record_realloc(
                     stack,
                 );
             } else {
-                // The old block was never seen: to the dump this is a new block.
-                bump(&t.counters.untracked_frees);
                 encode_alloc(
                     &mut ev,
                     seq,
@@ -784,49 +795,6 @@ pub unsafe fn record_realloc(
         }
     }
     emit(t, &ev);
-}
-
-/// [`record_realloc`] in aggregated mode: the same cases, counted instead of written.
-unsafe fn aggregate_realloc(
-    core: &Core,
-    t: &ThreadState,
-    tok: ReallocToken,
-    new: *mut u8,
-    size: usize,
-    usable: Option<usize>,
-    stack: u32,
-) {
-    match (new.is_null(), tok.block) {
-        (true, Some(block)) if size != 0 => {
-            core.live.insert(tok.old as usize, block);
-            aggregate::failed(t, stack);
-        }
-        (true, None) if size != 0 => aggregate::failed(t, stack),
-        (true, Some(block)) => aggregate::realloc(t, tok.old as usize, &block, 0, 0, stack),
-        (true, None) => bump(&t.counters.untracked_frees),
-        (false, block) => {
-            let usable = usable.map_or_else(|| usable_size(new), |u| u as u64);
-            core.live.insert(
-                new as usize,
-                LiveBlock {
-                    size: size as u64,
-                    usable,
-                    stack,
-                    chain: block.map_or(0, |b| b.chain.saturating_add(1)),
-                    stream: t.stream,
-                },
-            );
-            match block {
-                Some(b) => {
-                    aggregate::realloc(t, tok.old as usize, &b, new as usize, size as u64, stack)
-                }
-                None => {
-                    bump(&t.counters.untracked_frees);
-                    aggregate::alloc(t, new as usize, size as u64, stack);
-                }
-            }
-        }
-    }
 }
 
 /// Tells the recorder that modules were loaded or unloaded (`dlopen`, `dlclose`).
@@ -903,22 +871,24 @@ pub fn leak_check() -> Option<[KindTotal; 4]> {
     write_leak_check(CORE.get()?, ReachTrigger::Request)
 }
 
-/// Aggregated mode: the addresses of each class found by the check at the end, for the live
-/// set written after it (see `output`).
-pub(crate) static LAST_EXIT_CHECK: SpinLock<Option<Box<[Vec<u64>; 4]>>> = SpinLock::new(None);
+/// Aggregated mode: the check made at the end, to classify the live set written after it (see
+/// `output`).
+pub(crate) static LAST_EXIT_CHECK: SpinLock<Option<Box<zmtrace_format::Reach>>> =
+    SpinLock::new(None);
 
 fn write_leak_check(core: &Core, trigger: ReachTrigger) -> Option<[KindTotal; 4]> {
     let outcome = reach::check(core, trigger)?;
-    let r = &outcome.reach;
-    if aggregate::on() && trigger != ReachTrigger::Request {
-        *LAST_EXIT_CHECK.lock() = Some(Box::new(r.addrs.clone()));
-    }
+    let r = outcome.reach;
     let raw = zmtrace_format::write::reach_raw(&r.addrs);
     let z = zstd::bulk::compress(&raw, 1).ok()?;
     let mut buf = Vec::new();
-    zmtrace_format::write::reach(&mut buf, r, raw.len(), &z);
+    zmtrace_format::write::reach(&mut buf, &r, raw.len(), &z);
     output::write_record(&buf);
-    Some(r.totals)
+    let totals = r.totals;
+    if aggregate::on() && trigger != ReachTrigger::Request {
+        *LAST_EXIT_CHECK.lock() = Some(Box::new(r));
+    }
+    Some(totals)
 }
 
 /// Where [`start`] was told to write (overrides `ZMTRACE_OUT`).

@@ -325,7 +325,9 @@ pub(crate) fn write_record(bytes: &[u8]) {
 pub(crate) fn flush_now() {
     let mut out = OUTPUT.lock();
     out.flush_pass(crate::CORE.get());
-    out.write_aggregate(true);
+    if !out.finished {
+        out.write_aggregate(true);
+    }
 }
 
 pub(crate) fn path() -> Option<String> {
@@ -350,51 +352,26 @@ impl Output {
     /// replaces the last one for the reader, so writing one more (`dump_now`, then the end) is
     /// harmless.
     fn write_aggregate(&mut self, with_live: bool) {
-        if !crate::aggregate::on() || self.fd < 0 || self.failed || self.finished {
+        if !crate::aggregate::on() || self.fd < 0 || self.failed {
             return;
         }
         let Some(core) = crate::CORE.get() else {
             return;
         };
-        // The stacks the counters name, first.
-        self.flush_pass(Some(core));
+        // Counted first, then the stacks written: every stack the counters and the live set name
+        // is interned by then, so its record comes before theirs.
         let a = crate::aggregate::snapshot();
+        let live = with_live.then(|| live_sites(core));
+        self.write_meta();
         let raw = write::aggregate_raw(&a);
         let z = self.compress(&raw);
         let mut buf = Vec::new();
         write::compressed(&mut buf, RecordKind::Aggregate, raw.len(), &z);
-        if !with_live {
-            self.write_all_or_fail(&buf);
-            return;
+        if let Some(sites) = live {
+            let raw = write::live_raw(sites.into_iter());
+            let z = self.compress(&raw);
+            write::compressed(&mut buf, RecordKind::LiveAtEnd, raw.len(), &z);
         }
-        // Classified by the leak check made at the end, when there is one: the reports need
-        // the classes per stack, and a summed live set has no addresses to match them by.
-        let check = crate::LAST_EXIT_CHECK.lock().take();
-        let mut sites: std::collections::HashMap<(u32, u8), LiveSite> = Default::default();
-        for e in core.live.iter() {
-            let b = e.value();
-            let kind = check
-                .as_ref()
-                .and_then(|addrs| {
-                    let a = *e.key() as u64;
-                    (0..4).find(|&k| addrs[k].binary_search(&a).is_ok())
-                })
-                .map_or(LiveSite::UNCHECKED, |k| k as u8);
-            let s = sites.entry((b.stack, kind)).or_insert(LiveSite {
-                stack: b.stack,
-                kind,
-                ..LiveSite::default()
-            });
-            s.blocks += 1;
-            s.bytes += b.size;
-            s.usable += b.usable;
-            s.via_realloc += u64::from(b.chain > 0);
-        }
-        let mut sites: Vec<LiveSite> = sites.into_values().collect();
-        sites.sort_unstable_by_key(|s| (s.stack, s.kind));
-        let raw = write::live_raw(sites.into_iter());
-        let z = self.compress(&raw);
-        write::compressed(&mut buf, RecordKind::LiveAtEnd, raw.len(), &z);
         self.write_all_or_fail(&buf);
     }
 
@@ -402,9 +379,7 @@ impl Output {
         if self.fd < 0 || self.failed {
             return;
         }
-        let finished = std::mem::replace(&mut self.finished, false);
         self.write_aggregate(true);
-        self.finished = finished;
         let mut end = End {
             reason,
             status,
@@ -429,6 +404,33 @@ impl Output {
         write::end(&mut buf, &end);
         self.write_all_or_fail(&buf);
     }
+}
+
+/// The live set summed per stack and leak class. Classified by the leak check made at the end,
+/// when there is one: the reports need the classes per stack, and a summed live set has no
+/// addresses to match them by.
+fn live_sites(core: &Core) -> Vec<LiveSite> {
+    let check = crate::LAST_EXIT_CHECK.lock().take();
+    let mut sites: std::collections::HashMap<(u32, u8), LiveSite> = Default::default();
+    for e in core.live.iter() {
+        let b = e.value();
+        let kind = check
+            .as_ref()
+            .and_then(|r| r.kind_of(*e.key() as u64))
+            .map_or(LiveSite::UNCHECKED, |k| k as u8);
+        let s = sites.entry((b.stack, kind)).or_insert(LiveSite {
+            stack: b.stack,
+            kind,
+            ..LiveSite::default()
+        });
+        s.blocks += 1;
+        s.bytes += b.size;
+        s.usable += b.usable;
+        s.via_realloc += u64::from(b.chain > 0);
+    }
+    let mut sites: Vec<LiveSite> = sites.into_values().collect();
+    sites.sort_unstable_by_key(|s| (s.stack, s.kind));
+    sites
 }
 
 /// In a forked child: leave the parent's dump alone, start our own with what we inherited.
@@ -623,7 +625,15 @@ impl Output {
         for t in gone {
             t.in_use.store(false, Ordering::Release);
         }
-        // 2. Modules and stacks that appeared since the last pass.
+        // 2. Modules and stacks that appeared since the last pass, then the events.
+        self.write_meta();
+        let events = std::mem::take(&mut self.events);
+        self.write_all_or_fail(&events);
+        self.events = events;
+    }
+
+    /// Writes the modules and stacks that appeared since the last time.
+    fn write_meta(&mut self) {
         self.meta.clear();
         {
             let mut m = MODULES.lock();
@@ -648,9 +658,6 @@ impl Output {
         let meta = std::mem::take(&mut self.meta);
         self.write_all_or_fail(&meta);
         self.meta = meta;
-        let events = std::mem::take(&mut self.events);
-        self.write_all_or_fail(&events);
-        self.events = events;
     }
 
     fn write_all_or_fail(&mut self, mut buf: &[u8]) {
