@@ -105,14 +105,14 @@ fn oom(size: usize) {
 /// malloc or calloc of `size` bytes, Redis's ztrymalloc_usable / ztrycalloc_usable.
 #[inline(always)]
 unsafe fn try_alloc(size: usize, zeroed: bool, usable: *mut usize, sp: u64) -> *mut c_void {
+    let kind = if zeroed {
+        AllocKind::Calloc
+    } else {
+        AllocKind::Malloc
+    };
     // Possible overflow: fail, so that the caller can panic or handle it.
     if size >= usize::MAX / 2 {
         if tracing() {
-            let kind = if zeroed {
-                AllocKind::Calloc
-            } else {
-                AllocKind::Malloc
-            };
             rec::record_alloc(kind, std::ptr::null_mut(), size, None, Skip::Below(sp));
         }
         return std::ptr::null_mut();
@@ -125,11 +125,6 @@ unsafe fn try_alloc(size: usize, zeroed: bool, usable: *mut usize, sp: u64) -> *
     };
     if raw.is_null() {
         if tracing() {
-            let kind = if zeroed {
-                AllocKind::Calloc
-            } else {
-                AllocKind::Malloc
-            };
             rec::record_alloc(kind, std::ptr::null_mut(), size, None, Skip::Below(sp));
         }
         return std::ptr::null_mut();
@@ -148,11 +143,6 @@ unsafe fn try_alloc(size: usize, zeroed: bool, usable: *mut usize, sp: u64) -> *
         *usable = got;
     }
     if tracing() {
-        let kind = if zeroed {
-            AllocKind::Calloc
-        } else {
-            AllocKind::Malloc
-        };
         rec::record_alloc(kind, ptr.cast(), size, Some(got), Skip::Below(sp));
     }
     ptr
