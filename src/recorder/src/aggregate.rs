@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use zmtrace_format::{Aggregate, AggregateSite, Churn};
 
+use crate::state::LiveBlock;
 use crate::sync::SpinLock;
-use crate::{all_threads, LiveBlock, ThreadState};
+use crate::threads::{all_threads, ThreadState};
 
 /// Set once at start-up when the environment asks for aggregated recording.
 pub(crate) static ON: AtomicBool = AtomicBool::new(false);

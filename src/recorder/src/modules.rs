@@ -4,12 +4,19 @@
 //!
 //! Paths come from the loader and `/proc/self/exe`, never from `dladdr` or `argv[0]`: programs such
 //! as Redis rewrite `argv[0]` into a process title.
+//!
+//! `MODULES` holds the list and the master copy of the unwinder; `refresh_modules` re-reads
+//! them after a `dlopen` or `dlclose` and bumps `MODULES_GENERATION`, which tells each thread
+//! to copy the new unwinder.
 
 use std::ffi::CStr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use framehop::x86_64::UnwinderX86_64;
 use framehop::{ExplicitModuleSectionInfo, Module as FhModule, Unwinder};
+
+use crate::sync::SpinLock;
 
 /// One mapped module, with the addresses of its unwind tables in memory.
 #[derive(Clone, Debug)]
@@ -194,6 +201,61 @@ pub fn build_unwinder(modules: &[LoadedModule]) -> UnwinderX86_64<&'static [u8]>
         }
     }
     u
+}
+
+/// The module list and the master copy of the unwinder; threads copy it when `generation` moves.
+pub(crate) struct ModuleTable {
+    pub list: Vec<LoadedModule>,
+    /// How many of `list` are in the dump already.
+    pub written: usize,
+    /// Load biases of unloaded modules not yet in the dump.
+    pub gone: Vec<u64>,
+    pub unwinder: Option<framehop::x86_64::UnwinderX86_64<&'static [u8]>>,
+}
+pub(crate) static MODULES: SpinLock<ModuleTable> = SpinLock::new(ModuleTable {
+    list: Vec::new(),
+    written: 0,
+    gone: Vec::new(),
+    unwinder: None,
+});
+/// Bumped when the module list changes (`dlopen`, `dlclose`).
+pub(crate) static MODULES_GENERATION: AtomicU64 = AtomicU64::new(0);
+/// Set by [`crate::modules_changed`] until [`refresh_modules`] has re-read the list.
+pub(crate) static MODULES_DIRTY: AtomicBool = AtomicBool::new(false);
+
+/// Re-reads the module list if it changed, and publishes a new unwinder generation.
+pub(crate) fn refresh_modules() {
+    if !MODULES_DIRTY.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let now = enumerate();
+    let mut t = MODULES.lock();
+    let old_bases: Vec<u64> = t.list.iter().map(|m| m.info.base).collect();
+    let new_bases: Vec<u64> = now.iter().map(|m| m.info.base).collect();
+    let gone: Vec<u64> = old_bases
+        .iter()
+        .copied()
+        .filter(|b| !new_bases.contains(b))
+        .collect();
+    t.gone.extend(gone);
+    // Keep the dump's order: modules already written stay first, new ones are appended.
+    let mut list: Vec<_> = t
+        .list
+        .iter()
+        .filter(|m| new_bases.contains(&m.info.base))
+        .cloned()
+        .collect();
+    let kept = list.len();
+    let written = t.written.min(kept);
+    list.extend(
+        now.into_iter()
+            .filter(|m| !old_bases.contains(&m.info.base)),
+    );
+    t.unwinder = Some(build_unwinder(&list));
+    t.list = list;
+    t.written = written;
+    drop(t);
+    MODULES_GENERATION.fetch_add(1, Ordering::Release);
 }
 
 #[cfg(test)]

@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use zmtrace_format::{write, Block, End, EndReason, LiveSite, Origin, Process, RecordKind};
 
+use crate::modules::MODULES;
+use crate::stacks::PENDING_STACKS;
+use crate::state::{Core, DROPPED, SEQ};
 use crate::sync::{Guard, SpinLock};
-use crate::{all_threads, Core, ThreadState, DROPPED, MODULES, PENDING_STACKS, SEQ};
+use crate::threads::{all_threads, ThreadState};
 
 pub(crate) struct Output {
     fd: i32,
@@ -102,7 +105,7 @@ pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
                 DROPPED.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            out.flush_pass(crate::CORE.get());
+            out.flush_pass(crate::state::CORE.get());
         }
         // SAFETY: we are the ring's owner.
         if unsafe { t.ring.push(bytes) } {
@@ -120,10 +123,13 @@ static WRITER_TID: AtomicU32 = AtomicU32::new(0);
 /// The writer thread's id (0 if there is none), waiting a moment for a writer that has been
 /// created but has not run yet (a short program can reach `exit` first).
 pub(crate) fn writer_tid() -> u32 {
-    let deadline = crate::now_mono() + 200_000_000;
+    let deadline = crate::clock::now_mono() + 200_000_000;
     loop {
         let tid = WRITER_TID.load(Ordering::Acquire);
-        if tid != 0 || !WRITER_RUNNING.load(Ordering::Acquire) || crate::now_mono() > deadline {
+        if tid != 0
+            || !WRITER_RUNNING.load(Ordering::Acquire)
+            || crate::clock::now_mono() > deadline
+        {
             return tid;
         }
         // SAFETY: plain syscall.
@@ -169,8 +175,8 @@ extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
             WRITER_RUNNING.store(false, Ordering::Release);
             return std::ptr::null_mut();
         }
-        out.flush_pass(crate::CORE.get());
-        let now = crate::now_mono();
+        out.flush_pass(crate::state::CORE.get());
+        let now = crate::clock::now_mono();
         if crate::aggregate::on() && now.saturating_sub(out.last_snapshot_ns) > SNAPSHOT_NS {
             // Counters only: a killed process keeps them up to here. The live set can be
             // large (a server's whole keyspace), so it is written only at the end.
@@ -266,7 +272,7 @@ pub(crate) fn finish(reason: EndReason, status: i32) {
     if out.finished {
         return;
     }
-    out.flush_pass(crate::CORE.get());
+    out.flush_pass(crate::state::CORE.get());
     out.finished = true;
     out.write_end(reason, status);
     if reason != EndReason::Stopped {
@@ -283,7 +289,7 @@ pub(crate) fn finish(reason: EndReason, status: i32) {
 pub(crate) fn open_now() -> Result<(), String> {
     let mut out = OUTPUT.lock();
     if out.fd < 0 && !out.failed && !out.finished {
-        if let Some(core) = crate::CORE.get() {
+        if let Some(core) = crate::state::CORE.get() {
             out.open(core, Origin::Start, 0, 0);
         }
     }
@@ -313,7 +319,7 @@ pub(crate) fn restart() {
 pub(crate) fn write_record(bytes: &[u8]) {
     let mut out = OUTPUT.lock();
     if out.fd < 0 && !out.finished && !out.failed {
-        if let Some(core) = crate::CORE.get() {
+        if let Some(core) = crate::state::CORE.get() {
             out.open(core, Origin::Start, 0, 0);
         }
     }
@@ -324,7 +330,7 @@ pub(crate) fn write_record(bytes: &[u8]) {
 
 pub(crate) fn flush_now() {
     let mut out = OUTPUT.lock();
-    out.flush_pass(crate::CORE.get());
+    out.flush_pass(crate::state::CORE.get());
     if !out.finished {
         out.write_aggregate(true);
     }
@@ -340,7 +346,7 @@ pub(crate) fn before_exec(path: &str) {
     if out.finished {
         return;
     }
-    out.flush_pass(crate::CORE.get());
+    out.flush_pass(crate::state::CORE.get());
     let mut buf = Vec::new();
     write::exec(&mut buf, path);
     out.write_all_or_fail(&buf);
@@ -355,7 +361,7 @@ impl Output {
         if !crate::aggregate::on() || self.fd < 0 || self.failed {
             return;
         }
-        let Some(core) = crate::CORE.get() else {
+        let Some(core) = crate::state::CORE.get() else {
             return;
         };
         // Counted first, then the stacks written: every stack the counters and the live set name
@@ -410,7 +416,7 @@ impl Output {
 /// when there is one: the reports need the classes per stack, and a summed live set has no
 /// addresses to match them by.
 fn live_sites(core: &Core) -> Vec<LiveSite> {
-    let check = crate::LAST_EXIT_CHECK.lock().take();
+    let check = crate::reach::LAST_EXIT_CHECK.lock().take();
     let mut sites: std::collections::HashMap<(u32, u8), LiveSite> = Default::default();
     for e in core.live.iter() {
         let b = e.value();
@@ -437,7 +443,7 @@ fn live_sites(core: &Core) -> Vec<LiveSite> {
 pub(crate) fn after_fork_in_child(core: &Core) {
     let parent = OWNER_PID.load(Ordering::Acquire);
     let fork_seq = SEQ.load(Ordering::Relaxed);
-    crate::mark_start();
+    crate::clock::mark_start();
     {
         let mut out = OUTPUT.lock();
         if out.fd >= 0 {
@@ -514,7 +520,7 @@ impl Output {
                 origin,
                 parent_pid,
                 fork_seq,
-                start_unix_ns: crate::START_UNIX.load(Ordering::Relaxed),
+                start_unix_ns: crate::clock::START_UNIX.load(Ordering::Relaxed),
                 session: core.proc.env("ZMTRACE_SESSION").unwrap_or_default(),
                 exe: core.proc.exe.clone(),
                 argv: core.proc.argv.clone(),
@@ -580,7 +586,7 @@ impl Output {
         FLUSHES.fetch_add(1, Ordering::Relaxed);
         // Threads that are gone: found before draining, released after, so their last events
         // are written and a new thread cannot take the state in between.
-        let now = crate::now_mono();
+        let now = crate::clock::now_mono();
         let reap = now.saturating_sub(self.last_reap_ns) > 1_000_000_000;
         let mut gone = Vec::new();
         if reap {

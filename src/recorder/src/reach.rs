@@ -38,10 +38,13 @@
 use std::ffi::{c_int, c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use zmtrace_format::{LeakKind, Reach, ReachTrigger};
+use zmtrace_format::{KindTotal, LeakKind, Reach, ReachTrigger};
 
-use crate::sync::Guard;
-use crate::{now_mono, Core, CURRENT, SEQ};
+use crate::clock::now_mono;
+use crate::state::{Core, SEQ};
+use crate::sync::{Guard, SpinLock};
+use crate::threads::CURRENT;
+use crate::{aggregate, output};
 
 /// Bytes below the stack pointer that a leaf function may use without moving it (x86-64 ABI).
 const RED_ZONE: u64 = 128;
@@ -954,7 +957,7 @@ pub(crate) fn before_fork(core: &Core) {
     v.clear();
     v.extend_from_slice(segments.as_slice());
     PREFORK_GENERATION.store(
-        crate::MODULES_GENERATION.load(Ordering::Acquire),
+        crate::modules::MODULES_GENERATION.load(Ordering::Acquire),
         Ordering::Release,
     );
 }
@@ -964,7 +967,7 @@ pub(crate) fn before_fork(core: &Core) {
 fn writable_segments(core: &Core, out: &mut Buf<(u64, u64)>) {
     if IN_FORKED_CHILD.load(Ordering::Acquire)
         && PREFORK_GENERATION.load(Ordering::Acquire)
-            == crate::MODULES_GENERATION.load(Ordering::Acquire)
+            == crate::modules::MODULES_GENERATION.load(Ordering::Acquire)
     {
         // Held only by a thread of the parent that was forking at the same moment.
         if let Some(segments) = PREFORK_SEGMENTS.try_lock() {
@@ -1025,6 +1028,26 @@ fn callee_saved() -> [u64; 6] {
         r = [rbx, rbp, r12, r13, r14, r15];
     }
     r
+}
+
+/// Aggregated mode: the check made at the end, to classify the live set written after it (see
+/// `output`).
+pub(crate) static LAST_EXIT_CHECK: SpinLock<Option<Box<Reach>>> = SpinLock::new(None);
+
+/// Runs a check and writes its `Reach` record; returns the blocks and bytes of each class.
+pub(crate) fn write_leak_check(core: &Core, trigger: ReachTrigger) -> Option<[KindTotal; 4]> {
+    let outcome = check(core, trigger)?;
+    let r = outcome.reach;
+    let raw = zmtrace_format::write::reach_raw(&r.addrs);
+    let z = zstd::bulk::compress(&raw, 1).ok()?;
+    let mut buf = Vec::new();
+    zmtrace_format::write::reach(&mut buf, &r, raw.len(), &z);
+    output::write_record(&buf);
+    let totals = r.totals;
+    if aggregate::on() && trigger != ReachTrigger::Request {
+        *LAST_EXIT_CHECK.lock() = Some(Box::new(r));
+    }
+    Some(totals)
 }
 
 /// What one check found, for the record and for the caller.
@@ -1240,7 +1263,7 @@ fn scan(
         if tid == me {
             continue;
         }
-        let known_top = crate::all_threads()
+        let known_top = crate::threads::all_threads()
             .find(|t| t.in_use.load(Ordering::Acquire) && t.tid.load(Ordering::Acquire) == tid)
             .map(|t| t.stack_top());
         let range = match known_top {

@@ -1,5 +1,6 @@
-//! The two synchronisation primitives of the recorder: the per-thread re-entrancy guard and a
-//! small lock that a `fork` handler can take and release by hand.
+//! The three synchronisation primitives of the recorder: the per-thread re-entrancy guard, a
+//! small lock that a `fork` handler can take and release by hand, and [`ThreadSum`], a sum that
+//! each thread adds to in a slot of its own, without an atomic read-modify-write.
 
 use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};

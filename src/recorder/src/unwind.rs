@@ -11,7 +11,10 @@ use std::sync::atomic::Ordering;
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{FrameAddress, Unwinder};
 
-use crate::{bump, Core, Counters, Skip, UnwindMode, MAX_FRAMES, MODULES, MODULES_GENERATION};
+use crate::modules::{MODULES, MODULES_GENERATION};
+use crate::stacks::{Skip, UnwindMode, MAX_FRAMES};
+use crate::state::Core;
+use crate::threads::{bump, Counters};
 
 /// framehop's rule cache is direct-mapped with 509 slots, far fewer than the return addresses of
 /// a real program (Redis touches ~3,000): misses re-parse the CFI, and that was a quarter of the
@@ -150,7 +153,7 @@ impl Local {
                 &self.prev.frames[start..n]
             }
             // The reference modes are slow anyway: no cache.
-            _ => return crate::intern(core, self.capture(core, counters, skip)).0,
+            _ => return crate::stacks::intern(core, self.capture(core, counters, skip)).0,
         };
         // The walk could not prove it (a register such as rbp changed below the program's
         // frames) but the stack is often the previous one all the same: a compare is cheaper
@@ -174,7 +177,7 @@ impl Local {
                 return slot.id;
             }
         }
-        let (id, ptr) = crate::intern(core, frames);
+        let (id, ptr) = crate::stacks::intern(core, frames);
         *slot = Interned {
             hash,
             frames: ptr,
@@ -232,7 +235,7 @@ impl Local {
     ) -> (usize, usize, bool) {
         let generation = MODULES_GENERATION.load(Ordering::Acquire);
         if generation != self.generation {
-            crate::refresh_modules();
+            crate::modules::refresh_modules();
             if let Some(u) = MODULES.lock().unwinder.as_ref() {
                 self.unwinder = u.clone();
             }

@@ -1,0 +1,84 @@
+//! `fork`: `pthread_atfork` handlers that hold every recorder lock across the fork, so that the
+//! child, which inherits only the forking thread, never finds one locked forever; the child then
+//! starts a dump of its own that begins with the blocks it inherited.
+
+use std::ptr;
+use std::sync::atomic::Ordering;
+
+use crate::modules::MODULES;
+use crate::stacks::PENDING_STACKS;
+use crate::state::{CORE, DROPPED, READY, STATE};
+use crate::sync::Guard;
+use crate::threads::{all_threads, gettid, CURRENT};
+use crate::{aggregate, output, reach};
+
+/// Takes every recorder lock so that no other thread holds one at the fork: a child inherits only
+/// the forking thread, and a lock held by any other thread would stay locked in it forever.
+pub(crate) extern "C" fn fork_prepare() {
+    Guard::enter_forever(); // released in fork_parent / fork_child
+    let Some(core) = CORE.get() else { return };
+    if STATE.load(Ordering::Acquire) == READY {
+        reach::before_fork(core);
+    }
+    output::OUTPUT.raw_lock();
+    MODULES.raw_lock();
+    for shard in core.stacks.shards() {
+        // SAFETY: paired with the unlock in fork_parent / fork_child.
+        unsafe { lock_api::RawRwLock::lock_exclusive(shard.raw()) };
+    }
+    PENDING_STACKS.raw_lock();
+    for shard in core.live.shards() {
+        unsafe { lock_api::RawRwLock::lock_exclusive(shard.raw()) };
+    }
+}
+
+fn unlock_after_fork() {
+    let Some(core) = CORE.get() else { return };
+    // SAFETY: fork_prepare took all of these in this thread (or, in the child, its parent did).
+    unsafe {
+        for shard in core.live.shards() {
+            lock_api::RawRwLock::unlock_exclusive(shard.raw());
+        }
+        PENDING_STACKS.raw_unlock();
+        for shard in core.stacks.shards() {
+            lock_api::RawRwLock::unlock_exclusive(shard.raw());
+        }
+        MODULES.raw_unlock();
+        output::OUTPUT.raw_unlock();
+    }
+}
+
+pub(crate) extern "C" fn fork_parent() {
+    unlock_after_fork();
+    Guard::leave_forever();
+}
+
+pub(crate) extern "C" fn fork_child() {
+    unlock_after_fork();
+    reach::IN_FORKED_CHILD.store(true, Ordering::Release);
+    if let Some(core) = CORE.get() {
+        let me = CURRENT.with(|c| c.get());
+        for s in all_threads() {
+            // Unread events belong to the parent, which writes them to its own dump.
+            s.ring.discard();
+            s.counters.untracked_frees.store(0, Ordering::Relaxed);
+            s.counters.free_null.store(0, Ordering::Relaxed);
+            s.counters.truncated_stacks.store(0, Ordering::Relaxed);
+            s.counters.compared_stacks.store(0, Ordering::Relaxed);
+            s.counters.mismatched_stacks.store(0, Ordering::Relaxed);
+            if ptr::eq(s, me) {
+                s.tid.store(gettid(), Ordering::Release);
+            } else {
+                // Its thread does not exist in the child.
+                s.in_use.store(false, Ordering::Release);
+            }
+        }
+        DROPPED.store(0, Ordering::Relaxed);
+        if aggregate::on() {
+            // The child's counts start at the fork; it inherits the live blocks.
+            aggregate::reset();
+        }
+        output::after_fork_in_child(core);
+    }
+    Guard::leave_forever();
+}
