@@ -869,16 +869,19 @@ fn read_own(addr: u64, buf: &mut [u64], len: usize) -> usize {
         iov_base: addr as *mut c_void,
         iov_len: local.iov_len,
     };
+    // Every argument a full word: `syscall` is variadic and reads each as a `long`, and the last
+    // one goes on the stack, where a 32-bit `0` leaves the upper half to whatever was there (the
+    // kernel then refuses the flags with EINVAL and nothing is read).
     // SAFETY: the kernel copies into our buffer and fails instead of faulting.
     let n = unsafe {
         libc::syscall(
             libc::SYS_process_vm_readv,
-            libc::getpid(),
+            libc::getpid() as libc::c_long,
             &local as *const libc::iovec,
-            1,
+            1 as libc::c_ulong,
             &remote as *const libc::iovec,
-            1,
-            0,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
         )
     };
     if n < 0 {
@@ -1477,6 +1480,31 @@ mod tests {
         let mut h = Heap::new(&[2, 2]);
         h.set(0, 0, h.at(1));
         assert_eq!(h.classify(&[]), [Definite, Indirect]);
+    }
+
+    /// Leaves non-zero words in the stack below the caller's frame, where the next call's frame
+    /// (and its stack-passed arguments) will be.
+    #[inline(never)]
+    fn dirty_the_stack() {
+        let junk = [u64::MAX; 512];
+        std::hint::black_box(&junk);
+    }
+
+    #[inline(never)]
+    fn read_own_here(src: &[u64; 4]) -> usize {
+        let mut buf = [0u64; 4];
+        read_own(src.as_ptr() as u64, &mut buf, 32)
+    }
+
+    #[test]
+    fn read_own_reads_from_a_dirty_stack() {
+        // process_vm_readv's last argument goes on the stack: passed as a 32-bit int, its upper
+        // half was whatever the stack held, and the kernel refused the call (EINVAL).
+        let src = [1u64, 2, 3, 4];
+        for _ in 0..3 {
+            dirty_the_stack();
+            assert_eq!(read_own_here(std::hint::black_box(&src)), 32);
+        }
     }
 
     #[test]
