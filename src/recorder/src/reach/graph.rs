@@ -1,0 +1,347 @@
+//! The graph the check walks: the live set sorted by address, each block's state, and the two
+//! passes of memcheck's `mc_leakcheck.c` over it (marking from the roots, then the cliques of
+//! what is left).
+
+use zmtrace_format::LeakKind;
+
+use super::sys::{read_own, Buf};
+
+/// Blocks from this size up are read with `process_vm_readv` when a thread could not be
+/// stopped: such blocks are mapped by themselves, and a running thread that frees one unmaps it.
+const LARGE_BLOCK: u64 = 128 * 1024;
+
+pub(super) const UNREACHED: u8 = 0;
+const INDIRECT: u8 = 1;
+const POSSIBLE: u8 = 2;
+const REACHABLE: u8 = 3;
+/// Set while a block is on the worklist.
+const PENDING: u8 = 0x80;
+/// One address in this many goes into [`Graph::sparse`].
+const SPARSE: usize = 16;
+
+/// How memory is read: directly, or with `process_vm_readv` where a running thread may unmap it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reads {
+    Direct,
+    Careful,
+}
+
+/// The live set, sorted, with each block's state: the graph the scan walks.
+pub(super) struct Graph<'a> {
+    pub(super) addr: &'a [u64],
+    pub(super) size: &'a [u64],
+    state: &'a mut [u8],
+    work: Buf<u32>,
+    /// Every [`SPARSE`]th address: a first search in this small array (it stays in the cache)
+    /// leaves a short run of `addr` to search, instead of a dozen cache misses down the big one.
+    sparse: Buf<u64>,
+    /// Every block lies in `lo..hi`: most words fail this test and need no search.
+    lo: u64,
+    hi: u64,
+    reads: Reads,
+    pub(super) root_bytes: u64,
+}
+
+impl<'a> Graph<'a> {
+    pub(super) fn new(
+        addr: &'a [u64],
+        size: &'a [u64],
+        state: &'a mut [u8],
+        reads: Reads,
+    ) -> Graph<'a> {
+        let lo = addr.first().copied().unwrap_or(0);
+        let hi = addr
+            .iter()
+            .zip(size)
+            .map(|(&a, &s)| a.saturating_add(s.max(1)))
+            .max()
+            .unwrap_or(0);
+        let mut work = Buf::new();
+        work.reserve(addr.len());
+        let mut sparse = Buf::new();
+        sparse.reserve(addr.len() / SPARSE + 1);
+        for a in addr.iter().step_by(SPARSE) {
+            sparse.push(*a);
+        }
+        Graph {
+            addr,
+            size,
+            state,
+            work,
+            sparse,
+            lo,
+            hi,
+            reads,
+            root_bytes: 0,
+        }
+    }
+
+    /// The block that `v` points into (its start, or inside it; a block of size 0 only at its
+    /// start).
+    #[inline]
+    pub(super) fn find(&self, v: u64) -> Option<usize> {
+        if v < self.lo || v >= self.hi {
+            return None;
+        }
+        let run = self
+            .sparse
+            .as_slice()
+            .partition_point(|&a| a <= v)
+            .checked_sub(1)?
+            * SPARSE;
+        let end = (run + SPARSE).min(self.addr.len());
+        let i = run + self.addr[run..end].partition_point(|&a| a <= v) - 1;
+        let (a, s) = (self.addr[i], self.size[i]);
+        (v == a || v - a < s).then_some(i)
+    }
+
+    fn push(&mut self, i: usize) {
+        if self.state[i] & PENDING == 0 {
+            self.state[i] |= PENDING;
+            self.work.push(i as u32);
+        }
+    }
+
+    fn pop(&mut self) -> Option<usize> {
+        let i = self.work.pop()? as usize;
+        self.state[i] &= !PENDING;
+        Some(i)
+    }
+
+    /// A word found in a root (`definite`), or in a reachable (`definite`) or possibly lost
+    /// block: memcheck's `lc_push_without_clique_if_a_chunk_ptr`.
+    #[inline]
+    pub(super) fn reach_word(&mut self, v: u64, definite: bool) {
+        let Some(i) = self.find(v) else { return };
+        let st = self.state[i] & !PENDING;
+        if st == REACHABLE {
+            return;
+        }
+        if v == self.addr[i] && definite {
+            self.state[i] = (self.state[i] & PENDING) | REACHABLE;
+            self.push(i);
+        } else if st == UNREACHED {
+            self.state[i] = (self.state[i] & PENDING) | POSSIBLE;
+            self.push(i);
+        }
+    }
+
+    /// A word found in a lost block of the clique led by `leader`.
+    #[inline]
+    fn clique_word(&mut self, v: u64, leader: usize) {
+        let Some(i) = self.find(v) else { return };
+        if self.state[i] & !PENDING == UNREACHED && i != leader {
+            self.state[i] = (self.state[i] & PENDING) | INDIRECT;
+            self.push(i);
+        }
+    }
+
+    /// Calls `f` with every aligned word of `start..end`.
+    fn words(reads: Reads, start: u64, end: u64, mut f: impl FnMut(u64)) {
+        let start = (start + 7) & !7;
+        let end = end & !7;
+        if start >= end {
+            return;
+        }
+        match reads {
+            Reads::Direct => {
+                let mut p = start;
+                while p < end {
+                    // SAFETY: the caller gives ranges that are mapped and readable, and no
+                    // thread that could unmap them is running.
+                    f(unsafe { (p as *const u64).read_volatile() });
+                    p += 8;
+                }
+            }
+            Reads::Careful => {
+                let mut buf = [0u64; 2048];
+                let mut p = start;
+                while p < end {
+                    let want = ((end - p) as usize).min(buf.len() * 8);
+                    let got = read_own(p, &mut buf, want);
+                    for &w in &buf[..got / 8] {
+                        f(w);
+                    }
+                    p += got as u64;
+                    if got < want {
+                        // Unmapped here: go on at the next page.
+                        p = (p + 4096) & !4095;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn scan_root(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        self.root_bytes += end - start;
+        let reads = self.reads;
+        Self::words(reads, start, end, |w| self.reach_word(w, true));
+    }
+
+    fn block_reads(&self, i: usize) -> Reads {
+        if self.reads == Reads::Careful && self.size[i] >= LARGE_BLOCK {
+            Reads::Careful
+        } else {
+            Reads::Direct
+        }
+    }
+
+    /// Marks everything reachable from the roots pushed so far.
+    pub(super) fn mark(&mut self) {
+        while let Some(i) = self.pop() {
+            let definite = self.state[i] & !PENDING != POSSIBLE;
+            let (a, s) = (self.addr[i], self.size[i]);
+            let reads = self.block_reads(i);
+            Self::words(reads, a, a + s, |w| self.reach_word(w, definite));
+        }
+    }
+
+    /// Sorts the blocks not reached into cliques: memcheck's second pass.
+    pub(super) fn cliques(&mut self) {
+        for leader in 0..self.addr.len() {
+            if self.state[leader] != UNREACHED {
+                continue;
+            }
+            self.push(leader);
+            while let Some(i) = self.pop() {
+                let (a, s) = (self.addr[i], self.size[i]);
+                let reads = self.block_reads(i);
+                Self::words(reads, a, a + s, |w| self.clique_word(w, leader));
+            }
+        }
+    }
+
+    pub(super) fn kind(&self, i: usize) -> LeakKind {
+        match self.state[i] & !PENDING {
+            REACHABLE => LeakKind::Reachable,
+            POSSIBLE => LeakKind::Possible,
+            INDIRECT => LeakKind::Indirect,
+            _ => LeakKind::Definite,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks made of real memory, so that the graph reads them as the check does.
+    struct Heap {
+        blocks: Vec<Box<[u64]>>,
+    }
+
+    impl Heap {
+        fn new(sizes_in_words: &[usize]) -> Heap {
+            Heap {
+                blocks: sizes_in_words
+                    .iter()
+                    .map(|&n| vec![0u64; n].into_boxed_slice())
+                    .collect(),
+            }
+        }
+        fn at(&self, i: usize) -> u64 {
+            self.blocks[i].as_ptr() as u64
+        }
+        fn set(&mut self, i: usize, word: usize, v: u64) {
+            self.blocks[i][word] = v;
+        }
+        /// Classifies with `roots` as the only root words.
+        fn classify(&self, roots: &[u64]) -> Vec<LeakKind> {
+            let mut order: Vec<usize> = (0..self.blocks.len()).collect();
+            order.sort_by_key(|&i| self.at(i));
+            let addr: Vec<u64> = order.iter().map(|&i| self.at(i)).collect();
+            let size: Vec<u64> = order
+                .iter()
+                .map(|&i| self.blocks[i].len() as u64 * 8)
+                .collect();
+            let mut state = vec![UNREACHED; addr.len()];
+            let mut g = Graph::new(&addr, &size, &mut state, Reads::Direct);
+            let root = roots.to_vec();
+            let (s, e) = (
+                root.as_ptr() as u64,
+                root.as_ptr() as u64 + 8 * root.len() as u64,
+            );
+            g.scan_root(s, e);
+            g.mark();
+            g.cliques();
+            let mut kinds = vec![LeakKind::Definite; addr.len()];
+            for (pos, &i) in order.iter().enumerate() {
+                kinds[i] = g.kind(pos);
+            }
+            kinds
+        }
+    }
+
+    use LeakKind::*;
+
+    #[test]
+    fn a_start_pointer_from_a_root_reaches_a_chain() {
+        let mut h = Heap::new(&[4, 4, 4]);
+        h.set(0, 1, h.at(1));
+        h.set(1, 3, h.at(2));
+        assert_eq!(h.classify(&[h.at(0)]), [Reachable, Reachable, Reachable]);
+    }
+
+    #[test]
+    fn a_lost_list_has_one_definite_head_and_indirect_nodes() {
+        let mut h = Heap::new(&[2, 2, 2, 2]);
+        for i in 0..3 {
+            h.set(i, 0, h.at(i + 1));
+        }
+        assert_eq!(h.classify(&[]), [Definite, Indirect, Indirect, Indirect]);
+    }
+
+    #[test]
+    fn an_interior_pointer_makes_a_block_and_what_it_points_to_possibly_lost() {
+        let mut h = Heap::new(&[8, 2]);
+        h.set(0, 0, h.at(1));
+        assert_eq!(h.classify(&[h.at(0) + 24]), [Possible, Possible]);
+        // A start pointer from a definite place upgrades a possibly lost block.
+        assert_eq!(h.classify(&[h.at(0) + 24, h.at(1)]), [Possible, Reachable]);
+    }
+
+    #[test]
+    fn a_lost_cycle_has_exactly_one_definite_block() {
+        let mut h = Heap::new(&[2, 2, 2]);
+        h.set(0, 0, h.at(1));
+        h.set(1, 0, h.at(2));
+        h.set(2, 0, h.at(0));
+        let kinds = h.classify(&[]);
+        let lowest = (0..3).min_by_key(|&i| h.at(i)).unwrap();
+        for (i, k) in kinds.iter().enumerate() {
+            assert_eq!(*k, if i == lowest { Definite } else { Indirect });
+        }
+    }
+
+    #[test]
+    fn a_pointer_one_past_the_end_is_not_a_pointer_into_the_block() {
+        let h = Heap::new(&[2]);
+        assert_eq!(h.classify(&[h.at(0) + 16]), [Definite]);
+        assert_eq!(h.classify(&[h.at(0) + 15]), [Possible]);
+    }
+
+    #[test]
+    fn a_lost_block_reached_from_a_later_lost_block_joins_its_clique() {
+        // Whatever the address order, only the block nothing points to stays definite.
+        let mut h = Heap::new(&[2, 2]);
+        h.set(1, 0, h.at(0));
+        assert_eq!(h.classify(&[]), [Indirect, Definite]);
+        let mut h = Heap::new(&[2, 2]);
+        h.set(0, 0, h.at(1));
+        assert_eq!(h.classify(&[]), [Definite, Indirect]);
+    }
+
+    #[test]
+    fn buf_grows_in_its_own_mapping() {
+        let mut b: Buf<u64> = Buf::new();
+        for i in 0..100_000 {
+            assert!(b.push(i));
+        }
+        assert_eq!(b.as_slice().len(), 100_000);
+        assert_eq!(b.as_slice()[99_999], 99_999);
+        assert_eq!(b.pop(), Some(99_999));
+    }
+}

@@ -1,0 +1,367 @@
+//! The leak check: which blocks of the live set the program can still reach, made inside the
+//! traced process when it ends normally (`exit`, a return from `main`, `_exit`) and when the
+//! program asks ([`crate::leak_check`]). Never on the hot path.
+//!
+//! The classes are valgrind memcheck's, computed its way (`mc_leakcheck.c`):
+//!
+//! 1. **Roots**: the writable `PT_LOAD` segments of every loaded module (`dl_iterate_phdr`), the
+//!    registers and stacks of the threads still alive, and their static TLS. A glibc thread's
+//!    static TLS and descriptor sit at the top of its stack mapping, so its stack is scanned from
+//!    below its stack pointer (the 128-byte red zone) to the top of that mapping; the main
+//!    thread's are in a mapping of their own, the one holding its `%fs` base. The recorder's own
+//!    module, its heap and its writer thread are not roots: the program's blocks are exactly the
+//!    live set's entries, so the allocator's arenas are never roots either (they hold every block).
+//! 2. Every aligned word of a root that points at a block (its start, or inside it) marks the
+//!    block: *reachable* for a pointer to its start, *possibly lost* for a pointer inside it. The
+//!    blocks marked are scanned in turn (a worklist); what a possibly lost block points at is
+//!    possibly lost at best.
+//! 3. The blocks left unmarked are lost. Taken in address order, each one still unmarked leads a
+//!    clique: whatever it reaches that is unmarked (start or interior pointer) is *indirectly
+//!    lost*; the leaders are *definitely lost*.
+//!
+//! Blocks are looked up by binary search in one sorted array of addresses, so the check costs
+//! (bytes of roots + bytes of reachable blocks) × log(blocks).
+//!
+//! **Stopping the threads.** The other threads are sent a real-time signal ([`stop_signal`])
+//! whose handler saves the thread's registers and stack pointer (from its `ucontext`) and waits on
+//! a futex until the check ends. A thread caught inside the recorder (it may hold a live-set
+//! lock) returns from the handler at once and is asked again; a thread that blocks the signal, or
+//! does not answer in time, has its whole stack mapping scanned instead, as far as it can be
+//! found. Interrupted system calls may return `EINTR` in the program, as with any signal.
+//!
+//! **No allocation while threads are stopped.** A stopped thread may hold the allocator's lock
+//! (it was stopped inside `malloc`), so between stopping and resuming them nothing here calls
+//! `malloc`, takes a lock another thread could hold, or calls into the loader: the check's arrays
+//! are anonymous mappings of their own ([`Buf`]), `/proc` is read with plain system calls, and
+//! the modules are listed before the threads are stopped.
+//!
+//! The parts: `sys` (the check's own memory, `Buf`, and `/proc` read with plain system calls),
+//! `stop` (stopping and resuming the other threads: the signal, its handler, the slots they
+//! park in), `roots` (the writable segments, with the snapshot taken before a `fork`, the
+//! stacks, the static TLS and the registers) and `graph` (the sorted live set, marking and
+//! cliques). This file runs them in order (`check`) and writes the `Reach` record.
+
+mod graph;
+mod roots;
+mod stop;
+mod sys;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use zmtrace_format::{KindTotal, LeakKind, Reach, ReachTrigger};
+
+use self::graph::{Graph, Reads, UNREACHED};
+pub(crate) use self::roots::{before_fork, IN_FORKED_CHILD};
+use self::roots::{
+    callee_saved, stack_range, static_tls_size, tls_range, writable_segments, ThreadRoots,
+};
+pub use self::stop::stop_signal;
+use self::stop::{install_handler, resume_threads, stop_threads, Slot, PARKED};
+pub(crate) use self::sys::Buf;
+use self::sys::{
+    blocks_signal, gettid, list_threads, mapping_of, read_maps, syscall_sp, thread_pointer, MapKind,
+};
+use crate::clock::now_mono;
+use crate::state::{Core, SEQ};
+use crate::sync::SpinLock;
+use crate::threads::CURRENT;
+use crate::{aggregate, output};
+
+/// One check at a time (exit in one thread while another asks for a check).
+static CHECKING: AtomicBool = AtomicBool::new(false);
+
+/// Aggregated mode: the check made at the end, to classify the live set written after it (see
+/// `output`).
+pub(crate) static LAST_EXIT_CHECK: SpinLock<Option<Box<Reach>>> = SpinLock::new(None);
+
+/// Runs a check and writes its `Reach` record; returns the blocks and bytes of each class.
+pub(crate) fn write_leak_check(core: &Core, trigger: ReachTrigger) -> Option<[KindTotal; 4]> {
+    let outcome = check(core, trigger)?;
+    let r = outcome.reach;
+    let raw = zmtrace_format::write::reach_raw(&r.addrs);
+    let z = zstd::bulk::compress(&raw, 1).ok()?;
+    let mut buf = Vec::new();
+    zmtrace_format::write::reach(&mut buf, &r, raw.len(), &z);
+    output::write_record(&buf);
+    let totals = r.totals;
+    if aggregate::on() && trigger != ReachTrigger::Request {
+        *LAST_EXIT_CHECK.lock() = Some(Box::new(r));
+    }
+    Some(totals)
+}
+
+/// What one check found, for the record and for the caller.
+pub(crate) struct Outcome {
+    pub reach: Reach,
+}
+
+/// Runs a check now. Called under the recorder guard with the recorder ready; returns None when
+/// another check is under way or the memory for it cannot be had.
+#[inline(never)]
+pub(crate) fn check(core: &Core, trigger: ReachTrigger) -> Option<Outcome> {
+    // Our callers' frames (the program's, above this one) are roots; ours below are not.
+    let sp = crate::stack_pointer();
+    let regs = callee_saved();
+    if CHECKING.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let out = check_locked(core, trigger, sp, regs);
+    CHECKING.store(false, Ordering::Release);
+    out
+}
+
+#[inline(never)]
+fn check_locked(
+    core: &Core,
+    trigger: ReachTrigger,
+    my_sp: u64,
+    my_regs: [u64; 6],
+) -> Option<Outcome> {
+    let started = now_mono();
+    // Everything that may allocate or take a lock comes first.
+    let mut segments = Buf::new();
+    writable_segments(core, &mut segments);
+    let tls_size = static_tls_size();
+    if !install_handler() {
+        return None;
+    }
+    let me = gettid();
+    let writer = crate::output::writer_tid();
+    let sig = stop_signal();
+    let mut text = Buf::new();
+    let mut tids = Buf::new();
+    list_threads(&mut tids);
+    // Threads that block the signal cannot be stopped: their stacks are scanned as they are.
+    let mut unstoppable: Buf<u32> = Buf::new();
+    let mut stoppable: Buf<u32> = Buf::new();
+    for &tid in tids.as_slice() {
+        if tid == me || tid == writer {
+            continue;
+        }
+        if blocks_signal(tid, sig, &mut text) {
+            unstoppable.push(tid);
+        } else {
+            stoppable.push(tid);
+        }
+    }
+
+    // ---- threads stopped from here: no malloc, no locks of others, no loader ----
+    let (slots, too_many) = stop_threads(stoppable.as_slice());
+    for &tid in too_many {
+        unstoppable.push(tid);
+    }
+    let result = scan(
+        core,
+        &segments,
+        slots,
+        &unstoppable,
+        tls_size,
+        me,
+        my_sp,
+        my_regs,
+    );
+    resume_threads(slots);
+    // ---- threads running again ----
+    let (seq, blocks, stopped, unstopped, root_bytes) = result?;
+    let mut reach = Reach {
+        trigger,
+        seq,
+        threads_stopped: stopped,
+        threads_unstopped: unstopped,
+        root_bytes,
+        ..Reach::default()
+    };
+    for &(addr, size, kind) in blocks.as_slice() {
+        let k = kind as usize;
+        reach.totals[k].blocks += 1;
+        reach.totals[k].bytes += size;
+        reach.addrs[k].push(addr);
+    }
+    reach.scan_ns = now_mono().saturating_sub(started);
+    Some(Outcome { reach })
+}
+
+type ScanResult = (u64, Buf<(u64, u64, LeakKind)>, u32, u32, u64);
+
+/// The part of the check made while the threads are stopped.
+#[allow(clippy::too_many_arguments)]
+fn scan(
+    core: &Core,
+    segments: &Buf<(u64, u64)>,
+    slots: &[Slot],
+    unstoppable: &Buf<u32>,
+    tls_size: u64,
+    me: u32,
+    my_sp: u64,
+    my_regs: [u64; 6],
+) -> Option<ScanResult> {
+    let seq = SEQ.load(Ordering::Acquire);
+    let blocks = snapshot(core)?;
+    let n = blocks.len;
+    let mut addr = Buf::filled(n, 0u64)?;
+    let mut size = Buf::filled(n, 0u64)?;
+    for (i, &(a, s)) in blocks.as_slice().iter().enumerate() {
+        addr.as_mut_slice()[i] = a;
+        size.as_mut_slice()[i] = s;
+    }
+    drop(blocks);
+    let mut state = Buf::filled(n, UNREACHED)?;
+    let mut text = Buf::new();
+    let mut maps = Buf::new();
+    read_maps(&mut text, &mut maps);
+    let maps = maps.as_slice();
+
+    // One view of who stopped, used throughout: a thread may still park after the wait ended.
+    let mut parked: Buf<bool> = Buf::new();
+    for s in slots {
+        parked.push(s.state.load(Ordering::Acquire) == PARKED);
+    }
+    let parked = parked.as_slice();
+    let stopped = parked.iter().filter(|&&p| p).count() as u32;
+    let unstopped = slots.len() as u32 - stopped + unstoppable.len as u32;
+    let reads = if unstopped > 0 {
+        Reads::Careful
+    } else {
+        Reads::Direct
+    };
+    let (addr_s, size_s) = (addr.as_slice(), size.as_slice());
+    let mut g = Graph::new(addr_s, size_s, state.as_mut_slice(), reads);
+
+    // Only what is mapped and readable is read.
+    let scan_mapped = |g: &mut Graph, start: u64, end: u64| {
+        let mut p = start;
+        while p < end {
+            let Some(m) = mapping_of(maps, p) else {
+                let next = maps.partition_point(|m| m.start <= p);
+                match maps.get(next) {
+                    Some(m) if m.start < end => {
+                        p = m.start;
+                        continue;
+                    }
+                    _ => return,
+                }
+            };
+            let e = end.min(m.end);
+            if m.readable {
+                g.scan_root(p, e);
+            }
+            p = e;
+        }
+    };
+
+    for &(s, e) in segments.as_slice() {
+        scan_mapped(&mut g, s, e);
+    }
+    // Our own stack, from our callers' frames up, and the registers they may still hold.
+    let my_top = CURRENT.with(|c| c.get());
+    // SAFETY: thread states are never freed.
+    let my_top = unsafe { my_top.as_ref() }.map_or(0, |s| s.stack_top());
+    let mut threads = [ThreadRoots {
+        sp: my_sp,
+        top: my_top,
+        tp: thread_pointer(),
+    }]
+    .into_iter()
+    .chain(
+        slots
+            .iter()
+            .zip(parked)
+            .filter(|(_, &p)| p)
+            .map(|(s, _)| ThreadRoots {
+                sp: s.sp.load(Ordering::Relaxed),
+                top: s.top.load(Ordering::Relaxed),
+                tp: s.tp.load(Ordering::Relaxed),
+            }),
+    );
+    for &w in &my_regs {
+        g.reach_word(w, true);
+    }
+    for (s, &p) in slots.iter().zip(parked) {
+        if p {
+            for r in &s.regs {
+                g.reach_word(r.load(Ordering::Relaxed), true);
+            }
+        }
+    }
+    for t in &mut threads {
+        if let Some((lo, hi)) = stack_range(&g, maps, t.sp, t.top) {
+            scan_mapped(&mut g, lo, hi);
+            if !(lo..hi).contains(&t.tp) {
+                if let Some((lo, hi)) = tls_range(&g, maps, t.tp, tls_size) {
+                    scan_mapped(&mut g, lo, hi);
+                }
+            }
+        }
+    }
+    // Threads that did not stop: their whole stack mapping, as far as it can be found.
+    let unanswered = slots
+        .iter()
+        .zip(parked)
+        .filter(|(_, &p)| !p)
+        .map(|(s, _)| s.tid.load(Ordering::Relaxed));
+    for tid in unanswered.chain(unstoppable.as_slice().iter().copied()) {
+        if tid == me {
+            continue;
+        }
+        let known_top = crate::threads::all_threads()
+            .find(|t| t.in_use.load(Ordering::Acquire) && t.tid.load(Ordering::Acquire) == tid)
+            .map(|t| t.stack_top());
+        let range = match known_top {
+            Some(top) if top > 0 => mapping_of(maps, top - 1)
+                .filter(|m| m.kind != MapKind::Heap)
+                .map(|m| (m.start, top)),
+            _ => syscall_sp(tid, &mut text).and_then(|sp| {
+                let m = mapping_of(maps, sp)?;
+                let (_, hi) = stack_range(&g, maps, sp, 0)?;
+                Some((m.start, hi))
+            }),
+        };
+        if let Some((lo, hi)) = range {
+            scan_mapped(&mut g, lo, hi);
+        }
+    }
+
+    g.mark();
+    g.cliques();
+    let root_bytes = g.root_bytes;
+    let mut out = Buf::new();
+    if !out.reserve(n) {
+        return None;
+    }
+    for i in 0..n {
+        out.push((addr_s[i], size_s[i], g.kind(i)));
+    }
+    Some((seq, out, stopped, unstopped, root_bytes))
+}
+
+/// The live set as (address, requested size), sorted by address. Shard locks are only tried:
+/// a stopped thread never holds one (it was stopped outside the recorder), and waiting in the
+/// lock's slow path could allocate.
+fn snapshot(core: &Core) -> Option<Buf<(u64, u64)>> {
+    let deadline = now_mono() + 2_000_000_000;
+    let mut out: Buf<(u64, u64)> = Buf::new();
+    for shard in core.live.shards() {
+        let guard = loop {
+            if let Some(g) = shard.try_read() {
+                break g;
+            }
+            if now_mono() > deadline {
+                return None;
+            }
+            // SAFETY: no preconditions.
+            unsafe { libc::sched_yield() };
+        };
+        if !out.reserve(guard.len()) {
+            return None;
+        }
+        // SAFETY: the table is read under its shard's read lock.
+        unsafe {
+            for bucket in guard.iter() {
+                let (addr, block) = bucket.as_ref();
+                out.push((*addr as u64, block.get().size));
+            }
+        }
+    }
+    out.as_mut_slice().sort_unstable_by_key(|&(a, _)| a);
+    Some(out)
+}

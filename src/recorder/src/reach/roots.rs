@@ -1,0 +1,196 @@
+//! The roots of the check: the writable segments of the loaded modules (and the copy taken before
+//! a `fork`, for the child), the static TLS, each thread's stack range and the checking thread's
+//! callee-saved registers.
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::graph::Graph;
+use super::sys::{mapping_of, Buf, MapKind, Mapping};
+use crate::state::Core;
+
+/// Bytes below the stack pointer that a leaf function may use without moving it (x86-64 ABI).
+const RED_ZONE: u64 = 128;
+
+/// The writable `PT_LOAD` segments of the loaded modules, but the recorder's own (unless it is
+/// linked into the program itself).
+fn writable_segments_from_loader(core: &Core, out: &mut Buf<(u64, u64)>) {
+    struct Ctx<'a> {
+        out: &'a mut Buf<(u64, u64)>,
+        own: std::ops::Range<u64>,
+        first: bool,
+        skip_own: bool,
+    }
+    unsafe extern "C" fn cb(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut c_void,
+    ) -> c_int {
+        let ctx = &mut *(data as *mut Ctx);
+        let info = &*info;
+        let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+        let loads = phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD);
+        let holds_own = loads.clone().any(|p| {
+            let s = info.dlpi_addr.wrapping_add(p.p_vaddr);
+            s <= ctx.own.start && ctx.own.start < s.wrapping_add(p.p_memsz)
+        });
+        if ctx.first {
+            // The program itself: if the recorder is linked into it, its data is the program's.
+            ctx.first = false;
+            ctx.skip_own = !holds_own;
+        } else if holds_own && ctx.skip_own {
+            return 0;
+        }
+        for p in loads.filter(|p| p.p_flags & libc::PF_W != 0) {
+            let s = info.dlpi_addr.wrapping_add(p.p_vaddr);
+            ctx.out.push((s, s.wrapping_add(p.p_memsz)));
+        }
+        0
+    }
+    let mut ctx = Ctx {
+        out,
+        own: core.own.clone(),
+        first: true,
+        skip_own: true,
+    };
+    // SAFETY: the callback only reads the program headers the loader hands it.
+    unsafe { libc::dl_iterate_phdr(Some(cb), &mut ctx as *mut Ctx as *mut c_void) };
+}
+
+/// The writable segments as they were just before the last `fork`, and the module generation
+/// then: what a forked child's check uses instead of asking the loader. `dl_iterate_phdr` takes
+/// the loader's write lock, which glibc does not reset in the child: if another thread of the
+/// parent held it at the fork (a C++ exception being unwound, say), the child's check at `_exit`
+/// would wait for it forever.
+static PREFORK_SEGMENTS: crate::sync::SpinLock<Vec<(u64, u64)>> =
+    crate::sync::SpinLock::new(Vec::new());
+static PREFORK_GENERATION: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Set in a forked child (until it loads a module itself, which proves the loader usable).
+pub(crate) static IN_FORKED_CHILD: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// From the `fork` prepare handler, before it takes the recorder's locks (a thread inside the
+/// loader may be about to allocate): what a check in the child will need from the loader.
+pub(crate) fn before_fork(core: &Core) {
+    static_tls_size();
+    let mut segments = Buf::new();
+    writable_segments_from_loader(core, &mut segments);
+    let mut v = PREFORK_SEGMENTS.lock();
+    v.clear();
+    v.extend_from_slice(segments.as_slice());
+    PREFORK_GENERATION.store(
+        crate::modules::MODULES_GENERATION.load(Ordering::Acquire),
+        Ordering::Release,
+    );
+}
+
+/// The writable segments to scan: from the loader, or in a forked child from the snapshot taken
+/// before the fork (unless the child loaded or unloaded modules since).
+pub(super) fn writable_segments(core: &Core, out: &mut Buf<(u64, u64)>) {
+    if IN_FORKED_CHILD.load(Ordering::Acquire)
+        && PREFORK_GENERATION.load(Ordering::Acquire)
+            == crate::modules::MODULES_GENERATION.load(Ordering::Acquire)
+    {
+        // Held only by a thread of the parent that was forking at the same moment.
+        if let Some(segments) = PREFORK_SEGMENTS.try_lock() {
+            for &seg in segments.iter() {
+                out.push(seg);
+            }
+            return;
+        }
+    }
+    writable_segments_from_loader(core, out);
+}
+
+/// glibc's size of the static TLS block (`_dl_get_tls_static_info`), 0 if unknown.
+pub(super) fn static_tls_size() -> u64 {
+    static SIZE: AtomicU64 = AtomicU64::new(u64::MAX);
+    let s = SIZE.load(Ordering::Relaxed);
+    if s != u64::MAX {
+        return s;
+    }
+    // SAFETY: looks up a glibc function (the one sanitizers use) and calls it as declared there.
+    let size = unsafe {
+        let f = libc::dlsym(libc::RTLD_DEFAULT, c"_dl_get_tls_static_info".as_ptr());
+        if f.is_null() {
+            0
+        } else {
+            let f: extern "C" fn(*mut libc::size_t, *mut libc::size_t) = std::mem::transmute(f);
+            let (mut size, mut align) = (0, 0);
+            f(&mut size, &mut align);
+            size as u64
+        }
+    };
+    SIZE.store(size, Ordering::Relaxed);
+    size
+}
+
+/// A thread's memory to scan.
+#[derive(Clone, Copy, Default)]
+pub(super) struct ThreadRoots {
+    pub(super) sp: u64,
+    /// The stack's top if the recorder knows it, else 0.
+    pub(super) top: u64,
+    pub(super) tp: u64,
+}
+
+/// The callee-saved registers of the checking thread, read on entry: values of its callers that
+/// no frame has spilled to the stack yet.
+#[inline(always)]
+pub(super) fn callee_saved() -> [u64; 6] {
+    let r: [u64; 6];
+    // SAFETY: reads registers.
+    unsafe {
+        let (rbx, rbp, r12, r13, r14, r15): (u64, u64, u64, u64, u64, u64);
+        std::arch::asm!(
+            "mov {0}, rbx", "mov {1}, rbp", "mov {2}, r12", "mov {3}, r13", "mov {4}, r14", "mov {5}, r15",
+            out(reg) rbx, out(reg) rbp, out(reg) r12, out(reg) r13, out(reg) r14, out(reg) r15,
+            options(nomem, nostack, preserves_flags)
+        );
+        r = [rbx, rbp, r12, r13, r14, r15];
+    }
+    r
+}
+
+/// A thread's stack from below its stack pointer to its top: the top the recorder knows, else
+/// the end of the mapping holding the stack pointer, but never into a live block (a stack
+/// mapping merged with a neighbouring heap mapping must not make the heap a root).
+pub(super) fn stack_range(g: &Graph, maps: &[Mapping], sp: u64, top: u64) -> Option<(u64, u64)> {
+    let m = mapping_of(maps, sp)?;
+    let lo = sp.saturating_sub(RED_ZONE).max(m.start);
+    // The known top only if the stack pointer is on that stack (not on a signal stack or a
+    // coroutine's, where everything between the two would be scanned).
+    if top > sp && mapping_of(maps, top - 1).is_some_and(|t| t.start == m.start) {
+        return Some((lo, top));
+    }
+    if m.kind == MapKind::Heap {
+        return None;
+    }
+    let mut hi = m.end;
+    if let Some(i) = g.find(sp) {
+        // A stack inside a block (a coroutine's): up to the block's end.
+        hi = hi.min(g.addr[i] + g.size[i]);
+    } else {
+        let next = g.addr.partition_point(|&a| a < sp);
+        if let Some(&a) = g.addr.get(next) {
+            hi = hi.min(a);
+        }
+    }
+    Some((lo, hi))
+}
+
+/// The static TLS of a thread whose thread pointer is outside its stack (the main thread): the
+/// mapping that holds it, unless that mapping holds blocks too, then the static TLS block alone.
+pub(super) fn tls_range(g: &Graph, maps: &[Mapping], tp: u64, tls_size: u64) -> Option<(u64, u64)> {
+    let m = mapping_of(maps, tp)?;
+    if m.kind == MapKind::Heap {
+        return None;
+    }
+    let first = g.addr.partition_point(|&a| a < m.start);
+    let holds_blocks = g.addr.get(first).is_some_and(|&a| a < m.end);
+    if !holds_blocks {
+        return Some((m.start, m.end));
+    }
+    let size = if tls_size > 0 { tls_size } else { 4096 };
+    Some((tp.saturating_sub(size).max(m.start), (tp + size).min(m.end)))
+}
