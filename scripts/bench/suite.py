@@ -22,7 +22,7 @@ Measures, per workload and configuration:
     time and peak RSS (median of 3, 1 with --quick);
   - peak RSS: of the program (the largest process that is not the tracer's: zmtrace, bash,
     heaptrack_interpret, zstd), and of the whole run (the sum over every process of the run of its
-    own peak): VmHWM sampled every 20 ms from /proc, the program's also from wait4 where it is the
+    own peak): VmHWM sampled every 10 ms from /proc, the program's also from wait4 where it is the
     largest process of the run (untraced, zmtrace).
 Then the geometric mean over workloads of zmtrace's overhead / heaptrack's (the target: <= 1/4,
 and <= 1/3 on every workload), over the workloads heaptrack survived.
@@ -183,7 +183,7 @@ def spawn_measured(cmd, env=None, stdin=None, capped=False, timeout=None, cwd=No
                     r = read_hwm(pid)
                     if r and (pid not in peaks or r[1] > peaks[pid][1]):
                         peaks[pid] = r
-                done.wait(0.02)
+                done.wait(0.01)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -226,11 +226,14 @@ def run_one(ctx, w, mode):
     r.wall, r.stdout = wall, out
     # The program is the largest process that is not the tracer's; where it is the largest of
     # the run (untraced, zmtrace: `zmtrace run` itself is small), GNU time has its exact peak.
+    # GNU time's figure is the largest process's: the program's where no other sampled process
+    # (`zmtrace run` summarizing the dump at the end, say) came near it.
     prog = {pid: b for pid, (n, b) in peaks.items() if n not in TRACER_PROCS}
     ppid = max(prog, key=prog.get) if prog else None
-    if mode != "heaptrack" and ppid is not None:
+    others = max((b for pid, (n, b) in peaks.items() if pid != ppid), default=0)
+    if mode != "heaptrack" and ppid is not None and prog[ppid] >= others:
         peaks[ppid] = (peaks[ppid][0], max(prog[ppid], maxrss))
-    elif mode != "heaptrack":
+    elif mode != "heaptrack" and ppid is None:
         peaks[-1] = ("program", maxrss)  # too short to be sampled
         ppid = -1
     r.rss_program = peaks[ppid][1] if ppid is not None else 0
@@ -511,7 +514,8 @@ def main():
                 if isinstance(item, Workload):
                     log(f"{item.name}: {item.desc}")
                     results.append(measure(ctx, item))
-                else:  # a workload measured by its own script (redis), or extra figures
+                else:  # figures of their own (bytes per live block, Redis)
+                    item.measure(ctx)
                     results.append(item)
         print(f"# zmtrace benchmark suite: {ctx.reps} repetition(s){' (quick)' if ctx.quick else ''}"
               f", load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
