@@ -521,7 +521,9 @@ def main():
               f", load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
               f"at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
               f"{time.monotonic() - started:.0f} s\n")
-        timed = [m for m in results if isinstance(m, Measured)]
+        timed = []
+        for m in results:
+            timed += [m] if isinstance(m, Measured) else getattr(m, "measured", [])
         for m in timed:
             print(f"- {m.w.name}: {m.w.desc}")
             for note in m.notes:

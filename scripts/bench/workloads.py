@@ -347,6 +347,52 @@ class PerBlock:
         return "\n".join(lines)
 
 
+# --- Redis: scripts/redis-throughput.sh -------------------------------------------------------
+
+
+def redis(ctx, name):
+    need("redis-server", "redis-server")
+    need("redis-benchmark", "redis-tools")
+    return [Redis()]
+
+
+class Redis:
+    """Runs scripts/redis-throughput.sh (same repetitions) and puts its figures in the table: one
+    row group per command, in requests/s; the dump sizes and the peak RSS (the server's; for the
+    whole run, the server's plus heaptrack_interpret's) are the whole run's, on each row."""
+
+    def measure(self, ctx):
+        from suite import Measured, log
+        requests = 2000 if ctx.quick else 100000
+        out = os.path.join(ctx.work, "redis.json")
+        log(f"redis: scripts/redis-throughput.sh {ctx.reps} {requests} 16")
+        p = subprocess.run([os.path.join(ctx.root, "scripts", "redis-throughput.sh"),
+                            str(ctx.reps), str(requests), "16"], capture_output=True, text=True,
+                           env=dict(os.environ, BENCH_JSON=out))
+        self.text = p.stdout
+        self.measured = []
+        if p.returncode != 0:
+            self.text += f"\nredis-throughput.sh FAILED (exit {p.returncode}): {p.stderr[-500:]}"
+            return
+        d = json.load(open(out))
+        for test in sorted(d["rps"]):
+            w = Workload(f"redis {test}", f"Debian's redis-server under redis-benchmark -n "
+                         f"{d['requests']:,} -P {d['pipeline']} -t {d['tests']}: {test}", [])
+            m = Measured(w)
+            m.unit = "req/s"
+            for mode, reps in d["rps"][test].items():
+                m.values[mode] = {int(k): v for k, v in reps.items()}
+            for mode, xs in d["rss"].items():
+                m.rss_program[mode] = [a for a, _ in xs]
+                m.rss_total[mode] = [a + b for a, b in xs]
+            for mode, xs in d["sizes"].items():
+                m.sizes[mode] = xs[-1]
+            self.measured.append(m)
+
+    def render(self):
+        return "\n## Redis (scripts/redis-throughput.sh)\n\n```\n" + self.text.rstrip() + "\n```"
+
+
 # ---------------------------------------------------------------------------------------------
 
 GROUPS = [
@@ -364,6 +410,7 @@ GROUPS = [
     ("sqlite3", debian, "Debian's sqlite3: inserts, then indexes"),
     ("jq", debian, "Debian's jq over a few MiB of JSON"),
     ("gawk", debian, "Debian's gawk with associative arrays"),
+    ("redis", redis, "Debian's redis-server under redis-benchmark (scripts/redis-throughput.sh)"),
     ("manyblocks", manyblocks, "5 M live blocks of 16-64 B; the bytes per live block"),
     ("python3", debian, "Debian's python3, PYTHONMALLOC=malloc: dicts, lists, strings"),
 ]
