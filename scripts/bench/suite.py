@@ -472,6 +472,7 @@ def main():
     ap.add_argument("--zmtrace", required=True)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", default="", help="comma-separated workload names (or prefixes)")
+    ap.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: a few thousand operations per workload, 1 repetition")
     ap.add_argument("--callgrind", action="store_true")
@@ -484,6 +485,7 @@ def main():
 
     ctx = Context()
     ctx.root, ctx.zmtrace, ctx.quick = args.root, args.zmtrace, args.quick
+    ctx.callgrind = args.callgrind
     ctx.reps = 1 if args.quick else args.reps
     ctx.work = args.keep or tempfile.mkdtemp(prefix="zmbench.")
     os.makedirs(ctx.work, exist_ok=True)
@@ -493,7 +495,9 @@ def main():
             print(f"{n:14} {d}")
         return
     only = [o for o in args.only.split(",") if o]
-    chosen = [n for n in names if not only or any(n == o or n.startswith(o) for o in only)]
+    # A name chooses that workload; a prefix that is no name, every workload it starts.
+    chosen = [n for n in names if not only
+              or any(n == o or (o not in names and n.startswith(o)) for o in only)]
     bad = [o for o in only if not any(n == o or n.startswith(o) for n in names)]
     if bad:
         die(f"no workload named {', '.join(bad)} (see --list)")

@@ -22,8 +22,17 @@ def cc(ctx, src, out, extra=(), compiler="cc"):
     return exe
 
 
+def size(ctx, full, quick):
+    """The workload's size: full, the smoke run's, or a tenth for callgrind (50 times slower)."""
+    if ctx.quick:
+        return quick
+    if getattr(ctx, "callgrind", False):
+        return max(quick, full // 10)
+    return full
+
+
 def scale(ctx, full, quick):
-    return str(quick if ctx.quick else full)
+    return str(size(ctx, full, quick))
 
 
 # --- mix.c and pairs.c: the first workloads (few stacks, repeated) ---------------------------
@@ -207,10 +216,9 @@ def gen_text(path, lines):
 
 
 def debian(ctx, name):
-    q = ctx.quick
     if name == "sqlite3":
         exe = need("sqlite3", "sqlite3")
-        rows = 300 if q else 150000
+        rows = size(ctx, 150000, 300)
         path = os.path.join(ctx.work, "insert.sql")
         gen_sql(path, rows)
         desc = (f"Debian's sqlite3 (in memory): {rows:,} INSERTs in one transaction, then two "
@@ -218,7 +226,7 @@ def debian(ctx, name):
         return [Workload(name, desc, [exe], metric="wall", stdin=path)]
     if name == "jq":
         exe = need("jq", "jq")
-        n = 200 if q else 60000
+        n = size(ctx, 60000, 200)
         path = os.path.join(ctx.work, "data.json")
         gen_json(path, n)
         desc = (f"Debian's jq: select, map and group_by over {os.path.getsize(path) / 2**20:.1f} "
@@ -226,7 +234,7 @@ def debian(ctx, name):
         return [Workload(name, desc, [exe, "-c", JQ_PROGRAM, path], metric="wall")]
     if name == "gawk":
         exe = need("gawk", "gawk")
-        n = 500 if q else 150000
+        n = size(ctx, 150000, 500)
         path = os.path.join(ctx.work, "words.txt")
         gen_text(path, n)
         desc = (f"Debian's gawk: word counts in associative arrays over {n:,} lines "
@@ -234,7 +242,7 @@ def debian(ctx, name):
         return [Workload(name, desc, [exe, AWK_PROGRAM, path], metric="wall")]
     if name == "python3":
         exe = need("/usr/bin/python3", "python3")
-        n = 2000 if q else 200000
+        n = size(ctx, 200000, 2000)
         path = os.path.join(ctx.work, "churn.py")
         with open(path, "w") as f:
             f.write(PY_CHURN)
@@ -250,7 +258,7 @@ def debian(ctx, name):
 
 def manyblocks(ctx, name):
     exe = cc(ctx, os.path.join(HERE, "manyblocks.c"), "manyblocks")
-    n = 5000 if ctx.quick else 5000000
+    n = size(ctx, 5000000, 5000)
     desc = (f"scripts/bench/manyblocks.c: {n:,} blocks of 16–64 B held at once, then freed")
     return [Workload(name, desc, [exe, str(n), "free"], same_output=without_timing),
             PerBlock(exe, n)]
