@@ -42,6 +42,7 @@ that is a bug of the tracer.
 import argparse
 import math
 import os
+import re
 import shutil
 import statistics as st
 import subprocess
@@ -356,11 +357,50 @@ def measure(ctx, w):
         dump = main_dump(m.dirs.get(mode), mode)
         if dump:
             m.analysis[mode] = analysis(ctx, mode, dump, 1 if ctx.quick else 3)
+    if ctx.quick and "zmtrace" in w.modes and "zmtrace" not in m.failed:
+        err, notes = compare_stacks(ctx, w)
+        m.notes += notes
+        if err:
+            m.failed["zmtrace"] = err
     if w.check and "zmtrace" in m.dirs and "zmtrace" not in m.failed:
         err = w.check(m.last_stdout["zmtrace"], main_dump(m.dirs["zmtrace"], "zmtrace"), ctx)
         if err:
             m.failed["zmtrace"] = f"wrong counts: {err}"
     return m
+
+
+def compare_stacks(ctx, w):
+    """The smoke run's check of every stack: one more run under zmtrace with
+    ZMTRACE_UNWIND=compare (each stack also captured by the reference unwinder); an error if any
+    differs, or if a dump did not end normally. Truncated stacks are noted, not failed: the
+    recorder counts as truncated a stack that ends where the reference's ends too, in ld.so's
+    entry code (libstdc++'s emergency pool, allocated from _dl_init, in every C++ program)."""
+    import copy
+    wc = copy.copy(w)
+    wc.env = dict(w.env, ZMTRACE_UNWIND="compare")
+    log(f"  {w.name}: zmtrace, every stack compared with the reference unwinder")
+    r = run_one(ctx, wc, "zmtrace")
+    if r.error:
+        return f"with ZMTRACE_UNWIND=compare: {r.error}"
+    bad, notes = [], []
+    for dump in dump_files(r.out_dir, "zmtrace"):
+        info = subprocess.run([ctx.zmtrace, "dump-info", dump], capture_output=True, text=True)
+        text = info.stdout
+        name = os.path.basename(dump)
+        u = re.search(r"unwinding:\s+(\d+) stacks compared with the reference unwinder, (\d+) "
+                      r"differ", text)
+        t = re.search(r"(\d+) truncated stacks", text)
+        if info.returncode != 0 or "ended normally" not in text:
+            bad.append(f"{name}: {(text.strip().splitlines() or [info.stderr.strip()])[-1][:100]}")
+        elif not u:
+            bad.append(f"{name}: no comparison in dump-info")
+        elif int(u.group(2)):
+            bad.append(f"{name}: {u.group(2)} of {u.group(1)} stacks differ from the reference")
+        if t and int(t.group(1)):
+            notes.append(f"ZMTRACE_UNWIND=compare: {u.group(1) if u else '?'} stacks, none "
+                         f"different, {t.group(1)} counted as truncated ({name})")
+    shutil.rmtree(r.out_dir, ignore_errors=True)
+    return "; ".join(bad) or None, notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +512,6 @@ def main():
     ap.add_argument("--zmtrace", required=True)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", default="", help="comma-separated workload names (or prefixes)")
-    ap.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: a few thousand operations per workload, 1 repetition")
     ap.add_argument("--callgrind", action="store_true")
