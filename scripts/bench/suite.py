@@ -540,6 +540,7 @@ def main():
     bad = [o for o in only if not any(n == o or n.startswith(o) for n in names)]
     if bad:
         die(f"no workload named {', '.join(bad)} (see --list)")
+    workloads.check_requirements(chosen)
     need(TIME, "time")
     ctx.heaptrack = need("heaptrack", "heaptrack")
     ctx.heaptrack_print = need("heaptrack_print", "heaptrack")

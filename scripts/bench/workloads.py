@@ -424,6 +424,24 @@ GROUPS = [
 ]
 
 
+# The programs each workload needs, and the Debian package of each: checked before anything runs.
+REQUIRES = {
+    "stl": [("c++", "g++")],
+    "sqlite3": [("sqlite3", "sqlite3")],
+    "jq": [("jq", "jq")],
+    "gawk": [("gawk", "gawk")],
+    "python3": [("/usr/bin/python3", "python3")],
+    "redis": [("redis-server", "redis-server"), ("redis-benchmark", "redis-tools"),
+              ("redis-cli", "redis-tools")],
+}
+
+
+def check_requirements(chosen):
+    for name in chosen:
+        for program, package in [("cc", "gcc")] + REQUIRES.get(name, []):
+            need(program, package)
+
+
 def names():
     return [n for n, _, _ in GROUPS]
 
