@@ -159,7 +159,7 @@ def run(ctx, chosen):
     for name in chosen:
         for w in workloads.prepare(ctx, name):
             if not isinstance(w, Workload):
-                log(f"{name}: no callgrind figures (measured by its own script)")
+                log(f"{name}: {type(w).__name__} has no instruction counts (not a program run)")
                 continue
             log(f"{w.name}: callgrind, untraced and traced")
             try:
