@@ -2,7 +2,8 @@
 # The tests, on any Debian machine with the Rust toolchain: checks that every program the tests
 # drive is installed, installs what is missing when run as root (apt-get), or else prints the one
 # command that installs it and exits 2. Then runs `cargo test --workspace` with any arguments
-# given (e.g. `scripts/test.sh -p zmtrace-format`). .ci/run calls exactly this.
+# given instead of `--workspace` (e.g. `scripts/test.sh -p zmtrace-format`). .ci/run calls exactly
+# this, with no arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,4 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian package's test makes the package with cargo-deb (crates.io, no root needed).
 command -v cargo-deb >/dev/null || cargo install --quiet --locked cargo-deb
-exec cargo test --workspace "$@"
+if [ $# -eq 0 ]; then
+    exec cargo test --workspace
+fi
+exec cargo test "$@"

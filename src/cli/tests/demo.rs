@@ -130,6 +130,11 @@ fn sh(dir: &Path, cmd: &mut Command) -> String {
 /// set-up: the prerequisites are found or installed, and the tests build and pass.
 #[test]
 fn the_readme_commands_work_in_a_fresh_clone() {
+    // The clone's tests must never run this test again (each would clone and test once more).
+    assert!(
+        std::env::var_os("ZMTRACE_FRESH_CLONE").is_none(),
+        "the fresh clone's test run reached the fresh-clone test: it would recurse"
+    );
     let root = workspace_root();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let commands: Vec<&str> = readme
@@ -218,7 +223,8 @@ fn the_readme_commands_work_in_a_fresh_clone() {
         &clone,
         Command::new("scripts/test.sh")
             .args(["-p", "zmtrace-format"])
-            .env("CARGO_TARGET_DIR", &target),
+            .env("CARGO_TARGET_DIR", &target)
+            .env("ZMTRACE_FRESH_CLONE", "1"),
     );
     assert!(
         tests.contains("test result: ok.") && !tests.contains("FAILED"),
