@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# Builds zmtrace, compiles the `leaky` sample (-O2, no frame pointers) and traces it: prints the
-# dump's path and summary, what dump-info reads back, the leak and churn reports, and writes a
-# flamegraph.
+# The main job on a sample: builds zmtrace, compiles samples/demo.c (a small word counter that
+# leaks memory of every class, grows a buffer by reallocs and makes temporaries; -O2, no frame
+# pointers) and traces it. Prints the run's summary, what dump-info reads back, the leak report
+# (lost first), the realloc churn, and writes a flamegraph and the page of the run.
+#   scripts/demo.sh [OUTDIR]   (default: target/demo)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+command -v cc >/dev/null || { echo "demo.sh: needs a C compiler: apt-get install gcc" >&2; exit 2; }
 cargo build --release --quiet
+zmtrace=${CARGO_TARGET_DIR:-$root/target}/release/zmtrace
 out=${1:-$root/target/demo}
 mkdir -p "$out"
-cc -O2 -g -fomit-frame-pointer -pthread -o "$out/leaky" samples/leaky.c
+cc -O2 -g -fomit-frame-pointer -pthread -o "$out/demo" samples/demo.c
 rm -f "$out"/zmtrace.*.zmt
-target/release/zmtrace run -o "$out" -- "$out/leaky"
-for dump in "$out"/zmtrace.*.zmt; do
-    target/release/zmtrace dump-info "$dump"
-    target/release/zmtrace leaks "$dump" --depth 4
-    target/release/zmtrace churn "$dump" --depth 3 --top 3
-    target/release/zmtrace flamegraph "$dump" --metric bytes -o "$out/bytes.svg"
-    echo "flamegraph of the bytes allocated: $out/bytes.svg"
-    target/release/zmtrace view "$dump" -o "$out/leaky.html"
-    echo "the page of the run (open it in a browser): $out/leaky.html"
-done
+"$zmtrace" run -o "$out" -- "$out/demo"
+dump=$(ls "$out"/zmtrace.demo.*.zmt)
+echo
+"$zmtrace" dump-info "$dump"
+echo
+"$zmtrace" leaks "$dump" --depth 3
+echo
+"$zmtrace" churn "$dump" --depth 3 --top 3
+"$zmtrace" flamegraph "$dump" --metric lost -o "$out/lost.svg"
+echo "flamegraph of the bytes lost: $out/lost.svg"
+"$zmtrace" view "$dump" -o "$out/demo.html"
+echo "the page of the run (open it in a browser): $out/demo.html"

@@ -168,29 +168,65 @@ fn prepare_out_dir(dir: &Path) -> Result<PathBuf, Failure> {
     Ok(dir)
 }
 
+/// The recorder library: `ZMTRACE_LIB`, else next to the `zmtrace` executable (a build tree), else
+/// `../lib/zmtrace/` from it (an installed `PREFIX/bin/zmtrace` and `PREFIX/lib/zmtrace/`, as the
+/// Debian package and `scripts/install.sh` lay them out). Whatever is found must be zmtrace's
+/// recorder: a wrong file would be preloaded for nothing, or not at all, and the program would
+/// run untraced while `run` reported success.
 fn find_library() -> Result<PathBuf, Failure> {
     if let Some(p) = std::env::var_os("ZMTRACE_LIB") {
         let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p.canonicalize().unwrap_or(p))
-        } else {
-            Err(Failure::usage(format!(
-                "ZMTRACE_LIB names {}, which does not exist",
+        if !p.is_file() {
+            return Err(Failure::usage(format!(
+                "ZMTRACE_LIB names {}, which is not a file",
                 p.display()
-            )))
-        };
+            )));
+        }
+        check_library(&p, "ZMTRACE_LIB names")?;
+        return Ok(p.canonicalize().unwrap_or(p));
     }
     let exe = std::env::current_exe()
         .map_err(|e| Failure::usage(format!("cannot find zmtrace's own path: {e}")))?;
-    let lib = exe.with_file_name("libzmtrace.so");
-    if lib.is_file() {
-        Ok(lib)
-    } else {
-        Err(Failure::usage(format!(
-            "cannot find the recorder library {} (build it with `cargo build`, or set ZMTRACE_LIB)",
-            lib.display()
-        )))
+    let beside = exe.with_file_name("libzmtrace.so");
+    let installed = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("lib/zmtrace/libzmtrace.so"));
+    let found = std::iter::once(beside.clone())
+        .chain(installed.clone())
+        .find(|p| p.is_file());
+    match found {
+        Some(lib) => check_library(&lib, "the recorder library").map(|()| lib),
+        None => Err(Failure::usage(format!(
+            "cannot find the recorder library: looked for {}{} (build it with `cargo build`, \
+             install with scripts/install.sh, or set ZMTRACE_LIB)",
+            beside.display(),
+            installed.map_or(String::new(), |p| format!(" and {}", p.display()))
+        ))),
     }
+}
+
+/// The file is an x86-64 shared library that exports the recorder's entry point.
+fn check_library(path: &Path, what: &str) -> Result<(), Failure> {
+    use object::{Object, ObjectKind, ObjectSymbol};
+    let not_it = |why: &str| {
+        Failure::usage(format!(
+            "{what} {}, which is not zmtrace's recorder library ({why})",
+            path.display()
+        ))
+    };
+    let data = std::fs::read(path).map_err(|e| not_it(&e.to_string()))?;
+    let file = object::File::parse(&*data).map_err(|_| not_it("not an ELF file"))?;
+    if file.kind() != ObjectKind::Dynamic || file.architecture() != object::Architecture::X86_64 {
+        return Err(not_it("not an x86-64 shared library"));
+    }
+    if !file
+        .dynamic_symbols()
+        .any(|s| s.name() == Ok("zmtrace_leak_check"))
+    {
+        return Err(not_it("it does not export zmtrace_leak_check"));
+    }
+    Ok(())
 }
 
 // ---- signals and the terminal ----------------------------------------------------------------

@@ -84,12 +84,7 @@ fn run_into_an_unwritable_output_dir_fails_before_running_the_program() {
 #[test]
 fn run_of_a_statically_linked_program_is_refused() {
     let libc_a = Path::new("/usr/lib/x86_64-linux-gnu/libc.a");
-    // Not a skip: the check would pass for nothing.
-    assert!(
-        libc_a.exists(),
-        "{} is not installed: run .ci/run, or apt-get install libc6-dev",
-        libc_a.display()
-    );
+    require(libc_a.to_str().unwrap(), "libc6-dev");
     ensure_preload_built();
     let dir = fresh_dir("static");
     let src = dir.join("static.c");
@@ -133,5 +128,40 @@ fn dump_info_rejects_a_file_that_is_not_a_dump() {
             "{what}: the error does not name the file:\n{}",
             f.stderr
         );
+    }
+}
+
+#[test]
+fn run_refuses_a_library_that_is_not_the_recorder() {
+    ensure_preload_built();
+    let program = sample("clean");
+    for (lib, why) in [
+        ("/etc/passwd", "not an ELF file"),
+        (
+            "/usr/lib/x86_64-linux-gnu/libm.so.6",
+            "does not export zmtrace_leak_check",
+        ),
+        ("/bin/true", "does not export zmtrace_leak_check"),
+        ("/nonexistent/libzmtrace.so", "is not a file"),
+    ] {
+        let dir = fresh_dir("wrong-lib");
+        let f = run_zmtrace_env(
+            &[
+                OsStr::new("run"),
+                OsStr::new("-o"),
+                dir.as_os_str(),
+                OsStr::new("--"),
+                program.as_os_str(),
+            ],
+            &[("ZMTRACE_LIB", lib)],
+        );
+        assert_one_line_error(&format!("ZMTRACE_LIB={lib}"), &f);
+        assert_eq!(f.code, Some(125), "{}", f.stderr);
+        assert!(
+            f.stderr.contains(lib) && f.stderr.contains(why),
+            "ZMTRACE_LIB={lib}: {}",
+            f.stderr
+        );
+        assert!(dump_files(&dir).is_empty(), "the program ran untraced");
     }
 }

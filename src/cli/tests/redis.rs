@@ -132,6 +132,9 @@ fn free_port() -> u16 {
 
 impl Server {
     fn start(name: &str) -> Server {
+        require("redis-server", "redis-server");
+        require("redis-cli", "redis-tools");
+        require("redis-benchmark", "redis-tools");
         ensure_preload_built();
         let port = free_port();
         let dumps = fresh_dir(&format!("redis-{name}-dumps"));

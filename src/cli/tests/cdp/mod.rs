@@ -34,8 +34,9 @@ pub fn chromium() -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "Chromium is not installed, and the viewer's test drives its page in headless \
-             Chromium: run .ci/run (it installs what the tests need), or apt-get install chromium"
+                "chromium is not installed (Debian package chromium), and the viewer's test drives \
+                 its page in headless Chromium: run scripts/test.sh as root, which installs what \
+                 the tests need, or apt-get install chromium"
             )
         })
 }

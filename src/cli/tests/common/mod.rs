@@ -113,16 +113,34 @@ pub fn fresh_dir(stem: &str) -> PathBuf {
     dir
 }
 
+/// Fails the test (never skips it: a check that does not run would pass for nothing) when
+/// `program` (a command on PATH, or an absolute path) is missing, naming the Debian package that
+/// has it and the command that installs everything the tests need.
+pub fn require(program: &str, package: &str) {
+    let found = if program.starts_with('/') {
+        Path::new(program).exists()
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).any(|d| d.join(program).is_file())
+    };
+    assert!(
+        found,
+        "{program} is not installed (Debian package {package}): run scripts/test.sh as root, which \
+         installs what the tests need, or apt-get install {package}"
+    );
+}
+
 /// Compiles C (or, for a `.cpp` file, C++) source with `cc` (`c++`) plus `flags` into `out`;
 /// panics with the compiler's output on failure. Warnings are printed, not fatal.
 pub fn compile_c(src: &Path, out: &Path, flags: &[&str]) {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let tmp = out.with_extension(format!("tmp{}", unique("")));
-    let compiler = if src.extension().is_some_and(|e| e == "cpp") {
-        "c++"
+    let (compiler, package) = if src.extension().is_some_and(|e| e == "cpp") {
+        ("c++", "g++")
     } else {
-        "cc"
+        ("cc", "gcc")
     };
+    require(compiler, package);
     let res = Command::new(compiler)
         .args(flags)
         .arg("-o")
@@ -955,4 +973,39 @@ pub fn assert_complete_counted(run: &Run, dump: &Dump, r: &Replay, events: u64) 
         dump.path.display(),
         run.describe()
     );
+}
+
+/// valgrind's LEAK SUMMARY: kind -> (blocks, bytes).
+pub fn memcheck(program: &Path, args: &[&str]) -> BTreeMap<String, (u64, u64)> {
+    // Not a skip: a comparison that silently does not run would pass for nothing.
+    require("valgrind", "valgrind");
+    let out = Command::new("valgrind")
+        .args(["--leak-check=full", "--error-exitcode=0"])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run valgrind");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "valgrind failed:\n{text}");
+    let mut found = BTreeMap::new();
+    for (label, kind) in [
+        ("definitely lost:", "definite"),
+        ("indirectly lost:", "indirect"),
+        ("possibly lost:", "possible"),
+        ("still reachable:", "reachable"),
+    ] {
+        // "==123==    definitely lost: 1,234 bytes in 5 blocks"
+        let line = text
+            .lines()
+            .find(|l| l.contains(label))
+            .unwrap_or_else(|| panic!("no `{label}` in valgrind's output:\n{text}"));
+        let nums: Vec<u64> = line[line.find(label).unwrap() + label.len()..]
+            .split_whitespace()
+            .filter_map(|w| w.replace(',', "").parse().ok())
+            .collect();
+        assert_eq!(nums.len(), 2, "cannot parse `{line}`");
+        found.insert(kind.to_string(), (nums[1], nums[0]));
+    }
+    found
 }
