@@ -496,7 +496,10 @@ fn report(
                      by a way the recorder does not see (the C library's own _exit, as in \
                      daemon(3)'s parent); events after its last flush are missing"
                 ),
-                _ => format!("the process {}", dump.ending()),
+                _ => match dump.ending() {
+                    e if e.starts_with("did not") => format!("the process {e}"),
+                    e => e,
+                },
             };
             let _ = writeln!(err, "zmtrace:   {line}");
         }

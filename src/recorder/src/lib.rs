@@ -465,6 +465,13 @@ pub fn start(out_dir: Option<&str>) -> Result<String, String> {
         _ => {}
     }
     if STATE.load(Ordering::Acquire) != READY {
+        if state::secure_execution() {
+            return Err(
+                "not recording a set-user-ID, set-group-ID or file-capability program \
+                        (secure execution): its memory and arguments are not its user's to see"
+                    .into(),
+            );
+        }
         return Err("the recorder could not start".into());
     }
     output::open_now()?;
