@@ -79,8 +79,8 @@ fn own_file_stays_intact(mode: &str, spread: bool, times: usize) {
         let log = dir.join(format!("traced-{i}.log"));
         let run = run_traced(&sample("fds"), &[mode, log.to_str().unwrap()]);
         assert_eq!(run.code, Some(0), "{}", run.describe());
-        assert_eq!(run.stdout, want, "run {i}: {}", run.describe());
         assert_log_intact(&log, spread, &format!("run {i}"));
+        assert_eq!(run.stdout, want, "run {i}: {}", run.describe());
         let dump = run.only_dump();
         assert!(dump.is_complete(), "run {i}: {}", run.describe());
         assert_eq!(sample_allocations(dump), 1_000_000, "run {i}");

@@ -78,12 +78,20 @@ fn a_request_line_without_newline_held_open_blocks_no_other_client() {
     let started = Instant::now();
     let page = get(&s.addr, &s.addr, Duration::from_secs(5));
     assert!(page.starts_with("HTTP/1.1 200 OK"), "{page:.200}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    // Still held open, and still not answered (it has not finished its request).
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "served after {took:?}");
+    // Still held open, neither answered nor dropped (it has not finished its request).
     slow.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let mut b = [0u8; 1];
-    assert!(slow.read(&mut b).is_err(), "the slow client was answered");
+    match slow.read(&mut b) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the slow client got {other:?}"),
+    }
 }
 
 #[test]
