@@ -78,7 +78,7 @@ const RECORD_BYTES: usize = 32 * 1024;
 const PERIOD_MS: i64 = 100;
 static FLUSHES: AtomicU64 = AtomicU64::new(0);
 /// The dump is finished or failed: what `Output::finished || Output::failed` says, readable
-/// without the lock (by a thread waiting for room in its ring).
+/// without the lock (by a signal handler).
 static CLOSED: AtomicBool = AtomicBool::new(false);
 
 fn getpid() -> u32 {
