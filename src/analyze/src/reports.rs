@@ -233,7 +233,7 @@ pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
             .and_then(|p| p.argv.first().cloned())
             .unwrap_or_else(|| "?".into()),
         pid: p.map_or(0, |p| p.pid),
-        command: p.map(|p| p.argv.clone()).unwrap_or_default(),
+        command: p.map(|p| p.command()).unwrap_or_default(),
         complete: dump.is_complete(),
         ending: match (&dump.exec, dump.end) {
             (Some(path), _) => format!("ended by exec of {path}"),

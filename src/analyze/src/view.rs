@@ -854,6 +854,7 @@ mod tests {
                 exe: "/bin/t".into(),
                 argv: vec!["t".into()],
                 aggregated: false,
+                args_left_out: 0,
             },
         );
         let frames: Vec<[u64; 1]> = (1..=4u64).map(|i| [i * 0x1000]).collect();

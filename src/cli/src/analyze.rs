@@ -167,7 +167,7 @@ pub fn diff(o: &AnalyzeOptions, new: &Path, flame: Option<Metric>) -> Result<(),
         let name = |d: &Dump| {
             d.process
                 .as_ref()
-                .map(|p| format!("{} (pid {})", p.argv.join(" "), p.pid))
+                .map(|p| format!("{} (pid {})", p.command().join(" "), p.pid))
                 .unwrap_or_else(|| d.path.display().to_string())
         };
         let title = format!(

@@ -37,7 +37,7 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
             )?;
         }
         writeln!(o, "program:   {}", p.exe)?;
-        writeln!(o, "command:   {}", p.argv.join(" "))?;
+        writeln!(o, "command:   {}", p.command().join(" "))?;
     }
     let ending = match (&d.exec, &d.end) {
         (Some(path), None) => format!("ended by exec of {path}"),

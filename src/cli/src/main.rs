@@ -12,6 +12,7 @@ mod analyze;
 mod gate;
 mod info;
 mod run;
+mod serve;
 mod view;
 
 use std::ffi::OsString;
@@ -52,6 +53,10 @@ enum Cmd {
             default_missing_value = "lost"
         )]
         fail_on_leak: Option<String>,
+        /// Leave the program's arguments out of the dumps (they may hold passwords or tokens):
+        /// the dumps keep the program's path and say how many arguments were left out.
+        #[arg(long = "no-argv")]
+        no_argv: bool,
         #[command(flatten)]
         supp: Supp,
         /// The program to run and its arguments (after `--`).
@@ -259,6 +264,7 @@ fn main() {
             out,
             aggregate,
             fail_on_leak,
+            no_argv,
             supp,
             command,
         } => (|| {
@@ -275,6 +281,7 @@ fn main() {
                 aggregate,
                 gate,
                 suppressions: supp.load()?,
+                no_argv,
             })
         })(),
         Cmd::DumpInfo { dump, modules } => info::dump_info(&dump, modules).map(|()| 0),

@@ -22,6 +22,8 @@ pub struct RunOptions {
     /// `--fail-on-leak`: the level that fails the run.
     pub gate: Option<crate::gate::LeakLevel>,
     pub suppressions: zmtrace_analyze::suppressions::Suppressions,
+    /// `--no-argv`: the dumps keep the program's path, not its arguments.
+    pub no_argv: bool,
 }
 
 /// Runs the program; returns the exit code zmtrace should end with (the program's own, or the
@@ -29,6 +31,7 @@ pub struct RunOptions {
 pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
     let program = find_program(&opts.program)?;
     check_dynamic(&program)?;
+    check_not_privileged(&program)?;
     let out_dir = prepare_out_dir(&opts.out_dir)?;
     let lib = find_library()?;
     let session = format!(
@@ -60,6 +63,9 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         // Its own process group: a signal we forward reaches the program and its children once,
         // whether it came from the terminal or from `kill`.
         .process_group(0);
+    if opts.no_argv {
+        cmd.env("ZMTRACE_NO_ARGV", "1");
+    }
     let child = cmd
         .spawn()
         .map_err(|e| Failure::cannot_run(format!("cannot start {}: {e}", program.display())))?;
@@ -77,7 +83,7 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         (None, Some(sig)) => 128 + sig,
         _ => 1,
     };
-    report(&out_dir, &session, pid, status.signal(), &opts.suppressions);
+    report(&out_dir, &session, pid, &status, &opts.suppressions);
     if let Some(level) = opts.gate {
         let dumps = session_dumps(&out_dir, &session);
         if crate::gate::check(&dumps, level, &opts.suppressions) && code == 0 {
@@ -153,19 +159,115 @@ fn check_dynamic(program: &Path) -> Result<(), Failure> {
     }
 }
 
+/// A setuid, setgid or file-capability program runs in secure-execution mode (`AT_SECURE`): the
+/// loader ignores `LD_PRELOAD` paths there, and the recorder would refuse to record anyway (the
+/// program's memory and arguments are not its user's to see). Say so rather than run it untraced.
+/// What the kernel does: set-user-ID counts when the owner is not us, set-group-ID when the group
+/// is not ours (and group execute is set: without it the bit means mandatory locking),
+/// capabilities when we are not root; none of them on a `nosuid` mount.
+fn check_not_privileged(program: &Path) -> Result<(), Failure> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(program) else {
+        return Ok(());
+    };
+    if std::fs::read(program).is_ok_and(|d| d.starts_with(b"#!")) {
+        return Ok(()); // a script: the kernel ignores set-ID bits on scripts
+    }
+    let Ok(c) = std::ffi::CString::new(program.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: plain syscalls on a NUL-terminated path and local structs.
+    let (uid, gid, nosuid, has_caps) = unsafe {
+        let mut vfs: libc::statvfs = std::mem::zeroed();
+        let nosuid = libc::statvfs(c.as_ptr(), &mut vfs) == 0 && vfs.f_flag & libc::ST_NOSUID != 0;
+        let caps = libc::getxattr(
+            c.as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        ) > 0;
+        (libc::getuid(), libc::getgid(), nosuid, caps)
+    };
+    if nosuid {
+        return Ok(());
+    }
+    let mode = meta.mode();
+    let why = if mode & libc::S_ISUID != 0 && meta.uid() != uid {
+        format!("is set-user-ID (it runs as {})", user_name(meta.uid()))
+    } else if mode & libc::S_ISGID != 0 && mode & libc::S_IXGRP != 0 && meta.gid() != gid {
+        format!("is set-group-ID (it runs with group {})", meta.gid())
+    } else if has_caps && uid != 0 {
+        "has file capabilities".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(Failure::cannot_run(format!(
+        "{} {why}: such a program runs in secure-execution mode, where the loader ignores \
+         LD_PRELOAD and zmtrace records nothing, so it cannot be traced (trace a copy without \
+         the privilege, or run zmtrace as the user it runs as)",
+        program.display()
+    )))
+}
+
+fn user_name(uid: u32) -> String {
+    // SAFETY: getpwuid returns a pointer into static storage or NULL; we copy the name at once
+    // (the CLI is single-threaded here).
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return format!("uid {uid}");
+        }
+        let name = std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy();
+        format!("{name} (uid {uid})")
+    }
+}
+
+/// Creates the output directory if missing (private: 0700, the dumps hold command lines and
+/// stacks) and checks that a file can be created in it. The check creates a file of a new name
+/// only (`O_EXCL|O_NOFOLLOW`: in a shared directory a name can be planted as a symlink to a file
+/// of ours, which a plain create would truncate) and removes it.
 fn prepare_out_dir(dir: &Path) -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let bad = |e: std::io::Error| {
         Failure::usage(format!(
             "cannot write to output directory {}: {e}",
             dir.display()
         ))
     };
-    std::fs::create_dir_all(dir).map_err(bad)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(bad)?;
     let dir = dir.canonicalize().map_err(bad)?;
-    let probe = dir.join(format!(".zmtrace-probe-{}", std::process::id()));
-    std::fs::File::create(&probe).map_err(bad)?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(dir)
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    for attempt in 0..100u32 {
+        let probe = dir.join(format!(
+            ".zmtrace-probe-{}-{nanos:08x}-{attempt}",
+            std::process::id()
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&probe)
+        {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(bad(e)),
+        }
+    }
+    Err(bad(std::io::Error::other(
+        "every name tried for a test file exists already",
+    )))
 }
 
 /// The recorder library: `ZMTRACE_LIB`, else next to the `zmtrace` executable (a build tree), else
@@ -346,7 +448,7 @@ fn report(
     dir: &Path,
     session: &str,
     pid: u32,
-    signal: Option<i32>,
+    status: &std::process::ExitStatus,
     supp: &zmtrace_analyze::suppressions::Suppressions,
 ) {
     let dumps = session_dumps(dir, session);
@@ -421,14 +523,27 @@ fn report(
                 }
             );
         }
-        if dump.end.is_none() && dump.exec.is_none() {
-            let _ = writeln!(err, "zmtrace:   the process {}", dump.ending());
+        if !dump.is_complete() && dump.exec.is_none() {
+            let line = match (dump.end, status.code(), proc) {
+                // We saw the program exit: it was not killed, whatever the dump cannot tell.
+                (None, Some(code), Some(p)) if p.pid == pid => format!(
+                    "the dump has no end although the program exited (status {code}): recording \
+                     stopped early (the recorder's message above says why), or the process left \
+                     by a way the recorder does not see (the C library's own _exit, as in \
+                     daemon(3)'s parent); events after its last flush are missing"
+                ),
+                _ => match dump.ending() {
+                    e if e.starts_with("did not") => format!("the process {e}"),
+                    e => e,
+                },
+            };
+            let _ = writeln!(err, "zmtrace:   {line}");
         }
         for w in &dump.warnings {
             let _ = writeln!(err, "zmtrace:   warning: {w}");
         }
     }
-    if let Some(sig) = signal {
+    if let Some(sig) = status.signal() {
         let _ = writeln!(err, "zmtrace: the program was killed by signal {sig}");
     }
 }

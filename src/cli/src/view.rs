@@ -2,10 +2,9 @@
 //! disk, offline) built from the sources in `viewer/`, which are compiled into the binary. With
 //! `--serve`, the page is also served on 127.0.0.1.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
 
 use zmtrace_analyze::reports::Options;
 use zmtrace_analyze::suppressions::{self, Suppressions};
@@ -13,6 +12,7 @@ use zmtrace_analyze::view::{self, Base, Limits};
 use zmtrace_analyze::{analyze, Symbolizer};
 use zmtrace_format::Dump;
 
+use crate::serve::{Response, Server};
 use crate::Failure;
 
 const TEMPLATE: &str = include_str!("../../../viewer/index.html");
@@ -57,7 +57,7 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
     });
     let listener = if o.serve {
         Some(
-            TcpListener::bind("127.0.0.1:0")
+            Server::bind_loopback(0)
                 .map_err(|e| Failure::usage(format!("cannot listen on 127.0.0.1: {e}")))?,
         )
     } else {
@@ -99,8 +99,8 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
             .map_err(|e| cannot_write(path, e))?;
         println!("{} ({} KiB)", path.display(), page.len().div_ceil(1024));
     }
-    if let Some(listener) = listener {
-        serve(listener, &page)?;
+    if let Some(server) = listener {
+        serve(server, page)?;
     }
     Ok(())
 }
@@ -148,50 +148,19 @@ fn fill(template: &str, parts: &[(&str, &str)]) -> String {
     out
 }
 
-/// Serves the page at `/` until zmtrace is stopped (Ctrl-C). One request at a time: it is one
-/// person's browser.
-fn serve(listener: TcpListener, page: &str) -> Result<(), Failure> {
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Failure::usage(format!("cannot listen on 127.0.0.1: {e}")))?;
-    println!("serving on http://{addr}/ (Ctrl-C to stop)");
+/// Serves the page at `/` until zmtrace is stopped (Ctrl-C), to several clients at once, each
+/// with a bounded request (see `serve`).
+fn serve(server: Server, page: String) -> Result<(), Failure> {
+    let shutdown = server.shutdown();
+    // Ctrl-C ends the serving (the requests in flight are answered first) and zmtrace exits 0.
+    let _ = ctrlc::set_handler(move || shutdown.stop());
+    println!("serving on http://{}/ (Ctrl-C to stop)", server.addr());
     let _ = std::io::stdout().flush();
-    // A client that goes away mid-request is its own business.
-    for conn in listener.incoming().flatten() {
-        let _ = answer(conn, page);
-    }
-    Ok(())
-}
-
-fn answer(mut conn: TcpStream, page: &str) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // The headers are not needed, but are read so that the client sees its request taken.
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
-    }
-    let mut words = request.split_whitespace();
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, body) = match (method, target) {
-        ("GET" | "HEAD", "/" | "/index.html") => ("200 OK", page),
-        ("GET" | "HEAD", _) => ("404 Not Found", "not found\n"),
-        _ => ("405 Method Not Allowed", "only GET\n"),
-    };
-    let kind = if status.starts_with("200") {
-        "text/html; charset=utf-8"
-    } else {
-        "text/plain"
-    };
-    write!(
-        conn,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if method != "HEAD" {
-        conn.write_all(body.as_bytes())?;
-    }
-    conn.flush()
+    let page: Arc<[u8]> = page.into_bytes().into();
+    server
+        .serve(move |r| match r.path.as_str() {
+            "/" | "/index.html" => Response::new(200, "text/html; charset=utf-8", page.clone()),
+            _ => Response::text(404, "not found\n"),
+        })
+        .map_err(|e| Failure::usage(format!("cannot serve: {e}")))
 }

@@ -34,8 +34,10 @@ fn an_unwritable_dump_stops_recording_with_one_message() {
     let lines = zmtrace_lines(&stderr);
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(
-        lines[0].contains("cannot write dump /nonexistent/zmtrace-dumps/zmtrace.steady.")
-            && lines[0].contains("recording stopped, the program goes on"),
+        lines[0].starts_with(
+            "zmtrace: recording stopped: could not write the dump \
+             /nonexistent/zmtrace-dumps/zmtrace.steady."
+        ) && lines[0].ends_with(".zmt (No such file or directory); the program goes on"),
         "{stderr}"
     );
 }

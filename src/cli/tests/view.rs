@@ -287,6 +287,7 @@ fn a_dump_without_events_shows_no_chart() {
             exe: "/bin/quiet".into(),
             argv: vec!["quiet".into()],
             aggregated: false,
+            args_left_out: 0,
         },
     );
     write::end(

@@ -18,7 +18,7 @@
 //!
 //! | kind | payload |
 //! |---|---|
-//! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2) |
+//! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2), arguments left out of argv (varint; absent: none) |
 //! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process |
 //! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) |
 //! | [`RecordKind::Stacks`] | raw length, then zstd-compressed (version 1: plain): count, then per stack: id, frame count, frames (first absolute, then zigzag deltas) |
@@ -133,6 +133,23 @@ pub struct Process {
     pub argv: Vec<String>,
     /// Recorded with `--aggregate`: per-stack counters, no events (version 2).
     pub aggregated: bool,
+    /// Arguments left out of `argv` (`zmtrace run --no-argv`): `argv` then holds the program
+    /// only. Written after `aggregated`; a dump without it left nothing out.
+    pub args_left_out: u32,
+}
+
+impl Process {
+    /// The command line for people: `argv`, and "(N arguments left out)" when
+    /// `zmtrace run --no-argv` kept them out of the dump.
+    pub fn command(&self) -> Vec<String> {
+        let mut words = self.argv.clone();
+        match self.args_left_out {
+            0 => {}
+            1 => words.push("(1 argument left out)".into()),
+            n => words.push(format!("({n} arguments left out)")),
+        }
+        words
+    }
 }
 
 /// A module (executable or shared library) mapped into the process.
@@ -468,6 +485,21 @@ impl Reach {
         LeakKind::ALL
             .into_iter()
             .find(|&k| self.addrs[k as usize].binary_search(&addr).is_ok())
+    }
+}
+
+/// An OS error number as people read it ("No space left on device"), without the
+/// "(os error 28)" that Rust's `Display` adds.
+pub fn os_error_text(errno: i32) -> String {
+    describe_os_error(&std::io::Error::from_raw_os_error(errno))
+}
+
+/// An I/O error as people read it: [`os_error_text`] for an OS error, else its message.
+pub fn describe_os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match (e.raw_os_error(), s.rfind(" (os error ")) {
+        (Some(_), Some(i)) => s[..i].to_owned(),
+        _ => s,
     }
 }
 

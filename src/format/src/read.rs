@@ -350,6 +350,11 @@ impl Dump {
                 "did not end normally: killed by {}; everything up to the signal is in the dump",
                 crate::signal_name(e.status)
             ),
+            Some(e) if e.reason == EndReason::WriteError => format!(
+                "recording stopped: could not write the dump ({}); what the program did after \
+                 that is not in the dump",
+                crate::os_error_text(e.status)
+            ),
             Some(e) if !self.late_threads.is_empty() => format!(
                 "did not end normally: {} while {} other thread(s) still allocated; what they \
                  did after that is not in the dump",
@@ -458,7 +463,14 @@ impl Dump {
                     mismatched_stacks: v[6],
                 });
             }
-            RecordKind::Late => self.late_threads.push(c.u32()?),
+            RecordKind::Late => {
+                // Once per thread: the writer names a thread still allocating as the dump
+                // ends, and the thread may then name itself as it allocates after the end.
+                let tid = c.u32()?;
+                if !self.late_threads.contains(&tid) {
+                    self.late_threads.push(tid);
+                }
+            }
             RecordKind::Aggregate => {
                 let raw = decompress(c.uvarint()?, c.rest())?;
                 self.aggregate = Some(parse_aggregate(&raw)?);
@@ -707,6 +719,12 @@ fn parse_process(payload: &[u8]) -> Result<Process, Malformed> {
     }
     // Added in version 2; a version-1 dump ends here.
     let aggregated = !c.is_empty() && c.u8()? == 1;
+    // Added later: absent when nothing was left out.
+    let args_left_out = if c.is_empty() {
+        0
+    } else {
+        u32::try_from(c.uvarint()?).map_err(|_| Malformed)?
+    };
     Ok(Process {
         pid,
         ppid,
@@ -718,6 +736,7 @@ fn parse_process(payload: &[u8]) -> Result<Process, Malformed> {
         exe,
         argv,
         aggregated,
+        args_left_out,
     })
 }
 
@@ -831,6 +850,7 @@ mod tests {
                 exe: "/bin/x".into(),
                 argv: vec!["x".into(), "-y".into()],
                 aggregated: false,
+                args_left_out: 0,
             },
         );
         let frames = [0x1000u64, 0x0fff, 0x2000];
@@ -892,6 +912,7 @@ mod tests {
             exe: "/bin/x".into(),
             argv: vec![],
             aggregated: true,
+            args_left_out: 0,
         };
         write::process(&mut out, &p);
         let site = AggregateSite {

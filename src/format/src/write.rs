@@ -44,6 +44,7 @@ pub fn process(out: &mut Vec<u8>, p: &Process) {
         put_bytes(&mut b, a.as_bytes());
     }
     b.push(u8::from(p.aggregated));
+    put_uvarint(&mut b, u64::from(p.args_left_out));
     record(out, RecordKind::Process, &b);
 }
 

@@ -27,6 +27,7 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
             exe: "/bin/prog".into(),
             argv: vec!["prog".into(), "--x".into()],
             aggregated: fork,
+            args_left_out: 0,
         },
     );
     write::module(

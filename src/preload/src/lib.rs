@@ -13,6 +13,7 @@
 // contract is libc's, documented there, not restated on each hook.
 #![allow(clippy::missing_safety_doc)]
 
+mod fds;
 mod real;
 mod signals;
 
@@ -99,6 +100,11 @@ fn ready() -> Option<&'static Next> {
 }
 
 extern "C" fn on_load() {
+    if rec::secure_execution() {
+        // setuid, setgid or file capabilities: nothing is recorded (the recorder checks too), and
+        // no handler is installed. The hooks pass every call straight through.
+        return;
+    }
     ready();
     // SAFETY: dlsym lookups of libc functions with their C signatures; sigaction calls.
     unsafe {

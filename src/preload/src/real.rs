@@ -206,6 +206,7 @@ impl ExecEnv {
             "ZMTRACE_OUT",
             "ZMTRACE_SESSION",
             "ZMTRACE_UNWIND",
+            "ZMTRACE_NO_ARGV",
         ] {
             if !has(&given, key) {
                 if let Some(v) = std::env::var_os(key) {

@@ -3,7 +3,10 @@
 //! At start-up, for each signal whose action would end the process and that the program has not
 //! claimed (its action is still the default), a handler is installed that has the recorder write
 //! everything up to now and the `End` record, then lets the signal take its default action (the
-//! exit status is the one the program would have had). `sigaction` and `signal` are interposed
+//! exit status is the one the program would have had). The handler takes no lock and never waits
+//! for its own thread: the writer thread does the flush, and a signal that lands while its
+//! thread is inside the recorder (where it may hold the locks the flush needs) is deferred until
+//! the thread leaves it, within one event. `sigaction` and `signal` are interposed
 //! so that the program never notices: asking for the action of such a signal answers "default",
 //! and installing its own handler simply replaces ours. SIGKILL and SIGSTOP cannot be caught: a
 //! program killed by SIGKILL leaves its dump as of the last flush (a tenth of a second).
@@ -85,26 +88,48 @@ pub unsafe fn install() {
 }
 
 extern "C" fn on_fatal(sig: c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    rec::finish_on_signal(sig);
-    // SAFETY: async-signal-safe calls only: back to the default action, then let the signal do
-    // what it would have done.
-    unsafe {
-        set_ours(sig, false);
-        real_sigaction()(sig, &default_action(), std::ptr::null_mut());
-        // A fault raised by an instruction (a bad access) happens again when the handler returns,
-        // now with the default action; anything sent (kill, raise, the terminal) is sent again.
-        let sent = info.is_null() || (*info).si_code <= 0;
-        let synchronous = matches!(
+    // A fault raised by an instruction (a bad access) happens again when the handler returns,
+    // now with the default action; anything sent (kill, raise, the terminal) is sent again.
+    // SAFETY: the kernel passes a valid siginfo (or none).
+    let sent = info.is_null() || unsafe { (*info).si_code } <= 0;
+    let synchronous = !sent
+        && matches!(
             sig,
             libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE | libc::SIGILL
         );
-        if sent || !synchronous {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, sig);
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-            libc::raise(sig);
+    if synchronous {
+        rec::finish_on_signal(sig);
+        // SAFETY: async-signal-safe calls: back to the default action; returning faults again.
+        unsafe {
+            set_ours(sig, false);
+            real_sigaction()(sig, &default_action(), std::ptr::null_mut());
         }
+        return;
+    }
+    // Inside the recorder this thread may hold the very locks the final flush needs: the signal
+    // is taken up again as the thread leaves the recorder, within one event.
+    if rec::defer_signal(sig, finish_and_raise) {
+        return;
+    }
+    finish_and_raise(sig);
+}
+
+/// Writes the dump's end, then lets `sig` do what it would have done untraced. Runs in our
+/// handler, or (deferred) as the thread leaves the recorder. Async-signal-safe.
+extern "C" fn finish_and_raise(sig: c_int) {
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        if ours(sig) {
+            rec::finish_on_signal(sig);
+            set_ours(sig, false);
+            real_sigaction()(sig, &default_action(), std::ptr::null_mut());
+        }
+        // (Deferred, and the program has installed its own handler since: it gets the signal.)
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
     }
 }
 

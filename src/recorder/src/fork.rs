@@ -17,10 +17,20 @@ use crate::{aggregate, output, reach};
 pub(crate) extern "C" fn fork_prepare() {
     Guard::enter_forever(); // released in fork_parent / fork_child
     let Some(core) = CORE.get() else { return };
+    // Every signal blocked while the locks are held (restored in fork_parent / fork_child): the
+    // dump descriptor's lock must never be held by a thread a signal handler can interrupt.
+    // One fork at a time gets here (OUTPUT is held), so one saved mask is enough.
+    // SAFETY: plain signal-mask calls.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, SAVED_MASK.0.get());
+    }
     if STATE.load(Ordering::Acquire) == READY {
         reach::before_fork(core);
     }
     output::OUTPUT.raw_lock();
+    crate::dumpfd::raw_lock();
     MODULES.raw_lock();
     for shard in core.stacks.shards() {
         // SAFETY: paired with the unlock in fork_parent / fork_child.
@@ -44,9 +54,17 @@ fn unlock_after_fork() {
             lock_api::RawRwLock::unlock_exclusive(shard.raw());
         }
         MODULES.raw_unlock();
+        crate::dumpfd::raw_unlock();
         output::OUTPUT.raw_unlock();
+        libc::pthread_sigmask(libc::SIG_SETMASK, SAVED_MASK.0.get(), std::ptr::null_mut());
     }
 }
+
+struct SavedMask(std::cell::UnsafeCell<libc::sigset_t>);
+// SAFETY: written in fork_prepare and read in fork_parent / fork_child, with OUTPUT held between.
+unsafe impl Sync for SavedMask {}
+// SAFETY: an all-zero sigset_t is an empty set.
+static SAVED_MASK: SavedMask = SavedMask(std::cell::UnsafeCell::new(unsafe { std::mem::zeroed() }));
 
 pub(crate) extern "C" fn fork_parent() {
     unlock_after_fork();
@@ -54,6 +72,9 @@ pub(crate) extern "C" fn fork_parent() {
 }
 
 pub(crate) extern "C" fn fork_child() {
+    // A fatal signal deferred during the fork was the parent's (pending signals are not
+    // inherited).
+    crate::sync::forget_deferred_signal();
     unlock_after_fork();
     reach::IN_FORKED_CHILD.store(true, Ordering::Release);
     if let Some(core) = CORE.get() {

@@ -43,13 +43,15 @@
 //! - `clock`: the start clocks and the event timestamps (TSC or `CLOCK_MONOTONIC`).
 //! - [`modules`]: the loaded modules, and the master unwinder rebuilt after `dlopen`/`dlclose`.
 //! - `aggregate`: the aggregated mode's counters, kept instead of events.
-//! - [`ring`]: the per-thread event ring; [`output`]: the writer thread and the dump file.
+//! - [`ring`]: the per-thread event ring; [`output`]: the writer thread and the dump file;
+//!   [`dumpfd`]: the dump's descriptor, kept out of the program's way.
 //! - [`reach`]: the leak check.
 //! - `fork`: the `pthread_atfork` handlers; `procinfo`: facts about the process from `/proc`.
 //! - [`sync`]: the re-entrancy guard, the spin lock and the per-thread sums.
 
 mod aggregate;
 mod clock;
+pub mod dumpfd;
 mod fork;
 pub mod modules;
 pub mod output;
@@ -68,7 +70,8 @@ use zmtrace_format::event::{encode_alloc, encode_failed, encode_free, encode_rea
 pub use zmtrace_format::{AllocKind, EndReason, KindTotal, LeakKind, ReachTrigger};
 
 pub use crate::stacks::{stack_pointer, Skip, UnwindMode, MAX_FRAMES};
-pub use crate::state::{disable, FrontEnd, LiveBlock};
+pub use crate::state::{disable, secure_execution, FrontEnd, LiveBlock};
+pub use crate::sync::defer_signal;
 pub use crate::threads::{Counters, ThreadState};
 
 use crate::clock::{mark_start, timestamp};
@@ -462,6 +465,13 @@ pub fn start(out_dir: Option<&str>) -> Result<String, String> {
         _ => {}
     }
     if STATE.load(Ordering::Acquire) != READY {
+        if state::secure_execution() {
+            return Err(
+                "not recording a set-user-ID, set-group-ID or file-capability program \
+                        (secure execution): its memory and arguments are not its user's to see"
+                    .into(),
+            );
+        }
         return Err("the recorder could not start".into());
     }
     output::open_now()?;
@@ -499,7 +509,8 @@ pub fn dump_path() -> Option<String> {
 
 /// From a handler of a fatal signal (the front end's): writes everything up to now and the `End`
 /// record (reason [`EndReason::Signal`]) before the signal takes its default action.
-/// Async-signal-safe: the work is done by the writer thread.
+/// Async-signal-safe: the work is done by the writer thread. Call it only where the thread is not
+/// inside the recorder (see [`defer_signal`]), or for a fault, which cannot wait.
 pub fn finish_on_signal(sig: i32) {
     if STATE.load(Ordering::Acquire) == READY && output::owns_dump() {
         output::finish_on_signal(sig);

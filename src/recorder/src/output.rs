@@ -2,14 +2,22 @@
 //! `zmtrace.<program>.<pid>.zmt` with plain `write(2)` calls.
 //!
 //! A background thread does this at least ten times a second (and sooner when a ring is half
-//! full), so the program's threads never wait for the disk unless a ring fills up. Everything here
-//! runs under the `OUTPUT` lock and the recorder guard. When the dump cannot be written (full disk,
-//! removed directory) recording stops with one message on stderr and the program goes on.
+//! full), so the program's threads never wait for the disk unless a ring fills up (then the
+//! thread drains the rings itself). Everything here runs under the `OUTPUT` lock and the recorder
+//! guard. When the dump cannot be written (full disk, removed directory) recording stops with one
+//! message on stderr and the program goes on. The descriptor itself is [`crate::dumpfd`]'s.
+//!
+//! **Signals.** A fatal signal's handler ([`finish_on_signal`]) never takes a lock: it asks the
+//! writer thread for the final flush and waits for it. That is safe because no program thread
+//! holds a recorder lock where the handler can run: every path that takes one is inside the
+//! recorder guard, and a signal landing there is deferred until the thread leaves it
+//! ([`crate::sync::defer_signal`]). The writer blocks every signal.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use zmtrace_format::{write, Block, End, EndReason, LiveSite, Origin, Process, RecordKind};
 
+use crate::dumpfd;
 use crate::modules::MODULES;
 use crate::stacks::PENDING_STACKS;
 use crate::state::{Core, DROPPED, SEQ};
@@ -17,7 +25,6 @@ use crate::sync::{Guard, SpinLock};
 use crate::threads::{all_threads, ThreadState};
 
 pub(crate) struct Output {
-    fd: i32,
     path: String,
     /// The process this dump belongs to (after `fork`, the child opens its own).
     pid: u32,
@@ -31,12 +38,17 @@ pub(crate) struct Output {
     events_written: u64,
     last_reap_ns: u64,
     last_snapshot_ns: u64,
+    /// Each thread state's ring position (stream, pushed) at two writer passes at least
+    /// [`ACTIVE_NS`] apart, and when the newer was taken: a thread whose ring has moved on since
+    /// the older one was still allocating when the dump ended.
+    activity_old: Vec<(u32, usize)>,
+    activity_new: Vec<(u32, usize)>,
+    activity_ns: u64,
     /// Tracing was stopped and started again: the new dump needs every module and stack.
     restarted: bool,
 }
 
 pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
-    fd: -1,
     path: String::new(),
     pid: 0,
     failed: false,
@@ -49,6 +61,9 @@ pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
     events_written: 0,
     last_reap_ns: 0,
     last_snapshot_ns: 0,
+    activity_old: Vec::new(),
+    activity_new: Vec::new(),
+    activity_ns: 0,
     restarted: false,
 });
 
@@ -62,6 +77,9 @@ const RECORD_BYTES: usize = 32 * 1024;
 /// How often the writer drains the rings when nobody wakes it.
 const PERIOD_MS: i64 = 100;
 static FLUSHES: AtomicU64 = AtomicU64::new(0);
+/// The dump is finished or failed: what `Output::finished || Output::failed` says, readable
+/// without the lock (by a signal handler).
+static CLOSED: AtomicBool = AtomicBool::new(false);
 
 fn getpid() -> u32 {
     // SAFETY: no preconditions.
@@ -96,7 +114,9 @@ fn wake_writer_now() {
 }
 
 /// The slow path of an event: the thread's ring is full. Drain it ourselves (waiting for the
-/// writer's lock), or count the event as dropped once the dump is closed.
+/// writer's lock), or count the event as dropped once the dump is closed. This thread is inside
+/// the recorder guard, so a fatal signal that lands while it holds the lock waits for it to
+/// finish (see the module docs): it never holds up the handler.
 pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
     loop {
         {
@@ -114,9 +134,41 @@ pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
     }
 }
 
+/// Waits (at most `ns`) while `word` still holds `seen`. Async-signal-safe: one syscall.
+fn futex_wait(word: &AtomicU32, seen: u32, ns: i64) {
+    let ts = libc::timespec {
+        tv_sec: ns / 1_000_000_000,
+        tv_nsec: ns % 1_000_000_000,
+    };
+    // SAFETY: futex wait on a static word with a timeout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            seen,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Wakes every thread waiting on `word`. Async-signal-safe.
+fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: futex wake on a static word.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
+}
+
 /// A fatal signal arrived (its number): the writer writes everything and the `End` record.
 static FINAL_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-static FINAL_DONE: AtomicBool = AtomicBool::new(false);
+/// 1 once the writer has written the `End` record for [`FINAL_SIGNAL`] (a futex word).
+static FINAL_DONE: AtomicU32 = AtomicU32::new(0);
 /// The writer's kernel thread id: a signal handler running on it must not wait for itself.
 static WRITER_TID: AtomicU32 = AtomicU32::new(0);
 
@@ -150,25 +202,17 @@ extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
     loop {
         WRITER_IDLE.store(true, Ordering::Release);
         let seen = WAKE.load(Ordering::Acquire);
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: PERIOD_MS * 1_000_000,
-        };
-        // SAFETY: futex wait on a static word with a timeout.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                WAKE.as_ptr(),
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                seen,
-                &ts as *const libc::timespec,
-            );
+        // Looked at before sleeping too: a signal that came during the last pass must not wait
+        // for the next period.
+        if FINAL_SIGNAL.load(Ordering::Acquire) == 0 {
+            futex_wait(&WAKE, seen, PERIOD_MS * 1_000_000);
         }
         WRITER_IDLE.store(false, Ordering::Release);
         let sig = FINAL_SIGNAL.load(Ordering::Acquire);
         if sig != 0 {
             finish(EndReason::Signal, sig);
-            FINAL_DONE.store(true, Ordering::Release);
+            FINAL_DONE.store(1, Ordering::Release);
+            futex_wake_all(&FINAL_DONE);
         }
         let mut out = OUTPUT.lock();
         if out.finished || out.failed {
@@ -177,52 +221,59 @@ extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
         }
         out.flush_pass(crate::state::CORE.get());
         let now = crate::clock::now_mono();
-        if crate::aggregate::on() && now.saturating_sub(out.last_snapshot_ns) > SNAPSHOT_NS {
-            // Counters only: a killed process keeps them up to here. The live set can be
-            // large (a server's whole keyspace), so it is written only at the end.
-            out.last_snapshot_ns = now;
-            out.write_aggregate(false);
+        if now.saturating_sub(out.activity_ns) >= ACTIVE_NS {
+            out.activity_old = std::mem::take(&mut out.activity_new);
+            out.activity_new = all_threads().map(|t| (t.stream, t.ring.pushed())).collect();
+            out.activity_ns = now;
+        }
+        drop(out);
+        if crate::aggregate::on() {
+            let mut out = OUTPUT.lock();
+            if now.saturating_sub(out.last_snapshot_ns) > SNAPSHOT_NS {
+                // Counters only: a killed process keeps them up to here. The live set can be
+                // large (a server's whole keyspace), so it is written only at the end.
+                out.last_snapshot_ns = now;
+                out.write_aggregate(false);
+            }
         }
     }
 }
+
+/// How far back "still allocating" looks when the dump ends (one to two of these).
+const ACTIVE_NS: u64 = 100_000_000;
 
 /// How often an aggregated recording writes its counters while the program runs.
 const SNAPSHOT_NS: u64 = 2_000_000_000;
 
 /// From a signal handler, on the thread the fatal signal hit: has the writer thread write
-/// everything and the `End` record, and waits for it (2 s at most). Only async-signal-safe
-/// calls here: the thread may have been interrupted anywhere, in `malloc` too, so it must not
-/// allocate or take a lock itself.
+/// everything and the `End` record, and waits for it (2 s at most, in case the disk hangs).
+/// Only async-signal-safe calls here, and no lock: the thread may have been interrupted anywhere
+/// outside the recorder, in `malloc` too (inside the recorder the signal is deferred, see the
+/// module docs). A second fatal signal, on another thread, waits for the same flush.
 pub(crate) fn finish_on_signal(sig: i32) {
     // SAFETY: plain syscalls.
     let me = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
-    if !WRITER_RUNNING.load(Ordering::Acquire) || me == WRITER_TID.load(Ordering::Acquire) {
+    if CLOSED.load(Ordering::Acquire)
+        || !WRITER_RUNNING.load(Ordering::Acquire)
+        || me == WRITER_TID.load(Ordering::Acquire)
+    {
         return;
     }
-    if FINAL_SIGNAL
-        .compare_exchange(0, sig, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        return; // another thread's signal is being handled
-    }
+    let _ = FINAL_SIGNAL.compare_exchange(0, sig, Ordering::AcqRel, Ordering::Acquire);
     wake_writer_now();
-    // SAFETY: nanosleep is an async-signal-safe syscall.
-    unsafe {
-        for _ in 0..2000 {
-            if FINAL_DONE.load(Ordering::Acquire) {
-                break;
-            }
-            let ms = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 1_000_000,
-            };
-            libc::nanosleep(&ms, std::ptr::null_mut());
+    let deadline = crate::clock::now_mono() + 2_000_000_000;
+    while FINAL_DONE.load(Ordering::Acquire) == 0 && WRITER_RUNNING.load(Ordering::Acquire) {
+        let now = crate::clock::now_mono();
+        if now >= deadline {
+            break;
         }
+        futex_wait(&FINAL_DONE, 0, (deadline - now).min(100_000_000) as i64);
     }
 }
 
-/// Set once the dump ended with the process (exit, `_exit`, abort, a signal): threads that
-/// still allocate after that leave a `Late` record, once each.
+/// Set once the dump ended with the process (exit, `_exit`, abort): threads that still allocate
+/// after that leave a `Late` record, once each. Not after a fatal signal: the dump is complete up
+/// to the signal, and what other threads do while the process dies comes after it.
 static ENDED_WITH_PROCESS: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
@@ -235,15 +286,16 @@ pub(crate) fn note_late() {
     if !ENDED_WITH_PROCESS.load(Ordering::Acquire) || LATE_NOTED.with(|n| n.replace(true)) {
         return;
     }
-    let Some(out) = OUTPUT.try_lock() else { return };
-    if out.fd < 0 || out.failed || !owns_dump() {
+    // Waited for, not tried: several threads get here at once when `exit` ends the dump under
+    // them, and each must be named.
+    let out = OUTPUT.lock();
+    if !dumpfd::is_open() || out.failed || !owns_dump() {
         return;
     }
     let mut buf = Vec::new();
     // SAFETY: no preconditions.
     write::late(&mut buf, unsafe { libc::syscall(libc::SYS_gettid) } as u32);
-    // SAFETY: one write of our own buffer to our own descriptor.
-    unsafe { libc::write(out.fd, buf.as_ptr().cast(), buf.len()) };
+    let _ = dumpfd::write(&buf);
 }
 
 pub(crate) fn start_writer() {
@@ -274,8 +326,16 @@ pub(crate) fn finish(reason: EndReason, status: i32) {
     }
     out.flush_pass(crate::state::CORE.get());
     out.finished = true;
+    CLOSED.store(true, Ordering::Release);
+    let with_process = !matches!(
+        reason,
+        EndReason::Stopped | EndReason::Signal | EndReason::Exec
+    );
+    if with_process {
+        out.write_still_allocating();
+    }
     out.write_end(reason, status);
-    if reason != EndReason::Stopped {
+    if with_process {
         ENDED_WITH_PROCESS.store(true, Ordering::Release);
     }
     // Threads still running after this cannot be written any more: stop recording them rather
@@ -283,12 +343,12 @@ pub(crate) fn finish(reason: EndReason, status: i32) {
     crate::disable();
 }
 
-/// Writes everything recorded so far, the `Exec` record and an `End` of reason exec: if the exec
-/// succeeds, nothing more comes; if it fails, recording goes on and a later `End` replaces it.
-/// Opens the dump now if it is not open (so that [`crate::start`] can report a failure).
+/// Opens the dump now if it is not open: when recording starts, so that the descriptor is taken
+/// before the program closes or reopens its own (and so that [`crate::start`] can report a
+/// failure).
 pub(crate) fn open_now() -> Result<(), String> {
     let mut out = OUTPUT.lock();
-    if out.fd < 0 && !out.failed && !out.finished {
+    if !dumpfd::is_open() && !out.failed && !out.finished {
         if let Some(core) = crate::state::CORE.get() {
             out.open(core, Origin::Start, 0, 0);
         }
@@ -303,13 +363,10 @@ pub(crate) fn open_now() -> Result<(), String> {
 /// Forgets the finished dump: the next flush opens a new one, with every module and stack.
 pub(crate) fn restart() {
     let mut out = OUTPUT.lock();
-    if out.fd >= 0 {
-        // SAFETY: closing our own descriptor.
-        unsafe { libc::close(out.fd) };
-    }
-    out.fd = -1;
+    dumpfd::close();
     out.finished = false;
     out.failed = false;
+    CLOSED.store(false, Ordering::Release);
     out.events_written = 0;
     out.restarted = true;
     DROPPED.store(0, Ordering::Relaxed);
@@ -318,12 +375,12 @@ pub(crate) fn restart() {
 /// Appends one whole record (a leak check's) to the dump, unless it is finished or failed.
 pub(crate) fn write_record(bytes: &[u8]) {
     let mut out = OUTPUT.lock();
-    if out.fd < 0 && !out.finished && !out.failed {
+    if !dumpfd::is_open() && !out.finished && !out.failed {
         if let Some(core) = crate::state::CORE.get() {
             out.open(core, Origin::Start, 0, 0);
         }
     }
-    if out.fd >= 0 && !out.finished && !out.failed {
+    if dumpfd::is_open() && !out.finished && !out.failed {
         out.write_all_or_fail(bytes);
     }
 }
@@ -341,6 +398,8 @@ pub(crate) fn path() -> Option<String> {
     (!out.path.is_empty()).then(|| out.path.clone())
 }
 
+/// Writes everything recorded so far, the `Exec` record and an `End` of reason exec: if the exec
+/// succeeds, nothing more comes; if it fails, recording goes on and a later `End` replaces it.
 pub(crate) fn before_exec(path: &str) {
     let mut out = OUTPUT.lock();
     if out.finished {
@@ -358,7 +417,7 @@ impl Output {
     /// replaces the last one for the reader, so writing one more (`dump_now`, then the end) is
     /// harmless.
     fn write_aggregate(&mut self, with_live: bool) {
-        if !crate::aggregate::on() || self.fd < 0 || self.failed {
+        if !crate::aggregate::on() || !dumpfd::is_open() || self.failed {
             return;
         }
         let Some(core) = crate::state::CORE.get() else {
@@ -382,10 +441,41 @@ impl Output {
     }
 
     fn write_end(&mut self, reason: EndReason, status: i32) {
-        if self.fd < 0 || self.failed {
+        if !dumpfd::is_open() || self.failed {
             return;
         }
         self.write_aggregate(true);
+        let end = self.end_record(reason, status);
+        let mut buf = Vec::new();
+        write::end(&mut buf, &end);
+        self.write_all_or_fail(&buf);
+    }
+
+    /// The process ends (`exit`, `_exit`, `abort`) while other threads may still allocate: each
+    /// one alive that recorded in the last tenth of a second or so gets a `Late` record (what it
+    /// does from now on is not in the dump). Counted here, not by the threads themselves: the
+    /// process may be gone before they run again.
+    fn write_still_allocating(&mut self) {
+        let me = crate::threads::gettid();
+        let mut buf = Vec::new();
+        for t in all_threads() {
+            let tid = t.tid.load(Ordering::Acquire);
+            if !t.in_use.load(Ordering::Acquire) || tid == me || thread_is_gone(tid) {
+                continue;
+            }
+            let before = self
+                .activity_old
+                .iter()
+                .find(|&&(s, _)| s == t.stream)
+                .map_or(0, |&(_, p)| p);
+            if t.ring.pushed() != before {
+                write::late(&mut buf, tid);
+            }
+        }
+        self.write_all_or_fail(&buf);
+    }
+
+    fn end_record(&self, reason: EndReason, status: i32) -> End {
         let mut end = End {
             reason,
             status,
@@ -406,9 +496,7 @@ impl Output {
             end.compared_stacks += c.compared_stacks.load(Ordering::Relaxed);
             end.mismatched_stacks += c.mismatched_stacks.load(Ordering::Relaxed);
         }
-        let mut buf = Vec::new();
-        write::end(&mut buf, &end);
-        self.write_all_or_fail(&buf);
+        end
     }
 }
 
@@ -446,11 +534,8 @@ pub(crate) fn after_fork_in_child(core: &Core) {
     crate::clock::mark_start();
     {
         let mut out = OUTPUT.lock();
-        if out.fd >= 0 {
-            // SAFETY: closing our copy of the parent's descriptor.
-            unsafe { libc::close(out.fd) };
-        }
-        out.fd = -1;
+        // Our copy of the parent's descriptor.
+        dumpfd::close();
         out.events_written = 0;
         if out.finished || out.failed {
             return;
@@ -460,6 +545,9 @@ pub(crate) fn after_fork_in_child(core: &Core) {
     WRITER_RUNNING.store(false, Ordering::Release);
     // The parent's writer is not in this process; ours publishes its id when it runs.
     WRITER_TID.store(0, Ordering::Release);
+    // A fatal signal the parent was handling is the parent's.
+    FINAL_SIGNAL.store(0, Ordering::Release);
+    FINAL_DONE.store(0, Ordering::Release);
     start_writer();
 }
 
@@ -485,12 +573,19 @@ impl Output {
             let Ok(c) = std::ffi::CString::new(path.clone()) else {
                 break;
             };
+            // A new file only (O_EXCL: never one planted for us, never through a symlink), private
+            // to the user (the dump holds the command line and the program's stacks).
             // SAFETY: plain open(2) of a path we own.
             fd = unsafe {
                 libc::open(
                     c.as_ptr(),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                    0o644,
+                    libc::O_WRONLY
+                        | libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_APPEND
+                        | libc::O_CLOEXEC,
+                    0o600,
                 )
             };
             if fd >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
@@ -504,12 +599,18 @@ impl Output {
             self.fail(&std::io::Error::last_os_error());
             return;
         }
-        self.fd = fd;
+        // Moved at once far above the program's descriptors (see dumpfd).
+        if let Err(e) = dumpfd::adopt(fd) {
+            self.fail(&e);
+            return;
+        }
         let origin = match (origin, core.proc.env("ZMTRACE_EXEC_FROM")) {
             // Set by our execve hook: the same pid traced before this image.
             (Origin::Start, Some(p)) if p == pid.to_string() => Origin::Exec,
             (o, _) => o,
         };
+        // `zmtrace run --no-argv`: the arguments may hold secrets (`--password=…`).
+        let no_argv = core.proc.env("ZMTRACE_NO_ARGV").as_deref() == Some("1");
         let mut buf = write::file_header().to_vec();
         write::process(
             &mut buf,
@@ -523,8 +624,17 @@ impl Output {
                 start_unix_ns: crate::clock::START_UNIX.load(Ordering::Relaxed),
                 session: core.proc.env("ZMTRACE_SESSION").unwrap_or_default(),
                 exe: core.proc.exe.clone(),
-                argv: core.proc.argv.clone(),
+                argv: if no_argv {
+                    core.proc.argv.iter().take(1).cloned().collect()
+                } else {
+                    core.proc.argv.clone()
+                },
                 aggregated: crate::aggregate::on(),
+                args_left_out: if no_argv {
+                    core.proc.argv.len().saturating_sub(1) as u32
+                } else {
+                    0
+                },
             },
         );
         if origin == Origin::Fork || std::mem::take(&mut self.restarted) {
@@ -577,7 +687,7 @@ impl Output {
         if self.finished || self.failed {
             return;
         }
-        if self.fd < 0 {
+        if !dumpfd::is_open() {
             self.open(core, Origin::Start, 0, 0);
             if self.failed {
                 return;
@@ -666,29 +776,34 @@ impl Output {
         self.meta = meta;
     }
 
-    fn write_all_or_fail(&mut self, mut buf: &[u8]) {
-        while !buf.is_empty() && !self.failed {
-            // SAFETY: writing our own buffer to our own descriptor.
-            let n = unsafe { libc::write(self.fd, buf.as_ptr().cast(), buf.len()) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
+    fn write_all_or_fail(&mut self, buf: &[u8]) {
+        if self.failed {
+            return;
+        }
+        match dumpfd::write(buf) {
+            Ok(()) => {}
+            Err(dumpfd::WriteError::NoSpace(e)) => {
+                // Nothing of `buf` was written, and the space reserved by the last write takes
+                // an `End` that says why the dump stops here.
+                let end = self.end_record(EndReason::WriteError, e.raw_os_error().unwrap_or(0));
+                let mut last = Vec::new();
+                write::end(&mut last, &end);
+                let _ = dumpfd::write_reserved(&last);
                 self.fail(&e);
-                return;
             }
-            buf = &buf[n as usize..];
+            Err(dumpfd::WriteError::Failed(e)) => self.fail(&e),
         }
     }
 
     /// Stops recording: the program must go on unharmed, with one line saying why.
     fn fail(&mut self, e: &std::io::Error) {
         self.failed = true;
+        CLOSED.store(true, Ordering::Release);
         crate::disable();
         let msg = format!(
-            "zmtrace: cannot write dump {}: {e}; recording stopped, the program goes on\n",
-            self.path
+            "zmtrace: recording stopped: could not write the dump {} ({}); the program goes on\n",
+            self.path,
+            zmtrace_format::describe_os_error(e)
         );
         // SAFETY: raw write to stderr: Rust's stderr may be unusable at exit.
         unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };

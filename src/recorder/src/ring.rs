@@ -43,6 +43,11 @@ impl Ring {
         self.len() == 0
     }
 
+    /// Bytes pushed since the ring was made (wrapping): moves on whenever its thread records.
+    pub fn pushed(&self) -> usize {
+        self.tail.load(Ordering::Acquire)
+    }
+
     /// Appends `bytes` whole, or returns false if they do not fit.
     ///
     /// # Safety

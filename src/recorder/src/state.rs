@@ -126,6 +126,12 @@ pub(crate) fn init_slow() -> Option<&'static Core> {
             _ => None,
         };
     }
+    if secure_execution() {
+        // setuid, setgid or file capabilities: the program runs with rights its user does not
+        // have, and its memory, arguments and environment are not the user's to record.
+        STATE.store(DISABLED, Ordering::Release);
+        return None;
+    }
     calibrate_tsc();
     mark_start();
     let proc = procinfo::ProcInfo::read();
@@ -170,7 +176,18 @@ pub(crate) fn init_slow() -> Option<&'static Core> {
     // SAFETY: no preconditions.
     output::OWNER_PID.store(unsafe { libc::getpid() } as u32, Ordering::Release);
     STATE.store(READY, Ordering::Release);
+    if front.auto_start {
+        // Now, while the process is starting (one thread): the descriptor goes high at once, and
+        // the program, which may close 0..2 and reopen them in main, gets the numbers it expects.
+        let _ = output::open_now();
+    }
     CORE.get()
+}
+
+/// True in a secure-execution process (`AT_SECURE`: setuid, setgid, file capabilities).
+pub fn secure_execution() -> bool {
+    // SAFETY: getauxval has no preconditions.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }
 
 /// Stops recording for good in this process (e.g. `ZMTRACE` says so, or a write failed).

@@ -1,23 +1,44 @@
-//! The three synchronisation primitives of the recorder: the per-thread re-entrancy guard, a
+//! The three synchronisation primitives of the recorder: the per-thread re-entrancy guard (which
+//! also defers a fatal signal that lands inside the recorder), a
 //! small lock that a `fork` handler can take and release by hand, and [`ThreadSum`], a sum that
 //! each thread adds to in a slot of its own, without an atomic read-modify-write.
 
 use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicI32, AtomicUsize, Ordering};
+
+/// The guard's per-thread state: whether the thread is inside the recorder, and the fatal signal
+/// that arrived meanwhile and waits for it to leave ([`defer_signal`]). Atomics only for their
+/// ordering against a signal handler on the same thread: relaxed loads and stores, plain moves.
+pub(crate) struct GuardState {
+    inside: AtomicBool,
+    deferred: AtomicI32,
+}
 
 thread_local! {
     // IMPORTANT: const-initialised and without a destructor. A lazily initialised thread-local, or
     // one with a destructor, registers itself through `__cxa_thread_atexit_impl`, which allocates
     // through the very `malloc` we are hooking, and aborts the process when touched after its
     // destruction (glibc frees its own TLS bookkeeping through the hooked `free` at thread exit).
-    static IN_RECORDER: Cell<bool> = const { Cell::new(false) };
+    static IN_RECORDER: GuardState = const {
+        GuardState {
+            inside: AtomicBool::new(false),
+            deferred: AtomicI32::new(0),
+        }
+    };
 }
+
+/// What runs a deferred fatal signal once its thread leaves the recorder (the front end's).
+static RESUME: AtomicUsize = AtomicUsize::new(0);
 
 /// Set while a thread runs recorder code. Everything the recorder does that may allocate (maps,
 /// stack store, unwinder caches, compression, libc calls) happens under it, so that an allocation
 /// made *by the recorder* passes straight through the hooks instead of being recorded, or
 /// re-entering a lock this thread already holds.
+///
+/// It also tells a fatal signal's handler that its thread may hold recorder locks: the handler
+/// then defers the signal ([`defer_signal`]) to the moment the thread leaves, instead of waiting
+/// for a lock its own thread holds, or for a writer that waits for that lock.
 pub struct Guard(());
 
 impl Guard {
@@ -25,10 +46,11 @@ impl Guard {
     #[inline]
     pub fn enter() -> Option<Guard> {
         IN_RECORDER.with(|g| {
-            if g.get() {
+            if g.inside.load(Ordering::Relaxed) {
                 None
             } else {
-                g.set(true);
+                g.inside.store(true, Ordering::Relaxed);
+                compiler_fence(Ordering::SeqCst);
                 Some(Guard(()))
             }
         })
@@ -36,25 +58,73 @@ impl Guard {
 
     /// Marks this thread as inside the recorder for good (the writer thread).
     pub fn enter_forever() {
-        IN_RECORDER.with(|g| g.set(true));
+        IN_RECORDER.with(|g| g.inside.store(true, Ordering::Relaxed));
+        compiler_fence(Ordering::SeqCst);
     }
 
     /// Ends [`Self::enter_forever`] (the `fork` handlers hold the guard across `fork`).
     pub fn leave_forever() {
-        IN_RECORDER.with(|g| g.set(false));
+        leave();
     }
 
     #[inline]
     pub fn is_held() -> bool {
-        IN_RECORDER.with(|g| g.get())
+        IN_RECORDER.with(|g| g.inside.load(Ordering::Relaxed))
     }
 }
 
 impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
-        IN_RECORDER.with(|g| g.set(false));
+        leave();
     }
+}
+
+#[inline]
+fn leave() {
+    IN_RECORDER.with(|g| {
+        // Cleared before the check: a signal that lands after the store is handled at once by
+        // its handler, one that landed before it is seen here.
+        compiler_fence(Ordering::SeqCst);
+        g.inside.store(false, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        if g.deferred.load(Ordering::Relaxed) != 0 {
+            run_deferred(g);
+        }
+    })
+}
+
+#[cold]
+fn run_deferred(g: &GuardState) {
+    let sig = g.deferred.swap(0, Ordering::Relaxed);
+    let f = RESUME.load(Ordering::Acquire);
+    if sig != 0 && f != 0 {
+        // SAFETY: stored by defer_signal from a function of this type.
+        let f = unsafe { std::mem::transmute::<usize, extern "C" fn(i32)>(f) };
+        f(sig);
+    }
+}
+
+/// From a fatal signal's handler: if its thread is inside the recorder (where it may hold a
+/// recorder lock, or be between two halves of an update), keeps `sig` for later and returns
+/// true: `resume(sig)` then runs as the thread leaves the recorder, which it does within one
+/// event. Returns false when the thread is outside: the handler can go ahead. Async-signal-safe.
+pub fn defer_signal(sig: i32, resume: extern "C" fn(i32)) -> bool {
+    IN_RECORDER.with(|g| {
+        if !g.inside.load(Ordering::Relaxed) {
+            return false;
+        }
+        RESUME.store(resume as usize, Ordering::Release);
+        if g.deferred.load(Ordering::Relaxed) == 0 {
+            g.deferred.store(sig, Ordering::Relaxed);
+        }
+        true
+    })
+}
+
+/// Forgets a deferred signal: in a forked child, it was the parent's.
+pub(crate) fn forget_deferred_signal() {
+    IN_RECORDER.with(|g| g.deferred.store(0, Ordering::Relaxed));
 }
 
 /// A test-and-set lock that yields while it waits. The recorder holds its locks for short spans
