@@ -5,9 +5,9 @@
 //! jemalloc keeps jemalloc (going to `__libc_malloc` instead would move it onto glibc's heap while
 //! its `mallctl` still talks to jemalloc).
 //!
-//! The library's own Rust heap (maps, stacks, buffers) is glibc's, reached through `__libc_*`
-//! directly: it never passes through the hooks, so it is neither traced nor mixed into the
-//! program's allocator.
+//! The library's own heap (maps, stacks, buffers, and the `malloc` calls of C code it runs, such
+//! as zstd) is the recorder's ([`rec::heap`]): anonymous mappings of its own, never the
+//! program's allocator, so nothing the recorder writes and frees is handed to the program.
 
 // The exported functions are the C library's allocator and process functions; their safety
 // contract is libc's, documented there, not restated on each hook.
@@ -23,57 +23,24 @@ use zmtrace_recorder::{self as rec, AllocKind, EndReason, FrontEnd};
 
 // ---- the library's own heap ------------------------------------------------------------------
 
-extern "C" {
-    fn __libc_malloc(size: usize) -> *mut c_void;
-    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
-    fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
-    fn __libc_free(p: *mut c_void);
-    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
-}
-
-struct OwnHeap;
-
-unsafe impl std::alloc::GlobalAlloc for OwnHeap {
-    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        if l.align() <= 16 {
-            __libc_malloc(l.size()).cast()
-        } else {
-            __libc_memalign(l.align(), l.size()).cast()
-        }
-    }
-    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
-        if l.align() <= 16 {
-            __libc_calloc(1, l.size()).cast()
-        } else {
-            let p = self.alloc(l);
-            if !p.is_null() {
-                std::ptr::write_bytes(p, 0, l.size());
-            }
-            p
-        }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, _: std::alloc::Layout) {
-        __libc_free(p.cast())
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
-        if l.align() <= 16 {
-            __libc_realloc(p.cast(), new).cast()
-        } else {
-            let q = self.alloc(std::alloc::Layout::from_size_align_unchecked(
-                new,
-                l.align(),
-            ));
-            if !q.is_null() {
-                std::ptr::copy_nonoverlapping(p, q, l.size().min(new));
-                self.dealloc(p, l);
-            }
-            q
-        }
-    }
-}
-
+/// Everything the recorder keeps lives in mappings of its own ([`rec::heap`]), never in the
+/// program's allocator: freed there, its words would come back to the program in blocks that
+/// `malloc` hands out unwritten, and the leak check would take them for pointers.
 #[global_allocator]
-static OWN_HEAP: OwnHeap = OwnHeap;
+static OWN_HEAP: rec::heap::OwnHeap = rec::heap::OwnHeap;
+
+/// True when this `malloc` call comes from code running inside the recorder (zstd, the
+/// unwinder, the loader on its behalf): such memory is the recorder's, served by its own heap.
+#[inline(always)]
+fn recorder_inside() -> bool {
+    rec::sync::Guard::is_held()
+}
+
+/// The recorder's C-side allocation, or null to use the real allocator (see `heap::c_malloc`).
+#[inline(always)]
+unsafe fn own_c_malloc(size: usize, align: usize) -> *mut c_void {
+    rec::heap::c_malloc(size, align).cast()
+}
 
 // ---- set-up and tear-down --------------------------------------------------------------------
 
@@ -128,6 +95,12 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     let Some(n) = ready() else {
         return real::pool_alloc(size, 16);
     };
+    if recorder_inside() {
+        let p = own_c_malloc(size, 16);
+        if !p.is_null() {
+            return p;
+        }
+    }
     let p = (n.malloc)(size);
     rec::on_alloc(AllocKind::Malloc, p.cast(), size);
     p
@@ -142,6 +115,15 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
             None => std::ptr::null_mut(),
         };
     };
+    if recorder_inside() {
+        if let Some(total) = count.checked_mul(size) {
+            let p = own_c_malloc(total, 16);
+            if !p.is_null() {
+                p.cast::<u8>().write_bytes(0, total);
+                return p;
+            }
+        }
+    }
     let p = (n.calloc)(count, size);
     rec::on_alloc(AllocKind::Calloc, p.cast(), count.saturating_mul(size));
     p
@@ -153,6 +135,14 @@ pub unsafe extern "C" fn realloc(old: *mut c_void, size: usize) -> *mut c_void {
 }
 
 unsafe fn do_realloc(old: *mut c_void, size: usize, kind: AllocKind) -> *mut c_void {
+    if rec::heap::contains(old.cast()) {
+        // The recorder's own block: it stays in the recorder's heap.
+        if size == 0 {
+            rec::heap::c_free(old.cast());
+            return std::ptr::null_mut();
+        }
+        return rec::heap::c_realloc(old.cast(), size).cast();
+    }
     if pool_contains(old) {
         // A start-up block: move it to the real heap, never free it (it is not the heap's).
         let new = malloc(size);
@@ -169,6 +159,12 @@ unsafe fn do_realloc(old: *mut c_void, size: usize, kind: AllocKind) -> *mut c_v
         return real::pool_alloc(size, 16);
     };
     if old.is_null() {
+        if recorder_inside() {
+            let p = own_c_malloc(size, 16);
+            if !p.is_null() {
+                return p;
+            }
+        }
         let p = (n.realloc)(old, size);
         rec::on_alloc(kind, p.cast(), size);
         return p;
@@ -195,6 +191,10 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     if pool_contains(p) {
         return;
     }
+    if rec::heap::contains(p.cast()) {
+        rec::heap::c_free(p.cast());
+        return;
+    }
     let Some(n) = ready() else { return };
     rec::on_free(p.cast());
     (n.free)(p);
@@ -204,6 +204,9 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     if pool_contains(p) {
         return pool_usable_size(p);
+    }
+    if rec::heap::contains(p.cast()) {
+        return rec::heap::c_size(p.cast());
     }
     match ready() {
         Some(n) if !p.is_null() => (n.usable_size)(p),
@@ -215,6 +218,12 @@ unsafe fn aligned(kind: AllocKind, align: usize, size: usize) -> *mut c_void {
     let Some(n) = ready() else {
         return real::pool_alloc(size, align);
     };
+    if recorder_inside() && align.is_power_of_two() {
+        let p = own_c_malloc(size, align);
+        if !p.is_null() {
+            return p;
+        }
+    }
     let p = (n.memalign)(align, size);
     rec::on_alloc(kind, p.cast(), size);
     p
@@ -230,6 +239,12 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
     let Some(n) = ready() else {
         return real::pool_alloc(size, align);
     };
+    if recorder_inside() && align.is_power_of_two() {
+        let p = own_c_malloc(size, align);
+        if !p.is_null() {
+            return p;
+        }
+    }
     let p = (n.aligned_alloc)(align, size);
     rec::on_alloc(AllocKind::AlignedAlloc, p.cast(), size);
     p
@@ -255,6 +270,13 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
         *out = real::pool_alloc(size, align);
         return 0;
     };
+    if recorder_inside() && align.is_power_of_two() && align >= std::mem::size_of::<usize>() {
+        let p = own_c_malloc(size, align);
+        if !p.is_null() {
+            *out = p;
+            return 0;
+        }
+    }
     let rc = (n.posix_memalign)(out, align, size);
     let p = if rc == 0 { *out } else { std::ptr::null_mut() };
     rec::on_alloc(AllocKind::PosixMemalign, p.cast(), size);

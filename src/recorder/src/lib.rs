@@ -45,12 +45,14 @@
 //! - `aggregate`: the aggregated mode's counters, kept instead of events.
 //! - [`ring`]: the per-thread event ring; [`output`]: the writer thread and the dump file.
 //! - [`reach`]: the leak check.
+//! - [`heap`]: the recorder's own heap ([`heap::OwnHeap`]), in mappings of its own.
 //! - `fork`: the `pthread_atfork` handlers; `procinfo`: facts about the process from `/proc`.
 //! - [`sync`]: the re-entrancy guard, the spin lock and the per-thread sums.
 
 mod aggregate;
 mod clock;
 mod fork;
+pub mod heap;
 pub mod modules;
 pub mod output;
 mod procinfo;

@@ -35,25 +35,19 @@ impl<T> Buf<T> {
         let Some(bytes) = cap.checked_mul(size) else {
             return false;
         };
+        // A raw system call, not the program's (interposed) `mmap`: the check's memory is
+        // never taken for one of the program's own mappings.
+        let Some(p) = crate::heap::map_anon(bytes) else {
+            return false;
+        };
         // SAFETY: a fresh private anonymous mapping; the old one is copied and unmapped.
         unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            );
-            if p == libc::MAP_FAILED {
-                return false;
-            }
             if !self.ptr.is_null() {
-                std::ptr::copy_nonoverlapping(self.ptr, p.cast::<T>(), self.len);
-                libc::munmap(self.ptr.cast(), self.cap * size);
+                std::ptr::copy_nonoverlapping(self.ptr, p.as_ptr().cast::<T>(), self.len);
+                crate::heap::unmap(self.ptr.cast(), self.cap * size);
             }
-            self.ptr = p.cast();
         }
+        self.ptr = p.as_ptr().cast();
         self.cap = cap;
         true
     }
@@ -112,8 +106,8 @@ impl<T: Copy> Buf<T> {
 impl<T> Drop for Buf<T> {
     fn drop(&mut self) {
         if !self.ptr.is_null() {
-            // SAFETY: our own mapping, of cap elements.
-            unsafe { libc::munmap(self.ptr.cast(), self.cap * std::mem::size_of::<T>().max(1)) };
+            // Our own mapping, of cap elements.
+            crate::heap::unmap(self.ptr.cast(), self.cap * std::mem::size_of::<T>().max(1));
         }
     }
 }
