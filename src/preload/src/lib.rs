@@ -285,15 +285,37 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 
 // ---- process events: exit, abort, exec, dlopen ------------------------------------------------
 
+// `exit`, `_exit`, `_Exit` and `zmtrace_leak_check` themselves are in `entry.S`: they pass the
+// caller's stack pointer and registers to the halves below (see `rec::Entry`).
+
+unsafe fn entry(sp: u64, regs: *const [u64; 6]) -> rec::Entry {
+    rec::Entry { sp, regs: *regs }
+}
+
 #[no_mangle]
-pub unsafe extern "C" fn _exit(status: c_int) -> ! {
-    rec::finish(EndReason::UnderscoreExit, status);
+pub unsafe extern "C" fn zmtrace_exit_entry(status: c_int, sp: u64, regs: *const [u64; 6]) -> ! {
+    // The check runs later, from the library destructor, on this thread.
+    rec::note_exit_entry(entry(sp, regs));
+    (real::exit_fn(c"exit"))(status)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn zmtrace_underscore_exit_entry(
+    status: c_int,
+    sp: u64,
+    regs: *const [u64; 6],
+) -> ! {
+    rec::finish_from(EndReason::UnderscoreExit, status, Some(entry(sp, regs)));
     (real::exit_fn(c"_exit"))(status)
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
-    rec::finish(EndReason::UnderscoreExit, status);
+pub unsafe extern "C" fn zmtrace_underscore_Exit_entry(
+    status: c_int,
+    sp: u64,
+    regs: *const [u64; 6],
+) -> ! {
+    rec::finish_from(EndReason::UnderscoreExit, status, Some(entry(sp, regs)));
     (real::exit_fn(c"_Exit"))(status)
 }
 
@@ -301,6 +323,54 @@ pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
 pub unsafe extern "C" fn abort() -> ! {
     rec::finish(EndReason::Abort, -1);
     (real::abort_fn())()
+}
+
+type MainFn = unsafe extern "C" fn(c_int, *mut *mut c_char, *mut *mut c_char, *mut c_void) -> c_int;
+type StartMainFn = unsafe extern "C" fn(
+    MainFn,
+    c_int,
+    *mut *mut c_char,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+) -> c_int;
+
+static REAL_MAIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" {
+    /// Ours (`entry.S`): the symbol binds to the first definition, this library's.
+    fn exit(status: c_int) -> !;
+}
+
+/// The program's `main`, called by glibc through [`__libc_start_main`]. A return from `main`
+/// ends in glibc's internal call of `exit`, which no hook sees: this calls ours instead, so that
+/// the check at exit knows the frame it returned to.
+unsafe extern "C" fn main_then_exit(
+    argc: c_int,
+    argv: *mut *mut c_char,
+    envp: *mut *mut c_char,
+    auxv: *mut c_void,
+) -> c_int {
+    let main: MainFn = std::mem::transmute(REAL_MAIN.load(std::sync::atomic::Ordering::Acquire));
+    let status = main(argc, argv, envp, auxv);
+    exit(status)
+}
+
+/// glibc's start of a dynamically linked program: `main` is wrapped by [`main_then_exit`].
+#[no_mangle]
+pub unsafe extern "C" fn __libc_start_main(
+    main: MainFn,
+    argc: c_int,
+    argv: *mut *mut c_char,
+    init: *mut c_void,
+    fini: *mut c_void,
+    rtld_fini: *mut c_void,
+    stack_end: *mut c_void,
+) -> c_int {
+    let real: StartMainFn = real::sym(c"__libc_start_main");
+    REAL_MAIN.store(main as usize, std::sync::atomic::Ordering::Release);
+    real(main_then_exit, argc, argv, init, fini, rtld_fini, stack_end)
 }
 
 type ExecveFn =
@@ -392,14 +462,17 @@ pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
 
 // ---- leak checks on request ------------------------------------------------------------------
 
-/// `long zmtrace_leak_check(void)`: classifies the blocks live now (definitely, indirectly,
-/// possibly lost, still reachable) and writes the result to the dump. Returns the bytes
-/// definitely and indirectly lost, or -1 when nothing is being recorded. A program finds it with
-/// `dlsym(RTLD_DEFAULT, "zmtrace_leak_check")` or a weak declaration, so that it also runs
-/// untraced.
+/// `long zmtrace_leak_check(void)` (in `entry.S`, which calls this with its caller's frame):
+/// classifies the blocks live now (definitely, indirectly, possibly lost, still reachable) and
+/// writes the result to the dump. Returns the bytes definitely and indirectly lost, or -1 when
+/// nothing is being recorded. A program finds it with `dlsym(RTLD_DEFAULT,
+/// "zmtrace_leak_check")` or a weak declaration, so that it also runs untraced.
 #[no_mangle]
-pub extern "C" fn zmtrace_leak_check() -> std::ffi::c_long {
-    match rec::leak_check() {
+pub unsafe extern "C" fn zmtrace_leak_check_entry(
+    sp: u64,
+    regs: *const [u64; 6],
+) -> std::ffi::c_long {
+    match rec::leak_check_from(Some(entry(sp, regs))) {
         Some(t) => {
             let lost = t[rec::LeakKind::Definite as usize].bytes
                 + t[rec::LeakKind::Indirect as usize].bytes;

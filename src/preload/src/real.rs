@@ -81,6 +81,7 @@ pub unsafe fn sym<F: Copy>(name: &CStr) -> F {
 }
 
 static EXIT: AtomicUsize = AtomicUsize::new(0);
+static PLAIN_EXIT: AtomicUsize = AtomicUsize::new(0);
 static UNDERSCORE_EXIT: AtomicUsize = AtomicUsize::new(0);
 static ABORT: AtomicUsize = AtomicUsize::new(0);
 
@@ -99,6 +100,7 @@ unsafe fn cached(name: &CStr, slot: &AtomicUsize) -> usize {
 /// Looks up the process-ending functions early (from the library constructor).
 pub unsafe fn resolve_exits() {
     cached(c"_exit", &EXIT);
+    cached(c"exit", &PLAIN_EXIT);
     cached(c"_Exit", &UNDERSCORE_EXIT);
     cached(c"abort", &ABORT);
 }
@@ -106,6 +108,8 @@ pub unsafe fn resolve_exits() {
 pub unsafe fn exit_fn(name: &CStr) -> unsafe extern "C" fn(c_int) -> ! {
     let slot = if name == c"_exit" {
         &EXIT
+    } else if name == c"exit" {
+        &PLAIN_EXIT
     } else {
         &UNDERSCORE_EXIT
     };

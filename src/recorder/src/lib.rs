@@ -391,9 +391,49 @@ pub fn modules_changed() {
     refresh_modules();
 }
 
+/// Where a thread entered zmtrace to end the process or to ask for a leak check: its caller's
+/// stack pointer (as it was at the call) and the callee-saved registers as the caller left them.
+///
+/// The leak check scans that thread's stack from `sp` up, never below: below lie the frames of
+/// the exit machinery (`__run_exit_handlers`), of the recorder and of the check itself, whose
+/// unwritten slots hold copies of pointers that earlier calls left there (the last block
+/// allocated, typically). memcheck does not see those, since it never scans words that were not
+/// written; the caller's registers stand for the spilled copies it does see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub sp: u64,
+    /// rbx, rbp, r12, r13, r14, r15.
+    pub regs: [u64; 6],
+}
+
+/// The [`Entry`] of the thread that called `exit`, for the check that the library destructor
+/// makes later on the same thread.
+static EXIT_ENTRY: SpinLock<Option<(u32, Entry)>> = SpinLock::new(None);
+
+/// A front end's `exit` hook: remembers where the program called `exit` (see [`Entry`]).
+pub fn note_exit_entry(entry: Entry) {
+    let tid = crate::threads::gettid();
+    *EXIT_ENTRY.lock() = Some((tid, entry));
+}
+
+fn exit_entry() -> Option<Entry> {
+    let tid = crate::threads::gettid();
+    match *EXIT_ENTRY.lock() {
+        Some((t, e)) if t == tid => Some(e),
+        _ => None,
+    }
+}
+
 /// Writes everything recorded so far and the `End` record; later events are counted as dropped.
 /// Called from the library destructor (`exit`), `_exit` and `abort`.
 pub fn finish(reason: EndReason, status: i32) {
+    finish_from(reason, status, None)
+}
+
+/// [`finish`] from a front end's entry point that knows where the program called it: the check
+/// made on the way out scans this thread's stack from there (see [`Entry`]). Without one, an
+/// `exit` uses the entry its hook noted, if any.
+pub fn finish_from(reason: EndReason, status: i32, entry: Option<Entry>) {
     let _g = Guard::enter();
     if STATE.load(Ordering::Acquire) != READY || !output::owns_dump() {
         return;
@@ -404,7 +444,8 @@ pub fn finish(reason: EndReason, status: i32) {
         _ => None,
     };
     if let (Some(trigger), Some(core)) = (trigger, CORE.get()) {
-        write_leak_check(core, trigger);
+        let entry = entry.or_else(|| (reason == EndReason::Exit).then(exit_entry).flatten());
+        write_leak_check(core, trigger, entry);
     }
     output::finish(reason, status);
 }
@@ -413,11 +454,17 @@ pub fn finish(reason: EndReason, status: i32) {
 /// [`LeakKind`] (in its order), or None when nothing is being recorded (or another check is
 /// under way).
 pub fn leak_check() -> Option<[KindTotal; 4]> {
+    leak_check_from(None)
+}
+
+/// [`leak_check`] from a front end's exported entry point that knows where its caller's frame
+/// is: this thread's stack is scanned from there (see [`Entry`]).
+pub fn leak_check_from(entry: Option<Entry>) -> Option<[KindTotal; 4]> {
     let _g = Guard::enter()?;
     if STATE.load(Ordering::Acquire) != READY || !output::owns_dump() {
         return None;
     }
-    write_leak_check(CORE.get()?, ReachTrigger::Request)
+    write_leak_check(CORE.get()?, ReachTrigger::Request, entry)
 }
 
 /// Where [`start`] was told to write (overrides `ZMTRACE_OUT`).

@@ -75,8 +75,12 @@ static CHECKING: AtomicBool = AtomicBool::new(false);
 pub(crate) static LAST_EXIT_CHECK: SpinLock<Option<Box<Reach>>> = SpinLock::new(None);
 
 /// Runs a check and writes its `Reach` record; returns the blocks and bytes of each class.
-pub(crate) fn write_leak_check(core: &Core, trigger: ReachTrigger) -> Option<[KindTotal; 4]> {
-    let outcome = check(core, trigger)?;
+pub(crate) fn write_leak_check(
+    core: &Core,
+    trigger: ReachTrigger,
+    entry: Option<crate::Entry>,
+) -> Option<[KindTotal; 4]> {
+    let outcome = check(core, trigger, entry)?;
     let r = outcome.reach;
     let raw = zmtrace_format::write::reach_raw(&r.addrs);
     let z = zstd::bulk::compress(&raw, 1).ok()?;
@@ -96,16 +100,27 @@ pub(crate) struct Outcome {
 }
 
 /// Runs a check now. Called under the recorder guard with the recorder ready; returns None when
-/// another check is under way or the memory for it cannot be had.
+/// another check is under way or the memory for it cannot be had. `entry` is where this thread
+/// entered zmtrace (its caller's frame and registers); without one, the stack is scanned from
+/// this function's caller, and the registers are read here.
 #[inline(never)]
-pub(crate) fn check(core: &Core, trigger: ReachTrigger) -> Option<Outcome> {
-    // Our callers' frames (the program's, above this one) are roots; ours below are not.
-    let sp = crate::stack_pointer();
-    let regs = callee_saved();
+pub(crate) fn check(
+    core: &Core,
+    trigger: ReachTrigger,
+    entry: Option<crate::Entry>,
+) -> Option<Outcome> {
+    let here = crate::Entry {
+        sp: crate::stack_pointer(),
+        regs: callee_saved(),
+    };
+    let (sp, regs, at_call) = match entry {
+        Some(e) => (e.sp, e.regs, true),
+        None => (here.sp, here.regs, false),
+    };
     if CHECKING.swap(true, Ordering::AcqRel) {
         return None;
     }
-    let out = check_locked(core, trigger, sp, regs);
+    let out = check_locked(core, trigger, (sp, at_call), regs);
     CHECKING.store(false, Ordering::Release);
     out
 }
@@ -114,7 +129,7 @@ pub(crate) fn check(core: &Core, trigger: ReachTrigger) -> Option<Outcome> {
 fn check_locked(
     core: &Core,
     trigger: ReachTrigger,
-    my_sp: u64,
+    my_sp: (u64, bool),
     my_regs: [u64; 6],
 ) -> Option<Outcome> {
     let started = now_mono();
@@ -187,12 +202,12 @@ type ScanResult = (u64, Buf<(u64, u64, LeakKind)>, u32, u32, u64);
 #[allow(clippy::too_many_arguments)]
 fn scan(
     core: &Core,
-    segments: &Buf<(u64, u64)>,
+    segments: &Buf<roots::Segment>,
     slots: &[Slot],
     unstoppable: &Buf<u32>,
     tls_size: u64,
     me: u32,
-    my_sp: u64,
+    (my_sp, at_call): (u64, bool),
     my_regs: [u64; 6],
 ) -> Option<ScanResult> {
     let seq = SEQ.load(Ordering::Acquire);
@@ -227,6 +242,29 @@ fn scan(
     let (addr_s, size_s) = (addr.as_slice(), size.as_slice());
     let mut g = Graph::new(addr_s, size_s, state.as_mut_slice(), reads);
 
+    // Never roots: the allocator's state in libc's data, the recorder's own heap.
+    let mut excluded: Buf<(u64, u64)> = Buf::new();
+    if let Some(arena) = roots::glibc_main_arena(segments.as_slice(), maps) {
+        excluded.push(arena);
+    }
+    for c in crate::heap::chunks() {
+        excluded.push(c);
+    }
+    excluded.as_mut_slice().sort_unstable();
+    let excluded = excluded.as_slice();
+    let scan_root = |g: &mut Graph, start: u64, end: u64| {
+        let mut p = start;
+        for &(xs, xe) in excluded {
+            if xe <= p || xs >= end {
+                continue;
+            }
+            g.scan_root(p, xs.max(p));
+            p = xe;
+        }
+        if p < end {
+            g.scan_root(p, end);
+        }
+    };
     // Only what is mapped and readable is read.
     let scan_mapped = |g: &mut Graph, start: u64, end: u64| {
         let mut p = start;
@@ -243,13 +281,13 @@ fn scan(
             };
             let e = end.min(m.end);
             if m.readable {
-                g.scan_root(p, e);
+                scan_root(g, p, e);
             }
             p = e;
         }
     };
 
-    for &(s, e) in segments.as_slice() {
+    for &(s, e, _) in segments.as_slice() {
         scan_mapped(&mut g, s, e);
     }
     // Our own stack, from our callers' frames up, and the registers they may still hold.
@@ -260,6 +298,7 @@ fn scan(
         sp: my_sp,
         top: my_top,
         tp: thread_pointer(),
+        at_call,
     }]
     .into_iter()
     .chain(
@@ -271,6 +310,7 @@ fn scan(
                 sp: s.sp.load(Ordering::Relaxed),
                 top: s.top.load(Ordering::Relaxed),
                 tp: s.tp.load(Ordering::Relaxed),
+                at_call: false,
             }),
     );
     for &w in &my_regs {
@@ -284,7 +324,7 @@ fn scan(
         }
     }
     for t in &mut threads {
-        if let Some((lo, hi)) = stack_range(&g, maps, t.sp, t.top) {
+        if let Some((lo, hi)) = stack_range(&g, maps, t.sp, t.top, t.at_call) {
             scan_mapped(&mut g, lo, hi);
             if !(lo..hi).contains(&t.tp) {
                 if let Some((lo, hi)) = tls_range(&g, maps, t.tp, tls_size) {
@@ -312,7 +352,7 @@ fn scan(
                 .map(|m| (m.start, top)),
             _ => syscall_sp(tid, &mut text).and_then(|sp| {
                 let m = mapping_of(maps, sp)?;
-                let (_, hi) = stack_range(&g, maps, sp, 0)?;
+                let (_, hi) = stack_range(&g, maps, sp, 0, false)?;
                 Some((m.start, hi))
             }),
         };

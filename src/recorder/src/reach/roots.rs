@@ -6,17 +6,21 @@ use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::graph::Graph;
-use super::sys::{mapping_of, Buf, MapKind, Mapping};
+use super::sys::{mapping_of, read_own, Buf, MapKind, Mapping};
 use crate::state::Core;
 
 /// Bytes below the stack pointer that a leaf function may use without moving it (x86-64 ABI).
 const RED_ZONE: u64 = 128;
 
+/// One writable segment of a loaded module, and whether the module is glibc's `libc.so` (whose
+/// data holds its allocator's state, see [`glibc_main_arena`]).
+pub(super) type Segment = (u64, u64, bool);
+
 /// The writable `PT_LOAD` segments of the loaded modules, but the recorder's own (unless it is
 /// linked into the program itself).
-fn writable_segments_from_loader(core: &Core, out: &mut Buf<(u64, u64)>) {
+fn writable_segments_from_loader(core: &Core, out: &mut Buf<Segment>) {
     struct Ctx<'a> {
-        out: &'a mut Buf<(u64, u64)>,
+        out: &'a mut Buf<Segment>,
         own: std::ops::Range<u64>,
         first: bool,
         skip_own: bool,
@@ -41,9 +45,16 @@ fn writable_segments_from_loader(core: &Core, out: &mut Buf<(u64, u64)>) {
         } else if holds_own && ctx.skip_own {
             return 0;
         }
+        let name = if info.dlpi_name.is_null() {
+            &[][..]
+        } else {
+            std::ffi::CStr::from_ptr(info.dlpi_name).to_bytes()
+        };
+        let file = name.rsplit(|&c| c == b'/').next().unwrap_or(name);
+        let is_libc = file.starts_with(b"libc.so");
         for p in loads.filter(|p| p.p_flags & libc::PF_W != 0) {
             let s = info.dlpi_addr.wrapping_add(p.p_vaddr);
-            ctx.out.push((s, s.wrapping_add(p.p_memsz)));
+            ctx.out.push((s, s.wrapping_add(p.p_memsz), is_libc));
         }
         0
     }
@@ -62,7 +73,7 @@ fn writable_segments_from_loader(core: &Core, out: &mut Buf<(u64, u64)>) {
 /// the loader's write lock, which glibc does not reset in the child: if another thread of the
 /// parent held it at the fork (a C++ exception being unwound, say), the child's check at `_exit`
 /// would wait for it forever.
-static PREFORK_SEGMENTS: crate::sync::SpinLock<Vec<(u64, u64)>> =
+static PREFORK_SEGMENTS: crate::sync::SpinLock<Vec<Segment>> =
     crate::sync::SpinLock::new(Vec::new());
 static PREFORK_GENERATION: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Set in a forked child (until it loads a module itself, which proves the loader usable).
@@ -86,7 +97,7 @@ pub(crate) fn before_fork(core: &Core) {
 
 /// The writable segments to scan: from the loader, or in a forked child from the snapshot taken
 /// before the fork (unless the child loaded or unloaded modules since).
-pub(super) fn writable_segments(core: &Core, out: &mut Buf<(u64, u64)>) {
+pub(super) fn writable_segments(core: &Core, out: &mut Buf<Segment>) {
     if IN_FORKED_CHILD.load(Ordering::Acquire)
         && PREFORK_GENERATION.load(Ordering::Acquire)
             == crate::modules::MODULES_GENERATION.load(Ordering::Acquire)
@@ -132,6 +143,9 @@ pub(super) struct ThreadRoots {
     /// The stack's top if the recorder knows it, else 0.
     pub(super) top: u64,
     pub(super) tp: u64,
+    /// `sp` is a caller's at a call (an [`Entry`](crate::Entry)): nothing below it is live, not
+    /// even a red zone (a function that calls has none).
+    pub(super) at_call: bool,
 }
 
 /// The callee-saved registers of the checking thread, read on entry: values of its callers that
@@ -155,9 +169,16 @@ pub(super) fn callee_saved() -> [u64; 6] {
 /// A thread's stack from below its stack pointer to its top: the top the recorder knows, else
 /// the end of the mapping holding the stack pointer, but never into a live block (a stack
 /// mapping merged with a neighbouring heap mapping must not make the heap a root).
-pub(super) fn stack_range(g: &Graph, maps: &[Mapping], sp: u64, top: u64) -> Option<(u64, u64)> {
+pub(super) fn stack_range(
+    g: &Graph,
+    maps: &[Mapping],
+    sp: u64,
+    top: u64,
+    at_call: bool,
+) -> Option<(u64, u64)> {
     let m = mapping_of(maps, sp)?;
-    let lo = sp.saturating_sub(RED_ZONE).max(m.start);
+    let red_zone = if at_call { 0 } else { RED_ZONE };
+    let lo = sp.saturating_sub(red_zone).max(m.start);
     // The known top only if the stack pointer is on that stack (not on a signal stack or a
     // coroutine's, where everything between the two would be scanned).
     if top > sp && mapping_of(maps, top - 1).is_some_and(|t| t.start == m.start) {
@@ -193,4 +214,65 @@ pub(super) fn tls_range(g: &Graph, maps: &[Mapping], tp: u64, tls_size: u64) -> 
     }
     let size = if tls_size > 0 { tls_size } else { 4096 };
     Some((tp.saturating_sub(size).max(m.start), (tp + size).min(m.end)))
+}
+
+/// glibc's `main_arena` (its allocator's state for the `brk` heap, in libc's data): not a root.
+///
+/// Its `top`, `last_remainder`, fast-bin and bin pointers name chunk headers, which lie inside
+/// the block before them (the header of the chunk after a block is its last 8 usable bytes): the
+/// block allocated last is pointed into by `top`, and would be "possibly lost" instead of lost.
+/// memcheck never sees these words (its allocator replaces glibc's). The structure is not
+/// exported, so it is found by its shape: an empty bin `i` is a list head pointing to itself,
+/// both of its words holding its own address minus 16, and the arenas form a ring through
+/// `next`, which for the main arena comes back to it. Layout of glibc 2.27 to 2.40 (x86-64):
+/// `mutex, flags, have_fastchunks` (16 bytes), `fastbinsY[10]`, `top`, `last_remainder`,
+/// `bins[254]`, `binmap[4]`, `next`. A libc of another shape is not found: nothing is excluded.
+pub(super) fn glibc_main_arena(segments: &[Segment], maps: &[Mapping]) -> Option<(u64, u64)> {
+    const BINS: u64 = 112;
+    const NEXT: u64 = BINS + 254 * 8 + 16;
+    const SIZE: u64 = NEXT + 8 * 5;
+    let read = |a: u64| -> Option<u64> {
+        let m = mapping_of(maps, a)?;
+        if !m.readable || a % 8 != 0 || a + 8 > m.end {
+            return None;
+        }
+        let mut w = [0u64; 1];
+        (read_own(a, &mut w, 8) == 8).then_some(w[0])
+    };
+    let is_arena = |base: u64| -> bool {
+        let mut a = base;
+        for _ in 0..256 {
+            match read(a + NEXT) {
+                Some(n) if n == base => return true,
+                Some(n) if n != 0 => a = n,
+                _ => return false,
+            }
+        }
+        false
+    };
+    for &(start, end, is_libc) in segments {
+        if !is_libc {
+            continue;
+        }
+        let mut w = (start + 7) & !7;
+        while w + 16 <= end {
+            let empty_bin = read(w) == Some(w.wrapping_sub(16)) && read(w + 8) == Some(w - 16);
+            if empty_bin {
+                // `w` is &bins[2j] for some bin j: try each.
+                for j in 0..127u64 {
+                    let Some(base) = w.checked_sub(16 * j + BINS) else {
+                        break;
+                    };
+                    if base < start {
+                        break;
+                    }
+                    if base + SIZE <= end && is_arena(base) {
+                        return Some((base, base + SIZE));
+                    }
+                }
+            }
+            w += 8;
+        }
+    }
+    None
 }
