@@ -101,7 +101,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
             return p;
         }
     }
-    let p = (n.malloc)(size);
+    let p = real::allocator_call(|| (n.malloc)(size));
     rec::on_alloc(AllocKind::Malloc, p.cast(), size);
     p
 }
@@ -124,7 +124,7 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
             }
         }
     }
-    let p = (n.calloc)(count, size);
+    let p = real::allocator_call(|| (n.calloc)(count, size));
     rec::on_alloc(AllocKind::Calloc, p.cast(), count.saturating_mul(size));
     p
 }
@@ -165,12 +165,12 @@ unsafe fn do_realloc(old: *mut c_void, size: usize, kind: AllocKind) -> *mut c_v
                 return p;
             }
         }
-        let p = (n.realloc)(old, size);
+        let p = real::allocator_call(|| (n.realloc)(old, size));
         rec::on_alloc(kind, p.cast(), size);
         return p;
     }
     let tok = rec::realloc_begin(old.cast());
-    let p = (n.realloc)(old, size);
+    let p = real::allocator_call(|| (n.realloc)(old, size));
     rec::realloc_end(tok, kind, p.cast(), size);
     p
 }
@@ -197,7 +197,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     }
     let Some(n) = ready() else { return };
     rec::on_free(p.cast());
-    (n.free)(p);
+    real::allocator_call(|| (n.free)(p));
 }
 
 #[no_mangle]
@@ -209,7 +209,7 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
         return rec::heap::c_size(p.cast());
     }
     match ready() {
-        Some(n) if !p.is_null() => (n.usable_size)(p),
+        Some(n) if !p.is_null() => real::allocator_call(|| (n.usable_size)(p)),
         _ => 0,
     }
 }
@@ -224,7 +224,7 @@ unsafe fn aligned(kind: AllocKind, align: usize, size: usize) -> *mut c_void {
             return p;
         }
     }
-    let p = (n.memalign)(align, size);
+    let p = real::allocator_call(|| (n.memalign)(align, size));
     rec::on_alloc(kind, p.cast(), size);
     p
 }
@@ -245,7 +245,7 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
             return p;
         }
     }
-    let p = (n.aligned_alloc)(align, size);
+    let p = real::allocator_call(|| (n.aligned_alloc)(align, size));
     rec::on_alloc(AllocKind::AlignedAlloc, p.cast(), size);
     p
 }
@@ -277,10 +277,100 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
             return 0;
         }
     }
-    let rc = (n.posix_memalign)(out, align, size);
+    let rc = real::allocator_call(|| (n.posix_memalign)(out, align, size));
     let p = if rc == 0 { *out } else { std::ptr::null_mut() };
     rec::on_alloc(AllocKind::PosixMemalign, p.cast(), size);
     rc
+}
+
+// ---- the program's own mappings: roots of the leak check ----------------------------------------
+
+/// `mmap` itself: the raw system call (what glibc's does on x86-64). Not the next `mmap` found
+/// by `dlsym`: a call may come from inside the allocator while it is being looked up.
+unsafe fn sys_mmap(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
+    libc::syscall(
+        libc::SYS_mmap,
+        addr,
+        len,
+        prot as libc::c_long,
+        flags as libc::c_long,
+        fd as libc::c_long,
+        off,
+    ) as *mut c_void
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
+    let p = sys_mmap(addr, len, prot, flags, fd, off);
+    if p != libc::MAP_FAILED {
+        rec::on_mmap(p.cast(), len, real::in_allocator());
+    }
+    p
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
+    mmap(addr, len, prot, flags, fd, off)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
+    let rc = libc::syscall(libc::SYS_munmap, addr, len) as c_int;
+    if rc == 0 {
+        rec::on_munmap(addr.cast(), len);
+    }
+    rc
+}
+
+/// `void *mremap(void *old, size_t old_len, size_t new_len, int flags, ... /* void *new */)`:
+/// the variadic fifth argument is read as a plain one (x86-64 passes both in the same register),
+/// and only with `MREMAP_FIXED`, as the kernel does.
+#[no_mangle]
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_len: usize,
+    new_len: usize,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
+    let fixed = if flags & libc::MREMAP_FIXED != 0 {
+        new_addr
+    } else {
+        std::ptr::null_mut()
+    };
+    let p = libc::syscall(
+        libc::SYS_mremap,
+        old,
+        old_len,
+        new_len,
+        flags as libc::c_long,
+        fixed,
+    ) as *mut c_void;
+    if p != libc::MAP_FAILED {
+        rec::on_mremap(old.cast(), old_len, p.cast(), new_len, real::in_allocator());
+    }
+    p
 }
 
 // ---- process events: exit, abort, exec, dlopen ------------------------------------------------

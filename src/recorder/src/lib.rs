@@ -381,6 +381,36 @@ pub unsafe fn record_realloc(
     emit(t, &ev);
 }
 
+/// The program mapped memory (`mmap`, `mmap64`) at `addr`: a root of the leak check unless
+/// `allocator` says that the allocator made the call (from inside the front end's allocator
+/// hook). See `reach::regions`. Safe to call before the recorder is ready.
+pub fn on_mmap(addr: *mut u8, len: usize, allocator: bool) {
+    reach::regions::mapped(addr as u64, len as u64, allocator);
+}
+
+/// The program unmapped memory (`munmap`).
+pub fn on_munmap(addr: *mut u8, len: usize) {
+    reach::regions::unmapped(addr as u64, len as u64);
+}
+
+/// The program moved or resized a mapping (`mremap`) from `old` to `new`.
+pub fn on_mremap(old: *mut u8, old_len: usize, new: *mut u8, new_len: usize, allocator: bool) {
+    reach::regions::remapped(
+        old as u64,
+        old_len as u64,
+        new as u64,
+        new_len as u64,
+        allocator,
+    );
+}
+
+/// Notes the writable anonymous mappings that exist now, before the recorder's first event (the
+/// loader's early memory): roots of the leak check. A front end that sees the program's mappings
+/// calls it once, as early as it can (its first allocator call, before the real allocator).
+pub fn mappings_at_start() {
+    reach::regions::at_start();
+}
+
 /// Tells the recorder that modules were loaded or unloaded (`dlopen`, `dlclose`).
 pub fn modules_changed() {
     let Some(_g) = Guard::enter() else { return };

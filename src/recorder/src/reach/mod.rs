@@ -42,6 +42,7 @@
 //! cliques). This file runs them in order (`check`) and writes the `Reach` record.
 
 mod graph;
+pub(crate) mod regions;
 mod roots;
 mod stop;
 mod sys;
@@ -250,6 +251,11 @@ fn scan(
     for c in crate::heap::chunks() {
         excluded.push(c);
     }
+    for &(s, e, kind) in segments.as_slice() {
+        if kind == roots::OWN {
+            excluded.push((s, e));
+        }
+    }
     excluded.as_mut_slice().sort_unstable();
     let excluded = excluded.as_slice();
     let scan_root = |g: &mut Graph, start: u64, end: u64| {
@@ -287,8 +293,38 @@ fn scan(
         }
     };
 
-    for &(s, e, _) in segments.as_slice() {
-        scan_mapped(&mut g, s, e);
+    for &(s, e, kind) in segments.as_slice() {
+        if kind != roots::OWN {
+            scan_mapped(&mut g, s, e);
+        }
+    }
+    // The program's own mappings (see `regions`): what of them is still mapped readable and
+    // writable, but a mapping that holds a block, which is an allocator's heap.
+    let mut program = Buf::new();
+    regions::snapshot(&mut program);
+    for &(s, e) in program.as_slice() {
+        let mut p = s;
+        while p < e {
+            let Some(m) = mapping_of(maps, p) else {
+                let next = maps.partition_point(|m| m.start <= p);
+                match maps.get(next) {
+                    Some(m) if m.start < e => {
+                        p = m.start;
+                        continue;
+                    }
+                    _ => break,
+                }
+            };
+            let end = e.min(m.end);
+            // (Within the region only: the kernel merges an allocator's mapping that happens to
+            // be next to it into the same line of the memory map.)
+            let first = addr_s.partition_point(|&a| a < p);
+            let holds_block = addr_s.get(first).is_some_and(|&a| a < end);
+            if m.readable && m.writable && !m.device && !holds_block {
+                scan_root(&mut g, p, end);
+            }
+            p = end;
+        }
     }
     // Our own stack, from our callers' frames up, and the registers they may still hold.
     let my_top = CURRENT.with(|c| c.get());

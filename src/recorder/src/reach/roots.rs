@@ -12,9 +12,15 @@ use crate::state::Core;
 /// Bytes below the stack pointer that a leaf function may use without moving it (x86-64 ABI).
 const RED_ZONE: u64 = 128;
 
-/// One writable segment of a loaded module, and whether the module is glibc's `libc.so` (whose
-/// data holds its allocator's state, see [`glibc_main_arena`]).
-pub(super) type Segment = (u64, u64, bool);
+/// One writable segment of a loaded module, and what module it is: [`PLAIN`], [`LIBC`] or
+/// [`OWN`].
+pub(super) type Segment = (u64, u64, u8);
+pub(super) const PLAIN: u8 = 0;
+/// glibc's `libc.so`, whose data holds its allocator's state (see [`glibc_main_arena`]).
+pub(super) const LIBC: u8 = 1;
+/// The recorder's own module (not linked into the program): never a root, whatever else says
+/// so (the mappings there at start, say, which include its `.bss`).
+pub(super) const OWN: u8 = 2;
 
 /// The writable `PT_LOAD` segments of the loaded modules, but the recorder's own (unless it is
 /// linked into the program itself).
@@ -23,6 +29,7 @@ fn writable_segments_from_loader(core: &Core, out: &mut Buf<Segment>) {
         out: &'a mut Buf<Segment>,
         own: std::ops::Range<u64>,
         first: bool,
+        first_done: bool,
         skip_own: bool,
     }
     unsafe extern "C" fn cb(
@@ -41,20 +48,29 @@ fn writable_segments_from_loader(core: &Core, out: &mut Buf<Segment>) {
         if ctx.first {
             // The program itself: if the recorder is linked into it, its data is the program's.
             ctx.first = false;
+            ctx.first_done = true;
             ctx.skip_own = !holds_own;
-        } else if holds_own && ctx.skip_own {
-            return 0;
         }
+        let own = holds_own && ctx.skip_own && !ctx.first_done;
+        ctx.first_done = false;
         let name = if info.dlpi_name.is_null() {
             &[][..]
         } else {
             std::ffi::CStr::from_ptr(info.dlpi_name).to_bytes()
         };
         let file = name.rsplit(|&c| c == b'/').next().unwrap_or(name);
-        let is_libc = file.starts_with(b"libc.so");
+        let kind = if own {
+            OWN
+        } else if file.starts_with(b"libc.so") {
+            LIBC
+        } else {
+            PLAIN
+        };
         for p in loads.filter(|p| p.p_flags & libc::PF_W != 0) {
             let s = info.dlpi_addr.wrapping_add(p.p_vaddr);
-            ctx.out.push((s, s.wrapping_add(p.p_memsz), is_libc));
+            // The whole page span: the anonymous rest of `.bss` is the module's too.
+            let e = s.wrapping_add(p.p_memsz).next_multiple_of(4096);
+            ctx.out.push((s, e, kind));
         }
         0
     }
@@ -62,6 +78,7 @@ fn writable_segments_from_loader(core: &Core, out: &mut Buf<Segment>) {
         out,
         own: core.own.clone(),
         first: true,
+        first_done: false,
         skip_own: true,
     };
     // SAFETY: the callback only reads the program headers the loader hands it.
@@ -250,8 +267,8 @@ pub(super) fn glibc_main_arena(segments: &[Segment], maps: &[Mapping]) -> Option
         }
         false
     };
-    for &(start, end, is_libc) in segments {
-        if !is_libc {
+    for &(start, end, kind) in segments {
+        if kind != LIBC {
             continue;
         }
         let mut w = (start + 7) & !7;

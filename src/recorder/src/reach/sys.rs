@@ -14,7 +14,7 @@ pub(crate) struct Buf<T> {
 }
 
 impl<T> Buf<T> {
-    pub(crate) fn new() -> Buf<T> {
+    pub(crate) const fn new() -> Buf<T> {
         Buf {
             ptr: std::ptr::null_mut(),
             len: 0,
@@ -60,6 +60,12 @@ impl<T> Buf<T> {
         unsafe { self.ptr.add(self.len).write(v) };
         self.len += 1;
         true
+    }
+
+    /// Sets the length within the capacity (the elements up to it must be written).
+    pub(super) fn set_len(&mut self, len: usize) {
+        assert!(len <= self.cap || (len == 0 && self.cap == 0));
+        self.len = len;
     }
 
     pub(super) fn pop(&mut self) -> Option<T> {
@@ -113,7 +119,7 @@ impl<T> Drop for Buf<T> {
 }
 
 /// Reads a whole (small) file into `out`.
-fn read_file(path: &CStr, out: &mut Buf<u8>) -> bool {
+pub(super) fn read_file(path: &CStr, out: &mut Buf<u8>) -> bool {
     out.len = 0;
     // SAFETY: plain syscalls into memory we own.
     unsafe {
@@ -199,6 +205,12 @@ pub(super) struct Mapping {
     pub(super) start: u64,
     pub(super) end: u64,
     pub(super) readable: bool,
+    pub(super) writable: bool,
+    pub(super) executable: bool,
+    /// Backed by a file (an inode), not anonymous memory.
+    pub(super) file: bool,
+    /// A character or block device is mapped: never read (`/dev/zero` is not one of them).
+    pub(super) device: bool,
     pub(super) kind: MapKind,
 }
 
@@ -221,16 +233,31 @@ pub(super) fn read_maps(text: &mut Buf<u8>, maps: &mut Buf<Mapping>) -> bool {
             continue;
         };
         // offset, device, inode, then the name (if any)
-        let name = fields.nth(3).unwrap_or(b"");
+        let _offset = fields.next();
+        let dev = fields.next().unwrap_or(b"00:00");
+        let inode = fields.next().unwrap_or(b"0");
+        let name = fields.next().unwrap_or(b"");
         let kind = match name {
             b"[heap]" => MapKind::Heap,
             b"[stack]" => MapKind::Stack,
             _ => MapKind::Other,
         };
+        let file = inode != b"0";
+        // Device files live on devtmpfs (major 0, like every pseudo file system): a mapping of
+        // one is named under /dev/ but is no regular file of /dev/shm.
+        let device = file
+            && name.starts_with(b"/dev/")
+            && !name.starts_with(b"/dev/shm/")
+            && name != b"/dev/zero"
+            && dev.starts_with(b"00:");
         maps.push(Mapping {
             start,
             end,
             readable: perms.first() == Some(&b'r'),
+            writable: perms.get(1) == Some(&b'w'),
+            executable: perms.get(2) == Some(&b'x'),
+            file,
+            device,
             kind,
         });
     }
