@@ -14,8 +14,13 @@ pub(super) const UNREACHED: u8 = 0;
 const INDIRECT: u8 = 1;
 const POSSIBLE: u8 = 2;
 const REACHABLE: u8 = 3;
+/// The class bits of a block's state.
+const CLASS: u8 = 0x03;
 /// Set while a block is on the worklist.
 const PENDING: u8 = 0x80;
+/// Set on a block that is not wholly in readable memory (a guard page inside it): it is read
+/// with `process_vm_readv`, which skips what cannot be read instead of faulting.
+const UNREADABLE: u8 = 0x40;
 /// One address in this many goes into [`Graph::sparse`].
 const SPARSE: usize = 16;
 
@@ -113,15 +118,15 @@ impl<'a> Graph<'a> {
     #[inline]
     pub(super) fn reach_word(&mut self, v: u64, definite: bool) {
         let Some(i) = self.find(v) else { return };
-        let st = self.state[i] & !PENDING;
+        let st = self.state[i] & CLASS;
         if st == REACHABLE {
             return;
         }
         if v == self.addr[i] && definite {
-            self.state[i] = (self.state[i] & PENDING) | REACHABLE;
+            self.state[i] = (self.state[i] & !CLASS) | REACHABLE;
             self.push(i);
         } else if st == UNREACHED {
-            self.state[i] = (self.state[i] & PENDING) | POSSIBLE;
+            self.state[i] = (self.state[i] & !CLASS) | POSSIBLE;
             self.push(i);
         }
     }
@@ -130,8 +135,8 @@ impl<'a> Graph<'a> {
     #[inline]
     fn clique_word(&mut self, v: u64, leader: usize) {
         let Some(i) = self.find(v) else { return };
-        if self.state[i] & !PENDING == UNREACHED && i != leader {
-            self.state[i] = (self.state[i] & PENDING) | INDIRECT;
+        if self.state[i] & CLASS == UNREACHED && i != leader {
+            self.state[i] = (self.state[i] & !CLASS) | INDIRECT;
             self.push(i);
         }
     }
@@ -182,6 +187,9 @@ impl<'a> Graph<'a> {
     }
 
     fn block_reads(&self, i: usize) -> Reads {
+        if self.state[i] & UNREADABLE != 0 {
+            return Reads::Careful;
+        }
         if self.reads == Reads::Careful && self.size[i] >= LARGE_BLOCK {
             Reads::Careful
         } else {
@@ -192,7 +200,7 @@ impl<'a> Graph<'a> {
     /// Marks everything reachable from the roots pushed so far.
     pub(super) fn mark(&mut self) {
         while let Some(i) = self.pop() {
-            let definite = self.state[i] & !PENDING != POSSIBLE;
+            let definite = self.state[i] & CLASS != POSSIBLE;
             let (a, s) = (self.addr[i], self.size[i]);
             let reads = self.block_reads(i);
             Self::words(reads, a, a + s, |w| self.reach_word(w, definite));
@@ -202,7 +210,7 @@ impl<'a> Graph<'a> {
     /// Sorts the blocks not reached into cliques: memcheck's second pass.
     pub(super) fn cliques(&mut self) {
         for leader in 0..self.addr.len() {
-            if self.state[leader] != UNREACHED {
+            if self.state[leader] & (CLASS | PENDING) != UNREACHED {
                 continue;
             }
             self.push(leader);
@@ -214,8 +222,24 @@ impl<'a> Graph<'a> {
         }
     }
 
+    /// Marks the blocks that are not wholly in readable memory (`readable(start, end)` says
+    /// whether a range is): they are read without faulting, and counted. Returns their number
+    /// and bytes.
+    pub(super) fn mark_unreadable(&mut self, readable: impl Fn(u64, u64) -> bool) -> (u64, u64) {
+        let (mut n, mut bytes) = (0, 0);
+        for i in 0..self.addr.len() {
+            let (a, s) = (self.addr[i], self.size[i]);
+            if s > 0 && !readable(a, a + s) {
+                self.state[i] |= UNREADABLE;
+                n += 1;
+                bytes += s;
+            }
+        }
+        (n, bytes)
+    }
+
     pub(super) fn kind(&self, i: usize) -> LeakKind {
-        match self.state[i] & !PENDING {
+        match self.state[i] & CLASS {
             REACHABLE => LeakKind::Reachable,
             POSSIBLE => LeakKind::Possible,
             INDIRECT => LeakKind::Indirect,

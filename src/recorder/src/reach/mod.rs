@@ -83,7 +83,7 @@ pub(crate) fn write_leak_check(
 ) -> Option<[KindTotal; 4]> {
     let outcome = check(core, trigger, entry)?;
     let r = outcome.reach;
-    let raw = zmtrace_format::write::reach_raw(&r.addrs);
+    let raw = zmtrace_format::write::reach_raw(&r);
     let z = zstd::bulk::compress(&raw, 1).ok()?;
     let mut buf = Vec::new();
     zmtrace_format::write::reach(&mut buf, &r, raw.len(), &z);
@@ -178,13 +178,15 @@ fn check_locked(
     );
     resume_threads(slots);
     // ---- threads running again ----
-    let (seq, blocks, stopped, unstopped, root_bytes) = result?;
+    let (seq, blocks, stopped, unstopped, root_bytes, unreadable) = result?;
     let mut reach = Reach {
         trigger,
         seq,
         threads_stopped: stopped,
         threads_unstopped: unstopped,
         root_bytes,
+        unreadable_blocks: unreadable.0,
+        unreadable_bytes: unreadable.1,
         ..Reach::default()
     };
     for &(addr, size, kind) in blocks.as_slice() {
@@ -197,7 +199,7 @@ fn check_locked(
     Some(Outcome { reach })
 }
 
-type ScanResult = (u64, Buf<(u64, u64, LeakKind)>, u32, u32, u64);
+type ScanResult = (u64, Buf<(u64, u64, LeakKind)>, u32, u32, u64, (u64, u64));
 
 /// The part of the check made while the threads are stopped.
 #[allow(clippy::too_many_arguments)]
@@ -242,6 +244,18 @@ fn scan(
     };
     let (addr_s, size_s) = (addr.as_slice(), size.as_slice());
     let mut g = Graph::new(addr_s, size_s, state.as_mut_slice(), reads);
+    // A block with a page it cannot read (a guard page of a fiber stack or a JIT buffer, made
+    // with mprotect) is read without faulting, and counted.
+    let unreadable = g.mark_unreadable(|start, end| {
+        let mut p = start;
+        while p < end {
+            match mapping_of(maps, p) {
+                Some(m) if m.readable => p = m.end,
+                _ => return false,
+            }
+        }
+        true
+    });
 
     // Never roots: the allocator's state in libc's data, the recorder's own heap.
     let mut excluded: Buf<(u64, u64)> = Buf::new();
@@ -298,6 +312,34 @@ fn scan(
             scan_mapped(&mut g, s, e);
         }
     }
+    // Our own stack, from our callers' frames up, and the registers they may still hold.
+    let my_top = CURRENT.with(|c| c.get());
+    // SAFETY: thread states are never freed.
+    let my_top = unsafe { my_top.as_ref() }.map_or(0, |s| s.stack_top());
+    let threads = [ThreadRoots {
+        sp: my_sp,
+        top: my_top,
+        tp: thread_pointer(),
+        at_call,
+    }]
+    .into_iter()
+    .chain(
+        slots
+            .iter()
+            .zip(parked)
+            .filter(|(_, &p)| p)
+            .map(|(s, _)| ThreadRoots {
+                sp: s.sp.load(Ordering::Relaxed),
+                top: s.top.load(Ordering::Relaxed),
+                tp: s.tp.load(Ordering::Relaxed),
+                at_call: false,
+            }),
+    );
+    let mut all: Buf<ThreadRoots> = Buf::new();
+    for t in threads {
+        all.push(t);
+    }
+    let threads = all.as_slice();
     // The program's own mappings (see `regions`): what of them is still mapped readable and
     // writable, but a mapping that holds a block, which is an allocator's heap.
     let mut program = Buf::new();
@@ -321,34 +363,22 @@ fn scan(
             let first = addr_s.partition_point(|&a| a < p);
             let holds_block = addr_s.get(first).is_some_and(|&a| a < end);
             if m.readable && m.writable && !m.device && !holds_block {
-                scan_root(&mut g, p, end);
+                // A stack in use there (a signal stack, a coroutine's): from its stack pointer
+                // up, as for any stack; below lie dead frames (the recorder's among them).
+                let from = threads
+                    .iter()
+                    .filter(|t| (p..end).contains(&t.sp))
+                    .map(|t| {
+                        t.sp.saturating_sub(if t.at_call { 0 } else { roots::RED_ZONE })
+                    })
+                    .max()
+                    .unwrap_or(p)
+                    .max(p);
+                scan_root(&mut g, from, end);
             }
             p = end;
         }
     }
-    // Our own stack, from our callers' frames up, and the registers they may still hold.
-    let my_top = CURRENT.with(|c| c.get());
-    // SAFETY: thread states are never freed.
-    let my_top = unsafe { my_top.as_ref() }.map_or(0, |s| s.stack_top());
-    let mut threads = [ThreadRoots {
-        sp: my_sp,
-        top: my_top,
-        tp: thread_pointer(),
-        at_call,
-    }]
-    .into_iter()
-    .chain(
-        slots
-            .iter()
-            .zip(parked)
-            .filter(|(_, &p)| p)
-            .map(|(s, _)| ThreadRoots {
-                sp: s.sp.load(Ordering::Relaxed),
-                top: s.top.load(Ordering::Relaxed),
-                tp: s.tp.load(Ordering::Relaxed),
-                at_call: false,
-            }),
-    );
     for &w in &my_regs {
         g.reach_word(w, true);
     }
@@ -359,7 +389,11 @@ fn scan(
             }
         }
     }
-    for t in &mut threads {
+    for t in threads {
+        if let Some((lo, hi)) = roots::interrupted_stack(maps, t) {
+            // On a signal stack: the stack it was interrupted on, from where it was.
+            scan_mapped(&mut g, lo, hi);
+        }
         if let Some((lo, hi)) = stack_range(&g, maps, t.sp, t.top, t.at_call) {
             scan_mapped(&mut g, lo, hi);
             if !(lo..hi).contains(&t.tp) {
@@ -407,7 +441,7 @@ fn scan(
     for i in 0..n {
         out.push((addr_s[i], size_s[i], g.kind(i)));
     }
-    Some((seq, out, stopped, unstopped, root_bytes))
+    Some((seq, out, stopped, unstopped, root_bytes, unreadable))
 }
 
 /// The live set as (address, requested size), sorted by address. Shard locks are only tried:

@@ -10,7 +10,7 @@ use super::sys::{mapping_of, read_own, Buf, MapKind, Mapping};
 use crate::state::Core;
 
 /// Bytes below the stack pointer that a leaf function may use without moving it (x86-64 ABI).
-const RED_ZONE: u64 = 128;
+pub(super) const RED_ZONE: u64 = 128;
 
 /// One writable segment of a loaded module, and what module it is: [`PLAIN`], [`LIBC`] or
 /// [`OWN`].
@@ -215,6 +215,50 @@ pub(super) fn stack_range(
         }
     }
     Some((lo, hi))
+}
+
+/// A thread running on a signal stack (its stack pointer is not on the stack the recorder knows
+/// for it): the part of its own stack that is live, from the stack pointer it was interrupted
+/// at up. That stack pointer is in the kernel's signal frame, above the handler's frames on the
+/// signal stack: its `ucontext_t` names the signal stack (`uc_stack`: base, flags, size, which
+/// hold the thread's stack pointer) and holds the interrupted registers (`uc_mcontext`).
+/// None when the thread is on its own stack, or the frame is not found (a coroutine's stack:
+/// then its own stack is not scanned, as before).
+pub(super) fn interrupted_stack(maps: &[Mapping], t: &ThreadRoots) -> Option<(u64, u64)> {
+    if t.top == 0 {
+        return None;
+    }
+    let own = mapping_of(maps, t.top - 1)?;
+    let here = mapping_of(maps, t.sp)?;
+    if own.start == here.start || !here.readable {
+        return None;
+    }
+    // ucontext_t (x86-64): uc_flags, uc_link, uc_stack { ss_sp, ss_flags (+4), ss_size },
+    // uc_mcontext.gregs[23] (REG_RSP is 15).
+    const STACK: u64 = 16;
+    const RSP: u64 = 40 + 15 * 8;
+    let read = |a: u64| -> Option<u64> {
+        if a < here.start || a + 8 > here.end {
+            return None;
+        }
+        let mut w = [0u64; 1];
+        (read_own(a, &mut w, 8) == 8).then_some(w[0])
+    };
+    let mut x = t.sp & !7;
+    while x + RSP + 8 <= here.end {
+        let (Some(ss_sp), Some(ss_size)) = (read(x + STACK), read(x + STACK + 16)) else {
+            break;
+        };
+        let holds_sp = ss_sp <= t.sp && t.sp < ss_sp.wrapping_add(ss_size);
+        if holds_sp && ss_size >= 2048 && ss_sp.wrapping_add(ss_size) <= here.end {
+            let rsp = read(x + RSP)?;
+            if own.start <= rsp && rsp < t.top {
+                return Some((rsp.saturating_sub(RED_ZONE).max(own.start), t.top));
+            }
+        }
+        x += 8;
+    }
+    None
 }
 
 /// The static TLS of a thread whose thread pointer is outside its stack (the main thread): the
