@@ -52,6 +52,18 @@ enum Cmd {
             default_missing_value = "lost"
         )]
         fail_on_leak: Option<String>,
+        /// Do not run glibc's and libstdc++'s freeres at exit before the leak check (memcheck's
+        /// --run-libc-freeres=no --run-cxx-freeres=no): their one-time blocks stay live.
+        #[arg(long = "no-freeres")]
+        no_freeres: bool,
+        /// memcheck's heuristics for interior pointers, in its syntax: `all` (the default, as in
+        /// memcheck), `none`, or some of stdstring,length64,newarray,multipleinheritance.
+        #[arg(
+            long = "leak-check-heuristics",
+            value_name = "SET",
+            default_value = "all"
+        )]
+        heuristics: String,
         #[command(flatten)]
         supp: Supp,
         /// The program to run and its arguments (after `--`).
@@ -259,6 +271,8 @@ fn main() {
             out,
             aggregate,
             fail_on_leak,
+            no_freeres,
+            heuristics,
             supp,
             command,
         } => (|| {
@@ -266,6 +280,7 @@ fn main() {
                 None => None,
                 Some(level) => Some(gate::LeakLevel::parse(level).map_err(Failure::bad_input)?),
             };
+            run::check_heuristics(&heuristics).map_err(Failure::bad_input)?;
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
             run::run(&run::RunOptions {
@@ -274,6 +289,8 @@ fn main() {
                 args: it.collect(),
                 aggregate,
                 gate,
+                freeres: !no_freeres,
+                heuristics,
                 suppressions: supp.load()?,
             })
         })(),

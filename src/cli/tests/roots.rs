@@ -275,3 +275,134 @@ fn the_memcheck_totals_of_the_repeated_cases_are_the_same() {
         );
     }
 }
+
+/// memcheck's LEAK SUMMARY with `--leak-check-heuristics=SET`.
+fn memcheck_with(program: &Path, set: &str) -> BTreeMap<String, (u64, u64)> {
+    let out = Command::new("valgrind")
+        .args(["--leak-check=full", "--error-exitcode=0"])
+        .arg(format!("--leak-check-heuristics={set}"))
+        .arg(program)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run valgrind (apt-get install valgrind)");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let mut found = BTreeMap::new();
+    for (label, kind) in [
+        ("definitely lost:", "definite"),
+        ("indirectly lost:", "indirect"),
+        ("possibly lost:", "possible"),
+        ("still reachable:", "reachable"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(label))
+            .unwrap_or_else(|| panic!("no `{label}` in valgrind's output:\n{text}"));
+        let nums: Vec<u64> = line[line.find(label).unwrap() + label.len()..]
+            .split_whitespace()
+            .filter_map(|w| w.replace(',', "").parse().ok())
+            .collect();
+        found.insert(kind.to_string(), (nums[1], nums[0]));
+    }
+    found
+}
+
+#[test]
+fn memchecks_heuristics_on_and_off_give_memchecks_classes() {
+    let program = sample("heuristics");
+    let sites = [
+        ("zs_stdstring()", 125),
+        ("zs_length64()", 108),
+        ("zs_newarray()", 48),
+        ("zs_multiple_inheritance()", 24),
+    ];
+    // The set, and the sites it makes reachable (the others are possibly lost).
+    let cases: [(&str, &[&str]); 6] = [
+        (
+            "all",
+            &[
+                "zs_stdstring()",
+                "zs_length64()",
+                "zs_newarray()",
+                "zs_multiple_inheritance()",
+            ],
+        ),
+        ("none", &[]),
+        ("stdstring", &["zs_stdstring()"]),
+        ("length64", &["zs_length64()"]),
+        // A 64-bit length before the data is also a count that divides the rest.
+        ("newarray", &["zs_length64()", "zs_newarray()"]),
+        ("multipleinheritance", &["zs_multiple_inheritance()"]),
+    ];
+    for (set, reachable) in cases {
+        let opt = format!("--leak-check-heuristics={set}");
+        let run = run_traced_opts(&program, &[], &[&opt], &[]);
+        assert_eq!(run.code, Some(0), "{}", run.describe());
+        let l = leaks_json(&run.only_dump().path);
+        let want: Classes = sites
+            .iter()
+            .map(|&(s, b)| {
+                let k = if reachable.contains(&s) {
+                    "reachable"
+                } else {
+                    "possible"
+                };
+                ((s.to_string(), k.to_string()), (1, b))
+            })
+            .collect();
+        assert_eq!(classes(&l), want, "{set}\n{l:#}");
+        assert_eq!(
+            totals(&l),
+            memcheck_with(&program, set),
+            "{set}: zmtrace (left) vs memcheck (right)"
+        );
+    }
+    // Without the option: memcheck's default, all of them.
+    let run = run_traced(&program, &[]);
+    let l = leaks_json(&run.only_dump().path);
+    assert_eq!(totals(&l)["reachable"], (4, 125 + 108 + 48 + 24), "{l:#}");
+    let f = run_zmtrace(&[
+        "run",
+        "--leak-check-heuristics=stdstring,bogus",
+        "--",
+        "true",
+    ]);
+    assert_eq!(f.code, Some(2), "{}", f.stderr);
+    assert_eq!(
+        f.stderr.trim(),
+        "zmtrace: error: unknown leak check heuristic `bogus`: expected all, none, or some of \
+         stdstring,length64,newarray,multipleinheritance"
+    );
+}
+
+#[test]
+fn freeres_at_exit_frees_what_libstdcxx_keeps_as_memcheck_does_and_can_be_turned_off() {
+    let program = sample("heuristics");
+    let sample_only = (4, 125 + 108 + 48 + 24);
+    let run = run_traced(&program, &[]);
+    let l = leaks_json(&run.only_dump().path);
+    assert_eq!(totals(&l)["reachable"], sample_only, "{l:#}");
+    // Without: libstdc++'s emergency exception pool (72,704 B) is still reachable, in both.
+    let run = run_traced_opts(&program, &[], &["--no-freeres"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let l = leaks_json(&run.only_dump().path);
+    assert_eq!(
+        totals(&l)["reachable"],
+        (sample_only.0 + 1, sample_only.1 + 72_704),
+        "{l:#}"
+    );
+    let out = Command::new("valgrind")
+        .args([
+            "--leak-check=full",
+            "--run-libc-freeres=no",
+            "--run-cxx-freeres=no",
+        ])
+        .arg(&program)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run valgrind");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("still reachable: 73,009 bytes in 5 blocks"),
+        "{text}"
+    );
+}

@@ -249,6 +249,8 @@ impl ExecEnv {
             "ZMTRACE_OUT",
             "ZMTRACE_SESSION",
             "ZMTRACE_UNWIND",
+            "ZMTRACE_FREERES",
+            "ZMTRACE_HEURISTICS",
         ] {
             if !has(&given, key) {
                 if let Some(v) = std::env::var_os(key) {

@@ -464,6 +464,10 @@ pub fn finish(reason: EndReason, status: i32) {
 /// made on the way out scans this thread's stack from there (see [`Entry`]). Without one, an
 /// `exit` uses the entry its hook noted, if any.
 pub fn finish_from(reason: EndReason, status: i32, entry: Option<Entry>) {
+    if reason == EndReason::Exit {
+        // Outside the guard: its frees are the program's, recorded as any.
+        freeres();
+    }
     let _g = Guard::enter();
     if STATE.load(Ordering::Acquire) != READY || !output::owns_dump() {
         return;
@@ -478,6 +482,42 @@ pub fn finish_from(reason: EndReason, status: i32, entry: Option<Entry>) {
         write_leak_check(core, trigger, entry);
     }
     output::finish(reason, status);
+}
+
+/// glibc's and libstdc++'s `freeres` at `exit`, before the check, as memcheck runs them: they
+/// free what those libraries keep until the end (stdio buffers, locale and time zone data,
+/// libstdc++'s emergency exception pool), so that a clean program reports nothing.
+///
+/// Only when this thread is the program's last (a thread still running may be using what they
+/// free), never at `_exit` (`__libc_freeres` flushes stdio, which `_exit` must not: a forked
+/// child would print its parent's buffered output twice), and not with `ZMTRACE_FREERES=0`
+/// (`zmtrace run --no-freeres`). What they do not free is left to the default suppressions.
+fn freeres() {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if STATE.load(Ordering::Acquire) != READY
+        || !output::owns_dump()
+        || Guard::is_held()
+        || DONE.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    let off = CORE
+        .get()
+        .and_then(|c| c.proc.env("ZMTRACE_FREERES"))
+        .is_some_and(|v| v == "0");
+    if off || !reach::only_thread_left() {
+        return;
+    }
+    for name in [c"_ZN9__gnu_cxx9__freeresEv", c"__libc_freeres"] {
+        // SAFETY: both take nothing and return nothing; dlsym has no other precondition.
+        unsafe {
+            let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+            if !f.is_null() {
+                let f: extern "C" fn() = std::mem::transmute(f);
+                f();
+            }
+        }
+    }
 }
 
 /// Runs a leak check now and writes it to the dump; returns the blocks and bytes of each

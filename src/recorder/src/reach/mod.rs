@@ -95,6 +95,24 @@ pub(crate) fn write_leak_check(
     Some(totals)
 }
 
+/// memcheck's heuristics in use: `ZMTRACE_HEURISTICS` (`zmtrace run
+/// --leak-check-heuristics`), memcheck's syntax, and memcheck's default: all of them. A value
+/// that does not parse keeps the default (`zmtrace run` refuses it before the program starts).
+fn heuristics_in_use(core: &Core) -> u8 {
+    core.proc
+        .env("ZMTRACE_HEURISTICS")
+        .and_then(|v| graph::heuristic::parse(&v))
+        .unwrap_or(graph::heuristic::ALL)
+}
+
+/// True when the calling thread is the process's only one (the recorder's writer aside).
+pub(crate) fn only_thread_left() -> bool {
+    let mut tids: Buf<u32> = Buf::new();
+    list_threads(&mut tids);
+    let (me, writer) = (gettid(), crate::output::writer_tid());
+    tids.as_slice().iter().all(|&t| t == me || t == writer)
+}
+
 /// What one check found, for the record and for the caller.
 pub(crate) struct Outcome {
     pub reach: Reach,
@@ -138,6 +156,7 @@ fn check_locked(
     let mut segments = Buf::new();
     writable_segments(core, &mut segments);
     let tls_size = static_tls_size();
+    let heuristics = heuristics_in_use(core);
     if !install_handler() {
         return None;
     }
@@ -175,6 +194,7 @@ fn check_locked(
         me,
         my_sp,
         my_regs,
+        heuristics,
     );
     resume_threads(slots);
     // ---- threads running again ----
@@ -212,6 +232,7 @@ fn scan(
     me: u32,
     (my_sp, at_call): (u64, bool),
     my_regs: [u64; 6],
+    heuristics: u8,
 ) -> Option<ScanResult> {
     let seq = SEQ.load(Ordering::Acquire);
     let blocks = snapshot(core)?;
@@ -243,7 +264,8 @@ fn scan(
         Reads::Direct
     };
     let (addr_s, size_s) = (addr.as_slice(), size.as_slice());
-    let mut g = Graph::new(addr_s, size_s, state.as_mut_slice(), reads);
+    let mut g =
+        Graph::new(addr_s, size_s, state.as_mut_slice(), reads).with_heuristics(heuristics, maps);
     // A block with a page it cannot read (a guard page of a fiber stack or a JIT buffer, made
     // with mprotect) is read without faulting, and counted.
     let unreadable = g.mark_unreadable(|start, end| {
