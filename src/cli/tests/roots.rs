@@ -406,3 +406,35 @@ fn freeres_at_exit_frees_what_libstdcxx_keeps_as_memcheck_does_and_can_be_turned
         "{text}"
     );
 }
+
+#[test]
+fn a_library_loaded_with_rtld_deepbind_is_traced_every_run() {
+    let lib = scratch_dir().join("samples").join("libdeeplib.so");
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut flags = SAMPLE_CFLAGS.to_vec();
+        flags.extend(["-shared", "-fPIC"]);
+        compile_c(&workspace_root().join("samples/deeplib.c"), &lib, &flags);
+    });
+    let program = sample("deepbind");
+    let want = expect(&[
+        ("zs_lib_alloc", "definite", 1, 600),
+        ("zs_lib_alloc", "reachable", 1, 500),
+    ]);
+    let lib_arg = lib.to_str().unwrap();
+    for i in 0..20 {
+        let run = run_traced(&program, &[lib_arg]);
+        assert_eq!(run.code, Some(0), "{}", run.describe());
+        let dump = run.only_dump();
+        let l = leaks_json(&dump.path);
+        // The block the library freed for the program (zs_main_block) is not live: no phantom.
+        assert_eq!(
+            classes(&l),
+            want,
+            "run {i} of 20\n{l:#}\n{}",
+            run.describe()
+        );
+        let f = run_zmtrace(&["dump-info", dump.path.to_str().unwrap()]);
+        assert!(f.stdout.contains(" 0 untracked frees"), "{}", f.stdout);
+    }
+}

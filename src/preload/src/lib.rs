@@ -13,6 +13,7 @@
 // contract is libc's, documented there, not restated on each hook.
 #![allow(clippy::missing_safety_doc)]
 
+mod deepbind;
 mod real;
 mod signals;
 
@@ -537,7 +538,17 @@ pub unsafe extern "C" fn fexecve(
 #[no_mangle]
 pub unsafe extern "C" fn dlopen(file: *const c_char, flags: c_int) -> *mut c_void {
     let f: unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void = real::sym(c"dlopen");
+    if flags & libc::RTLD_DEEPBIND == 0 {
+        let h = f(file, flags);
+        rec::modules_changed();
+        return h;
+    }
+    // Its allocator calls would bind to libc's, past us: point them at our hooks.
+    let before = deepbind::loaded();
     let h = f(file, flags);
+    if !h.is_null() {
+        deepbind::rebind_new(&before);
+    }
     rec::modules_changed();
     h
 }
