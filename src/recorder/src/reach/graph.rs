@@ -127,7 +127,7 @@ impl<'a> Graph<'a> {
 
     /// A word of memory the heuristics look at: in block `i`, or in a module's data.
     fn peek(&self, a: u64, careful: bool) -> Option<u64> {
-        if a % 8 != 0 {
+        if !a.is_multiple_of(8) {
             return None;
         }
         if careful || self.reads == Reads::Careful {
@@ -198,7 +198,7 @@ impl<'a> Graph<'a> {
                 }
             }
         }
-        if h & heuristic::MULTIPLEINHERITANCE != 0 && v % 8 == 0 && v + 8 <= a + size {
+        if h & heuristic::MULTIPLEINHERITANCE != 0 && v.is_multiple_of(8) && v + 8 <= a + size {
             if let (Some(inner), Some(first)) = (word(v), word(a)) {
                 if inner % 8 == 0
                     && inner >= 4096

@@ -294,7 +294,7 @@ pub(super) fn glibc_main_arena(segments: &[Segment], maps: &[Mapping]) -> Option
     const SIZE: u64 = NEXT + 8 * 5;
     let read = |a: u64| -> Option<u64> {
         let m = mapping_of(maps, a)?;
-        if !m.readable || a % 8 != 0 || a + 8 > m.end {
+        if !m.readable || !a.is_multiple_of(8) || a + 8 > m.end {
             return None;
         }
         let mut w = [0u64; 1];
