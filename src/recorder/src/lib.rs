@@ -508,15 +508,17 @@ fn freeres() {
     if off || !reach::only_thread_left() {
         return;
     }
-    for name in [c"_ZN9__gnu_cxx9__freeresEv", c"__libc_freeres"] {
-        // SAFETY: both take nothing and return nothing; dlsym has no other precondition.
-        unsafe {
-            let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
-            if !f.is_null() {
-                let f: extern "C" fn() = std::mem::transmute(f);
-                f();
-            }
-        }
+    // Looked up under the guard: a failed dlsym (a C program has no libstdc++) allocates its
+    // error message, which is ours, not the program's. Called outside it.
+    let fns = {
+        let Some(_g) = Guard::enter() else { return };
+        [c"_ZN9__gnu_cxx9__freeresEv", c"__libc_freeres"]
+            // SAFETY: dlsym has no precondition.
+            .map(|name| unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) })
+    };
+    for f in fns.into_iter().filter(|f| !f.is_null()) {
+        // SAFETY: both take nothing and return nothing.
+        unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn()>(f)() };
     }
 }
 
@@ -603,6 +605,13 @@ pub fn dump_now() {
     if STATE.load(Ordering::Acquire) == READY && output::owns_dump() {
         output::flush_now();
     }
+}
+
+/// True once tracing has been started in this process (even if stopped since): the recorder may
+/// have memory of its own ([`heap`]) from then on.
+#[inline]
+pub fn started() -> bool {
+    STATE.load(Ordering::Relaxed) != UNINIT
 }
 
 /// True while events are being recorded: the front ends' one-load check.
