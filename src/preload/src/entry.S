@@ -88,5 +88,35 @@ zmtrace_leak_check:
         .cfi_endproc
         .size zmtrace_leak_check, .-zmtrace_leak_check
 
+/* The program's `main`, entered through this trampoline (see `__libc_start_main` in lib.rs):
+ * it notes main's stack pointer, its return address and the thread, then jumps to main, so
+ * that no frame of ours stays on the stack while main runs. A return from main ends in glibc's
+ * internal call of `exit` (no hook sees it): the check at exit then knows main's caller's frame
+ * from these (its `exit` call overwrites the return address slot, which tells that main
+ * returned). */
+        .p2align 4
+        .globl zmtrace_main_trampoline
+        .hidden zmtrace_main_trampoline
+        .type zmtrace_main_trampoline, @function
+zmtrace_main_trampoline:
+        .cfi_startproc
+        movq %rsp, zmtrace_main_sp(%rip)
+        movq (%rsp), %rax
+        movq %rax, zmtrace_main_ret(%rip)
+        movq %fs:0, %rax
+        movq %rax, zmtrace_main_tp(%rip)
+        jmpq *zmtrace_real_main(%rip)
+        .cfi_endproc
+        .size zmtrace_main_trampoline, .-zmtrace_main_trampoline
+
+        .bss
+        .p2align 3
+        .globl zmtrace_real_main, zmtrace_main_sp, zmtrace_main_ret, zmtrace_main_tp
+        .hidden zmtrace_real_main, zmtrace_main_sp, zmtrace_main_ret, zmtrace_main_tp
+zmtrace_real_main:  .quad 0
+zmtrace_main_sp:    .quad 0
+zmtrace_main_ret:   .quad 0
+zmtrace_main_tp:    .quad 0
+
 /* No executable stack for the programs we are loaded into. */
         .section .note.GNU-stack,"",@progbits

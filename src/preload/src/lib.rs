@@ -77,7 +77,8 @@ extern "C" fn on_load() {
 }
 
 extern "C" fn on_unload() {
-    rec::finish(EndReason::Exit, -1);
+    // An `exit` through our hook has noted its caller; a return from main has not.
+    rec::finish_from(EndReason::Exit, -1, main_returned());
 }
 
 // The constructor starts the writer thread once the C runtime is up; the destructor runs after
@@ -427,28 +428,23 @@ type StartMainFn = unsafe extern "C" fn(
     *mut c_void,
 ) -> c_int;
 
-static REAL_MAIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 extern "C" {
-    /// Ours (`entry.S`): the symbol binds to the first definition, this library's.
-    fn exit(status: c_int) -> !;
+    // entry.S: the trampoline main is entered through, and what it notes.
+    fn zmtrace_main_trampoline(
+        argc: c_int,
+        argv: *mut *mut c_char,
+        envp: *mut *mut c_char,
+        auxv: *mut c_void,
+    ) -> c_int;
+    static mut zmtrace_real_main: usize;
+    static zmtrace_main_sp: u64;
+    static zmtrace_main_ret: u64;
+    static zmtrace_main_tp: u64;
 }
 
-/// The program's `main`, called by glibc through [`__libc_start_main`]. A return from `main`
-/// ends in glibc's internal call of `exit`, which no hook sees: this calls ours instead, so that
-/// the check at exit knows the frame it returned to.
-unsafe extern "C" fn main_then_exit(
-    argc: c_int,
-    argv: *mut *mut c_char,
-    envp: *mut *mut c_char,
-    auxv: *mut c_void,
-) -> c_int {
-    let main: MainFn = std::mem::transmute(REAL_MAIN.load(std::sync::atomic::Ordering::Acquire));
-    let status = main(argc, argv, envp, auxv);
-    exit(status)
-}
-
-/// glibc's start of a dynamically linked program: `main` is wrapped by [`main_then_exit`].
+/// glibc's start of a dynamically linked program: `main` is entered through a trampoline that
+/// notes where its frame is (see `entry.S`), for the check after a return from `main`. The
+/// trampoline jumps to `main`: no frame of ours is in the program's stacks.
 #[no_mangle]
 pub unsafe extern "C" fn __libc_start_main(
     main: MainFn,
@@ -460,8 +456,43 @@ pub unsafe extern "C" fn __libc_start_main(
     stack_end: *mut c_void,
 ) -> c_int {
     let real: StartMainFn = real::sym(c"__libc_start_main");
-    REAL_MAIN.store(main as usize, std::sync::atomic::Ordering::Release);
-    real(main_then_exit, argc, argv, init, fini, rtld_fini, stack_end)
+    std::ptr::addr_of_mut!(zmtrace_real_main).write(main as usize);
+    real(
+        zmtrace_main_trampoline,
+        argc,
+        argv,
+        init,
+        fini,
+        rtld_fini,
+        stack_end,
+    )
+}
+
+/// After a return from `main` (on its thread, its return address slot overwritten by the
+/// `exit` call of main's caller): that caller's frame, where the check at exit starts. Its
+/// registers are the caller's own again (main restored them): none of main's pointers.
+fn main_returned() -> Option<rec::Entry> {
+    // SAFETY: plain reads of words the trampoline wrote; the slot is in this thread's stack.
+    unsafe {
+        let sp = std::ptr::addr_of!(zmtrace_main_sp).read();
+        if sp == 0 || std::ptr::addr_of!(zmtrace_main_tp).read() != thread_pointer() {
+            return None;
+        }
+        let slot = (sp as *const u64).read_volatile();
+        (slot != std::ptr::addr_of!(zmtrace_main_ret).read()).then_some(rec::Entry {
+            sp: sp + 8,
+            regs: [0; 6],
+        })
+    }
+}
+
+fn thread_pointer() -> u64 {
+    let tp: u64;
+    // SAFETY: reads the first word of this thread's TCB, which points to itself (x86-64).
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
+    }
+    tp
 }
 
 type ExecveFn =

@@ -461,8 +461,8 @@ pub fn finish(reason: EndReason, status: i32) {
 }
 
 /// [`finish`] from a front end's entry point that knows where the program called it: the check
-/// made on the way out scans this thread's stack from there (see [`Entry`]). Without one, an
-/// `exit` uses the entry its hook noted, if any.
+/// made on the way out scans this thread's stack from there (see [`Entry`]). At `exit`, the
+/// entry its hook noted ([`note_exit_entry`]) comes first, `entry` after it.
 pub fn finish_from(reason: EndReason, status: i32, entry: Option<Entry>) {
     if reason == EndReason::Exit {
         // Outside the guard: its frees are the program's, recorded as any.
@@ -478,7 +478,11 @@ pub fn finish_from(reason: EndReason, status: i32, entry: Option<Entry>) {
         _ => None,
     };
     if let (Some(trigger), Some(core)) = (trigger, CORE.get()) {
-        let entry = entry.or_else(|| (reason == EndReason::Exit).then(exit_entry).flatten());
+        // At `exit`, the entry its hook noted comes first (the front end's is a fallback).
+        let entry = match reason {
+            EndReason::Exit => exit_entry().or(entry),
+            _ => entry,
+        };
         write_leak_check(core, trigger, entry);
     }
     output::finish(reason, status);

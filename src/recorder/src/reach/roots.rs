@@ -292,7 +292,8 @@ pub(super) fn glibc_main_arena(segments: &[Segment], maps: &[Mapping]) -> Option
     const BINS: u64 = 112;
     const NEXT: u64 = BINS + 254 * 8 + 16;
     const SIZE: u64 = NEXT + 8 * 5;
-    let read = |a: u64| -> Option<u64> {
+    // Words outside libc's data (the other arenas, in their heaps): one system call each.
+    let read_far = |a: u64| -> Option<u64> {
         let m = mapping_of(maps, a)?;
         if !m.readable || !a.is_multiple_of(8) || a + 8 > m.end {
             return None;
@@ -300,39 +301,82 @@ pub(super) fn glibc_main_arena(segments: &[Segment], maps: &[Mapping]) -> Option
         let mut w = [0u64; 1];
         (read_own(a, &mut w, 8) == 8).then_some(w[0])
     };
-    let is_arena = |base: u64| -> bool {
-        let mut a = base;
-        for _ in 0..256 {
-            match read(a + NEXT) {
-                Some(n) if n == base => return true,
-                Some(n) if n != 0 => a = n,
-                _ => return false,
-            }
-        }
-        false
-    };
     for &(start, end, kind) in segments {
         if kind != LIBC {
             continue;
         }
-        let mut w = (start + 7) & !7;
-        while w + 16 <= end {
-            let empty_bin = read(w) == Some(w.wrapping_sub(16)) && read(w + 8) == Some(w - 16);
-            if empty_bin {
-                // `w` is &bins[2j] for some bin j: try each.
-                for j in 0..127u64 {
-                    let Some(base) = w.checked_sub(16 * j + BINS) else {
-                        break;
-                    };
-                    if base < start {
-                        break;
-                    }
-                    if base + SIZE <= end && is_arena(base) {
-                        return Some((base, base + SIZE));
-                    }
+        // A copy of the segment, read in a few calls: the search then reads memory only.
+        let start = (start + 7) & !7;
+        let words = ((end.saturating_sub(start)) / 8) as usize;
+        let Some(mut copy) = Buf::filled(words, 0u64) else {
+            continue;
+        };
+        let mut got = 0;
+        while got < words {
+            let chunk = (words - got).min(2048);
+            let n = read_own(
+                start + 8 * got as u64,
+                &mut copy.as_mut_slice()[got..got + chunk],
+                chunk * 8,
+            ) / 8;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let copy = &copy.as_slice()[..got];
+        let word = |a: u64| -> Option<u64> {
+            if a >= start && a < start + 8 * got as u64 {
+                Some(copy[((a - start) / 8) as usize])
+            } else {
+                read_far(a)
+            }
+        };
+        // The largest bins (chunks of a megabyte and more) are nearly always empty: most of
+        // them hold the self-pointing pattern in any arena, and in nothing else.
+        let looks_like_arena = |a: u64| -> bool {
+            (119..127u64)
+                .filter(|j| {
+                    let p = a + BINS + 16 * j;
+                    word(p) == Some(p - 16) && word(p + 8) == Some(p - 16)
+                })
+                .count()
+                >= 4
+        };
+        let is_arena = |base: u64| -> bool {
+            if !looks_like_arena(base) {
+                return false;
+            }
+            let mut a = base;
+            for _ in 0..64 {
+                match word(a + NEXT) {
+                    Some(n) if n == base => return true,
+                    Some(n) if n != 0 && n.is_multiple_of(8) && looks_like_arena(n) => a = n,
+                    _ => return false,
                 }
             }
-            w += 8;
+            false
+        };
+        for (k, pair) in copy.windows(2).enumerate() {
+            let w = start + 8 * k as u64;
+            if pair[0] != w.wrapping_sub(16) || pair[1] != w.wrapping_sub(16) {
+                continue;
+            }
+            // `w` is &bins[2j] of an empty bin j: try each j.
+            for j in 0..127u64 {
+                let Some(base) = w.checked_sub(16 * j + BINS) else {
+                    break;
+                };
+                if base < start {
+                    break;
+                }
+                if base + SIZE <= start + 8 * got as u64
+                    && copy[((base + NEXT - start) / 8) as usize] != 0
+                    && is_arena(base)
+                {
+                    return Some((base, base + SIZE));
+                }
+            }
         }
     }
     None
