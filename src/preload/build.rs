@@ -4,10 +4,22 @@ fn main() {
         .file("src/exec_variadic.c")
         .warnings(true)
         .compile("zmtrace_exec_variadic");
+    println!("cargo:rerun-if-changed=src/entry.S");
+    cc::Build::new()
+        .file("src/entry.S")
+        .compile("zmtrace_entry");
     // rustc's version script exports only Rust items from a cdylib; the C hooks must be exported
     // too, and kept although nothing in the library calls them.
     println!("cargo:rerun-if-changed=exports.map");
-    for sym in ["execl", "execlp", "execle"] {
+    for sym in [
+        "execl",
+        "execlp",
+        "execle",
+        "exit",
+        "_exit",
+        "_Exit",
+        "zmtrace_leak_check",
+    ] {
         println!("cargo:rustc-cdylib-link-arg=-Wl,--undefined={sym}");
     }
     let map =

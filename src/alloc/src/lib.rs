@@ -25,8 +25,9 @@
 //! the inner allocator ([`std::alloc::System`] unless you wrap another).
 //!
 //! Stacks start at the code that allocated: the allocator's own frames are left out (the frame
-//! of the allocation shim and everything below it). While tracing, [`used_memory`] includes the
-//! tracer's own memory, which goes through the same allocator.
+//! of the allocation shim and everything below it). The tracer's own memory is not the program's:
+//! what the recorder allocates (under its guard) comes from its own heap (`zmtrace_recorder::heap`,
+//! mappings of its own), is neither counted in [`used_memory`] nor handed back to the program.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -60,11 +61,23 @@ impl<A: GlobalAlloc> Zmalloc<A> {
     }
 }
 
+/// True when the recorder itself allocates (under its guard): its memory is its own heap's
+/// ([`rec::heap`]), never the program's allocator, where its freed words would come back to the
+/// program in blocks handed out unwritten (and look like pointers to the leak check). Before
+/// tracing ever started, one load.
+#[inline(always)]
+fn recorder_inside() -> bool {
+    rec::started() && rec::sync::Guard::is_held()
+}
+
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Zmalloc<A> {
     // Inlined into the compiler's allocation shim (`__rust_alloc`…), so the stack pointer read
     // here is the shim's and the recorded stack starts at the code that allocated.
     #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if recorder_inside() {
+            return rec::heap::OwnHeap.alloc(layout);
+        }
         let sp = rec::stack_pointer();
         let p = self.inner.alloc(layout);
         if !p.is_null() {
@@ -86,6 +99,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Zmalloc<A> {
     // here is the shim's and the recorded stack starts at the code that allocated.
     #[inline(always)]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if recorder_inside() {
+            return rec::heap::OwnHeap.alloc_zeroed(layout);
+        }
         let sp = rec::stack_pointer();
         let p = self.inner.alloc_zeroed(layout);
         if !p.is_null() {
@@ -107,6 +123,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Zmalloc<A> {
     // here is the shim's and the recorded stack starts at the code that allocated.
     #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if rec::heap::contains(ptr) {
+            return rec::heap::OwnHeap.dealloc(ptr, layout);
+        }
         if rec::tracing() {
             // Before the real free: the address may be handed out again at once.
             rec::on_free(ptr);
@@ -119,6 +138,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Zmalloc<A> {
     // here is the shim's and the recorded stack starts at the code that allocated.
     #[inline(always)]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if rec::heap::contains(ptr) {
+            return rec::heap::OwnHeap.realloc(ptr, layout, new_size);
+        }
         let sp = rec::stack_pointer();
         let tok = if rec::tracing() {
             Some(rec::realloc_begin(ptr))

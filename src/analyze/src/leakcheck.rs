@@ -31,6 +31,10 @@ pub struct Check {
     /// still running): counted as still reachable.
     pub unscanned_blocks: u64,
     pub unscanned_bytes: u64,
+    /// Blocks the check could not read whole (a page without read access inside them): what
+    /// only they point to may be reported lost.
+    pub unreadable_blocks: u64,
+    pub unreadable_bytes: u64,
 }
 
 impl Check {
@@ -46,6 +50,8 @@ impl Check {
             root_bytes: r.root_bytes,
             unscanned_blocks: 0,
             unscanned_bytes: 0,
+            unreadable_blocks: r.unreadable_blocks,
+            unreadable_bytes: r.unreadable_bytes,
         }
     }
 
@@ -58,15 +64,24 @@ impl Check {
         })
     }
 
-    /// A warning line when blocks escaped the check.
-    pub fn warning(&self) -> Option<String> {
-        (self.unscanned_blocks > 0).then(|| {
-            format!(
+    /// The warning lines of blocks that escaped the check, or that it could not read whole.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.unscanned_blocks > 0 {
+            w.push(format!(
                 "{} blocks ({} bytes) were allocated after the leak check by a thread still \
                  running: counted as still reachable",
                 self.unscanned_blocks, self.unscanned_bytes
-            )
-        })
+            ));
+        }
+        if self.unreadable_blocks > 0 {
+            w.push(format!(
+                "{} blocks ({} bytes) could not be read whole by the leak check (a page without \
+                 read access inside them): blocks that only they point to may be reported lost",
+                self.unreadable_blocks, self.unreadable_bytes
+            ));
+        }
+        w
     }
 }
 

@@ -25,7 +25,7 @@
 //!   `{allocations, bytes, peak, leaked, temporary, reallocs}`, each a list of sites with a `value`.
 //! - `leaks`: `leaked_blocks`, `leaked_bytes` (every block not freed at exit), `groups`, `check`
 //!   (the leak check at exit: `{trigger, scan_ns, threads_stopped, threads_unstopped,
-//!   root_bytes, unscanned_blocks, unscanned_bytes}`, or null without one), `kinds` (`{definite,
+//!   root_bytes, unscanned_blocks, unscanned_bytes, unreadable_blocks, unreadable_bytes}`, or null without one), `kinds` (`{definite,
 //!   indirect, possible, reachable}`, each `{blocks, bytes}`, suppressed blocks left out; null
 //!   without a check), `suppressed` (`{blocks, bytes, by: [{name, blocks, bytes}]}`), `sites`
 //!   (each `kind` (one of the four, or null without a check), `blocks`, `bytes`, `via_realloc`,

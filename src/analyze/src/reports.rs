@@ -218,7 +218,7 @@ pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
             "aggregated dump cut short before its first snapshot: no counters".into()
         });
     }
-    warnings.extend(a.check.as_ref().and_then(|c| c.warning()));
+    warnings.extend(a.check.as_ref().map(|c| c.warnings()).unwrap_or_default());
     let mut seen = std::collections::HashSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
     if a.inconsistent > 0 {

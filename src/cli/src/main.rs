@@ -57,6 +57,18 @@ enum Cmd {
         /// the dumps keep the program's path and say how many arguments were left out.
         #[arg(long = "no-argv")]
         no_argv: bool,
+        /// Do not run glibc's and libstdc++'s freeres at exit before the leak check (memcheck's
+        /// --run-libc-freeres=no --run-cxx-freeres=no): their one-time blocks stay live.
+        #[arg(long = "no-freeres")]
+        no_freeres: bool,
+        /// memcheck's heuristics for interior pointers, in its syntax: `all` (the default, as in
+        /// memcheck), `none`, or some of stdstring,length64,newarray,multipleinheritance.
+        #[arg(
+            long = "leak-check-heuristics",
+            value_name = "SET",
+            default_value = "all"
+        )]
+        heuristics: String,
         #[command(flatten)]
         supp: Supp,
         /// The program to run and its arguments (after `--`).
@@ -265,6 +277,8 @@ fn main() {
             aggregate,
             fail_on_leak,
             no_argv,
+            no_freeres,
+            heuristics,
             supp,
             command,
         } => (|| {
@@ -272,6 +286,7 @@ fn main() {
                 None => None,
                 Some(level) => Some(gate::LeakLevel::parse(level).map_err(Failure::bad_input)?),
             };
+            run::check_heuristics(&heuristics).map_err(Failure::bad_input)?;
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
             run::run(&run::RunOptions {
@@ -280,6 +295,8 @@ fn main() {
                 args: it.collect(),
                 aggregate,
                 gate,
+                freeres: !no_freeres,
+                heuristics,
                 suppressions: supp.load()?,
                 no_argv,
             })

@@ -21,9 +21,32 @@ pub struct RunOptions {
     pub aggregate: bool,
     /// `--fail-on-leak`: the level that fails the run.
     pub gate: Option<crate::gate::LeakLevel>,
+    /// glibc's and libstdc++'s freeres at exit, before the leak check (`--no-freeres`: off).
+    pub freeres: bool,
+    /// memcheck's heuristics for the leak check (`--leak-check-heuristics`), its syntax.
+    pub heuristics: String,
     pub suppressions: zmtrace_analyze::suppressions::Suppressions,
     /// `--no-argv`: the dumps keep the program's path, not its arguments.
     pub no_argv: bool,
+}
+
+/// Checks a `--leak-check-heuristics` value (memcheck's syntax; the recorder parses it again).
+pub fn check_heuristics(set: &str) -> Result<(), String> {
+    const NAMES: [&str; 6] = [
+        "all",
+        "none",
+        "stdstring",
+        "length64",
+        "newarray",
+        "multipleinheritance",
+    ];
+    match set.split(',').map(str::trim).find(|n| !NAMES.contains(n)) {
+        Some(bad) => Err(format!(
+            "unknown leak check heuristic `{bad}`: expected all, none, or some of \
+             stdstring,length64,newarray,multipleinheritance"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Runs the program; returns the exit code zmtrace should end with (the program's own, or the
@@ -60,6 +83,8 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         .env("ZMTRACE_SESSION", &session)
         .env_remove("ZMTRACE_EXEC_FROM")
         .env("ZMTRACE_AGGREGATE", if opts.aggregate { "1" } else { "0" })
+        .env("ZMTRACE_FREERES", if opts.freeres { "1" } else { "0" })
+        .env("ZMTRACE_HEURISTICS", &opts.heuristics)
         // Its own process group: a signal we forward reaches the program and its children once,
         // whether it came from the terminal or from `kill`.
         .process_group(0);

@@ -29,7 +29,7 @@
 //! | [`RecordKind::Late`] | thread id: a thread allocated or freed after the `End` record (e.g. while another thread ran `exit`); its events from then on are not in the dump |
 //! | [`RecordKind::Aggregate`] | raw length, zstd-compressed [`Aggregate`]: per-stack counters of an aggregated recording (no `Events` records); the last one in the file holds the totals |
 //! | [`RecordKind::LiveAtEnd`] | raw length, zstd-compressed per-stack sums (stack, blocks, bytes, usable bytes, blocks that went through a realloc, leak kind) of the blocks live when an aggregated recording ended; the last one counts |
-//! | [`RecordKind::Reach`] | a leak check ([`Reach`]): trigger, sequence number, scan figures, per [`LeakKind`] blocks and bytes, then raw length and the zstd-compressed addresses of each kind (count, then ascending: first absolute, then deltas) |
+//! | [`RecordKind::Reach`] | a leak check ([`Reach`]): trigger, sequence number, scan figures, per [`LeakKind`] blocks and bytes, then raw length and the zstd-compressed addresses of each kind (count, then ascending: first absolute, then deltas), then (optional, absent from older writers) the blocks and bytes that could not be wholly read |
 //!
 //! Version 2 added the last three kinds (`zmtrace run --aggregate`, the leak check) and
 //! compressed the `Stacks` records; this crate reads versions 1 and 2. A version-1 reader refuses
@@ -473,6 +473,10 @@ pub struct Reach {
     pub threads_unstopped: u32,
     /// Bytes of roots scanned (segments, stacks, TLS).
     pub root_bytes: u64,
+    /// Blocks not wholly readable (a page without read access inside them): what could be read
+    /// was scanned, the rest not. What only they point to may be reported lost.
+    pub unreadable_blocks: u64,
+    pub unreadable_bytes: u64,
     /// Per [`LeakKind`], in its order.
     pub totals: [KindTotal; 4],
     /// The blocks' addresses per [`LeakKind`], ascending.

@@ -769,6 +769,12 @@ fn parse_reach(c: &mut Cursor<'_>) -> Result<Reach, Malformed> {
             list.push(prev);
         }
     }
+    // Absent from the dumps of older writers.
+    let (unreadable_blocks, unreadable_bytes) = if c.remaining() > 0 {
+        (c.uvarint()?, c.uvarint()?)
+    } else {
+        (0, 0)
+    };
     Ok(Reach {
         trigger,
         seq,
@@ -776,6 +782,8 @@ fn parse_reach(c: &mut Cursor<'_>) -> Result<Reach, Malformed> {
         threads_stopped,
         threads_unstopped,
         root_bytes,
+        unreadable_blocks,
+        unreadable_bytes,
         totals,
         addrs,
     })
@@ -1034,6 +1042,8 @@ mod tests {
             threads_stopped: 2,
             threads_unstopped: 1,
             root_bytes: 4096,
+            unreadable_blocks: 3,
+            unreadable_bytes: 300_000,
             ..Reach::default()
         };
         r.addrs = [
@@ -1055,7 +1065,7 @@ mod tests {
     fn reads_back_a_leak_check() {
         let mut data = sample();
         let r = reach_record();
-        let raw = write::reach_raw(&r.addrs);
+        let raw = write::reach_raw(&r);
         write::reach(
             &mut data,
             &r,
@@ -1068,6 +1078,28 @@ mod tests {
         assert_eq!(d.reach[0].kind_of(0x1040), Some(crate::LeakKind::Definite));
         assert_eq!(d.reach[0].kind_of(0x20), Some(crate::LeakKind::Reachable));
         assert_eq!(d.reach[0].kind_of(0x30), None);
+    }
+
+    #[test]
+    fn a_leak_check_of_an_older_writer_has_no_unreadable_counts() {
+        let mut data = sample();
+        let r = reach_record();
+        let mut raw = write::reach_raw(&r);
+        // An older writer's lists end the raw part: drop the two varints after them.
+        raw.truncate(raw.len() - 1 - 3);
+        write::reach(
+            &mut data,
+            &r,
+            raw.len(),
+            &zstd::bulk::compress(&raw, 1).unwrap(),
+        );
+        let d = Dump::from_bytes(Path::new("t"), data).unwrap();
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        assert_eq!(
+            (d.reach[0].unreadable_blocks, d.reach[0].unreadable_bytes),
+            (0, 0)
+        );
+        assert_eq!(d.reach[0].addrs, r.addrs);
     }
 
     #[test]

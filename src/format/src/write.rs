@@ -222,9 +222,9 @@ pub fn compressed(out: &mut Vec<u8>, kind: RecordKind, raw_len: usize, compresse
 /// The address lists of a `Reach` record, before compression: per kind a count, then the
 /// addresses ascending, the first absolute and the others as deltas (heap addresses are close
 /// together, so most deltas take one or two bytes).
-pub fn reach_raw(addrs: &[Vec<u64>; 4]) -> Vec<u8> {
+pub fn reach_raw(r: &Reach) -> Vec<u8> {
     let mut b = Vec::new();
-    for list in addrs {
+    for list in &r.addrs {
         put_uvarint(&mut b, list.len() as u64);
         let mut prev = 0u64;
         for &a in list {
@@ -232,6 +232,9 @@ pub fn reach_raw(addrs: &[Vec<u64>; 4]) -> Vec<u8> {
             prev = a;
         }
     }
+    // After the lists: readers of before these fields stop at the lists' end.
+    put_uvarint(&mut b, r.unreadable_blocks);
+    put_uvarint(&mut b, r.unreadable_bytes);
     b
 }
 

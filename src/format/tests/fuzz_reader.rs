@@ -134,7 +134,7 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
             bytes: 16 * list.len() as u64,
         };
     }
-    let raw = write::reach_raw(&reach.addrs);
+    let raw = write::reach_raw(&reach);
     write::reach(
         &mut out,
         &reach,

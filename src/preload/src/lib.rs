@@ -5,15 +5,16 @@
 //! jemalloc keeps jemalloc (going to `__libc_malloc` instead would move it onto glibc's heap while
 //! its `mallctl` still talks to jemalloc).
 //!
-//! The library's own Rust heap (maps, stacks, buffers) is glibc's, reached through `__libc_*`
-//! directly: it never passes through the hooks, so it is neither traced nor mixed into the
-//! program's allocator.
+//! The library's own heap (maps, stacks, buffers, and the `malloc` calls of C code it runs, such
+//! as zstd) is the recorder's ([`rec::heap`]): anonymous mappings of its own, never the
+//! program's allocator, so nothing the recorder writes and frees is handed to the program.
 
 // The exported functions are the C library's allocator and process functions; their safety
 // contract is libc's, documented there, not restated on each hook.
 #![allow(clippy::missing_safety_doc)]
 
 mod fds;
+mod deepbind;
 mod real;
 mod signals;
 
@@ -24,57 +25,24 @@ use zmtrace_recorder::{self as rec, AllocKind, EndReason, FrontEnd};
 
 // ---- the library's own heap ------------------------------------------------------------------
 
-extern "C" {
-    fn __libc_malloc(size: usize) -> *mut c_void;
-    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
-    fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
-    fn __libc_free(p: *mut c_void);
-    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
-}
-
-struct OwnHeap;
-
-unsafe impl std::alloc::GlobalAlloc for OwnHeap {
-    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        if l.align() <= 16 {
-            __libc_malloc(l.size()).cast()
-        } else {
-            __libc_memalign(l.align(), l.size()).cast()
-        }
-    }
-    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
-        if l.align() <= 16 {
-            __libc_calloc(1, l.size()).cast()
-        } else {
-            let p = self.alloc(l);
-            if !p.is_null() {
-                std::ptr::write_bytes(p, 0, l.size());
-            }
-            p
-        }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, _: std::alloc::Layout) {
-        __libc_free(p.cast())
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
-        if l.align() <= 16 {
-            __libc_realloc(p.cast(), new).cast()
-        } else {
-            let q = self.alloc(std::alloc::Layout::from_size_align_unchecked(
-                new,
-                l.align(),
-            ));
-            if !q.is_null() {
-                std::ptr::copy_nonoverlapping(p, q, l.size().min(new));
-                self.dealloc(p, l);
-            }
-            q
-        }
-    }
-}
-
+/// Everything the recorder keeps lives in mappings of its own ([`rec::heap`]), never in the
+/// program's allocator: freed there, its words would come back to the program in blocks that
+/// `malloc` hands out unwritten, and the leak check would take them for pointers.
 #[global_allocator]
-static OWN_HEAP: OwnHeap = OwnHeap;
+static OWN_HEAP: rec::heap::OwnHeap = rec::heap::OwnHeap;
+
+/// True when this `malloc` call comes from code running inside the recorder (zstd, the
+/// unwinder, the loader on its behalf): such memory is the recorder's, served by its own heap.
+#[inline(always)]
+fn recorder_inside() -> bool {
+    rec::sync::Guard::is_held()
+}
+
+/// The recorder's C-side allocation, or null to use the real allocator (see `heap::c_malloc`).
+#[inline(always)]
+unsafe fn own_c_malloc(size: usize, align: usize) -> *mut c_void {
+    rec::heap::c_malloc(size, align).cast()
+}
 
 // ---- set-up and tear-down --------------------------------------------------------------------
 
@@ -115,7 +83,8 @@ extern "C" fn on_load() {
 }
 
 extern "C" fn on_unload() {
-    rec::finish(EndReason::Exit, -1);
+    // An `exit` through our hook has noted its caller; a return from main has not.
+    rec::finish_from(EndReason::Exit, -1, main_returned());
 }
 
 // The constructor starts the writer thread once the C runtime is up; the destructor runs after
@@ -134,7 +103,13 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     let Some(n) = ready() else {
         return real::pool_alloc(size, 16);
     };
-    let p = (n.malloc)(size);
+    if recorder_inside() {
+        let p = own_c_malloc(size, 16);
+        if !p.is_null() {
+            return p;
+        }
+    }
+    let p = real::allocator_call(|| (n.malloc)(size));
     rec::on_alloc(AllocKind::Malloc, p.cast(), size);
     p
 }
@@ -148,7 +123,16 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
             None => std::ptr::null_mut(),
         };
     };
-    let p = (n.calloc)(count, size);
+    if recorder_inside() {
+        if let Some(total) = count.checked_mul(size) {
+            let p = own_c_malloc(total, 16);
+            if !p.is_null() {
+                p.cast::<u8>().write_bytes(0, total);
+                return p;
+            }
+        }
+    }
+    let p = real::allocator_call(|| (n.calloc)(count, size));
     rec::on_alloc(AllocKind::Calloc, p.cast(), count.saturating_mul(size));
     p
 }
@@ -159,6 +143,14 @@ pub unsafe extern "C" fn realloc(old: *mut c_void, size: usize) -> *mut c_void {
 }
 
 unsafe fn do_realloc(old: *mut c_void, size: usize, kind: AllocKind) -> *mut c_void {
+    if rec::heap::contains(old.cast()) {
+        // The recorder's own block: it stays in the recorder's heap.
+        if size == 0 {
+            rec::heap::c_free(old.cast());
+            return std::ptr::null_mut();
+        }
+        return rec::heap::c_realloc(old.cast(), size).cast();
+    }
     if pool_contains(old) {
         // A start-up block: move it to the real heap, never free it (it is not the heap's).
         let new = malloc(size);
@@ -175,12 +167,18 @@ unsafe fn do_realloc(old: *mut c_void, size: usize, kind: AllocKind) -> *mut c_v
         return real::pool_alloc(size, 16);
     };
     if old.is_null() {
-        let p = (n.realloc)(old, size);
+        if recorder_inside() {
+            let p = own_c_malloc(size, 16);
+            if !p.is_null() {
+                return p;
+            }
+        }
+        let p = real::allocator_call(|| (n.realloc)(old, size));
         rec::on_alloc(kind, p.cast(), size);
         return p;
     }
     let tok = rec::realloc_begin(old.cast());
-    let p = (n.realloc)(old, size);
+    let p = real::allocator_call(|| (n.realloc)(old, size));
     rec::realloc_end(tok, kind, p.cast(), size);
     p
 }
@@ -201,9 +199,13 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     if pool_contains(p) {
         return;
     }
+    if rec::heap::contains(p.cast()) {
+        rec::heap::c_free(p.cast());
+        return;
+    }
     let Some(n) = ready() else { return };
     rec::on_free(p.cast());
-    (n.free)(p);
+    real::allocator_call(|| (n.free)(p));
 }
 
 #[no_mangle]
@@ -211,8 +213,11 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     if pool_contains(p) {
         return pool_usable_size(p);
     }
+    if rec::heap::contains(p.cast()) {
+        return rec::heap::c_size(p.cast());
+    }
     match ready() {
-        Some(n) if !p.is_null() => (n.usable_size)(p),
+        Some(n) if !p.is_null() => real::allocator_call(|| (n.usable_size)(p)),
         _ => 0,
     }
 }
@@ -221,7 +226,13 @@ unsafe fn aligned(kind: AllocKind, align: usize, size: usize) -> *mut c_void {
     let Some(n) = ready() else {
         return real::pool_alloc(size, align);
     };
-    let p = (n.memalign)(align, size);
+    if recorder_inside() && align.is_power_of_two() {
+        let p = own_c_malloc(size, align);
+        if !p.is_null() {
+            return p;
+        }
+    }
+    let p = real::allocator_call(|| (n.memalign)(align, size));
     rec::on_alloc(kind, p.cast(), size);
     p
 }
@@ -236,7 +247,13 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
     let Some(n) = ready() else {
         return real::pool_alloc(size, align);
     };
-    let p = (n.aligned_alloc)(align, size);
+    if recorder_inside() && align.is_power_of_two() {
+        let p = own_c_malloc(size, align);
+        if !p.is_null() {
+            return p;
+        }
+    }
+    let p = real::allocator_call(|| (n.aligned_alloc)(align, size));
     rec::on_alloc(AllocKind::AlignedAlloc, p.cast(), size);
     p
 }
@@ -261,23 +278,142 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
         *out = real::pool_alloc(size, align);
         return 0;
     };
-    let rc = (n.posix_memalign)(out, align, size);
+    if recorder_inside() && align.is_power_of_two() && align >= std::mem::size_of::<usize>() {
+        let p = own_c_malloc(size, align);
+        if !p.is_null() {
+            *out = p;
+            return 0;
+        }
+    }
+    let rc = real::allocator_call(|| (n.posix_memalign)(out, align, size));
     let p = if rc == 0 { *out } else { std::ptr::null_mut() };
     rec::on_alloc(AllocKind::PosixMemalign, p.cast(), size);
     rc
 }
 
-// ---- process events: exit, abort, exec, dlopen ------------------------------------------------
+// ---- the program's own mappings: roots of the leak check ----------------------------------------
+
+/// `mmap` itself: the raw system call (what glibc's does on x86-64). Not the next `mmap` found
+/// by `dlsym`: a call may come from inside the allocator while it is being looked up.
+unsafe fn sys_mmap(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
+    libc::syscall(
+        libc::SYS_mmap,
+        addr,
+        len,
+        prot as libc::c_long,
+        flags as libc::c_long,
+        fd as libc::c_long,
+        off,
+    ) as *mut c_void
+}
 
 #[no_mangle]
-pub unsafe extern "C" fn _exit(status: c_int) -> ! {
-    rec::finish(EndReason::UnderscoreExit, status);
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
+    let p = sys_mmap(addr, len, prot, flags, fd, off);
+    if p != libc::MAP_FAILED {
+        rec::on_mmap(p.cast(), len, real::in_allocator());
+    }
+    p
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
+    mmap(addr, len, prot, flags, fd, off)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
+    let rc = libc::syscall(libc::SYS_munmap, addr, len) as c_int;
+    if rc == 0 {
+        rec::on_munmap(addr.cast(), len);
+    }
+    rc
+}
+
+/// `void *mremap(void *old, size_t old_len, size_t new_len, int flags, ... /* void *new */)`:
+/// the variadic fifth argument is read as a plain one (x86-64 passes both in the same register),
+/// and only with `MREMAP_FIXED`, as the kernel does.
+#[no_mangle]
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_len: usize,
+    new_len: usize,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
+    let fixed = if flags & libc::MREMAP_FIXED != 0 {
+        new_addr
+    } else {
+        std::ptr::null_mut()
+    };
+    let p = libc::syscall(
+        libc::SYS_mremap,
+        old,
+        old_len,
+        new_len,
+        flags as libc::c_long,
+        fixed,
+    ) as *mut c_void;
+    if p != libc::MAP_FAILED {
+        rec::on_mremap(old.cast(), old_len, p.cast(), new_len, real::in_allocator());
+    }
+    p
+}
+
+// ---- process events: exit, abort, exec, dlopen ------------------------------------------------
+
+// `exit`, `_exit`, `_Exit` and `zmtrace_leak_check` themselves are in `entry.S`: they pass the
+// caller's stack pointer and registers to the halves below (see `rec::Entry`).
+
+unsafe fn entry(sp: u64, regs: *const [u64; 6]) -> rec::Entry {
+    rec::Entry { sp, regs: *regs }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn zmtrace_exit_entry(status: c_int, sp: u64, regs: *const [u64; 6]) -> ! {
+    // The check runs later, from the library destructor, on this thread.
+    rec::note_exit_entry(entry(sp, regs));
+    (real::exit_fn(c"exit"))(status)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn zmtrace_underscore_exit_entry(
+    status: c_int,
+    sp: u64,
+    regs: *const [u64; 6],
+) -> ! {
+    rec::finish_from(EndReason::UnderscoreExit, status, Some(entry(sp, regs)));
     (real::exit_fn(c"_exit"))(status)
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
-    rec::finish(EndReason::UnderscoreExit, status);
+pub unsafe extern "C" fn zmtrace_underscore_Exit_entry(
+    status: c_int,
+    sp: u64,
+    regs: *const [u64; 6],
+) -> ! {
+    rec::finish_from(EndReason::UnderscoreExit, status, Some(entry(sp, regs)));
     (real::exit_fn(c"_Exit"))(status)
 }
 
@@ -285,6 +421,84 @@ pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
 pub unsafe extern "C" fn abort() -> ! {
     rec::finish(EndReason::Abort, -1);
     (real::abort_fn())()
+}
+
+type MainFn = unsafe extern "C" fn(c_int, *mut *mut c_char, *mut *mut c_char, *mut c_void) -> c_int;
+type StartMainFn = unsafe extern "C" fn(
+    MainFn,
+    c_int,
+    *mut *mut c_char,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+) -> c_int;
+
+extern "C" {
+    // entry.S: the trampoline main is entered through, and what it notes.
+    fn zmtrace_main_trampoline(
+        argc: c_int,
+        argv: *mut *mut c_char,
+        envp: *mut *mut c_char,
+        auxv: *mut c_void,
+    ) -> c_int;
+    static mut zmtrace_real_main: usize;
+    static zmtrace_main_sp: u64;
+    static zmtrace_main_ret: u64;
+    static zmtrace_main_tp: u64;
+}
+
+/// glibc's start of a dynamically linked program: `main` is entered through a trampoline that
+/// notes where its frame is (see `entry.S`), for the check after a return from `main`. The
+/// trampoline jumps to `main`: no frame of ours is in the program's stacks.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_start_main(
+    main: MainFn,
+    argc: c_int,
+    argv: *mut *mut c_char,
+    init: *mut c_void,
+    fini: *mut c_void,
+    rtld_fini: *mut c_void,
+    stack_end: *mut c_void,
+) -> c_int {
+    let real: StartMainFn = real::sym(c"__libc_start_main");
+    std::ptr::addr_of_mut!(zmtrace_real_main).write(main as usize);
+    real(
+        zmtrace_main_trampoline,
+        argc,
+        argv,
+        init,
+        fini,
+        rtld_fini,
+        stack_end,
+    )
+}
+
+/// After a return from `main` (on its thread, its return address slot overwritten by the
+/// `exit` call of main's caller): that caller's frame, where the check at exit starts. Its
+/// registers are the caller's own again (main restored them): none of main's pointers.
+fn main_returned() -> Option<rec::Entry> {
+    // SAFETY: plain reads of words the trampoline wrote; the slot is in this thread's stack.
+    unsafe {
+        let sp = std::ptr::addr_of!(zmtrace_main_sp).read();
+        if sp == 0 || std::ptr::addr_of!(zmtrace_main_tp).read() != thread_pointer() {
+            return None;
+        }
+        let slot = (sp as *const u64).read_volatile();
+        (slot != std::ptr::addr_of!(zmtrace_main_ret).read()).then_some(rec::Entry {
+            sp: sp + 8,
+            regs: [0; 6],
+        })
+    }
+}
+
+fn thread_pointer() -> u64 {
+    let tp: u64;
+    // SAFETY: reads the first word of this thread's TCB, which points to itself (x86-64).
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
+    }
+    tp
 }
 
 type ExecveFn =
@@ -361,7 +575,17 @@ pub unsafe extern "C" fn fexecve(
 #[no_mangle]
 pub unsafe extern "C" fn dlopen(file: *const c_char, flags: c_int) -> *mut c_void {
     let f: unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void = real::sym(c"dlopen");
+    if flags & libc::RTLD_DEEPBIND == 0 {
+        let h = f(file, flags);
+        rec::modules_changed();
+        return h;
+    }
+    // Its allocator calls would bind to libc's, past us: point them at our hooks.
+    let before = deepbind::loaded();
     let h = f(file, flags);
+    if !h.is_null() {
+        deepbind::rebind_new(&before);
+    }
     rec::modules_changed();
     h
 }
@@ -376,14 +600,17 @@ pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
 
 // ---- leak checks on request ------------------------------------------------------------------
 
-/// `long zmtrace_leak_check(void)`: classifies the blocks live now (definitely, indirectly,
-/// possibly lost, still reachable) and writes the result to the dump. Returns the bytes
-/// definitely and indirectly lost, or -1 when nothing is being recorded. A program finds it with
-/// `dlsym(RTLD_DEFAULT, "zmtrace_leak_check")` or a weak declaration, so that it also runs
-/// untraced.
+/// `long zmtrace_leak_check(void)` (in `entry.S`, which calls this with its caller's frame):
+/// classifies the blocks live now (definitely, indirectly, possibly lost, still reachable) and
+/// writes the result to the dump. Returns the bytes definitely and indirectly lost, or -1 when
+/// nothing is being recorded. A program finds it with `dlsym(RTLD_DEFAULT,
+/// "zmtrace_leak_check")` or a weak declaration, so that it also runs untraced.
 #[no_mangle]
-pub extern "C" fn zmtrace_leak_check() -> std::ffi::c_long {
-    match rec::leak_check() {
+pub unsafe extern "C" fn zmtrace_leak_check_entry(
+    sp: u64,
+    regs: *const [u64; 6],
+) -> std::ffi::c_long {
+    match rec::leak_check_from(Some(entry(sp, regs))) {
         Some(t) => {
             let lost = t[rec::LeakKind::Definite as usize].bytes
                 + t[rec::LeakKind::Indirect as usize].bytes;

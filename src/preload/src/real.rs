@@ -43,6 +43,9 @@ fn resolve() -> Option<&'static Next> {
         // Looked up right now by this thread (dlsym allocating) or another one: use the pool.
         return None;
     }
+    // Before anything else of ours runs: the mappings there now are the loader's and the
+    // program's, not the allocator's (it has not run yet).
+    zmtrace_recorder::mappings_at_start();
     // SAFETY: dlsym of the standard allocator symbols; each has the C signature given in Next.
     unsafe {
         let n = Next {
@@ -55,11 +58,47 @@ fn resolve() -> Option<&'static Next> {
             posix_memalign: sym(c"posix_memalign"),
             usable_size: sym(c"malloc_usable_size"),
         };
+        // glibc's malloc maps its memory with internal calls that never reach our `mmap`; any
+        // other allocator's calls must be told apart from the program's (see `in_allocator`).
+        let libc_malloc = libc::dlsym(libc::RTLD_DEFAULT, c"__libc_malloc".as_ptr());
+        FOREIGN_ALLOCATOR.store(
+            libc_malloc.is_null() || libc_malloc as usize != n.malloc as usize,
+            Ordering::Relaxed,
+        );
         *NEXT.0.get() = Some(n);
         STATE.store(RESOLVED, Ordering::Release);
         zmtrace_recorder::set_front_end(&crate::FRONT);
         (*NEXT.0.get()).as_ref()
     }
+}
+
+/// True when the next allocator is not glibc's: its calls to `mmap` come through our hook, and
+/// are flagged by [`allocator_call`].
+static FOREIGN_ALLOCATOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+thread_local! {
+    // Const-initialised, no destructor (see the recorder's `sync`): calls into the next
+    // allocator under way on this thread.
+    static IN_ALLOCATOR: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs a call into the next allocator; for an allocator that is not glibc's, marks the thread
+/// meanwhile, so that the mappings it makes are known to be the allocator's (its heap), not the
+/// program's (roots of the leak check). glibc's costs one load.
+#[inline(always)]
+pub fn allocator_call<R>(f: impl FnOnce() -> R) -> R {
+    if !FOREIGN_ALLOCATOR.load(Ordering::Relaxed) {
+        return f();
+    }
+    IN_ALLOCATOR.with(|c| c.set(c.get() + 1));
+    let r = f();
+    IN_ALLOCATOR.with(|c| c.set(c.get() - 1));
+    r
+}
+
+/// True inside [`allocator_call`] of a foreign allocator.
+pub fn in_allocator() -> bool {
+    FOREIGN_ALLOCATOR.load(Ordering::Relaxed) && IN_ALLOCATOR.with(|c| c.get() > 0)
 }
 
 /// The next definition of `name` after this library.
@@ -81,6 +120,7 @@ pub unsafe fn sym<F: Copy>(name: &CStr) -> F {
 }
 
 static EXIT: AtomicUsize = AtomicUsize::new(0);
+static PLAIN_EXIT: AtomicUsize = AtomicUsize::new(0);
 static UNDERSCORE_EXIT: AtomicUsize = AtomicUsize::new(0);
 static ABORT: AtomicUsize = AtomicUsize::new(0);
 
@@ -99,6 +139,7 @@ unsafe fn cached(name: &CStr, slot: &AtomicUsize) -> usize {
 /// Looks up the process-ending functions early (from the library constructor).
 pub unsafe fn resolve_exits() {
     cached(c"_exit", &EXIT);
+    cached(c"exit", &PLAIN_EXIT);
     cached(c"_Exit", &UNDERSCORE_EXIT);
     cached(c"abort", &ABORT);
 }
@@ -106,6 +147,8 @@ pub unsafe fn resolve_exits() {
 pub unsafe fn exit_fn(name: &CStr) -> unsafe extern "C" fn(c_int) -> ! {
     let slot = if name == c"_exit" {
         &EXIT
+    } else if name == c"exit" {
+        &PLAIN_EXIT
     } else {
         &UNDERSCORE_EXIT
     };
@@ -207,6 +250,8 @@ impl ExecEnv {
             "ZMTRACE_SESSION",
             "ZMTRACE_UNWIND",
             "ZMTRACE_NO_ARGV",
+            "ZMTRACE_FREERES",
+            "ZMTRACE_HEURISTICS",
         ] {
             if !has(&given, key) {
                 if let Some(v) = std::env::var_os(key) {

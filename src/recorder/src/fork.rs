@@ -40,12 +40,17 @@ pub(crate) extern "C" fn fork_prepare() {
     for shard in core.live.shards() {
         unsafe { lock_api::RawRwLock::lock_exclusive(shard.raw()) };
     }
+    reach::regions::REGIONS.raw_lock();
+    // Last: taking the locks above may allocate, from this very heap.
+    crate::heap::HEAP.raw_lock();
 }
 
 fn unlock_after_fork() {
     let Some(core) = CORE.get() else { return };
     // SAFETY: fork_prepare took all of these in this thread (or, in the child, its parent did).
     unsafe {
+        crate::heap::HEAP.raw_unlock();
+        reach::regions::REGIONS.raw_unlock();
         for shard in core.live.shards() {
             lock_api::RawRwLock::unlock_exclusive(shard.raw());
         }

@@ -46,6 +46,7 @@
 //! - [`ring`]: the per-thread event ring; [`output`]: the writer thread and the dump file;
 //!   [`dumpfd`]: the dump's descriptor, kept out of the program's way.
 //! - [`reach`]: the leak check.
+//! - [`heap`]: the recorder's own heap ([`heap::OwnHeap`]), in mappings of its own.
 //! - `fork`: the `pthread_atfork` handlers; `procinfo`: facts about the process from `/proc`.
 //! - [`sync`]: the re-entrancy guard, the spin lock and the per-thread sums.
 
@@ -53,6 +54,7 @@ mod aggregate;
 mod clock;
 pub mod dumpfd;
 mod fork;
+pub mod heap;
 pub mod modules;
 pub mod output;
 mod procinfo;
@@ -382,6 +384,36 @@ pub unsafe fn record_realloc(
     emit(t, &ev);
 }
 
+/// The program mapped memory (`mmap`, `mmap64`) at `addr`: a root of the leak check unless
+/// `allocator` says that the allocator made the call (from inside the front end's allocator
+/// hook). See `reach::regions`. Safe to call before the recorder is ready.
+pub fn on_mmap(addr: *mut u8, len: usize, allocator: bool) {
+    reach::regions::mapped(addr as u64, len as u64, allocator);
+}
+
+/// The program unmapped memory (`munmap`).
+pub fn on_munmap(addr: *mut u8, len: usize) {
+    reach::regions::unmapped(addr as u64, len as u64);
+}
+
+/// The program moved or resized a mapping (`mremap`) from `old` to `new`.
+pub fn on_mremap(old: *mut u8, old_len: usize, new: *mut u8, new_len: usize, allocator: bool) {
+    reach::regions::remapped(
+        old as u64,
+        old_len as u64,
+        new as u64,
+        new_len as u64,
+        allocator,
+    );
+}
+
+/// Notes the writable anonymous mappings that exist now, before the recorder's first event (the
+/// loader's early memory): roots of the leak check. A front end that sees the program's mappings
+/// calls it once, as early as it can (its first allocator call, before the real allocator).
+pub fn mappings_at_start() {
+    reach::regions::at_start();
+}
+
 /// Tells the recorder that modules were loaded or unloaded (`dlopen`, `dlclose`).
 pub fn modules_changed() {
     let Some(_g) = Guard::enter() else { return };
@@ -392,9 +424,53 @@ pub fn modules_changed() {
     refresh_modules();
 }
 
+/// Where a thread entered zmtrace to end the process or to ask for a leak check: its caller's
+/// stack pointer (as it was at the call) and the callee-saved registers as the caller left them.
+///
+/// The leak check scans that thread's stack from `sp` up, never below: below lie the frames of
+/// the exit machinery (`__run_exit_handlers`), of the recorder and of the check itself, whose
+/// unwritten slots hold copies of pointers that earlier calls left there (the last block
+/// allocated, typically). memcheck does not see those, since it never scans words that were not
+/// written; the caller's registers stand for the spilled copies it does see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub sp: u64,
+    /// rbx, rbp, r12, r13, r14, r15.
+    pub regs: [u64; 6],
+}
+
+/// The [`Entry`] of the thread that called `exit`, for the check that the library destructor
+/// makes later on the same thread.
+static EXIT_ENTRY: SpinLock<Option<(u32, Entry)>> = SpinLock::new(None);
+
+/// A front end's `exit` hook: remembers where the program called `exit` (see [`Entry`]).
+pub fn note_exit_entry(entry: Entry) {
+    let tid = crate::threads::gettid();
+    *EXIT_ENTRY.lock() = Some((tid, entry));
+}
+
+fn exit_entry() -> Option<Entry> {
+    let tid = crate::threads::gettid();
+    match *EXIT_ENTRY.lock() {
+        Some((t, e)) if t == tid => Some(e),
+        _ => None,
+    }
+}
+
 /// Writes everything recorded so far and the `End` record; later events are counted as dropped.
 /// Called from the library destructor (`exit`), `_exit` and `abort`.
 pub fn finish(reason: EndReason, status: i32) {
+    finish_from(reason, status, None)
+}
+
+/// [`finish`] from a front end's entry point that knows where the program called it: the check
+/// made on the way out scans this thread's stack from there (see [`Entry`]). At `exit`, the
+/// entry its hook noted ([`note_exit_entry`]) comes first, `entry` after it.
+pub fn finish_from(reason: EndReason, status: i32, entry: Option<Entry>) {
+    if reason == EndReason::Exit {
+        // Outside the guard: its frees are the program's, recorded as any.
+        freeres();
+    }
     let _g = Guard::enter();
     if STATE.load(Ordering::Acquire) != READY || !output::owns_dump() {
         return;
@@ -405,20 +481,69 @@ pub fn finish(reason: EndReason, status: i32) {
         _ => None,
     };
     if let (Some(trigger), Some(core)) = (trigger, CORE.get()) {
-        write_leak_check(core, trigger);
+        // At `exit`, the entry its hook noted comes first (the front end's is a fallback).
+        let entry = match reason {
+            EndReason::Exit => exit_entry().or(entry),
+            _ => entry,
+        };
+        write_leak_check(core, trigger, entry);
     }
     output::finish(reason, status);
+}
+
+/// glibc's and libstdc++'s `freeres` at `exit`, before the check, as memcheck runs them: they
+/// free what those libraries keep until the end (stdio buffers, locale and time zone data,
+/// libstdc++'s emergency exception pool), so that a clean program reports nothing.
+///
+/// Only when this thread is the program's last (a thread still running may be using what they
+/// free), never at `_exit` (`__libc_freeres` flushes stdio, which `_exit` must not: a forked
+/// child would print its parent's buffered output twice), and not with `ZMTRACE_FREERES=0`
+/// (`zmtrace run --no-freeres`). What they do not free is left to the default suppressions.
+fn freeres() {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if STATE.load(Ordering::Acquire) != READY
+        || !output::owns_dump()
+        || Guard::is_held()
+        || DONE.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    let off = CORE
+        .get()
+        .and_then(|c| c.proc.env("ZMTRACE_FREERES"))
+        .is_some_and(|v| v == "0");
+    if off || !reach::only_thread_left() {
+        return;
+    }
+    // Looked up under the guard: a failed dlsym (a C program has no libstdc++) allocates its
+    // error message, which is ours, not the program's. Called outside it.
+    let fns = {
+        let Some(_g) = Guard::enter() else { return };
+        [c"_ZN9__gnu_cxx9__freeresEv", c"__libc_freeres"]
+            // SAFETY: dlsym has no precondition.
+            .map(|name| unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) })
+    };
+    for f in fns.into_iter().filter(|f| !f.is_null()) {
+        // SAFETY: both take nothing and return nothing.
+        unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn()>(f)() };
+    }
 }
 
 /// Runs a leak check now and writes it to the dump; returns the blocks and bytes of each
 /// [`LeakKind`] (in its order), or None when nothing is being recorded (or another check is
 /// under way).
 pub fn leak_check() -> Option<[KindTotal; 4]> {
+    leak_check_from(None)
+}
+
+/// [`leak_check`] from a front end's exported entry point that knows where its caller's frame
+/// is: this thread's stack is scanned from there (see [`Entry`]).
+pub fn leak_check_from(entry: Option<Entry>) -> Option<[KindTotal; 4]> {
     let _g = Guard::enter()?;
     if STATE.load(Ordering::Acquire) != READY || !output::owns_dump() {
         return None;
     }
-    write_leak_check(CORE.get()?, ReachTrigger::Request)
+    write_leak_check(CORE.get()?, ReachTrigger::Request, entry)
 }
 
 /// Where [`start`] was told to write (overrides `ZMTRACE_OUT`).
@@ -494,6 +619,13 @@ pub fn dump_now() {
     if STATE.load(Ordering::Acquire) == READY && output::owns_dump() {
         output::flush_now();
     }
+}
+
+/// True once tracing has been started in this process (even if stopped since): the recorder may
+/// have memory of its own ([`heap`]) from then on.
+#[inline]
+pub fn started() -> bool {
+    STATE.load(Ordering::Relaxed) != UNINIT
 }
 
 /// True while events are being recorded: the front ends' one-load check.

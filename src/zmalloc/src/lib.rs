@@ -20,6 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use zmtrace_recorder::{self as rec, AllocKind, FrontEnd, Skip};
 
+/// The library's own Rust memory (the recorder's tables and buffers) is the recorder's heap,
+/// mappings of its own: not the program's `malloc`, whose freed chunks would hand the recorder's
+/// words back to the program (and the leak check would take them for pointers). The blocks of
+/// the API are the program's, from `malloc` as ever. (C code inside the recorder, zstd, still
+/// calls the program's `malloc`: only the preload library can route those.)
+#[global_allocator]
+static OWN_HEAP: rec::heap::OwnHeap = rec::heap::OwnHeap;
+
 /// Bytes of the size header in the `prefix-size` layout (Redis: `sizeof(size_t)`).
 #[cfg(feature = "prefix-size")]
 pub const PREFIX_SIZE: usize = std::mem::size_of::<usize>();

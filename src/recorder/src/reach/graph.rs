@@ -4,7 +4,39 @@
 
 use zmtrace_format::LeakKind;
 
-use super::sys::{read_own, Buf};
+use super::sys::{mapping_of, read_own, Buf, Mapping};
+
+/// memcheck's heuristics for interior pointers (`--leak-check-heuristics`), as bits: a pointer
+/// into a block that matches one counts as a pointer to its start (the block is reachable).
+pub(crate) mod heuristic {
+    /// `std::string` (old ABI): length, capacity, refcount, then the characters; the pointer is
+    /// to the characters.
+    pub const STDSTRING: u8 = 1;
+    /// A 64-bit length before the data, the block's size less 8 (sqlite's allocator).
+    pub const LENGTH64: u8 = 2;
+    /// `new T[n]` of a type with a destructor: the count before the array.
+    pub const NEWARRAY: u8 = 4;
+    /// A pointer to a second base class of an object whose first word is a vtable pointer.
+    pub const MULTIPLEINHERITANCE: u8 = 8;
+    pub const ALL: u8 = 15;
+
+    /// memcheck's syntax: `all`, `none`, or names separated by commas. None for a bad name.
+    pub fn parse(s: &str) -> Option<u8> {
+        let mut set = 0;
+        for name in s.split(',').map(str::trim) {
+            set |= match name {
+                "all" => ALL,
+                "none" | "" => 0,
+                "stdstring" => STDSTRING,
+                "length64" => LENGTH64,
+                "newarray" => NEWARRAY,
+                "multipleinheritance" => MULTIPLEINHERITANCE,
+                _ => return None,
+            };
+        }
+        Some(set)
+    }
+}
 
 /// Blocks from this size up are read with `process_vm_readv` when a thread could not be
 /// stopped: such blocks are mapped by themselves, and a running thread that frees one unmaps it.
@@ -14,8 +46,13 @@ pub(super) const UNREACHED: u8 = 0;
 const INDIRECT: u8 = 1;
 const POSSIBLE: u8 = 2;
 const REACHABLE: u8 = 3;
+/// The class bits of a block's state.
+const CLASS: u8 = 0x03;
 /// Set while a block is on the worklist.
 const PENDING: u8 = 0x80;
+/// Set on a block that is not wholly in readable memory (a guard page inside it): it is read
+/// with `process_vm_readv`, which skips what cannot be read instead of faulting.
+const UNREADABLE: u8 = 0x40;
 /// One address in this many goes into [`Graph::sparse`].
 const SPARSE: usize = 16;
 
@@ -40,6 +77,9 @@ pub(super) struct Graph<'a> {
     hi: u64,
     reads: Reads,
     pub(super) root_bytes: u64,
+    /// The heuristics in use ([`heuristic`]) and the memory map they look vtables up in.
+    heuristics: u8,
+    maps: &'a [Mapping],
 }
 
 impl<'a> Graph<'a> {
@@ -73,7 +113,105 @@ impl<'a> Graph<'a> {
             hi,
             reads,
             root_bytes: 0,
+            heuristics: 0,
+            maps: &[],
         }
+    }
+
+    /// Turns memcheck's heuristics on (`set` of [`heuristic`] bits).
+    pub(super) fn with_heuristics(mut self, set: u8, maps: &'a [Mapping]) -> Graph<'a> {
+        self.heuristics = set;
+        self.maps = maps;
+        self
+    }
+
+    /// A word of memory the heuristics look at: in block `i`, or in a module's data.
+    fn peek(&self, a: u64, careful: bool) -> Option<u64> {
+        if !a.is_multiple_of(8) {
+            return None;
+        }
+        if careful || self.reads == Reads::Careful {
+            let mut w = [0u64; 1];
+            return (read_own(a, &mut w, 8) == 8).then_some(w[0]);
+        }
+        // SAFETY: inside a live block that is wholly readable, no thread running.
+        Some(unsafe { (a as *const u64).read_volatile() })
+    }
+
+    /// memcheck's `aligned_ptr_above_page0_is_vtable_addr`: `p` points into a readable file
+    /// mapping at words that are null or point into executable file mappings, two of them at
+    /// least among the first 20.
+    fn is_vtable(&self, p: u64) -> bool {
+        let Some(m) = mapping_of(self.maps, p) else {
+            return false;
+        };
+        if !m.file || !m.readable {
+            return false;
+        }
+        let mut fns = 0;
+        let last = (p + 20 * 8).min(m.end.saturating_sub(8));
+        let mut a = p;
+        while a <= last {
+            let Some(f) = self.peek(a, true) else {
+                return false;
+            };
+            a += 8;
+            if f == 0 {
+                continue;
+            }
+            match mapping_of(self.maps, f) {
+                Some(t) if t.file && t.executable => fns += 1,
+                _ => return false,
+            }
+            if fns == 2 {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// True when the interior pointer `v` into block `i` is, by one of the heuristics in use,
+    /// as good as a pointer to its start (memcheck's `heuristic_reachedness`).
+    fn heuristic_hit(&self, v: u64, i: usize) -> bool {
+        let (a, size) = (self.addr[i], self.size[i]);
+        let careful = self.state[i] & UNREADABLE != 0;
+        let word = |at: u64| self.peek(at, careful);
+        let h = self.heuristics;
+        if h & heuristic::STDSTRING != 0 && v == a + 24 {
+            if let (Some(cap), Some(len)) = (word(a + 8), word(a)) {
+                if cap.checked_add(25) == Some(size) && len <= cap {
+                    return true;
+                }
+            }
+        }
+        if h & heuristic::LENGTH64 != 0 && v == a + 8 {
+            if let Some(n) = word(a) {
+                if n > 0 && size.checked_sub(8) == Some(n) {
+                    return true;
+                }
+            }
+        }
+        if h & heuristic::NEWARRAY != 0 && v == a + 8 {
+            if let Some(n) = word(a) {
+                if n > 0 && size >= 8 && (size - 8) % n == 0 {
+                    return true;
+                }
+            }
+        }
+        if h & heuristic::MULTIPLEINHERITANCE != 0 && v.is_multiple_of(8) && v + 8 <= a + size {
+            if let (Some(inner), Some(first)) = (word(v), word(a)) {
+                if inner % 8 == 0
+                    && inner >= 4096
+                    && first % 8 == 0
+                    && first >= 4096
+                    && self.is_vtable(inner)
+                    && self.is_vtable(first)
+                {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// The block that `v` points into (its start, or inside it; a block of size 0 only at its
@@ -113,15 +251,16 @@ impl<'a> Graph<'a> {
     #[inline]
     pub(super) fn reach_word(&mut self, v: u64, definite: bool) {
         let Some(i) = self.find(v) else { return };
-        let st = self.state[i] & !PENDING;
+        let st = self.state[i] & CLASS;
         if st == REACHABLE {
             return;
         }
-        if v == self.addr[i] && definite {
-            self.state[i] = (self.state[i] & PENDING) | REACHABLE;
+        let as_start = v == self.addr[i] || (self.heuristics != 0 && self.heuristic_hit(v, i));
+        if as_start && definite {
+            self.state[i] = (self.state[i] & !CLASS) | REACHABLE;
             self.push(i);
         } else if st == UNREACHED {
-            self.state[i] = (self.state[i] & PENDING) | POSSIBLE;
+            self.state[i] = (self.state[i] & !CLASS) | POSSIBLE;
             self.push(i);
         }
     }
@@ -130,8 +269,8 @@ impl<'a> Graph<'a> {
     #[inline]
     fn clique_word(&mut self, v: u64, leader: usize) {
         let Some(i) = self.find(v) else { return };
-        if self.state[i] & !PENDING == UNREACHED && i != leader {
-            self.state[i] = (self.state[i] & PENDING) | INDIRECT;
+        if self.state[i] & CLASS == UNREACHED && i != leader {
+            self.state[i] = (self.state[i] & !CLASS) | INDIRECT;
             self.push(i);
         }
     }
@@ -182,6 +321,9 @@ impl<'a> Graph<'a> {
     }
 
     fn block_reads(&self, i: usize) -> Reads {
+        if self.state[i] & UNREADABLE != 0 {
+            return Reads::Careful;
+        }
         if self.reads == Reads::Careful && self.size[i] >= LARGE_BLOCK {
             Reads::Careful
         } else {
@@ -192,7 +334,7 @@ impl<'a> Graph<'a> {
     /// Marks everything reachable from the roots pushed so far.
     pub(super) fn mark(&mut self) {
         while let Some(i) = self.pop() {
-            let definite = self.state[i] & !PENDING != POSSIBLE;
+            let definite = self.state[i] & CLASS != POSSIBLE;
             let (a, s) = (self.addr[i], self.size[i]);
             let reads = self.block_reads(i);
             Self::words(reads, a, a + s, |w| self.reach_word(w, definite));
@@ -202,7 +344,7 @@ impl<'a> Graph<'a> {
     /// Sorts the blocks not reached into cliques: memcheck's second pass.
     pub(super) fn cliques(&mut self) {
         for leader in 0..self.addr.len() {
-            if self.state[leader] != UNREACHED {
+            if self.state[leader] & (CLASS | PENDING) != UNREACHED {
                 continue;
             }
             self.push(leader);
@@ -214,8 +356,24 @@ impl<'a> Graph<'a> {
         }
     }
 
+    /// Marks the blocks that are not wholly in readable memory (`readable(start, end)` says
+    /// whether a range is): they are read without faulting, and counted. Returns their number
+    /// and bytes.
+    pub(super) fn mark_unreadable(&mut self, readable: impl Fn(u64, u64) -> bool) -> (u64, u64) {
+        let (mut n, mut bytes) = (0, 0);
+        for i in 0..self.addr.len() {
+            let (a, s) = (self.addr[i], self.size[i]);
+            if s > 0 && !readable(a, a + s) {
+                self.state[i] |= UNREADABLE;
+                n += 1;
+                bytes += s;
+            }
+        }
+        (n, bytes)
+    }
+
     pub(super) fn kind(&self, i: usize) -> LeakKind {
-        match self.state[i] & !PENDING {
+        match self.state[i] & CLASS {
             REACHABLE => LeakKind::Reachable,
             POSSIBLE => LeakKind::Possible,
             INDIRECT => LeakKind::Indirect,

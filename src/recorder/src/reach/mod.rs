@@ -42,6 +42,7 @@
 //! cliques). This file runs them in order (`check`) and writes the `Reach` record.
 
 mod graph;
+pub(crate) mod regions;
 mod roots;
 mod stop;
 mod sys;
@@ -75,10 +76,14 @@ static CHECKING: AtomicBool = AtomicBool::new(false);
 pub(crate) static LAST_EXIT_CHECK: SpinLock<Option<Box<Reach>>> = SpinLock::new(None);
 
 /// Runs a check and writes its `Reach` record; returns the blocks and bytes of each class.
-pub(crate) fn write_leak_check(core: &Core, trigger: ReachTrigger) -> Option<[KindTotal; 4]> {
-    let outcome = check(core, trigger)?;
+pub(crate) fn write_leak_check(
+    core: &Core,
+    trigger: ReachTrigger,
+    entry: Option<crate::Entry>,
+) -> Option<[KindTotal; 4]> {
+    let outcome = check(core, trigger, entry)?;
     let r = outcome.reach;
-    let raw = zmtrace_format::write::reach_raw(&r.addrs);
+    let raw = zmtrace_format::write::reach_raw(&r);
     let z = zstd::bulk::compress(&raw, 1).ok()?;
     let mut buf = Vec::new();
     zmtrace_format::write::reach(&mut buf, &r, raw.len(), &z);
@@ -90,22 +95,51 @@ pub(crate) fn write_leak_check(core: &Core, trigger: ReachTrigger) -> Option<[Ki
     Some(totals)
 }
 
+/// memcheck's heuristics in use: `ZMTRACE_HEURISTICS` (`zmtrace run
+/// --leak-check-heuristics`), memcheck's syntax, and memcheck's default: all of them. A value
+/// that does not parse keeps the default (`zmtrace run` refuses it before the program starts).
+fn heuristics_in_use(core: &Core) -> u8 {
+    core.proc
+        .env("ZMTRACE_HEURISTICS")
+        .and_then(|v| graph::heuristic::parse(&v))
+        .unwrap_or(graph::heuristic::ALL)
+}
+
+/// True when the calling thread is the process's only one (the recorder's writer aside).
+pub(crate) fn only_thread_left() -> bool {
+    let mut tids: Buf<u32> = Buf::new();
+    list_threads(&mut tids);
+    let (me, writer) = (gettid(), crate::output::writer_tid());
+    tids.as_slice().iter().all(|&t| t == me || t == writer)
+}
+
 /// What one check found, for the record and for the caller.
 pub(crate) struct Outcome {
     pub reach: Reach,
 }
 
 /// Runs a check now. Called under the recorder guard with the recorder ready; returns None when
-/// another check is under way or the memory for it cannot be had.
+/// another check is under way or the memory for it cannot be had. `entry` is where this thread
+/// entered zmtrace (its caller's frame and registers); without one, the stack is scanned from
+/// this function's caller, and the registers are read here.
 #[inline(never)]
-pub(crate) fn check(core: &Core, trigger: ReachTrigger) -> Option<Outcome> {
-    // Our callers' frames (the program's, above this one) are roots; ours below are not.
-    let sp = crate::stack_pointer();
-    let regs = callee_saved();
+pub(crate) fn check(
+    core: &Core,
+    trigger: ReachTrigger,
+    entry: Option<crate::Entry>,
+) -> Option<Outcome> {
+    let here = crate::Entry {
+        sp: crate::stack_pointer(),
+        regs: callee_saved(),
+    };
+    let (sp, regs, at_call) = match entry {
+        Some(e) => (e.sp, e.regs, true),
+        None => (here.sp, here.regs, false),
+    };
     if CHECKING.swap(true, Ordering::AcqRel) {
         return None;
     }
-    let out = check_locked(core, trigger, sp, regs);
+    let out = check_locked(core, trigger, (sp, at_call), regs);
     CHECKING.store(false, Ordering::Release);
     out
 }
@@ -114,7 +148,7 @@ pub(crate) fn check(core: &Core, trigger: ReachTrigger) -> Option<Outcome> {
 fn check_locked(
     core: &Core,
     trigger: ReachTrigger,
-    my_sp: u64,
+    my_sp: (u64, bool),
     my_regs: [u64; 6],
 ) -> Option<Outcome> {
     let started = now_mono();
@@ -122,6 +156,7 @@ fn check_locked(
     let mut segments = Buf::new();
     writable_segments(core, &mut segments);
     let tls_size = static_tls_size();
+    let heuristics = heuristics_in_use(core);
     if !install_handler() {
         return None;
     }
@@ -159,16 +194,19 @@ fn check_locked(
         me,
         my_sp,
         my_regs,
+        heuristics,
     );
     resume_threads(slots);
     // ---- threads running again ----
-    let (seq, blocks, stopped, unstopped, root_bytes) = result?;
+    let (seq, blocks, stopped, unstopped, root_bytes, unreadable) = result?;
     let mut reach = Reach {
         trigger,
         seq,
         threads_stopped: stopped,
         threads_unstopped: unstopped,
         root_bytes,
+        unreadable_blocks: unreadable.0,
+        unreadable_bytes: unreadable.1,
         ..Reach::default()
     };
     for &(addr, size, kind) in blocks.as_slice() {
@@ -181,19 +219,20 @@ fn check_locked(
     Some(Outcome { reach })
 }
 
-type ScanResult = (u64, Buf<(u64, u64, LeakKind)>, u32, u32, u64);
+type ScanResult = (u64, Buf<(u64, u64, LeakKind)>, u32, u32, u64, (u64, u64));
 
 /// The part of the check made while the threads are stopped.
 #[allow(clippy::too_many_arguments)]
 fn scan(
     core: &Core,
-    segments: &Buf<(u64, u64)>,
+    segments: &Buf<roots::Segment>,
     slots: &[Slot],
     unstoppable: &Buf<u32>,
     tls_size: u64,
     me: u32,
-    my_sp: u64,
+    (my_sp, at_call): (u64, bool),
     my_regs: [u64; 6],
+    heuristics: u8,
 ) -> Option<ScanResult> {
     let seq = SEQ.load(Ordering::Acquire);
     let blocks = snapshot(core)?;
@@ -225,8 +264,49 @@ fn scan(
         Reads::Direct
     };
     let (addr_s, size_s) = (addr.as_slice(), size.as_slice());
-    let mut g = Graph::new(addr_s, size_s, state.as_mut_slice(), reads);
+    let mut g =
+        Graph::new(addr_s, size_s, state.as_mut_slice(), reads).with_heuristics(heuristics, maps);
+    // A block with a page it cannot read (a guard page of a fiber stack or a JIT buffer, made
+    // with mprotect) is read without faulting, and counted.
+    let unreadable = g.mark_unreadable(|start, end| {
+        let mut p = start;
+        while p < end {
+            match mapping_of(maps, p) {
+                Some(m) if m.readable => p = m.end,
+                _ => return false,
+            }
+        }
+        true
+    });
 
+    // Never roots: the allocator's state in libc's data, the recorder's own heap.
+    let mut excluded: Buf<(u64, u64)> = Buf::new();
+    if let Some(arena) = roots::glibc_main_arena(segments.as_slice(), maps) {
+        excluded.push(arena);
+    }
+    for c in crate::heap::chunks() {
+        excluded.push(c);
+    }
+    for &(s, e, kind) in segments.as_slice() {
+        if kind == roots::OWN {
+            excluded.push((s, e));
+        }
+    }
+    excluded.as_mut_slice().sort_unstable();
+    let excluded = excluded.as_slice();
+    let scan_root = |g: &mut Graph, start: u64, end: u64| {
+        let mut p = start;
+        for &(xs, xe) in excluded {
+            if xe <= p || xs >= end {
+                continue;
+            }
+            g.scan_root(p, xs.max(p));
+            p = xe;
+        }
+        if p < end {
+            g.scan_root(p, end);
+        }
+    };
     // Only what is mapped and readable is read.
     let scan_mapped = |g: &mut Graph, start: u64, end: u64| {
         let mut p = start;
@@ -243,23 +323,26 @@ fn scan(
             };
             let e = end.min(m.end);
             if m.readable {
-                g.scan_root(p, e);
+                scan_root(g, p, e);
             }
             p = e;
         }
     };
 
-    for &(s, e) in segments.as_slice() {
-        scan_mapped(&mut g, s, e);
+    for &(s, e, kind) in segments.as_slice() {
+        if kind != roots::OWN {
+            scan_mapped(&mut g, s, e);
+        }
     }
     // Our own stack, from our callers' frames up, and the registers they may still hold.
     let my_top = CURRENT.with(|c| c.get());
     // SAFETY: thread states are never freed.
     let my_top = unsafe { my_top.as_ref() }.map_or(0, |s| s.stack_top());
-    let mut threads = [ThreadRoots {
+    let threads = [ThreadRoots {
         sp: my_sp,
         top: my_top,
         tp: thread_pointer(),
+        at_call,
     }]
     .into_iter()
     .chain(
@@ -271,8 +354,53 @@ fn scan(
                 sp: s.sp.load(Ordering::Relaxed),
                 top: s.top.load(Ordering::Relaxed),
                 tp: s.tp.load(Ordering::Relaxed),
+                at_call: false,
             }),
     );
+    let mut all: Buf<ThreadRoots> = Buf::new();
+    for t in threads {
+        all.push(t);
+    }
+    let threads = all.as_slice();
+    // The program's own mappings (see `regions`): what of them is still mapped readable and
+    // writable, but a mapping that holds a block, which is an allocator's heap.
+    let mut program = Buf::new();
+    regions::snapshot(&mut program);
+    for &(s, e) in program.as_slice() {
+        let mut p = s;
+        while p < e {
+            let Some(m) = mapping_of(maps, p) else {
+                let next = maps.partition_point(|m| m.start <= p);
+                match maps.get(next) {
+                    Some(m) if m.start < e => {
+                        p = m.start;
+                        continue;
+                    }
+                    _ => break,
+                }
+            };
+            let end = e.min(m.end);
+            // (Within the region only: the kernel merges an allocator's mapping that happens to
+            // be next to it into the same line of the memory map.)
+            let first = addr_s.partition_point(|&a| a < p);
+            let holds_block = addr_s.get(first).is_some_and(|&a| a < end);
+            if m.readable && m.writable && !m.device && !holds_block {
+                // A stack in use there (a signal stack, a coroutine's): from its stack pointer
+                // up, as for any stack; below lie dead frames (the recorder's among them).
+                let from = threads
+                    .iter()
+                    .filter(|t| (p..end).contains(&t.sp))
+                    .map(|t| {
+                        t.sp.saturating_sub(if t.at_call { 0 } else { roots::RED_ZONE })
+                    })
+                    .max()
+                    .unwrap_or(p)
+                    .max(p);
+                scan_root(&mut g, from, end);
+            }
+            p = end;
+        }
+    }
     for &w in &my_regs {
         g.reach_word(w, true);
     }
@@ -283,8 +411,12 @@ fn scan(
             }
         }
     }
-    for t in &mut threads {
-        if let Some((lo, hi)) = stack_range(&g, maps, t.sp, t.top) {
+    for t in threads {
+        if let Some((lo, hi)) = roots::interrupted_stack(maps, t) {
+            // On a signal stack: the stack it was interrupted on, from where it was.
+            scan_mapped(&mut g, lo, hi);
+        }
+        if let Some((lo, hi)) = stack_range(&g, maps, t.sp, t.top, t.at_call) {
             scan_mapped(&mut g, lo, hi);
             if !(lo..hi).contains(&t.tp) {
                 if let Some((lo, hi)) = tls_range(&g, maps, t.tp, tls_size) {
@@ -312,7 +444,7 @@ fn scan(
                 .map(|m| (m.start, top)),
             _ => syscall_sp(tid, &mut text).and_then(|sp| {
                 let m = mapping_of(maps, sp)?;
-                let (_, hi) = stack_range(&g, maps, sp, 0)?;
+                let (_, hi) = stack_range(&g, maps, sp, 0, false)?;
                 Some((m.start, hi))
             }),
         };
@@ -331,7 +463,7 @@ fn scan(
     for i in 0..n {
         out.push((addr_s[i], size_s[i], g.kind(i)));
     }
-    Some((seq, out, stopped, unstopped, root_bytes))
+    Some((seq, out, stopped, unstopped, root_bytes, unreadable))
 }
 
 /// The live set as (address, requested size), sorted by address. Shard locks are only tried:

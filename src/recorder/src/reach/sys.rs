@@ -14,7 +14,7 @@ pub(crate) struct Buf<T> {
 }
 
 impl<T> Buf<T> {
-    pub(crate) fn new() -> Buf<T> {
+    pub(crate) const fn new() -> Buf<T> {
         Buf {
             ptr: std::ptr::null_mut(),
             len: 0,
@@ -35,25 +35,19 @@ impl<T> Buf<T> {
         let Some(bytes) = cap.checked_mul(size) else {
             return false;
         };
+        // A raw system call, not the program's (interposed) `mmap`: the check's memory is
+        // never taken for one of the program's own mappings.
+        let Some(p) = crate::heap::map_anon(bytes) else {
+            return false;
+        };
         // SAFETY: a fresh private anonymous mapping; the old one is copied and unmapped.
         unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            );
-            if p == libc::MAP_FAILED {
-                return false;
-            }
             if !self.ptr.is_null() {
-                std::ptr::copy_nonoverlapping(self.ptr, p.cast::<T>(), self.len);
-                libc::munmap(self.ptr.cast(), self.cap * size);
+                std::ptr::copy_nonoverlapping(self.ptr, p.as_ptr().cast::<T>(), self.len);
+                crate::heap::unmap(self.ptr.cast(), self.cap * size);
             }
-            self.ptr = p.cast();
         }
+        self.ptr = p.as_ptr().cast();
         self.cap = cap;
         true
     }
@@ -66,6 +60,12 @@ impl<T> Buf<T> {
         unsafe { self.ptr.add(self.len).write(v) };
         self.len += 1;
         true
+    }
+
+    /// Sets the length within the capacity (the elements up to it must be written).
+    pub(super) fn set_len(&mut self, len: usize) {
+        assert!(len <= self.cap || (len == 0 && self.cap == 0));
+        self.len = len;
     }
 
     pub(super) fn pop(&mut self) -> Option<T> {
@@ -112,14 +112,14 @@ impl<T: Copy> Buf<T> {
 impl<T> Drop for Buf<T> {
     fn drop(&mut self) {
         if !self.ptr.is_null() {
-            // SAFETY: our own mapping, of cap elements.
-            unsafe { libc::munmap(self.ptr.cast(), self.cap * std::mem::size_of::<T>().max(1)) };
+            // Our own mapping, of cap elements.
+            crate::heap::unmap(self.ptr.cast(), self.cap * std::mem::size_of::<T>().max(1));
         }
     }
 }
 
 /// Reads a whole (small) file into `out`.
-fn read_file(path: &CStr, out: &mut Buf<u8>) -> bool {
+pub(super) fn read_file(path: &CStr, out: &mut Buf<u8>) -> bool {
     out.len = 0;
     // SAFETY: plain syscalls into memory we own.
     unsafe {
@@ -205,6 +205,12 @@ pub(super) struct Mapping {
     pub(super) start: u64,
     pub(super) end: u64,
     pub(super) readable: bool,
+    pub(super) writable: bool,
+    pub(super) executable: bool,
+    /// Backed by a file (an inode), not anonymous memory.
+    pub(super) file: bool,
+    /// A character or block device is mapped: never read (`/dev/zero` is not one of them).
+    pub(super) device: bool,
     pub(super) kind: MapKind,
 }
 
@@ -227,16 +233,31 @@ pub(super) fn read_maps(text: &mut Buf<u8>, maps: &mut Buf<Mapping>) -> bool {
             continue;
         };
         // offset, device, inode, then the name (if any)
-        let name = fields.nth(3).unwrap_or(b"");
+        let _offset = fields.next();
+        let dev = fields.next().unwrap_or(b"00:00");
+        let inode = fields.next().unwrap_or(b"0");
+        let name = fields.next().unwrap_or(b"");
         let kind = match name {
             b"[heap]" => MapKind::Heap,
             b"[stack]" => MapKind::Stack,
             _ => MapKind::Other,
         };
+        let file = inode != b"0";
+        // Device files live on devtmpfs (major 0, like every pseudo file system): a mapping of
+        // one is named under /dev/ but is no regular file of /dev/shm.
+        let device = file
+            && name.starts_with(b"/dev/")
+            && !name.starts_with(b"/dev/shm/")
+            && name != b"/dev/zero"
+            && dev.starts_with(b"00:");
         maps.push(Mapping {
             start,
             end,
             readable: perms.first() == Some(&b'r'),
+            writable: perms.get(1) == Some(&b'w'),
+            executable: perms.get(2) == Some(&b'x'),
+            file,
+            device,
             kind,
         });
     }

@@ -1,0 +1,52 @@
+/* deepbind: a library loaded with RTLD_DEEPBIND allocates and frees.
+ *
+ * Usage: deepbind LIBRARY     (the path of libdeeplib.so, from samples/deeplib.c)
+ *        prints nothing, exits 0 (20..99: a libc assumption failed)
+ *
+ * The library's zs_lib_alloc mallocs 500 B (kept in a global: still reachable), 600 B (lost:
+ * definitely lost), and 700 B (freed by the library: not live at exit). The program mallocs
+ * 800 B itself (zs_main_block) and has the library free it: not live at exit either (without
+ * the library's free in the dump it would be a phantom block, live for ever).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "zs_common.h"
+
+volatile uintptr_t g_sink;
+void *g_keep;
+
+ZS_FN void *zs_main_block(void)
+{
+    void *p = malloc(800);
+    ZS_CHECK(20, p != NULL);
+    memset(p, 0x12, 800);
+    return p;
+}
+
+ZS_FN void zs_scrub_stack(void)
+{
+    volatile char pad[64 * 1024];
+    for (size_t i = 0; i < sizeof pad; i++)
+        pad[i] = 0;
+}
+
+int main(int argc, char **argv)
+{
+    ZS_CHECK(21, argc == 2);
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    ZS_CHECK(22, h != NULL);
+    void *(*lib_alloc)(size_t) = (void *(*)(size_t))dlsym(h, "zs_lib_alloc");
+    void (*lib_free)(void *) = (void (*)(void *))dlsym(h, "zs_lib_free");
+    ZS_CHECK(23, lib_alloc != NULL && lib_free != NULL);
+    g_keep = lib_alloc(500);
+    g_sink += (uintptr_t)lib_alloc(600) * 0x9E3779B97F4A7C15ull;
+    lib_free(lib_alloc(700));
+    lib_free(zs_main_block());
+    ZS_KEEP();
+    zs_scrub_stack();
+    return 0;
+}

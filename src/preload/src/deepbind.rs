@@ -1,0 +1,169 @@
+//! Libraries loaded with `RTLD_DEEPBIND`: their symbols are looked up in their own scope (the
+//! library and its dependencies, libc among them) before the global one, so their `malloc` and
+//! `free` bind to libc's, past our hooks. Their allocations would be missed, and a block of the
+//! program's that they free would stay live in the dump (a phantom).
+//!
+//! After such a `dlopen`, the relocations of every module it loaded that name one of our hooks
+//! (`R_X86_64_JUMP_SLOT`, `R_X86_64_GLOB_DAT`, `R_X86_64_64`) are pointed at the hook instead,
+//! as heaptrack does; a slot in the RELRO part is made writable for the write and read-only
+//! again. Resolved slots are overwritten; lazily bound ones never reach the resolver.
+
+use std::ffi::{c_int, c_void, CStr};
+
+/// The symbols we interpose that a library's allocator calls may name.
+fn hook_for(name: &[u8]) -> Option<usize> {
+    let f: usize = match name {
+        b"malloc" => crate::malloc as *const () as usize,
+        b"calloc" => crate::calloc as *const () as usize,
+        b"realloc" => crate::realloc as *const () as usize,
+        b"reallocarray" => crate::reallocarray as *const () as usize,
+        b"free" => crate::free as *const () as usize,
+        b"malloc_usable_size" => crate::malloc_usable_size as *const () as usize,
+        b"memalign" => crate::memalign as *const () as usize,
+        b"aligned_alloc" => crate::aligned_alloc as *const () as usize,
+        b"valloc" => crate::valloc as *const () as usize,
+        b"pvalloc" => crate::pvalloc as *const () as usize,
+        b"posix_memalign" => crate::posix_memalign as *const () as usize,
+        b"mmap" => crate::mmap as *const () as usize,
+        b"mmap64" => crate::mmap64 as *const () as usize,
+        b"munmap" => crate::munmap as *const () as usize,
+        b"mremap" => crate::mremap as *const () as usize,
+        _ => return None,
+    };
+    Some(f)
+}
+
+/// The load addresses of the modules loaded now.
+pub fn loaded() -> Vec<usize> {
+    unsafe extern "C" fn cb(info: *mut libc::dl_phdr_info, _: usize, data: *mut c_void) -> c_int {
+        (*(data as *mut Vec<usize>)).push((*info).dlpi_addr as usize);
+        0
+    }
+    let mut v = Vec::new();
+    // SAFETY: the callback only reads the address the loader hands it.
+    unsafe { libc::dl_iterate_phdr(Some(cb), &mut v as *mut Vec<usize> as *mut c_void) };
+    v
+}
+
+/// Points the hooked symbols' relocations of every module loaded since `before` at our hooks.
+pub fn rebind_new(before: &[usize]) {
+    unsafe extern "C" fn cb(info: *mut libc::dl_phdr_info, _: usize, data: *mut c_void) -> c_int {
+        let before = &*(data as *const Vec<usize>);
+        let info = &*info;
+        if !before.contains(&(info.dlpi_addr as usize)) && info.dlpi_addr != 0 {
+            rebind(info);
+        }
+        0
+    }
+    let before = before.to_vec();
+    // SAFETY: the callback reads the program headers and dynamic sections the loader mapped.
+    unsafe { libc::dl_iterate_phdr(Some(cb), &before as *const Vec<usize> as *mut c_void) };
+}
+
+/// `Elf64_Dyn` (not in the libc crate).
+#[repr(C)]
+struct Dyn {
+    tag: i64,
+    val: u64,
+}
+const DT_NULL: i64 = 0;
+const DT_PLTRELSZ: i64 = 2;
+const DT_STRTAB: i64 = 5;
+const DT_SYMTAB: i64 = 6;
+const DT_RELA: i64 = 7;
+const DT_RELASZ: i64 = 8;
+const DT_JMPREL: i64 = 23;
+
+const R_X86_64_64: u32 = 1;
+const R_X86_64_GLOB_DAT: u32 = 6;
+const R_X86_64_JUMP_SLOT: u32 = 7;
+
+/// Rewrites one module's relocations of the hooked symbols.
+unsafe fn rebind(info: &libc::dl_phdr_info) {
+    let base = info.dlpi_addr as usize;
+    let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+    let Some(dynamic) = phdrs.iter().find(|p| p.p_type == libc::PT_DYNAMIC) else {
+        return;
+    };
+    let relro = phdrs
+        .iter()
+        .find(|p| p.p_type == libc::PT_GNU_RELRO)
+        .map(|p| {
+            // What the loader made read-only: whole pages only (`_dl_protect_relro`).
+            let page = crate::real::page_size();
+            let s = (base + p.p_vaddr as usize) & !(page - 1);
+            s..(base + p.p_vaddr as usize + p.p_memsz as usize) & !(page - 1)
+        });
+    // The loader has made the dynamic section's addresses absolute (glibc on x86-64); an
+    // address below the module's base is an offset still.
+    let abs = |v: u64| -> usize {
+        let v = v as usize;
+        if v < base {
+            base + v
+        } else {
+            v
+        }
+    };
+    let (mut symtab, mut strtab) = (0usize, 0usize);
+    let mut tables = [(0usize, 0usize); 2]; // (DT_RELA, DT_RELASZ), (DT_JMPREL, DT_PLTRELSZ)
+    let mut d = (base + dynamic.p_vaddr as usize) as *const Dyn;
+    while (*d).tag != DT_NULL {
+        let v = (*d).val;
+        match (*d).tag {
+            DT_SYMTAB => symtab = abs(v),
+            DT_STRTAB => strtab = abs(v),
+            DT_RELA => tables[0].0 = abs(v),
+            DT_RELASZ => tables[0].1 = v as usize,
+            DT_JMPREL => tables[1].0 = abs(v),
+            DT_PLTRELSZ => tables[1].1 = v as usize,
+            _ => {}
+        }
+        d = d.add(1);
+    }
+    if symtab == 0 || strtab == 0 {
+        return;
+    }
+    let page = crate::real::page_size();
+    for (table, size) in tables {
+        if table == 0 {
+            continue;
+        }
+        let relas = std::slice::from_raw_parts(
+            table as *const libc::Elf64_Rela,
+            size / std::mem::size_of::<libc::Elf64_Rela>(),
+        );
+        for r in relas {
+            let kind = (r.r_info & 0xffff_ffff) as u32;
+            if !matches!(kind, R_X86_64_JUMP_SLOT | R_X86_64_GLOB_DAT | R_X86_64_64) {
+                continue;
+            }
+            let sym = &*((symtab as *const libc::Elf64_Sym).add((r.r_info >> 32) as usize));
+            if sym.st_name == 0 || (kind == R_X86_64_64 && r.r_addend != 0) {
+                continue;
+            }
+            let name = CStr::from_ptr((strtab + sym.st_name as usize) as *const libc::c_char);
+            let Some(hook) = hook_for(name.to_bytes()) else {
+                continue;
+            };
+            let slot = (base + r.r_offset as usize) as *mut usize;
+            if slot.read() == hook {
+                continue;
+            }
+            let start = slot as usize & !(page - 1);
+            let in_relro = relro.as_ref().is_some_and(|r| r.contains(&(slot as usize)));
+            if in_relro
+                && libc::mprotect(
+                    start as *mut c_void,
+                    page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                ) != 0
+            {
+                continue;
+            }
+            slot.write(hook);
+            if in_relro {
+                libc::mprotect(start as *mut c_void, page, libc::PROT_READ);
+            }
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The recorder's own heap: every table, stack, buffer and cache the recorder keeps lives in
+//! anonymous mappings of its own, never in the program's allocator.
+//!
+//! Why: memory that the recorder frees or resizes in the program's heap (a live-set table, a
+//! vector of block addresses) leaves its words behind in chunks that the program later gets
+//! from `malloc` without writing to them. The leak check then finds "pointers" that the program
+//! never wrote, and a lost block is reported reachable, or a lost array indirectly lost behind
+//! a random block. memcheck is immune because its own heap is not the program's; so are we now.
+//!
+//! The allocator is `talc` (a dlmalloc-style allocator that runs over memory it is given), behind
+//! a [`SpinLock`] that the `fork` handlers take last and release first (see `fork`), over a few
+//! chunks mapped with a raw `mmap` system call, never through the program's (interposed) `mmap`
+//! and never from the program's heap. Chunks double in size, so the recorder's whole heap is a
+//! handful of mappings; [`contains`] tells in a few compares whether an address is ours, which
+//! the front ends use to send a `free` to the right heap.
+//!
+//! [`OwnHeap`] is the `GlobalAlloc` of the front ends (the preload library, the C API's
+//! library), and [`c_malloc`] and friends serve C code running inside the recorder (zstd), whose
+//! `malloc` calls the preload library routes here while the recorder guard is held.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use talc::base::binning::Binning;
+use talc::base::Talc;
+use talc::source::Source;
+use talc::DefaultBinning;
+
+use crate::sync::SpinLock;
+
+/// The first chunk; each next one is twice the last (or as large as the request needs).
+const FIRST_CHUNK: usize = 4 << 20;
+/// Chunks at most: with doubling from 4 MiB this is far more than any address space.
+const MAX_CHUNKS: usize = 32;
+
+/// The chunks mapped so far (`[start, end)`), published for [`contains`] without the lock.
+static CHUNK_START: [AtomicUsize; MAX_CHUNKS] = [const { AtomicUsize::new(0) }; MAX_CHUNKS];
+static CHUNK_END: [AtomicUsize; MAX_CHUNKS] = [const { AtomicUsize::new(0) }; MAX_CHUNKS];
+static CHUNKS: AtomicUsize = AtomicUsize::new(0);
+/// The bounds of all chunks: most addresses that are not ours fail this test alone.
+static LOWEST: AtomicUsize = AtomicUsize::new(usize::MAX);
+static HIGHEST: AtomicUsize = AtomicUsize::new(0);
+
+/// Maps fresh chunks when talc runs out: a raw system call, so that it neither reaches the
+/// program's `mmap` (interposed by the preload library, which records the program's mappings)
+/// nor allocates.
+#[derive(Debug)]
+pub struct Chunks {
+    next: usize,
+}
+
+/// An anonymous private read-write mapping made with the raw system call; None if refused.
+pub(crate) fn map_anon(len: usize) -> Option<NonNull<u8>> {
+    // SAFETY: a fresh anonymous mapping, no memory of ours is touched.
+    let p = unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            0usize,
+            len,
+            (libc::PROT_READ | libc::PROT_WRITE) as libc::c_long,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as libc::c_long,
+            -1 as libc::c_long,
+            0usize,
+        )
+    };
+    if p < 0 || p as usize > usize::MAX - 4096 {
+        return None;
+    }
+    NonNull::new(p as *mut u8)
+}
+
+/// Unmaps what [`map_anon`] mapped.
+pub(crate) fn unmap(p: *mut u8, len: usize) {
+    // SAFETY: the caller's own mapping.
+    unsafe { libc::syscall(libc::SYS_munmap, p as usize, len) };
+}
+
+// SAFETY: `acquire` touches no allocator: it maps memory with a system call and claims it.
+unsafe impl Source for Chunks {
+    fn acquire<B: Binning>(talc: &mut Talc<Self, B>, layout: Layout) -> Result<(), ()> {
+        let n = CHUNKS.load(Ordering::Relaxed);
+        if n == MAX_CHUNKS {
+            return Err(());
+        }
+        let want = layout
+            .size()
+            .checked_add(layout.align())
+            .and_then(|s| s.checked_add(64 << 10))
+            .ok_or(())?;
+        let size = talc
+            .source
+            .next
+            .max(FIRST_CHUNK)
+            .max(want.next_multiple_of(4096));
+        let p = map_anon(size).ok_or(())?;
+        // SAFETY: the mapping is fresh and ours for good.
+        unsafe { talc.claim(p.as_ptr(), size) }.ok_or(())?;
+        talc.source.next = size.saturating_mul(2);
+        let (s, e) = (p.as_ptr() as usize, p.as_ptr() as usize + size);
+        CHUNK_START[n].store(s, Ordering::Relaxed);
+        CHUNK_END[n].store(e, Ordering::Relaxed);
+        LOWEST.fetch_min(s, Ordering::Relaxed);
+        HIGHEST.fetch_max(e, Ordering::Relaxed);
+        CHUNKS.store(n + 1, Ordering::Release);
+        Ok(())
+    }
+}
+
+type Heap = Talc<Chunks, DefaultBinning>;
+
+/// The heap. Taken by the `fork` handlers last (everything else they do may allocate) and
+/// released first.
+pub(crate) static HEAP: SpinLock<Heap> = SpinLock::new(Talc::new(Chunks { next: 0 }));
+
+/// The thread holding [`HEAP`] (its thread pointer), 0 when free: a signal handler that
+/// allocates while its thread is inside the heap must not wait for itself.
+static OWNER: AtomicUsize = AtomicUsize::new(0);
+
+fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: reads the first word of this thread's TCB, which points to itself (x86-64).
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
+    }
+    tp
+}
+
+struct Locked(crate::sync::SpinGuard<'static, Heap>);
+
+impl std::ops::Deref for Locked {
+    type Target = Heap;
+    fn deref(&self) -> &Heap {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut Heap {
+        &mut self.0
+    }
+}
+
+/// Runs before the inner guard's drop releases the lock.
+impl Drop for Locked {
+    fn drop(&mut self) {
+        OWNER.store(0, Ordering::Relaxed);
+    }
+}
+
+fn lock() -> Locked {
+    let g = HEAP.lock();
+    OWNER.store(thread_pointer(), Ordering::Relaxed);
+    Locked(g)
+}
+
+/// True when this thread holds the heap (a signal handler interrupted it there).
+pub fn held_here() -> bool {
+    OWNER.load(Ordering::Relaxed) == thread_pointer()
+}
+
+/// True when `p` lies in the recorder's own heap.
+#[inline]
+pub fn contains(p: *const u8) -> bool {
+    let a = p as usize;
+    if a < LOWEST.load(Ordering::Relaxed) || a >= HIGHEST.load(Ordering::Relaxed) {
+        return false;
+    }
+    let n = CHUNKS.load(Ordering::Acquire);
+    (0..n).any(|i| {
+        CHUNK_START[i].load(Ordering::Relaxed) <= a && a < CHUNK_END[i].load(Ordering::Relaxed)
+    })
+}
+
+/// The address ranges of the recorder's heap (for the leak check, which never scans them).
+pub(crate) fn chunks() -> impl Iterator<Item = (u64, u64)> {
+    let n = CHUNKS.load(Ordering::Acquire);
+    (0..n).map(|i| {
+        (
+            CHUNK_START[i].load(Ordering::Relaxed) as u64,
+            CHUNK_END[i].load(Ordering::Relaxed) as u64,
+        )
+    })
+}
+
+/// The recorder's `GlobalAlloc`: the front ends make it their `#[global_allocator]`.
+pub struct OwnHeap;
+
+unsafe impl GlobalAlloc for OwnHeap {
+    #[inline]
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if l.size() == 0 {
+            return l.align() as *mut u8;
+        }
+        lock()
+            .allocate(l)
+            .map_or(std::ptr::null_mut(), |p| p.as_ptr())
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        if l.size() != 0 {
+            lock().deallocate(p, l)
+        }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        if l.size() == 0 || new == 0 {
+            // Zero-sized layouts are not talc's: go through alloc and dealloc.
+            let q = self.alloc(Layout::from_size_align_unchecked(new, l.align()));
+            if !q.is_null() {
+                std::ptr::copy_nonoverlapping(p, q, l.size().min(new));
+                self.dealloc(p, l);
+            }
+            return q;
+        }
+        let mut heap = lock();
+        if new <= l.size() {
+            heap.shrink(p, l, new);
+            return p;
+        }
+        if heap.try_grow_in_place(p, l, new) {
+            return p;
+        }
+        let Some(q) = heap.allocate(Layout::from_size_align_unchecked(new, l.align())) else {
+            return std::ptr::null_mut();
+        };
+        std::ptr::copy_nonoverlapping(p, q.as_ptr(), l.size());
+        heap.deallocate(p, l);
+        q.as_ptr()
+    }
+}
+
+// ---- for C code inside the recorder: malloc and free without a size ---------------------------
+
+/// Bytes before a C block: its size and alignment, so that `free` can give talc its layout.
+const C_HEADER: usize = 16;
+
+/// `malloc`/`memalign` for C code the recorder runs (its `free` has no size, so a header keeps
+/// it). Null when the memory cannot be had, or when this thread is inside the heap already (a
+/// signal handler of the program's that allocates): the caller then uses the real allocator.
+///
+/// # Safety
+/// `align` is a power of two.
+pub unsafe fn c_malloc(size: usize, align: usize) -> *mut u8 {
+    if held_here() {
+        return std::ptr::null_mut();
+    }
+    let align = align.max(C_HEADER);
+    let Some(total) = size.max(1).checked_add(align) else {
+        return std::ptr::null_mut();
+    };
+    let Ok(l) = Layout::from_size_align(total, align) else {
+        return std::ptr::null_mut();
+    };
+    let base = OwnHeap.alloc(l);
+    if base.is_null() {
+        return base;
+    }
+    let p = base.add(align);
+    (p.sub(C_HEADER) as *mut usize).write(size.max(1));
+    (p.sub(C_HEADER / 2) as *mut usize).write(align);
+    p
+}
+
+/// The size `c_malloc` was asked for, for `malloc_usable_size` and `realloc`.
+///
+/// # Safety
+/// `p` came from [`c_malloc`].
+pub unsafe fn c_size(p: *mut u8) -> usize {
+    (p.sub(C_HEADER) as *const usize).read()
+}
+
+/// # Safety
+/// `p` came from [`c_malloc`] and is not used again.
+pub unsafe fn c_free(p: *mut u8) {
+    let size = c_size(p);
+    let align = (p.sub(C_HEADER / 2) as *const usize).read();
+    let l = Layout::from_size_align_unchecked(size + align, align);
+    OwnHeap.dealloc(p.sub(align), l);
+}
+
+/// # Safety
+/// `p` came from [`c_malloc`]; on success it is not used again.
+pub unsafe fn c_realloc(p: *mut u8, size: usize) -> *mut u8 {
+    let q = c_malloc(size, C_HEADER);
+    if !q.is_null() {
+        std::ptr::copy_nonoverlapping(p, q, c_size(p).min(size.max(1)));
+        c_free(p);
+    }
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_come_from_our_own_mappings_and_go_back() {
+        let l = Layout::from_size_align(100, 8).unwrap();
+        // SAFETY: plain use of the allocator.
+        unsafe {
+            let p = OwnHeap.alloc(l);
+            assert!(!p.is_null() && contains(p));
+            p.write_bytes(0xab, 100);
+            let q = OwnHeap.realloc(p, l, 1 << 20);
+            assert!(contains(q));
+            assert_eq!(q.read(), 0xab);
+            OwnHeap.dealloc(q, Layout::from_size_align(1 << 20, 8).unwrap());
+            let c = c_malloc(24, 64);
+            assert!(contains(c) && c as usize % 64 == 0);
+            assert_eq!(c_size(c), 24);
+            let c = c_realloc(c, 5000);
+            assert_eq!(c_size(c), 5000);
+            c_free(c);
+            let big = OwnHeap.alloc(Layout::from_size_align(64 << 20, 4096).unwrap());
+            assert!(contains(big) && big as usize % 4096 == 0);
+            OwnHeap.dealloc(big, Layout::from_size_align(64 << 20, 4096).unwrap());
+        }
+        let on_stack = 0u64;
+        assert!(!contains(&on_stack as *const u64 as *const u8));
+        let boxed = Box::new(1u64); // the test harness's allocator, not ours
+        assert!(!contains(&*boxed as *const u64 as *const u8));
+    }
+}
