@@ -404,6 +404,9 @@ pub fn finish(reason: EndReason, status: i32) {
     if let (Some(trigger), Some(core)) = (trigger, CORE.get()) {
         write_leak_check(core, trigger);
     }
+    if let Some(core) = CORE.get() {
+        unwind::write_stats(core);
+    }
     output::finish(reason, status);
 }
 

@@ -1,0 +1,337 @@
+//! The rule table: one compact unwind rule per code address, shared by every thread.
+//!
+//! A stack walk asks, for each frame, how to find the caller: where the CFA (the caller's stack
+//! pointer) is, and where the return address and the caller's `rbp` were saved. On x86-64 that is
+//! almost always "CFA = rsp or rbp plus a constant; the return address at CFA - 8; rbp unchanged
+//! or at CFA minus a constant", which fits in 17 bits ([`Rule`]). The table maps each lookup
+//! address seen so far (a return address - 1, or an interrupted instruction) to its rule, so the
+//! walk costs one probe and two or three loads a frame. Rules are derived from `.eh_frame` the
+//! first time an address is seen (`rules.rs`); addresses whose rule does not fit are marked
+//! [`Rule::SLOW`] and go to framehop.
+//!
+//! # Why it is shaped so
+//!
+//! - **One word per entry**: the address (47 bits: user-space code on x86-64) and the rule
+//!   (17 bits) are packed into one `AtomicU64`, so a reader sees an entry whole or not at all,
+//!   without a lock, a sequence count or a second load that could belong to another entry.
+//! - **Open addressing, linear probing, bounded probes**: a lookup reads at most [`MAX_PROBE`]
+//!   consecutive words (usually one), and stops at an empty word.
+//! - **Lock-free filling**: an entry is put in place with one compare-and-swap. There is no lock a
+//!   signal handler or a forked child could find held (a thread inside the recorder is never
+//!   re-entered by a handler anyway: the recorder's guard lets the handler's allocation through).
+//!   Two threads that fill the same address at once may both succeed in different slots; the two
+//!   entries are equal (the rule is a function of the address and the module), so readers do not
+//!   care which they find.
+//! - **Bounded memory**: [`SLOTS`] words (512 KiB of address space in a mapping of its own, out
+//!   of the program's heap; pages are touched as entries land on them). At most [`MAX_USED`]
+//!   slots are ever filled; when the table is full, new addresses take the slow path (framehop
+//!   with its per-thread cache), which is slower but never wrong.
+//! - **Unloading**: when a module goes away (`dlclose`) the entries of its address range are
+//!   replaced by [`TOMBSTONE`], which lookups step over and filling may reuse.
+
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+/// Slots in the table (a power of two).
+pub(crate) const SLOTS: usize = 1 << 16;
+/// Slots that may be filled: three quarters, so probe chains stay short.
+pub(crate) const MAX_USED: usize = SLOTS / 4 * 3;
+/// The longest probe sequence a lookup or a fill looks at.
+const MAX_PROBE: usize = 16;
+const RULE_BITS: u32 = 17;
+const RULE_MASK: u64 = (1 << RULE_BITS) - 1;
+/// The highest lookup address the table can hold (47 bits), exclusive.
+pub(crate) const MAX_KEY: u64 = 1 << (64 - RULE_BITS);
+/// A removed entry: lookups go on past it. No real entry has every bit set (its address would be
+/// `MAX_KEY - 1`, which is never code).
+const TOMBSTONE: u64 = u64::MAX;
+
+/// A compact unwind rule for one code address (17 bits). The return address is always at
+/// CFA - 8.
+///
+/// | bits 0-1 | meaning | bits 2-11 | bits 12-16 |
+/// |---|---|---|---|
+/// | 0 | CFA = rsp + 8a; rbp unchanged | a (bits 2-16: 15 bits) | |
+/// | 1 | CFA = rsp + 8a; rbp at CFA - 8b | a | b |
+/// | 2 | CFA = rbp + 8a; rbp at CFA - 8b | a | b |
+/// | 3 | special: bits 2-16 say which ([`Rule::SLOW`], [`Rule::SIGNAL`], [`Rule::END`]) | | |
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Rule(pub(crate) u32);
+
+impl Rule {
+    /// Not expressible: framehop unwinds this frame.
+    pub const SLOW: Rule = Rule(3);
+    /// The kernel's signal trampoline (`__restore_rt`): the interrupted registers are in the
+    /// `ucontext` at the stack pointer.
+    pub const SIGNAL: Rule = Rule(3 | 1 << 2);
+    /// The outermost frame (the return address is undefined: `_start`, `clone3`).
+    pub const END: Rule = Rule(3 | 2 << 2);
+
+    pub fn rsp(cfa_offset: i64, bp_at: Option<i64>) -> Option<Rule> {
+        match bp_at {
+            None => {
+                let a = by8(cfa_offset, 1, (1 << 15) - 1)?;
+                Some(Rule(a << 2))
+            }
+            Some(bp_at) => {
+                let a = by8(cfa_offset, 1, (1 << 10) - 1)?;
+                let b = by8(-bp_at, 1, 31)?;
+                Some(Rule(1 | a << 2 | b << 12))
+            }
+        }
+    }
+
+    pub fn rbp(cfa_offset: i64, bp_at: i64) -> Option<Rule> {
+        let a = by8(cfa_offset, 1, (1 << 10) - 1)?;
+        let b = by8(-bp_at, 1, 31)?;
+        Some(Rule(2 | a << 2 | b << 12))
+    }
+}
+
+/// `v / 8` if `v` is a multiple of 8 with `lo <= v / 8 <= hi`.
+fn by8(v: i64, lo: u32, hi: u32) -> Option<u32> {
+    if v % 8 != 0 {
+        return None;
+    }
+    let q = u32::try_from(v / 8).ok()?;
+    (lo..=hi).contains(&q).then_some(q)
+}
+
+static TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// Slots ever filled (tombstones included): the fill limit counts these.
+static USED: AtomicUsize = AtomicUsize::new(0);
+/// Entries put in, and fills refused because the table was full.
+static FILLED: AtomicU64 = AtomicU64::new(0);
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+#[inline(always)]
+fn home(key: u64) -> usize {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOTS.trailing_zeros())) as usize
+}
+
+/// The table for [`lookup`] (null until [`map`]).
+#[inline(always)]
+pub(crate) fn get() -> *const AtomicU64 {
+    TABLE.load(Ordering::Acquire)
+}
+
+/// The rule for `key` (below `MAX_KEY - 1`), if the table `t` (from [`get`]) has it. Never
+/// allocates, never waits.
+#[inline(always)]
+pub(crate) fn lookup(t: *const AtomicU64, key: u64) -> Option<Rule> {
+    if t.is_null() {
+        return None;
+    }
+    let mut i = home(key);
+    for _ in 0..MAX_PROBE {
+        // SAFETY: `i < SLOTS`, and the table, once made, is never unmapped.
+        let e = unsafe { (*t.add(i)).load(Ordering::Acquire) };
+        // A tombstone's key part is `MAX_KEY - 1`, which no key is.
+        if e >> RULE_BITS == key {
+            return Some(Rule((e & RULE_MASK) as u32));
+        }
+        if e == 0 {
+            return None;
+        }
+        i = (i + 1) & (SLOTS - 1);
+    }
+    None
+}
+
+/// Maps the table if it is not yet.
+pub(crate) fn map() {
+    let _ = table();
+}
+
+/// The table, mapped on first use. None if it cannot be mapped (the slow path then serves
+/// every frame).
+fn table() -> Option<*mut AtomicU64> {
+    let t = TABLE.load(Ordering::Acquire);
+    if !t.is_null() {
+        return Some(t);
+    }
+    let bytes = SLOTS * std::mem::size_of::<AtomicU64>();
+    // SAFETY: an anonymous private mapping; zero-filled, which is "every slot empty".
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    let p = p as *mut AtomicU64;
+    match TABLE.compare_exchange(std::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Some(p),
+        Err(other) => {
+            // Another thread mapped it first.
+            // SAFETY: our own mapping, never published.
+            unsafe { libc::munmap(p as *mut libc::c_void, bytes) };
+            Some(other)
+        }
+    }
+}
+
+/// True when a fill could still find an empty slot (the miss path asks before deriving a rule:
+/// with a full table, deriving would be wasted work).
+#[inline]
+pub(crate) fn has_room() -> bool {
+    USED.load(Ordering::Relaxed) < MAX_USED
+}
+
+/// Puts `rule` in for `key` (below [`MAX_KEY`]). Returns false when the table is full along the
+/// key's probe sequence (the caller then uses the slow path).
+pub(crate) fn insert(key: u64, rule: Rule) -> bool {
+    debug_assert!(key != 0 && key < MAX_KEY && rule.0 as u64 <= RULE_MASK);
+    let Some(t) = table() else { return false };
+    let entry = key << RULE_BITS | rule.0 as u64;
+    let mut i = home(key);
+    let mut reuse = None;
+    for _ in 0..MAX_PROBE {
+        // SAFETY: `i < SLOTS`; the table is never unmapped.
+        let slot = unsafe { &*t.add(i) };
+        let e = slot.load(Ordering::Acquire);
+        if e == TOMBSTONE {
+            reuse.get_or_insert(i);
+        } else if e >> RULE_BITS == key {
+            return true; // filled by another thread meanwhile
+        } else if e == 0 {
+            if let Some(r) = reuse {
+                // SAFETY: as above.
+                let rs = unsafe { &*t.add(r) };
+                if rs
+                    .compare_exchange(TOMBSTONE, entry, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    FILLED.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+            }
+            if USED.fetch_add(1, Ordering::Relaxed) >= MAX_USED {
+                USED.fetch_sub(1, Ordering::Relaxed);
+                REFUSED.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            match slot.compare_exchange(0, entry, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    FILLED.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(now) => {
+                    USED.fetch_sub(1, Ordering::Relaxed);
+                    if now >> RULE_BITS == key && now != TOMBSTONE {
+                        return true;
+                    }
+                    // Taken by another address: go on probing.
+                }
+            }
+        }
+        i = (i + 1) & (SLOTS - 1);
+    }
+    if let Some(r) = reuse {
+        // SAFETY: as above.
+        let rs = unsafe { &*t.add(r) };
+        if rs
+            .compare_exchange(TOMBSTONE, entry, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            FILLED.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+    }
+    REFUSED.fetch_add(1, Ordering::Relaxed);
+    false
+}
+
+/// Removes the entries of addresses in `range` (a module that was unloaded). Lock-free: a
+/// thread filling an address of the range at the same time could only be walking a stack that
+/// runs through code that is gone.
+pub(crate) fn forget(range: std::ops::Range<u64>) {
+    let t = TABLE.load(Ordering::Acquire);
+    if t.is_null() {
+        return;
+    }
+    for i in 0..SLOTS {
+        // SAFETY: `i < SLOTS`; the table is never unmapped.
+        let slot = unsafe { &*t.add(i) };
+        let e = slot.load(Ordering::Relaxed);
+        if e != 0 && e != TOMBSTONE && range.contains(&(e >> RULE_BITS)) {
+            let _ = slot.compare_exchange(e, TOMBSTONE, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the table holds: (entries filled, fills refused because it was full, bytes mapped).
+pub(crate) fn stats() -> (u64, u64, usize) {
+    let mapped = if TABLE.load(Ordering::Relaxed).is_null() {
+        0
+    } else {
+        SLOTS * std::mem::size_of::<AtomicU64>()
+    };
+    (
+        FILLED.load(Ordering::Relaxed),
+        REFUSED.load(Ordering::Relaxed),
+        mapped,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_pack_and_refuse_what_does_not_fit() {
+        assert_eq!(Rule::rsp(8, None), Some(Rule(1 << 2)));
+        assert_eq!(Rule::rsp(16, Some(-16)), Some(Rule(1 | 2 << 2 | 2 << 12)));
+        assert_eq!(Rule::rbp(16, -16), Some(Rule(2 | 2 << 2 | 2 << 12)));
+        assert_eq!(Rule::rsp(12, None), None, "not a multiple of 8");
+        assert_eq!(
+            Rule::rsp(0, None),
+            None,
+            "the return address would be below rsp"
+        );
+        assert_eq!(Rule::rsp(8 << 15, None), None, "too far");
+        assert_eq!(
+            Rule::rsp(8 << 10, Some(-16)),
+            None,
+            "too far with rbp saved"
+        );
+        assert_eq!(Rule::rsp(64, Some(8)), None, "rbp saved above the CFA");
+        assert_eq!(
+            Rule::rsp(64, Some(-8 * 32)),
+            None,
+            "rbp saved too far below the CFA"
+        );
+        for r in [Rule::SLOW, Rule::SIGNAL, Rule::END] {
+            assert_eq!(r.0 & 3, 3);
+        }
+    }
+
+    #[test]
+    fn lookups_find_what_was_inserted_and_forget_removes_it() {
+        // The table is process-wide: use addresses no other test of this crate inserts.
+        let base = 0x7000_0000_0000u64;
+        for k in 0..1000u64 {
+            assert!(insert(base + k * 7, Rule((k % 5000) as u32 + 1)));
+        }
+        let t = get();
+        for k in 0..1000u64 {
+            assert_eq!(lookup(t, base + k * 7), Some(Rule((k % 5000) as u32 + 1)));
+        }
+        assert_eq!(lookup(t, base + 1), None);
+        forget(base..base + 7 * 500);
+        for k in 0..1000u64 {
+            let want = (k >= 500).then_some(Rule((k % 5000) as u32 + 1));
+            assert_eq!(lookup(t, base + k * 7), want, "key {k}");
+        }
+        // Tombstones are reused.
+        for k in 0..500u64 {
+            assert!(insert(base + k * 7, Rule(9)));
+            assert_eq!(lookup(t, base + k * 7), Some(Rule(9)));
+        }
+    }
+}
