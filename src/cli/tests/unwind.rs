@@ -92,6 +92,7 @@ fn backtrace_mode_records_the_same_stack_for_the_deepest_allocation() {
 #[derive(Debug, PartialEq, Eq)]
 struct UnwindStats {
     captures: u64,
+    own_path: u64,
     steps: u64,
     by_framehop: u64,
     signal_frames: u64,
@@ -113,16 +114,17 @@ fn unwind_stats(run: &Run) -> UnwindStats {
         .filter(|w| !w.is_empty())
         .map(|w| w.parse().unwrap())
         .collect();
-    assert_eq!(n.len(), 9, "{}", lines[0]);
+    assert_eq!(n.len(), 10, "{}", lines[0]);
     UnwindStats {
         captures: n[0],
-        steps: n[1],
-        by_framehop: n[2],
-        signal_frames: n[3],
-        taken_over: n[4],
-        by_reference: n[5],
-        rules: n[6],
-        refused: n[7],
+        own_path: n[1],
+        steps: n[2],
+        by_framehop: n[3],
+        signal_frames: n[4],
+        taken_over: n[5],
+        by_reference: n[6],
+        rules: n[7],
+        refused: n[8],
     }
 }
 

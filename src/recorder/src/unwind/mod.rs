@@ -38,18 +38,19 @@
 
 mod rules;
 mod table;
+mod walk;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
-use framehop::{FrameAddress, Unwinder};
+use framehop::x86_64::{CacheX86_64, UnwinderX86_64};
 
-use crate::modules::{UnwindSections, MODULES, MODULES_GENERATION};
+use crate::modules::{UnwindSections, MODULES};
 use crate::stacks::{Skip, UnwindMode, MAX_FRAMES};
 use crate::state::Core;
 use crate::threads::{bump, Counters};
 use table::Rule;
+use walk::{OwnPath, ReuseTrial, Walk, OWN_PATHS};
 
 /// framehop's rule cache is direct-mapped with 509 slots, far fewer than the return addresses of
 /// a real program (Redis touches ~3,000): misses re-parse the CFI. The addresses framehop serves
@@ -62,55 +63,9 @@ const FRAMEHOP_SLOTS: u64 = 509;
 /// real bounds are unknown.
 const UNKNOWN_STACK_SPAN: u64 = 1 << 30;
 
-/// The registers the kernel saved in a signal frame, as offsets from the `ucontext`.
-const UC_RBP: u64 = uc_greg(libc::REG_RBP);
-const UC_RSP: u64 = uc_greg(libc::REG_RSP);
-const UC_RIP: u64 = uc_greg(libc::REG_RIP);
-const UC_STACK_SP: u64 = std::mem::offset_of!(libc::ucontext_t, uc_stack) as u64;
-const UC_STACK_SIZE: u64 = UC_STACK_SP + std::mem::offset_of!(libc::stack_t, ss_size) as u64;
-const UC_STACK_FLAGS: u64 = UC_STACK_SP + std::mem::offset_of!(libc::stack_t, ss_flags) as u64;
-
-const fn uc_greg(reg: libc::c_int) -> u64 {
-    (std::mem::offset_of!(libc::ucontext_t, uc_mcontext) + 8 * reg as usize) as u64
-}
-
 /// Forgets the rules of a module that was unloaded.
 pub(crate) fn forget_module(range: Range<u64>) {
     table::forget(range);
-}
-
-/// One walk of a stack: the frames, and the unwinding state (sp, bp) at each.
-struct Walk {
-    n: usize,
-    /// Leading frames that are the recorder's own (not part of the stack recorded).
-    own: usize,
-    truncated: bool,
-    /// The next walk may take this one over: every step was a table rule on the thread's own
-    /// stack, and the walk reached the outermost frame.
-    reusable: bool,
-    frames: [u64; MAX_FRAMES],
-    sp: [u64; MAX_FRAMES],
-    bp: [u64; MAX_FRAMES],
-    /// Where the step to frame i read its rbp (0: rbp was unchanged).
-    bp_at: [u64; MAX_FRAMES],
-    /// Where the last step read a zero return address (0: an `END` rule ended the walk).
-    end_at: u64,
-}
-
-impl Walk {
-    fn new() -> Box<Walk> {
-        Box::new(Walk {
-            n: 0,
-            own: 0,
-            truncated: false,
-            reusable: false,
-            frames: [0; MAX_FRAMES],
-            sp: [0; MAX_FRAMES],
-            bp: [0; MAX_FRAMES],
-            bp_at: [0; MAX_FRAMES],
-            end_at: 0,
-        })
-    }
 }
 
 /// The per-thread cache's hash of a stack: two independent multiply chains (even and odd
@@ -153,6 +108,8 @@ pub(crate) struct UnwindCounters {
     signal_steps: AtomicU64,
     /// Frames copied from the previous walk instead of walked.
     taken_over: AtomicU64,
+    /// Captures that took the recorder's own frames from a path seen before.
+    own_path: AtomicU64,
     /// Captures made by the reference unwinder because the stack was not one the fast one knows.
     foreign: AtomicU64,
 }
@@ -160,40 +117,6 @@ pub(crate) struct UnwindCounters {
 #[inline]
 fn add(c: &AtomicU64, v: u64) {
     c.store(c.load(Ordering::Relaxed) + v, Ordering::Relaxed);
-}
-
-/// Where reads are allowed: `lo <= addr && addr + 8 <= hi`, as one compare.
-#[derive(Clone, Copy)]
-struct Bounds {
-    lo: u64,
-    /// `hi - 8 - lo`.
-    span: u64,
-}
-
-impl Bounds {
-    #[inline(always)]
-    fn new(lo: u64, hi: u64) -> Bounds {
-        // Less than a word: only the last word below `hi` (the top word of a stack, mapped).
-        let last = hi.saturating_sub(8);
-        let lo = lo.min(last);
-        Bounds {
-            lo,
-            span: last - lo,
-        }
-    }
-    #[inline(always)]
-    fn ok(self, addr: u64) -> bool {
-        addr.wrapping_sub(self.lo) <= self.span
-    }
-    #[inline(always)]
-    fn read(self, addr: u64) -> Option<u64> {
-        if self.ok(addr) {
-            // SAFETY: inside a live stack of this thread (its own, or its signal stack).
-            Some(unsafe { (addr as *const u64).read_unaligned() })
-        } else {
-            None
-        }
-    }
 }
 
 pub(crate) struct Local {
@@ -211,6 +134,11 @@ pub(crate) struct Local {
     /// The signal stack last seen in use (`sigaltstack`), `[lo, hi)`; empty if none.
     alt: Range<u64>,
     mode: UnwindMode,
+    /// Whether a walk may take the previous one over, and whether it does now
+    /// (`ZMTRACE_UNWIND_REUSE=0`: never, `=always`: in every capture; for measuring what it
+    /// saves).
+    reuse: bool,
+    trial: ReuseTrial,
     /// The walk being made, and the previous one (whose outer frames are usually still there).
     cur: Box<Walk>,
     prev: Box<Walk>,
@@ -220,19 +148,11 @@ pub(crate) struct Local {
     prev_frames: *const u64,
     prev_len: u32,
     reference: [u64; MAX_FRAMES],
+    /// The paths of the recorder's own frames seen last, and the one to replace next.
+    paths: [OwnPath; OWN_PATHS],
+    next_path: usize,
+    last_path: usize,
     pub(crate) counters: UnwindCounters,
-}
-
-/// How a walk ended.
-enum End {
-    /// At the outermost frame (an `END` rule or a zero return address).
-    Outermost,
-    /// At frame `k`, which is the previous walk's frame `j`, with everything above it.
-    TakenOver(usize, usize),
-    /// Cut short: no rule, or a read out of bounds.
-    Truncated,
-    /// On a stack the walk has no bounds for: the reference unwinder does it.
-    Foreign,
 }
 
 impl Local {
@@ -255,12 +175,17 @@ impl Local {
             stack_top: stack.end,
             alt: 0..0,
             mode,
+            reuse: true,
+            trial: ReuseTrial::new(true, false),
             cur: Walk::new(),
             prev: Walk::new(),
             prev_id: 0,
             prev_frames: std::ptr::null(),
             prev_len: 0,
             reference: [0; MAX_FRAMES],
+            paths: [OwnPath::NONE; OWN_PATHS],
+            next_path: 0,
+            last_path: 0,
             counters: UnwindCounters::default(),
         }
     }
@@ -275,6 +200,9 @@ impl Local {
         self.alt = 0..0;
         self.prev.reusable = false;
         self.prev_id = 0;
+        for p in &mut self.paths {
+            p.n = 0;
+        }
     }
 
     /// Captures the current stack and returns its interned id.
@@ -354,7 +282,10 @@ impl Local {
     /// Copies the new unwinder and module list after a `dlopen` or `dlclose`.
     #[cold]
     #[inline(never)]
-    fn new_generation(&mut self, generation: u64) {
+    fn new_generation(&mut self, core: &Core, generation: u64) {
+        let knob = core.proc.env("ZMTRACE_UNWIND_REUSE");
+        self.reuse = knob.as_deref() != Some("0");
+        self.trial = ReuseTrial::new(self.reuse, knob.as_deref() == Some("always"));
         crate::modules::refresh_modules();
         {
             let t = MODULES.lock();
@@ -366,6 +297,9 @@ impl Local {
         self.generation = generation;
         self.prev.reusable = false;
         self.prev_id = 0;
+        for p in &mut self.paths {
+            p.n = 0;
+        }
         // Mapped before the first walk, so that the walk's hoisted pointer to it is not null.
         table::map();
     }
@@ -376,10 +310,10 @@ impl Local {
     #[cold]
     #[inline(never)]
     fn miss(&mut self, key: u64) -> Rule {
-        if key == 0 || key >= table::MAX_KEY - 1 || !table::has_room() {
+        if key >= table::MAX_KEY - 1 || !table::has_room() {
             return Rule::SLOW;
         }
-        let Some(m) = self.sections.iter().find(|m| m.range.contains(&key)) else {
+        let Some(m) = self.sections.iter().find(|m| m.range.contains(&(key - 1))) else {
             return Rule::SLOW;
         };
         let cfi = self
@@ -388,375 +322,6 @@ impl Local {
         let rule = rules::derive(m, key, cfi);
         table::insert(key, rule);
         rule
-    }
-
-    /// One step by framehop: from the frame at `addr` (an instruction pointer if `ip`) with
-    /// `sp`/`bp`, reads checked against `bounds`. Returns the caller's (return address, sp, bp),
-    /// `Ok(None)` at the outermost frame, `Err` where framehop cannot go on.
-    #[cold]
-    #[inline(never)]
-    fn framehop_step(
-        &mut self,
-        addr: u64,
-        ip: bool,
-        sp: u64,
-        bp: u64,
-        bounds: Bounds,
-    ) -> Result<Option<(u64, u64, u64)>, ()> {
-        let frame = if ip {
-            FrameAddress::InstructionPointer(addr)
-        } else {
-            FrameAddress::from_return_address(addr).ok_or(())?
-        };
-        let mut regs = UnwindRegsX86_64::new(addr, sp, bp);
-        let lookup = frame.address_for_lookup();
-        let slot = ((lookup / FRAMEHOP_SLOTS) % SUB_CACHES as u64) as usize;
-        let cache = self.caches[slot].get_or_insert_with(|| Box::new(CacheX86_64::new()));
-        let mut read_stack = |a: u64| bounds.read(a).ok_or(());
-        match self
-            .unwinder
-            .unwind_frame(frame, &mut regs, cache, &mut read_stack)
-        {
-            Ok(Some(ret)) => Ok(Some((ret, regs.sp(), regs.bp()))),
-            Ok(None) => Ok(None),
-            Err(_) => Err(()),
-        }
-    }
-
-    /// The signal stack that holds `sp`, if any: the cached one, else the kernel's answer.
-    #[cold]
-    #[inline(never)]
-    fn alt_stack(&mut self, sp: u64) -> Option<u64> {
-        if self.alt.contains(&sp) {
-            return Some(self.alt.end);
-        }
-        // SAFETY: a query of this thread's signal stack; async-signal-safe, takes no lock.
-        let mut ss: libc::stack_t = unsafe { std::mem::zeroed() };
-        if unsafe { libc::sigaltstack(std::ptr::null(), &mut ss) } != 0
-            || ss.ss_flags & libc::SS_DISABLE != 0
-        {
-            return None;
-        }
-        let lo = ss.ss_sp as u64;
-        let alt = lo..lo.saturating_add(ss.ss_size as u64);
-        if !alt.contains(&sp) {
-            return None;
-        }
-        self.alt = alt;
-        Some(self.alt.end)
-    }
-
-    /// True if `sp` is on this thread's own stack.
-    #[inline(always)]
-    fn on_thread_stack(&self, sp: u64) -> bool {
-        sp >= self.stack_lo && sp < self.stack_top
-    }
-
-    /// Walks the stack from its own frame, and stops early where the rest of the stack is
-    /// provably the previous walk's (see the module docs).
-    ///
-    /// The recorder's own frames are walked (and matched) too, then left out: the walk of a
-    /// second call from the same place usually matches at its very first return address.
-    ///
-    /// Returns `(start, n, same)`: the stack is `self.prev.frames[start..n]` (the walks are
-    /// swapped at the end), and `same` says it is the previous walk's stack, unchanged.
-    #[inline(never)]
-    fn capture_fast(
-        &mut self,
-        core: &Core,
-        counters: &Counters,
-        skip: Skip,
-    ) -> (usize, usize, bool) {
-        let generation = MODULES_GENERATION.load(Ordering::Acquire);
-        if generation != self.generation {
-            self.new_generation(generation);
-        }
-        let (ip, sp0, bp0): (u64, u64, u64);
-        // SAFETY: reads three registers; no memory is touched.
-        unsafe {
-            std::arch::asm!(
-                "lea {ip}, [rip]",
-                "mov {sp}, rsp",
-                "mov {bp}, rbp",
-                ip = out(reg) ip,
-                sp = out(reg) sp0,
-                bp = out(reg) bp0,
-                options(nomem, nostack, preserves_flags)
-            );
-        }
-        add(&self.counters.captures, 1);
-        let own_stack = self.on_thread_stack(sp0);
-        let mut bounds = if own_stack {
-            Bounds::new(sp0, self.stack_top)
-        } else {
-            match self.alt_stack(sp0) {
-                Some(hi) => Bounds::new(sp0, hi),
-                None => return self.foreign(core, skip),
-            }
-        };
-
-        // The previous walk's frames that are still in place: `from` and above (their reads
-        // still hold), and the stack pointer of the first of them.
-        let prev = &*self.prev;
-        let mut pj = prev.n;
-        if prev.reusable && own_stack && (prev.end_at == 0 || bounds.read(prev.end_at) == Some(0)) {
-            while pj > 1 {
-                let i = pj - 1;
-                let ra_ok = bounds.read(prev.sp[i].wrapping_sub(8)) == Some(prev.frames[i]);
-                let bp_ok = prev.bp_at[i] == 0 || bounds.read(prev.bp_at[i]) == Some(prev.bp[i]);
-                if !(ra_ok && bp_ok) {
-                    break;
-                }
-                pj = i;
-            }
-            // Frame pj - 1 itself may still be matched: only its own arrival may differ.
-            pj = pj.saturating_sub(1);
-        }
-        let mut cand_sp = if pj < prev.n { prev.sp[pj] } else { u64::MAX };
-
-        let cur = &mut *self.cur;
-        cur.truncated = false;
-        cur.reusable = own_stack;
-        cur.end_at = 0;
-        let (mut sp, mut bp) = (sp0, bp0);
-        // The lookup address of the frame being stepped from, and whether it is an instruction
-        // pointer (this function's own, or one a signal interrupted) or a return address.
-        let mut key = ip;
-        let mut at_ip = true;
-        let mut n = 0;
-        let mut slow = 0u64;
-        let mut signals = 0u64;
-        let rules_table = table::get();
-        let end = loop {
-            let rule = match table::lookup(rules_table, key) {
-                Some(r) => r,
-                None => self.miss(key),
-            };
-            let r = rule.0 as u64;
-            let (cfa, bp_at);
-            match r & 3 {
-                0 => {
-                    cfa = sp + ((r >> 2) << 3);
-                    bp_at = 0;
-                }
-                1 => {
-                    cfa = sp + ((r >> 2 & 0x3ff) << 3);
-                    bp_at = cfa - ((r >> 12) << 3);
-                }
-                2 => {
-                    cfa = bp.wrapping_add((r >> 2 & 0x3ff) << 3);
-                    bp_at = cfa.wrapping_sub((r >> 12) << 3);
-                    if cfa <= sp {
-                        break End::Truncated;
-                    }
-                }
-                _ => {
-                    // Special rules, off the common path.
-                    let addr = if at_ip { key } else { key + 1 };
-                    if rule == Rule::END {
-                        break End::Outermost;
-                    }
-                    let next = if rule == Rule::SIGNAL {
-                        signals += 1;
-                        match self.signal_step(sp, own_stack, &mut bounds) {
-                            Ok(v) => v,
-                            Err(e) => break e,
-                        }
-                    } else {
-                        slow += 1;
-                        match self.framehop_step(addr, at_ip, sp, bp, bounds) {
-                            Ok(Some((ra, nsp, nbp))) => Some((ra, nsp, nbp, false)),
-                            Ok(None) => None,
-                            Err(()) => break End::Truncated,
-                        }
-                    };
-                    let cur = &mut *self.cur;
-                    cur.reusable = false;
-                    let Some((a, nsp, nbp, is_ip)) = next else {
-                        break End::Outermost;
-                    };
-                    if a == 0 {
-                        break End::Outermost;
-                    }
-                    (sp, bp) = (nsp, nbp);
-                    if n == MAX_FRAMES {
-                        break End::Truncated;
-                    }
-                    cur.frames[n] = a;
-                    cur.sp[n] = sp;
-                    cur.bp[n] = bp;
-                    cur.bp_at[n] = 0;
-                    n += 1;
-                    key = if is_ip { a } else { a - 1 };
-                    at_ip = is_ip;
-                    continue;
-                }
-            }
-            if bp_at != 0 {
-                match bounds.read(bp_at) {
-                    Some(v) => bp = v,
-                    None => break End::Truncated,
-                }
-            }
-            let ra = match bounds.read(cfa - 8) {
-                Some(v) => v,
-                None => break End::Truncated,
-            };
-            if ra == 0 {
-                self.cur.end_at = cfa - 8;
-                break End::Outermost;
-            }
-            sp = cfa;
-            if n == MAX_FRAMES {
-                break End::Truncated;
-            }
-            let cur = &mut *self.cur;
-            cur.frames[n] = ra;
-            cur.sp[n] = sp;
-            cur.bp[n] = bp;
-            cur.bp_at[n] = bp_at;
-            if sp >= cand_sp {
-                let prev = &*self.prev;
-                while pj < prev.n && prev.sp[pj] < sp {
-                    pj += 1;
-                }
-                if pj < prev.n
-                    && prev.sp[pj] == sp
-                    && prev.frames[pj] == ra
-                    && prev.bp[pj] == bp
-                    && n + (prev.n - pj) <= MAX_FRAMES
-                {
-                    break End::TakenOver(n, pj);
-                }
-                cand_sp = if pj < prev.n { prev.sp[pj] } else { u64::MAX };
-            }
-            n += 1;
-            key = ra - 1;
-            at_ip = false;
-        };
-
-        let stepped;
-        let mut in_place_at = None;
-        let old_own = self.prev.own;
-        match end {
-            End::Foreign => return self.foreign(core, skip),
-            // The same depth (the usual case: another call from the same place): the new frames
-            // go into the previous walk, which is kept.
-            End::TakenOver(k, j) if k == j => {
-                let (cur, prev) = (&*self.cur, &mut *self.prev);
-                prev.frames[..k].copy_from_slice(&cur.frames[..k]);
-                prev.sp[..k].copy_from_slice(&cur.sp[..k]);
-                prev.bp[..k].copy_from_slice(&cur.bp[..k]);
-                prev.bp_at[..k].copy_from_slice(&cur.bp_at[..k]);
-                prev.reusable &= cur.reusable;
-                in_place_at = Some(k);
-                stepped = k + 1;
-                add(&self.counters.taken_over, (prev.n - j) as u64);
-            }
-            End::TakenOver(k, j) => {
-                let (cur, prev) = (&mut *self.cur, &*self.prev);
-                let take = prev.n - j;
-                cur.frames[k..k + take].copy_from_slice(&prev.frames[j..prev.n]);
-                cur.sp[k..k + take].copy_from_slice(&prev.sp[j..prev.n]);
-                cur.bp[k..k + take].copy_from_slice(&prev.bp[j..prev.n]);
-                cur.bp_at[k..k + take].copy_from_slice(&prev.bp_at[j..prev.n]);
-                cur.n = k + take;
-                cur.end_at = prev.end_at;
-                cur.reusable &= prev.reusable;
-                std::mem::swap(&mut self.cur, &mut self.prev);
-                stepped = k + 1;
-                add(&self.counters.taken_over, take as u64);
-            }
-            End::Outermost => {
-                self.cur.n = n;
-                std::mem::swap(&mut self.cur, &mut self.prev);
-                stepped = n + 1;
-            }
-            End::Truncated => {
-                let cur = &mut *self.cur;
-                cur.n = n;
-                cur.truncated = true;
-                cur.reusable = false;
-                std::mem::swap(&mut self.cur, &mut self.prev);
-                stepped = n + 1;
-            }
-        }
-        add(&self.counters.steps, stepped as u64);
-        if slow != 0 {
-            add(&self.counters.slow_steps, slow);
-        }
-        if signals != 0 {
-            add(&self.counters.signal_steps, signals);
-        }
-        let w = &mut *self.prev;
-        // The recorder's own frames lead the stack.
-        let own = &core.own;
-        w.own = (0..w.n)
-            .take_while(|&i| match skip {
-                Skip::OwnModule => own.contains(&w.frames[i]),
-                // The front end's entry frame and everything it called (the recorder) are at
-                // or below its stack pointer.
-                Skip::Below(boundary) => w.sp[i] <= boundary,
-            })
-            .count();
-        if w.truncated {
-            bump(&counters.truncated_stacks);
-        }
-        // Taken over from within the recorder's own frames, which are as many as before: the
-        // stack recorded is the previous one.
-        let same = in_place_at.is_some_and(|k| k <= w.own && w.own == old_own);
-        (w.own, w.n, same)
-    }
-
-    /// The step through a signal frame: `sp` is the CFA of the handler's frame, where the
-    /// kernel's `ucontext` lies. Returns the interrupted (rip, rsp, rbp) and moves `bounds` to
-    /// the stack the interrupted code ran on.
-    #[cold]
-    #[inline(never)]
-    fn signal_step(
-        &mut self,
-        sp: u64,
-        own_stack: bool,
-        bounds: &mut Bounds,
-    ) -> Result<Option<(u64, u64, u64, bool)>, End> {
-        let read = |off: u64| bounds.read(sp.wrapping_add(off)).ok_or(End::Truncated);
-        let (ip, nsp, nbp) = (read(UC_RIP)?, read(UC_RSP)?, read(UC_RBP)?);
-        if !own_stack {
-            // The kernel saved the signal stack it had at the signal: the cache follows it (the
-            // program may have replaced its signal stack since the cache was filled).
-            let flags = read(UC_STACK_FLAGS)? as u32 as i32;
-            let (ss_sp, ss_size) = (read(UC_STACK_SP)?, read(UC_STACK_SIZE)?);
-            if flags & libc::SS_DISABLE == 0 && ss_size != 0 {
-                self.alt = ss_sp..ss_sp.saturating_add(ss_size);
-            }
-        }
-        if ip == 0 {
-            return Ok(None);
-        }
-        if bounds.ok(nsp) {
-            // The same stack (a signal handled on the stack it interrupted).
-        } else if self.on_thread_stack(nsp) {
-            *bounds = Bounds::new(nsp, self.stack_top);
-        } else if self.alt.contains(&nsp) {
-            *bounds = Bounds::new(nsp, self.alt.end);
-        } else {
-            // Interrupted on a stack we know nothing of (a coroutine's).
-            return Err(End::Foreign);
-        }
-        Ok(Some((ip, nsp, nbp, true)))
-    }
-
-    /// A capture by the reference unwinder, for a stack the fast one has no bounds for.
-    #[cold]
-    #[inline(never)]
-    fn foreign(&mut self, core: &Core, skip: Skip) -> (usize, usize, bool) {
-        add(&self.counters.foreign, 1);
-        let n = capture_backtrace(core, skip, &mut self.prev.frames);
-        self.prev.n = n;
-        self.prev.own = 0;
-        self.prev.reusable = false;
-        self.prev_id = 0;
-        (0, n, false)
     }
 }
 
@@ -819,12 +384,13 @@ pub(crate) fn write_stats(core: &Core) {
     if core.proc.env("ZMTRACE_UNWIND_STATS").as_deref() != Some("1") {
         return;
     }
-    let mut sum = [0u64; 6];
+    let mut sum = [0u64; 7];
     for t in crate::threads::all_threads() {
         // SAFETY: the counters are atomics, only ever stored to by their owning thread.
         let c = unsafe { &(*t.local.get()).counters };
         let all = [
             &c.captures,
+            &c.own_path,
             &c.steps,
             &c.slow_steps,
             &c.signal_steps,
@@ -835,10 +401,11 @@ pub(crate) fn write_stats(core: &Core) {
             *s += v.load(Ordering::Relaxed);
         }
     }
-    let [captures, steps, slow, signal, taken, foreign] = sum;
+    let [captures, own_path, steps, slow, signal, taken, foreign] = sum;
     let (filled, refused, bytes) = table::stats();
     let line = format!(
-        "zmtrace: unwinder: {captures} captures, {steps} steps ({slow} by framehop, {signal} \
+        "zmtrace: unwinder: {captures} captures ({own_path} through a known path of the \
+         recorder's own frames), {steps} steps ({slow} by framehop, {signal} \
          through signal frames), {taken} frames taken over, {foreign} captures by the reference \
          unwinder; rule table: {filled} rules, {refused} refused (full), {bytes} bytes mapped\n"
     );

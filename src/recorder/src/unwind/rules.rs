@@ -47,19 +47,20 @@ fn slice(r: &Range<u64>) -> &'static [u8] {
     unsafe { std::slice::from_raw_parts(r.start as *const u8, (r.end - r.start) as usize) }
 }
 
-/// The rule for `key`: a return address - 1, or an instruction a signal interrupted. The two
-/// never collide with the trampoline's: a return address is `__restore_rt` itself (key one
-/// byte before: the `nop` glibc puts there for this reason, never executed), and an interrupted
-/// instruction can be `__restore_rt` (key the trampoline itself, never a return address + 1,
-/// which would point inside the `mov`).
+/// The rule for `key`: a return address (the rule is the call's, at `key - 1`), or an
+/// instruction a signal interrupted plus one (the rule is the instruction's own). The trampoline
+/// is found either way: a return address that is `__restore_rt` itself (the handler's), or an
+/// interrupted instruction that is (a signal that came as the trampoline began). The two cannot
+/// be taken for one another: `__restore_rt + 1` is inside its first instruction, never a return
+/// address, and `__restore_rt - 1` is the `nop` glibc puts before it for unwinders, never run.
 pub(crate) fn derive(m: &UnwindSections, key: u64, ctx: &mut Context) -> Rule {
-    if is_sigreturn(&m.text, key.wrapping_add(1)) || is_sigreturn(&m.text, key) {
+    if is_sigreturn(&m.text, key) || is_sigreturn(&m.text, key.wrapping_sub(1)) {
         return Rule::SIGNAL;
     }
-    from_cfi(m, key, ctx).unwrap_or(Rule::SLOW)
+    from_cfi(m, key - 1, ctx).unwrap_or(Rule::SLOW)
 }
 
-fn from_cfi(m: &UnwindSections, key: u64, ctx: &mut Context) -> Option<Rule> {
+fn from_cfi(m: &UnwindSections, addr: u64, ctx: &mut Context) -> Option<Rule> {
     // Every base is an actual address, so the pointers gimli decodes are actual addresses too.
     let bases = BaseAddresses::default()
         .set_eh_frame_hdr(m.eh_frame_hdr.start)
@@ -72,13 +73,13 @@ fn from_cfi(m: &UnwindSections, key: u64, ctx: &mut Context) -> Option<Rule> {
     eh_frame.set_address_size(8);
     let fde = hdr
         .table()?
-        .fde_for_address(&eh_frame, &bases, key, EhFrame::cie_from_offset)
+        .fde_for_address(&eh_frame, &bases, addr, EhFrame::cie_from_offset)
         .ok()?;
     if fde.is_signal_trampoline() {
         return None; // a trampoline whose code we do not know: framehop
     }
     let row = fde
-        .unwind_info_for_address(&eh_frame, &bases, ctx, key)
+        .unwind_info_for_address(&eh_frame, &bases, ctx, addr)
         .ok()?;
     translate(
         row.cfa(),

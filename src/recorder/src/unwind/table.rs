@@ -3,17 +3,18 @@
 //! A stack walk asks, for each frame, how to find the caller: where the CFA (the caller's stack
 //! pointer) is, and where the return address and the caller's `rbp` were saved. On x86-64 that is
 //! almost always "CFA = rsp or rbp plus a constant; the return address at CFA - 8; rbp unchanged
-//! or at CFA minus a constant", which fits in 17 bits ([`Rule`]). The table maps each lookup
-//! address seen so far (a return address - 1, or an interrupted instruction) to its rule, so the
-//! walk costs one probe and two or three loads a frame. Rules are derived from `.eh_frame` the
-//! first time an address is seen (`rules.rs`); addresses whose rule does not fit are marked
-//! [`Rule::SLOW`] and go to framehop.
+//! or at CFA minus a constant", which fits in 17 bits ([`Rule`]). The table maps each return
+//! address seen so far to the rule of the call instruction before it (for an instruction a signal
+//! interrupted, its address + 1 stands for it, so that every lookup is "the address before the
+//! key"), and the walk costs one probe and two or three loads a frame. Rules are derived from
+//! `.eh_frame` the first time an address is seen (`rules.rs`); addresses whose rule does not fit
+//! are marked [`Rule::SLOW`] and go to framehop.
 //!
 //! # Why it is shaped so
 //!
-//! - **One word per entry**: the address (47 bits: user-space code on x86-64) and the rule
-//!   (17 bits) are packed into one `AtomicU64`, so a reader sees an entry whole or not at all,
-//!   without a lock, a sequence count or a second load that could belong to another entry.
+//! - **One word per entry**: the key (47 bits: user-space code on x86-64) and the rule (17 bits)
+//!   are packed into one `AtomicU64`, so a reader sees an entry whole or not at all, without a
+//!   lock, a sequence count or a second load that could belong to another entry.
 //! - **Open addressing, linear probing, bounded probes**: a lookup reads at most [`MAX_PROBE`]
 //!   consecutive words (usually one), and stops at an empty word.
 //! - **Lock-free filling**: an entry is put in place with one compare-and-swap. There is no lock a
@@ -38,7 +39,7 @@ pub(crate) const MAX_USED: usize = SLOTS / 4 * 3;
 /// The longest probe sequence a lookup or a fill looks at.
 const MAX_PROBE: usize = 16;
 const RULE_BITS: u32 = 17;
-const RULE_MASK: u64 = (1 << RULE_BITS) - 1;
+pub(crate) const RULE_MASK: u64 = (1 << RULE_BITS) - 1;
 /// The highest lookup address the table can hold (47 bits), exclusive.
 pub(crate) const MAX_KEY: u64 = 1 << (64 - RULE_BITS);
 /// A removed entry: lookups go on past it. No real entry has every bit set (its address would be
@@ -48,42 +49,45 @@ const TOMBSTONE: u64 = u64::MAX;
 /// A compact unwind rule for one code address (17 bits). The return address is always at
 /// CFA - 8.
 ///
-/// | bits 0-1 | meaning | bits 2-11 | bits 12-16 |
-/// |---|---|---|---|
-/// | 0 | CFA = rsp + 8a; rbp unchanged | a (bits 2-16: 15 bits) | |
-/// | 1 | CFA = rsp + 8a; rbp at CFA - 8b | a | b |
-/// | 2 | CFA = rbp + 8a; rbp at CFA - 8b | a | b |
-/// | 3 | special: bits 2-16 say which ([`Rule::SLOW`], [`Rule::SIGNAL`], [`Rule::END`]) | | |
+/// | bits | meaning |
+/// |---|---|
+/// | 0-11 | `a`: the CFA is 8a above the base register (a >= 1); 0: a special rule, below |
+/// | 12-15 | `b`: rbp was saved at CFA - 8b; 0: rbp is unchanged |
+/// | 16 | the base register: 0 rsp, 1 rbp |
+///
+/// The common case (CFA = rsp + 8a, rbp unchanged) is the rule's value itself: decoding it is a
+/// mask and a test. Special rules have `a` = 0 and their kind in bits 12-16: [`Rule::SLOW`],
+/// [`Rule::SIGNAL`], [`Rule::END`]; 0 is no rule (an empty slot).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Rule(pub(crate) u32);
 
+pub(crate) const A_MASK: u32 = 0xfff;
+pub(crate) const B_SHIFT: u32 = 12;
+pub(crate) const B_MASK: u32 = 0xf;
+pub(crate) const RBP_BASE: u32 = 1 << 16;
+
 impl Rule {
     /// Not expressible: framehop unwinds this frame.
-    pub const SLOW: Rule = Rule(3);
+    pub const SLOW: Rule = Rule(1 << B_SHIFT);
     /// The kernel's signal trampoline (`__restore_rt`): the interrupted registers are in the
     /// `ucontext` at the stack pointer.
-    pub const SIGNAL: Rule = Rule(3 | 1 << 2);
+    pub const SIGNAL: Rule = Rule(2 << B_SHIFT);
     /// The outermost frame (the return address is undefined: `_start`, `clone3`).
-    pub const END: Rule = Rule(3 | 2 << 2);
+    pub const END: Rule = Rule(3 << B_SHIFT);
 
     pub fn rsp(cfa_offset: i64, bp_at: Option<i64>) -> Option<Rule> {
-        match bp_at {
-            None => {
-                let a = by8(cfa_offset, 1, (1 << 15) - 1)?;
-                Some(Rule(a << 2))
-            }
-            Some(bp_at) => {
-                let a = by8(cfa_offset, 1, (1 << 10) - 1)?;
-                let b = by8(-bp_at, 1, 31)?;
-                Some(Rule(1 | a << 2 | b << 12))
-            }
-        }
+        let a = by8(cfa_offset, 1, A_MASK)?;
+        let b = match bp_at {
+            None => 0,
+            Some(o) => by8(-o, 1, B_MASK)?,
+        };
+        Some(Rule(a | b << B_SHIFT))
     }
 
     pub fn rbp(cfa_offset: i64, bp_at: i64) -> Option<Rule> {
-        let a = by8(cfa_offset, 1, (1 << 10) - 1)?;
-        let b = by8(-bp_at, 1, 31)?;
-        Some(Rule(2 | a << 2 | b << 12))
+        let a = by8(cfa_offset, 1, A_MASK)?;
+        let b = by8(-bp_at, 1, B_MASK)?;
+        Some(Rule(RBP_BASE | a | b << B_SHIFT))
     }
 }
 
@@ -96,38 +100,63 @@ fn by8(v: i64, lo: u32, hi: u32) -> Option<u32> {
     (lo..=hi).contains(&q).then_some(q)
 }
 
-static TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// The table: [`EMPTY`] until it is mapped, so that a lookup never tests for null.
+static TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(EMPTY.as_ptr() as *mut AtomicU64);
 /// Slots ever filled (tombstones included): the fill limit counts these.
 static USED: AtomicUsize = AtomicUsize::new(0);
 /// Entries put in, and fills refused because the table was full.
 static FILLED: AtomicU64 = AtomicU64::new(0);
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 
+/// Where `key`'s probe sequence starts: its low bits. Return addresses closer than [`SLOTS`]
+/// bytes never collide (a program's hot code is mostly that close), and those of different
+/// modules collide as often as random numbers would; one instruction instead of a multiply.
 #[inline(always)]
-fn home(key: u64) -> usize {
-    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOTS.trailing_zeros())) as usize
+pub(crate) fn home(key: u64) -> usize {
+    key as usize & (SLOTS - 1)
 }
 
-/// The table for [`lookup`] (null until [`map`]).
+/// Read by lookups until the table is mapped (or if it cannot be): every slot empty.
+static EMPTY: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+
+/// The table for lookups (empty until [`map`]).
 #[inline(always)]
 pub(crate) fn get() -> *const AtomicU64 {
     TABLE.load(Ordering::Acquire)
 }
 
-/// The rule for `key` (below `MAX_KEY - 1`), if the table `t` (from [`get`]) has it. Never
-/// allocates, never waits.
+/// Whether `t` is the table mapped (not [`EMPTY`]).
+fn mapped(t: *const AtomicU64) -> bool {
+    !std::ptr::eq(t, EMPTY.as_ptr())
+}
+
+/// The entry in `t`'s slot `i` (`i < SLOTS`).
 #[inline(always)]
+pub(crate) fn entry(t: *const AtomicU64, i: usize) -> u64 {
+    // SAFETY: `i < SLOTS`, and a table, once made, is never unmapped. Relaxed: an entry is one
+    // word, and what it names (a rule, code of a mapped module) needs no other memory.
+    unsafe { (*t.add(i)).load(Ordering::Relaxed) }
+}
+
+/// The key part of an entry, and its rule part.
+#[inline(always)]
+pub(crate) fn key_of(e: u64) -> u64 {
+    e >> RULE_BITS
+}
+#[inline(always)]
+pub(crate) fn rule_of(e: u64) -> Rule {
+    Rule((e & RULE_MASK) as u32)
+}
+
+/// The rule for `key` (below `MAX_KEY - 1`), if the table `t` (from [`get`]) has it. Never
+/// allocates, never waits. The walk looks at the home slot itself and calls this for the rest.
 pub(crate) fn lookup(t: *const AtomicU64, key: u64) -> Option<Rule> {
-    if t.is_null() {
-        return None;
-    }
     let mut i = home(key);
     for _ in 0..MAX_PROBE {
-        // SAFETY: `i < SLOTS`, and the table, once made, is never unmapped.
-        let e = unsafe { (*t.add(i)).load(Ordering::Acquire) };
+        let e = entry(t, i);
         // A tombstone's key part is `MAX_KEY - 1`, which no key is.
-        if e >> RULE_BITS == key {
-            return Some(Rule((e & RULE_MASK) as u32));
+        if key_of(e) == key && e != 0 {
+            return Some(rule_of(e));
         }
         if e == 0 {
             return None;
@@ -146,7 +175,7 @@ pub(crate) fn map() {
 /// every frame).
 fn table() -> Option<*mut AtomicU64> {
     let t = TABLE.load(Ordering::Acquire);
-    if !t.is_null() {
+    if mapped(t) {
         return Some(t);
     }
     let bytes = SLOTS * std::mem::size_of::<AtomicU64>();
@@ -165,7 +194,7 @@ fn table() -> Option<*mut AtomicU64> {
         return None;
     }
     let p = p as *mut AtomicU64;
-    match TABLE.compare_exchange(std::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire) {
+    match TABLE.compare_exchange(t, p, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => Some(p),
         Err(other) => {
             // Another thread mapped it first.
@@ -252,7 +281,7 @@ pub(crate) fn insert(key: u64, rule: Rule) -> bool {
 /// runs through code that is gone.
 pub(crate) fn forget(range: std::ops::Range<u64>) {
     let t = TABLE.load(Ordering::Acquire);
-    if t.is_null() {
+    if !mapped(t) {
         return;
     }
     for i in 0..SLOTS {
@@ -267,7 +296,7 @@ pub(crate) fn forget(range: std::ops::Range<u64>) {
 
 /// What the table holds: (entries filled, fills refused because it was full, bytes mapped).
 pub(crate) fn stats() -> (u64, u64, usize) {
-    let mapped = if TABLE.load(Ordering::Relaxed).is_null() {
+    let mapped = if !mapped(TABLE.load(Ordering::Relaxed)) {
         0
     } else {
         SLOTS * std::mem::size_of::<AtomicU64>()
@@ -319,6 +348,7 @@ mod tests {
             assert!(insert(base + k * 7, Rule((k % 5000) as u32 + 1)));
         }
         let t = get();
+        assert_ne!(t, EMPTY.as_ptr());
         for k in 0..1000u64 {
             assert_eq!(lookup(t, base + k * 7), Some(Rule((k % 5000) as u32 + 1)));
         }
