@@ -127,7 +127,7 @@ impl Bounds {
     }
     #[inline(always)]
     pub(super) fn read(self, addr: u64) -> Option<u64> {
-        if self.ok(addr) && addr % 8 == 0 {
+        if self.ok(addr) && addr.is_multiple_of(8) {
             // SAFETY: an aligned word inside a live stack of this thread (its own, or its
             // signal stack).
             Some(unsafe { (addr as *const u64).read() })
@@ -555,7 +555,7 @@ impl Local {
                         let c = bp.wrapping_add(a);
                         // (rbp may hold anything: the CFA must be an aligned word of the stack
                         // above this frame.)
-                        if c < sp.wrapping_add(8) || c > hi || c % 8 != 0 {
+                        if c < sp.wrapping_add(8) || c > hi || !c.is_multiple_of(8) {
                             break 'walk End::Truncated;
                         }
                         cfa = c;
@@ -827,7 +827,7 @@ impl Local {
         match self.framehop_step(addr, at_ip, sp, bp, *bounds) {
             // (framehop's stack pointer must be an aligned word of the stack above this frame,
             // as every other step's.)
-            Ok(Some((ra, nsp, bp))) if nsp % 8 == 0 && nsp > sp && bounds.ok(nsp - 8) => {
+            Ok(Some((ra, nsp, bp))) if nsp.is_multiple_of(8) && nsp > sp && bounds.ok(nsp - 8) => {
                 Special::Next {
                     ra,
                     sp: nsp,
@@ -895,7 +895,7 @@ impl Local {
         if ip == 0 {
             return Ok(None);
         }
-        if nsp % 8 != 0 {
+        if !nsp.is_multiple_of(8) {
             return Err(End::Truncated);
         }
         if bounds.ok(nsp) {
