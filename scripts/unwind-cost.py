@@ -23,6 +23,7 @@ Workloads (NAME):
              shifted by a random amount (only the outermost frames stay put)
   pairs      scripts/bench/pairs.c, N malloc+free pairs from one 19-deep stack
   mix        scripts/bench/mix.c, N calls, stacks 19-25 deep from a few call sites
+  randdepth-bench  scripts/bench/randdepth.c (the suite's, when merged), N ops on one thread
 
 Several --lib: each workload runs with each library (e.g. main's and this branch's).
 --env adds a variable for the traced program (e.g. ZMTRACE_UNWIND_REUSE=0).
@@ -47,6 +48,8 @@ WORKLOADS = {
     "randdepth": ("samples/randdepth.c", lambda n: [str(n), "1"]),
     "pairs": ("scripts/bench/pairs.c", lambda n: [str(n), "19", "1"]),
     "mix": ("scripts/bench/mix.c", lambda n: [str(n), "1", "19", "25"]),
+    # The benchmark suite's random-depth program (branch `bench`), when it is there.
+    "randdepth-bench": ("scripts/bench/randdepth.c", lambda n: [str(n), "1"]),
 }
 
 
@@ -55,7 +58,7 @@ def log(msg):
 
 
 def build(work, src):
-    exe = os.path.join(work, os.path.basename(src).split(".")[0])
+    exe = os.path.join(work, src.replace("/", "_").split(".")[0])
     if not os.path.exists(exe):
         subprocess.run(["cc", *CFLAGS, "-I", os.path.join(ROOT, "samples"), "-o", exe,
                         os.path.join(ROOT, src)], check=True)
@@ -135,7 +138,8 @@ def run(work, lib, exe, args, env):
         captures, steps = nums[0], nums[2]
     else:
         # Every allocation, realloc and failed allocation captured a stack.
-        dump = next(os.path.join(out, f) for f in os.listdir(out) if f.endswith(".zmt"))
+        dumps = [os.path.join(out, f) for f in os.listdir(out) if f.endswith(".zmt")]
+        dump = max(dumps, key=os.path.getsize)
         rep = json.loads(subprocess.run([ZMTRACE, "report", "--json", "--top", "1", dump],
                                         capture_output=True, text=True, check=True).stdout)
         captures = rep["allocations"] + rep["reallocs"] + rep["failed"]
@@ -144,12 +148,17 @@ def run(work, lib, exe, args, env):
 
 
 def program_frames(stdout):
-    """randdepth: (captures, frames recorded) from what the program printed."""
+    """randdepth: (captures, frames recorded) from what the program printed: samples/randdepth.c
+    prints its frames from zs_op to zs_run (4 more above: main, __libc_start_call_main,
+    __libc_start_main, _start), scripts/bench/randdepth.c the frames recorded."""
     m = re.search(r"captures (\d+) frames (\d+)", stdout)
-    if not m:
-        return None
-    k, d = int(m.group(1)), int(m.group(2))
-    return k, d + 4 * k
+    if m:
+        k, d = int(m.group(1)), int(m.group(2))
+        return k, d + 4 * k
+    m = re.search(r"frames: captures (\d+) recorded (\d+)", stdout)
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    return None
 
 
 def main():
@@ -173,6 +182,9 @@ def main():
     with tempfile.TemporaryDirectory(prefix="unwind-cost.") as work:
         for name in a.only.split(","):
             src, argf = WORKLOADS[name]
+            if not os.path.exists(os.path.join(ROOT, src)):
+                log(f"{name}: {src} is not in this tree, left out")
+                continue
             exe = build(work, src)
             for lib in libs:
                 log(f"{name} with {lib}: N = {a.ops}, 2N")

@@ -343,6 +343,7 @@ impl Local {
             _ => n + 1,
         };
         let mut in_place_at = None;
+        let mut changed = false;
         let old_own = self.prev.own;
         match end {
             End::Foreign => return self.foreign(core, skip),
@@ -353,6 +354,11 @@ impl Local {
                 // The frames walked (not those a path stood for: nothing reads them).
                 let from = from_path.map_or(0, |p| self.paths[p].n - 1);
                 for i in from..k {
+                    // The program's frames walked again, as they were: the stack recorded is
+                    // still the previous one.
+                    if i >= old_own && prev.frames[i] != cur.frames[i] {
+                        changed = true;
+                    }
                     prev.frames[i] = cur.frames[i];
                     prev.sp[i] = cur.sp[i];
                 }
@@ -361,9 +367,19 @@ impl Local {
                 // there, and rbp at frame `own` is the same in both: the frames matched), so
                 // when the two walks read the same from there to frame k, nothing changes.
                 let own = old_own;
+                // The reads of frames own..=k in each walk: `lo..hi` of its list.
                 let range = |w: &Walk| {
-                    let lo = (0..w.nbp).find(|&q| w.bp_frame[q] >= own).unwrap_or(w.nbp);
-                    let hi = (lo..w.nbp).find(|&q| w.bp_frame[q] > k).unwrap_or(w.nbp);
+                    let (mut lo, mut hi) = (0, 0);
+                    for q in 0..w.nbp {
+                        let f = w.bp_frame[q];
+                        if f > k {
+                            break;
+                        }
+                        if f < own {
+                            lo = q + 1;
+                        }
+                        hi = q + 1;
+                    }
                     lo..hi
                 };
                 let (rc, rp) = (range(cur), range(prev));
@@ -463,9 +479,9 @@ impl Local {
         if truncated {
             bump(&counters.truncated_stacks);
         }
-        // Taken over from within the recorder's own frames, which are as many as before: the
-        // stack recorded is the previous one.
-        let same = in_place_at.is_some_and(|k| k <= own_n && own_n == old_own);
+        // Taken over in place, the recorder's own frames as many as before and the program's
+        // walked again unchanged: the stack recorded is the previous one.
+        let same = in_place_at.is_some() && !changed && own_n == old_own;
         (own_n, n_all, same)
     }
 
