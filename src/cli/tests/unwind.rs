@@ -18,6 +18,12 @@ fn assert_fast_equals_reference(name: &str, args: &[&str]) {
 /// Every dump of `run` (made with `ZMTRACE_UNWIND=compare`) ended normally, compared every stack
 /// it captured, and found no difference and no truncated stack.
 fn assert_compared_equal(run: &Run) {
+    assert_compared_equal_truncated(run, 0);
+}
+
+/// [`assert_compared_equal`] with `truncated` stacks cut short (by both unwinders alike: they
+/// are compared too).
+fn assert_compared_equal_truncated(run: &Run, truncated: u64) {
     assert!(!run.dumps.is_empty(), "{}", run.describe());
     for dump in &run.dumps {
         let end = dump.end.unwrap_or_else(|| {
@@ -53,7 +59,7 @@ fn assert_compared_equal(run: &Run) {
             end.mismatched_stacks,
             end.compared_stacks
         );
-        assert_eq!(end.truncated_stacks, 0, "{}", dump.path.display());
+        assert_eq!(end.truncated_stacks, truncated, "{}", dump.path.display());
     }
 }
 
@@ -302,4 +308,148 @@ fn coroutine_stacks_are_captured_by_the_reference_unwinder() {
     assert_eq!((co, main), (p[0], p[1]));
     let stats = unwind_stats(&run);
     assert_eq!(stats.by_reference, co, "{stats:?}");
+}
+
+/// The C++ standard library allocating from inside its templates (vectors, strings, maps, a
+/// shared_ptr, a std::function, an exception thrown and caught).
+#[test]
+fn fast_unwinder_equals_backtrace_on_cxx_containers() {
+    let run = run_traced_env(
+        &sample("stlchurn"),
+        &["100"],
+        &[("ZMTRACE_UNWIND", "compare")],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    // One stack is cut short by both unwinders: libstdc++'s emergency exception pool, allocated
+    // while the loader runs the library's initialisers from its entry code, which has no unwind
+    // information.
+    assert_compared_equal_truncated(&run, 1);
+}
+
+/// Writes a C program with `n` functions in a binary tree (function i calls 2i+1 and 2i+2),
+/// each allocating once from its own call site: `n` distinct allocation sites, stacks up to
+/// log2(n) + 1 deep.
+fn many_sites(n: usize) -> std::path::PathBuf {
+    let mut c =
+        String::from("#include <stdlib.h>\n#include \"zs_common.h\"\nvoid *volatile zs_sink;\n");
+    for i in 0..n {
+        c += &format!("ZS_FN void zs_site{i}(void);\n");
+    }
+    for i in 0..n {
+        c += &format!(
+            "ZS_FN void zs_site{i}(void) {{ void *p = malloc({}); zs_sink = p; free(p);",
+            16 + i % 200
+        );
+        for child in [2 * i + 1, 2 * i + 2] {
+            if child < n {
+                c += &format!(" zs_site{child}();");
+            }
+        }
+        c += " ZS_KEEP(); }\n";
+    }
+    c += "int main(int argc, char **argv) { int r = argc > 1 ? atoi(argv[1]) : 1;\n\
+          for (int k = 0; k < r; k++) zs_site0(); return 0; }\n";
+    let dir = scratch_dir().join("samples");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join(format!("sites{n}.c"));
+    std::fs::write(&src, c).unwrap();
+    std::fs::copy(
+        workspace_root().join("samples/zs_common.h"),
+        dir.join("zs_common.h"),
+    )
+    .unwrap();
+    let exe = dir.join(format!("sites{n}"));
+    compile_c(&src, &exe, SAMPLE_CFLAGS);
+    exe
+}
+
+/// Thousands of call sites: every one a stack of its own, every one equal to the reference, each
+/// site's return address a rule of the table (which has room to spare).
+#[test]
+fn fast_unwinder_equals_backtrace_on_thousands_of_sites() {
+    let n = 3000;
+    let run = run_traced_env(
+        &many_sites(n),
+        &["3"],
+        &[("ZMTRACE_UNWIND", "compare"), ("ZMTRACE_UNWIND_STATS", "1")],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert_compared_equal(&run);
+    let dump = run.only_dump();
+    let sym = Symbolizer::new();
+    let r = replay(dump, &sym, &is_sample);
+    assert_complete(&run, dump, &r);
+    let mut sites = BTreeSet::new();
+    let mut allocs = 0u64;
+    for e in r.events() {
+        if let EventKind::Alloc { stack, .. } = e.event.kind {
+            allocs += 1;
+            sites.insert(stack);
+            assert!(
+                e.functions[0].starts_with("zs_site") && at(&e.functions, "main").is_some(),
+                "seq {}: {:?}",
+                e.event.seq,
+                e.functions
+            );
+        }
+    }
+    assert_eq!((allocs, sites.len()), (3 * n as u64, n));
+    let stats = unwind_stats(&run);
+    // A return address in each site (for its malloc) and in each but the leaves (for its
+    // children's calls): well over n rules, none refused.
+    assert!(stats.rules >= n as u64, "{stats:?}");
+    assert_eq!((stats.refused, stats.by_framehop), (0, 0), "{stats:?}");
+}
+
+/// A plugin loaded, used and unloaded, in two builds whose code differs at the same addresses:
+/// the rules of the one unloaded are forgotten, so the next one's frames are found where they
+/// are.
+#[test]
+fn rules_of_an_unloaded_module_are_forgotten() {
+    let src = workspace_root().join("samples/dlcycle.c");
+    let dir = scratch_dir().join("samples");
+    let plugins: Vec<String> = (1..=2)
+        .map(|v| {
+            let so = dir.join(format!("dlcycle-plugin{v}.so"));
+            let def = format!("-DZS_PLUGIN={v}");
+            compile_c(
+                &src,
+                &so,
+                &[
+                    "-O2",
+                    "-g",
+                    "-fomit-frame-pointer",
+                    "-fPIC",
+                    "-shared",
+                    "-fvisibility=hidden",
+                    &def,
+                ],
+            );
+            so.to_string_lossy().into_owned()
+        })
+        .collect();
+    let (cycles, calls) = (20u64, 100u64);
+    let run = run_traced_env(
+        &sample("dlcycle"),
+        &[
+            &plugins[0],
+            &plugins[1],
+            &cycles.to_string(),
+            &calls.to_string(),
+        ],
+        &[("ZMTRACE_UNWIND", "compare")],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let p = printed(&run, &["cycles", "calls", "same_address"]);
+    // What makes the test: a build loaded where the other one was.
+    assert!(p[2] > 0, "the loader never reused an address: {p:?}");
+    assert_compared_equal(&run);
+    let dump = run.only_dump();
+    let r = replay(
+        dump,
+        &Symbolizer::new(),
+        &has_function_prefix("zs_call_plugin"),
+    );
+    let allocs = r.events().filter(|e| matches!(e.op, Op::Alloc(..))).count() as u64;
+    assert_eq!(allocs, 2 * cycles * calls);
 }

@@ -81,7 +81,7 @@ const UNKNOWN_STACK_SPAN: u64 = 1 << 30;
 
 /// Forgets the rules of a module that was unloaded.
 pub(crate) fn forget_module(range: Range<u64>) {
-    table::forget(range);
+    table::SHARED.forget(range);
 }
 
 /// The per-thread cache's hash of a stack: two independent multiply chains (even and odd
@@ -317,7 +317,7 @@ impl Local {
             p.n = 0;
         }
         // Mapped before the first walk, so that the walk's hoisted pointer to it is not null.
-        table::map();
+        table::SHARED.map();
     }
 
     /// The rule for an address the table does not have: derived and put in, or `SLOW` when the
@@ -326,7 +326,7 @@ impl Local {
     #[cold]
     #[inline(never)]
     fn miss(&mut self, key: u64) -> Rule {
-        if key >= table::MAX_KEY - 1 || !table::has_room() {
+        if key >= table::MAX_KEY - 1 || !table::SHARED.has_room() {
             return Rule::SLOW;
         }
         let Some(m) = self.sections.iter().find(|m| m.range.contains(&(key - 1))) else {
@@ -336,7 +336,7 @@ impl Local {
             .cfi
             .get_or_insert_with(|| Box::new(rules::Context::new()));
         let rule = rules::derive(m, key, cfi);
-        table::insert(key, rule);
+        table::SHARED.insert(key, rule);
         rule
     }
 }
@@ -418,7 +418,7 @@ pub(crate) fn write_stats(core: &Core) {
         }
     }
     let [captures, own_path, steps, slow, signal, taken, foreign] = sum;
-    let (filled, refused, bytes) = table::stats();
+    let (filled, refused, bytes) = table::SHARED.stats();
     let line = format!(
         "zmtrace: unwinder: {captures} captures ({own_path} through a known path of the \
          recorder's own frames), {steps} steps ({slow} by framehop, {signal} \

@@ -100,13 +100,19 @@ fn by8(v: i64, lo: u32, hi: u32) -> Option<u32> {
     (lo..=hi).contains(&q).then_some(q)
 }
 
-/// The table: [`EMPTY`] until it is mapped, so that a lookup never tests for null.
-static TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(EMPTY.as_ptr() as *mut AtomicU64);
-/// Slots ever filled (tombstones included): the fill limit counts these.
-static USED: AtomicUsize = AtomicUsize::new(0);
-/// Entries put in, and fills refused because the table was full.
-static FILLED: AtomicU64 = AtomicU64::new(0);
-static REFUSED: AtomicU64 = AtomicU64::new(0);
+/// A rule table. The recorder has one, [`SHARED`]; the tests make their own.
+pub(crate) struct Table {
+    /// The slots: [`EMPTY`] until they are mapped, so that a lookup never tests for null.
+    slots: AtomicPtr<AtomicU64>,
+    /// Slots ever filled (tombstones included): the fill limit counts these.
+    used: AtomicUsize,
+    /// Entries put in, and fills refused because the table was full.
+    filled: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// The recorder's table, shared by every thread.
+pub(crate) static SHARED: Table = Table::new();
 
 /// Where `key`'s probe sequence starts: its low bits. Return addresses closer than [`SLOTS`]
 /// bytes never collide (a program's hot code is mostly that close), and those of different
@@ -116,16 +122,10 @@ pub(crate) fn home(key: u64) -> usize {
     key as usize & (SLOTS - 1)
 }
 
-/// Read by lookups until the table is mapped (or if it cannot be): every slot empty.
+/// Read by lookups until a table is mapped (or if it cannot be): every slot empty.
 static EMPTY: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
 
-/// The table for lookups (empty until [`map`]).
-#[inline(always)]
-pub(crate) fn get() -> *const AtomicU64 {
-    TABLE.load(Ordering::Acquire)
-}
-
-/// Whether `t` is the table mapped (not [`EMPTY`]).
+/// Whether `t` is a mapped table (not [`EMPTY`]).
 fn mapped(t: *const AtomicU64) -> bool {
     !std::ptr::eq(t, EMPTY.as_ptr())
 }
@@ -148,8 +148,9 @@ pub(crate) fn rule_of(e: u64) -> Rule {
     Rule((e & RULE_MASK) as u32)
 }
 
-/// The rule for `key` (below `MAX_KEY - 1`), if the table `t` (from [`get`]) has it. Never
-/// allocates, never waits. The walk looks at the home slot itself and calls this for the rest.
+/// The rule for `key` (below `MAX_KEY - 1`), if the slots `t` (from [`Table::get`]) have it.
+/// Never allocates, never waits. The walk looks at the home slot itself and calls this for the
+/// rest.
 pub(crate) fn lookup(t: *const AtomicU64, key: u64) -> Option<Rule> {
     let mut i = home(key);
     for _ in 0..MAX_PROBE {
@@ -166,146 +167,161 @@ pub(crate) fn lookup(t: *const AtomicU64, key: u64) -> Option<Rule> {
     None
 }
 
-/// Maps the table if it is not yet.
-pub(crate) fn map() {
-    let _ = table();
-}
-
-/// The table, mapped on first use. None if it cannot be mapped (the slow path then serves
-/// every frame).
-fn table() -> Option<*mut AtomicU64> {
-    let t = TABLE.load(Ordering::Acquire);
-    if mapped(t) {
-        return Some(t);
-    }
-    let bytes = SLOTS * std::mem::size_of::<AtomicU64>();
-    // SAFETY: an anonymous private mapping; zero-filled, which is "every slot empty".
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
-    let p = p as *mut AtomicU64;
-    match TABLE.compare_exchange(t, p, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => Some(p),
-        Err(other) => {
-            // Another thread mapped it first.
-            // SAFETY: our own mapping, never published.
-            unsafe { libc::munmap(p as *mut libc::c_void, bytes) };
-            Some(other)
+impl Table {
+    pub(crate) const fn new() -> Table {
+        Table {
+            slots: AtomicPtr::new(EMPTY.as_ptr() as *mut AtomicU64),
+            used: AtomicUsize::new(0),
+            filled: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
-}
 
-/// True when a fill could still find an empty slot (the miss path asks before deriving a rule:
-/// with a full table, deriving would be wasted work).
-#[inline]
-pub(crate) fn has_room() -> bool {
-    USED.load(Ordering::Relaxed) < MAX_USED
-}
+    /// The slots, for lookups (empty until [`Table::map`]).
+    #[inline(always)]
+    pub(crate) fn get(&self) -> *const AtomicU64 {
+        self.slots.load(Ordering::Acquire)
+    }
 
-/// Puts `rule` in for `key` (below [`MAX_KEY`]). Returns false when the table is full along the
-/// key's probe sequence (the caller then uses the slow path).
-pub(crate) fn insert(key: u64, rule: Rule) -> bool {
-    debug_assert!(key != 0 && key < MAX_KEY && rule.0 as u64 <= RULE_MASK);
-    let Some(t) = table() else { return false };
-    let entry = key << RULE_BITS | rule.0 as u64;
-    let mut i = home(key);
-    let mut reuse = None;
-    for _ in 0..MAX_PROBE {
-        // SAFETY: `i < SLOTS`; the table is never unmapped.
-        let slot = unsafe { &*t.add(i) };
-        let e = slot.load(Ordering::Acquire);
-        if e == TOMBSTONE {
-            reuse.get_or_insert(i);
-        } else if e >> RULE_BITS == key {
-            return true; // filled by another thread meanwhile
-        } else if e == 0 {
-            if let Some(r) = reuse {
-                // SAFETY: as above.
-                let rs = unsafe { &*t.add(r) };
-                if rs
+    /// Maps the slots if they are not yet.
+    pub(crate) fn map(&self) {
+        let _ = self.slots();
+    }
+
+    /// The slots, mapped on first use (in a mapping of their own, out of the program's heap).
+    /// None if they cannot be mapped (the slow path then serves every frame).
+    fn slots(&self) -> Option<*mut AtomicU64> {
+        let t = self.slots.load(Ordering::Acquire);
+        if mapped(t) {
+            return Some(t);
+        }
+        let bytes = SLOTS * std::mem::size_of::<AtomicU64>();
+        // SAFETY: an anonymous private mapping; zero-filled, which is "every slot empty".
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        let p = p as *mut AtomicU64;
+        match self
+            .slots
+            .compare_exchange(t, p, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Some(p),
+            Err(other) => {
+                // Another thread mapped them first.
+                // SAFETY: our own mapping, never published.
+                unsafe { libc::munmap(p as *mut libc::c_void, bytes) };
+                Some(other)
+            }
+        }
+    }
+
+    /// True when a fill could still find an empty slot (the miss path asks before deriving a
+    /// rule: with a full table, deriving would be wasted work).
+    #[inline]
+    pub(crate) fn has_room(&self) -> bool {
+        self.used.load(Ordering::Relaxed) < MAX_USED
+    }
+
+    /// Puts `rule` in for `key` (below [`MAX_KEY`]). Returns false when the table is full along
+    /// the key's probe sequence (the caller then uses the slow path).
+    pub(crate) fn insert(&self, key: u64, rule: Rule) -> bool {
+        debug_assert!(key != 0 && key < MAX_KEY - 1 && rule.0 as u64 <= RULE_MASK);
+        let Some(t) = self.slots() else { return false };
+        let entry = key << RULE_BITS | rule.0 as u64;
+        // SAFETY (every `t.add`): an index below SLOTS; the slots are never unmapped.
+        let at = |i: usize| unsafe { &*t.add(i) };
+        let reuse_tombstone = |r: Option<usize>| {
+            r.is_some_and(|r| {
+                at(r)
                     .compare_exchange(TOMBSTONE, entry, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
-                {
-                    FILLED.fetch_add(1, Ordering::Relaxed);
+            })
+        };
+        let mut i = home(key);
+        let mut reuse = None;
+        for _ in 0..MAX_PROBE {
+            let slot = at(i);
+            let e = slot.load(Ordering::Acquire);
+            if e == TOMBSTONE {
+                reuse.get_or_insert(i);
+            } else if e >> RULE_BITS == key {
+                return true; // filled by another thread meanwhile
+            } else if e == 0 {
+                if reuse_tombstone(reuse) {
+                    self.filled.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
-            }
-            if USED.fetch_add(1, Ordering::Relaxed) >= MAX_USED {
-                USED.fetch_sub(1, Ordering::Relaxed);
-                REFUSED.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            match slot.compare_exchange(0, entry, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    FILLED.fetch_add(1, Ordering::Relaxed);
-                    return true;
+                if self.used.fetch_add(1, Ordering::Relaxed) >= MAX_USED {
+                    self.used.fetch_sub(1, Ordering::Relaxed);
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return false;
                 }
-                Err(now) => {
-                    USED.fetch_sub(1, Ordering::Relaxed);
-                    if now >> RULE_BITS == key && now != TOMBSTONE {
+                match slot.compare_exchange(0, entry, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        self.filled.fetch_add(1, Ordering::Relaxed);
                         return true;
                     }
-                    // Taken by another address: go on probing.
+                    Err(now) => {
+                        self.used.fetch_sub(1, Ordering::Relaxed);
+                        if now >> RULE_BITS == key && now != TOMBSTONE {
+                            return true;
+                        }
+                        // Taken by another address: go on probing.
+                    }
                 }
             }
+            i = (i + 1) & (SLOTS - 1);
         }
-        i = (i + 1) & (SLOTS - 1);
-    }
-    if let Some(r) = reuse {
-        // SAFETY: as above.
-        let rs = unsafe { &*t.add(r) };
-        if rs
-            .compare_exchange(TOMBSTONE, entry, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            FILLED.fetch_add(1, Ordering::Relaxed);
+        if reuse_tombstone(reuse) {
+            self.filled.fetch_add(1, Ordering::Relaxed);
             return true;
         }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        false
     }
-    REFUSED.fetch_add(1, Ordering::Relaxed);
-    false
-}
 
-/// Removes the entries of addresses in `range` (a module that was unloaded). Lock-free: a
-/// thread filling an address of the range at the same time could only be walking a stack that
-/// runs through code that is gone.
-pub(crate) fn forget(range: std::ops::Range<u64>) {
-    let t = TABLE.load(Ordering::Acquire);
-    if !mapped(t) {
-        return;
-    }
-    for i in 0..SLOTS {
-        // SAFETY: `i < SLOTS`; the table is never unmapped.
-        let slot = unsafe { &*t.add(i) };
-        let e = slot.load(Ordering::Relaxed);
-        if e != 0 && e != TOMBSTONE && range.contains(&(e >> RULE_BITS)) {
-            let _ = slot.compare_exchange(e, TOMBSTONE, Ordering::AcqRel, Ordering::Relaxed);
+    /// Removes the entries of addresses in `range` (a module that was unloaded). Lock-free: a
+    /// thread filling an address of the range at the same time could only be walking a stack
+    /// that runs through code that is gone.
+    pub(crate) fn forget(&self, range: std::ops::Range<u64>) {
+        let t = self.slots.load(Ordering::Acquire);
+        if !mapped(t) {
+            return;
+        }
+        for i in 0..SLOTS {
+            // SAFETY: `i < SLOTS`; the slots are never unmapped.
+            let slot = unsafe { &*t.add(i) };
+            let e = slot.load(Ordering::Relaxed);
+            // The key is a return address: the code it names is at key - 1.
+            if e != 0 && e != TOMBSTONE && range.contains(&((e >> RULE_BITS) - 1)) {
+                let _ = slot.compare_exchange(e, TOMBSTONE, Ordering::AcqRel, Ordering::Relaxed);
+            }
         }
     }
-}
 
-/// What the table holds: (entries filled, fills refused because it was full, bytes mapped).
-pub(crate) fn stats() -> (u64, u64, usize) {
-    let mapped = if !mapped(TABLE.load(Ordering::Relaxed)) {
-        0
-    } else {
-        SLOTS * std::mem::size_of::<AtomicU64>()
-    };
-    (
-        FILLED.load(Ordering::Relaxed),
-        REFUSED.load(Ordering::Relaxed),
-        mapped,
-    )
+    /// What the table holds: (entries filled, fills refused because it was full, bytes mapped).
+    pub(crate) fn stats(&self) -> (u64, u64, usize) {
+        let bytes = if mapped(self.slots.load(Ordering::Relaxed)) {
+            SLOTS * std::mem::size_of::<AtomicU64>()
+        } else {
+            0
+        };
+        (
+            self.filled.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+            bytes,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -314,54 +330,107 @@ mod tests {
 
     #[test]
     fn rules_pack_and_refuse_what_does_not_fit() {
-        assert_eq!(Rule::rsp(8, None), Some(Rule(1 << 2)));
-        assert_eq!(Rule::rsp(16, Some(-16)), Some(Rule(1 | 2 << 2 | 2 << 12)));
-        assert_eq!(Rule::rbp(16, -16), Some(Rule(2 | 2 << 2 | 2 << 12)));
+        assert_eq!(Rule::rsp(8, None), Some(Rule(1)));
+        assert_eq!(Rule::rsp(16, Some(-16)), Some(Rule(2 | 2 << 12)));
+        assert_eq!(Rule::rbp(16, -16), Some(Rule(1 << 16 | 2 | 2 << 12)));
+        assert_eq!(Rule::rsp(8 * 4095, None), Some(Rule(4095)));
         assert_eq!(Rule::rsp(12, None), None, "not a multiple of 8");
         assert_eq!(
             Rule::rsp(0, None),
             None,
             "the return address would be below rsp"
         );
-        assert_eq!(Rule::rsp(8 << 15, None), None, "too far");
-        assert_eq!(
-            Rule::rsp(8 << 10, Some(-16)),
-            None,
-            "too far with rbp saved"
-        );
+        assert_eq!(Rule::rsp(8 * 4096, None), None, "too far");
         assert_eq!(Rule::rsp(64, Some(8)), None, "rbp saved above the CFA");
         assert_eq!(
-            Rule::rsp(64, Some(-8 * 32)),
+            Rule::rsp(64, Some(-8 * 16)),
             None,
             "rbp saved too far below the CFA"
         );
         for r in [Rule::SLOW, Rule::SIGNAL, Rule::END] {
-            assert_eq!(r.0 & 3, 3);
+            assert_eq!(r.0 & A_MASK, 0, "{r:?} is special");
+            assert_ne!(r.0, 0, "{r:?} is not an empty slot");
         }
     }
 
     #[test]
     fn lookups_find_what_was_inserted_and_forget_removes_it() {
-        // The table is process-wide: use addresses no other test of this crate inserts.
+        let table = Table::new();
+        assert!(std::ptr::eq(table.get(), EMPTY.as_ptr()));
+        assert_eq!(
+            lookup(table.get(), 0x1234),
+            None,
+            "an unmapped table is empty"
+        );
         let base = 0x7000_0000_0000u64;
+        let rule = |k: u64| Rule((k % 4000) as u32 + 1);
         for k in 0..1000u64 {
-            assert!(insert(base + k * 7, Rule((k % 5000) as u32 + 1)));
+            assert!(table.insert(base + k * 7, rule(k)));
         }
-        let t = get();
-        assert_ne!(t, EMPTY.as_ptr());
+        let t = table.get();
+        assert!(mapped(t));
         for k in 0..1000u64 {
-            assert_eq!(lookup(t, base + k * 7), Some(Rule((k % 5000) as u32 + 1)));
+            assert_eq!(lookup(t, base + k * 7), Some(rule(k)));
         }
         assert_eq!(lookup(t, base + 1), None);
-        forget(base..base + 7 * 500);
+        // Keys are return addresses: `forget` takes the code range before them.
+        table.forget(base - 1..base - 1 + 7 * 500);
         for k in 0..1000u64 {
-            let want = (k >= 500).then_some(Rule((k % 5000) as u32 + 1));
+            let want = (k >= 500).then_some(rule(k));
             assert_eq!(lookup(t, base + k * 7), want, "key {k}");
         }
-        // Tombstones are reused.
+        // Tombstones are reused, and filled slots are counted once.
+        let used = table.used.load(Ordering::Relaxed);
         for k in 0..500u64 {
-            assert!(insert(base + k * 7, Rule(9)));
+            assert!(table.insert(base + k * 7, Rule(9)));
             assert_eq!(lookup(t, base + k * 7), Some(Rule(9)));
         }
+        assert_eq!(table.used.load(Ordering::Relaxed), used);
+        assert_eq!(table.stats(), (1500, 0, SLOTS * 8));
+    }
+
+    #[test]
+    fn a_full_table_refuses_and_keeps_what_it_has() {
+        let table = Table::new();
+        // Keys that all start their probes in different slots, until every usable slot is
+        // taken.
+        let key = |k: u64| 0x5555_0000_0000 + k;
+        let mut k = 1;
+        while table.has_room() {
+            assert!(table.insert(key(k), Rule(1 + (k % 4000) as u32)));
+            k += 1;
+        }
+        assert_eq!(k - 1, MAX_USED as u64);
+        assert!(!table.insert(key(k), Rule(7)), "full: refused");
+        assert_eq!(lookup(table.get(), key(k)), None);
+        for j in (1..k).step_by(97) {
+            assert_eq!(
+                lookup(table.get(), key(j)),
+                Some(Rule(1 + (j % 4000) as u32))
+            );
+        }
+        let (filled, refused, _) = table.stats();
+        assert_eq!((filled, refused), (MAX_USED as u64, 1));
+    }
+
+    #[test]
+    fn threads_filling_at_once_agree() {
+        let table = Table::new();
+        let base = 0x6000_0000_0000u64;
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for k in 0..20_000u64 {
+                        // The same rule for a key whichever thread puts it in.
+                        assert!(table.insert(base + k * 3, Rule(1 + (k % 4000) as u32)));
+                    }
+                });
+            }
+        });
+        let t = table.get();
+        for k in 0..20_000u64 {
+            assert_eq!(lookup(t, base + k * 3), Some(Rule(1 + (k % 4000) as u32)));
+        }
+        assert!(table.used.load(Ordering::Relaxed) >= 20_000);
     }
 }

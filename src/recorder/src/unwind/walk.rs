@@ -493,7 +493,7 @@ impl Local {
     fn run<const LEAN: bool>(&mut self, c: &mut Cursor, cw: *mut Walk) -> End {
         // SAFETY: `cw` points at this thread's own walk, which nothing else touches meanwhile.
         let (frames, sps) = unsafe { ((*cw).frames.as_mut_ptr(), (*cw).sp.as_mut_ptr()) };
-        let t = table::get();
+        let t = table::SHARED.get();
         let (mut sp, mut bp, mut key, mut n, mut ip_n) = (c.sp, c.bp, c.key, c.n, c.ip_n);
         let mut pj = c.pj;
         let mut irregular = c.irregular;
