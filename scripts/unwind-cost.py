@@ -24,6 +24,7 @@ Workloads (NAME):
   pairs      scripts/bench/pairs.c, N malloc+free pairs from one 19-deep stack
   mix        scripts/bench/mix.c, N calls, stacks 19-25 deep from a few call sites
   randdepth-bench  scripts/bench/randdepth.c (the suite's, when merged), N ops on one thread
+  coroutine  samples/coroutine.c: N/2 captures on a coroutine's stack, N/2 on the thread's
 
 Several --lib: each workload runs with each library (e.g. main's and this branch's).
 --env adds a variable for the traced program (e.g. ZMTRACE_UNWIND_REUSE=0).
@@ -40,7 +41,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.environ.get("CALLGRIND_TOOLS", "/work/shared/tools")
 CFLAGS = ["-O2", "-g", "-fomit-frame-pointer", "-pthread"]
-UNWINDER = re.compile(r"capture_fast")
+UNWINDER_DEFAULT = r"capture_fast"
+UNWINDER = re.compile(UNWINDER_DEFAULT)
 ZMTRACE = os.path.join(ROOT, "target/release/zmtrace")
 
 WORKLOADS = {
@@ -50,6 +52,8 @@ WORKLOADS = {
     "mix": ("scripts/bench/mix.c", lambda n: [str(n), "1", "19", "25"]),
     # The benchmark suite's random-depth program (branch `bench`), when it is there.
     "randdepth-bench": ("scripts/bench/randdepth.c", lambda n: [str(n), "1"]),
+    # Half the captures on a makecontext stack, which the reference unwinder takes.
+    "coroutine": ("samples/coroutine.c", lambda n: [str(n // 2)]),
 }
 
 
@@ -162,12 +166,16 @@ def program_frames(stdout):
 
 
 def main():
+    global UNWINDER
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", action="append")
     ap.add_argument("--only", default="randdepth,pairs,mix")
     ap.add_argument("--ops", type=int, default=20000)
     ap.add_argument("--env", action="append", default=[])
+    ap.add_argument("--funcs", default=UNWINDER_DEFAULT,
+                    help="regular expression: the functions whose inclusive cost is counted")
     a = ap.parse_args()
+    UNWINDER = re.compile(a.funcs)
     libs = a.lib or [os.path.join(ROOT, "target/release/libzmtrace.so")]
     if not os.path.exists(ZMTRACE):
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)

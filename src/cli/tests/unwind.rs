@@ -453,3 +453,30 @@ fn rules_of_an_unloaded_module_are_forgotten() {
     let allocs = r.events().filter(|e| matches!(e.op, Op::Alloc(..))).count() as u64;
     assert_eq!(allocs, 2 * cycles * calls);
 }
+
+/// Taking walks over from the previous one (off by default, `ZMTRACE_UNWIND_REUSE=always`):
+/// stacks that repeat (steady.c), change on every call (randdepth.c) or go through signal frames
+/// (sigstorm.c) still equal the reference's, and the walks are taken over where stacks repeat.
+#[test]
+fn walks_taken_over_equal_the_reference() {
+    let env = [
+        ("ZMTRACE_UNWIND", "compare"),
+        ("ZMTRACE_UNWIND_STATS", "1"),
+        ("ZMTRACE_UNWIND_REUSE", "always"),
+    ];
+    for (name, args) in [
+        ("steady", &["20000"][..]),
+        ("randdepth", &["5000", "2"][..]),
+        ("sigstorm", &["300", "500"][..]),
+        ("leaky", &[][..]),
+    ] {
+        let run = run_traced_env(&sample(name), args, &env);
+        assert_eq!(run.code, Some(0), "{}", run.describe());
+        assert_compared_equal(&run);
+        let stats = unwind_stats(&run);
+        assert!(
+            stats.taken_over > 0,
+            "{name}: no frame was taken over: {stats:?}"
+        );
+    }
+}

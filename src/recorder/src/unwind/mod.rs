@@ -44,13 +44,16 @@
 //! it reads), and is copied instead of walked. A walk that involved a signal frame, framehop, or
 //! ended early is not taken over.
 //!
-//! With frames at about 30 instructions, this pays only where stacks repeat, and not by much
-//! (`scripts/unwind-cost.py`: on `bench/mix.c` the traced process runs ~9 % fewer instructions
-//! with it, on `bench/pairs.c` ~10 % more, on random depths ~20 % more). So a thread takes
-//! walks over in trials ([`walk::ReuseTrial`]): it keeps doing so while at least a third of
-//! the frames come from the previous walk, and otherwise walks lean (no stack pointers recorded,
-//! rbp read only where a rule needs it) for a while before trying again.
-//! `ZMTRACE_UNWIND_REUSE=0` (never) and `=always` are there to measure it.
+//! With frames at about 30 instructions, this does not pay any more, so it is off unless asked
+//! for (`ZMTRACE_UNWIND_REUSE=1`). Measured by `scripts/unwind-cost.py`, in instructions of the
+//! recording of an allocation (the unwinder and the interning of the stack): 6 % more with it on
+//! `bench/pairs.c` (one 19-deep stack: checking the previous walk's 22 frames costs about what
+//! walking them does), 10 % more on `bench/mix.c`, 2 % more on random depths (where the trials
+//! below keep it off); the wall-clock differences were within the machine's noise. Asked for,
+//! a thread takes walks over in trials ([`walk::ReuseTrial`]): it keeps doing so while at least a
+//! third of the frames come from the previous walk, and otherwise walks lean (no stack pointers
+//! recorded, rbp read only where a rule needs it) for a while before trying again;
+//! `ZMTRACE_UNWIND_REUSE=always` takes them over whenever it can.
 
 mod rules;
 mod table;
@@ -150,9 +153,8 @@ pub(crate) struct Local {
     /// The signal stack last seen in use (`sigaltstack`), `[lo, hi)`; empty if none.
     alt: Range<u64>,
     mode: UnwindMode,
-    /// Whether a walk may take the previous one over, and whether it does now
-    /// (`ZMTRACE_UNWIND_REUSE=0`: never, `=always`: in every capture; for measuring what it
-    /// saves).
+    /// Whether a walk may take the previous one over (`ZMTRACE_UNWIND_REUSE=1`: in trials,
+    /// `=always`: whenever it can; not by default), and whether it does now.
     reuse: bool,
     trial: ReuseTrial,
     /// The walk being made, and the previous one (whose outer frames are usually still there).
@@ -191,8 +193,8 @@ impl Local {
             stack_top: stack.end,
             alt: 0..0,
             mode,
-            reuse: true,
-            trial: ReuseTrial::new(true, false),
+            reuse: false,
+            trial: ReuseTrial::new(false, false),
             cur: Walk::new(),
             prev: Walk::new(),
             prev_id: 0,
@@ -300,7 +302,7 @@ impl Local {
     #[inline(never)]
     fn new_generation(&mut self, core: &Core, generation: u64) {
         let knob = core.proc.env("ZMTRACE_UNWIND_REUSE");
-        self.reuse = knob.as_deref() != Some("0");
+        self.reuse = matches!(knob.as_deref(), Some("1" | "always"));
         self.trial = ReuseTrial::new(self.reuse, knob.as_deref() == Some("always"));
         crate::modules::refresh_modules();
         {
