@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
-# The benchmark suite: allocation-heavy C workloads (scripts/bench/mix.c with 1 and 2 threads, a
-# deep-stack variant, scripts/bench/pairs.c), each untraced, under zmtrace, under zmtrace
-# --aggregate and under heaptrack (where installed), interleaved over REPS repetitions; then dump
-# sizes, analysis time and peak RSS. See scripts/bench/suite.py for what each line means.
-# Redis is measured by scripts/redis-throughput.sh.
+# The benchmark suite: every workload untraced, under zmtrace, under zmtrace --aggregate and under
+# heaptrack, interleaved over the repetitions, as one table (see scripts/bench/suite.py for what
+# each column means, scripts/bench/workloads.py for the workloads).
 #
-#   scripts/bench.sh [REPS] [CALLS_PER_THREAD]
+#   scripts/bench.sh [--reps N] [--only NAME,...] [--quick] [--callgrind] [--list] [--keep DIR]
+#
+#   scripts/bench.sh                  # the whole suite, 5 repetitions (about an hour)
+#   scripts/bench.sh --quick          # the smoke run: a few thousand operations per workload, once
+#   scripts/bench.sh --only randdepth # the workloads whose name starts so
+#   scripts/bench.sh --callgrind      # instruction counts per operation and per frame walked
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-reps=${1:-5}
-calls=${2:-1000000}
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cc -O2 -fomit-frame-pointer -pthread -o "$work/mix" "$root/scripts/bench/mix.c"
-cc -O2 -fomit-frame-pointer -pthread -o "$work/pairs" "$root/scripts/bench/pairs.c"
-python3 "$root/scripts/bench/suite.py" "$root" "$work" "$root/target/release/zmtrace" "$reps" "$calls"
+# Debian's python3: the suite needs nothing beyond the standard library.
+exec /usr/bin/python3 "$root/scripts/bench/suite.py" --root "$root" \
+    --zmtrace "$root/target/release/zmtrace" "$@"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Redis throughput untraced vs traced by zmtrace (and by heaptrack, where installed), interleaved
-# A B C A B C… over REPS repetitions. Prints, per command, the median requests/s of each and the
-# median of the per-repetition ratio to the untraced run.
+# Redis throughput untraced, under zmtrace (event dump), zmtrace --aggregate and heaptrack,
+# interleaved A B C D A B C D… over REPS repetitions. Prints, per command, the median requests/s
+# of each and the median of the per-repetition ratio to the untraced run; the dump sizes (zmtrace's
+# event dump, its aggregated dump, heaptrack's file); and the tracer's own memory (the server's
+# peak RSS over untraced, plus heaptrack_interpret's). With BENCH_JSON=FILE it also writes every
+# figure there, for scripts/bench.sh (which prints them in its table).
 #
-#   scripts/redis-throughput.sh [REPS] [REQUESTS] [PIPELINE]      (needs redis-server and redis-benchmark)
+#   scripts/redis-throughput.sh [REPS] [REQUESTS] [PIPELINE]
+#       (needs redis-server, redis-tools, heaptrack)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 reps=${1:-5}
@@ -16,8 +20,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 20000))
 
-modes=(untraced zmtrace aggregate)
-command -v heaptrack >/dev/null && modes+=(heaptrack)
+for p in redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools heaptrack:heaptrack; do
+    command -v "${p%%:*}" >/dev/null || { echo "${p%%:*} is missing: apt-get install ${p#*:}" >&2; exit 1; }
+done
+modes=(untraced zmtrace aggregate heaptrack)
 
 run_one() { # mode rep
     local mode=$1 rep=$2 out="$work/$1.$2"
@@ -33,11 +39,12 @@ run_one() { # mode rep
     for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     redis-benchmark -p "$port" -q -n "$requests" -P "$pipeline" -t "$tests" 2>/dev/null | tr '\r' '\n' |
         awk -v m="$mode" -v r="$rep" '/requests per second/ {sub(":","",$1); print m, r, $1, $2}' >>"$work/results"
-    # Peak RSS (VmHWM, KiB) of the server, and of heaptrack's interpreter process.
-    local hwm=0 interp=0 spid ipid
-    spid=$(pgrep -n -x redis-server || true)
+    # Peak RSS (VmHWM, KiB) of this run's server (the process started, or its child under a
+    # tracer: other servers may run on this machine), and of heaptrack's interpreter process.
+    local hwm=0 interp=0 spid=$pid ipid
+    [ "$mode" != untraced ] && spid=$(pgrep -P "$pid" -x redis-server || true)
     [ -n "$spid" ] && hwm=$(awk '/VmHWM/ {print $2}' "/proc/$spid/status")
-    ipid=$(pgrep -n -x heaptrack_inter || true)
+    ipid=$(pgrep -P "$pid" -x heaptrack_inter || true)
     [ "$mode" = heaptrack ] && [ -n "$ipid" ] && interp=$(awk '/VmHWM/ {print $2}' "/proc/$ipid/status")
     echo "$mode $hwm $interp" >>"$work/rss"
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
@@ -45,12 +52,35 @@ run_one() { # mode rep
     if [ "$mode" = zmtrace ] || [ "$mode" = aggregate ]; then
         du -b "$out"/zmtrace.*.zmt | awk -v m="$mode" '{s+=$1} END {print m "-dump-bytes", s}' >>"$work/sizes"
     fi
-    if [ "$mode" = heaptrack ]; then du -b "$out"/heaptrack* | awk '{s+=$1} END {print "heaptrack-bytes", s}' >>"$work/sizes"; fi
+    if [ "$mode" = heaptrack ]; then du -b "$out"/heaptrack*.zst | awk '{s+=$1} END {print "heaptrack-bytes", s}' >>"$work/sizes"; fi
+    [ "$mode" = untraced ] || rm -rf "$out"
 }
 
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 for rep in $(seq "$reps"); do
     for mode in "${modes[@]}"; do run_one "$mode" "$rep"; done
 done
+echo "redis-benchmark -n $requests -P $pipeline -t $tests, $reps repetitions; load average at start $load, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ -n "${BENCH_JSON:-}" ]; then
+    python3 - "$work" "$BENCH_JSON" "$requests" "$pipeline" "$tests" <<'PY'
+import json, sys
+work, out = sys.argv[1], sys.argv[2]
+rps = {}
+for l in open(f"{work}/results"):
+    mode, rep, test, v = l.split()
+    rps.setdefault(test, {}).setdefault(mode, {})[rep] = float(v)
+sizes = {}
+for l in open(f"{work}/sizes"):
+    k, v = l.split()
+    sizes.setdefault(k.replace("-dump-bytes", "").replace("-bytes", ""), []).append(int(v))
+rss = {}
+for l in open(f"{work}/rss"):
+    mode, hwm, interp = l.split()
+    rss.setdefault(mode, []).append([int(hwm) * 1024, int(interp) * 1024])
+json.dump({"rps": rps, "sizes": sizes, "rss": rss, "requests": int(sys.argv[3]),
+           "pipeline": int(sys.argv[4]), "tests": sys.argv[5]}, open(out, "w"))
+PY
+fi
 
 python3 - "$work/results" <<'PY'
 import sys, statistics as st, collections
