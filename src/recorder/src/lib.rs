@@ -7,9 +7,10 @@
 //! [`realloc_begin`] / [`realloc_end`] around a reallocation (numbered twice: before, when the old
 //! block may go back to the allocator, and after). For each event the recorder
 //!
-//! 1. captures the call stack as raw return addresses with a cached CFI unwinder (framehop, over
-//!    the in-memory `.eh_frame_hdr`/`.eh_frame` of each module; one unwinder copy and rule cache per
-//!    thread, so no lock is taken), dropping its own frames;
+//! 1. captures the call stack as raw return addresses with a table of compact unwind rules that
+//!    every thread shares without a lock (derived from the in-memory `.eh_frame` of each module
+//!    the first time an address is seen; framehop for the frames a rule cannot describe; through
+//!    signal frames), dropping its own frames;
 //! 2. interns the stack (identical stacks are stored once; a new one is queued for the dump);
 //! 3. updates the live set (a `dashmap` keyed by address);
 //! 4. numbers the event from one process-wide counter and appends it, varint-encoded, to the
@@ -39,7 +40,8 @@
 //! - `threads`: the per-thread state ([`ThreadState`]: ring, counters, unwinder cache), claimed on
 //!   a thread's first event and handed on when the thread is gone.
 //! - `stacks`: [`Skip`], [`stack_pointer`], [`MAX_FRAMES`], [`UnwindMode`] and interning.
-//! - `unwind`: stack capture (framehop, per-thread caches; the `backtrace` crate as reference).
+//! - `unwind`: stack capture (the rule table, the walk, signal frames; framehop for the rest; the
+//!   `backtrace` crate as reference).
 //! - `clock`: the start clocks and the event timestamps (TSC or `CLOCK_MONOTONIC`).
 //! - [`modules`]: the loaded modules, and the master unwinder rebuilt after `dlopen`/`dlclose`.
 //! - `aggregate`: the aggregated mode's counters, kept instead of events.
@@ -487,6 +489,9 @@ pub fn finish_from(reason: EndReason, status: i32, entry: Option<Entry>) {
             _ => entry,
         };
         write_leak_check(core, trigger, entry);
+    }
+    if let Some(core) = CORE.get() {
+        unwind::write_stats(core);
     }
     output::finish(reason, status);
 }

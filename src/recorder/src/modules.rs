@@ -151,44 +151,64 @@ unsafe fn eh_frame_start(hdr: u64) -> Option<u64> {
     }
 }
 
+/// Where a module's code and unwind tables are in memory (actual addresses).
+#[derive(Clone, Debug)]
+pub struct UnwindSections {
+    /// The module's address range (all its `PT_LOAD` segments).
+    pub range: Range<u64>,
+    /// The executable segment.
+    pub text: Range<u64>,
+    pub eh_frame_hdr: Range<u64>,
+    /// `.eh_frame` has no length in the header: this runs to the end of its segment.
+    pub eh_frame: Range<u64>,
+}
+
 impl LoadedModule {
+    /// The module's unwind tables, read in place in memory.
+    pub fn unwind_sections(&self) -> Option<UnwindSections> {
+        let hdr = self.eh_frame_hdr.clone()?;
+        // SAFETY: the range comes from the loader's program headers of a mapped module.
+        let eh = unsafe { eh_frame_start(hdr.start)? };
+        let seg_end = self
+            .info
+            .segments
+            .iter()
+            .find(|&&(s, e)| s <= eh && eh < e)
+            .map(|s| s.1)?;
+        Some(UnwindSections {
+            range: self.range.clone(),
+            text: self.exec_segment.clone().unwrap_or(0..0),
+            eh_frame_hdr: hdr,
+            eh_frame: eh..seg_end,
+        })
+    }
+
     /// The module as framehop needs it, with its unwind tables read in place in memory.
     pub fn unwind_module(&self) -> Option<FhModule<&'static [u8]>> {
-        let hdr = self.eh_frame_hdr.clone()?;
+        let s = self.unwind_sections()?;
         let bias = self.info.base;
         // SAFETY: the ranges come from the loader's program headers of a mapped module; the
         // module stays mapped until a `dlclose`, after which it is removed from the unwinder.
-        unsafe {
-            let eh = eh_frame_start(hdr.start)?;
-            // .eh_frame has no length in the header: it runs at most to the end of its segment.
-            let seg_end = self
-                .info
-                .segments
-                .iter()
-                .find(|&&(s, e)| s <= eh && eh < e)
-                .map(|s| s.1)?;
-            let slice = |r: &Range<u64>| -> &'static [u8] {
-                std::slice::from_raw_parts(r.start as *const u8, (r.end - r.start) as usize)
-            };
-            let svma = |r: &Range<u64>| (r.start - bias)..(r.end - bias);
-            let eh_range = eh..seg_end;
-            let info = ExplicitModuleSectionInfo {
-                base_svma: 0,
-                text_svma: self.exec_segment.as_ref().map(svma),
-                text: self.exec_segment.as_ref().map(slice),
-                eh_frame_hdr_svma: Some(svma(&hdr)),
-                eh_frame_hdr: Some(slice(&hdr)),
-                eh_frame_svma: Some(svma(&eh_range)),
-                eh_frame: Some(slice(&eh_range)),
-                ..Default::default()
-            };
-            Some(FhModule::new(
-                self.info.path.clone(),
-                self.range.clone(),
-                bias,
-                info,
-            ))
-        }
+        let slice = |r: &Range<u64>| -> &'static [u8] {
+            unsafe { std::slice::from_raw_parts(r.start as *const u8, (r.end - r.start) as usize) }
+        };
+        let svma = |r: &Range<u64>| (r.start - bias)..(r.end - bias);
+        let info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: self.exec_segment.as_ref().map(svma),
+            text: self.exec_segment.as_ref().map(slice),
+            eh_frame_hdr_svma: Some(svma(&s.eh_frame_hdr)),
+            eh_frame_hdr: Some(slice(&s.eh_frame_hdr)),
+            eh_frame_svma: Some(svma(&s.eh_frame)),
+            eh_frame: Some(slice(&s.eh_frame)),
+            ..Default::default()
+        };
+        Some(FhModule::new(
+            self.info.path.clone(),
+            self.range.clone(),
+            bias,
+            info,
+        ))
     }
 }
 
@@ -237,6 +257,11 @@ pub(crate) fn refresh_modules() {
         .copied()
         .filter(|b| !new_bases.contains(b))
         .collect();
+    // The unwinder's rules for code that is gone (before the new generation is published, so
+    // no thread that sees it can still find them).
+    for m in t.list.iter().filter(|m| gone.contains(&m.info.base)) {
+        crate::unwind::forget_module(m.range.clone());
+    }
     t.gone.extend(gone);
     // Keep the dump's order: modules already written stay first, new ones are appended.
     let mut list: Vec<_> = t

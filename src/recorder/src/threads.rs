@@ -100,7 +100,7 @@ pub(crate) fn current_thread(core: &Core) -> &'static ThreadState {
 
 fn claim_thread(core: &Core) -> &'static ThreadState {
     let tid = gettid();
-    let top = unwind::stack_top();
+    let stack = unwind::stack_bounds();
     for s in all_threads() {
         if !s.in_use.load(Ordering::Relaxed)
             && s.in_use
@@ -108,7 +108,7 @@ fn claim_thread(core: &Core) -> &'static ThreadState {
                 .is_ok()
         {
             // SAFETY: the state is ours now; its previous thread is gone.
-            unsafe { (*s.local.get()).reset_for_thread(top) };
+            unsafe { (*s.local.get()).reset_for_thread(stack.clone()) };
             s.last_alloc.store(0, Ordering::Relaxed);
             s.agg_seen.store(false, Ordering::Relaxed);
             s.tid.store(tid, Ordering::Release);
@@ -125,7 +125,7 @@ fn claim_thread(core: &Core) -> &'static ThreadState {
         last_alloc: AtomicUsize::new(0),
         agg_frees: AtomicU64::new(0),
         agg_seen: AtomicBool::new(false),
-        local: UnsafeCell::new(unwind::Local::new(top, core.mode)),
+        local: UnsafeCell::new(unwind::Local::new(stack, core.mode)),
     }));
     aggregate::register_stream(s);
     let mut head = THREADS.load(Ordering::Relaxed);
