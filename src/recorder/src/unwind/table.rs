@@ -199,9 +199,7 @@ impl Table {
         // Mapped with a raw system call, as all the recorder's memory is: through `mmap` it would
         // reach the preload's hook and be taken for a program mapping, a root of the leak check.
         // Zero-filled, which is "every slot empty".
-        let Some(p) = crate::heap::map_anon(bytes) else {
-            return None;
-        };
+        let p = crate::heap::map_anon(bytes)?;
         let p = p.as_ptr() as *mut AtomicU64;
         match self
             .slots
