@@ -305,6 +305,14 @@ pub(crate) fn start_writer() {
     // SAFETY: a detached thread running a plain extern "C" function. A raw pthread rather than
     // std::thread: std registers thread-locals with destructors, which must not exist here.
     unsafe {
+        // Created with every signal blocked: a new thread starts with its creator's mask, and
+        // blocking them in `writer_main` leaves a moment in which a process-directed signal (a
+        // program's SIGALRM) runs the program's handler on our thread. The creator's own mask is
+        // restored at once.
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut saved: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut saved);
         let mut th: libc::pthread_t = 0;
         let mut attr: libc::pthread_attr_t = std::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
@@ -312,6 +320,7 @@ pub(crate) fn start_writer() {
         libc::pthread_attr_setstacksize(&mut attr, 256 * 1024);
         let rc = libc::pthread_create(&mut th, &attr, writer_main, std::ptr::null_mut());
         libc::pthread_attr_destroy(&mut attr);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut());
         if rc != 0 {
             // No writer: threads flush their own rings when full, and at exit.
             WRITER_RUNNING.store(false, Ordering::Release);
