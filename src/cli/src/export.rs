@@ -77,8 +77,7 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
             serde_json::to_vec(&f).map_err(|e| Failure::usage(e.to_string()))?
         }
         Format::Folded => {
-            export::folded::text(&export::folded::folded(&profile, &mut sym, o.metric))
-                .into_bytes()
+            export::folded::text(&export::folded::folded(&profile, &mut sym, o.metric)).into_bytes()
         }
     };
     for w in sym

@@ -233,11 +233,7 @@ impl<'a, 'd> Builder<'a, 'd> {
     }
 
     fn mapping_of(&mut self, addr: u64) -> u64 {
-        let Some(i) = self
-            .ranges
-            .partition_point(|r| r.0 <= addr)
-            .checked_sub(1)
-        else {
+        let Some(i) = self.ranges.partition_point(|r| r.0 <= addr).checked_sub(1) else {
             return 0;
         };
         let (s, e, m, j) = self.ranges[i];
