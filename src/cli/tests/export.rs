@@ -52,7 +52,12 @@ fn profile_aggregated() -> &'static Run {
 }
 
 fn dump_of(run: &Run) -> &Dump {
-    assert_eq!(run.code, Some(0), "profile must exit 0\n{}", run.describe());
+    assert_eq!(
+        run.code,
+        Some(0),
+        "the sample must exit 0\n{}",
+        run.describe()
+    );
     run.only_dump()
 }
 
@@ -130,7 +135,9 @@ fn pprof_flat(file: &Path, t: &str, extra: &[&str]) -> BTreeMap<String, u64> {
             .parse()
             .unwrap_or_else(|e| panic!("pprof row {line:?}: flat {:?}: {e}\n{text}", cols[0]));
         if flat > 0 {
+            // pprof marks a function seen only inlined; `report` names it plainly.
             let name = cols[5..].join(" ");
+            let name = name.strip_suffix(" (inline)").unwrap_or(&name).to_string();
             assert!(
                 out.insert(name.clone(), flat).is_none(),
                 "{name} twice in:\n{text}"
@@ -149,6 +156,20 @@ fn sum_by(rows: impl Iterator<Item = (String, u64)>) -> BTreeMap<String, u64> {
         }
     }
     out
+}
+
+/// A site as pprof names it: an address no symbol covers (`report`'s `libfoo.so+0x1234`) is
+/// left for pprof to symbolize, which shows every such address of a module as `[libfoo.so]`.
+fn as_pprof_names(sites: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    sum_by(sites.into_iter().map(|(k, v)| {
+        let unnamed = k
+            .rsplit_once("+0x")
+            .filter(|(m, off)| {
+                !m.contains(' ') && !off.is_empty() && off.chars().all(|c| c.is_ascii_hexdigit())
+            })
+            .map(|(m, _)| format!("[{m}]"));
+        (unnamed.unwrap_or(k), v)
+    }))
 }
 
 /// Per function (site), what `report --json` and `leaks --json` say for each sample type.
@@ -196,6 +217,7 @@ fn reported(dump: &Dump) -> [BTreeMap<String, u64>; 5] {
         top("leaked"),
         leak_sites("bytes", true),
     ]
+    .map(as_pprof_names)
 }
 
 /// The sample's own functions only.
@@ -209,18 +231,62 @@ fn own(m: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
 /// For each sample type: `go tool pprof -top` per function equals `report`/`leaks` per site, and
 /// on the sample's functions, the figures the sample documents.
 fn assert_pprof_matches_reports(dump: &Dump, pprof: &Path, extra: &[&str]) {
+    for (t, flat) in assert_pprof_is_report(dump, pprof, extra)
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            own(flat),
+            known(t),
+            "{}: go tool pprof -top vs samples/profile.c",
+            TYPES[t]
+        );
+    }
+}
+
+/// For each sample type: `go tool pprof -top` per function equals `report`/`leaks` per site;
+/// returns pprof's figures.
+fn assert_pprof_is_report(dump: &Dump, pprof: &Path, extra: &[&str]) -> Vec<BTreeMap<String, u64>> {
     let reported = reported(dump);
+    let mut out = Vec::new();
     for (t, name) in TYPES.iter().enumerate() {
         let flat = pprof_flat(pprof, name, extra);
         assert_eq!(
             flat, reported[t],
             "{name}: go tool pprof -top per function vs report/leaks --json per site"
         );
-        assert_eq!(
-            own(&flat),
-            known(t),
-            "{name}: go tool pprof -top vs samples/profile.c"
+        out.push(flat);
+    }
+    out
+}
+
+#[test]
+fn pprof_stacks_start_at_the_site_past_allocator_wrappers() {
+    // leaky: strdup's malloc is in libc; cxx: operator new is libstdc++'s, and zs_fill is
+    // inlined. pprof's functions are report's sites, through every kind of allocation call.
+    for name in ["leaky", "cxx"] {
+        let run = run_traced(&sample(name), &[]);
+        let dump = dump_of(&run);
+        let pb = export(dump, &[], &format!("{name}.pb.gz"));
+        let flat = assert_pprof_is_report(dump, &pb, &[]);
+        let names: Vec<&String> = flat[0].keys().collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.contains("operator new") && !n.contains("strdup")),
+            "{name}: a wrapper is a function of its own: {names:?}"
         );
+        if name == "leaky" {
+            // samples/leaky.c: 4 blocks, 4396 bytes not freed, from these two functions.
+            let inuse = own(&flat[3]);
+            let want: BTreeMap<String, u64> = [
+                ("zs_leak_page".to_string(), 4096),
+                ("zs_leak_small".to_string(), 300),
+            ]
+            .into();
+            assert_eq!(inuse, want);
+            assert_eq!(own(&flat[2]).values().sum::<u64>(), 4);
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! - one `Location` per return address, at the call instruction (the address less one), with
 //!   its inlined calls as `Line`s, innermost first; an address no symbol covers has no line
 //!   (and its mapping no `has_functions`), for pprof to symbolize itself;
-//! - one `Function` per (name, file);
+//! - one `Function` per (name, file), named as the reports name frames (demangled, in full);
 //! - each stack starts at its site, the first frame outside allocator wrappers, as `report`
 //!   names sites (Go's heap profiles start at the code that allocated, not in the allocator):
 //!   `go tool pprof -top` then lists per function what `report` lists per site.
@@ -256,7 +256,10 @@ impl<'a, 'd> Builder<'a, 'd> {
         self.function_list.push(proto::Function {
             id,
             name,
-            system_name: name,
+            // The symbolizer keeps demangled names only. A system name equal to the name would
+            // be taken for a mangled one: pprof would shorten a C++ name (`make(int)` to
+            // `make`) and no longer match the reports.
+            system_name: 0,
             filename,
             start_line: 0,
         });
@@ -503,4 +506,208 @@ pub fn write<'d>(
     let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
     gz.write_all(&bytes)?;
     gz.finish()?.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::path::Path;
+
+    use zmtrace_format::event::{encode_alloc, EventBuf};
+    use zmtrace_format::{write, AllocKind, End, EndReason, Module, Origin, Process};
+
+    use super::*;
+    use crate::export::Weights;
+
+    /// A program at base 0x10000 (a file that is not on disk) with two segments; stack 1 is
+    /// two frames in its second segment, stack 2 one frame outside every module; stack 3 is
+    /// allocated from but not in the dump. Stack 1 allocates 100 + 28 bytes (the 28 freed
+    /// never), stack 2 allocates 7.
+    fn dump() -> Dump {
+        let mut out = write::file_header().to_vec();
+        write::process(
+            &mut out,
+            &Process {
+                pid: 42,
+                ppid: 1,
+                origin: Origin::Start,
+                parent_pid: 0,
+                fork_seq: 0,
+                start_unix_ns: 1_000_000_007,
+                session: "s".into(),
+                exe: "/nonexistent/prog".into(),
+                argv: vec!["prog".into(), "-x".into()],
+                aggregated: false,
+                args_left_out: 0,
+            },
+        );
+        write::module(
+            &mut out,
+            &Module {
+                base: 0x10000,
+                path: "/nonexistent/prog".into(),
+                build_id: vec![0xde, 0xad, 0xbe, 0xef],
+                segments: vec![(0x10000, 0x11000), (0x11000, 0x15000)],
+            },
+        );
+        let s1 = [0x11235u64, 0x12001];
+        let s2 = [0x9_0000_0000u64];
+        write::stacks(
+            &mut out,
+            [(1u32, &s1[..]), (2, &s2[..])].into_iter(),
+            &mut |b| zstd::bulk::compress(b, 1).unwrap(),
+        );
+        let mut raw = Vec::new();
+        for (seq, (addr, size, stack)) in [
+            (0xa000u64, 100u64, 1u32),
+            (0xb000, 28, 1),
+            (0xc000, 7, 2),
+            (0xd000, 5, 3),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut b = EventBuf::default();
+            encode_alloc(
+                &mut b,
+                seq as u64 + 1,
+                10,
+                AllocKind::Malloc,
+                addr,
+                size,
+                size,
+                stack,
+            );
+            raw.extend_from_slice(b.as_slice());
+        }
+        let mut packed = Vec::new();
+        zmtrace_format::event::pack(&raw, &mut packed);
+        let z = zstd::bulk::compress(&packed, 1).unwrap();
+        write::events(&mut out, 1, 1, packed.len(), &z);
+        write::end(
+            &mut out,
+            &End {
+                reason: EndReason::Exit,
+                status: 0,
+                events: 4,
+                dropped: 0,
+                untracked_frees: 0,
+                free_null: 0,
+                truncated_stacks: 0,
+                compared_stacks: 0,
+                mismatched_stacks: 0,
+            },
+        );
+        Dump::from_bytes(Path::new("test.zmt"), out).unwrap()
+    }
+
+    fn decode(gz: &[u8]) -> proto::Profile {
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut bytes)
+            .unwrap();
+        proto::Profile::decode(&*bytes).unwrap()
+    }
+
+    #[test]
+    fn profile_proto_has_mappings_locations_and_the_weights() {
+        let d = dump();
+        let a = crate::analyze(&d, false, &mut |_, _| {});
+        let p = Profile::from_analysis(&a);
+        let mut sym = Symbolizer::new(&d);
+        let mut gz = Vec::new();
+        write(&d, &p, &mut sym, &[], &mut gz).unwrap();
+        let pr = decode(&gz);
+        let s = |i: i64| pr.string_table[i as usize].as_str();
+        assert_eq!(pr.string_table[0], "");
+        // No leak check in this dump: no lost_space.
+        let types: Vec<(&str, &str)> = pr
+            .sample_type
+            .iter()
+            .map(|t| (s(t.r#type), s(t.unit)))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ("alloc_objects", "count"),
+                ("alloc_space", "bytes"),
+                ("inuse_objects", "count"),
+                ("inuse_space", "bytes")
+            ]
+        );
+        assert_eq!(s(pr.default_sample_type), "inuse_space");
+        let pt = pr.period_type.as_ref().unwrap();
+        assert_eq!((s(pt.r#type), s(pt.unit), pr.period), ("space", "bytes", 1));
+        assert_eq!(pr.time_nanos, 1_000_000_007);
+        // Stacks 1, 2, 3 in order (nothing was freed: all in use).
+        let values: Vec<&[i64]> = pr.sample.iter().map(|s| &s.value[..]).collect();
+        assert_eq!(
+            values,
+            [&[2, 128, 2, 128][..], &[1, 7, 1, 7], &[1, 5, 1, 5]]
+        );
+        // Only the segment the frames are in, with the offset a PIE file has there (the file
+        // is gone), and the build-id in hex; nothing was symbolized.
+        assert_eq!(pr.mapping.len(), 1);
+        let m = &pr.mapping[0];
+        assert_eq!(
+            (m.memory_start, m.memory_limit, m.file_offset),
+            (0x11000, 0x15000, 0x1000)
+        );
+        assert_eq!(
+            (s(m.filename), s(m.build_id)),
+            ("/nonexistent/prog", "deadbeef")
+        );
+        assert!(!m.has_functions, "no frame was named");
+        let loc = |id: u64| &pr.location[id as usize - 1];
+        let s1: Vec<(u64, u64, usize)> = pr.sample[0]
+            .location_id
+            .iter()
+            .map(|&id| (loc(id).address, loc(id).mapping_id, loc(id).line.len()))
+            .collect();
+        // At the calls (return address less one), in the mapping, left for pprof to symbolize.
+        assert_eq!(s1, [(0x11234, m.id, 0), (0x12000, m.id, 0)]);
+        let l2 = loc(pr.sample[1].location_id[0]);
+        assert_eq!(
+            (l2.address, l2.mapping_id, l2.line.len()),
+            (0x8_ffff_ffff, 0, 0)
+        );
+        // The stack missing from the dump says so.
+        let l3 = loc(pr.sample[2].location_id[0]);
+        let f = &pr.function[l3.line[0].function_id as usize - 1];
+        assert_eq!(s(f.name), "<stack 3 missing from the dump>");
+        assert!(pr
+            .comment
+            .iter()
+            .any(|&c| s(c) == "zmtrace: prog -x (pid 42)"));
+    }
+
+    #[test]
+    fn a_sampled_recording_supplies_its_weights_and_period() {
+        // What a sampled dump would hand the writer: estimates already scaled, and its rate.
+        let d = dump();
+        let p = Profile {
+            stacks: vec![(
+                1,
+                Weights {
+                    alloc_objects: 3,
+                    alloc_space: 3 * 4096,
+                    inuse_objects: 1,
+                    inuse_space: 4096,
+                    lost_space: 4096,
+                },
+            )],
+            lost: true,
+            period: 4096,
+            aggregated: false,
+            duration_ns: 5,
+        };
+        let mut sym = Symbolizer::new(&d);
+        let mut gz = Vec::new();
+        write(&d, &p, &mut sym, &[], &mut gz).unwrap();
+        let pr = decode(&gz);
+        assert_eq!(pr.period, 4096);
+        assert_eq!(pr.duration_nanos, 5);
+        assert_eq!(pr.sample_type.len(), 5);
+        assert_eq!(pr.sample[0].value, [3, 3 * 4096, 1, 4096, 4096]);
+    }
 }
