@@ -56,7 +56,7 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
     let mut sym = Symbolizer::new(&dump);
     suppressions::apply(&mut a, &mut sym, &o.suppressions);
     let profile = Profile::from_analysis(&a);
-    if o.metric == SampleType::LostSpace && !profile.lost && o.format != Format::Pprof {
+    if o.metric == SampleType::LostSpace && !profile.lost {
         return Err(Failure::bad_input(format!(
             "{}: no leak check at exit in this dump, so no lost_space (inuse_space counts every \
              block not freed)",
@@ -68,7 +68,7 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
             let mut wrappers = zmtrace_analyze::reports::Options::default().wrappers;
             wrappers.extend(o.wrappers.iter().cloned());
             let mut v = Vec::new();
-            export::pprof::write(&dump, &profile, &mut sym, &wrappers, &mut v)
+            export::pprof::write(&dump, &profile, &mut sym, &wrappers, o.metric, &mut v)
                 .map_err(|e| Failure::usage(format!("cannot compress the profile: {e}")))?;
             v
         }

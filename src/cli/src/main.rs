@@ -160,9 +160,9 @@ enum Cmd {
         /// Output file.
         #[arg(short = 'o', long = "out", required = true)]
         out: PathBuf,
-        /// For speedscope (the profile shown first) and folded: alloc_objects, alloc_space,
-        /// inuse_objects, inuse_space or lost_space, or the flamegraph's allocations, bytes,
-        /// leaked, lost. A pprof profile has them all (inuse_space first shown).
+        /// The sample type: alloc_objects, alloc_space, inuse_objects, inuse_space or lost_space
+        /// (or the flamegraph's allocations, bytes, leaked, lost). folded writes this one;
+        /// pprof and speedscope have them all and show this one first.
         #[arg(long, default_value = "inuse_space")]
         metric: String,
         /// Another allocator wrapper to see through (a `*` glob); may be repeated. pprof stacks

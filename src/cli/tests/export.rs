@@ -301,6 +301,11 @@ fn pprof_top_of_each_sample_type_matches_report_and_the_known_totals() {
     let top = go_pprof(&["-top", "-unit=B"], &pb);
     assert!(top.contains("Type: inuse_space"), "{top}");
     assert!(top.contains("of 4516B total"), "{top}");
+    // --metric picks another.
+    let pb = export(dump, &["--metric", "alloc_space"], "alloc.pb.gz");
+    let top = go_pprof(&["-top", "-unit=B"], &pb);
+    assert!(top.contains("Type: alloc_space"), "{top}");
+    assert!(top.contains("of 7844B total"), "{top}");
 }
 
 #[test]

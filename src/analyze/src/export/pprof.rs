@@ -428,12 +428,14 @@ fn segment_offsets(path: &str) -> Vec<(u64, u64)> {
 }
 
 /// The profile of `p`, stacks symbolized by `sym`; `wrappers` as `report`'s (each stack starts
-/// at its site).
+/// at its site); `shown` is the sample type pprof shows unless told otherwise (Go's heap
+/// profiles: `inuse_space`).
 pub fn build<'d>(
     dump: &'d Dump,
     p: &super::Profile,
     sym: &mut Symbolizer<'d>,
     wrappers: &[String],
+    shown: SampleType,
 ) -> proto::Profile {
     let types = p.sample_types();
     let mut b = Builder::new(dump, sym);
@@ -475,7 +477,12 @@ pub fn build<'d>(
         comments.push("lost_space: definitely and indirectly lost at exit".into());
     }
     let comment = comments.iter().map(|c| b.string(c)).collect();
-    let default_sample_type = b.string(SampleType::InuseSpace.name());
+    let shown = if types.contains(&shown) {
+        shown
+    } else {
+        SampleType::InuseSpace
+    };
+    let default_sample_type = b.string(shown.name());
     proto::Profile {
         sample_type,
         sample,
@@ -494,15 +501,16 @@ pub fn build<'d>(
     }
 }
 
-/// Writes the profile, gzipped (as pprof writes and expects it).
+/// Writes the profile ([`build`]), gzipped (as pprof writes and expects it).
 pub fn write<'d>(
     dump: &'d Dump,
     p: &Profile,
     sym: &mut Symbolizer<'d>,
     wrappers: &[String],
+    shown: SampleType,
     out: impl Write,
 ) -> std::io::Result<()> {
-    let bytes = build(dump, p, sym, wrappers).encode_to_vec();
+    let bytes = build(dump, p, sym, wrappers, shown).encode_to_vec();
     let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
     gz.write_all(&bytes)?;
     gz.finish()?.flush()
@@ -616,7 +624,7 @@ mod tests {
         let p = Profile::from_analysis(&a);
         let mut sym = Symbolizer::new(&d);
         let mut gz = Vec::new();
-        write(&d, &p, &mut sym, &[], &mut gz).unwrap();
+        write(&d, &p, &mut sym, &[], SampleType::InuseSpace, &mut gz).unwrap();
         let pr = decode(&gz);
         let s = |i: i64| pr.string_table[i as usize].as_str();
         assert_eq!(pr.string_table[0], "");
@@ -703,8 +711,12 @@ mod tests {
         };
         let mut sym = Symbolizer::new(&d);
         let mut gz = Vec::new();
-        write(&d, &p, &mut sym, &[], &mut gz).unwrap();
+        write(&d, &p, &mut sym, &[], SampleType::LostSpace, &mut gz).unwrap();
         let pr = decode(&gz);
+        assert_eq!(
+            pr.string_table[pr.default_sample_type as usize],
+            "lost_space"
+        );
         assert_eq!(pr.period, 4096);
         assert_eq!(pr.duration_nanos, 5);
         assert_eq!(pr.sample_type.len(), 5);
