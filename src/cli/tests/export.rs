@@ -574,6 +574,28 @@ fn export_bad_input_is_a_one_line_error() {
     ]);
     assert_one_line_error(&f, 2, "unknown metric");
 
+    // A process killed by SIGKILL had no leak check: no lost_space to export.
+    let killed = run_traced(&sample("crasher"), &["kill"]);
+    let killed = killed.only_dump();
+    let f = run_zmtrace(&[
+        "export",
+        killed.path.to_str().unwrap(),
+        "--metric",
+        "lost",
+        "-o",
+        o,
+    ]);
+    assert_one_line_error(&f, 2, "lost_space without a leak check");
+    assert!(f.stderr.contains("no leak check"), "{}", f.stderr);
+    // The rest of it exports, and says what "in use" means there.
+    let pb = export(killed, &[], "killed.pb.gz");
+    let raw = go_pprof(&["-raw"], &pb);
+    assert!(!raw.contains("lost_space"), "{raw}");
+    assert!(
+        raw.contains("inuse_*: live where the dump ends (the process did not end normally)"),
+        "{raw}"
+    );
+
     // An output zmtrace cannot write: 125, as for every other subcommand's output.
     let unwritable = dir.join("no-such-dir").join("out.pb.gz");
     let f = run_zmtrace(&["export", path, "-o", unwritable.to_str().unwrap()]);

@@ -470,6 +470,8 @@ pub fn build<'d>(
     }
     comments.push(if p.aggregated {
         "inuse_*: live at the end of the recording (aggregated dump)".to_string()
+    } else if !dump.is_complete() {
+        "inuse_*: live where the dump ends (the process did not end normally)".to_string()
     } else {
         "inuse_*: live at exit".to_string()
     });
