@@ -102,9 +102,14 @@ pub fn folded(a: &Analysis, sym: &mut Symbolizer, metric: Metric) -> Vec<String>
     } else {
         metric
     };
+    collapse(sym, a.sites.iter().map(|(&id, s)| (id, metric.value(s))))
+}
+
+/// The collapsed stacks of any per-stack values (stack id, value): what [`folded`] writes for a
+/// metric, and `export --format folded` for a sample type. Zero values are left out.
+pub fn collapse(sym: &mut Symbolizer, values: impl Iterator<Item = (u32, u64)>) -> Vec<String> {
     let mut lines: BTreeMap<String, u64> = BTreeMap::new();
-    for (&id, s) in &a.sites {
-        let v = metric.value(s);
+    for (id, v) in values {
         if v == 0 {
             continue;
         }

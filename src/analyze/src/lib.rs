@@ -9,6 +9,7 @@
 //! - [`reports`]: `report`, `leaks` ([`leaks`]) and `churn`, as data (JSON) and text.
 //! - [`diff`]: two dumps compared site by site.
 //! - [`flame`]: collapsed stacks and SVG flamegraphs per metric.
+//! - [`export`]: pprof (`profile.proto`), speedscope JSON and collapsed stacks for other tools.
 //! - [`view`]: the pre-aggregated data of `zmtrace view`'s page (time buckets, sites, diff).
 //!
 //! # JSON schema (version 1)
@@ -40,6 +41,7 @@
 
 pub mod analysis;
 pub mod diff;
+pub mod export;
 pub mod flame;
 pub mod leakcheck;
 pub mod leaks;

@@ -112,13 +112,20 @@ fn is_wrapper(f: &Frame, wrappers: &[String]) -> bool {
             .is_some_and(|n| wrappers.iter().any(|w| glob_match(w, n)))
 }
 
+/// Where a stack's site is: the index of its first frame outside the wrappers (0 when every
+/// frame is one).
+pub fn site_start(frames: &[Frame], wrappers: &[String]) -> usize {
+    frames
+        .iter()
+        .position(|f| !is_wrapper(f, wrappers))
+        .unwrap_or(0)
+}
+
 /// Stack `stack` as a site: its frames, named after its first frame outside the wrappers.
 pub fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
     let frames = sym.stack(stack);
     let name = frames
-        .iter()
-        .find(|f| !is_wrapper(f, &opts.wrappers))
-        .or(frames.first())
+        .get(site_start(&frames, &opts.wrappers))
         .map(Frame::label)
         .unwrap_or_else(|| "<empty stack>".into());
     Site {

@@ -145,17 +145,10 @@ impl<'d> Symbolizer<'d> {
         if let Some(s) = self.stacks.get(&id) {
             return s.clone();
         }
-        let frames = match self.dump.stacks.get(&id) {
+        let frames = match self.stack_addresses(id) {
             Some(addrs) => {
                 let mut out = Vec::with_capacity(addrs.len() + 4);
-                for &a in addrs {
-                    let f = self.address(a);
-                    if f.first()
-                        .and_then(|f| f.module.as_deref())
-                        .is_some_and(is_recorder_module)
-                    {
-                        continue;
-                    }
+                for (_, f) in addrs {
                     out.extend(f.iter().cloned());
                 }
                 out
@@ -172,6 +165,25 @@ impl<'d> Symbolizer<'d> {
         let frames = Rc::new(frames);
         self.stacks.insert(id, frames.clone());
         frames
+    }
+
+    /// The return addresses of stack `id`, innermost first, each with its frames (inlined calls
+    /// first), without the recorder's own; `None` for an id the dump does not have. For exports
+    /// that keep addresses (pprof's locations); [`Symbolizer::stack`] is these frames flattened.
+    pub fn stack_addresses(&mut self, id: u32) -> Option<Vec<(u64, Rc<Vec<Frame>>)>> {
+        let addrs = self.dump.stacks.get(&id)?;
+        let mut out = Vec::with_capacity(addrs.len());
+        for &a in addrs {
+            let f = self.address(a);
+            if f.first()
+                .and_then(|f| f.module.as_deref())
+                .is_some_and(is_recorder_module)
+            {
+                continue;
+            }
+            out.push((a, f));
+        }
+        Some(out)
     }
 
     /// The frames at one return address (inlined calls first).

@@ -9,6 +9,7 @@
 //! 127 when it does not exist.
 
 mod analyze;
+mod export;
 mod gate;
 mod info;
 mod run;
@@ -144,6 +145,28 @@ enum Cmd {
         #[arg(long)]
         serve: bool,
         /// Another allocator wrapper to see through (a `*` glob); may be repeated.
+        #[arg(long = "wrapper")]
+        wrappers: Vec<String>,
+        #[command(flatten)]
+        supp: Supp,
+    },
+    /// Write a dump for other tools: a pprof profile (gzipped profile.proto: go tool pprof,
+    /// Pyroscope, Parca), a speedscope file, or collapsed stacks.
+    Export {
+        dump: PathBuf,
+        /// pprof, speedscope or folded.
+        #[arg(long, default_value = "pprof")]
+        format: String,
+        /// Output file.
+        #[arg(short = 'o', long = "out", required = true)]
+        out: PathBuf,
+        /// The sample type: alloc_objects, alloc_space, inuse_objects, inuse_space or lost_space
+        /// (or the flamegraph's allocations, bytes, leaked, lost). folded writes this one;
+        /// pprof and speedscope have them all and show this one first.
+        #[arg(long, default_value = "inuse_space")]
+        metric: String,
+        /// Another allocator wrapper to see through (a `*` glob); may be repeated. pprof stacks
+        /// start at the site, the first frame outside them.
         #[arg(long = "wrapper")]
         wrappers: Vec<String>,
         #[command(flatten)]
@@ -363,6 +386,24 @@ fn main() {
                 .map(|()| 0)
             })
         }
+        Cmd::Export {
+            dump,
+            format,
+            out,
+            metric,
+            wrappers,
+            supp,
+        } => (|| {
+            export::run(&export::ExportOptions {
+                dump,
+                format: export::Format::parse(&format)?,
+                out,
+                metric: export::parse_sample_type(&metric)?,
+                wrappers,
+                suppressions: supp.load()?,
+            })
+        })()
+        .map(|()| 0),
         Cmd::Diff {
             base,
             new,
