@@ -15,7 +15,9 @@
  *
  * `large`: 100,000 malloc/free pairs of 256 KiB and more, which glibc serves with mmap (the
  * threshold fixed with mallopt, so it never moves them to the heap): the allocator's mappings,
- * not the program's. */
+ * not the program's.
+ *
+ * `threads`: see zs_map_loop. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <malloc.h>
@@ -125,11 +127,37 @@ __attribute__((noinline)) void zs_large(void) {
     g_sink = NULL;
 }
 
+/* `threads`: 4 threads, each mapping a page and unmapping the one before, 20,000 times, keeping the
+ * last: the kernel hands a page just unmapped by one thread to another's next mmap at once. */
+#define MAP_THREADS 4
+#define MAP_ROUNDS 20000
+#include <pthread.h>
+
+__attribute__((noinline)) void *zs_map_loop(void *arg) {
+    char *prev = NULL;
+    for (int i = 0; i < MAP_ROUNDS; i++) {
+        char *p = checked(mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                          "mmap loop");
+        p[0] = (char)i;
+        if (prev && munmap(prev, PAGE) != 0) die("munmap loop");
+        prev = p;
+    }
+    return prev;
+}
+
 int main(int argc, char **argv) {
     int maps = !(argc > 1 && strcmp(argv[1], "nomaps") == 0);
     if (argc > 1 && strcmp(argv[1], "large") == 0) {
         zs_large();
         printf("large 100000\n");
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "threads") == 0) {
+        pthread_t th[MAP_THREADS];
+        for (int t = 0; t < MAP_THREADS; t++)
+            if (pthread_create(&th[t], NULL, zs_map_loop, NULL) != 0) die("pthread_create");
+        for (int t = 0; t < MAP_THREADS; t++) pthread_join(th[t], NULL);
+        printf("threads %d rounds %d\n", MAP_THREADS, MAP_ROUNDS);
         return 0;
     }
     zs_heap_keep();

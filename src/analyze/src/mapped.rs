@@ -26,8 +26,7 @@ use crate::symbols::Symbolizer;
 pub const PAGE: u64 = 4096;
 
 fn pages(len: u64) -> u64 {
-    len.checked_next_multiple_of(PAGE)
-        .unwrap_or(!(PAGE - 1))
+    len.checked_next_multiple_of(PAGE).unwrap_or(!(PAGE - 1))
 }
 
 /// What one stack mapped.

@@ -5,6 +5,7 @@
 //! the same with the mappings as without them. The allocator's own mappings are not the
 //! program's: glibc's for blocks of 256 KiB and more, jemalloc's inside Debian's `redis-server`.
 
+mod cdp;
 mod common;
 
 use std::collections::BTreeMap;
@@ -317,5 +318,113 @@ fn jemallocs_mappings_are_not_program_mappings() {
     let m = &r["mapped"];
     for k in ["maps", "unmaps", "remaps", "bytes_mapped", "at_exit_bytes"] {
         assert_eq!(m[k], 0, "{k}: {m}\n{}", run.describe());
+    }
+}
+
+#[test]
+fn the_page_shows_the_mappings_apart_from_the_heap() {
+    let run = mmaps_run(&[]);
+    let dump = &run.only_dump().path;
+    let r = report(dump);
+    let html = fresh_dir("mmaps-view").join("mmaps.html");
+    let f = run_zmtrace(&["view", dump.to_str().unwrap(), "-o", html.to_str().unwrap()]);
+    assert_eq!(f.code, Some(0), "zmtrace view:\n{}", f.stderr);
+    let mut browser = cdp::Browser::launch(&fresh_dir("chromium"), 1280, 900);
+    let mut page = browser.page();
+    page.navigate(&format!(
+        "file://{}",
+        html.canonicalize().unwrap().display()
+    ));
+    assert_eq!(
+        page.eval("document.getElementById('mapped-section').hidden"),
+        false
+    );
+    let shown = page.eval(
+        "Object.fromEntries([...document.querySelectorAll('#mapped-summary tr[data-field]')]\
+         .map(tr => [tr.dataset.field, tr.querySelector('td.exact').textContent.replaceAll(',', '')]))",
+    );
+    let m = r["mapped"].as_object().unwrap();
+    let mut compared = 0;
+    for (field, v) in m {
+        let Some(n) = v.as_u64() else { continue };
+        assert_eq!(shown[field], n.to_string(), "mapped field {field}: {shown}");
+        compared += 1;
+    }
+    assert_eq!(compared, 12, "{shown}");
+    // One row per site, the most still mapped first: (site, bytes mapped, mapped at exit).
+    let rows = page.eval(
+        "[...document.querySelectorAll('#mapped-sites tbody tr')].map(tr => \
+         [...tr.querySelectorAll('td')].map(td => td.textContent)).filter(r => r[0].startsWith('zs_'))\
+         .map(r => [r[0], r[2].split(' ')[0].replaceAll(',', ''), r[3].split(' ')[0].replaceAll(',', '')].join(' '))",
+    );
+    let p = |n: u64| (n * PAGE).to_string();
+    let expected: Vec<String> = [
+        ("zs_map_anon", 4, 4),
+        ("zs_remap_grow", 2, 3),
+        ("zs_map_three", 3, 2),
+        ("zs_map_file", 2, 0),
+        ("zs_map_shared", 2, 0),
+        ("zs_map_grow", 1, 0),
+    ]
+    .iter()
+    .map(|&(s, b, e)| format!("{s} {} {}", p(b), p(e)))
+    .collect();
+    assert_eq!(rows, serde_json::to_value(expected).unwrap());
+    // The heap's summary has no mapping in it: its bytes are the heap's.
+    let allocated = page.eval(
+        "document.querySelector('#summary tr[data-field=bytes_allocated] td.exact').textContent",
+    );
+    assert_eq!(
+        allocated.as_str().unwrap().replace(',', ""),
+        r["bytes_allocated"].to_string()
+    );
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
+}
+
+#[test]
+fn threads_mapping_and_unmapping_the_same_pages_are_exact() {
+    // Each munmap is numbered before its system call: a page one thread unmaps may be another's
+    // next mmap at once, and an unmap numbered after that mmap would take it away.
+    const THREADS: u64 = 4;
+    const ROUNDS: u64 = 20_000;
+    for _ in 0..3 {
+        let run = mmaps_run(&["threads"]);
+        let dump = &run.only_dump().path;
+        let r = report(dump);
+        assert_eq!(r["warnings"], Value::Array(vec![]), "{r}");
+        let m = &r["mapped"];
+        let got: Vec<u64> = [
+            "maps",
+            "unmaps",
+            "bytes_mapped",
+            "bytes_unmapped",
+            "at_exit_bytes",
+            "at_exit_ranges",
+        ]
+        .iter()
+        .map(|k| m[k].as_u64().unwrap())
+        .collect();
+        let kept = THREADS;
+        assert_eq!(
+            got,
+            [
+                THREADS * ROUNDS,
+                THREADS * ROUNDS - kept,
+                THREADS * ROUNDS * PAGE,
+                (THREADS * ROUNDS - kept) * PAGE,
+                kept * PAGE,
+                kept
+            ],
+            "{m}"
+        );
+        // At most two pages per thread at once.
+        assert!(
+            m["peak_bytes"].as_u64().unwrap() <= 2 * THREADS * PAGE,
+            "{m}"
+        );
+        assert_eq!(
+            by_site(&m["top"]["at_exit"]),
+            map(&[("zs_map_loop", kept * PAGE)])
+        );
     }
 }

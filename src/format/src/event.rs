@@ -735,6 +735,24 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_event_kind_ends_its_record_cleanly() {
+        // What a reader meets in a newer writer's record (as an older one meets `Map`): the
+        // events before it are kept, the rest of the record is reported, nothing panics.
+        let mut raw = Vec::new();
+        let mut b = EventBuf::default();
+        encode_map(&mut b, 1, 1, 0x1000, 4096, 3, MAP_ANONYMOUS, 1);
+        raw.extend_from_slice(b.as_slice());
+        raw.extend_from_slice(&[99, 2, 2, 0x10]);
+        let mut packed = Vec::new();
+        assert_eq!(pack(&raw, &mut packed), 1);
+        packed.extend_from_slice(&[99, 1, 1, 0x10]);
+        let mut out = Vec::new();
+        assert!(decode_events(&packed, 1, &mut out).is_err());
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0].kind, EventKind::Map { len: 4096, .. }));
+    }
+
+    #[test]
     fn every_event_kind_round_trips() {
         let mut raw = Vec::new();
         let mut b = EventBuf::default();

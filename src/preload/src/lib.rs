@@ -381,7 +381,14 @@ pub unsafe extern "C" fn mremap(
         fixed,
     ) as *mut c_void;
     if p != libc::MAP_FAILED {
-        rec::on_mremap(old.cast(), old_len, p.cast(), new_len, allocator, out_seq);
+        // With MREMAP_DONTUNMAP the old range stays mapped (emptied): nothing of it left, as for
+        // an `old_len` of 0 (a second mapping of shared pages).
+        let gone = if flags & libc::MREMAP_DONTUNMAP != 0 {
+            0
+        } else {
+            old_len
+        };
+        rec::on_mremap(old.cast(), gone, p.cast(), new_len, allocator, out_seq);
     }
     p
 }
