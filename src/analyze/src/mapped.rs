@@ -43,8 +43,8 @@ pub struct MapSite {
 impl MapSite {
     pub fn merge(&mut self, o: &MapSite) {
         self.calls += o.calls;
-        self.bytes += o.bytes;
-        self.at_exit += o.at_exit;
+        self.bytes = self.bytes.saturating_add(o.bytes);
+        self.at_exit = self.at_exit.saturating_add(o.at_exit);
     }
 }
 
@@ -55,7 +55,7 @@ struct Range {
     flags: u32,
 }
 
-/// The mappings of one replay.
+/// The mappings of one replay. Sums saturate: a damaged dump's lengths must not overflow them.
 #[derive(Debug, Default)]
 pub struct Mapped {
     pub maps: u64,
@@ -93,19 +93,20 @@ impl Mapped {
             } => {
                 let len = pages(len);
                 self.maps += 1;
-                self.bytes_mapped += len;
+                self.bytes_mapped = self.bytes_mapped.saturating_add(len);
                 let s = self.sites.entry(stack).or_default();
                 s.calls += 1;
-                s.bytes += len;
+                s.bytes = s.bytes.saturating_add(len);
                 // A fixed mapping replaces what was there (and a mapping whose unmap the dump
                 // lost is gone once its address is handed out again).
                 let replaced = self.remove(addr, len);
-                self.bytes_unmapped += replaced;
+                self.bytes_unmapped = self.bytes_unmapped.saturating_add(replaced);
                 self.add(addr, len, stack, flags, e.ts_ns);
             }
             EventKind::Unmap { addr, len } => {
                 self.unmaps += 1;
-                self.bytes_unmapped += self.remove(addr, pages(len));
+                let cut = self.remove(addr, pages(len));
+                self.bytes_unmapped = self.bytes_unmapped.saturating_add(cut);
             }
             EventKind::RemapOut { addr, len } => {
                 let flags = self.flags_at(addr);
@@ -130,12 +131,15 @@ impl Mapped {
                 self.remaps += 1;
                 // What of the old range was mapped moves; the rest is new, or was given up.
                 let grown = new_len.saturating_sub(moved);
-                self.bytes_mapped += grown;
-                self.bytes_unmapped += moved.saturating_sub(new_len);
+                self.bytes_mapped = self.bytes_mapped.saturating_add(grown);
+                self.bytes_unmapped = self
+                    .bytes_unmapped
+                    .saturating_add(moved.saturating_sub(new_len));
                 let s = self.sites.entry(stack).or_default();
                 s.calls += 1;
-                s.bytes += grown;
-                self.bytes_unmapped += self.remove(new_addr, new_len);
+                s.bytes = s.bytes.saturating_add(grown);
+                let cut = self.remove(new_addr, new_len);
+                self.bytes_unmapped = self.bytes_unmapped.saturating_add(cut);
                 self.add(new_addr, new_len, stack, flags, e.ts_ns);
             }
             _ => return false,
@@ -467,5 +471,78 @@ mod tests {
         );
         assert_eq!(m.bytes_mapped, m.bytes_unmapped + m.current);
         assert_eq!(m.anonymous_at_exit, 6 * PAGE);
+    }
+
+    proptest::proptest! {
+        /// Against a model that keeps each page's owner: whatever the calls, the intervals hold
+        /// exactly the pages mapped, each with its stack, and what was mapped in all is what was
+        /// unmapped plus what is left.
+        #[test]
+        fn intervals_match_a_page_model(
+            ops in proptest::collection::vec((0u8..3, 0u64..48, 0u64..12, 0u64..48, 0u64..12, 1u32..4), 0..60)
+        ) {
+            let mut m = Mapped::default();
+            let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+            let mut seq = 0;
+            for (op, a, n, b, k, stack) in ops {
+                let (a, b) = (a * PAGE, b * PAGE);
+                seq += 2;
+                match op {
+                    0 => {
+                        m.event(&ev(seq, map(a, n * PAGE, stack)));
+                        for p in 0..n {
+                            model.insert(a + p * PAGE, stack);
+                        }
+                    }
+                    1 => {
+                        m.event(&ev(seq, EventKind::Unmap { addr: a, len: n * PAGE }));
+                        for p in 0..n {
+                            model.remove(&(a + p * PAGE));
+                        }
+                    }
+                    _ => {
+                        m.event(&ev(seq - 1, EventKind::RemapOut { addr: a, len: n * PAGE }));
+                        m.event(&ev(seq, EventKind::Remap {
+                            old_addr: a,
+                            old_len: n * PAGE,
+                            new_addr: b,
+                            new_len: k * PAGE,
+                            stack,
+                        }));
+                        for p in 0..n {
+                            model.remove(&(a + p * PAGE));
+                        }
+                        for p in 0..k {
+                            model.insert(b + p * PAGE, stack);
+                        }
+                    }
+                }
+                let mut pages: BTreeMap<u64, u32> = BTreeMap::new();
+                let mut last_end = 0;
+                for (s, e, st) in m.ranges() {
+                    proptest::prop_assert!(s >= last_end && e > s, "disjoint, not empty");
+                    last_end = e;
+                    for p in (s..e).step_by(PAGE as usize) {
+                        pages.insert(p, st);
+                    }
+                }
+                proptest::prop_assert_eq!(&pages, &model);
+                proptest::prop_assert_eq!(m.current, model.len() as u64 * PAGE);
+                proptest::prop_assert_eq!(m.bytes_mapped, m.bytes_unmapped + m.current);
+                proptest::prop_assert!(m.peak_bytes >= m.current);
+            }
+            m.finish();
+            let mut per_stack: BTreeMap<u32, u64> = BTreeMap::new();
+            for st in model.values() {
+                *per_stack.entry(*st).or_default() += PAGE;
+            }
+            let got: BTreeMap<u32, u64> = m
+                .sites
+                .iter()
+                .filter(|(_, s)| s.at_exit > 0)
+                .map(|(&id, s)| (id, s.at_exit))
+                .collect();
+            proptest::prop_assert_eq!(got, per_stack);
+        }
     }
 }
