@@ -308,8 +308,12 @@ fn jemallocs_mappings_are_not_program_mappings() {
     // `mmap` (our hook) from inside `malloc`: its heap, not the program's mappings. With
     // `--port 0` Redis sets itself up and exits at once.
     require("redis-server", "redis-server");
+    let server = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.exists())
+        .expect("redis-server on PATH");
     let run = run_traced(
-        Path::new("/usr/bin/redis-server"),
+        &server,
         &["--port", "0", "--save", "", "--loglevel", "warning"],
     );
     let dump = &run.only_dump().path;
