@@ -342,6 +342,7 @@ header();
 timeline();
 flameSection();
 tables();
+mappedSection();
 diffSection();
 notes();
 update();

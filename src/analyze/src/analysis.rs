@@ -170,6 +170,9 @@ pub struct Analysis {
     pub kinds: [KindTotal; 4],
     /// What suppressions took out ([`crate::suppressions::apply`]).
     pub suppressed: Suppressed,
+    /// The program's own mappings (`mmap`, `munmap`, `mremap`): a metric of their own, in none
+    /// of the heap figures above.
+    pub mapped: crate::mapped::Mapped,
 }
 
 /// Replays `dump`; `progress` is called now and then with (records read, records in all). With
@@ -219,6 +222,11 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                 }
                 None => a.inconsistent += 1,
             }
+            continue;
+        }
+        if let EventKind::RemapOut { .. } = e.kind {
+            // The first half of a remap's numbering, as `ReallocOut`.
+            a.mapped.event(&e);
             continue;
         }
         a.events += 1;
@@ -316,7 +324,11 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                 // then reallocated, before it was freed).
                 last_alloc.remove(&e.tid);
             }
-            EventKind::ReallocOut { .. } => {} // handled above
+            EventKind::ReallocOut { .. } | EventKind::RemapOut { .. } => {} // handled above
+            EventKind::Map { .. } | EventKind::Unmap { .. } | EventKind::Remap { .. } => {
+                // Not heap blocks: neither in the live set nor in the temporaries.
+                a.mapped.event(&e);
+            }
             EventKind::AllocFailed { stack, .. } => {
                 a.failed += 1;
                 sites.get(stack).failed += 1;
@@ -334,6 +346,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     }
     let (done, total) = events.progress();
     progress(done, total);
+    a.mapped.finish();
     a.threads = tids.len() as u64;
     let reach = leakcheck::exit_check(dump);
     let mut check = reach.map(Check::new);

@@ -26,10 +26,14 @@ pub enum Metric {
     /// Bytes definitely and indirectly lost at exit (the leak check's; without one, every byte
     /// not freed at exit).
     Lost,
+    /// The program's own mappings: bytes mapped in all (`mmap`, and `mremap` growth).
+    Mapped,
+    /// The program's own mappings still mapped at exit.
+    MappedAtExit,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 9] = [
         Metric::Allocations,
         Metric::Bytes,
         Metric::Leaked,
@@ -37,6 +41,8 @@ impl Metric {
         Metric::Temporary,
         Metric::Reallocs,
         Metric::Lost,
+        Metric::Mapped,
+        Metric::MappedAtExit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +54,8 @@ impl Metric {
             Metric::Temporary => "temporary",
             Metric::Reallocs => "reallocs",
             Metric::Lost => "lost",
+            Metric::Mapped => "mapped",
+            Metric::MappedAtExit => "mapped-at-exit",
         }
     }
 
@@ -67,6 +75,8 @@ impl Metric {
                 s.kinds[LeakKind::Definite as usize].bytes
                     + s.kinds[LeakKind::Indirect as usize].bytes
             }
+            // Not heap sites: see `folded`.
+            Metric::Mapped | Metric::MappedAtExit => 0,
         }
     }
 
@@ -74,7 +84,12 @@ impl Metric {
     pub fn unit(self) -> &'static str {
         match self {
             Metric::Allocations => "allocations",
-            Metric::Bytes | Metric::Leaked | Metric::Peak | Metric::Lost => "bytes",
+            Metric::Bytes
+            | Metric::Leaked
+            | Metric::Peak
+            | Metric::Lost
+            | Metric::Mapped
+            | Metric::MappedAtExit => "bytes",
             Metric::Temporary => "temporary allocations",
             Metric::Reallocs => "reallocs",
         }
@@ -89,6 +104,8 @@ impl Metric {
             Metric::Temporary => "Temporary allocations (count)",
             Metric::Reallocs => "Reallocs (count)",
             Metric::Lost => "Bytes definitely and indirectly lost at exit",
+            Metric::Mapped => "Bytes mapped in all (the program's mmap and mremap)",
+            Metric::MappedAtExit => "Bytes still mapped at exit (the program's mmap and mremap)",
         }
     }
 }
@@ -102,7 +119,27 @@ pub fn folded(a: &Analysis, sym: &mut Symbolizer, metric: Metric) -> Vec<String>
     } else {
         metric
     };
-    collapse(sym, a.sites.iter().map(|(&id, s)| (id, metric.value(s))))
+    // The mapping metrics are the mappings' own sites, never the heap's.
+    let values: Vec<(u32, u64)> = match metric {
+        Metric::Mapped => a
+            .mapped
+            .sites
+            .iter()
+            .map(|(&id, s)| (id, s.bytes))
+            .collect(),
+        Metric::MappedAtExit => a
+            .mapped
+            .sites
+            .iter()
+            .map(|(&id, s)| (id, s.at_exit))
+            .collect(),
+        _ => a
+            .sites
+            .iter()
+            .map(|(&id, s)| (id, metric.value(s)))
+            .collect(),
+    };
+    collapse(sym, values.into_iter())
 }
 
 /// The collapsed stacks of any per-stack values (stack id, value): what [`folded`] writes for a

@@ -295,6 +295,8 @@ pub struct Report {
     pub kinds: Option<crate::leakcheck::Kinds>,
     pub suppressed: crate::suppressions::Suppressed,
     pub top: Top,
+    /// The program's own mappings, apart from the heap.
+    pub mapped: crate::mapped::MappedReport,
 }
 
 fn top_by(
@@ -350,6 +352,7 @@ pub fn report(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -
         kinds: a.check.as_ref().map(|_| (&a.kinds).into()),
         suppressed: a.suppressed.clone(),
         top,
+        mapped: crate::mapped::report(&a.mapped, sym, opts),
     }
 }
 
@@ -586,6 +589,7 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
             write_stack(&mut o, &t.site, opts);
         }
     }
+    o.push_str(&crate::mapped::text(&r.mapped, opts));
     o
 }
 

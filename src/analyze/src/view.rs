@@ -674,6 +674,11 @@ fn timeline(
                 last_alloc.remove(&e.tid);
             }
             EventKind::ReallocOut { .. } => {} // handled above
+            // The program's own mappings are not the heap (they are in `report.mapped`).
+            EventKind::Map { .. }
+            | EventKind::Unmap { .. }
+            | EventKind::RemapOut { .. }
+            | EventKind::Remap { .. } => {}
         }
         if cur > heap[bi] {
             heap[bi] = cur;

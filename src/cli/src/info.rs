@@ -51,8 +51,11 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
             EventKind::Free { .. } => "free",
             EventKind::Realloc { .. } => "realloc (existing block)",
             EventKind::AllocFailed { .. } => "failed",
-            // The first half of a realloc's numbering, not an event of its own.
-            EventKind::ReallocOut { .. } => continue,
+            EventKind::Map { .. } => "mmap",
+            EventKind::Unmap { .. } => "munmap",
+            EventKind::Remap { .. } => "mremap",
+            // The first half of a realloc's (a remap's) numbering, not an event of its own.
+            EventKind::ReallocOut { .. } | EventKind::RemapOut { .. } => continue,
         };
         *by_kind.entry(k).or_default() += 1;
     }

@@ -116,8 +116,9 @@ enum Cmd {
     /// An SVG flamegraph of one metric (or the collapsed stacks, with --folded).
     Flamegraph {
         dump: PathBuf,
-        /// allocations, bytes, leaked, peak, temporary, reallocs or lost (definitely and
-        /// indirectly lost bytes).
+        /// allocations, bytes, leaked, peak, temporary, reallocs, lost (definitely and
+        /// indirectly lost bytes), or for the program's own mmap/mremap calls (never the heap's):
+        /// mapped (bytes mapped in all) or mapped-at-exit.
         #[arg(long, default_value = "bytes", value_parser = parse_metric)]
         metric: zmtrace_analyze::flame::Metric,
         /// Write the collapsed stacks (for other tools) instead of an SVG.
@@ -246,7 +247,11 @@ struct Common {
 
 fn parse_metric(s: &str) -> Result<zmtrace_analyze::flame::Metric, String> {
     zmtrace_analyze::flame::Metric::parse(s).ok_or_else(|| {
-        "expected one of: allocations, bytes, leaked, peak, temporary, reallocs, lost".to_string()
+        let names: Vec<&str> = zmtrace_analyze::flame::Metric::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect();
+        format!("expected one of: {}", names.join(", "))
     })
 }
 

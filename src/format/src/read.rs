@@ -281,11 +281,16 @@ impl Dump {
         ev
     }
 
-    /// How many events the process made (the [`crate::EventKind::ReallocOut`] markers, halves of
-    /// reallocs, are not counted): what the `End` record's count must equal.
+    /// How many events the process made (the [`crate::EventKind::ReallocOut`] and
+    /// [`crate::EventKind::RemapOut`] markers, halves of reallocs and remaps, are not counted): what the `End` record's count must equal.
     pub fn count_events(&self) -> u64 {
         self.events()
-            .filter(|e| !matches!(e.kind, crate::EventKind::ReallocOut { .. }))
+            .filter(|e| {
+                !matches!(
+                    e.kind,
+                    crate::EventKind::ReallocOut { .. } | crate::EventKind::RemapOut { .. }
+                )
+            })
             .count() as u64
     }
 
