@@ -80,6 +80,18 @@ impl Metric {
         }
     }
 
+    /// Why a flamegraph of this metric can be empty, said plainly.
+    fn none(self) -> &'static str {
+        match self {
+            Metric::Allocations | Metric::Bytes => "no allocations were recorded",
+            Metric::Leaked => "every block was freed before exit (or suppressed)",
+            Metric::Peak => "nothing was live at the peak heap",
+            Metric::Temporary => "no allocation was temporary",
+            Metric::Reallocs => "no block was reallocated",
+            Metric::Lost => "no block was definitely or indirectly lost at exit (beyond the suppressions)",
+        }
+    }
+
     fn title(self) -> &'static str {
         match self {
             Metric::Allocations => "Allocations (count)",
@@ -124,7 +136,9 @@ pub fn folded(a: &Analysis, sym: &mut Symbolizer, metric: Metric) -> Vec<String>
     lines.into_iter().map(|(k, v)| format!("{k} {v}")).collect()
 }
 
-/// Writes an SVG flamegraph of `metric`.
+/// Writes an SVG flamegraph of `metric`. With nothing to draw (no stack has any of `metric`: a
+/// program that leaks nothing, with `leaked`), a valid SVG that says so: inferno refuses empty
+/// input ("No stack counts found") and would leave a page that says only "ERROR".
 pub fn flamegraph(
     dump: &Dump,
     folded: &[String],
@@ -138,17 +152,37 @@ pub fn flamegraph(
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
         .unwrap_or_else(|| "?".into());
     let pid = dump.process.as_ref().map_or(0, |p| p.pid);
+    let title = format!("{} — {program} (pid {pid})", metric.title());
+    if folded.is_empty() {
+        return empty_svg(&title, &format!("Nothing to draw: {}.", metric.none()), out);
+    }
     let mut opts = inferno::flamegraph::Options::default();
-    opts.title = format!("{} — {program} (pid {pid})", metric.title());
+    opts.title = title;
     opts.count_name = metric.unit().to_string();
     opts.name_type = "Function:".to_string();
-    if folded.is_empty() {
-        opts.subtitle = Some(format!("no {} in this dump", metric.unit()));
-        // inferno refuses empty input: draw a single empty root instead.
-        let empty = ["(none) 0".to_string()];
-        return inferno::flamegraph::from_lines(&mut opts, empty.iter().map(String::as_str), out);
-    }
     inferno::flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), out)
+}
+
+/// A flamegraph with no frames: the title and one line saying why there is nothing.
+fn empty_svg(title: &str, why: &str, mut out: impl Write) -> std::io::Result<()> {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    write!(
+        out,
+        r##"<?xml version="1.0" standalone="no"?>
+<svg version="1.1" width="1200" height="120" viewBox="0 0 1200 120" xmlns="http://www.w3.org/2000/svg">
+<rect x="0" y="0" width="100%" height="100%" fill="#f8f8f8"/>
+<text x="600" y="32" text-anchor="middle" font-family="Verdana" font-size="17">{}</text>
+<text x="600" y="72" text-anchor="middle" font-family="Verdana" font-size="14" fill="#555">{}</text>
+</svg>
+"##,
+        esc(title),
+        esc(why)
+    )
 }
 
 /// Writes a differential flamegraph of `metric` from `base` to `new` (collapsed stacks of each):
@@ -179,9 +213,8 @@ pub fn differential(
     opts.count_name = metric.unit().to_string();
     opts.name_type = "Function:".to_string();
     if lines.trim().is_empty() {
-        opts.subtitle = Some(format!("no {} in either dump", metric.unit()));
-        let empty = ["(none) 0 0".to_string()];
-        return inferno::flamegraph::from_lines(&mut opts, empty.iter().map(String::as_str), out);
+        let why = format!("Nothing to draw: {}, in either dump.", metric.none());
+        return empty_svg(&opts.title, &why, out);
     }
     inferno::flamegraph::from_lines(&mut opts, lines.lines(), out)
 }
