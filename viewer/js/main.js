@@ -61,6 +61,7 @@ const SUMMARY = [
   ["temporary", "temporary allocations", "count", "temporary"],
   ["threads", "threads", "count"],
   ["events", "events", "count"],
+  ["calls", "calls counted", "count"],
   ["duration_ns", "run time", "ns"],
 ];
 
@@ -71,8 +72,19 @@ function human(kind, v) {
 }
 
 function summary() {
-  const rows = SUMMARY.map(([field, label, kind, counter]) => {
+  // An aggregated dump has no timeline: what only a timeline measures is null in the report,
+  // shown as unknown rather than as 0. `calls` is the aggregated dump's own (null otherwise).
+  const shown = SUMMARY.filter(([field]) => field !== "calls" || report.calls !== null);
+  const rows = shown.map(([field, label, kind, counter]) => {
     const v = report[field];
+    if (v === null || v === undefined) {
+      return el("tr", { "data-field": field },
+        el("th", {}, label),
+        el("td", { class: "num exact" }, "n/a"),
+        el("td", { class: "unit" }, ""),
+        el("td", { class: "human" }, "aggregated dump: no timeline"),
+        el("td", { class: "in-range" }, ""));
+    }
     let inRange = "";
     if (range && counter) {
       const r = sum(siteValues(counter));
@@ -133,7 +145,9 @@ function flameSection() {
       (range ? " (selected range)" : ""),
       frames.length ? stackList(data, frames) : el("p", {}, "the root: every stack"));
   });
-  $("flame-metrics").replaceChildren(...METRICS.map((m) =>
+  // No peak without a timeline (the CLI refuses `flamegraph --metric peak` on such a dump too).
+  const offered = METRICS.filter((m) => m.name !== "peak" || report.peak_bytes !== null);
+  $("flame-metrics").replaceChildren(...offered.map((m) =>
     el("button", { type: "button", "data-metric": m.name, onclick: () => { metric = m.name; drawFlame(); } }, m.title)));
   $("flame-search").addEventListener("input", () => searchFlame());
   $("flame-reset").addEventListener("click", () => flame.resetZoom());
@@ -268,10 +282,13 @@ function diffSection() {
   $("diff-summary").replaceChildren(
     el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", { class: "num" }, "base"), el("th", { class: "num" }, "this run"), el("th", { class: "num" }, "change"))),
     el("tbody", {}, fields.map(([f, label]) => {
-      const delta = report[f] - b[f];
-      return el("tr", { "data-field": f }, el("th", {}, label), el("td", { class: "num" }, fmtInt(b[f])),
-        el("td", { class: "num" }, fmtInt(report[f])),
-        el("td", { class: `num ${delta > 0 ? "grew" : delta < 0 ? "shrank" : ""}` }, signed(delta)));
+      // null: an aggregated dump has no peak, events or run time.
+      const known = report[f] !== null && b[f] !== null;
+      const delta = known ? report[f] - b[f] : 0;
+      const show = (v) => (v === null ? "n/a" : fmtInt(v));
+      return el("tr", { "data-field": f }, el("th", {}, label), el("td", { class: "num" }, show(b[f])),
+        el("td", { class: "num" }, show(report[f])),
+        el("td", { class: `num ${delta > 0 ? "grew" : delta < 0 ? "shrank" : ""}` }, known ? signed(delta) : "n/a"));
     })));
   $("diff-metrics").replaceChildren(...d.metrics.map((m) =>
     el("button", { type: "button", "data-metric": m, onclick: () => { diffMetric = m; diffRows(); } }, m)));

@@ -21,7 +21,9 @@
 //!
 //! - `report`: `allocations`, `frees`, `reallocs`, `failed`, `bytes_allocated`, `peak_bytes`,
 //!   `peak_time_ns`, `leaked_blocks`, `leaked_bytes`, `temporary`, `threads`, `events`,
-//!   `duration_ns`, `check`, `kinds`, `suppressed` (as in `leaks`), and `top`:
+//!   `duration_ns` (`peak_bytes`, `peak_time_ns`, `events` and `duration_ns` are null for an
+//!   aggregated dump, which has no timeline; it has `calls`, the calls it counted, instead),
+//!   `aggregated`, `check`, `kinds`, `suppressed` (as in `leaks`), and `top`:
 //!   `{allocations, bytes, peak, leaked, temporary, reallocs}`, each a list of sites with a `value`.
 //! - `leaks`: `leaked_blocks`, `leaked_bytes` (every block not freed at exit), `groups`, `check`
 //!   (the leak check at exit: `{trigger, scan_ns, threads_stopped, threads_unstopped,

@@ -271,16 +271,21 @@ pub struct Report {
     pub reallocs: u64,
     pub failed: u64,
     pub bytes_allocated: u64,
-    pub peak_bytes: u64,
-    pub peak_time_ns: u64,
+    /// The peak heap and when it was, null for an aggregated dump (it has no timeline).
+    pub peak_bytes: Option<u64>,
+    pub peak_time_ns: Option<u64>,
     pub leaked_blocks: u64,
     pub leaked_bytes: u64,
     pub temporary: u64,
     pub threads: u64,
-    pub events: u64,
-    pub duration_ns: u64,
-    /// An aggregated dump: no timeline, so `peak_bytes`, `peak_time_ns` and `duration_ns` are 0
-    /// and `top.peak` is empty; `events` counts the program's calls.
+    /// Events in the dump's stream, null for an aggregated dump (it has none: see `calls`).
+    pub events: Option<u64>,
+    /// The calls an aggregated dump counted (null for a dump with events).
+    pub calls: Option<u64>,
+    /// Null for an aggregated dump.
+    pub duration_ns: Option<u64>,
+    /// An aggregated dump: no timeline, so `peak_bytes`, `peak_time_ns`, `events` and
+    /// `duration_ns` are null and `top.peak` is empty.
     pub aggregated: bool,
     /// The leak check at exit (null without one), the classes of the leaked blocks less the
     /// suppressed ones (null without a check), and what suppressions took out.
@@ -314,6 +319,8 @@ fn top_by(
 }
 
 pub fn report(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -> Report {
+    // What only a timeline measures is unknown (null), not 0, in an aggregated dump.
+    let timed = |v: u64| (!a.aggregated).then_some(v);
     let sites = merged_sites(a, sym);
     let top = Top {
         allocations: top_by(&sites, sym, opts, |s| s.allocations),
@@ -330,14 +337,15 @@ pub fn report(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -
         reallocs: a.reallocs,
         failed: a.failed,
         bytes_allocated: a.bytes_allocated,
-        peak_bytes: a.peak_bytes,
-        peak_time_ns: a.peak_ns,
+        peak_bytes: timed(a.peak_bytes),
+        peak_time_ns: timed(a.peak_ns),
         leaked_blocks: a.leaked_blocks,
         leaked_bytes: a.leaked_bytes,
         temporary: a.temporary,
         threads: a.threads,
-        events: a.events,
-        duration_ns: a.duration_ns,
+        events: timed(a.events),
+        calls: a.aggregated.then_some(a.events),
+        duration_ns: timed(a.duration_ns),
         aggregated: a.aggregated,
         check: a.check.clone(),
         kinds: a.check.as_ref().map(|_| (&a.kinds).into()),
@@ -508,19 +516,22 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
     let _ = writeln!(o, "  frees              {:>14}", thousands(r.frees));
     let _ = writeln!(o, "  reallocs           {:>14}", thousands(r.reallocs));
     let _ = writeln!(o, "  failed             {:>14}", thousands(r.failed));
-    if r.aggregated {
-        let _ = writeln!(
-            o,
-            "  peak heap          {:>14}  (aggregated dump: no timeline)",
-            "n/a"
-        );
-    } else {
-        let _ = writeln!(
-            o,
-            "  peak heap          {:>14}  at {:.3} s",
-            human_bytes(r.peak_bytes),
-            r.peak_time_ns as f64 / 1e9
-        );
+    match (r.peak_bytes, r.peak_time_ns) {
+        (Some(bytes), Some(ns)) => {
+            let _ = writeln!(
+                o,
+                "  peak heap          {:>14}  at {:.3} s",
+                human_bytes(bytes),
+                ns as f64 / 1e9
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                o,
+                "  peak heap          {:>14}  (aggregated dump: no timeline)",
+                "n/a"
+            );
+        }
     }
     let _ = writeln!(
         o,
@@ -549,11 +560,11 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
         pct(r.temporary, r.allocations)
     );
     let _ = writeln!(o, "  threads            {:>14}", thousands(r.threads));
-    if !r.aggregated {
+    if let Some(ns) = r.duration_ns {
         let _ = writeln!(
             o,
             "  run time           {:>14}",
-            format!("{:.3} s", r.duration_ns as f64 / 1e9)
+            format!("{:.3} s", ns as f64 / 1e9)
         );
     }
     let lists: [(&str, &Vec<TopSite>, bool); 6] = [

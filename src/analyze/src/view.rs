@@ -963,7 +963,7 @@ mod tests {
         );
         assert_eq!(
             (r.peak_bytes, r.leaked_bytes, r.leaked_blocks),
-            (2060, 67, 3)
+            (Some(2060), 67, 3)
         );
         let t = v.timeline.as_ref().expect("a timeline");
         assert_eq!((t.start_ns, t.bucket_ns, t.heap.len()), (0, 100, 10));
@@ -982,7 +982,7 @@ mod tests {
         assert_eq!(total(REALLOCS), r.reallocs);
         assert_eq!(total(LEAKED), r.leaked_bytes);
         assert_eq!(total(LEAKED_BLOCKS), r.leaked_blocks);
-        assert_eq!(total(PEAK), r.peak_bytes);
+        assert_eq!(Some(total(PEAK)), r.peak_bytes);
     }
 
     #[test]

@@ -374,6 +374,20 @@ fn an_aggregated_dump_shows_everything_but_the_timeline() {
             "summary field {field}: {shown}"
         );
     }
+    // What only a timeline measures is unknown, not 0 (issue 16: peak 0 B at 0 ns, run time
+    // 0 ns, events 12); the calls the dump counted are shown instead of events.
+    for field in ["peak_bytes", "peak_time_ns", "duration_ns", "events"] {
+        assert_eq!(shown[field], "n/a", "summary field {field}: {shown}");
+    }
+    assert_eq!(number(&shown["calls"]), report["calls"].as_u64().unwrap());
+    // No "live at peak" flamegraph: `zmtrace flamegraph --metric peak` refuses this dump.
+    let metrics = page.eval(
+        "[...document.querySelectorAll('#flame-metrics button')].map(b => b.dataset.metric)",
+    );
+    assert_eq!(
+        metrics,
+        serde_json::json!(["allocations", "bytes", "leaked", "temporary", "reallocs", "lost"])
+    );
     let first = page.eval("document.querySelector('#leaks tbody tr td.site').textContent");
     assert_eq!(first, "zs_leak_page");
     page.click_on("#flame-metrics button[data-metric=allocations]");
