@@ -49,6 +49,7 @@ pub mod reports;
 pub mod suppressions;
 pub mod symbols;
 pub mod view;
+pub mod words;
 
 pub use analysis::{analyze, Analysis};
 pub use symbols::Symbolizer;

@@ -218,7 +218,10 @@ pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
             "aggregated dump cut short before its first snapshot: no counters".into()
         });
     }
-    warnings.extend(a.check.as_ref().map(|c| c.warnings()).unwrap_or_default());
+    // A dump cut short (bytes lost, or no end record) may miss the frees of blocks the check saw
+    // freed.
+    let cut = dump.bytes_lost > 0 || dump.end.is_none();
+    warnings.extend(a.check.as_ref().map(|c| c.warnings(cut)).unwrap_or_default());
     let mut seen = std::collections::HashSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
     if a.inconsistent > 0 {
@@ -439,34 +442,7 @@ pub fn churn(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) ->
 
 // ---- text ------------------------------------------------------------------------------------
 
-/// Bytes for people: 1023 B, 1.5 KiB, 12.3 MiB.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// 1234567 -> "1,234,567".
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::words::{human_bytes, plural, thousands};
 
 pub(crate) fn write_header(o: &mut String, what: &str, h: &Header) {
     let _ = writeln!(

@@ -50,7 +50,43 @@ fn a_flamegraph_with_nothing_to_draw_is_a_valid_svg_that_says_why() {
     }
 }
 
-#[allow(dead_code)]
-fn exists(p: &Path) -> bool {
-    p.exists()
+/// `zmtrace report --json DUMP`, parsed.
+fn report_json(dump: &Path) -> serde_json::Value {
+    let f = zm(&[s("report"), dump.as_os_str(), s("--json")]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    serde_json::from_str(&f.stdout).expect("valid JSON")
+}
+
+#[test]
+fn a_dump_cut_short_near_its_end_says_so_rather_than_blame_a_running_thread() {
+    let (run, dump) = traced("stlchurn", &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let bytes = std::fs::read(&dump).unwrap();
+    let cut = fresh_dir("cut-dump").join("cut.zmt");
+    // The last record (the final events, after the leak check's) is cut.
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let r = report_json(&cut);
+    let check = &r["check"];
+    let blocks = check["unscanned_blocks"].as_u64().unwrap();
+    let b = check["unscanned_bytes"].as_u64().unwrap();
+    assert!(blocks > 1, "the frees cut off leave blocks the check did not see: {r}");
+    let warnings: Vec<&str> = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    let w = warnings
+        .iter()
+        .find(|w| w.contains("not seen by the leak check"))
+        .unwrap_or_else(|| panic!("no warning on the unseen blocks: {warnings:?}"));
+    assert!(!w.contains("thread still running"), "{w}");
+    assert!(w.contains("the dump is cut short"), "{w}");
+    let human = zmtrace_analyze::reports::human_bytes(b);
+    let count = zmtrace_analyze::words::plural(blocks, "block");
+    assert!(w.starts_with(&format!("{count} ({human}) live")), "{w}");
+    assert!(!w.contains(&format!("{b} bytes")), "a raw byte count: {w}");
+    // The complete dump has no such warning.
+    let whole = report_json(&dump);
+    assert_eq!(whole["check"]["unscanned_blocks"], 0, "{whole}");
 }
