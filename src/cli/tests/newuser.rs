@@ -90,3 +90,61 @@ fn a_dump_cut_short_near_its_end_says_so_rather_than_blame_a_running_thread() {
     let whole = report_json(&dump);
     assert_eq!(whole["check"]["unscanned_blocks"], 0, "{whole}");
 }
+
+#[test]
+fn dump_info_says_its_leak_classes_are_before_suppressions_and_what_leaks_reports() {
+    // Without freeres, glibc's one-time blocks are live at exit: the built-in suppressions hide
+    // them from `run` and `leaks` (a thread's DTV is definitely lost, 288 B here).
+    let run = run_traced_opts(&sample("clean"), &[], &["--no-freeres"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let dump = &run.only_dump().path;
+    let leaks = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["leaks", dump.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let f = run_zmtrace(&args);
+        assert_eq!(f.code, Some(0), "{f:?}");
+        serde_json::from_str(&f.stdout).unwrap()
+    };
+    let (raw, after) = (leaks(&["--no-default-suppressions"]), leaks(&[]));
+    let f = zm(&[s("dump-info"), dump.as_os_str()]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(
+        f.stdout.contains("  before suppressions (in brackets: after the default ones"),
+        "{}",
+        f.stdout
+    );
+    let mut suppressed_somewhere = false;
+    for (key, name) in [
+        ("definite", "definitely lost"),
+        ("indirect", "indirectly lost"),
+        ("possible", "possibly lost"),
+        ("reachable", "still reachable"),
+    ] {
+        let line = f
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line:\n{}", f.stdout));
+        let n = |v: &serde_json::Value, f: &str| v["kinds"][key][f].as_u64().unwrap();
+        let (blocks, bytes) = (n(&raw, "blocks"), n(&raw, "bytes"));
+        let want = format!(
+            "{name:<24} {}, {}",
+            zmtrace_analyze::words::plural(blocks, "block"),
+            zmtrace_analyze::reports::human_bytes(bytes)
+        );
+        assert!(line.trim_start().starts_with(&want), "{line:?}, want {want:?}");
+        let kept = n(&after, "bytes");
+        if kept != bytes || n(&after, "blocks") != blocks {
+            suppressed_somewhere = true;
+            let h = zmtrace_analyze::reports::human_bytes;
+            let note = format!("[{}; {} suppressed]", h(kept), h(bytes - kept));
+            assert!(line.ends_with(&note), "{line:?}, want {note:?}");
+        } else {
+            assert!(!line.contains('['), "{line:?}");
+        }
+    }
+    assert!(suppressed_somewhere, "{}", f.stdout);
+    // The thread's DTV: definitely lost before suppressions, 0 B after (as in issue 16).
+    assert_eq!(raw["kinds"]["definite"]["bytes"], 288, "{raw}");
+    assert_eq!(after["kinds"]["definite"]["bytes"], 0, "{after}");
+}
