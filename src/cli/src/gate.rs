@@ -1,4 +1,4 @@
-//! `zmtrace run --fail-on-leak[=LEVEL]`: a CI gate. After the program ends, its dumps are
+//! `zmtrace run --fail-on-leak [LEVEL]`: a CI gate. After the program ends, its dumps are
 //! analyzed, suppressions applied, and the run fails with [`LEAK_EXIT`] when a process leaked at
 //! the level asked, naming the sites that did.
 

@@ -49,7 +49,9 @@ enum Cmd {
             long = "fail-on-leak",
             value_name = "LEVEL",
             num_args = 0..=1,
-            require_equals = true,
+            // `--fail-on-leak possible -- prog` names the level, as a user reads it (with
+            // `require_equals` it took `possible` for the program); the value stops at `--`
+            // and at the next option.
             default_missing_value = "lost"
         )]
         fail_on_leak: Option<String>,

@@ -148,3 +148,80 @@ fn dump_info_says_its_leak_classes_are_before_suppressions_and_what_leaks_report
     assert_eq!(raw["kinds"]["definite"]["bytes"], 288, "{raw}");
     assert_eq!(after["kinds"]["definite"]["bytes"], 0, "{after}");
 }
+
+/// The one line a failed `zmtrace` printed (it must be one line, with that exit code).
+fn one_line(f: &Finished, code: i32) -> String {
+    assert_eq!(f.code, Some(code), "{f:?}");
+    let err = f.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    err.to_string()
+}
+
+#[test]
+fn run_says_a_directory_is_a_directory() {
+    let f = zm(&[s("run"), s("-o"), fresh_dir("dir-prog").as_os_str(), s("--"), s("/tmp")]);
+    assert_eq!(
+        one_line(&f, 126),
+        "zmtrace: error: /tmp is a directory, not a program"
+    );
+}
+
+#[test]
+fn run_takes_the_word_after_fail_on_leak_for_its_level() {
+    // reach's `possible` part leaks only possibly lost blocks: the default level (lost) passes
+    // it, `possible` fails it with 23. (The level used to be taken for the program: exit 127.)
+    let reach = sample("reach");
+    let gate = |level: &[&str]| {
+        let dir = fresh_dir("gate-level");
+        let mut args = vec![s("run"), s("--fail-on-leak")];
+        args.extend(level.iter().map(|l| s(l)));
+        args.extend([s("-o"), dir.as_os_str(), s("--"), reach.as_os_str(), s("possible")]);
+        zm(&args).code
+    };
+    assert_eq!(gate(&["possible"]), Some(23));
+    assert_eq!(gate(&["all"]), Some(23));
+    assert_eq!(gate(&["lost"]), Some(0));
+    assert_eq!(gate(&[]), Some(0));
+}
+
+#[test]
+fn run_refuses_a_misspelt_unwinder_before_starting_the_program() {
+    let dir = fresh_dir("bogus-unwind");
+    let f = run_zmtrace_env(
+        &[s("run"), s("-o"), dir.as_os_str(), s("--"), sample("clean").as_os_str()],
+        &[("ZMTRACE_UNWIND", "bogus")],
+    );
+    assert_eq!(
+        one_line(&f, 2),
+        "zmtrace: error: ZMTRACE_UNWIND=bogus: expected fast (the default), backtrace or compare"
+    );
+    assert!(f.stdout.is_empty(), "the program ran: {}", f.stdout);
+    assert!(dump_files(&dir).is_empty(), "the program ran");
+    // The values it names are accepted.
+    for ok in ["fast", "compare"] {
+        let run = run_traced_env(&sample("clean"), &[], &[("ZMTRACE_UNWIND", ok)]);
+        assert_eq!(run.code, Some(0), "ZMTRACE_UNWIND={ok}: {}", run.describe());
+    }
+}
+
+#[test]
+fn run_says_an_output_path_that_is_a_file_is_not_a_directory() {
+    let f = zm(&[s("run"), s("-o"), s("/etc/passwd"), s("--"), sample("clean").as_os_str()]);
+    assert_eq!(
+        one_line(&f, 125),
+        "zmtrace: error: cannot write to output directory /etc/passwd: it is not a directory"
+    );
+}
+
+#[test]
+fn an_aborted_program_did_not_end_normally() {
+    let run = run_traced(&sample("crasher"), &["abort"]);
+    assert_eq!(run.code, Some(128 + libc::SIGABRT), "{}", run.describe());
+    let dump = &run.only_dump().path;
+    let want = "did not end normally: the program called abort(); every event up to it is in \
+                the dump";
+    let r = report_json(dump);
+    assert_eq!(r["ending"], want);
+    let info = zm(&[s("dump-info"), dump.as_os_str()]);
+    assert!(info.stdout.contains(&format!("ending:    {want}")), "{}", info.stdout);
+}

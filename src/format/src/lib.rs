@@ -52,6 +52,7 @@ pub mod fuzz;
 pub mod read;
 pub mod varint;
 pub mod write;
+pub mod words;
 
 pub use event::{AllocKind, Event, EventKind};
 pub use read::{Dump, ReadError};

@@ -356,11 +356,14 @@ impl Dump {
                 crate::os_error_text(e.status)
             ),
             Some(e) if !self.late_threads.is_empty() => format!(
-                "did not end normally: {} while {} other thread(s) still allocated; what they \
-                 did after that is not in the dump",
+                "did not end normally: {} while {} still allocated; what they did after that \
+                 is not in the dump",
                 e.reason.describe(),
-                self.late_threads.len()
+                crate::words::plural(self.late_threads.len() as u64, "other thread")
             ),
+            Some(e) if e.reason == EndReason::Abort => "did not end normally: the program \
+                called abort(); every event up to it is in the dump"
+                .into(),
             Some(e) if e.reason == EndReason::UnderscoreExit => {
                 format!("ended normally (_exit({}))", e.status)
             }
