@@ -88,7 +88,9 @@ impl Metric {
             Metric::Peak => "nothing was live at the peak heap",
             Metric::Temporary => "no allocation was temporary",
             Metric::Reallocs => "no block was reallocated",
-            Metric::Lost => "no block was definitely or indirectly lost at exit (beyond the suppressions)",
+            Metric::Lost => {
+                "no block was definitely or indirectly lost at exit (beyond the suppressions)"
+            }
         }
     }
 

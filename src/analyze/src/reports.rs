@@ -221,13 +221,18 @@ pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
     // A dump cut short (bytes lost, or no end record) may miss the frees of blocks the check saw
     // freed.
     let cut = dump.bytes_lost > 0 || dump.end.is_none();
-    warnings.extend(a.check.as_ref().map(|c| c.warnings(cut)).unwrap_or_default());
+    warnings.extend(
+        a.check
+            .as_ref()
+            .map(|c| c.warnings(cut))
+            .unwrap_or_default(),
+    );
     let mut seen = std::collections::HashSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
     if a.inconsistent > 0 {
         warnings.push(format!(
-            "{} frees or reallocs name an address that was not live: the dump is partial",
-            a.inconsistent
+            "{} name an address that was not live: the dump is partial",
+            plural(a.inconsistent, "free or realloc|frees or reallocs")
         ));
     }
     Header {
@@ -469,7 +474,8 @@ pub(crate) fn write_stack(o: &mut String, s: &Site, opts: &Options) {
         let _ = writeln!(o, "      {}{inl}{loc}", f.label());
     }
     if shown < s.stack.len() {
-        let _ = writeln!(o, "      … {} more frames", s.stack.len() - shown);
+        let more = (s.stack.len() - shown) as u64;
+        let _ = writeln!(o, "      … {}", plural(more, "more frame"));
     }
 }
 
@@ -511,9 +517,9 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
     }
     let _ = writeln!(
         o,
-        "  not freed at exit  {:>14}  in {} blocks",
+        "  not freed at exit  {:>14}  in {}",
         human_bytes(r.leaked_bytes),
-        thousands(r.leaked_blocks)
+        plural(r.leaked_blocks, "block")
     );
     match (&r.check, &r.kinds) {
         (Some(c), Some(k)) => {
@@ -556,7 +562,12 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
             continue;
         }
         let _ = writeln!(o, "\nTop sites by {title}:");
-        for t in list {
+        for (i, t) in list.iter().enumerate() {
+            // A blank line between sites: each is a line and its stack, which otherwise run
+            // into the next site's line.
+            if i > 0 {
+                let _ = writeln!(o);
+            }
             let v = if bytes {
                 human_bytes(t.value)
             } else {

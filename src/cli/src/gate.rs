@@ -5,8 +5,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use zmtrace_analyze::reports::{human_bytes, thousands, Options};
+use zmtrace_analyze::reports::Options;
 use zmtrace_analyze::suppressions::{self, Suppressions};
+use zmtrace_analyze::words::{human_bytes, plural};
 use zmtrace_analyze::{analyze, Symbolizer};
 use zmtrace_format::{Dump, LeakKind};
 
@@ -91,9 +92,9 @@ pub fn check(dumps: &[PathBuf], level: LeakLevel, supp: &Suppressions) -> bool {
         };
         let _ = writeln!(
             err,
-            "zmtrace: leak gate: {} {what} in {} blocks ({}):",
+            "zmtrace: leak gate: {} {what} in {} ({}):",
             human_bytes(bytes),
-            thousands(blocks),
+            plural(blocks, "block"),
             path.display()
         );
         let opts = Options {
@@ -110,9 +111,9 @@ pub fn check(dumps: &[PathBuf], level: LeakLevel, supp: &Suppressions) -> bool {
                 .unwrap_or_default();
             let _ = writeln!(
                 err,
-                "zmtrace:   {kind}{} in {} blocks: {}",
+                "zmtrace:   {kind}{} in {}: {}",
                 human_bytes(s.bytes),
-                thousands(s.blocks),
+                plural(s.blocks, "block"),
                 s.site.site
             );
         }

@@ -8,7 +8,7 @@ use zmtrace_format::{Dump, EventKind};
 
 use crate::Failure;
 use zmtrace_analyze::suppressions::{self, Suppressions};
-use zmtrace_analyze::words::{human_bytes, plural};
+use zmtrace_analyze::words::{human_bytes, plural, thousands};
 
 pub fn dump_info(path: &Path, list_modules: bool) -> Result<(), Failure> {
     let d = Dump::open(path).map_err(|e| Failure::bad_input(e.to_string()))?;
@@ -65,12 +65,12 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
     let mut s = zmtrace_analyze::analyze(d, false, &mut |_, _| {});
     writeln!(
         o,
-        "summary:   {} allocations ({}), {} frees, {} reallocs, {} failed",
-        s.allocations,
+        "summary:   {} ({}), {}, {}, {} failed",
+        plural(s.allocations, "allocation"),
         human_bytes(s.bytes_allocated),
-        s.frees,
-        s.reallocs,
-        s.failed
+        plural(s.frees, "free"),
+        plural(s.reallocs, "realloc"),
+        thousands(s.failed)
     )?;
     let peak = if s.aggregated {
         "aggregated (no events: no timeline, no peak)".to_string()
@@ -83,16 +83,16 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
     };
     writeln!(
         o,
-        "           {peak}; not freed: {} blocks, {}",
-        s.leaked_blocks,
+        "           {peak}; not freed: {}, {}",
+        plural(s.leaked_blocks, "block"),
         human_bytes(s.leaked_bytes)
     )?;
     if s.aggregated {
         writeln!(
             o,
-            "aggregate: {} calls counted, {} blocks live at the end{}",
-            s.events,
-            d.live_at_end.iter().map(|l| l.blocks).sum::<u64>(),
+            "aggregate: {} counted, {} live at the end{}",
+            plural(s.events, "call"),
+            plural(d.live_at_end.iter().map(|l| l.blocks).sum::<u64>(), "block"),
             if d.aggregate.is_none() {
                 " (no counters: the process ended before writing them)"
             } else {
@@ -103,11 +103,11 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
     if !d.inherited.is_empty() {
         writeln!(
             o,
-            "inherited: {} blocks live at the fork",
-            d.inherited.len()
+            "inherited: {} live at the fork",
+            plural(d.inherited.len() as u64, "block")
         )?;
     }
-    writeln!(o, "threads:   {}", s.threads)?;
+    writeln!(o, "threads:   {}", thousands(s.threads))?;
     writeln!(o, "stacks:    {}", d.stacks.len())?;
     if let Some(e) = &d.end {
         writeln!(
@@ -204,7 +204,11 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
         writeln!(o, "warning:   {w}")?;
     }
     if d.bytes_lost > 0 {
-        writeln!(o, "lost:      {} bytes could not be read", d.bytes_lost)?;
+        writeln!(
+            o,
+            "lost:      {} could not be read",
+            human_bytes(d.bytes_lost)
+        )?;
     }
     Ok(())
 }

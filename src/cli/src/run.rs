@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use zmtrace_format::{Dump, Origin};
 
 use crate::Failure;
-use zmtrace_analyze::reports::human_bytes;
+use zmtrace_analyze::words::{human_bytes, plural, thousands};
 
 pub struct RunOptions {
     pub out_dir: PathBuf,
@@ -540,10 +540,10 @@ fn report(
         let _ = writeln!(
             err,
             "zmtrace:   allocations {} ({}), frees {}, reallocs {}",
-            s.allocations,
+            thousands(s.allocations),
             human_bytes(s.bytes_allocated),
-            s.frees,
-            s.reallocs
+            thousands(s.frees),
+            thousands(s.reallocs)
         );
         let peak = if s.aggregated {
             "aggregated, no timeline".to_string()
@@ -556,8 +556,8 @@ fn report(
         };
         let _ = writeln!(
             err,
-            "zmtrace:   {peak}; not freed at exit: {} blocks, {}",
-            s.leaked_blocks,
+            "zmtrace:   {peak}; not freed at exit: {}, {}",
+            plural(s.leaked_blocks, "block"),
             human_bytes(s.leaked_bytes)
         );
         if s.check.is_some() {

@@ -381,12 +381,18 @@ fn an_aggregated_dump_shows_everything_but_the_timeline() {
     }
     assert_eq!(number(&shown["calls"]), report["calls"].as_u64().unwrap());
     // No "live at peak" flamegraph: `zmtrace flamegraph --metric peak` refuses this dump.
-    let metrics = page.eval(
-        "[...document.querySelectorAll('#flame-metrics button')].map(b => b.dataset.metric)",
-    );
+    let metrics = page
+        .eval("[...document.querySelectorAll('#flame-metrics button')].map(b => b.dataset.metric)");
     assert_eq!(
         metrics,
-        serde_json::json!(["allocations", "bytes", "leaked", "temporary", "reallocs", "lost"])
+        serde_json::json!([
+            "allocations",
+            "bytes",
+            "leaked",
+            "temporary",
+            "reallocs",
+            "lost"
+        ])
     );
     let first = page.eval("document.querySelector('#leaks tbody tr td.site').textContent");
     assert_eq!(first, "zs_leak_page");

@@ -51,8 +51,8 @@ pub mod event;
 pub mod fuzz;
 pub mod read;
 pub mod varint;
-pub mod write;
 pub mod words;
+pub mod write;
 
 pub use event::{AllocKind, Event, EventKind};
 pub use read::{Dump, ReadError};
