@@ -475,9 +475,10 @@ struct Folded {
 
 /// Folds the sites not kept under their callers. One entry for all of them (as the page had)
 /// hid where they were: on a compiler, one "(6,570 other sites)" box held 61 % of the
-/// allocations. Instead the sites are grouped by their outermost `d` frames (their callers, as
-/// the flamegraph draws them), `d` as deep as [`Limits::folded`] groups allow; each group is an
-/// entry `(N smaller sites)` under those callers, and a group of one site is that site itself.
+/// allocations. Instead the sites are grouped by the outermost frames they share (their
+/// callers, as the flamegraph draws them), as deep as [`Limits::folded`] groups allow, deepest
+/// where they weigh most; each group is an entry `(N smaller sites)` under those callers, and a
+/// group of one site is that site itself.
 fn fold_under_callers(
     merged: &[(u32, SiteStats)],
     kept: &[bool],
@@ -506,32 +507,109 @@ fn fold_under_callers(
             (ids, site)
         })
         .collect();
-    let groups_at = |d: usize| {
-        let mut g: HashMap<&[u32], Vec<usize>> = HashMap::new();
-        for (k, (ids, _)) in stacks.iter().enumerate() {
-            g.entry(&ids[..d.min(ids.len())]).or_default().push(k);
-        }
-        g
-    };
-    // The number of groups only grows with the depth: the deepest that fits, by bisection.
-    let max_depth = stacks.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-    let (mut lo, mut hi) = (0, max_depth);
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if groups_at(mid).len() <= limits.folded.max(1) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
+    // What a group weighs: its share of the allocations and of the bytes (the flamegraph's
+    // first metrics), so that splitting goes where the boxes would be wide.
+    let mut all = [0u64; COUNTERS.len()];
+    for &i in &small {
+        for (a, v) in all.iter_mut().zip(totals(&merged[i].1)) {
+            *a += v;
         }
     }
-    let mut groups: Vec<(&[u32], Vec<usize>)> = groups_at(lo).into_iter().collect();
+    let share = |k: usize| {
+        let t = totals(&merged[small[k]].1);
+        t[ALLOCATIONS] as f64 / all[ALLOCATIONS].max(1) as f64
+            + t[BYTES] as f64 / all[BYTES].max(1) as f64
+    };
+    // Groups by a shared prefix of `depth` frames, split heaviest first: a group becomes its
+    // callees' groups one frame deeper, while the groups stay within [`Limits::folded`]. Where
+    // the small sites weigh most the page shows them deepest.
+    struct Group {
+        depth: usize,
+        members: Vec<usize>,
+        weight: f64,
+        done: bool,
+    }
+    let budget = limits.folded.max(1);
+    let mut groups = vec![Group {
+        depth: 0,
+        members: (0..stacks.len()).collect(),
+        weight: (0..stacks.len()).map(share).sum(),
+        done: stacks.is_empty(),
+    }];
+    while let Some(g) = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| !g.done)
+        .max_by(|a, b| a.1.weight.total_cmp(&b.1.weight))
+        .map(|(i, _)| i)
+    {
+        if groups[g].members.len() == 1 {
+            groups[g].done = true;
+            continue;
+        }
+        let depth = groups[g].depth;
+        let mut by_next: Vec<(Option<u32>, Vec<usize>)> = Vec::new();
+        for &k in &groups[g].members {
+            let next = stacks[k].0.get(depth).copied();
+            match by_next.iter_mut().find(|(n, _)| *n == next) {
+                Some((_, v)) => v.push(k),
+                None => by_next.push((next, vec![k])),
+            }
+        }
+        match &by_next[..] {
+            // One callee for all: one frame deeper, at no cost.
+            [(Some(_), _)] => groups[g].depth += 1,
+            [(None, _)] => groups[g].done = true,
+            // Too many callees for the entries left: the heaviest get their own groups, the
+            // rest stay together under this caller.
+            _ if groups.len() - 1 + by_next.len() > budget => {
+                let room = budget - groups.len();
+                let mut heavy: Vec<(f64, Option<u32>, Vec<usize>)> = by_next
+                    .into_iter()
+                    .map(|(n, m)| (m.iter().map(|&k| share(k)).sum(), n, m))
+                    .collect();
+                heavy.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let rest: Vec<usize> = heavy
+                    .drain(room.min(heavy.len())..)
+                    .flat_map(|h| h.2)
+                    .collect();
+                groups[g].weight = rest.iter().map(|&k| share(k)).sum();
+                groups[g].members = rest;
+                groups[g].done = true;
+                for (weight, next, members) in heavy {
+                    groups.push(Group {
+                        depth: depth + usize::from(next.is_some()),
+                        weight,
+                        done: next.is_none(),
+                        members,
+                    });
+                }
+            }
+            _ => {
+                groups.swap_remove(g);
+                for (next, members) in by_next {
+                    groups.push(Group {
+                        depth: depth + usize::from(next.is_some()),
+                        weight: members.iter().map(|&k| share(k)).sum(),
+                        done: next.is_none(),
+                        members,
+                    });
+                }
+            }
+        }
+    }
+    let mut groups: Vec<(usize, Vec<usize>)> = groups
+        .into_iter()
+        .filter(|g| !g.members.is_empty())
+        .map(|g| (g.depth, g.members))
+        .collect();
     // Stable order: the group holding the first small site first.
     groups.sort_by_key(|(_, members)| members[0]);
     let mut out = Folded {
         sites: Vec::new(),
         entries: Vec::new(),
     };
-    for (prefix, members) in groups {
+    for (depth, members) in groups {
         let mut sum = [0u64; COUNTERS.len()];
         for &k in &members {
             for (t, v) in sum.iter_mut().zip(totals(&merged[small[k]].1)) {
@@ -557,7 +635,7 @@ fn fold_under_callers(
         );
         // The shared callers, innermost first, under a frame that names the entry.
         let frames = &stacks[members[0]].1.stack;
-        let callers = &frames[frames.len() - prefix.len()..];
+        let callers = &frames[frames.len() - depth..];
         let mut stack = intern.label(&name);
         stack.extend(intern.stack(callers));
         out.entries.push(out.sites.len());
@@ -1242,6 +1320,30 @@ mod tests {
         let c = cells(v.timeline.as_ref().unwrap());
         let total: u64 = c[BYTES].iter().flat_map(|b| b.values()).sum();
         assert_eq!(total, 5000 + 10 + 11 + 12 + 13 + 14 + 15);
+        // Two entries: the heaviest callee (0x10) gets one, the others stay under 0x1.
+        let v = build_of(
+            &d,
+            Limits {
+                top: 1,
+                folded: 2,
+                ..LIMITS
+            },
+        );
+        assert_eq!(
+            names(&v)[1..],
+            [
+                (
+                    "(3 smaller sites)".to_string(),
+                    strs(&["(3 smaller sites)", "0x10", "0x1"]),
+                    10 + 11 + 12
+                ),
+                (
+                    "(3 smaller sites)".to_string(),
+                    strs(&["(3 smaller sites)", "0x1"]),
+                    13 + 14 + 15
+                ),
+            ]
+        );
         // One entry allowed: all small sites under their one shared caller, 0x1.
         let v = build_of(
             &d,
