@@ -360,6 +360,95 @@ fn site_names_wrap_between_words_and_the_axis_ticks_are_round() {
     assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
 }
 
+/// Box labels of a flamegraph SVG as drawn: (the box's name, from its tooltip; its label).
+fn svg_labels(svg: &str) -> Vec<(String, String)> {
+    let unescape = |s: &str| {
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&")
+    };
+    svg.split("<g><title>")
+        .skip(1)
+        .filter_map(|g| {
+            let (title, rest) = g.split_once("</title>")?;
+            let text = rest.split_once("<text ")?.1.split_once('>')?.1;
+            let label = text.split_once("</text>")?.0;
+            let name = title.rsplit_once(" (").map_or(title, |(n, _)| n);
+            Some((unescape(name), unescape(label)))
+        })
+        .collect()
+}
+
+/// Labels shortened as a reader would: never only the end of a name, never a parameter list
+/// without the name it belongs to.
+fn assert_reader_labels(labels: &[(String, String)], what: &str) {
+    for (name, label) in labels.iter().filter(|(_, l)| !l.is_empty()) {
+        assert!(!label.starts_with(".."), "{what}: {label:?} for {name:?}");
+        if label != name && !name.starts_with('(') {
+            assert!(!label.contains('('), "{what}: {label:?} for {name:?}");
+        }
+    }
+}
+
+/// Long C++ names in a flamegraph SVG lose their parameters first, then their template
+/// arguments, and are cut at the end (issue 16: inferno's script cut them from the left, so a
+/// box showed only its parameter list), in the SVG as written and once its script ran.
+#[test]
+fn flamegraph_labels_drop_the_parameters_first() {
+    let run = run_traced(&sample("stlchurn"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let svg = artifacts().join("stlchurn-allocations.svg");
+    zmtrace_ok(&[
+        "flamegraph",
+        run.only_dump().path.to_str().unwrap(),
+        "--metric",
+        "allocations",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let written = svg_labels(&text);
+    assert!(written.len() > 20, "{written:?}");
+    assert_reader_labels(&written, "as written");
+    // std::map<int, std::string>::operator[](int&&) in a box of 1/6 of the width.
+    assert!(
+        written
+            .iter()
+            .any(|(n, l)| n.starts_with("std::map<int, ") && l == "std::map<…>::operator[]"),
+        "{written:?}"
+    );
+
+    let mut browser = Browser::launch(&fresh_dir("chromium"), 1200, 800);
+    let mut page = browser.page();
+    page.navigate(&url(&svg));
+    page.eval("new Promise(r => setTimeout(r, 200))");
+    let shown = page.eval(
+        "[...document.querySelectorAll('#frames > g')].map(g => \
+           [g.querySelector('title').textContent.replace(/ \\([^(]*\\)$/, ''), \
+            g.querySelector('text').textContent])",
+    );
+    let shown: Vec<(String, String)> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(shown.len(), written.len());
+    assert!(
+        shown.iter().filter(|(_, l)| !l.is_empty()).count() > 10,
+        "{shown:?}"
+    );
+    assert_reader_labels(&shown, "after the script");
+    assert!(
+        shown
+            .iter()
+            .any(|(n, l)| n.contains("_M_emplace_hint_unique") && l.starts_with("std::")),
+        "{shown:?}"
+    );
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors in the SVG");
+}
+
 /// A dump with no events: the page says there is no timeline and shows the rest.
 #[test]
 fn a_dump_without_events_shows_no_chart() {
