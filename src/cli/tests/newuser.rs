@@ -62,14 +62,21 @@ fn report_json(dump: &Path) -> serde_json::Value {
 
 #[test]
 fn a_dump_cut_short_near_its_end_says_so_rather_than_blame_a_running_thread() {
-    let (run, dump) = traced("stlchurn", &[]);
-    assert_eq!(run.code, Some(0), "{}", run.describe());
-    let dump = &dump;
-    let bytes = std::fs::read(dump).unwrap();
+    // The last record cut: in most runs the final events, written after the leak check's
+    // record; in the others the check's own record is last, and the cut takes the check away
+    // (a dump with no check, which has no such warning): the program is run again.
     let cut = fresh_dir("cut-dump").join("cut.zmt");
-    // The last record (the final events, after the leak check's) is cut.
-    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
-    let r = report_json(&cut);
+    let (dump, r) = (0..8)
+        .find_map(|_| {
+            let (run, dump) = traced("stlchurn", &[]);
+            assert_eq!(run.code, Some(0), "{}", run.describe());
+            let bytes = std::fs::read(&dump).unwrap();
+            std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+            let r = report_json(&cut);
+            (!r["check"].is_null()).then_some((dump, r))
+        })
+        .expect("in 8 runs, the leak check's record was the last one each time");
+    let dump = &dump;
     let check = &r["check"];
     let blocks = check["unscanned_blocks"].as_u64().unwrap();
     let b = check["unscanned_bytes"].as_u64().unwrap();
