@@ -222,6 +222,21 @@ fn run_takes_the_word_after_fail_on_leak_for_its_level() {
     assert_eq!(gate(&["all"]), Some(23));
     assert_eq!(gate(&["lost"]), Some(0));
     assert_eq!(gate(&[]), Some(0));
+    // The program without `--` right after the flag: taken for a level, and said so.
+    let f = zm(&[s("run"), s("--fail-on-leak"), reach.as_os_str()]);
+    assert_eq!(
+        one_line(&f, 2),
+        format!(
+            "zmtrace: error: `{0}` is not a leak level (lost, possible or all): put the program \
+             after `--`, as in `zmtrace run --fail-on-leak -- {0}`",
+            reach.display()
+        )
+    );
+    let f = zm(&[s("run")]);
+    assert_eq!(
+        one_line(&f, 2),
+        "zmtrace: error: no program given: zmtrace run [OPTIONS] -- PROGRAM [ARGS...]"
+    );
 }
 
 #[test]
