@@ -598,6 +598,10 @@ fn report(
         }
     }
     if let Some(sig) = status.signal() {
-        let _ = writeln!(err, "zmtrace: the program was killed by signal {sig}");
+        let _ = writeln!(
+            err,
+            "zmtrace: the program was killed by {}",
+            zmtrace_format::signal_name(sig)
+        );
     }
 }

@@ -295,6 +295,12 @@ fn an_aborted_program_did_not_end_normally() {
         "{}",
         info.stdout
     );
+    assert!(
+        run.stderr
+            .contains("zmtrace: the program was killed by SIGABRT (6)\n"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// Lines of `text` that hold `1 blocks`, `1 more frames`, or another count of one with a plural.
