@@ -23,7 +23,9 @@
 //!
 //! - `report`: `allocations`, `frees`, `reallocs`, `failed`, `bytes_allocated`, `peak_bytes`,
 //!   `peak_time_ns`, `leaked_blocks`, `leaked_bytes`, `temporary`, `threads`, `events`,
-//!   `duration_ns`, `check`, `kinds`, `suppressed` (as in `leaks`), and `top`:
+//!   `duration_ns` (`peak_bytes`, `peak_time_ns`, `events` and `duration_ns` are null for an
+//!   aggregated dump, which has no timeline; it has `calls`, the calls it counted, instead),
+//!   `aggregated`, `check`, `kinds`, `suppressed` (as in `leaks`), and `top`:
 //!   `{allocations, bytes, peak, leaked, temporary, reallocs}`, each a list of sites with a `value`;
 //!   and `mapped`, the program's own mappings, in none of the heap figures: `maps`, `unmaps`,
 //!   `remaps` (calls), `bytes_mapped`, `bytes_unmapped`, `peak_bytes`, `peak_time_ns`,
@@ -55,6 +57,7 @@ pub mod reports;
 pub mod suppressions;
 pub mod symbols;
 pub mod view;
+pub mod words;
 
 pub use analysis::{analyze, Analysis};
 pub use symbols::Symbolizer;

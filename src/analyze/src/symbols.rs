@@ -151,6 +151,7 @@ impl<'d> Symbolizer<'d> {
                 for (_, f) in addrs {
                     out.extend(f.iter().cloned());
                 }
+                collapse_below_main(&mut out);
                 out
             }
             None => vec![Frame {
@@ -307,6 +308,57 @@ impl<'d> Symbolizer<'d> {
 }
 
 /// The recorder's own library: its frames never belong in a report.
+/// The name of the one frame that stands for the C library's start code outward from `main`,
+/// as memcheck shows it.
+pub const BELOW_MAIN: &str = "(below main)";
+
+/// Frames outward from `main` that are the C library's start code (`__libc_start_call_main`,
+/// `__libc_start_main`, `_start`; without libc's debug info, `libc.so.6+0x27249`) say nothing
+/// about the program: they become one `(below main)` frame, as in memcheck. A stack with
+/// anything else outward from `main` is left as it is.
+fn collapse_below_main(frames: &mut Vec<Frame>) {
+    let Some(main) = frames
+        .iter()
+        .rposition(|f| f.function.as_deref() == Some("main"))
+    else {
+        return;
+    };
+    let below = &frames[main + 1..];
+    if below.is_empty() || !below.iter().all(is_start_code) {
+        return;
+    }
+    let address = below[0].address.clone();
+    frames.truncate(main + 1);
+    frames.push(Frame {
+        function: Some(BELOW_MAIN.to_string()),
+        file: None,
+        line: None,
+        module: None,
+        address,
+        inlined: false,
+    });
+}
+
+fn is_start_code(f: &Frame) -> bool {
+    const START: [&str; 4] = [
+        "_start",
+        "__libc_start_main",
+        "__libc_start_main_impl",
+        "__libc_start_call_main",
+    ];
+    let in_libc = f.module.as_deref().is_some_and(|m| {
+        Path::new(m)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
+    });
+    match f.function.as_deref() {
+        Some(name) => START.contains(&name.split('@').next().unwrap_or(name)),
+        // Unnamed: libc's own static start code (not in its `.dynsym`).
+        None => in_libc,
+    }
+}
+
 fn is_recorder_module(path: &str) -> bool {
     Path::new(path)
         .file_name()

@@ -243,10 +243,9 @@ fn write_flamegraph(
             "flamegraph needs -o FILE.svg (or --folded to print the collapsed stacks)".into(),
         ));
     };
-    let file = std::fs::File::create(path)
-        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
-    let mut w = std::io::BufWriter::new(file);
-    flame::flamegraph(dump, lines, metric, &mut w)
-        .and_then(|()| w.flush())
-        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))
+    // Drawn in memory first: a failure then leaves no half-written file behind.
+    let mut svg = Vec::new();
+    flame::flamegraph(dump, lines, metric, &mut svg)
+        .map_err(|e| Failure::bad_input(format!("cannot draw the flamegraph: {e}")))?;
+    write_out(Some(path), &svg)
 }

@@ -50,7 +50,9 @@ enum Cmd {
             long = "fail-on-leak",
             value_name = "LEVEL",
             num_args = 0..=1,
-            require_equals = true,
+            // `--fail-on-leak possible -- prog` names the level, as a user reads it (with
+            // `require_equals` it took `possible` for the program); the value stops at `--`
+            // and at the next option.
             default_missing_value = "lost"
         )]
         fail_on_leak: Option<String>,
@@ -73,7 +75,9 @@ enum Cmd {
         #[command(flatten)]
         supp: Supp,
         /// The program to run and its arguments (after `--`).
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        // Not `required`: without a program, `run` says so in one line, and names the word
+        // `--fail-on-leak` took for its level when that was the program.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
     /// Print a dump's header, event counts and modules; say whether it is complete.
@@ -312,8 +316,19 @@ fn main() {
         } => (|| {
             let gate = match fail_on_leak.as_deref() {
                 None => None,
+                Some(level) if command.is_empty() && gate::LeakLevel::parse(level).is_err() => {
+                    return Err(Failure::bad_input(format!(
+                        "`{level}` is not a leak level (lost, possible or all): put the program \
+                         after `--`, as in `zmtrace run --fail-on-leak -- {level}`"
+                    )));
+                }
                 Some(level) => Some(gate::LeakLevel::parse(level).map_err(Failure::bad_input)?),
             };
+            if command.is_empty() {
+                return Err(Failure::bad_input(
+                    "no program given: zmtrace run [OPTIONS] -- PROGRAM [ARGS...]".into(),
+                ));
+            }
             run::check_heuristics(&heuristics).map_err(Failure::bad_input)?;
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();

@@ -55,6 +55,7 @@ pub mod event;
 pub mod fuzz;
 pub mod read;
 pub mod varint;
+pub mod words;
 pub mod write;
 
 pub use event::{AllocKind, Event, EventKind};

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use crate::event::decode_events;
 use crate::varint::{unzigzag, Cursor, Malformed};
+use crate::words::human_bytes;
 use crate::{
     Aggregate, AggregateSite, Block, Churn, End, EndReason, Event, KindTotal, LiveSite, Module,
     Origin, Process, Reach, ReachTrigger, RecordKind, FILE_HEADER_LEN, MAGIC, MAX_RECORD_LEN,
@@ -186,8 +187,8 @@ impl Dump {
         if data.len() < FILE_HEADER_LEN {
             dump.bytes_lost = data.len() as u64;
             dump.warnings.push(format!(
-                "truncated: the file ends inside its {FILE_HEADER_LEN}-byte header ({} bytes)",
-                data.len()
+                "truncated: the file ends inside its {FILE_HEADER_LEN}-byte header ({})",
+                human_bytes(data.len() as u64)
             ));
             return Ok(dump);
         }
@@ -202,9 +203,10 @@ impl Dump {
             let rest = data.len() - pos;
             if let Some(len) = unknown_record_at(data, pos) {
                 dump.warnings.push(format!(
-                    "a record of unknown kind {} at offset {pos} ({len} bytes) was skipped: \
-                     written by a newer zmtrace?",
-                    data[pos]
+                    "a record of unknown kind {} at offset {pos} ({}) was skipped: written by a \
+                     newer zmtrace?",
+                    data[pos],
+                    human_bytes(len as u64)
                 ));
                 pos += RECORD_HEADER_LEN + len;
                 continue;
@@ -224,7 +226,8 @@ impl Dump {
             if rest < RECORD_HEADER_LEN || plausible_cut_record(data, pos) {
                 dump.bytes_lost += rest as u64;
                 dump.warnings.push(format!(
-                    "truncated: the last {rest} bytes (offset {pos}) are an incomplete record"
+                    "truncated: the last {} (from offset {pos}) are an incomplete record",
+                    human_bytes(rest as u64)
                 ));
                 break;
             }
@@ -234,8 +237,8 @@ impl Dump {
             let end = next.unwrap_or(data.len());
             dump.bytes_lost += (end - pos) as u64;
             dump.warnings.push(format!(
-                "corrupt data at offset {pos}: {} bytes skipped{}",
-                end - pos,
+                "corrupt data at offset {pos}: {} skipped{}",
+                human_bytes((end - pos) as u64),
                 if next.is_some() {
                     ""
                 } else {
@@ -361,11 +364,14 @@ impl Dump {
                 crate::os_error_text(e.status)
             ),
             Some(e) if !self.late_threads.is_empty() => format!(
-                "did not end normally: {} while {} other thread(s) still allocated; what they \
-                 did after that is not in the dump",
+                "did not end normally: {} while {} still allocated; what they did after that \
+                 is not in the dump",
                 e.reason.describe(),
-                self.late_threads.len()
+                crate::words::plural(self.late_threads.len() as u64, "other thread")
             ),
+            Some(e) if e.reason == EndReason::Abort => "did not end normally: the program \
+                called abort(); every event up to it is in the dump"
+                .into(),
             Some(e) if e.reason == EndReason::UnderscoreExit => {
                 format!("ended normally (_exit({}))", e.status)
             }
@@ -1131,7 +1137,7 @@ mod tests {
         assert_eq!(
             d.warnings,
             [format!(
-                "a record of unknown kind 200 at offset {} (3 bytes) was skipped: written by a \
+                "a record of unknown kind 200 at offset {} (3 B) was skipped: written by a \
                  newer zmtrace?",
                 d.file_len as usize - end_len - 12
             )]
