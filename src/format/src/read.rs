@@ -333,16 +333,19 @@ impl Dump {
             Ok(decode_events(&raw, tid, out)?)
         })();
         if let Err(Damage(why)) = result {
+            let line = format!(
+                "the events record at offset {} does not decode{}: its remaining events are lost",
+                r.offset - RECORD_HEADER_LEN,
+                why.map(|w| format!(" ({w})")).unwrap_or_default()
+            );
+            // Once per record, however often the events are streamed.
             if let Ok(mut w) = self.late_warnings.lock() {
-                w.push(format!(
-                    "the events record at offset {} does not decode{}: its remaining events are \
-                     lost",
-                    r.offset - RECORD_HEADER_LEN,
-                    why.map(|w| format!(" ({w})")).unwrap_or_default()
-                ));
+                if !w.contains(&line) {
+                    w.push(line);
+                    self.damaged_late
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
-            self.damaged_late
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
