@@ -97,12 +97,35 @@ fn symbol_table(path: &Path) -> Vec<(u64, u64, String)> {
 }
 
 /// Symbolizes the stacks of one dump.
+///
+/// # Modules by time
+///
+/// A library unloaded and another loaded at the same addresses are two modules for one address
+/// range. Each `Module` record says from which event sequence number the module was mapped and
+/// each `ModuleGone` from which it was not any more, so each module has an era `[from, to)`.
+/// A frame is resolved against the module mapped at the time of the stack: the recorder gives a
+/// stack through an unloaded module's code no new events once the module is gone (it takes such
+/// stacks out of its store, so the same addresses in the next module are a stack of their own),
+/// so a stack id belongs to one era, and the first event that names it tells which. Interning
+/// per (stack, era) in the analyzer instead would split every site by era for nothing: the
+/// recorder already does it where it matters. The first uses are found with one pass over the
+/// events, made only for a dump in which two modules share addresses; a stack with no event (an
+/// aggregated dump, a block inherited at a fork) and older dumps (every era from 0, no end)
+/// resolve as before: against the module recorded last for the range.
 pub struct Symbolizer<'d> {
     dump: &'d Dump,
-    /// Modules by address range: (start, end, index into dump.modules), sorted.
+    /// Modules by address range: (start, end, index into dump.modules), sorted by start, then
+    /// by recording order (latest first).
     ranges: Vec<(u64, u64, usize)>,
+    /// Per module, the event sequence numbers `[from, to)` while it was mapped.
+    eras: Vec<(u64, u64)>,
+    /// Two modules share addresses: frames resolve by time.
+    by_time: bool,
+    /// The sequence number of the first event of each stack (found on first need).
+    first_use: Option<HashMap<u32, u64>>,
     files: HashMap<PathBuf, ModuleFile>,
-    addresses: HashMap<u64, Rc<Vec<Frame>>>,
+    /// Frames by return address and module.
+    addresses: HashMap<(u64, usize), Rc<Vec<Frame>>>,
     stacks: HashMap<u32, Rc<Vec<Frame>>>,
     /// Problems met (a module missing on disk, a build-id that no longer matches): one line
     /// each, each said once.
@@ -116,13 +139,48 @@ impl<'d> Symbolizer<'d> {
             .iter()
             .enumerate()
             .flat_map(|(i, m)| m.segments.iter().map(move |&(s, e)| (s, e, i)))
+            .filter(|&(s, e, _)| s < e)
             .collect();
-        // A later record for the same range (a module loaded where another was) wins.
         ranges.sort_by_key(|&(s, _, i)| (s, std::cmp::Reverse(i)));
-        ranges.dedup_by_key(|r| r.0);
+        // Another module where one was (overlapping segments): resolve by time.
+        let by_time = {
+            let mut by_start = ranges.clone();
+            by_start.sort_by_key(|r| r.0);
+            let mut end = 0u64;
+            let mut owner = usize::MAX;
+            let mut shared = false;
+            for &(s, e, i) in &by_start {
+                if s < end && i != owner {
+                    shared = true;
+                    break;
+                }
+                if e > end {
+                    end = e;
+                    owner = i;
+                }
+            }
+            shared
+        };
+        let eras = dump
+            .modules
+            .iter()
+            .map(|m| {
+                let to = dump
+                    .modules_gone
+                    .iter()
+                    .filter(|g| g.base == m.base && g.seq != 0 && g.seq >= m.seq)
+                    .map(|g| g.seq)
+                    .min()
+                    .unwrap_or(u64::MAX);
+                (m.seq, to)
+            })
+            .collect();
         Symbolizer {
             dump,
             ranges,
+            eras,
+            by_time,
+            first_use: None,
             files: HashMap::new(),
             addresses: HashMap::new(),
             stacks: HashMap::new(),
@@ -130,13 +188,46 @@ impl<'d> Symbolizer<'d> {
         }
     }
 
-    fn module_of(&self, addr: u64) -> Option<&'d Module> {
-        let i = self
-            .ranges
-            .partition_point(|r| r.0 <= addr)
-            .checked_sub(1)?;
-        let (s, e, m) = self.ranges[i];
-        (s <= addr && addr < e).then(|| &self.dump.modules[m])
+    /// The module of `addr` at event sequence number `seq` (None: no time known): the one
+    /// mapped then, else the one recorded last for the address.
+    fn module_of(&self, addr: u64, seq: Option<u64>) -> Option<usize> {
+        // Ranges are few (a handful per module): the ones starting at or below `addr`, latest
+        // recorded first among equal starts.
+        let upto = self.ranges.partition_point(|r| r.0 <= addr);
+        let holding = || {
+            self.ranges[..upto]
+                .iter()
+                .rev()
+                .filter(move |&&(s, e, _)| s <= addr && addr < e)
+                .map(|r| r.2)
+        };
+        if let Some(seq) = seq.filter(|_| self.by_time) {
+            let at = holding()
+                .filter(|&i| self.eras[i].0 <= seq && seq < self.eras[i].1)
+                .max();
+            if at.is_some() {
+                return at;
+            }
+        }
+        holding().max()
+    }
+
+    /// When stack `id` was first used: the sequence number of its first event.
+    fn first_use(&mut self, id: u32) -> Option<u64> {
+        if !self.by_time {
+            return None;
+        }
+        let dump = self.dump;
+        let map = self.first_use.get_or_insert_with(|| {
+            let mut m: HashMap<u32, u64> = HashMap::new();
+            for e in dump.events() {
+                if let Some(stack) = e.kind.stack() {
+                    m.entry(stack).or_insert(e.seq);
+                }
+            }
+            m
+        });
+        map.get(&id).copied()
     }
 
     /// The frames of stack `id`, outermost last, without the recorder's own frames. Unknown ids
@@ -145,11 +236,12 @@ impl<'d> Symbolizer<'d> {
         if let Some(s) = self.stacks.get(&id) {
             return s.clone();
         }
+        let seq = self.first_use(id);
         let frames = match self.dump.stacks.get(&id) {
             Some(addrs) => {
                 let mut out = Vec::with_capacity(addrs.len() + 4);
                 for &a in addrs {
-                    let f = self.address(a);
+                    let f = self.address_at(a, seq);
                     if f.first()
                         .and_then(|f| f.module.as_deref())
                         .is_some_and(is_recorder_module)
@@ -174,19 +266,27 @@ impl<'d> Symbolizer<'d> {
         frames
     }
 
-    /// The frames at one return address (inlined calls first).
+    /// The frames at one return address (inlined calls first), in the module recorded last
+    /// for it.
     pub fn address(&mut self, ret: u64) -> Rc<Vec<Frame>> {
-        if let Some(f) = self.addresses.get(&ret) {
+        self.address_at(ret, None)
+    }
+
+    /// The frames at one return address in the module mapped at event `seq`.
+    pub fn address_at(&mut self, ret: u64, seq: Option<u64>) -> Rc<Vec<Frame>> {
+        let module = self.module_of(ret, seq);
+        let key = (ret, module.unwrap_or(usize::MAX));
+        if let Some(f) = self.addresses.get(&key) {
             return f.clone();
         }
-        let frames = Rc::new(self.lookup(ret));
-        self.addresses.insert(ret, frames.clone());
+        let frames = Rc::new(self.lookup(ret, module.map(|i| &self.dump.modules[i])));
+        self.addresses.insert(key, frames.clone());
         frames
     }
 
-    fn lookup(&mut self, ret: u64) -> Vec<Frame> {
+    fn lookup(&mut self, ret: u64, module: Option<&'d Module>) -> Vec<Frame> {
         let address = format!("{ret:#x}");
-        let Some(module) = self.module_of(ret) else {
+        let Some(module) = module else {
             return vec![Frame {
                 function: None,
                 file: None,

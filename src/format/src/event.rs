@@ -128,6 +128,18 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// The stack the event was made from, for the kinds that have one.
+    pub fn stack(&self) -> Option<u32> {
+        match *self {
+            EventKind::Alloc { stack, .. }
+            | EventKind::Realloc { stack, .. }
+            | EventKind::AllocFailed { stack, .. } => Some(stack),
+            EventKind::Free { .. } | EventKind::ReallocOut { .. } => None,
+        }
+    }
+}
+
 // One argument per field of the wire format, on the hot path: a struct would only be unpacked.
 #[allow(clippy::too_many_arguments)]
 #[inline]

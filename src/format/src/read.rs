@@ -16,8 +16,8 @@ use crate::event::decode_events;
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::{
     Aggregate, AggregateSite, Block, Churn, End, EndReason, Event, KindTotal, LiveSite, Module,
-    Origin, Process, Reach, ReachTrigger, RecordKind, FILE_HEADER_LEN, MAGIC, MAX_RECORD_LEN,
-    RECORD_HEADER_LEN, VERSION,
+    ModuleGone, Origin, Process, Reach, ReachTrigger, RecordKind, FILE_HEADER_LEN, MAGIC,
+    MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION,
 };
 
 /// Why a file could not be read as a dump at all.
@@ -61,8 +61,8 @@ pub struct Dump {
     pub process: Option<Process>,
     /// Modules in the order they were recorded (a module unloaded later is still listed).
     pub modules: Vec<Module>,
-    /// Load biases of modules recorded as unloaded.
-    pub modules_gone: Vec<u64>,
+    /// Modules recorded as unloaded, in the order they were.
+    pub modules_gone: Vec<ModuleGone>,
     pub stacks: HashMap<u32, Vec<u64>>,
     /// Where the `Events` records are: read by [`Dump::events`].
     event_records: Vec<EventsRef>,
@@ -437,14 +437,21 @@ impl Dump {
                 for _ in 0..n {
                     segments.push((c.uvarint()?, c.uvarint()?));
                 }
+                // Appended later: absent, the module was there from the start.
+                let seq = if c.is_empty() { 0 } else { c.uvarint()? };
                 self.modules.push(Module {
                     base,
                     path,
                     build_id,
                     segments,
+                    seq,
                 });
             }
-            RecordKind::ModuleGone => self.modules_gone.push(c.uvarint()?),
+            RecordKind::ModuleGone => {
+                let base = c.uvarint()?;
+                let seq = if c.is_empty() { 0 } else { c.uvarint()? };
+                self.modules_gone.push(ModuleGone { base, seq });
+            }
             RecordKind::Stacks => {
                 let raw;
                 let mut c = if self.version >= 2 {
@@ -1154,6 +1161,56 @@ mod tests {
                 proptest::prop_assert!(events.windows(2).all(|w| w[0].seq <= w[1].seq));
             }
         }
+    }
+
+    #[test]
+    fn module_records_carry_when_they_took_effect_and_old_ones_mean_from_the_start() {
+        let m = Module {
+            base: 0x7f00_0000_0000,
+            path: "/p/a.so".into(),
+            build_id: vec![1, 2],
+            segments: vec![(0x7f00_0000_1000, 0x7f00_0000_2000)],
+            seq: 41,
+        };
+        let mut extra = Vec::new();
+        write::module(&mut extra, &m);
+        write::module_gone(&mut extra, m.base, 97);
+        // An older writer's records: the same without the sequence numbers.
+        let mut old = Vec::new();
+        write::module(&mut old, &m);
+        let cut = old.len() - 1;
+        let mut payload = old[RECORD_HEADER_LEN..cut].to_vec();
+        old.clear();
+        write::record(&mut old, RecordKind::Module, &payload);
+        payload.clear();
+        crate::varint::put_uvarint(&mut payload, m.base);
+        write::record(&mut old, RecordKind::ModuleGone, &payload);
+        extra.extend_from_slice(&old);
+        let d = Dump::from_bytes(Path::new("t"), sample_with(&extra)).unwrap();
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        assert_eq!(
+            d.modules,
+            [
+                m.clone(),
+                Module {
+                    seq: 0,
+                    ..m.clone()
+                }
+            ]
+        );
+        assert_eq!(
+            d.modules_gone,
+            [
+                ModuleGone {
+                    base: m.base,
+                    seq: 97
+                },
+                ModuleGone {
+                    base: m.base,
+                    seq: 0
+                }
+            ]
+        );
     }
 
     /// `sample()` with `extra` records put before its `End` record.

@@ -44,8 +44,23 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
             path: "/bin/prog".into(),
             build_id: vec![1, 2, 3, 4],
             segments: vec![(0x5555_0000_0000, 0x5555_0001_0000)],
+            seq: 0,
         },
     );
+    // A plugin loaded, unloaded, and another loaded at the same address (the era fields).
+    for (seq, path) in [(3u64, "/p/a.so"), (9, "/p/b.so")] {
+        write::module(
+            &mut out,
+            &Module {
+                base: 0x7f00_0000_0000,
+                path: path.into(),
+                build_id: vec![seq as u8],
+                segments: vec![(0x7f00_0000_0000, 0x7f00_0000_4000)],
+                seq,
+            },
+        );
+        write::module_gone(&mut out, 0x7f00_0000_0000, seq + 4);
+    }
     let frames: Vec<u64> = (0..12).map(|i| 0x5555_0000_1000 + i * 0x40).collect();
     write::stacks(
         &mut out,
