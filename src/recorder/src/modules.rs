@@ -264,7 +264,7 @@ fn loader_counts() -> (u64, u64) {
         let out = &mut *(data as *mut (u64, u64));
         // The counters are there since glibc 2.4; `size` says whether this loader has them.
         if size >= std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8 {
-            *out = ((*info).dlpi_adds as u64, (*info).dlpi_subs as u64);
+            *out = ((*info).dlpi_adds, (*info).dlpi_subs);
         }
         1 // stop: the counters are the same in every entry
     }

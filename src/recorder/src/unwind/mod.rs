@@ -107,6 +107,8 @@ fn hash_frames(frames: &[u64]) -> u64 {
 /// A per-thread cache in front of the shared stack store: a thread usually allocates from the
 /// same few stacks, and a hit costs a hash and a compare instead of a shard lock.
 const INTERN_SLOTS: usize = 512;
+/// Code pages found in no module, remembered per thread until the module list changes.
+const UNKNOWN_PAGES: usize = 8;
 
 #[derive(Clone, Copy)]
 struct Interned {
@@ -171,6 +173,9 @@ pub(crate) struct Local {
     next_path: usize,
     last_path: usize,
     pub(crate) counters: UnwindCounters,
+    /// Pages of code in no module (see [`Local::miss`]), and the slot to fill next.
+    unknown_pages: [u64; UNKNOWN_PAGES],
+    next_unknown: usize,
 }
 
 impl Local {
@@ -205,6 +210,8 @@ impl Local {
             next_path: 0,
             last_path: 0,
             counters: UnwindCounters::default(),
+            unknown_pages: [u64::MAX; UNKNOWN_PAGES],
+            next_unknown: 0,
         }
     }
 
@@ -343,6 +350,7 @@ impl Local {
     /// Empties the per-thread stack cache: after a module went, the same frames may be another
     /// module's, which the store gives another id.
     fn forget_interned(&mut self) {
+        self.unknown_pages = [u64::MAX; UNKNOWN_PAGES];
         self.prev_id = 0;
         for slot in self.interned.iter_mut() {
             slot.hash = 0;
@@ -367,14 +375,22 @@ impl Local {
             None => {
                 // In no module this thread knows: a library loaded since (its constructors
                 // allocate inside `dlopen`, before any hook after it could record it), or code in
-                // no module at all (a JIT's), which costs only the loader's counters.
-                if !crate::modules::refresh_for_unknown_code() {
+                // no module at all (a JIT's). A page found in no module stays so until the
+                // module list changes: it is asked about once, not on every capture.
+                let page = (key - 1) >> 12;
+                if self.unknown_pages.contains(&page) {
                     return Rule::SLOW;
                 }
-                self.adopt_modules();
+                if crate::modules::refresh_for_unknown_code() {
+                    self.adopt_modules();
+                }
                 match self.sections.iter().find(|m| m.range.contains(&(key - 1))) {
                     Some(m) => m,
-                    None => return Rule::SLOW,
+                    None => {
+                        self.unknown_pages[self.next_unknown] = page;
+                        self.next_unknown = (self.next_unknown + 1) % UNKNOWN_PAGES;
+                        return Rule::SLOW;
+                    }
                 }
             }
         };
