@@ -408,3 +408,88 @@ fn build_id_of(path: &Path) -> Option<Vec<u8>> {
     let file = object::File::parse(&*data).ok()?;
     file.build_id().ok().flatten().map(|b| b.to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zmtrace_format::event::{encode_alloc, pack, EventBuf};
+    use zmtrace_format::{write, AllocKind, Origin, Process};
+
+    /// Two modules at one address range, A from event 1 to 10, B from 12 on, and a stack in
+    /// each (the same return address, two ids); `eras` false writes them as an older writer
+    /// did (no sequence numbers).
+    fn dump(eras: bool) -> Dump {
+        let mut out = write::file_header().to_vec();
+        write::process(
+            &mut out,
+            &Process {
+                pid: 1,
+                ppid: 0,
+                origin: Origin::Start,
+                parent_pid: 0,
+                fork_seq: 0,
+                start_unix_ns: 0,
+                session: String::new(),
+                exe: "/x".into(),
+                argv: vec![],
+                aggregated: false,
+                args_left_out: 0,
+            },
+        );
+        for (path, from, to) in [("/gone/a.so", 1, 10), ("/gone/b.so", 12, 0)] {
+            write::module(
+                &mut out,
+                &Module {
+                    base: 0x7000_0000,
+                    path: path.into(),
+                    build_id: vec![],
+                    segments: vec![(0x7000_1000, 0x7000_2000)],
+                    seq: if eras { from } else { 0 },
+                },
+            );
+            if to > 0 {
+                write::module_gone(&mut out, 0x7000_0000, if eras { to } else { 0 });
+            }
+        }
+        let frames = [0x7000_1234u64];
+        write::stacks(
+            &mut out,
+            [(1u32, &frames[..]), (2, &frames[..])].into_iter(),
+            &mut |b| zstd::bulk::compress(b, 1).unwrap(),
+        );
+        let mut raw = Vec::new();
+        for (seq, stack) in [(5u64, 1u32), (15, 2)] {
+            let mut b = EventBuf::default();
+            encode_alloc(&mut b, seq, seq, AllocKind::Malloc, 0x100 * seq, 8, 8, stack);
+            raw.extend_from_slice(b.as_slice());
+        }
+        let mut packed = Vec::new();
+        pack(&raw, &mut packed);
+        let z = zstd::bulk::compress(&packed, 1).unwrap();
+        write::events(&mut out, 0, 1, packed.len(), &z);
+        Dump::from_bytes(Path::new("t"), out).unwrap()
+    }
+
+    fn module_of_stack(sym: &mut Symbolizer<'_>, id: u32) -> String {
+        sym.stack(id)[0].module.clone().unwrap()
+    }
+
+    #[test]
+    fn a_stack_resolves_against_the_module_mapped_at_its_first_event() {
+        let d = dump(true);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        let mut sym = Symbolizer::new(&d);
+        assert_eq!(module_of_stack(&mut sym, 1), "/gone/a.so");
+        assert_eq!(module_of_stack(&mut sym, 2), "/gone/b.so");
+        // Without a time: the module recorded last.
+        assert_eq!(sym.address(0x7000_1234)[0].module.as_deref(), Some("/gone/b.so"));
+    }
+
+    #[test]
+    fn an_older_dump_resolves_against_the_module_recorded_last() {
+        let d = dump(false);
+        let mut sym = Symbolizer::new(&d);
+        assert_eq!(module_of_stack(&mut sym, 1), "/gone/b.so");
+        assert_eq!(module_of_stack(&mut sym, 2), "/gone/b.so");
+    }
+}
