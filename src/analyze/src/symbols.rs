@@ -460,7 +460,16 @@ mod tests {
         let mut raw = Vec::new();
         for (seq, stack) in [(5u64, 1u32), (15, 2)] {
             let mut b = EventBuf::default();
-            encode_alloc(&mut b, seq, seq, AllocKind::Malloc, 0x100 * seq, 8, 8, stack);
+            encode_alloc(
+                &mut b,
+                seq,
+                seq,
+                AllocKind::Malloc,
+                0x100 * seq,
+                8,
+                8,
+                stack,
+            );
             raw.extend_from_slice(b.as_slice());
         }
         let mut packed = Vec::new();
@@ -482,7 +491,10 @@ mod tests {
         assert_eq!(module_of_stack(&mut sym, 1), "/gone/a.so");
         assert_eq!(module_of_stack(&mut sym, 2), "/gone/b.so");
         // Without a time: the module recorded last.
-        assert_eq!(sym.address(0x7000_1234)[0].module.as_deref(), Some("/gone/b.so"));
+        assert_eq!(
+            sym.address(0x7000_1234)[0].module.as_deref(),
+            Some("/gone/b.so")
+        );
     }
 
     #[test]
