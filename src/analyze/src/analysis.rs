@@ -189,9 +189,10 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     let mut tids: HashSet<u32> = HashSet::default();
     let mut last_tid = u32::MAX;
     // Per stack, indexed by id: a hash lookup per event was a fifth of the replay.
-    let mut sites: ById<SiteStats> = ById::default();
+    let mut sites: ById<SiteStats> = ById::for_stacks(dump.stacks.len());
     let mut heap = Heap {
         track: peak_sites,
+        by_stack: ById::for_stacks(dump.stacks.len()),
         ..Heap::default()
     };
     for b in &dump.inherited {
@@ -378,6 +379,20 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
 struct ById<T> {
     dense: Vec<T>,
     sparse: HashMap<u32, T>,
+    /// Ids below this go to the vector.
+    limit: usize,
+}
+
+impl<T> ById<T> {
+    /// For the ids of a dump with `stacks` stacks: the recorder numbers them from 1, so an id
+    /// beyond their count (damage, or a crafted event) goes to the map, and one event cannot
+    /// make the vector reserve millions of entries.
+    fn for_stacks(stacks: usize) -> Self {
+        ById {
+            limit: stacks.saturating_add(1).min(DENSE_IDS),
+            ..ById::default()
+        }
+    }
 }
 
 impl<T> Default for ById<T> {
@@ -385,6 +400,7 @@ impl<T> Default for ById<T> {
         ById {
             dense: Vec::new(),
             sparse: HashMap::default(),
+            limit: DENSE_IDS,
         }
     }
 }
@@ -395,10 +411,10 @@ impl<T: Default> ById<T> {
     #[inline]
     fn get(&mut self, id: u32) -> &mut T {
         let i = id as usize;
-        if i < DENSE_IDS {
+        if i < self.limit {
             if i >= self.dense.len() {
                 self.dense
-                    .resize_with((i + 1).next_power_of_two(), T::default);
+                    .resize_with((i + 1).next_power_of_two().min(self.limit), T::default);
             }
             &mut self.dense[i]
         } else {

@@ -136,11 +136,22 @@ pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
             for w in dump.warnings.iter().chain(dump.late_warnings().iter()) {
                 eprintln!("zmtrace: warning: {w}");
             }
-            return write_flamegraph(&dump, &lines, metric, folded, o.out.as_deref());
+            write_flamegraph(&dump, &lines, metric, folded, o.out.as_deref())?;
+            return damaged(&dump);
         }
     };
     let out = if o.json { json } else { text };
-    write_out(o.out.as_deref(), out.as_bytes())
+    write_out(o.out.as_deref(), out.as_bytes())?;
+    damaged(&dump)
+}
+
+/// After the output: a damaged dump (records skipped, not merely cut short) fails with one line,
+/// so that a script does not take a partial report for a whole one.
+pub fn damaged(dump: &Dump) -> Result<(), Failure> {
+    match dump.damage() {
+        Some(line) => Err(Failure::damaged(line)),
+        None => Ok(()),
+    }
 }
 
 /// `zmtrace diff`: `o.dump` is the base, `new` the dump compared with it; with `flame`, a

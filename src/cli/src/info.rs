@@ -14,7 +14,7 @@ pub fn dump_info(path: &Path, list_modules: bool) -> Result<(), Failure> {
     let d = Dump::open(path).map_err(|e| Failure::bad_input(e.to_string()))?;
     let mut o = std::io::stdout().lock();
     let _ = print(&mut o, &d, list_modules);
-    Ok(())
+    crate::analyze::damaged(&d)
 }
 
 fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()> {

@@ -293,6 +293,10 @@ impl Failure {
     pub fn bad_input(message: String) -> Failure {
         Failure { message, code: 2 }
     }
+    /// The dump is damaged (not just cut short): the output came from its intact records.
+    pub fn damaged(message: String) -> Failure {
+        Failure { message, code: 3 }
+    }
     pub fn cannot_run(message: String) -> Failure {
         Failure { message, code: 126 }
     }

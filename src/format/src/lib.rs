@@ -19,8 +19,8 @@
 //! | kind | payload |
 //! |---|---|
 //! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2), arguments left out of argv (varint; absent: none) |
-//! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process |
-//! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) |
+//! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process — then the event sequence number from which it was mapped (absent from older writers: 0, from the start) |
+//! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) — then the event sequence number from which it was not mapped any more (absent from older writers: 0, unknown) |
 //! | [`RecordKind::Stacks`] | raw length, then zstd-compressed (version 1: plain): count, then per stack: id, frame count, frames (first absolute, then zigzag deltas) |
 //! | [`RecordKind::Events`] | stream, thread id, raw length, zstd-compressed event bytes (see [`event`]): allocations, frees, reallocs, failed calls, and the program's own `mmap`/`munmap`/`mremap` calls (`Map`, `Unmap`, `Remap`: a metric of their own, never heap blocks) |
 //! | [`RecordKind::Inherited`] | raw length, zstd-compressed blocks (addr, size, usable, stack) live in a forked child at birth |
@@ -166,6 +166,19 @@ pub struct Module {
     pub build_id: Vec<u8>,
     /// The address ranges of its `PT_LOAD` segments, in the process.
     pub segments: Vec<(u64, u64)>,
+    /// The event sequence counter when the recorder found it mapped: events numbered from it on
+    /// may run its code (an event takes its number after its stack is captured, so a module found
+    /// during a capture is mapped for that event). 0: from the start, and in older dumps.
+    pub seq: u64,
+}
+
+/// A `ModuleGone` record: the module at `base` was unloaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleGone {
+    pub base: u64,
+    /// The event sequence counter after the real `dlclose` returned: events numbered from it on
+    /// are not in the module. 0 in older dumps: unknown.
+    pub seq: u64,
 }
 
 /// A block live in a forked child at birth, inherited from the parent.
