@@ -4,6 +4,8 @@
 //! - [`symbols`]: addresses to functions, files and lines (DWARF with inlining, else ELF symbol
 //!   tables, else module+offset).
 //! - [`analysis`]: one streaming replay that computes every number the reports need.
+//! - [`session`]: a dump replayed, symbolized and with its suppressions applied: where every
+//!   subcommand starts.
 //! - [`leakcheck`]: the leak check made in the process at exit, which classes the blocks left.
 //! - [`suppressions`]: stack patterns that hide accepted leaks, and glibc's built-in set.
 //! - [`reports`]: `report`, `leaks` ([`leaks`]) and `churn`, as data (JSON) and text.
@@ -54,10 +56,12 @@ pub mod leakcheck;
 pub mod leaks;
 pub mod mapped;
 pub mod reports;
+pub mod session;
 pub mod suppressions;
 pub mod symbols;
 pub mod view;
 pub mod words;
 
 pub use analysis::{analyze, Analysis};
+pub use session::Session;
 pub use symbols::Symbolizer;

@@ -6,9 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use zmtrace_analyze::export::{self, Profile, SampleType};
-use zmtrace_analyze::suppressions::{self, Suppressions};
-use zmtrace_analyze::{analyze, Symbolizer};
-use zmtrace_format::Dump;
+use zmtrace_analyze::session::{self, Session};
+use zmtrace_analyze::suppressions::Suppressions;
 
 use crate::Failure;
 
@@ -51,10 +50,18 @@ pub struct ExportOptions {
 }
 
 pub fn run(o: &ExportOptions) -> Result<(), Failure> {
-    let dump = Dump::open(&o.dump).map_err(|e| Failure::bad_input(e.to_string()))?;
-    let mut a = analyze(&dump, false, &mut |_, _| {});
-    let mut sym = Symbolizer::new(&dump);
-    suppressions::apply(&mut a, &mut sym, &o.suppressions);
+    let dump = session::open(&o.dump).map_err(Failure::bad_input)?;
+    let Session {
+        analysis: a,
+        mut sym,
+        ..
+    } = Session::new(
+        &dump,
+        &session::Options {
+            peak_sites: false,
+            suppressions: o.suppressions.clone(),
+        },
+    );
     let profile = Profile::from_analysis(&a);
     if o.metric == SampleType::LostSpace && !profile.lost {
         return Err(Failure::bad_input(format!(

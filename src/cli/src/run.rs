@@ -530,12 +530,12 @@ fn report(
             Some((Origin::Exec, _)) => " (after exec)",
             _ => " (child process)",
         };
-        let mut s = zmtrace_analyze::analyze(&dump, false, &mut |_, _| {});
-        if s.check.is_some() {
-            // The same classes as `zmtrace leaks` shows: accepted leaks left out.
-            let mut sym = zmtrace_analyze::Symbolizer::new(&dump);
-            zmtrace_analyze::suppressions::apply(&mut s, &mut sym, supp);
-        }
+        // The same classes as `zmtrace leaks` shows: accepted leaks left out.
+        let opts = zmtrace_analyze::session::Options {
+            peak_sites: false,
+            suppressions: supp.clone(),
+        };
+        let s = zmtrace_analyze::Session::new(&dump, &opts).analysis;
         let _ = writeln!(err, "zmtrace: dump {}{what}", path.display());
         let _ = writeln!(
             err,
