@@ -192,11 +192,11 @@ pub fn diff(o: &AnalyzeOptions, new: &Path, flame: Option<Metric>) -> Result<(),
             name(&new_dump)
         );
         let file = std::fs::File::create(path)
-            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
+            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))?;
         let mut w = std::io::BufWriter::new(file);
         return flame::differential(&base_lines, &new_lines, metric, title, &mut w)
             .and_then(|()| w.flush())
-            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())));
+            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())));
     }
     let d = zmtrace_analyze::diff::diff(
         zmtrace_analyze::diff::Side {
@@ -229,7 +229,7 @@ fn to_json(v: &impl serde::Serialize) -> String {
 fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
     match path {
         Some(p) => std::fs::write(p, bytes)
-            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", p.display()))),
+            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", p.display()))),
         None => {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`| head`) is not an error worth reporting.

@@ -76,12 +76,12 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
             wrappers.extend(o.wrappers.iter().cloned());
             let mut v = Vec::new();
             export::pprof::write(&dump, &profile, &mut sym, &wrappers, o.metric, &mut v)
-                .map_err(|e| Failure::usage(format!("cannot compress the profile: {e}")))?;
+                .map_err(|e| Failure::setup(format!("cannot compress the profile: {e}")))?;
             v
         }
         Format::Speedscope => {
             let f = export::speedscope::build(&dump, &profile, &mut sym, o.metric);
-            serde_json::to_vec(&f).map_err(|e| Failure::usage(e.to_string()))?
+            serde_json::to_vec(&f).map_err(|e| Failure::setup(e.to_string()))?
         }
         Format::Folded => {
             export::folded::text(&export::folded::folded(&profile, &mut sym, o.metric)).into_bytes()
@@ -99,7 +99,7 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    let fail = |e: std::io::Error| Failure::usage(format!("cannot write {}: {e}", path.display()));
+    let fail = |e: std::io::Error| Failure::setup(format!("cannot write {}: {e}", path.display()));
     let mut f = std::fs::File::create(path).map_err(fail)?;
     f.write_all(bytes).and_then(|()| f.flush()).map_err(fail)
 }

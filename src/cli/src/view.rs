@@ -43,7 +43,7 @@ fn open(path: &Path) -> Result<Dump, Failure> {
 }
 
 fn cannot_write(path: &Path, e: std::io::Error) -> Failure {
-    Failure::usage(format!("cannot write {}: {e}", path.display()))
+    Failure::setup(format!("cannot write {}: {e}", path.display()))
 }
 
 pub fn run(o: &ViewOptions) -> Result<(), Failure> {
@@ -59,7 +59,7 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
     let listener = if o.serve {
         Some(
             Server::bind_loopback(0)
-                .map_err(|e| Failure::usage(format!("cannot listen on 127.0.0.1: {e}")))?,
+                .map_err(|e| Failure::setup(format!("cannot listen on 127.0.0.1: {e}")))?,
         )
     } else {
         None
@@ -164,5 +164,5 @@ fn serve(server: Server, page: String) -> Result<(), Failure> {
             "/" | "/index.html" => Response::new(200, "text/html; charset=utf-8", page.clone()),
             _ => Response::text(404, "not found\n"),
         })
-        .map_err(|e| Failure::usage(format!("cannot serve: {e}")))
+        .map_err(|e| Failure::setup(format!("cannot serve: {e}")))
 }
