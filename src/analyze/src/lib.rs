@@ -11,6 +11,7 @@
 //! - [`reports`]: `report`, `leaks` ([`leaks`]) and `churn`, as data (JSON) and text.
 //! - [`mapped`]: the program's own `mmap`/`munmap`/`mremap` calls, a metric of their own.
 //! - [`diff`]: two dumps compared site by site.
+//! - [`info`]: `zmtrace dump-info`'s text: what is in a dump, and whether it is whole.
 //! - [`flame`]: collapsed stacks and SVG flamegraphs per metric.
 //! - [`export`]: pprof (`profile.proto`), speedscope JSON and collapsed stacks for other tools.
 //! - [`view`]: the pre-aggregated data of `zmtrace view`'s page (time buckets, sites, diff).
@@ -52,6 +53,7 @@ pub mod analysis;
 pub mod diff;
 pub mod export;
 pub mod flame;
+pub mod info;
 pub mod leakcheck;
 pub mod leaks;
 pub mod mapped;

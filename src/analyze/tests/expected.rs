@@ -1,7 +1,8 @@
 //! Expected-output tests, as inferno's: the reports of small dumps checked into the repository
 //! (`tests/data/*.zmt`, made by `scripts/make-test-dumps.sh` from samples/leaky.c, demo.c,
 //! churn.c and diffable.c, and leaky.c recorded with `--aggregate`) are compared line by line
-//! with the files in `tests/expected/`. `ZMTRACE_BLESS=1 cargo test -p zmtrace-analyze --test
+//! with the files in `tests/expected/`: `report`, `leaks`, `churn` (text and JSON), `diff` of
+//! the two diffable runs (text and JSON) and `dump-info` (text, with `--modules`). `ZMTRACE_BLESS=1 cargo test -p zmtrace-analyze --test
 //! expected` writes them instead; read the diff before committing it.
 //!
 //! No compiler, program or browser is needed, and the output is the same on every machine: the
@@ -162,6 +163,18 @@ fn diff_text_and_json() {
     );
     check("diffable.diff.txt", &diff::diff_text(&d, &options()));
     check("diffable.diff.json", &json(&d));
+}
+
+#[test]
+fn dump_info_text() {
+    // `zmtrace dump-info` has no JSON; with --modules it lists the (mapped) module paths.
+    for name in DUMPS.iter().chain(&["diffable-25"]) {
+        let d = load(name);
+        check(
+            &format!("{name}.dump-info.txt"),
+            &zmtrace_analyze::info::text(&d, true),
+        );
+    }
 }
 
 #[test]
