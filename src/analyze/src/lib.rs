@@ -42,8 +42,10 @@
 //!   (each `kind` (one of the four, or null without a check), `blocks`, `bytes`, `via_realloc`,
 //!   `site`, `stack`), lost first, then largest first.
 //! - `diff`: `base` and `new` (headers), `sites` (each `site`, `stack`, and `allocations`,
-//!   `bytes`, `peak`, `leaked_blocks`, `leaked_bytes`, `lost_bytes`, `reallocs`, each
-//!   `{base, new, delta}`), largest change first; `totals` the same fields over all sites.
+//!   `bytes`, `peak`, `leaked_blocks`, `leaked_bytes`, `lost_bytes`, `reallocs`, `temporary`,
+//!   each `{base, new, delta}`: [`diff::METRICS`]), largest change first; `totals` the same
+//!   fields over all sites; `changed` and `unchanged`, the sites in each. `zmtrace view --base`
+//!   shows the same rows.
 //! - `churn`: `reallocs`, `bytes_copied`, `sites` (each `reallocs`, `grew`, `shrank`, `moved`,
 //!   `in_place`, `bytes_copied`, `longest_chain`, `pattern` (`{kind: none | fixed_step |
 //!   geometric | irregular, step, share, factor}`), `hint` (or null), `site`, `stack`), by bytes
