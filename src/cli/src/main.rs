@@ -177,7 +177,7 @@ enum Cmd {
         #[command(flatten)]
         supp: Supp,
     },
-    /// Compare two dumps site by site: allocations, bytes, peak, leaked, lost, reallocs.
+    /// Compare two dumps site by site: allocations, bytes, peak, leaked, lost, reallocs, temporary.
     Diff {
         base: PathBuf,
         new: PathBuf,
