@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use zmtrace_format::{Dump, EventKind};
 
-use crate::suppressions::{self, Suppressions};
+use crate::suppressions::Suppressions;
 use crate::words::{human_bytes, plural, thousands};
 
 /// The text of `zmtrace dump-info` (`list_modules`: `--modules`).
@@ -66,7 +66,16 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {
     for (k, n) in &by_kind {
         writeln!(o, "  {k:<26} {n}")?;
     }
-    let mut s = crate::analyze(d, false, &mut |_, _| {});
+    // The built-in suppressions, as `run` and `leaks` apply them: they change only the classes
+    // (shown next to the recorder's own below), none of the summary's figures.
+    let session = crate::Session::new(
+        d,
+        &crate::session::Options {
+            peak_sites: false,
+            suppressions: Suppressions::builtin(),
+        },
+    );
+    let s = &session.analysis;
     writeln!(
         o,
         "summary:   {} ({}), {}, {}, {} failed",
@@ -136,11 +145,7 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {
     }
     // The recorder's classes are before suppressions; `run`, `report` and `leaks` hide the
     // built-in ones (glibc's one-time blocks), so what they would say is shown next to them.
-    let reported = {
-        let mut sym = crate::Symbolizer::new(d);
-        suppressions::apply(&mut s, &mut sym, &Suppressions::builtin());
-        s.check.is_some().then_some(s.kinds)
-    };
+    let reported = s.check.is_some().then_some(s.kinds);
     let exit_seq = crate::leakcheck::exit_check(d).map(|r| r.seq);
     for r in &d.reach {
         writeln!(
