@@ -175,8 +175,9 @@ pub struct Analysis {
     pub mapped: crate::mapped::Mapped,
 }
 
-/// Replays `dump`; `progress` is called now and then with (records read, records in all). With
-/// `peak_sites`, a second replay up to the peak fills in [`SiteStats::peak_bytes`].
+/// Replays `dump` once; `progress` is called now and then with (records read, records in all).
+/// With `peak_sites`, the same pass also fills in [`SiteStats::peak_bytes`] (what each stack held
+/// at the peak; see `Heap`).
 pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, usize)) -> Analysis {
     if dump.is_aggregated() {
         return from_aggregate(dump);

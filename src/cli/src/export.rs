@@ -6,9 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use zmtrace_analyze::export::{self, Profile, SampleType};
-use zmtrace_analyze::suppressions::{self, Suppressions};
-use zmtrace_analyze::{analyze, Symbolizer};
-use zmtrace_format::Dump;
+use zmtrace_analyze::session::{self, Session};
+use zmtrace_analyze::suppressions::Suppressions;
 
 use crate::Failure;
 
@@ -51,10 +50,18 @@ pub struct ExportOptions {
 }
 
 pub fn run(o: &ExportOptions) -> Result<(), Failure> {
-    let dump = Dump::open(&o.dump).map_err(|e| Failure::bad_input(e.to_string()))?;
-    let mut a = analyze(&dump, false, &mut |_, _| {});
-    let mut sym = Symbolizer::new(&dump);
-    suppressions::apply(&mut a, &mut sym, &o.suppressions);
+    let dump = session::open(&o.dump).map_err(Failure::bad_input)?;
+    let Session {
+        analysis: a,
+        mut sym,
+        ..
+    } = Session::new(
+        &dump,
+        &session::Options {
+            peak_sites: false,
+            suppressions: o.suppressions.clone(),
+        },
+    );
     let profile = Profile::from_analysis(&a);
     if o.metric == SampleType::LostSpace && !profile.lost {
         return Err(Failure::bad_input(format!(
@@ -69,12 +76,12 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
             wrappers.extend(o.wrappers.iter().cloned());
             let mut v = Vec::new();
             export::pprof::write(&dump, &profile, &mut sym, &wrappers, o.metric, &mut v)
-                .map_err(|e| Failure::usage(format!("cannot compress the profile: {e}")))?;
+                .map_err(|e| Failure::setup(format!("cannot compress the profile: {e}")))?;
             v
         }
         Format::Speedscope => {
             let f = export::speedscope::build(&dump, &profile, &mut sym, o.metric);
-            serde_json::to_vec(&f).map_err(|e| Failure::usage(e.to_string()))?
+            serde_json::to_vec(&f).map_err(|e| Failure::setup(e.to_string()))?
         }
         Format::Folded => {
             export::folded::text(&export::folded::folded(&profile, &mut sym, o.metric)).into_bytes()
@@ -92,7 +99,7 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    let fail = |e: std::io::Error| Failure::usage(format!("cannot write {}: {e}", path.display()));
+    let fail = |e: std::io::Error| Failure::setup(format!("cannot write {}: {e}", path.display()));
     let mut f = std::fs::File::create(path).map_err(fail)?;
     f.write_all(bytes).and_then(|()| f.flush()).map_err(fail)
 }

@@ -177,7 +177,7 @@ enum Cmd {
         #[command(flatten)]
         supp: Supp,
     },
-    /// Compare two dumps site by site: allocations, bytes, peak, leaked, lost, reallocs.
+    /// Compare two dumps site by site: allocations, bytes, peak, leaked, lost, reallocs, temporary.
     Diff {
         base: PathBuf,
         new: PathBuf,
@@ -287,9 +287,13 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn usage(message: String) -> Failure {
+    /// zmtrace cannot do its own part (write its output, find its library, listen on a port):
+    /// 125, as `env` and `timeout` say when they fail themselves. Not for bad options or input
+    /// (those are [`Failure::bad_input`], 2).
+    pub fn setup(message: String) -> Failure {
         Failure { message, code: 125 }
     }
+    /// Bad options, a file that is not a dump, a bad suppression file: 2.
     pub fn bad_input(message: String) -> Failure {
         Failure { message, code: 2 }
     }

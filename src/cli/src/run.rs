@@ -278,13 +278,13 @@ fn user_name(uid: u32) -> String {
 fn prepare_out_dir(dir: &Path) -> Result<PathBuf, Failure> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let bad = |e: std::io::Error| {
-        Failure::usage(format!(
+        Failure::setup(format!(
             "cannot write to output directory {}: {e}",
             dir.display()
         ))
     };
     if dir.exists() && !dir.is_dir() {
-        return Err(Failure::usage(format!(
+        return Err(Failure::setup(format!(
             "cannot write to output directory {}: it is not a directory",
             dir.display()
         )));
@@ -333,7 +333,7 @@ fn find_library() -> Result<PathBuf, Failure> {
     if let Some(p) = std::env::var_os("ZMTRACE_LIB") {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            return Err(Failure::usage(format!(
+            return Err(Failure::setup(format!(
                 "ZMTRACE_LIB names {}, which is not a file",
                 p.display()
             )));
@@ -342,7 +342,7 @@ fn find_library() -> Result<PathBuf, Failure> {
         return Ok(p.canonicalize().unwrap_or(p));
     }
     let exe = std::env::current_exe()
-        .map_err(|e| Failure::usage(format!("cannot find zmtrace's own path: {e}")))?;
+        .map_err(|e| Failure::setup(format!("cannot find zmtrace's own path: {e}")))?;
     let beside = exe.with_file_name("libzmtrace.so");
     let installed = exe
         .parent()
@@ -353,7 +353,7 @@ fn find_library() -> Result<PathBuf, Failure> {
         .find(|p| p.is_file());
     match found {
         Some(lib) => check_library(&lib, "the recorder library").map(|()| lib),
-        None => Err(Failure::usage(format!(
+        None => Err(Failure::setup(format!(
             "cannot find the recorder library: looked for {}{} (build it with `cargo build`, \
              install with scripts/install.sh, or set ZMTRACE_LIB)",
             beside.display(),
@@ -366,7 +366,7 @@ fn find_library() -> Result<PathBuf, Failure> {
 fn check_library(path: &Path, what: &str) -> Result<(), Failure> {
     use object::{Object, ObjectKind, ObjectSymbol};
     let not_it = |why: &str| {
-        Failure::usage(format!(
+        Failure::setup(format!(
             "{what} {}, which is not zmtrace's recorder library ({why})",
             path.display()
         ))
@@ -530,12 +530,12 @@ fn report(
             Some((Origin::Exec, _)) => " (after exec)",
             _ => " (child process)",
         };
-        let mut s = zmtrace_analyze::analyze(&dump, false, &mut |_, _| {});
-        if s.check.is_some() {
-            // The same classes as `zmtrace leaks` shows: accepted leaks left out.
-            let mut sym = zmtrace_analyze::Symbolizer::new(&dump);
-            zmtrace_analyze::suppressions::apply(&mut s, &mut sym, supp);
-        }
+        // The same classes as `zmtrace leaks` shows: accepted leaks left out.
+        let opts = zmtrace_analyze::session::Options {
+            peak_sites: false,
+            suppressions: supp.clone(),
+        };
+        let s = zmtrace_analyze::Session::new(&dump, &opts).analysis;
         let _ = writeln!(err, "zmtrace: dump {}{what}", path.display());
         let _ = writeln!(
             err,
