@@ -13,6 +13,7 @@ mod export;
 mod gate;
 mod info;
 mod run;
+mod scrape;
 mod serve;
 mod view;
 
@@ -70,6 +71,11 @@ enum Cmd {
             default_value = "all"
         )]
         heuristics: String,
+        /// While the program runs, serve its heap as Go's net/http/pprof does, for Parca,
+        /// Pyroscope (Grafana Alloy) or `go tool pprof URL`: /debug/pprof/heap (in use now) and
+        /// /debug/pprof/allocs (since the start). ADDR is HOST:PORT, or :PORT for 127.0.0.1.
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<String>,
         #[command(flatten)]
         supp: Supp,
         /// The program to run and its arguments (after `--`).
@@ -302,6 +308,7 @@ fn main() {
             no_argv,
             no_freeres,
             heuristics,
+            serve,
             supp,
             command,
         } => (|| {
@@ -310,6 +317,7 @@ fn main() {
                 Some(level) => Some(gate::LeakLevel::parse(level).map_err(Failure::bad_input)?),
             };
             run::check_heuristics(&heuristics).map_err(Failure::bad_input)?;
+            let serve = serve.as_deref().map(scrape::parse_addr).transpose()?;
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
             run::run(&run::RunOptions {
@@ -322,6 +330,7 @@ fn main() {
                 heuristics,
                 suppressions: supp.load()?,
                 no_argv,
+                serve,
             })
         })(),
         Cmd::DumpInfo { dump, modules } => info::dump_info(&dump, modules).map(|()| 0),

@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub suppressions: zmtrace_analyze::suppressions::Suppressions,
     /// `--no-argv`: the dumps keep the program's path, not its arguments.
     pub no_argv: bool,
+    /// `--serve ADDR`: the heap profiles for scrapers while the program runs ([`crate::scrape`]).
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 /// Checks a `--leak-check-heuristics` value (memcheck's syntax; the recorder parses it again).
@@ -91,6 +93,14 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
     if opts.no_argv {
         cmd.env("ZMTRACE_NO_ARGV", "1");
     }
+    let server = opts.serve.map(crate::scrape::bind).transpose()?;
+    if let Some(s) = &server {
+        // On stderr, as every word of ours: the program's stdout stays its own.
+        eprintln!(
+            "zmtrace: serving http://{0}/debug/pprof/heap and http://{0}/debug/pprof/allocs",
+            s.addr()
+        );
+    }
     let child = cmd
         .spawn()
         .map_err(|e| Failure::cannot_run(format!("cannot start {}: {e}", program.display())))?;
@@ -99,7 +109,11 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
     let terminal = Terminal::hand_to(pid);
     install_forwarding();
 
+    let scrape = server.map(|s| crate::scrape::start(s, out_dir.clone(), session.clone(), pid));
     let status = wait(pid);
+    if let Some(s) = scrape {
+        s.stop();
+    }
     drop(terminal);
     drop(child);
 

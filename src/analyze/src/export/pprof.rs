@@ -437,7 +437,22 @@ pub fn build<'d>(
     wrappers: &[String],
     shown: SampleType,
 ) -> proto::Profile {
-    let types = p.sample_types();
+    build_with_types(dump, p, sym, wrappers, shown, &p.sample_types())
+}
+
+/// [`build`] with the sample types in the order given (those the profile lacks left out): a
+/// scrape's `/debug/pprof/heap` puts the `inuse_*` types first, `/debug/pprof/allocs` the
+/// `alloc_*` ones, for the scrapers that take the first.
+pub fn build_with_types<'d>(
+    dump: &'d Dump,
+    p: &super::Profile,
+    sym: &mut Symbolizer<'d>,
+    wrappers: &[String],
+    shown: SampleType,
+    order: &[SampleType],
+) -> proto::Profile {
+    let have = p.sample_types();
+    let types: Vec<SampleType> = order.iter().copied().filter(|t| have.contains(t)).collect();
     let mut b = Builder::new(dump, sym);
     let sample_type = types
         .iter()
@@ -512,7 +527,12 @@ pub fn write<'d>(
     shown: SampleType,
     out: impl Write,
 ) -> std::io::Result<()> {
-    let bytes = build(dump, p, sym, wrappers, shown).encode_to_vec();
+    gzip(&build(dump, p, sym, wrappers, shown), out)
+}
+
+/// A built profile, encoded and gzipped.
+pub fn gzip(profile: &proto::Profile, out: impl Write) -> std::io::Result<()> {
+    let bytes = profile.encode_to_vec();
     let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
     gz.write_all(&bytes)?;
     gz.finish()?.flush()
