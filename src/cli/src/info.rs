@@ -171,6 +171,14 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
             )?;
         }
     }
+    if !d.snapshots.is_empty() {
+        writeln!(
+            o,
+            "snapshots: {} (zmtrace export --at N)",
+            d.snapshots.len()
+        )?;
+        write!(o, "{}", crate::export::snapshot_list(d))?;
+    }
     for w in &d.warnings {
         writeln!(o, "warning:   {w}")?;
     }

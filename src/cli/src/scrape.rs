@@ -127,14 +127,10 @@ fn build(path: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
     let mut one = |shown, order: &[SampleType]| {
         let mut p = pprof::build_with_types(&dump, &profile, &mut sym, &wrappers, shown, order);
         // The dump is still being written: "in use" is now, not where a dump cut short ends.
-        let now = p.string_table.len() as i64;
-        p.string_table
-            .push("inuse_*: live now (the program is running; zmtrace run --serve)".into());
-        for c in &mut p.comment {
-            if p.string_table[*c as usize].starts_with("inuse_*") {
-                *c = now;
-            }
-        }
+        pprof::set_inuse_comment(
+            &mut p,
+            "inuse_*: live now (the program is running; zmtrace run --serve)",
+        );
         let mut out = Vec::new();
         pprof::gzip(&p, &mut out).map(|()| out)
     };

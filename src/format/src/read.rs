@@ -16,8 +16,8 @@ use crate::event::decode_events;
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::{
     Aggregate, AggregateSite, Block, Churn, End, EndReason, Event, KindTotal, LiveSite, Module,
-    Origin, Process, Reach, ReachTrigger, RecordKind, FILE_HEADER_LEN, MAGIC, MAX_RECORD_LEN,
-    RECORD_HEADER_LEN, VERSION,
+    Origin, Process, Reach, ReachTrigger, RecordKind, Snapshot, FILE_HEADER_LEN, MAGIC,
+    MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION,
 };
 
 /// Why a file could not be read as a dump at all.
@@ -82,6 +82,11 @@ pub struct Dump {
     pub late_threads: Vec<u32>,
     /// The leak checks made in the process, in the order they were written.
     pub reach: Vec<Reach>,
+    /// The snapshots taken on demand, in the order they were taken.
+    pub snapshots: Vec<Snapshot>,
+    /// The last record read was a snapshot marker of an aggregated dump: the `Aggregate` and
+    /// `LiveAtEnd` records right after it are its own.
+    snapshot_open: bool,
     /// Number of records read intact.
     pub records: u64,
     /// Bytes that could not be read (damaged or cut-off records).
@@ -378,6 +383,15 @@ impl Dump {
         offset: usize,
     ) -> Result<(), Malformed> {
         let mut c = Cursor::new(payload);
+        // The stacks and modules the snapshot's counters name may be written between them.
+        let open = if matches!(
+            kind,
+            RecordKind::Stacks | RecordKind::Module | RecordKind::ModuleGone
+        ) {
+            self.snapshot_open
+        } else {
+            std::mem::take(&mut self.snapshot_open)
+        };
         match kind {
             RecordKind::Process => self.process = Some(parse_process(payload)?),
             RecordKind::Module => {
@@ -473,7 +487,12 @@ impl Dump {
             }
             RecordKind::Aggregate => {
                 let raw = decompress(c.uvarint()?, c.rest())?;
-                self.aggregate = Some(parse_aggregate(&raw)?);
+                let a = parse_aggregate(&raw)?;
+                if let Some(s) = self.snapshots.last_mut().filter(|_| open) {
+                    s.aggregate = Some(a.clone());
+                    self.snapshot_open = true;
+                }
+                self.aggregate = Some(a);
             }
             RecordKind::LiveAtEnd => {
                 let raw = decompress(c.uvarint()?, c.rest())?;
@@ -489,9 +508,20 @@ impl Dump {
                         kind: c.u8()?,
                     });
                 }
+                if let Some(s) = self.snapshots.last_mut().filter(|_| open) {
+                    s.live = Some(sites.clone());
+                }
                 self.live_at_end = sites;
             }
             RecordKind::Reach => self.reach.push(parse_reach(&mut c)?),
+            RecordKind::Snapshot => {
+                self.snapshots.push(Snapshot {
+                    ts_ns: c.uvarint()?,
+                    seq: c.uvarint()?,
+                    ..Snapshot::default()
+                });
+                self.snapshot_open = true;
+            }
         }
         Ok(())
     }

@@ -530,6 +530,18 @@ pub fn write<'d>(
     gzip(&build(dump, p, sym, wrappers, shown), out)
 }
 
+/// Says what "in use" means in a profile [`build`] made (a scrape: now; a snapshot: then),
+/// in place of its comment about it.
+pub fn set_inuse_comment(p: &mut proto::Profile, text: &str) {
+    let i = p.string_table.len() as i64;
+    p.string_table.push(text.to_owned());
+    for c in &mut p.comment {
+        if p.string_table[*c as usize].starts_with("inuse_*") {
+            *c = i;
+        }
+    }
+}
+
 /// A built profile, encoded and gzipped.
 pub fn gzip(profile: &proto::Profile, out: impl Write) -> std::io::Result<()> {
     let bytes = profile.encode_to_vec();
