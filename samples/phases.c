@@ -11,8 +11,10 @@
  *   total                   4000          8000          2500                     10500
  *
  * Phase 2 frees two of phase 1's blocks; the end frees phase 2's. Exits with the status given as
- * its first argument (0 without one; 20..99: a libc assumption failed).
+ * its first argument (0 without one; 20..99: a libc assumption failed). With a second argument
+ * `own-usr2` it installs a SIGUSR2 handler of its own first, which writes "usr2" on stdout.
  */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -62,8 +64,22 @@ static void wait_line(void)
     }
 }
 
+static void on_usr2(int sig)
+{
+    (void)sig;
+    say("usr2\n");
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 2 && strcmp(argv[2], "own-usr2") == 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_usr2;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        ZS_CHECK(23, sigaction(SIGUSR2, &sa, NULL) == 0);
+    }
     zs_phase_one();
     ZS_KEEP();
     say("phase 1\n");
