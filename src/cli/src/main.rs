@@ -77,7 +77,7 @@ enum Cmd {
         #[arg(long, value_name = "ADDR")]
         serve: Option<String>,
         /// The signal that has the recorder write a snapshot of the heap into the dump (`zmtrace
-        /// export --at N` exports it): USR2 by default; USR1, or a number. If the program
+        /// export --at N` exports it): USR2 by default; USR1, a number, or none. If the program
         /// installs its own handler for it, the program keeps it and snapshots on it are off.
         #[arg(long = "snapshot-signal", value_name = "SIG", default_value = "USR2")]
         snapshot_signal: String,
@@ -350,6 +350,13 @@ fn main() {
                 .map(run::parse_percent)
                 .transpose()
                 .map_err(Failure::bad_input)?;
+            if snapshot_signal == 0 && (snapshot_every.is_some() || snapshot_at_rss.is_some()) {
+                return Err(Failure::bad_input(
+                    "--snapshot-every and --snapshot-at-rss send the snapshot signal: not with \
+                     --snapshot-signal none"
+                        .into(),
+                ));
+            }
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
             run::run(&run::RunOptions {

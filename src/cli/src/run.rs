@@ -45,6 +45,7 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
     let name = s.trim().to_ascii_uppercase();
     let name = name.strip_prefix("SIG").unwrap_or(&name);
     let sig = match name {
+        "NONE" | "OFF" => return Ok(0),
         "USR1" => libc::SIGUSR1,
         "USR2" => libc::SIGUSR2,
         "WINCH" => libc::SIGWINCH,
@@ -182,6 +183,12 @@ impl Snapshots {
             );
             Some(threshold)
         });
+        if opts.snapshot_at_rss.is_some() && at_rss.is_none() {
+            eprintln!(
+                "zmtrace: warning: no memory limit found (cgroup memory.max, /proc/meminfo): \
+                 --snapshot-at-rss is off (ZMTRACE_MEMORY_LIMIT=BYTES sets one)"
+            );
+        }
         if every.is_none() && at_rss.is_none() {
             return None;
         }

@@ -58,11 +58,13 @@ struct Profiles {
     cache: Mutex<Cache>,
 }
 
+/// The dump's length when the profiles were built, and the two gzipped profiles (heap, allocs).
+type Built = (u64, Arc<[u8]>, Arc<[u8]>);
+
 #[derive(Default)]
 struct Cache {
     dump: Option<PathBuf>,
-    /// The dump's length when the profiles were built, and the two gzipped profiles.
-    built: Option<(u64, Arc<[u8]>, Arc<[u8]>)>,
+    built: Option<Built>,
 }
 
 /// The `inuse_*` types first: Go's `/debug/pprof/heap`.
@@ -88,8 +90,7 @@ impl Profiles {
     fn dump_path(&self, cache: &mut Cache) -> Option<PathBuf> {
         let newest = crate::run::session_dumps(&self.dir, &self.session)
             .into_iter()
-            .filter(|p| Dump::peek_process(p).is_some_and(|proc| proc.pid == self.pid))
-            .next_back();
+            .rfind(|p| Dump::peek_process(p).is_some_and(|proc| proc.pid == self.pid));
         if newest.is_some() {
             cache.dump = newest;
         }

@@ -395,14 +395,16 @@ fn a_program_that_handles_sigusr2_keeps_it() {
 fn bad_snapshot_options_are_refused() {
     let dir = fresh_dir("snap-bad");
     let phases = sample("phases");
-    for opts in [
-        ["--snapshot-signal", "TERM"],
-        ["--snapshot-signal", "NOPE"],
-        ["--snapshot-every", "10"],
-        ["--snapshot-every", "0ms"],
-        ["--snapshot-at-rss", "150"],
-        ["--snapshot-at-rss", "x"],
-    ] {
+    let cases: [&[&str]; 7] = [
+        &["--snapshot-signal", "TERM"],
+        &["--snapshot-signal", "NOPE"],
+        &["--snapshot-every", "10"],
+        &["--snapshot-every", "0ms"],
+        &["--snapshot-at-rss", "150"],
+        &["--snapshot-at-rss", "x"],
+        &["--snapshot-signal", "none", "--snapshot-every", "1s"],
+    ];
+    for opts in cases {
         let mut args = vec!["run", "-o", dir.to_str().unwrap()];
         args.extend(opts);
         args.extend(["--", phases.to_str().unwrap()]);
