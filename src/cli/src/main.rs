@@ -51,7 +51,9 @@ enum Cmd {
             long = "fail-on-leak",
             value_name = "LEVEL",
             num_args = 0..=1,
-            require_equals = true,
+            // `--fail-on-leak possible -- prog` names the level, as a user reads it (with
+            // `require_equals` it took `possible` for the program); the value stops at `--`
+            // and at the next option.
             default_missing_value = "lost"
         )]
         fail_on_leak: Option<String>,
@@ -92,7 +94,9 @@ enum Cmd {
         #[command(flatten)]
         supp: Supp,
         /// The program to run and its arguments (after `--`).
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        // Not `required`: without a program, `run` says so in one line, and names the word
+        // `--fail-on-leak` took for its level when that was the program.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
     /// Print a dump's header, event counts and modules; say whether it is complete.
@@ -135,8 +139,9 @@ enum Cmd {
     /// An SVG flamegraph of one metric (or the collapsed stacks, with --folded).
     Flamegraph {
         dump: PathBuf,
-        /// allocations, bytes, leaked, peak, temporary, reallocs or lost (definitely and
-        /// indirectly lost bytes).
+        /// allocations, bytes, leaked, peak, temporary, reallocs, lost (definitely and
+        /// indirectly lost bytes), or for the program's own mmap/mremap calls (never the heap's):
+        /// mapped (bytes mapped in all) or mapped-at-exit.
         #[arg(long, default_value = "bytes", value_parser = parse_metric)]
         metric: zmtrace_analyze::flame::Metric,
         /// Write the collapsed stacks (for other tools) instead of an SVG.
@@ -269,7 +274,11 @@ struct Common {
 
 fn parse_metric(s: &str) -> Result<zmtrace_analyze::flame::Metric, String> {
     zmtrace_analyze::flame::Metric::parse(s).ok_or_else(|| {
-        "expected one of: allocations, bytes, leaked, peak, temporary, reallocs, lost".to_string()
+        let names: Vec<&str> = zmtrace_analyze::flame::Metric::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect();
+        format!("expected one of: {}", names.join(", "))
     })
 }
 
@@ -307,6 +316,10 @@ impl Failure {
     pub fn bad_input(message: String) -> Failure {
         Failure { message, code: 2 }
     }
+    /// The dump is damaged (not just cut short): the output came from its intact records.
+    pub fn damaged(message: String) -> Failure {
+        Failure { message, code: 3 }
+    }
     pub fn cannot_run(message: String) -> Failure {
         Failure { message, code: 126 }
     }
@@ -334,8 +347,19 @@ fn main() {
         } => (|| {
             let gate = match fail_on_leak.as_deref() {
                 None => None,
+                Some(level) if command.is_empty() && gate::LeakLevel::parse(level).is_err() => {
+                    return Err(Failure::bad_input(format!(
+                        "`{level}` is not a leak level (lost, possible or all): put the program \
+                         after `--`, as in `zmtrace run --fail-on-leak -- {level}`"
+                    )));
+                }
                 Some(level) => Some(gate::LeakLevel::parse(level).map_err(Failure::bad_input)?),
             };
+            if command.is_empty() {
+                return Err(Failure::bad_input(
+                    "no program given: zmtrace run [OPTIONS] -- PROGRAM [ARGS...]".into(),
+                ));
+            }
             run::check_heuristics(&heuristics).map_err(Failure::bad_input)?;
             let serve = serve.as_deref().map(scrape::parse_addr).transpose()?;
             let snapshot_signal =
