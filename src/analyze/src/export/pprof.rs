@@ -590,6 +590,8 @@ mod tests {
                 path: "/nonexistent/prog".into(),
                 build_id: vec![0xde, 0xad, 0xbe, 0xef],
                 segments: vec![(0x10000, 0x11000), (0x11000, 0x15000)],
+                // Mapped from the start (the reader's module eras, merged after this test).
+                seq: 0,
             },
         );
         let s1 = [0x11235u64, 0x12001];
