@@ -1147,6 +1147,66 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_keep_their_marker_and_an_aggregated_recordings_counters() {
+        let mut out = write::file_header().to_vec();
+        let p = Process {
+            pid: 7,
+            ppid: 1,
+            origin: Origin::Start,
+            parent_pid: 0,
+            fork_seq: 0,
+            start_unix_ns: 5,
+            session: String::new(),
+            exe: "/bin/x".into(),
+            argv: vec![],
+            aggregated: true,
+            args_left_out: 0,
+        };
+        write::process(&mut out, &p);
+        let counters = |n: u64| {
+            let raw = write::aggregate_raw(&Aggregate {
+                allocations: n,
+                ..Aggregate::default()
+            });
+            (raw.len(), zstd::bulk::compress(&raw, 1).unwrap())
+        };
+        let live = |bytes: u64| {
+            let raw = write::live_raw(std::iter::once(LiveSite {
+                stack: 3,
+                blocks: 1,
+                bytes,
+                ..LiveSite::default()
+            }));
+            (raw.len(), zstd::bulk::compress(&raw, 1).unwrap())
+        };
+        // A counters-only pass (not a snapshot's), then a snapshot: marker, a stack, counters,
+        // live set; then a marker alone (an event recording's kind), then the end's counters.
+        let (n, z) = counters(1);
+        write::compressed(&mut out, RecordKind::Aggregate, n, &z);
+        write::snapshot(&mut out, 100, 40);
+        write::stacks(&mut out, [(3u32, &[0x1000u64][..])].into_iter(), &mut |b| {
+            zstd::bulk::compress(b, 1).unwrap()
+        });
+        let (n, z) = counters(2);
+        write::compressed(&mut out, RecordKind::Aggregate, n, &z);
+        let (n, z) = live(64);
+        write::compressed(&mut out, RecordKind::LiveAtEnd, n, &z);
+        write::snapshot(&mut out, 200, 90);
+        let (n, z) = counters(3);
+        write::late(&mut out, 5);
+        write::compressed(&mut out, RecordKind::Aggregate, n, &z);
+        let d = Dump::from_bytes(Path::new("t"), out).unwrap();
+        assert_eq!(d.snapshots.len(), 2, "{:?}", d.warnings);
+        let (a, b) = (&d.snapshots[0], &d.snapshots[1]);
+        assert_eq!((a.ts_ns, a.seq, b.ts_ns, b.seq), (100, 40, 200, 90));
+        assert_eq!(a.aggregate.as_ref().map(|g| g.allocations), Some(2));
+        assert_eq!(a.live.as_ref().map(|l| l[0].bytes), Some(64));
+        // Another record came between the second marker and the counters: not its own.
+        assert!(b.aggregate.is_none() && b.live.is_none());
+        assert_eq!(d.aggregate.as_ref().map(|g| g.allocations), Some(3));
+    }
+
+    #[test]
     fn every_truncation_reads_a_prefix_without_panicking() {
         let full = sample();
         for cut in 0..full.len() {
