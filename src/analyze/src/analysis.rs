@@ -179,9 +179,30 @@ pub struct Analysis {
 /// With `peak_sites`, the same pass also fills in [`SiteStats::peak_bytes`] (what each stack held
 /// at the peak; see `Heap`).
 pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, usize)) -> Analysis {
+    analyze_at(dump, peak_sites, progress, None)
+}
+
+/// [`analyze`] as of a snapshot taken while the program ran (`zmtrace export --at`): the events
+/// numbered before it, or an aggregated dump's counters and live set written with it. "Leaked"
+/// then means live at the snapshot, and there is no leak check (the exit's came later).
+pub fn analyze_at(
+    dump: &Dump,
+    peak_sites: bool,
+    progress: &mut dyn FnMut(usize, usize),
+    at: Option<&zmtrace_format::Snapshot>,
+) -> Analysis {
     if dump.is_aggregated() {
-        return from_aggregate(dump);
+        return match at {
+            None => from_aggregate(dump, dump.aggregate.as_ref(), &dump.live_at_end, true),
+            Some(s) => from_aggregate(
+                dump,
+                s.aggregate.as_ref(),
+                s.live.as_deref().unwrap_or(&[]),
+                false,
+            ),
+        };
     }
+    let until = at.map_or(u64::MAX, |s| s.seq);
     let mut a = Analysis::default();
     let mut live: HashMap<u64, Live> = HashMap::default();
     live.reserve(dump.inherited.len() + 4096);
@@ -215,6 +236,9 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     let mut moving: HashMap<(u32, u64), Live> = HashMap::default();
     let mut events = dump.events();
     while let Some(e) = events.next() {
+        if e.seq >= until {
+            break;
+        }
         if let EventKind::ReallocOut { addr } = e.kind {
             // Not an event of the program's: the first half of a realloc's numbering.
             match live.remove(&addr) {
@@ -350,7 +374,13 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     progress(done, total);
     a.mapped.finish();
     a.threads = tids.len() as u64;
-    let reach = leakcheck::exit_check(dump);
+    // A block between a realloc's two halves at the snapshot was live then.
+    for ((_, addr), b) in moving.drain() {
+        if at.is_some() {
+            live.insert(addr, b);
+        }
+    }
+    let reach = leakcheck::exit_check(dump).filter(|_| at.is_none());
     let mut check = reach.map(Check::new);
     for (&addr, b) in &live {
         let kind = reach
@@ -488,13 +518,18 @@ impl Heap {
 
 /// An aggregated dump's counters, in the shape a replay gives. A dump cut short before its
 /// counters were written has nothing but the blocks a forked child inherited.
-fn from_aggregate(dump: &Dump) -> Analysis {
+fn from_aggregate(
+    dump: &Dump,
+    counters: Option<&zmtrace_format::Aggregate>,
+    live_sites: &[LiveSite],
+    with_check: bool,
+) -> Analysis {
     let mut a = Analysis {
         aggregated: true,
         inherited_blocks: dump.inherited.len() as u64,
         ..Analysis::default()
     };
-    if let Some(g) = &dump.aggregate {
+    if let Some(g) = counters {
         a.allocations = g.allocations;
         a.frees = g.frees;
         a.reallocs = g.reallocs;
@@ -513,7 +548,7 @@ fn from_aggregate(dump: &Dump) -> Analysis {
         }
     }
     let live: Vec<LiveSite> = if dump.aggregate.is_some() {
-        dump.live_at_end.clone()
+        live_sites.to_vec()
     } else {
         dump.inherited
             .iter()
@@ -528,7 +563,7 @@ fn from_aggregate(dump: &Dump) -> Analysis {
             .collect()
     };
     // The recorder classified the live set by the check at the end (it has the addresses).
-    let reach = leakcheck::exit_check(dump);
+    let reach = leakcheck::exit_check(dump).filter(|_| with_check);
     let mut check = reach.map(Check::new);
     for l in live {
         let kind = check.as_mut().map(|c| {

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use zmtrace_format::Dump;
 
-use crate::analysis::{analyze, Analysis};
+use crate::analysis::Analysis;
 use crate::suppressions::{self, Suppressions};
 use crate::symbols::Symbolizer;
 
@@ -59,7 +59,18 @@ impl<'d> Session<'d> {
         opts: &Options,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Session<'d> {
-        let mut analysis = analyze(dump, opts.peak_sites, progress);
+        Session::at(dump, opts, progress, None)
+    }
+
+    /// As [`Session::with_progress`], as of snapshot `at` (`zmtrace export --at`): see
+    /// [`crate::analysis::analyze_at`].
+    pub fn at(
+        dump: &'d Dump,
+        opts: &Options,
+        progress: &mut dyn FnMut(usize, usize),
+        at: Option<&zmtrace_format::Snapshot>,
+    ) -> Session<'d> {
+        let mut analysis = crate::analysis::analyze_at(dump, opts.peak_sites, progress, at);
         let mut sym = Symbolizer::new(dump);
         suppressions::apply(&mut analysis, &mut sym, &opts.suppressions);
         Session {

@@ -13,6 +13,7 @@ mod export;
 mod gate;
 mod info;
 mod run;
+mod scrape;
 mod serve;
 mod view;
 
@@ -72,6 +73,24 @@ enum Cmd {
             default_value = "all"
         )]
         heuristics: String,
+        /// While the program runs, serve its heap as Go's net/http/pprof does, for Parca,
+        /// Pyroscope (Grafana Alloy) or `go tool pprof URL`: /debug/pprof/heap (in use now) and
+        /// /debug/pprof/allocs (since the start). ADDR is HOST:PORT, or :PORT for 127.0.0.1.
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<String>,
+        /// The signal that has the recorder write a snapshot of the heap into the dump (`zmtrace
+        /// export --at N` exports it): USR2 by default; USR1, a number, or none. If the program
+        /// installs its own handler for it, the program keeps it and snapshots on it are off.
+        #[arg(long = "snapshot-signal", value_name = "SIG", default_value = "USR2")]
+        snapshot_signal: String,
+        /// Send the snapshot signal this often (500ms, 10s, 2m).
+        #[arg(long = "snapshot-every", value_name = "DURATION")]
+        snapshot_every: Option<String>,
+        /// Send the snapshot signal when the program's RSS crosses PERCENT of its memory limit
+        /// (cgroup v2 memory.max, else the machine's memory; ZMTRACE_MEMORY_LIMIT=BYTES sets
+        /// another), so that an OOM kill leaves the heap as of just before.
+        #[arg(long = "snapshot-at-rss", value_name = "PERCENT")]
+        snapshot_at_rss: Option<String>,
         #[command(flatten)]
         supp: Supp,
         /// The program to run and its arguments (after `--`).
@@ -162,9 +181,13 @@ enum Cmd {
         /// pprof, speedscope or folded.
         #[arg(long, default_value = "pprof")]
         format: String,
-        /// Output file.
-        #[arg(short = 'o', long = "out", required = true)]
-        out: PathBuf,
+        /// Output file (required, but with `--at list`).
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+        /// The state at a snapshot taken while the program ran (its number, from 1; `list`
+        /// prints them with their times): in use = live then.
+        #[arg(long, value_name = "SNAPSHOT")]
+        at: Option<String>,
         /// The sample type: alloc_objects, alloc_space, inuse_objects, inuse_space or lost_space
         /// (or the flamegraph's allocations, bytes, leaked, lost). folded writes this one;
         /// pprof and speedscope have them all and show this one first.
@@ -319,6 +342,10 @@ fn main() {
             no_argv,
             no_freeres,
             heuristics,
+            serve,
+            snapshot_signal,
+            snapshot_every,
+            snapshot_at_rss,
             supp,
             command,
         } => (|| {
@@ -338,6 +365,26 @@ fn main() {
                 ));
             }
             run::check_heuristics(&heuristics).map_err(Failure::bad_input)?;
+            let serve = serve.as_deref().map(scrape::parse_addr).transpose()?;
+            let snapshot_signal =
+                run::parse_signal(&snapshot_signal).map_err(Failure::bad_input)?;
+            let snapshot_every = snapshot_every
+                .as_deref()
+                .map(run::parse_duration)
+                .transpose()
+                .map_err(Failure::bad_input)?;
+            let snapshot_at_rss = snapshot_at_rss
+                .as_deref()
+                .map(run::parse_percent)
+                .transpose()
+                .map_err(Failure::bad_input)?;
+            if snapshot_signal == 0 && (snapshot_every.is_some() || snapshot_at_rss.is_some()) {
+                return Err(Failure::bad_input(
+                    "--snapshot-every and --snapshot-at-rss send the snapshot signal: not with \
+                     --snapshot-signal none"
+                        .into(),
+                ));
+            }
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
             run::run(&run::RunOptions {
@@ -350,6 +397,10 @@ fn main() {
                 heuristics,
                 suppressions: supp.load()?,
                 no_argv,
+                serve,
+                snapshot_signal,
+                snapshot_every,
+                snapshot_at_rss,
             })
         })(),
         Cmd::DumpInfo { dump, modules } => info::dump_info(&dump, modules).map(|()| 0),
@@ -419,6 +470,7 @@ fn main() {
             format,
             out,
             metric,
+            at,
             wrappers,
             supp,
         } => (|| {
@@ -426,6 +478,7 @@ fn main() {
                 dump,
                 format: export::Format::parse(&format)?,
                 out,
+                at,
                 metric: export::parse_sample_type(&metric)?,
                 wrappers,
                 suppressions: supp.load()?,

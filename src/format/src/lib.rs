@@ -30,6 +30,7 @@
 //! | [`RecordKind::Aggregate`] | raw length, zstd-compressed [`Aggregate`]: per-stack counters of an aggregated recording (no `Events` records); the last one in the file holds the totals |
 //! | [`RecordKind::LiveAtEnd`] | raw length, zstd-compressed per-stack sums (stack, blocks, bytes, usable bytes, blocks that went through a realloc, leak kind) of the blocks live when an aggregated recording ended; the last one counts |
 //! | [`RecordKind::Reach`] | a leak check ([`Reach`]): trigger, sequence number, scan figures, per [`LeakKind`] blocks and bytes, then raw length and the zstd-compressed addresses of each kind (count, then ascending: first absolute, then deltas), then (optional, absent from older writers) the blocks and bytes that could not be wholly read |
+//! | [`RecordKind::Snapshot`] | a snapshot on demand ([`Snapshot`]): time (ns since the start), sequence number; in an aggregated dump the `Aggregate` and `LiveAtEnd` records that follow it are its own |
 //!
 //! The event kinds `Map`, `Unmap` and `Remap` came later within version 2: a reader older than
 //! them reports an `Events` record that holds one as damaged from there on (it keeps the events
@@ -88,6 +89,7 @@ pub enum RecordKind {
     Aggregate = 10,
     LiveAtEnd = 11,
     Reach = 12,
+    Snapshot = 13,
 }
 
 impl RecordKind {
@@ -105,6 +107,7 @@ impl RecordKind {
             10 => RecordKind::Aggregate,
             11 => RecordKind::LiveAtEnd,
             12 => RecordKind::Reach,
+            13 => RecordKind::Snapshot,
             _ => return None,
         })
     }
@@ -188,6 +191,18 @@ pub struct Block {
     pub size: u64,
     pub usable: u64,
     pub stack: u32,
+}
+
+/// A snapshot taken on demand while the program ran (`zmtrace run`'s snapshot signal,
+/// `--snapshot-every`, `--snapshot-at-rss`): its time (ns since the dump's start) and the event
+/// sequence number it was taken at (the events numbered below it came before it). An aggregated
+/// recording writes its counters and live set with it (`aggregate`, `live`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub ts_ns: u64,
+    pub seq: u64,
+    pub aggregate: Option<Aggregate>,
+    pub live: Option<Vec<LiveSite>>,
 }
 
 /// The blocks of one stack live when an aggregated recording ended. Per stack, not per block:

@@ -17,7 +17,7 @@ use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::words::human_bytes;
 use crate::{
     Aggregate, AggregateSite, Block, Churn, End, EndReason, Event, KindTotal, LiveSite, Module,
-    ModuleGone, Origin, Process, Reach, ReachTrigger, RecordKind, FILE_HEADER_LEN, MAGIC,
+    ModuleGone, Origin, Process, Reach, ReachTrigger, RecordKind, Snapshot, FILE_HEADER_LEN, MAGIC,
     MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION,
 };
 
@@ -83,6 +83,11 @@ pub struct Dump {
     pub late_threads: Vec<u32>,
     /// The leak checks made in the process, in the order they were written.
     pub reach: Vec<Reach>,
+    /// The snapshots taken on demand, in the order they were taken.
+    pub snapshots: Vec<Snapshot>,
+    /// The last record read was a snapshot marker of an aggregated dump: the `Aggregate` and
+    /// `LiveAtEnd` records right after it are its own.
+    snapshot_open: bool,
     /// Number of records read intact.
     pub records: u64,
     /// Bytes that could not be read (damaged or cut-off records).
@@ -437,6 +442,15 @@ impl Dump {
         offset: usize,
     ) -> Result<(), Damage> {
         let mut c = Cursor::new(payload);
+        // The stacks and modules the snapshot's counters name may be written between them.
+        let open = if matches!(
+            kind,
+            RecordKind::Stacks | RecordKind::Module | RecordKind::ModuleGone
+        ) {
+            self.snapshot_open
+        } else {
+            std::mem::take(&mut self.snapshot_open)
+        };
         match kind {
             RecordKind::Process => self.process = Some(parse_process(payload)?),
             RecordKind::Module => {
@@ -539,7 +553,12 @@ impl Dump {
             }
             RecordKind::Aggregate => {
                 let raw = decompress(c.uvarint()?, c.rest())?;
-                self.aggregate = Some(parse_aggregate(&raw)?);
+                let a = parse_aggregate(&raw)?;
+                if let Some(s) = self.snapshots.last_mut().filter(|_| open) {
+                    s.aggregate = Some(a.clone());
+                    self.snapshot_open = true;
+                }
+                self.aggregate = Some(a);
             }
             RecordKind::LiveAtEnd => {
                 let raw = decompress(c.uvarint()?, c.rest())?;
@@ -555,9 +574,20 @@ impl Dump {
                         kind: c.u8()?,
                     });
                 }
+                if let Some(s) = self.snapshots.last_mut().filter(|_| open) {
+                    s.live = Some(sites.clone());
+                }
                 self.live_at_end = sites;
             }
             RecordKind::Reach => self.reach.push(parse_reach(&mut c)?),
+            RecordKind::Snapshot => {
+                self.snapshots.push(Snapshot {
+                    ts_ns: c.uvarint()?,
+                    seq: c.uvarint()?,
+                    ..Snapshot::default()
+                });
+                self.snapshot_open = true;
+            }
         }
         Ok(())
     }
@@ -1114,6 +1144,66 @@ mod tests {
         assert_eq!(d.live_at_end, blocks);
         // No End: an aggregated dump without its counters is not complete.
         assert!(!d.is_complete());
+    }
+
+    #[test]
+    fn snapshots_keep_their_marker_and_an_aggregated_recordings_counters() {
+        let mut out = write::file_header().to_vec();
+        let p = Process {
+            pid: 7,
+            ppid: 1,
+            origin: Origin::Start,
+            parent_pid: 0,
+            fork_seq: 0,
+            start_unix_ns: 5,
+            session: String::new(),
+            exe: "/bin/x".into(),
+            argv: vec![],
+            aggregated: true,
+            args_left_out: 0,
+        };
+        write::process(&mut out, &p);
+        let counters = |n: u64| {
+            let raw = write::aggregate_raw(&Aggregate {
+                allocations: n,
+                ..Aggregate::default()
+            });
+            (raw.len(), zstd::bulk::compress(&raw, 1).unwrap())
+        };
+        let live = |bytes: u64| {
+            let raw = write::live_raw(std::iter::once(LiveSite {
+                stack: 3,
+                blocks: 1,
+                bytes,
+                ..LiveSite::default()
+            }));
+            (raw.len(), zstd::bulk::compress(&raw, 1).unwrap())
+        };
+        // A counters-only pass (not a snapshot's), then a snapshot: marker, a stack, counters,
+        // live set; then a marker alone (an event recording's kind), then the end's counters.
+        let (n, z) = counters(1);
+        write::compressed(&mut out, RecordKind::Aggregate, n, &z);
+        write::snapshot(&mut out, 100, 40);
+        write::stacks(&mut out, [(3u32, &[0x1000u64][..])].into_iter(), &mut |b| {
+            zstd::bulk::compress(b, 1).unwrap()
+        });
+        let (n, z) = counters(2);
+        write::compressed(&mut out, RecordKind::Aggregate, n, &z);
+        let (n, z) = live(64);
+        write::compressed(&mut out, RecordKind::LiveAtEnd, n, &z);
+        write::snapshot(&mut out, 200, 90);
+        let (n, z) = counters(3);
+        write::late(&mut out, 5);
+        write::compressed(&mut out, RecordKind::Aggregate, n, &z);
+        let d = Dump::from_bytes(Path::new("t"), out).unwrap();
+        assert_eq!(d.snapshots.len(), 2, "{:?}", d.warnings);
+        let (a, b) = (&d.snapshots[0], &d.snapshots[1]);
+        assert_eq!((a.ts_ns, a.seq, b.ts_ns, b.seq), (100, 40, 200, 90));
+        assert_eq!(a.aggregate.as_ref().map(|g| g.allocations), Some(2));
+        assert_eq!(a.live.as_ref().map(|l| l[0].bytes), Some(64));
+        // Another record came between the second marker and the counters: not its own.
+        assert!(b.aggregate.is_none() && b.live.is_none());
+        assert_eq!(d.aggregate.as_ref().map(|g| g.allocations), Some(3));
     }
 
     #[test]

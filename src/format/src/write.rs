@@ -150,6 +150,14 @@ pub fn end(out: &mut Vec<u8>, e: &End) {
 }
 
 /// A `Late` record: thread `tid` recorded an event after the `End` record.
+/// A `Snapshot` marker: when, and at which event sequence number.
+pub fn snapshot(out: &mut Vec<u8>, ts_ns: u64, seq: u64) {
+    let mut b = Vec::new();
+    put_uvarint(&mut b, ts_ns);
+    put_uvarint(&mut b, seq);
+    record(out, RecordKind::Snapshot, &b);
+}
+
 pub fn late(out: &mut Vec<u8>, tid: u32) {
     let mut b = Vec::new();
     put_uvarint(&mut b, u64::from(tid));

@@ -757,6 +757,15 @@ pub fn finish_on_signal(sig: i32) {
     }
 }
 
+/// From the snapshot signal's handler (the front end's): a snapshot of the heap as of now is
+/// written by the writer thread (a marker in an event recording; the counters and live set in an
+/// aggregated one). Async-signal-safe, and takes no lock: callable anywhere.
+pub fn request_snapshot() {
+    if STATE.load(Ordering::Acquire) == READY && output::owns_dump() {
+        output::request_snapshot();
+    }
+}
+
 /// Flushes everything before `execve` replaces the image (the new image writes its own dump).
 /// Returns false in a process that does not own the dump (a `vfork` child, which must not
 /// allocate either: it shares the parent's heap).

@@ -77,6 +77,21 @@ const RECORD_BYTES: usize = 32 * 1024;
 /// How often the writer drains the rings when nobody wakes it.
 const PERIOD_MS: i64 = 100;
 static FLUSHES: AtomicU64 = AtomicU64::new(0);
+/// A snapshot was asked for ([`request_snapshot`]), at this event number and time.
+static SNAPSHOT_ASKED: AtomicBool = AtomicBool::new(false);
+static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
+static SNAPSHOT_TS: AtomicU64 = AtomicU64::new(0);
+
+/// From the snapshot signal's handler: notes the moment (event number, time) and wakes the
+/// writer, which writes the snapshot. Async-signal-safe: atomics, the clock and a futex wake;
+/// nothing is taken or written here. Two requests before the writer runs make one snapshot (the
+/// later).
+pub(crate) fn request_snapshot() {
+    SNAPSHOT_SEQ.store(SEQ.load(Ordering::SeqCst), Ordering::Relaxed);
+    SNAPSHOT_TS.store(crate::clock::timestamp(), Ordering::Relaxed);
+    SNAPSHOT_ASKED.store(true, Ordering::Release);
+    wake_writer_now();
+}
 /// The dump is finished or failed: what `Output::finished || Output::failed` says, readable
 /// without the lock (by a signal handler).
 static CLOSED: AtomicBool = AtomicBool::new(false);
@@ -220,6 +235,12 @@ extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
             return std::ptr::null_mut();
         }
         out.flush_pass(crate::state::CORE.get());
+        if SNAPSHOT_ASKED.swap(false, Ordering::AcqRel) {
+            out.write_snapshot(
+                SNAPSHOT_TS.load(Ordering::Relaxed),
+                SNAPSHOT_SEQ.load(Ordering::Relaxed),
+            );
+        }
         let now = crate::clock::now_mono();
         if now.saturating_sub(out.activity_ns) >= ACTIVE_NS {
             out.activity_old = std::mem::take(&mut out.activity_new);
@@ -447,6 +468,20 @@ impl Output {
             write::compressed(&mut buf, RecordKind::LiveAtEnd, raw.len(), &z);
         }
         self.write_all_or_fail(&buf);
+    }
+
+    /// A snapshot on demand: the marker (time, event number: the reader replays the events
+    /// before it); an aggregated recording adds its counters and live set as of now.
+    fn write_snapshot(&mut self, ts_ns: u64, seq: u64) {
+        if !dumpfd::is_open() || self.failed || self.finished {
+            return;
+        }
+        // The stacks first, so that nothing stands between the marker and its aggregate.
+        self.write_meta();
+        let mut buf = Vec::new();
+        write::snapshot(&mut buf, ts_ns, seq);
+        self.write_all_or_fail(&buf);
+        self.write_aggregate(true);
     }
 
     fn write_end(&mut self, reason: EndReason, status: i32) {
