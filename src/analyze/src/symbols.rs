@@ -428,12 +428,15 @@ fn collapse_below_main(frames: &mut Vec<Frame>) {
         return;
     }
     let address = below[0].address.clone();
+    // The module of the frame whose address it keeps (libc's), so that the frame still says
+    // where it is (a frame in no module reads as a raw address).
+    let module = below[0].module.clone();
     frames.truncate(main + 1);
     frames.push(Frame {
         function: Some(BELOW_MAIN.to_string()),
         file: None,
         line: None,
-        module: None,
+        module,
         address,
         inlined: false,
     });
