@@ -13,8 +13,8 @@
 // contract is libc's, documented there, not restated on each hook.
 #![allow(clippy::missing_safety_doc)]
 
-mod fds;
 mod deepbind;
+mod fds;
 mod real;
 mod signals;
 
