@@ -324,7 +324,9 @@ fn scan(
     if let Some(arena) = roots::glibc_main_arena(segments.as_slice(), maps) {
         excluded.push(arena);
     }
-    for c in crate::heap::chunks() {
+    // Our own mappings: the heap's chunks, the live set's tables, this check's arrays (see
+    // `heap::raw_mappings`: one of them may sit where the program had a region).
+    for c in crate::heap::raw_mappings() {
         excluded.push(c);
     }
     for &(s, e, kind) in segments.as_slice() {
@@ -341,7 +343,7 @@ fn scan(
                 continue;
             }
             g.scan_root(p, xs.max(p));
-            p = xe;
+            p = p.max(xe);
         }
         if p < end {
             g.scan_root(p, end);
