@@ -66,6 +66,16 @@ const AGGREGATED: Packing = Packing {
     stream: 8,
 };
 
+/// The packing of a mode, as a constant: every shift and mask of the hot path is folded.
+#[inline(always)]
+const fn packing<const AGG: bool>() -> Packing {
+    if AGG {
+        AGGREGATED
+    } else {
+        EVENTS
+    }
+}
+
 #[inline(always)]
 fn fits(v: u64, bits: u32) -> bool {
     v >> bits == 0
@@ -146,6 +156,8 @@ struct Table {
     /// 64 − log2(cap): the slot index is the hash's bits below the shard bits.
     shift: u32,
     len: usize,
+    /// The table doubles when `len` reaches this: 3/4 of `cap` (probe runs stay short).
+    grow_at: usize,
     /// The overflow slab: `big_cap` entries, `big_top` used so far, a free list.
     big: *mut Big,
     big_cap: usize,
@@ -164,6 +176,7 @@ impl Table {
             cap: 0,
             shift: 64,
             len: 0,
+            grow_at: 0,
             big: std::ptr::null_mut(),
             big_cap: 0,
             big_top: 0,
@@ -194,6 +207,7 @@ impl Table {
         self.slots = p.as_ptr().cast();
         self.cap = cap;
         self.shift = 64 - cap.trailing_zeros();
+        self.grow_at = cap / 4 * 3;
         let mask = cap - 1;
         for j in 0..old.1 {
             // SAFETY: j < the old capacity; the new table is fresh (zeroed: every slot empty).
@@ -269,9 +283,9 @@ impl Table {
     }
 
     #[inline(always)]
-    fn decode(&self, p: &Packing, meta: u64) -> LiveBlock {
+    fn decode<const AGG: bool>(&self, meta: u64) -> LiveBlock {
         if meta & OVERFLOW == 0 {
-            p.unpack(meta)
+            packing::<AGG>().unpack(meta)
         } else {
             self.big_get(meta)
         }
@@ -279,11 +293,11 @@ impl Table {
 
     /// Adds or replaces the entry of `addr`; false when there is no memory for it.
     #[inline]
-    fn insert(&mut self, p: &Packing, h: u64, addr: u64, b: &LiveBlock) -> bool {
-        if (self.len + 1) * 4 > self.cap * 3 && !self.grow() {
+    fn insert<const AGG: bool>(&mut self, h: u64, addr: u64, b: &LiveBlock) -> bool {
+        if self.len >= self.grow_at && !self.grow() {
             return false;
         }
-        let meta = match p.pack(b) {
+        let meta = match packing::<AGG>().pack(b) {
             Some(m) => m,
             None => match self.big_put(*b) {
                 Some(i) => OVERFLOW | i as u64,
@@ -315,7 +329,7 @@ impl Table {
 
     /// Removes the entry of `addr`, shifting the rest of its probe run back.
     #[inline]
-    fn remove(&mut self, p: &Packing, h: u64, addr: u64) -> Option<LiveBlock> {
+    fn remove<const AGG: bool>(&mut self, h: u64, addr: u64) -> Option<LiveBlock> {
         if self.cap == 0 {
             return None;
         }
@@ -333,7 +347,7 @@ impl Table {
             i = (i + 1) & mask;
         };
         let b = if meta & OVERFLOW == 0 {
-            p.unpack(meta)
+            packing::<AGG>().unpack(meta)
         } else {
             self.big_take(meta)
         };
@@ -365,12 +379,12 @@ impl Table {
         Some(b)
     }
 
-    fn for_each(&self, p: &Packing, f: &mut impl FnMut(u64, LiveBlock)) {
+    fn for_each<const AGG: bool>(&self, f: &mut impl FnMut(u64, LiveBlock)) {
         for i in 0..self.cap {
             // SAFETY: i < cap.
             let s = unsafe { *self.slot(i) };
             if s.addr != 0 {
-                f(s.addr, self.decode(p, s.meta));
+                f(s.addr, self.decode::<AGG>(s.meta));
             }
         }
     }
@@ -405,7 +419,8 @@ fn hash(addr: u64) -> u64 {
 /// The live set (see the module's documentation).
 pub(crate) struct LiveSet {
     shards: [Shard; SHARDS],
-    packing: Packing,
+    /// Aggregated mode's packing ([`AGGREGATED`]), else [`EVENTS`].
+    aggregated: bool,
 }
 
 impl LiveSet {
@@ -413,7 +428,7 @@ impl LiveSet {
     pub(crate) const fn new(aggregated: bool) -> LiveSet {
         LiveSet {
             shards: [const { Shard(SpinLock::new(Table::new())) }; SHARDS],
-            packing: if aggregated { AGGREGATED } else { EVENTS },
+            aggregated,
         }
     }
 
@@ -427,20 +442,30 @@ impl LiveSet {
     #[inline]
     pub(crate) fn insert(&self, addr: usize, b: LiveBlock) -> bool {
         let (addr, h) = (addr as u64, hash(addr as u64));
-        self.shard(h).lock().insert(&self.packing, h, addr, &b)
+        let mut t = self.shard(h).lock();
+        if self.aggregated {
+            t.insert::<true>(h, addr, &b)
+        } else {
+            t.insert::<false>(h, addr, &b)
+        }
     }
 
     /// Takes the block at `addr` out of the set.
     #[inline]
     pub(crate) fn remove(&self, addr: usize) -> Option<LiveBlock> {
         let (addr, h) = (addr as u64, hash(addr as u64));
-        self.shard(h).lock().remove(&self.packing, h, addr)
+        let mut t = self.shard(h).lock();
+        if self.aggregated {
+            t.remove::<true>(h, addr)
+        } else {
+            t.remove::<false>(h, addr)
+        }
     }
 
     /// Calls `f` with every entry, one shard at a time (each under its lock).
     pub(crate) fn for_each(&self, mut f: impl FnMut(u64, LiveBlock)) {
         for s in &self.shards {
-            s.0.lock().for_each(&self.packing, &mut f);
+            self.visit(&s.0.lock(), &mut f);
         }
     }
 
@@ -460,9 +485,17 @@ impl LiveSet {
                 // SAFETY: no preconditions.
                 unsafe { libc::sched_yield() };
             };
-            t.for_each(&self.packing, &mut f);
+            self.visit(&t, &mut f);
         }
         true
+    }
+
+    fn visit(&self, t: &Table, f: &mut impl FnMut(u64, LiveBlock)) {
+        if self.aggregated {
+            t.for_each::<true>(f)
+        } else {
+            t.for_each::<false>(f)
+        }
     }
 
     /// The entries now (each shard's count read under its lock, the sum not atomic).
