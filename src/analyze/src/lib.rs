@@ -43,6 +43,7 @@ pub mod diff;
 pub mod flame;
 pub mod leakcheck;
 pub mod leaks;
+mod livemap;
 pub mod reports;
 pub mod suppressions;
 pub mod symbols;
