@@ -343,13 +343,13 @@ mod tests {
             assert_eq!(q.read(), 0xab);
             OwnHeap.dealloc(q, Layout::from_size_align(1 << 20, 8).unwrap());
             let c = c_malloc(24, 64);
-            assert!(contains(c) && c as usize % 64 == 0);
+            assert!(contains(c) && (c as usize).is_multiple_of(64));
             assert_eq!(c_size(c), 24);
             let c = c_realloc(c, 5000);
             assert_eq!(c_size(c), 5000);
             c_free(c);
             let big = OwnHeap.alloc(Layout::from_size_align(64 << 20, 4096).unwrap());
-            assert!(contains(big) && big as usize % 4096 == 0);
+            assert!(contains(big) && (big as usize).is_multiple_of(4096));
             OwnHeap.dealloc(big, Layout::from_size_align(64 << 20, 4096).unwrap());
         }
         let on_stack = 0u64;

@@ -399,6 +399,7 @@ impl Table {
         *self = Table::new();
     }
 
+    #[cfg(test)]
     fn mapped_bytes(&self) -> usize {
         self.cap * std::mem::size_of::<Slot>() + self.big_cap * std::mem::size_of::<Big>()
     }
@@ -498,7 +499,27 @@ impl LiveSet {
         }
     }
 
+    /// The entries now, for the leak check: locks only tried, as in [`Self::try_for_each`].
+    pub(crate) fn try_len(&self, deadline: u64) -> Option<usize> {
+        let mut n = 0;
+        for s in &self.shards {
+            loop {
+                if let Some(t) = s.0.try_lock() {
+                    n += t.len;
+                    break;
+                }
+                if crate::clock::now_mono() > deadline {
+                    return None;
+                }
+                // SAFETY: no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
+        Some(n)
+    }
+
     /// The entries now (each shard's count read under its lock, the sum not atomic).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().len).sum()
     }
@@ -511,13 +532,13 @@ impl LiveSet {
     }
 
     /// Bytes of the tables and slabs (mapped; what has been touched of them is resident).
-    #[allow(dead_code)]
+    #[cfg(test)]
     pub(crate) fn mapped_bytes(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().mapped_bytes()).sum()
     }
 
     /// Entries kept in the overflow slabs.
-    #[allow(dead_code)]
+    #[cfg(test)]
     pub(crate) fn overflowed(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().big_len).sum()
     }
@@ -710,7 +731,7 @@ mod tests {
         assert_eq!(SET.len(), 8 * 5000);
         let mut per_thread = [0usize; 8];
         SET.for_each(|a, b| {
-            assert_eq!(b.stack as u64, (a as u64 - 0x5555_0000_0000) / 48 >> 32);
+            assert_eq!(b.stack as u64, ((a - 0x5555_0000_0000) / 48) >> 32);
             per_thread[b.stack as usize] += 1;
         });
         assert_eq!(per_thread, [5000; 8]);

@@ -270,6 +270,8 @@ fn encode_lists(classes: &Classes, r: &Reach) -> Vec<u8> {
 }
 
 type ScanResult = (u64, Buf<Node>, Buf<(u64, u64)>, u32, u32, u64, (u64, u64));
+/// The nodes, and the (address, size) of the blocks too large for a node.
+type Snapshot = (Buf<Node>, Buf<(u64, u64)>);
 
 /// The part of the check made while the threads are stopped.
 #[allow(clippy::too_many_arguments)]
@@ -505,13 +507,13 @@ fn scan(
 /// too large for a node, sorted too. Made in place: the nodes are gathered (12 bytes a block,
 /// the size clamped), then sorted where they are, so that the check never holds more than its
 /// nodes per block. The live set's locks are only tried (see `LiveSet::try_for_each`).
-fn snapshot(core: &Core) -> Option<(Buf<Node>, Buf<(u64, u64)>)> {
+fn snapshot(core: &Core) -> Option<Snapshot> {
     let deadline = now_mono() + 2_000_000_000;
     let mut nodes: Buf<Node> = Buf::new();
     let mut big: Buf<(u64, u64)> = Buf::new();
     // Room for all of them at once (a buffer that grows copies itself, and is twice there).
     // The count is a hint: a thread that could not be stopped may add more meanwhile.
-    if !nodes.reserve(core.live.len() + 1024) {
+    if !nodes.reserve(core.live.try_len(deadline)? + 1024) {
         return None;
     }
     let mut ok = true;
