@@ -357,4 +357,13 @@ mod tests {
         let boxed = Box::new(1u64); // the test harness's allocator, not ours
         assert!(!contains(&*boxed as *const u64 as *const u8));
     }
+
+    #[test]
+    fn raw_mappings_are_listed_until_unmapped() {
+        let listed = |p: usize| raw_mappings().any(|(s, e)| s == p as u64 && e == p as u64 + 8192);
+        let p = map_anon(8192).unwrap().as_ptr();
+        assert!(listed(p as usize));
+        unmap(p, 8192);
+        assert!(!listed(p as usize));
+    }
 }
