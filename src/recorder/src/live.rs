@@ -440,7 +440,7 @@ impl LiveSet {
 
     /// Adds (or replaces) the block at `addr`. Returns false when no memory could be had for it:
     /// the block is then not tracked (its free will count as untracked).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert(&self, addr: usize, b: LiveBlock) -> bool {
         let (addr, h) = (addr as u64, hash(addr as u64));
         let mut t = self.shard(h).lock();
@@ -452,7 +452,7 @@ impl LiveSet {
     }
 
     /// Takes the block at `addr` out of the set.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn remove(&self, addr: usize) -> Option<LiveBlock> {
         let (addr, h) = (addr as u64, hash(addr as u64));
         let mut t = self.shard(h).lock();
