@@ -93,7 +93,10 @@ class Chart {
     const m = this.margin;
     const w = width - m.left - m.right, h = height - m.top - m.bottom;
     const n = this.buckets;
-    const max = Math.max(1, ...this.t.heap);
+    // Round ticks (0, 200, 400, 600, 800 KiB), the axis up to the first one above the heap.
+    const ticks = yTicks(Math.max(1, ...this.t.heap));
+    const max = ticks[ticks.length - 1].value;
+    this.canvas.dataset.yTicks = JSON.stringify(ticks.map((t) => t.label));
     const y = (v) => m.top + h - (v / max) * h;
     const x = (b) => m.left + (b / n) * w;
     ctx.clearRect(0, 0, width, height);
@@ -103,13 +106,12 @@ class Chart {
     ctx.fillStyle = "#667085";
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    for (let i = 0; i <= 4; i++) {
-      const v = (max * i) / 4;
+    for (const { value: v, label } of ticks) {
       ctx.beginPath();
       ctx.moveTo(m.left, Math.round(y(v)) + 0.5);
       ctx.lineTo(m.left + w, Math.round(y(v)) + 0.5);
       ctx.stroke();
-      ctx.fillText(fmtBytes(v), m.left - 6, y(v));
+      ctx.fillText(label, m.left - 6, y(v));
     }
     // x axis: time since the process started.
     ctx.textAlign = "center";
@@ -173,4 +175,26 @@ class Chart {
       ctx.strokeRect(x(sel[0]) + 0.5, m.top + 0.5, x(sel[1] + 1) - x(sel[0]) - 1, h - 1);
     }
   }
+}
+
+// Ticks for an axis of bytes up to `max`: a round step (1, 2 or 5 times a power of ten, in B,
+// KiB, MiB or GiB: the largest unit the axis holds at least 2 of) that gives at most 5
+// intervals, from 0 to the first tick at or above `max`. Each is {value, label}, the label with
+// the decimals the step needs ("200 KiB", "2.5 MiB" never: steps are 1, 2, 5).
+function yTicks(max) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let u = 0;
+  while (u < units.length - 1 && max >= 2 * 1024 ** (u + 1)) u++;
+  const unit = 1024 ** u, m = max / unit;
+  // Whole bytes at least.
+  const pow = u === 0 ? Math.max(1, 10 ** Math.floor(Math.log10(m / 5))) : 10 ** Math.floor(Math.log10(m / 5));
+  const step = [1, 2, 5, 10].map((k) => k * pow).find((s) => m / s <= 5 || (u === 0 && s >= m)) * unit;
+  const digits = Math.max(0, -Math.floor(Math.log10(step / unit) + 1e-9));
+  const n = Math.max(1, Math.ceil(max / step - 1e-9));
+  const ticks = [];
+  for (let i = 0; i <= n; i++) {
+    const v = i * step;
+    ticks.push({ value: v, label: i === 0 ? "0 B" : `${(v / unit).toFixed(digits)} ${units[u]}` });
+  }
+  return ticks;
 }

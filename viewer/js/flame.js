@@ -95,7 +95,7 @@ class Flame {
   color(node) {
     if (this.matches(node)) return "rgb(220, 0, 220)";
     if (node === this.root) return "rgb(200, 205, 215)";
-    if (node.name.startsWith("(") && node.name.endsWith("other sites)")) return "rgb(190, 190, 190)";
+    if (node.name.startsWith("(") && node.name.endsWith(" smaller sites)")) return "rgb(190, 190, 190)";
     const h = hash(node.name);
     return `rgb(${205 + (h % 50)}, ${60 + ((h >>> 8) % 170)}, ${(h >>> 16) % 55})`;
   }

@@ -39,9 +39,22 @@ function fmtTime(ns) {
   return `${Math.round(ns)} ns`;
 }
 
-// "1 block", "2 blocks".
+// "1 block", "2 blocks"; an irregular plural spelled out: plural(2, "entry|entries"). As the
+// CLI's words::plural.
 function plural(n, word) {
-  return `${fmtInt(n)} ${word}${n === 1 ? "" : "s"}`;
+  const [one, many] = word.includes("|") ? word.split("|") : [word, `${word}s`];
+  return `${fmtInt(n)} ${n === 1 ? one : many}`;
+}
+
+// A site's name with places to break a line where a reader would (after `::`, `(`, `<` and
+// `,`), never inside a word: the text, with <wbr> elements between its parts.
+function siteBreaks(name) {
+  const out = [];
+  for (const part of String(name).split(/(?<=::|[(<,])/)) {
+    if (out.length) out.push(el("wbr", {}));
+    out.push(part);
+  }
+  return out;
 }
 
 function fmtPct(part, whole) {

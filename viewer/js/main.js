@@ -61,6 +61,7 @@ const SUMMARY = [
   ["temporary", "temporary allocations", "count", "temporary"],
   ["threads", "threads", "count"],
   ["events", "events", "count"],
+  ["calls", "calls counted", "count"],
   ["duration_ns", "run time", "ns"],
 ];
 
@@ -71,8 +72,19 @@ function human(kind, v) {
 }
 
 function summary() {
-  const rows = SUMMARY.map(([field, label, kind, counter]) => {
+  // An aggregated dump has no timeline: what only a timeline measures is null in the report,
+  // shown as unknown rather than as 0. `calls` is the aggregated dump's own (null otherwise).
+  const shown = SUMMARY.filter(([field]) => field !== "calls" || report.calls !== null);
+  const rows = shown.map(([field, label, kind, counter]) => {
     const v = report[field];
+    if (v === null || v === undefined) {
+      return el("tr", { "data-field": field },
+        el("th", {}, label),
+        el("td", { class: "num exact" }, "n/a"),
+        el("td", { class: "unit" }, ""),
+        el("td", { class: "human" }, "aggregated dump: no timeline"),
+        el("td", { class: "in-range" }, ""));
+    }
     let inRange = "";
     if (range && counter) {
       const r = sum(siteValues(counter));
@@ -133,7 +145,9 @@ function flameSection() {
       (range ? " (selected range)" : ""),
       frames.length ? stackList(data, frames) : el("p", {}, "the root: every stack"));
   });
-  $("flame-metrics").replaceChildren(...METRICS.map((m) =>
+  // No peak without a timeline (the CLI refuses `flamegraph --metric peak` on such a dump too).
+  const offered = METRICS.filter((m) => m.name !== "peak" || report.peak_bytes !== null);
+  $("flame-metrics").replaceChildren(...offered.map((m) =>
     el("button", { type: "button", "data-metric": m.name, onclick: () => { metric = m.name; drawFlame(); } }, m.title)));
   $("flame-search").addEventListener("input", () => searchFlame());
   $("flame-reset").addEventListener("click", () => flame.resetZoom());
@@ -160,7 +174,7 @@ function drawFlame() {
 
 // ---- leaks and churn -----------------------------------------------------------------------
 
-const siteCol = { key: "name", title: "site", cls: () => "site" };
+const siteCol = { key: "name", title: "site", cls: () => "site", fmt: siteBreaks };
 const whereCol = { key: "where", title: "where", cls: () => "where", help: "the file and line of the frame the site is named after" };
 const countCol = (key, title, help) => ({ key, title, num: true, fmt: fmtInt, help });
 const bytesCol = (key, title, help) => ({ key, title, num: true, fmt: (v) => (v >= 1024 ? `${fmtInt(v)} (${fmtBytes(v)})` : fmtInt(v)), help });
@@ -181,6 +195,8 @@ function leakRows() {
   const multi = new Set(data.leaks.filter((l, i) => data.leaks.findIndex((m) => m.site === l.site) !== i).map((l) => l.site));
   return data.leaks.filter((l) => !range || !seen.has(l.site) && seen.add(l.site)).map((l, i) => ({
     id: i,
+    // The CLI's order (`zmtrace leaks`): lost first, then largest first.
+    rank: i,
     site: l.site,
     kind: range && multi.has(l.site) ? "all classes" : KIND_NAMES[l.kind] || "",
     name: data.sites[l.site].name,
@@ -219,7 +235,7 @@ function tables() {
     countCol("blocks", "blocks"),
     countCol("via_realloc", "grown by realloc", "blocks whose stack is their last realloc's (whole run)"),
     { key: "kind", title: "class", help: "what the leak check at exit found (memcheck's classes); empty without a check" },
-  ], "bytes", (r) => stackDetail($("leaks-detail"), r,
+  ], "rank", (r) => stackDetail($("leaks-detail"), r,
     `${fmtInt(r.bytes)} bytes in ${plural(r.blocks, "block")} not freed at exit` +
     (r.kind ? ` (${r.kind})` : "") +
     (r.via_realloc ? `; ${fmtInt(r.via_realloc)} grown by realloc (the stack is their last realloc's)` : "") +
@@ -268,19 +284,25 @@ function diffSection() {
   $("diff-summary").replaceChildren(
     el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", { class: "num" }, "base"), el("th", { class: "num" }, "this run"), el("th", { class: "num" }, "change"))),
     el("tbody", {}, fields.map(([f, label]) => {
-      const delta = report[f] - b[f];
-      return el("tr", { "data-field": f }, el("th", {}, label), el("td", { class: "num" }, fmtInt(b[f])),
-        el("td", { class: "num" }, fmtInt(report[f])),
-        el("td", { class: `num ${delta > 0 ? "grew" : delta < 0 ? "shrank" : ""}` }, signed(delta)));
+      // null: an aggregated dump has no peak, events or run time.
+      const known = report[f] !== null && b[f] !== null;
+      const delta = known ? report[f] - b[f] : 0;
+      const show = (v) => (v === null ? "n/a" : fmtInt(v));
+      return el("tr", { "data-field": f }, el("th", {}, label), el("td", { class: "num" }, show(b[f])),
+        el("td", { class: "num" }, show(report[f])),
+        el("td", { class: `num ${delta > 0 ? "grew" : delta < 0 ? "shrank" : ""}` }, known ? signed(delta) : "n/a"));
     })));
   $("diff-metrics").replaceChildren(...d.metrics.map((m) =>
     el("button", { type: "button", "data-metric": m, onclick: () => { diffMetric = m; diffRows(); } }, m)));
-  const signedCol = { key: "change", title: "change", num: true, fmt: signed, cls: (r) => (r.change > 0 ? "grew" : r.change < 0 ? "shrank" : "") };
+  // The numbers are in the selected metric's unit: the headers say which; bytes also read as
+  // KiB/MiB from 1 KiB on, as in the other tables.
+  const inUnit = (v) => (diffUnit() === "bytes" && Math.abs(v) >= 1024 ? ` (${fmtBytes(Math.abs(v))})` : "");
+  const signedCol = { key: "change", title: "change", num: true, fmt: (v) => signed(v) + inUnit(v), cls: (r) => (r.change > 0 ? "grew" : r.change < 0 ? "shrank" : "") };
   diffTable = new Table(data, "diff", [
     siteCol,
     whereCol,
-    countCol("base", "base"),
-    countCol("current", "this run"),
+    { key: "base", title: "base", num: true, fmt: (v) => fmtInt(v) + inUnit(v) },
+    { key: "current", title: "this run", num: true, fmt: (v) => fmtInt(v) + inUnit(v) },
     signedCol,
     { key: "pct", title: "change %", num: true, fmt: (v) => (v === Infinity ? "new" : v === -100 ? "gone" : `${v > 0 ? "+" : ""}${v.toFixed(0)}%`) },
   ], "size", (r) => {
@@ -298,10 +320,20 @@ function signed(v) {
   return v > 0 ? `+${fmtInt(v)}` : v < 0 ? `−${fmtInt(-v)}` : "0";
 }
 
+// What the diff table's numbers count.
+function diffUnit() {
+  return METRICS.find((m) => m.name === diffMetric).unit;
+}
+
 function diffRows() {
   const d = data.diff;
   const k = d.metrics.indexOf(diffMetric);
   for (const b of $("diff-metrics").children) b.classList.toggle("on", b.dataset.metric === diffMetric);
+  const unit = diffUnit();
+  for (const c of diffTable.columns) {
+    const title = { base: "base", current: "this run", change: "change" }[c.key];
+    if (title) c.title = `${title} (${unit})`;
+  }
   diffTable.setRows(d.rows.map((row, i) => {
     const base = row.base[k], current = row.current[k], change = current - base;
     return { id: i, name: row.name, where: siteWhere(data, row.stack, row.name), base, current, change, size: Math.abs(change), pct: base ? (100 * change) / base : Infinity };
@@ -312,9 +344,9 @@ function diffRows() {
 
 function notes() {
   const items = [];
-  const shown = data.other === null ? data.sites.length : data.sites.length - 1;
-  if (data.other !== null) {
-    items.push(`Folded: ${fmtInt(data.sites_in_dump)} sites in the dump; the ${fmtInt(shown)} largest (per metric, and every table row) are shown by name, the other ${fmtInt(data.sites_in_dump - shown)} are one entry, "${data.sites[data.other].name}".`);
+  const shown = data.sites.length - data.folded.length;
+  if (data.folded.length) {
+    items.push(`Folded: ${fmtInt(data.sites_in_dump)} sites in the dump; the ${fmtInt(shown)} largest (per metric, and every table row) are shown by name, the other ${fmtInt(data.sites_in_dump - shown)} are folded under their callers, into ${plural(data.folded.length, "entry|entries")} named "(N smaller sites)".`);
   } else {
     items.push(`All ${fmtInt(data.sites_in_dump)} sites of the dump are shown.`);
   }
@@ -342,6 +374,7 @@ header();
 timeline();
 flameSection();
 tables();
+mappedSection();
 diffSection();
 notes();
 update();

@@ -2,14 +2,16 @@
 
 class Table {
   // columns: [{key, title, num, fmt, cls, help}]; rows: objects with those keys, a `name` (what
-  // the filter matches) and an `id` (which row stays picked when the rows are replaced).
+  // the filter matches) and an `id` (which row stays picked when the rows are replaced). The
+  // first order is by `sortKey`, largest first, unless it is `rank`: a row's place in the
+  // order the CLI prints, which is not a column and goes smallest first.
   constructor(data, id, columns, sortKey, onPick) {
     this.data = data;
     this.table = $(id);
     this.filterBox = $(`${id}-filter`);
     this.columns = columns;
     this.sortKey = sortKey;
-    this.asc = false;
+    this.asc = sortKey === "rank";
     this.onPick = onPick;
     this.rows = [];
     this.picked = null;

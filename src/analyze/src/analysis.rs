@@ -159,6 +159,9 @@ pub struct Analysis {
     pub kinds: [KindTotal; 4],
     /// What suppressions took out ([`crate::suppressions::apply`]).
     pub suppressed: Suppressed,
+    /// The program's own mappings (`mmap`, `munmap`, `mremap`): a metric of their own, in none
+    /// of the heap figures above.
+    pub mapped: crate::mapped::Mapped,
 }
 
 /// Replays `dump`; `progress` is called now and then with (records read, records in all). With
@@ -174,9 +177,10 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     let mut tids: HashSet<u32> = HashSet::default();
     let mut last_tid = u32::MAX;
     // Per stack, indexed by id: a hash lookup per event was a fifth of the replay.
-    let mut sites: ById<SiteStats> = ById::default();
+    let mut sites: ById<SiteStats> = ById::for_stacks(dump.stacks.len());
     let mut heap = Heap {
         track: peak_sites,
+        by_stack: ById::for_stacks(dump.stacks.len()),
         ..Heap::default()
     };
     for b in &dump.inherited {
@@ -207,6 +211,11 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                 }
                 None => a.inconsistent += 1,
             }
+            continue;
+        }
+        if let EventKind::RemapOut { .. } = e.kind {
+            // The first half of a remap's numbering, as `ReallocOut`.
+            a.mapped.event(&e);
             continue;
         }
         a.events += 1;
@@ -304,7 +313,11 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                 // then reallocated, before it was freed).
                 last_alloc.remove(&e.tid);
             }
-            EventKind::ReallocOut { .. } => {} // handled above
+            EventKind::ReallocOut { .. } | EventKind::RemapOut { .. } => {} // handled above
+            EventKind::Map { .. } | EventKind::Unmap { .. } | EventKind::Remap { .. } => {
+                // Not heap blocks: neither in the live set nor in the temporaries.
+                a.mapped.event(&e);
+            }
             EventKind::AllocFailed { stack, .. } => {
                 a.failed += 1;
                 sites.get(stack).failed += 1;
@@ -322,6 +335,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     }
     let (done, total) = events.progress();
     progress(done, total);
+    a.mapped.finish();
     a.threads = tids.len() as u64;
     let reach = leakcheck::exit_check(dump);
     let mut check = reach.map(Check::new);
@@ -353,6 +367,20 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
 struct ById<T> {
     dense: Vec<T>,
     sparse: HashMap<u32, T>,
+    /// Ids below this go to the vector.
+    limit: usize,
+}
+
+impl<T> ById<T> {
+    /// For the ids of a dump with `stacks` stacks: the recorder numbers them from 1, so an id
+    /// beyond their count (damage, or a crafted event) goes to the map, and one event cannot
+    /// make the vector reserve millions of entries.
+    fn for_stacks(stacks: usize) -> Self {
+        ById {
+            limit: stacks.saturating_add(1).min(DENSE_IDS),
+            ..ById::default()
+        }
+    }
 }
 
 impl<T> Default for ById<T> {
@@ -360,6 +388,7 @@ impl<T> Default for ById<T> {
         ById {
             dense: Vec::new(),
             sparse: HashMap::default(),
+            limit: DENSE_IDS,
         }
     }
 }
@@ -370,10 +399,10 @@ impl<T: Default> ById<T> {
     #[inline]
     fn get(&mut self, id: u32) -> &mut T {
         let i = id as usize;
-        if i < DENSE_IDS {
+        if i < self.limit {
             if i >= self.dense.len() {
                 self.dense
-                    .resize_with((i + 1).next_power_of_two(), T::default);
+                    .resize_with((i + 1).next_power_of_two().min(self.limit), T::default);
             }
             &mut self.dense[i]
         } else {

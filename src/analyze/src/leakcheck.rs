@@ -65,20 +65,36 @@ impl Check {
     }
 
     /// The warning lines of blocks that escaped the check, or that it could not read whole.
-    pub fn warnings(&self) -> Vec<String> {
+    /// `cut`: the dump was cut short, so blocks the replay still holds live may be ones whose
+    /// frees are in the missing part, not blocks a running thread allocated after the check.
+    pub fn warnings(&self, cut: bool) -> Vec<String> {
+        use crate::words::{human_bytes, plural};
         let mut w = Vec::new();
         if self.unscanned_blocks > 0 {
-            w.push(format!(
-                "{} blocks ({} bytes) were allocated after the leak check by a thread still \
-                 running: counted as still reachable",
-                self.unscanned_blocks, self.unscanned_bytes
-            ));
+            let what = format!(
+                "{} ({})",
+                plural(self.unscanned_blocks, "block"),
+                human_bytes(self.unscanned_bytes)
+            );
+            w.push(if cut {
+                format!(
+                    "{what} live at the end of what was read were not seen by the leak check: \
+                     the dump is cut short, so their frees are likely in the missing part; \
+                     counted as still reachable"
+                )
+            } else {
+                format!(
+                    "{what} were allocated after the leak check by a thread still running: \
+                     counted as still reachable"
+                )
+            });
         }
         if self.unreadable_blocks > 0 {
             w.push(format!(
-                "{} blocks ({} bytes) could not be read whole by the leak check (a page without \
-                 read access inside them): blocks that only they point to may be reported lost",
-                self.unreadable_blocks, self.unreadable_bytes
+                "{} ({}) could not be read whole by the leak check (a page without read access \
+                 inside them): blocks that only they point to may be reported lost",
+                plural(self.unreadable_blocks, "block"),
+                human_bytes(self.unreadable_bytes)
             ));
         }
         w

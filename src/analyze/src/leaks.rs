@@ -10,7 +10,7 @@ use zmtrace_format::{Dump, LeakKind};
 use crate::analysis::Analysis;
 use crate::leakcheck::{Check, Kinds, NO_CHECK};
 use crate::reports::{
-    header, human_bytes, merged_sites, site, thousands, write_header, write_stack, Header, Options,
+    header, human_bytes, merged_sites, plural, site, write_header, write_stack, Header, Options,
     Site,
 };
 use crate::suppressions::Suppressed;
@@ -128,10 +128,10 @@ pub fn kinds_lines(k: &Kinds) -> Vec<String> {
     .into_iter()
     .map(|(kind, t)| {
         format!(
-            "{:<16} {:>12} in {} blocks",
+            "{:<16} {:>12} in {}",
             format!("{}:", kind.describe()),
             human_bytes(t.bytes),
-            thousands(t.blocks)
+            plural(t.blocks, "block")
         )
     })
     .collect()
@@ -140,17 +140,17 @@ pub fn kinds_lines(k: &Kinds) -> Vec<String> {
 /// `leak check at exit: 0.4 ms, 1 thread stopped` and what it could not do.
 pub fn check_line(c: &Check) -> String {
     let mut s = format!(
-        "leak check at {}: {:.1} ms, {} other threads stopped, {} of roots",
+        "leak check at {}: {:.1} ms, {} stopped, {} of roots",
         c.trigger,
         c.scan_ns as f64 / 1e6,
-        c.threads_stopped,
+        plural(u64::from(c.threads_stopped), "other thread"),
         human_bytes(c.root_bytes)
     );
     if c.threads_unstopped > 0 {
         let _ = write!(
             s,
-            "; {} threads could not be stopped (their stacks were read as they were)",
-            c.threads_unstopped
+            "; {} could not be stopped (their stacks were read as they were)",
+            plural(u64::from(c.threads_unstopped), "thread")
         );
     }
     s
@@ -162,15 +162,15 @@ pub fn suppressed_lines(s: &Suppressed) -> Vec<String> {
         return Vec::new();
     }
     let mut out = vec![format!(
-        "suppressed: {} in {} blocks",
+        "suppressed: {} in {}",
         human_bytes(s.bytes),
-        thousands(s.blocks)
+        plural(s.blocks, "block")
     )];
     for b in &s.by {
         out.push(format!(
-            "  {:>12} in {:>6} blocks  {}",
+            "  {:>12} in {:>13}  {}",
             human_bytes(b.bytes),
-            thousands(b.blocks),
+            plural(b.blocks, "block"),
             b.name
         ));
     }
@@ -196,10 +196,10 @@ pub fn leaks_text(l: &Leaks, opts: &Options) -> String {
     }
     let _ = writeln!(
         o,
-        "{} blocks ({}) not freed at exit, in {} groups; {} shown, {}largest first",
-        thousands(l.leaked_blocks),
+        "{} ({}) not freed at exit, in {}; {} shown, {}largest first",
+        plural(l.leaked_blocks, "block"),
         human_bytes(l.leaked_bytes),
-        thousands(l.groups),
+        plural(l.groups, "group"),
         l.sites.len(),
         if l.check.is_some() {
             "lost first, "
@@ -223,10 +223,10 @@ pub fn leaks_text(l: &Leaks, opts: &Options) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             o,
-            "\n#{} {kind}{} in {} blocks{realloc}: {}",
+            "\n#{} {kind}{} in {}{realloc}: {}",
             i + 1,
             human_bytes(s.bytes),
-            thousands(s.blocks),
+            plural(s.blocks, "block"),
             s.site.site
         );
         write_stack(&mut o, &s.site, opts);

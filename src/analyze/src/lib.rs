@@ -7,8 +7,10 @@
 //! - [`leakcheck`]: the leak check made in the process at exit, which classes the blocks left.
 //! - [`suppressions`]: stack patterns that hide accepted leaks, and glibc's built-in set.
 //! - [`reports`]: `report`, `leaks` ([`leaks`]) and `churn`, as data (JSON) and text.
+//! - [`mapped`]: the program's own `mmap`/`munmap`/`mremap` calls, a metric of their own.
 //! - [`diff`]: two dumps compared site by site.
 //! - [`flame`]: collapsed stacks and SVG flamegraphs per metric.
+//! - [`export`]: pprof (`profile.proto`), speedscope JSON and collapsed stacks for other tools.
 //! - [`view`]: the pre-aggregated data of `zmtrace view`'s page (time buckets, sites, diff).
 //!
 //! # JSON schema (version 1)
@@ -21,8 +23,14 @@
 //!
 //! - `report`: `allocations`, `frees`, `reallocs`, `failed`, `bytes_allocated`, `peak_bytes`,
 //!   `peak_time_ns`, `leaked_blocks`, `leaked_bytes`, `temporary`, `threads`, `events`,
-//!   `duration_ns`, `check`, `kinds`, `suppressed` (as in `leaks`), and `top`:
-//!   `{allocations, bytes, peak, leaked, temporary, reallocs}`, each a list of sites with a `value`.
+//!   `duration_ns` (`peak_bytes`, `peak_time_ns`, `events` and `duration_ns` are null for an
+//!   aggregated dump, which has no timeline; it has `calls`, the calls it counted, instead),
+//!   `aggregated`, `check`, `kinds`, `suppressed` (as in `leaks`), and `top`:
+//!   `{allocations, bytes, peak, leaked, temporary, reallocs}`, each a list of sites with a `value`;
+//!   and `mapped`, the program's own mappings, in none of the heap figures: `maps`, `unmaps`,
+//!   `remaps` (calls), `bytes_mapped`, `bytes_unmapped`, `peak_bytes`, `peak_time_ns`,
+//!   `at_exit_bytes`, `at_exit_ranges`, `at_exit_anonymous_bytes`, `at_exit_file_bytes`,
+//!   `at_exit_shared_bytes`, and `top`: `{bytes, at_exit}` (see [`mapped`]).
 //! - `leaks`: `leaked_blocks`, `leaked_bytes` (every block not freed at exit), `groups`, `check`
 //!   (the leak check at exit: `{trigger, scan_ns, threads_stopped, threads_unstopped,
 //!   root_bytes, unscanned_blocks, unscanned_bytes, unreadable_blocks, unreadable_bytes}`, or null without one), `kinds` (`{definite,
@@ -40,14 +48,17 @@
 
 pub mod analysis;
 pub mod diff;
+pub mod export;
 pub mod flame;
 pub mod leakcheck;
 pub mod leaks;
 mod livemap;
+pub mod mapped;
 pub mod reports;
 pub mod suppressions;
 pub mod symbols;
 pub mod view;
+pub mod words;
 
 pub use analysis::{analyze, Analysis};
 pub use symbols::Symbolizer;

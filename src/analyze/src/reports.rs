@@ -112,13 +112,20 @@ fn is_wrapper(f: &Frame, wrappers: &[String]) -> bool {
             .is_some_and(|n| wrappers.iter().any(|w| glob_match(w, n)))
 }
 
+/// Where a stack's site is: the index of its first frame outside the wrappers (0 when every
+/// frame is one).
+pub fn site_start(frames: &[Frame], wrappers: &[String]) -> usize {
+    frames
+        .iter()
+        .position(|f| !is_wrapper(f, wrappers))
+        .unwrap_or(0)
+}
+
 /// Stack `stack` as a site: its frames, named after its first frame outside the wrappers.
 pub fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
     let frames = sym.stack(stack);
     let name = frames
-        .iter()
-        .find(|f| !is_wrapper(f, &opts.wrappers))
-        .or(frames.first())
+        .get(site_start(&frames, &opts.wrappers))
         .map(Frame::label)
         .unwrap_or_else(|| "<empty stack>".into());
     Site {
@@ -218,13 +225,21 @@ pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
             "aggregated dump cut short before its first snapshot: no counters".into()
         });
     }
-    warnings.extend(a.check.as_ref().map(|c| c.warnings()).unwrap_or_default());
+    // A dump cut short (bytes lost, or no end record) may miss the frees of blocks the check saw
+    // freed.
+    let cut = dump.bytes_lost > 0 || dump.end.is_none();
+    warnings.extend(
+        a.check
+            .as_ref()
+            .map(|c| c.warnings(cut))
+            .unwrap_or_default(),
+    );
     let mut seen = std::collections::HashSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
     if a.inconsistent > 0 {
         warnings.push(format!(
-            "{} frees or reallocs name an address that was not live: the dump is partial",
-            a.inconsistent
+            "{} name an address that was not live: the dump is partial",
+            plural(a.inconsistent, "free or realloc|frees or reallocs")
         ));
     }
     Header {
@@ -271,16 +286,21 @@ pub struct Report {
     pub reallocs: u64,
     pub failed: u64,
     pub bytes_allocated: u64,
-    pub peak_bytes: u64,
-    pub peak_time_ns: u64,
+    /// The peak heap and when it was, null for an aggregated dump (it has no timeline).
+    pub peak_bytes: Option<u64>,
+    pub peak_time_ns: Option<u64>,
     pub leaked_blocks: u64,
     pub leaked_bytes: u64,
     pub temporary: u64,
     pub threads: u64,
-    pub events: u64,
-    pub duration_ns: u64,
-    /// An aggregated dump: no timeline, so `peak_bytes`, `peak_time_ns` and `duration_ns` are 0
-    /// and `top.peak` is empty; `events` counts the program's calls.
+    /// Events in the dump's stream, null for an aggregated dump (it has none: see `calls`).
+    pub events: Option<u64>,
+    /// The calls an aggregated dump counted (null for a dump with events).
+    pub calls: Option<u64>,
+    /// Null for an aggregated dump.
+    pub duration_ns: Option<u64>,
+    /// An aggregated dump: no timeline, so `peak_bytes`, `peak_time_ns`, `events` and
+    /// `duration_ns` are null and `top.peak` is empty.
     pub aggregated: bool,
     /// The leak check at exit (null without one), the classes of the leaked blocks less the
     /// suppressed ones (null without a check), and what suppressions took out.
@@ -288,6 +308,8 @@ pub struct Report {
     pub kinds: Option<crate::leakcheck::Kinds>,
     pub suppressed: crate::suppressions::Suppressed,
     pub top: Top,
+    /// The program's own mappings, apart from the heap.
+    pub mapped: crate::mapped::MappedReport,
 }
 
 fn top_by(
@@ -314,6 +336,8 @@ fn top_by(
 }
 
 pub fn report(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -> Report {
+    // What only a timeline measures is unknown (null), not 0, in an aggregated dump.
+    let timed = |v: u64| (!a.aggregated).then_some(v);
     let sites = merged_sites(a, sym);
     let top = Top {
         allocations: top_by(&sites, sym, opts, |s| s.allocations),
@@ -330,19 +354,21 @@ pub fn report(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -
         reallocs: a.reallocs,
         failed: a.failed,
         bytes_allocated: a.bytes_allocated,
-        peak_bytes: a.peak_bytes,
-        peak_time_ns: a.peak_ns,
+        peak_bytes: timed(a.peak_bytes),
+        peak_time_ns: timed(a.peak_ns),
         leaked_blocks: a.leaked_blocks,
         leaked_bytes: a.leaked_bytes,
         temporary: a.temporary,
         threads: a.threads,
-        events: a.events,
-        duration_ns: a.duration_ns,
+        events: timed(a.events),
+        calls: a.aggregated.then_some(a.events),
+        duration_ns: timed(a.duration_ns),
         aggregated: a.aggregated,
         check: a.check.clone(),
         kinds: a.check.as_ref().map(|_| (&a.kinds).into()),
         suppressed: a.suppressed.clone(),
         top,
+        mapped: crate::mapped::report(&a.mapped, sym, opts),
     }
 }
 
@@ -431,34 +457,7 @@ pub fn churn(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) ->
 
 // ---- text ------------------------------------------------------------------------------------
 
-/// Bytes for people: 1023 B, 1.5 KiB, 12.3 MiB.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// 1234567 -> "1,234,567".
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::words::{human_bytes, plural, thousands};
 
 pub(crate) fn write_header(o: &mut String, what: &str, h: &Header) {
     let _ = writeln!(
@@ -485,7 +484,8 @@ pub(crate) fn write_stack(o: &mut String, s: &Site, opts: &Options) {
         let _ = writeln!(o, "      {}{inl}{loc}", f.label());
     }
     if shown < s.stack.len() {
-        let _ = writeln!(o, "      … {} more frames", s.stack.len() - shown);
+        let more = (s.stack.len() - shown) as u64;
+        let _ = writeln!(o, "      … {}", plural(more, "more frame"));
     }
 }
 
@@ -508,25 +508,28 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
     let _ = writeln!(o, "  frees              {:>14}", thousands(r.frees));
     let _ = writeln!(o, "  reallocs           {:>14}", thousands(r.reallocs));
     let _ = writeln!(o, "  failed             {:>14}", thousands(r.failed));
-    if r.aggregated {
-        let _ = writeln!(
-            o,
-            "  peak heap          {:>14}  (aggregated dump: no timeline)",
-            "n/a"
-        );
-    } else {
-        let _ = writeln!(
-            o,
-            "  peak heap          {:>14}  at {:.3} s",
-            human_bytes(r.peak_bytes),
-            r.peak_time_ns as f64 / 1e9
-        );
+    match (r.peak_bytes, r.peak_time_ns) {
+        (Some(bytes), Some(ns)) => {
+            let _ = writeln!(
+                o,
+                "  peak heap          {:>14}  at {:.3} s",
+                human_bytes(bytes),
+                ns as f64 / 1e9
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                o,
+                "  peak heap          {:>14}  (aggregated dump: no timeline)",
+                "n/a"
+            );
+        }
     }
     let _ = writeln!(
         o,
-        "  not freed at exit  {:>14}  in {} blocks",
+        "  not freed at exit  {:>14}  in {}",
         human_bytes(r.leaked_bytes),
-        thousands(r.leaked_blocks)
+        plural(r.leaked_blocks, "block")
     );
     match (&r.check, &r.kinds) {
         (Some(c), Some(k)) => {
@@ -549,11 +552,11 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
         pct(r.temporary, r.allocations)
     );
     let _ = writeln!(o, "  threads            {:>14}", thousands(r.threads));
-    if !r.aggregated {
+    if let Some(ns) = r.duration_ns {
         let _ = writeln!(
             o,
             "  run time           {:>14}",
-            format!("{:.3} s", r.duration_ns as f64 / 1e9)
+            format!("{:.3} s", ns as f64 / 1e9)
         );
     }
     let lists: [(&str, &Vec<TopSite>, bool); 6] = [
@@ -569,7 +572,12 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
             continue;
         }
         let _ = writeln!(o, "\nTop sites by {title}:");
-        for t in list {
+        for (i, t) in list.iter().enumerate() {
+            // A blank line between sites: each is a line and its stack, which otherwise run
+            // into the next site's line.
+            if i > 0 {
+                let _ = writeln!(o);
+            }
             let v = if bytes {
                 human_bytes(t.value)
             } else {
@@ -579,6 +587,7 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
             write_stack(&mut o, &t.site, opts);
         }
     }
+    o.push_str(&crate::mapped::text(&r.mapped, opts));
     o
 }
 

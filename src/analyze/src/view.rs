@@ -4,8 +4,8 @@
 //! - The summary and the leak and churn tables are the reports of [`crate::reports`]: the same
 //!   numbers as `zmtrace report`, `leaks` and `churn`.
 //! - Sites are the merged sites of the reports. The page gets the top [`Limits::top`] of each
-//!   metric and every site of the tables; the others are folded into one "other sites" entry, so
-//!   totals still add up.
+//!   metric and every site of the tables; the others are folded under their callers into
+//!   "(N smaller sites)" entries, so totals still add up.
 //! - The run is cut into [`Limits::buckets`] equal time buckets, and one more replay counts, per
 //!   bucket and site, the [`COUNTERS`]. A block counts in the bucket of its allocation (or last
 //!   realloc), its leaked and peak bytes too, so a time range ("what was allocated between t1
@@ -69,8 +69,10 @@ const DIFF_METRICS: [usize; 6] = [ALLOCATIONS, BYTES, LEAKED, PEAK, TEMPORARY, R
 /// How much the page may hold.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Sites kept per metric (and rows per table); the rest are folded into "other sites".
+    /// Sites kept per metric (and rows per table); the rest are folded under their callers.
     pub top: usize,
+    /// Entries the sites not kept are folded into, at most.
+    pub folded: usize,
     /// Time buckets of the timeline.
     pub buckets: usize,
     /// Sites drawn as their own series on the memory chart.
@@ -81,6 +83,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             top: 100,
+            folded: 100,
             buckets: 300,
             series: 8,
         }
@@ -100,9 +103,11 @@ pub struct ViewData {
     pub modules: Vec<String>,
     pub frames: Vec<ViewFrame>,
     pub sites: Vec<ViewSite>,
-    /// Sites in the dump; those not in `sites` are folded into `sites[other]`.
+    /// Sites in the dump. Those too small to be in `sites` by name are folded under their
+    /// callers: the entries of `sites` listed in `folded`, each named `(N smaller sites)`,
+    /// whose stack is the callers' frames the sites share.
     pub sites_in_dump: usize,
-    pub other: Option<usize>,
+    pub folded: Vec<usize>,
     /// The largest leak groups, as `zmtrace leaks` orders them.
     pub leaks: Vec<LeakRow>,
     /// Leak groups in all.
@@ -365,31 +370,15 @@ pub fn build(
             });
         }
     }
-    let folded = merged.len() - sites.len();
-    let other = (folded > 0).then(|| {
-        let name = format!(
-            "({folded} other site{})",
-            if folded == 1 { "" } else { "s" }
-        );
-        let mut sum = [0u64; COUNTERS.len()];
-        for (i, (_, s)) in merged.iter().enumerate() {
-            if !kept[i] {
-                for (t, v) in sum.iter_mut().zip(totals(s)) {
-                    *t += v;
-                }
-            }
+    let folded = fold_under_callers(&merged, &kept, sym, opts, limits, &mut intern);
+    let folded_at: Vec<usize> = folded.entries.iter().map(|e| sites.len() + e).collect();
+    for (site, members) in folded.sites {
+        let at = sites.len();
+        sites.push(site);
+        for i in members {
+            index[i] = at;
         }
-        let other = sites.len();
-        sites.push(ViewSite {
-            stack: intern.label(&name),
-            name,
-            totals: sum,
-        });
-        for x in index.iter_mut().filter(|x| **x == usize::MAX) {
-            *x = other;
-        }
-        other
-    });
+    }
 
     let leak_rows = leaks
         .sites
@@ -445,7 +434,7 @@ pub fn build(
             }
         }
         let mut by_peak: Vec<usize> = (0..sites.len())
-            .filter(|&i| Some(i) != other && sites[i].totals[PEAK] > 0)
+            .filter(|&i| !folded_at.contains(&i) && sites[i].totals[PEAK] > 0)
             .collect();
         by_peak.sort_by_key(|&i| Reverse(sites[i].totals[PEAK]));
         by_peak.truncate(limits.series);
@@ -464,7 +453,7 @@ pub fn build(
         frames: intern.frames,
         sites,
         sites_in_dump: merged.len(),
-        other,
+        folded: folded_at,
         leaks: leak_rows,
         leak_groups: leaks.groups,
         churn: churn_rows,
@@ -473,6 +462,193 @@ pub fn build(
         no_timeline,
         diff,
     }
+}
+
+/// The sites too small to be kept, as the page gets them.
+struct Folded {
+    /// The page's new sites, each with the merged sites (indices) it stands for.
+    sites: Vec<(ViewSite, Vec<usize>)>,
+    /// Which of them (indices into the page's sites, once appended after the kept ones) are
+    /// folded entries, not one site of the dump.
+    entries: Vec<usize>,
+}
+
+/// Folds the sites not kept under their callers. One entry for all of them (as the page had)
+/// hid where they were: on a compiler, one "(6,570 other sites)" box held 61 % of the
+/// allocations. Instead the sites are grouped by the outermost frames they share (their
+/// callers, as the flamegraph draws them), as deep as [`Limits::folded`] groups allow, deepest
+/// where they weigh most; each group is an entry `(N smaller sites)` under those callers, and a
+/// group of one site is that site itself.
+fn fold_under_callers(
+    merged: &[(u32, SiteStats)],
+    kept: &[bool],
+    sym: &mut Symbolizer,
+    opts: &Options,
+    limits: Limits,
+    intern: &mut Interner,
+) -> Folded {
+    let small: Vec<usize> = (0..merged.len()).filter(|&i| !kept[i]).collect();
+    // Each small site's frames outermost first, as label ids (the flamegraph merges frames by
+    // label at each depth), and the frames themselves.
+    let mut labels: HashMap<String, u32> = HashMap::new();
+    let stacks: Vec<(Vec<u32>, reports::Site)> = small
+        .iter()
+        .map(|&i| {
+            let site = reports::site(sym, merged[i].0, opts);
+            let ids = site
+                .stack
+                .iter()
+                .rev()
+                .map(|f| {
+                    let n = labels.len() as u32;
+                    *labels.entry(f.label()).or_insert(n)
+                })
+                .collect();
+            (ids, site)
+        })
+        .collect();
+    // What a group weighs: its share of the allocations and of the bytes (the flamegraph's
+    // first metrics), so that splitting goes where the boxes would be wide.
+    let mut all = [0u64; COUNTERS.len()];
+    for &i in &small {
+        for (a, v) in all.iter_mut().zip(totals(&merged[i].1)) {
+            *a += v;
+        }
+    }
+    let share = |k: usize| {
+        let t = totals(&merged[small[k]].1);
+        t[ALLOCATIONS] as f64 / all[ALLOCATIONS].max(1) as f64
+            + t[BYTES] as f64 / all[BYTES].max(1) as f64
+    };
+    // Groups by a shared prefix of `depth` frames, split heaviest first: a group becomes its
+    // callees' groups one frame deeper, while the groups stay within [`Limits::folded`]. Where
+    // the small sites weigh most the page shows them deepest.
+    struct Group {
+        depth: usize,
+        members: Vec<usize>,
+        weight: f64,
+        done: bool,
+    }
+    let budget = limits.folded.max(1);
+    let mut groups = vec![Group {
+        depth: 0,
+        members: (0..stacks.len()).collect(),
+        weight: (0..stacks.len()).map(share).sum(),
+        done: stacks.is_empty(),
+    }];
+    while let Some(g) = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| !g.done)
+        .max_by(|a, b| a.1.weight.total_cmp(&b.1.weight))
+        .map(|(i, _)| i)
+    {
+        if groups[g].members.len() == 1 {
+            groups[g].done = true;
+            continue;
+        }
+        let depth = groups[g].depth;
+        let mut by_next: Vec<(Option<u32>, Vec<usize>)> = Vec::new();
+        for &k in &groups[g].members {
+            let next = stacks[k].0.get(depth).copied();
+            match by_next.iter_mut().find(|(n, _)| *n == next) {
+                Some((_, v)) => v.push(k),
+                None => by_next.push((next, vec![k])),
+            }
+        }
+        match &by_next[..] {
+            // One callee for all: one frame deeper, at no cost.
+            [(Some(_), _)] => groups[g].depth += 1,
+            [(None, _)] => groups[g].done = true,
+            // Too many callees for the entries left: the heaviest get their own groups, the
+            // rest stay together under this caller.
+            _ if groups.len() - 1 + by_next.len() > budget => {
+                let room = budget - groups.len();
+                let mut heavy: Vec<(f64, Option<u32>, Vec<usize>)> = by_next
+                    .into_iter()
+                    .map(|(n, m)| (m.iter().map(|&k| share(k)).sum(), n, m))
+                    .collect();
+                heavy.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let rest: Vec<usize> = heavy
+                    .drain(room.min(heavy.len())..)
+                    .flat_map(|h| h.2)
+                    .collect();
+                groups[g].weight = rest.iter().map(|&k| share(k)).sum();
+                groups[g].members = rest;
+                groups[g].done = true;
+                for (weight, next, members) in heavy {
+                    groups.push(Group {
+                        depth: depth + usize::from(next.is_some()),
+                        weight,
+                        done: next.is_none(),
+                        members,
+                    });
+                }
+            }
+            _ => {
+                groups.swap_remove(g);
+                for (next, members) in by_next {
+                    groups.push(Group {
+                        depth: depth + usize::from(next.is_some()),
+                        weight: members.iter().map(|&k| share(k)).sum(),
+                        done: next.is_none(),
+                        members,
+                    });
+                }
+            }
+        }
+    }
+    let mut groups: Vec<(usize, Vec<usize>)> = groups
+        .into_iter()
+        .filter(|g| !g.members.is_empty())
+        .map(|g| (g.depth, g.members))
+        .collect();
+    // Stable order: the group holding the first small site first.
+    groups.sort_by_key(|(_, members)| members[0]);
+    let mut out = Folded {
+        sites: Vec::new(),
+        entries: Vec::new(),
+    };
+    for (depth, members) in groups {
+        let mut sum = [0u64; COUNTERS.len()];
+        for &k in &members {
+            for (t, v) in sum.iter_mut().zip(totals(&merged[small[k]].1)) {
+                *t += v;
+            }
+        }
+        let of = members.iter().map(|&k| small[k]).collect();
+        if let [k] = members[..] {
+            let site = &stacks[k].1;
+            out.sites.push((
+                ViewSite {
+                    name: site.site.clone(),
+                    stack: intern.stack(&site.stack),
+                    totals: sum,
+                },
+                of,
+            ));
+            continue;
+        }
+        let name = format!(
+            "({} smaller sites)",
+            crate::words::thousands(members.len() as u64)
+        );
+        // The shared callers, innermost first, under a frame that names the entry.
+        let frames = &stacks[members[0]].1.stack;
+        let callers = &frames[frames.len() - depth..];
+        let mut stack = intern.label(&name);
+        stack.extend(intern.stack(callers));
+        out.entries.push(out.sites.len());
+        out.sites.push((
+            ViewSite {
+                name,
+                stack,
+                totals: sum,
+            },
+            of,
+        ));
+    }
+    out
 }
 
 /// A block live during the timeline's replay.
@@ -674,6 +850,11 @@ fn timeline(
                 last_alloc.remove(&e.tid);
             }
             EventKind::ReallocOut { .. } => {} // handled above
+            // The program's own mappings are not the heap (they are in `report.mapped`).
+            EventKind::Map { .. }
+            | EventKind::Unmap { .. }
+            | EventKind::RemapOut { .. }
+            | EventKind::Remap { .. } => {}
         }
         if cur > heap[bi] {
             heap[bi] = cur;
@@ -840,6 +1021,13 @@ mod tests {
     /// A dump of `events` (tid, seq, ts, event); stacks 1 to 4 are one frame each, at no module
     /// (so each is its own site, named by its address).
     fn dump(events: &[(u32, u64, u64, Ev)]) -> Dump {
+        let frames: Vec<Vec<u64>> = (1..=4u64).map(|i| vec![i * 0x1000]).collect();
+        dump_stacks(&frames, events)
+    }
+
+    /// [`dump`] with stacks of its own: `stacks[i]` (return addresses, innermost first, at no
+    /// module) is stack `i + 1`.
+    fn dump_stacks(stacks: &[Vec<u64>], events: &[(u32, u64, u64, Ev)]) -> Dump {
         let mut out = write::file_header().to_vec();
         write::process(
             &mut out,
@@ -857,10 +1045,9 @@ mod tests {
                 args_left_out: 0,
             },
         );
-        let frames: Vec<[u64; 1]> = (1..=4u64).map(|i| [i * 0x1000]).collect();
         write::stacks(
             &mut out,
-            frames
+            stacks
                 .iter()
                 .enumerate()
                 .map(|(i, f)| (i as u32 + 1, &f[..])),
@@ -923,6 +1110,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         top: 100,
+        folded: 100,
         buckets: 10,
         series: 2,
     };
@@ -963,7 +1151,7 @@ mod tests {
         );
         assert_eq!(
             (r.peak_bytes, r.leaked_bytes, r.leaked_blocks),
-            (2060, 67, 3)
+            (Some(2060), 67, 3)
         );
         let t = v.timeline.as_ref().expect("a timeline");
         assert_eq!((t.start_ns, t.bucket_ns, t.heap.len()), (0, 100, 10));
@@ -982,7 +1170,7 @@ mod tests {
         assert_eq!(total(REALLOCS), r.reallocs);
         assert_eq!(total(LEAKED), r.leaked_bytes);
         assert_eq!(total(LEAKED_BLOCKS), r.leaked_blocks);
-        assert_eq!(total(PEAK), r.peak_bytes);
+        assert_eq!(Some(total(PEAK)), r.peak_bytes);
     }
 
     #[test]
@@ -1040,24 +1228,154 @@ mod tests {
     }
 
     #[test]
-    fn small_sites_are_folded_into_one() {
+    fn a_small_site_alone_under_its_callers_is_shown_as_itself() {
         let d = sample();
         // One site per metric: 0x1000 (most allocations, temporaries), 0x4000 (bytes, reallocs,
-        // peak, copies), 0x3000 (leaks); 0x2000 is folded.
+        // peak, copies), 0x3000 (leaks); 0x2000 is the one small site, so it is not folded.
         let v = build_of(&d, Limits { top: 1, ..LIMITS });
         assert_eq!(v.sites_in_dump, 4);
-        let other = v.other.expect("an other-sites entry");
         assert_eq!(v.sites.len(), 4);
-        assert_eq!(v.sites[other].name, "(1 other site)");
-        assert_eq!(v.sites[other].totals[ALLOCATIONS], 1);
-        assert_eq!(v.sites[other].totals[BYTES], 1000);
-        assert!(v.sites.iter().all(|s| s.name != "0x2000"));
+        assert_eq!(v.folded, Vec::<usize>::new());
+        let s2 = v.sites.iter().position(|s| s.name == "0x2000").unwrap();
+        assert_eq!(v.sites[s2].totals[ALLOCATIONS], 1);
+        assert_eq!(v.sites[s2].totals[BYTES], 1000);
         let c = cells(v.timeline.as_ref().unwrap());
-        assert_eq!(c[BYTES][1].get(&other), Some(&1000));
+        assert_eq!(c[BYTES][1].get(&s2), Some(&1000));
         assert_eq!(v.leaks.len(), 1);
         assert_eq!(v.sites[v.leaks[0].site].name, "0x3000");
         assert_eq!((v.leaks[0].blocks, v.leaks[0].bytes), (2, 57));
         assert_eq!(v.leak_groups, 2);
+    }
+
+    /// Small sites are folded under their callers, as deep as the entries allowed let them be,
+    /// not into one box at the root (issue 16: on cc1 one "(6570 other sites)" box held 61 % of
+    /// the allocations).
+    #[test]
+    fn small_sites_are_folded_under_their_callers() {
+        // Stacks, innermost first: 1 is the big site under 0x1 alone; 2-4 are small ones under
+        // 0x1 → 0x10 → 0x11; 5-6 under 0x1 → 0x20; 7 under 0x1 → 0x30 alone.
+        let stacks = vec![
+            vec![0xc0, 0x1],
+            vec![0xa1, 0x11, 0x10, 0x1],
+            vec![0xa2, 0x11, 0x10, 0x1],
+            vec![0xa3, 0x12, 0x10, 0x1],
+            vec![0xb1, 0x20, 0x1],
+            vec![0xb2, 0x20, 0x1],
+            vec![0xd1, 0x30, 0x1],
+        ];
+        // The big site allocates before and after the small ones, which are freed after both:
+        // none of them is temporary (the top temporary site would be kept by name).
+        let mut events = vec![(1, 2, 0, Ev::Alloc(0x100, 4000, 1))];
+        for (i, stack) in (2..=7u32).enumerate() {
+            let seq = 4 + 2 * i as u64;
+            events.push((
+                1,
+                seq,
+                10 * seq,
+                Ev::Alloc(0x1000 * seq, 10 + i as u64, stack),
+            ));
+        }
+        events.push((1, 30, 300, Ev::Alloc(0x200, 1000, 1)));
+        for i in 0..6u64 {
+            let seq = 4 + 2 * i;
+            events.push((1, 40 + 2 * i, 400 + i, Ev::Free(0x1000 * seq)));
+        }
+        events.push((1, 100, 900, Ev::Free(0x100)));
+        events.push((1, 102, 950, Ev::Free(0x200)));
+        let d = dump_stacks(&stacks, &events);
+        let names = |v: &ViewData| -> Vec<(String, Vec<String>, u64)> {
+            v.sites
+                .iter()
+                .map(|s| {
+                    let frames = s.stack.iter().map(|&f| v.frames[f].label.clone()).collect();
+                    (s.name.clone(), frames, s.totals[BYTES])
+                })
+                .collect()
+        };
+        let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Three entries allowed: the groups of the callers two frames deep.
+        let v = build_of(
+            &d,
+            Limits {
+                top: 1,
+                folded: 3,
+                ..LIMITS
+            },
+        );
+        assert_eq!(v.sites_in_dump, 7);
+        assert_eq!(
+            names(&v),
+            vec![
+                ("0xc0".to_string(), strs(&["0xc0", "0x1"]), 5000),
+                (
+                    "(3 smaller sites)".into(),
+                    strs(&["(3 smaller sites)", "0x10", "0x1"]),
+                    10 + 11 + 12
+                ),
+                (
+                    "(2 smaller sites)".into(),
+                    strs(&["(2 smaller sites)", "0x20", "0x1"]),
+                    13 + 14
+                ),
+                ("0xd1".into(), strs(&["0xd1", "0x30", "0x1"]), 15),
+            ]
+        );
+        assert_eq!(v.folded, vec![1, 2]);
+        // Every byte is still counted, in the timeline too.
+        let c = cells(v.timeline.as_ref().unwrap());
+        let total: u64 = c[BYTES].iter().flat_map(|b| b.values()).sum();
+        assert_eq!(total, 5000 + 10 + 11 + 12 + 13 + 14 + 15);
+        // Two entries: the heaviest callee (0x10) gets one, the others stay under 0x1.
+        let v = build_of(
+            &d,
+            Limits {
+                top: 1,
+                folded: 2,
+                ..LIMITS
+            },
+        );
+        assert_eq!(
+            names(&v)[1..],
+            [
+                (
+                    "(3 smaller sites)".to_string(),
+                    strs(&["(3 smaller sites)", "0x10", "0x1"]),
+                    10 + 11 + 12
+                ),
+                (
+                    "(3 smaller sites)".to_string(),
+                    strs(&["(3 smaller sites)", "0x1"]),
+                    13 + 14 + 15
+                ),
+            ]
+        );
+        // One entry allowed: all small sites under their one shared caller, 0x1.
+        let v = build_of(
+            &d,
+            Limits {
+                top: 1,
+                folded: 1,
+                ..LIMITS
+            },
+        );
+        assert_eq!(
+            names(&v)[1],
+            (
+                "(6 smaller sites)".into(),
+                strs(&["(6 smaller sites)", "0x1"]),
+                75
+            )
+        );
+        // Enough entries: none folded at all but those sharing their whole path to 0x11.
+        let v = build_of(
+            &d,
+            Limits {
+                top: 1,
+                folded: 100,
+                ..LIMITS
+            },
+        );
+        assert!(v.sites.len() == 7 && v.folded.is_empty(), "{:?}", names(&v));
     }
 
     #[test]

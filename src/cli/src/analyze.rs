@@ -136,11 +136,22 @@ pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
             for w in dump.warnings.iter().chain(dump.late_warnings().iter()) {
                 eprintln!("zmtrace: warning: {w}");
             }
-            return write_flamegraph(&dump, &lines, metric, folded, o.out.as_deref());
+            write_flamegraph(&dump, &lines, metric, folded, o.out.as_deref())?;
+            return damaged(&dump);
         }
     };
     let out = if o.json { json } else { text };
-    write_out(o.out.as_deref(), out.as_bytes())
+    write_out(o.out.as_deref(), out.as_bytes())?;
+    damaged(&dump)
+}
+
+/// After the output: a damaged dump (records skipped, not merely cut short) fails with one line,
+/// so that a script does not take a partial report for a whole one.
+pub fn damaged(dump: &Dump) -> Result<(), Failure> {
+    match dump.damage() {
+        Some(line) => Err(Failure::damaged(line)),
+        None => Ok(()),
+    }
 }
 
 /// `zmtrace diff`: `o.dump` is the base, `new` the dump compared with it; with `flame`, a
@@ -243,10 +254,9 @@ fn write_flamegraph(
             "flamegraph needs -o FILE.svg (or --folded to print the collapsed stacks)".into(),
         ));
     };
-    let file = std::fs::File::create(path)
-        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
-    let mut w = std::io::BufWriter::new(file);
-    flame::flamegraph(dump, lines, metric, &mut w)
-        .and_then(|()| w.flush())
-        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))
+    // Drawn in memory first: a failure then leaves no half-written file behind.
+    let mut svg = Vec::new();
+    flame::flamegraph(dump, lines, metric, &mut svg)
+        .map_err(|e| Failure::bad_input(format!("cannot draw the flamegraph: {e}")))?;
+    write_out(Some(path), &svg)
 }

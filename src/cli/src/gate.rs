@@ -1,12 +1,13 @@
-//! `zmtrace run --fail-on-leak[=LEVEL]`: a CI gate. After the program ends, its dumps are
+//! `zmtrace run --fail-on-leak [LEVEL]`: a CI gate. After the program ends, its dumps are
 //! analyzed, suppressions applied, and the run fails with [`LEAK_EXIT`] when a process leaked at
 //! the level asked, naming the sites that did.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use zmtrace_analyze::reports::{human_bytes, thousands, Options};
+use zmtrace_analyze::reports::Options;
 use zmtrace_analyze::suppressions::{self, Suppressions};
+use zmtrace_analyze::words::{human_bytes, plural};
 use zmtrace_analyze::{analyze, Symbolizer};
 use zmtrace_format::{Dump, LeakKind};
 
@@ -91,9 +92,9 @@ pub fn check(dumps: &[PathBuf], level: LeakLevel, supp: &Suppressions) -> bool {
         };
         let _ = writeln!(
             err,
-            "zmtrace: leak gate: {} {what} in {} blocks ({}):",
+            "zmtrace: leak gate: {} {what} in {} ({}):",
             human_bytes(bytes),
-            thousands(blocks),
+            plural(blocks, "block"),
             path.display()
         );
         let opts = Options {
@@ -110,9 +111,9 @@ pub fn check(dumps: &[PathBuf], level: LeakLevel, supp: &Suppressions) -> bool {
                 .unwrap_or_default();
             let _ = writeln!(
                 err,
-                "zmtrace:   {kind}{} in {} blocks: {}",
+                "zmtrace:   {kind}{} in {}: {}",
                 human_bytes(s.bytes),
-                thousands(s.blocks),
+                plural(s.blocks, "block"),
                 s.site.site
             );
         }

@@ -7,13 +7,14 @@ use std::path::Path;
 use zmtrace_format::{Dump, EventKind};
 
 use crate::Failure;
-use zmtrace_analyze::reports::human_bytes;
+use zmtrace_analyze::suppressions::{self, Suppressions};
+use zmtrace_analyze::words::{human_bytes, plural, thousands};
 
 pub fn dump_info(path: &Path, list_modules: bool) -> Result<(), Failure> {
     let d = Dump::open(path).map_err(|e| Failure::bad_input(e.to_string()))?;
     let mut o = std::io::stdout().lock();
     let _ = print(&mut o, &d, list_modules);
-    Ok(())
+    crate::analyze::damaged(&d)
 }
 
 fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()> {
@@ -51,8 +52,11 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
             EventKind::Free { .. } => "free",
             EventKind::Realloc { .. } => "realloc (existing block)",
             EventKind::AllocFailed { .. } => "failed",
-            // The first half of a realloc's numbering, not an event of its own.
-            EventKind::ReallocOut { .. } => continue,
+            EventKind::Map { .. } => "mmap",
+            EventKind::Unmap { .. } => "munmap",
+            EventKind::Remap { .. } => "mremap",
+            // The first half of a realloc's (a remap's) numbering, not an event of its own.
+            EventKind::ReallocOut { .. } | EventKind::RemapOut { .. } => continue,
         };
         *by_kind.entry(k).or_default() += 1;
     }
@@ -61,15 +65,15 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
     for (k, n) in &by_kind {
         writeln!(o, "  {k:<26} {n}")?;
     }
-    let s = zmtrace_analyze::analyze(d, false, &mut |_, _| {});
+    let mut s = zmtrace_analyze::analyze(d, false, &mut |_, _| {});
     writeln!(
         o,
-        "summary:   {} allocations ({}), {} frees, {} reallocs, {} failed",
-        s.allocations,
+        "summary:   {} ({}), {}, {}, {} failed",
+        plural(s.allocations, "allocation"),
         human_bytes(s.bytes_allocated),
-        s.frees,
-        s.reallocs,
-        s.failed
+        plural(s.frees, "free"),
+        plural(s.reallocs, "realloc"),
+        thousands(s.failed)
     )?;
     let peak = if s.aggregated {
         "aggregated (no events: no timeline, no peak)".to_string()
@@ -82,16 +86,16 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
     };
     writeln!(
         o,
-        "           {peak}; not freed: {} blocks, {}",
-        s.leaked_blocks,
+        "           {peak}; not freed: {}, {}",
+        plural(s.leaked_blocks, "block"),
         human_bytes(s.leaked_bytes)
     )?;
     if s.aggregated {
         writeln!(
             o,
-            "aggregate: {} calls counted, {} blocks live at the end{}",
-            s.events,
-            d.live_at_end.iter().map(|l| l.blocks).sum::<u64>(),
+            "aggregate: {} counted, {} live at the end{}",
+            plural(s.events, "call"),
+            plural(d.live_at_end.iter().map(|l| l.blocks).sum::<u64>(), "block"),
             if d.aggregate.is_none() {
                 " (no counters: the process ended before writing them)"
             } else {
@@ -102,11 +106,11 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
     if !d.inherited.is_empty() {
         writeln!(
             o,
-            "inherited: {} blocks live at the fork",
-            d.inherited.len()
+            "inherited: {} live at the fork",
+            plural(d.inherited.len() as u64, "block")
         )?;
     }
-    writeln!(o, "threads:   {}", s.threads)?;
+    writeln!(o, "threads:   {}", thousands(s.threads))?;
     writeln!(o, "stacks:    {}", d.stacks.len())?;
     if let Some(e) = &d.end {
         writeln!(
@@ -129,26 +133,54 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
             )?;
         }
     }
+    // The recorder's classes are before suppressions; `run`, `report` and `leaks` hide the
+    // built-in ones (glibc's one-time blocks), so what they would say is shown next to them.
+    let reported = {
+        let mut sym = zmtrace_analyze::Symbolizer::new(d);
+        suppressions::apply(&mut s, &mut sym, &Suppressions::builtin());
+        s.check.is_some().then_some(s.kinds)
+    };
+    let exit_seq = zmtrace_analyze::leakcheck::exit_check(d).map(|r| r.seq);
     for r in &d.reach {
         writeln!(
             o,
-            "leak check: {} (event {}), {:.1} ms; {} threads stopped, {} not; {} of roots",
+            "leak check: {} (event {}), {:.1} ms; {}, {} not; {} of roots",
             r.trigger.describe(),
             r.seq,
             r.scan_ns as f64 / 1e6,
-            r.threads_stopped,
+            plural(u64::from(r.threads_stopped), "thread") + " stopped",
             r.threads_unstopped,
             human_bytes(r.root_bytes)
         )?;
+        let after = reported.filter(|_| Some(r.seq) == exit_seq);
+        writeln!(
+            o,
+            "  before suppressions{}:",
+            if after.is_some() {
+                " (in brackets: after the default ones, as `run` and `leaks` report)"
+            } else {
+                ""
+            }
+        )?;
         for k in zmtrace_format::LeakKind::ALL {
             let t = r.totals[k as usize];
-            writeln!(
-                o,
-                "  {:<26} {} blocks, {}",
+            let mut line = format!(
+                "    {:<24} {}, {}",
                 k.describe(),
-                t.blocks,
+                plural(t.blocks, "block"),
                 human_bytes(t.bytes)
-            )?;
+            );
+            if let Some(after) = after {
+                let a = after[k as usize];
+                if (a.blocks, a.bytes) != (t.blocks, t.bytes) {
+                    line += &format!(
+                        "  [{}; {} suppressed]",
+                        human_bytes(a.bytes),
+                        human_bytes(t.bytes.saturating_sub(a.bytes))
+                    );
+                }
+            }
+            writeln!(o, "{line}")?;
         }
     }
     if s.inconsistent > 0 {
@@ -175,7 +207,11 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::io::Result<()
         writeln!(o, "warning:   {w}")?;
     }
     if d.bytes_lost > 0 {
-        writeln!(o, "lost:      {} bytes could not be read", d.bytes_lost)?;
+        writeln!(
+            o,
+            "lost:      {} could not be read",
+            human_bytes(d.bytes_lost)
+        )?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! 127 when it does not exist.
 
 mod analyze;
+mod export;
 mod gate;
 mod info;
 mod run;
@@ -49,7 +50,9 @@ enum Cmd {
             long = "fail-on-leak",
             value_name = "LEVEL",
             num_args = 0..=1,
-            require_equals = true,
+            // `--fail-on-leak possible -- prog` names the level, as a user reads it (with
+            // `require_equals` it took `possible` for the program); the value stops at `--`
+            // and at the next option.
             default_missing_value = "lost"
         )]
         fail_on_leak: Option<String>,
@@ -72,7 +75,9 @@ enum Cmd {
         #[command(flatten)]
         supp: Supp,
         /// The program to run and its arguments (after `--`).
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        // Not `required`: without a program, `run` says so in one line, and names the word
+        // `--fail-on-leak` took for its level when that was the program.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
     /// Print a dump's header, event counts and modules; say whether it is complete.
@@ -115,8 +120,9 @@ enum Cmd {
     /// An SVG flamegraph of one metric (or the collapsed stacks, with --folded).
     Flamegraph {
         dump: PathBuf,
-        /// allocations, bytes, leaked, peak, temporary, reallocs or lost (definitely and
-        /// indirectly lost bytes).
+        /// allocations, bytes, leaked, peak, temporary, reallocs, lost (definitely and
+        /// indirectly lost bytes), or for the program's own mmap/mremap calls (never the heap's):
+        /// mapped (bytes mapped in all) or mapped-at-exit.
         #[arg(long, default_value = "bytes", value_parser = parse_metric)]
         metric: zmtrace_analyze::flame::Metric,
         /// Write the collapsed stacks (for other tools) instead of an SVG.
@@ -144,6 +150,28 @@ enum Cmd {
         #[arg(long)]
         serve: bool,
         /// Another allocator wrapper to see through (a `*` glob); may be repeated.
+        #[arg(long = "wrapper")]
+        wrappers: Vec<String>,
+        #[command(flatten)]
+        supp: Supp,
+    },
+    /// Write a dump for other tools: a pprof profile (gzipped profile.proto: go tool pprof,
+    /// Pyroscope, Parca), a speedscope file, or collapsed stacks.
+    Export {
+        dump: PathBuf,
+        /// pprof, speedscope or folded.
+        #[arg(long, default_value = "pprof")]
+        format: String,
+        /// Output file.
+        #[arg(short = 'o', long = "out", required = true)]
+        out: PathBuf,
+        /// The sample type: alloc_objects, alloc_space, inuse_objects, inuse_space or lost_space
+        /// (or the flamegraph's allocations, bytes, leaked, lost). folded writes this one;
+        /// pprof and speedscope have them all and show this one first.
+        #[arg(long, default_value = "inuse_space")]
+        metric: String,
+        /// Another allocator wrapper to see through (a `*` glob); may be repeated. pprof stacks
+        /// start at the site, the first frame outside them.
         #[arg(long = "wrapper")]
         wrappers: Vec<String>,
         #[command(flatten)]
@@ -223,7 +251,11 @@ struct Common {
 
 fn parse_metric(s: &str) -> Result<zmtrace_analyze::flame::Metric, String> {
     zmtrace_analyze::flame::Metric::parse(s).ok_or_else(|| {
-        "expected one of: allocations, bytes, leaked, peak, temporary, reallocs, lost".to_string()
+        let names: Vec<&str> = zmtrace_analyze::flame::Metric::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect();
+        format!("expected one of: {}", names.join(", "))
     })
 }
 
@@ -261,6 +293,10 @@ impl Failure {
     pub fn bad_input(message: String) -> Failure {
         Failure { message, code: 2 }
     }
+    /// The dump is damaged (not just cut short): the output came from its intact records.
+    pub fn damaged(message: String) -> Failure {
+        Failure { message, code: 3 }
+    }
     pub fn cannot_run(message: String) -> Failure {
         Failure { message, code: 126 }
     }
@@ -284,8 +320,19 @@ fn main() {
         } => (|| {
             let gate = match fail_on_leak.as_deref() {
                 None => None,
+                Some(level) if command.is_empty() && gate::LeakLevel::parse(level).is_err() => {
+                    return Err(Failure::bad_input(format!(
+                        "`{level}` is not a leak level (lost, possible or all): put the program \
+                         after `--`, as in `zmtrace run --fail-on-leak -- {level}`"
+                    )));
+                }
                 Some(level) => Some(gate::LeakLevel::parse(level).map_err(Failure::bad_input)?),
             };
+            if command.is_empty() {
+                return Err(Failure::bad_input(
+                    "no program given: zmtrace run [OPTIONS] -- PROGRAM [ARGS...]".into(),
+                ));
+            }
             run::check_heuristics(&heuristics).map_err(Failure::bad_input)?;
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
@@ -363,6 +410,24 @@ fn main() {
                 .map(|()| 0)
             })
         }
+        Cmd::Export {
+            dump,
+            format,
+            out,
+            metric,
+            wrappers,
+            supp,
+        } => (|| {
+            export::run(&export::ExportOptions {
+                dump,
+                format: export::Format::parse(&format)?,
+                out,
+                metric: export::parse_sample_type(&metric)?,
+                wrappers,
+                suppressions: supp.load()?,
+            })
+        })()
+        .map(|()| 0),
         Cmd::Diff {
             base,
             new,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use zmtrace_format::{Dump, Origin};
 
 use crate::Failure;
-use zmtrace_analyze::reports::human_bytes;
+use zmtrace_analyze::words::{human_bytes, plural, thousands};
 
 pub struct RunOptions {
     pub out_dir: PathBuf,
@@ -49,9 +49,27 @@ pub fn check_heuristics(set: &str) -> Result<(), String> {
     }
 }
 
+/// `ZMTRACE_UNWIND`, which the recorder reads in the program, checked before the program starts:
+/// the recorder would take a misspelt value for the default without a word (and it has no good
+/// place to say so: the program's stderr, once per process). A typo is refused here, with exit
+/// 2, before a long run is spent on an unwinder nobody asked for.
+fn check_unwind_env() -> Result<(), Failure> {
+    const VALUES: [&str; 3] = ["fast", "backtrace", "compare"];
+    match std::env::var_os("ZMTRACE_UNWIND") {
+        Some(v) if !v.is_empty() && !VALUES.iter().any(|&ok| v == ok) => {
+            Err(Failure::bad_input(format!(
+                "ZMTRACE_UNWIND={}: expected fast (the default), backtrace or compare",
+                v.to_string_lossy()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs the program; returns the exit code zmtrace should end with (the program's own, or the
 /// gate's when it exited 0 and leaked).
 pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
+    check_unwind_env()?;
     let program = find_program(&opts.program)?;
     check_dynamic(&program)?;
     check_not_privileged(&program)?;
@@ -126,6 +144,11 @@ fn find_program(name: &std::ffi::OsStr) -> Result<PathBuf, Failure> {
     if p.components().count() > 1 || name.to_string_lossy().contains('/') {
         return if p.is_file() {
             Ok(p.to_owned())
+        } else if p.is_dir() {
+            Err(Failure::cannot_run(format!(
+                "{} is a directory, not a program",
+                p.display()
+            )))
         } else {
             Err(Failure::not_found(format!(
                 "program not found: {}",
@@ -260,6 +283,12 @@ fn prepare_out_dir(dir: &Path) -> Result<PathBuf, Failure> {
             dir.display()
         ))
     };
+    if dir.exists() && !dir.is_dir() {
+        return Err(Failure::usage(format!(
+            "cannot write to output directory {}: it is not a directory",
+            dir.display()
+        )));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -511,10 +540,10 @@ fn report(
         let _ = writeln!(
             err,
             "zmtrace:   allocations {} ({}), frees {}, reallocs {}",
-            s.allocations,
+            thousands(s.allocations),
             human_bytes(s.bytes_allocated),
-            s.frees,
-            s.reallocs
+            thousands(s.frees),
+            thousands(s.reallocs)
         );
         let peak = if s.aggregated {
             "aggregated, no timeline".to_string()
@@ -527,8 +556,8 @@ fn report(
         };
         let _ = writeln!(
             err,
-            "zmtrace:   {peak}; not freed at exit: {} blocks, {}",
-            s.leaked_blocks,
+            "zmtrace:   {peak}; not freed at exit: {}, {}",
+            plural(s.leaked_blocks, "block"),
             human_bytes(s.leaked_bytes)
         );
         if s.check.is_some() {
@@ -569,6 +598,10 @@ fn report(
         }
     }
     if let Some(sig) = status.signal() {
-        let _ = writeln!(err, "zmtrace: the program was killed by signal {sig}");
+        let _ = writeln!(
+            err,
+            "zmtrace: the program was killed by {}",
+            zmtrace_format::signal_name(sig)
+        );
     }
 }

@@ -18,11 +18,12 @@ use crate::Failure;
 const TEMPLATE: &str = include_str!("../../../viewer/index.html");
 const CSS: &str = include_str!("../../../viewer/viewer.css");
 /// Concatenated in this order into one script.
-const SCRIPTS: [&str; 5] = [
+const SCRIPTS: [&str; 6] = [
     include_str!("../../../viewer/js/format.js"),
     include_str!("../../../viewer/js/chart.js"),
     include_str!("../../../viewer/js/flame.js"),
     include_str!("../../../viewer/js/tables.js"),
+    include_str!("../../../viewer/js/mapped.js"),
     include_str!("../../../viewer/js/main.js"),
 ];
 

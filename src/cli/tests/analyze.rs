@@ -303,7 +303,7 @@ fn folded_by_leaf(metric: &str, dump: &Path) -> BTreeMap<String, u64> {
         let (stack, n) = line.rsplit_once(' ').unwrap();
         let leaf = stack.rsplit(';').next().unwrap();
         assert!(
-            stack.starts_with("_start;"),
+            stack.starts_with("(below main);main;"),
             "outermost frame first: {line}"
         );
         if leaf.starts_with("zs_") {

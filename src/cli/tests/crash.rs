@@ -140,7 +140,7 @@ fn exit_while_another_thread_allocates_leaves_a_consistent_dump() {
     } else {
         assert!(!dump.is_complete());
         assert!(
-            text.contains("did not end normally: exit while 1 other thread(s) still allocated"),
+            text.contains("did not end normally: exit while 1 other thread still allocated"),
             "{text}"
         );
     }

@@ -50,7 +50,7 @@ fn a_failing_gate_names_the_lost_sites() {
     assert_eq!(f.code, Some(23), "{}", f.stderr);
     for line in [
         "zmtrace: leak gate: 685 B lost in 8 blocks",
-        "definitely lost 333 B in 1 blocks: zs_lose_outright",
+        "definitely lost 333 B in 1 block: zs_lose_outright",
         "indirectly lost 160 B in 4 blocks: zs_list_node",
     ] {
         assert!(f.stderr.contains(line), "no `{line}` in:\n{}", f.stderr);
@@ -58,7 +58,7 @@ fn a_failing_gate_names_the_lost_sites() {
     let f = gate("--fail-on-leak=possible", &["possible"]);
     assert!(
         f.stderr
-            .contains("possibly lost 256 B in 1 blocks: zs_keep_middle"),
+            .contains("possibly lost 256 B in 1 block: zs_keep_middle"),
         "{}",
         f.stderr
     );

@@ -118,7 +118,7 @@ fn exit_while_four_threads_allocate_names_the_four() {
         assert_eq!(dump.late_threads.len(), 4, "run {i}: {}", run.describe());
         assert!(
             run.stderr.contains(
-                "zmtrace:   the process did not end normally: exit while 4 other thread(s) still \
+                "zmtrace:   the process did not end normally: exit while 4 other threads still \
                  allocated"
             ),
             "run {i}: {}",

@@ -248,9 +248,9 @@ fn a_live_block_with_a_guard_page_is_read_without_faulting_every_run() {
     let f = run_zmtrace(&["leaks", run.only_dump().path.to_str().unwrap()]);
     assert!(
         f.stdout
-            .contains("1 blocks (12288 bytes) could not be read whole by the leak check")
+            .contains("1 block (12.0 KiB) could not be read whole by the leak check")
             || f.stderr
-                .contains("1 blocks (12288 bytes) could not be read whole by the leak check"),
+                .contains("1 block (12.0 KiB) could not be read whole by the leak check"),
         "{}\n{}",
         f.stdout,
         f.stderr

@@ -157,3 +157,24 @@ fn eight_threads_of_a_million_calls_are_recorded_exactly() {
         "zmtrace leaks --json: the sample's leaks by site (blocks, bytes)"
     );
 }
+
+/// Issue 14: `dump-info`'s untracked frees are the program's own frees of addresses the recorder
+/// never saw, and none of zmtrace's: a thread's exit runs glibc's TLS destructors
+/// (`__call_tls_dtors`), which used to free the recorder's own thread-local nodes through the
+/// hooked `free`. Eight threads that exit, three runs: 0 every time (the sample frees only what
+/// it allocated).
+#[test]
+fn threads_that_exit_leave_no_untracked_frees() {
+    for _ in 0..3 {
+        let run = run_traced(&sample("threads"), &["2000"]);
+        assert_eq!(run.code, Some(0), "{}", run.describe());
+        let dump = run.only_dump();
+        let end = dump.end.expect("an End record");
+        assert_eq!(end.untracked_frees, 0, "{}", run.describe());
+        let info = dump_info(&dump.path);
+        assert!(info.contains(", 0 untracked frees,"), "{info}");
+        // The threads did exit, and allocated: nine streams of events (eight and main).
+        let tids: std::collections::BTreeSet<u32> = dump.events().map(|e| e.tid).collect();
+        assert_eq!(tids.len(), THREADS + 1, "{}", run.describe());
+    }
+}

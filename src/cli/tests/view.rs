@@ -128,7 +128,7 @@ fn the_page_shows_the_report_opens_leaks_and_follows_a_time_range() {
             "no {want:?} in the stack shown:\n{detail}"
         );
     }
-    // Sorted by bytes, largest first; a click on the header turns the order round.
+    // In the CLI's order: lost first (none here), then largest first.
     let bytes = |page: &mut cdp::Page| -> Vec<u64> {
         let v = page.eval(
             "[...document.querySelectorAll('#leaks tbody tr')].map(tr => tr.cells[2].textContent.split(' ')[0])",
@@ -140,6 +140,9 @@ fn the_page_shows_the_report_opens_leaks_and_follows_a_time_range() {
         descending.len() >= 2 && descending.windows(2).all(|w| w[0] >= w[1]),
         "{descending:?}"
     );
+    // A click on the bytes header sorts by bytes, largest first; a second turns it round.
+    page.click_on("#leaks thead th[data-key=bytes]");
+    assert_eq!(bytes(&mut page), descending);
     page.click_on("#leaks thead th[data-key=bytes]");
     let mut ascending = bytes(&mut page);
     ascending.reverse();
@@ -250,14 +253,31 @@ fn the_diff_shows_what_grew_and_what_shrank() {
         "Object.fromEntries([...document.querySelectorAll('#diff tbody tr')].map(tr => \
          [tr.cells[0].textContent, [...tr.cells].slice(2, 5).map(td => td.textContent)]))",
     );
-    // leaky leaks a page from zs_leak_page, churn 16,016 bytes from zs_grow_fixed.
+    // leaky leaks a page from zs_leak_page, churn 16,016 bytes from zs_grow_fixed; in bytes,
+    // which the headers say (issue 16: no units), also as KiB.
     assert_eq!(
         rows["zs_leak_page"],
-        serde_json::json!(["0", "4,096", "+4,096"])
+        serde_json::json!(["0", "4,096 (4.0 KiB)", "+4,096 (4.0 KiB)"])
     );
     assert_eq!(
         rows["zs_grow_fixed"],
-        serde_json::json!(["16,016", "0", "−16,016"])
+        serde_json::json!(["16,016 (15.6 KiB)", "0", "−16,016 (15.6 KiB)"])
+    );
+    let heads = |page: &mut cdp::Page| {
+        page.eval("[...document.querySelectorAll('#diff thead th')].slice(2, 5).map(th => th.textContent)")
+    };
+    assert_eq!(
+        heads(&mut page),
+        serde_json::json!(["base (bytes)", "this run (bytes)", "change (bytes)"])
+    );
+    page.click_on("#diff-metrics button[data-metric=allocations]");
+    assert_eq!(
+        heads(&mut page),
+        serde_json::json!([
+            "base (allocations)",
+            "this run (allocations)",
+            "change (allocations)"
+        ])
     );
     page.click_on("#diff tbody tr:first-child");
     assert_eq!(
@@ -266,6 +286,167 @@ fn the_diff_shows_what_grew_and_what_shrank() {
     );
     page.screenshot(&dir.join("diff.png"));
     assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
+}
+
+/// In a narrow window the churn table's site names wrap, if at all, where a reader would break
+/// them, never inside a word (issue 16: `overflow-wrap: anywhere` squeezed the column); the
+/// chart's y axis has round ticks (issue 16: 769.0 / 512.7 / 256.3 KiB).
+#[test]
+fn site_names_wrap_between_words_and_the_axis_ticks_are_round() {
+    let dump = churn_dump();
+    let html = artifacts().join("churn-narrow.html");
+    view(dump, &html, &[]);
+    let mut browser = Browser::launch(&fresh_dir("chromium"), 520, 900);
+    let mut page = browser.page();
+    page.navigate(&url(&html));
+    // For each site cell: its text, and where a line starts (by the characters' boxes).
+    let breaks = page.eval(
+        "[...document.querySelectorAll('#churn td.site')].map(td => {\
+           const text = td.textContent, r = document.createRange(), starts = [];\
+           let last = null, i = 0;\
+           for (const node of [...td.childNodes].filter(n => n.nodeType === 3)) {\
+             for (let k = 0; k < node.length; k++, i++) {\
+               r.setStart(node, k); r.setEnd(node, k + 1);\
+               const top = Math.round(r.getBoundingClientRect().top);\
+               if (last !== null && top > last + 2) starts.push(i);\
+               last = top;\
+             }\
+           }\
+           return [text, starts, td.getBoundingClientRect().width];\
+         })",
+    );
+    let rows = breaks.as_array().unwrap();
+    assert!(rows.len() >= 3, "{breaks}");
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    for row in rows {
+        let text: Vec<char> = row[0].as_str().unwrap().chars().collect();
+        for at in row[1].as_array().unwrap() {
+            let at = at.as_u64().unwrap() as usize;
+            assert!(
+                !(word(text[at - 1]) && word(text[at])),
+                "{:?} wraps inside a word, before {at} (cell {} px wide)",
+                row[0],
+                row[2]
+            );
+        }
+    }
+    // The y axis: 0, then equal round steps (1, 2 or 5 times a power of ten) in one unit.
+    let ticks = page.eval("JSON.parse(document.getElementById('chart').dataset.yTicks)");
+    let ticks: Vec<&str> = ticks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(ticks.len() >= 2 && ticks[0] == "0 B", "{ticks:?}");
+    let unit = ticks[1].split(' ').nth(1).unwrap();
+    let values: Vec<f64> = ticks[1..]
+        .iter()
+        .map(|t| {
+            let (v, u) = t.split_once(' ').unwrap();
+            assert_eq!(u, unit, "{ticks:?}");
+            v.parse().unwrap()
+        })
+        .collect();
+    let step = values[0];
+    let mantissa = step / 10f64.powf(step.log10().floor());
+    assert!(
+        [1.0, 2.0, 5.0].iter().any(|m| (m - mantissa).abs() < 1e-9),
+        "step {step}: {ticks:?}"
+    );
+    for (i, v) in values.iter().enumerate() {
+        assert!((v - step * (i + 1) as f64).abs() < 1e-9, "{ticks:?}");
+    }
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors on the page");
+}
+
+/// Box labels of a flamegraph SVG as drawn: (the box's name, from its tooltip; its label).
+fn svg_labels(svg: &str) -> Vec<(String, String)> {
+    let unescape = |s: &str| {
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&")
+    };
+    svg.split("<g><title>")
+        .skip(1)
+        .filter_map(|g| {
+            let (title, rest) = g.split_once("</title>")?;
+            let text = rest.split_once("<text ")?.1.split_once('>')?.1;
+            let label = text.split_once("</text>")?.0;
+            let name = title.rsplit_once(" (").map_or(title, |(n, _)| n);
+            Some((unescape(name), unescape(label)))
+        })
+        .collect()
+}
+
+/// Labels shortened as a reader would: never only the end of a name, never a parameter list
+/// without the name it belongs to.
+fn assert_reader_labels(labels: &[(String, String)], what: &str) {
+    for (name, label) in labels.iter().filter(|(_, l)| !l.is_empty()) {
+        assert!(!label.starts_with(".."), "{what}: {label:?} for {name:?}");
+        if label != name && !name.starts_with('(') {
+            assert!(!label.contains('('), "{what}: {label:?} for {name:?}");
+        }
+    }
+}
+
+/// Long C++ names in a flamegraph SVG lose their parameters first, then their template
+/// arguments, and are cut at the end (issue 16: inferno's script cut them from the left, so a
+/// box showed only its parameter list), in the SVG as written and once its script ran.
+#[test]
+fn flamegraph_labels_drop_the_parameters_first() {
+    let run = run_traced(&sample("stlchurn"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let svg = artifacts().join("stlchurn-allocations.svg");
+    zmtrace_ok(&[
+        "flamegraph",
+        run.only_dump().path.to_str().unwrap(),
+        "--metric",
+        "allocations",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let written = svg_labels(&text);
+    assert!(written.len() > 20, "{written:?}");
+    assert_reader_labels(&written, "as written");
+    // std::map<int, std::string>::operator[](int&&) in a box of 1/6 of the width.
+    assert!(
+        written
+            .iter()
+            .any(|(n, l)| n.starts_with("std::map<int, ") && l == "std::map<…>::operator[]"),
+        "{written:?}"
+    );
+
+    let mut browser = Browser::launch(&fresh_dir("chromium"), 1200, 800);
+    let mut page = browser.page();
+    page.navigate(&url(&svg));
+    page.eval("new Promise(r => setTimeout(r, 200))");
+    let shown = page.eval(
+        "[...document.querySelectorAll('#frames > g')].map(g => \
+           [g.querySelector('title').textContent.replace(/ \\([^(]*\\)$/, ''), \
+            g.querySelector('text').textContent])",
+    );
+    let shown: Vec<(String, String)> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(shown.len(), written.len());
+    assert!(
+        shown.iter().filter(|(_, l)| !l.is_empty()).count() > 10,
+        "{shown:?}"
+    );
+    assert_reader_labels(&shown, "after the script");
+    assert!(
+        shown
+            .iter()
+            .any(|(n, l)| n.contains("_M_emplace_hint_unique") && l.starts_with("std::")),
+        "{shown:?}"
+    );
+    assert_eq!(page.errors(), Vec::<String>::new(), "errors in the SVG");
 }
 
 /// A dump with no events: the page says there is no timeline and shows the rest.
@@ -374,6 +555,26 @@ fn an_aggregated_dump_shows_everything_but_the_timeline() {
             "summary field {field}: {shown}"
         );
     }
+    // What only a timeline measures is unknown, not 0 (issue 16: peak 0 B at 0 ns, run time
+    // 0 ns, events 12); the calls the dump counted are shown instead of events.
+    for field in ["peak_bytes", "peak_time_ns", "duration_ns", "events"] {
+        assert_eq!(shown[field], "n/a", "summary field {field}: {shown}");
+    }
+    assert_eq!(number(&shown["calls"]), report["calls"].as_u64().unwrap());
+    // No "live at peak" flamegraph: `zmtrace flamegraph --metric peak` refuses this dump.
+    let metrics = page
+        .eval("[...document.querySelectorAll('#flame-metrics button')].map(b => b.dataset.metric)");
+    assert_eq!(
+        metrics,
+        serde_json::json!([
+            "allocations",
+            "bytes",
+            "leaked",
+            "temporary",
+            "reallocs",
+            "lost"
+        ])
+    );
     let first = page.eval("document.querySelector('#leaks tbody tr td.site').textContent");
     assert_eq!(first, "zs_leak_page");
     page.click_on("#flame-metrics button[data-metric=allocations]");
@@ -418,7 +619,7 @@ fn the_page_shows_the_leak_classes_as_leaks_does() {
         "possible" => "possibly lost",
         _ => "still reachable",
     };
-    let mut want: Vec<(String, String, u64)> = leaks["sites"]
+    let want: Vec<(String, String, u64)> = leaks["sites"]
         .as_array()
         .unwrap()
         .iter()
@@ -430,12 +631,11 @@ fn the_page_shows_the_leak_classes_as_leaks_does() {
             )
         })
         .collect();
-    want.sort();
     let shown = page.eval(
         "[...document.querySelectorAll('#leaks tbody tr')].map(tr => [tr.cells[0].textContent, \
           tr.cells[tr.cells.length - 1].textContent, tr.cells[2].textContent.split(' ')[0]])",
     );
-    let mut got: Vec<(String, String, u64)> = shown
+    let got: Vec<(String, String, u64)> = shown
         .as_array()
         .unwrap()
         .iter()
@@ -447,8 +647,18 @@ fn the_page_shows_the_leak_classes_as_leaks_does() {
             )
         })
         .collect();
-    got.sort();
-    assert_eq!(got, want, "the leak table against `zmtrace leaks`");
+    // In the CLI's order, lost first (issue 16: still reachable rows came first, by bytes).
+    assert_eq!(
+        got, want,
+        "the leak table against `zmtrace leaks`, in its order"
+    );
+    assert_eq!(got[0].1, "definitely lost", "{got:?}");
+    assert_eq!(got.last().unwrap().1, "still reachable", "{got:?}");
+    assert!(
+        got.iter()
+            .any(|r| r.1 == "still reachable" && r.2 > got[0].2),
+        "a still reachable row larger than the first lost one: {got:?}"
+    );
     assert!(
         got.iter().all(|(site, _, _)| site.starts_with("zs_")),
         "{got:?}"

@@ -13,7 +13,22 @@
 //! Free        := 2 seq ts addr
 //! Realloc     := 3 seq ts old_addr new_addr size usable stack (seq - out_seq)
 //! AllocFailed := 4 seq ts kind size stack
+//! Map         := 5 seq ts addr len prot flags stack
+//! Unmap       := 6 seq ts addr len
+//! Remap       := 7 seq ts old_addr old_len new_addr new_len stack (seq - out_seq)
 //! ```
+//!
+//! `Map`, `Unmap` and `Remap` are the program's own `mmap`/`mmap64`, `munmap` and `mremap`
+//! calls (not the allocator's: glibc's malloc maps its chunks with internal calls, and another
+//! allocator's calls are told apart by the front end). They are a metric of their own, never heap
+//! blocks. `len` is what the program passed (the kernel rounds it up to whole pages); `prot` is
+//! the `PROT_*` bits (read 1, write 2, exec 4); `flags` are [`MAP_ANONYMOUS`], [`MAP_SHARED`]
+//! and [`MAP_FIXED`]. An `Unmap` is numbered before the system call (the range may be handed to
+//! another thread's `mmap` as soon as it is gone) and written only if the call succeeded; a
+//! `Remap`, like a `Realloc`, carries the number taken before the call (`out_seq`, when the old
+//! range left: the reader yields an [`EventKind::RemapOut`] there) and the one after. A reader
+//! older than these kinds takes a record that holds one for damage: it keeps the events before
+//! it and says that the rest of the record was lost.
 //!
 //! Packed, per record: `seq` is the difference to the previous event's (varint), `ts` likewise
 //! (zigzag), `seq - out_seq` is plain, addresses are zigzag differences to the previous address field (a realloc's new
@@ -38,6 +53,17 @@ const TAG_ALLOC: u8 = 1;
 const TAG_FREE: u8 = 2;
 const TAG_REALLOC: u8 = 3;
 const TAG_FAILED: u8 = 4;
+const TAG_MAP: u8 = 5;
+const TAG_UNMAP: u8 = 6;
+const TAG_REMAP: u8 = 7;
+
+/// [`EventKind::Map`] flags: an anonymous mapping (else a file's).
+pub const MAP_ANONYMOUS: u32 = 1;
+/// A shared mapping (else private, copy-on-write).
+pub const MAP_SHARED: u32 = 2;
+/// Placed at a fixed address (`MAP_FIXED`, `MAP_FIXED_NOREPLACE`): it replaced whatever was mapped
+/// there.
+pub const MAP_FIXED: u32 = 4;
 
 /// Which function produced a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,6 +152,51 @@ pub enum EventKind {
         size: u64,
         stack: u32,
     },
+    /// The program mapped `[addr, addr + len)` (`mmap`); a fixed mapping replaced what was there.
+    Map {
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        stack: u32,
+    },
+    /// The program unmapped `[addr, addr + len)` (`munmap`): any part of any mapping.
+    Unmap {
+        addr: u64,
+        len: u64,
+    },
+    /// The range `[addr, addr + len)` is being remapped: from here on (in sequence order) it may
+    /// belong to another mapping. The matching [`EventKind::Remap`] of the same thread follows.
+    RemapOut {
+        addr: u64,
+        len: u64,
+    },
+    /// The program moved or resized a mapping (`mremap`): the old range is gone (at its
+    /// [`EventKind::RemapOut`]), the new one mapped from this stack.
+    Remap {
+        old_addr: u64,
+        old_len: u64,
+        new_addr: u64,
+        new_len: u64,
+        stack: u32,
+    },
+}
+
+impl EventKind {
+    /// The stack the event was made from, for the kinds that have one.
+    pub fn stack(&self) -> Option<u32> {
+        match *self {
+            EventKind::Alloc { stack, .. }
+            | EventKind::Realloc { stack, .. }
+            | EventKind::AllocFailed { stack, .. }
+            | EventKind::Map { stack, .. }
+            | EventKind::Remap { stack, .. } => Some(stack),
+            EventKind::Free { .. }
+            | EventKind::ReallocOut { .. }
+            | EventKind::Unmap { .. }
+            | EventKind::RemapOut { .. } => None,
+        }
+    }
 }
 
 // One argument per field of the wire format, on the hot path: a struct would only be unpacked.
@@ -193,6 +264,99 @@ pub fn encode_failed(b: &mut EventBuf, seq: u64, ts: u64, kind: AllocKind, size:
     b.uvarint(u64::from(stack));
 }
 
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn encode_map(
+    b: &mut EventBuf,
+    seq: u64,
+    ts: u64,
+    addr: u64,
+    len: u64,
+    prot: u32,
+    flags: u32,
+    stack: u32,
+) {
+    b.u8(TAG_MAP);
+    b.uvarint(seq);
+    b.uvarint(ts);
+    b.uvarint(addr);
+    b.uvarint(len);
+    b.uvarint(u64::from(prot));
+    b.uvarint(u64::from(flags));
+    b.uvarint(u64::from(stack));
+}
+
+#[inline]
+pub fn encode_unmap(b: &mut EventBuf, seq: u64, ts: u64, addr: u64, len: u64) {
+    b.u8(TAG_UNMAP);
+    b.uvarint(seq);
+    b.uvarint(ts);
+    b.uvarint(addr);
+    b.uvarint(len);
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn encode_remap(
+    b: &mut EventBuf,
+    seq: u64,
+    out_seq: u64,
+    ts: u64,
+    old_addr: u64,
+    old_len: u64,
+    new_addr: u64,
+    new_len: u64,
+    stack: u32,
+) {
+    b.u8(TAG_REMAP);
+    b.uvarint(seq);
+    b.uvarint(ts);
+    b.uvarint(old_addr);
+    b.uvarint(old_len);
+    b.uvarint(new_addr);
+    b.uvarint(new_len);
+    b.uvarint(u64::from(stack));
+    b.uvarint(seq.saturating_sub(out_seq));
+}
+
+/// Before a remap, the moment its old range left (`seq - back`); as [`push_realloc_out`].
+fn push_remap_out(
+    out: &mut Vec<Event>,
+    seq: u64,
+    back: u64,
+    ts_ns: u64,
+    tid: u32,
+    kind: EventKind,
+) -> Result<(), Malformed> {
+    let EventKind::Remap {
+        old_addr, old_len, ..
+    } = kind
+    else {
+        return Ok(());
+    };
+    if back == 0 {
+        return Ok(()); // numbered as one: the Remap itself says the old range left
+    }
+    let out_seq = seq.checked_sub(back).ok_or(Malformed)?;
+    if out.last().is_some_and(|p| p.tid == tid && p.seq >= out_seq) {
+        return Err(Malformed);
+    }
+    out.push(Event {
+        seq: out_seq,
+        ts_ns,
+        tid,
+        kind: EventKind::RemapOut {
+            addr: old_addr,
+            len: old_len,
+        },
+    });
+    Ok(())
+}
+
+fn u32_of(v: u64) -> Result<u32, Malformed> {
+    u32::try_from(v).map_err(|_| Malformed)
+}
+
 /// Before a realloc, the moment its old block left (`seq - back` in sequence order).
 fn push_realloc_out(
     out: &mut Vec<Event>,
@@ -255,6 +419,28 @@ pub fn decode_plain(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), M
                 size: c.uvarint()?,
                 stack: c.u32()?,
             },
+            TAG_MAP => EventKind::Map {
+                addr: c.uvarint()?,
+                len: c.uvarint()?,
+                prot: u32_of(c.uvarint()?)?,
+                flags: u32_of(c.uvarint()?)?,
+                stack: c.u32()?,
+            },
+            TAG_UNMAP => EventKind::Unmap {
+                addr: c.uvarint()?,
+                len: c.uvarint()?,
+            },
+            TAG_REMAP => {
+                let kind = EventKind::Remap {
+                    old_addr: c.uvarint()?,
+                    old_len: c.uvarint()?,
+                    new_addr: c.uvarint()?,
+                    new_len: c.uvarint()?,
+                    stack: c.u32()?,
+                };
+                push_remap_out(out, seq, c.uvarint()?, ts_ns, tid, kind)?;
+                kind
+            }
             _ => return Err(Malformed),
         };
         out.push(Event {
@@ -345,6 +531,25 @@ pub fn pack_some(plain: &[u8], out: &mut Vec<u8>, limit: usize) -> (u64, usize) 
                     put_uvarint(out, c.uvarint()?);
                     d.stack(out, c.u32()?);
                 }
+                TAG_MAP => {
+                    d.addr(out, c.uvarint()?);
+                    put_uvarint(out, c.uvarint()?);
+                    put_uvarint(out, c.uvarint()?);
+                    put_uvarint(out, c.uvarint()?);
+                    d.stack(out, c.u32()?);
+                }
+                TAG_UNMAP => {
+                    d.addr(out, c.uvarint()?);
+                    put_uvarint(out, c.uvarint()?);
+                }
+                TAG_REMAP => {
+                    d.addr(out, c.uvarint()?);
+                    put_uvarint(out, c.uvarint()?);
+                    d.addr(out, c.uvarint()?);
+                    put_uvarint(out, c.uvarint()?);
+                    d.stack(out, c.u32()?);
+                    put_uvarint(out, c.uvarint()?);
+                }
                 _ => return Err(Malformed),
             }
             Ok(())
@@ -411,6 +616,32 @@ pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), 
                 size: c.uvarint()?,
                 stack: d.read_stack(&mut c)?,
             },
+            TAG_MAP => EventKind::Map {
+                addr: d.read_addr(&mut c)?,
+                len: c.uvarint()?,
+                prot: u32_of(c.uvarint()?)?,
+                flags: u32_of(c.uvarint()?)?,
+                stack: d.read_stack(&mut c)?,
+            },
+            TAG_UNMAP => EventKind::Unmap {
+                addr: d.read_addr(&mut c)?,
+                len: c.uvarint()?,
+            },
+            TAG_REMAP => {
+                let old_addr = d.read_addr(&mut c)?;
+                let old_len = c.uvarint()?;
+                let new_addr = d.read_addr(&mut c)?;
+                let new_len = c.uvarint()?;
+                let kind = EventKind::Remap {
+                    old_addr,
+                    old_len,
+                    new_addr,
+                    new_len,
+                    stack: d.read_stack(&mut c)?,
+                };
+                push_remap_out(out, d.seq, c.uvarint()?, d.ts, tid, kind)?;
+                kind
+            }
             _ => return Err(Malformed),
         };
         out.push(Event {
@@ -426,6 +657,117 @@ pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapping_events_round_trip() {
+        let mut raw = Vec::new();
+        let mut b = EventBuf::default();
+        encode_map(
+            &mut b,
+            5,
+            20,
+            0x7f00_0000_0000,
+            3 * 4096,
+            3,
+            MAP_ANONYMOUS,
+            4,
+        );
+        raw.extend_from_slice(b.as_slice());
+        let mut b = EventBuf::default();
+        encode_unmap(&mut b, 6, 21, 0x7f00_0000_1000, 4096);
+        raw.extend_from_slice(b.as_slice());
+        let mut b = EventBuf::default();
+        encode_remap(
+            &mut b,
+            9,
+            7,
+            22,
+            0x7f00_0000_2000,
+            4096,
+            0x7e00_0000_0000,
+            u64::MAX,
+            u32::MAX,
+        );
+        assert!(b.len <= MAX_EVENT_LEN);
+        raw.extend_from_slice(b.as_slice());
+        let mut plain = Vec::new();
+        decode_plain(&raw, 3, &mut plain).unwrap();
+        let mut packed = Vec::new();
+        assert_eq!(
+            pack(&raw, &mut packed),
+            3,
+            "RemapOut is not an event written"
+        );
+        let mut unpacked = Vec::new();
+        decode_events(&packed, 3, &mut unpacked).unwrap();
+        assert_eq!(unpacked, plain);
+        let kinds: Vec<(u64, EventKind)> = plain.iter().map(|e| (e.seq, e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (
+                    5,
+                    EventKind::Map {
+                        addr: 0x7f00_0000_0000,
+                        len: 3 * 4096,
+                        prot: 3,
+                        flags: MAP_ANONYMOUS,
+                        stack: 4
+                    }
+                ),
+                (
+                    6,
+                    EventKind::Unmap {
+                        addr: 0x7f00_0000_1000,
+                        len: 4096
+                    }
+                ),
+                (
+                    7,
+                    EventKind::RemapOut {
+                        addr: 0x7f00_0000_2000,
+                        len: 4096
+                    }
+                ),
+                (
+                    9,
+                    EventKind::Remap {
+                        old_addr: 0x7f00_0000_2000,
+                        old_len: 4096,
+                        new_addr: 0x7e00_0000_0000,
+                        new_len: u64::MAX,
+                        stack: u32::MAX
+                    }
+                ),
+            ]
+        );
+        // A remap numbered out before its thread's previous event is damage.
+        let mut b = EventBuf::default();
+        encode_remap(&mut b, 10, 6, 23, 1, 1, 2, 2, 1);
+        let mut bad = raw.clone();
+        bad.extend_from_slice(b.as_slice());
+        let mut out = Vec::new();
+        assert!(decode_plain(&bad, 3, &mut out).is_err());
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn an_unknown_event_kind_ends_its_record_cleanly() {
+        // What a reader meets in a newer writer's record (as an older one meets `Map`): the
+        // events before it are kept, the rest of the record is reported, nothing panics.
+        let mut raw = Vec::new();
+        let mut b = EventBuf::default();
+        encode_map(&mut b, 1, 1, 0x1000, 4096, 3, MAP_ANONYMOUS, 1);
+        raw.extend_from_slice(b.as_slice());
+        raw.extend_from_slice(&[99, 2, 2, 0x10]);
+        let mut packed = Vec::new();
+        assert_eq!(pack(&raw, &mut packed), 1);
+        packed.extend_from_slice(&[99, 1, 1, 0x10]);
+        let mut out = Vec::new();
+        assert!(decode_events(&packed, 1, &mut out).is_err());
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0].kind, EventKind::Map { len: 4096, .. }));
+    }
 
     #[test]
     fn every_event_kind_round_trips() {

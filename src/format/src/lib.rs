@@ -19,10 +19,10 @@
 //! | kind | payload |
 //! |---|---|
 //! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2), arguments left out of argv (varint; absent: none) |
-//! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process |
-//! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) |
+//! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process — then the event sequence number from which it was mapped (absent from older writers: 0, from the start) |
+//! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) — then the event sequence number from which it was not mapped any more (absent from older writers: 0, unknown) |
 //! | [`RecordKind::Stacks`] | raw length, then zstd-compressed (version 1: plain): count, then per stack: id, frame count, frames (first absolute, then zigzag deltas) |
-//! | [`RecordKind::Events`] | stream, thread id, raw length, zstd-compressed event bytes (see [`event`]) |
+//! | [`RecordKind::Events`] | stream, thread id, raw length, zstd-compressed event bytes (see [`event`]): allocations, frees, reallocs, failed calls, and the program's own `mmap`/`munmap`/`mremap` calls (`Map`, `Unmap`, `Remap`: a metric of their own, never heap blocks) |
 //! | [`RecordKind::Inherited`] | raw length, zstd-compressed blocks (addr, size, usable, stack) live in a forked child at birth |
 //! | [`RecordKind::Exec`] | path: the process called `execve`; its new image writes a dump of its own |
 //! | [`RecordKind::End`] | how the process ended and the recorder's own counters ([`End`]) |
@@ -30,6 +30,10 @@
 //! | [`RecordKind::Aggregate`] | raw length, zstd-compressed [`Aggregate`]: per-stack counters of an aggregated recording (no `Events` records); the last one in the file holds the totals |
 //! | [`RecordKind::LiveAtEnd`] | raw length, zstd-compressed per-stack sums (stack, blocks, bytes, usable bytes, blocks that went through a realloc, leak kind) of the blocks live when an aggregated recording ended; the last one counts |
 //! | [`RecordKind::Reach`] | a leak check ([`Reach`]): trigger, sequence number, scan figures, per [`LeakKind`] blocks and bytes, then raw length and the zstd-compressed addresses of each kind (count, then ascending: first absolute, then deltas), then (optional, absent from older writers) the blocks and bytes that could not be wholly read |
+//!
+//! The event kinds `Map`, `Unmap` and `Remap` came later within version 2: a reader older than
+//! them reports an `Events` record that holds one as damaged from there on (it keeps the events
+//! before it), so it never takes a mapping for a heap block.
 //!
 //! Version 2 added the last three kinds (`zmtrace run --aggregate`, the leak check) and
 //! compressed the `Stacks` records; this crate reads versions 1 and 2. A version-1 reader refuses
@@ -51,6 +55,7 @@ pub mod event;
 pub mod fuzz;
 pub mod read;
 pub mod varint;
+pub mod words;
 pub mod write;
 
 pub use event::{AllocKind, Event, EventKind};
@@ -161,6 +166,19 @@ pub struct Module {
     pub build_id: Vec<u8>,
     /// The address ranges of its `PT_LOAD` segments, in the process.
     pub segments: Vec<(u64, u64)>,
+    /// The event sequence counter when the recorder found it mapped: events numbered from it on
+    /// may run its code (an event takes its number after its stack is captured, so a module found
+    /// during a capture is mapped for that event). 0: from the start, and in older dumps.
+    pub seq: u64,
+}
+
+/// A `ModuleGone` record: the module at `base` was unloaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleGone {
+    pub base: u64,
+    /// The event sequence counter after the real `dlclose` returned: events numbered from it on
+    /// are not in the module. 0 in older dumps: unknown.
+    pub seq: u64,
 }
 
 /// A block live in a forked child at birth, inherited from the parent.
@@ -351,8 +369,8 @@ pub struct End {
     pub reason: EndReason,
     /// Exit status where known (from `_exit`), else -1.
     pub status: i32,
-    /// Events the recorder wrote: must equal [`Dump::count_events`] (the `ReallocOut` halves of
-    /// reallocs are not events of their own).
+    /// Events the recorder wrote: must equal [`Dump::count_events`] (the `ReallocOut` and
+    /// `RemapOut` halves of reallocs and remaps are not events of their own).
     pub events: u64,
     /// Events lost: produced after the final flush (threads still running at exit) or while the
     /// dump could not be written.

@@ -58,12 +58,16 @@ pub fn module(out: &mut Vec<u8>, m: &Module) {
         put_uvarint(&mut b, s);
         put_uvarint(&mut b, e);
     }
+    // Appended: a reader that does not know it stops before it.
+    put_uvarint(&mut b, m.seq);
     record(out, RecordKind::Module, &b);
 }
 
-pub fn module_gone(out: &mut Vec<u8>, base: u64) {
+/// The module at load bias `base` was unloaded: events numbered `seq` or later are not in it.
+pub fn module_gone(out: &mut Vec<u8>, base: u64, seq: u64) {
     let mut b = Vec::new();
     put_uvarint(&mut b, base);
+    put_uvarint(&mut b, seq);
     record(out, RecordKind::ModuleGone, &b);
 }
 

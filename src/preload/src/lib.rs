@@ -325,7 +325,7 @@ pub unsafe extern "C" fn mmap(
 ) -> *mut c_void {
     let p = sys_mmap(addr, len, prot, flags, fd, off);
     if p != libc::MAP_FAILED {
-        rec::on_mmap(p.cast(), len, real::in_allocator());
+        rec::on_mmap(p.cast(), len, prot, flags, real::in_allocator());
     }
     p
 }
@@ -344,9 +344,11 @@ pub unsafe extern "C" fn mmap64(
 
 #[no_mangle]
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
+    // Numbered before the call: once the range is gone, another thread may map it.
+    let seq = rec::unmap_begin(real::in_allocator());
     let rc = libc::syscall(libc::SYS_munmap, addr, len) as c_int;
     if rc == 0 {
-        rec::on_munmap(addr.cast(), len);
+        rec::on_munmap(addr.cast(), len, seq);
     }
     rc
 }
@@ -367,6 +369,9 @@ pub unsafe extern "C" fn mremap(
     } else {
         std::ptr::null_mut()
     };
+    let allocator = real::in_allocator();
+    // The old range leaves before the call (see `munmap`).
+    let out_seq = rec::unmap_begin(allocator);
     let p = libc::syscall(
         libc::SYS_mremap,
         old,
@@ -376,7 +381,14 @@ pub unsafe extern "C" fn mremap(
         fixed,
     ) as *mut c_void;
     if p != libc::MAP_FAILED {
-        rec::on_mremap(old.cast(), old_len, p.cast(), new_len, real::in_allocator());
+        // With MREMAP_DONTUNMAP the old range stays mapped (emptied): nothing of it left, as for
+        // an `old_len` of 0 (a second mapping of shared pages).
+        let gone = if flags & libc::MREMAP_DONTUNMAP != 0 {
+            0
+        } else {
+            old_len
+        };
+        rec::on_mremap(old.cast(), gone, p.cast(), new_len, allocator, out_seq);
     }
     p
 }

@@ -388,20 +388,102 @@ pub unsafe fn record_realloc(
     emit(t, &ev);
 }
 
-/// The program mapped memory (`mmap`, `mmap64`) at `addr`: a root of the leak check unless
-/// `allocator` says that the allocator made the call (from inside the front end's allocator
-/// hook). See `reach::regions`. Safe to call before the recorder is ready.
-pub fn on_mmap(addr: *mut u8, len: usize, allocator: bool) {
+// ---- the program's own mappings ----------------------------------------------------------------
+//
+// Two uses: the leak check's roots (`reach::regions`, always, even before the recorder is ready)
+// and the `Map`/`Unmap`/`Remap` events, a metric of their own. Neither for the allocator's
+// mappings (`allocator`: a foreign allocator mapping its heap from inside a front end's allocator
+// hook; glibc's malloc maps with internal calls that never reach a hook), nor for the recorder's
+// (raw system calls, or calls made under the guard, which `Guard::enter` refuses).
+
+/// The format's mapping flags of `mmap` flags.
+fn map_flags(flags: i32) -> u32 {
+    use zmtrace_format::event::{MAP_ANONYMOUS, MAP_FIXED, MAP_SHARED};
+    let mut f = 0;
+    if flags & libc::MAP_ANONYMOUS != 0 {
+        f |= MAP_ANONYMOUS;
+    }
+    // MAP_SHARED_VALIDATE (3) is shared too; MAP_PRIVATE is 2.
+    if flags & libc::MAP_SHARED != 0 {
+        f |= MAP_SHARED;
+    }
+    if flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0 {
+        f |= MAP_FIXED;
+    }
+    f
+}
+
+/// The program mapped memory (`mmap`, `mmap64`) at `addr`, with `mmap`'s `prot` and `flags`: a
+/// root of the leak check and a `Map` event with its stack, unless `allocator` says that the
+/// allocator made the call (from inside the front end's allocator hook). See `reach::regions`.
+/// Safe to call before the recorder is ready.
+pub fn on_mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, allocator: bool) {
     reach::regions::mapped(addr as u64, len as u64, allocator);
+    if allocator {
+        return;
+    }
+    // The same path as an allocation: the guard (no re-entry; the recorder's own calls are
+    // refused here), the thread's state, the stack.
+    let Some(_g) = Guard::enter() else { return };
+    let Some(core) = core() else { return };
+    if aggregate::on() {
+        return; // an aggregated recording counts heap blocks only
+    }
+    let t = current_thread(core);
+    let stack = stack_id(core, t, Skip::OwnModule);
+    let mut ev = EventBuf::default();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    zmtrace_format::event::encode_map(
+        &mut ev,
+        seq,
+        timestamp(),
+        addr as u64,
+        len as u64,
+        (prot & 7) as u32,
+        map_flags(flags),
+        stack,
+    );
+    emit(t, &ev);
 }
 
-/// The program unmapped memory (`munmap`).
-pub fn on_munmap(addr: *mut u8, len: usize) {
+/// Call before the program's `munmap` (or `mremap`) system call: the number of its event, taken
+/// now because once the range is gone another thread's `mmap` may be given it, and must be
+/// numbered after. 0: nothing to record. Give it to [`on_munmap`] (or [`on_mremap`]).
+pub fn unmap_begin(allocator: bool) -> u64 {
+    if allocator {
+        return 0;
+    }
+    let Some(_g) = Guard::enter() else { return 0 };
+    if core().is_none() || aggregate::on() {
+        return 0;
+    }
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The program unmapped memory (`munmap`) successfully; `seq` from [`unmap_begin`].
+pub fn on_munmap(addr: *mut u8, len: usize, seq: u64) {
     reach::regions::unmapped(addr as u64, len as u64);
+    if seq == 0 {
+        return;
+    }
+    let Some(_g) = Guard::enter() else { return };
+    let Some(core) = core() else { return };
+    let t = current_thread(core);
+    let mut ev = EventBuf::default();
+    zmtrace_format::event::encode_unmap(&mut ev, seq, timestamp(), addr as u64, len as u64);
+    emit(t, &ev);
 }
 
-/// The program moved or resized a mapping (`mremap`) from `old` to `new`.
-pub fn on_mremap(old: *mut u8, old_len: usize, new: *mut u8, new_len: usize, allocator: bool) {
+/// The program moved or resized a mapping (`mremap`) from `old` to `new`; `out_seq` from
+/// [`unmap_begin`], taken before the call.
+pub fn on_mremap(
+    old: *mut u8,
+    old_len: usize,
+    new: *mut u8,
+    new_len: usize,
+    allocator: bool,
+    out_seq: u64,
+) {
     reach::regions::remapped(
         old as u64,
         old_len as u64,
@@ -409,6 +491,27 @@ pub fn on_mremap(old: *mut u8, old_len: usize, new: *mut u8, new_len: usize, all
         new_len as u64,
         allocator,
     );
+    if allocator || out_seq == 0 {
+        return;
+    }
+    let Some(_g) = Guard::enter() else { return };
+    let Some(core) = core() else { return };
+    let t = current_thread(core);
+    let stack = stack_id(core, t, Skip::OwnModule);
+    let mut ev = EventBuf::default();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    zmtrace_format::event::encode_remap(
+        &mut ev,
+        seq,
+        out_seq,
+        timestamp(),
+        old as u64,
+        old_len as u64,
+        new as u64,
+        new_len as u64,
+        stack,
+    );
+    emit(t, &ev);
 }
 
 /// Notes the writable anonymous mappings that exist now, before the recorder's first event (the

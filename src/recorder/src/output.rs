@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use zmtrace_format::{write, Block, End, EndReason, LiveSite, Origin, Process, RecordKind};
 
 use crate::dumpfd;
-use crate::modules::MODULES;
+use crate::modules::{ModuleChange, MODULES};
 use crate::stacks::PENDING_STACKS;
 use crate::state::{Core, DROPPED, SEQ};
 use crate::sync::{Guard, SpinLock};
@@ -652,8 +652,7 @@ impl Output {
             for module in &m.list {
                 write::module(&mut buf, &module.info);
             }
-            m.written = m.list.len();
-            m.gone.clear();
+            m.pending.clear();
             drop(m);
             PENDING_STACKS.lock().clear();
             let all: Vec<(u32, Box<[u64]>)> = core
@@ -765,13 +764,14 @@ impl Output {
         self.meta.clear();
         {
             let mut m = MODULES.lock();
-            for base in std::mem::take(&mut m.gone) {
-                write::module_gone(&mut self.meta, base);
+            for change in m.pending.drain(..) {
+                match change {
+                    ModuleChange::Loaded(info) => write::module(&mut self.meta, &info),
+                    ModuleChange::Gone { base, seq } => {
+                        write::module_gone(&mut self.meta, base, seq)
+                    }
+                }
             }
-            for module in &m.list[m.written..] {
-                write::module(&mut self.meta, &module.info);
-            }
-            m.written = m.list.len();
         }
         let stacks = std::mem::take(&mut *PENDING_STACKS.lock());
         for chunk in stacks.chunks(4096) {

@@ -14,7 +14,6 @@ use dashmap::DashMap;
 use crate::clock::{calibrate_tsc, mark_start};
 use crate::fork::{fork_child, fork_parent, fork_prepare};
 use crate::live::LiveSet;
-use crate::modules::{MODULES, MODULES_GENERATION};
 use crate::stacks::UnwindMode;
 use crate::{aggregate, modules, output, procinfo};
 
@@ -158,12 +157,7 @@ pub(crate) fn init_slow() -> Option<&'static Core> {
         })
         .map(|m| m.range.clone())
         .unwrap_or(0..0);
-    {
-        let mut t = MODULES.lock();
-        t.unwinder = Some(modules::build_unwinder(&list));
-        t.list = list;
-    }
-    MODULES_GENERATION.fetch_add(1, Ordering::Release);
+    modules::install(list);
     let _ = CORE.set(Core {
         mode,
         own,

@@ -759,6 +759,9 @@ fn replay_impl(
             }
             continue;
         }
+        if matches!(e.kind, EventKind::RemapOut { .. }) {
+            continue; // the first half of a remap: not an event of its own
+        }
         events += 1;
         let push = |r: &mut Replay, op: Op, fns: &Rc<Vec<String>>| {
             if keep {
@@ -855,7 +858,11 @@ fn replay_impl(
                     );
                 }
             }
-            EventKind::ReallocOut { .. } => unreachable!("handled before the match"),
+            EventKind::ReallocOut { .. } | EventKind::RemapOut { .. } => {
+                unreachable!("handled before the match")
+            }
+            // The program's own mappings: not heap blocks.
+            EventKind::Map { .. } | EventKind::Unmap { .. } | EventKind::Remap { .. } => {}
             EventKind::AllocFailed { kind, stack, .. } => {
                 let (fns, sample, defined) = info(stack);
                 r.undefined_stacks += u64::from(!defined);
