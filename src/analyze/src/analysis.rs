@@ -6,19 +6,8 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use zmtrace_format::{Dump, EventKind, KindTotal, LeakKind, LiveSite};
 
 use crate::leakcheck::{self, Check};
+use crate::livemap::{Live, LiveMap};
 use crate::suppressions::Suppressed;
-
-/// A block live during the replay.
-#[derive(Clone, Copy, Debug)]
-struct Live {
-    size: u64,
-    /// The stack of its allocation, or of its last realloc.
-    stack: u32,
-    /// The thread that allocated (or last reallocated) it.
-    tid: u32,
-    /// How many reallocs it has gone through.
-    chain: u32,
-}
 
 /// What one stack did. Allocation-side numbers count against the stack of the allocation (or
 /// realloc) that made the block.
@@ -204,8 +193,7 @@ pub fn analyze_at(
     }
     let until = at.map_or(u64::MAX, |s| s.seq);
     let mut a = Analysis::default();
-    let mut live: HashMap<u64, Live> = HashMap::default();
-    live.reserve(dump.inherited.len() + 4096);
+    let mut live = LiveMap::default();
     // The block each thread allocated last, while it may still turn out temporary.
     let mut last_alloc: HashMap<u32, u64> = HashMap::default();
     let mut tids: HashSet<u32> = HashSet::default();
@@ -241,7 +229,7 @@ pub fn analyze_at(
         }
         if let EventKind::ReallocOut { addr } = e.kind {
             // Not an event of the program's: the first half of a realloc's numbering.
-            match live.remove(&addr) {
+            match live.remove(addr) {
                 Some(b) => {
                     heap.sub(b.stack, b.size);
                     moving.insert((e.tid, addr), b);
@@ -288,7 +276,7 @@ pub fn analyze_at(
                 heap.add(stack, size);
                 last_alloc.insert(e.tid, addr);
             }
-            EventKind::Free { addr } => match live.remove(&addr) {
+            EventKind::Free { addr } => match live.remove(addr) {
                 Some(b) => {
                     a.frees += 1;
                     heap.sub(b.stack, b.size);
@@ -308,7 +296,7 @@ pub fn analyze_at(
                 ..
             } => {
                 let old = moving.remove(&(e.tid, old_addr)).or_else(|| {
-                    let b = live.remove(&old_addr)?;
+                    let b = live.remove(old_addr)?;
                     heap.sub(b.stack, b.size);
                     Some(b)
                 });
@@ -382,7 +370,7 @@ pub fn analyze_at(
     }
     let reach = leakcheck::exit_check(dump).filter(|_| at.is_none());
     let mut check = reach.map(Check::new);
-    for (&addr, b) in &live {
+    live.for_each(|addr, b| {
         let kind = reach
             .zip(check.as_mut())
             .map(|(r, c)| c.kind_of(r, addr, b.size));
@@ -390,7 +378,7 @@ pub fn analyze_at(
         sites
             .get(b.stack)
             .add_leaked(1, b.size, u64::from(b.chain > 0), kind);
-    }
+    });
     a.check = check;
     for (stack, h) in heap.by_stack.iter() {
         if h.at_peak > 0 {

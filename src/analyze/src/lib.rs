@@ -58,6 +58,7 @@ pub mod flame;
 pub mod info;
 pub mod leakcheck;
 pub mod leaks;
+mod livemap;
 pub mod mapped;
 pub mod reports;
 pub mod session;

@@ -110,12 +110,18 @@ pub fn events(out: &mut Vec<u8>, stream: u32, tid: u32, raw_len: usize, compress
 pub fn inherited_raw(blocks: impl Iterator<Item = Block>) -> Vec<u8> {
     let mut b = Vec::new();
     for blk in blocks {
-        put_uvarint(&mut b, blk.addr);
-        put_uvarint(&mut b, blk.size);
-        put_uvarint(&mut b, blk.usable);
-        put_uvarint(&mut b, u64::from(blk.stack));
+        inherited_block(&mut b, &blk);
     }
     b
+}
+
+/// Appends one block to what [`inherited_raw`] makes (for a caller that visits its blocks
+/// instead of iterating them).
+pub fn inherited_block(b: &mut Vec<u8>, blk: &Block) {
+    put_uvarint(b, blk.addr);
+    put_uvarint(b, blk.size);
+    put_uvarint(b, blk.usable);
+    put_uvarint(b, u64::from(blk.stack));
 }
 
 pub fn inherited(out: &mut Vec<u8>, raw_len: usize, compressed: &[u8]) {

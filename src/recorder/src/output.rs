@@ -550,11 +550,10 @@ impl Output {
 fn live_sites(core: &Core) -> Vec<LiveSite> {
     let check = crate::reach::LAST_EXIT_CHECK.lock().take();
     let mut sites: std::collections::HashMap<(u32, u8), LiveSite> = Default::default();
-    for e in core.live.iter() {
-        let b = e.value();
+    core.live.for_each(|addr, b| {
         let kind = check
             .as_ref()
-            .and_then(|r| r.kind_of(*e.key() as u64))
+            .and_then(|r| r.kind_of(addr))
             .map_or(LiveSite::UNCHECKED, |k| k as u8);
         let s = sites.entry((b.stack, kind)).or_insert(LiveSite {
             stack: b.stack,
@@ -565,7 +564,7 @@ fn live_sites(core: &Core) -> Vec<LiveSite> {
         s.bytes += b.size;
         s.usable += b.usable;
         s.via_realloc += u64::from(b.chain > 0);
-    }
+    });
     let mut sites: Vec<LiveSite> = sites.into_values().collect();
     sites.sort_unstable_by_key(|s| (s.stack, s.kind));
     sites
@@ -703,12 +702,16 @@ impl Output {
                     &mut |b| self.compress(b),
                 );
             }
-            let raw = write::inherited_raw(core.live.iter().map(|e| Block {
-                addr: *e.key() as u64,
-                size: e.value().size,
-                usable: e.value().usable,
-                stack: e.value().stack,
-            }));
+            let mut raw = Vec::new();
+            core.live.for_each(|addr, b| {
+                let blk = Block {
+                    addr,
+                    size: b.size,
+                    usable: b.usable,
+                    stack: b.stack,
+                };
+                write::inherited_block(&mut raw, &blk);
+            });
             if origin == Origin::Fork && !raw.is_empty() {
                 let z = self.compress(&raw);
                 write::inherited(&mut buf, raw.len(), &z);
