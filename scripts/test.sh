@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tests, on any Debian machine with the Rust toolchain: checks that every program the tests
 # drive is installed, installs what is missing when run as root (apt-get), or else prints the one
-# command that installs it and exits 2. Then runs `cargo test --workspace` with any arguments
+# command that installs it and exits 2. Then runs `cargo test --workspace --no-fail-fast` (every failure, not the first) with any arguments
 # given instead of `--workspace` (e.g. `scripts/test.sh -p zmtrace-format`). .ci/run calls exactly
 # this, with no arguments.
 set -euo pipefail
@@ -40,6 +40,6 @@ fi
 # The Debian package's test makes the package with cargo-deb (crates.io, no root needed).
 command -v cargo-deb >/dev/null || cargo install --quiet --locked cargo-deb
 if [ $# -eq 0 ]; then
-    exec cargo test --workspace
+    exec cargo test --workspace --no-fail-fast
 fi
 exec cargo test "$@"

@@ -37,9 +37,13 @@ fn sample_allocations(dump: &Dump) -> u64 {
         .count() as u64
 }
 
-/// The time from SIGTERM to the exit must stay under this. The handler's own work is a few
-/// milliseconds (the writer's final flush); the margin is for a machine loaded by other builds.
+/// The time from SIGTERM to the exit: the handler's own work is a few milliseconds (the writer's
+/// final flush), so the median of the runs must stay under `DEATH_LIMIT`. A single run is also
+/// the scheduler's: on a 2-core machine loaded by builds one run in twenty took 140 ms with
+/// nothing of zmtrace's in it, so each run is held to `STALL_LIMIT`, well under the 2.2 s that a
+/// handler waiting on the writer's lock took (the bug this guards against).
 const DEATH_LIMIT: Duration = Duration::from_millis(100);
+const STALL_LIMIT: Duration = Duration::from_millis(1000);
 
 #[test]
 fn twenty_sigterms_during_heavy_allocation_leave_complete_dumps_quickly() {
@@ -107,11 +111,16 @@ fn twenty_sigterms_during_heavy_allocation_leave_complete_dumps_quickly() {
              at death"
         );
         assert!(
-            took < DEATH_LIMIT,
+            took < STALL_LIMIT,
             "run {i}: the program took {took:?} to die after SIGTERM (all: {times:?})"
         );
     }
     times.sort();
+    assert!(
+        times[10] < DEATH_LIMIT,
+        "the median death after SIGTERM is {:?} (all: {times:?})",
+        times[10]
+    );
     eprintln!(
         "SIGTERM to death: median {:?}, max {:?}",
         times[10], times[19]
