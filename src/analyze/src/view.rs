@@ -1043,6 +1043,8 @@ mod tests {
                 argv: vec!["t".into()],
                 aggregated: false,
                 args_left_out: 0,
+                sample_interval: 0,
+                all_blocks: false,
             },
         );
         write::stacks(

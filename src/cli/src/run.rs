@@ -19,6 +19,10 @@ pub struct RunOptions {
     pub args: Vec<OsString>,
     /// Per-site counters and the live set only, no event stream (`--aggregate`).
     pub aggregate: bool,
+    /// `--sample BYTES`: the mean sampling interval in bytes.
+    pub sample: Option<u64>,
+    /// `--all-blocks` (with `--sample`): every block in the live set for an exact leak check.
+    pub all_blocks: bool,
     /// `--fail-on-leak`: the level that fails the run.
     pub gate: Option<crate::gate::LeakLevel>,
     /// glibc's and libstdc++'s freeres at exit, before the leak check (`--no-freeres`: off).
@@ -28,6 +32,25 @@ pub struct RunOptions {
     pub suppressions: zmtrace_analyze::suppressions::Suppressions,
     /// `--no-argv`: the dumps keep the program's path, not its arguments.
     pub no_argv: bool,
+}
+
+/// Parses a `--sample` value: bytes, or with a suffix K/KiB or M/MiB; at least 1.
+pub fn parse_sample(v: &str) -> Result<u64, String> {
+    let t = v.trim();
+    let (num, mul) = match t.find(|c: char| !c.is_ascii_digit()) {
+        None => (t, 1u64),
+        Some(i) => match t[i..].to_ascii_lowercase().as_str() {
+            "k" | "kib" | "kb" => (&t[..i], 1 << 10),
+            "m" | "mib" | "mb" => (&t[..i], 1 << 20),
+            _ => (t, 0),
+        },
+    };
+    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mul)) {
+        Some(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "`--sample {v}`: expected a sampling interval in bytes, at least 1 (e.g. 524288 or 512K)"
+        )),
+    }
 }
 
 /// Checks a `--leak-check-heuristics` value (memcheck's syntax; the recorder parses it again).
@@ -108,6 +131,18 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         .process_group(0);
     if opts.no_argv {
         cmd.env("ZMTRACE_NO_ARGV", "1");
+    }
+    match opts.sample {
+        Some(bytes) => {
+            cmd.env("ZMTRACE_SAMPLE", bytes.to_string()).env(
+                "ZMTRACE_SAMPLE_ALL",
+                if opts.all_blocks { "1" } else { "0" },
+            );
+        }
+        None => {
+            cmd.env_remove("ZMTRACE_SAMPLE")
+                .env_remove("ZMTRACE_SAMPLE_ALL");
+        }
     }
     let child = cmd
         .spawn()

@@ -18,7 +18,7 @@
 //!
 //! | kind | payload |
 //! |---|---|
-//! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2), arguments left out of argv (varint; absent: none) |
+//! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2), arguments left out of argv (varint; absent: none), sampling interval in bytes (varint; absent: not sampled) and all-blocks (u8) |
 //! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process |
 //! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) |
 //! | [`RecordKind::Stacks`] | raw length, then zstd-compressed (version 1: plain): count, then per stack: id, frame count, frames (first absolute, then zigzag deltas) |
@@ -141,6 +141,32 @@ pub struct Process {
     /// Arguments left out of `argv` (`zmtrace run --no-argv`): `argv` then holds the program
     /// only. Written after `aggregated`; a dump without it left nothing out.
     pub args_left_out: u32,
+    /// Recorded with `--sample BYTES`: the mean sampling interval in bytes (0: every block
+    /// recorded, not sampled). Written after `args_left_out`, only when sampled; an older dump
+    /// reads as not sampled. See [`sample_probability`].
+    pub sample_interval: u64,
+    /// Sampled with `--all-blocks`: every block was in the recorder's live set (address and size),
+    /// so the leak check's totals per class are exact; only sampled blocks have events.
+    pub all_blocks: bool,
+}
+
+/// The probability that a block of `size` bytes is sampled when every byte is picked
+/// independently with probability `1/interval` (the recorder's countdown draws geometric gaps
+/// with that mean): `1 - (1 - 1/interval)^size`. For a large interval this is tcmalloc's
+/// `1 - exp(-size/interval)`; with `interval` 1 it is 1 (every block).
+pub fn sample_probability(size: u64, interval: u64) -> f64 {
+    if interval <= 1 {
+        return 1.0;
+    }
+    let size = size.max(1) as f64;
+    -(size * (-1.0 / interval as f64).ln_1p()).exp_m1()
+}
+
+/// The unbiased weight in *blocks* of one sampled block of `size` bytes: `1/p` (its weight in
+/// bytes is `size/p`, tcmalloc's `size / (1 - exp(-size/interval))`). Summed over the sampled
+/// blocks it estimates the count of all blocks (Horvitz-Thompson).
+pub fn sample_weight(size: u64, interval: u64) -> f64 {
+    1.0 / sample_probability(size, interval)
 }
 
 impl Process {
