@@ -229,6 +229,17 @@ unsafe fn usable_size(ptr: *mut u8) -> u64 {
 pub unsafe fn on_free(ptr: *mut u8) {
     let Some(_g) = Guard::enter() else { return };
     let Some(core) = core() else { return };
+    if sample::interval() > 0 && !ptr.is_null() {
+        // Sampled recording: most frees are of unsampled blocks, and all such a free needs is
+        // the one live-set lookup (not even the thread's state).
+        match core.live.remove(&(ptr as usize)) {
+            Some((_, block)) if block.stack != sample::UNSAMPLED => {
+                free_recorded(core, ptr, &block)
+            }
+            _ => {} // unsampled (`--all-blocks`: kept for the leak check only): no event
+        }
+        return;
+    }
     let t = current_thread(core);
     if ptr.is_null() {
         bump(&t.counters.free_null);
@@ -236,18 +247,19 @@ pub unsafe fn on_free(ptr: *mut u8) {
     }
     let Some((_, block)) = core.live.remove(&(ptr as usize)) else {
         // Allocated before the recorder started, or by a path it does not see: no event, or the
-        // dump would hold a free without its allocation. (Sampled recording: an unsampled block,
-        // which is no anomaly.)
-        if sample::interval() == 0 {
-            bump(&t.counters.untracked_frees);
-        }
+        // dump would hold a free without its allocation.
+        bump(&t.counters.untracked_frees);
         return;
     };
-    if block.stack == sample::UNSAMPLED {
-        return; // `--all-blocks`: an unsampled block has no events
-    }
+    free_recorded(core, ptr, &block);
+}
+
+/// The free of a recorded block, once it left the live set.
+#[inline]
+unsafe fn free_recorded(core: &'static state::Core, ptr: *mut u8, block: &LiveBlock) {
+    let t = current_thread(core);
     if aggregate::on() {
-        aggregate::free(t, ptr as usize, &block);
+        aggregate::free(t, ptr as usize, block);
         return;
     }
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
