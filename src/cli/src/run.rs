@@ -572,6 +572,18 @@ fn report(
             zmtrace_analyze::suppressions::apply(&mut s, &mut sym, supp);
         }
         let _ = writeln!(err, "zmtrace: dump {}{what}", path.display());
+        if let Some(t) = s.sample_interval {
+            let _ = writeln!(
+                err,
+                "zmtrace:   sampled recording (every {} on average): figures estimated{}",
+                human_bytes(t),
+                if s.all_blocks && s.check.is_some() {
+                    ", leak classes exact"
+                } else {
+                    ", no leak classes"
+                }
+            );
+        }
         let _ = writeln!(
             err,
             "zmtrace:   allocations {} ({}), frees {}, reallocs {}",

@@ -10,9 +10,9 @@
 //! with `Var(N) = n (1 - p) / p` and `sd(B) = s sd(N)`. The tests accept `|N - n| <= 5 sd(N) + 1`
 //! (the 1 for rounding) and the same for bytes: for a normal estimate a 5-sigma excursion has
 //! probability 5.7e-7, so a correct implementation fails about never, and the runs are
-//! deterministic anyway (`ZMTRACE_SAMPLE_SEED`). A wrong weight fails it: at 4 KiB, zs_churn's
-//! sd is 0.8 % of its 1,000,000 blocks, while weighing a 64 B block by `T/s` instead of `1/p`
-//! is off by 0.8 % too and `1` instead of `1/p` by 98 %.
+//! deterministic anyway (`ZMTRACE_SAMPLE_SEED`). A wrong weight fails it: weighing a block by
+//! `max(T/s, 1)` instead of `1/p` (checked) estimates zs_lose at 4 KiB as 606 blocks of 1,000,
+//! where the bound is ±122; weight 1 misses every site by 98 % or more.
 
 mod common;
 
@@ -216,6 +216,43 @@ fn sampled_estimates_fall_within_five_sigma_at_4k_and_512k() {
         );
         assert!(text.contains("estimated"), "{text}");
     }
+}
+
+/// `ZMTRACE_SAMPLE_SEED`: the same seed samples the same blocks, run after run (the thread
+/// ids differ); another seed other blocks.
+#[test]
+fn a_fixed_seed_makes_a_sampled_run_reproducible() {
+    let figures = |dump: &Path| {
+        let r = json("report", dump);
+        SITES
+            .iter()
+            .map(|s| top(&r, "allocations", s.name))
+            .collect::<Vec<_>>()
+    };
+    let a = figures(&record("sampled-seed", &["--sample", "4096"]));
+    let b = figures(&record("sampled-seed", &["--sample", "4096"]));
+    assert_eq!(a, b);
+    let prog = sample("sampled");
+    let dir = fresh_dir("sampled-seed2");
+    let f = run_zmtrace_env(
+        &[
+            "run",
+            "-o",
+            dir.to_str().unwrap(),
+            "--sample",
+            "4096",
+            "--",
+            prog.to_str().unwrap(),
+        ],
+        &[("ZMTRACE_SAMPLE_SEED", "7")],
+    );
+    assert_eq!(f.code, Some(0), "{}", f.stderr);
+    assert!(f.stderr.contains("sampled recording"), "{}", f.stderr);
+    assert_ne!(
+        figures(&dump_files(&dir)[0]),
+        a,
+        "another seed, the same sample"
+    );
 }
 
 /// `--all-blocks`: the leak check saw every block, so the classes' totals are exact; the split

@@ -61,8 +61,13 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler for a thread, seeded from the configured seed (or the clock) and `salt`.
-    pub(crate) fn new(salt: u64) -> Sampler {
+    /// A sampler for the thread with state `stream` and id `tid`: seeded from
+    /// `ZMTRACE_SAMPLE_SEED` and the stream index alone (reproducible: a program's threads claim
+    /// their states in the same order from run to run), or else from the clock and the id.
+    pub(crate) fn new(stream: u32, tid: u32) -> Sampler {
+        let salt = u64::from(stream)
+            .wrapping_add(1)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let seed = match SEED.load(Ordering::Relaxed) {
             0 => {
                 let mut ts = libc::timespec {
@@ -71,11 +76,13 @@ impl Sampler {
                 };
                 // SAFETY: a valid out pointer.
                 unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-                (ts.tv_sec as u64).wrapping_mul(1_000_000_007) ^ ts.tv_nsec as u64
+                (ts.tv_sec as u64).wrapping_mul(1_000_000_007)
+                    ^ ts.tv_nsec as u64
+                    ^ u64::from(tid) << 40
             }
             s => s,
         };
-        Sampler::seeded(seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        Sampler::seeded(seed ^ salt)
     }
 
     pub(crate) fn seeded(seed: u64) -> Sampler {

@@ -117,7 +117,7 @@ fn claim_thread(core: &Core) -> &'static ThreadState {
             s.last_alloc.store(0, Ordering::Relaxed);
             s.agg_seen.store(false, Ordering::Relaxed);
             // SAFETY: as above, the state is ours.
-            unsafe { *s.sampler.get() = Sampler::new(u64::from(tid) << 32 | u64::from(s.stream)) };
+            unsafe { *s.sampler.get() = Sampler::new(s.stream, tid) };
             s.tid.store(tid, Ordering::Release);
             return s;
         }
@@ -134,7 +134,7 @@ fn claim_thread(core: &Core) -> &'static ThreadState {
         agg_frees: AtomicU64::new(0),
         agg_seen: AtomicBool::new(false),
         local: UnsafeCell::new(unwind::Local::new(stack, core.mode)),
-        sampler: UnsafeCell::new(Sampler::new(u64::from(tid) << 32 | u64::from(stream))),
+        sampler: UnsafeCell::new(Sampler::new(stream, tid)),
     }));
     aggregate::register_stream(s);
     let mut head = THREADS.load(Ordering::Relaxed);
