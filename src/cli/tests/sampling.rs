@@ -215,6 +215,15 @@ fn sampled_estimates_fall_within_five_sigma_at_4k_and_512k() {
             "{text}"
         );
         assert!(text.contains("estimated"), "{text}");
+        let svg = dump.with_extension("svg");
+        zmtrace_ok(&[
+            "flamegraph",
+            dump.to_str().unwrap(),
+            "-o",
+            svg.to_str().unwrap(),
+        ]);
+        let svg = std::fs::read_to_string(&svg).unwrap();
+        assert!(svg.contains("estimated (sampled every"), "flamegraph title");
     }
 }
 
