@@ -320,9 +320,9 @@ function signed(v) {
   return v > 0 ? `+${fmtInt(v)}` : v < 0 ? `−${fmtInt(-v)}` : "0";
 }
 
-// What the diff table's numbers count.
+// What the diff table's numbers count (the data says, per metric: `zmtrace diff`'s metrics).
 function diffUnit() {
-  return METRICS.find((m) => m.name === diffMetric).unit;
+  return data.diff.units[data.diff.metrics.indexOf(diffMetric)];
 }
 
 function diffRows() {

@@ -6,22 +6,8 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use zmtrace_format::{Dump, EventKind, KindTotal, LeakKind, LiveSite};
 
 use crate::leakcheck::{self, Check};
+use crate::livemap::{Live, LiveMap};
 use crate::suppressions::Suppressed;
-
-/// A block live during the replay.
-#[derive(Clone, Copy, Debug)]
-struct Live {
-    size: u64,
-    /// The stack of its allocation, or of its last realloc.
-    stack: u32,
-    /// The thread that allocated (or last reallocated) it.
-    tid: u32,
-    /// How many reallocs it has gone through.
-    chain: u32,
-    /// Sampled recording: the blocks it stands for (`1/p` of its first size, which decided
-    /// whether it was sampled); 1 otherwise.
-    w: f64,
-}
 
 /// Sampled recording: the weights of the sampled blocks (see [`Analysis::sample_interval`]).
 #[derive(Clone, Copy, Debug)]
@@ -110,8 +96,41 @@ impl Est {
 }
 
 /// The stack id the recorder gives a block it keeps for the leak check only (`--all-blocks`):
-/// no stack, no events.
-const UNSAMPLED: u32 = u32::MAX;
+/// no stack, no events (stack ids start at 1). Only a forked child's inherited blocks carry it
+/// into the dump.
+const UNSAMPLED: u32 = 0;
+
+/// Sampled recording: the weight of each live sampled block, kept beside the packed live map
+/// (which has no room for it); a recording that is not sampled leaves it empty.
+#[derive(Default)]
+struct Weights {
+    sampled: bool,
+    by_addr: HashMap<u64, f64>,
+}
+
+impl Weights {
+    fn put(&mut self, addr: u64, w: f64) {
+        if self.sampled {
+            self.by_addr.insert(addr, w);
+        }
+    }
+
+    fn take(&mut self, addr: u64) -> f64 {
+        if self.sampled {
+            self.by_addr.remove(&addr).unwrap_or(1.0)
+        } else {
+            1.0
+        }
+    }
+
+    fn get(&self, addr: u64) -> f64 {
+        if self.sampled {
+            self.by_addr.get(&addr).copied().unwrap_or(1.0)
+        } else {
+            1.0
+        }
+    }
+}
 
 /// What one stack did. Allocation-side numbers count against the stack of the allocation (or
 /// realloc) that made the block.
@@ -285,12 +304,34 @@ impl Analysis {
     }
 }
 
-/// Replays `dump`; `progress` is called now and then with (records read, records in all). With
-/// `peak_sites`, a second replay up to the peak fills in [`SiteStats::peak_bytes`].
+/// Replays `dump` once; `progress` is called now and then with (records read, records in all).
+/// With `peak_sites`, the same pass also fills in [`SiteStats::peak_bytes`] (what each stack held
+/// at the peak; see `Heap`).
 pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, usize)) -> Analysis {
+    analyze_at(dump, peak_sites, progress, None)
+}
+
+/// [`analyze`] as of a snapshot taken while the program ran (`zmtrace export --at`): the events
+/// numbered before it, or an aggregated dump's counters and live set written with it. "Leaked"
+/// then means live at the snapshot, and there is no leak check (the exit's came later).
+pub fn analyze_at(
+    dump: &Dump,
+    peak_sites: bool,
+    progress: &mut dyn FnMut(usize, usize),
+    at: Option<&zmtrace_format::Snapshot>,
+) -> Analysis {
     if dump.is_aggregated() {
-        return from_aggregate(dump);
+        return match at {
+            None => from_aggregate(dump, dump.aggregate.as_ref(), &dump.live_at_end, true),
+            Some(s) => from_aggregate(
+                dump,
+                s.aggregate.as_ref(),
+                s.live.as_deref().unwrap_or(&[]),
+                false,
+            ),
+        };
     }
+    let until = at.map_or(u64::MAX, |s| s.seq);
     let mut a = Analysis {
         sample_interval: dump.sample_interval(),
         all_blocks: dump.all_blocks(),
@@ -299,16 +340,20 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     let scale = Scale(a.sample_interval);
     // Sampled: the estimates per stack (None: count as ever).
     let mut est: Option<ById<Est>> = scale.0.map(|_| ById::default());
-    let mut live: HashMap<u64, Live> = HashMap::default();
-    live.reserve(dump.inherited.len() + 4096);
+    let mut live = LiveMap::default();
+    let mut weights = Weights {
+        sampled: scale.0.is_some(),
+        ..Weights::default()
+    };
     // The block each thread allocated last, while it may still turn out temporary.
     let mut last_alloc: HashMap<u32, u64> = HashMap::default();
     let mut tids: HashSet<u32> = HashSet::default();
     let mut last_tid = u32::MAX;
     // Per stack, indexed by id: a hash lookup per event was a fifth of the replay.
-    let mut sites: ById<SiteStats> = ById::default();
+    let mut sites: ById<SiteStats> = ById::for_stacks(dump.stacks.len());
     let mut heap = Heap {
         track: peak_sites,
+        by_stack: ById::for_stacks(dump.stacks.len()),
         ..Heap::default()
     };
     for b in dump.inherited.iter().filter(|b| b.stack != UNSAMPLED) {
@@ -320,24 +365,28 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                 stack: b.stack,
                 tid: 0,
                 chain: 0,
-                w,
             },
         );
+        weights.put(b.addr, w);
         heap.add(b.stack, wb(b.size, w));
     }
     a.inherited_blocks = dump.inherited.len() as u64;
     a.peak_bytes = heap.cur;
     heap.new_peak();
     // Blocks being reallocated: out of the live set, not yet replaced (see `ReallocOut`).
-    let mut moving: HashMap<(u32, u64), Live> = HashMap::default();
+    let mut moving: HashMap<(u32, u64), (Live, f64)> = HashMap::default();
     let mut events = dump.events();
     while let Some(e) = events.next() {
+        if e.seq >= until {
+            break;
+        }
         if let EventKind::ReallocOut { addr } = e.kind {
             // Not an event of the program's: the first half of a realloc's numbering.
-            match live.remove(&addr) {
+            match live.remove(addr) {
                 Some(b) => {
-                    heap.sub(b.stack, wb(b.size, b.w));
-                    moving.insert((e.tid, addr), b);
+                    let w = weights.take(addr);
+                    heap.sub(b.stack, wb(b.size, w));
+                    moving.insert((e.tid, addr), (b, w));
                 }
                 None => a.inconsistent += 1,
             }
@@ -372,6 +421,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                     e.allocations += w;
                     e.bytes += w * size as f64;
                 }
+                let old_w = weights.take(addr);
                 if let Some(old) = live.insert(
                     addr,
                     Live {
@@ -379,19 +429,20 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                         stack,
                         tid: e.tid,
                         chain: 0,
-                        w,
                     },
                 ) {
                     a.inconsistent += 1;
-                    heap.sub(old.stack, wb(old.size, old.w));
+                    heap.sub(old.stack, wb(old.size, old_w));
                 }
+                weights.put(addr, w);
                 heap.add(stack, wb(size, w));
                 last_alloc.insert(e.tid, addr);
             }
-            EventKind::Free { addr } => match live.remove(&addr) {
+            EventKind::Free { addr } => match live.remove(addr) {
                 Some(b) => {
+                    let bw = weights.take(addr);
                     a.frees += 1;
-                    heap.sub(b.stack, wb(b.size, b.w));
+                    heap.sub(b.stack, wb(b.size, bw));
                     let temporary = last_alloc.get(&b.tid) == Some(&addr);
                     if temporary {
                         last_alloc.remove(&b.tid);
@@ -400,9 +451,9 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                     }
                     if let Some(est) = est.as_mut() {
                         let e = est.get(b.stack);
-                        e.frees += b.w;
+                        e.frees += bw;
                         if temporary {
-                            e.temporary += b.w;
+                            e.temporary += bw;
                         }
                     }
                 }
@@ -416,20 +467,23 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                 ..
             } => {
                 let old = moving.remove(&(e.tid, old_addr)).or_else(|| {
-                    let b = live.remove(&old_addr)?;
-                    heap.sub(b.stack, wb(b.size, b.w));
-                    Some(b)
+                    let b = live.remove(old_addr)?;
+                    let w = weights.take(old_addr);
+                    heap.sub(b.stack, wb(b.size, w));
+                    Some((b, w))
                 });
                 if old.is_none() {
                     a.inconsistent += 1;
                 }
-                let old = old.unwrap_or(Live {
-                    size: 0,
-                    stack,
-                    tid: e.tid,
-                    chain: 0,
-                    w: scale.weight(size),
-                });
+                let (old, old_w) = old.unwrap_or((
+                    Live {
+                        size: 0,
+                        stack,
+                        tid: e.tid,
+                        chain: 0,
+                    },
+                    scale.weight(size),
+                ));
                 if last_alloc.get(&old.tid) == Some(&old_addr) {
                     last_alloc.remove(&old.tid);
                 }
@@ -437,7 +491,7 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                     // realloc(p, 0) that freed the block.
                     a.frees += 1;
                     if let Some(est) = est.as_mut() {
-                        est.get(old.stack).frees += old.w;
+                        est.get(old.stack).frees += old_w;
                     }
                 } else {
                     a.reallocs += 1;
@@ -450,8 +504,8 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                     // of the size that had it sampled.
                     if let Some(est) = est.as_mut() {
                         let e = est.get(stack);
-                        e.reallocs += old.w;
-                        e.bytes += old.w * size as f64;
+                        e.reallocs += old_w;
+                        e.bytes += old_w * size as f64;
                     }
                     live.insert(
                         new_addr,
@@ -460,10 +514,10 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
                             stack,
                             tid: e.tid,
                             chain,
-                            w: old.w,
                         },
                     );
-                    heap.add(stack, wb(size, old.w));
+                    weights.put(new_addr, old_w);
+                    heap.add(stack, wb(size, old_w));
                 }
                 // A realloc is an allocation of its thread: the block that thread made last is
                 // not temporary any more, and a reallocated block never is (it was allocated,
@@ -494,9 +548,16 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
     progress(done, total);
     a.mapped.finish();
     a.threads = tids.len() as u64;
-    let reach = leakcheck::exit_check(dump);
+    // A block between a realloc's two halves at the snapshot was live then.
+    for ((_, addr), (b, w)) in moving.drain() {
+        if at.is_some() {
+            live.insert(addr, b);
+            weights.put(addr, w);
+        }
+    }
+    let reach = leakcheck::exit_check(dump).filter(|_| at.is_none());
     let mut check = reach.map(Check::new);
-    for (&addr, b) in &live {
+    live.for_each(|addr, b| {
         let kind = reach
             .zip(check.as_mut())
             .map(|(r, c)| c.kind_of(r, addr, b.size));
@@ -505,9 +566,10 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
             .get(b.stack)
             .add_leaked(1, b.size, u64::from(b.chain > 0), kind);
         if let Some(est) = est.as_mut() {
-            est.get(b.stack).leaked(b.w, b.size, b.chain > 0, kind);
+            est.get(b.stack)
+                .leaked(weights.get(addr), b.size, b.chain > 0, kind);
         }
-    }
+    });
     a.check = check;
     if let Some(est) = &est {
         // Sampled: the estimates replace what the replay counted, per site and in total.
@@ -550,6 +612,20 @@ pub fn analyze(dump: &Dump, peak_sites: bool, progress: &mut dyn FnMut(usize, us
 struct ById<T> {
     dense: Vec<T>,
     sparse: HashMap<u32, T>,
+    /// Ids below this go to the vector.
+    limit: usize,
+}
+
+impl<T> ById<T> {
+    /// For the ids of a dump with `stacks` stacks: the recorder numbers them from 1, so an id
+    /// beyond their count (damage, or a crafted event) goes to the map, and one event cannot
+    /// make the vector reserve millions of entries.
+    fn for_stacks(stacks: usize) -> Self {
+        ById {
+            limit: stacks.saturating_add(1).min(DENSE_IDS),
+            ..ById::default()
+        }
+    }
 }
 
 impl<T> Default for ById<T> {
@@ -557,6 +633,7 @@ impl<T> Default for ById<T> {
         ById {
             dense: Vec::new(),
             sparse: HashMap::default(),
+            limit: DENSE_IDS,
         }
     }
 }
@@ -567,10 +644,10 @@ impl<T: Default> ById<T> {
     #[inline]
     fn get(&mut self, id: u32) -> &mut T {
         let i = id as usize;
-        if i < DENSE_IDS {
+        if i < self.limit {
             if i >= self.dense.len() {
                 self.dense
-                    .resize_with((i + 1).next_power_of_two(), T::default);
+                    .resize_with((i + 1).next_power_of_two().min(self.limit), T::default);
             }
             &mut self.dense[i]
         } else {
@@ -653,7 +730,12 @@ fn exact_kinds(a: &mut Analysis, reach: Option<&zmtrace_format::Reach>) {
 
 /// An aggregated dump's counters, in the shape a replay gives. A dump cut short before its
 /// counters were written has nothing but the blocks a forked child inherited.
-fn from_aggregate(dump: &Dump) -> Analysis {
+fn from_aggregate(
+    dump: &Dump,
+    counters: Option<&zmtrace_format::Aggregate>,
+    live_sites: &[LiveSite],
+    with_check: bool,
+) -> Analysis {
     let mut a = Analysis {
         aggregated: true,
         inherited_blocks: dump.inherited.len() as u64,
@@ -672,7 +754,7 @@ fn from_aggregate(dump: &Dump) -> Analysis {
         n as f64 * scale.weight(bytes / n)
     };
     let round = |v: f64| v.round() as u64;
-    if let Some(g) = &dump.aggregate {
+    if let Some(g) = counters {
         a.allocations = g.allocations;
         a.frees = g.frees;
         a.reallocs = g.reallocs;
@@ -709,7 +791,7 @@ fn from_aggregate(dump: &Dump) -> Analysis {
         }
     }
     let live: Vec<LiveSite> = if dump.aggregate.is_some() {
-        dump.live_at_end.clone()
+        live_sites.to_vec()
     } else {
         dump.inherited
             .iter()
@@ -724,7 +806,7 @@ fn from_aggregate(dump: &Dump) -> Analysis {
             .collect()
     };
     // The recorder classified the live set by the check at the end (it has the addresses).
-    let reach = leakcheck::exit_check(dump);
+    let reach = leakcheck::exit_check(dump).filter(|_| with_check);
     let mut check = reach.map(Check::new);
     for mut l in live {
         if l.stack == UNSAMPLED {

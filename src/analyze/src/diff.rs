@@ -35,6 +35,35 @@ impl Delta {
     }
 }
 
+/// One number the diff compares: its JSON field, its name for people, and whether it counts
+/// bytes. [`METRICS`] is the one list, in the order of [`Changes::all`]; `zmtrace diff` and
+/// `zmtrace view --base` both compare these, by the one rule of [`Changes::changed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Metric {
+    pub field: &'static str,
+    pub label: &'static str,
+    pub bytes: bool,
+}
+
+const fn metric(field: &'static str, label: &'static str, bytes: bool) -> Metric {
+    Metric {
+        field,
+        label,
+        bytes,
+    }
+}
+
+pub const METRICS: [Metric; 8] = [
+    metric("allocations", "allocations", false),
+    metric("bytes", "bytes", true),
+    metric("peak", "peak", true),
+    metric("leaked_blocks", "leaked blocks", false),
+    metric("leaked_bytes", "leaked bytes", true),
+    metric("lost_bytes", "lost bytes", true),
+    metric("reallocs", "reallocs", false),
+    metric("temporary", "temporary", false),
+];
+
 /// The numbers compared, per site and in total.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Changes {
@@ -48,6 +77,8 @@ pub struct Changes {
     /// Bytes definitely and indirectly lost (0 without a leak check).
     pub lost_bytes: Delta,
     pub reallocs: Delta,
+    /// Temporary allocations: blocks freed before their thread allocated anything else.
+    pub temporary: Delta,
 }
 
 impl Changes {
@@ -63,23 +94,28 @@ impl Changes {
             leaked_bytes: Delta::new(b.leaked_bytes, n.leaked_bytes),
             lost_bytes: Delta::new(lost(b), lost(n)),
             reallocs: Delta::new(b.churn.reallocs, n.churn.reallocs),
+            temporary: Delta::new(b.temporary, n.temporary),
         }
     }
 
-    fn all(&self) -> [(&'static str, Delta, bool); 7] {
-        [
-            ("allocations", self.allocations, false),
-            ("bytes", self.bytes, true),
-            ("peak", self.peak, true),
-            ("leaked blocks", self.leaked_blocks, false),
-            ("leaked bytes", self.leaked_bytes, true),
-            ("lost bytes", self.lost_bytes, true),
-            ("reallocs", self.reallocs, false),
-        ]
+    /// Each of [`METRICS`] with its delta.
+    pub fn all(&self) -> [(Metric, Delta); METRICS.len()] {
+        let d = [
+            self.allocations,
+            self.bytes,
+            self.peak,
+            self.leaked_blocks,
+            self.leaked_bytes,
+            self.lost_bytes,
+            self.reallocs,
+            self.temporary,
+        ];
+        std::array::from_fn(|i| (METRICS[i], d[i]))
     }
 
-    fn changed(&self) -> bool {
-        self.all().iter().any(|(_, d, _)| d.delta != 0)
+    /// What "changed" means: any of [`METRICS`] differs.
+    pub fn changed(&self) -> bool {
+        self.all().iter().any(|(_, d)| d.delta != 0)
     }
 
     /// What orders the sites: the largest change in bytes first.
@@ -114,12 +150,14 @@ pub struct Diff {
 
 /// One side of the comparison: a dump, its analysis and its symbolizer.
 pub struct Side<'a, 'd> {
-    pub dump: &'d Dump,
+    pub dump: &'a Dump,
     pub analysis: &'a Analysis,
     pub sym: &'a mut Symbolizer<'d>,
 }
 
-/// Compares `base` with `new`. The analyses should have per-site peaks (`analyze(…, true, …)`).
+/// Compares `base` with `new`: every site that changed (by [`Changes::changed`]), largest
+/// change first, the first `opts.top` kept (0: all). The analyses should have per-site peaks
+/// (`analyze(…, true, …)`). `zmtrace view --base` takes its rows from here too.
 pub fn diff(base: Side, new: Side, opts: &Options) -> Diff {
     let keyed = |s: &mut Side| -> Vec<(Vec<FrameKey>, u32, SiteStats)> {
         merged_sites(s.analysis, s.sym)
@@ -188,6 +226,7 @@ fn sum(a: &Analysis) -> SiteStats {
         leaked_blocks: a.leaked_blocks,
         leaked_bytes: a.leaked_bytes,
         kinds: a.kinds,
+        temporary: a.temporary,
         ..SiteStats::default()
     };
     s.churn.reallocs = a.reallocs;
@@ -235,8 +274,8 @@ pub fn diff_text(d: &Diff, opts: &Options) -> String {
         }
     }
     let _ = writeln!(o, "totals:");
-    for (name, delta, bytes) in d.totals.all() {
-        line(&mut o, "  ", name, delta, bytes);
+    for (m, delta) in d.totals.all() {
+        line(&mut o, "  ", m.label, delta, m.bytes);
     }
     let _ = writeln!(
         o,
@@ -247,9 +286,9 @@ pub fn diff_text(d: &Diff, opts: &Options) -> String {
     );
     for (i, s) in d.sites.iter().enumerate() {
         let _ = writeln!(o, "\n#{} {}", i + 1, s.site.site);
-        for (name, delta, bytes) in s.changes.all() {
+        for (m, delta) in s.changes.all() {
             if delta.delta != 0 {
-                line(&mut o, "    ", name, delta, bytes);
+                line(&mut o, "    ", m.label, delta, m.bytes);
             }
         }
         write_stack(&mut o, &s.site, opts);

@@ -4,11 +4,14 @@
 //! - [`symbols`]: addresses to functions, files and lines (DWARF with inlining, else ELF symbol
 //!   tables, else module+offset).
 //! - [`analysis`]: one streaming replay that computes every number the reports need.
+//! - [`session`]: a dump replayed, symbolized and with its suppressions applied: where every
+//!   subcommand starts.
 //! - [`leakcheck`]: the leak check made in the process at exit, which classes the blocks left.
 //! - [`suppressions`]: stack patterns that hide accepted leaks, and glibc's built-in set.
 //! - [`reports`]: `report`, `leaks` ([`leaks`]) and `churn`, as data (JSON) and text.
 //! - [`mapped`]: the program's own `mmap`/`munmap`/`mremap` calls, a metric of their own.
 //! - [`diff`]: two dumps compared site by site.
+//! - [`info`]: `zmtrace dump-info`'s text: what is in a dump, and whether it is whole.
 //! - [`flame`]: collapsed stacks and SVG flamegraphs per metric.
 //! - [`export`]: pprof (`profile.proto`), speedscope JSON and collapsed stacks for other tools.
 //! - [`view`]: the pre-aggregated data of `zmtrace view`'s page (time buckets, sites, diff).
@@ -39,8 +42,10 @@
 //!   (each `kind` (one of the four, or null without a check), `blocks`, `bytes`, `via_realloc`,
 //!   `site`, `stack`), lost first, then largest first.
 //! - `diff`: `base` and `new` (headers), `sites` (each `site`, `stack`, and `allocations`,
-//!   `bytes`, `peak`, `leaked_blocks`, `leaked_bytes`, `lost_bytes`, `reallocs`, each
-//!   `{base, new, delta}`), largest change first; `totals` the same fields over all sites.
+//!   `bytes`, `peak`, `leaked_blocks`, `leaked_bytes`, `lost_bytes`, `reallocs`, `temporary`,
+//!   each `{base, new, delta}`: [`diff::METRICS`]), largest change first; `totals` the same
+//!   fields over all sites; `changed` and `unchanged`, the sites in each. `zmtrace view --base`
+//!   shows the same rows.
 //! - `churn`: `reallocs`, `bytes_copied`, `sites` (each `reallocs`, `grew`, `shrank`, `moved`,
 //!   `in_place`, `bytes_copied`, `longest_chain`, `pattern` (`{kind: none | fixed_step |
 //!   geometric | irregular, step, share, factor}`), `hint` (or null), `site`, `stack`), by bytes
@@ -50,14 +55,18 @@ pub mod analysis;
 pub mod diff;
 pub mod export;
 pub mod flame;
+pub mod info;
 pub mod leakcheck;
 pub mod leaks;
+mod livemap;
 pub mod mapped;
 pub mod reports;
+pub mod session;
 pub mod suppressions;
 pub mod symbols;
 pub mod view;
 pub mod words;
 
 pub use analysis::{analyze, Analysis};
+pub use session::Session;
 pub use symbols::Symbolizer;

@@ -97,12 +97,35 @@ fn symbol_table(path: &Path) -> Vec<(u64, u64, String)> {
 }
 
 /// Symbolizes the stacks of one dump.
+///
+/// # Modules by time
+///
+/// A library unloaded and another loaded at the same addresses are two modules for one address
+/// range. Each `Module` record says from which event sequence number the module was mapped and
+/// each `ModuleGone` from which it was not any more, so each module has an era `[from, to)`.
+/// A frame is resolved against the module mapped at the time of the stack: the recorder gives a
+/// stack through an unloaded module's code no new events once the module is gone (it takes such
+/// stacks out of its store, so the same addresses in the next module are a stack of their own),
+/// so a stack id belongs to one era, and the first event that names it tells which. Interning
+/// per (stack, era) in the analyzer instead would split every site by era for nothing: the
+/// recorder already does it where it matters. The first uses are found with one pass over the
+/// events, made only for a dump in which two modules share addresses; a stack with no event (an
+/// aggregated dump, a block inherited at a fork) and older dumps (every era from 0, no end)
+/// resolve as before: against the module recorded last for the range.
 pub struct Symbolizer<'d> {
     dump: &'d Dump,
-    /// Modules by address range: (start, end, index into dump.modules), sorted.
+    /// Modules by address range: (start, end, index into dump.modules), sorted by start, then
+    /// by recording order (latest first).
     ranges: Vec<(u64, u64, usize)>,
+    /// Per module, the event sequence numbers `[from, to)` while it was mapped.
+    eras: Vec<(u64, u64)>,
+    /// Two modules share addresses: frames resolve by time.
+    by_time: bool,
+    /// The sequence number of the first event of each stack (found on first need).
+    first_use: Option<HashMap<u32, u64>>,
     files: HashMap<PathBuf, ModuleFile>,
-    addresses: HashMap<u64, Rc<Vec<Frame>>>,
+    /// Frames by return address and module.
+    addresses: HashMap<(u64, usize), Rc<Vec<Frame>>>,
     stacks: HashMap<u32, Rc<Vec<Frame>>>,
     /// Problems met (a module missing on disk, a build-id that no longer matches): one line
     /// each, each said once.
@@ -116,13 +139,48 @@ impl<'d> Symbolizer<'d> {
             .iter()
             .enumerate()
             .flat_map(|(i, m)| m.segments.iter().map(move |&(s, e)| (s, e, i)))
+            .filter(|&(s, e, _)| s < e)
             .collect();
-        // A later record for the same range (a module loaded where another was) wins.
         ranges.sort_by_key(|&(s, _, i)| (s, std::cmp::Reverse(i)));
-        ranges.dedup_by_key(|r| r.0);
+        // Another module where one was (overlapping segments): resolve by time.
+        let by_time = {
+            let mut by_start = ranges.clone();
+            by_start.sort_by_key(|r| r.0);
+            let mut end = 0u64;
+            let mut owner = usize::MAX;
+            let mut shared = false;
+            for &(s, e, i) in &by_start {
+                if s < end && i != owner {
+                    shared = true;
+                    break;
+                }
+                if e > end {
+                    end = e;
+                    owner = i;
+                }
+            }
+            shared
+        };
+        let eras = dump
+            .modules
+            .iter()
+            .map(|m| {
+                let to = dump
+                    .modules_gone
+                    .iter()
+                    .filter(|g| g.base == m.base && g.seq != 0 && g.seq >= m.seq)
+                    .map(|g| g.seq)
+                    .min()
+                    .unwrap_or(u64::MAX);
+                (m.seq, to)
+            })
+            .collect();
         Symbolizer {
             dump,
             ranges,
+            eras,
+            by_time,
+            first_use: None,
             files: HashMap::new(),
             addresses: HashMap::new(),
             stacks: HashMap::new(),
@@ -130,13 +188,46 @@ impl<'d> Symbolizer<'d> {
         }
     }
 
-    fn module_of(&self, addr: u64) -> Option<&'d Module> {
-        let i = self
-            .ranges
-            .partition_point(|r| r.0 <= addr)
-            .checked_sub(1)?;
-        let (s, e, m) = self.ranges[i];
-        (s <= addr && addr < e).then(|| &self.dump.modules[m])
+    /// The module of `addr` at event sequence number `seq` (None: no time known): the one
+    /// mapped then, else the one recorded last for the address.
+    fn module_of(&self, addr: u64, seq: Option<u64>) -> Option<usize> {
+        // Ranges are few (a handful per module): the ones starting at or below `addr`, latest
+        // recorded first among equal starts.
+        let upto = self.ranges.partition_point(|r| r.0 <= addr);
+        let holding = || {
+            self.ranges[..upto]
+                .iter()
+                .rev()
+                .filter(move |&&(s, e, _)| s <= addr && addr < e)
+                .map(|r| r.2)
+        };
+        if let Some(seq) = seq.filter(|_| self.by_time) {
+            let at = holding()
+                .filter(|&i| self.eras[i].0 <= seq && seq < self.eras[i].1)
+                .max();
+            if at.is_some() {
+                return at;
+            }
+        }
+        holding().max()
+    }
+
+    /// When stack `id` was first used: the sequence number of its first event.
+    fn first_use(&mut self, id: u32) -> Option<u64> {
+        if !self.by_time {
+            return None;
+        }
+        let dump = self.dump;
+        let map = self.first_use.get_or_insert_with(|| {
+            let mut m: HashMap<u32, u64> = HashMap::new();
+            for e in dump.events() {
+                if let Some(stack) = e.kind.stack() {
+                    m.entry(stack).or_insert(e.seq);
+                }
+            }
+            m
+        });
+        map.get(&id).copied()
     }
 
     /// The frames of stack `id`, outermost last, without the recorder's own frames. Unknown ids
@@ -172,10 +263,11 @@ impl<'d> Symbolizer<'d> {
     /// first), without the recorder's own; `None` for an id the dump does not have. For exports
     /// that keep addresses (pprof's locations); [`Symbolizer::stack`] is these frames flattened.
     pub fn stack_addresses(&mut self, id: u32) -> Option<Vec<(u64, Rc<Vec<Frame>>)>> {
+        let seq = self.first_use(id);
         let addrs = self.dump.stacks.get(&id)?;
         let mut out = Vec::with_capacity(addrs.len());
         for &a in addrs {
-            let f = self.address(a);
+            let f = self.address_at(a, seq);
             if f.first()
                 .and_then(|f| f.module.as_deref())
                 .is_some_and(is_recorder_module)
@@ -187,19 +279,27 @@ impl<'d> Symbolizer<'d> {
         Some(out)
     }
 
-    /// The frames at one return address (inlined calls first).
+    /// The frames at one return address (inlined calls first), in the module recorded last
+    /// for it.
     pub fn address(&mut self, ret: u64) -> Rc<Vec<Frame>> {
-        if let Some(f) = self.addresses.get(&ret) {
+        self.address_at(ret, None)
+    }
+
+    /// The frames at one return address in the module mapped at event `seq`.
+    pub fn address_at(&mut self, ret: u64, seq: Option<u64>) -> Rc<Vec<Frame>> {
+        let module = self.module_of(ret, seq);
+        let key = (ret, module.unwrap_or(usize::MAX));
+        if let Some(f) = self.addresses.get(&key) {
             return f.clone();
         }
-        let frames = Rc::new(self.lookup(ret));
-        self.addresses.insert(ret, frames.clone());
+        let frames = Rc::new(self.lookup(ret, module.map(|i| &self.dump.modules[i])));
+        self.addresses.insert(key, frames.clone());
         frames
     }
 
-    fn lookup(&mut self, ret: u64) -> Vec<Frame> {
+    fn lookup(&mut self, ret: u64, module: Option<&'d Module>) -> Vec<Frame> {
         let address = format!("{ret:#x}");
-        let Some(module) = self.module_of(ret) else {
+        let Some(module) = module else {
             return vec![Frame {
                 function: None,
                 file: None,
@@ -328,12 +428,15 @@ fn collapse_below_main(frames: &mut Vec<Frame>) {
         return;
     }
     let address = below[0].address.clone();
+    // The module of the frame whose address it keeps (libc's), so that the frame still says
+    // where it is (a frame in no module reads as a raw address).
+    let module = below[0].module.clone();
     frames.truncate(main + 1);
     frames.push(Frame {
         function: Some(BELOW_MAIN.to_string()),
         file: None,
         line: None,
-        module: None,
+        module,
         address,
         inlined: false,
     });
@@ -371,4 +474,101 @@ fn build_id_of(path: &Path) -> Option<Vec<u8>> {
     let data = std::fs::read(path).ok()?;
     let file = object::File::parse(&*data).ok()?;
     file.build_id().ok().flatten().map(|b| b.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zmtrace_format::event::{encode_alloc, pack, EventBuf};
+    use zmtrace_format::{write, AllocKind, Origin, Process};
+
+    /// Two modules at one address range, A from event 1 to 10, B from 12 on, and a stack in
+    /// each (the same return address, two ids); `eras` false writes them as an older writer
+    /// did (no sequence numbers).
+    fn dump(eras: bool) -> Dump {
+        let mut out = write::file_header().to_vec();
+        write::process(
+            &mut out,
+            &Process {
+                pid: 1,
+                ppid: 0,
+                origin: Origin::Start,
+                parent_pid: 0,
+                fork_seq: 0,
+                start_unix_ns: 0,
+                session: String::new(),
+                exe: "/x".into(),
+                argv: vec![],
+                aggregated: false,
+                args_left_out: 0,
+            },
+        );
+        for (path, from, to) in [("/gone/a.so", 1, 10), ("/gone/b.so", 12, 0)] {
+            write::module(
+                &mut out,
+                &Module {
+                    base: 0x7000_0000,
+                    path: path.into(),
+                    build_id: vec![],
+                    segments: vec![(0x7000_1000, 0x7000_2000)],
+                    seq: if eras { from } else { 0 },
+                },
+            );
+            if to > 0 {
+                write::module_gone(&mut out, 0x7000_0000, if eras { to } else { 0 });
+            }
+        }
+        let frames = [0x7000_1234u64];
+        write::stacks(
+            &mut out,
+            [(1u32, &frames[..]), (2, &frames[..])].into_iter(),
+            &mut |b| zstd::bulk::compress(b, 1).unwrap(),
+        );
+        let mut raw = Vec::new();
+        for (seq, stack) in [(5u64, 1u32), (15, 2)] {
+            let mut b = EventBuf::default();
+            encode_alloc(
+                &mut b,
+                seq,
+                seq,
+                AllocKind::Malloc,
+                0x100 * seq,
+                8,
+                8,
+                stack,
+            );
+            raw.extend_from_slice(b.as_slice());
+        }
+        let mut packed = Vec::new();
+        pack(&raw, &mut packed);
+        let z = zstd::bulk::compress(&packed, 1).unwrap();
+        write::events(&mut out, 0, 1, packed.len(), &z);
+        Dump::from_bytes(Path::new("t"), out).unwrap()
+    }
+
+    fn module_of_stack(sym: &mut Symbolizer<'_>, id: u32) -> String {
+        sym.stack(id)[0].module.clone().unwrap()
+    }
+
+    #[test]
+    fn a_stack_resolves_against_the_module_mapped_at_its_first_event() {
+        let d = dump(true);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        let mut sym = Symbolizer::new(&d);
+        assert_eq!(module_of_stack(&mut sym, 1), "/gone/a.so");
+        assert_eq!(module_of_stack(&mut sym, 2), "/gone/b.so");
+        // Without a time: the module recorded last.
+        assert_eq!(
+            sym.address(0x7000_1234)[0].module.as_deref(),
+            Some("/gone/b.so")
+        );
+    }
+
+    #[test]
+    fn an_older_dump_resolves_against_the_module_recorded_last() {
+        let d = dump(false);
+        let mut sym = Symbolizer::new(&d);
+        assert_eq!(module_of_stack(&mut sym, 1), "/gone/b.so");
+        assert_eq!(module_of_stack(&mut sym, 2), "/gone/b.so");
+    }
 }

@@ -24,6 +24,7 @@ use serde::Serialize;
 use zmtrace_format::{Dump, EventKind, LeakKind};
 
 use crate::analysis::{Analysis, GrowthPattern, SiteStats};
+use crate::diff::{Side, METRICS};
 use crate::reports::{self, FrameKey, Options, Report};
 use crate::symbols::{Frame, Symbolizer};
 
@@ -62,9 +63,6 @@ const BYTES_COPIED: usize = 11;
 const LOST: usize = 12;
 
 type Counts = [u64; COUNTERS.len()];
-
-/// The metrics of the diff, as indices into [`COUNTERS`].
-const DIFF_METRICS: [usize; 6] = [ALLOCATIONS, BYTES, LEAKED, PEAK, TEMPORARY, REALLOCS];
 
 /// How much the page may hold.
 #[derive(Clone, Copy, Debug)]
@@ -188,10 +186,14 @@ pub struct Series {
     pub live: Vec<u64>,
 }
 
+/// What changed between the runs: the rows of `zmtrace diff` (its engine, [`crate::diff`]: the
+/// same sites, metrics and numbers), the top [`Limits::top`] of each metric.
 #[derive(Debug, Serialize)]
 pub struct Diff {
-    /// What `base` and `current` of each row hold.
-    pub metrics: [&'static str; DIFF_METRICS.len()],
+    /// What `base` and `current` of each row hold: `zmtrace diff --json`'s field names.
+    pub metrics: [&'static str; METRICS.len()],
+    /// The unit of each metric, for the table's headers: `bytes`, else what it counts.
+    pub units: [&'static str; METRICS.len()],
     /// `zmtrace report --json` of the base dump.
     pub base: Report,
     /// The sites that changed most, per metric (the top [`Limits::top`] of each).
@@ -204,8 +206,8 @@ pub struct Diff {
 pub struct DiffRow {
     pub name: String,
     pub stack: Vec<usize>,
-    pub base: [u64; DIFF_METRICS.len()],
-    pub current: [u64; DIFF_METRICS.len()],
+    pub base: [u64; METRICS.len()],
+    pub current: [u64; METRICS.len()],
 }
 
 /// The base run of a diff.
@@ -454,7 +456,7 @@ pub fn build(
         )
     };
 
-    let diff = base.map(|b| diff(a, sym, b, opts, limits, &mut intern));
+    let diff = base.map(|b| diff(a, dump, sym, b, opts, limits, &mut intern));
     ViewData {
         format: 1,
         counters: COUNTERS,
@@ -930,84 +932,70 @@ fn timeline(
     }
 }
 
-/// Per site (matched across the runs by [`reports::site_key`]), the diff metrics of both runs.
+/// The rows of the diff: [`crate::diff::diff`]'s changed sites, the largest [`Limits::top`]
+/// changes of each metric kept.
 fn diff(
     a: &Analysis,
+    dump: &Dump,
     sym: &mut Symbolizer,
     base: Base,
     opts: &Options,
     limits: Limits,
     intern: &mut Interner,
 ) -> Diff {
-    struct Side {
-        name: String,
-        stack: Vec<Frame>,
-        values: [u64; DIFF_METRICS.len()],
-    }
-    fn sides(a: &Analysis, sym: &mut Symbolizer, opts: &Options) -> HashMap<Vec<FrameKey>, Side> {
-        let mut out: HashMap<Vec<FrameKey>, Side> = HashMap::new();
-        for (id, s) in reports::merged_sites(a, sym) {
-            let site = reports::site(sym, id, opts);
-            let t = totals(&s);
-            let values = DIFF_METRICS.map(|m| t[m]);
-            out.insert(
-                reports::site_key(&site.stack),
-                Side {
-                    name: site.site,
-                    stack: site.stack,
-                    values,
-                },
-            );
-        }
-        out
-    }
     let base_report = reports::report(base.dump, base.analysis, base.sym, opts);
-    let mut before = sides(base.analysis, base.sym, opts);
-    let mut after = sides(a, sym, opts);
-    let mut keys: Vec<Vec<FrameKey>> = before.keys().chain(after.keys()).cloned().collect();
-    keys.sort();
-    keys.dedup();
-    let zero = [0u64; DIFF_METRICS.len()];
-    let value =
-        |m: &HashMap<Vec<FrameKey>, Side>, k: &Vec<FrameKey>| m.get(k).map_or(zero, |s| s.values);
-    let changed: Vec<&Vec<FrameKey>> = keys
-        .iter()
-        .filter(|k| value(&before, k) != value(&after, k))
-        .collect();
-    let mut kept = vec![false; changed.len()];
-    for m in 0..DIFF_METRICS.len() {
-        let mut v: Vec<(u64, usize)> = changed
+    let all = Options {
+        top: 0,
+        ..opts.clone()
+    };
+    let d = crate::diff::diff(
+        Side {
+            dump: base.dump,
+            analysis: base.analysis,
+            sym: base.sym,
+        },
+        Side {
+            dump,
+            analysis: a,
+            sym,
+        },
+        &all,
+    );
+    let mut kept = vec![false; d.sites.len()];
+    for m in 0..METRICS.len() {
+        let mut v: Vec<(u64, usize)> = d
+            .sites
             .iter()
             .enumerate()
-            .map(|(i, k)| (value(&before, k)[m].abs_diff(value(&after, k)[m]), i))
-            .filter(|&(d, _)| d > 0)
+            .map(|(i, s)| (s.changes.all()[m].1.delta.unsigned_abs(), i))
+            .filter(|&(delta, _)| delta > 0)
             .collect();
-        v.sort_unstable_by_key(|&(d, i)| (Reverse(d), i));
+        v.sort_unstable_by_key(|&(delta, i)| (Reverse(delta), i));
         for &(_, i) in v.iter().take(limits.top) {
             kept[i] = true;
         }
     }
-    let mut rows = Vec::new();
-    for (i, k) in changed.iter().enumerate() {
-        if !kept[i] {
-            continue;
-        }
-        let (b, c) = (value(&before, k), value(&after, k));
-        // Named and drawn as in the current run where it exists there.
-        let side = after.remove(*k).or_else(|| before.remove(*k));
-        let Some(side) = side else { continue };
-        rows.push(DiffRow {
-            name: side.name,
-            stack: intern.stack(&side.stack),
-            base: b,
-            current: c,
-        });
-    }
+    let rows = d
+        .sites
+        .iter()
+        .zip(kept)
+        .filter(|(_, k)| *k)
+        .map(|(s, _)| {
+            let all = s.changes.all();
+            DiffRow {
+                name: s.site.site.clone(),
+                stack: intern.stack(&s.site.stack),
+                base: all.map(|(_, d)| d.base),
+                current: all.map(|(_, d)| d.new),
+            }
+        })
+        .collect();
     Diff {
-        metrics: DIFF_METRICS.map(|m| COUNTERS[m]),
+        metrics: METRICS.map(|m| m.field),
+        units: METRICS.map(|m| if m.bytes { "bytes" } else { m.label }),
         base: base_report,
         rows,
-        sites_differing: changed.len(),
+        sites_differing: d.changed as usize,
     }
 }
 
@@ -1422,7 +1410,11 @@ mod tests {
                 .unwrap_or_else(|| panic!("no row {name}"))
         };
         let bytes = diff.metrics.iter().position(|&m| m == "bytes").unwrap();
-        let leaked = diff.metrics.iter().position(|&m| m == "leaked").unwrap();
+        let leaked = diff
+            .metrics
+            .iter()
+            .position(|&m| m == "leaked_bytes")
+            .unwrap();
         assert_eq!(
             (row("0x2000").base[bytes], row("0x2000").current[bytes]),
             (500, 1000)

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use zmtrace_analyze::flame::{self, Metric};
 use zmtrace_analyze::leakcheck::NO_CHECK;
 use zmtrace_analyze::reports::{self, Options};
-use zmtrace_analyze::suppressions::{self, Suppressions};
-use zmtrace_analyze::{analyze, Analysis, Symbolizer};
+use zmtrace_analyze::session::{self, Session};
+use zmtrace_analyze::suppressions::Suppressions;
 use zmtrace_format::{Dump, LeakKind};
 
 use crate::Failure;
@@ -78,7 +78,16 @@ impl Drop for Progress {
 }
 
 fn open(path: &Path) -> Result<Dump, Failure> {
-    Dump::open(path).map_err(|e| Failure::bad_input(e.to_string()))
+    session::open(path).map_err(Failure::bad_input)
+}
+
+impl AnalyzeOptions {
+    fn session(&self, peak_sites: bool) -> session::Options {
+        session::Options {
+            peak_sites,
+            suppressions: self.suppressions.clone(),
+        }
+    }
 }
 
 pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
@@ -106,12 +115,14 @@ pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
                 ..
             }
     );
-    let mut a: Analysis = {
+    let Session {
+        analysis: a,
+        mut sym,
+        ..
+    } = {
         let mut p = Progress::new();
-        analyze(&dump, peak, &mut |d, t| p.update(d, t))
+        Session::with_progress(&dump, &o.session(peak), &mut |d, t| p.update(d, t))
     };
-    let mut sym = Symbolizer::new(&dump);
-    suppressions::apply(&mut a, &mut sym, &o.suppressions);
     let (text, json) = match what {
         What::Report => {
             let r = reports::report(&dump, &a, &mut sym, &o.report);
@@ -136,11 +147,22 @@ pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
             for w in dump.warnings.iter().chain(dump.late_warnings().iter()) {
                 eprintln!("zmtrace: warning: {w}");
             }
-            return write_flamegraph(&dump, &lines, metric, folded, o.out.as_deref());
+            write_flamegraph(&dump, &lines, metric, folded, o.out.as_deref())?;
+            return damaged(&dump);
         }
     };
     let out = if o.json { json } else { text };
-    write_out(o.out.as_deref(), out.as_bytes())
+    write_out(o.out.as_deref(), out.as_bytes())?;
+    damaged(&dump)
+}
+
+/// After the output: a damaged dump (records skipped, not merely cut short) fails with one line,
+/// so that a script does not take a partial report for a whole one.
+pub fn damaged(dump: &Dump) -> Result<(), Failure> {
+    match dump.damage() {
+        Some(line) => Err(Failure::damaged(line)),
+        None => Ok(()),
+    }
 }
 
 /// `zmtrace diff`: `o.dump` is the base, `new` the dump compared with it; with `flame`, a
@@ -149,13 +171,17 @@ pub fn diff(o: &AnalyzeOptions, new: &Path, flame: Option<Metric>) -> Result<(),
     let base_dump = open(&o.dump)?;
     let new_dump = open(new)?;
     let mut p = Progress::new();
-    let mut base_a = analyze(&base_dump, true, &mut |d, t| p.update(d, t));
-    let mut new_a = analyze(&new_dump, true, &mut |d, t| p.update(d, t));
+    let Session {
+        analysis: base_a,
+        sym: mut base_sym,
+        ..
+    } = Session::with_progress(&base_dump, &o.session(true), &mut |d, t| p.update(d, t));
+    let Session {
+        analysis: new_a,
+        sym: mut new_sym,
+        ..
+    } = Session::with_progress(&new_dump, &o.session(true), &mut |d, t| p.update(d, t));
     drop(p);
-    let mut base_sym = Symbolizer::new(&base_dump);
-    let mut new_sym = Symbolizer::new(&new_dump);
-    suppressions::apply(&mut base_a, &mut base_sym, &o.suppressions);
-    suppressions::apply(&mut new_a, &mut new_sym, &o.suppressions);
     if let Some(metric) = flame {
         let base_lines = flame::folded(&base_a, &mut base_sym, metric);
         let new_lines = flame::folded(&new_a, &mut new_sym, metric);
@@ -177,11 +203,11 @@ pub fn diff(o: &AnalyzeOptions, new: &Path, flame: Option<Metric>) -> Result<(),
             name(&new_dump)
         );
         let file = std::fs::File::create(path)
-            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
+            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))?;
         let mut w = std::io::BufWriter::new(file);
         return flame::differential(&base_lines, &new_lines, metric, title, &mut w)
             .and_then(|()| w.flush())
-            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())));
+            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())));
     }
     let d = zmtrace_analyze::diff::diff(
         zmtrace_analyze::diff::Side {
@@ -214,7 +240,7 @@ fn to_json(v: &impl serde::Serialize) -> String {
 fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
     match path {
         Some(p) => std::fs::write(p, bytes)
-            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", p.display()))),
+            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", p.display()))),
         None => {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`| head`) is not an error worth reporting.

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use zmtrace_analyze::export::{self, Profile, SampleType};
-use zmtrace_analyze::suppressions::{self, Suppressions};
-use zmtrace_analyze::{analyze, Symbolizer};
+use zmtrace_analyze::session::{self, Session};
+use zmtrace_analyze::suppressions::Suppressions;
 use zmtrace_format::Dump;
 
 use crate::Failure;
@@ -44,17 +44,42 @@ pub fn parse_sample_type(s: &str) -> Result<SampleType, Failure> {
 pub struct ExportOptions {
     pub dump: PathBuf,
     pub format: Format,
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
+    /// `--at`: a snapshot's number (from 1), or `list`.
+    pub at: Option<String>,
     pub metric: SampleType,
     pub wrappers: Vec<String>,
     pub suppressions: Suppressions,
 }
 
 pub fn run(o: &ExportOptions) -> Result<(), Failure> {
-    let dump = Dump::open(&o.dump).map_err(|e| Failure::bad_input(e.to_string()))?;
-    let mut a = analyze(&dump, false, &mut |_, _| {});
-    let mut sym = Symbolizer::new(&dump);
-    suppressions::apply(&mut a, &mut sym, &o.suppressions);
+    let dump = session::open(&o.dump).map_err(Failure::bad_input)?;
+    if o.at.as_deref() == Some("list") {
+        print!("{}", snapshot_list(&dump));
+        return Ok(());
+    }
+    let Some(out) = &o.out else {
+        return Err(Failure::bad_input(
+            "export needs -o FILE (or --at list)".into(),
+        ));
+    };
+    let at = match o.at.as_deref() {
+        None => None,
+        Some(n) => Some(pick_snapshot(&dump, &o.dump, n)?),
+    };
+    let Session {
+        analysis: a,
+        mut sym,
+        ..
+    } = Session::at(
+        &dump,
+        &session::Options {
+            peak_sites: false,
+            suppressions: o.suppressions.clone(),
+        },
+        &mut |_, _| {},
+        at,
+    );
     let profile = Profile::from_analysis(&a);
     if o.metric == SampleType::LostSpace && !profile.lost {
         return Err(Failure::bad_input(format!(
@@ -67,14 +92,25 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
         Format::Pprof => {
             let mut wrappers = zmtrace_analyze::reports::Options::default().wrappers;
             wrappers.extend(o.wrappers.iter().cloned());
+            let mut p = export::pprof::build(&dump, &profile, &mut sym, &wrappers, o.metric);
+            if let Some(s) = at {
+                export::pprof::set_inuse_comment(
+                    &mut p,
+                    &format!(
+                        "inuse_*: live at snapshot {} ({:.3} s)",
+                        o.at.as_deref().unwrap_or(""),
+                        s.ts_ns as f64 / 1e9
+                    ),
+                );
+            }
             let mut v = Vec::new();
-            export::pprof::write(&dump, &profile, &mut sym, &wrappers, o.metric, &mut v)
-                .map_err(|e| Failure::usage(format!("cannot compress the profile: {e}")))?;
+            export::pprof::gzip(&p, &mut v)
+                .map_err(|e| Failure::setup(format!("cannot compress the profile: {e}")))?;
             v
         }
         Format::Speedscope => {
             let f = export::speedscope::build(&dump, &profile, &mut sym, o.metric);
-            serde_json::to_vec(&f).map_err(|e| Failure::usage(e.to_string()))?
+            serde_json::to_vec(&f).map_err(|e| Failure::setup(e.to_string()))?
         }
         Format::Folded => {
             export::folded::text(&export::folded::folded(&profile, &mut sym, o.metric)).into_bytes()
@@ -88,11 +124,52 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
     {
         eprintln!("zmtrace: warning: {w}");
     }
-    write_file(&o.out, &bytes)
+    write_file(out, &bytes)
+}
+
+/// `--at list`: one line per snapshot, its number, time and event number.
+pub fn snapshot_list(dump: &Dump) -> String {
+    let mut s = String::new();
+    if dump.snapshots.is_empty() {
+        s.push_str("no snapshots in this dump\n");
+    }
+    for (i, snap) in dump.snapshots.iter().enumerate() {
+        s.push_str(&format!(
+            "{:>4}  {:>10.3} s  event {}{}\n",
+            i + 1,
+            snap.ts_ns as f64 / 1e9,
+            snap.seq,
+            if snap.aggregate.is_some() {
+                " (aggregated: counters and live set)"
+            } else {
+                ""
+            }
+        ));
+    }
+    s
+}
+
+fn pick_snapshot<'d>(
+    dump: &'d Dump,
+    path: &Path,
+    n: &str,
+) -> Result<&'d zmtrace_format::Snapshot, Failure> {
+    let count = dump.snapshots.len();
+    n.parse::<usize>()
+        .ok()
+        .filter(|&i| i >= 1)
+        .and_then(|i| dump.snapshots.get(i - 1))
+        .ok_or_else(|| {
+            Failure::bad_input(format!(
+                "--at {n:?}: {} has {count} snapshot{} (numbered from 1; --at list shows them)",
+                path.display(),
+                if count == 1 { "" } else { "s" }
+            ))
+        })
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    let fail = |e: std::io::Error| Failure::usage(format!("cannot write {}: {e}", path.display()));
+    let fail = |e: std::io::Error| Failure::setup(format!("cannot write {}: {e}", path.display()));
     let mut f = std::fs::File::create(path).map_err(fail)?;
     f.write_all(bytes).and_then(|()| f.flush()).map_err(fail)
 }

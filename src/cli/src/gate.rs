@@ -1,15 +1,16 @@
 //! `zmtrace run --fail-on-leak [LEVEL]`: a CI gate. After the program ends, its dumps are
 //! analyzed, suppressions applied, and the run fails with [`LEAK_EXIT`] when a process leaked at
-//! the level asked, naming the sites that did.
+//! the level asked, naming the sites that did. A dump that cannot be read fails the gate too:
+//! what it would have said is unknown, and a gate that passes what it could not check is no gate.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use zmtrace_analyze::reports::Options;
-use zmtrace_analyze::suppressions::{self, Suppressions};
+use zmtrace_analyze::session::{self, Session};
+use zmtrace_analyze::suppressions::Suppressions;
 use zmtrace_analyze::words::{human_bytes, plural};
-use zmtrace_analyze::{analyze, Symbolizer};
-use zmtrace_format::{Dump, LeakKind};
+use zmtrace_format::LeakKind;
 
 /// The exit status of a run that leaked (LeakSanitizer's).
 pub const LEAK_EXIT: i32 = 23;
@@ -46,19 +47,56 @@ impl LeakLevel {
     }
 }
 
-/// Checks every dump of the run; prints what leaked on stderr. True when something did.
+/// Checks every dump of the run; prints what leaked on stderr. True when something did, or when
+/// a dump could not be read (one line says which and why).
 pub fn check(dumps: &[PathBuf], level: LeakLevel, supp: &Suppressions) -> bool {
     let mut err = std::io::stderr().lock();
     let mut leaked = false;
+    let opts = session::Options {
+        peak_sites: false,
+        suppressions: supp.clone(),
+    };
     for path in dumps {
-        let Ok(dump) = Dump::open(path) else { continue };
+        let dump = match session::open(path) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = writeln!(
+                    err,
+                    "zmtrace: leak gate: {e}: the dump cannot be read, so it fails the gate"
+                );
+                leaked = true;
+                continue;
+            }
+        };
         // An image replaced by exec freed nothing, but it did not leak either.
         if dump.exec.is_some() {
             continue;
         }
-        let mut a = analyze(&dump, false, &mut |_, _| {});
-        let mut sym = Symbolizer::new(&dump);
-        suppressions::apply(&mut a, &mut sym, supp);
+        let Session {
+            analysis: a,
+            mut sym,
+            ..
+        } = Session::new(&dump, &opts);
+        // A process that reached its end (the dump has its end record) leaves a dump the
+        // reader finds nothing wrong with; a problem then is damage, and what the damaged part
+        // held (blocks, frees, the leak check itself) is unknown. A dump cut short, without
+        // its end, is the "not checked" case below.
+        let problems: Vec<String> = dump
+            .warnings
+            .iter()
+            .cloned()
+            .chain(dump.late_warnings())
+            .collect();
+        if dump.end.is_some() && !problems.is_empty() {
+            let _ = writeln!(
+                err,
+                "zmtrace: leak gate: {}: the dump is damaged ({}), so it fails the gate",
+                path.display(),
+                problems.join("; ")
+            );
+            leaked = true;
+            continue;
+        }
         let kinds = level.kinds();
         let (blocks, bytes) = if a.check.is_some() {
             kinds.iter().fold((0, 0), |(n, b), &k| {

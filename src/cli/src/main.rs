@@ -13,6 +13,7 @@ mod export;
 mod gate;
 mod info;
 mod run;
+mod scrape;
 mod serve;
 mod view;
 
@@ -82,6 +83,24 @@ enum Cmd {
             default_value = "all"
         )]
         heuristics: String,
+        /// While the program runs, serve its heap as Go's net/http/pprof does, for Parca,
+        /// Pyroscope (Grafana Alloy) or `go tool pprof URL`: /debug/pprof/heap (in use now) and
+        /// /debug/pprof/allocs (since the start). ADDR is HOST:PORT, or :PORT for 127.0.0.1.
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<String>,
+        /// The signal that has the recorder write a snapshot of the heap into the dump (`zmtrace
+        /// export --at N` exports it): USR2 by default; USR1, a number, or none. If the program
+        /// installs its own handler for it, the program keeps it and snapshots on it are off.
+        #[arg(long = "snapshot-signal", value_name = "SIG", default_value = "USR2")]
+        snapshot_signal: String,
+        /// Send the snapshot signal this often (500ms, 10s, 2m).
+        #[arg(long = "snapshot-every", value_name = "DURATION")]
+        snapshot_every: Option<String>,
+        /// Send the snapshot signal when the program's RSS crosses PERCENT of its memory limit
+        /// (cgroup v2 memory.max, else the machine's memory; ZMTRACE_MEMORY_LIMIT=BYTES sets
+        /// another), so that an OOM kill leaves the heap as of just before.
+        #[arg(long = "snapshot-at-rss", value_name = "PERCENT")]
+        snapshot_at_rss: Option<String>,
         #[command(flatten)]
         supp: Supp,
         /// The program to run and its arguments (after `--`).
@@ -172,9 +191,13 @@ enum Cmd {
         /// pprof, speedscope or folded.
         #[arg(long, default_value = "pprof")]
         format: String,
-        /// Output file.
-        #[arg(short = 'o', long = "out", required = true)]
-        out: PathBuf,
+        /// Output file (required, but with `--at list`).
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+        /// The state at a snapshot taken while the program ran (its number, from 1; `list`
+        /// prints them with their times): in use = live then.
+        #[arg(long, value_name = "SNAPSHOT")]
+        at: Option<String>,
         /// The sample type: alloc_objects, alloc_space, inuse_objects, inuse_space or lost_space
         /// (or the flamegraph's allocations, bytes, leaked, lost). folded writes this one;
         /// pprof and speedscope have them all and show this one first.
@@ -187,7 +210,7 @@ enum Cmd {
         #[command(flatten)]
         supp: Supp,
     },
-    /// Compare two dumps site by site: allocations, bytes, peak, leaked, lost, reallocs.
+    /// Compare two dumps site by site: allocations, bytes, peak, leaked, lost, reallocs, temporary.
     Diff {
         base: PathBuf,
         new: PathBuf,
@@ -297,11 +320,19 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn usage(message: String) -> Failure {
+    /// zmtrace cannot do its own part (write its output, find its library, listen on a port):
+    /// 125, as `env` and `timeout` say when they fail themselves. Not for bad options or input
+    /// (those are [`Failure::bad_input`], 2).
+    pub fn setup(message: String) -> Failure {
         Failure { message, code: 125 }
     }
+    /// Bad options, a file that is not a dump, a bad suppression file: 2.
     pub fn bad_input(message: String) -> Failure {
         Failure { message, code: 2 }
+    }
+    /// The dump is damaged (not just cut short): the output came from its intact records.
+    pub fn damaged(message: String) -> Failure {
+        Failure { message, code: 3 }
     }
     pub fn cannot_run(message: String) -> Failure {
         Failure { message, code: 126 }
@@ -323,6 +354,10 @@ fn main() {
             no_argv,
             no_freeres,
             heuristics,
+            serve,
+            snapshot_signal,
+            snapshot_every,
+            snapshot_at_rss,
             supp,
             command,
         } => (|| {
@@ -347,6 +382,26 @@ fn main() {
                 .map(run::parse_sample)
                 .transpose()
                 .map_err(Failure::bad_input)?;
+            let serve = serve.as_deref().map(scrape::parse_addr).transpose()?;
+            let snapshot_signal =
+                run::parse_signal(&snapshot_signal).map_err(Failure::bad_input)?;
+            let snapshot_every = snapshot_every
+                .as_deref()
+                .map(run::parse_duration)
+                .transpose()
+                .map_err(Failure::bad_input)?;
+            let snapshot_at_rss = snapshot_at_rss
+                .as_deref()
+                .map(run::parse_percent)
+                .transpose()
+                .map_err(Failure::bad_input)?;
+            if snapshot_signal == 0 && (snapshot_every.is_some() || snapshot_at_rss.is_some()) {
+                return Err(Failure::bad_input(
+                    "--snapshot-every and --snapshot-at-rss send the snapshot signal: not with \
+                     --snapshot-signal none"
+                        .into(),
+                ));
+            }
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
             run::run(&run::RunOptions {
@@ -361,6 +416,10 @@ fn main() {
                 heuristics,
                 suppressions: supp.load()?,
                 no_argv,
+                serve,
+                snapshot_signal,
+                snapshot_every,
+                snapshot_at_rss,
             })
         })(),
         Cmd::DumpInfo { dump, modules } => info::dump_info(&dump, modules).map(|()| 0),
@@ -430,6 +489,7 @@ fn main() {
             format,
             out,
             metric,
+            at,
             wrappers,
             supp,
         } => (|| {
@@ -437,6 +497,7 @@ fn main() {
                 dump,
                 format: export::Format::parse(&format)?,
                 out,
+                at,
                 metric: export::parse_sample_type(&metric)?,
                 wrappers,
                 suppressions: supp.load()?,

@@ -32,6 +32,240 @@ pub struct RunOptions {
     pub suppressions: zmtrace_analyze::suppressions::Suppressions,
     /// `--no-argv`: the dumps keep the program's path, not its arguments.
     pub no_argv: bool,
+    /// `--serve ADDR`: the heap profiles for scrapers while the program runs ([`crate::scrape`]).
+    pub serve: Option<std::net::SocketAddr>,
+    /// The snapshot signal (`--snapshot-signal`, SIGUSR2 by default).
+    pub snapshot_signal: i32,
+    /// `--snapshot-every`: zmtrace sends the snapshot signal this often.
+    pub snapshot_every: Option<std::time::Duration>,
+    /// `--snapshot-at-rss`: zmtrace sends it when the program's RSS crosses this percentage of
+    /// its memory limit.
+    pub snapshot_at_rss: Option<f64>,
+}
+
+/// `--snapshot-signal`: a name (`USR2`, `SIGUSR1`) or a number, not one that ends the program
+/// (those zmtrace already catches for the final flush) and not SIGKILL or SIGSTOP.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    let name = s.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let sig = match name {
+        "NONE" | "OFF" => return Ok(0),
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "WINCH" => libc::SIGWINCH,
+        "URG" => libc::SIGURG,
+        "PWR" => libc::SIGPWR,
+        n => match n.parse::<i32>() {
+            Ok(v) if (1..=64).contains(&v) => v,
+            _ => return Err(format!("unknown signal {s:?} for --snapshot-signal: expected USR1, USR2, WINCH, URG, PWR or a number")),
+        },
+    };
+    let fatal = [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGPIPE,
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGILL,
+        libc::SIGABRT,
+        libc::SIGXCPU,
+        libc::SIGKILL,
+        libc::SIGSTOP,
+        libc::SIGCHLD,
+        libc::SIGCONT,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ];
+    if fatal.contains(&sig) {
+        return Err(format!(
+            "--snapshot-signal {s}: signal {sig} ends, stops or reports on the program; pick \
+             one it does not otherwise get (USR1, USR2)"
+        ));
+    }
+    Ok(sig)
+}
+
+/// `--snapshot-every`: `500ms`, `10s`, `2m`, `1.5s`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("bad duration {s:?} for --snapshot-every: expected e.g. 500ms, 10s, 2m");
+    let t = s.trim();
+    let (num, unit) = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((t, ""), |i| t.split_at(i));
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !(secs.is_finite() && secs >= 0.001) {
+        return Err(format!("--snapshot-every {s}: at least 1ms"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// `--snapshot-at-rss`: a percentage, above 0 and at most 100.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("bad percentage {s:?} for --snapshot-at-rss: expected e.g. 90"))?;
+    if v > 0.0 && v <= 100.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "--snapshot-at-rss {s}: a percentage above 0, at most 100"
+        ))
+    }
+}
+
+/// The memory the program may use, and where that figure comes from: `ZMTRACE_MEMORY_LIMIT`
+/// (bytes: a stand-in limit, for tests and for a limit zmtrace cannot see), else the cgroup v2
+/// `memory.max` of zmtrace's cgroup (the program's: it starts there), else the machine's memory.
+pub fn memory_limit() -> Option<(u64, String)> {
+    if let Some(v) = std::env::var_os("ZMTRACE_MEMORY_LIMIT") {
+        let v = v.to_string_lossy().trim().parse::<u64>().ok()?;
+        return Some((v, "ZMTRACE_MEMORY_LIMIT".into()));
+    }
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| {
+            let path = c.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
+            let file = format!("/sys/fs/cgroup{}/memory.max", path.trim_end_matches('/'));
+            let v = std::fs::read_to_string(&file).ok()?;
+            v.trim().parse::<u64>().ok().map(|v| (v, file))
+        });
+    if cgroup.is_some() {
+        return cgroup;
+    }
+    let mem = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((kb * 1024, "/proc/meminfo MemTotal".into()))
+}
+
+/// The resident set of a process, in bytes (`/proc/PID/statm`).
+fn rss(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    Some(pages * page)
+}
+
+/// What sends the snapshot signal while the program runs: a timer (`--snapshot-every`) and an
+/// RSS watch (`--snapshot-at-rss`), on one thread. Stopped once the program has exited (before
+/// it is reaped: its pid cannot have been reused by then).
+struct Snapshots {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Snapshots {
+    fn start(opts: &RunOptions, pid: u32) -> Option<Snapshots> {
+        let every = opts.snapshot_every;
+        let at_rss = opts.snapshot_at_rss.and_then(|pct| {
+            let (limit, from) = memory_limit()?;
+            let threshold = (limit as f64 * pct / 100.0) as u64;
+            eprintln!(
+                "zmtrace: a snapshot when the program's RSS reaches {} ({pct}% of {} from {from})",
+                human_bytes(threshold),
+                human_bytes(limit)
+            );
+            Some(threshold)
+        });
+        if opts.snapshot_at_rss.is_some() && at_rss.is_none() {
+            eprintln!(
+                "zmtrace: warning: no memory limit found (cgroup memory.max, /proc/meminfo): \
+                 --snapshot-at-rss is off (ZMTRACE_MEMORY_LIMIT=BYTES sets one)"
+            );
+        }
+        if every.is_none() && at_rss.is_none() {
+            return None;
+        }
+        let sig = opts.snapshot_signal;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut next = every.map(|e| start + e);
+            let mut above = false;
+            // The RSS is looked at every 20 ms: a program growing towards its limit at 1 GB/s
+            // crosses 20 MB between two looks.
+            let tick = std::time::Duration::from_millis(20);
+            while !stopped.load(Ordering::Acquire) {
+                let now = std::time::Instant::now();
+                let mut send = false;
+                if let (Some(t), Some(e)) = (next, every) {
+                    if now >= t {
+                        send = true;
+                        next = Some(t + e);
+                    }
+                }
+                if let Some(threshold) = at_rss {
+                    let r = rss(pid).unwrap_or(0);
+                    // Once per crossing: again only after it went below.
+                    if r >= threshold && !above {
+                        send = true;
+                    }
+                    above = r >= threshold;
+                }
+                if send {
+                    // SAFETY: kill(2) of our own child, not yet reaped (see `wait_exited`).
+                    unsafe { libc::kill(pid as libc::pid_t, sig) };
+                }
+                let wait = next
+                    .map_or(tick, |t| {
+                        t.saturating_duration_since(std::time::Instant::now())
+                    })
+                    .min(if at_rss.is_some() {
+                        tick
+                    } else {
+                        std::time::Duration::from_millis(100)
+                    })
+                    .max(std::time::Duration::from_millis(1));
+                std::thread::sleep(wait);
+            }
+        });
+        Some(Snapshots { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.thread.join();
+    }
+}
+
+/// Waits until the child has exited without reaping it (its pid stays ours meanwhile).
+fn wait_exited(pid: u32) {
+    loop {
+        // SAFETY: waitid on our own child into a local struct.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+    }
 }
 
 /// Parses a `--sample` value: bytes, or with a suffix K/KiB or M/MiB; at least 1.
@@ -126,6 +360,7 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         .env("ZMTRACE_AGGREGATE", if opts.aggregate { "1" } else { "0" })
         .env("ZMTRACE_FREERES", if opts.freeres { "1" } else { "0" })
         .env("ZMTRACE_HEURISTICS", &opts.heuristics)
+        .env("ZMTRACE_SNAPSHOT_SIGNAL", opts.snapshot_signal.to_string())
         // Its own process group: a signal we forward reaches the program and its children once,
         // whether it came from the terminal or from `kill`.
         .process_group(0);
@@ -144,6 +379,14 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
                 .env_remove("ZMTRACE_SAMPLE_ALL");
         }
     }
+    let server = opts.serve.map(crate::scrape::bind).transpose()?;
+    if let Some(s) = &server {
+        // On stderr, as every word of ours: the program's stdout stays its own.
+        eprintln!(
+            "zmtrace: serving http://{0}/debug/pprof/heap and http://{0}/debug/pprof/allocs",
+            s.addr()
+        );
+    }
     let child = cmd
         .spawn()
         .map_err(|e| Failure::cannot_run(format!("cannot start {}: {e}", program.display())))?;
@@ -152,7 +395,16 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
     let terminal = Terminal::hand_to(pid);
     install_forwarding();
 
+    let scrape = server.map(|s| crate::scrape::start(s, out_dir.clone(), session.clone(), pid));
+    let snapshots = Snapshots::start(opts, pid);
+    if let Some(s) = snapshots {
+        wait_exited(pid);
+        s.stop();
+    }
     let status = wait(pid);
+    if let Some(s) = scrape {
+        s.stop();
+    }
     drop(terminal);
     drop(child);
 
@@ -313,13 +565,13 @@ fn user_name(uid: u32) -> String {
 fn prepare_out_dir(dir: &Path) -> Result<PathBuf, Failure> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let bad = |e: std::io::Error| {
-        Failure::usage(format!(
+        Failure::setup(format!(
             "cannot write to output directory {}: {e}",
             dir.display()
         ))
     };
     if dir.exists() && !dir.is_dir() {
-        return Err(Failure::usage(format!(
+        return Err(Failure::setup(format!(
             "cannot write to output directory {}: it is not a directory",
             dir.display()
         )));
@@ -368,7 +620,7 @@ fn find_library() -> Result<PathBuf, Failure> {
     if let Some(p) = std::env::var_os("ZMTRACE_LIB") {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            return Err(Failure::usage(format!(
+            return Err(Failure::setup(format!(
                 "ZMTRACE_LIB names {}, which is not a file",
                 p.display()
             )));
@@ -377,7 +629,7 @@ fn find_library() -> Result<PathBuf, Failure> {
         return Ok(p.canonicalize().unwrap_or(p));
     }
     let exe = std::env::current_exe()
-        .map_err(|e| Failure::usage(format!("cannot find zmtrace's own path: {e}")))?;
+        .map_err(|e| Failure::setup(format!("cannot find zmtrace's own path: {e}")))?;
     let beside = exe.with_file_name("libzmtrace.so");
     let installed = exe
         .parent()
@@ -388,7 +640,7 @@ fn find_library() -> Result<PathBuf, Failure> {
         .find(|p| p.is_file());
     match found {
         Some(lib) => check_library(&lib, "the recorder library").map(|()| lib),
-        None => Err(Failure::usage(format!(
+        None => Err(Failure::setup(format!(
             "cannot find the recorder library: looked for {}{} (build it with `cargo build`, \
              install with scripts/install.sh, or set ZMTRACE_LIB)",
             beside.display(),
@@ -401,7 +653,7 @@ fn find_library() -> Result<PathBuf, Failure> {
 fn check_library(path: &Path, what: &str) -> Result<(), Failure> {
     use object::{Object, ObjectKind, ObjectSymbol};
     let not_it = |why: &str| {
-        Failure::usage(format!(
+        Failure::setup(format!(
             "{what} {}, which is not zmtrace's recorder library ({why})",
             path.display()
         ))
@@ -565,12 +817,12 @@ fn report(
             Some((Origin::Exec, _)) => " (after exec)",
             _ => " (child process)",
         };
-        let mut s = zmtrace_analyze::analyze(&dump, false, &mut |_, _| {});
-        if s.check.is_some() {
-            // The same classes as `zmtrace leaks` shows: accepted leaks left out.
-            let mut sym = zmtrace_analyze::Symbolizer::new(&dump);
-            zmtrace_analyze::suppressions::apply(&mut s, &mut sym, supp);
-        }
+        // The same classes as `zmtrace leaks` shows: accepted leaks left out.
+        let opts = zmtrace_analyze::session::Options {
+            peak_sites: false,
+            suppressions: supp.clone(),
+        };
+        let s = zmtrace_analyze::Session::new(&dump, &opts).analysis;
         let _ = writeln!(err, "zmtrace: dump {}{what}", path.display());
         if let Some(t) = s.sample_interval {
             let _ = writeln!(

@@ -1,8 +1,10 @@
 //! A small HTTP/1.1 server for what zmtrace serves to a local browser or scraper: the page of
-//! `zmtrace view --serve` now, a running recording's profile later. It is shaped by what it must
+//! `zmtrace view --serve`, and a running program's heap profiles for scrapers (`zmtrace run
+//! --serve`, [`crate::scrape`]). It is shaped by what it must
 //! never do, since whatever it serves holds a program's stacks and command line:
 //!
-//! - listen anywhere but the loopback interface ([`Server::bind_loopback`]), or answer a request
+//! - listen anywhere but the loopback interface unless told to ([`Server::bind_loopback`];
+//!   [`Server::bind`] only for an address the user gave), or answer a request
 //!   whose `Host` is not this address (a web page of another site cannot read it through DNS
 //!   rebinding: its requests name that site);
 //! - let one client's request grow without bound: the request head is read into a buffer of
@@ -62,6 +64,8 @@ pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    /// POST requests go to the handler too ([`Server::allow_post`]).
+    post: bool,
 }
 
 /// Stops a [`Server`] from another thread.
@@ -89,7 +93,29 @@ impl Server {
             listener,
             addr,
             stop: Arc::new(AtomicBool::new(false)),
+            post: false,
         })
+    }
+
+    /// Listens at `addr` (`zmtrace run --serve`: loopback unless the user names another
+    /// address).
+    pub fn bind(addr: SocketAddr) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        Ok(Server {
+            listener,
+            addr,
+            stop: Arc::new(AtomicBool::new(false)),
+            post: false,
+        })
+    }
+
+    /// Hands POST requests to the handler as well. Their body is never read (it is drained
+    /// and dropped after the answer, as an oversized head is): pprof POSTs the addresses it wants
+    /// named to `/debug/pprof/symbol`, and has its answer without us reading them.
+    pub fn allow_post(mut self) -> Server {
+        self.post = true;
+        self
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -128,11 +154,12 @@ impl Server {
                 );
                 continue;
             }
-            let (handler, mine, addr) = (handler.clone(), active.clone(), self.addr);
+            let (handler, mine, addr, post) =
+                (handler.clone(), active.clone(), self.addr, self.post);
             let spawned = std::thread::Builder::new()
                 .name("zmtrace-http".into())
                 .spawn(move || {
-                    let _ = answer(conn, addr, &*handler);
+                    let _ = answer(conn, addr, post, &*handler);
                     mine.fetch_sub(1, Ordering::AcqRel);
                 });
             match spawned {
@@ -153,6 +180,7 @@ impl Server {
 fn answer(
     mut conn: TcpStream,
     addr: SocketAddr,
+    post: bool,
     handler: &dyn Fn(&Request) -> Response,
 ) -> std::io::Result<()> {
     conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
@@ -180,7 +208,7 @@ fn answer(
             Err(e) => return Err(e),
         };
         len += n;
-        match parse(&buf[..len], addr) {
+        match parse(&buf[..len], addr, post) {
             Ok(Some(r)) => break r,
             Ok(None) if len == buf.len() => {
                 return respond(
@@ -196,7 +224,7 @@ fn answer(
         }
     };
     let head_only = request.method == "HEAD";
-    let response = if request.method == "GET" || head_only {
+    let response = if request.method == "GET" || head_only || (post && request.method == "POST") {
         handler(&request)
     } else {
         Response::text(405, "only GET and HEAD\n")
@@ -205,7 +233,7 @@ fn answer(
 }
 
 /// The request, if its head is complete; an error status if it is not acceptable.
-fn parse(data: &[u8], addr: SocketAddr) -> Result<Option<Request>, u16> {
+fn parse(data: &[u8], addr: SocketAddr, post: bool) -> Result<Option<Request>, u16> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(data) {
@@ -221,6 +249,9 @@ fn parse(data: &[u8], addr: SocketAddr) -> Result<Option<Request>, u16> {
             .map(|h| h.value)
     };
     // A page of another site that got its name resolved to 127.0.0.1 sends its own name here.
+    // Bound elsewhere (an address the user gave `run --serve`, for a scraper on another host),
+    // a Host that is an IP literal with our port is accepted too: a rebinding page always sends
+    // a name, never an address.
     let host_ok = header("host").is_some_and(|h| {
         let h = std::str::from_utf8(h).unwrap_or("");
         let port = addr.port();
@@ -231,13 +262,16 @@ fn parse(data: &[u8], addr: SocketAddr) -> Result<Option<Request>, u16> {
         ]
         .iter()
         .any(|ok| h.eq_ignore_ascii_case(ok))
+            || (!addr.ip().is_loopback() && h.parse::<SocketAddr>().is_ok_and(|a| a.port() == port))
     });
     if !host_ok {
         return Err(421);
     }
-    if header("content-length").is_some_and(|v| v != b"0") || header("transfer-encoding").is_some()
+    let is_post = post && req.method == Some("POST");
+    if (!is_post && header("content-length").is_some_and(|v| v != b"0"))
+        || header("transfer-encoding").is_some()
     {
-        return Err(413); // nothing served here takes a body
+        return Err(413); // nothing served here reads a body
     }
     let target = req.path.unwrap_or("/");
     let path = target.split_once('?').map_or(target, |(p, _)| p);
@@ -309,11 +343,12 @@ mod tests {
         let r = parse(
             b"GET /a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:4000\r\n\r\n",
             addr(),
+            false,
         )
         .unwrap()
         .unwrap();
         assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/a"));
-        assert!(parse(b"GET / HTTP/1.1\r\nHost: 127.0.0", addr())
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: 127.0.0", addr(), false)
             .unwrap()
             .is_none());
     }
@@ -322,21 +357,40 @@ mod tests {
     fn refuses_other_hosts_bodies_and_garbage() {
         let head = |h: &str| format!("GET / HTTP/1.1\r\n{h}\r\n\r\n");
         assert_eq!(
-            parse(head("Host: evil.example:4000").as_bytes(), addr()).err(),
+            parse(head("Host: evil.example:4000").as_bytes(), addr(), false).err(),
             Some(421)
         );
-        assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n", addr()).err(), Some(421));
-        assert!(parse(head("Host: localhost:4000").as_bytes(), addr()).is_ok());
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\n\r\n", addr(), false).err(),
+            Some(421)
+        );
+        assert!(parse(head("Host: localhost:4000").as_bytes(), addr(), false).is_ok());
+        // Bound to another address: an IP literal with our port, never a name.
+        let any: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        assert!(parse(head("Host: 10.1.2.3:4000").as_bytes(), any, false).is_ok());
+        assert_eq!(
+            parse(head("Host: evil.example:4000").as_bytes(), any, false).err(),
+            Some(421)
+        );
+        assert_eq!(
+            parse(head("Host: 10.1.2.3:4001").as_bytes(), any, false).err(),
+            Some(421)
+        );
         assert_eq!(
             parse(
                 head("Host: localhost:4000\r\nContent-Length: 5").as_bytes(),
-                addr()
+                addr(),
+                false
             )
             .err(),
             Some(413)
         );
+        // A POST's body is left unread where POSTs are allowed, refused elsewhere.
+        let post = b"POST /debug/pprof/symbol HTTP/1.1\r\nHost: localhost:4000\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(parse(post, addr(), false).err(), Some(413));
+        assert_eq!(parse(post, addr(), true).unwrap().unwrap().method, "POST");
         assert_eq!(
-            parse(b"\x01\x02 / HTTP/1.1\r\n\r\n", addr()).err(),
+            parse(b"\x01\x02 / HTTP/1.1\r\n\r\n", addr(), false).err(),
             Some(400)
         );
     }

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use zmtrace_analyze::reports::Options;
-use zmtrace_analyze::suppressions::{self, Suppressions};
+use zmtrace_analyze::session::{self, Session};
+use zmtrace_analyze::suppressions::Suppressions;
 use zmtrace_analyze::view::{self, Base, Limits};
-use zmtrace_analyze::{analyze, Symbolizer};
 use zmtrace_format::Dump;
 
 use crate::serve::{Response, Server};
@@ -39,11 +39,11 @@ pub struct ViewOptions {
 }
 
 fn open(path: &Path) -> Result<Dump, Failure> {
-    Dump::open(path).map_err(|e| Failure::bad_input(e.to_string()))
+    session::open(path).map_err(Failure::bad_input)
 }
 
 fn cannot_write(path: &Path, e: std::io::Error) -> Failure {
-    Failure::usage(format!("cannot write {}: {e}", path.display()))
+    Failure::setup(format!("cannot write {}: {e}", path.display()))
 }
 
 pub fn run(o: &ViewOptions) -> Result<(), Failure> {
@@ -59,7 +59,7 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
     let listener = if o.serve {
         Some(
             Server::bind_loopback(0)
-                .map_err(|e| Failure::usage(format!("cannot listen on 127.0.0.1: {e}")))?,
+                .map_err(|e| Failure::setup(format!("cannot listen on 127.0.0.1: {e}")))?,
         )
     } else {
         None
@@ -71,24 +71,25 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
         .map(|p| std::fs::File::create(p).map_err(|e| cannot_write(p, e)))
         .transpose()?;
 
-    let mut a = analyze(&dump, true, &mut |_, _| {});
-    let mut sym = Symbolizer::new(&dump);
-    suppressions::apply(&mut a, &mut sym, &o.suppressions);
-    let mut base_sym = base.as_ref().map(Symbolizer::new);
-    let base_analysis = base.as_ref().zip(base_sym.as_mut()).map(|(b, sym)| {
-        let mut a = analyze(b, true, &mut |_, _| {});
-        suppressions::apply(&mut a, sym, &o.suppressions);
-        a
-    });
-    let base_run = match (&base, &base_analysis, &mut base_sym) {
-        (Some(dump), Some(analysis), Some(sym)) => Some(Base {
-            dump,
-            analysis,
-            sym,
-        }),
-        _ => None,
+    let opts = session::Options {
+        peak_sites: true,
+        suppressions: o.suppressions.clone(),
     };
-    let data = view::build(&dump, &a, &mut sym, &o.report, Limits::default(), base_run);
+    let mut s = Session::new(&dump, &opts);
+    let mut base = base.as_ref().map(|b| Session::new(b, &opts));
+    let base_run = base.as_mut().map(|b| Base {
+        dump: b.dump,
+        analysis: &b.analysis,
+        sym: &mut b.sym,
+    });
+    let data = view::build(
+        &dump,
+        &s.analysis,
+        &mut s.sym,
+        &o.report,
+        Limits::default(),
+        base_run,
+    );
     for w in &data.report.header.warnings {
         eprintln!("zmtrace: warning: {w}");
     }
@@ -163,5 +164,5 @@ fn serve(server: Server, page: String) -> Result<(), Failure> {
             "/" | "/index.html" => Response::new(200, "text/html; charset=utf-8", page.clone()),
             _ => Response::text(404, "not found\n"),
         })
-        .map_err(|e| Failure::usage(format!("cannot serve: {e}")))
+        .map_err(|e| Failure::setup(format!("cannot serve: {e}")))
 }

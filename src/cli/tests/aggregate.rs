@@ -168,8 +168,12 @@ fn aggregated_leaky_sample_reports_what_its_events_report() {
 
 #[test]
 fn aggregated_forked_children_count_from_the_fork() {
+    // samples/forker.c forks CHILDREN = 6 children: the parent's dump and one per child. With
+    // fewer the loops below had nothing to compare and passed (issue 15).
+    const CHILDREN: usize = 6;
     let (ev, agg) = both("forker", &[]);
-    assert_eq!(ev.dumps.len(), agg.dumps.len(), "{}", agg.describe());
+    assert_eq!(ev.dumps.len(), 1 + CHILDREN, "{}", ev.describe());
+    assert_eq!(agg.dumps.len(), 1 + CHILDREN, "{}", agg.describe());
     let by_marker = |run: &Run| {
         // A child is known by the size of its marker block (1000 + i).
         let mut m = BTreeMap::new();
@@ -190,6 +194,7 @@ fn aggregated_forked_children_count_from_the_fork() {
         m
     };
     let (ev_children, agg_children) = (by_marker(&ev), by_marker(&agg));
+    assert_eq!(agg_children.len(), CHILDREN, "{}", agg.describe());
     assert_eq!(
         ev_children.keys().collect::<Vec<_>>(),
         agg_children.keys().collect::<Vec<_>>()

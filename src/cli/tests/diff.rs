@@ -195,3 +195,85 @@ fn diff_of_a_missing_dump_is_one_line() {
     assert_eq!(f.stderr.trim().lines().count(), 1, "{}", f.stderr);
     assert!(f.stderr.contains(missing.to_str().unwrap()), "{}", f.stderr);
 }
+
+/// The diff embedded in `zmtrace view --base`'s page.
+fn page_diff(base: &str, new: &str) -> Value {
+    let page = fresh_dir("diff-page").join("page.html");
+    let f = run_zmtrace(&["view", new, "--base", base, "-o", page.to_str().unwrap()]);
+    assert_eq!(f.code, Some(0), "{}", f.stderr);
+    let html = std::fs::read_to_string(&page).unwrap();
+    let open = r#"<script id="zmtrace-data" type="application/json">"#;
+    let start = html.find(open).expect("the page's data") + open.len();
+    let end = start + html[start..].find("</script>").unwrap();
+    let data: Value = serde_json::from_str(&html[start..end]).unwrap();
+    data["diff"].clone()
+}
+
+/// Regression (issue 15): the page had its own diff, with six metrics and its own rule of what
+/// changed, so `zmtrace diff A B` and `zmtrace view --base A B` could name different sites.
+/// Both now come from one engine: the same sites, metrics and numbers.
+#[test]
+fn the_page_and_diff_name_the_same_changed_sites_with_the_same_numbers() {
+    let (base, new) = dumps();
+    let (b, n) = (base.to_str().unwrap(), new.to_str().unwrap());
+    let f = run_zmtrace(&["diff", b, n, "--json", "--top", "0"]);
+    assert_eq!(f.code, Some(0), "{}", f.stderr);
+    let cli: Value = serde_json::from_str(&f.stdout).unwrap();
+    let page = page_diff(b, n);
+    let metrics: Vec<&str> = page["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        metrics,
+        [
+            "allocations",
+            "bytes",
+            "peak",
+            "leaked_blocks",
+            "leaked_bytes",
+            "lost_bytes",
+            "reallocs",
+            "temporary"
+        ]
+    );
+    // site -> metric -> (base, new)
+    type Values = BTreeMap<String, BTreeMap<String, (u64, u64)>>;
+    let mut from_cli = Values::new();
+    for s in cli["sites"].as_array().unwrap() {
+        let v = metrics
+            .iter()
+            .map(|&m| {
+                let d = &s[m];
+                let pair = (d["base"].as_u64().unwrap(), d["new"].as_u64().unwrap());
+                (m.to_string(), pair)
+            })
+            .collect();
+        from_cli.insert(s["site"].as_str().unwrap().to_string(), v);
+    }
+    let mut from_page = Values::new();
+    for r in page["rows"].as_array().unwrap() {
+        let v = metrics
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| {
+                let pair = (
+                    r["base"][i].as_u64().unwrap(),
+                    r["current"][i].as_u64().unwrap(),
+                );
+                (m.to_string(), pair)
+            })
+            .collect();
+        from_page.insert(r["name"].as_str().unwrap().to_string(), v);
+    }
+    assert_eq!(
+        from_cli.keys().collect::<Vec<_>>(),
+        ["zs_grow", "zs_leak_n", "zs_scaled"]
+    );
+    assert_eq!(from_page, from_cli, "page:\n{page:#}\ndiff:\n{cli:#}");
+    assert_eq!(page["sites_differing"], cli["changed"]);
+    assert_eq!(cli["changed"], 3);
+    assert_eq!(from_cli["zs_leak_n"]["lost_bytes"], (160, 400));
+}

@@ -477,9 +477,12 @@ fn speedscope_file_has_the_schema_shape_and_the_known_totals() {
             assert!(s
                 .iter()
                 .all(|i| (i.as_u64().unwrap() as usize) < frames.len()));
-            // Outermost first: every stack starts where the process does.
+            // Outermost first: every stack starts where the process does, libc's start code
+            // named "(below main)" as in the flamegraphs and memcheck.
             let root = &frames[s[0].as_u64().unwrap() as usize]["name"];
-            assert_eq!(root, "_start", "{}", TYPES[t]);
+            assert_eq!(root, "(below main)", "{}", TYPES[t]);
+            let next = &frames[s[1].as_u64().unwrap() as usize]["name"];
+            assert_eq!(next, "main", "{}", TYPES[t]);
         }
         let total: u64 = weights.iter().map(|w| w.as_u64().unwrap()).sum();
         assert_eq!(p["startValue"], 0);

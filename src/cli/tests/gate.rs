@@ -84,3 +84,49 @@ fn a_bad_level_is_one_line() {
         f.stderr
     );
 }
+
+/// Regression: the gate skipped a dump it could not read, so a damaged dump passed. Here `sh`
+/// runs `reach reachable` (nothing lost: the gate passes it), then overwrites 64 bytes in the
+/// middle of every dump written so far, the end records left intact.
+#[test]
+fn a_damaged_dump_fails_the_gate() {
+    let run = |damage: bool| {
+        let dir = fresh_dir("gate-damaged");
+        let reach = sample("reach");
+        let mut script = format!("'{}' reachable", reach.display());
+        if damage {
+            script.push_str(&format!(
+                "; for f in '{}'/*.zmt; do n=$(($(wc -c < \"$f\") / 2)); \
+                 head -c 64 /dev/zero | dd of=\"$f\" bs=1 seek=$n conv=notrunc 2>/dev/null; done",
+                dir.display()
+            ));
+        }
+        run_zmtrace(&[
+            "run",
+            "--fail-on-leak",
+            "-o",
+            dir.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+    };
+    let clean = run(false);
+    assert_eq!(clean.code, Some(0), "{}", clean.stderr);
+    let f = run(true);
+    assert_eq!(f.code, Some(23), "{}", f.stderr);
+    let lines: Vec<&str> = f
+        .stderr
+        .lines()
+        .filter(|l| l.contains("leak gate:"))
+        .collect();
+    assert!(!lines.is_empty(), "{}", f.stderr);
+    for l in &lines {
+        assert!(
+            l.contains("the dump is damaged (") && l.ends_with("so it fails the gate"),
+            "{l}\n{}",
+            f.stderr
+        );
+    }
+}

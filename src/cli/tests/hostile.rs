@@ -152,3 +152,82 @@ fn an_unwritable_report_output_is_a_clear_error() {
         );
     }
 }
+
+/// A real dump with CRC-valid records put before its `End` record that claim a raw length of
+/// 32 GiB: a `Stacks` record (read on opening) and an `Events` record (read while streaming).
+/// The reader used to reserve the 32 GiB and abort ("memory allocation of 34359738368 bytes
+/// failed", exit 134).
+fn with_32_gib_claims(full: &[u8]) -> Vec<u8> {
+    use zmtrace_format::{write, RecordKind, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+    let mut pos = FILE_HEADER_LEN;
+    let mut last = pos;
+    while pos < full.len() {
+        last = pos;
+        let len = u32::from_le_bytes(full[pos + 1..pos + 5].try_into().unwrap()) as usize;
+        pos += RECORD_HEADER_LEN + len;
+    }
+    assert_eq!(full[last], RecordKind::End as u8);
+    const GIB32: usize = 32 << 30;
+    // One stack (id 999999, two frames), its raw length a lie.
+    let z = zstd::bulk::compress(&[1, 0xbf, 0x84, 0x3d, 2, 0x80, 0x20, 2], 1).unwrap();
+    let mut lie = Vec::new();
+    write::compressed(&mut lie, RecordKind::Stacks, GIB32, &z);
+    write::events(&mut lie, 4242, 4242, GIB32, &z);
+    let mut data = full.to_vec();
+    data.splice(last..last, lie);
+    data
+}
+
+#[test]
+fn records_claiming_32_gib_are_one_line_and_the_rest_is_reported() {
+    let run = run_traced(&sample("leaky"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let full = std::fs::read(&run.only_dump().path).unwrap();
+    let dir = fresh_dir("hostile-32g");
+    let good = dir.join("good.zmt");
+    let bad = dir.join("bad.zmt");
+    std::fs::write(&good, &full).unwrap();
+    std::fs::write(&bad, with_32_gib_claims(&full)).unwrap();
+    // What is not about the damage: the warnings and the record count differ, the rest is the
+    // same report.
+    let strip = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| {
+                !l.starts_with("warning:") && !l.starts_with("format:") && !l.starts_with("dump:")
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    for cmd in ["report", "leaks", "dump-info"] {
+        let g = run_zmtrace(&[cmd, good.to_str().unwrap()]);
+        assert_eq!(g.code, Some(0), "{cmd} on the intact dump: {}", g.stderr);
+        let b = run_zmtrace(&[cmd, bad.to_str().unwrap()]);
+        assert_eq!(
+            (b.code, b.signal),
+            (Some(3), None),
+            "{cmd} on the damaged dump: {}",
+            b.stderr
+        );
+        assert_eq!(b.stderr.lines().count(), 1, "{cmd}: {}", b.stderr);
+        assert!(
+            b.stderr.starts_with(&format!(
+                "zmtrace: error: {}: damaged: 2 part(s) could not be read",
+                bad.display()
+            )) && b.stderr.contains("it claims 32.0 GiB decompressed"),
+            "{cmd}: {}",
+            b.stderr
+        );
+        assert_eq!(strip(&b.stdout), strip(&g.stdout), "{cmd}");
+        assert!(
+            b.stdout
+                .contains("warning: malformed Stacks record at offset")
+                || b.stdout
+                    .contains("warning:   malformed Stacks record at offset"),
+            "{cmd}: {}",
+            b.stdout
+        );
+    }
+    // The leaks of the sample are all there: 4 blocks, 4396 bytes.
+    let b = run_zmtrace(&["leaks", "--json", bad.to_str().unwrap()]);
+    assert!(b.stdout.contains("4396"), "{}", b.stdout);
+}

@@ -248,7 +248,7 @@ fn the_diff_shows_what_grew_and_what_shrank() {
         .replace('−', "-");
     assert_eq!(shown.parse::<i64>().unwrap(), delta, "{change}");
 
-    page.click_on("#diff-metrics button[data-metric=leaked]");
+    page.click_on("#diff-metrics button[data-metric=leaked_bytes]");
     let rows = page.eval(
         "Object.fromEntries([...document.querySelectorAll('#diff tbody tr')].map(tr => \
          [tr.cells[0].textContent, [...tr.cells].slice(2, 5).map(td => td.textContent)]))",

@@ -182,6 +182,23 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// The stack the event was made from, for the kinds that have one.
+    pub fn stack(&self) -> Option<u32> {
+        match *self {
+            EventKind::Alloc { stack, .. }
+            | EventKind::Realloc { stack, .. }
+            | EventKind::AllocFailed { stack, .. }
+            | EventKind::Map { stack, .. }
+            | EventKind::Remap { stack, .. } => Some(stack),
+            EventKind::Free { .. }
+            | EventKind::ReallocOut { .. }
+            | EventKind::Unmap { .. }
+            | EventKind::RemapOut { .. } => None,
+        }
+    }
+}
+
 // One argument per field of the wire format, on the hot path: a struct would only be unpacked.
 #[allow(clippy::too_many_arguments)]
 #[inline]

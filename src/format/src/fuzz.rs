@@ -31,6 +31,7 @@ pub fn check_reader(data: &[u8]) {
             );
         }
     }
+    let _ = dump.damage();
     let _ = dump.ending();
     let _ = dump.is_complete();
 }

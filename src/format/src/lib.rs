@@ -19,8 +19,8 @@
 //! | kind | payload |
 //! |---|---|
 //! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2), arguments left out of argv (varint; absent: none), sampling interval in bytes (varint; absent: not sampled) and all-blocks (u8) |
-//! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process |
-//! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) |
+//! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process — then the event sequence number from which it was mapped (absent from older writers: 0, from the start) |
+//! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) — then the event sequence number from which it was not mapped any more (absent from older writers: 0, unknown) |
 //! | [`RecordKind::Stacks`] | raw length, then zstd-compressed (version 1: plain): count, then per stack: id, frame count, frames (first absolute, then zigzag deltas) |
 //! | [`RecordKind::Events`] | stream, thread id, raw length, zstd-compressed event bytes (see [`event`]): allocations, frees, reallocs, failed calls, and the program's own `mmap`/`munmap`/`mremap` calls (`Map`, `Unmap`, `Remap`: a metric of their own, never heap blocks) |
 //! | [`RecordKind::Inherited`] | raw length, zstd-compressed blocks (addr, size, usable, stack) live in a forked child at birth |
@@ -30,6 +30,7 @@
 //! | [`RecordKind::Aggregate`] | raw length, zstd-compressed [`Aggregate`]: per-stack counters of an aggregated recording (no `Events` records); the last one in the file holds the totals |
 //! | [`RecordKind::LiveAtEnd`] | raw length, zstd-compressed per-stack sums (stack, blocks, bytes, usable bytes, blocks that went through a realloc, leak kind) of the blocks live when an aggregated recording ended; the last one counts |
 //! | [`RecordKind::Reach`] | a leak check ([`Reach`]): trigger, sequence number, scan figures, per [`LeakKind`] blocks and bytes, then raw length and the zstd-compressed addresses of each kind (count, then ascending: first absolute, then deltas), then (optional, absent from older writers) the blocks and bytes that could not be wholly read |
+//! | [`RecordKind::Snapshot`] | a snapshot on demand ([`Snapshot`]): time (ns since the start), sequence number; in an aggregated dump the `Aggregate` and `LiveAtEnd` records that follow it are its own |
 //!
 //! The event kinds `Map`, `Unmap` and `Remap` came later within version 2: a reader older than
 //! them reports an `Events` record that holds one as damaged from there on (it keeps the events
@@ -88,6 +89,7 @@ pub enum RecordKind {
     Aggregate = 10,
     LiveAtEnd = 11,
     Reach = 12,
+    Snapshot = 13,
 }
 
 impl RecordKind {
@@ -105,6 +107,7 @@ impl RecordKind {
             10 => RecordKind::Aggregate,
             11 => RecordKind::LiveAtEnd,
             12 => RecordKind::Reach,
+            13 => RecordKind::Snapshot,
             _ => return None,
         })
     }
@@ -192,6 +195,19 @@ pub struct Module {
     pub build_id: Vec<u8>,
     /// The address ranges of its `PT_LOAD` segments, in the process.
     pub segments: Vec<(u64, u64)>,
+    /// The event sequence counter when the recorder found it mapped: events numbered from it on
+    /// may run its code (an event takes its number after its stack is captured, so a module found
+    /// during a capture is mapped for that event). 0: from the start, and in older dumps.
+    pub seq: u64,
+}
+
+/// A `ModuleGone` record: the module at `base` was unloaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleGone {
+    pub base: u64,
+    /// The event sequence counter after the real `dlclose` returned: events numbered from it on
+    /// are not in the module. 0 in older dumps: unknown.
+    pub seq: u64,
 }
 
 /// A block live in a forked child at birth, inherited from the parent.
@@ -201,6 +217,18 @@ pub struct Block {
     pub size: u64,
     pub usable: u64,
     pub stack: u32,
+}
+
+/// A snapshot taken on demand while the program ran (`zmtrace run`'s snapshot signal,
+/// `--snapshot-every`, `--snapshot-at-rss`): its time (ns since the dump's start) and the event
+/// sequence number it was taken at (the events numbered below it came before it). An aggregated
+/// recording writes its counters and live set with it (`aggregate`, `live`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub ts_ns: u64,
+    pub seq: u64,
+    pub aggregate: Option<Aggregate>,
+    pub live: Option<Vec<LiveSite>>,
 }
 
 /// The blocks of one stack live when an aggregated recording ended. Per stack, not per block:

@@ -17,8 +17,8 @@ use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::words::human_bytes;
 use crate::{
     Aggregate, AggregateSite, Block, Churn, End, EndReason, Event, KindTotal, LiveSite, Module,
-    Origin, Process, Reach, ReachTrigger, RecordKind, FILE_HEADER_LEN, MAGIC, MAX_RECORD_LEN,
-    RECORD_HEADER_LEN, VERSION,
+    ModuleGone, Origin, Process, Reach, ReachTrigger, RecordKind, Snapshot, FILE_HEADER_LEN, MAGIC,
+    MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION,
 };
 
 /// Why a file could not be read as a dump at all.
@@ -62,8 +62,8 @@ pub struct Dump {
     pub process: Option<Process>,
     /// Modules in the order they were recorded (a module unloaded later is still listed).
     pub modules: Vec<Module>,
-    /// Load biases of modules recorded as unloaded.
-    pub modules_gone: Vec<u64>,
+    /// Modules recorded as unloaded, in the order they were.
+    pub modules_gone: Vec<ModuleGone>,
     pub stacks: HashMap<u32, Vec<u64>>,
     /// Where the `Events` records are: read by [`Dump::events`].
     event_records: Vec<EventsRef>,
@@ -83,12 +83,22 @@ pub struct Dump {
     pub late_threads: Vec<u32>,
     /// The leak checks made in the process, in the order they were written.
     pub reach: Vec<Reach>,
+    /// The snapshots taken on demand, in the order they were taken.
+    pub snapshots: Vec<Snapshot>,
+    /// The last record read was a snapshot marker of an aggregated dump: the `Aggregate` and
+    /// `LiveAtEnd` records right after it are its own.
+    snapshot_open: bool,
     /// Number of records read intact.
     pub records: u64,
     /// Bytes that could not be read (damaged or cut-off records).
     pub bytes_lost: u64,
     /// One line per problem met while reading.
     pub warnings: Vec<String>,
+    /// Damaged spans met while reading (corrupt bytes skipped, intact records that did not
+    /// parse), a cut-off end not counted: see [`Dump::damage`].
+    pub damaged: u64,
+    /// `Events` records that did not decode, found while streaming them.
+    damaged_late: std::sync::atomic::AtomicU64,
     /// Problems met while streaming the events (a record whose events do not decode).
     late_warnings: Mutex<Vec<String>>,
     data: Data,
@@ -212,10 +222,16 @@ impl Dump {
                 continue;
             }
             if let Some((kind, payload)) = record_at(data, pos) {
-                if let Err(Malformed) = dump.take_record(kind, payload, pos + RECORD_HEADER_LEN) {
-                    dump.warnings.push(format!(
-                        "malformed {kind:?} record at offset {pos}: part of it was skipped"
-                    ));
+                if let Err(Damage(why)) = dump.take_record(kind, payload, pos + RECORD_HEADER_LEN) {
+                    dump.damaged += 1;
+                    dump.warnings.push(match why {
+                        Some(why) => format!(
+                            "malformed {kind:?} record at offset {pos} ({why}): it was skipped"
+                        ),
+                        None => format!(
+                            "malformed {kind:?} record at offset {pos}: part of it was skipped"
+                        ),
+                    });
                 }
                 dump.records += 1;
                 pos += RECORD_HEADER_LEN + payload.len();
@@ -235,6 +251,7 @@ impl Dump {
             let next = (pos + 1..data.len())
                 .find(|&p| record_at(data, p).is_some() || unknown_record_at(data, p).is_some());
             let end = next.unwrap_or(data.len());
+            dump.damaged += 1;
             dump.bytes_lost += (end - pos) as u64;
             dump.warnings.push(format!(
                 "corrupt data at offset {pos}: {} skipped{}",
@@ -313,28 +330,64 @@ impl Dump {
     fn decode_record(
         &self,
         r: EventsRef,
-        zstd: &mut Option<zstd::bulk::Decompressor<'static>>,
+        zstd: &mut Option<zstd::zstd_safe::DCtx<'static>>,
         out: &mut Vec<Event>,
     ) {
         let data = self.data.bytes();
         let Some(payload) = data.get(r.offset..r.offset + r.len) else {
             return;
         };
-        let result = (|| {
+        let result = (|| -> Result<(), Damage> {
             let mut c = Cursor::new(payload);
             let _stream = c.u32()?;
             let tid = c.u32()?;
-            let raw = decompress_with(zstd, c.uvarint()?, c.rest())?;
-            decode_events(&raw, tid, out)
+            let raw_len = c.uvarint()?;
+            let raw = decompress_capped(zstd, raw_len, MAX_EVENTS_RAW_LEN, c.rest())?;
+            Ok(decode_events(&raw, tid, out)?)
         })();
-        if result.is_err() {
+        if let Err(Damage(why)) = result {
+            let line = format!(
+                "the events record at offset {} does not decode{}: its remaining events are lost",
+                r.offset - RECORD_HEADER_LEN,
+                why.map(|w| format!(" ({w})")).unwrap_or_default()
+            );
+            // Once per record, however often the events are streamed.
             if let Ok(mut w) = self.late_warnings.lock() {
-                w.push(format!(
-                    "the events record at offset {} does not decode: its remaining events are lost",
-                    r.offset
-                ));
+                if !w.contains(&line) {
+                    w.push(line);
+                    self.damaged_late
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
+    }
+
+    /// One line when the dump is damaged (not merely cut short): how many damaged spans or
+    /// records were skipped and the first of them. Records of `Events` count once they have been
+    /// streamed. The intact records around the damage are read all the same.
+    pub fn damage(&self) -> Option<String> {
+        let late = self.damaged_late.load(std::sync::atomic::Ordering::Relaxed);
+        let n = self.damaged + late;
+        if n == 0 {
+            return None;
+        }
+        let late_warnings = self.late_warnings();
+        let first = self
+            .warnings
+            .iter()
+            .chain(late_warnings.iter())
+            .find(|w| {
+                w.starts_with("malformed")
+                    || w.starts_with("corrupt")
+                    || w.contains("does not decode")
+            })
+            .cloned()
+            .unwrap_or_default();
+        Some(format!(
+            "{}: damaged: {n} part(s) could not be read and were skipped, the intact records \
+             were read (first: {first})",
+            self.path.display()
+        ))
     }
 
     /// True when the dump holds everything the process did: it ended through `exit`, `_exit`,
@@ -401,8 +454,17 @@ impl Dump {
         kind: RecordKind,
         payload: &[u8],
         offset: usize,
-    ) -> Result<(), Malformed> {
+    ) -> Result<(), Damage> {
         let mut c = Cursor::new(payload);
+        // The stacks and modules the snapshot's counters name may be written between them.
+        let open = if matches!(
+            kind,
+            RecordKind::Stacks | RecordKind::Module | RecordKind::ModuleGone
+        ) {
+            self.snapshot_open
+        } else {
+            std::mem::take(&mut self.snapshot_open)
+        };
         match kind {
             RecordKind::Process => self.process = Some(parse_process(payload)?),
             RecordKind::Module => {
@@ -414,14 +476,21 @@ impl Dump {
                 for _ in 0..n {
                     segments.push((c.uvarint()?, c.uvarint()?));
                 }
+                // Appended later: absent, the module was there from the start.
+                let seq = if c.is_empty() { 0 } else { c.uvarint()? };
                 self.modules.push(Module {
                     base,
                     path,
                     build_id,
                     segments,
+                    seq,
                 });
             }
-            RecordKind::ModuleGone => self.modules_gone.push(c.uvarint()?),
+            RecordKind::ModuleGone => {
+                let base = c.uvarint()?;
+                let seq = if c.is_empty() { 0 } else { c.uvarint()? };
+                self.modules_gone.push(ModuleGone { base, seq });
+            }
             RecordKind::Stacks => {
                 let raw;
                 let mut c = if self.version >= 2 {
@@ -498,7 +567,12 @@ impl Dump {
             }
             RecordKind::Aggregate => {
                 let raw = decompress(c.uvarint()?, c.rest())?;
-                self.aggregate = Some(parse_aggregate(&raw)?);
+                let a = parse_aggregate(&raw)?;
+                if let Some(s) = self.snapshots.last_mut().filter(|_| open) {
+                    s.aggregate = Some(a.clone());
+                    self.snapshot_open = true;
+                }
+                self.aggregate = Some(a);
             }
             RecordKind::LiveAtEnd => {
                 let raw = decompress(c.uvarint()?, c.rest())?;
@@ -514,9 +588,20 @@ impl Dump {
                         kind: c.u8()?,
                     });
                 }
+                if let Some(s) = self.snapshots.last_mut().filter(|_| open) {
+                    s.live = Some(sites.clone());
+                }
                 self.live_at_end = sites;
             }
             RecordKind::Reach => self.reach.push(parse_reach(&mut c)?),
+            RecordKind::Snapshot => {
+                self.snapshots.push(Snapshot {
+                    ts_ns: c.uvarint()?,
+                    seq: c.uvarint()?,
+                    ..Snapshot::default()
+                });
+                self.snapshot_open = true;
+            }
         }
         Ok(())
     }
@@ -542,7 +627,7 @@ pub struct Events<'a> {
     /// Records decoded so far.
     loaded: usize,
     /// One decompression context for all records.
-    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    zstd: Option<zstd::zstd_safe::DCtx<'static>>,
     /// The stream whose next event comes next, kept out of the heap.
     current: Option<usize>,
     last_seq: Option<u64>,
@@ -631,29 +716,6 @@ impl Iterator for Events<'_> {
     }
 }
 
-fn decompress_with(
-    ctx: &mut Option<zstd::bulk::Decompressor<'static>>,
-    raw_len: u64,
-    data: &[u8],
-) -> Result<Vec<u8>, Malformed> {
-    if raw_len > 64 * MAX_RECORD_LEN as u64 {
-        return Err(Malformed);
-    }
-    if ctx.is_none() {
-        *ctx = zstd::bulk::Decompressor::new().ok();
-    }
-    let out = match ctx.as_mut() {
-        Some(d) => d
-            .decompress(data, raw_len as usize)
-            .map_err(|_| Malformed)?,
-        None => return decompress(raw_len, data),
-    };
-    if out.len() as u64 != raw_len {
-        return Err(Malformed);
-    }
-    Ok(out)
-}
-
 fn parse_aggregate(raw: &[u8]) -> Result<Aggregate, Malformed> {
     let mut c = Cursor::new(raw);
     let mut t = [0u64; 8];
@@ -661,7 +723,8 @@ fn parse_aggregate(raw: &[u8]) -> Result<Aggregate, Malformed> {
         *x = c.uvarint()?;
     }
     let n = c.uvarint()?;
-    let mut sites = Vec::with_capacity(n.min(1 << 20) as usize);
+    // A site takes 15 bytes at least: a count the data cannot back reserves no more than that.
+    let mut sites = Vec::with_capacity(n.min(c.remaining() as u64 / 15) as usize);
     for _ in 0..n {
         let stack = c.u32()?;
         let mut v = [0u64; 13];
@@ -669,7 +732,7 @@ fn parse_aggregate(raw: &[u8]) -> Result<Aggregate, Malformed> {
             *x = c.uvarint()?;
         }
         let k = c.uvarint()?;
-        let mut steps = Vec::with_capacity(k.min(64) as usize);
+        let mut steps = Vec::with_capacity(k.min(c.remaining() as u64 / 2) as usize);
         for _ in 0..k {
             steps.push((c.uvarint()?, c.uvarint()?));
         }
@@ -709,17 +772,113 @@ fn parse_aggregate(raw: &[u8]) -> Result<Aggregate, Malformed> {
     })
 }
 
-fn decompress(raw_len: u64, data: &[u8]) -> Result<Vec<u8>, Malformed> {
-    // The length comes from a checksummed record, but bound it anyway: a damaged length must not
-    // make the reader reserve gigabytes.
-    if raw_len > 64 * MAX_RECORD_LEN as u64 {
-        return Err(Malformed);
+/// zstd's densest encoding: a block of at most 128 KiB of one repeated byte, stored as a 3-byte
+/// block header and that byte. No zstd data decompresses to more than this many bytes per byte.
+const ZSTD_MAX_EXPANSION: u64 = 128 * 1024 / 4;
+/// The largest raw (decompressed) length any record may claim. The writer's largest records
+/// (the blocks a forked child inherits, the addresses of a leak check) hold a few bytes per
+/// block: a gigabyte is tens of millions of blocks.
+pub const MAX_RAW_LEN: u64 = MAX_RECORD_LEN as u64;
+/// The largest raw length of an `Events` record. The writer cuts them at 32 KiB; an event takes
+/// at least three bytes and becomes an [`Event`] of 48, so this bounds one decoded record too.
+pub const MAX_EVENTS_RAW_LEN: u64 = 64 << 20;
+/// What the decompressed output may reserve before it has been produced.
+const FIRST_RESERVE: u64 = 256 * 1024;
+
+/// Why a record could not be read: malformed, and when known, how.
+#[derive(Debug, Default)]
+pub(crate) struct Damage(Option<String>);
+
+impl From<Malformed> for Damage {
+    fn from(_: Malformed) -> Damage {
+        Damage(None)
     }
-    let out = zstd::bulk::decompress(data, raw_len as usize).map_err(|_| Malformed)?;
-    if out.len() as u64 != raw_len {
-        return Err(Malformed);
+}
+
+/// Decompresses one zstd payload that its record says is `raw_len` bytes, trusting nothing: the
+/// claim is checked against what `data` can decompress to (zstd's largest expansion, and the
+/// frame header's content size when it has one) before any memory is reserved, and the output
+/// grows only as it is produced, up to the claim, so a lie costs what the data really holds.
+fn decompress_capped(
+    ctx: &mut Option<zstd::zstd_safe::DCtx<'static>>,
+    raw_len: u64,
+    cap: u64,
+    data: &[u8],
+) -> Result<Vec<u8>, Damage> {
+    use std::io::Read;
+    let holds = (data.len() as u64).saturating_mul(ZSTD_MAX_EXPANSION);
+    if raw_len > cap || raw_len > holds {
+        return Err(Damage(Some(format!(
+            "it claims {} decompressed, more than {}",
+            human(raw_len),
+            if raw_len > cap {
+                format!("any record may hold ({})", human(cap))
+            } else {
+                format!("its {} compressed bytes can hold", data.len())
+            }
+        ))));
     }
-    Ok(out)
+    match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) if n != raw_len => {
+            return Err(Damage(Some(format!(
+                "it claims {} decompressed, its zstd frame {}",
+                human(raw_len),
+                human(n)
+            ))))
+        }
+        Ok(_) => {}
+        Err(_) => return Err(Damage(Some("it holds no zstd frame".into()))),
+    }
+    if ctx.is_none() {
+        let mut d = zstd::zstd_safe::DCtx::try_create().ok_or(Malformed)?;
+        // Streaming keeps a window buffer sized by the frame header: the writer's frames (level
+        // 1) use 512 KiB at most, a crafted header must not make zstd reserve more than 16 MiB.
+        d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(24))
+            .map_err(|_| Malformed)?;
+        *ctx = Some(d);
+    }
+    let dctx = ctx.as_mut().ok_or(Malformed)?;
+    let mut out = Vec::with_capacity(raw_len.min(FIRST_RESERVE) as usize);
+    // One byte past the claim, to tell a record that holds more than it says.
+    let read = zstd::stream::read::Decoder::with_context(data, dctx)
+        .take(raw_len + 1)
+        .read_to_end(&mut out);
+    match read {
+        Ok(n) if n as u64 == raw_len => Ok(out),
+        Ok(n) if n as u64 > raw_len => Err(Damage(Some(format!(
+            "it claims {} decompressed, its data more",
+            human(raw_len),
+        )))),
+        Ok(n) => Err(Damage(Some(format!(
+            "it claims {} decompressed, its data {}",
+            human(raw_len),
+            human(n as u64)
+        )))),
+        Err(_) => Err(Damage(Some(format!(
+            "its zstd data does not decompress (after {} of the {} it claims)",
+            human(out.len() as u64),
+            human(raw_len)
+        )))),
+    }
+}
+
+fn decompress(raw_len: u64, data: &[u8]) -> Result<Vec<u8>, Damage> {
+    decompress_capped(&mut None, raw_len, MAX_RAW_LEN, data)
+}
+
+/// A byte count for messages: exact below a KiB, else in the largest binary unit.
+fn human(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
 }
 
 fn parse_process(payload: &[u8]) -> Result<Process, Malformed> {
@@ -773,7 +932,7 @@ fn parse_process(payload: &[u8]) -> Result<Process, Malformed> {
     })
 }
 
-fn parse_reach(c: &mut Cursor<'_>) -> Result<Reach, Malformed> {
+fn parse_reach(c: &mut Cursor<'_>) -> Result<Reach, Damage> {
     let trigger = ReachTrigger::from_u8(c.u8()?).ok_or(Malformed)?;
     let seq = c.uvarint()?;
     let scan_ns = c.uvarint()?;
@@ -796,7 +955,7 @@ fn parse_reach(c: &mut Cursor<'_>) -> Result<Reach, Malformed> {
         for i in 0..n {
             let delta = c.uvarint()?;
             if i > 0 && delta == 0 {
-                return Err(Malformed); // lookups need strictly ascending addresses
+                return Err(Malformed.into()); // lookups need strictly ascending addresses
             }
             prev = prev.checked_add(delta).ok_or(Malformed)?;
             list.push(prev);
@@ -1014,6 +1173,66 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_keep_their_marker_and_an_aggregated_recordings_counters() {
+        let mut out = write::file_header().to_vec();
+        let p = Process {
+            pid: 7,
+            ppid: 1,
+            origin: Origin::Start,
+            parent_pid: 0,
+            fork_seq: 0,
+            start_unix_ns: 5,
+            session: String::new(),
+            exe: "/bin/x".into(),
+            argv: vec![],
+            aggregated: true,
+            args_left_out: 0,
+        };
+        write::process(&mut out, &p);
+        let counters = |n: u64| {
+            let raw = write::aggregate_raw(&Aggregate {
+                allocations: n,
+                ..Aggregate::default()
+            });
+            (raw.len(), zstd::bulk::compress(&raw, 1).unwrap())
+        };
+        let live = |bytes: u64| {
+            let raw = write::live_raw(std::iter::once(LiveSite {
+                stack: 3,
+                blocks: 1,
+                bytes,
+                ..LiveSite::default()
+            }));
+            (raw.len(), zstd::bulk::compress(&raw, 1).unwrap())
+        };
+        // A counters-only pass (not a snapshot's), then a snapshot: marker, a stack, counters,
+        // live set; then a marker alone (an event recording's kind), then the end's counters.
+        let (n, z) = counters(1);
+        write::compressed(&mut out, RecordKind::Aggregate, n, &z);
+        write::snapshot(&mut out, 100, 40);
+        write::stacks(&mut out, [(3u32, &[0x1000u64][..])].into_iter(), &mut |b| {
+            zstd::bulk::compress(b, 1).unwrap()
+        });
+        let (n, z) = counters(2);
+        write::compressed(&mut out, RecordKind::Aggregate, n, &z);
+        let (n, z) = live(64);
+        write::compressed(&mut out, RecordKind::LiveAtEnd, n, &z);
+        write::snapshot(&mut out, 200, 90);
+        let (n, z) = counters(3);
+        write::late(&mut out, 5);
+        write::compressed(&mut out, RecordKind::Aggregate, n, &z);
+        let d = Dump::from_bytes(Path::new("t"), out).unwrap();
+        assert_eq!(d.snapshots.len(), 2, "{:?}", d.warnings);
+        let (a, b) = (&d.snapshots[0], &d.snapshots[1]);
+        assert_eq!((a.ts_ns, a.seq, b.ts_ns, b.seq), (100, 40, 200, 90));
+        assert_eq!(a.aggregate.as_ref().map(|g| g.allocations), Some(2));
+        assert_eq!(a.live.as_ref().map(|l| l[0].bytes), Some(64));
+        // Another record came between the second marker and the counters: not its own.
+        assert!(b.aggregate.is_none() && b.live.is_none());
+        assert_eq!(d.aggregate.as_ref().map(|g| g.allocations), Some(3));
+    }
+
+    #[test]
     fn every_truncation_reads_a_prefix_without_panicking() {
         let full = sample();
         for cut in 0..full.len() {
@@ -1069,6 +1288,177 @@ mod tests {
                 proptest::prop_assert!(events.windows(2).all(|w| w[0].seq <= w[1].seq));
             }
         }
+    }
+
+    #[test]
+    fn module_records_carry_when_they_took_effect_and_old_ones_mean_from_the_start() {
+        let m = Module {
+            base: 0x7f00_0000_0000,
+            path: "/p/a.so".into(),
+            build_id: vec![1, 2],
+            segments: vec![(0x7f00_0000_1000, 0x7f00_0000_2000)],
+            seq: 41,
+        };
+        let mut extra = Vec::new();
+        write::module(&mut extra, &m);
+        write::module_gone(&mut extra, m.base, 97);
+        // An older writer's records: the same without the sequence numbers.
+        let mut old = Vec::new();
+        write::module(&mut old, &m);
+        let cut = old.len() - 1;
+        let mut payload = old[RECORD_HEADER_LEN..cut].to_vec();
+        old.clear();
+        write::record(&mut old, RecordKind::Module, &payload);
+        payload.clear();
+        crate::varint::put_uvarint(&mut payload, m.base);
+        write::record(&mut old, RecordKind::ModuleGone, &payload);
+        extra.extend_from_slice(&old);
+        let d = Dump::from_bytes(Path::new("t"), sample_with(&extra)).unwrap();
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        assert_eq!(
+            d.modules,
+            [
+                m.clone(),
+                Module {
+                    seq: 0,
+                    ..m.clone()
+                }
+            ]
+        );
+        assert_eq!(
+            d.modules_gone,
+            [
+                ModuleGone {
+                    base: m.base,
+                    seq: 97
+                },
+                ModuleGone {
+                    base: m.base,
+                    seq: 0
+                }
+            ]
+        );
+    }
+
+    /// `sample()` with `extra` records put before its `End` record.
+    fn sample_with(extra: &[u8]) -> Vec<u8> {
+        let mut data = sample();
+        let mut end = Vec::new();
+        write::end(
+            &mut end,
+            &Dump::from_bytes(Path::new("t"), data.clone())
+                .unwrap()
+                .end
+                .unwrap(),
+        );
+        let at = data.len() - end.len();
+        data.splice(at..at, extra.iter().copied());
+        data
+    }
+
+    /// A CRC-valid record whose raw length says 32 GiB: it used to make the reader reserve
+    /// 32 GiB and abort ("memory allocation of 34359738368 bytes failed").
+    #[test]
+    fn a_record_claiming_32_gib_is_skipped_and_the_rest_is_read() {
+        const GIB32: u64 = 32 << 30;
+        let frames = [0x5000u64, 0x5001];
+        let mut stacks = Vec::new();
+        write::stacks(&mut stacks, [(9u32, &frames[..])].into_iter(), &mut |b| {
+            zstd::bulk::compress(b, 1).unwrap()
+        });
+        // The same stacks, their raw length replaced by 32 GiB (the frame says the truth).
+        let mut lie = Vec::new();
+        let z = zstd::bulk::compress(&[1, 9, 2, 0x80, 0xa0, 1, 2], 1).unwrap();
+        write::compressed(&mut lie, RecordKind::Stacks, GIB32 as usize, &z);
+        // An events record that claims 32 GiB too; and below the cap, a frame whose header
+        // backs the claim of 512 MiB but whose 20 bytes cannot.
+        write::events(&mut lie, 5, 77, GIB32 as usize, &z);
+        let mut frame = 0xFD2F_B528u32.to_le_bytes().to_vec();
+        frame.push(0xe0); // single segment, 8-byte content size
+        frame.extend_from_slice(&(512u64 << 20).to_le_bytes());
+        frame.extend_from_slice(&[0x03, 0x00, 0x10, 0x41]); // last, RLE, 128 KiB of 'A'
+        write::compressed(&mut lie, RecordKind::Inherited, 512 << 20, &frame);
+        let mut extra = stacks.clone();
+        extra.extend_from_slice(&lie);
+        let d = Dump::from_bytes(Path::new("t"), sample_with(&extra)).unwrap();
+        // The intact records are all read: both stacks records, the events, the end.
+        assert_eq!(d.stacks[&1], [0x1000, 0x0fff, 0x2000]);
+        assert_eq!(d.stacks[&9], frames);
+        assert_eq!(d.all_events().len(), 6);
+        assert!(d.end.is_some());
+        assert_eq!(d.bytes_lost, 0);
+        assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
+        assert!(
+            d.warnings[0].starts_with("malformed Stacks record at offset ")
+                && d.warnings[0].ends_with(
+                    "(it claims 32.0 GiB decompressed, more than any record may hold (1.0 \
+                     GiB)): it was skipped"
+                ),
+            "{:?}",
+            d.warnings
+        );
+        assert!(
+            d.warnings[1].contains("malformed Inherited record")
+                && d.warnings[1].contains(
+                    "it claims 512.0 MiB decompressed, more than its 17 compressed bytes can hold"
+                ),
+            "{:?}",
+            d.warnings
+        );
+        let late = d.late_warnings();
+        assert_eq!(late.len(), 1, "{late:?}");
+        assert!(
+            late[0].contains(
+                "(it claims 32.0 GiB decompressed, more than any record may hold (64.0 MiB))"
+            ),
+            "{late:?}"
+        );
+        assert!(d.damage().unwrap().contains("3 part(s) could not be read"));
+        assert!(!d.is_complete() || d.damage().is_some());
+    }
+
+    /// Below every bound, a record whose data holds less (or more) than it claims costs only
+    /// what the data holds, and says so.
+    #[test]
+    fn a_raw_length_the_data_does_not_hold_is_named() {
+        let z = zstd::bulk::compress(&[7u8; 1000], 1).unwrap();
+        let err = |claim: u64| {
+            let mut ctx = None;
+            decompress_capped(&mut ctx, claim, MAX_RAW_LEN, &z)
+                .unwrap_err()
+                .0
+                .unwrap()
+        };
+        // The frame header holds the content size: a claim is checked against it first.
+        assert_eq!(
+            err(100_000),
+            "it claims 97.7 KiB decompressed, its zstd frame 1000 bytes"
+        );
+        assert_eq!(
+            err(999),
+            "it claims 999 bytes decompressed, its zstd frame 1000 bytes"
+        );
+        // Without a content size in the header, the data itself is the judge.
+        let mut c = zstd::bulk::Compressor::new(1).unwrap();
+        c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(false))
+            .unwrap();
+        let bare = c.compress(&[7u8; 1000]).unwrap();
+        let mut ctx = None;
+        let mut e = |claim| {
+            decompress_capped(&mut ctx, claim, MAX_RAW_LEN, &bare)
+                .unwrap_err()
+                .0
+                .unwrap()
+        };
+        assert_eq!(
+            e(100_000),
+            "it claims 97.7 KiB decompressed, its data 1000 bytes"
+        );
+        assert_eq!(e(10), "it claims 10 bytes decompressed, its data more");
+        assert_eq!(
+            decompress_capped(&mut ctx, 1000, MAX_RAW_LEN, &bare).unwrap(),
+            [7u8; 1000]
+        );
     }
 
     fn reach_record() -> Reach {

@@ -63,12 +63,16 @@ pub fn module(out: &mut Vec<u8>, m: &Module) {
         put_uvarint(&mut b, s);
         put_uvarint(&mut b, e);
     }
+    // Appended: a reader that does not know it stops before it.
+    put_uvarint(&mut b, m.seq);
     record(out, RecordKind::Module, &b);
 }
 
-pub fn module_gone(out: &mut Vec<u8>, base: u64) {
+/// The module at load bias `base` was unloaded: events numbered `seq` or later are not in it.
+pub fn module_gone(out: &mut Vec<u8>, base: u64, seq: u64) {
     let mut b = Vec::new();
     put_uvarint(&mut b, base);
+    put_uvarint(&mut b, seq);
     record(out, RecordKind::ModuleGone, &b);
 }
 
@@ -111,12 +115,18 @@ pub fn events(out: &mut Vec<u8>, stream: u32, tid: u32, raw_len: usize, compress
 pub fn inherited_raw(blocks: impl Iterator<Item = Block>) -> Vec<u8> {
     let mut b = Vec::new();
     for blk in blocks {
-        put_uvarint(&mut b, blk.addr);
-        put_uvarint(&mut b, blk.size);
-        put_uvarint(&mut b, blk.usable);
-        put_uvarint(&mut b, u64::from(blk.stack));
+        inherited_block(&mut b, &blk);
     }
     b
+}
+
+/// Appends one block to what [`inherited_raw`] makes (for a caller that visits its blocks
+/// instead of iterating them).
+pub fn inherited_block(b: &mut Vec<u8>, blk: &Block) {
+    put_uvarint(b, blk.addr);
+    put_uvarint(b, blk.size);
+    put_uvarint(b, blk.usable);
+    put_uvarint(b, u64::from(blk.stack));
 }
 
 pub fn inherited(out: &mut Vec<u8>, raw_len: usize, compressed: &[u8]) {
@@ -151,6 +161,14 @@ pub fn end(out: &mut Vec<u8>, e: &End) {
 }
 
 /// A `Late` record: thread `tid` recorded an event after the `End` record.
+/// A `Snapshot` marker: when, and at which event sequence number.
+pub fn snapshot(out: &mut Vec<u8>, ts_ns: u64, seq: u64) {
+    let mut b = Vec::new();
+    put_uvarint(&mut b, ts_ns);
+    put_uvarint(&mut b, seq);
+    record(out, RecordKind::Snapshot, &b);
+}
+
 pub fn late(out: &mut Vec<u8>, tid: u32) {
     let mut b = Vec::new();
     put_uvarint(&mut b, u64::from(tid));

@@ -10,6 +10,19 @@
 //! so that the program never notices: asking for the action of such a signal answers "default",
 //! and installing its own handler simply replaces ours. SIGKILL and SIGSTOP cannot be caught: a
 //! program killed by SIGKILL leaves its dump as of the last flush (a tenth of a second).
+//!
+//! **The snapshot signal** (`ZMTRACE_SNAPSHOT_SIGNAL`, a number; `zmtrace run` sets SIGUSR2 or
+//! its `--snapshot-signal`): while the program leaves it at its default action, our handler
+//! notes the moment and wakes the writer thread, which writes the snapshot ([`rec::request_snapshot`]:
+//! nothing is done in the handler itself). It is installed with `SA_RESTART`, so a `read` or
+//! `write` of the program's it interrupts goes on; calls that never restart (`nanosleep`,
+//! `poll`, `epoll_wait`...) return `EINTR` as they would for any handled signal.
+//! If the program installs its own action for it, the program keeps the signal: its action
+//! replaces ours (as for the fatal ones) and the recorder says once on stderr that snapshots on
+//! that signal are off. Chaining (ours, then theirs) is not done: a program that claims SIGUSR2
+//! uses it for its own purpose (reload, log rotation), and a snapshot at each of those would be a
+//! side effect it did not ask for, while emulating its `sa_flags` and mask in our handler would
+//! change how its handler runs.
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -33,6 +46,9 @@ const FATAL: [c_int; 11] = [
 ];
 
 const NSIG: usize = 65;
+/// The snapshot signal (0: none).
+static SNAPSHOT_SIGNAL: AtomicUsize = AtomicUsize::new(0);
+static SNAPSHOT_WARNED: AtomicBool = AtomicBool::new(false);
 /// Whether our handler is the one installed for a signal.
 static OURS: [AtomicBool; NSIG] = [const { AtomicBool::new(false) }; NSIG];
 static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
@@ -85,6 +101,59 @@ pub unsafe fn install() {
             set_ours(sig, true);
         }
     }
+    install_snapshot(real);
+}
+
+/// The snapshot signal's handler, if `ZMTRACE_SNAPSHOT_SIGNAL` names a signal still at its
+/// default action. (Read with getenv: the constructor runs before any thread of the program.)
+unsafe fn install_snapshot(real: SigactionFn) {
+    let v = libc::getenv(c"ZMTRACE_SNAPSHOT_SIGNAL".as_ptr());
+    if v.is_null() {
+        return;
+    }
+    let Some(sig) = std::ffi::CStr::from_ptr(v)
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<c_int>().ok())
+        .filter(|&s| s > 0 && (s as usize) < NSIG && !FATAL.contains(&s))
+    else {
+        return;
+    };
+    if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        return;
+    }
+    let mut old: libc::sigaction = std::mem::zeroed();
+    if real(sig, std::ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
+        return;
+    }
+    let mut act: libc::sigaction = std::mem::zeroed();
+    act.sa_sigaction = on_snapshot as extern "C" fn(c_int) as usize;
+    act.sa_flags = libc::SA_RESTART;
+    libc::sigemptyset(&mut act.sa_mask);
+    if real(sig, &act, std::ptr::null_mut()) == 0 {
+        SNAPSHOT_SIGNAL.store(sig as usize, Ordering::Release);
+        set_ours(sig, true);
+    }
+}
+
+extern "C" fn on_snapshot(_sig: c_int) {
+    // Atomics, the clock and a futex wake: the writer thread does the work.
+    rec::request_snapshot();
+}
+
+/// The program installs an action of its own for the snapshot signal: it keeps the signal.
+/// Said once, with a plain write(2) (async-signal-safe, no allocation: this may run anywhere).
+fn snapshot_signal_taken(sig: c_int, act: &libc::sigaction) {
+    if SNAPSHOT_SIGNAL.load(Ordering::Acquire) != sig as usize
+        || act.sa_sigaction == libc::SIG_DFL
+        || SNAPSHOT_WARNED.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    let msg: &[u8] = b"zmtrace: the program handles the snapshot signal itself: it keeps it, and \
+                      snapshots on that signal are off (zmtrace run --snapshot-signal picks another)\n";
+    // SAFETY: write(2) of a static buffer.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
 }
 
 extern "C" fn on_fatal(sig: c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
@@ -149,6 +218,7 @@ pub unsafe extern "C" fn sigaction(
     if rc == 0 {
         if !act.is_null() {
             set_ours(sig, false);
+            snapshot_signal_taken(sig, &*act);
         }
         if !oldact.is_null() {
             *oldact = default_action();

@@ -37,9 +37,7 @@ pub(crate) extern "C" fn fork_prepare() {
         unsafe { lock_api::RawRwLock::lock_exclusive(shard.raw()) };
     }
     PENDING_STACKS.raw_lock();
-    for shard in core.live.shards() {
-        unsafe { lock_api::RawRwLock::lock_exclusive(shard.raw()) };
-    }
+    core.live.lock_all();
     reach::regions::REGIONS.raw_lock();
     // Last: taking the locks above may allocate, from this very heap.
     crate::heap::HEAP.raw_lock();
@@ -51,9 +49,7 @@ fn unlock_after_fork() {
     unsafe {
         crate::heap::HEAP.raw_unlock();
         reach::regions::REGIONS.raw_unlock();
-        for shard in core.live.shards() {
-            lock_api::RawRwLock::unlock_exclusive(shard.raw());
-        }
+        core.live.unlock_all();
         PENDING_STACKS.raw_unlock();
         for shard in core.stacks.shards() {
             lock_api::RawRwLock::unlock_exclusive(shard.raw());

@@ -50,7 +50,51 @@ pub struct Chunks {
     next: usize,
 }
 
+/// Every mapping [`map_anon`] made and [`unmap`] did not take back (start, length; start 0 is
+/// a free slot), so that the leak check never scans one as a root. The program's mappings are
+/// roots ([`crate::reach::regions`]): one the loader made before the recorder started, then
+/// unmapped with a call that no hook sees, leaves a stale region behind, and a mapping of ours
+/// that the kernel puts at the same address would be scanned as the program's. A live-set
+/// table there makes every block reachable.
+const MAX_RAW: usize = 1024;
+static RAW_START: [AtomicUsize; MAX_RAW] = [const { AtomicUsize::new(0) }; MAX_RAW];
+static RAW_LEN: [AtomicUsize; MAX_RAW] = [const { AtomicUsize::new(0) }; MAX_RAW];
+
+fn register(p: usize, len: usize) {
+    for (s, l) in RAW_START.iter().zip(&RAW_LEN) {
+        if s.load(Ordering::Relaxed) == 0
+            && s.compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            l.store(len, Ordering::Relaxed);
+            s.store(p, Ordering::Release);
+            return;
+        }
+    }
+    // More than MAX_RAW at once: not seen by the check (only the stale-region case above
+    // would make it a root).
+}
+
+fn unregister(p: usize) {
+    for (s, l) in RAW_START.iter().zip(&RAW_LEN) {
+        if s.load(Ordering::Acquire) == p {
+            l.store(0, Ordering::Relaxed);
+            s.store(0, Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// The recorder's raw mappings now, `[start, end)`: never roots of the leak check.
+pub(crate) fn raw_mappings() -> impl Iterator<Item = (u64, u64)> {
+    RAW_START.iter().zip(&RAW_LEN).filter_map(|(s, l)| {
+        let s = s.load(Ordering::Acquire);
+        (s != 0 && s != usize::MAX).then(|| (s as u64, (s + l.load(Ordering::Relaxed)) as u64))
+    })
+}
+
 /// An anonymous private read-write mapping made with the raw system call; None if refused.
+/// Registered for the leak check (see [`raw_mappings`]) until [`unmap`].
 pub(crate) fn map_anon(len: usize) -> Option<NonNull<u8>> {
     // SAFETY: a fresh anonymous mapping, no memory of ours is touched.
     let p = unsafe {
@@ -67,11 +111,13 @@ pub(crate) fn map_anon(len: usize) -> Option<NonNull<u8>> {
     if p < 0 || p as usize > usize::MAX - 4096 {
         return None;
     }
+    register(p as usize, len);
     NonNull::new(p as *mut u8)
 }
 
-/// Unmaps what [`map_anon`] mapped.
+/// Unmaps what [`map_anon`] mapped (all of it).
 pub(crate) fn unmap(p: *mut u8, len: usize) {
+    unregister(p as usize);
     // SAFETY: the caller's own mapping.
     unsafe { libc::syscall(libc::SYS_munmap, p as usize, len) };
 }
@@ -169,17 +215,6 @@ pub fn contains(p: *const u8) -> bool {
     let n = CHUNKS.load(Ordering::Acquire);
     (0..n).any(|i| {
         CHUNK_START[i].load(Ordering::Relaxed) <= a && a < CHUNK_END[i].load(Ordering::Relaxed)
-    })
-}
-
-/// The address ranges of the recorder's heap (for the leak check, which never scans them).
-pub(crate) fn chunks() -> impl Iterator<Item = (u64, u64)> {
-    let n = CHUNKS.load(Ordering::Acquire);
-    (0..n).map(|i| {
-        (
-            CHUNK_START[i].load(Ordering::Relaxed) as u64,
-            CHUNK_END[i].load(Ordering::Relaxed) as u64,
-        )
     })
 }
 
@@ -308,18 +343,27 @@ mod tests {
             assert_eq!(q.read(), 0xab);
             OwnHeap.dealloc(q, Layout::from_size_align(1 << 20, 8).unwrap());
             let c = c_malloc(24, 64);
-            assert!(contains(c) && c as usize % 64 == 0);
+            assert!(contains(c) && (c as usize).is_multiple_of(64));
             assert_eq!(c_size(c), 24);
             let c = c_realloc(c, 5000);
             assert_eq!(c_size(c), 5000);
             c_free(c);
             let big = OwnHeap.alloc(Layout::from_size_align(64 << 20, 4096).unwrap());
-            assert!(contains(big) && big as usize % 4096 == 0);
+            assert!(contains(big) && (big as usize).is_multiple_of(4096));
             OwnHeap.dealloc(big, Layout::from_size_align(64 << 20, 4096).unwrap());
         }
         let on_stack = 0u64;
         assert!(!contains(&on_stack as *const u64 as *const u8));
         let boxed = Box::new(1u64); // the test harness's allocator, not ours
         assert!(!contains(&*boxed as *const u64 as *const u8));
+    }
+
+    #[test]
+    fn raw_mappings_are_listed_until_unmapped() {
+        let listed = |p: usize| raw_mappings().any(|(s, e)| s == p as u64 && e == p as u64 + 8192);
+        let p = map_anon(8192).unwrap().as_ptr();
+        assert!(listed(p as usize));
+        unmap(p, 8192);
+        assert!(!listed(p as usize));
     }
 }

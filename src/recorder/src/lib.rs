@@ -12,7 +12,7 @@
 //!    the first time an address is seen; framehop for the frames a rule cannot describe; through
 //!    signal frames), dropping its own frames;
 //! 2. interns the stack (identical stacks are stored once; a new one is queued for the dump);
-//! 3. updates the live set (a `dashmap` keyed by address);
+//! 3. updates the live set (`live`: 16-byte entries in 64 shards of open addressing);
 //! 4. numbers the event from one process-wide counter and appends it, varint-encoded, to the
 //!    thread's own ring buffer.
 //!
@@ -37,6 +37,7 @@
 //!
 //! - `state`: the state machine, the front end, the `Core` (live set, stack store) and its
 //!   set-up on the first event, the event counter, [`LiveBlock`], [`disable`].
+//! - `live`: the live set.
 //! - `threads`: the per-thread state ([`ThreadState`]: ring, counters, unwinder cache), claimed on
 //!   a thread's first event and handed on when the thread is gone.
 //! - `stacks`: [`Skip`], [`stack_pointer`], [`MAX_FRAMES`], [`UnwindMode`] and interning.
@@ -57,6 +58,7 @@ mod clock;
 pub mod dumpfd;
 mod fork;
 pub mod heap;
+mod live;
 pub mod modules;
 pub mod output;
 mod procinfo;
@@ -232,10 +234,8 @@ pub unsafe fn on_free(ptr: *mut u8) {
     if sample::interval() > 0 && !ptr.is_null() {
         // Sampled recording: most frees are of unsampled blocks, and all such a free needs is
         // the one live-set lookup (not even the thread's state).
-        match core.live.remove(&(ptr as usize)) {
-            Some((_, block)) if block.stack != sample::UNSAMPLED => {
-                free_recorded(core, ptr, &block)
-            }
+        match core.live.remove(ptr as usize) {
+            Some(block) if block.stack != sample::UNSAMPLED => free_recorded(core, ptr, &block),
             _ => {} // unsampled (`--all-blocks`: kept for the leak check only): no event
         }
         return;
@@ -245,7 +245,7 @@ pub unsafe fn on_free(ptr: *mut u8) {
         bump(&t.counters.free_null);
         return;
     }
-    let Some((_, block)) = core.live.remove(&(ptr as usize)) else {
+    let Some(block) = core.live.remove(ptr as usize) else {
         // Allocated before the recorder started, or by a path it does not see: no event, or the
         // dump would hold a free without its allocation.
         bump(&t.counters.untracked_frees);
@@ -305,7 +305,7 @@ pub unsafe fn realloc_begin(old: *mut u8) -> ReallocToken {
             recording: false,
         };
     };
-    let mut block = core.live.remove(&(old as usize)).map(|(_, b)| b);
+    let mut block = core.live.remove(old as usize);
     let mut unsampled = None;
     if let Some(b) = block.filter(|b| b.stack == sample::UNSAMPLED) {
         // `--all-blocks`: the old block was not sampled; to the recording this realloc is a
@@ -842,6 +842,15 @@ pub fn dump_path() -> Option<String> {
 pub fn finish_on_signal(sig: i32) {
     if STATE.load(Ordering::Acquire) == READY && output::owns_dump() {
         output::finish_on_signal(sig);
+    }
+}
+
+/// From the snapshot signal's handler (the front end's): a snapshot of the heap as of now is
+/// written by the writer thread (a marker in an event recording; the counters and live set in an
+/// aggregated one). Async-signal-safe, and takes no lock: callable anywhere.
+pub fn request_snapshot() {
+    if STATE.load(Ordering::Acquire) == READY && output::owns_dump() {
+        output::request_snapshot();
     }
 }
 

@@ -100,6 +100,7 @@ unsafe extern "C" fn callback(
             path,
             build_id,
             segments,
+            seq: 0,
         },
         range: lo..hi,
         eh_frame_hdr,
@@ -223,63 +224,155 @@ pub fn build_unwinder(modules: &[LoadedModule]) -> UnwinderX86_64<&'static [u8]>
     u
 }
 
+/// A change of the module list not yet in the dump, in the order it was seen.
+#[derive(Clone, Debug)]
+pub(crate) enum ModuleChange {
+    Loaded(zmtrace_format::Module),
+    Gone { base: u64, seq: u64 },
+}
+
 /// The module list and the master copy of the unwinder; threads copy it when `generation` moves.
 pub(crate) struct ModuleTable {
     pub list: Vec<LoadedModule>,
-    /// How many of `list` are in the dump already.
-    pub written: usize,
-    /// Load biases of unloaded modules not yet in the dump.
-    pub gone: Vec<u64>,
+    /// Loads and unloads not yet in the dump. A module loaded and unloaded between two flushes
+    /// of the writer is here twice, so the dump has it (its frames symbolize) and its end.
+    pub pending: Vec<ModuleChange>,
     pub unwinder: Option<framehop::x86_64::UnwinderX86_64<&'static [u8]>>,
 }
 pub(crate) static MODULES: SpinLock<ModuleTable> = SpinLock::new(ModuleTable {
     list: Vec::new(),
-    written: 0,
-    gone: Vec::new(),
+    pending: Vec::new(),
     unwinder: None,
 });
 /// Bumped when the module list changes (`dlopen`, `dlclose`).
 pub(crate) static MODULES_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Set by [`crate::modules_changed`] until [`refresh_modules`] has re-read the list.
 pub(crate) static MODULES_DIRTY: AtomicBool = AtomicBool::new(false);
+/// The loader's counts of modules loaded and unloaded (`dlpi_adds`, `dlpi_subs`) when the list
+/// was last read: a capture that meets code in no known module re-reads the list only when they
+/// moved, so code that is in no module at all (a JIT's) costs one cheap query, not a re-read.
+static LOADER_ADDS: AtomicU64 = AtomicU64::new(0);
+static LOADER_SUBS: AtomicU64 = AtomicU64::new(0);
+
+/// The loader's (adds, subs) counters now: `dl_iterate_phdr` stopped at its first module.
+fn loader_counts() -> (u64, u64) {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        let out = &mut *(data as *mut (u64, u64));
+        // The counters are there since glibc 2.4; `size` says whether this loader has them.
+        if size >= std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8 {
+            *out = ((*info).dlpi_adds, (*info).dlpi_subs);
+        }
+        1 // stop: the counters are the same in every entry
+    }
+    let mut counts = (0u64, 0u64);
+    // SAFETY: the callback writes only `counts`, which outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(first),
+            &mut counts as *mut (u64, u64) as *mut libc::c_void,
+        );
+    }
+    counts
+}
 
 /// Re-reads the module list if it changed, and publishes a new unwinder generation.
 pub(crate) fn refresh_modules() {
     if !MODULES_DIRTY.swap(false, Ordering::AcqRel) {
         return;
     }
-    let now = enumerate();
-    let mut t = MODULES.lock();
-    let old_bases: Vec<u64> = t.list.iter().map(|m| m.info.base).collect();
-    let new_bases: Vec<u64> = now.iter().map(|m| m.info.base).collect();
-    let gone: Vec<u64> = old_bases
-        .iter()
-        .copied()
-        .filter(|b| !new_bases.contains(b))
-        .collect();
-    // The unwinder's rules for code that is gone (before the new generation is published, so
-    // no thread that sees it can still find them).
-    for m in t.list.iter().filter(|m| gone.contains(&m.info.base)) {
-        crate::unwind::forget_module(m.range.clone());
+    refresh();
+}
+
+/// For a capture that met a return address in no module it knows, inside the recorder guard:
+/// re-reads the module list when the loader loaded or unloaded something since it was last
+/// read (a library being loaded, whose constructors allocate before `dlopen` returns). True when
+/// it did. Allocates only from the recorder's own heap and takes no lock that a thread can hold
+/// while it captures: the loader's list lock (`dl_iterate_phdr` takes it, and `dlopen` does not
+/// hold it while constructors run), then `MODULES`, then the recorder's heap, as
+/// [`refresh_modules`] does.
+#[cold]
+#[inline(never)]
+pub(crate) fn refresh_for_unknown_code() -> bool {
+    let (adds, subs) = loader_counts();
+    if adds == LOADER_ADDS.load(Ordering::Acquire) && subs == LOADER_SUBS.load(Ordering::Acquire) {
+        return false;
     }
-    t.gone.extend(gone);
-    // Keep the dump's order: modules already written stay first, new ones are appended.
-    let mut list: Vec<_> = t
+    refresh();
+    true
+}
+
+/// Two entries of the loader's list are the same module: the same load bias and path. (A
+/// library unloaded and another loaded at the same address, both unseen in between, are two.)
+fn same_module(a: &LoadedModule, b: &LoadedModule) -> bool {
+    a.info.base == b.info.base && a.info.path == b.info.path
+}
+
+/// The modules mapped when the recorder starts: all of them from the start (sequence 0).
+pub(crate) fn install(list: Vec<LoadedModule>) {
+    let counts = loader_counts();
+    let mut t = MODULES.lock();
+    t.unwinder = Some(build_unwinder(&list));
+    t.pending = list
+        .iter()
+        .map(|m| ModuleChange::Loaded(m.info.clone()))
+        .collect();
+    t.list = list;
+    drop(t);
+    LOADER_ADDS.store(counts.0, Ordering::Release);
+    LOADER_SUBS.store(counts.1, Ordering::Release);
+    MODULES_GENERATION.fetch_add(1, Ordering::Release);
+}
+
+fn refresh() {
+    let counts = loader_counts();
+    let mut now = enumerate();
+    let mut t = MODULES.lock();
+    // Numbered under the lock, so that a load and an unload seen by two threads are in order:
+    // an event takes its number after its stack is captured, so the events of a module found
+    // during a capture are numbered from here on, and those before an unload below here.
+    let seq = crate::state::SEQ.load(Ordering::Acquire);
+    let gone: Vec<LoadedModule> = t
         .list
         .iter()
-        .filter(|m| new_bases.contains(&m.info.base))
+        .filter(|m| !now.iter().any(|n| same_module(m, n)))
         .cloned()
         .collect();
-    let kept = list.len();
-    let written = t.written.min(kept);
-    list.extend(
-        now.into_iter()
-            .filter(|m| !old_bases.contains(&m.info.base)),
-    );
-    t.unwinder = Some(build_unwinder(&list));
-    t.list = list;
-    t.written = written;
+    now.retain(|n| !t.list.iter().any(|m| same_module(m, n)));
+    if gone.is_empty() && now.is_empty() {
+        LOADER_ADDS.store(counts.0, Ordering::Release);
+        LOADER_SUBS.store(counts.1, Ordering::Release);
+        return;
+    }
+    // The unwinder's rules for code that is gone (before the new generation is published, so
+    // no thread that sees it can still find them).
+    for m in &gone {
+        crate::unwind::forget_module(m.range.clone());
+        t.pending.push(ModuleChange::Gone {
+            base: m.info.base,
+            seq,
+        });
+    }
+    // Keep the dump's order: modules already listed stay first, new ones are appended.
+    t.list.retain(|m| !gone.iter().any(|g| same_module(m, g)));
+    for mut m in now {
+        m.info.seq = seq;
+        t.pending.push(ModuleChange::Loaded(m.info.clone()));
+        t.list.push(m);
+    }
+    let unwinder = build_unwinder(&t.list);
+    t.unwinder = Some(unwinder);
     drop(t);
+    // Stacks through code that is gone: a later module at the same addresses gets stacks of
+    // its own, so each stack id belongs to one module era (what the analyzer relies on).
+    for m in &gone {
+        crate::stacks::retire(m.range.clone());
+    }
+    LOADER_ADDS.store(counts.0, Ordering::Release);
+    LOADER_SUBS.store(counts.1, Ordering::Release);
     MODULES_GENERATION.fetch_add(1, Ordering::Release);
 }
 

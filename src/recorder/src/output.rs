@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use zmtrace_format::{write, Block, End, EndReason, LiveSite, Origin, Process, RecordKind};
 
 use crate::dumpfd;
-use crate::modules::MODULES;
+use crate::modules::{ModuleChange, MODULES};
 use crate::stacks::PENDING_STACKS;
 use crate::state::{Core, DROPPED, SEQ};
 use crate::sync::{Guard, SpinLock};
@@ -77,6 +77,21 @@ const RECORD_BYTES: usize = 32 * 1024;
 /// How often the writer drains the rings when nobody wakes it.
 const PERIOD_MS: i64 = 100;
 static FLUSHES: AtomicU64 = AtomicU64::new(0);
+/// A snapshot was asked for ([`request_snapshot`]), at this event number and time.
+static SNAPSHOT_ASKED: AtomicBool = AtomicBool::new(false);
+static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
+static SNAPSHOT_TS: AtomicU64 = AtomicU64::new(0);
+
+/// From the snapshot signal's handler: notes the moment (event number, time) and wakes the
+/// writer, which writes the snapshot. Async-signal-safe: atomics, the clock and a futex wake;
+/// nothing is taken or written here. Two requests before the writer runs make one snapshot (the
+/// later).
+pub(crate) fn request_snapshot() {
+    SNAPSHOT_SEQ.store(SEQ.load(Ordering::SeqCst), Ordering::Relaxed);
+    SNAPSHOT_TS.store(crate::clock::timestamp(), Ordering::Relaxed);
+    SNAPSHOT_ASKED.store(true, Ordering::Release);
+    wake_writer_now();
+}
 /// The dump is finished or failed: what `Output::finished || Output::failed` says, readable
 /// without the lock (by a signal handler).
 static CLOSED: AtomicBool = AtomicBool::new(false);
@@ -220,6 +235,12 @@ extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
             return std::ptr::null_mut();
         }
         out.flush_pass(crate::state::CORE.get());
+        if SNAPSHOT_ASKED.swap(false, Ordering::AcqRel) {
+            out.write_snapshot(
+                SNAPSHOT_TS.load(Ordering::Relaxed),
+                SNAPSHOT_SEQ.load(Ordering::Relaxed),
+            );
+        }
         let now = crate::clock::now_mono();
         if now.saturating_sub(out.activity_ns) >= ACTIVE_NS {
             out.activity_old = std::mem::take(&mut out.activity_new);
@@ -449,6 +470,20 @@ impl Output {
         self.write_all_or_fail(&buf);
     }
 
+    /// A snapshot on demand: the marker (time, event number: the reader replays the events
+    /// before it); an aggregated recording adds its counters and live set as of now.
+    fn write_snapshot(&mut self, ts_ns: u64, seq: u64) {
+        if !dumpfd::is_open() || self.failed || self.finished {
+            return;
+        }
+        // The stacks first, so that nothing stands between the marker and its aggregate.
+        self.write_meta();
+        let mut buf = Vec::new();
+        write::snapshot(&mut buf, ts_ns, seq);
+        self.write_all_or_fail(&buf);
+        self.write_aggregate(true);
+    }
+
     fn write_end(&mut self, reason: EndReason, status: i32) {
         if !dumpfd::is_open() || self.failed {
             return;
@@ -515,11 +550,10 @@ impl Output {
 fn live_sites(core: &Core) -> Vec<LiveSite> {
     let check = crate::reach::LAST_EXIT_CHECK.lock().take();
     let mut sites: std::collections::HashMap<(u32, u8), LiveSite> = Default::default();
-    for e in core.live.iter() {
-        let b = e.value();
+    core.live.for_each(|addr, b| {
         let kind = check
             .as_ref()
-            .and_then(|r| r.kind_of(*e.key() as u64))
+            .and_then(|r| r.kind_of(addr))
             .map_or(LiveSite::UNCHECKED, |k| k as u8);
         let s = sites.entry((b.stack, kind)).or_insert(LiveSite {
             stack: b.stack,
@@ -530,7 +564,7 @@ fn live_sites(core: &Core) -> Vec<LiveSite> {
         s.bytes += b.size;
         s.usable += b.usable;
         s.via_realloc += u64::from(b.chain > 0);
-    }
+    });
     let mut sites: Vec<LiveSite> = sites.into_values().collect();
     sites.sort_unstable_by_key(|s| (s.stack, s.kind));
     sites
@@ -655,8 +689,7 @@ impl Output {
             for module in &m.list {
                 write::module(&mut buf, &module.info);
             }
-            m.written = m.list.len();
-            m.gone.clear();
+            m.pending.clear();
             drop(m);
             PENDING_STACKS.lock().clear();
             let all: Vec<(u32, Box<[u64]>)> = core
@@ -671,12 +704,16 @@ impl Output {
                     &mut |b| self.compress(b),
                 );
             }
-            let raw = write::inherited_raw(core.live.iter().map(|e| Block {
-                addr: *e.key() as u64,
-                size: e.value().size,
-                usable: e.value().usable,
-                stack: e.value().stack,
-            }));
+            let mut raw = Vec::new();
+            core.live.for_each(|addr, b| {
+                let blk = Block {
+                    addr,
+                    size: b.size,
+                    usable: b.usable,
+                    stack: b.stack,
+                };
+                write::inherited_block(&mut raw, &blk);
+            });
             if origin == Origin::Fork && !raw.is_empty() {
                 let z = self.compress(&raw);
                 write::inherited(&mut buf, raw.len(), &z);
@@ -764,13 +801,14 @@ impl Output {
         self.meta.clear();
         {
             let mut m = MODULES.lock();
-            for base in std::mem::take(&mut m.gone) {
-                write::module_gone(&mut self.meta, base);
+            for change in m.pending.drain(..) {
+                match change {
+                    ModuleChange::Loaded(info) => write::module(&mut self.meta, &info),
+                    ModuleChange::Gone { base, seq } => {
+                        write::module_gone(&mut self.meta, base, seq)
+                    }
+                }
             }
-            for module in &m.list[m.written..] {
-                write::module(&mut self.meta, &module.info);
-            }
-            m.written = m.list.len();
         }
         let stacks = std::mem::take(&mut *PENDING_STACKS.lock());
         for chunk in stacks.chunks(4096) {

@@ -22,8 +22,10 @@ static ALL_BLOCKS: AtomicBool = AtomicBool::new(false);
 static SEED: AtomicU64 = AtomicU64::new(0);
 
 /// The stack id of a block in the live set that was not sampled (`--all-blocks`): it has no
-/// stack and no events, and its free writes none.
-pub(crate) const UNSAMPLED: u32 = u32::MAX;
+/// stack and no events, and its free writes none. 0: interned stacks are numbered from 1
+/// (`stacks::NEXT_STACK`), and 0 fits every packing of the live set, so an unsampled block keeps
+/// its 16-byte slot (`u32::MAX` would send each one to the overflow slab).
+pub(crate) const UNSAMPLED: u32 = 0;
 
 /// Reads the settings (`ZMTRACE_SAMPLE`, `ZMTRACE_SAMPLE_ALL`, `ZMTRACE_SAMPLE_SEED`).
 pub(crate) fn configure(env: impl Fn(&str) -> Option<String>) {

@@ -57,8 +57,33 @@ pub(crate) fn stack_id(core: &Core, t: &ThreadState, skip: Skip) -> u32 {
     local.stack_id(core, &t.counters, skip)
 }
 
-/// The id of a stack, and where the stack store keeps its frames (stable: stacks are never
-/// removed, so the per-thread cache may point at them).
+/// Takes the stacks with a frame in `range` (a module unloaded) out of the store: the same
+/// addresses in a module loaded there later are another stack, with an id of its own. Their
+/// frames are left allocated (a per-thread cache may still point at them until it sees the new
+/// module generation); the dump has them already, or will from `PENDING_STACKS`.
+pub(crate) fn retire(range: std::ops::Range<u64>) {
+    let Some(core) = crate::state::CORE.get() else {
+        return;
+    };
+    let stale: Vec<Box<[u64]>> = core
+        .stacks
+        .iter()
+        .filter(|e| {
+            e.key()
+                .iter()
+                .any(|&a| range.contains(&a) || range.contains(&a.wrapping_sub(1)))
+        })
+        .map(|e| e.key().clone())
+        .collect();
+    for frames in stale {
+        if let Some((key, _)) = core.stacks.remove(&frames) {
+            std::mem::forget(key);
+        }
+    }
+}
+
+/// The id of a stack, and where the stack store keeps its frames (stable: a stack taken out of
+/// the store is never freed, so the per-thread cache may point at it).
 pub(crate) fn intern(core: &Core, frames: &[u64]) -> (u32, *const u64) {
     if let Some(r) = core.stacks.get(frames) {
         return (*r.value(), r.key().as_ptr());

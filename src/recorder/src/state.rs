@@ -13,7 +13,7 @@ use dashmap::DashMap;
 
 use crate::clock::{calibrate_tsc, mark_start};
 use crate::fork::{fork_child, fork_parent, fork_prepare};
-use crate::modules::{MODULES, MODULES_GENERATION};
+use crate::live::LiveSet;
 use crate::stacks::UnwindMode;
 use crate::{aggregate, modules, output, procinfo, sample};
 
@@ -69,15 +69,16 @@ impl Hasher for Fx {
 }
 type FxBuild = BuildHasherDefault<Fx>;
 
-/// A live block, as the recorder keeps it.
+/// A live block, as the recorder hands it to the live set and gets it back (the set keeps it
+/// packed: see `live`).
 #[derive(Clone, Copy, Debug)]
 pub struct LiveBlock {
     pub size: u64,
     pub usable: u64,
     pub stack: u32,
-    /// Reallocs the block went through.
+    /// Reallocs the block went through (aggregated mode only; 0 in event mode).
     pub chain: u32,
-    /// The stream (thread state) that allocated or last reallocated it.
+    /// The stream (thread state) that allocated or last reallocated it (aggregated mode only).
     pub stream: u32,
 }
 
@@ -86,7 +87,7 @@ pub(crate) struct Core {
     pub(crate) mode: UnwindMode,
     /// Address range of the module holding the recorder (its frames are dropped).
     pub(crate) own: Range<u64>,
-    pub(crate) live: DashMap<usize, LiveBlock, FxBuild>,
+    pub(crate) live: LiveSet,
     pub(crate) stacks: DashMap<Box<[u64]>, u32, FxBuild>,
     /// Process facts for the dump's first record.
     pub(crate) proc: procinfo::ProcInfo,
@@ -157,16 +158,11 @@ pub(crate) fn init_slow() -> Option<&'static Core> {
         })
         .map(|m| m.range.clone())
         .unwrap_or(0..0);
-    {
-        let mut t = MODULES.lock();
-        t.unwinder = Some(modules::build_unwinder(&list));
-        t.list = list;
-    }
-    MODULES_GENERATION.fetch_add(1, Ordering::Release);
+    modules::install(list);
     let _ = CORE.set(Core {
         mode,
         own,
-        live: DashMap::with_hasher_and_shard_amount(FxBuild::default(), 64),
+        live: LiveSet::new(aggregate::on()),
         stacks: DashMap::with_hasher_and_shard_amount(FxBuild::default(), 64),
         proc,
     });

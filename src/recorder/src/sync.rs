@@ -147,6 +147,7 @@ impl<T> SpinLock<T> {
         }
     }
 
+    #[inline]
     pub fn lock(&self) -> SpinGuard<'_, T> {
         self.raw_lock();
         SpinGuard { lock: self }
@@ -165,7 +166,22 @@ impl<T> SpinLock<T> {
     }
 
     /// Takes the lock with no guard: for the `fork` handlers, paired with [`Self::raw_unlock`].
+    #[inline]
     pub fn raw_lock(&self) {
+        if self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_contended();
+        }
+    }
+
+    /// The wait, out of line: the uncontended path (the live set's, on every event) stays a
+    /// compare-and-swap without the registers and the loop of this one.
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
         let mut spins = 0u32;
         while self
             .locked
@@ -210,6 +226,7 @@ impl<T> DerefMut for SpinGuard<'_, T> {
 }
 
 impl<T> Drop for SpinGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.locked.store(false, Ordering::Release);
     }

@@ -437,7 +437,22 @@ pub fn build<'d>(
     wrappers: &[String],
     shown: SampleType,
 ) -> proto::Profile {
-    let types = p.sample_types();
+    build_with_types(dump, p, sym, wrappers, shown, &p.sample_types())
+}
+
+/// [`build`] with the sample types in the order given (those the profile lacks left out): a
+/// scrape's `/debug/pprof/heap` puts the `inuse_*` types first, `/debug/pprof/allocs` the
+/// `alloc_*` ones, for the scrapers that take the first.
+pub fn build_with_types<'d>(
+    dump: &'d Dump,
+    p: &super::Profile,
+    sym: &mut Symbolizer<'d>,
+    wrappers: &[String],
+    shown: SampleType,
+    order: &[SampleType],
+) -> proto::Profile {
+    let have = p.sample_types();
+    let types: Vec<SampleType> = order.iter().copied().filter(|t| have.contains(t)).collect();
     let mut b = Builder::new(dump, sym);
     let sample_type = types
         .iter()
@@ -512,7 +527,24 @@ pub fn write<'d>(
     shown: SampleType,
     out: impl Write,
 ) -> std::io::Result<()> {
-    let bytes = build(dump, p, sym, wrappers, shown).encode_to_vec();
+    gzip(&build(dump, p, sym, wrappers, shown), out)
+}
+
+/// Says what "in use" means in a profile [`build`] made (a scrape: now; a snapshot: then),
+/// in place of its comment about it.
+pub fn set_inuse_comment(p: &mut proto::Profile, text: &str) {
+    let i = p.string_table.len() as i64;
+    p.string_table.push(text.to_owned());
+    for c in &mut p.comment {
+        if p.string_table[*c as usize].starts_with("inuse_*") {
+            *c = i;
+        }
+    }
+}
+
+/// A built profile, encoded and gzipped.
+pub fn gzip(profile: &proto::Profile, out: impl Write) -> std::io::Result<()> {
+    let bytes = profile.encode_to_vec();
     let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
     gz.write_all(&bytes)?;
     gz.finish()?.flush()
@@ -560,6 +592,8 @@ mod tests {
                 path: "/nonexistent/prog".into(),
                 build_id: vec![0xde, 0xad, 0xbe, 0xef],
                 segments: vec![(0x10000, 0x11000), (0x11000, 0x15000)],
+                // Mapped from the start (the reader's module eras, merged after this test).
+                seq: 0,
             },
         );
         let s1 = [0x11235u64, 0x12001];

@@ -42,19 +42,89 @@ pub(crate) mod heuristic {
 /// stopped: such blocks are mapped by themselves, and a running thread that frees one unmaps it.
 const LARGE_BLOCK: u64 = 128 * 1024;
 
-pub(super) const UNREACHED: u8 = 0;
+const UNREACHED: u8 = 0;
 const INDIRECT: u8 = 1;
 const POSSIBLE: u8 = 2;
 const REACHABLE: u8 = 3;
 /// The class bits of a block's state.
 const CLASS: u8 = 0x03;
-/// Set while a block is on the worklist.
+/// Set while a block waits to be scanned (on the worklist, or left off it when it was full).
 const PENDING: u8 = 0x80;
 /// Set on a block that is not wholly in readable memory (a guard page inside it): it is read
 /// with `process_vm_readv`, which skips what cannot be read instead of faulting.
 const UNREADABLE: u8 = 0x40;
 /// One address in this many goes into [`Graph::sparse`].
 const SPARSE: usize = 16;
+/// The worklist's length at most. A block found when it is full keeps its `PENDING` bit and is
+/// picked up by a sweep over the nodes once the list is empty (a mark stack's overflow, as in
+/// garbage collectors): the list costs 1 MiB at most instead of 4 bytes per block (an array of
+/// 5 M pointers would put all 5 M on it at once).
+const WORK_MAX: usize = 1 << 18;
+
+/// The sizes a node holds: up to 2^24 − 2 bytes; [`BIG`] says "look in the big list".
+const SIZE_BITS: u32 = 24;
+const BIG: u32 = (1 << SIZE_BITS) - 1;
+
+/// One block of the graph: 12 bytes (the address, then its size and state packed in a word;
+/// sizes from 16 MiB up are in the graph's list of big blocks). The check's memory is this, a
+/// sixteenth of an address per block ([`Graph::sparse`]), and what the worklist holds.
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+pub(crate) struct Node {
+    addr: u64,
+    /// Size (or [`BIG`]) in the high 24 bits, state in the low 8.
+    meta: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Node>() == 12);
+
+impl Node {
+    /// A block not yet reached; `size` from [`BIG`] up is kept in the big list by the caller.
+    pub(crate) fn new(addr: u64, size: u64) -> Node {
+        Node {
+            addr,
+            meta: (size.min(BIG as u64) as u32) << 8,
+        }
+    }
+
+    pub(crate) fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// True when the size is too large for the node (it is in the big list).
+    pub(crate) fn is_big(size: u64) -> bool {
+        size >= BIG as u64
+    }
+
+    fn state(&self) -> u8 {
+        self.meta as u8
+    }
+
+    pub(crate) fn kind(&self) -> LeakKind {
+        match self.state() & CLASS {
+            REACHABLE => LeakKind::Reachable,
+            POSSIBLE => LeakKind::Possible,
+            INDIRECT => LeakKind::Indirect,
+            _ => LeakKind::Definite,
+        }
+    }
+}
+
+/// The classes of a check, kept after it (aggregated mode: the live set written at the end is
+/// classified with them): the nodes, sorted by address.
+pub(crate) struct Classes(pub(super) Buf<Node>);
+
+// SAFETY: the buffer is plain data in a mapping of its own.
+unsafe impl Send for Classes {}
+
+impl Classes {
+    /// The class of the block at `addr`, if the check saw it.
+    pub(crate) fn kind_of(&self, addr: u64) -> Option<LeakKind> {
+        let nodes = self.0.as_slice();
+        let i = nodes.partition_point(|n| n.addr() < addr);
+        nodes.get(i).filter(|n| n.addr() == addr).map(|n| n.kind())
+    }
+}
 
 /// How memory is read: directly, or with `process_vm_readv` where a running thread may unmap it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -65,12 +135,16 @@ pub(super) enum Reads {
 
 /// The live set, sorted, with each block's state: the graph the scan walks.
 pub(super) struct Graph<'a> {
-    pub(super) addr: &'a [u64],
-    pub(super) size: &'a [u64],
-    state: &'a mut [u8],
+    nodes: &'a mut [Node],
+    /// The blocks whose size does not fit a node: (address, size), sorted.
+    big: &'a [(u64, u64)],
     work: Buf<u32>,
+    /// [`WORK_MAX`] (smaller in tests).
+    work_max: usize,
+    /// A block was left off the full worklist; the lowest index of one.
+    left_off: Option<usize>,
     /// Every [`SPARSE`]th address: a first search in this small array (it stays in the cache)
-    /// leaves a short run of `addr` to search, instead of a dozen cache misses down the big one.
+    /// leaves a short run of nodes to search, instead of a dozen cache misses down the big one.
     sparse: Buf<u64>,
     /// Every block lies in `lo..hi`: most words fail this test and need no search.
     lo: u64,
@@ -83,39 +157,35 @@ pub(super) struct Graph<'a> {
 }
 
 impl<'a> Graph<'a> {
-    pub(super) fn new(
-        addr: &'a [u64],
-        size: &'a [u64],
-        state: &'a mut [u8],
-        reads: Reads,
-    ) -> Graph<'a> {
-        let lo = addr.first().copied().unwrap_or(0);
-        let hi = addr
-            .iter()
-            .zip(size)
-            .map(|(&a, &s)| a.saturating_add(s.max(1)))
-            .max()
-            .unwrap_or(0);
+    /// `nodes` sorted by address, all unreached; `big` the sizes they could not hold.
+    pub(super) fn new(nodes: &'a mut [Node], big: &'a [(u64, u64)], reads: Reads) -> Graph<'a> {
         let mut work = Buf::new();
-        work.reserve(addr.len());
+        work.reserve(nodes.len().min(WORK_MAX));
         let mut sparse = Buf::new();
-        sparse.reserve(addr.len() / SPARSE + 1);
-        for a in addr.iter().step_by(SPARSE) {
-            sparse.push(*a);
+        sparse.reserve(nodes.len() / SPARSE + 1);
+        for n in nodes.iter().step_by(SPARSE) {
+            sparse.push(n.addr());
         }
-        Graph {
-            addr,
-            size,
-            state,
+        let mut g = Graph {
+            nodes,
+            big,
             work,
+            work_max: WORK_MAX,
+            left_off: None,
             sparse,
-            lo,
-            hi,
+            lo: 0,
+            hi: 0,
             reads,
             root_bytes: 0,
             heuristics: 0,
             maps: &[],
-        }
+        };
+        g.lo = g.nodes.first().map_or(0, |n| n.addr());
+        g.hi = (0..g.len())
+            .map(|i| g.addr(i).saturating_add(g.size(i).max(1)))
+            .max()
+            .unwrap_or(0);
+        g
     }
 
     /// Turns memcheck's heuristics on (`set` of [`heuristic`] bits).
@@ -123,6 +193,56 @@ impl<'a> Graph<'a> {
         self.heuristics = set;
         self.maps = maps;
         self
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    #[inline]
+    pub(super) fn addr(&self, i: usize) -> u64 {
+        self.nodes[i].addr()
+    }
+
+    #[inline]
+    pub(super) fn size(&self, i: usize) -> u64 {
+        let s = self.nodes[i].meta >> 8;
+        if s != BIG {
+            return s as u64;
+        }
+        let a = self.addr(i);
+        let j = self.big.partition_point(|&(b, _)| b < a);
+        self.big.get(j).map_or(0, |&(_, s)| s)
+    }
+
+    #[inline]
+    fn state(&self, i: usize) -> u8 {
+        self.nodes[i].state()
+    }
+
+    #[inline]
+    fn set_state(&mut self, i: usize, st: u8) {
+        let m = self.nodes[i].meta;
+        self.nodes[i].meta = (m & !0xff) | st as u32;
+    }
+
+    /// The number of blocks whose address is below `v` (`or_at`: at most `v`).
+    #[inline]
+    fn rank(&self, v: u64, or_at: bool) -> usize {
+        let before = |a: u64| a < v || (or_at && a == v);
+        let runs = self.sparse.as_slice().partition_point(|&a| before(a));
+        let Some(run) = runs.checked_sub(1) else {
+            return 0;
+        };
+        let start = run * SPARSE;
+        let end = (start + SPARSE).min(self.len());
+        start + self.nodes[start..end].partition_point(|n| before(n.addr()))
+    }
+
+    /// The address of the first block at `v` or above.
+    pub(super) fn first_at_or_above(&self, v: u64) -> Option<u64> {
+        let i = self.rank(v, false);
+        (i < self.len()).then(|| self.addr(i))
     }
 
     /// A word of memory the heuristics look at: in block `i`, or in a module's data.
@@ -173,8 +293,8 @@ impl<'a> Graph<'a> {
     /// True when the interior pointer `v` into block `i` is, by one of the heuristics in use,
     /// as good as a pointer to its start (memcheck's `heuristic_reachedness`).
     fn heuristic_hit(&self, v: u64, i: usize) -> bool {
-        let (a, size) = (self.addr[i], self.size[i]);
-        let careful = self.state[i] & UNREADABLE != 0;
+        let (a, size) = (self.addr(i), self.size(i));
+        let careful = self.state(i) & UNREADABLE != 0;
         let word = |at: u64| self.peek(at, careful);
         let h = self.heuristics;
         if h & heuristic::STDSTRING != 0 && v == a + 24 {
@@ -221,29 +341,65 @@ impl<'a> Graph<'a> {
         if v < self.lo || v >= self.hi {
             return None;
         }
-        let run = self
-            .sparse
-            .as_slice()
-            .partition_point(|&a| a <= v)
-            .checked_sub(1)?
-            * SPARSE;
-        let end = (run + SPARSE).min(self.addr.len());
-        let i = run + self.addr[run..end].partition_point(|&a| a <= v) - 1;
-        let (a, s) = (self.addr[i], self.size[i]);
-        (v == a || v - a < s).then_some(i)
+        let i = self.rank(v, true).checked_sub(1)?;
+        let a = self.addr(i);
+        (v == a || v - a < self.size(i)).then_some(i)
     }
 
     fn push(&mut self, i: usize) {
-        if self.state[i] & PENDING == 0 {
-            self.state[i] |= PENDING;
+        let st = self.state(i);
+        if st & PENDING != 0 {
+            return;
+        }
+        self.set_state(i, st | PENDING);
+        if self.work.len < self.work_max {
             self.work.push(i as u32);
+        } else {
+            // Left for the sweep (see WORK_MAX).
+            self.left_off = Some(self.left_off.map_or(i, |l| l.min(i)));
         }
     }
 
     fn pop(&mut self) -> Option<usize> {
         let i = self.work.pop()? as usize;
-        self.state[i] &= !PENDING;
+        self.set_state(i, self.state(i) & !PENDING);
         Some(i)
+    }
+
+    /// Scans every pending block, and what it makes pending in turn: `leader` None for the
+    /// marking pass, Some for a clique of the second pass.
+    fn drain(&mut self, leader: Option<usize>) {
+        loop {
+            while let Some(i) = self.pop() {
+                self.visit(i, leader);
+            }
+            let Some(from) = self.left_off.take() else {
+                return;
+            };
+            // The worklist is empty: every block still pending was left off it.
+            for i in from..self.len() {
+                let st = self.state(i);
+                if st & PENDING != 0 {
+                    self.set_state(i, st & !PENDING);
+                    self.visit(i, leader);
+                    while let Some(j) = self.pop() {
+                        self.visit(j, leader);
+                    }
+                }
+            }
+        }
+    }
+
+    fn visit(&mut self, i: usize, leader: Option<usize>) {
+        let (a, s) = (self.addr(i), self.size(i));
+        let reads = self.block_reads(i);
+        match leader {
+            None => {
+                let definite = self.state(i) & CLASS != POSSIBLE;
+                Self::words(reads, a, a + s, |w| self.reach_word(w, definite));
+            }
+            Some(leader) => Self::words(reads, a, a + s, |w| self.clique_word(w, leader)),
+        }
     }
 
     /// A word found in a root (`definite`), or in a reachable (`definite`) or possibly lost
@@ -251,16 +407,16 @@ impl<'a> Graph<'a> {
     #[inline]
     pub(super) fn reach_word(&mut self, v: u64, definite: bool) {
         let Some(i) = self.find(v) else { return };
-        let st = self.state[i] & CLASS;
-        if st == REACHABLE {
+        let st = self.state(i);
+        if st & CLASS == REACHABLE {
             return;
         }
-        let as_start = v == self.addr[i] || (self.heuristics != 0 && self.heuristic_hit(v, i));
+        let as_start = v == self.addr(i) || (self.heuristics != 0 && self.heuristic_hit(v, i));
         if as_start && definite {
-            self.state[i] = (self.state[i] & !CLASS) | REACHABLE;
+            self.set_state(i, (st & !CLASS) | REACHABLE);
             self.push(i);
-        } else if st == UNREACHED {
-            self.state[i] = (self.state[i] & !CLASS) | POSSIBLE;
+        } else if st & CLASS == UNREACHED {
+            self.set_state(i, (st & !CLASS) | POSSIBLE);
             self.push(i);
         }
     }
@@ -269,8 +425,9 @@ impl<'a> Graph<'a> {
     #[inline]
     fn clique_word(&mut self, v: u64, leader: usize) {
         let Some(i) = self.find(v) else { return };
-        if self.state[i] & CLASS == UNREACHED && i != leader {
-            self.state[i] = (self.state[i] & !CLASS) | INDIRECT;
+        let st = self.state(i);
+        if st & CLASS == UNREACHED && i != leader {
+            self.set_state(i, (st & !CLASS) | INDIRECT);
             self.push(i);
         }
     }
@@ -321,10 +478,10 @@ impl<'a> Graph<'a> {
     }
 
     fn block_reads(&self, i: usize) -> Reads {
-        if self.state[i] & UNREADABLE != 0 {
+        if self.state(i) & UNREADABLE != 0 {
             return Reads::Careful;
         }
-        if self.reads == Reads::Careful && self.size[i] >= LARGE_BLOCK {
+        if self.reads == Reads::Careful && self.size(i) >= LARGE_BLOCK {
             Reads::Careful
         } else {
             Reads::Direct
@@ -333,26 +490,17 @@ impl<'a> Graph<'a> {
 
     /// Marks everything reachable from the roots pushed so far.
     pub(super) fn mark(&mut self) {
-        while let Some(i) = self.pop() {
-            let definite = self.state[i] & CLASS != POSSIBLE;
-            let (a, s) = (self.addr[i], self.size[i]);
-            let reads = self.block_reads(i);
-            Self::words(reads, a, a + s, |w| self.reach_word(w, definite));
-        }
+        self.drain(None);
     }
 
     /// Sorts the blocks not reached into cliques: memcheck's second pass.
     pub(super) fn cliques(&mut self) {
-        for leader in 0..self.addr.len() {
-            if self.state[leader] & (CLASS | PENDING) != UNREACHED {
+        for leader in 0..self.len() {
+            if self.state(leader) & (CLASS | PENDING) != UNREACHED {
                 continue;
             }
             self.push(leader);
-            while let Some(i) = self.pop() {
-                let (a, s) = (self.addr[i], self.size[i]);
-                let reads = self.block_reads(i);
-                Self::words(reads, a, a + s, |w| self.clique_word(w, leader));
-            }
+            self.drain(Some(leader));
         }
     }
 
@@ -361,10 +509,10 @@ impl<'a> Graph<'a> {
     /// and bytes.
     pub(super) fn mark_unreadable(&mut self, readable: impl Fn(u64, u64) -> bool) -> (u64, u64) {
         let (mut n, mut bytes) = (0, 0);
-        for i in 0..self.addr.len() {
-            let (a, s) = (self.addr[i], self.size[i]);
+        for i in 0..self.len() {
+            let (a, s) = (self.addr(i), self.size(i));
             if s > 0 && !readable(a, a + s) {
-                self.state[i] |= UNREADABLE;
+                self.set_state(i, self.state(i) | UNREADABLE);
                 n += 1;
                 bytes += s;
             }
@@ -373,12 +521,7 @@ impl<'a> Graph<'a> {
     }
 
     pub(super) fn kind(&self, i: usize) -> LeakKind {
-        match self.state[i] & CLASS {
-            REACHABLE => LeakKind::Reachable,
-            POSSIBLE => LeakKind::Possible,
-            INDIRECT => LeakKind::Indirect,
-            _ => LeakKind::Definite,
-        }
+        self.nodes[i].kind()
     }
 }
 
@@ -408,15 +551,19 @@ mod tests {
         }
         /// Classifies with `roots` as the only root words.
         fn classify(&self, roots: &[u64]) -> Vec<LeakKind> {
+            self.classify_with(roots, WORK_MAX)
+        }
+
+        /// The same with a worklist of `work_max` entries at most (for its overflow).
+        fn classify_with(&self, roots: &[u64], work_max: usize) -> Vec<LeakKind> {
             let mut order: Vec<usize> = (0..self.blocks.len()).collect();
             order.sort_by_key(|&i| self.at(i));
-            let addr: Vec<u64> = order.iter().map(|&i| self.at(i)).collect();
-            let size: Vec<u64> = order
+            let mut nodes: Vec<Node> = order
                 .iter()
-                .map(|&i| self.blocks[i].len() as u64 * 8)
+                .map(|&i| Node::new(self.at(i), self.blocks[i].len() as u64 * 8))
                 .collect();
-            let mut state = vec![UNREACHED; addr.len()];
-            let mut g = Graph::new(&addr, &size, &mut state, Reads::Direct);
+            let mut g = Graph::new(&mut nodes, &[], Reads::Direct);
+            g.work_max = work_max;
             let root = roots.to_vec();
             let (s, e) = (
                 root.as_ptr() as u64,
@@ -425,7 +572,7 @@ mod tests {
             g.scan_root(s, e);
             g.mark();
             g.cliques();
-            let mut kinds = vec![LeakKind::Definite; addr.len()];
+            let mut kinds = vec![LeakKind::Definite; order.len()];
             for (pos, &i) in order.iter().enumerate() {
                 kinds[i] = g.kind(pos);
             }
@@ -490,6 +637,49 @@ mod tests {
         let mut h = Heap::new(&[2, 2]);
         h.set(0, 0, h.at(1));
         assert_eq!(h.classify(&[]), [Definite, Indirect]);
+    }
+
+    #[test]
+    fn a_full_worklist_leaves_blocks_for_the_sweep_and_the_classes_stay_the_same() {
+        // An array reaching 40 blocks, a lost list of 20 behind them, and a lost array of 30
+        // (a clique wider than the list), each classified with worklists of 1 to 64 entries.
+        let mut sizes = vec![40, 30];
+        sizes.extend(std::iter::repeat_n(2, 40 + 20 + 30));
+        let mut h = Heap::new(&sizes);
+        for k in 0..40 {
+            h.set(0, k, h.at(2 + k));
+        }
+        h.set(2 + 39, 1, h.at(42));
+        for k in 0..19 {
+            h.set(42 + k, 0, h.at(43 + k));
+        }
+        for k in 0..30 {
+            h.set(1, k, h.at(62 + k));
+        }
+        let want = h.classify(&[h.at(0)]);
+        assert_eq!(want[0], Reachable);
+        assert!(want[2..62].iter().all(|&k| k == Reachable));
+        assert_eq!(want[1], Definite);
+        assert!(want[62..].iter().all(|&k| k == Indirect));
+        for work_max in [1, 2, 3, 7, 64] {
+            assert_eq!(h.classify_with(&[h.at(0)], work_max), want, "{work_max}");
+        }
+    }
+
+    #[test]
+    fn a_size_too_large_for_a_node_is_found_in_the_big_list() {
+        let a = 0x10_0000u64;
+        let big_size = 40 << 20;
+        let mut nodes = vec![Node::new(a, big_size), Node::new(a + big_size, 16)];
+        assert!(Node::is_big(big_size));
+        let big = [(a, big_size)];
+        let g = Graph::new(&mut nodes, &big, Reads::Direct);
+        assert_eq!(g.size(0), big_size);
+        assert_eq!(g.size(1), 16);
+        assert_eq!(g.find(a + big_size - 1), Some(0));
+        assert_eq!(g.find(a + big_size + 15), Some(1));
+        assert_eq!(g.find(a + big_size + 16), None);
+        assert_eq!(g.first_at_or_above(a + 1), Some(a + big_size));
     }
 
     #[test]

@@ -51,7 +51,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use zmtrace_format::{KindTotal, LeakKind, Reach, ReachTrigger};
 
-use self::graph::{Graph, Reads, UNREACHED};
+pub(crate) use self::graph::Classes;
+use self::graph::{Graph, Node, Reads};
 pub(crate) use self::roots::{before_fork, IN_FORKED_CHILD};
 use self::roots::{
     callee_saved, stack_range, static_tls_size, tls_range, writable_segments, ThreadRoots,
@@ -71,9 +72,9 @@ use crate::{aggregate, output};
 /// One check at a time (exit in one thread while another asks for a check).
 static CHECKING: AtomicBool = AtomicBool::new(false);
 
-/// Aggregated mode: the check made at the end, to classify the live set written after it (see
-/// `output`).
-pub(crate) static LAST_EXIT_CHECK: SpinLock<Option<Box<Reach>>> = SpinLock::new(None);
+/// Aggregated mode: the classes of the check made at the end, to classify the live set written
+/// after it (see `output`).
+pub(crate) static LAST_EXIT_CHECK: SpinLock<Option<Classes>> = SpinLock::new(None);
 
 /// Runs a check and writes its `Reach` record; returns the blocks and bytes of each class.
 pub(crate) fn write_leak_check(
@@ -88,16 +89,19 @@ pub(crate) fn write_leak_check(
     }
     let outcome = check(core, trigger, entry)?;
     let r = outcome.reach;
-    let raw = zmtrace_format::write::reach_raw(&r);
-    let z = zstd::bulk::compress(&raw, 1).ok()?;
-    let mut buf = Vec::new();
-    zmtrace_format::write::reach(&mut buf, &r, raw.len(), &z);
-    output::write_record(&buf);
-    let totals = r.totals;
+    let raw = outcome.raw;
+    let raw_len = raw.len();
     if aggregate::on() && trigger != ReachTrigger::Request {
-        *LAST_EXIT_CHECK.lock() = Some(Box::new(r));
+        *LAST_EXIT_CHECK.lock() = Some(outcome.classes);
+    } else {
+        drop(outcome.classes);
     }
-    Some(totals)
+    let z = zstd::bulk::compress(&raw, 1).ok()?;
+    drop(raw);
+    let mut buf = Vec::new();
+    zmtrace_format::write::reach(&mut buf, &r, raw_len, &z);
+    output::write_record(&buf);
+    Some(r.totals)
 }
 
 /// memcheck's heuristics in use: `ZMTRACE_HEURISTICS` (`zmtrace run
@@ -118,9 +122,13 @@ pub(crate) fn only_thread_left() -> bool {
     tids.as_slice().iter().all(|&t| t == me || t == writer)
 }
 
-/// What one check found, for the record and for the caller.
+/// What one check found, for the record and for the caller: the record's header (its `addrs`
+/// left empty), its address lists already encoded (`reach_raw`'s bytes, made from the nodes
+/// without a list of addresses in between), and the classes.
 pub(crate) struct Outcome {
     pub reach: Reach,
+    pub raw: Vec<u8>,
+    pub classes: Classes,
 }
 
 /// Runs a check now. Called under the recorder guard with the recorder ready; returns None when
@@ -203,7 +211,7 @@ fn check_locked(
     );
     resume_threads(slots);
     // ---- threads running again ----
-    let (seq, blocks, stopped, unstopped, root_bytes, unreadable) = result?;
+    let (seq, nodes, big, stopped, unstopped, root_bytes, unreadable) = result?;
     let mut reach = Reach {
         trigger,
         seq,
@@ -214,17 +222,61 @@ fn check_locked(
         unreadable_bytes: unreadable.1,
         ..Reach::default()
     };
-    for &(addr, size, kind) in blocks.as_slice() {
-        let k = kind as usize;
-        reach.totals[k].blocks += 1;
-        reach.totals[k].bytes += size;
-        reach.addrs[k].push(addr);
-    }
+    let raw = {
+        let mut nodes = nodes;
+        let g = Graph::new(nodes.as_mut_slice(), big.as_slice(), Reads::Direct);
+        for i in 0..g.len() {
+            let k = g.kind(i) as usize;
+            reach.totals[k].blocks += 1;
+            reach.totals[k].bytes += g.size(i);
+        }
+        drop(g);
+        let classes = Classes(nodes);
+        let raw = encode_lists(&classes, &reach);
+        (raw, classes)
+    };
     reach.scan_ns = now_mono().saturating_sub(started);
-    Some(Outcome { reach })
+    Some(Outcome {
+        reach,
+        raw: raw.0,
+        classes: raw.1,
+    })
 }
 
-type ScanResult = (u64, Buf<(u64, u64, LeakKind)>, u32, u32, u64, (u64, u64));
+/// The `Reach` record's address lists (`zmtrace_format::write::reach_raw`'s bytes), encoded
+/// straight from the nodes: per class its count, then its addresses ascending as deltas, then
+/// the unreadable blocks and bytes. Sized exactly first: a vector that doubles would hold up to
+/// twice the bytes, and a list of addresses in between eight bytes a block.
+fn encode_lists(classes: &Classes, r: &Reach) -> Vec<u8> {
+    use zmtrace_format::varint::put_uvarint;
+    let nodes = classes.0.as_slice();
+    let varint_len = |v: u64| (64 - (v | 1).leading_zeros() as usize).div_ceil(7);
+    let mut len = 2 * 10;
+    for k in LeakKind::ALL {
+        len += varint_len(r.totals[k as usize].blocks);
+        let mut prev = 0u64;
+        for n in nodes.iter().filter(|n| n.kind() == k) {
+            len += varint_len(n.addr().wrapping_sub(prev));
+            prev = n.addr();
+        }
+    }
+    let mut b = Vec::with_capacity(len);
+    for k in LeakKind::ALL {
+        put_uvarint(&mut b, r.totals[k as usize].blocks);
+        let mut prev = 0u64;
+        for n in nodes.iter().filter(|n| n.kind() == k) {
+            put_uvarint(&mut b, n.addr().wrapping_sub(prev));
+            prev = n.addr();
+        }
+    }
+    put_uvarint(&mut b, r.unreadable_blocks);
+    put_uvarint(&mut b, r.unreadable_bytes);
+    b
+}
+
+type ScanResult = (u64, Buf<Node>, Buf<(u64, u64)>, u32, u32, u64, (u64, u64));
+/// The nodes, and the (address, size) of the blocks too large for a node.
+type Snapshot = (Buf<Node>, Buf<(u64, u64)>);
 
 /// The part of the check made while the threads are stopped.
 #[allow(clippy::too_many_arguments)]
@@ -240,16 +292,7 @@ fn scan(
     heuristics: u8,
 ) -> Option<ScanResult> {
     let seq = SEQ.load(Ordering::Acquire);
-    let blocks = snapshot(core)?;
-    let n = blocks.len;
-    let mut addr = Buf::filled(n, 0u64)?;
-    let mut size = Buf::filled(n, 0u64)?;
-    for (i, &(a, s)) in blocks.as_slice().iter().enumerate() {
-        addr.as_mut_slice()[i] = a;
-        size.as_mut_slice()[i] = s;
-    }
-    drop(blocks);
-    let mut state = Buf::filled(n, UNREACHED)?;
+    let (mut nodes, big) = snapshot(core)?;
     let mut text = Buf::new();
     let mut maps = Buf::new();
     read_maps(&mut text, &mut maps);
@@ -268,9 +311,8 @@ fn scan(
     } else {
         Reads::Direct
     };
-    let (addr_s, size_s) = (addr.as_slice(), size.as_slice());
     let mut g =
-        Graph::new(addr_s, size_s, state.as_mut_slice(), reads).with_heuristics(heuristics, maps);
+        Graph::new(nodes.as_mut_slice(), big.as_slice(), reads).with_heuristics(heuristics, maps);
     // A block with a page it cannot read (a guard page of a fiber stack or a JIT buffer, made
     // with mprotect) is read without faulting, and counted.
     let unreadable = g.mark_unreadable(|start, end| {
@@ -289,7 +331,9 @@ fn scan(
     if let Some(arena) = roots::glibc_main_arena(segments.as_slice(), maps) {
         excluded.push(arena);
     }
-    for c in crate::heap::chunks() {
+    // Our own mappings: the heap's chunks, the live set's tables, this check's arrays (see
+    // `heap::raw_mappings`: one of them may sit where the program had a region).
+    for c in crate::heap::raw_mappings() {
         excluded.push(c);
     }
     for &(s, e, kind) in segments.as_slice() {
@@ -306,7 +350,7 @@ fn scan(
                 continue;
             }
             g.scan_root(p, xs.max(p));
-            p = xe;
+            p = p.max(xe);
         }
         if p < end {
             g.scan_root(p, end);
@@ -387,8 +431,7 @@ fn scan(
             let end = e.min(m.end);
             // (Within the region only: the kernel merges an allocator's mapping that happens to
             // be next to it into the same line of the memory map.)
-            let first = addr_s.partition_point(|&a| a < p);
-            let holds_block = addr_s.get(first).is_some_and(|&a| a < end);
+            let holds_block = g.first_at_or_above(p).is_some_and(|a| a < end);
             if m.readable && m.writable && !m.device && !holds_block {
                 // A stack in use there (a signal stack, a coroutine's): from its stack pointer
                 // up, as for any stack; below lie dead frames (the recorder's among them).
@@ -461,44 +504,34 @@ fn scan(
     g.mark();
     g.cliques();
     let root_bytes = g.root_bytes;
-    let mut out = Buf::new();
-    if !out.reserve(n) {
-        return None;
-    }
-    for i in 0..n {
-        out.push((addr_s[i], size_s[i], g.kind(i)));
-    }
-    Some((seq, out, stopped, unstopped, root_bytes, unreadable))
+    drop(g);
+    Some((seq, nodes, big, stopped, unstopped, root_bytes, unreadable))
 }
 
-/// The live set as (address, requested size), sorted by address. Shard locks are only tried:
-/// a stopped thread never holds one (it was stopped outside the recorder), and waiting in the
-/// lock's slow path could allocate.
-fn snapshot(core: &Core) -> Option<Buf<(u64, u64)>> {
+/// The live set as the graph's nodes, sorted by address, and the (address, size) of the blocks
+/// too large for a node, sorted too. Made in place: the nodes are gathered (12 bytes a block,
+/// the size clamped), then sorted where they are, so that the check never holds more than its
+/// nodes per block. The live set's locks are only tried (see `LiveSet::try_for_each`).
+fn snapshot(core: &Core) -> Option<Snapshot> {
     let deadline = now_mono() + 2_000_000_000;
-    let mut out: Buf<(u64, u64)> = Buf::new();
-    for shard in core.live.shards() {
-        let guard = loop {
-            if let Some(g) = shard.try_read() {
-                break g;
-            }
-            if now_mono() > deadline {
-                return None;
-            }
-            // SAFETY: no preconditions.
-            unsafe { libc::sched_yield() };
-        };
-        if !out.reserve(guard.len()) {
-            return None;
-        }
-        // SAFETY: the table is read under its shard's read lock.
-        unsafe {
-            for bucket in guard.iter() {
-                let (addr, block) = bucket.as_ref();
-                out.push((*addr as u64, block.get().size));
-            }
-        }
+    let mut nodes: Buf<Node> = Buf::new();
+    let mut big: Buf<(u64, u64)> = Buf::new();
+    // Room for all of them at once (a buffer that grows copies itself, and is twice there).
+    // The count is a hint: a thread that could not be stopped may add more meanwhile.
+    if !nodes.reserve(core.live.try_len(deadline)? + 1024) {
+        return None;
     }
-    out.as_mut_slice().sort_unstable_by_key(|&(a, _)| a);
-    Some(out)
+    let mut ok = true;
+    let complete = core.live.try_for_each(deadline, |addr, b| {
+        ok &= nodes.push(Node::new(addr, b.size));
+        if Node::is_big(b.size) {
+            ok &= big.push((addr, b.size));
+        }
+    });
+    if !complete || !ok {
+        return None;
+    }
+    nodes.as_mut_slice().sort_unstable_by_key(|n| n.addr());
+    big.as_mut_slice().sort_unstable_by_key(|&(a, _)| a);
+    Some((nodes, big))
 }

@@ -207,12 +207,9 @@ pub(super) fn stack_range(
     let mut hi = m.end;
     if let Some(i) = g.find(sp) {
         // A stack inside a block (a coroutine's): up to the block's end.
-        hi = hi.min(g.addr[i] + g.size[i]);
-    } else {
-        let next = g.addr.partition_point(|&a| a < sp);
-        if let Some(&a) = g.addr.get(next) {
-            hi = hi.min(a);
-        }
+        hi = hi.min(g.addr(i) + g.size(i));
+    } else if let Some(a) = g.first_at_or_above(sp) {
+        hi = hi.min(a);
     }
     Some((lo, hi))
 }
@@ -268,8 +265,7 @@ pub(super) fn tls_range(g: &Graph, maps: &[Mapping], tp: u64, tls_size: u64) -> 
     if m.kind == MapKind::Heap {
         return None;
     }
-    let first = g.addr.partition_point(|&a| a < m.start);
-    let holds_blocks = g.addr.get(first).is_some_and(|&a| a < m.end);
+    let holds_blocks = g.first_at_or_above(m.start).is_some_and(|a| a < m.end);
     if !holds_blocks {
         return Some((m.start, m.end));
     }

@@ -107,6 +107,8 @@ fn hash_frames(frames: &[u64]) -> u64 {
 /// A per-thread cache in front of the shared stack store: a thread usually allocates from the
 /// same few stacks, and a hit costs a hash and a compare instead of a shard lock.
 const INTERN_SLOTS: usize = 512;
+/// Code pages found in no module, remembered per thread until the module list changes.
+const UNKNOWN_PAGES: usize = 8;
 
 #[derive(Clone, Copy)]
 struct Interned {
@@ -171,6 +173,9 @@ pub(crate) struct Local {
     next_path: usize,
     last_path: usize,
     pub(crate) counters: UnwindCounters,
+    /// Pages of code in no module (see [`Local::miss`]), and the slot to fill next.
+    unknown_pages: [u64; UNKNOWN_PAGES],
+    next_unknown: usize,
 }
 
 impl Local {
@@ -205,6 +210,8 @@ impl Local {
             next_path: 0,
             last_path: 0,
             counters: UnwindCounters::default(),
+            unknown_pages: [u64::MAX; UNKNOWN_PAGES],
+            next_unknown: 0,
         }
     }
 
@@ -314,12 +321,40 @@ impl Local {
         }
         self.generation = generation;
         self.prev.reusable = false;
-        self.prev_id = 0;
+        self.forget_interned();
         for p in &mut self.paths {
             p.n = 0;
         }
         // Mapped before the first walk, so that the walk's hoisted pointer to it is not null.
         table::SHARED.map();
+    }
+
+    /// Takes the new module list in the middle of a walk (see [`Local::miss`]): the unwind
+    /// sections and framehop's unwinder, so that this walk goes on through the new module; and
+    /// forgets the stacks this thread interned, whose ids may belong to a module that is gone.
+    /// The rest of a new generation (own paths, walk reuse) waits for the next capture, which
+    /// sees the generation moved.
+    #[cold]
+    #[inline(never)]
+    fn adopt_modules(&mut self) {
+        {
+            let t = MODULES.lock();
+            if let Some(u) = t.unwinder.as_ref() {
+                self.unwinder = u.clone();
+            }
+            self.sections = t.list.iter().filter_map(|m| m.unwind_sections()).collect();
+        }
+        self.forget_interned();
+    }
+
+    /// Empties the per-thread stack cache: after a module went, the same frames may be another
+    /// module's, which the store gives another id.
+    fn forget_interned(&mut self) {
+        self.unknown_pages = [u64::MAX; UNKNOWN_PAGES];
+        self.prev_id = 0;
+        for slot in self.interned.iter_mut() {
+            slot.hash = 0;
+        }
     }
 
     /// The rule for an address the table does not have: derived and put in, or `SLOW` when the
@@ -331,8 +366,33 @@ impl Local {
         if key >= table::MAX_KEY - 1 || !table::SHARED.has_room() {
             return Rule::SLOW;
         }
-        let Some(m) = self.sections.iter().find(|m| m.range.contains(&(key - 1))) else {
-            return Rule::SLOW;
+        let m = match self
+            .sections
+            .iter()
+            .position(|m| m.range.contains(&(key - 1)))
+        {
+            Some(i) => &self.sections[i],
+            None => {
+                // In no module this thread knows: a library loaded since (its constructors
+                // allocate inside `dlopen`, before any hook after it could record it), or code in
+                // no module at all (a JIT's). A page found in no module stays so until the
+                // module list changes: it is asked about once, not on every capture.
+                let page = (key - 1) >> 12;
+                if self.unknown_pages.contains(&page) {
+                    return Rule::SLOW;
+                }
+                if crate::modules::refresh_for_unknown_code() {
+                    self.adopt_modules();
+                }
+                match self.sections.iter().find(|m| m.range.contains(&(key - 1))) {
+                    Some(m) => m,
+                    None => {
+                        self.unknown_pages[self.next_unknown] = page;
+                        self.next_unknown = (self.next_unknown + 1) % UNKNOWN_PAGES;
+                        return Rule::SLOW;
+                    }
+                }
+            }
         };
         let cfi = self
             .cfi

@@ -1,0 +1,212 @@
+//! `zmtrace run --serve ADDR`: while the program runs, its heap as Go's `net/http/pprof` serves
+//! one, for Parca, Grafana Alloy's `pyroscope.scrape` or `go tool pprof URL`:
+//!
+//! - `/debug/pprof/heap`: what is in use now (`inuse_*` sample types first, `inuse_space` shown);
+//! - `/debug/pprof/allocs`: everything allocated since the start (`alloc_*` first,
+//!   `alloc_space` shown).
+//!
+//! Both are gzipped `profile.proto`, written by the export's encoder
+//! ([`zmtrace_analyze::export::pprof`]). They are built here, in the `zmtrace` process, never in
+//! the traced program: the recorder's writer thread appends whole records to the dump at least
+//! every 0.1 s, and the reader takes every intact record of a dump still being written, so a
+//! replay of the dump as it is now is the heap of ~0.1 s ago. Each request replays the dump anew
+//! when it has grown since the last one (the profiles are cached by the dump's length): a replay
+//! is linear in the events, the cost `zmtrace report` has on the same dump.
+//!
+//! The dump served is the main process's: the process `run` started (after an `exec`, its newest
+//! dump). Forked children have dumps of their own, not served (`zmtrace export` reads them after).
+//!
+//! HTTP is [`crate::serve`]'s small bounded server (the one `view --serve` uses), with two routes.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use zmtrace_analyze::export::pprof;
+use zmtrace_analyze::export::{Profile, SampleType};
+use zmtrace_analyze::{analyze, Symbolizer};
+use zmtrace_format::Dump;
+
+use crate::serve::{Response, Server, Shutdown};
+use crate::Failure;
+
+/// `--serve`'s address: `HOST:PORT`, an IP literal (`[::1]:PORT` for IPv6), `localhost:PORT`, or
+/// `:PORT` for 127.0.0.1. Nothing is bound to a non-loopback address unless it is written out.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, Failure> {
+    let bad = || {
+        Failure::bad_input(format!(
+            "bad --serve address {s:?}: expected HOST:PORT or :PORT (127.0.0.1), e.g. \
+             127.0.0.1:6060"
+        ))
+    };
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    s.parse().map_err(|_| bad())
+}
+
+/// The routes, and the profiles last built.
+struct Profiles {
+    dir: PathBuf,
+    session: String,
+    pid: u32,
+    cache: Mutex<Cache>,
+}
+
+/// The dump's length when the profiles were built, and the two gzipped profiles (heap, allocs).
+type Built = (u64, Arc<[u8]>, Arc<[u8]>);
+
+#[derive(Default)]
+struct Cache {
+    dump: Option<PathBuf>,
+    built: Option<Built>,
+}
+
+/// The `inuse_*` types first: Go's `/debug/pprof/heap`.
+const HEAP: [SampleType; 5] = [
+    SampleType::InuseObjects,
+    SampleType::InuseSpace,
+    SampleType::AllocObjects,
+    SampleType::AllocSpace,
+    SampleType::LostSpace,
+];
+/// The `alloc_*` types first: Go's `/debug/pprof/allocs`.
+const ALLOCS: [SampleType; 5] = [
+    SampleType::AllocObjects,
+    SampleType::AllocSpace,
+    SampleType::InuseObjects,
+    SampleType::InuseSpace,
+    SampleType::LostSpace,
+];
+
+impl Profiles {
+    /// The main process's dump: the newest of the session's dumps of the pid `run` started (a
+    /// second one is its dump after an `exec`).
+    fn dump_path(&self, cache: &mut Cache) -> Option<PathBuf> {
+        let newest = crate::run::session_dumps(&self.dir, &self.session)
+            .into_iter()
+            .rfind(|p| Dump::peek_process(p).is_some_and(|proc| proc.pid == self.pid));
+        if newest.is_some() {
+            cache.dump = newest;
+        }
+        cache.dump.clone()
+    }
+
+    fn get(&self, heap: bool) -> Response {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = self.dump_path(&mut cache) else {
+            return Response::text(503, "the program has not opened its dump yet\n");
+        };
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let fresh = cache.built.as_ref().filter(|b| b.0 == len).cloned();
+        let (_, h, a) = match fresh {
+            Some(b) => b,
+            None => match build(&path) {
+                Ok((h, a)) => {
+                    cache.built = Some((len, h.into(), a.into()));
+                    cache.built.clone().expect("just built")
+                }
+                Err(e) => return Response::text(503, &format!("{e}\n")),
+            },
+        };
+        Response::new(200, "application/octet-stream", if heap { h } else { a })
+    }
+}
+
+/// Both profiles of the dump as it is now.
+fn build(path: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let dump = Dump::open(path).map_err(|e| e.to_string())?;
+    let a = analyze(&dump, false, &mut |_, _| {});
+    let profile = Profile::from_analysis(&a);
+    let mut sym = Symbolizer::new(&dump);
+    let wrappers = zmtrace_analyze::reports::Options::default().wrappers;
+    let mut one = |shown, order: &[SampleType]| {
+        let mut p = pprof::build_with_types(&dump, &profile, &mut sym, &wrappers, shown, order);
+        // The dump is still being written: "in use" is now, not where a dump cut short ends.
+        pprof::set_inuse_comment(
+            &mut p,
+            "inuse_*: live now (the program is running; zmtrace run --serve)",
+        );
+        let mut out = Vec::new();
+        pprof::gzip(&p, &mut out).map(|()| out)
+    };
+    let heap = one(SampleType::InuseSpace, &HEAP).map_err(|e| e.to_string())?;
+    let allocs = one(SampleType::AllocSpace, &ALLOCS).map_err(|e| e.to_string())?;
+    Ok((heap, allocs))
+}
+
+/// Serving on a thread of its own until [`Scrape::stop`].
+pub struct Scrape {
+    shutdown: Shutdown,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Binds `addr` (before the program starts: a taken port fails `run` at once).
+pub fn bind(addr: SocketAddr) -> Result<Server, Failure> {
+    Server::bind(addr).map_err(|e| Failure::setup(format!("cannot listen on {addr}: {e}")))
+}
+
+/// Serves the profiles of the dumps `pid` writes in `dir` for `session`.
+pub fn start(server: Server, dir: PathBuf, session: String, pid: u32) -> Scrape {
+    let shutdown = server.shutdown();
+    let profiles = Arc::new(Profiles {
+        dir,
+        session,
+        pid,
+        cache: Mutex::default(),
+    });
+    let thread = std::thread::spawn(move || {
+        let _ = server
+            .allow_post()
+            .serve(move |r| match (r.method.as_str(), r.path.as_str()) {
+                (_, "/debug/pprof/symbol") => {
+                    // Go's symbol service, which pprof asks (a POST of addresses) for the frames of a
+                    // mapping the profile could not name all of: zmtrace named what it could when it
+                    // built the profile, so the answer is that it knows no more. (pprof has tried
+                    // the files on its own machine by then.)
+                    Response::text(200, "num_symbols: 1\n")
+                }
+                ("POST", _) => Response::text(405, "only GET and HEAD here\n"),
+                (_, "/debug/pprof/heap") => profiles.get(true),
+                (_, "/debug/pprof/allocs") => profiles.get(false),
+                _ => Response::text(
+                    404,
+                    "not found: /debug/pprof/heap (in use now) and /debug/pprof/allocs (since the \
+                 start) are served\n",
+                ),
+            });
+    });
+    Scrape { shutdown, thread }
+}
+
+impl Scrape {
+    /// Stops serving (after the requests in flight) once the program has ended.
+    pub fn stop(self) {
+        self.shutdown.stop();
+        let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_default_to_loopback() {
+        assert_eq!(parse_addr(":6060").unwrap().to_string(), "127.0.0.1:6060");
+        assert_eq!(
+            parse_addr("localhost:6060").unwrap().to_string(),
+            "127.0.0.1:6060"
+        );
+        assert_eq!(parse_addr("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
+        assert_eq!(parse_addr("[::1]:7").unwrap().to_string(), "[::1]:7");
+        for bad in ["", "6060", ":", ":99999", "host:1", "127.0.0.1"] {
+            assert!(parse_addr(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,740 @@
+//! The live set: every block the program holds, by address, with its requested and usable size
+//! and its stack (in aggregated mode also its realloc chain and the stream that made it).
+//!
+//! Why not a general-purpose map: the live set is the recorder's largest structure (one entry per
+//! live block, millions in a big program), and it is updated on every `malloc` and `free`. A
+//! `dashmap<usize, LiveBlock>` took 40 bytes of key and value per entry, plus the hash table's
+//! control bytes and load factor: 69–88 bytes per live block in the traced process. Here an entry
+//! is 16 bytes (the address, and one word with size, usable size and stack packed), in 64 shards
+//! of open addressing with linear probing, each shard's table in an anonymous mapping of its own
+//! ([`map_anon`]: a raw system call, so never through the program's `malloc` or its interposed
+//! `mmap`, and never a root of the leak check), grown by doubling under the shard's spin lock.
+//!
+//! Entries that do not fit the packed word (a huge size, an odd usable size, a stack id beyond
+//! 2^24, a long realloc chain in aggregated mode) keep a flag and an index into the shard's
+//! overflow slab, which holds them unpacked. They are rare, so they cost nothing on the whole.
+//!
+//! Deletion shifts the following entries of the probe run back (no tombstones), so a table that
+//! sees billions of `malloc`/`free` pairs never degrades and never needs a rebuild.
+//!
+//! Locks: each shard is a [`SpinLock`], held for one probe (or one growth, which maps and
+//! unmaps with system calls only). The `fork` handlers take all 64 in shard order
+//! ([`LiveSet::lock_all`]) at their fixed place in the recorder's lock order (see `fork`).
+
+use crate::heap::{map_anon, unmap};
+use crate::sync::SpinLock;
+use crate::LiveBlock;
+
+pub(crate) const SHARDS: usize = 64;
+const SHARD_BITS: u32 = 6;
+/// The first table of a shard: one page of 16-byte slots.
+const MIN_CAP: usize = 256;
+/// The flag of an overflow entry; its low 32 bits index the shard's overflow slab.
+const OVERFLOW: u64 = 1 << 63;
+const NONE: u32 = u32::MAX;
+
+/// How the packed word is laid out: field widths in bits, from bit 0 up, in the order stack,
+/// size, slack (usable − size), chain, stream. They add up to 63 at most (bit 63 is
+/// [`OVERFLOW`]).
+#[derive(Clone, Copy, Debug)]
+struct Packing {
+    stack: u32,
+    size: u32,
+    slack: u32,
+    chain: u32,
+    stream: u32,
+}
+
+/// Event mode: chain and stream are not kept (only aggregated mode uses them). 16 M stacks,
+/// 256 MiB blocks, 2 KiB of slack (glibc's small blocks have at most 24, jemalloc's classes
+/// up to 8 KiB at most 2 KiB).
+const EVENTS: Packing = Packing {
+    stack: 24,
+    size: 28,
+    slack: 11,
+    chain: 0,
+    stream: 0,
+};
+
+/// Aggregated mode: 4 M stacks (the counter table's limit too), 16 MiB blocks, 63 bytes of
+/// slack, chains of 7 reallocs, 256 streams (thread states). The rest overflows.
+const AGGREGATED: Packing = Packing {
+    stack: 22,
+    size: 24,
+    slack: 6,
+    chain: 3,
+    stream: 8,
+};
+
+/// The packing of a mode, as a constant: every shift and mask of the hot path is folded.
+#[inline(always)]
+const fn packing<const AGG: bool>() -> Packing {
+    if AGG {
+        AGGREGATED
+    } else {
+        EVENTS
+    }
+}
+
+#[inline(always)]
+fn fits(v: u64, bits: u32) -> bool {
+    v >> bits == 0
+}
+
+impl Packing {
+    /// The packed word, or None when a field does not fit.
+    #[inline(always)]
+    fn pack(&self, b: &LiveBlock) -> Option<u64> {
+        let slack = b.usable.checked_sub(b.size)?;
+        let (stack, chain, stream) = (b.stack as u64, b.chain as u64, b.stream as u64);
+        // A field of no bits is not kept (chain and stream in event mode).
+        let kept = |v: u64, bits: u32| if bits == 0 { 0 } else { v };
+        let (chain, stream) = (kept(chain, self.chain), kept(stream, self.stream));
+        if !(fits(stack, self.stack)
+            && fits(b.size, self.size)
+            && fits(slack, self.slack)
+            && fits(chain, self.chain)
+            && fits(stream, self.stream))
+        {
+            return None;
+        }
+        let mut shift = self.stack;
+        let mut w = stack;
+        w |= b.size << shift;
+        shift += self.size;
+        w |= slack << shift;
+        shift += self.slack;
+        w |= chain << shift;
+        shift += self.chain;
+        w |= stream << shift;
+        Some(w)
+    }
+
+    #[inline(always)]
+    fn unpack(&self, w: u64) -> LiveBlock {
+        let mut shift = 0;
+        let mut field = |bits: u32| {
+            let v = (w >> shift) & ((1u64 << bits) - 1);
+            shift += bits;
+            v
+        };
+        let stack = field(self.stack) as u32;
+        let size = field(self.size);
+        let slack = field(self.slack);
+        let chain = field(self.chain) as u32;
+        let stream = field(self.stream) as u32;
+        LiveBlock {
+            size,
+            usable: size + slack,
+            stack,
+            chain,
+            stream,
+        }
+    }
+}
+
+/// One slot: `addr` 0 is empty (no allocator hands out address 0).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Slot {
+    addr: u64,
+    meta: u64,
+}
+
+/// An overflow entry, unpacked; `next_free` links the free ones.
+#[derive(Clone, Copy)]
+struct Big {
+    block: LiveBlock,
+    next_free: u32,
+}
+
+/// One shard's table.
+struct Table {
+    /// `cap` slots (0 or a power of two), in a mapping of their own.
+    slots: *mut Slot,
+    cap: usize,
+    /// 64 − log2(cap): the slot index is the hash's bits below the shard bits.
+    shift: u32,
+    len: usize,
+    /// The table doubles when `len` reaches this: 3/4 of `cap` (probe runs stay short).
+    grow_at: usize,
+    /// The overflow slab: `big_cap` entries, `big_top` used so far, a free list.
+    big: *mut Big,
+    big_cap: usize,
+    big_top: usize,
+    big_free: u32,
+    big_len: usize,
+}
+
+// SAFETY: the table owns its mappings; it is only touched under its shard's lock.
+unsafe impl Send for Table {}
+
+impl Table {
+    const fn new() -> Table {
+        Table {
+            slots: std::ptr::null_mut(),
+            cap: 0,
+            shift: 64,
+            len: 0,
+            grow_at: 0,
+            big: std::ptr::null_mut(),
+            big_cap: 0,
+            big_top: 0,
+            big_free: NONE,
+            big_len: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn home(&self, h: u64) -> usize {
+        ((h << SHARD_BITS) >> self.shift) as usize
+    }
+
+    #[inline(always)]
+    fn slot(&self, i: usize) -> *mut Slot {
+        // SAFETY (of callers): i < cap.
+        unsafe { self.slots.add(i) }
+    }
+
+    /// Doubles the table (or makes the first one); false when the system refuses the memory.
+    #[cold]
+    fn grow(&mut self) -> bool {
+        let cap = (self.cap * 2).max(MIN_CAP);
+        let Some(p) = map_anon(cap * std::mem::size_of::<Slot>()) else {
+            return false;
+        };
+        let old = (self.slots, self.cap);
+        self.slots = p.as_ptr().cast();
+        self.cap = cap;
+        self.shift = 64 - cap.trailing_zeros();
+        self.grow_at = cap / 4 * 3;
+        let mask = cap - 1;
+        for j in 0..old.1 {
+            // SAFETY: j < the old capacity; the new table is fresh (zeroed: every slot empty).
+            unsafe {
+                let s = *old.0.add(j);
+                if s.addr == 0 {
+                    continue;
+                }
+                let mut i = self.home(hash(s.addr));
+                while (*self.slot(i)).addr != 0 {
+                    i = (i + 1) & mask;
+                }
+                *self.slot(i) = s;
+            }
+        }
+        if !old.0.is_null() {
+            unmap(old.0.cast(), old.1 * std::mem::size_of::<Slot>());
+        }
+        true
+    }
+
+    /// A free overflow entry holding `b`: its index, or None when no memory can be had.
+    #[cold]
+    fn big_put(&mut self, b: LiveBlock) -> Option<u32> {
+        let i = if self.big_free != NONE {
+            let i = self.big_free;
+            // SAFETY: on the free list, so below big_top.
+            self.big_free = unsafe { (*self.big.add(i as usize)).next_free };
+            i
+        } else {
+            if self.big_top == self.big_cap {
+                let cap = (self.big_cap * 2).max(4096 / std::mem::size_of::<Big>());
+                if cap >= NONE as usize {
+                    return None;
+                }
+                let p = map_anon(cap * std::mem::size_of::<Big>())?;
+                let p: *mut Big = p.as_ptr().cast();
+                if !self.big.is_null() {
+                    // SAFETY: both mappings hold big_top entries at least; the old is ours.
+                    unsafe { std::ptr::copy_nonoverlapping(self.big, p, self.big_top) };
+                    unmap(self.big.cast(), self.big_cap * std::mem::size_of::<Big>());
+                }
+                self.big = p;
+                self.big_cap = cap;
+            }
+            self.big_top += 1;
+            (self.big_top - 1) as u32
+        };
+        // SAFETY: i < big_top <= big_cap.
+        unsafe {
+            *self.big.add(i as usize) = Big {
+                block: b,
+                next_free: NONE,
+            }
+        };
+        self.big_len += 1;
+        Some(i)
+    }
+
+    fn big_get(&self, meta: u64) -> LiveBlock {
+        // SAFETY: an overflow word names a used entry of the slab.
+        unsafe { (*self.big.add((meta & 0xffff_ffff) as usize)).block }
+    }
+
+    fn big_take(&mut self, meta: u64) -> LiveBlock {
+        let i = (meta & 0xffff_ffff) as u32;
+        let b = self.big_get(meta);
+        // SAFETY: as in big_get.
+        unsafe { (*self.big.add(i as usize)).next_free = self.big_free };
+        self.big_free = i;
+        self.big_len -= 1;
+        b
+    }
+
+    #[inline(always)]
+    fn decode<const AGG: bool>(&self, meta: u64) -> LiveBlock {
+        if meta & OVERFLOW == 0 {
+            packing::<AGG>().unpack(meta)
+        } else {
+            self.big_get(meta)
+        }
+    }
+
+    /// Adds or replaces the entry of `addr`; false when there is no memory for it.
+    #[inline]
+    fn insert<const AGG: bool>(&mut self, h: u64, addr: u64, b: &LiveBlock) -> bool {
+        if self.len >= self.grow_at && !self.grow() {
+            return false;
+        }
+        let meta = match packing::<AGG>().pack(b) {
+            Some(m) => m,
+            None => match self.big_put(*b) {
+                Some(i) => OVERFLOW | i as u64,
+                None => return false,
+            },
+        };
+        let mask = self.cap - 1;
+        let mut i = self.home(h);
+        loop {
+            // SAFETY: i < cap; the table has an empty slot (load below 3/4).
+            let s = unsafe { &mut *self.slot(i) };
+            if s.addr == 0 {
+                *s = Slot { addr, meta };
+                self.len += 1;
+                return true;
+            }
+            if s.addr == addr {
+                // Freed where we could not see it, and handed out again: the new block counts.
+                let old = s.meta;
+                s.meta = meta;
+                if old & OVERFLOW != 0 {
+                    self.big_take(old);
+                }
+                return true;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Removes the entry of `addr`, shifting the rest of its probe run back.
+    #[inline]
+    fn remove<const AGG: bool>(&mut self, h: u64, addr: u64) -> Option<LiveBlock> {
+        if self.cap == 0 {
+            return None;
+        }
+        let mask = self.cap - 1;
+        let mut i = self.home(h);
+        let meta = loop {
+            // SAFETY: i < cap.
+            let s = unsafe { *self.slot(i) };
+            if s.addr == addr {
+                break s.meta;
+            }
+            if s.addr == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        };
+        let b = if meta & OVERFLOW == 0 {
+            packing::<AGG>().unpack(meta)
+        } else {
+            self.big_take(meta)
+        };
+        // Backward shift: each later entry of the run whose home is not cyclically in
+        // (i, j] moves into the hole.
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            // SAFETY: i, j < cap.
+            let s = unsafe { *self.slot(j) };
+            if s.addr == 0 {
+                break;
+            }
+            let k = self.home(hash(s.addr));
+            let stays = if i <= j {
+                i < k && k <= j
+            } else {
+                i < k || k <= j
+            };
+            if !stays {
+                // SAFETY: i < cap.
+                unsafe { *self.slot(i) = s };
+                i = j;
+            }
+        }
+        // SAFETY: i < cap.
+        unsafe { (*self.slot(i)).addr = 0 };
+        self.len -= 1;
+        Some(b)
+    }
+
+    fn for_each<const AGG: bool>(&self, f: &mut impl FnMut(u64, LiveBlock)) {
+        for i in 0..self.cap {
+            // SAFETY: i < cap.
+            let s = unsafe { *self.slot(i) };
+            if s.addr != 0 {
+                f(s.addr, self.decode::<AGG>(s.meta));
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        if !self.slots.is_null() {
+            unmap(self.slots.cast(), self.cap * std::mem::size_of::<Slot>());
+        }
+        if !self.big.is_null() {
+            unmap(self.big.cast(), self.big_cap * std::mem::size_of::<Big>());
+        }
+        *self = Table::new();
+    }
+
+    #[cfg(test)]
+    fn mapped_bytes(&self) -> usize {
+        self.cap * std::mem::size_of::<Slot>() + self.big_cap * std::mem::size_of::<Big>()
+    }
+}
+
+/// A shard on cache lines of its own: threads working on two shards never share a line.
+#[repr(align(64))]
+struct Shard(SpinLock<Table>);
+
+/// The multiplicative (Fibonacci) hash of an address: its top 6 bits choose the shard, the
+/// next ones the slot. Addresses differ in their middle bits; the product's high bits depend
+/// on all of them.
+#[inline(always)]
+fn hash(addr: u64) -> u64 {
+    addr.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The live set (see the module's documentation).
+pub(crate) struct LiveSet {
+    shards: [Shard; SHARDS],
+    /// Aggregated mode's packing ([`AGGREGATED`]), else [`EVENTS`].
+    aggregated: bool,
+}
+
+impl LiveSet {
+    /// An empty set; `aggregated`: keep each block's realloc chain and stream too.
+    pub(crate) const fn new(aggregated: bool) -> LiveSet {
+        LiveSet {
+            shards: [const { Shard(SpinLock::new(Table::new())) }; SHARDS],
+            aggregated,
+        }
+    }
+
+    #[inline(always)]
+    fn shard(&self, h: u64) -> &SpinLock<Table> {
+        &self.shards[(h >> (64 - SHARD_BITS)) as usize].0
+    }
+
+    /// Adds (or replaces) the block at `addr`. Returns false when no memory could be had for it:
+    /// the block is then not tracked (its free will count as untracked).
+    #[inline(always)]
+    pub(crate) fn insert(&self, addr: usize, b: LiveBlock) -> bool {
+        let (addr, h) = (addr as u64, hash(addr as u64));
+        let mut t = self.shard(h).lock();
+        if self.aggregated {
+            t.insert::<true>(h, addr, &b)
+        } else {
+            t.insert::<false>(h, addr, &b)
+        }
+    }
+
+    /// Takes the block at `addr` out of the set.
+    #[inline(always)]
+    pub(crate) fn remove(&self, addr: usize) -> Option<LiveBlock> {
+        let (addr, h) = (addr as u64, hash(addr as u64));
+        let mut t = self.shard(h).lock();
+        if self.aggregated {
+            t.remove::<true>(h, addr)
+        } else {
+            t.remove::<false>(h, addr)
+        }
+    }
+
+    /// Calls `f` with every entry, one shard at a time (each under its lock).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, LiveBlock)) {
+        for s in &self.shards {
+            self.visit(&s.0.lock(), &mut f);
+        }
+    }
+
+    /// [`Self::for_each`] for the leak check, with the other threads stopped: a lock is only
+    /// tried (a stopped thread never holds one: it was stopped outside the recorder; a thread
+    /// that could not be stopped holds one for a moment), and waiting in a lock's slow path
+    /// must not allocate. False when a lock stayed taken until `deadline` (in `now_mono` ns).
+    pub(crate) fn try_for_each(&self, deadline: u64, mut f: impl FnMut(u64, LiveBlock)) -> bool {
+        for s in &self.shards {
+            let t = loop {
+                if let Some(t) = s.0.try_lock() {
+                    break t;
+                }
+                if crate::clock::now_mono() > deadline {
+                    return false;
+                }
+                // SAFETY: no preconditions.
+                unsafe { libc::sched_yield() };
+            };
+            self.visit(&t, &mut f);
+        }
+        true
+    }
+
+    fn visit(&self, t: &Table, f: &mut impl FnMut(u64, LiveBlock)) {
+        if self.aggregated {
+            t.for_each::<true>(f)
+        } else {
+            t.for_each::<false>(f)
+        }
+    }
+
+    /// The entries now, for the leak check: locks only tried, as in [`Self::try_for_each`].
+    pub(crate) fn try_len(&self, deadline: u64) -> Option<usize> {
+        let mut n = 0;
+        for s in &self.shards {
+            loop {
+                if let Some(t) = s.0.try_lock() {
+                    n += t.len;
+                    break;
+                }
+                if crate::clock::now_mono() > deadline {
+                    return None;
+                }
+                // SAFETY: no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
+        Some(n)
+    }
+
+    /// The entries now (each shard's count read under its lock, the sum not atomic).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().len).sum()
+    }
+
+    /// Forgets every entry and gives the tables back.
+    pub(crate) fn clear(&self) {
+        for s in &self.shards {
+            s.0.lock().clear();
+        }
+    }
+
+    /// Bytes of the tables and slabs (mapped; what has been touched of them is resident).
+    #[cfg(test)]
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().mapped_bytes()).sum()
+    }
+
+    /// Entries kept in the overflow slabs.
+    #[cfg(test)]
+    pub(crate) fn overflowed(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().big_len).sum()
+    }
+
+    /// Takes every shard's lock, in shard order (the `fork` handlers).
+    pub(crate) fn lock_all(&self) {
+        for s in &self.shards {
+            s.0.raw_lock();
+        }
+    }
+
+    /// Releases what [`Self::lock_all`] took.
+    ///
+    /// # Safety
+    /// The locks were taken with [`Self::lock_all`] (in this process or, after `fork`, in the
+    /// parent), and no guard of them is alive.
+    pub(crate) unsafe fn unlock_all(&self) {
+        for s in self.shards.iter().rev() {
+            s.0.raw_unlock();
+        }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(size: u64, usable: u64, stack: u32) -> LiveBlock {
+        LiveBlock {
+            size,
+            usable,
+            stack,
+            chain: 0,
+            stream: 0,
+        }
+    }
+
+    fn same(a: LiveBlock, b: LiveBlock) -> bool {
+        (a.size, a.usable, a.stack, a.chain, a.stream)
+            == (b.size, b.usable, b.stack, b.chain, b.stream)
+    }
+
+    /// Spread-out, 16-aligned addresses, as an allocator's.
+    fn addr(i: u64) -> usize {
+        (0x5555_0000_0000 + i * 48) as usize
+    }
+
+    #[test]
+    fn inserts_removes_and_grows_with_every_entry_intact() {
+        let set = LiveSet::new(false);
+        let n = 300_000u64;
+        for i in 0..n {
+            assert!(set.insert(addr(i), block(16 + i % 49, 24 + i % 49, i as u32 % 1000)));
+        }
+        assert_eq!(set.len(), n as usize);
+        assert_eq!(set.overflowed(), 0);
+        // Half of them go, in an order unrelated to the insertion's.
+        for i in (0..n).filter(|i| i % 2 == 1).rev() {
+            let b = set.remove(addr(i)).expect("present");
+            assert!(same(b, block(16 + i % 49, 24 + i % 49, i as u32 % 1000)));
+        }
+        assert!(set.remove(addr(1)).is_none());
+        assert!(set.remove(addr(n + 5)).is_none());
+        assert_eq!(set.len(), n as usize / 2);
+        // The rest is all there, found by lookup and by iteration.
+        let mut seen = 0;
+        set.for_each(|a, b| {
+            let i = (a - 0x5555_0000_0000) / 48;
+            assert_eq!(i % 2, 0);
+            assert!(same(b, block(16 + i % 49, 24 + i % 49, i as u32 % 1000)));
+            seen += 1;
+        });
+        assert_eq!(seen, n / 2);
+        for i in (0..n).step_by(2) {
+            assert!(set.remove(addr(i)).is_some());
+        }
+        assert_eq!(set.len(), 0);
+        set.clear();
+        assert_eq!(set.mapped_bytes(), 0);
+    }
+
+    #[test]
+    fn sixteen_bytes_an_entry_and_at_most_three_quarters_full() {
+        let set = LiveSet::new(false);
+        let n = 1_000_000u64;
+        for i in 0..n {
+            set.insert(addr(i), block(32, 40, 7));
+        }
+        let per = set.mapped_bytes() as f64 / n as f64;
+        // 16 bytes / load factor, the load between 3/8 and 3/4 (one shard a little fuller
+        // than the mean may have doubled already).
+        assert!(
+            (16.0 / 0.76..=16.0 / 0.3).contains(&per),
+            "{per} bytes per entry"
+        );
+        set.clear();
+    }
+
+    #[test]
+    fn what_does_not_fit_the_packed_word_overflows_and_comes_back_exact() {
+        for aggregated in [false, true] {
+            let set = LiveSet::new(aggregated);
+            let odd = [
+                block(1 << 40, 1 << 40, 3), // huge
+                block(100, 100 + 5000, 3),  // much slack
+                block(100, 50, 3),          // usable below size (a front end's 0)
+                block(8, 8, u32::MAX),      // stack id beyond the packing
+                LiveBlock {
+                    chain: 1000,
+                    ..block(8, 8, 1)
+                }, // a long realloc chain
+                LiveBlock {
+                    stream: 4000,
+                    ..block(8, 8, 1)
+                },
+            ];
+            for (i, b) in odd.iter().enumerate() {
+                set.insert(addr(i as u64), *b);
+            }
+            for i in 0..1000u64 {
+                set.insert(addr(100 + i), block(24, 24, 5));
+            }
+            // In event mode chain and stream are not kept, so those two fit.
+            assert_eq!(set.overflowed(), if aggregated { 6 } else { 4 });
+            for (i, b) in odd.iter().enumerate() {
+                let got = set.remove(addr(i as u64)).unwrap();
+                let want = if aggregated || (b.chain == 0 && b.stream == 0) {
+                    *b
+                } else {
+                    LiveBlock {
+                        chain: 0,
+                        stream: 0,
+                        ..*b
+                    }
+                };
+                assert!(same(got, want), "{i}: {got:?}");
+            }
+            assert_eq!(set.overflowed(), 0);
+            // A replaced overflow entry gives its slab entry back; slab entries are reused.
+            set.insert(addr(0), odd[0]);
+            set.insert(addr(0), block(8, 8, 1));
+            assert_eq!(set.overflowed(), 0);
+            set.insert(addr(0), odd[0]);
+            assert!(same(set.remove(addr(0)).unwrap(), odd[0]));
+            assert_eq!(set.len(), 1000);
+            set.clear();
+        }
+    }
+
+    #[test]
+    fn aggregated_mode_keeps_chain_and_stream() {
+        let set = LiveSet::new(true);
+        let b = LiveBlock {
+            size: 100,
+            usable: 104,
+            stack: 12345,
+            chain: 5,
+            stream: 200,
+        };
+        set.insert(addr(1), b);
+        assert_eq!(set.overflowed(), 0);
+        assert!(same(set.remove(addr(1)).unwrap(), b));
+    }
+
+    #[test]
+    fn threads_inserting_and_removing_at_once_lose_nothing() {
+        static SET: LiveSet = LiveSet::new(false);
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let base = t << 32;
+                    // Each thread keeps a window of 5,000 live blocks of its own.
+                    for i in 0..200_000u64 {
+                        let a = addr(base + i);
+                        assert!(SET.insert(a, block(i % 64, i % 64 + 8, t as u32)));
+                        if i >= 5000 {
+                            let j = i - 5000;
+                            let b = SET.remove(addr(base + j)).expect("live");
+                            assert!(same(b, block(j % 64, j % 64 + 8, t as u32)));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(SET.len(), 8 * 5000);
+        let mut per_thread = [0usize; 8];
+        SET.for_each(|a, b| {
+            assert_eq!(b.stack as u64, ((a - 0x5555_0000_0000) / 48) >> 32);
+            per_thread[b.stack as usize] += 1;
+        });
+        assert_eq!(per_thread, [5000; 8]);
+        SET.clear();
+    }
+}
