@@ -1187,6 +1187,8 @@ mod tests {
             argv: vec![],
             aggregated: true,
             args_left_out: 0,
+            sample_interval: 0,
+            all_blocks: false,
         };
         write::process(&mut out, &p);
         let counters = |n: u64| {
