@@ -9,6 +9,7 @@
 #   scripts/bench.sh --quick          # the smoke run: a few thousand operations per workload, once
 #   scripts/bench.sh --only randdepth # the workloads whose name starts so
 #   scripts/bench.sh --callgrind      # instruction counts per operation and per frame walked
+# ZMTRACE_SAMPLE=BYTES (e.g. 524288) adds a configuration `sampled`: zmtrace run --sample BYTES.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"

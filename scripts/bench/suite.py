@@ -54,7 +54,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-MODES = ["untraced", "zmtrace", "aggregate", "heaptrack"]
+# ZMTRACE_SAMPLE=BYTES adds a column "sampled": `zmtrace run --sample BYTES` (e.g. 524288).
+# Taken out of the environment so no traced child inherits it (the recorder reads it too).
+SAMPLE = os.environ.pop("ZMTRACE_SAMPLE", None)
+MODES = ["untraced", "zmtrace", "aggregate"] + (["sampled"] if SAMPLE else []) + ["heaptrack"]
 TRACED = MODES[1:]
 HEAPTRACK_CAP = 4 << 30
 TIME = "/usr/bin/time"
@@ -157,6 +160,8 @@ def command(ctx, mode, argv, out):
         return [ctx.zmtrace, "run", "-o", out, "--"] + argv
     if mode == "aggregate":
         return [ctx.zmtrace, "run", "--aggregate", "-o", out, "--"] + argv
+    if mode == "sampled":
+        return [ctx.zmtrace, "run", "--sample", SAMPLE, "-o", out, "--"] + argv
     return [ctx.heaptrack, "-o", os.path.join(out, "heaptrack"), "--"] + argv
 
 
@@ -448,7 +453,7 @@ def table(results, reps):
     hdr = ("| workload | configuration | median (min–max) | × untraced | overhead / heaptrack's "
            "| wall × untraced | dump | analysis: time, peak RSS | peak RSS MiB: program, whole run |")
     lines = [hdr, "|" + "|".join(["---"] * 9) + "|"]
-    geo = {"zmtrace": [], "aggregate": []}
+    geo = {"zmtrace": [], "aggregate": [], "sampled": []}
     for m in results:
         for mode in m.w.modes:
             name = f"**{m.w.name}**" if mode == "untraced" else ""

@@ -9,6 +9,129 @@ use crate::leakcheck::{self, Check};
 use crate::livemap::{Live, LiveMap};
 use crate::suppressions::Suppressed;
 
+/// Sampled recording: the weights of the sampled blocks (see [`Analysis::sample_interval`]).
+#[derive(Clone, Copy, Debug)]
+struct Scale(Option<u64>);
+
+impl Scale {
+    /// The blocks one recorded block of `size` bytes stands for.
+    fn weight(self, size: u64) -> f64 {
+        self.0
+            .map_or(1.0, |t| zmtrace_format::sample_weight(size, t))
+    }
+}
+
+/// Bytes as they count in the heap: weighted for a sampled block, exact otherwise.
+#[inline]
+fn wb(size: u64, w: f64) -> u64 {
+    if w == 1.0 {
+        size
+    } else {
+        (size as f64 * w).round() as u64
+    }
+}
+
+/// A sampled recording's per-site estimates, summed in floating point and rounded once at the
+/// end (a per-block rounding of `1/p` would bias the sums).
+#[derive(Clone, Copy, Debug, Default)]
+struct Est {
+    allocations: f64,
+    bytes: f64,
+    temporary: f64,
+    frees: f64,
+    reallocs: f64,
+    leaked_blocks: f64,
+    leaked_bytes: f64,
+    leaked_via_realloc: f64,
+    kinds: [(f64, f64); 4],
+    kinds_via_realloc: [f64; 4],
+}
+
+impl Est {
+    fn leaked(&mut self, w: f64, size: u64, via_realloc: bool, kind: Option<LeakKind>) {
+        let v = if via_realloc { w } else { 0.0 };
+        self.leaked_blocks += w;
+        self.leaked_bytes += w * size as f64;
+        self.leaked_via_realloc += v;
+        if let Some(k) = kind {
+            self.kinds[k as usize].0 += w;
+            self.kinds[k as usize].1 += w * size as f64;
+            self.kinds_via_realloc[k as usize] += v;
+        }
+    }
+
+    fn add(&mut self, o: &Est) {
+        self.allocations += o.allocations;
+        self.bytes += o.bytes;
+        self.temporary += o.temporary;
+        self.frees += o.frees;
+        self.reallocs += o.reallocs;
+        self.leaked_blocks += o.leaked_blocks;
+        self.leaked_bytes += o.leaked_bytes;
+        self.leaked_via_realloc += o.leaked_via_realloc;
+        for k in 0..4 {
+            self.kinds[k].0 += o.kinds[k].0;
+            self.kinds[k].1 += o.kinds[k].1;
+            self.kinds_via_realloc[k] += o.kinds_via_realloc[k];
+        }
+    }
+
+    /// Writes the rounded estimates over a site's counts (what a sampled replay counted).
+    fn apply(&self, s: &mut SiteStats) {
+        let r = |v: f64| v.round() as u64;
+        s.allocations = r(self.allocations);
+        s.bytes = r(self.bytes);
+        s.temporary = r(self.temporary);
+        s.leaked_blocks = r(self.leaked_blocks);
+        s.leaked_bytes = r(self.leaked_bytes);
+        s.leaked_via_realloc = r(self.leaked_via_realloc);
+        for k in 0..4 {
+            s.kinds[k] = KindTotal {
+                blocks: r(self.kinds[k].0),
+                bytes: r(self.kinds[k].1),
+            };
+            s.kinds_via_realloc[k] = r(self.kinds_via_realloc[k]);
+        }
+    }
+}
+
+/// The stack id the recorder gives a block it keeps for the leak check only (`--all-blocks`):
+/// no stack, no events (stack ids start at 1). Only a forked child's inherited blocks carry it
+/// into the dump.
+const UNSAMPLED: u32 = 0;
+
+/// Sampled recording: the weight of each live sampled block, kept beside the packed live map
+/// (which has no room for it); a recording that is not sampled leaves it empty.
+#[derive(Default)]
+struct Weights {
+    sampled: bool,
+    by_addr: HashMap<u64, f64>,
+}
+
+impl Weights {
+    fn put(&mut self, addr: u64, w: f64) {
+        if self.sampled {
+            self.by_addr.insert(addr, w);
+        }
+    }
+
+    fn take(&mut self, addr: u64) -> f64 {
+        if self.sampled {
+            self.by_addr.remove(&addr).unwrap_or(1.0)
+        } else {
+            1.0
+        }
+    }
+
+    fn get(&self, addr: u64) -> f64 {
+        if self.sampled {
+            self.by_addr.get(&addr).copied().unwrap_or(1.0)
+        } else {
+            1.0
+        }
+    }
+}
+
 /// What one stack did. Allocation-side numbers count against the stack of the allocation (or
 /// realloc) that made the block.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -162,6 +285,23 @@ pub struct Analysis {
     /// The program's own mappings (`mmap`, `munmap`, `mremap`): a metric of their own, in none
     /// of the heap figures above.
     pub mapped: crate::mapped::Mapped,
+    /// A sampled recording (`zmtrace run --sample BYTES`): its mean interval in bytes. Then the
+    /// per-site figures and the totals of allocations, frees, reallocs, bytes, temporaries,
+    /// peak and blocks live at the end are estimates: each sampled block counts `1/p` times
+    /// (`p` = [`zmtrace_format::sample_probability`] of its size, recomputed here rather than
+    /// stored in the dump). Failed calls are all recorded, so exact; churn counts sampled
+    /// blocks only.
+    pub sample_interval: Option<u64>,
+    /// Sampled with `--all-blocks`: the leak classes' totals (`kinds`) are exact, their split
+    /// per site estimated.
+    pub all_blocks: bool,
+}
+
+impl Analysis {
+    /// True when the figures are estimates (a sampled recording).
+    pub fn estimated(&self) -> bool {
+        self.sample_interval.is_some()
+    }
 }
 
 /// Replays `dump` once; `progress` is called now and then with (records read, records in all).
@@ -192,8 +332,19 @@ pub fn analyze_at(
         };
     }
     let until = at.map_or(u64::MAX, |s| s.seq);
-    let mut a = Analysis::default();
+    let mut a = Analysis {
+        sample_interval: dump.sample_interval(),
+        all_blocks: dump.all_blocks(),
+        ..Analysis::default()
+    };
+    let scale = Scale(a.sample_interval);
+    // Sampled: the estimates per stack (None: count as ever).
+    let mut est: Option<ById<Est>> = scale.0.map(|_| ById::default());
     let mut live = LiveMap::default();
+    let mut weights = Weights {
+        sampled: scale.0.is_some(),
+        ..Weights::default()
+    };
     // The block each thread allocated last, while it may still turn out temporary.
     let mut last_alloc: HashMap<u32, u64> = HashMap::default();
     let mut tids: HashSet<u32> = HashSet::default();
@@ -205,7 +356,8 @@ pub fn analyze_at(
         by_stack: ById::for_stacks(dump.stacks.len()),
         ..Heap::default()
     };
-    for b in &dump.inherited {
+    for b in dump.inherited.iter().filter(|b| b.stack != UNSAMPLED) {
+        let w = scale.weight(b.size);
         live.insert(
             b.addr,
             Live {
@@ -215,13 +367,14 @@ pub fn analyze_at(
                 chain: 0,
             },
         );
-        heap.add(b.stack, b.size);
+        weights.put(b.addr, w);
+        heap.add(b.stack, wb(b.size, w));
     }
     a.inherited_blocks = dump.inherited.len() as u64;
     a.peak_bytes = heap.cur;
     heap.new_peak();
     // Blocks being reallocated: out of the live set, not yet replaced (see `ReallocOut`).
-    let mut moving: HashMap<(u32, u64), Live> = HashMap::default();
+    let mut moving: HashMap<(u32, u64), (Live, f64)> = HashMap::default();
     let mut events = dump.events();
     while let Some(e) = events.next() {
         if e.seq >= until {
@@ -231,8 +384,9 @@ pub fn analyze_at(
             // Not an event of the program's: the first half of a realloc's numbering.
             match live.remove(addr) {
                 Some(b) => {
-                    heap.sub(b.stack, b.size);
-                    moving.insert((e.tid, addr), b);
+                    let w = weights.take(addr);
+                    heap.sub(b.stack, wb(b.size, w));
+                    moving.insert((e.tid, addr), (b, w));
                 }
                 None => a.inconsistent += 1,
             }
@@ -261,6 +415,13 @@ pub fn analyze_at(
                 let site = sites.get(stack);
                 site.allocations += 1;
                 site.bytes += size;
+                let w = scale.weight(size);
+                if let Some(est) = est.as_mut() {
+                    let e = est.get(stack);
+                    e.allocations += w;
+                    e.bytes += w * size as f64;
+                }
+                let old_w = weights.take(addr);
                 if let Some(old) = live.insert(
                     addr,
                     Live {
@@ -271,19 +432,29 @@ pub fn analyze_at(
                     },
                 ) {
                     a.inconsistent += 1;
-                    heap.sub(old.stack, old.size);
+                    heap.sub(old.stack, wb(old.size, old_w));
                 }
-                heap.add(stack, size);
+                weights.put(addr, w);
+                heap.add(stack, wb(size, w));
                 last_alloc.insert(e.tid, addr);
             }
             EventKind::Free { addr } => match live.remove(addr) {
                 Some(b) => {
+                    let bw = weights.take(addr);
                     a.frees += 1;
-                    heap.sub(b.stack, b.size);
-                    if last_alloc.get(&b.tid) == Some(&addr) {
+                    heap.sub(b.stack, wb(b.size, bw));
+                    let temporary = last_alloc.get(&b.tid) == Some(&addr);
+                    if temporary {
                         last_alloc.remove(&b.tid);
                         a.temporary += 1;
                         sites.get(b.stack).temporary += 1;
+                    }
+                    if let Some(est) = est.as_mut() {
+                        let e = est.get(b.stack);
+                        e.frees += bw;
+                        if temporary {
+                            e.temporary += bw;
+                        }
                     }
                 }
                 None => a.inconsistent += 1,
@@ -297,24 +468,31 @@ pub fn analyze_at(
             } => {
                 let old = moving.remove(&(e.tid, old_addr)).or_else(|| {
                     let b = live.remove(old_addr)?;
-                    heap.sub(b.stack, b.size);
-                    Some(b)
+                    let w = weights.take(old_addr);
+                    heap.sub(b.stack, wb(b.size, w));
+                    Some((b, w))
                 });
                 if old.is_none() {
                     a.inconsistent += 1;
                 }
-                let old = old.unwrap_or(Live {
-                    size: 0,
-                    stack,
-                    tid: e.tid,
-                    chain: 0,
-                });
+                let (old, old_w) = old.unwrap_or((
+                    Live {
+                        size: 0,
+                        stack,
+                        tid: e.tid,
+                        chain: 0,
+                    },
+                    scale.weight(size),
+                ));
                 if last_alloc.get(&old.tid) == Some(&old_addr) {
                     last_alloc.remove(&old.tid);
                 }
                 if new_addr == 0 && size == 0 {
                     // realloc(p, 0) that freed the block.
                     a.frees += 1;
+                    if let Some(est) = est.as_mut() {
+                        est.get(old.stack).frees += old_w;
+                    }
                 } else {
                     a.reallocs += 1;
                     a.bytes_allocated += size;
@@ -322,6 +500,13 @@ pub fn analyze_at(
                     let site = sites.get(stack);
                     site.bytes += size;
                     site.churn.add(old.size, size, new_addr != old_addr, chain);
+                    // A sampled block stays sampled through its reallocs: it keeps the weight
+                    // of the size that had it sampled.
+                    if let Some(est) = est.as_mut() {
+                        let e = est.get(stack);
+                        e.reallocs += old_w;
+                        e.bytes += old_w * size as f64;
+                    }
                     live.insert(
                         new_addr,
                         Live {
@@ -331,7 +516,8 @@ pub fn analyze_at(
                             chain,
                         },
                     );
-                    heap.add(stack, size);
+                    weights.put(new_addr, old_w);
+                    heap.add(stack, wb(size, old_w));
                 }
                 // A realloc is an allocation of its thread: the block that thread made last is
                 // not temporary any more, and a reallocated block never is (it was allocated,
@@ -363,9 +549,10 @@ pub fn analyze_at(
     a.mapped.finish();
     a.threads = tids.len() as u64;
     // A block between a realloc's two halves at the snapshot was live then.
-    for ((_, addr), b) in moving.drain() {
+    for ((_, addr), (b, w)) in moving.drain() {
         if at.is_some() {
             live.insert(addr, b);
+            weights.put(addr, w);
         }
     }
     let reach = leakcheck::exit_check(dump).filter(|_| at.is_none());
@@ -378,8 +565,35 @@ pub fn analyze_at(
         sites
             .get(b.stack)
             .add_leaked(1, b.size, u64::from(b.chain > 0), kind);
+        if let Some(est) = est.as_mut() {
+            est.get(b.stack)
+                .leaked(weights.get(addr), b.size, b.chain > 0, kind);
+        }
     });
     a.check = check;
+    if let Some(est) = &est {
+        // Sampled: the estimates replace what the replay counted, per site and in total.
+        let mut total = Est::default();
+        for (id, e) in est.iter() {
+            e.apply(sites.get(id));
+            total.add(e);
+        }
+        let r = |v: f64| v.round() as u64;
+        a.allocations = r(total.allocations);
+        a.bytes_allocated = r(total.bytes);
+        a.frees = r(total.frees);
+        a.reallocs = r(total.reallocs);
+        a.temporary = r(total.temporary);
+        a.leaked_blocks = r(total.leaked_blocks);
+        a.leaked_bytes = r(total.leaked_bytes);
+        for k in 0..4 {
+            a.kinds[k] = KindTotal {
+                blocks: r(total.kinds[k].0),
+                bytes: r(total.kinds[k].1),
+            };
+        }
+        exact_kinds(&mut a, reach);
+    }
     for (stack, h) in heap.by_stack.iter() {
         if h.at_peak > 0 {
             sites.get(stack).peak_bytes = h.at_peak;
@@ -504,6 +718,16 @@ impl Heap {
     }
 }
 
+/// `--all-blocks`: the leak check saw every block, so its totals per class are exact (and the
+/// blocks live at the end are their sum); only the split per site is estimated.
+fn exact_kinds(a: &mut Analysis, reach: Option<&zmtrace_format::Reach>) {
+    if let (true, Some(r)) = (a.all_blocks, reach) {
+        a.kinds = r.totals;
+        a.leaked_blocks = r.totals.iter().map(|t| t.blocks).sum();
+        a.leaked_bytes = r.totals.iter().map(|t| t.bytes).sum();
+    }
+}
+
 /// An aggregated dump's counters, in the shape a replay gives. A dump cut short before its
 /// counters were written has nothing but the blocks a forked child inherited.
 fn from_aggregate(
@@ -515,8 +739,21 @@ fn from_aggregate(
     let mut a = Analysis {
         aggregated: true,
         inherited_blocks: dump.inherited.len() as u64,
+        sample_interval: dump.sample_interval(),
+        all_blocks: dump.all_blocks(),
         ..Analysis::default()
     };
+    let scale = Scale(a.sample_interval);
+    // Sampled: per stack, counters of sampled blocks. Their sizes are summed, so each counts at
+    // the weight of the stack's mean size (exact for one size per stack; for sizes far below
+    // the interval the weight is nearly linear in the size, so the error is small).
+    let est = |n: u64, bytes: u64| -> f64 {
+        if n == 0 {
+            return 0.0;
+        }
+        n as f64 * scale.weight(bytes / n)
+    };
+    let round = |v: f64| v.round() as u64;
     if let Some(g) = counters {
         a.allocations = g.allocations;
         a.frees = g.frees;
@@ -533,6 +770,24 @@ fn from_aggregate(
             site.temporary += s.temporary;
             site.failed += s.failed;
             site.churn.merge(&s.churn);
+        }
+        if scale.0.is_some() {
+            let (mut n, mut bytes, mut temp) = (0.0, 0.0, 0.0);
+            for site in a.sites.values_mut() {
+                let f = est(site.allocations, site.bytes) / site.allocations.max(1) as f64;
+                n += site.allocations as f64 * f;
+                bytes += site.bytes as f64 * f;
+                temp += site.temporary as f64 * f;
+                site.allocations = round(site.allocations as f64 * f);
+                site.bytes = round(site.bytes as f64 * f);
+                site.temporary = round(site.temporary as f64 * f);
+            }
+            let f = |v: u64| round(v as f64 * n / g.allocations.max(1) as f64);
+            a.frees = f(a.frees);
+            a.reallocs = f(a.reallocs);
+            a.allocations = round(n);
+            a.bytes_allocated = round(bytes);
+            a.temporary = round(temp);
         }
     }
     let live: Vec<LiveSite> = if dump.aggregate.is_some() {
@@ -553,7 +808,16 @@ fn from_aggregate(
     // The recorder classified the live set by the check at the end (it has the addresses).
     let reach = leakcheck::exit_check(dump).filter(|_| with_check);
     let mut check = reach.map(Check::new);
-    for l in live {
+    for mut l in live {
+        if l.stack == UNSAMPLED {
+            continue; // `--all-blocks`' unsampled blocks: in the exact totals only
+        }
+        if scale.0.is_some() {
+            let f = est(l.blocks, l.bytes) / l.blocks.max(1) as f64;
+            l.blocks = round(l.blocks as f64 * f);
+            l.bytes = round(l.bytes as f64 * f);
+            l.via_realloc = round(l.via_realloc as f64 * f);
+        }
         let kind = check.as_mut().map(|c| {
             l.leak_kind().unwrap_or_else(|| {
                 // Allocated after the check, by a thread still running.
@@ -569,5 +833,8 @@ fn from_aggregate(
             .add_leaked(l.blocks, l.bytes, l.via_realloc, kind);
     }
     a.check = check;
+    if a.estimated() {
+        exact_kinds(&mut a, reach);
+    }
     a
 }

@@ -198,7 +198,14 @@ pub fn flamegraph(
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
         .unwrap_or_else(|| "?".into());
     let pid = dump.process.as_ref().map_or(0, |p| p.pid);
-    let title = format!("{} — {program} (pid {pid})", metric.title());
+    let sampled = match dump.sample_interval() {
+        Some(t) => format!(
+            " — estimated (sampled every {})",
+            crate::words::human_bytes(t)
+        ),
+        None => String::new(),
+    };
+    let title = format!("{} — {program} (pid {pid}){sampled}", metric.title());
     if folded.is_empty() {
         return empty_svg(&title, &format!("Nothing to draw: {}.", metric.none()), out);
     }

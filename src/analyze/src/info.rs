@@ -76,6 +76,17 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {
         },
     );
     let s = &session.analysis;
+    if let Some(t) = s.sample_interval {
+        writeln!(
+            o,
+            "sampled:   one sampled byte every {t} B on average{}; the summary is estimated",
+            if s.all_blocks {
+                ", every block kept for the leak check (--all-blocks)"
+            } else {
+                ""
+            }
+        )?;
+    }
     writeln!(
         o,
         "summary:   {} ({}), {}, {}, {} failed",

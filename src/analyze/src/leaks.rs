@@ -8,7 +8,7 @@ use serde::Serialize;
 use zmtrace_format::{Dump, LeakKind};
 
 use crate::analysis::Analysis;
-use crate::leakcheck::{Check, Kinds, NO_CHECK};
+use crate::leakcheck::{no_check_line, Check, Kinds};
 use crate::reports::{
     header, human_bytes, merged_sites, plural, site, write_header, write_stack, Header, Options,
     Site,
@@ -188,7 +188,7 @@ pub fn leaks_text(l: &Leaks, opts: &Options) -> String {
             }
         }
         _ => {
-            let _ = writeln!(o, "{NO_CHECK}");
+            let _ = writeln!(o, "{}", no_check_line(l.header.estimated));
         }
     }
     for line in suppressed_lines(&l.suppressed) {
@@ -196,7 +196,12 @@ pub fn leaks_text(l: &Leaks, opts: &Options) -> String {
     }
     let _ = writeln!(
         o,
-        "{} ({}) not freed at exit, in {}; {} shown, {}largest first",
+        "{}{} ({}) not freed at exit, in {}; {} shown, {}largest first",
+        match (l.header.estimated, l.header.all_blocks && l.check.is_some()) {
+            (true, false) => "estimated: ",
+            (true, true) => "exact in all, estimated per site: ",
+            _ => "",
+        },
         plural(l.leaked_blocks, "block"),
         human_bytes(l.leaked_bytes),
         plural(l.groups, "group"),
@@ -223,10 +228,11 @@ pub fn leaks_text(l: &Leaks, opts: &Options) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             o,
-            "\n#{} {kind}{} in {}{realloc}: {}",
+            "\n#{} {kind}{} in {}{}{realloc}: {}",
             i + 1,
             human_bytes(s.bytes),
             plural(s.blocks, "block"),
+            crate::reports::est(&l.header),
             s.site.site
         );
         write_stack(&mut o, &s.site, opts);

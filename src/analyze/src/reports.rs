@@ -195,6 +195,14 @@ pub struct Header {
     pub complete: bool,
     pub ending: String,
     pub warnings: Vec<String>,
+    /// A sampled recording (`zmtrace run --sample`): the per-site figures and the totals built
+    /// from them are estimates (failed calls and, with `--all-blocks`, the leak classes' totals
+    /// stay exact).
+    pub estimated: bool,
+    /// Its mean sampling interval in bytes (null: not sampled).
+    pub sample_interval: Option<u64>,
+    /// Sampled with `--all-blocks`.
+    pub all_blocks: bool,
 }
 
 pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
@@ -255,6 +263,9 @@ pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
             _ => dump.ending(),
         },
         warnings,
+        estimated: a.estimated(),
+        sample_interval: a.sample_interval,
+        all_blocks: a.all_blocks,
     }
 }
 
@@ -470,6 +481,28 @@ pub(crate) fn write_header(o: &mut String, what: &str, h: &Header) {
     for w in &h.warnings {
         let _ = writeln!(o, "warning: {w}");
     }
+    if let Some(t) = h.sample_interval {
+        let _ = writeln!(
+            o,
+            "sampled recording (one sampled byte every {} on average): figures marked \
+             \"estimated\" are estimates{}",
+            human_bytes(t),
+            if h.all_blocks {
+                "; the leak classes' totals are exact"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// " (estimated)" after a figure of a sampled recording.
+pub(crate) fn est(h: &Header) -> &'static str {
+    if h.estimated {
+        " (estimated)"
+    } else {
+        ""
+    }
 }
 
 pub(crate) fn write_stack(o: &mut String, s: &Site, opts: &Options) {
@@ -499,20 +532,21 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
             100.0 * n as f64 / d as f64
         }
     };
+    let e = est(&r.header);
     let _ = writeln!(
         o,
-        "  allocations        {:>14}  ({} requested in all, reallocs included)",
+        "  allocations        {:>14}  ({} requested in all, reallocs included){e}",
         thousands(r.allocations),
         human_bytes(r.bytes_allocated)
     );
-    let _ = writeln!(o, "  frees              {:>14}", thousands(r.frees));
-    let _ = writeln!(o, "  reallocs           {:>14}", thousands(r.reallocs));
+    let _ = writeln!(o, "  frees              {:>14}{e}", thousands(r.frees));
+    let _ = writeln!(o, "  reallocs           {:>14}{e}", thousands(r.reallocs));
     let _ = writeln!(o, "  failed             {:>14}", thousands(r.failed));
     match (r.peak_bytes, r.peak_time_ns) {
         (Some(bytes), Some(ns)) => {
             let _ = writeln!(
                 o,
-                "  peak heap          {:>14}  at {:.3} s",
+                "  peak heap          {:>14}  at {:.3} s{e}",
                 human_bytes(bytes),
                 ns as f64 / 1e9
             );
@@ -527,9 +561,14 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
     }
     let _ = writeln!(
         o,
-        "  not freed at exit  {:>14}  in {}",
+        "  not freed at exit  {:>14}  in {}{}",
         human_bytes(r.leaked_bytes),
-        plural(r.leaked_blocks, "block")
+        plural(r.leaked_blocks, "block"),
+        if r.header.all_blocks && r.kinds.is_some() {
+            " (exact)"
+        } else {
+            e
+        }
     );
     match (&r.check, &r.kinds) {
         (Some(c), Some(k)) => {
@@ -539,7 +578,11 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
             }
         }
         _ => {
-            let _ = writeln!(o, "  {}", crate::leakcheck::NO_CHECK);
+            let _ = writeln!(
+                o,
+                "  {}",
+                crate::leakcheck::no_check_line(r.header.estimated)
+            );
         }
     }
     for line in crate::leaks::suppressed_lines(&r.suppressed) {
@@ -547,7 +590,7 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
     }
     let _ = writeln!(
         o,
-        "  temporary          {:>14}  ({:.1}% of allocations)",
+        "  temporary          {:>14}  ({:.1}% of allocations){e}",
         thousands(r.temporary),
         pct(r.temporary, r.allocations)
     );
@@ -571,7 +614,7 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
         if list.is_empty() {
             continue;
         }
-        let _ = writeln!(o, "\nTop sites by {title}:");
+        let _ = writeln!(o, "\nTop sites by {title}{e}:");
         for (i, t) in list.iter().enumerate() {
             // A blank line between sites: each is a line and its stack, which otherwise run
             // into the next site's line.

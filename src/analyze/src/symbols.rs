@@ -501,6 +501,8 @@ mod tests {
                 argv: vec![],
                 aggregated: false,
                 args_left_out: 0,
+                sample_interval: 0,
+                all_blocks: false,
             },
         );
         for (path, from, to) in [("/gone/a.so", 1, 10), ("/gone/b.so", 12, 0)] {

@@ -426,6 +426,16 @@ pub fn build(
                     .into(),
             ),
         )
+    } else if let Some(t) = a.sample_interval {
+        // The timeline replays the events as they are: a sampled dump's would show only the
+        // sampled blocks, unweighted.
+        (
+            None,
+            Some(format!(
+                "this dump is a sampled recording (--sample {t}): no timeline (it would show \
+                 the sampled blocks only); the figures here are estimated"
+            )),
+        )
     } else if a.events == 0 {
         (None, Some("this dump has no events, so no timeline".into()))
     } else {
@@ -1031,6 +1041,8 @@ mod tests {
                 argv: vec!["t".into()],
                 aggregated: false,
                 args_left_out: 0,
+                sample_interval: 0,
+                all_blocks: false,
             },
         );
         write::stacks(

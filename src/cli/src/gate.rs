@@ -111,10 +111,15 @@ pub fn check(dumps: &[PathBuf], level: LeakLevel, supp: &Suppressions) -> bool {
                 a.leaked_bytes - a.suppressed.bytes,
             )
         } else {
+            let why = if a.estimated() {
+                "no leak classes: sampled recording sees only some blocks (use --all-blocks for \
+                 exact classes)"
+            } else {
+                "no reachability data (the process did not exit normally)"
+            };
             let _ = writeln!(
                 err,
-                "zmtrace: leak gate: {}: no reachability data (the process did not exit \
-                 normally): not checked",
+                "zmtrace: leak gate: {}: {why}: not checked",
                 path.display()
             );
             continue;

@@ -44,6 +44,16 @@ enum Cmd {
         /// stream. Reports, leaks, churn and flamegraphs work; the timeline and the peak do not.
         #[arg(long)]
         aggregate: bool,
+        /// Sampled recording: record a block with probability 1 - (1 - 1/BYTES)^size (Poisson
+        /// sampling over allocated bytes, a mean of one sampled byte every BYTES; 1 = every
+        /// block). Per-site figures become estimates; no leak classes without --all-blocks.
+        /// BYTES may end in K or M (KiB, MiB); without a value, 512K.
+        #[arg(long, value_name = "BYTES", num_args = 0..=1, default_missing_value = "512K")]
+        sample: Option<String>,
+        /// With --sample: keep every block's address and size (no stack) for the leak check, so
+        /// the totals per leak class stay exact and only their split per site is estimated.
+        #[arg(long = "all-blocks", requires = "sample")]
+        all_blocks: bool,
         /// After the program ends, exit with 23 if it leaked: `lost` (definitely or indirectly
         /// lost, the default), `possible` (or possibly lost) or `all` (any block not freed), beyond
         /// the suppressions. A program that failed keeps its own status.
@@ -338,6 +348,8 @@ fn main() {
         Cmd::Run {
             out,
             aggregate,
+            sample,
+            all_blocks,
             fail_on_leak,
             no_argv,
             no_freeres,
@@ -365,6 +377,11 @@ fn main() {
                 ));
             }
             run::check_heuristics(&heuristics).map_err(Failure::bad_input)?;
+            let sample = sample
+                .as_deref()
+                .map(run::parse_sample)
+                .transpose()
+                .map_err(Failure::bad_input)?;
             let serve = serve.as_deref().map(scrape::parse_addr).transpose()?;
             let snapshot_signal =
                 run::parse_signal(&snapshot_signal).map_err(Failure::bad_input)?;
@@ -392,6 +409,8 @@ fn main() {
                 program,
                 args: it.collect(),
                 aggregate,
+                sample,
+                all_blocks,
                 gate,
                 freeres: !no_freeres,
                 heuristics,

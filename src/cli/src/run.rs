@@ -19,6 +19,10 @@ pub struct RunOptions {
     pub args: Vec<OsString>,
     /// Per-site counters and the live set only, no event stream (`--aggregate`).
     pub aggregate: bool,
+    /// `--sample BYTES`: the mean sampling interval in bytes.
+    pub sample: Option<u64>,
+    /// `--all-blocks` (with `--sample`): every block in the live set for an exact leak check.
+    pub all_blocks: bool,
     /// `--fail-on-leak`: the level that fails the run.
     pub gate: Option<crate::gate::LeakLevel>,
     /// glibc's and libstdc++'s freeres at exit, before the leak check (`--no-freeres`: off).
@@ -264,6 +268,25 @@ fn wait_exited(pid: u32) {
     }
 }
 
+/// Parses a `--sample` value: bytes, or with a suffix K/KiB or M/MiB; at least 1.
+pub fn parse_sample(v: &str) -> Result<u64, String> {
+    let t = v.trim();
+    let (num, mul) = match t.find(|c: char| !c.is_ascii_digit()) {
+        None => (t, 1u64),
+        Some(i) => match t[i..].to_ascii_lowercase().as_str() {
+            "k" | "kib" | "kb" => (&t[..i], 1 << 10),
+            "m" | "mib" | "mb" => (&t[..i], 1 << 20),
+            _ => (t, 0),
+        },
+    };
+    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mul)) {
+        Some(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "`--sample {v}`: expected a sampling interval in bytes, at least 1 (e.g. 524288 or 512K)"
+        )),
+    }
+}
+
 /// Checks a `--leak-check-heuristics` value (memcheck's syntax; the recorder parses it again).
 pub fn check_heuristics(set: &str) -> Result<(), String> {
     const NAMES: [&str; 6] = [
@@ -343,6 +366,18 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         .process_group(0);
     if opts.no_argv {
         cmd.env("ZMTRACE_NO_ARGV", "1");
+    }
+    match opts.sample {
+        Some(bytes) => {
+            cmd.env("ZMTRACE_SAMPLE", bytes.to_string()).env(
+                "ZMTRACE_SAMPLE_ALL",
+                if opts.all_blocks { "1" } else { "0" },
+            );
+        }
+        None => {
+            cmd.env_remove("ZMTRACE_SAMPLE")
+                .env_remove("ZMTRACE_SAMPLE_ALL");
+        }
     }
     let server = opts.serve.map(crate::scrape::bind).transpose()?;
     if let Some(s) = &server {
@@ -789,6 +824,18 @@ fn report(
         };
         let s = zmtrace_analyze::Session::new(&dump, &opts).analysis;
         let _ = writeln!(err, "zmtrace: dump {}{what}", path.display());
+        if let Some(t) = s.sample_interval {
+            let _ = writeln!(
+                err,
+                "zmtrace:   sampled recording (every {} on average): figures estimated{}",
+                human_bytes(t),
+                if s.all_blocks && s.check.is_some() {
+                    ", leak classes exact"
+                } else {
+                    ", no leak classes"
+                }
+            );
+        }
         let _ = writeln!(
             err,
             "zmtrace:   allocations {} ({}), frees {}, reallocs {}",

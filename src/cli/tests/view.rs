@@ -469,6 +469,8 @@ fn a_dump_without_events_shows_no_chart() {
             argv: vec!["quiet".into()],
             aggregated: false,
             args_left_out: 0,
+            sample_interval: 0,
+            all_blocks: false,
         },
     );
     write::end(

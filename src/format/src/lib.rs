@@ -18,7 +18,7 @@
 //!
 //! | kind | payload |
 //! |---|---|
-//! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2), arguments left out of argv (varint; absent: none) |
+//! | [`RecordKind::Process`] | pid, ppid, origin (0 start, 1 fork, 2 exec), parent pid, seq at fork, start time (Unix ns), session, executable path, argv, aggregated (u8, version 2), arguments left out of argv (varint; absent: none), sampling interval in bytes (varint; absent: not sampled) and all-blocks (u8) |
 //! | [`RecordKind::Module`] | load bias, path, build-id, segments (start, end) — a module mapped in the process — then the event sequence number from which it was mapped (absent from older writers: 0, from the start) |
 //! | [`RecordKind::ModuleGone`] | load bias — the module was unloaded (`dlclose`) — then the event sequence number from which it was not mapped any more (absent from older writers: 0, unknown) |
 //! | [`RecordKind::Stacks`] | raw length, then zstd-compressed (version 1: plain): count, then per stack: id, frame count, frames (first absolute, then zigzag deltas) |
@@ -144,6 +144,32 @@ pub struct Process {
     /// Arguments left out of `argv` (`zmtrace run --no-argv`): `argv` then holds the program
     /// only. Written after `aggregated`; a dump without it left nothing out.
     pub args_left_out: u32,
+    /// Recorded with `--sample BYTES`: the mean sampling interval in bytes (0: every block
+    /// recorded, not sampled). Written after `args_left_out`, only when sampled; an older dump
+    /// reads as not sampled. See [`sample_probability`].
+    pub sample_interval: u64,
+    /// Sampled with `--all-blocks`: every block was in the recorder's live set (address and size),
+    /// so the leak check's totals per class are exact; only sampled blocks have events.
+    pub all_blocks: bool,
+}
+
+/// The probability that a block of `size` bytes is sampled when every byte is picked
+/// independently with probability `1/interval` (the recorder's countdown draws geometric gaps
+/// with that mean): `1 - (1 - 1/interval)^size`. For a large interval this is tcmalloc's
+/// `1 - exp(-size/interval)`; with `interval` 1 it is 1 (every block).
+pub fn sample_probability(size: u64, interval: u64) -> f64 {
+    if interval <= 1 {
+        return 1.0;
+    }
+    let size = size.max(1) as f64;
+    -(size * (-1.0 / interval as f64).ln_1p()).exp_m1()
+}
+
+/// The unbiased weight in *blocks* of one sampled block of `size` bytes: `1/p` (its weight in
+/// bytes is `size/p`, tcmalloc's `size / (1 - exp(-size/interval))`). Summed over the sampled
+/// blocks it estimates the count of all blocks (Horvitz-Thompson).
+pub fn sample_weight(size: u64, interval: u64) -> f64 {
+    1.0 / sample_probability(size, interval)
 }
 
 impl Process {
@@ -560,4 +586,76 @@ pub fn signal_name(sig: i32) -> String {
         _ => return format!("signal {sig}"),
     };
     format!("{name} ({sig})")
+}
+
+#[cfg(test)]
+mod sampling_tests {
+    use super::*;
+
+    #[test]
+    fn weight_is_one_over_the_sampling_probability() {
+        // Interval 1: every block, weight 1.
+        for s in [0, 1, 64, 1 << 20] {
+            assert_eq!(sample_probability(s, 1), 1.0);
+            assert_eq!(sample_weight(s, 1), 1.0);
+        }
+        // Against the closed forms: 1 - (1 - 1/T)^s, and tcmalloc's 1 - exp(-s/T) for large T.
+        let t = 524_288u64;
+        for s in [1u64, 64, 4096, 524_288, 8 << 20] {
+            let exact = 1.0 - (1.0 - 1.0 / t as f64).powf(s as f64);
+            let p = sample_probability(s, t);
+            assert!(
+                (p - exact).abs() <= 1e-12 * exact.max(1e-300) + 1e-15,
+                "{s}: {p} {exact}"
+            );
+            let tc = -(-(s as f64) / t as f64).exp_m1();
+            assert!((p - tc).abs() / tc < 1e-5, "{s}: {p} vs tcmalloc's {tc}");
+            assert!((sample_weight(s, t) * p - 1.0).abs() < 1e-12);
+        }
+        // Small blocks weigh about T/s + 1/2 (bytes: T + s/2); a block far larger than T, 1.
+        let w = sample_weight(64, t);
+        assert!((w - (t as f64 / 64.0 + 0.5)).abs() < 0.01, "{w}");
+        assert!((sample_weight(64 << 20, t) - 1.0).abs() < 1e-9);
+        // malloc(0) counts as one byte.
+        assert_eq!(sample_weight(0, 4096), sample_weight(1, 4096));
+    }
+
+    #[test]
+    fn sampling_fields_round_trip_and_old_dumps_read_as_unsampled() {
+        let mut p = Process {
+            pid: 1,
+            ppid: 0,
+            origin: Origin::Start,
+            parent_pid: 0,
+            fork_seq: 0,
+            start_unix_ns: 5,
+            session: "s".into(),
+            exe: "/bin/x".into(),
+            argv: vec!["x".into()],
+            aggregated: false,
+            args_left_out: 0,
+            sample_interval: 0,
+            all_blocks: false,
+        };
+        let dump = |p: &Process| {
+            let mut out = write::file_header().to_vec();
+            write::process(&mut out, p);
+            Dump::from_bytes(std::path::Path::new("t.zmt"), out).unwrap()
+        };
+        let d = dump(&p);
+        assert_eq!(d.sample_interval(), None);
+        assert!(!d.all_blocks());
+        // An unsampled Process record is byte for byte what older writers made.
+        let mut unsampled = Vec::new();
+        write::process(&mut unsampled, &p);
+        p.sample_interval = 4096;
+        p.all_blocks = true;
+        let d = dump(&p);
+        assert_eq!(d.sample_interval(), Some(4096));
+        assert!(d.all_blocks());
+        assert_eq!(d.process.as_ref(), Some(&p));
+        let mut sampled = Vec::new();
+        write::process(&mut sampled, &p);
+        assert!(sampled.len() > unsampled.len());
+    }
 }

@@ -400,6 +400,20 @@ impl Dump {
     }
 
     /// True for a dump of `zmtrace run --aggregate`: counters and the live set, no events.
+    /// The mean sampling interval in bytes of a sampled recording (`zmtrace run --sample`),
+    /// or None: every block was recorded.
+    pub fn sample_interval(&self) -> Option<u64> {
+        self.process
+            .as_ref()
+            .map(|p| p.sample_interval)
+            .filter(|&i| i > 0)
+    }
+
+    /// A sampled recording made with `--all-blocks` (the leak check saw every block).
+    pub fn all_blocks(&self) -> bool {
+        self.process.as_ref().is_some_and(|p| p.all_blocks)
+    }
+
     pub fn is_aggregated(&self) -> bool {
         self.process.as_ref().is_some_and(|p| p.aggregated)
     }
@@ -895,6 +909,12 @@ fn parse_process(payload: &[u8]) -> Result<Process, Malformed> {
     } else {
         u32::try_from(c.uvarint()?).map_err(|_| Malformed)?
     };
+    // Added with sampled recording: absent when not sampled.
+    let (sample_interval, all_blocks) = if c.is_empty() {
+        (0, false)
+    } else {
+        (c.uvarint()?, c.u8()? == 1)
+    };
     Ok(Process {
         pid,
         ppid,
@@ -907,6 +927,8 @@ fn parse_process(payload: &[u8]) -> Result<Process, Malformed> {
         argv,
         aggregated,
         args_left_out,
+        sample_interval,
+        all_blocks,
     })
 }
 
@@ -1029,6 +1051,8 @@ mod tests {
                 argv: vec!["x".into(), "-y".into()],
                 aggregated: false,
                 args_left_out: 0,
+                sample_interval: 0,
+                all_blocks: false,
             },
         );
         let frames = [0x1000u64, 0x0fff, 0x2000];
@@ -1091,6 +1115,8 @@ mod tests {
             argv: vec![],
             aggregated: true,
             args_left_out: 0,
+            sample_interval: 0,
+            all_blocks: false,
         };
         write::process(&mut out, &p);
         let site = AggregateSite {
@@ -1161,6 +1187,8 @@ mod tests {
             argv: vec![],
             aggregated: true,
             args_left_out: 0,
+            sample_interval: 0,
+            all_blocks: false,
         };
         write::process(&mut out, &p);
         let counters = |n: u64| {

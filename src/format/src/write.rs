@@ -45,6 +45,11 @@ pub fn process(out: &mut Vec<u8>, p: &Process) {
     }
     b.push(u8::from(p.aggregated));
     put_uvarint(&mut b, u64::from(p.args_left_out));
+    if p.sample_interval > 0 {
+        // Only when sampled: an unsampled dump stays as older writers made it.
+        put_uvarint(&mut b, p.sample_interval);
+        b.push(u8::from(p.all_blocks));
+    }
     record(out, RecordKind::Process, &b);
 }
 

@@ -35,6 +35,8 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
             argv: vec!["prog".into(), "--x".into()],
             aggregated: fork,
             args_left_out: 0,
+            sample_interval: 0,
+            all_blocks: false,
         },
     );
     write::module(

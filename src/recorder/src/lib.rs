@@ -64,6 +64,7 @@ pub mod output;
 mod procinfo;
 pub mod reach;
 pub mod ring;
+mod sample;
 mod stacks;
 mod state;
 pub mod sync;
@@ -133,6 +134,13 @@ pub unsafe fn record_alloc(
     let Some(_g) = Guard::enter() else { return };
     let Some(core) = core() else { return };
     let t = current_thread(core);
+    if !ptr.is_null() && !sampled(t, size) {
+        if sample::all_blocks() {
+            // `--all-blocks`: the leak check needs every block (address and size), not its stack.
+            insert_unsampled(core, t, ptr, size, usable);
+        }
+        return;
+    }
     let stack = stack_id(core, t, skip);
     if ptr.is_null() {
         if aggregate::on() {
@@ -175,6 +183,38 @@ pub unsafe fn record_alloc(
     emit(t, &ev);
 }
 
+/// Sampled recording: counts `size` bytes on this thread's countdown; true when the block is to
+/// be recorded (always, when not sampling). The only cost of an unsampled block.
+#[inline]
+fn sampled(t: &ThreadState, size: usize) -> bool {
+    let interval = sample::interval();
+    // SAFETY: only the owning thread touches its sampler.
+    interval == 0 || unsafe { (*t.sampler.get()).take(size as u64, interval) }
+}
+
+/// `--all-blocks`: an unsampled block goes in the live set with no stack ([`sample::UNSAMPLED`]),
+/// for the leak check only: it has no events.
+#[cold]
+unsafe fn insert_unsampled(
+    core: &state::Core,
+    t: &ThreadState,
+    ptr: *mut u8,
+    size: usize,
+    usable: Option<usize>,
+) {
+    let usable = usable.map_or_else(|| usable_size(ptr), |u| u as u64);
+    core.live.insert(
+        ptr as usize,
+        LiveBlock {
+            size: size as u64,
+            usable,
+            stack: sample::UNSAMPLED,
+            chain: 0,
+            stream: t.stream,
+        },
+    );
+}
+
 unsafe fn usable_size(ptr: *mut u8) -> u64 {
     match FRONT_END.get() {
         Some(f) => (f.usable_size)(ptr) as u64,
@@ -191,6 +231,15 @@ unsafe fn usable_size(ptr: *mut u8) -> u64 {
 pub unsafe fn on_free(ptr: *mut u8) {
     let Some(_g) = Guard::enter() else { return };
     let Some(core) = core() else { return };
+    if sample::interval() > 0 && !ptr.is_null() {
+        // Sampled recording: most frees are of unsampled blocks, and all such a free needs is
+        // the one live-set lookup (not even the thread's state).
+        match core.live.remove(ptr as usize) {
+            Some(block) if block.stack != sample::UNSAMPLED => free_recorded(core, ptr, &block),
+            _ => {} // unsampled (`--all-blocks`: kept for the leak check only): no event
+        }
+        return;
+    }
     let t = current_thread(core);
     if ptr.is_null() {
         bump(&t.counters.free_null);
@@ -202,8 +251,15 @@ pub unsafe fn on_free(ptr: *mut u8) {
         bump(&t.counters.untracked_frees);
         return;
     };
+    free_recorded(core, ptr, &block);
+}
+
+/// The free of a recorded block, once it left the live set.
+#[inline]
+unsafe fn free_recorded(core: &'static state::Core, ptr: *mut u8, block: &LiveBlock) {
+    let t = current_thread(core);
     if aggregate::on() {
-        aggregate::free(t, ptr as usize, &block);
+        aggregate::free(t, ptr as usize, block);
         return;
     }
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -216,6 +272,8 @@ pub unsafe fn on_free(ptr: *mut u8) {
 pub struct ReallocToken {
     old: *mut u8,
     block: Option<LiveBlock>,
+    /// `--all-blocks`: the old block, unsampled (put back if the realloc fails).
+    unsampled: Option<LiveBlock>,
     /// The old block's number of leaving: taken before the real `realloc`, which may give its
     /// address to another thread before it returns.
     out_seq: u64,
@@ -233,6 +291,7 @@ pub unsafe fn realloc_begin(old: *mut u8) -> ReallocToken {
         return ReallocToken {
             old,
             block: None,
+            unsampled: None,
             out_seq: 0,
             recording: false,
         };
@@ -241,11 +300,19 @@ pub unsafe fn realloc_begin(old: *mut u8) -> ReallocToken {
         return ReallocToken {
             old,
             block: None,
+            unsampled: None,
             out_seq: 0,
             recording: false,
         };
     };
-    let block = core.live.remove(old as usize);
+    let mut block = core.live.remove(old as usize);
+    let mut unsampled = None;
+    if let Some(b) = block.filter(|b| b.stack == sample::UNSAMPLED) {
+        // `--all-blocks`: the old block was not sampled; to the recording this realloc is a
+        // free of it (no event) and a new allocation, sampled or not.
+        unsampled = Some(b);
+        block = None;
+    }
     let out_seq = if block.is_some() && !aggregate::on() {
         SEQ.fetch_add(1, Ordering::Relaxed)
     } else {
@@ -254,6 +321,7 @@ pub unsafe fn realloc_begin(old: *mut u8) -> ReallocToken {
     ReallocToken {
         old,
         block,
+        unsampled,
         out_seq,
         recording: true,
     }
@@ -287,6 +355,22 @@ pub unsafe fn record_realloc(
     let Some(_g) = Guard::enter() else { return };
     let Some(core) = core() else { return };
     let t = current_thread(core);
+    if let Some(b) = tok.unsampled.filter(|_| new.is_null() && size != 0) {
+        core.live.insert(tok.old as usize, b); // failed: the old block is still there
+    }
+    if tok.block.is_none() && sample::interval() > 0 {
+        // Sampled recording, the old block unsampled (or NULL): an unsampled free and a malloc
+        // of `size` for the countdown; a failed call is recorded as ever.
+        if new.is_null() && size == 0 {
+            return;
+        }
+        if !new.is_null() && !sampled(t, size) {
+            if sample::all_blocks() {
+                insert_unsampled(core, t, new, size, usable);
+            }
+            return;
+        }
+    }
     let stack = stack_id(core, t, skip);
     // Aggregated mode: the same cases and the same live set, counted instead of written.
     let agg = aggregate::on();
@@ -325,7 +409,9 @@ pub unsafe fn record_realloc(
             );
         }
         (true, None) => {
-            bump(&t.counters.untracked_frees);
+            if sample::interval() == 0 {
+                bump(&t.counters.untracked_frees);
+            }
             return;
         }
         (false, block) => {
@@ -340,7 +426,7 @@ pub unsafe fn record_realloc(
                     stream: t.stream,
                 },
             );
-            if block.is_none() {
+            if block.is_none() && sample::interval() == 0 && !tok.old.is_null() {
                 // The old block was never seen: to the dump this is a new block.
                 bump(&t.counters.untracked_frees);
             }

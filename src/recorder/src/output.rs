@@ -673,6 +673,8 @@ impl Output {
                     core.proc.argv.clone()
                 },
                 aggregated: crate::aggregate::on(),
+                sample_interval: crate::sample::interval(),
+                all_blocks: crate::sample::all_blocks(),
                 args_left_out: if no_argv {
                     core.proc.argv.len().saturating_sub(1) as u32
                 } else {

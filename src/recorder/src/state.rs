@@ -15,7 +15,7 @@ use crate::clock::{calibrate_tsc, mark_start};
 use crate::fork::{fork_child, fork_parent, fork_prepare};
 use crate::live::LiveSet;
 use crate::stacks::UnwindMode;
-use crate::{aggregate, modules, output, procinfo};
+use crate::{aggregate, modules, output, procinfo, sample};
 
 /// What a front end tells the recorder about itself.
 pub struct FrontEnd {
@@ -141,6 +141,7 @@ pub(crate) fn init_slow() -> Option<&'static Core> {
         Some("compare") => UnwindMode::Compare,
         _ => UnwindMode::Fast,
     };
+    sample::configure(|k| proc.env(k));
     aggregate::ON.store(
         proc.env("ZMTRACE_AGGREGATE").as_deref() == Some("1"),
         Ordering::Relaxed,

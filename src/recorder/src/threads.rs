@@ -8,6 +8,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::ring::Ring;
+use crate::sample::Sampler;
 use crate::state::Core;
 use crate::{aggregate, unwind};
 
@@ -34,6 +35,10 @@ pub struct ThreadState {
     pub(crate) agg_seen: AtomicBool,
     /// Touched only by the owning thread.
     pub(crate) local: UnsafeCell<unwind::Local>,
+    /// Sampled recording: the byte countdown and its PRNG. Touched only by the owning thread;
+    /// it lives here (not in a thread-local of its own) so the hot path reaches it with the
+    /// state it already has, without allocating.
+    pub(crate) sampler: UnsafeCell<Sampler>,
 }
 
 unsafe impl Sync for ThreadState {}
@@ -111,14 +116,17 @@ fn claim_thread(core: &Core) -> &'static ThreadState {
             unsafe { (*s.local.get()).reset_for_thread(stack.clone()) };
             s.last_alloc.store(0, Ordering::Relaxed);
             s.agg_seen.store(false, Ordering::Relaxed);
+            // SAFETY: as above, the state is ours.
+            unsafe { *s.sampler.get() = Sampler::new(s.stream, tid) };
             s.tid.store(tid, Ordering::Release);
             return s;
         }
     }
+    let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
     let s: &'static ThreadState = Box::leak(Box::new(ThreadState {
         next: AtomicPtr::new(ptr::null_mut()),
         in_use: AtomicBool::new(true),
-        stream: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
+        stream,
         tid: AtomicU32::new(tid),
         ring: Ring::new(RING_BYTES),
         counters: Counters::default(),
@@ -126,6 +134,7 @@ fn claim_thread(core: &Core) -> &'static ThreadState {
         agg_frees: AtomicU64::new(0),
         agg_seen: AtomicBool::new(false),
         local: UnsafeCell::new(unwind::Local::new(stack, core.mode)),
+        sampler: UnsafeCell::new(Sampler::new(stream, tid)),
     }));
     aggregate::register_stream(s);
     let mut head = THREADS.load(Ordering::Relaxed);

@@ -13,9 +13,9 @@
 //!   (the flamegraph's `lost`).
 //!
 //! The weights come from the [`Analysis`] of a full dump or an aggregated one
-//! ([`Profile::from_analysis`]). A sampled recording would supply them itself, already scaled to
-//! estimates, together with its sampling period ([`Profile::period`]): the writers take nothing
-//! else from the analysis.
+//! ([`Profile::from_analysis`]). For a sampled recording (`zmtrace run --sample`) the analysis's
+//! figures are already scaled to estimates, and its interval is the sampling period
+//! ([`Profile::period`]): the writers take nothing else from the analysis.
 
 pub mod folded;
 pub mod pprof;
@@ -158,7 +158,8 @@ impl Profile {
         Profile {
             stacks,
             lost: a.check.is_some(),
-            period: 1,
+            // A sampled recording's weights are already scaled to estimates (see `Analysis`).
+            period: a.sample_interval.unwrap_or(1),
             aggregated: a.aggregated,
             duration_ns: a.duration_ns,
         }

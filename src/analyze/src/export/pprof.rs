@@ -581,6 +581,8 @@ mod tests {
                 argv: vec!["prog".into(), "-x".into()],
                 aggregated: false,
                 args_left_out: 0,
+                sample_interval: 0,
+                all_blocks: false,
             },
         );
         write::module(

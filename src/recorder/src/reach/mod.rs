@@ -82,6 +82,11 @@ pub(crate) fn write_leak_check(
     trigger: ReachTrigger,
     entry: Option<crate::Entry>,
 ) -> Option<[KindTotal; 4]> {
+    if crate::sample::interval() > 0 && !crate::sample::all_blocks() {
+        // Sampled recording without `--all-blocks`: the live set holds only the sampled blocks,
+        // and a scan that misses blocks would call what they point to lost. No check at all.
+        return None;
+    }
     let outcome = check(core, trigger, entry)?;
     let r = outcome.reach;
     let raw = outcome.raw;

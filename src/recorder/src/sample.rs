@@ -1,0 +1,178 @@
+//! Sampled recording (`zmtrace run --sample BYTES`): Poisson sampling over allocated bytes.
+//!
+//! Every byte the program allocates is picked independently with probability `1/interval`; a
+//! block is recorded (stack, event, live set) when one of its bytes is picked, which happens with
+//! probability `p = 1 - (1 - 1/interval)^size` ([`zmtrace_format::sample_probability`]), and the
+//! analyzer weighs it by `1/p` (unbiased). The gaps between picked bytes are geometric, so each
+//! thread keeps one countdown: the bytes left before the next pick. An unsampled allocation costs
+//! a subtraction and a compare on that countdown, nothing else (no unwinding, no event, no
+//! live-set insert unless `--all-blocks`).
+//!
+//! The gap is drawn as `ceil(ln U / ln(1 - 1/interval))` (the discrete form of `-ln(U) * mean`),
+//! with `U` from a per-thread splitmix64 seeded from the clock and the thread id, or from
+//! `ZMTRACE_SAMPLE_SEED` for reproducible runs. With `interval` 1 every gap is 1: every block.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// The mean interval in bytes, 0 when not sampling. Set once at start-up.
+static INTERVAL: AtomicU64 = AtomicU64::new(0);
+/// `--all-blocks`: unsampled blocks still go in the live set (address and size, no stack).
+static ALL_BLOCKS: AtomicBool = AtomicBool::new(false);
+/// `ZMTRACE_SAMPLE_SEED`, or 0: seed from the clock.
+static SEED: AtomicU64 = AtomicU64::new(0);
+
+/// The stack id of a block in the live set that was not sampled (`--all-blocks`): it has no
+/// stack and no events, and its free writes none. 0: interned stacks are numbered from 1
+/// (`stacks::NEXT_STACK`), and 0 fits every packing of the live set, so an unsampled block keeps
+/// its 16-byte slot (`u32::MAX` would send each one to the overflow slab).
+pub(crate) const UNSAMPLED: u32 = 0;
+
+/// Reads the settings (`ZMTRACE_SAMPLE`, `ZMTRACE_SAMPLE_ALL`, `ZMTRACE_SAMPLE_SEED`).
+pub(crate) fn configure(env: impl Fn(&str) -> Option<String>) {
+    let interval = env("ZMTRACE_SAMPLE")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    INTERVAL.store(interval, Ordering::Relaxed);
+    ALL_BLOCKS.store(
+        interval > 0 && env("ZMTRACE_SAMPLE_ALL").as_deref() == Some("1"),
+        Ordering::Relaxed,
+    );
+    let seed = env("ZMTRACE_SAMPLE_SEED")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    SEED.store(seed, Ordering::Relaxed);
+}
+
+/// The interval, 0 when every block is recorded.
+#[inline]
+pub(crate) fn interval() -> u64 {
+    INTERVAL.load(Ordering::Relaxed)
+}
+
+#[inline]
+pub(crate) fn all_blocks() -> bool {
+    ALL_BLOCKS.load(Ordering::Relaxed)
+}
+
+/// One thread's sampler: touched only by its thread (it lives in the thread's state).
+#[derive(Debug, Default)]
+pub(crate) struct Sampler {
+    /// Bytes left before the next picked byte; 0: not drawn yet.
+    left: u64,
+    rng: u64,
+}
+
+impl Sampler {
+    /// A sampler for the thread with state `stream` and id `tid`: seeded from
+    /// `ZMTRACE_SAMPLE_SEED` and the stream index alone (reproducible: a program's threads claim
+    /// their states in the same order from run to run), or else from the clock and the id.
+    pub(crate) fn new(stream: u32, tid: u32) -> Sampler {
+        let salt = u64::from(stream)
+            .wrapping_add(1)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let seed = match SEED.load(Ordering::Relaxed) {
+            0 => {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: a valid out pointer.
+                unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+                (ts.tv_sec as u64).wrapping_mul(1_000_000_007)
+                    ^ ts.tv_nsec as u64
+                    ^ u64::from(tid) << 40
+            }
+            s => s,
+        };
+        Sampler::seeded(seed ^ salt)
+    }
+
+    pub(crate) fn seeded(seed: u64) -> Sampler {
+        Sampler { left: 0, rng: seed }
+    }
+
+    /// splitmix64: one add and a few multiplies, good enough statistically for gaps.
+    #[inline]
+    fn next_u64(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A geometric gap with mean `interval` (at least 1).
+    #[cold]
+    fn draw(&mut self, interval: u64) -> u64 {
+        if interval <= 1 {
+            return 1;
+        }
+        // U in (0, 1]: 53 random bits, never 0 (ln 0).
+        let u = ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        let gap = (u.ln() / (-1.0 / interval as f64).ln_1p()).ceil();
+        if gap >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            (gap as u64).max(1)
+        }
+    }
+
+    /// Counts `size` allocated bytes; true when the block holds a picked byte (sample it).
+    #[inline]
+    pub(crate) fn take(&mut self, size: u64, interval: u64) -> bool {
+        let size = size.max(1); // malloc(0) is a block too
+        if self.left == 0 {
+            self.left = self.draw(interval);
+        }
+        if size < self.left {
+            self.left -= size;
+            return false;
+        }
+        // Picked: the bytes after this block start a fresh gap (memoryless), drawn next time.
+        self.left = 0;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_have_the_interval_as_their_mean() {
+        // Geometric with mean T: variance T^2 - T; the mean of n gaps is within 5 sigma
+        // (sigma = sqrt(T^2 - T) / sqrt(n)) of T.
+        for &t in &[2u64, 64, 4096, 524_288] {
+            let mut s = Sampler::seeded(42 + t);
+            let n = 200_000u64;
+            let sum: f64 = (0..n).map(|_| s.draw(t) as f64).sum();
+            let mean = sum / n as f64;
+            let sigma = ((t * t - t) as f64).sqrt() / (n as f64).sqrt();
+            assert!(
+                (mean - t as f64).abs() < 5.0 * sigma,
+                "interval {t}: mean gap {mean}, 5 sigma {}",
+                5.0 * sigma
+            );
+        }
+        let mut s = Sampler::seeded(1);
+        assert!((0..1000).all(|_| s.draw(1) == 1));
+    }
+
+    #[test]
+    fn blocks_are_sampled_with_the_probability_the_weight_assumes() {
+        // 400,000 blocks of 64 B at 4 KiB: sampled count is binomial(n, p).
+        let (t, size, n) = (4096u64, 64u64, 400_000u64);
+        let mut s = Sampler::seeded(7);
+        let hits = (0..n).filter(|_| s.take(size, t)).count() as f64;
+        let p = zmtrace_format::sample_probability(size, t);
+        let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            (hits - n as f64 * p).abs() < 5.0 * sigma,
+            "{hits} vs {}",
+            n as f64 * p
+        );
+        // interval 1: every block.
+        let mut s = Sampler::seeded(7);
+        assert!((0..1000).all(|i| s.take(i % 100, 1)));
+    }
+}
