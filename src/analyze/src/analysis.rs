@@ -398,7 +398,7 @@ pub fn analyze_at(
             continue;
         }
         a.events += 1;
-        if a.events % 65536 == 0 {
+        if a.events.is_multiple_of(65536) {
             let (done, total) = events.progress();
             progress(done, total);
         }
