@@ -33,7 +33,8 @@ fn assert_compared_equal_truncated(run: &Run, truncated: u64) {
                 run.describe()
             )
         });
-        // Every allocation, failed allocation and realloc captured a stack.
+        // Every allocation, failed allocation, realloc, mmap and mremap captured a stack (a free
+        // or an munmap does not).
         let captures = dump
             .events()
             .filter(|e| {
@@ -41,6 +42,8 @@ fn assert_compared_equal_truncated(run: &Run, truncated: u64) {
                     e.kind,
                     zmtrace_format::EventKind::Free { .. }
                         | zmtrace_format::EventKind::ReallocOut { .. }
+                        | zmtrace_format::EventKind::Unmap { .. }
+                        | zmtrace_format::EventKind::RemapOut { .. }
                 )
             })
             .count() as u64;
