@@ -7,7 +7,8 @@
 # figure there, for scripts/bench.sh (which prints them in its table).
 #
 #   scripts/redis-throughput.sh [REPS] [REQUESTS] [PIPELINE]
-#       ZMTRACE_SAMPLE=524288 adds a mode `sampled` (zmtrace run --sample 524288)
+#       ZMTRACE_SAMPLE=524288 adds a mode `sampled` (zmtrace run --sample 524288) and a mode
+#       `allblocks` (the same with --all-blocks: every block tracked, for exact leak classes)
 #       (needs redis-server, redis-tools, heaptrack)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +30,7 @@ modes=(untraced zmtrace aggregate heaptrack)
 # out of the environment: the recorder reads it too, and the other modes must not sample.
 sample=${ZMTRACE_SAMPLE:-}
 unset ZMTRACE_SAMPLE
-[ -n "$sample" ] && modes=(untraced zmtrace aggregate sampled heaptrack)
+[ -n "$sample" ] && modes=(untraced zmtrace aggregate sampled allblocks heaptrack)
 
 run_one() { # mode rep
     local mode=$1 rep=$2 out="$work/$1.$2"
@@ -40,6 +41,7 @@ run_one() { # mode rep
         zmtrace) "$zmtrace" run -o "$out" -- "${server[@]}" >"$out/log" 2>&1 & ;;
         aggregate) "$zmtrace" run --aggregate -o "$out" -- "${server[@]}" >"$out/log" 2>&1 & ;;
         sampled) "$zmtrace" run --sample "$sample" -o "$out" -- "${server[@]}" >"$out/log" 2>&1 & ;;
+        allblocks) "$zmtrace" run --sample "$sample" --all-blocks -o "$out" -- "${server[@]}" >"$out/log" 2>&1 & ;;
         heaptrack) heaptrack -o "$out/heaptrack" "${server[@]}" >"$out/log" 2>&1 & ;;
     esac
     local pid=$!
@@ -56,7 +58,7 @@ run_one() { # mode rep
     echo "$mode $hwm $interp" >>"$work/rss"
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
     wait "$pid" 2>/dev/null || true
-    if [ "$mode" = zmtrace ] || [ "$mode" = aggregate ] || [ "$mode" = sampled ]; then
+    if [ "$mode" = zmtrace ] || [ "$mode" = aggregate ] || [ "$mode" = sampled ] || [ "$mode" = allblocks ]; then
         du -b "$out"/zmtrace.*.zmt | awk -v m="$mode" '{s+=$1} END {print m "-dump-bytes", s}' >>"$work/sizes"
     fi
     if [ "$mode" = heaptrack ]; then du -b "$out"/heaptrack*.zst | awk '{s+=$1} END {print "heaptrack-bytes", s}' >>"$work/sizes"; fi
@@ -96,7 +98,7 @@ rps = collections.defaultdict(dict)          # (test, mode) -> rep -> rps
 for mode, rep, test, v in rows:
     rps[(test, mode)][rep] = float(v)
 tests = sorted({t for t, _ in rps})
-modes = [m for m in ("untraced", "zmtrace", "aggregate", "sampled", "heaptrack") if any(m == k[1] for k in rps)]
+modes = [m for m in ("untraced", "zmtrace", "aggregate", "sampled", "allblocks", "heaptrack") if any(m == k[1] for k in rps)]
 print(f"{'command':8} " + " ".join(f"{m+' rps (min-max)':>32}" for m in modes) + "  ratio to untraced (median of per-rep ratios)")
 for t in tests:
     cells, ratios = [], []
@@ -117,7 +119,7 @@ for line in open(sys.argv[1]):
     v[mode].append((int(hwm) / 1024, int(interp) / 1024))
 base = st.median(h for h, _ in v["untraced"])
 print(f"peak RSS: untraced server {base:.1f} MiB")
-for mode in ("zmtrace", "aggregate", "sampled", "heaptrack"):
+for mode in ("zmtrace", "aggregate", "sampled", "allblocks", "heaptrack"):
     if mode in v:
         server = st.median(h for h, _ in v[mode])
         extra = st.median(i for _, i in v[mode])
