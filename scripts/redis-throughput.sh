@@ -45,7 +45,15 @@ run_one() { # mode rep
         heaptrack) heaptrack -o "$out/heaptrack" "${server[@]}" >"$out/log" 2>&1 & ;;
     esac
     local pid=$!
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    local up=""
+    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && { up=1; break; }; sleep 0.1; done
+    # redis-benchmark with no server spins at full CPU for ever (seen: a server that did not start
+    # in 10 s left the script hanging); say what happened instead.
+    if [ -z "$up" ]; then
+        echo "redis-throughput: $mode repetition $rep: redis-server on port $port did not answer in 10 s:" >&2
+        tail -5 "$out/log" >&2
+        exit 1
+    fi
     redis-benchmark -p "$port" -q -n "$requests" -P "$pipeline" -t "$tests" 2>/dev/null | tr '\r' '\n' |
         awk -v m="$mode" -v r="$rep" '/requests per second/ {sub(":","",$1); print m, r, $1, $2}' >>"$work/results"
     # Peak RSS (VmHWM, KiB) of this run's server (the process started, or its child under a
