@@ -387,6 +387,9 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
             s.addr()
         );
     }
+    // The dumps already in the directory (of other runs, or other sessions sharing it): a new one
+    // that cannot even be attributed to a session is then this run's, damaged at its start.
+    let before = dump_files(&out_dir);
     let child = cmd
         .spawn()
         .map_err(|e| Failure::cannot_run(format!("cannot start {}: {e}", program.display())))?;
@@ -413,9 +416,22 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         (None, Some(sig)) => 128 + sig,
         _ => 1,
     };
+    let unreadable: Vec<PathBuf> = dump_files(&out_dir)
+        .into_iter()
+        .filter(|p| !before.contains(p) && Dump::peek_process(p).is_none())
+        .collect();
     report(&out_dir, &session, pid, &status, &opts.suppressions);
+    for p in &unreadable {
+        eprintln!(
+            "zmtrace: {}: a dump written during this run whose first records cannot be read \
+             (damaged at its start): nothing in it is reported",
+            p.display()
+        );
+    }
     if let Some(level) = opts.gate {
-        let dumps = session_dumps(&out_dir, &session);
+        // An unreadable dump fails the gate: what it held is unknown.
+        let mut dumps = session_dumps(&out_dir, &session);
+        dumps.extend(unreadable);
         if crate::gate::check(&dumps, level, &opts.suppressions) && code == 0 {
             return Ok(crate::gate::LEAK_EXIT);
         }
@@ -765,8 +781,9 @@ fn wait(pid: u32) -> std::process::ExitStatus {
 // ---- the report ----------------------------------------------------------------------------
 
 /// The dumps this run left, the first process first.
-pub fn session_dumps(dir: &Path, session: &str) -> Vec<PathBuf> {
-    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+/// The files of `dir` named as dumps (`zmtrace.*.zmt`), whatever is in them.
+fn dump_files(dir: &Path) -> std::collections::HashSet<PathBuf> {
+    std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -776,6 +793,12 @@ pub fn session_dumps(dir: &Path, session: &str) -> Vec<PathBuf> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("zmtrace.") && n.ends_with(".zmt"))
         })
+        .collect()
+}
+
+pub fn session_dumps(dir: &Path, session: &str) -> Vec<PathBuf> {
+    let mut found: Vec<(u64, PathBuf)> = dump_files(dir)
+        .into_iter()
         .filter_map(|p| {
             let proc = Dump::peek_process(&p)?;
             (proc.session == session).then_some((proc.start_unix_ns, p))

@@ -130,3 +130,57 @@ fn a_damaged_dump_fails_the_gate() {
         );
     }
 }
+
+/// A dump damaged at its very start (its process record) cannot be attributed to the run's
+/// session by its contents; it was written during the run, so it is this run's: `run` names it
+/// and the gate fails (it used to be skipped without a word, and the gate passed).
+#[test]
+fn a_dump_damaged_at_its_start_fails_the_gate() {
+    let run = |damage: bool| {
+        let dir = fresh_dir("gate-damaged-start");
+        let reach = sample("reach");
+        let mut script = format!("'{}' reachable", reach.display());
+        if damage {
+            script.push_str(&format!(
+                "; for f in '{}'/*.zmt; do \
+                 head -c 256 /dev/zero | dd of=\"$f\" bs=1 seek=8 conv=notrunc 2>/dev/null; done",
+                dir.display()
+            ));
+        }
+        run_zmtrace(&[
+            "run",
+            "--fail-on-leak",
+            "-o",
+            dir.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+    };
+    let clean = run(false);
+    assert_eq!(clean.code, Some(0), "{}", clean.stderr);
+    let f = run(true);
+    assert_eq!(f.code, Some(23), "{}", f.stderr);
+    // Each dump damaged at its start is named by the summary and fails the gate.
+    let named: Vec<&str> = f
+        .stderr
+        .lines()
+        .filter(|l| l.contains("damaged at its start"))
+        .collect();
+    assert!(!named.is_empty(), "{}", f.stderr);
+    for l in named {
+        let path = l
+            .trim_start_matches("zmtrace: ")
+            .split(": ")
+            .next()
+            .unwrap();
+        assert!(
+            f.stderr.lines().any(|g| g.contains("leak gate:")
+                && g.contains(path)
+                && g.ends_with("so it fails the gate")),
+            "{path} does not fail the gate:\n{}",
+            f.stderr
+        );
+    }
+}
