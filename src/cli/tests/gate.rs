@@ -90,27 +90,12 @@ fn a_bad_level_is_one_line() {
 /// middle of every dump written so far, the end records left intact.
 #[test]
 fn a_damaged_dump_fails_the_gate() {
+    // 64 zero bytes in the middle of each dump: its end record and leak check survive.
     let run = |damage: bool| {
-        let dir = fresh_dir("gate-damaged");
-        let reach = sample("reach");
-        let mut script = format!("'{}' reachable", reach.display());
-        if damage {
-            script.push_str(&format!(
-                "; for f in '{}'/*.zmt; do n=$(($(wc -c < \"$f\") / 2)); \
-                 head -c 64 /dev/zero | dd of=\"$f\" bs=1 seek=$n conv=notrunc 2>/dev/null; done",
-                dir.display()
-            ));
-        }
-        run_zmtrace(&[
-            "run",
-            "--fail-on-leak",
-            "-o",
-            dir.to_str().unwrap(),
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ])
+        reach_under_the_gate(
+            "gate-damaged",
+            damage.then_some("n=$(($(wc -c < \"$f\") / 2)); head -c 64 /dev/zero"),
+        )
     };
     let clean = run(false);
     assert_eq!(clean.code, Some(0), "{}", clean.stderr);
@@ -136,27 +121,12 @@ fn a_damaged_dump_fails_the_gate() {
 /// and the gate fails (it used to be skipped without a word, and the gate passed).
 #[test]
 fn a_dump_damaged_at_its_start_fails_the_gate() {
+    // 256 zero bytes from offset 8: the process record is gone.
     let run = |damage: bool| {
-        let dir = fresh_dir("gate-damaged-start");
-        let reach = sample("reach");
-        let mut script = format!("'{}' reachable", reach.display());
-        if damage {
-            script.push_str(&format!(
-                "; for f in '{}'/*.zmt; do \
-                 head -c 256 /dev/zero | dd of=\"$f\" bs=1 seek=8 conv=notrunc 2>/dev/null; done",
-                dir.display()
-            ));
-        }
-        run_zmtrace(&[
-            "run",
-            "--fail-on-leak",
-            "-o",
-            dir.to_str().unwrap(),
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ])
+        reach_under_the_gate(
+            "gate-damaged-start",
+            damage.then_some("n=8; head -c 256 /dev/zero"),
+        )
     };
     let clean = run(false);
     assert_eq!(clean.code, Some(0), "{}", clean.stderr);
@@ -183,4 +153,29 @@ fn a_dump_damaged_at_its_start_fails_the_gate() {
             f.stderr
         );
     }
+}
+
+/// `reach reachable` under `run --fail-on-leak`, through `sh`; then, if `damage` is given (a
+/// shell snippet that sets `n` and writes zero bytes on stdout), those bytes written over each
+/// dump at offset `n` before the run ends.
+fn reach_under_the_gate(name: &str, damage: Option<&str>) -> Finished {
+    let dir = fresh_dir(name);
+    let mut script = format!("'{}' reachable", sample("reach").display());
+    if let Some(d) = damage {
+        script.push_str(&format!(
+            "; for f in '{}'/*.zmt; do {d} | dd of=\"$f\" bs=1 seek=$n conv=notrunc \
+             2>/dev/null; done",
+            dir.display()
+        ));
+    }
+    run_zmtrace(&[
+        "run",
+        "--fail-on-leak",
+        "-o",
+        dir.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ])
 }
