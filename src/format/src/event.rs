@@ -319,46 +319,13 @@ pub fn encode_remap(
     b.uvarint(seq.saturating_sub(out_seq));
 }
 
-/// Before a remap, the moment its old range left (`seq - back`); as [`push_realloc_out`].
-fn push_remap_out(
-    out: &mut Vec<Event>,
-    seq: u64,
-    back: u64,
-    ts_ns: u64,
-    tid: u32,
-    kind: EventKind,
-) -> Result<(), Malformed> {
-    let EventKind::Remap {
-        old_addr, old_len, ..
-    } = kind
-    else {
-        return Ok(());
-    };
-    if back == 0 {
-        return Ok(()); // numbered as one: the Remap itself says the old range left
-    }
-    let out_seq = seq.checked_sub(back).ok_or(Malformed)?;
-    if out.last().is_some_and(|p| p.tid == tid && p.seq >= out_seq) {
-        return Err(Malformed);
-    }
-    out.push(Event {
-        seq: out_seq,
-        ts_ns,
-        tid,
-        kind: EventKind::RemapOut {
-            addr: old_addr,
-            len: old_len,
-        },
-    });
-    Ok(())
-}
-
 fn u32_of(v: u64) -> Result<u32, Malformed> {
     u32::try_from(v).map_err(|_| Malformed)
 }
 
-/// Before a realloc, the moment its old block left (`seq - back` in sequence order).
-fn push_realloc_out(
+/// Before a realloc (a remap), the moment its old block (range) left: `seq - back` in sequence
+/// order, as a `ReallocOut` (`RemapOut`).
+fn push_out(
     out: &mut Vec<Event>,
     seq: u64,
     back: u64,
@@ -366,11 +333,18 @@ fn push_realloc_out(
     tid: u32,
     kind: EventKind,
 ) -> Result<(), Malformed> {
-    let EventKind::Realloc { old_addr, .. } = kind else {
-        return Ok(());
+    let left = match kind {
+        EventKind::Realloc { old_addr, .. } => EventKind::ReallocOut { addr: old_addr },
+        EventKind::Remap {
+            old_addr, old_len, ..
+        } => EventKind::RemapOut {
+            addr: old_addr,
+            len: old_len,
+        },
+        _ => return Ok(()),
     };
     if back == 0 {
-        return Ok(()); // numbered as one: the Realloc itself says the old block left
+        return Ok(()); // numbered as one: the event itself says the old block (range) left
     }
     let out_seq = seq.checked_sub(back).ok_or(Malformed)?;
     // It follows this thread's previous event, whose number it cannot reach or pass.
@@ -381,7 +355,7 @@ fn push_realloc_out(
         seq: out_seq,
         ts_ns,
         tid,
-        kind: EventKind::ReallocOut { addr: old_addr },
+        kind: left,
     });
     Ok(())
 }
@@ -411,7 +385,7 @@ pub fn decode_plain(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), M
                     usable: c.uvarint()?,
                     stack: c.u32()?,
                 };
-                push_realloc_out(out, seq, c.uvarint()?, ts_ns, tid, kind)?;
+                push_out(out, seq, c.uvarint()?, ts_ns, tid, kind)?;
                 kind
             }
             TAG_FAILED => EventKind::AllocFailed {
@@ -438,7 +412,7 @@ pub fn decode_plain(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), M
                     new_len: c.uvarint()?,
                     stack: c.u32()?,
                 };
-                push_remap_out(out, seq, c.uvarint()?, ts_ns, tid, kind)?;
+                push_out(out, seq, c.uvarint()?, ts_ns, tid, kind)?;
                 kind
             }
             _ => return Err(Malformed),
@@ -608,7 +582,7 @@ pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), 
                     usable,
                     stack: d.read_stack(&mut c)?,
                 };
-                push_realloc_out(out, d.seq, c.uvarint()?, d.ts, tid, kind)?;
+                push_out(out, d.seq, c.uvarint()?, d.ts, tid, kind)?;
                 kind
             }
             TAG_FAILED => EventKind::AllocFailed {
@@ -639,7 +613,7 @@ pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), 
                     new_len,
                     stack: d.read_stack(&mut c)?,
                 };
-                push_remap_out(out, d.seq, c.uvarint()?, d.ts, tid, kind)?;
+                push_out(out, d.seq, c.uvarint()?, d.ts, tid, kind)?;
                 kind
             }
             _ => return Err(Malformed),
