@@ -11,12 +11,6 @@ use common::*;
 use serde_json::Value;
 use zmtrace_format::{Dump, Origin};
 
-fn zmtrace_ok(args: &[&str]) -> String {
-    let f = run_zmtrace(args);
-    assert_eq!(f.code, Some(0), "zmtrace {args:?} failed:\n{}", f.stderr);
-    f.stdout
-}
-
 fn json(cmd: &str, dump: &Path) -> Value {
     let d = dump.to_str().unwrap();
     serde_json::from_str(&zmtrace_ok(&[cmd, d, "--json", "--top", "0"])).expect("valid JSON")

@@ -24,12 +24,6 @@ fn leaky_dump() -> &'static Path {
     &run.only_dump().path
 }
 
-fn zmtrace_ok(args: &[&str]) -> String {
-    let f = run_zmtrace(args);
-    assert_eq!(f.code, Some(0), "zmtrace {args:?} failed:\n{}", f.stderr);
-    f.stdout
-}
-
 fn json(cmd: &str, dump: &Path, extra: &[&str]) -> Value {
     let d = dump.to_str().unwrap();
     let mut args = vec![cmd, d, "--json", "--top", "0"];

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use common::*;
@@ -61,19 +60,6 @@ fn dump_of(run: &Run) -> &Dump {
     run.only_dump()
 }
 
-/// `zmtrace ARGS`, which must succeed; its stdout.
-fn zmtrace_ok(args: &[&str]) -> String {
-    let f = run_zmtrace(args);
-    assert_eq!(
-        f.code,
-        Some(0),
-        "zmtrace {args:?} failed:\n{}{}",
-        f.stdout,
-        f.stderr
-    );
-    f.stdout
-}
-
 /// `zmtrace export DUMP ARGS -o FILE` into a fresh directory; the file.
 fn export(dump: &Dump, args: &[&str], name: &str) -> PathBuf {
     let out = fresh_dir("export").join(name);
@@ -81,70 +67,6 @@ fn export(dump: &Dump, args: &[&str], name: &str) -> PathBuf {
     argv.extend(args);
     argv.extend(["-o", out.to_str().unwrap()]);
     zmtrace_ok(&argv);
-    out
-}
-
-fn go_pprof(args: &[&str], file: &Path) -> String {
-    require("go", "golang-go");
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(file)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run go tool pprof");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?} {} failed ({}):\n{stdout}{stderr}",
-        file.display(),
-        out.status
-    );
-    stdout
-}
-
-/// `go tool pprof -top` of sample type `t`, every node, in plain units: flat value per function,
-/// functions with a flat value of 0 left out.
-fn pprof_flat(file: &Path, t: &str, extra: &[&str]) -> BTreeMap<String, u64> {
-    let index = format!("-sample_index={t}");
-    let mut args = vec![
-        "-top",
-        "-nodecount=100000",
-        "-nodefraction=0",
-        "-edgefraction=0",
-        // Bytes as bytes, never scaled to kB (counts then print with a B too).
-        "-unit=B",
-        &index,
-    ];
-    args.extend(extra);
-    let text = go_pprof(&args, file);
-    let mut out = BTreeMap::new();
-    let mut rows = false;
-    for line in text.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.first() == Some(&"flat") {
-            rows = true;
-            continue;
-        }
-        if !rows || cols.len() < 6 {
-            continue;
-        }
-        let flat: u64 = cols[0]
-            .trim_end_matches('B')
-            .parse()
-            .unwrap_or_else(|e| panic!("pprof row {line:?}: flat {:?}: {e}\n{text}", cols[0]));
-        if flat > 0 {
-            // pprof marks a function seen only inlined; `report` names it plainly.
-            let name = cols[5..].join(" ");
-            let name = name.strip_suffix(" (inline)").unwrap_or(&name).to_string();
-            assert!(
-                out.insert(name.clone(), flat).is_none(),
-                "{name} twice in:\n{text}"
-            );
-        }
-    }
-    assert!(rows, "no rows in go tool pprof -top:\n{text}");
     out
 }
 

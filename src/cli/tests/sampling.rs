@@ -96,12 +96,6 @@ fn record(stem: &str, extra: &[&str]) -> PathBuf {
     dumps[0].clone()
 }
 
-fn zmtrace_ok(args: &[&str]) -> String {
-    let f = run_zmtrace(args);
-    assert_eq!(f.code, Some(0), "zmtrace {args:?} failed:\n{}", f.stderr);
-    f.stdout
-}
-
 fn json(cmd: &str, dump: &Path) -> Value {
     let d = dump.to_str().unwrap();
     serde_json::from_str(&zmtrace_ok(&[cmd, d, "--json", "--top", "0"])).expect("valid JSON")
@@ -361,43 +355,11 @@ fn pprof_of_a_sampled_dump_carries_the_estimates() {
         "-o",
         out.to_str().unwrap(),
     ]);
-    let o = std::process::Command::new("go")
-        .args(["tool", "pprof", "-raw"])
-        .arg(&out)
-        .output()
-        .expect("go tool pprof");
-    let raw = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{raw}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let raw = go_pprof(&["-raw"], &out);
     assert!(raw.contains("Period: 4096"), "{raw}");
-    let o = std::process::Command::new("go")
-        .args([
-            "tool",
-            "pprof",
-            "-top",
-            "-nodecount=100000",
-            "-nodefraction=0",
-            "-sample_index=alloc_objects",
-            "-unit=B",
-        ])
-        .arg(&out)
-        .output()
-        .expect("go tool pprof");
-    let text = String::from_utf8_lossy(&o.stdout);
-    let churn = text
-        .lines()
-        .find(|l| l.trim_end().ends_with(" zs_churn"))
-        .unwrap_or_else(|| panic!("no zs_churn in:\n{text}"));
-    let flat: u64 = churn
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_end_matches('B')
-        .parse()
-        .unwrap();
+    let flat = *pprof_flat(&out, "alloc_objects", &[])
+        .get("zs_churn")
+        .expect("zs_churn in go tool pprof -top");
     assert_eq!(flat, top(&report, "allocations", "zs_churn"));
     assert_estimate("pprof zs_churn alloc_objects", flat, 1_000_000, 64, 4096);
 }

@@ -5,12 +5,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,20 +24,6 @@ const END_INUSE: [(&str, u64); 2] = [("zs_phase_one", 2000), ("zs_phase_three", 
 
 fn map(v: &[(&str, u64)]) -> BTreeMap<String, u64> {
     v.iter().map(|(f, n)| (f.to_string(), *n)).collect()
-}
-
-/// Lines of a pipe, on a channel (and all of them at the end).
-fn lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// `zmtrace run -o DIR --serve ADDR -- phases 3`, with the program's stdin ours.
@@ -68,8 +54,8 @@ impl Live {
             .process_group(0);
         let mut child = cmd.spawn().expect("start zmtrace");
         let stdin = child.stdin.take();
-        let out = lines(child.stdout.take().unwrap());
-        let err = lines(child.stderr.take().unwrap());
+        let out = pipe_lines(child.stdout.take().unwrap());
+        let err = pipe_lines(child.stderr.take().unwrap());
         let mut live = Live {
             child,
             stdin,
@@ -181,60 +167,6 @@ fn get(addr: &str, path: &str, host: &str) -> (u16, Vec<u8>) {
     (status, all[end + 4..].to_vec())
 }
 
-fn go_pprof(args: &[&str], source: &str) -> String {
-    require("go", "golang-go");
-    // `go tool pprof URL` saves what it fetched under $PPROF_TMPDIR.
-    let tmp = fresh_dir("pprof-tmp");
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(source)
-        .env("PPROF_TMPDIR", &tmp)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run go tool pprof");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?} {source} failed ({}):\n{stdout}{stderr}",
-        out.status
-    );
-    stdout
-}
-
-/// `go tool pprof -top` of sample type `t`: flat value per function, zeros left out.
-fn pprof_flat(file: &Path, t: &str) -> BTreeMap<String, u64> {
-    let index = format!("-sample_index={t}");
-    let args = [
-        "-top",
-        "-nodecount=100000",
-        "-nodefraction=0",
-        "-edgefraction=0",
-        "-unit=B",
-        &index,
-    ];
-    let text = go_pprof(&args, file.to_str().unwrap());
-    let mut out = BTreeMap::new();
-    let mut rows = false;
-    for line in text.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.first() == Some(&"flat") {
-            rows = true;
-            continue;
-        }
-        if !rows || cols.len() < 6 {
-            continue;
-        }
-        let flat: u64 = cols[0].trim_end_matches('B').parse().unwrap();
-        if flat > 0 {
-            out.insert(cols[5..].join(" "), flat);
-        }
-    }
-    assert!(rows, "no rows in go tool pprof -top:\n{text}");
-    out
-}
-
 /// `go tool pprof -raw`: the sample types in order, and each one's total.
 fn pprof_raw_totals(source: &str) -> Vec<(String, u64)> {
     let text = go_pprof(&["-raw"], source);
@@ -278,7 +210,7 @@ fn scrape_until(live: &Live, path: &str, t: &str, want: &BTreeMap<String, u64>) 
         let (status, body) = get(&live.addr, path, &live.addr);
         assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
         std::fs::write(&file, &body).unwrap();
-        let got = pprof_flat(&file, t);
+        let got = pprof_flat(&file, t, &[]);
         if &got == want {
             return file;
         }
@@ -326,7 +258,7 @@ fn heap_scraped_in_each_phase_is_what_the_program_holds_then() {
         &map(&PHASE_2_INUSE),
     );
     assert_eq!(
-        pprof_flat(&file, "inuse_objects"),
+        pprof_flat(&file, "inuse_objects", &[]),
         map(&PHASE_2_INUSE_OBJECTS)
     );
     let raw = pprof_raw_totals(file.to_str().unwrap());
@@ -377,7 +309,7 @@ fn heap_scraped_in_each_phase_is_what_the_program_holds_then() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(f.code, Some(0), "{}", f.stderr);
-    assert_eq!(pprof_flat(&out, "inuse_space"), map(&END_INUSE));
+    assert_eq!(pprof_flat(&out, "inuse_space", &[]), map(&END_INUSE));
 }
 
 /// `go tool pprof -raw URL` fetches the endpoint itself; its samples total what is in use.

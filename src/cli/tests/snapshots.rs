@@ -5,11 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,19 +20,6 @@ const MIB: u64 = 1 << 20;
 
 fn map(v: &[(&str, u64)]) -> BTreeMap<String, u64> {
     v.iter().map(|(f, n)| (f.to_string(), *n)).collect()
-}
-
-fn lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// `zmtrace run -o DIR OPTS -- PROGRAM ARGS` with the program's stdin ours.
@@ -62,7 +49,7 @@ impl Traced {
             .spawn()
             .expect("start zmtrace");
         let stdin = child.stdin.take();
-        let out = lines(child.stdout.take().unwrap());
+        let out = pipe_lines(child.stdout.take().unwrap());
         let err = read_in_thread(child.stderr.take().unwrap());
         Traced {
             child,
@@ -147,18 +134,6 @@ impl Drop for Traced {
     }
 }
 
-fn zmtrace_ok(args: &[&str]) -> String {
-    let f = run_zmtrace(args);
-    assert_eq!(
-        f.code,
-        Some(0),
-        "zmtrace {args:?}:\n{}{}",
-        f.stdout,
-        f.stderr
-    );
-    f.stdout
-}
-
 /// `zmtrace export DUMP [--at N]`, then `go tool pprof -top` of `t`: flat per function.
 fn exported(dump: &Path, at: Option<&str>, t: &str) -> BTreeMap<String, u64> {
     require("go", "golang-go");
@@ -173,42 +148,7 @@ fn exported(dump: &Path, at: Option<&str>, t: &str) -> BTreeMap<String, u64> {
         args.extend(["--at", n]);
     }
     zmtrace_ok(&args);
-    let index = format!("-sample_index={t}");
-    let o = Command::new("go")
-        .args([
-            "tool",
-            "pprof",
-            "-top",
-            "-nodecount=100000",
-            "-nodefraction=0",
-        ])
-        .args(["-edgefraction=0", "-unit=B", &index])
-        .arg(&out)
-        .stdin(Stdio::null())
-        .output()
-        .expect("go tool pprof");
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let mut m = BTreeMap::new();
-    let mut rows = false;
-    for line in text.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.first() == Some(&"flat") {
-            rows = true;
-            continue;
-        }
-        if rows && cols.len() >= 6 {
-            let flat: u64 = cols[0].trim_end_matches('B').parse().unwrap();
-            if flat > 0 {
-                m.insert(cols[5..].join(" "), flat);
-            }
-        }
-    }
-    m
+    pprof_flat(&out, t, &[])
 }
 
 /// SIGUSR2 in phase 1 leaves a snapshot whose export is phase 1's heap, while the export of the

@@ -41,12 +41,6 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-fn zmtrace_ok(args: &[&str]) -> String {
-    let f = run_zmtrace(args);
-    assert_eq!(f.code, Some(0), "zmtrace {args:?} failed:\n{}", f.stderr);
-    f.stdout
-}
-
 fn report_json(dump: &Path) -> Value {
     serde_json::from_str(&zmtrace_ok(&["report", dump.to_str().unwrap(), "--json"])).unwrap()
 }

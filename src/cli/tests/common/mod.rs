@@ -202,6 +202,102 @@ pub fn run_zmtrace<S: AsRef<OsStr>>(args: &[S]) -> Finished {
     run_zmtrace_env(args, &[])
 }
 
+/// `zmtrace ARGS`, which must succeed; its stdout.
+pub fn zmtrace_ok(args: &[&str]) -> String {
+    let f = run_zmtrace(args);
+    assert_eq!(
+        f.code,
+        Some(0),
+        "zmtrace {args:?} failed:\n{}{}",
+        f.stdout,
+        f.stderr
+    );
+    f.stdout
+}
+
+/// `go tool pprof ARGS SOURCE` (a file or a URL), which must succeed; its stdout. A URL's
+/// profile is saved in a fresh `PPROF_TMPDIR`, not the home directory.
+pub fn go_pprof(args: &[&str], source: impl AsRef<OsStr>) -> String {
+    require("go", "golang-go");
+    let source = source.as_ref();
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(source)
+        .env("PPROF_TMPDIR", fresh_dir("pprof-tmp"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run go tool pprof");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} {} failed ({}):\n{stdout}{stderr}",
+        source.to_string_lossy(),
+        out.status
+    );
+    stdout
+}
+
+/// `go tool pprof -top` of sample type `t`, every node, in plain units (and `extra`): flat value
+/// per function, functions with a flat value of 0 left out.
+pub fn pprof_flat(source: impl AsRef<OsStr>, t: &str, extra: &[&str]) -> BTreeMap<String, u64> {
+    let index = format!("-sample_index={t}");
+    let mut args = vec![
+        "-top",
+        "-nodecount=100000",
+        "-nodefraction=0",
+        "-edgefraction=0",
+        // Bytes as bytes, never scaled to kB (counts then print with a B too).
+        "-unit=B",
+        &index,
+    ];
+    args.extend(extra);
+    let text = go_pprof(&args, source);
+    let mut out = BTreeMap::new();
+    let mut rows = false;
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.first() == Some(&"flat") {
+            rows = true;
+            continue;
+        }
+        if !rows || cols.len() < 6 {
+            continue;
+        }
+        let flat: u64 = cols[0]
+            .trim_end_matches('B')
+            .parse()
+            .unwrap_or_else(|e| panic!("pprof row {line:?}: flat {:?}: {e}\n{text}", cols[0]));
+        if flat > 0 {
+            // pprof marks a function seen only inlined; `report` names it plainly.
+            let name = cols[5..].join(" ");
+            let name = name.strip_suffix(" (inline)").unwrap_or(&name).to_string();
+            assert!(
+                out.insert(name.clone(), flat).is_none(),
+                "{name} twice in:\n{text}"
+            );
+        }
+    }
+    assert!(rows, "no rows in go tool pprof -top:\n{text}");
+    out
+}
+
+/// The lines of a pipe, on a channel, as they come.
+pub fn pipe_lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// [`run_zmtrace`] with extra environment variables (e.g. `ZMTRACE_UNWIND`).
 pub fn run_zmtrace_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Finished {
     if args.first().is_some_and(|a| a.as_ref() == "run") {
