@@ -492,17 +492,8 @@ mod tests {
             &Process {
                 pid: 1,
                 ppid: 0,
-                origin: Origin::Start,
-                parent_pid: 0,
-                fork_seq: 0,
-                start_unix_ns: 0,
-                session: String::new(),
                 exe: "/x".into(),
-                argv: vec![],
-                aggregated: false,
-                args_left_out: 0,
-                sample_interval: 0,
-                all_blocks: false,
+                ..Default::default()
             },
         );
         for (path, from, to) in [("/gone/a.so", 1, 10), ("/gone/b.so", 12, 0)] {

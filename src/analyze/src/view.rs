@@ -1032,17 +1032,10 @@ mod tests {
             &Process {
                 pid: 42,
                 ppid: 1,
-                origin: Origin::Start,
-                parent_pid: 0,
-                fork_seq: 0,
-                start_unix_ns: 0,
                 session: "s".into(),
                 exe: "/bin/t".into(),
                 argv: vec!["t".into()],
-                aggregated: false,
-                args_left_out: 0,
-                sample_interval: 0,
-                all_blocks: false,
+                ..Default::default()
             },
         );
         write::stacks(

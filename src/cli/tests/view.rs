@@ -446,7 +446,7 @@ fn flamegraph_labels_drop_the_parameters_first() {
 /// A dump with no events: the page says there is no timeline and shows the rest.
 #[test]
 fn a_dump_without_events_shows_no_chart() {
-    use zmtrace_format::{write, End, EndReason, Origin, Process};
+    use zmtrace_format::{write, End, EndReason, Process};
     let dir = fresh_dir("no-events");
     let mut bytes = write::file_header().to_vec();
     write::process(
@@ -454,17 +454,11 @@ fn a_dump_without_events_shows_no_chart() {
         &Process {
             pid: 4242,
             ppid: 1,
-            origin: Origin::Start,
-            parent_pid: 0,
-            fork_seq: 0,
             start_unix_ns: 1,
             session: "s".into(),
             exe: "/bin/quiet".into(),
             argv: vec!["quiet".into()],
-            aggregated: false,
-            args_left_out: 0,
-            sample_interval: 0,
-            all_blocks: false,
+            ..Default::default()
         },
     );
     write::end(

@@ -114,9 +114,10 @@ impl RecordKind {
 }
 
 /// How a traced process came to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Origin {
     /// Started by `zmtrace run` or with `LD_PRELOAD` set.
+    #[default]
     Start,
     /// A child of `fork`: its dump starts with the blocks it inherited.
     Fork,
@@ -124,8 +125,9 @@ pub enum Origin {
     Exec,
 }
 
-/// The `Process` record: who this dump is about.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The `Process` record: who this dump is about. `Default` is for tests' fixtures: a process
+/// started as `zmtrace run` starts one, with nothing set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Process {
     pub pid: u32,
     pub ppid: u32,
@@ -625,17 +627,11 @@ mod sampling_tests {
         let mut p = Process {
             pid: 1,
             ppid: 0,
-            origin: Origin::Start,
-            parent_pid: 0,
-            fork_seq: 0,
             start_unix_ns: 5,
             session: "s".into(),
             exe: "/bin/x".into(),
             argv: vec!["x".into()],
-            aggregated: false,
-            args_left_out: 0,
-            sample_interval: 0,
-            all_blocks: false,
+            ..Default::default()
         };
         let dump = |p: &Process| {
             let mut out = write::file_header().to_vec();

@@ -1042,17 +1042,11 @@ mod tests {
             &Process {
                 pid: 7,
                 ppid: 1,
-                origin: Origin::Start,
-                parent_pid: 0,
-                fork_seq: 0,
                 start_unix_ns: 5,
                 session: "s".into(),
                 exe: "/bin/x".into(),
                 argv: vec!["x".into(), "-y".into()],
-                aggregated: false,
-                args_left_out: 0,
-                sample_interval: 0,
-                all_blocks: false,
+                ..Default::default()
             },
         );
         let frames = [0x1000u64, 0x0fff, 0x2000];
@@ -1106,17 +1100,10 @@ mod tests {
         let p = Process {
             pid: 7,
             ppid: 1,
-            origin: Origin::Start,
-            parent_pid: 0,
-            fork_seq: 0,
             start_unix_ns: 5,
-            session: String::new(),
             exe: "/bin/x".into(),
-            argv: vec![],
             aggregated: true,
-            args_left_out: 0,
-            sample_interval: 0,
-            all_blocks: false,
+            ..Default::default()
         };
         write::process(&mut out, &p);
         let site = AggregateSite {
@@ -1178,17 +1165,10 @@ mod tests {
         let p = Process {
             pid: 7,
             ppid: 1,
-            origin: Origin::Start,
-            parent_pid: 0,
-            fork_seq: 0,
             start_unix_ns: 5,
-            session: String::new(),
             exe: "/bin/x".into(),
-            argv: vec![],
             aggregated: true,
-            args_left_out: 0,
-            sample_interval: 0,
-            all_blocks: false,
+            ..Default::default()
         };
         write::process(&mut out, &p);
         let counters = |n: u64| {

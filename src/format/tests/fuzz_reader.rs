@@ -34,9 +34,7 @@ fn seed(events: u64, fork: bool) -> Vec<u8> {
             exe: "/bin/prog".into(),
             argv: vec!["prog".into(), "--x".into()],
             aggregated: fork,
-            args_left_out: 0,
-            sample_interval: 0,
-            all_blocks: false,
+            ..Default::default()
         },
     );
     write::module(

@@ -572,17 +572,11 @@ mod tests {
             &Process {
                 pid: 42,
                 ppid: 1,
-                origin: Origin::Start,
-                parent_pid: 0,
-                fork_seq: 0,
                 start_unix_ns: 1_000_000_007,
                 session: "s".into(),
                 exe: "/nonexistent/prog".into(),
                 argv: vec!["prog".into(), "-x".into()],
-                aggregated: false,
-                args_left_out: 0,
-                sample_interval: 0,
-                all_blocks: false,
+                ..Default::default()
             },
         );
         write::module(
