@@ -34,7 +34,7 @@
 use serde::Serialize;
 
 use crate::analysis::Analysis;
-use crate::reports::glob_match;
+use crate::sites::glob_match;
 use crate::symbols::{Frame, Symbolizer};
 
 /// The built-in set (used unless `--no-default-suppressions`).

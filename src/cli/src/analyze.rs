@@ -4,12 +4,12 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use zmtrace_analyze::flame::{self, Metric};
 use zmtrace_analyze::leakcheck::NO_CHECK;
-use zmtrace_analyze::reports::{self, Options};
 use zmtrace_analyze::session::{self, Session};
 use zmtrace_analyze::suppressions::Suppressions;
 use zmtrace_format::{Dump, LeakKind};
+use zmtrace_report::flame::{self, Metric};
+use zmtrace_report::reports::{self, Options};
 
 use crate::Failure;
 
@@ -209,13 +209,13 @@ pub fn diff(o: &AnalyzeOptions, new: &Path, flame: Option<Metric>) -> Result<(),
             .and_then(|()| w.flush())
             .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())));
     }
-    let d = zmtrace_analyze::diff::diff(
-        zmtrace_analyze::diff::Side {
+    let d = zmtrace_report::diff::diff(
+        zmtrace_report::diff::Side {
             dump: &base_dump,
             analysis: &base_a,
             sym: &mut base_sym,
         },
-        zmtrace_analyze::diff::Side {
+        zmtrace_report::diff::Side {
             dump: &new_dump,
             analysis: &new_a,
             sym: &mut new_sym,
@@ -225,7 +225,7 @@ pub fn diff(o: &AnalyzeOptions, new: &Path, flame: Option<Metric>) -> Result<(),
     let out = if o.json {
         to_json(&d)
     } else {
-        zmtrace_analyze::diff::diff_text(&d, &o.report)
+        zmtrace_report::diff::diff_text(&d, &o.report)
     };
     write_out(o.out.as_deref(), out.as_bytes())
 }

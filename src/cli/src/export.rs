@@ -1,14 +1,14 @@
 //! `zmtrace export`: a dump as a pprof profile, a speedscope file or collapsed stacks, for
-//! other tools. The formats are the analyzer's ([`zmtrace_analyze::export`]); this only opens
+//! other tools. The formats are the report crate's ([`zmtrace_report::export`]); this only opens
 //! the dump, replays it, and writes the file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use zmtrace_analyze::export::{self, Profile, SampleType};
 use zmtrace_analyze::session::{self, Session};
 use zmtrace_analyze::suppressions::Suppressions;
 use zmtrace_format::Dump;
+use zmtrace_report::export::{self, Profile, SampleType};
 
 use crate::Failure;
 
@@ -90,7 +90,7 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
     }
     let bytes = match o.format {
         Format::Pprof => {
-            let mut wrappers = zmtrace_analyze::reports::Options::default().wrappers;
+            let mut wrappers = zmtrace_report::reports::Options::default().wrappers;
             wrappers.extend(o.wrappers.iter().cloned());
             let mut p = export::pprof::build(&dump, &profile, &mut sym, &wrappers, o.metric);
             if let Some(s) = at {

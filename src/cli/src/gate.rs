@@ -6,11 +6,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use zmtrace_analyze::reports::Options;
 use zmtrace_analyze::session::{self, Session};
 use zmtrace_analyze::suppressions::Suppressions;
 use zmtrace_analyze::words::{human_bytes, plural};
 use zmtrace_format::LeakKind;
+use zmtrace_report::reports::Options;
 
 /// The exit status of a run that leaked (LeakSanitizer's).
 pub const LEAK_EXIT: i32 = 23;
@@ -145,7 +145,7 @@ pub fn check(dumps: &[PathBuf], level: LeakLevel, supp: &Suppressions) -> bool {
             ..Options::default()
         };
         let filter = if a.check.is_some() { kinds } else { &[] };
-        let l = zmtrace_analyze::reports::leaks(&dump, &a, &mut sym, &opts, 0, filter);
+        let l = zmtrace_report::reports::leaks(&dump, &a, &mut sym, &opts, 0, filter);
         for s in &l.sites {
             let kind = s
                 .kind

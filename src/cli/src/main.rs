@@ -153,7 +153,7 @@ enum Cmd {
         /// indirectly lost bytes), or for the program's own mmap/mremap calls (never the heap's):
         /// mapped (bytes mapped in all) or mapped-at-exit.
         #[arg(long, default_value = "bytes", value_parser = parse_metric)]
-        metric: zmtrace_analyze::flame::Metric,
+        metric: zmtrace_report::flame::Metric,
         /// Write the collapsed stacks (for other tools) instead of an SVG.
         #[arg(long)]
         folded: bool,
@@ -219,7 +219,7 @@ enum Cmd {
         flamegraph: bool,
         /// The flamegraph's metric (see `flamegraph`).
         #[arg(long, default_value = "bytes", value_parser = parse_metric)]
-        metric: zmtrace_analyze::flame::Metric,
+        metric: zmtrace_report::flame::Metric,
         #[command(flatten)]
         supp: Supp,
         #[command(flatten)]
@@ -265,7 +265,7 @@ impl Supp {
 /// Options of the text and JSON reports.
 #[derive(clap::Args)]
 struct Common {
-    /// Machine-readable output (schema in the zmtrace-analyze crate docs).
+    /// Machine-readable output (schema in the zmtrace-report crate docs).
     #[arg(long)]
     json: bool,
     /// How many sites to show (0: all).
@@ -282,9 +282,9 @@ struct Common {
     out: Option<PathBuf>,
 }
 
-fn parse_metric(s: &str) -> Result<zmtrace_analyze::flame::Metric, String> {
-    zmtrace_analyze::flame::Metric::parse(s).ok_or_else(|| {
-        let names: Vec<&str> = zmtrace_analyze::flame::Metric::ALL
+fn parse_metric(s: &str) -> Result<zmtrace_report::flame::Metric, String> {
+    zmtrace_report::flame::Metric::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = zmtrace_report::flame::Metric::ALL
             .iter()
             .map(|m| m.name())
             .collect();
@@ -297,7 +297,7 @@ fn analyze_options(
     c: Common,
     supp: &Supp,
 ) -> Result<analyze::AnalyzeOptions, Failure> {
-    let mut report = zmtrace_analyze::reports::Options {
+    let mut report = zmtrace_report::reports::Options {
         top: c.top,
         depth: c.depth,
         ..Default::default()
@@ -470,7 +470,7 @@ fn main() {
             wrappers,
             supp,
         } => {
-            let mut report = zmtrace_analyze::reports::Options::default();
+            let mut report = zmtrace_report::reports::Options::default();
             report.wrappers.extend(wrappers);
             supp.load().and_then(|suppressions| {
                 view::run(&view::ViewOptions {

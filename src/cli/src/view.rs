@@ -6,11 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use zmtrace_analyze::reports::Options;
 use zmtrace_analyze::session::{self, Session};
 use zmtrace_analyze::suppressions::Suppressions;
-use zmtrace_analyze::view::{self, Base, Limits};
 use zmtrace_format::Dump;
+use zmtrace_report::reports::Options;
+use zmtrace_report::view::{self, Base, Limits};
 
 use crate::serve::{Response, Server};
 use crate::Failure;

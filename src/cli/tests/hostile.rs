@@ -24,11 +24,11 @@ fn analyze_bytes(data: Vec<u8>) -> Option<(zmtrace_analyze::Analysis, Dump)> {
     let dump = Dump::from_bytes(Path::new("t.zmt"), data).ok()?;
     let a = zmtrace_analyze::analyze(&dump, true, &mut |_, _| {});
     let mut sym = zmtrace_analyze::Symbolizer::new(&dump);
-    let opts = zmtrace_analyze::reports::Options::default();
-    let r = zmtrace_analyze::reports::report(&dump, &a, &mut sym, &opts);
-    let _ = zmtrace_analyze::reports::report_text(&r, &opts);
-    let c = zmtrace_analyze::reports::churn(&dump, &a, &mut sym, &opts);
-    let _ = zmtrace_analyze::reports::churn_text(&c, &opts);
+    let opts = zmtrace_report::reports::Options::default();
+    let r = zmtrace_report::reports::report(&dump, &a, &mut sym, &opts);
+    let _ = zmtrace_report::reports::report_text(&r, &opts);
+    let c = zmtrace_report::reports::churn(&dump, &a, &mut sym, &opts);
+    let _ = zmtrace_report::reports::churn_text(&c, &opts);
     Some((a, dump))
 }
 

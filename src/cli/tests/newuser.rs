@@ -96,7 +96,7 @@ fn a_dump_cut_short_near_its_end_says_so_rather_than_blame_a_running_thread() {
         .unwrap_or_else(|| panic!("no warning on the unseen blocks: {warnings:?}"));
     assert!(!w.contains("thread still running"), "{w}");
     assert!(w.contains("the dump is cut short"), "{w}");
-    let human = zmtrace_analyze::reports::human_bytes(b);
+    let human = zmtrace_report::reports::human_bytes(b);
     let count = zmtrace_analyze::words::plural(blocks, "block");
     assert!(w.starts_with(&format!("{count} ({human}) live")), "{w}");
     assert!(!w.contains(&format!("{b} bytes")), "a raw byte count: {w}");
@@ -155,7 +155,7 @@ fn dump_info_says_its_leak_classes_are_before_suppressions_and_what_leaks_report
         let want = format!(
             "{name:<24} {}, {}",
             zmtrace_analyze::words::plural(blocks, "block"),
-            zmtrace_analyze::reports::human_bytes(bytes)
+            zmtrace_report::reports::human_bytes(bytes)
         );
         assert!(
             line.trim_start().starts_with(&want),
@@ -164,7 +164,7 @@ fn dump_info_says_its_leak_classes_are_before_suppressions_and_what_leaks_report
         let kept = n(&after, "bytes");
         if kept != bytes || n(&after, "blocks") != blocks {
             suppressed_somewhere = true;
-            let h = zmtrace_analyze::reports::human_bytes;
+            let h = zmtrace_report::reports::human_bytes;
             let note = format!("[{}; {} suppressed]", h(kept), h(bytes - kept));
             assert!(line.ends_with(&note), "{line:?}, want {note:?}");
         } else {

@@ -5,8 +5,8 @@ use std::io::Write;
 
 use zmtrace_format::{Dump, LeakKind};
 
-use crate::analysis::{Analysis, SiteStats};
-use crate::symbols::Symbolizer;
+use zmtrace_analyze::analysis::{Analysis, SiteStats};
+use zmtrace_analyze::symbols::Symbolizer;
 
 /// What a flamegraph measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,7 +242,7 @@ fn draw<'a>(
 const SHORT_LABELS_JS: &str = r#"<script type="text/ecmascript"><![CDATA[
 // zmtrace: labels shortened as a reader would: the parameters go first, then the template
 // arguments, then a template instance's return type, then the end of the name (never its
-// start). As short_label in src/analyze/src/flame.rs.
+// start). As short_label in src/report/src/flame.rs.
 function zm_drop_params(s) {
     var m = /\)( const| volatile| &| &&| noexcept)*$/.exec(s);
     if (!m) return s;

@@ -1,5 +1,5 @@
 //! `zmtrace leaks`: the blocks not freed at exit, grouped by stack. With the dump's leak check
-//! (see [`crate::leakcheck`]) each group is one stack and one class, lost first; without it,
+//! (see [`zmtrace_analyze::leakcheck`]) each group is one stack and one class, lost first; without it,
 //! every block live at exit is listed, as before there were classes.
 
 use std::fmt::Write as _;
@@ -7,14 +7,15 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use zmtrace_format::{Dump, LeakKind};
 
-use crate::analysis::Analysis;
-use crate::leakcheck::{no_check_line, Check, Kinds};
+use zmtrace_analyze::analysis::Analysis;
+use zmtrace_analyze::leakcheck::{no_check_line, Check, Kinds};
+use zmtrace_analyze::sites::merged_sites;
+
 use crate::reports::{
-    header, human_bytes, merged_sites, plural, site, write_header, write_stack, Header, Options,
-    Site,
+    header, human_bytes, plural, site, write_header, write_stack, Header, Options, Site,
 };
-use crate::suppressions::Suppressed;
-use crate::symbols::Symbolizer;
+use zmtrace_analyze::suppressions::Suppressed;
+use zmtrace_analyze::symbols::Symbolizer;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LeakSite {

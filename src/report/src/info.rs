@@ -8,8 +8,8 @@ use std::fmt::Write;
 
 use zmtrace_format::{Dump, EventKind};
 
-use crate::suppressions::Suppressions;
 use crate::words::{human_bytes, plural, thousands};
+use zmtrace_analyze::suppressions::Suppressions;
 
 /// The text of `zmtrace dump-info` (`list_modules`: `--modules`).
 pub fn text(d: &Dump, list_modules: bool) -> String {
@@ -68,9 +68,9 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {
     }
     // The built-in suppressions, as `run` and `leaks` apply them: they change only the classes
     // (shown next to the recorder's own below), none of the summary's figures.
-    let session = crate::Session::new(
+    let session = zmtrace_analyze::Session::new(
         d,
-        &crate::session::Options {
+        &zmtrace_analyze::session::Options {
             peak_sites: false,
             suppressions: Suppressions::builtin(),
         },
@@ -157,7 +157,7 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {
     // The recorder's classes are before suppressions; `run`, `report` and `leaks` hide the
     // built-in ones (glibc's one-time blocks), so what they would say is shown next to them.
     let reported = s.check.is_some().then_some(s.kinds);
-    let exit_seq = crate::leakcheck::exit_check(d).map(|r| r.seq);
+    let exit_seq = zmtrace_analyze::leakcheck::exit_check(d).map(|r| r.seq);
     for r in &d.reach {
         writeln!(
             o,

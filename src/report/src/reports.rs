@@ -7,71 +7,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use zmtrace_format::Dump;
 
-use crate::analysis::{Analysis, GrowthPattern, SiteStats};
-use crate::symbols::{Frame, Symbolizer};
-
-/// Frames that are allocator wrappers rather than the code that wanted the memory: a site is
-/// named after the first frame outside them. Globs with `*`.
-pub const DEFAULT_WRAPPERS: &[&str] = &[
-    "malloc",
-    "calloc",
-    "realloc",
-    "reallocarray",
-    "free",
-    "posix_memalign",
-    "aligned_alloc",
-    "memalign",
-    "valloc",
-    "pvalloc",
-    "__libc_*",
-    "zmalloc*",
-    "zcalloc*",
-    "zrealloc*",
-    "zfree*",
-    "ztrymalloc*",
-    "ztrycalloc*",
-    "ztryrealloc*",
-    "zstrdup",
-    "operator new*",
-    "operator delete*",
-    "xmalloc",
-    "xcalloc",
-    "xrealloc",
-    "g_malloc*",
-    "g_realloc*",
-    // Rust: the allocation shims and the standard library's collections.
-    "__rust_*",
-    "__rustc::*",
-    "__rdl_*",
-    "alloc::*",
-    "<alloc::*",
-    "<* as alloc::*",
-    "core::*",
-    "<core::*",
-    "<* as core::*",
-    "hashbrown::*",
-    "<hashbrown::*",
-];
-
-/// Matches `*` globs (the only wildcard).
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
-        return false;
-    }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
+use zmtrace_analyze::analysis::{Analysis, GrowthPattern, SiteStats};
+use zmtrace_analyze::sites::{merged_sites, site_start, DEFAULT_WRAPPERS};
+use zmtrace_analyze::symbols::{Frame, Symbolizer};
 
 /// Options shared by the reports.
 #[derive(Clone, Debug)]
@@ -101,26 +39,6 @@ pub struct Site {
     pub stack: Vec<Frame>,
 }
 
-fn is_wrapper(f: &Frame, wrappers: &[String]) -> bool {
-    let in_libc = f.module.as_deref().is_some_and(|m| {
-        let name = m.rsplit('/').next().unwrap_or(m);
-        name.starts_with("libc.so") || name.starts_with("ld-linux")
-    });
-    in_libc
-        || f.function
-            .as_deref()
-            .is_some_and(|n| wrappers.iter().any(|w| glob_match(w, n)))
-}
-
-/// Where a stack's site is: the index of its first frame outside the wrappers (0 when every
-/// frame is one).
-pub fn site_start(frames: &[Frame], wrappers: &[String]) -> usize {
-    frames
-        .iter()
-        .position(|f| !is_wrapper(f, wrappers))
-        .unwrap_or(0)
-}
-
 /// Stack `stack` as a site: its frames, named after its first frame outside the wrappers.
 pub fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
     let frames = sym.stack(stack);
@@ -132,55 +50,6 @@ pub fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
         site: name,
         stack: frames.as_ref().clone(),
     }
-}
-
-/// What makes two frames the same for people: function, file, line, and module (or, for a
-/// frame with neither name nor line, its address: the offset in its module, where it has one).
-pub type FrameKey = (Option<String>, Option<String>, Option<u32>, Option<String>);
-
-pub fn frame_key(f: &Frame) -> FrameKey {
-    let unknown = f.function.is_none() && f.line.is_none();
-    (
-        f.function.clone(),
-        f.file.clone(),
-        f.line,
-        // Frames without names or lines differ by address, not by module.
-        if unknown {
-            Some(f.address.clone())
-        } else {
-            f.module.clone()
-        },
-    )
-}
-
-/// What makes two stacks one site (see [`merged_sites`]). A frame without name or line is keyed
-/// by its offset in its module, not its address in the process, so the key also matches a site
-/// across two runs of the same program.
-pub fn site_key(frames: &[Frame]) -> Vec<FrameKey> {
-    frames.iter().map(frame_key).collect()
-}
-
-/// The per-stack numbers, merged where stacks symbolize the same (the same functions, files and
-/// lines: e.g. one source line compiled into several calls), each with the smallest stack id as
-/// its representative.
-pub fn merged_sites(a: &Analysis, sym: &mut Symbolizer) -> Vec<(u32, SiteStats)> {
-    let mut ids: Vec<u32> = a.sites.keys().copied().collect();
-    ids.sort_unstable();
-    let mut by_key: std::collections::HashMap<Vec<FrameKey>, usize> =
-        std::collections::HashMap::new();
-    let mut out: Vec<(u32, SiteStats)> = Vec::new();
-    for id in ids {
-        let frames = sym.stack(id);
-        let key = site_key(&frames);
-        match by_key.get(&key) {
-            Some(&i) => out[i].1.merge(&a.sites[&id]),
-            None => {
-                by_key.insert(key, out.len());
-                out.push((id, a.sites[&id].clone()));
-            }
-        }
-    }
-    out
 }
 
 /// What a dump is, and how sure the numbers are.
@@ -315,9 +184,9 @@ pub struct Report {
     pub aggregated: bool,
     /// The leak check at exit (null without one), the classes of the leaked blocks less the
     /// suppressed ones (null without a check), and what suppressions took out.
-    pub check: Option<crate::leakcheck::Check>,
-    pub kinds: Option<crate::leakcheck::Kinds>,
-    pub suppressed: crate::suppressions::Suppressed,
+    pub check: Option<zmtrace_analyze::leakcheck::Check>,
+    pub kinds: Option<zmtrace_analyze::leakcheck::Kinds>,
+    pub suppressed: zmtrace_analyze::suppressions::Suppressed,
     pub top: Top,
     /// The program's own mappings, apart from the heap.
     pub mapped: crate::mapped::MappedReport,
@@ -436,7 +305,7 @@ pub fn churn(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) ->
         .into_iter()
         .map(|(id, s)| {
             let c = &s.churn;
-            let pattern = crate::analysis::pattern(c);
+            let pattern = zmtrace_analyze::analysis::pattern(c);
             let hint = match pattern {
                 GrowthPattern::FixedStep { step, .. } if c.grew >= 4 => Some(format!(
                     "grows by a fixed {step} bytes per realloc ({} times): reserve the capacity up front, or grow geometrically",
@@ -581,7 +450,7 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
             let _ = writeln!(
                 o,
                 "  {}",
-                crate::leakcheck::no_check_line(r.header.estimated)
+                zmtrace_analyze::leakcheck::no_check_line(r.header.estimated)
             );
         }
     }
@@ -679,19 +548,6 @@ pub fn churn_text(c: &ChurnReport, opts: &Options) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs_match_as_shell_star() {
-        assert!(glob_match("zmalloc*", "zmalloc_usable"));
-        assert!(glob_match("zmalloc*", "zmalloc"));
-        assert!(!glob_match("zmalloc*", "my_zmalloc"));
-        assert!(glob_match("operator new*", "operator new(unsigned long)"));
-        assert!(glob_match("*alloc*", "ztrymalloc_usable"));
-        assert!(glob_match("a*b*c", "aXXbYYc"));
-        assert!(!glob_match("a*b*c", "aXXcYYb"));
-        assert!(glob_match("free", "free"));
-        assert!(!glob_match("free", "freed"));
-    }
 
     #[test]
     fn human_bytes_picks_the_unit() {

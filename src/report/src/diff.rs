@@ -9,12 +9,11 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use zmtrace_format::{Dump, LeakKind};
 
-use crate::analysis::{Analysis, SiteStats};
-use crate::reports::{
-    frame_key, header, human_bytes, merged_sites, site, thousands, write_stack, FrameKey, Header,
-    Options, Site,
-};
-use crate::symbols::Symbolizer;
+use zmtrace_analyze::analysis::{Analysis, SiteStats};
+use zmtrace_analyze::sites::{frame_key, merged_sites, FrameKey};
+
+use crate::reports::{header, human_bytes, site, thousands, write_stack, Header, Options, Site};
+use zmtrace_analyze::symbols::Symbolizer;
 
 /// One number in both dumps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

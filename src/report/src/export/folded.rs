@@ -3,7 +3,7 @@
 
 use super::{Profile, SampleType};
 use crate::flame;
-use crate::symbols::Symbolizer;
+use zmtrace_analyze::symbols::Symbolizer;
 
 /// One line per distinct stack, outermost frame first, sorted; stacks weighing 0 are left out.
 pub fn folded(p: &Profile, sym: &mut Symbolizer, t: SampleType) -> Vec<String> {

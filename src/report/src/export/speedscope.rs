@@ -9,7 +9,7 @@ use serde::Serialize;
 use zmtrace_format::Dump;
 
 use super::{Profile, SampleType};
-use crate::symbols::Symbolizer;
+use zmtrace_analyze::symbols::Symbolizer;
 
 pub const SCHEMA: &str = "https://www.speedscope.app/file-format-schema.json";
 

@@ -24,8 +24,8 @@ use prost::Message;
 use zmtrace_format::Dump;
 
 use super::{Profile, SampleType};
-use crate::reports::site_start;
-use crate::symbols::{Frame, Symbolizer};
+use zmtrace_analyze::sites::site_start;
+use zmtrace_analyze::symbols::{Frame, Symbolizer};
 
 /// The messages of pprof's `proto/profile.proto` (field numbers as there).
 pub mod proto {
@@ -556,7 +556,7 @@ mod tests {
     use std::path::Path;
 
     use zmtrace_format::event::{encode_alloc, EventBuf};
-    use zmtrace_format::{write, AllocKind, End, EndReason, Module, Origin, Process};
+    use zmtrace_format::{write, AllocKind, End, EndReason, Module, Process};
 
     use super::*;
     use crate::export::Weights;
@@ -652,7 +652,7 @@ mod tests {
     #[test]
     fn profile_proto_has_mappings_locations_and_the_weights() {
         let d = dump();
-        let a = crate::analyze(&d, false, &mut |_, _| {});
+        let a = zmtrace_analyze::analyze(&d, false, &mut |_, _| {});
         let p = Profile::from_analysis(&a);
         let mut sym = Symbolizer::new(&d);
         let mut gz = Vec::new();

@@ -23,7 +23,7 @@ pub mod speedscope;
 
 use zmtrace_format::LeakKind;
 
-use crate::analysis::Analysis;
+use zmtrace_analyze::analysis::Analysis;
 
 /// One sample type of an export, in pprof's (Go heap profile) naming.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

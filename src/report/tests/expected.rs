@@ -2,7 +2,7 @@
 //! (`tests/data/*.zmt`, made by `scripts/make-test-dumps.sh` from samples/leaky.c, demo.c,
 //! churn.c and diffable.c, and leaky.c recorded with `--aggregate`) are compared line by line
 //! with the files in `tests/expected/`: `report`, `leaks`, `churn` (text and JSON), `diff` of
-//! the two diffable runs (text and JSON) and `dump-info` (text, with `--modules`). `ZMTRACE_BLESS=1 cargo test -p zmtrace-analyze --test
+//! the two diffable runs (text and JSON) and `dump-info` (text, with `--modules`). `ZMTRACE_BLESS=1 cargo test -p zmtrace-report --test
 //! expected` writes them instead; read the diff before committing it.
 //!
 //! No compiler, program or browser is needed, and the output is the same on every machine: the
@@ -16,11 +16,11 @@
 
 use std::path::{Path, PathBuf};
 
-use zmtrace_analyze::diff::{self, Side};
-use zmtrace_analyze::reports::{self, Options};
 use zmtrace_analyze::session::{self, Session};
 use zmtrace_analyze::suppressions::Suppressions;
 use zmtrace_format::Dump;
+use zmtrace_report::diff::{self, Side};
+use zmtrace_report::reports::{self, Options};
 
 /// The dumps of the reports (diffable-25 is only the other side of the diff).
 const DUMPS: [&str; 5] = ["leaky", "demo", "churn", "diffable-10", "leaky-aggregated"];
@@ -72,7 +72,7 @@ fn check(name: &str, actual: &str) {
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (ZMTRACE_BLESS=1 cargo test -p zmtrace-analyze --test expected writes it)",
+            "{}: {e} (ZMTRACE_BLESS=1 cargo test -p zmtrace-report --test expected writes it)",
             path.display()
         )
     });
@@ -83,7 +83,7 @@ fn check(name: &str, actual: &str) {
             (w, g) if w == g => continue,
             (w, g) => panic!(
                 "{} differs at line {n}:\n  expected: {}\n  actual:   {}\n(after a change meant to \
-                 change the output: ZMTRACE_BLESS=1 cargo test -p zmtrace-analyze --test \
+                 change the output: ZMTRACE_BLESS=1 cargo test -p zmtrace-report --test \
                  expected, then read the diff)\nactual output:\n{actual}",
                 path.display(),
                 w.unwrap_or("(end of file)"),
@@ -172,7 +172,7 @@ fn dump_info_text() {
         let d = load(name);
         check(
             &format!("{name}.dump-info.txt"),
-            &zmtrace_analyze::info::text(&d, true),
+            &zmtrace_report::info::text(&d, true),
         );
     }
 }
