@@ -10,7 +10,6 @@
 
 mod analyze;
 mod export;
-mod gate;
 mod info;
 mod run;
 mod scrape;
@@ -312,6 +311,9 @@ fn analyze_options(
     })
 }
 
+/// The exit status of a run that leaked (`run --fail-on-leak`; LeakSanitizer's).
+const LEAK_EXIT: i32 = 23;
+
 /// Why zmtrace itself failed: a one-line message and the exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -363,13 +365,18 @@ fn main() {
         } => (|| {
             let gate = match fail_on_leak.as_deref() {
                 None => None,
-                Some(level) if command.is_empty() && gate::LeakLevel::parse(level).is_err() => {
+                Some(level)
+                    if command.is_empty()
+                        && zmtrace_report::run::LeakLevel::parse(level).is_err() =>
+                {
                     return Err(Failure::bad_input(format!(
                         "`{level}` is not a leak level (lost, possible or all): put the program \
                          after `--`, as in `zmtrace run --fail-on-leak -- {level}`"
                     )));
                 }
-                Some(level) => Some(gate::LeakLevel::parse(level).map_err(Failure::bad_input)?),
+                Some(level) => {
+                    Some(zmtrace_report::run::LeakLevel::parse(level).map_err(Failure::bad_input)?)
+                }
             };
             if command.is_empty() {
                 return Err(Failure::bad_input(
@@ -404,7 +411,7 @@ fn main() {
             }
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
-            run::run(&run::RunOptions {
+            let outcome = run::run(&run::RunOptions {
                 out_dir: out,
                 program,
                 args: it.collect(),
@@ -420,6 +427,13 @@ fn main() {
                 snapshot_signal,
                 snapshot_every,
                 snapshot_at_rss,
+            })?;
+            // The gate fails a run only when the program itself succeeded: a failing program
+            // keeps its own status.
+            Ok(if outcome.leaked && outcome.status == 0 {
+                LEAK_EXIT
+            } else {
+                outcome.status
             })
         })(),
         Cmd::DumpInfo { dump, modules } => info::dump_info(&dump, modules).map(|()| 0),

@@ -41,11 +41,7 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {
         writeln!(o, "program:   {}", p.exe)?;
         writeln!(o, "command:   {}", p.command().join(" "))?;
     }
-    let ending = match (&d.exec, &d.end) {
-        (Some(path), None) => format!("ended by exec of {path}"),
-        _ => d.ending(),
-    };
-    writeln!(o, "ending:    {ending}")?;
+    writeln!(o, "ending:    {}", crate::reports::ending(d))?;
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
     for e in d.events() {
         let k = match e.kind {

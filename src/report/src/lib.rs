@@ -55,6 +55,7 @@ pub mod info;
 pub mod leaks;
 pub mod mapped;
 pub mod reports;
+pub mod run;
 pub mod view;
 
 pub use zmtrace_analyze::words;

@@ -74,6 +74,16 @@ pub struct Header {
     pub all_blocks: bool,
 }
 
+/// How the process of `dump` ended, in one line: decided here once for every report, `dump-info`
+/// and `run`'s summary. A dump whose image was replaced by exec says so, whether or not its end
+/// record (reason `exec`) made it to the dump.
+pub fn ending(dump: &Dump) -> String {
+    match &dump.exec {
+        Some(path) => format!("ended by exec of {path}"),
+        None => dump.ending(),
+    }
+}
+
 pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
     let p = dump.process.as_ref();
     let mut warnings = dump.warnings.clone();
@@ -127,10 +137,7 @@ pub fn header(dump: &Dump, a: &Analysis, sym: &Symbolizer) -> Header {
         pid: p.map_or(0, |p| p.pid),
         command: p.map(|p| p.command()).unwrap_or_default(),
         complete: dump.is_complete(),
-        ending: match (&dump.exec, dump.end) {
-            (Some(path), _) => format!("ended by exec of {path}"),
-            _ => dump.ending(),
-        },
+        ending: ending(dump),
         warnings,
         estimated: a.estimated(),
         sample_interval: a.sample_interval,

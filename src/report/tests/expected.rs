@@ -2,7 +2,8 @@
 //! (`tests/data/*.zmt`, made by `scripts/make-test-dumps.sh` from samples/leaky.c, demo.c,
 //! churn.c and diffable.c, and leaky.c recorded with `--aggregate`) are compared line by line
 //! with the files in `tests/expected/`: `report`, `leaks`, `churn` (text and JSON), `diff` of
-//! the two diffable runs (text and JSON) and `dump-info` (text, with `--modules`). `ZMTRACE_BLESS=1 cargo test -p zmtrace-report --test
+//! the two diffable runs (text and JSON), `run`'s summary and leak gate (text and JSON) and
+//! `dump-info` (text, with `--modules`). `ZMTRACE_BLESS=1 cargo test -p zmtrace-report --test
 //! expected` writes them instead; read the diff before committing it.
 //!
 //! No compiler, program or browser is needed, and the output is the same on every machine: the
@@ -163,6 +164,34 @@ fn diff_text_and_json() {
     );
     check("diffable.diff.txt", &diff::diff_text(&d, &options()));
     check("diffable.diff.json", &json(&d));
+}
+
+/// `zmtrace run`'s summary of each dump (with the built-in suppressions, as `run` applies them by
+/// default) and, from the same session, the leak gate's verdict at `--fail-on-leak all` (the
+/// samples' blocks left are still reachable: `lost` would pass them all, saying nothing).
+#[test]
+fn run_summary_and_gate_text_and_json() {
+    use zmtrace_report::run::{self, LeakLevel, RunSummary, Started};
+    for name in DUMPS {
+        let d = load(name);
+        let mut s = Session::new(&d, &session_options(false, Suppressions::builtin()));
+        let started = Started {
+            pid: d.process.as_ref().map_or(0, |p| p.pid),
+            code: Some(0),
+            signal: None,
+        };
+        let summary = RunSummary {
+            out_dir: "tests/data".into(),
+            dumps: vec![run::read(&s, &started)],
+            killed_by: None,
+        };
+        let gate = run::gate(&mut s, LeakLevel::All);
+        check(
+            &format!("{name}.run.txt"),
+            &format!("{}{}", run::run_text(&summary), gate.text),
+        );
+        check(&format!("{name}.run.json"), &json(&summary));
+    }
 }
 
 #[test]
