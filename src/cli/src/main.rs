@@ -509,7 +509,7 @@ fn main() {
         } => (|| {
             export::run(&export::ExportOptions {
                 dump,
-                format: export::Format::parse(&format)?,
+                format: export::parse_format(&format)?,
                 out,
                 at,
                 metric: export::parse_sample_type(&metric)?,

@@ -6,7 +6,9 @@ use std::io::Write;
 use zmtrace_format::{Dump, LeakKind};
 
 use zmtrace_analyze::analysis::{Analysis, SiteStats};
+use zmtrace_analyze::leakcheck::NO_CHECK;
 use zmtrace_analyze::symbols::Symbolizer;
+use zmtrace_analyze::Session;
 
 /// What a flamegraph measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +182,40 @@ pub fn collapse(sym: &mut Symbolizer, values: impl Iterator<Item = (u32, u64)>) 
         *lines.entry(key).or_default() += v;
     }
     lines.into_iter().map(|(k, v)| format!("{k} {v}")).collect()
+}
+
+/// What `zmtrace flamegraph` says on stderr (its output is a picture or collapsed stacks): the
+/// reader's and the symbolizer's warnings, and that `lost` without a leak check counts every
+/// block. After [`folded`], which symbolizes the stacks (and so makes the symbolizer's).
+pub fn warnings(s: &Session, metric: Metric) -> Vec<String> {
+    let mut out = Vec::new();
+    if metric == Metric::Lost && s.analysis.check.is_none() {
+        out.push(format!("{NO_CHECK} (counted as lost)"));
+    }
+    out.extend(s.sym.warnings.iter().cloned());
+    out.extend(s.dump.warnings.iter().cloned());
+    out.extend(s.dump.late_warnings());
+    out
+}
+
+/// The collapsed stacks as `--folded` prints them: one a line.
+pub fn folded_text(lines: &[String]) -> String {
+    let mut s = lines.join("\n");
+    if !s.is_empty() {
+        s.push('\n');
+    }
+    s
+}
+
+/// The title of a differential flamegraph: the metric, and the two runs by command and pid.
+pub fn differential_title(base: &Dump, new: &Dump, metric: Metric) -> String {
+    let name = |d: &Dump| {
+        d.process
+            .as_ref()
+            .map(|p| format!("{} (pid {})", p.command().join(" "), p.pid))
+            .unwrap_or_else(|| d.path.display().to_string())
+    };
+    format!("{} — {} → {}", metric.name(), name(base), name(new))
 }
 
 /// Writes an SVG flamegraph of `metric`. With nothing to draw (no stack has any of `metric`: a

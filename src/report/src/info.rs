@@ -15,7 +15,38 @@ use zmtrace_analyze::suppressions::Suppressions;
 pub fn text(d: &Dump, list_modules: bool) -> String {
     let mut o = String::new();
     let _ = print(&mut o, d, list_modules);
+    if !d.snapshots.is_empty() {
+        let _ = writeln!(
+            o,
+            "snapshots: {} (zmtrace export --at N)",
+            d.snapshots.len()
+        );
+        o.push_str(&snapshot_list(d));
+    }
     o
+}
+
+/// `zmtrace export --at list` (and the end of `dump-info`): one line per snapshot, its number,
+/// time and event number.
+pub fn snapshot_list(dump: &Dump) -> String {
+    let mut s = String::new();
+    if dump.snapshots.is_empty() {
+        s.push_str("no snapshots in this dump\n");
+    }
+    for (i, snap) in dump.snapshots.iter().enumerate() {
+        s.push_str(&format!(
+            "{:>4}  {:>10.3} s  event {}{}\n",
+            i + 1,
+            snap.ts_ns as f64 / 1e9,
+            snap.seq,
+            if snap.aggregate.is_some() {
+                " (aggregated: counters and live set)"
+            } else {
+                ""
+            }
+        ));
+    }
+    s
 }
 
 fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {

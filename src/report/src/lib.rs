@@ -2,6 +2,10 @@
 //! JSON zmtrace prints about a dump is built here, once per kind of line, so that `report`,
 //! `leaks`, `run`'s summary and the leak gate say the same thing the same way:
 //!
+//! Each subcommand makes one call here: [`report`], [`leaks`], [`churn`], [`diff`] (a
+//! [`Session`] in, the text or the JSON out), [`run`]'s summary and gate, [`info::text`],
+//! [`flame`], [`export`] and [`view::build`].
+//!
 //! - [`reports`]: `report` and `churn` (and the header every report starts with), as data
 //!   (JSON) and text; [`leaks`]: `leaks`, and the leak-class lines the others reuse.
 //! - [`mapped`]: the report's section on the program's own mappings.
@@ -59,3 +63,80 @@ pub mod run;
 pub mod view;
 
 pub use zmtrace_analyze::words;
+
+use serde::Serialize;
+use zmtrace_analyze::Session;
+use zmtrace_format::LeakKind;
+
+pub use reports::Options;
+
+/// How a report is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// The schema above, pretty-printed, one object and a newline.
+    Json,
+}
+
+/// `v` as `--json` prints it.
+pub fn json(v: &impl Serialize) -> String {
+    let mut s =
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+/// `zmtrace report` (the session made with the peak's sites).
+pub fn report(s: &mut Session, opts: &Options, format: Format) -> String {
+    let r = reports::report(s.dump, &s.analysis, &mut s.sym, opts);
+    match format {
+        Format::Text => reports::report_text(&r, opts),
+        Format::Json => json(&r),
+    }
+}
+
+/// `zmtrace leaks`: the groups of at least `min_bytes`, of the classes `kinds` (all when empty).
+pub fn leaks(
+    s: &mut Session,
+    opts: &Options,
+    min_bytes: u64,
+    kinds: &[LeakKind],
+    format: Format,
+) -> String {
+    let l = leaks::leaks(s.dump, &s.analysis, &mut s.sym, opts, min_bytes, kinds);
+    match format {
+        Format::Text => leaks::leaks_text(&l, opts),
+        Format::Json => json(&l),
+    }
+}
+
+/// `zmtrace churn`.
+pub fn churn(s: &mut Session, opts: &Options, format: Format) -> String {
+    let c = reports::churn(s.dump, &s.analysis, &mut s.sym, opts);
+    match format {
+        Format::Text => reports::churn_text(&c, opts),
+        Format::Json => json(&c),
+    }
+}
+
+/// `zmtrace diff BASE NEW` (both sessions made with the peak's sites).
+pub fn diff(base: &mut Session, new: &mut Session, opts: &Options, format: Format) -> String {
+    let d = diff::diff(
+        diff::Side {
+            dump: base.dump,
+            analysis: &base.analysis,
+            sym: &mut base.sym,
+        },
+        diff::Side {
+            dump: new.dump,
+            analysis: &new.analysis,
+            sym: &mut new.sym,
+        },
+        opts,
+    );
+    match format {
+        Format::Text => diff::diff_text(&d, opts),
+        Format::Json => json(&d),
+    }
+}

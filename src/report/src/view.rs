@@ -686,6 +686,64 @@ fn diff(
     }
 }
 
+// ---- the page ------------------------------------------------------------------------------
+
+// The page's sources (`viewer/`), compiled into the binary: the page opens from disk, offline.
+const TEMPLATE: &str = include_str!("../../../viewer/index.html");
+const CSS: &str = include_str!("../../../viewer/viewer.css");
+/// Concatenated in this order into one script.
+const SCRIPTS: [&str; 6] = [
+    include_str!("../../../viewer/js/format.js"),
+    include_str!("../../../viewer/js/chart.js"),
+    include_str!("../../../viewer/js/flame.js"),
+    include_str!("../../../viewer/js/tables.js"),
+    include_str!("../../../viewer/js/mapped.js"),
+    include_str!("../../../viewer/js/main.js"),
+];
+
+/// The page: the template with the styles, the data and the scripts put in.
+pub fn page(data: &ViewData) -> String {
+    // In a <script> element only `</script` (any case) or `<!--` could end or upset the JSON;
+    // escaping every `<` rules both out and still parses as the same JSON.
+    let json = serde_json::to_string(data)
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        .replace('<', "\\u003c");
+    let mut script = String::from("(() => {\n\"use strict\";\n");
+    for s in SCRIPTS {
+        script.push_str(s);
+        script.push('\n');
+    }
+    script.push_str("})();\n");
+    fill(
+        TEMPLATE,
+        &[
+            ("/*{{css}}*/", CSS),
+            ("{{data}}", &json),
+            ("/*{{script}}*/", &script),
+        ],
+    )
+}
+
+/// Replaces each marker once, in one pass over the template, so that nothing put in is searched
+/// for the next marker.
+fn fill(template: &str, parts: &[(&str, &str)]) -> String {
+    let mut out =
+        String::with_capacity(template.len() + parts.iter().map(|p| p.1.len()).sum::<usize>());
+    let mut rest = template;
+    for (marker, value) in parts {
+        match rest.find(marker) {
+            Some(i) => {
+                out.push_str(&rest[..i]);
+                out.push_str(value);
+                rest = &rest[i + marker.len()..];
+            }
+            None => panic!("viewer/index.html lacks the marker {marker}"),
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -21,9 +21,62 @@ pub mod folded;
 pub mod pprof;
 pub mod speedscope;
 
-use zmtrace_format::LeakKind;
+use zmtrace_format::{Dump, LeakKind};
 
 use zmtrace_analyze::analysis::Analysis;
+use zmtrace_analyze::symbols::Symbolizer;
+
+/// The file formats of `zmtrace export`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// gzipped `profile.proto`.
+    Pprof,
+    Speedscope,
+    Folded,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Format, String> {
+        match s {
+            "pprof" => Ok(Format::Pprof),
+            "speedscope" => Ok(Format::Speedscope),
+            "folded" => Ok(Format::Folded),
+            _ => Err(format!(
+                "unknown export format {s:?}: expected pprof, speedscope or folded"
+            )),
+        }
+    }
+}
+
+/// The bytes of `zmtrace export`'s file: `profile` in `format` (`metric`: the sample type shown
+/// first, or the one folded), sites named past `wrappers`. `inuse_comment` says, in a pprof
+/// profile, what its inuse figures are (the blocks live at a snapshot). The error is one line.
+pub fn render<'d>(
+    dump: &'d Dump,
+    profile: &Profile,
+    sym: &mut Symbolizer<'d>,
+    format: Format,
+    wrappers: &[String],
+    metric: SampleType,
+    inuse_comment: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    Ok(match format {
+        Format::Pprof => {
+            let mut p = pprof::build(dump, profile, sym, wrappers, metric);
+            if let Some(c) = inuse_comment {
+                pprof::set_inuse_comment(&mut p, c);
+            }
+            let mut v = Vec::new();
+            pprof::gzip(&p, &mut v).map_err(|e| format!("cannot compress the profile: {e}"))?;
+            v
+        }
+        Format::Speedscope => {
+            let f = speedscope::build(dump, profile, sym, metric);
+            serde_json::to_vec(&f).map_err(|e| e.to_string())?
+        }
+        Format::Folded => folded::text(&folded::folded(profile, sym, metric)).into_bytes(),
+    })
+}
 
 /// One sample type of an export, in pprof's (Go heap profile) naming.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
