@@ -15,7 +15,7 @@ zmtrace=target/debug/zmtrace
 mkdir -p "$data/bin"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# The tests' own flags (src/cli/tests/common/mod.rs, SAMPLE_CFLAGS).
+# The tests' own flags (src/cli/tests/integration/common/mod.rs, SAMPLE_CFLAGS).
 for s in leaky demo churn diffable; do
     # Source paths relative to the repository (samples/leaky.c), wherever it is checked out.
     cc -O2 -g -fomit-frame-pointer -pthread -Wall -ffile-prefix-map="$PWD"=. \
