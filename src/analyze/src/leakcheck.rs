@@ -8,22 +8,6 @@
 use serde::Serialize;
 use zmtrace_format::{Dump, KindTotal, LeakKind, Reach};
 
-/// The line reports print when a dump has no leak check made at its end.
-pub const NO_CHECK: &str = "no reachability data: every block live at exit is listed";
-
-/// The line reports print for a sampled recording without `--all-blocks`.
-pub const NO_CLASSES_SAMPLED: &str =
-    "no leak classes: sampled recording sees only some blocks (use --all-blocks for exact classes)";
-
-/// The line for a dump without a leak check: why there is none.
-pub fn no_check_line(sampled: bool) -> &'static str {
-    if sampled {
-        NO_CLASSES_SAMPLED
-    } else {
-        NO_CHECK
-    }
-}
-
 /// The last leak check made as the process ended, if any.
 pub fn exit_check(dump: &Dump) -> Option<&Reach> {
     dump.reach.iter().rev().find(|r| r.trigger.at_end())

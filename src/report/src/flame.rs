@@ -6,7 +6,6 @@ use std::io::Write;
 use zmtrace_format::{Dump, LeakKind};
 
 use zmtrace_analyze::analysis::{Analysis, SiteStats};
-use zmtrace_analyze::leakcheck::NO_CHECK;
 use zmtrace_analyze::symbols::Symbolizer;
 use zmtrace_analyze::Session;
 
@@ -190,7 +189,7 @@ pub fn collapse(sym: &mut Symbolizer, values: impl Iterator<Item = (u32, u64)>) 
 pub fn warnings(s: &Session, metric: Metric) -> Vec<String> {
     let mut out = Vec::new();
     if metric == Metric::Lost && s.analysis.check.is_none() {
-        out.push(format!("{NO_CHECK} (counted as lost)"));
+        out.push(format!("{} (counted as lost)", crate::leaks::NO_CHECK));
     }
     out.extend(s.sym.warnings.iter().cloned());
     out.extend(s.dump.warnings.iter().cloned());

@@ -8,7 +8,7 @@ use serde::Serialize;
 use zmtrace_format::{Dump, LeakKind};
 
 use zmtrace_analyze::analysis::Analysis;
-use zmtrace_analyze::leakcheck::{no_check_line, Check, Kinds};
+use zmtrace_analyze::leakcheck::{Check, Kinds};
 use zmtrace_analyze::sites::merged_sites;
 
 use crate::reports::{
@@ -16,6 +16,22 @@ use crate::reports::{
 };
 use zmtrace_analyze::suppressions::Suppressed;
 use zmtrace_analyze::symbols::Symbolizer;
+
+/// The line reports print when a dump has no leak check made at its end.
+pub const NO_CHECK: &str = "no reachability data: every block live at exit is listed";
+
+/// The line reports print for a sampled recording without `--all-blocks`.
+pub const NO_CLASSES_SAMPLED: &str =
+    "no leak classes: sampled recording sees only some blocks (use --all-blocks for exact classes)";
+
+/// The line for a dump without a leak check: why there is none.
+pub fn no_check_line(sampled: bool) -> &'static str {
+    if sampled {
+        NO_CLASSES_SAMPLED
+    } else {
+        NO_CHECK
+    }
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LeakSite {

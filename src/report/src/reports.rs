@@ -454,11 +454,7 @@ pub fn report_text(r: &Report, opts: &Options) -> String {
             }
         }
         _ => {
-            let _ = writeln!(
-                o,
-                "  {}",
-                zmtrace_analyze::leakcheck::no_check_line(r.header.estimated)
-            );
+            let _ = writeln!(o, "  {}", crate::leaks::no_check_line(r.header.estimated));
         }
     }
     for line in crate::leaks::suppressed_lines(&r.suppressed) {

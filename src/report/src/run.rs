@@ -332,8 +332,7 @@ pub fn gate(s: &mut Session, level: LeakLevel) -> Gate {
         )
     } else {
         let why = if a.estimated() {
-            "no leak classes: sampled recording sees only some blocks (use --all-blocks for \
-             exact classes)"
+            crate::leaks::NO_CLASSES_SAMPLED
         } else {
             "no reachability data (the process did not exit normally)"
         };
