@@ -8,6 +8,22 @@
 use serde::Serialize;
 use zmtrace_format::{Dump, KindTotal, LeakKind, Reach};
 
+/// What the suppressions ([`crate::suppressions`]) took out of the leaked figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Suppressed {
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Per suppression that matched something, in the order of the list.
+    pub by: Vec<SuppressedBy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SuppressedBy {
+    pub name: String,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
 /// The last leak check made as the process ended, if any.
 pub fn exit_check(dump: &Dump) -> Option<&Reach> {
     dump.reach.iter().rev().find(|r| r.trigger.at_end())

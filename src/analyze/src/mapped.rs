@@ -18,9 +18,6 @@ use rustc_hash::FxHashMap as HashMap;
 use zmtrace_format::event::{MAP_ANONYMOUS, MAP_SHARED};
 use zmtrace_format::{Event, EventKind};
 
-use crate::sites::{site_key, FrameKey};
-use crate::symbols::Symbolizer;
-
 /// The page size the lengths are rounded to (x86-64 Linux, where the recorder runs).
 pub const PAGE: u64 = 4096;
 
@@ -226,26 +223,6 @@ impl Mapped {
     pub fn ranges(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
         self.ranges.iter().map(|(&s, r)| (s, r.end, r.stack))
     }
-}
-
-/// The per-stack numbers merged where stacks symbolize the same (as [`crate::sites::merged_sites`]).
-pub fn merged_sites(m: &Mapped, sym: &mut Symbolizer) -> Vec<(u32, MapSite)> {
-    let mut ids: Vec<u32> = m.sites.keys().copied().collect();
-    ids.sort_unstable();
-    let mut by_key: std::collections::HashMap<Vec<FrameKey>, usize> =
-        std::collections::HashMap::new();
-    let mut out: Vec<(u32, MapSite)> = Vec::new();
-    for id in ids {
-        let key = site_key(&sym.stack(id));
-        match by_key.get(&key) {
-            Some(&i) => out[i].1.merge(&m.sites[&id]),
-            None => {
-                by_key.insert(key, out.len());
-                out.push((id, m.sites[&id].clone()));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

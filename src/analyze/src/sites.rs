@@ -2,7 +2,6 @@
 //! and the exports share. Computed here, on the symbolized frames, so that `zmtrace diff`, the
 //! page and the reports cannot disagree about what "the same site" means.
 
-use crate::analysis::{Analysis, SiteStats};
 use crate::symbols::{Frame, Symbolizer};
 
 /// Frames that are allocator wrappers rather than the code that wanted the memory: a site is
@@ -114,27 +113,40 @@ pub fn site_key(frames: &[Frame]) -> Vec<FrameKey> {
     frames.iter().map(frame_key).collect()
 }
 
-/// The per-stack numbers, merged where stacks symbolize the same (the same functions, files and
-/// lines: e.g. one source line compiled into several calls), each with the smallest stack id as
-/// its representative.
-pub fn merged_sites(a: &Analysis, sym: &mut Symbolizer) -> Vec<(u32, SiteStats)> {
-    let mut ids: Vec<u32> = a.sites.keys().copied().collect();
+/// Per-stack numbers (`sites`: the replay's per-site totals, or the mappings'), merged where
+/// stacks symbolize the same (the same functions, files and lines: e.g. one source line compiled
+/// into several calls) with `merge`, each with the smallest stack id as its representative.
+/// Generic so that this module depends on the symbols only, not on what is counted per site.
+pub fn merged<T: Clone, S: std::hash::BuildHasher>(
+    sites: &std::collections::HashMap<u32, T, S>,
+    sym: &mut Symbolizer,
+    merge: impl Fn(&mut T, &T),
+) -> Vec<(u32, T)> {
+    let mut ids: Vec<u32> = sites.keys().copied().collect();
     ids.sort_unstable();
     let mut by_key: std::collections::HashMap<Vec<FrameKey>, usize> =
         std::collections::HashMap::new();
-    let mut out: Vec<(u32, SiteStats)> = Vec::new();
+    let mut out: Vec<(u32, T)> = Vec::new();
     for id in ids {
         let frames = sym.stack(id);
         let key = site_key(&frames);
         match by_key.get(&key) {
-            Some(&i) => out[i].1.merge(&a.sites[&id]),
+            Some(&i) => merge(&mut out[i].1, &sites[&id]),
             None => {
                 by_key.insert(key, out.len());
-                out.push((id, a.sites[&id].clone()));
+                out.push((id, sites[&id].clone()));
             }
         }
     }
     out
+}
+
+/// The replay's per-site totals, merged as [`merged`] says.
+pub fn merged_sites(
+    a: &crate::Analysis,
+    sym: &mut Symbolizer,
+) -> Vec<(u32, crate::analysis::SiteStats)> {
+    merged(&a.sites, sym, |s, o| s.merge(o))
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use zmtrace_format::{Dump, LeakKind};
 use zmtrace_analyze::analysis::{Analysis, SiteStats};
 use zmtrace_analyze::sites::{frame_key, merged_sites, FrameKey};
 
-use crate::reports::{header, human_bytes, site, thousands, write_stack, Header, Options, Site};
+use crate::parts::{header, site, write_stack, Header, Options, Site};
+use crate::words::{human_bytes, thousands};
 use zmtrace_analyze::symbols::Symbolizer;
 
 /// One number in both dumps.

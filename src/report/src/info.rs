@@ -72,7 +72,7 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {
         writeln!(o, "program:   {}", p.exe)?;
         writeln!(o, "command:   {}", p.command().join(" "))?;
     }
-    writeln!(o, "ending:    {}", crate::reports::ending(d))?;
+    writeln!(o, "ending:    {}", crate::parts::ending(d))?;
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
     for e in d.events() {
         let k = match e.kind {

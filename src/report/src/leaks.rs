@@ -11,9 +11,8 @@ use zmtrace_analyze::analysis::Analysis;
 use zmtrace_analyze::leakcheck::{Check, Kinds};
 use zmtrace_analyze::sites::merged_sites;
 
-use crate::reports::{
-    header, human_bytes, plural, site, write_header, write_stack, Header, Options, Site,
-};
+use crate::parts::{header, site, write_header, write_stack, Header, Options, Site};
+use crate::words::{human_bytes, plural};
 use zmtrace_analyze::suppressions::Suppressed;
 use zmtrace_analyze::symbols::Symbolizer;
 
@@ -269,7 +268,7 @@ pub fn leaks_text(l: &Leaks, opts: &Options) -> String {
         } else {
             String::new()
         };
-        let after = format!("{}{realloc}", crate::reports::est(&l.header));
+        let after = format!("{}{realloc}", crate::parts::est(&l.header));
         let _ = writeln!(
             o,
             "\n#{} {}: {}",

@@ -6,8 +6,8 @@
 //! [`Session`] in, the text or the JSON out), [`run`]'s summary and gate, [`info::text`],
 //! [`flame`], [`export`] and [`view::build`].
 //!
-//! - [`reports`]: `report` and `churn` (and the header every report starts with), as data
-//!   (JSON) and text; [`leaks`]: `leaks`, and the leak-class lines the others reuse.
+//! - [`parts`]: what every report is made of (options, the header, a site and its stack).
+//! - [`reports`]: `report` and `churn`, as data (JSON) and text; [`leaks`]: `leaks`, and the leak-class lines the others reuse.
 //! - [`mapped`]: the report's section on the program's own mappings.
 //! - [`diff`]: two dumps compared site by site (`zmtrace diff`, and the page's rows).
 //! - [`info`]: `zmtrace dump-info`'s text: what is in a dump, and whether it is whole.
@@ -58,6 +58,7 @@ pub mod flame;
 pub mod info;
 pub mod leaks;
 pub mod mapped;
+pub mod parts;
 pub mod reports;
 pub mod run;
 pub mod view;
@@ -68,7 +69,7 @@ use serde::Serialize;
 use zmtrace_analyze::Session;
 use zmtrace_format::LeakKind;
 
-pub use reports::Options;
+pub use parts::Options;
 
 /// How a report is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,10 +2,11 @@
 //! from what the replay computed ([`zmtrace_analyze::mapped`]).
 
 use serde::Serialize;
-use zmtrace_analyze::mapped::{merged_sites, MapSite, Mapped};
+use zmtrace_analyze::mapped::{MapSite, Mapped};
+use zmtrace_analyze::sites::merged;
 use zmtrace_analyze::symbols::Symbolizer;
 
-use crate::reports::{self, Options, TopSite};
+use crate::parts::{self, Options, TopSite};
 
 /// The mappings in `zmtrace report` (`mapped` in its JSON).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -38,7 +39,8 @@ pub struct MappedTop {
 }
 
 pub fn report(m: &Mapped, sym: &mut Symbolizer, opts: &Options) -> MappedReport {
-    let sites = merged_sites(m, sym);
+    // Stacks that symbolize the same are one site, as in the heap's figures.
+    let sites = merged(&m.sites, sym, MapSite::merge);
     let mut top = |f: fn(&MapSite) -> u64| {
         let mut v: Vec<(u64, u32)> = sites
             .iter()
@@ -52,7 +54,7 @@ pub fn report(m: &Mapped, sym: &mut Symbolizer, opts: &Options) -> MappedReport 
         v.into_iter()
             .map(|(value, id)| TopSite {
                 value,
-                site: reports::site(sym, id, opts),
+                site: parts::site(sym, id, opts),
             })
             .collect::<Vec<_>>()
     };
@@ -79,7 +81,7 @@ pub fn report(m: &Mapped, sym: &mut Symbolizer, opts: &Options) -> MappedReport 
 
 /// The report's section on mappings; empty when the program made none.
 pub fn text(r: &MappedReport, opts: &Options) -> String {
-    use reports::{human_bytes, thousands};
+    use crate::words::{human_bytes, thousands};
     use std::fmt::Write as _;
     let mut o = String::new();
     if r.maps + r.unmaps + r.remaps == 0 {
@@ -127,7 +129,7 @@ pub fn text(r: &MappedReport, opts: &Options) -> String {
         let _ = writeln!(o, "\nTop sites by {title}:");
         for t in list {
             let _ = writeln!(o, "  {:>12}  {}", human_bytes(t.value), t.site.site);
-            reports::write_stack(&mut o, &t.site, opts);
+            parts::write_stack(&mut o, &t.site, opts);
         }
     }
     o

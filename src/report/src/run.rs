@@ -14,7 +14,7 @@ use zmtrace_analyze::session::Session;
 use zmtrace_format::{LeakKind, Origin};
 
 use crate::leaks::{group_text, kinds_summary, leaks};
-use crate::reports::Options;
+use crate::parts::Options;
 use crate::words::{human_bytes, plural, thousands};
 
 /// What `zmtrace run` knows of the program it started, which its dumps cannot say.
@@ -98,7 +98,7 @@ pub fn dump_summary(s: &Session, started: &Started) -> DumpSummary {
                  by a way the recorder does not see (the C library's own _exit, as in \
                  daemon(3)'s parent); events after its last flush are missing"
             ),
-            _ => match crate::reports::ending(dump) {
+            _ => match crate::parts::ending(dump) {
                 e if e.starts_with("did not") => format!("the process {e}"),
                 e => e,
             },

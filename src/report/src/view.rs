@@ -297,7 +297,7 @@ pub fn build(
         top: limits.top,
         ..opts.clone()
     };
-    let leaks = reports::leaks(dump, a, sym, &table_opts, 0, &[]);
+    let leaks = crate::leaks::leaks(dump, a, sym, &table_opts, 0, &[]);
     let churn = reports::churn(dump, a, sym, &table_opts);
     let group = |s: &reports::Site| group_of.get(&site_key(&s.stack)).copied();
     let leak_groups: Vec<Option<usize>> = leaks.sites.iter().map(|s| group(&s.site)).collect();

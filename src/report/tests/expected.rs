@@ -120,10 +120,10 @@ fn leaks_text_and_json() {
     for name in DUMPS {
         let d = load(name);
         let mut s = Session::new(&d, &session_options(false, Suppressions::builtin()));
-        let l = reports::leaks(&d, &s.analysis, &mut s.sym, &options(), 0, &[]);
+        let l = zmtrace_report::leaks::leaks(&d, &s.analysis, &mut s.sym, &options(), 0, &[]);
         check(
             &format!("{name}.leaks.txt"),
-            &reports::leaks_text(&l, &options()),
+            &zmtrace_report::leaks::leaks_text(&l, &options()),
         );
         check(&format!("{name}.leaks.json"), &json(&l));
     }
