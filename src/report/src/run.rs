@@ -378,3 +378,47 @@ pub fn gate(s: &mut Session, level: LeakLevel) -> Gate {
         text: o,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_without_dumps_says_so_and_nothing_else() {
+        let r = RunSummary {
+            out_dir: "/tmp/out".into(),
+            dumps: Vec::new(),
+            killed_by: Some("SIGKILL (9)".into()),
+        };
+        assert_eq!(
+            run_text(&r),
+            "zmtrace: no dump was written in /tmp/out (did the program run at all?)\n"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_dump_is_one_line_and_the_signal_ends_the_summary() {
+        let path = Path::new("out/zmtrace.x.1.zmt");
+        let r = RunSummary {
+            out_dir: "out".into(),
+            dumps: vec![unreadable(path, format!("{}: not a dump", path.display()))],
+            killed_by: Some("SIGSEGV (11)".into()),
+        };
+        assert_eq!(
+            run_text(&r),
+            "zmtrace: out/zmtrace.x.1.zmt: not a dump\n\
+             zmtrace: the program was killed by SIGSEGV (11)\n"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_dump_fails_the_gate() {
+        let g = gate_unreadable("out/zmtrace.x.1.zmt: not a dump");
+        assert!(g.failed);
+        assert_eq!(
+            g.text,
+            "zmtrace: leak gate: out/zmtrace.x.1.zmt: not a dump: the dump cannot be read, so it \
+             fails the gate\n"
+        );
+    }
+}
