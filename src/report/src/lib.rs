@@ -1,13 +1,14 @@
 //! The zmtrace reports: what [`zmtrace_analyze`] computed from a dump, presented. Every text and
 //! JSON zmtrace prints about a dump is built here, once per kind of line, so that `report`,
-//! `leaks`, `run`'s summary and the leak gate say the same thing the same way:
+//! `leaks`, `run`'s summary and the leak gate say the same thing the same way.
 //!
 //! Each subcommand makes one call here: [`report`], [`leaks`], [`churn`], [`diff`] (a
 //! [`Session`] in, the text or the JSON out), [`run`]'s summary and gate, [`info::text`],
 //! [`flame`], [`export`] and [`view::build`].
 //!
 //! - [`parts`]: what every report is made of (options, the header, a site and its stack).
-//! - [`reports`]: `report` and `churn`, as data (JSON) and text; [`leaks`]: `leaks`, and the leak-class lines the others reuse.
+//! - [`reports`]: `report` and `churn`, as data (JSON) and text; [`leaks`]: `leaks`, and the
+//!   leak lines the others reuse (classes, groups, the leak check).
 //! - [`mapped`]: the report's section on the program's own mappings.
 //! - [`diff`]: two dumps compared site by site (`zmtrace diff`, and the page's rows).
 //! - [`info`]: `zmtrace dump-info`'s text: what is in a dump, and whether it is whole.
@@ -51,6 +52,13 @@
 //!   `in_place`, `bytes_copied`, `longest_chain`, `pattern` (`{kind: none | fixed_step |
 //!   geometric | irregular, step, share, factor}`), `hint` (or null), `site`, `stack`), by bytes
 //!   copied.
+//! - `run` (the data of `zmtrace run`'s summary, [`run::RunSummary`]; the CLI prints its text):
+//!   `out_dir`, `killed_by` (or null), `dumps`, each `{dump, error, summary}` where `summary` (null
+//!   when `error` says why the dump cannot be read) has `process` (`start`, `fork`, `exec`,
+//!   `child`), `sample_interval`, `classes_exact`, `allocations`, `bytes_allocated`, `frees`,
+//!   `reallocs`, `aggregated`, `peak_bytes`, `peak_time_ns` (null when aggregated),
+//!   `leaked_blocks`, `leaked_bytes`, `kinds` (as in `leaks`), `suppressed_bytes`,
+//!   `suppressed_blocks`, `ending` (null for a complete dump) and `warnings`.
 
 pub mod diff;
 pub mod export;
