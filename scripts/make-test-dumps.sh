@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Remakes the dumps that the analyzer's expected-output tests read (src/analyze/tests/data/):
+# Remakes the dumps that the report crate's expected-output tests read (src/report/tests/data/):
 # samples/leaky.c, demo.c, churn.c and diffable.c (twice: 10 and 25) recorded by `zmtrace run`,
 # and leaky.c again with --aggregate. The sample binaries are kept next to the dumps (bin/): the
 # tests symbolize the samples' own frames from them, whatever the machine, and every other module
 # (libc, the loader) by the symbolizer's fallback, module+offset (see tests/expected.rs).
 #
 # After remaking them, bless the expected files and read the diff:
-#   ZMTRACE_BLESS=1 cargo test -p zmtrace-analyze --test expected && git diff src/analyze/tests
+#   ZMTRACE_BLESS=1 cargo test -p zmtrace-report --test expected && git diff src/report/tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=src/analyze/tests/data
+data=src/report/tests/data
 cargo build -q
 zmtrace=target/debug/zmtrace
 mkdir -p "$data/bin"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# The tests' own flags (src/cli/tests/common/mod.rs, SAMPLE_CFLAGS).
+# The tests' own flags (src/cli/tests/integration/common/mod.rs, SAMPLE_CFLAGS).
 for s in leaky demo churn diffable; do
     # Source paths relative to the repository (samples/leaky.c), wherever it is checked out.
     cc -O2 -g -fomit-frame-pointer -pthread -Wall -ffile-prefix-map="$PWD"=. \

@@ -2,7 +2,7 @@
 # Peak resident memory (GNU time's %M, the traced process itself) untraced vs traced by zmtrace
 # (libzmtrace.so preloaded, as `zmtrace run` does), median of REPS repetitions:
 #   1. redis-server under redis-benchmark: SET/GET/INCR/LPUSH, then APPEND to 100 keys, BGSAVE
-#      (the load of src/cli/tests/redis.rs, REQUESTS per test instead of 20,000);
+#      (the load of src/cli/tests/integration/redis.rs, REQUESTS per test instead of 20,000);
 #   2. samples/threads.c: 8 threads x 1,000,000 allocator calls.
 #
 #   scripts/rss.sh [REPS] [REQUESTS]        (needs redis-server, redis-benchmark, /usr/bin/time)

@@ -2,7 +2,7 @@
 //!
 //! Usage: zmtrace-sample-rust DIR   (traces into DIR; prints used memory before and after)
 //!
-//! The truth, per function, as src/cli/tests/zmalloc.rs asserts it:
+//! The truth, per function, as src/cli/tests/integration/zmalloc.rs asserts it:
 //! - `zs_leak_boxes`: 3 `Vec<u8>` of 1000 bytes forgotten: 3 blocks, 3000 bytes leaked.
 //! - `zs_grow_vec`: pushes 1000 `u32` into a `Vec`: 1 allocation of 16 bytes (capacity 4), then
 //!   8 reallocs doubling it to 4096 bytes (capacity 1024): geometric x2; freed.

@@ -5,9 +5,9 @@
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use zmtrace_format::{Dump, EventKind, KindTotal, LeakKind, LiveSite};
 
+use crate::leakcheck::Suppressed;
 use crate::leakcheck::{self, Check};
 use crate::livemap::{Live, LiveMap};
-use crate::suppressions::Suppressed;
 
 /// Sampled recording: the weights of the sampled blocks (see [`Analysis::sample_interval`]).
 #[derive(Clone, Copy, Debug)]

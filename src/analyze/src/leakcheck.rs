@@ -8,20 +8,20 @@
 use serde::Serialize;
 use zmtrace_format::{Dump, KindTotal, LeakKind, Reach};
 
-/// The line reports print when a dump has no leak check made at its end.
-pub const NO_CHECK: &str = "no reachability data: every block live at exit is listed";
+/// What the suppressions ([`crate::suppressions`]) took out of the leaked figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Suppressed {
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Per suppression that matched something, in the order of the list.
+    pub by: Vec<SuppressedBy>,
+}
 
-/// The line reports print for a sampled recording without `--all-blocks`.
-pub const NO_CLASSES_SAMPLED: &str =
-    "no leak classes: sampled recording sees only some blocks (use --all-blocks for exact classes)";
-
-/// The line for a dump without a leak check: why there is none.
-pub fn no_check_line(sampled: bool) -> &'static str {
-    if sampled {
-        NO_CLASSES_SAMPLED
-    } else {
-        NO_CHECK
-    }
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SuppressedBy {
+    pub name: String,
+    pub blocks: u64,
+    pub bytes: u64,
 }
 
 /// The last leak check made as the process ended, if any.

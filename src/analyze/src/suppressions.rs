@@ -31,10 +31,8 @@
 //! change what the program does): stdio buffers, a thread's DTV and static TLS, the loader's
 //! `dlopen` bookkeeping, locale data.
 
-use serde::Serialize;
-
 use crate::analysis::Analysis;
-use crate::reports::glob_match;
+use crate::sites::glob_match;
 use crate::symbols::{Frame, Symbolizer};
 
 /// The built-in set (used unless `--no-default-suppressions`).
@@ -221,21 +219,8 @@ fn glob(origin: &str, n: usize, what: &str, g: &str) -> Result<String, String> {
     }
 }
 
-/// What the suppressions took out of a report.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Suppressed {
-    pub blocks: u64,
-    pub bytes: u64,
-    /// Per suppression that matched something, in the order of the list.
-    pub by: Vec<SuppressedBy>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SuppressedBy {
-    pub name: String,
-    pub blocks: u64,
-    pub bytes: u64,
-}
+// The figures of what was taken out are the leak check's types (the replay holds them too).
+pub use crate::leakcheck::{Suppressed, SuppressedBy};
 
 /// Takes the blocks live at the end whose stacks match a suppression out of `a`: their sites no
 /// longer count them as leaked (nor in any class), and [`Analysis::kinds`] loses them too. What

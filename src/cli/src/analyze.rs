@@ -1,15 +1,15 @@
-//! `zmtrace report`, `leaks`, `churn` and `flamegraph`: open the dump, replay it, print.
+//! `zmtrace report`, `leaks`, `churn`, `flamegraph` and `diff`: open the dump, replay it (a
+//! [`Session`]), make one call to the report crate, print its text or JSON.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use zmtrace_analyze::flame::{self, Metric};
-use zmtrace_analyze::leakcheck::NO_CHECK;
-use zmtrace_analyze::reports::{self, Options};
 use zmtrace_analyze::session::{self, Session};
 use zmtrace_analyze::suppressions::Suppressions;
 use zmtrace_format::{Dump, LeakKind};
+use zmtrace_report::flame::{self, Metric};
+use zmtrace_report::{Format, Options};
 
 use crate::Failure;
 
@@ -82,6 +82,14 @@ fn open(path: &Path) -> Result<Dump, Failure> {
 }
 
 impl AnalyzeOptions {
+    fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            Format::Text
+        }
+    }
+
     fn session(&self, peak_sites: bool) -> session::Options {
         session::Options {
             peak_sites,
@@ -90,68 +98,44 @@ impl AnalyzeOptions {
     }
 }
 
+/// The session of one dump, with the progress shown on a terminal.
+fn session<'d>(dump: &'d Dump, o: &AnalyzeOptions, peak_sites: bool) -> Session<'d> {
+    let mut p = Progress::new();
+    Session::with_progress(dump, &o.session(peak_sites), &mut |d, t| p.update(d, t))
+}
+
 pub fn run(what: What, o: &AnalyzeOptions) -> Result<(), Failure> {
     let dump = open(&o.dump)?;
-    if dump.is_aggregated()
-        && matches!(
-            what,
-            What::Flamegraph {
-                metric: Metric::Peak,
-                ..
-            }
-        )
-    {
+    let peak_flame = matches!(
+        what,
+        What::Flamegraph {
+            metric: Metric::Peak,
+            ..
+        }
+    );
+    if dump.is_aggregated() && peak_flame {
         return Err(Failure::bad_input(format!(
             "{}: an aggregated dump (zmtrace run --aggregate) has no timeline, so no peak; \
              every other metric works",
             o.dump.display()
         )));
     }
-    let peak = matches!(
-        what,
-        What::Report
-            | What::Flamegraph {
-                metric: Metric::Peak,
-                ..
-            }
-    );
-    let Session {
-        analysis: a,
-        mut sym,
-        ..
-    } = {
-        let mut p = Progress::new();
-        Session::with_progress(&dump, &o.session(peak), &mut |d, t| p.update(d, t))
-    };
-    let (text, json) = match what {
-        What::Report => {
-            let r = reports::report(&dump, &a, &mut sym, &o.report);
-            (reports::report_text(&r, &o.report), to_json(&r))
-        }
+    let mut s = session(&dump, o, matches!(what, What::Report) || peak_flame);
+    let out = match what {
+        What::Report => zmtrace_report::report(&mut s, &o.report, o.format()),
         What::Leaks { min_bytes, kinds } => {
-            let l = reports::leaks(&dump, &a, &mut sym, &o.report, min_bytes, &kinds);
-            (reports::leaks_text(&l, &o.report), to_json(&l))
+            zmtrace_report::leaks(&mut s, &o.report, min_bytes, &kinds, o.format())
         }
-        What::Churn => {
-            let c = reports::churn(&dump, &a, &mut sym, &o.report);
-            (reports::churn_text(&c, &o.report), to_json(&c))
-        }
+        What::Churn => zmtrace_report::churn(&mut s, &o.report, o.format()),
         What::Flamegraph { metric, folded } => {
-            let lines = flame::folded(&a, &mut sym, metric);
-            if metric == Metric::Lost && a.check.is_none() {
-                eprintln!("zmtrace: warning: {NO_CHECK} (counted as lost)");
-            }
-            for w in &sym.warnings {
-                eprintln!("zmtrace: warning: {w}");
-            }
-            for w in dump.warnings.iter().chain(dump.late_warnings().iter()) {
+            let lines = flame::folded(&s.analysis, &mut s.sym, metric);
+            for w in flame::warnings(&s, metric) {
                 eprintln!("zmtrace: warning: {w}");
             }
             write_flamegraph(&dump, &lines, metric, folded, o.out.as_deref())?;
             return damaged(&dump);
         }
     };
-    let out = if o.json { json } else { text };
     write_out(o.out.as_deref(), out.as_bytes())?;
     damaged(&dump)
 }
@@ -170,71 +154,26 @@ pub fn damaged(dump: &Dump) -> Result<(), Failure> {
 pub fn diff(o: &AnalyzeOptions, new: &Path, flame: Option<Metric>) -> Result<(), Failure> {
     let base_dump = open(&o.dump)?;
     let new_dump = open(new)?;
-    let mut p = Progress::new();
-    let Session {
-        analysis: base_a,
-        sym: mut base_sym,
-        ..
-    } = Session::with_progress(&base_dump, &o.session(true), &mut |d, t| p.update(d, t));
-    let Session {
-        analysis: new_a,
-        sym: mut new_sym,
-        ..
-    } = Session::with_progress(&new_dump, &o.session(true), &mut |d, t| p.update(d, t));
-    drop(p);
-    if let Some(metric) = flame {
-        let base_lines = flame::folded(&base_a, &mut base_sym, metric);
-        let new_lines = flame::folded(&new_a, &mut new_sym, metric);
-        let Some(path) = o.out.as_deref() else {
-            return Err(Failure::bad_input(
-                "diff --flamegraph needs -o FILE.svg".into(),
-            ));
-        };
-        let name = |d: &Dump| {
-            d.process
-                .as_ref()
-                .map(|p| format!("{} (pid {})", p.command().join(" "), p.pid))
-                .unwrap_or_else(|| d.path.display().to_string())
-        };
-        let title = format!(
-            "{} — {} → {}",
-            metric.name(),
-            name(&base_dump),
-            name(&new_dump)
-        );
-        let file = std::fs::File::create(path)
-            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))?;
-        let mut w = std::io::BufWriter::new(file);
-        return flame::differential(&base_lines, &new_lines, metric, title, &mut w)
-            .and_then(|()| w.flush())
-            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())));
-    }
-    let d = zmtrace_analyze::diff::diff(
-        zmtrace_analyze::diff::Side {
-            dump: &base_dump,
-            analysis: &base_a,
-            sym: &mut base_sym,
-        },
-        zmtrace_analyze::diff::Side {
-            dump: &new_dump,
-            analysis: &new_a,
-            sym: &mut new_sym,
-        },
-        &o.report,
-    );
-    let out = if o.json {
-        to_json(&d)
-    } else {
-        zmtrace_analyze::diff::diff_text(&d, &o.report)
+    let mut base = session(&base_dump, o, true);
+    let mut new = session(&new_dump, o, true);
+    let Some(metric) = flame else {
+        let out = zmtrace_report::diff(&mut base, &mut new, &o.report, o.format());
+        return write_out(o.out.as_deref(), out.as_bytes());
     };
-    write_out(o.out.as_deref(), out.as_bytes())
-}
-
-fn to_json(v: &impl serde::Serialize) -> String {
-    let mut s =
-        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-    s.push('\n');
-    s
+    let base_lines = flame::folded(&base.analysis, &mut base.sym, metric);
+    let new_lines = flame::folded(&new.analysis, &mut new.sym, metric);
+    let Some(path) = o.out.as_deref() else {
+        return Err(Failure::bad_input(
+            "diff --flamegraph needs -o FILE.svg".into(),
+        ));
+    };
+    let title = flame::differential_title(&base_dump, &new_dump, metric);
+    let file = std::fs::File::create(path)
+        .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))?;
+    let mut w = std::io::BufWriter::new(file);
+    flame::differential(&base_lines, &new_lines, metric, title, &mut w)
+        .and_then(|()| w.flush())
+        .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))
 }
 
 fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
@@ -258,11 +197,7 @@ fn write_flamegraph(
     out: Option<&Path>,
 ) -> Result<(), Failure> {
     if folded {
-        let mut s = lines.join("\n");
-        if !s.is_empty() {
-            s.push('\n');
-        }
-        return write_out(out, s.as_bytes());
+        return write_out(out, flame::folded_text(lines).as_bytes());
     }
     let Some(path) = out else {
         return Err(Failure::bad_input(

@@ -1,35 +1,20 @@
 //! `zmtrace export`: a dump as a pprof profile, a speedscope file or collapsed stacks, for
-//! other tools. The formats are the analyzer's ([`zmtrace_analyze::export`]); this only opens
+//! other tools. The formats are the report crate's ([`zmtrace_report::export`]); this only opens
 //! the dump, replays it, and writes the file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use zmtrace_analyze::export::{self, Profile, SampleType};
 use zmtrace_analyze::session::{self, Session};
 use zmtrace_analyze::suppressions::Suppressions;
 use zmtrace_format::Dump;
+use zmtrace_report::export::{self, Format, Profile, SampleType};
 
 use crate::Failure;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Pprof,
-    Speedscope,
-    Folded,
-}
-
-impl Format {
-    pub fn parse(s: &str) -> Result<Format, Failure> {
-        match s {
-            "pprof" => Ok(Format::Pprof),
-            "speedscope" => Ok(Format::Speedscope),
-            "folded" => Ok(Format::Folded),
-            _ => Err(Failure::bad_input(format!(
-                "unknown export format {s:?}: expected pprof, speedscope or folded"
-            ))),
-        }
-    }
+/// `--format`.
+pub fn parse_format(s: &str) -> Result<Format, Failure> {
+    Format::parse(s).map_err(Failure::bad_input)
 }
 
 pub fn parse_sample_type(s: &str) -> Result<SampleType, Failure> {
@@ -55,7 +40,7 @@ pub struct ExportOptions {
 pub fn run(o: &ExportOptions) -> Result<(), Failure> {
     let dump = session::open(&o.dump).map_err(Failure::bad_input)?;
     if o.at.as_deref() == Some("list") {
-        print!("{}", snapshot_list(&dump));
+        print!("{}", zmtrace_report::info::snapshot_list(&dump));
         return Ok(());
     }
     let Some(out) = &o.out else {
@@ -88,34 +73,25 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
             o.dump.display()
         )));
     }
-    let bytes = match o.format {
-        Format::Pprof => {
-            let mut wrappers = zmtrace_analyze::reports::Options::default().wrappers;
-            wrappers.extend(o.wrappers.iter().cloned());
-            let mut p = export::pprof::build(&dump, &profile, &mut sym, &wrappers, o.metric);
-            if let Some(s) = at {
-                export::pprof::set_inuse_comment(
-                    &mut p,
-                    &format!(
-                        "inuse_*: live at snapshot {} ({:.3} s)",
-                        o.at.as_deref().unwrap_or(""),
-                        s.ts_ns as f64 / 1e9
-                    ),
-                );
-            }
-            let mut v = Vec::new();
-            export::pprof::gzip(&p, &mut v)
-                .map_err(|e| Failure::setup(format!("cannot compress the profile: {e}")))?;
-            v
-        }
-        Format::Speedscope => {
-            let f = export::speedscope::build(&dump, &profile, &mut sym, o.metric);
-            serde_json::to_vec(&f).map_err(|e| Failure::setup(e.to_string()))?
-        }
-        Format::Folded => {
-            export::folded::text(&export::folded::folded(&profile, &mut sym, o.metric)).into_bytes()
-        }
-    };
+    let mut wrappers = zmtrace_report::Options::default().wrappers;
+    wrappers.extend(o.wrappers.iter().cloned());
+    let comment = at.map(|s| {
+        format!(
+            "inuse_*: live at snapshot {} ({:.3} s)",
+            o.at.as_deref().unwrap_or(""),
+            s.ts_ns as f64 / 1e9
+        )
+    });
+    let bytes = export::render(
+        &dump,
+        &profile,
+        &mut sym,
+        o.format,
+        &wrappers,
+        o.metric,
+        comment.as_deref(),
+    )
+    .map_err(Failure::setup)?;
     for w in sym
         .warnings
         .iter()
@@ -125,28 +101,6 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
         eprintln!("zmtrace: warning: {w}");
     }
     write_file(out, &bytes)
-}
-
-/// `--at list`: one line per snapshot, its number, time and event number.
-pub fn snapshot_list(dump: &Dump) -> String {
-    let mut s = String::new();
-    if dump.snapshots.is_empty() {
-        s.push_str("no snapshots in this dump\n");
-    }
-    for (i, snap) in dump.snapshots.iter().enumerate() {
-        s.push_str(&format!(
-            "{:>4}  {:>10.3} s  event {}{}\n",
-            i + 1,
-            snap.ts_ns as f64 / 1e9,
-            snap.seq,
-            if snap.aggregate.is_some() {
-                " (aggregated: counters and live set)"
-            } else {
-                ""
-            }
-        ));
-    }
-    s
 }
 
 fn pick_snapshot<'d>(

@@ -1,5 +1,5 @@
-//! `zmtrace dump-info`: what is in a dump, and whether it is whole (the text is the analyzer's,
-//! [`zmtrace_analyze::info`]).
+//! `zmtrace dump-info`: what is in a dump, and whether it is whole (the text is the report crate's,
+//! [`zmtrace_report::info`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -8,17 +8,8 @@ use crate::Failure;
 
 pub fn dump_info(path: &Path, list_modules: bool) -> Result<(), Failure> {
     let d = zmtrace_analyze::session::open(path).map_err(Failure::bad_input)?;
-    let text = zmtrace_analyze::info::text(&d, list_modules);
+    let text = zmtrace_report::info::text(&d, list_modules);
     // A closed pipe (`| head`) is not an error worth reporting.
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    if !d.snapshots.is_empty() {
-        let _ = writeln!(
-            out,
-            "snapshots: {} (zmtrace export --at N)",
-            d.snapshots.len()
-        );
-        let _ = out.write_all(crate::export::snapshot_list(&d).as_bytes());
-    }
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     crate::analyze::damaged(&d)
 }

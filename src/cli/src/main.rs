@@ -10,7 +10,6 @@
 
 mod analyze;
 mod export;
-mod gate;
 mod info;
 mod run;
 mod scrape;
@@ -153,7 +152,7 @@ enum Cmd {
         /// indirectly lost bytes), or for the program's own mmap/mremap calls (never the heap's):
         /// mapped (bytes mapped in all) or mapped-at-exit.
         #[arg(long, default_value = "bytes", value_parser = parse_metric)]
-        metric: zmtrace_analyze::flame::Metric,
+        metric: zmtrace_report::flame::Metric,
         /// Write the collapsed stacks (for other tools) instead of an SVG.
         #[arg(long)]
         folded: bool,
@@ -219,7 +218,7 @@ enum Cmd {
         flamegraph: bool,
         /// The flamegraph's metric (see `flamegraph`).
         #[arg(long, default_value = "bytes", value_parser = parse_metric)]
-        metric: zmtrace_analyze::flame::Metric,
+        metric: zmtrace_report::flame::Metric,
         #[command(flatten)]
         supp: Supp,
         #[command(flatten)]
@@ -265,7 +264,7 @@ impl Supp {
 /// Options of the text and JSON reports.
 #[derive(clap::Args)]
 struct Common {
-    /// Machine-readable output (schema in the zmtrace-analyze crate docs).
+    /// Machine-readable output (schema in the zmtrace-report crate docs).
     #[arg(long)]
     json: bool,
     /// How many sites to show (0: all).
@@ -282,9 +281,9 @@ struct Common {
     out: Option<PathBuf>,
 }
 
-fn parse_metric(s: &str) -> Result<zmtrace_analyze::flame::Metric, String> {
-    zmtrace_analyze::flame::Metric::parse(s).ok_or_else(|| {
-        let names: Vec<&str> = zmtrace_analyze::flame::Metric::ALL
+fn parse_metric(s: &str) -> Result<zmtrace_report::flame::Metric, String> {
+    zmtrace_report::flame::Metric::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = zmtrace_report::flame::Metric::ALL
             .iter()
             .map(|m| m.name())
             .collect();
@@ -297,7 +296,7 @@ fn analyze_options(
     c: Common,
     supp: &Supp,
 ) -> Result<analyze::AnalyzeOptions, Failure> {
-    let mut report = zmtrace_analyze::reports::Options {
+    let mut report = zmtrace_report::reports::Options {
         top: c.top,
         depth: c.depth,
         ..Default::default()
@@ -311,6 +310,9 @@ fn analyze_options(
         suppressions: supp.load()?,
     })
 }
+
+/// The exit status of a run that leaked (`run --fail-on-leak`; LeakSanitizer's).
+const LEAK_EXIT: i32 = 23;
 
 /// Why zmtrace itself failed: a one-line message and the exit code.
 #[derive(Debug)]
@@ -363,13 +365,18 @@ fn main() {
         } => (|| {
             let gate = match fail_on_leak.as_deref() {
                 None => None,
-                Some(level) if command.is_empty() && gate::LeakLevel::parse(level).is_err() => {
+                Some(level)
+                    if command.is_empty()
+                        && zmtrace_report::run::LeakLevel::parse(level).is_err() =>
+                {
                     return Err(Failure::bad_input(format!(
                         "`{level}` is not a leak level (lost, possible or all): put the program \
                          after `--`, as in `zmtrace run --fail-on-leak -- {level}`"
                     )));
                 }
-                Some(level) => Some(gate::LeakLevel::parse(level).map_err(Failure::bad_input)?),
+                Some(level) => {
+                    Some(zmtrace_report::run::LeakLevel::parse(level).map_err(Failure::bad_input)?)
+                }
             };
             if command.is_empty() {
                 return Err(Failure::bad_input(
@@ -404,7 +411,7 @@ fn main() {
             }
             let mut it = command.into_iter();
             let program = it.next().unwrap_or_default();
-            run::run(&run::RunOptions {
+            let outcome = run::run(&run::RunOptions {
                 out_dir: out,
                 program,
                 args: it.collect(),
@@ -420,6 +427,13 @@ fn main() {
                 snapshot_signal,
                 snapshot_every,
                 snapshot_at_rss,
+            })?;
+            // The gate fails a run only when the program itself succeeded: a failing program
+            // keeps its own status.
+            Ok(if outcome.leaked && outcome.status == 0 {
+                LEAK_EXIT
+            } else {
+                outcome.status
             })
         })(),
         Cmd::DumpInfo { dump, modules } => info::dump_info(&dump, modules).map(|()| 0),
@@ -470,7 +484,7 @@ fn main() {
             wrappers,
             supp,
         } => {
-            let mut report = zmtrace_analyze::reports::Options::default();
+            let mut report = zmtrace_report::reports::Options::default();
             report.wrappers.extend(wrappers);
             supp.load().and_then(|suppressions| {
                 view::run(&view::ViewOptions {
@@ -495,7 +509,7 @@ fn main() {
         } => (|| {
             export::run(&export::ExportOptions {
                 dump,
-                format: export::Format::parse(&format)?,
+                format: export::parse_format(&format)?,
                 out,
                 at,
                 metric: export::parse_sample_type(&metric)?,

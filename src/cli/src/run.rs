@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
-use zmtrace_format::{Dump, Origin};
+use zmtrace_analyze::session::{self, Session};
+use zmtrace_analyze::words::human_bytes;
+use zmtrace_format::Dump;
+use zmtrace_report::run::{self as summary, Gate, LeakLevel, RunSummary, Started};
 
 use crate::Failure;
-use zmtrace_analyze::words::{human_bytes, plural, thousands};
 
 pub struct RunOptions {
     pub out_dir: PathBuf,
@@ -24,7 +26,7 @@ pub struct RunOptions {
     /// `--all-blocks` (with `--sample`): every block in the live set for an exact leak check.
     pub all_blocks: bool,
     /// `--fail-on-leak`: the level that fails the run.
-    pub gate: Option<crate::gate::LeakLevel>,
+    pub gate: Option<LeakLevel>,
     /// glibc's and libstdc++'s freeres at exit, before the leak check (`--no-freeres`: off).
     pub freeres: bool,
     /// memcheck's heuristics for the leak check (`--leak-check-heuristics`), its syntax.
@@ -323,9 +325,17 @@ fn check_unwind_env() -> Result<(), Failure> {
     }
 }
 
-/// Runs the program; returns the exit code zmtrace should end with (the program's own, or the
-/// gate's when it exited 0 and leaked).
-pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
+/// How a run ended: the program's status, and the leak gate's verdict (`main` makes the exit
+/// code of the two).
+pub struct Outcome {
+    /// The program's exit status (128+N when signal N killed it).
+    pub status: i32,
+    /// `--fail-on-leak` was given and a dump leaked at its level, or could not be checked.
+    pub leaked: bool,
+}
+
+/// Runs the program, then prints the run's summary and the leak gate's verdict.
+pub fn run(opts: &RunOptions) -> Result<Outcome, Failure> {
     check_unwind_env()?;
     let program = find_program(&opts.program)?;
     check_dynamic(&program)?;
@@ -420,23 +430,81 @@ pub fn run(opts: &RunOptions) -> Result<i32, Failure> {
         .into_iter()
         .filter(|p| !before.contains(p) && Dump::peek_process(p).is_none())
         .collect();
-    report(&out_dir, &session, pid, &status, &opts.suppressions);
+    let started = Started {
+        pid,
+        code: status.code(),
+        signal: status.signal(),
+    };
+    let (text, gate) = summarize(&out_dir, &session, &started, opts, &unreadable);
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
     for p in &unreadable {
-        eprintln!(
+        let _ = writeln!(
+            err,
             "zmtrace: {}: a dump written during this run whose first records cannot be read \
              (damaged at its start): nothing in it is reported",
             p.display()
         );
     }
-    if let Some(level) = opts.gate {
-        // An unreadable dump fails the gate: what it held is unknown.
-        let mut dumps = session_dumps(&out_dir, &session);
-        dumps.extend(unreadable);
-        if crate::gate::check(&dumps, level, &opts.suppressions) && code == 0 {
-            return Ok(crate::gate::LEAK_EXIT);
+    let _ = err.write_all(gate.text.as_bytes());
+    Ok(Outcome {
+        status: code,
+        leaked: gate.failed,
+    })
+}
+
+/// The run's summary and, with `--fail-on-leak`, the gate's verdict: each dump of the run is
+/// opened and replayed once, for both. The dumps whose first records cannot be read (not the
+/// run's by their header, but written during it) are the gate's only: they fail it, as what
+/// they held is unknown.
+fn summarize(
+    dir: &Path,
+    session_id: &str,
+    started: &Started,
+    opts: &RunOptions,
+    unreadable: &[PathBuf],
+) -> (String, Gate) {
+    // The same classes as `zmtrace leaks` shows: accepted leaks left out.
+    let sopts = session::Options {
+        peak_sites: false,
+        suppressions: opts.suppressions.clone(),
+    };
+    let mut run = RunSummary {
+        out_dir: dir.display().to_string(),
+        dumps: Vec::new(),
+        killed_by: started.signal.map(zmtrace_format::signal_name),
+    };
+    let mut gate = Gate::default();
+    let mut judge = |g: Gate| {
+        gate.failed |= g.failed;
+        gate.text.push_str(&g.text);
+    };
+    for path in session_dumps(dir, session_id) {
+        match session::open(&path) {
+            Ok(dump) => {
+                let mut s = Session::new(&dump, &sopts);
+                run.dumps.push(summary::read(&s, started));
+                if let Some(level) = opts.gate {
+                    judge(summary::gate(&mut s, level));
+                }
+            }
+            Err(e) => {
+                if opts.gate.is_some() {
+                    judge(summary::gate_unreadable(&e));
+                }
+                run.dumps.push(summary::unreadable(&path, e));
+            }
         }
     }
-    Ok(code)
+    if let Some(level) = opts.gate {
+        for path in unreadable {
+            match session::open(path) {
+                Ok(dump) => judge(summary::gate(&mut Session::new(&dump, &sopts), level)),
+                Err(e) => judge(summary::gate_unreadable(&e)),
+            }
+        }
+    }
+    (summary::run_text(&run), gate)
 }
 
 fn find_program(name: &std::ffi::OsStr) -> Result<PathBuf, Failure> {
@@ -806,124 +874,4 @@ pub fn session_dumps(dir: &Path, session: &str) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found.into_iter().map(|(_, p)| p).collect()
-}
-
-fn report(
-    dir: &Path,
-    session: &str,
-    pid: u32,
-    status: &std::process::ExitStatus,
-    supp: &zmtrace_analyze::suppressions::Suppressions,
-) {
-    let dumps = session_dumps(dir, session);
-    let mut err = std::io::stderr().lock();
-    if dumps.is_empty() {
-        let _ = writeln!(
-            err,
-            "zmtrace: no dump was written in {} (did the program run at all?)",
-            dir.display()
-        );
-        return;
-    }
-    for path in &dumps {
-        let dump = match Dump::open(path) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = writeln!(err, "zmtrace: {e}");
-                continue;
-            }
-        };
-        let proc = dump.process.as_ref();
-        let what = match proc.map(|p| (p.origin, p.pid)) {
-            Some((Origin::Start, p)) if p == pid => "",
-            Some((Origin::Fork, _)) => " (forked child)",
-            Some((Origin::Exec, _)) => " (after exec)",
-            _ => " (child process)",
-        };
-        // The same classes as `zmtrace leaks` shows: accepted leaks left out.
-        let opts = zmtrace_analyze::session::Options {
-            peak_sites: false,
-            suppressions: supp.clone(),
-        };
-        let s = zmtrace_analyze::Session::new(&dump, &opts).analysis;
-        let _ = writeln!(err, "zmtrace: dump {}{what}", path.display());
-        if let Some(t) = s.sample_interval {
-            let _ = writeln!(
-                err,
-                "zmtrace:   sampled recording (every {} on average): figures estimated{}",
-                human_bytes(t),
-                if s.all_blocks && s.check.is_some() {
-                    ", leak classes exact"
-                } else {
-                    ", no leak classes"
-                }
-            );
-        }
-        let _ = writeln!(
-            err,
-            "zmtrace:   allocations {} ({}), frees {}, reallocs {}",
-            thousands(s.allocations),
-            human_bytes(s.bytes_allocated),
-            thousands(s.frees),
-            thousands(s.reallocs)
-        );
-        let peak = if s.aggregated {
-            "aggregated, no timeline".to_string()
-        } else {
-            format!(
-                "peak heap {} at {:.3} s",
-                human_bytes(s.peak_bytes),
-                s.peak_ns as f64 / 1e9
-            )
-        };
-        let _ = writeln!(
-            err,
-            "zmtrace:   {peak}; not freed at exit: {}, {}",
-            plural(s.leaked_blocks, "block"),
-            human_bytes(s.leaked_bytes)
-        );
-        if s.check.is_some() {
-            let k = zmtrace_analyze::leakcheck::Kinds::from(&s.kinds);
-            let _ = writeln!(
-                err,
-                "zmtrace:   leak check: definitely lost {}, indirectly lost {}, possibly lost {}, \
-                 still reachable {}{}",
-                human_bytes(k.definite.bytes),
-                human_bytes(k.indirect.bytes),
-                human_bytes(k.possible.bytes),
-                human_bytes(k.reachable.bytes),
-                if s.suppressed.blocks > 0 {
-                    format!(" ({} suppressed)", human_bytes(s.suppressed.bytes))
-                } else {
-                    String::new()
-                }
-            );
-        }
-        if !dump.is_complete() && dump.exec.is_none() {
-            let line = match (dump.end, status.code(), proc) {
-                // We saw the program exit: it was not killed, whatever the dump cannot tell.
-                (None, Some(code), Some(p)) if p.pid == pid => format!(
-                    "the dump has no end although the program exited (status {code}): recording \
-                     stopped early (the recorder's message above says why), or the process left \
-                     by a way the recorder does not see (the C library's own _exit, as in \
-                     daemon(3)'s parent); events after its last flush are missing"
-                ),
-                _ => match dump.ending() {
-                    e if e.starts_with("did not") => format!("the process {e}"),
-                    e => e,
-                },
-            };
-            let _ = writeln!(err, "zmtrace:   {line}");
-        }
-        for w in &dump.warnings {
-            let _ = writeln!(err, "zmtrace:   warning: {w}");
-        }
-    }
-    if let Some(sig) = status.signal() {
-        let _ = writeln!(
-            err,
-            "zmtrace: the program was killed by {}",
-            zmtrace_format::signal_name(sig)
-        );
-    }
 }

@@ -6,7 +6,7 @@
 //!   `alloc_space` shown).
 //!
 //! Both are gzipped `profile.proto`, written by the export's encoder
-//! ([`zmtrace_analyze::export::pprof`]). They are built here, in the `zmtrace` process, never in
+//! ([`zmtrace_report::export::pprof`]). They are built here, in the `zmtrace` process, never in
 //! the traced program: the recorder's writer thread appends whole records to the dump at least
 //! every 0.1 s, and the reader takes every intact record of a dump still being written, so a
 //! replay of the dump as it is now is the heap of ~0.1 s ago. Each request replays the dump anew
@@ -22,10 +22,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use zmtrace_analyze::export::pprof;
-use zmtrace_analyze::export::{Profile, SampleType};
 use zmtrace_analyze::{analyze, Symbolizer};
 use zmtrace_format::Dump;
+use zmtrace_report::export::pprof;
+use zmtrace_report::export::{Profile, SampleType};
 
 use crate::serve::{Response, Server, Shutdown};
 use crate::Failure;
@@ -124,7 +124,7 @@ fn build(path: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
     let a = analyze(&dump, false, &mut |_, _| {});
     let profile = Profile::from_analysis(&a);
     let mut sym = Symbolizer::new(&dump);
-    let wrappers = zmtrace_analyze::reports::Options::default().wrappers;
+    let wrappers = zmtrace_report::reports::Options::default().wrappers;
     let mut one = |shown, order: &[SampleType]| {
         let mut p = pprof::build_with_types(&dump, &profile, &mut sym, &wrappers, shown, order);
         // The dump is still being written: "in use" is now, not where a dump cut short ends.

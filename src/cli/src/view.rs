@@ -1,31 +1,19 @@
 //! `zmtrace view`: one self-contained HTML page (styles, script and data inlined: it opens from
-//! disk, offline) built from the sources in `viewer/`, which are compiled into the binary. With
-//! `--serve`, the page is also served on 127.0.0.1.
+//! disk, offline; the report crate's [`view::page`]). With `--serve`, the page is also served on
+//! 127.0.0.1.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use zmtrace_analyze::reports::Options;
 use zmtrace_analyze::session::{self, Session};
 use zmtrace_analyze::suppressions::Suppressions;
-use zmtrace_analyze::view::{self, Base, Limits};
 use zmtrace_format::Dump;
+use zmtrace_report::reports::Options;
+use zmtrace_report::view::{self, Base, Limits};
 
 use crate::serve::{Response, Server};
 use crate::Failure;
-
-const TEMPLATE: &str = include_str!("../../../viewer/index.html");
-const CSS: &str = include_str!("../../../viewer/viewer.css");
-/// Concatenated in this order into one script.
-const SCRIPTS: [&str; 6] = [
-    include_str!("../../../viewer/js/format.js"),
-    include_str!("../../../viewer/js/chart.js"),
-    include_str!("../../../viewer/js/flame.js"),
-    include_str!("../../../viewer/js/tables.js"),
-    include_str!("../../../viewer/js/mapped.js"),
-    include_str!("../../../viewer/js/main.js"),
-];
 
 pub struct ViewOptions {
     pub dump: PathBuf,
@@ -93,7 +81,7 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
     for w in &data.report.header.warnings {
         eprintln!("zmtrace: warning: {w}");
     }
-    let page = page(&data);
+    let page = view::page(&data);
 
     if let (Some(path), Some(mut file)) = (out.as_deref(), file) {
         file.write_all(page.as_bytes())
@@ -105,49 +93,6 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
         serve(server, page)?;
     }
     Ok(())
-}
-
-/// The page: the template with the styles, the data and the scripts put in.
-fn page(data: &view::ViewData) -> String {
-    // In a <script> element only `</script` (any case) or `<!--` could end or upset the JSON;
-    // escaping every `<` rules both out and still parses as the same JSON.
-    let json = serde_json::to_string(data)
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-        .replace('<', "\\u003c");
-    let mut script = String::from("(() => {\n\"use strict\";\n");
-    for s in SCRIPTS {
-        script.push_str(s);
-        script.push('\n');
-    }
-    script.push_str("})();\n");
-    fill(
-        TEMPLATE,
-        &[
-            ("/*{{css}}*/", CSS),
-            ("{{data}}", &json),
-            ("/*{{script}}*/", &script),
-        ],
-    )
-}
-
-/// Replaces each marker once, in one pass over the template, so that nothing put in is searched
-/// for the next marker.
-fn fill(template: &str, parts: &[(&str, &str)]) -> String {
-    let mut out =
-        String::with_capacity(template.len() + parts.iter().map(|p| p.1.len()).sum::<usize>());
-    let mut rest = template;
-    for (marker, value) in parts {
-        match rest.find(marker) {
-            Some(i) => {
-                out.push_str(&rest[..i]);
-                out.push_str(value);
-                rest = &rest[i + marker.len()..];
-            }
-            None => panic!("viewer/index.html lacks the marker {marker}"),
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Serves the page at `/` until zmtrace is stopped (Ctrl-C), to several clients at once, each

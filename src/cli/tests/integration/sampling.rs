@@ -1,0 +1,376 @@
+//! `zmtrace run --sample BYTES`: sampled recording, checked for accuracy on samples/sampled.c
+//! (known totals: 1,000,000 × 64 B from zs_churn, all freed; 1,000 × 4096 B lost from zs_lose;
+//! 100 × 64 B still reachable from zs_keep).
+//!
+//! # The bound
+//! Every allocated byte is picked independently with probability `q = 1/T` (T the interval), so
+//! a block of `s` bytes is sampled with probability `p = 1 - (1 - q)^s`, independently of every
+//! other block (disjoint bytes). A site of `n` blocks of `s` bytes has `K ~ Binomial(n, p)`
+//! sampled blocks and the analyzer estimates `N = K/p` blocks and `B = s K/p` bytes: unbiased,
+//! with `Var(N) = n (1 - p) / p` and `sd(B) = s sd(N)`. The tests accept `|N - n| <= 5 sd(N) + 1`
+//! (the 1 for rounding) and the same for bytes: for a normal estimate a 5-sigma excursion has
+//! probability 5.7e-7, so a correct implementation fails about never, and the runs are
+//! deterministic anyway (`ZMTRACE_SAMPLE_SEED`). A wrong weight fails it: weighing a block by
+//! `max(T/s, 1)` instead of `1/p` (checked) estimates zs_lose at 4 KiB as 606 blocks of 1,000,
+//! where the bound is ±122; weight 1 misses every site by 98 % or more.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+use serde_json::Value;
+
+const SEED: &str = "20261202";
+
+struct Site {
+    name: &'static str,
+    n: u64,
+    size: u64,
+    /// Blocks of it live at exit.
+    live: u64,
+}
+
+const SITES: [Site; 3] = [
+    Site {
+        name: "zs_churn",
+        n: 1_000_000,
+        size: 64,
+        live: 0,
+    },
+    Site {
+        name: "zs_lose",
+        n: 1000,
+        size: 4096,
+        live: 1000,
+    },
+    Site {
+        name: "zs_keep",
+        n: 100,
+        size: 64,
+        live: 100,
+    },
+];
+
+fn p(size: u64, t: u64) -> f64 {
+    if t == 1 {
+        return 1.0;
+    }
+    1.0 - (1.0 - 1.0 / t as f64).powf(size as f64)
+}
+
+/// The 5-sigma bound on the estimated count of `n` blocks of `size` bytes.
+fn bound(n: u64, size: u64, t: u64) -> f64 {
+    let p = p(size, t);
+    5.0 * (n as f64 * (1.0 - p) / p).sqrt() + 1.0
+}
+
+fn assert_estimate(what: &str, got: u64, n: u64, size: u64, t: u64) {
+    let b = bound(n, size, t);
+    assert!(
+        (got as f64 - n as f64).abs() <= b,
+        "{what} at interval {t}: estimated {got}, true {n}, 5-sigma bound ±{b:.0}"
+    );
+}
+
+fn assert_bytes_estimate(what: &str, got: u64, n: u64, size: u64, t: u64) {
+    let b = size as f64 * bound(n, size, t);
+    let truth = (n * size) as f64;
+    assert!(
+        (got as f64 - truth).abs() <= b,
+        "{what} at interval {t}: estimated {got} B, true {truth} B, 5-sigma bound ±{b:.0} B"
+    );
+}
+
+/// `zmtrace run` with `extra` options on samples/sampled.c; the one dump it wrote.
+fn record(stem: &str, extra: &[&str]) -> PathBuf {
+    let prog = sample("sampled");
+    let dir = fresh_dir(stem);
+    let mut args = vec!["run", "-o", dir.to_str().unwrap()];
+    args.extend(extra);
+    args.extend(["--", prog.to_str().unwrap()]);
+    let f = run_zmtrace_env(&args, &[("ZMTRACE_SAMPLE_SEED", SEED)]);
+    assert_eq!(f.code, Some(0), "zmtrace {args:?}:\n{}", f.stderr);
+    let dumps = dump_files(&dir);
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    dumps[0].clone()
+}
+
+fn json(cmd: &str, dump: &Path) -> Value {
+    let d = dump.to_str().unwrap();
+    serde_json::from_str(&zmtrace_ok(&[cmd, d, "--json", "--top", "0"])).expect("valid JSON")
+}
+
+/// `report --json`'s `top.<list>` value of the site named `name` (0 when absent).
+fn top(report: &Value, list: &str, name: &str) -> u64 {
+    report["top"][list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["site"] == name)
+        .map(|s| s["value"].as_u64().unwrap())
+        .sum()
+}
+
+/// `leaks --json`: (blocks, bytes) of the site named `name`, all classes together.
+fn leaked(leaks: &Value, name: &str) -> (u64, u64) {
+    leaks["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["site"] == name)
+        .fold((0, 0), |(b, y), s| {
+            (
+                b + s["blocks"].as_u64().unwrap(),
+                y + s["bytes"].as_u64().unwrap(),
+            )
+        })
+}
+
+fn assert_sites_within_bounds(report: &Value, leaks: &Value, t: u64) {
+    for s in &SITES {
+        assert_estimate(
+            &format!("{} allocations", s.name),
+            top(report, "allocations", s.name),
+            s.n,
+            s.size,
+            t,
+        );
+        assert_bytes_estimate(
+            &format!("{} bytes allocated", s.name),
+            top(report, "bytes", s.name),
+            s.n,
+            s.size,
+            t,
+        );
+        let (blocks, bytes) = leaked(leaks, s.name);
+        if s.live == 0 {
+            // Every sampled block of zs_churn was freed: exactly nothing live.
+            assert_eq!((blocks, bytes), (0, 0), "{} live at exit", s.name);
+        } else {
+            assert_estimate(
+                &format!("{} live at exit", s.name),
+                blocks,
+                s.live,
+                s.size,
+                t,
+            );
+            assert_bytes_estimate(
+                &format!("{} bytes live at exit", s.name),
+                bytes,
+                s.live,
+                s.size,
+                t,
+            );
+        }
+    }
+}
+
+/// At 4 KiB and at the default 512 KiB: estimates per site within 5 sigma, marked estimated,
+/// no leak classes (and why), and no events for the unsampled blocks.
+#[test]
+fn sampled_estimates_fall_within_five_sigma_at_4k_and_512k() {
+    for (t, opt) in [(4096u64, "4096"), (524_288, "512K")] {
+        let dump = record("sampled", &["--sample", opt]);
+        let report = json("report", &dump);
+        let leaks = json("leaks", &dump);
+        for v in [&report, &leaks] {
+            assert_eq!(v["estimated"], true, "{v}");
+            assert_eq!(v["sample_interval"], t);
+            assert_eq!(v["all_blocks"], false);
+            assert!(
+                v["check"].is_null() && v["kinds"].is_null(),
+                "no leak classes"
+            );
+        }
+        assert_sites_within_bounds(&report, &leaks, t);
+        // Only sampled blocks have events: an allocation and a free each for zs_churn's, about
+        // 2 n p in all (+ 5 sigma), where full recording writes 2,001,100.
+        let d = zmtrace_format::Dump::open(&dump).unwrap();
+        let sampled: f64 = SITES
+            .iter()
+            .map(|s| s.n as f64 * p(s.size, t) * if s.live == 0 { 2.0 } else { 1.0 })
+            .sum();
+        let events = d.count_events() as f64;
+        assert!(
+            events <= sampled + 10.0 * sampled.sqrt() + 200.0,
+            "{events} events at interval {t}, about {sampled:.0} expected"
+        );
+        assert_eq!(d.sample_interval(), Some(t));
+        let text = zmtrace_ok(&["report", dump.to_str().unwrap()]);
+        assert!(text.contains("(estimated)"), "{text}");
+        assert!(text.contains("sampled recording"), "{text}");
+        let text = zmtrace_ok(&["leaks", dump.to_str().unwrap()]);
+        assert!(
+            text.contains(
+                "no leak classes: sampled recording sees only some blocks (use --all-blocks for \
+                 exact classes)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("estimated"), "{text}");
+        let svg = dump.with_extension("svg");
+        zmtrace_ok(&[
+            "flamegraph",
+            dump.to_str().unwrap(),
+            "-o",
+            svg.to_str().unwrap(),
+        ]);
+        let svg = std::fs::read_to_string(&svg).unwrap();
+        assert!(svg.contains("estimated (sampled every"), "flamegraph title");
+    }
+}
+
+/// `ZMTRACE_SAMPLE_SEED`: the same seed samples the same blocks, run after run (the thread
+/// ids differ); another seed other blocks.
+#[test]
+fn a_fixed_seed_makes_a_sampled_run_reproducible() {
+    let figures = |dump: &Path| {
+        let r = json("report", dump);
+        SITES
+            .iter()
+            .map(|s| top(&r, "allocations", s.name))
+            .collect::<Vec<_>>()
+    };
+    let a = figures(&record("sampled-seed", &["--sample", "4096"]));
+    let b = figures(&record("sampled-seed", &["--sample", "4096"]));
+    assert_eq!(a, b);
+    let prog = sample("sampled");
+    let dir = fresh_dir("sampled-seed2");
+    let f = run_zmtrace_env(
+        &[
+            "run",
+            "-o",
+            dir.to_str().unwrap(),
+            "--sample",
+            "4096",
+            "--",
+            prog.to_str().unwrap(),
+        ],
+        &[("ZMTRACE_SAMPLE_SEED", "7")],
+    );
+    assert_eq!(f.code, Some(0), "{}", f.stderr);
+    assert!(f.stderr.contains("sampled recording"), "{}", f.stderr);
+    assert_ne!(
+        figures(&dump_files(&dir)[0]),
+        a,
+        "another seed, the same sample"
+    );
+}
+
+/// `--all-blocks`: the leak check saw every block, so the classes' totals are exact; the split
+/// per site is estimated (within 5 sigma).
+#[test]
+fn all_blocks_keeps_the_leak_class_totals_exact() {
+    let t = 4096;
+    let dump = record("sampled-all", &["--sample", "4096", "--all-blocks"]);
+    let report = json("report", &dump);
+    let leaks = json("leaks", &dump);
+    for v in [&report, &leaks] {
+        assert_eq!(v["estimated"], true);
+        assert_eq!(v["all_blocks"], true);
+        let k = &v["kinds"];
+        assert_eq!(
+            (&k["definite"]["blocks"], &k["definite"]["bytes"]),
+            (&Value::from(1000), &Value::from(4_096_000)),
+            "{k}"
+        );
+        assert_eq!(
+            (&k["reachable"]["blocks"], &k["reachable"]["bytes"]),
+            (&Value::from(100), &Value::from(6400)),
+            "{k}"
+        );
+        assert_eq!(k["indirect"]["blocks"], 0);
+        assert_eq!(k["possible"]["blocks"], 0);
+        assert_eq!(v["leaked_blocks"], 1100);
+        assert_eq!(v["leaked_bytes"], 4_102_400);
+    }
+    assert_sites_within_bounds(&report, &leaks, t);
+    // Per site, the classes are those of the sites' blocks.
+    for s in leaks["sites"].as_array().unwrap() {
+        let want = if s["site"] == "zs_lose" {
+            "definite"
+        } else {
+            "reachable"
+        };
+        assert_eq!(s["kind"], want, "{s}");
+    }
+    let text = zmtrace_ok(&["leaks", dump.to_str().unwrap()]);
+    assert!(text.contains("exact in all, estimated per site"), "{text}");
+}
+
+/// `--sample 1`: every block is sampled with weight 1, so the figures are exact.
+#[test]
+fn sample_interval_one_records_every_block() {
+    let dump = record("sampled-1", &["--sample", "1"]);
+    let report = json("report", &dump);
+    let leaks = json("leaks", &dump);
+    assert_eq!(report["sample_interval"], 1);
+    for s in &SITES {
+        assert_eq!(top(&report, "allocations", s.name), s.n, "{}", s.name);
+        assert_eq!(top(&report, "bytes", s.name), s.n * s.size, "{}", s.name);
+        assert_eq!(
+            leaked(&leaks, s.name),
+            (s.live, s.live * s.size),
+            "{}",
+            s.name
+        );
+    }
+}
+
+/// With `--aggregate`: per-stack counters of the sampled blocks, scaled; within 5 sigma.
+#[test]
+fn sampling_combines_with_aggregate() {
+    for t in [4096u64, 524_288] {
+        let dump = record("sampled-agg", &["--aggregate", "--sample", &t.to_string()]);
+        let report = json("report", &dump);
+        let leaks = json("leaks", &dump);
+        assert_eq!(report["aggregated"], true);
+        assert_eq!(report["estimated"], true);
+        assert_eq!(report["sample_interval"], t);
+        assert_sites_within_bounds(&report, &leaks, t);
+    }
+    // And with --all-blocks, exact classes.
+    let dump = record(
+        "sampled-agg-all",
+        &["--aggregate", "--sample", "4096", "--all-blocks"],
+    );
+    let leaks = json("leaks", &dump);
+    assert_eq!(leaks["kinds"]["definite"]["bytes"], 4_096_000, "{leaks}");
+    assert_eq!(leaks["kinds"]["reachable"]["blocks"], 100);
+    assert_eq!(leaks["leaked_blocks"], 1100);
+}
+
+/// `export --format pprof` of a sampled dump: the weights are the estimates (as `report`), the
+/// period the interval, and go tool pprof reads it.
+#[test]
+fn pprof_of_a_sampled_dump_carries_the_estimates() {
+    require("go", "golang-go");
+    let dump = record("sampled-pprof", &["--sample", "4096"]);
+    let report = json("report", &dump);
+    let out = dump.with_extension("pb.gz");
+    zmtrace_ok(&[
+        "export",
+        dump.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let raw = go_pprof(&["-raw"], &out);
+    assert!(raw.contains("Period: 4096"), "{raw}");
+    let flat = *pprof_flat(&out, "alloc_objects", &[])
+        .get("zs_churn")
+        .expect("zs_churn in go tool pprof -top");
+    assert_eq!(flat, top(&report, "allocations", "zs_churn"));
+    assert_estimate("pprof zs_churn alloc_objects", flat, 1_000_000, 64, 4096);
+}
+
+#[test]
+fn a_bad_sample_interval_is_a_one_line_error() {
+    let prog = sample("sampled");
+    for v in ["0", "abc", "4X"] {
+        let f = run_zmtrace(&["run", "--sample", v, "--", prog.to_str().unwrap()]);
+        assert_eq!(f.code, Some(2), "--sample {v}: {}", f.stderr);
+        assert_eq!(f.stderr.trim().lines().count(), 1, "{}", f.stderr);
+        assert!(f.stderr.contains("sampling interval"), "{}", f.stderr);
+    }
+    let f = run_zmtrace(&["run", "--all-blocks", "--", prog.to_str().unwrap()]);
+    assert_eq!(f.code, Some(2), "{}", f.stderr);
+}
