@@ -134,24 +134,8 @@ pub fn site(sym: &mut Symbolizer, stack: u32, opts: &Options) -> Site {
     }
 }
 
-/// What makes two frames the same for people: function, file, line, and module (or, for a
-/// frame with neither name nor line, its address: the offset in its module, where it has one).
-pub type FrameKey = (Option<String>, Option<String>, Option<u32>, Option<String>);
-
-pub fn frame_key(f: &Frame) -> FrameKey {
-    let unknown = f.function.is_none() && f.line.is_none();
-    (
-        f.function.clone(),
-        f.file.clone(),
-        f.line,
-        // Frames without names or lines differ by address, not by module.
-        if unknown {
-            Some(f.address.clone())
-        } else {
-            f.module.clone()
-        },
-    )
-}
+// Defined with the symbolizer, which groups stacks by it (`Symbolizer::site_group`).
+pub use crate::symbols::{frame_key, FrameKey};
 
 /// What makes two stacks one site (see [`merged_sites`]). A frame without name or line is keyed
 /// by its offset in its module, not its address in the process, so the key also matches a site
@@ -166,12 +150,11 @@ pub fn site_key(frames: &[Frame]) -> Vec<FrameKey> {
 pub fn merged_sites(a: &Analysis, sym: &mut Symbolizer) -> Vec<(u32, SiteStats)> {
     let mut ids: Vec<u32> = a.sites.keys().copied().collect();
     ids.sort_unstable();
-    let mut by_key: std::collections::HashMap<Vec<FrameKey>, usize> =
-        std::collections::HashMap::new();
+    // By `Symbolizer::site_group`, which is `site_key` without building a stack's frames.
+    let mut by_key: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
     let mut out: Vec<(u32, SiteStats)> = Vec::new();
     for id in ids {
-        let frames = sym.stack(id);
-        let key = site_key(&frames);
+        let key = sym.site_group(id);
         match by_key.get(&key) {
             Some(&i) => out[i].1.merge(&a.sites[&id]),
             None => {
