@@ -1,50 +1,90 @@
 #!/usr/bin/env bash
-# Analysis speed on a big dump: scripts/bench/pairs.c makes PAIRS malloc+free pairs (2 events
-# each; default 5,000,000 pairs = 10 million events), traced by zmtrace and by heaptrack; then
-# `zmtrace report` and `heaptrack_print` each read their own dump of that same run, REPS times,
-# alternating. Prints the dump sizes, the median (min-max) wall time of each, and peak RSS.
+# Analysis speed: each workload is traced once by zmtrace and once by heaptrack; then
+# `zmtrace report`, `zmtrace dump-info` and `heaptrack_print` each read their own dump of that
+# same run, REPS times, alternating. Per workload and reader: the median (min-max) wall time,
+# the events read per second (the dump's events over the median wall time), the peak RSS, and
+# heaptrack_print's time over zmtrace's (issue 12: report at least 4x faster, with a lower RSS).
 #
-#   scripts/analysis-speed.sh [PAIRS] [REPS]
+#   scripts/analysis-speed.sh [PAIRS] [REPS] [WORKLOADS]
+#
+# PAIRS sizes every workload (default 5,000,000: scripts/bench/pairs.c's malloc+free pairs, 10
+# million events; the others make about as many events). WORKLOADS (default "pairs randdepth1p
+# python3"): pairs = scripts/bench/pairs.c; randdepth1p = scripts/bench/randdepth.c with one call
+# path at random depths (the variant heaptrack 1.4 survives); python3 = Debian's python3 with
+# PYTHONMALLOC=malloc on the bench's churn script (skipped where there is no /usr/bin/python3).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 pairs=${1:-5000000}
 reps=${2:-3}
+workloads=${3:-pairs randdepth1p python3}
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 zmtrace=$root/target/release/zmtrace
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cc -O2 -fomit-frame-pointer -pthread -o "$work/pairs" "$root/scripts/bench/pairs.c"
-"$zmtrace" run -o "$work" -- "$work/pairs" "$pairs" 19 1 >/dev/null 2>&1
-dump=$(ls "$work"/zmtrace.pairs.*.zmt)
-events=$("$zmtrace" report --json "$dump" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events"])')
-echo "zmtrace dump: $(du -h "$dump" | cut -f1), $events events"
 have_heaptrack=0
-if command -v heaptrack >/dev/null && command -v heaptrack_print >/dev/null; then
-    heaptrack -o "$work/ht" "$work/pairs" "$pairs" 19 1 >/dev/null 2>&1 || true
-    ht=$(ls "$work"/ht*.zst 2>/dev/null | head -1 || true)
-    if [ -n "$ht" ]; then
-        have_heaptrack=1
-        echo "heaptrack data: $(du -h "$ht" | cut -f1)"
-    fi
-fi
-measure() { # label command...
-    /usr/bin/time -o "$work/t" -f "%e %M" "${@:2}" >/dev/null 2>&1
-    echo "$1 $(tail -1 "$work/t")" >>"$work/times"
+command -v heaptrack >/dev/null && command -v heaptrack_print >/dev/null && have_heaptrack=1
+
+measure() { # workload label events command...
+    /usr/bin/time -o "$work/t" -f "%e %M" "${@:4}" >/dev/null 2>&1
+    echo "$1 $2 $3 $(tail -1 "$work/t")" >>"$work/times"
 }
-for _ in $(seq "$reps"); do
-    measure zmtrace-report "$zmtrace" report "$dump"
-    [ "$have_heaptrack" = 1 ] && measure heaptrack_print heaptrack_print "$ht"
+
+for w in $workloads; do
+    case $w in
+    pairs)
+        cc -O2 -fomit-frame-pointer -pthread -o "$work/pairs" "$root/scripts/bench/pairs.c"
+        cmd=("$work/pairs" "$pairs" 19 1) ;;
+    randdepth1p)
+        cc -O2 -g -fomit-frame-pointer -pthread -o "$work/randdepth" "$root/scripts/bench/randdepth.c"
+        # About 2.5 events per operation.
+        cmd=("$work/randdepth" $((pairs * 4 / 5)) 1 1 paths=1) ;;
+    python3)
+        [ -x /usr/bin/python3 ] || { echo "$w: no /usr/bin/python3, skipped"; continue; }
+        python3 -c "import sys; sys.path.insert(0, '$root/scripts/bench'); import workloads; \
+            open('$work/churn.py', 'w').write(workloads.PY_CHURN)"
+        # About 33 events per iteration.
+        cmd=(env PYTHONMALLOC=malloc /usr/bin/python3 "$work/churn.py" $((pairs / 16))) ;;
+    *) echo "unknown workload $w" >&2; exit 2 ;;
+    esac
+    mkdir -p "$work/$w"
+    "$zmtrace" run -o "$work/$w" -- "${cmd[@]}" >/dev/null 2>&1 || true
+    dump=$(ls "$work/$w"/zmtrace.*.zmt | head -1)
+    events=$("$zmtrace" report --json "$dump" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events"])')
+    echo "$w: zmtrace dump $(du -h "$dump" | cut -f1), $events events"
+    ht=
+    if [ "$have_heaptrack" = 1 ]; then
+        heaptrack -o "$work/$w/ht" "${cmd[@]}" >/dev/null 2>&1 || true
+        ht=$(ls "$work/$w"/ht*.zst 2>/dev/null | head -1 || true)
+        [ -n "$ht" ] && echo "$w: heaptrack data $(du -h "$ht" | cut -f1)"
+    fi
+    for _ in $(seq "$reps"); do
+        measure "$w" report "$events" "$zmtrace" report "$dump"
+        measure "$w" dump-info "$events" "$zmtrace" dump-info "$dump"
+        [ -n "$ht" ] && measure "$w" heaptrack_print "$events" heaptrack_print "$ht"
+    done
 done
 python3 - "$work/times" <<'PY'
 import sys, statistics as st, collections
 t = collections.defaultdict(list)
+events = {}
 for line in open(sys.argv[1]):
-    name, secs, rss = line.split()
-    t[name].append((float(secs), int(rss)))
-for name, v in t.items():
+    w, name, ev, secs, rss = line.split()
+    t[(w, name)].append((float(secs), int(rss)))
+    events[w] = int(ev)
+print(f"{'workload':12} {'reader':16} {'wall s (min-max)':>22} {'M events/s':>11} {'peak RSS':>10}")
+for (w, name), v in t.items():
     s = [x[0] for x in v]
-    print(f"{name:16} {st.median(s):7.2f} s ({min(s):.2f}-{max(s):.2f}), peak RSS {max(x[1] for x in v)/1024:.0f} MiB")
-if len(t) == 2:
-    z = st.median(x[0] for x in t["zmtrace-report"]); h = st.median(x[0] for x in t["heaptrack_print"])
-    print(f"heaptrack_print / zmtrace report: {h / z:.1f}x")
+    m = st.median(s)
+    rate = events[w] / m / 1e6 if m > 0 else float("inf")
+    print(f"{w:12} {name:16} {m:8.2f} ({min(s):.2f}-{max(s):.2f})      {rate:11.1f} "
+          f"{max(x[1] for x in v) / 1024:7.0f} MiB")
+for w in events:
+    if (w, "heaptrack_print") in t:
+        h = st.median(x[0] for x in t[(w, "heaptrack_print")])
+        hr = max(x[1] for x in t[(w, "heaptrack_print")])
+        for name in ("report", "dump-info"):
+            z = st.median(x[0] for x in t[(w, name)])
+            zr = max(x[1] for x in t[(w, name)])
+            print(f"{w}: heaptrack_print / zmtrace {name}: {h / max(z, 0.005):.1f}x time, "
+                  f"{hr / zr:.1f}x peak RSS")
 PY

@@ -295,6 +295,64 @@ pub struct Analysis {
     /// Sampled with `--all-blocks`: the leak classes' totals (`kinds`) are exact, their split
     /// per site estimated.
     pub all_blocks: bool,
+    /// The replayed events by kind (`dump-info`'s list); empty for an aggregated dump.
+    pub by_kind: EventCounts,
+}
+
+/// Events by kind, counted as the replay goes (the halves of reallocs and remaps, which are no
+/// events of the program's, are not).
+#[derive(Clone, Debug, Default)]
+pub struct EventCounts {
+    /// Allocations by [`zmtrace_format::AllocKind`] (its number).
+    pub alloc: [u64; 9],
+    pub free: u64,
+    /// Reallocs of an existing block (`realloc(NULL, n)` is an allocation).
+    pub realloc: u64,
+    pub failed: u64,
+    pub map: u64,
+    pub unmap: u64,
+    pub remap: u64,
+}
+
+impl EventCounts {
+    #[inline]
+    fn add(&mut self, k: &EventKind) {
+        match *k {
+            EventKind::Alloc { kind, .. } => {
+                if let Some(n) = self.alloc.get_mut(kind as usize) {
+                    *n += 1;
+                }
+            }
+            EventKind::Free { .. } => self.free += 1,
+            EventKind::Realloc { .. } => self.realloc += 1,
+            EventKind::AllocFailed { .. } => self.failed += 1,
+            EventKind::Map { .. } => self.map += 1,
+            EventKind::Unmap { .. } => self.unmap += 1,
+            EventKind::Remap { .. } => self.remap += 1,
+            EventKind::ReallocOut { .. } | EventKind::RemapOut { .. } => {}
+        }
+    }
+
+    /// The kinds met, by the names `dump-info` shows, in name order.
+    pub fn named(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let allocs = self.alloc.iter().enumerate().filter_map(|(i, &n)| {
+            zmtrace_format::AllocKind::from_u8(i as u8).map(|k| (k.name(), n))
+        });
+        let mut out = std::collections::BTreeMap::new();
+        for (name, n) in allocs.chain([
+            ("free", self.free),
+            ("realloc (existing block)", self.realloc),
+            ("failed", self.failed),
+            ("mmap", self.map),
+            ("munmap", self.unmap),
+            ("mremap", self.remap),
+        ]) {
+            if n > 0 {
+                *out.entry(name).or_default() += n;
+            }
+        }
+        out
+    }
 }
 
 impl Analysis {
@@ -398,6 +456,7 @@ pub fn analyze_at(
             continue;
         }
         a.events += 1;
+        a.by_kind.add(&e.kind);
         if a.events.is_multiple_of(65536) {
             let (done, total) = events.progress();
             progress(done, total);

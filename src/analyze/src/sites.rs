@@ -87,24 +87,8 @@ pub fn site_start(frames: &[Frame], wrappers: &[String]) -> usize {
         .unwrap_or(0)
 }
 
-/// What makes two frames the same for people: function, file, line, and module (or, for a
-/// frame with neither name nor line, its address: the offset in its module, where it has one).
-pub type FrameKey = (Option<String>, Option<String>, Option<u32>, Option<String>);
-
-pub fn frame_key(f: &Frame) -> FrameKey {
-    let unknown = f.function.is_none() && f.line.is_none();
-    (
-        f.function.clone(),
-        f.file.clone(),
-        f.line,
-        // Frames without names or lines differ by address, not by module.
-        if unknown {
-            Some(f.address.clone())
-        } else {
-            f.module.clone()
-        },
-    )
-}
+// Defined with the symbolizer, which groups stacks by it (`Symbolizer::site_group`).
+pub use crate::symbols::{frame_key, FrameKey};
 
 /// What makes two stacks one site (see [`merged_sites`]). A frame without name or line is keyed
 /// by its offset in its module, not its address in the process, so the key also matches a site
@@ -124,12 +108,11 @@ pub fn merged<T: Clone, S: std::hash::BuildHasher>(
 ) -> Vec<(u32, T)> {
     let mut ids: Vec<u32> = sites.keys().copied().collect();
     ids.sort_unstable();
-    let mut by_key: std::collections::HashMap<Vec<FrameKey>, usize> =
-        std::collections::HashMap::new();
+    // By `Symbolizer::site_group`, which is `site_key` without building a stack's frames.
+    let mut by_key: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
     let mut out: Vec<(u32, T)> = Vec::new();
     for id in ids {
-        let frames = sym.stack(id);
-        let key = site_key(&frames);
+        let key = sym.site_group(id);
         match by_key.get(&key) {
             Some(&i) => merge(&mut out[i].1, &sites[&id]),
             None => {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use zmtrace_format::{Dump, Module};
 
@@ -46,6 +47,44 @@ impl Frame {
             _ => None,
         }
     }
+}
+
+/// What makes two frames the same for people: function, file, line, and module (or, for a
+/// frame with neither name nor line, its address: the offset in its module, where it has one).
+pub type FrameKey = (Option<String>, Option<String>, Option<u32>, Option<String>);
+
+pub fn frame_key(f: &Frame) -> FrameKey {
+    let unknown = f.function.is_none() && f.line.is_none();
+    (
+        f.function.clone(),
+        f.file.clone(),
+        f.line,
+        // Frames without names or lines differ by address, not by module.
+        if unknown {
+            Some(f.address.clone())
+        } else {
+            f.module.clone()
+        },
+    )
+}
+
+/// One return address resolved: its frames, and per frame what [`Symbolizer::site_group`]
+/// needs (so that grouping every stack clones no frame and hashes no string).
+struct Resolved {
+    frames: Rc<Vec<Frame>>,
+    keys: Rc<[FrameBits]>,
+}
+
+#[derive(Clone, Copy)]
+struct FrameBits {
+    /// The frame's [`frame_key`], interned.
+    id: u32,
+    /// The frame is `main`'s.
+    main: bool,
+    /// The frame is the C library's start code ([`is_start_code`]).
+    start: bool,
+    /// Its module (index in the dump's modules; `u32::MAX`: none).
+    module: u32,
 }
 
 /// A loaded module file: its DWARF, and its symbol table with sizes.
@@ -124,9 +163,14 @@ pub struct Symbolizer<'d> {
     /// The sequence number of the first event of each stack (found on first need).
     first_use: Option<HashMap<u32, u64>>,
     files: HashMap<PathBuf, ModuleFile>,
-    /// Frames by return address and module.
-    addresses: HashMap<(u64, usize), Rc<Vec<Frame>>>,
+    /// Frames by return address and module, with what grouping stacks needs of each frame.
+    addresses: FxHashMap<(u64, usize), Resolved>,
     stacks: HashMap<u32, Rc<Vec<Frame>>>,
+    /// Frames interned by [`frame_key`]: equal keys, equal ids.
+    frame_ids: FxHashMap<FrameKey, u32>,
+    /// Stacks interned by their frames' key ids (see [`Symbolizer::site_group`]).
+    group_ids: FxHashMap<Vec<u32>, u32>,
+    groups: FxHashMap<u32, u32>,
     /// Problems met (a module missing on disk, a build-id that no longer matches): one line
     /// each, each said once.
     pub warnings: Vec<String>,
@@ -182,8 +226,11 @@ impl<'d> Symbolizer<'d> {
             by_time,
             first_use: None,
             files: HashMap::new(),
-            addresses: HashMap::new(),
+            addresses: FxHashMap::default(),
             stacks: HashMap::new(),
+            frame_ids: FxHashMap::default(),
+            group_ids: FxHashMap::default(),
+            groups: FxHashMap::default(),
             warnings: Vec::new(),
         }
     }
@@ -287,14 +334,106 @@ impl<'d> Symbolizer<'d> {
 
     /// The frames at one return address in the module mapped at event `seq`.
     pub fn address_at(&mut self, ret: u64, seq: Option<u64>) -> Rc<Vec<Frame>> {
+        self.resolve(ret, seq).frames.clone()
+    }
+
+    fn resolve(&mut self, ret: u64, seq: Option<u64>) -> &Resolved {
         let module = self.module_of(ret, seq);
         let key = (ret, module.unwrap_or(usize::MAX));
-        if let Some(f) = self.addresses.get(&key) {
-            return f.clone();
+        if !self.addresses.contains_key(&key) {
+            let frames = self.lookup(ret, module.map(|i| &self.dump.modules[i]));
+            let keys = frames
+                .iter()
+                .map(|f| FrameBits {
+                    id: self.frame_id(f),
+                    main: f.function.as_deref() == Some("main"),
+                    start: is_start_code(f),
+                    module: module.map_or(u32::MAX, |m| m as u32),
+                })
+                .collect();
+            let r = Resolved {
+                frames: Rc::new(frames),
+                keys,
+            };
+            self.addresses.insert(key, r);
         }
-        let frames = Rc::new(self.lookup(ret, module.map(|i| &self.dump.modules[i])));
-        self.addresses.insert(key, frames.clone());
-        frames
+        &self.addresses[&key]
+    }
+
+    fn frame_id(&mut self, f: &Frame) -> u32 {
+        let n = self.frame_ids.len() as u32;
+        *self.frame_ids.entry(frame_key(f)).or_insert(n)
+    }
+
+    /// A number per site: two stacks get the same one exactly when their frames
+    /// ([`Symbolizer::stack`]) have the same [`frame_key`]s, i.e. when they symbolize the same
+    /// (one source line compiled into several calls, say). Cheaper than comparing the frames:
+    /// every address is keyed once, and a stack is its addresses' key ids.
+    pub fn site_group(&mut self, id: u32) -> u32 {
+        if let Some(&g) = self.groups.get(&id) {
+            return g;
+        }
+        let key = match self.stack_keys(id) {
+            Some(k) => k,
+            // The one frame `stack` gives an unknown id.
+            None => {
+                let f = &self.stack(id)[0];
+                let f = f.clone();
+                vec![self.frame_id(&f)]
+            }
+        };
+        let n = self.group_ids.len() as u32;
+        let g = *self.group_ids.entry(key).or_insert(n);
+        self.groups.insert(id, g);
+        g
+    }
+
+    /// The key ids of stack `id`'s frames as [`Symbolizer::stack`] gives them (the recorder's
+    /// own frames left out, the start code below `main` collapsed); None for an unknown id.
+    fn stack_keys(&mut self, id: u32) -> Option<Vec<u32>> {
+        let seq = self.first_use(id);
+        let dump = self.dump;
+        let addrs = dump.stacks.get(&id)?;
+        let mut bits: Vec<FrameBits> = Vec::with_capacity(addrs.len() + 4);
+        for &a in addrs {
+            let r = self.resolve(a, seq);
+            if r.frames
+                .first()
+                .and_then(|f| f.module.as_deref())
+                .is_some_and(is_recorder_module)
+            {
+                continue;
+            }
+            bits.extend(r.keys.iter().copied());
+        }
+        if let Some(main) = bits.iter().rposition(|b| b.main) {
+            let below = &bits[main + 1..];
+            if !below.is_empty() && below.iter().all(|b| b.start) {
+                // As `collapse_below_main`: one frame named BELOW_MAIN in the module of the
+                // first frame below main.
+                let module = dump
+                    .modules
+                    .get(below[0].module as usize)
+                    .map(|m| m.path.clone());
+                bits.truncate(main + 1);
+                let f = Frame {
+                    function: Some(BELOW_MAIN.to_string()),
+                    file: None,
+                    line: None,
+                    module,
+                    address: String::new(),
+                    inlined: false,
+                };
+                let id = self.frame_id(&f);
+                bits.push(FrameBits {
+                    id,
+                    main: false,
+                    start: false,
+                    module: u32::MAX,
+                });
+            }
+        }
+        Some(bits.iter().map(|b| b.id).collect())
     }
 
     fn lookup(&mut self, ret: u64, module: Option<&'d Module>) -> Vec<Frame> {
@@ -555,6 +694,80 @@ mod tests {
             sym.address(0x7000_1234)[0].module.as_deref(),
             Some("/gone/b.so")
         );
+    }
+
+    #[test]
+    fn stacks_share_a_site_group_exactly_when_their_frames_have_the_same_keys() {
+        use object::{Object, ObjectSymbol, SymbolKind};
+        // Real frames: functions of this test program, which has line tables.
+        let exe = std::env::current_exe().unwrap();
+        let data = std::fs::read(&exe).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        let mut funcs: Vec<u64> = file
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 64)
+            .map(|s| s.address())
+            .collect();
+        funcs.sort_unstable();
+        funcs.dedup();
+        let funcs = &funcs[..40];
+        let mut out = write::file_header().to_vec();
+        write::process(&mut out, &Process::default());
+        write::module(
+            &mut out,
+            &Module {
+                base: 0,
+                path: exe.to_str().unwrap().into(),
+                build_id: vec![],
+                segments: vec![(funcs[0], funcs[39] + 64)],
+                seq: 0,
+            },
+        );
+        // Per pair of functions: the same addresses twice, then a later call in the first one
+        // (its own site or not, as its line says), and an address in no module.
+        let mut stacks: Vec<Vec<u64>> = Vec::new();
+        for w in funcs.windows(2) {
+            stacks.push(vec![w[0] + 1, w[1] + 1]);
+            stacks.push(vec![w[0] + 1, w[1] + 1]);
+            stacks.push(vec![w[0] + 9, w[1] + 1]);
+            stacks.push(vec![w[0] + 1, w[1] + 1, 0x10]);
+        }
+        write::stacks(
+            &mut out,
+            stacks
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (i as u32 + 1, &f[..])),
+            &mut |b| zstd::bulk::compress(b, 1).unwrap(),
+        );
+        let d = Dump::from_bytes(Path::new("t"), out).unwrap();
+        let mut sym = Symbolizer::new(&d);
+        // An id the dump does not have is a site of its own.
+        let ids: Vec<u32> = (1..=stacks.len() as u32 + 1).collect();
+        let keys: Vec<Vec<FrameKey>> = ids
+            .iter()
+            .map(|&id| sym.stack(id).iter().map(frame_key).collect())
+            .collect();
+        assert!(keys[0][0].0.is_some(), "no function name: {:?}", keys[0]);
+        let groups: Vec<u32> = ids.iter().map(|&id| sym.site_group(id)).collect();
+        let (mut same, mut differ) = (0, 0);
+        for i in 0..ids.len() {
+            for j in 0..ids.len() {
+                assert_eq!(
+                    groups[i] == groups[j],
+                    keys[i] == keys[j],
+                    "stacks {} and {}",
+                    ids[i],
+                    ids[j]
+                );
+                if i != j && keys[i] == keys[j] {
+                    same += 1;
+                } else if i != j {
+                    differ += 1;
+                }
+            }
+        }
+        assert!(same >= 39 && differ > 0, "{same} {differ}");
     }
 
     #[test]

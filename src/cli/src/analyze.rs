@@ -34,45 +34,53 @@ pub struct AnalyzeOptions {
     pub suppressions: Suppressions,
 }
 
-/// Shows how far the replay is on a terminal, once it has taken more than a moment.
+/// Shows how far the replay is: a bar on stderr (indicatif), only when stderr is a terminal and
+/// only once reading has taken more than a second, so a pipe or a log never gets one.
 struct Progress {
     start: Instant,
-    last: Instant,
-    shown: bool,
     tty: bool,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
     fn new() -> Progress {
-        let now = Instant::now();
         Progress {
-            start: now,
-            last: now,
-            shown: false,
+            start: Instant::now(),
             tty: std::io::stderr().is_terminal(),
+            bar: None,
         }
     }
 
     fn update(&mut self, done: usize, total: usize) {
-        let now = Instant::now();
-        if !self.tty
-            || total == 0
-            || now - self.start < Duration::from_secs(1)
-            || now - self.last < Duration::from_millis(100)
-        {
+        if !self.tty || total == 0 {
             return;
         }
-        self.last = now;
-        self.shown = true;
-        let pct = 100 * done / total;
-        eprint!("\rzmtrace: reading events {pct:>3}% ({done}/{total} records)");
+        if self.bar.is_none() {
+            if self.start.elapsed() < Duration::from_secs(1) {
+                return;
+            }
+            let style = indicatif::ProgressStyle::with_template(
+                "zmtrace: reading events {bar:30} {pos}/{len} records, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(total as u64),
+                indicatif::ProgressDrawTarget::stderr(),
+            )
+            .with_style(style);
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        if self.shown {
-            eprint!("\r{:70}\r", "");
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 }

@@ -4,13 +4,22 @@
 //! Opening a dump maps the file and reads everything but the events (process, modules, stacks,
 //! inherited blocks, end): one pass that checks every record's checksum and notes where the
 //! `Events` records are. [`Dump::events`] then streams the events in sequence order, merging the
-//! threads' records as it goes: only one decoded record per thread is in memory at a time, so a
-//! dump of any size is analyzed in the memory its live set needs, not its event count.
+//! threads' records as it goes: at most two decoded records per thread are in memory at a time
+//! (the one being read and the next), so a dump of any size is analyzed in the memory its live
+//! set needs, not its event count.
+//!
+//! # Decoding ahead
+//!
+//! Records are independent (each is compressed on its own and its deltas start afresh), so while
+//! the caller consumes one record's events a second thread decompresses and decodes the next
+//! record of the same stream: the replay and the decoding each take a core instead of taking
+//! turns on one. The decoding thread works on requests, one per stream at most, so what it holds
+//! is bounded by the number of streams, never by the dump's length.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 
 use crate::event::decode_events;
 use crate::varint::{unzigzag, Cursor, Malformed};
@@ -101,7 +110,8 @@ pub struct Dump {
     damaged_late: std::sync::atomic::AtomicU64,
     /// Problems met while streaming the events (a record whose events do not decode).
     late_warnings: Mutex<Vec<String>>,
-    data: Data,
+    /// Shared with the thread that decodes records ahead of the replay ([`Dump::events`]).
+    data: Arc<Data>,
 }
 
 /// An `Events` record, not yet decoded.
@@ -269,32 +279,50 @@ impl Dump {
                 .push("the process record is missing: who was traced is unknown".into());
         }
         drop(dump.data);
-        dump.data = owned;
+        dump.data = Arc::new(owned);
         Ok(dump)
     }
 
     /// Every event, in sequence order, streamed from the file. A record whose events do not
     /// decode yields the events before the damage and adds a line to [`Dump::late_warnings`].
     pub fn events(&self) -> Events<'_> {
+        // A second core, and more than one record to decode: decode ahead on it.
+        let ahead = self.event_records.len() > 1
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        self.events_with(ahead)
+    }
+
+    /// [`Dump::events`], decoding ahead on a thread of its own or not (tests compare the two).
+    fn events_with(&self, ahead: bool) -> Events<'_> {
         let mut per_stream: HashMap<u32, usize> = HashMap::new();
         let mut streams: Vec<StreamCursor> = Vec::new();
+        let mut stream_of = Vec::with_capacity(self.event_records.len());
         for (i, r) in self.event_records.iter().enumerate() {
             let s = *per_stream.entry(r.stream).or_insert_with(|| {
                 streams.push(StreamCursor::default());
                 streams.len() - 1
             });
             streams[s].records.push(i);
+            stream_of.push(s);
         }
+        let ahead = if ahead { Ahead::start(self) } else { None };
         let mut ev = Events {
             dump: self,
             streams,
             heap: BinaryHeap::new(),
             loaded: 0,
             zstd: None,
+            ahead,
+            stream_of,
             current: None,
             last_seq: None,
             skipped: 0,
         };
+        // Every stream's first record is asked for at once, so they decode while the first
+        // arrives.
+        for s in 0..ev.streams.len() {
+            ev.ask(s);
+        }
         for s in 0..ev.streams.len() {
             ev.refill(s);
         }
@@ -327,37 +355,14 @@ impl Dump {
             .unwrap_or_default()
     }
 
-    fn decode_record(
-        &self,
-        r: EventsRef,
-        zstd: &mut Option<zstd::zstd_safe::DCtx<'static>>,
-        out: &mut Vec<Event>,
-    ) {
-        let data = self.data.bytes();
-        let Some(payload) = data.get(r.offset..r.offset + r.len) else {
-            return;
-        };
-        let result = (|| -> Result<(), Damage> {
-            let mut c = Cursor::new(payload);
-            let _stream = c.u32()?;
-            let tid = c.u32()?;
-            let raw_len = c.uvarint()?;
-            let raw = decompress_capped(zstd, raw_len, MAX_EVENTS_RAW_LEN, c.rest())?;
-            Ok(decode_events(&raw, tid, out)?)
-        })();
-        if let Err(Damage(why)) = result {
-            let line = format!(
-                "the events record at offset {} does not decode{}: its remaining events are lost",
-                r.offset - RECORD_HEADER_LEN,
-                why.map(|w| format!(" ({w})")).unwrap_or_default()
-            );
-            // Once per record, however often the events are streamed.
-            if let Ok(mut w) = self.late_warnings.lock() {
-                if !w.contains(&line) {
-                    w.push(line);
-                    self.damaged_late
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+    /// Notes a record whose events did not decode (`line`, from [`decode_record`]).
+    fn late_damage(&self, line: String) {
+        // Once per record, however often the events are streamed.
+        if let Ok(mut w) = self.late_warnings.lock() {
+            if !w.contains(&line) {
+                w.push(line);
+                self.damaged_late
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -607,6 +612,88 @@ impl Dump {
     }
 }
 
+/// Decodes the `Events` record `r` of `data` into `out` (appended). On damage `out` keeps the
+/// events before it, and the line that says so is returned (for [`Dump::late_damage`]).
+fn decode_record(
+    data: &[u8],
+    r: EventsRef,
+    zstd: &mut Option<zstd::zstd_safe::DCtx<'static>>,
+    out: &mut Vec<Event>,
+) -> Option<String> {
+    let payload = data.get(r.offset..r.offset + r.len)?;
+    let result = (|| -> Result<(), Damage> {
+        let mut c = Cursor::new(payload);
+        let _stream = c.u32()?;
+        let tid = c.u32()?;
+        let raw_len = c.uvarint()?;
+        let raw = decompress_capped(zstd, raw_len, MAX_EVENTS_RAW_LEN, c.rest())?;
+        Ok(decode_events(&raw, tid, out)?)
+    })();
+    let Err(Damage(why)) = result else {
+        return None;
+    };
+    Some(format!(
+        "the events record at offset {} does not decode{}: its remaining events are lost",
+        r.offset - RECORD_HEADER_LEN,
+        why.map(|w| format!(" ({w})")).unwrap_or_default()
+    ))
+}
+
+/// One record decoded by the thread that decodes ahead.
+struct Decoded {
+    /// Its index in [`Dump::event_records`].
+    record: usize,
+    events: Vec<Event>,
+    damage: Option<String>,
+}
+
+/// The thread that decodes records ahead of the replay (see the module docs), and the two
+/// channels to it: asks (a record, and a spent buffer to decode it into) and answers, both in
+/// the order asked.
+struct Ahead {
+    ask: Option<mpsc::Sender<(usize, Vec<Event>)>>,
+    answers: mpsc::Receiver<Decoded>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Buffers of records read to the end, for the next asks (no allocation per record).
+    spare: Vec<Vec<Event>>,
+}
+
+impl Ahead {
+    /// None when no thread can be started: the caller then decodes on its own.
+    fn start(dump: &Dump) -> Option<Ahead> {
+        let (ask, asks) = mpsc::channel::<(usize, Vec<Event>)>();
+        let (answer, answers) = mpsc::channel();
+        let data = Arc::clone(&dump.data);
+        let records = dump.event_records.clone();
+        let thread = std::thread::Builder::new()
+            .name("zmtrace-decode".into())
+            .spawn(move || {
+                let mut zstd = None;
+                // Ends when the reader is dropped (the asks' sender with it).
+                for (record, mut events) in asks {
+                    events.clear();
+                    let damage =
+                        decode_record(data.bytes(), records[record], &mut zstd, &mut events);
+                    let done = Decoded {
+                        record,
+                        events,
+                        damage,
+                    };
+                    if answer.send(done).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Ahead {
+            ask: Some(ask),
+            answers,
+            thread: Some(thread),
+            spare: Vec::new(),
+        })
+    }
+}
+
 /// The next events of one thread's stream: its records in file order, and the current one
 /// decoded.
 #[derive(Default)]
@@ -615,6 +702,10 @@ struct StreamCursor {
     next_record: usize,
     buf: Vec<Event>,
     pos: usize,
+    /// Decoding ahead: the stream's next record has been asked for.
+    asked: bool,
+    /// Decoding ahead: its next record, when it arrived while another stream's was awaited.
+    ready: Option<Decoded>,
 }
 
 /// Streams a dump's events in sequence order: a k-way merge of the threads' streams, each of
@@ -626,8 +717,12 @@ pub struct Events<'a> {
     heap: BinaryHeap<(std::cmp::Reverse<u64>, usize)>,
     /// Records decoded so far.
     loaded: usize,
-    /// One decompression context for all records.
+    /// One decompression context for all records (decoding here).
     zstd: Option<zstd::zstd_safe::DCtx<'static>>,
+    /// The thread decoding ahead, if there is one.
+    ahead: Option<Ahead>,
+    /// The stream of each record (by index in [`Dump::event_records`]).
+    stream_of: Vec<usize>,
     /// The stream whose next event comes next, kept out of the heap.
     current: Option<usize>,
     last_seq: Option<u64>,
@@ -637,6 +732,13 @@ pub struct Events<'a> {
 
 impl Drop for Events<'_> {
     fn drop(&mut self) {
+        if let Some(mut a) = self.ahead.take() {
+            // No more asks: the thread finishes the record at hand and ends.
+            drop(a.ask.take());
+            if let Some(t) = a.thread.take() {
+                let _ = t.join();
+            }
+        }
         if self.skipped > 0 {
             if let Ok(mut w) = self.dump.late_warnings.lock() {
                 let line = format!(
@@ -660,19 +762,98 @@ impl Events<'_> {
     /// The sequence number of stream `s`'s next event, decoding its next record if needed;
     /// None when the stream is exhausted.
     fn advance(&mut self, s: usize) -> Option<u64> {
-        let st = &mut self.streams[s];
-        while st.pos >= st.buf.len() {
+        while self.streams[s].pos >= self.streams[s].buf.len() {
+            let st = &mut self.streams[s];
             if st.next_record >= st.records.len() {
                 return None;
             }
-            let r = self.dump.event_records[st.records[st.next_record]];
+            let record = st.records[st.next_record];
             st.next_record += 1;
-            st.buf.clear();
             st.pos = 0;
             self.loaded += 1;
-            self.dump.decode_record(r, &mut self.zstd, &mut st.buf);
+            let damage = if self.ahead.is_some() {
+                self.take_ahead(s, record)
+            } else {
+                let st = &mut self.streams[s];
+                st.buf.clear();
+                let r = self.dump.event_records[record];
+                decode_record(self.dump.data.bytes(), r, &mut self.zstd, &mut st.buf)
+            };
+            if let Some(line) = damage {
+                self.dump.late_damage(line);
+            }
+            // The one after it decodes while this one is read.
+            self.ask(s);
         }
+        let st = &self.streams[s];
         Some(st.buf[st.pos].seq)
+    }
+
+    /// Decoding ahead: asks for stream `s`'s next record, unless it is asked already or there
+    /// is none.
+    fn ask(&mut self, s: usize) {
+        let Some(a) = self.ahead.as_mut() else {
+            return;
+        };
+        let st = &mut self.streams[s];
+        let Some(&record) = st.records.get(st.next_record) else {
+            return;
+        };
+        if st.asked {
+            return;
+        }
+        let buf = a.spare.pop().unwrap_or_default();
+        if a.ask
+            .as_ref()
+            .is_some_and(|t| t.send((record, buf)).is_ok())
+        {
+            st.asked = true;
+        } else {
+            // The thread is gone (it panicked): decode here from now on.
+            self.ahead = None;
+        }
+    }
+
+    /// Decoding ahead: waits for stream `s`'s `record` (asked for before) and makes it the
+    /// stream's current one; the damage line, if its events did not all decode.
+    fn take_ahead(&mut self, s: usize, record: usize) -> Option<String> {
+        let decoded = loop {
+            if let Some(d) = self.streams[s].ready.take() {
+                break Some(d);
+            }
+            let Some(a) = self.ahead.as_mut() else {
+                break None;
+            };
+            match a.answers.recv() {
+                // Another stream's record (asked before this one): kept for it.
+                Ok(d) => {
+                    let t = self.stream_of[d.record];
+                    self.streams[t].ready = Some(d);
+                }
+                Err(_) => {
+                    self.ahead = None;
+                    break None;
+                }
+            }
+        };
+        let st = &mut self.streams[s];
+        st.asked = false;
+        match decoded {
+            Some(d) => {
+                debug_assert_eq!(d.record, record);
+                let spent = std::mem::replace(&mut st.buf, d.events);
+                if let Some(a) = self.ahead.as_mut() {
+                    a.spare.push(spent);
+                }
+                d.damage
+            }
+            None => {
+                // The thread died: decode this one here.
+                st.buf.clear();
+                let r = self.dump.event_records[record];
+                decode_record(self.dump.data.bytes(), r, &mut self.zstd, &mut st.buf)
+            }
+        }
     }
 
     fn refill(&mut self, s: usize) {
@@ -1081,6 +1262,69 @@ mod tests {
             },
         );
         out
+    }
+
+    /// Three threads' streams of five records each, their events interleaved in sequence, and
+    /// (with `damaged`) one record in the middle whose compressed bytes are garbage.
+    fn many_records(damaged: bool) -> Vec<u8> {
+        let mut out = write::file_header().to_vec();
+        write::process(&mut out, &Process::default());
+        let frames = [0x1000u64];
+        write::stacks(&mut out, [(1u32, &frames[..])].into_iter(), &mut |b| {
+            zstd::bulk::compress(b, 1).unwrap()
+        });
+        for r in 0..5u64 {
+            for stream in 0..3u32 {
+                let mut raw = Vec::new();
+                for i in 0..100u64 {
+                    // Sequence numbers: thread `stream` makes every third event.
+                    let seq = 1 + 3 * (r * 100 + i) + u64::from(stream);
+                    let mut b = EventBuf::default();
+                    encode_alloc(&mut b, seq, seq, AllocKind::Malloc, 0x10 * seq, 8, 8, 1);
+                    raw.extend_from_slice(b.as_slice());
+                }
+                let mut packed = Vec::new();
+                crate::event::pack(&raw, &mut packed);
+                let z = if damaged && r == 2 && stream == 1 {
+                    vec![0x55; 64]
+                } else {
+                    zstd::bulk::compress(&packed, 1).unwrap()
+                };
+                write::events(&mut out, stream, 100 + stream, packed.len(), &z);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn decoding_ahead_streams_what_decoding_in_turn_does() {
+        for damaged in [false, true] {
+            let a = Dump::from_bytes(Path::new("a"), many_records(damaged)).unwrap();
+            let b = Dump::from_bytes(Path::new("b"), many_records(damaged)).unwrap();
+            let ahead: Vec<Event> = a.events_with(true).collect();
+            assert!(
+                a.events_with(true).ahead.is_some(),
+                "no thread decoding ahead"
+            );
+            let in_turn: Vec<Event> = b.events_with(false).collect();
+            assert_eq!(ahead.len(), if damaged { 1400 } else { 1500 });
+            assert_eq!(ahead, in_turn);
+            assert!(ahead.windows(2).all(|w| w[0].seq < w[1].seq));
+            assert_eq!(a.late_warnings(), b.late_warnings());
+            assert_eq!(a.late_warnings().len(), usize::from(damaged));
+            assert_eq!(a.damage().is_some(), damaged);
+        }
+    }
+
+    #[test]
+    fn a_reader_dropped_early_stops_its_decoding_thread() {
+        let d = Dump::from_bytes(Path::new("a"), many_records(false)).unwrap();
+        for n in [0, 1, 150, 1499] {
+            let got: Vec<Event> = d.events_with(true).take(n).collect();
+            assert_eq!(got.len(), n);
+        }
+        // The map is shared with no thread any more: every decoding thread has ended.
+        assert_eq!(Arc::strong_count(&d.data), 1);
     }
 
     #[test]

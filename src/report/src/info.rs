@@ -3,10 +3,9 @@
 //! after the built-in ones, as `run` and `leaks` report them) and the modules. Here rather than
 //! in the CLI so that its text is tested as the reports are (`tests/expected.rs`).
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use zmtrace_format::{Dump, EventKind};
+use zmtrace_format::Dump;
 
 use crate::words::{human_bytes, plural, thousands};
 use zmtrace_analyze::suppressions::Suppressions;
@@ -73,28 +72,9 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {
         writeln!(o, "command:   {}", p.command().join(" "))?;
     }
     writeln!(o, "ending:    {}", crate::parts::ending(d))?;
-    let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
-    for e in d.events() {
-        let k = match e.kind {
-            EventKind::Alloc { kind, .. } => kind.name(),
-            EventKind::Free { .. } => "free",
-            EventKind::Realloc { .. } => "realloc (existing block)",
-            EventKind::AllocFailed { .. } => "failed",
-            EventKind::Map { .. } => "mmap",
-            EventKind::Unmap { .. } => "munmap",
-            EventKind::Remap { .. } => "mremap",
-            // The first half of a realloc's (a remap's) numbering, not an event of its own.
-            EventKind::ReallocOut { .. } | EventKind::RemapOut { .. } => continue,
-        };
-        *by_kind.entry(k).or_default() += 1;
-    }
-    let total: u64 = by_kind.values().sum();
-    writeln!(o, "events:    {total}")?;
-    for (k, n) in &by_kind {
-        writeln!(o, "  {k:<26} {n}")?;
-    }
     // The built-in suppressions, as `run` and `leaks` apply them: they change only the classes
-    // (shown next to the recorder's own below), none of the summary's figures.
+    // (shown next to the recorder's own below), none of the summary's figures. The same replay
+    // counts the events by kind (a pass of their own decoded every event twice).
     let session = zmtrace_analyze::Session::new(
         d,
         &zmtrace_analyze::session::Options {
@@ -102,6 +82,12 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {
             suppressions: Suppressions::builtin(),
         },
     );
+    let by_kind = session.analysis.by_kind.named();
+    let total: u64 = by_kind.values().sum();
+    writeln!(o, "events:    {total}")?;
+    for (k, n) in &by_kind {
+        writeln!(o, "  {k:<26} {n}")?;
+    }
     let s = &session.analysis;
     if let Some(t) = s.sample_interval {
         writeln!(

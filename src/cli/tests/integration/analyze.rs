@@ -454,3 +454,19 @@ fn a_rebuilt_module_is_warned_about() {
         "{after}"
     );
 }
+
+/// The progress bar is for people at a terminal: a report whose stderr is a pipe (as here, and
+/// in every script) carries none of it, only what the report has to say.
+#[test]
+fn no_progress_bar_goes_to_a_pipe() {
+    let d = leaky_dump().to_str().unwrap();
+    for cmd in ["report", "leaks", "churn"] {
+        let f = run_zmtrace(&[cmd, d]);
+        assert_eq!(f.code, Some(0), "{}", f.stderr);
+        assert!(
+            !f.stderr.contains("reading events") && !f.stderr.contains('\r'),
+            "zmtrace {cmd}: progress output on a pipe: {:?}",
+            f.stderr
+        );
+    }
+}
