@@ -16,7 +16,7 @@
 //! The dump served is the main process's: the process `run` started (after an `exec`, its newest
 //! dump). Forked children have dumps of their own, not served (`zmtrace export` reads them after).
 //!
-//! HTTP is [`crate::serve`]'s small bounded server (the one `view --serve` uses), with two routes.
+//! HTTP is [`crate::serve`]'s (hyper, with its bounds; the one `view --serve` uses), with two routes.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
