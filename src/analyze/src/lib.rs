@@ -4,6 +4,7 @@
 //! - [`symbols`]: addresses to functions, files and lines (DWARF with inlining, else ELF symbol
 //!   tables, else module+offset).
 //! - [`analysis`]: one streaming replay that computes every number the reports need.
+//! - [`follow`]: a dump still being written, replayed a piece at a time as it grows (`run --serve`).
 //! - [`session`]: a dump replayed, symbolized and with its suppressions applied: where every
 //!   subcommand starts.
 //! - [`leakcheck`]: the leak check made in the process at exit, which classes the blocks left.
@@ -55,6 +56,7 @@ pub mod analysis;
 pub mod diff;
 pub mod export;
 pub mod flame;
+pub mod follow;
 pub mod info;
 pub mod leakcheck;
 pub mod leaks;

@@ -65,6 +65,8 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Arc<[u8]>,
+    /// More headers (names in lower case).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
@@ -73,7 +75,14 @@ impl Response {
             status,
             content_type,
             body: body.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// With one more header; a value that cannot be a header's is left out.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Response {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn text(status: u16, body: &str) -> Response {
@@ -89,6 +98,11 @@ impl Response {
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         h.insert(CONNECTION, HeaderValue::from_static("close"));
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
         r
     }
 }
