@@ -58,7 +58,8 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 run_mode() {
-    local mode=$1 out=$work/$mode sport="" top prog load=""
+    local mode=$1
+    local out=$work/$mode sport="" top prog load=""
     mkdir -p "$out"
     local cmd=()
     case $mode in
