@@ -3,7 +3,7 @@
 //! the live set plus one entry per stack: the events themselves stream past.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use zmtrace_format::{Dump, EventKind, KindTotal, LeakKind, LiveSite};
+use zmtrace_format::{Dump, Event, EventKind, KindTotal, LeakKind, LiveSite};
 
 use crate::leakcheck::Suppressed;
 use crate::leakcheck::{self, Check};
@@ -102,7 +102,7 @@ const UNSAMPLED: u32 = 0;
 
 /// Sampled recording: the weight of each live sampled block, kept beside the packed live map
 /// (which has no room for it); a recording that is not sampled leaves it empty.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Weights {
     sampled: bool,
     by_addr: HashMap<u64, f64>,
@@ -251,7 +251,7 @@ impl Analysis {
 }
 
 /// Everything one replay found.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Analysis {
     pub allocations: u64,
     pub frees: u64,
@@ -390,6 +390,37 @@ pub fn analyze_at(
         };
     }
     let until = at.map_or(u64::MAX, |s| s.seq);
+    let mut r = start(dump, peak_sites, dump.stacks.len());
+    let mut events = dump.events();
+    replay(&mut r, &mut events, until, &mut |ev| {
+        let (done, total) = ev.progress();
+        progress(done, total);
+    });
+    let (done, total) = events.progress();
+    progress(done, total);
+    finish(r, dump, at)
+}
+
+/// A replay between two events: what [`analyze_at`] keeps as it goes, and what [`Replay`] keeps
+/// from one piece of a dump still being written to the next.
+#[derive(Clone)]
+struct State {
+    a: Analysis,
+    scale: Scale,
+    est: Option<ById<Est>>,
+    live: LiveMap,
+    weights: Weights,
+    last_alloc: HashMap<u32, u64>,
+    tids: HashSet<u32>,
+    last_tid: u32,
+    sites: ById<SiteStats>,
+    heap: Heap,
+    moving: HashMap<(u32, u64), (Live, f64)>,
+}
+
+/// The state before the first event: the blocks inherited at a fork are live. Stack ids up to
+/// `stacks` are counted in vectors (see [`ById::for_stacks`]).
+fn start(dump: &Dump, peak_sites: bool, stacks: usize) -> State {
     let mut a = Analysis {
         sample_interval: dump.sample_interval(),
         all_blocks: dump.all_blocks(),
@@ -397,21 +428,21 @@ pub fn analyze_at(
     };
     let scale = Scale(a.sample_interval);
     // Sampled: the estimates per stack (None: count as ever).
-    let mut est: Option<ById<Est>> = scale.0.map(|_| ById::default());
+    let est: Option<ById<Est>> = scale.0.map(|_| ById::default());
     let mut live = LiveMap::default();
     let mut weights = Weights {
         sampled: scale.0.is_some(),
         ..Weights::default()
     };
     // The block each thread allocated last, while it may still turn out temporary.
-    let mut last_alloc: HashMap<u32, u64> = HashMap::default();
-    let mut tids: HashSet<u32> = HashSet::default();
-    let mut last_tid = u32::MAX;
+    let last_alloc: HashMap<u32, u64> = HashMap::default();
+    let tids: HashSet<u32> = HashSet::default();
+    let last_tid = u32::MAX;
     // Per stack, indexed by id: a hash lookup per event was a fifth of the replay.
-    let mut sites: ById<SiteStats> = ById::for_stacks(dump.stacks.len());
+    let sites: ById<SiteStats> = ById::for_stacks(stacks);
     let mut heap = Heap {
         track: peak_sites,
-        by_stack: ById::for_stacks(dump.stacks.len()),
+        by_stack: ById::for_stacks(stacks),
         ..Heap::default()
     };
     for b in dump.inherited.iter().filter(|b| b.stack != UNSAMPLED) {
@@ -432,8 +463,42 @@ pub fn analyze_at(
     a.peak_bytes = heap.cur;
     heap.new_peak();
     // Blocks being reallocated: out of the live set, not yet replaced (see `ReallocOut`).
-    let mut moving: HashMap<(u32, u64), (Live, f64)> = HashMap::default();
-    let mut events = dump.events();
+    let moving: HashMap<(u32, u64), (Live, f64)> = HashMap::default();
+    State {
+        a,
+        scale,
+        est,
+        live,
+        weights,
+        last_alloc,
+        tids,
+        last_tid,
+        sites,
+        heap,
+        moving,
+    }
+}
+
+/// Replays `events` (those numbered before `until`) onto `r`; `tick` is called every 65,536.
+fn replay<I: Iterator<Item = Event>>(
+    r: &mut State,
+    events: &mut I,
+    until: u64,
+    tick: &mut dyn FnMut(&I),
+) {
+    let State {
+        a,
+        scale,
+        est,
+        live,
+        weights,
+        last_alloc,
+        tids,
+        last_tid,
+        sites,
+        heap,
+        moving,
+    } = r;
     while let Some(e) = events.next() {
         if e.seq >= until {
             break;
@@ -458,12 +523,11 @@ pub fn analyze_at(
         a.events += 1;
         a.by_kind.add(&e.kind);
         if a.events.is_multiple_of(65536) {
-            let (done, total) = events.progress();
-            progress(done, total);
+            tick(events);
         }
-        if e.tid != last_tid {
+        if e.tid != *last_tid {
             tids.insert(e.tid);
-            last_tid = e.tid;
+            *last_tid = e.tid;
         }
         match e.kind {
             EventKind::Alloc {
@@ -603,8 +667,21 @@ pub fn analyze_at(
         }
         a.duration_ns = a.duration_ns.max(e.ts_ns);
     }
-    let (done, total) = events.progress();
-    progress(done, total);
+}
+
+/// What the replay found, once its events are all in.
+fn finish(r: State, dump: &Dump, at: Option<&zmtrace_format::Snapshot>) -> Analysis {
+    let State {
+        mut a,
+        mut est,
+        mut live,
+        mut weights,
+        tids,
+        mut sites,
+        heap,
+        mut moving,
+        ..
+    } = r;
     a.mapped.finish();
     a.threads = tids.len() as u64;
     // A block between a realloc's two halves at the snapshot was live then.
@@ -666,8 +743,114 @@ pub fn analyze_at(
     a
 }
 
+/// A replay of a dump still being written, resumed as it grows: `zmtrace run --serve` replays,
+/// for each scrape, only the records added since the last one ([`crate::follow`] reads them).
+/// [`Replay::feed`] takes the events of a piece of the dump (a [`Dump`] of just the records
+/// added); [`Replay::analysis`] is what [`analyze`] finds on all the records read so far.
+///
+/// The recorder's writer appends each thread's events as it drains that thread's buffer, so a
+/// record read now can hold events numbered before some that another thread's records brought
+/// already. Replayed out of order, an address that one thread freed and another then got back
+/// would come out wrong; so the newest events are held back, and merged in sequence order with
+/// the next piece's, until they are [`HOLD_NS`] older than the newest event read: by then the
+/// writer (which flushes every thread's buffer at least every 0.1 s) has written every event of
+/// their time. [`Replay::analysis`] replays the held events too, on a copy of the state.
+pub struct Replay {
+    state: State,
+    /// Read but not yet replayed into `state`, in sequence order.
+    held: std::collections::VecDeque<Event>,
+    /// The newest timestamp read, and the highest sequence number replayed into `state`.
+    newest_ns: u64,
+    last_seq: Option<u64>,
+    /// Events read from the pieces fed, in all.
+    pub decoded: u64,
+    /// Events that came in numbered before one already replayed (held [`HOLD_NS`] was not enough:
+    /// the recorder's writer was held up). They are replayed then, late.
+    pub late: u64,
+}
+
+/// How long [`Replay`] holds the newest events back.
+pub const HOLD_NS: u64 = 1_000_000_000;
+
+impl Replay {
+    /// Starts from the dump's first piece: its process record says how it was recorded, and a
+    /// forked child's first records its inherited blocks. (Its events are for [`Replay::feed`].)
+    pub fn new(first: &Dump, peak_sites: bool) -> Replay {
+        // The stacks of a dump being written are not all known yet, so the ids are not bounded
+        // by their count; they are the recorder's own, dense from 1.
+        Replay {
+            state: start(first, peak_sites, DENSE_IDS),
+            held: Default::default(),
+            newest_ns: 0,
+            last_seq: None,
+            decoded: 0,
+            late: 0,
+        }
+    }
+
+    /// Replays the events of `piece` (records added to the dump since the last piece), but the
+    /// newest, held back (see [`Replay`]).
+    pub fn feed(&mut self, piece: &Dump) {
+        let mut old = std::mem::take(&mut self.held).into_iter().peekable();
+        let mut new = piece.events().peekable();
+        let mut held = std::collections::VecDeque::new();
+        loop {
+            let older_first = match (old.peek(), new.peek()) {
+                (Some(a), Some(b)) => a.seq <= b.seq,
+                (a, _) => a.is_some(),
+            };
+            let e = if older_first { old.next() } else { new.next() };
+            let Some(e) = e else { break };
+            if !older_first {
+                self.decoded += 1;
+            }
+            self.newest_ns = self.newest_ns.max(e.ts_ns);
+            held.push_back(e);
+            while let Some(f) = held.front() {
+                if f.ts_ns.saturating_add(HOLD_NS) >= self.newest_ns {
+                    break;
+                }
+                let f = held.pop_front().expect("looked at");
+                self.late += u64::from(self.last_seq.is_some_and(|s| f.seq < s));
+                self.last_seq = Some(self.last_seq.map_or(f.seq, |s| s.max(f.seq)));
+                replay(
+                    &mut self.state,
+                    &mut std::iter::once(f),
+                    u64::MAX,
+                    &mut |_| {},
+                );
+            }
+        }
+        self.held = held;
+    }
+
+    /// Events replayed so far (as [`Analysis::events`]), the held ones not counted.
+    pub fn replayed(&self) -> u64 {
+        self.state.a.events
+    }
+
+    /// Events read and held back (see [`Replay`]).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The analysis of the dump read so far: `dump` has its records (stacks, modules, leak
+    /// checks) and the state here its events.
+    pub fn analysis(&self, dump: &Dump) -> Analysis {
+        let mut state = self.state.clone();
+        replay(
+            &mut state,
+            &mut self.held.iter().copied(),
+            u64::MAX,
+            &mut |_| {},
+        );
+        finish(state, dump, None)
+    }
+}
+
 /// Values by stack id: in a vector for the ids a recorder hands out (dense, from 1), in a map
 /// beyond (a damaged dump's ids must not size the vector).
+#[derive(Clone)]
 struct ById<T> {
     dense: Vec<T>,
     sparse: HashMap<u32, T>,
@@ -728,7 +911,7 @@ impl<T: Default> ById<T> {
 /// into the peak's picture when a new peak comes, so each change is folded at most once. (A
 /// second replay up to the peak cost as much as the first; a copy of every stack's bytes at
 /// each new peak costs far more when the heap only grows.)
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Heap {
     cur: u64,
     track: bool,

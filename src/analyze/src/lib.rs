@@ -7,6 +7,7 @@
 //! - [`symbols`]: addresses to functions, files and lines (DWARF with inlining, else ELF symbol
 //!   tables, else module+offset).
 //! - [`analysis`]: one streaming replay that computes every number the reports need.
+//! - [`follow`]: a dump still being written, replayed a piece at a time as it grows (`run --serve`).
 //! - [`session`]: a dump replayed, symbolized and with its suppressions applied: where every
 //!   subcommand starts.
 //! - [`sites`]: which stacks are one site, and where a site starts (past allocator wrappers).
@@ -16,6 +17,7 @@
 //! - [`timeline`]: the time-bucketed counters of `zmtrace view`'s page.
 
 pub mod analysis;
+pub mod follow;
 pub mod leakcheck;
 mod livemap;
 pub mod mapped;

@@ -40,7 +40,7 @@ struct Slot {
     meta: u64,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Table {
     slots: Vec<Slot>,
     len: usize,
@@ -138,6 +138,7 @@ impl Table {
 }
 
 /// The live set of a replay (see the module's documentation).
+#[derive(Clone)]
 pub(crate) struct LiveMap {
     shards: Vec<Table>,
     /// Blocks that do not pack, whole.

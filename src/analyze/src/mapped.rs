@@ -52,7 +52,7 @@ struct Range {
 }
 
 /// The mappings of one replay. Sums saturate: a damaged dump's lengths must not overflow them.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Mapped {
     pub maps: u64,
     pub unmaps: u64,

@@ -1,36 +1,57 @@
-//! A small HTTP/1.1 server for what zmtrace serves to a local browser or scraper: the page of
+//! The HTTP server for what zmtrace serves to a local browser or scraper: the page of
 //! `zmtrace view --serve`, and a running program's heap profiles for scrapers (`zmtrace run
-//! --serve`, [`crate::scrape`]). It is shaped by what it must
-//! never do, since whatever it serves holds a program's stacks and command line:
+//! --serve`, [`crate::scrape`]). HTTP itself is hyper's (its HTTP/1 server, on a
+//! single-threaded tokio runtime that lives as long as [`Server::serve`]); this module is the
+//! policy around it, shaped by what it must never do, since whatever it serves holds a program's
+//! stacks and command line:
 //!
 //! - listen anywhere but the loopback interface unless told to ([`Server::bind_loopback`];
-//!   [`Server::bind`] only for an address the user gave), or answer a request
-//!   whose `Host` is not this address (a web page of another site cannot read it through DNS
-//!   rebinding: its requests name that site);
-//! - let one client's request grow without bound: the request head is read into a buffer of
-//!   [`MAX_HEAD`] bytes, and must arrive whole within [`HEAD_TIMEOUT`], else the answer is 431 or
-//!   408 and the connection is closed; request bodies are refused;
-//! - let one client hold up the others: each connection has a thread, up to [`MAX_CONNECTIONS`]
-//!   at once (more are answered 503 at once, never queued behind a slow one).
+//!   [`Server::bind`] only for an address the user gave), or answer a request whose `Host` is
+//!   not this address (a web page of another site cannot read it through DNS rebinding: its
+//!   requests name that site) — checked here, before the handler ([`check`]);
+//! - let one client's request grow without bound: hyper reads the request head into a buffer of
+//!   at most [`MAX_HEAD`] bytes (its `max_buf_size`/`max_header_size`: 431 beyond) and closes a
+//!   connection whose head has not arrived whole within [`HEAD_TIMEOUT`] (its
+//!   `header_read_timeout`); request bodies are refused (413, here) and never read;
+//! - let one client hold up the others: each connection is a task of its own, up to
+//!   [`MAX_CONNECTIONS`] at once; more are answered 503 at once, never queued behind a slow one
+//!   (hyper has no connection cap: the count is kept here, in the accept loop). The handler runs
+//!   on tokio's blocking pool, so a slow one (a replay of a large dump) stalls no other
+//!   connection.
 //!
-//! Requests are parsed by `httparse` (hyper's parser). One request per connection (each answer
-//! says `Connection: close`), GET and HEAD only. [`Server::serve`] returns after
+//! One request per connection (hyper's keep-alive is off: each answer says `Connection:
+//! close`), GET and HEAD only (hyper sends no body to a HEAD). [`Server::serve`] returns after
 //! [`Shutdown::stop`], once the connections in flight have ended.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// The largest request head (request line and headers) read.
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
+
+/// The largest request head (request line and headers) read: hyper's smallest `max_buf_size`.
 pub const MAX_HEAD: usize = 8 * 1024;
 /// How long a client has to send its whole request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client has to take the answer.
+/// How long a client has to take the answer. hyper has no write timeout: the whole connection
+/// gets [`HEAD_TIMEOUT`] plus this, then is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Connections being answered 503 at once; beyond them a connection is closed unanswered (a
+/// flood of connections costs a bounded number of tasks).
+const MAX_REFUSING: usize = 64;
+/// How long a refused connection is given to send its head and take the 503.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Headers a request may have (hyper answers 431 to more).
+const MAX_HEADERS: usize = 64;
 
 /// What a handler is given: the method, and the target's path (without its `?query`).
 #[derive(Debug)]
@@ -44,6 +65,8 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Arc<[u8]>,
+    /// More headers (names in lower case).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
@@ -52,60 +75,83 @@ impl Response {
             status,
             content_type,
             body: body.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// With one more header; a value that cannot be a header's is left out.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Response {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn text(status: u16, body: &str) -> Response {
         Response::new(status, "text/plain; charset=utf-8", body.as_bytes())
+    }
+
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let mut r = hyper::Response::new(Full::new(Bytes::from_owner(self.body)));
+        *r.status_mut() = hyper::StatusCode::from_u16(self.status)
+            .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        h.insert(CONNECTION, HeaderValue::from_static("close"));
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
+        r
     }
 }
 
 pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     /// POST requests go to the handler too ([`Server::allow_post`]).
     post: bool,
+}
+
+#[derive(Default)]
+struct Stop {
+    stopped: AtomicBool,
+    /// Wakes the accept loop (`notify_one` keeps a permit if it is not waiting yet).
+    wake: tokio::sync::Notify,
 }
 
 /// Stops a [`Server`] from another thread.
 #[derive(Clone)]
 pub struct Shutdown {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
 }
 
 impl Shutdown {
     /// Makes [`Server::serve`] return (after the connections in flight).
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        self.stop.stopped.store(true, Ordering::SeqCst);
+        self.stop.wake.notify_one();
     }
 }
 
 impl Server {
     /// Listens on 127.0.0.1 at `port` (0: a free one).
     pub fn bind_loopback(port: u16) -> std::io::Result<Server> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
-        let addr = listener.local_addr()?;
-        Ok(Server {
-            listener,
-            addr,
-            stop: Arc::new(AtomicBool::new(false)),
-            post: false,
-        })
+        Server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
     }
 
     /// Listens at `addr` (`zmtrace run --serve`: loopback unless the user names another
-    /// address).
+    /// address). The socket is bound here, before any runtime exists, so that a taken port
+    /// fails at once.
     pub fn bind(addr: SocketAddr) -> std::io::Result<Server> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         Ok(Server {
             listener,
             addr,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Arc::default(),
             post: false,
         })
     }
@@ -124,7 +170,6 @@ impl Server {
 
     pub fn shutdown(&self) -> Shutdown {
         Shutdown {
-            addr: self.addr,
             stop: self.stop.clone(),
         }
     }
@@ -134,264 +179,340 @@ impl Server {
     where
         H: Fn(&Request) -> Response + Send + Sync + 'static,
     {
-        let handler = Arc::new(handler);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(self.accept(Arc::new(handler)))
+    }
+
+    async fn accept<H>(self, handler: Arc<H>) -> std::io::Result<()>
+    where
+        H: Fn(&Request) -> Response + Send + Sync + 'static,
+    {
+        self.listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(self.listener)?;
         let active = Arc::new(AtomicUsize::new(0));
-        let mut threads = Vec::new();
-        for conn in self.listener.incoming() {
-            if self.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            // A client that goes away mid-request is its own business.
-            let Ok(conn) = conn else { continue };
-            threads.retain(|t: &std::thread::JoinHandle<()>| !t.is_finished());
-            if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-                active.fetch_sub(1, Ordering::AcqRel);
-                let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-                let _ = respond(
-                    conn,
-                    false,
-                    &Response::text(503, "too many connections; try again\n"),
-                );
-                continue;
-            }
-            let (handler, mine, addr, post) =
-                (handler.clone(), active.clone(), self.addr, self.post);
-            let spawned = std::thread::Builder::new()
-                .name("zmtrace-http".into())
-                .spawn(move || {
-                    let _ = answer(conn, addr, post, &*handler);
-                    mine.fetch_sub(1, Ordering::AcqRel);
-                });
-            match spawned {
-                Ok(t) => threads.push(t),
+        let refusing = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        let (addr, post) = (self.addr, self.post);
+        while !self.stop.stopped.load(Ordering::SeqCst) {
+            let conn = tokio::select! {
+                _ = self.stop.wake.notified() => break,
+                conn = listener.accept() => conn,
+            };
+            while tasks.try_join_next().is_some() {}
+            let stream = match conn {
+                Ok((stream, _)) => stream,
+                // Out of descriptors, or a client gone before its accept: wait a moment rather
+                // than spin.
                 Err(_) => {
-                    active.fetch_sub(1, Ordering::AcqRel);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
                 }
+            };
+            if let Some(slot) = Slot::take(&active, MAX_CONNECTIONS) {
+                let handler = handler.clone();
+                tasks.spawn(async move {
+                    let _slot = slot;
+                    let service = service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(answer(req, addr, post, handler).await) }
+                    });
+                    connection(stream, HEAD_TIMEOUT, HEAD_TIMEOUT + WRITE_TIMEOUT, service).await;
+                });
+            } else if let Some(slot) = Slot::take(&refusing, MAX_REFUSING) {
+                tasks.spawn(async move {
+                    let _slot = slot;
+                    let service = service_fn(|_| async {
+                        Ok::<_, Infallible>(
+                            Response::text(503, "too many connections; try again\n").into_hyper(),
+                        )
+                    });
+                    connection(stream, REFUSE_TIMEOUT, 2 * REFUSE_TIMEOUT, service).await;
+                });
             }
         }
-        for t in threads {
-            let _ = t.join();
-        }
+        drop(listener);
+        while tasks.join_next().await.is_some() {}
         Ok(())
     }
 }
 
-/// Reads one request head (bounded in size and time), answers it, closes.
-fn answer(
-    mut conn: TcpStream,
-    addr: SocketAddr,
-    post: bool,
-    handler: &dyn Fn(&Request) -> Response,
-) -> std::io::Result<()> {
-    conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let deadline = Instant::now() + HEAD_TIMEOUT;
-    let mut buf = [0u8; MAX_HEAD];
-    let mut len = 0;
-    let request = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return respond(conn, false, &Response::text(408, "request timeout\n"));
+/// One of a bounded number of connections; given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
         }
-        conn.set_read_timeout(Some(left))?;
-        let n = match conn.read(&mut buf[len..]) {
-            Ok(0) => return Ok(()), // closed before a whole request
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return respond(conn, false, &Response::text(408, "request timeout\n"));
-            }
-            Err(e) => return Err(e),
-        };
-        len += n;
-        match parse(&buf[..len], addr, post) {
-            Ok(Some(r)) => break r,
-            Ok(None) if len == buf.len() => {
-                return respond(
-                    conn,
-                    false,
-                    &Response::text(431, "request head too large\n"),
-                );
-            }
-            Ok(None) => {}
-            Err(status) => {
-                return respond(conn, false, &Response::text(status, "bad request\n"));
-            }
-        }
-    };
-    let head_only = request.method == "HEAD";
-    let response = if request.method == "GET" || head_only || (post && request.method == "POST") {
-        handler(&request)
-    } else {
-        Response::text(405, "only GET and HEAD\n")
-    };
-    respond(conn, head_only, &response)
+        Some(Slot(count.clone()))
+    }
 }
 
-/// The request, if its head is complete; an error status if it is not acceptable.
-fn parse(data: &[u8], addr: SocketAddr, post: bool) -> Result<Option<Request>, u16> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(data) {
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Ok(httparse::Status::Complete(_)) => {}
-        Err(httparse::Error::TooManyHeaders) => return Err(431),
-        Err(_) => return Err(400),
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
+}
+
+/// Serves one request on `stream` with hyper, within `head` for the request head and `total`
+/// for everything, then closes.
+async fn connection<S>(
+    mut stream: tokio::net::TcpStream,
+    head: Duration,
+    total: Duration,
+    service: S,
+) where
+    S: hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<Full<Bytes>>,
+        Error = Infallible,
+    >,
+    S::Future: 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(head)
+        .max_buf_size(MAX_HEAD)
+        .max_header_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(false);
+    // hyper is given the stream by reference, so that it is still ours to linger on after.
+    let conn = http.serve_connection(TokioIo::new(&mut stream), service);
+    // hyper bounds the head's time, not the answer's: the whole connection is bounded here.
+    if tokio::time::timeout(total, conn).await.is_err() {
+        return;
+    }
+    // Our side has ended (hyper shut down its writing). Whatever the client still sends (the
+    // rest of an oversized head, a POST's body) is read and dropped for a moment: closing with
+    // unread data would reset the connection, and the client could lose the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < (1 << 20) {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// The answer to one request hyper has parsed: refused by [`check`], else the handler's (on the
+/// blocking pool: it may replay a dump for seconds).
+async fn answer<H>(
+    req: hyper::Request<hyper::body::Incoming>,
+    addr: SocketAddr,
+    post: bool,
+    handler: Arc<H>,
+) -> hyper::Response<Full<Bytes>>
+where
+    H: Fn(&Request) -> Response + Send + Sync + 'static,
+{
+    let response = match check(&req, addr, post) {
+        Err(status) => Response::text(status, refusal(status)),
+        Ok(request) => tokio::task::spawn_blocking(move || handler(&request))
+            .await
+            .unwrap_or_else(|_| Response::text(500, "internal error\n")),
     };
+    response.into_hyper()
+}
+
+fn refusal(status: u16) -> &'static str {
+    match status {
+        405 => "only GET and HEAD\n",
+        413 => "request bodies are not read here\n",
+        421 => "misdirected request: name this server's address in Host\n",
+        _ => "bad request\n",
+    }
+}
+
+/// Whether `host` (a `Host` header, or an absolute target's authority) names this server.
+fn host_ok(host: &str, addr: SocketAddr) -> bool {
+    let port = addr.port();
     // A page of another site that got its name resolved to 127.0.0.1 sends its own name here.
     // Bound elsewhere (an address the user gave `run --serve`, for a scraper on another host),
     // a Host that is an IP literal with our port is accepted too: a rebinding page always sends
     // a name, never an address.
-    let host_ok = header("host").is_some_and(|h| {
-        let h = std::str::from_utf8(h).unwrap_or("");
-        let port = addr.port();
-        [
-            format!("127.0.0.1:{port}"),
-            format!("localhost:{port}"),
-            format!("[::1]:{port}"),
-        ]
-        .iter()
-        .any(|ok| h.eq_ignore_ascii_case(ok))
-            || (!addr.ip().is_loopback() && h.parse::<SocketAddr>().is_ok_and(|a| a.port() == port))
-    });
-    if !host_ok {
+    [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ]
+    .iter()
+    .any(|ok| host.eq_ignore_ascii_case(ok))
+        || (!addr.ip().is_loopback() && host.parse::<SocketAddr>().is_ok_and(|a| a.port() == port))
+}
+
+/// The request for the handler, or the status it is refused with.
+fn check<B>(req: &hyper::Request<B>, addr: SocketAddr, post: bool) -> Result<Request, u16> {
+    let header = |name| req.headers().get(name).map(HeaderValue::as_bytes);
+    let host = header(hyper::header::HOST).and_then(|h| std::str::from_utf8(h).ok());
+    let authority_ok = req
+        .uri()
+        .authority()
+        .is_none_or(|a| host_ok(a.as_str(), addr));
+    if !host.is_some_and(|h| host_ok(h, addr)) || !authority_ok {
         return Err(421);
     }
-    let is_post = post && req.method == Some("POST");
-    if (!is_post && header("content-length").is_some_and(|v| v != b"0"))
-        || header("transfer-encoding").is_some()
+    let method = req.method().as_str();
+    let is_post = post && method == "POST";
+    if (!is_post && header(hyper::header::CONTENT_LENGTH).is_some_and(|v| v != b"0"))
+        || header(hyper::header::TRANSFER_ENCODING).is_some()
     {
         return Err(413); // nothing served here reads a body
     }
-    let target = req.path.unwrap_or("/");
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    Ok(Some(Request {
-        method: req.method.unwrap_or("").to_owned(),
-        path: path.to_owned(),
-    }))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        421 => "Misdirected Request",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
+    if !(method == "GET" || method == "HEAD" || is_post) {
+        return Err(405);
     }
-}
-
-fn respond(mut conn: TcpStream, head_only: bool, r: &Response) -> std::io::Result<()> {
-    write!(
-        conn,
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
-         X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
-        r.status,
-        reason(r.status),
-        r.content_type,
-        r.body.len()
-    )?;
-    if !head_only {
-        conn.write_all(&r.body)?;
-    }
-    conn.flush()?;
-    // Our side ends here. Whatever the client still sends (the rest of an oversized head) is
-    // read and dropped for a moment: closing with unread data would reset the connection, and
-    // the client could lose the answer.
-    let _ = conn.shutdown(std::net::Shutdown::Write);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut sink = [0u8; 4096];
-    let mut drained = 0;
-    while drained < (1 << 20) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
-            break;
-        }
-        match conn.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
-    Ok(())
+    Ok(Request {
+        method: method.to_owned(),
+        path: req.uri().path().to_owned(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     fn addr() -> SocketAddr {
         "127.0.0.1:4000".parse().unwrap()
     }
 
-    #[test]
-    fn parses_a_complete_head_and_waits_for_a_partial_one() {
-        let r = parse(
-            b"GET /a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:4000\r\n\r\n",
-            addr(),
-            false,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/a"));
-        assert!(parse(b"GET / HTTP/1.1\r\nHost: 127.0.0", addr(), false)
-            .unwrap()
-            .is_none());
+    fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> hyper::Request<()> {
+        let mut b = hyper::Request::builder().method(method).uri(target);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn get(host: &str) -> hyper::Request<()> {
+        req("GET", "/", &[("host", host)])
     }
 
     #[test]
-    fn refuses_other_hosts_bodies_and_garbage() {
-        let head = |h: &str| format!("GET / HTTP/1.1\r\n{h}\r\n\r\n");
+    fn takes_the_path_without_its_query() {
+        let r = check(
+            &req("GET", "/a?b=1", &[("host", "127.0.0.1:4000")]),
+            addr(),
+            false,
+        )
+        .unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/a"));
+    }
+
+    #[test]
+    fn refuses_other_hosts_bodies_and_other_methods() {
         assert_eq!(
-            parse(head("Host: evil.example:4000").as_bytes(), addr(), false).err(),
+            check(&get("evil.example:4000"), addr(), false).err(),
             Some(421)
         );
-        assert_eq!(
-            parse(b"GET / HTTP/1.1\r\n\r\n", addr(), false).err(),
-            Some(421)
+        assert_eq!(check(&req("GET", "/", &[]), addr(), false).err(), Some(421));
+        assert!(check(&get("localhost:4000"), addr(), false).is_ok());
+        // An absolute target must name us too, whatever the Host says.
+        let absolute = req(
+            "GET",
+            "http://evil.example:4000/",
+            &[("host", "localhost:4000")],
         );
-        assert!(parse(head("Host: localhost:4000").as_bytes(), addr(), false).is_ok());
+        assert_eq!(check(&absolute, addr(), false).err(), Some(421));
         // Bound to another address: an IP literal with our port, never a name.
         let any: SocketAddr = "0.0.0.0:4000".parse().unwrap();
-        assert!(parse(head("Host: 10.1.2.3:4000").as_bytes(), any, false).is_ok());
+        assert!(check(&get("10.1.2.3:4000"), any, false).is_ok());
         assert_eq!(
-            parse(head("Host: evil.example:4000").as_bytes(), any, false).err(),
+            check(&get("evil.example:4000"), any, false).err(),
             Some(421)
         );
-        assert_eq!(
-            parse(head("Host: 10.1.2.3:4001").as_bytes(), any, false).err(),
-            Some(421)
+        assert_eq!(check(&get("10.1.2.3:4001"), any, false).err(), Some(421));
+        let body = req(
+            "GET",
+            "/",
+            &[("host", "localhost:4000"), ("content-length", "5")],
         );
-        assert_eq!(
-            parse(
-                head("Host: localhost:4000\r\nContent-Length: 5").as_bytes(),
-                addr(),
-                false
-            )
-            .err(),
-            Some(413)
-        );
+        assert_eq!(check(&body, addr(), false).err(), Some(413));
         // A POST's body is left unread where POSTs are allowed, refused elsewhere.
-        let post = b"POST /debug/pprof/symbol HTTP/1.1\r\nHost: localhost:4000\r\nContent-Length: 5\r\n\r\n";
-        assert_eq!(parse(post, addr(), false).err(), Some(413));
-        assert_eq!(parse(post, addr(), true).unwrap().unwrap().method, "POST");
-        assert_eq!(
-            parse(b"\x01\x02 / HTTP/1.1\r\n\r\n", addr(), false).err(),
-            Some(400)
+        let post = req(
+            "POST",
+            "/debug/pprof/symbol",
+            &[("host", "localhost:4000"), ("content-length", "5")],
         );
+        assert_eq!(check(&post, addr(), false).err(), Some(413));
+        assert_eq!(check(&post, addr(), true).unwrap().method, "POST");
+        let put = req("PUT", "/", &[("host", "localhost:4000")]);
+        assert_eq!(check(&put, addr(), true).err(), Some(405));
+    }
+
+    /// Through a socket: what hyper refuses (garbage, 400), a HEAD (no body), and a stop that
+    /// ends `serve`.
+    #[test]
+    fn garbage_is_a_bad_request_head_has_no_body_and_stop_returns() {
+        let server = Server::bind_loopback(0).unwrap();
+        let (addr, shutdown) = (server.addr(), server.shutdown());
+        let t =
+            std::thread::spawn(move || server.serve(|_| Response::text(200, "hello\n")).unwrap());
+        let exchange = |data: &[u8]| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(data).unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        };
+        let bad = exchange(b"\x01\x02 / HTTP/1.1\r\n\r\n");
+        assert!(bad.starts_with("HTTP/1.1 400 Bad Request"), "{bad}");
+        let head = exchange(format!("HEAD / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes());
+        let (h, body) = head.split_once("\r\n\r\n").unwrap();
+        assert!(h.starts_with("HTTP/1.1 200 OK"), "{h}");
+        assert!(h.contains("content-length: 6"), "{h}");
+        assert!(h.contains("connection: close"), "{h}");
+        assert_eq!(body, "");
+        let get = exchange(format!("GET /x HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes());
+        assert!(get.ends_with("\r\n\r\nhello\n"), "{get}");
+        shutdown.stop();
+        t.join().unwrap();
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "still listening"
+        );
+    }
+
+    /// A client that never finishes its head is dropped once hyper's header timeout passes.
+    #[test]
+    fn a_head_not_finished_in_time_closes_the_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\nHost: 127").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        rt.block_on(async {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = service_fn(|_| async {
+                Ok::<_, Infallible>(Response::text(200, "never\n").into_hyper())
+            });
+            let head = Duration::from_millis(300);
+            connection(stream, head, Duration::from_secs(20), service).await;
+        });
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "closed after {took:?}"
+        );
+        client
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut out = Vec::new();
+        assert!(client.read_to_end(&mut out).is_ok(), "not closed");
+        assert!(!String::from_utf8_lossy(&out).contains("never"));
     }
 }

@@ -16,6 +16,7 @@ use crate::{aggregate, output, reach};
 /// the forking thread, and a lock held by any other thread would stay locked in it forever.
 pub(crate) extern "C" fn fork_prepare() {
     Guard::enter_forever(); // released in fork_parent / fork_child
+    crate::sample::before_fork();
     let Some(core) = CORE.get() else { return };
     // Every signal blocked while the locks are held (restored in fork_parent / fork_child): the
     // dump descriptor's lock must never be held by a thread a signal handler can interrupt.
@@ -90,6 +91,8 @@ pub(crate) extern "C" fn fork_child() {
             s.counters.mismatched_stacks.store(0, Ordering::Relaxed);
             if ptr::eq(s, me) {
                 s.tid.store(gettid(), Ordering::Release);
+                // SAFETY: the forking thread's own state (the only thread in the child).
+                unsafe { (*s.sampler.get()).reseed_in_child() };
             } else {
                 // Its thread does not exist in the child.
                 s.in_use.store(false, Ordering::Release);

@@ -20,6 +20,14 @@ static INTERVAL: AtomicU64 = AtomicU64::new(0);
 static ALL_BLOCKS: AtomicBool = AtomicBool::new(false);
 /// `ZMTRACE_SAMPLE_SEED`, or 0: seed from the clock.
 static SEED: AtomicU64 = AtomicU64::new(0);
+/// Forks this process has made (counted before each; a child starts with its parent's count):
+/// tells the children of one parent apart when their samplers are re-seeded.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// Called before a fork (from the `pthread_atfork` prepare handler).
+pub(crate) fn before_fork() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
 
 /// The stack id of a block in the live set that was not sampled (`--all-blocks`): it has no
 /// stack and no events, and its free writes none. 0: interned stacks are numbered from 1
@@ -91,6 +99,18 @@ impl Sampler {
         Sampler { left: 0, rng: seed }
     }
 
+    /// The forking thread's sampler in a forked child, re-seeded: the child got a copy of the
+    /// parent's countdown and generator, so, allocating as its parent does after the fork (a
+    /// pre-fork server's workers), it would sample exactly the blocks the parent samples. The
+    /// new seed comes from the parent's state and the fork's number ([`before_fork`]): a seeded
+    /// run stays reproducible, and two children of one parent differ.
+    #[cold]
+    pub(crate) fn reseed_in_child(&mut self) {
+        let forks = FORKS.load(Ordering::Relaxed);
+        let mut mix = Sampler::seeded(self.rng ^ forks.wrapping_mul(0xd6e8_feb8_6659_fd93));
+        *self = Sampler::seeded(mix.next_u64());
+    }
+
     /// splitmix64: one add and a few multiplies, good enough statistically for gaps.
     #[inline]
     fn next_u64(&mut self) -> u64 {
@@ -156,6 +176,34 @@ mod tests {
         }
         let mut s = Sampler::seeded(1);
         assert!((0..1000).all(|_| s.draw(1) == 1));
+    }
+
+    #[test]
+    fn a_child_samples_other_blocks_than_its_parent() {
+        let gaps = |s: &mut Sampler| (0..64).map(|_| s.draw(4096)).collect::<Vec<_>>();
+        let mut parent = Sampler::seeded(99);
+        gaps(&mut parent);
+        before_fork();
+        let mut child = Sampler { ..parent };
+        child.reseed_in_child();
+        let mut twin = Sampler { ..parent };
+        twin.reseed_in_child();
+        // The same fork: the same child (reproducible); the parent goes on otherwise.
+        assert_eq!(gaps(&mut Sampler { ..child }), gaps(&mut twin));
+        assert_ne!(
+            gaps(&mut Sampler { ..parent }),
+            gaps(&mut Sampler { ..child })
+        );
+        // The next fork of the same parent: another child.
+        before_fork();
+        let mut second = Sampler { ..parent };
+        second.reseed_in_child();
+        assert_ne!(gaps(&mut second), gaps(&mut child));
+        // A re-seeded countdown still has the interval as its mean gap (5 sigma).
+        let n = 100_000u64;
+        let mean = (0..n).map(|_| child.draw(4096) as f64).sum::<f64>() / n as f64;
+        let sigma = ((4096.0f64 * 4096.0 - 4096.0) / n as f64).sqrt();
+        assert!((mean - 4096.0).abs() < 5.0 * sigma, "mean gap {mean}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! `max(T/s, 1)` instead of `1/p` (checked) estimates zs_lose at 4 KiB as 606 blocks of 1,000,
 //! where the bound is ±122; weight 1 misses every site by 98 % or more.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::common::*;
@@ -373,4 +374,144 @@ fn a_bad_sample_interval_is_a_one_line_error() {
     }
     let f = run_zmtrace(&["run", "--all-blocks", "--", prog.to_str().unwrap()]);
     assert_eq!(f.code, Some(2), "{}", f.stderr);
+}
+
+/// samples/forksampled.c under `--sample 4096` (and `--all-blocks`): the parent's dump and its
+/// forked child's.
+fn forked(all_blocks: bool) -> (Run, usize, usize) {
+    let mut opts = vec!["--sample", "4096"];
+    if all_blocks {
+        opts.push("--all-blocks");
+    }
+    let run = run_traced_opts(
+        &sample("forksampled"),
+        &[],
+        &opts,
+        &[("ZMTRACE_SAMPLE_SEED", SEED)],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert_eq!(run.dumps.len(), 2, "{}", run.describe());
+    let of = |o: Origin| {
+        run.dumps
+            .iter()
+            .position(|d| process(d).origin == o)
+            .unwrap_or_else(|| panic!("no {o:?} dump\n{}", run.describe()))
+    };
+    let (parent, child) = (of(Origin::Start), of(Origin::Fork));
+    (run, parent, child)
+}
+
+/// The sizes of zs_same's blocks (100..1097 B) sampled in `d` after sequence number `from`, in
+/// order.
+fn sampled_same(d: &Dump, from: u64) -> Vec<u64> {
+    d.events()
+        .filter(|e| e.seq >= from)
+        .filter_map(|e| match e.kind {
+            EventKind::Alloc { size, .. } if (100..1097).contains(&size) => Some(size),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A forked child of a sampled recording: its dump says it is sampled; it inherits the
+/// parent's sampled blocks as sampled (the same addresses, the rest unsampled, kept only with
+/// `--all-blocks`); it frees the inherited blocks without a free of an untracked block; and its
+/// countdown is re-seeded, so that, allocating what the parent allocates after the fork, it
+/// samples other blocks than the parent does, as many as the sampling predicts (5 sigma).
+#[test]
+fn a_forked_child_samples_on_its_own_and_keeps_what_it_inherited() {
+    let t = 4096;
+    // zs_same's sizes, and the number of its blocks a sampler picks: sum of p, variance
+    // sum p(1 - p).
+    let (mean, var) = (0..50_000u64)
+        .map(|i| p(100 + i % 997, t))
+        .fold((0.0, 0.0), |(m, v), p| (m + p, v + p * (1.0 - p)));
+    for all_blocks in [false, true] {
+        let (run, parent, child) = forked(all_blocks);
+        let (pd, cd) = (&run.dumps[parent], &run.dumps[child]);
+        let cp = process(cd);
+        assert_eq!(
+            (cp.sample_interval, cp.all_blocks),
+            (t, all_blocks),
+            "the child's dump knows how it was recorded"
+        );
+        // zs_keep's blocks the parent sampled: its 4096-byte allocations.
+        let kept: BTreeSet<u64> = pd
+            .events()
+            .filter_map(|e| match e.kind {
+                EventKind::Alloc {
+                    addr, size: 4096, ..
+                } => Some(addr),
+                _ => None,
+            })
+            .collect();
+        let n = kept.len() as f64;
+        let (k, sd) = (
+            2000.0 * p(4096, t),
+            (2000.0 * p(4096, t) * (1.0 - p(4096, t))).sqrt(),
+        );
+        assert!(
+            (n - k).abs() <= 5.0 * sd,
+            "{n} of zs_keep sampled, want {k:.0} ± {:.0}",
+            5.0 * sd
+        );
+        let inherited_4k = cd.inherited.iter().filter(|b| b.size == 4096);
+        let sampled: BTreeSet<u64> = inherited_4k
+            .clone()
+            .filter(|b| b.stack != 0)
+            .map(|b| b.addr)
+            .collect();
+        assert_eq!(
+            sampled, kept,
+            "the blocks inherited as sampled are the parent's sampled ones"
+        );
+        let all = inherited_4k.count();
+        assert_eq!(
+            all,
+            if all_blocks { 2000 } else { kept.len() },
+            "inherited 4096-byte blocks"
+        );
+        let end = cd.end.expect("the child's dump ends");
+        assert_eq!(end.untracked_frees, 0);
+
+        // After the fork both run zs_same alike; each samples its own blocks.
+        let after = sampled_same(pd, cp.fork_seq);
+        let in_child = sampled_same(cd, 0);
+        for (who, got) in [("parent", &after), ("child", &in_child)] {
+            let got = got.len() as f64;
+            assert!(
+                (got - mean).abs() <= 5.0 * var.sqrt(),
+                "{who}: {got} of zs_same sampled, want {mean:.0} ± {:.0}",
+                5.0 * var.sqrt()
+            );
+        }
+        assert!(
+            after != in_child,
+            "the child sampled the blocks its parent sampled ({} alike)",
+            after.len()
+        );
+
+        let a = zmtrace_analyze::analyze(cd, false, &mut |_, _| {});
+        assert_eq!(
+            a.inconsistent, 0,
+            "a free of a block the replay did not know"
+        );
+        let leaks = json("leaks", &cd.path);
+        if all_blocks {
+            // Every block tracked: the classes are exact. The child freed all it inherited and
+            // lost zs_lose's 10 x 2000 B.
+            let k = &leaks["kinds"];
+            assert_eq!(
+                (&k["definite"]["blocks"], &k["definite"]["bytes"]),
+                (&Value::from(10), &Value::from(20_000)),
+                "{k}"
+            );
+            assert_eq!(leaks["leaked_bytes"], 20_000, "{k}");
+            let parent_leaks = json("leaks", &pd.path);
+            assert_eq!(parent_leaks["leaked_bytes"], 0, "{}", parent_leaks["kinds"]);
+        } else {
+            // Nothing inherited is left (what is left is an estimate of zs_lose's).
+            assert_eq!(leaked(&leaks, "zs_keep"), (0, 0));
+        }
+    }
 }

@@ -337,6 +337,84 @@ fn go_tool_pprof_fetches_the_heap_endpoint() {
     assert_eq!(code, Some(3), "{stderr}");
 }
 
+/// The `x-zmtrace-replay` header of a scrape of `path`: (dump length read, bytes read from it
+/// over every scrape so far, events decoded so far), and the profile.
+fn replay_cost(addr: &str, path: &str) -> ((u64, u64, u64), Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let value = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-zmtrace-replay: "))
+        .unwrap_or_else(|| panic!("no x-zmtrace-replay in {head}"));
+    let field = |k: &str| -> u64 {
+        value
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {value:?}"))
+    };
+    (
+        (field("dump"), field("read"), field("decoded")),
+        all[end + 4..].to_vec(),
+    )
+}
+
+/// A scrape after more allocations replays only the records added since the last one: it
+/// decodes exactly the events made since, reads the dump once over all the scrapes (not once
+/// per scrape), and shows exactly the allocations made since.
+#[test]
+fn a_later_scrape_replays_only_what_was_added_since() {
+    let mut live = Live::start("127.0.0.1:0", &[]);
+    live.expect("phase 1");
+    let file = scrape_until(
+        &live,
+        "/debug/pprof/allocs",
+        "alloc_space",
+        &map(&[("zs_phase_one", 4000)]),
+    );
+    let raw = pprof_raw_totals(file.to_str().unwrap());
+    assert_eq!(total(&raw, "alloc_objects"), 4);
+    let ((dump1, read1, decoded1), _) = replay_cost(&live.addr, "/debug/pprof/allocs");
+    // Phase 1 is four mallocs, nothing else (phases.c allocates nothing more).
+    assert_eq!(decoded1, 4);
+    assert!(read1 >= dump1, "read {read1} of {dump1}");
+
+    live.next();
+    live.expect("phase 2");
+    let file = scrape_until(
+        &live,
+        "/debug/pprof/allocs",
+        "alloc_space",
+        &map(&PHASE_2_ALLOCATED),
+    );
+    let raw = pprof_raw_totals(file.to_str().unwrap());
+    // Exactly three more: phase 2's mallocs.
+    assert_eq!(total(&raw, "alloc_objects"), 4 + 3);
+    assert_eq!(total(&raw, "inuse_objects"), 4 + 3 - 2);
+    let ((dump2, read2, decoded2), body) = replay_cost(&live.addr, "/debug/pprof/heap");
+    // Phase 2's events only: three mallocs and two frees.
+    assert_eq!(decoded2 - decoded1, 3 + 2);
+    assert!(dump2 > dump1);
+    // Each byte read once, give or take a record caught half-written (read again whole next
+    // time): well under the second dump read whole again on top of the first.
+    assert!(
+        read2 >= dump2 && read2 < dump2 + dump1,
+        "read {read2} in all, dumps of {dump1} then {dump2}"
+    );
+    let heap = fresh_dir("scraped").join("heap.pb.gz");
+    std::fs::write(&heap, body).unwrap();
+    assert_eq!(pprof_flat(&heap, "inuse_space", &[]), map(&PHASE_2_INUSE));
+    live.next();
+    let (code, _, stderr, _) = live.finish();
+    assert_eq!(code, Some(3), "{stderr}");
+}
+
 /// The local address a listening TCP socket of port `port` has, from /proc/net/tcp (hex).
 fn listening_on(port: u16) -> Vec<String> {
     let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
