@@ -1,7 +1,7 @@
 /* roots: one block held only in each kind of root the leak check has, and the cases that once
  * made its classes wrong or unstable.
  *
- * Usage: roots MODE     (prints nothing, exits 0; 20..99: a libc assumption failed)
+ * Usage: roots MODE [LONG]  (prints nothing, exits 0; 20..99: a libc assumption failed)
  *
  * Every mode but the last four allocates `zs_lost` (333 B, definitely lost: its pointer is
  * scrambled into a volatile sum, never stored) and one block `zs_held` whose only pointer lives in the
@@ -18,6 +18,11 @@
  *   coro_malloc zs_held 1600 B  on the stack of a suspended coroutine (makecontext) whose
  *                               stack is a malloc'd block kept in a global
  *   coro_mmap   zs_held 1700 B  the same on a stack mapped by the program
+ *   argv        zs_held 1900 B  in the strings of the argument vector, at the top of the main
+ *                               thread's stack: `roots argv LONG`, its pointer stored in the
+ *                               last 8-aligned word of LONG (5,000 bytes: more than a page
+ *                               above the start code's stack pointer, past where glibc puts
+ *                               the main thread's stack top). ld keeps blocks in argv so.
  *   guard       zs_guarded 12288 B a page-aligned block kept in a global whose middle page is
  *                               made PROT_NONE (a guard page), and zs_held_child 1800 B whose
  *                               only pointer is in that block's first page: both still
@@ -217,7 +222,7 @@ ZS_FN void zs_uninit(void)
 
 int main(int argc, char **argv)
 {
-    ZS_CHECK(29, argc == 2);
+    ZS_CHECK(29, argc == 2 || (argc == 3 && strcmp(argv[1], "argv") == 0));
     const char *mode = argv[1];
     if (strcmp(mode, "fork") == 0) {
         pid_t pid = fork();
@@ -297,6 +302,12 @@ int main(int argc, char **argv)
         run_coroutine(g_coro_stack, 1 << 16, 1600);
     } else if (strcmp(mode, "coro_mmap") == 0) {
         run_coroutine(map_anon(1 << 16), 1 << 16, 1700);
+    } else if (strcmp(mode, "argv") == 0) {
+        char *s = argv[2];
+        size_t n = strlen(s);
+        ZS_CHECK(42, n >= 5000);
+        void **slot = (void **)(((uintptr_t)(s + n - 8)) & ~(uintptr_t)7);
+        *slot = zs_held(1900);
     } else if (strcmp(mode, "guard") == 0) {
         void **b = zs_guarded();
         b[1] = zs_held_child(1800);

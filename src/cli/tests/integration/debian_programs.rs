@@ -43,6 +43,11 @@ fn memcheck(dir: &Path, argv: &[&str]) -> Totals {
         .expect("run valgrind");
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "valgrind {argv:?} failed:\n{text}");
+    summary(&text)
+}
+
+/// The four classes of memcheck's LEAK SUMMARY in `text`, its output.
+fn summary(text: &str) -> Totals {
     if text.contains("All heap blocks were freed") {
         return KINDS.iter().map(|&(k, _)| (k, (0, 0))).collect();
     }
@@ -82,9 +87,14 @@ fn zmtrace(dir: &Path, argv: &[&str]) -> Totals {
     );
     let dumps = dump_files(&out);
     assert_eq!(dumps.len(), 1, "{dumps:?}");
+    classes_of(&dumps[0])
+}
+
+/// A dump's four classes, without the default suppressions.
+fn classes_of(dump: &Path) -> Totals {
     let l = run_zmtrace(&[
         "leaks",
-        dumps[0].to_str().unwrap(),
+        dump.to_str().unwrap(),
         "--json",
         "--no-default-suppressions",
     ]);
@@ -173,4 +183,100 @@ fn the_gate_passes_python3_importing_json() {
         "import json",
     ]);
     assert_eq!(f.code, Some(0), "{}", f.stderr);
+}
+
+/// `env` with only `vars` (and a fixed PATH), under `zmtrace run -o out` or under valgrind (`vg`), its
+/// output: the environment the traced program sees.
+fn environment(dir: &Path, out: &Path, vars: &[(String, String)], vg: bool) -> String {
+    let mut c = if vg {
+        let mut c = Command::new("valgrind");
+        c.args(["-q", "env"]);
+        c
+    } else {
+        let mut c = Command::new(zmtrace_bin());
+        c.args(["run", "-o", out.to_str().unwrap(), "--", "env"]);
+        c
+    };
+    let f = c
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run env");
+    assert!(f.status.success(), "{}", String::from_utf8_lossy(&f.stderr));
+    String::from_utf8(f.stdout).unwrap()
+}
+
+/// gawk copies its environment into ENVIRON: one more variable is two more blocks, and where
+/// its node chunks (4,800 B) fall decides whether one of them is kept only through an interior
+/// pointer. memcheck's classes change with the number of variables too (measured: 0, 4,800 B in
+/// 1 or 33,648 B in 97 blocks possibly lost). `zmtrace run` adds 7 variables (LD_PRELOAD and its
+/// settings), valgrind 4: with valgrind's environment padded to as many variables and bytes as
+/// zmtrace's, the classes are equal, blocks and bytes, in every environment.
+#[test]
+fn gawk_leaks_what_memcheck_says_in_an_environment_of_the_same_size() {
+    require("gawk");
+    require("valgrind");
+    ensure_preload_built();
+    let dir = inputs();
+    let argv = ["gawk", "{s+=$1}END{print(s)}", "in.txt"];
+    let mut possible = Vec::new();
+    // Measured with `env -i PATH=/usr/bin:/bin X0=1 …` under zmtrace: with 20, 24, 34 or 39
+    // variables gawk keeps 69, 116, 1 or 97 blocks through interior pointers only; with 0 or
+    // 19, none.
+    for n in [0, 19, 20, 24, 34, 39] {
+        let vars: Vec<(String, String)> = (0..n).map(|k| (format!("X{k}"), "1".into())).collect();
+        // The probe and the run use output directories of one length (ZMTRACE_OUT is a variable).
+        let base = fresh_dir("gawk-env");
+        let zenv = environment(&dir, &base.join("r"), &vars, false);
+        let venv = environment(&dir, &base.join("r"), &vars, true);
+        let more = zenv.lines().count() - venv.lines().count();
+        assert!(
+            more > 0,
+            "zmtrace's environment:\n{zenv}\nvalgrind's:\n{venv}"
+        );
+        // Each padding variable is "Pk=" + value + a newline in env's output. When valgrind's
+        // variables are the longer ones, zmtrace's output directory (ZMTRACE_OUT) gets longer.
+        let bytes = zenv.len() as i64 - venv.len() as i64 - 4 * more as i64;
+        let out = base.join(format!("r{}", "x".repeat((-bytes).max(0) as usize)));
+        let bytes = bytes.max(0) as usize;
+        let mut padded = vars.clone();
+        for k in 0..more {
+            let len = bytes / more + usize::from(k < bytes % more);
+            padded.push((format!("P{k}"), "x".repeat(len)));
+        }
+        let f = Command::new(zmtrace_bin())
+            .args(["run", "-o", out.to_str().unwrap(), "--"])
+            .args(argv)
+            .current_dir(&dir)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run zmtrace");
+        assert!(f.status.success(), "{}", String::from_utf8_lossy(&f.stderr));
+        let dumps = dump_files(&out);
+        let zm = classes_of(&dumps[0]);
+        let v = Command::new("valgrind")
+            .args(["--leak-check=full", "--error-exitcode=0"])
+            .args(argv)
+            .current_dir(&dir)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(padded.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run valgrind");
+        let vg = summary(&String::from_utf8_lossy(&v.stderr));
+        assert_eq!(zm, vg, "{n} variables: zmtrace (left) vs memcheck (right)");
+        possible.push(zm["possible"].0);
+    }
+    // The environments made both cases: none possibly lost, and some.
+    assert!(
+        possible.contains(&0) && possible.iter().any(|&b| b > 0),
+        "{possible:?}"
+    );
 }

@@ -141,6 +141,28 @@ fn a_block_held_only_in_an_anonymous_mapping_is_still_reachable() {
 }
 
 #[test]
+fn a_block_held_only_in_the_argument_strings_above_glibcs_stack_top_is_still_reachable() {
+    // glibc's top of the main thread's stack is the page above `__libc_stack_end`; argv, envp
+    // and their strings lie above it (before, ld's rewritten "-lX" arguments were definitely
+    // lost in about one run of eight).
+    let long = "x".repeat(5000);
+    let run = run_traced(&sample("roots"), &["argv", &long]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let l = leaks_json(&run.dumps.last().expect("a dump").path);
+    assert_eq!(
+        classes(&l),
+        expect(&[("zs_held", "reachable", 1, 1900), LOST]),
+        "{l:#}\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        totals(&l),
+        memcheck(&run.program, &["argv", &long]),
+        "zmtrace (left) vs memcheck (right)\n{l:#}"
+    );
+}
+
+#[test]
 fn a_block_held_only_in_a_private_file_mapping_is_still_reachable() {
     assert_root("file", &[("zs_held", "reachable", 1, 1100), LOST], false);
 }

@@ -489,7 +489,8 @@ fn scan(
         let range = match known_top {
             Some(top) if top > 0 => mapping_of(maps, top - 1)
                 .filter(|m| m.kind != MapKind::Heap)
-                .map(|m| (m.start, top)),
+                // The main thread's: to the stack segment's end (see `roots::stack_range`).
+                .map(|m| (m.start, if m.kind == MapKind::Stack { m.end } else { top })),
             _ => syscall_sp(tid, &mut text).and_then(|sp| {
                 let m = mapping_of(maps, sp)?;
                 let (_, hi) = stack_range(&g, maps, sp, 0, false)?;

@@ -199,7 +199,12 @@ pub(super) fn stack_range(
     // The known top only if the stack pointer is on that stack (not on a signal stack or a
     // coroutine's, where everything between the two would be scanned).
     if top > sp && mapping_of(maps, top - 1).is_some_and(|t| t.start == m.start) {
-        return Some((lo, top));
+        // The main thread's known top is glibc's (`pthread_getattr_np`): the page above the
+        // start code's stack pointer, `__libc_stack_end`. Above it lie argv, envp, the auxiliary
+        // vector and their strings, which a program may write blocks into (ld stores its
+        // rewritten "-lX" arguments in argv): memcheck scans the stack segment to its end.
+        let hi = if m.kind == MapKind::Stack { m.end } else { top };
+        return Some((lo, hi));
     }
     if m.kind == MapKind::Heap {
         return None;
