@@ -69,6 +69,8 @@ mod stacks;
 mod state;
 pub mod sync;
 mod threads;
+mod tls;
+pub use crate::tls::front_word;
 mod unwind;
 
 use std::sync::atomic::{AtomicBool, Ordering};
