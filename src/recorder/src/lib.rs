@@ -117,6 +117,10 @@ fn emit(t: &ThreadState, ev: &EventBuf) {
 /// `ptr` is null or a block the real allocator just returned.
 #[inline]
 pub unsafe fn on_alloc(kind: AllocKind, ptr: *mut u8, size: usize) {
+    // Here too, inlined into the front end's hook: an unsampled block then costs no call.
+    if !ptr.is_null() && unsampled_fast(size) {
+        return;
+    }
     record_alloc(kind, ptr, size, None, Skip::OwnModule)
 }
 

@@ -486,20 +486,30 @@ impl LiveSet {
     #[inline(always)]
     pub(crate) fn insert(&self, addr: usize, b: LiveBlock) -> bool {
         let (addr, h) = (addr as u64, hash(addr as u64));
-        let counter = self.filter_slot(h);
-        if let Some(c) = counter {
-            c.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.filter_slot(h) {
+            return self.insert_counted(c, h, addr, &b);
         }
+        self.insert_at(h, addr, &b)
+    }
+
+    #[inline(always)]
+    fn insert_at(&self, h: u64, addr: u64, b: &LiveBlock) -> bool {
         let mut t = self.shard(h).lock();
-        let done = if self.aggregated {
-            t.insert::<true>(h, addr, &b)
+        if self.aggregated {
+            t.insert::<true>(h, addr, b)
         } else {
-            t.insert::<false>(h, addr, &b)
-        };
+            t.insert::<false>(h, addr, b)
+        }
+    }
+
+    /// [`Self::insert`] with the filter on (sampled recording: a sampled block, rare), out of
+    /// line so that the unfiltered path stays as it was.
+    #[inline(never)]
+    fn insert_counted(&self, c: &AtomicU32, h: u64, addr: u64, b: &LiveBlock) -> bool {
+        c.fetch_add(1, Ordering::Relaxed);
+        let done = self.insert_at(h, addr, b);
         if !done {
-            if let Some(c) = counter {
-                c.fetch_sub(1, Ordering::Relaxed);
-            }
+            c.fetch_sub(1, Ordering::Relaxed);
         }
         done
     }
@@ -508,17 +518,31 @@ impl LiveSet {
     #[inline(always)]
     pub(crate) fn remove(&self, addr: usize) -> Option<LiveBlock> {
         let (addr, h) = (addr as u64, hash(addr as u64));
-        let counter = self.filter_slot(h);
-        if counter.is_some_and(|c| c.load(Ordering::Relaxed) == 0) {
-            return None;
+        if let Some(c) = self.filter_slot(h) {
+            if c.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            return self.remove_counted(c, h, addr);
         }
+        self.remove_at(h, addr)
+    }
+
+    #[inline(always)]
+    fn remove_at(&self, h: u64, addr: u64) -> Option<LiveBlock> {
         let mut t = self.shard(h).lock();
-        let b = if self.aggregated {
+        if self.aggregated {
             t.remove::<true>(h, addr)
         } else {
             t.remove::<false>(h, addr)
-        };
-        if let (Some(c), Some(_)) = (counter, &b) {
+        }
+    }
+
+    /// [`Self::remove`] past the filter (a block it may hold), out of line as
+    /// [`Self::insert_counted`].
+    #[inline(never)]
+    fn remove_counted(&self, c: &AtomicU32, h: u64, addr: u64) -> Option<LiveBlock> {
+        let b = self.remove_at(h, addr);
+        if b.is_some() {
             c.fetch_sub(1, Ordering::Relaxed);
         }
         b
