@@ -64,3 +64,28 @@ fn no_allocator_hook_or_recorder_path_calls_tls_get_addr() {
         "libzmtrace.so is not flagged STATIC_TLS:\n{dynamic}"
     );
 }
+
+#[test]
+fn a_late_dlopen_of_the_library_loads_and_its_hooks_work_on_new_threads() {
+    // Not LD_PRELOAD: the program dlopens libzmtrace.so after start-up and calls its malloc and
+    // free, from its main thread and from a thread made afterwards, so the initial-exec block
+    // comes from glibc's static TLS surplus (glibc 2.36 has room for it; were it full, the loader
+    // would refuse the dlopen with its own error, which the sample prints).
+    ensure_preload_built();
+    let lib = zmtrace_bin().with_file_name("libzmtrace.so");
+    let dir = fresh_dir("dlopen-lib");
+    let out = std::process::Command::new(sample("dlopen_lib"))
+        .arg(&lib)
+        .env_remove("LD_PRELOAD")
+        .env("ZMTRACE_OUT", &dir)
+        .output()
+        .expect("run dlopen_lib");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "loaded, 2000 calls");
+}
