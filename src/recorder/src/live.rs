@@ -17,6 +17,10 @@
 //! Deletion shifts the following entries of the probe run back (no tombstones), so a table that
 //! sees billions of `malloc`/`free` pairs never degrades and never needs a rebuild.
 //!
+//! In sampled recording (without `--all-blocks`) the set holds the few sampled blocks and
+//! nearly every free is of one it does not hold: a filter of 2^15 counters
+//! ([`LiveSet::enable_filter`]) answers those without a lock or a probe.
+//!
 //! Locks: each shard is a [`SpinLock`], held for one probe (or one growth, which maps and
 //! unmaps with system calls only). The `fork` handlers take all 64 in shard order
 //! ([`LiveSet::lock_all`]) at their fixed place in the recorder's lock order (see `fork`).
