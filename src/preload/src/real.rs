@@ -76,10 +76,12 @@ fn resolve() -> Option<&'static Next> {
 /// are flagged by [`allocator_call`].
 static FOREIGN_ALLOCATOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-thread_local! {
-    // Const-initialised, no destructor (see the recorder's `sync`): calls into the next
-    // allocator under way on this thread.
-    static IN_ALLOCATOR: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+/// Calls into the next allocator under way on this thread: the recorder's front-end word, in its
+/// initial-exec TLS block (a `thread_local!` here would cost a `__tls_get_addr` call each time,
+/// twice per `malloc` of a jemalloc program).
+#[inline(always)]
+fn in_allocator_calls() -> &'static std::cell::Cell<u64> {
+    zmtrace_recorder::front_word()
 }
 
 /// Runs a call into the next allocator; for an allocator that is not glibc's, marks the thread
@@ -90,15 +92,16 @@ pub fn allocator_call<R>(f: impl FnOnce() -> R) -> R {
     if !FOREIGN_ALLOCATOR.load(Ordering::Relaxed) {
         return f();
     }
-    IN_ALLOCATOR.with(|c| c.set(c.get() + 1));
+    let c = in_allocator_calls();
+    c.set(c.get() + 1);
     let r = f();
-    IN_ALLOCATOR.with(|c| c.set(c.get() - 1));
+    c.set(c.get() - 1);
     r
 }
 
 /// True inside [`allocator_call`] of a foreign allocator.
 pub fn in_allocator() -> bool {
-    FOREIGN_ALLOCATOR.load(Ordering::Relaxed) && IN_ALLOCATOR.with(|c| c.get() > 0)
+    FOREIGN_ALLOCATOR.load(Ordering::Relaxed) && in_allocator_calls().get() > 0
 }
 
 /// The next definition of `name` after this library.

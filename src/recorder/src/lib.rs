@@ -69,6 +69,8 @@ mod stacks;
 mod state;
 pub mod sync;
 mod threads;
+mod tls;
+pub use crate::tls::front_word;
 mod unwind;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,6 +117,10 @@ fn emit(t: &ThreadState, ev: &EventBuf) {
 /// `ptr` is null or a block the real allocator just returned.
 #[inline]
 pub unsafe fn on_alloc(kind: AllocKind, ptr: *mut u8, size: usize) {
+    // Here too, inlined into the front end's hook: an unsampled block then costs no call.
+    if !ptr.is_null() && unsampled_fast(size) {
+        return;
+    }
     record_alloc(kind, ptr, size, None, Skip::OwnModule)
 }
 
@@ -131,6 +137,9 @@ pub unsafe fn record_alloc(
     usable: Option<usize>,
     skip: Skip,
 ) {
+    if !ptr.is_null() && unsampled_fast(size) {
+        return;
+    }
     let Some(_g) = Guard::enter() else { return };
     let Some(core) = core() else { return };
     let t = current_thread(core);
@@ -192,6 +201,28 @@ fn sampled(t: &ThreadState, size: usize) -> bool {
     interval == 0 || unsafe { (*t.sampler.get()).take(size as u64, interval) }
 }
 
+/// Sampled recording without `--all-blocks`: the countdown of a block that is certainly not
+/// sampled, and nothing else (no guard, no recorder state). True: done. False: the full path
+/// decides (a pick, the thread's first event, a call from inside the recorder, not sampling).
+///
+/// Without the guard: the countdown is only the owning thread's, and a call from inside the
+/// recorder (the guard held: its own allocation, through a front end that does not keep those
+/// apart) goes on to the full path, which refuses it, so it never counts.
+#[inline(always)]
+fn unsampled_fast(size: usize) -> bool {
+    if !sample::only_sampled() {
+        return false;
+    }
+    let tls = tls::tls();
+    let t = tls.current.get();
+    if t.is_null() || tls.inside.load(Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: states are never freed, and only the owning thread touches its sampler, never
+    // from two places at once: the full path touches it under the guard, checked just above.
+    unsafe { (*(*t).sampler.get()).skip(size as u64) }
+}
+
 /// `--all-blocks`: an unsampled block goes in the live set with no stack ([`sample::UNSAMPLED`]),
 /// for the leak check only: it has no events.
 #[cold]
@@ -229,6 +260,11 @@ unsafe fn usable_size(ptr: *mut u8) -> u64 {
 /// `ptr` is the argument of a `free` about to happen.
 #[inline]
 pub unsafe fn on_free(ptr: *mut u8) {
+    if sample::only_sampled() && !ptr.is_null() && !live_may_hold(ptr) {
+        // Sampled recording: most frees are of unsampled blocks, and the live set's filter says
+        // so without a lock, the guard or the thread's state (see `live`).
+        return;
+    }
     let Some(_g) = Guard::enter() else { return };
     let Some(core) = core() else { return };
     if sample::interval() > 0 && !ptr.is_null() {
@@ -252,6 +288,14 @@ pub unsafe fn on_free(ptr: *mut u8) {
         return;
     };
     free_recorded(core, ptr, &block);
+}
+
+/// False when the live set certainly does not hold `ptr`: its filter (on in sampled recording
+/// without `--all-blocks`) says so. True before the recorder is set up: the full path decides.
+#[inline(always)]
+fn live_may_hold(ptr: *mut u8) -> bool {
+    CORE.get()
+        .is_none_or(|core| core.live.may_hold(ptr as usize))
 }
 
 /// The free of a recorded block, once it left the live set.

@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 static INTERVAL: AtomicU64 = AtomicU64::new(0);
 /// `--all-blocks`: unsampled blocks still go in the live set (address and size, no stack).
 static ALL_BLOCKS: AtomicBool = AtomicBool::new(false);
+/// Sampling without `--all-blocks`: an unsampled block needs nothing but the countdown, and
+/// the live set holds the sampled blocks only (its free filter is on: `live`).
+static ONLY_SAMPLED: AtomicBool = AtomicBool::new(false);
 /// `ZMTRACE_SAMPLE_SEED`, or 0: seed from the clock.
 static SEED: AtomicU64 = AtomicU64::new(0);
 /// Forks this process has made (counted before each; a child starts with its parent's count):
@@ -41,10 +44,9 @@ pub(crate) fn configure(env: impl Fn(&str) -> Option<String>) {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
     INTERVAL.store(interval, Ordering::Relaxed);
-    ALL_BLOCKS.store(
-        interval > 0 && env("ZMTRACE_SAMPLE_ALL").as_deref() == Some("1"),
-        Ordering::Relaxed,
-    );
+    let all = interval > 0 && env("ZMTRACE_SAMPLE_ALL").as_deref() == Some("1");
+    ALL_BLOCKS.store(all, Ordering::Relaxed);
+    ONLY_SAMPLED.store(interval > 0 && !all, Ordering::Relaxed);
     let seed = env("ZMTRACE_SAMPLE_SEED")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
@@ -60,6 +62,12 @@ pub(crate) fn interval() -> u64 {
 #[inline]
 pub(crate) fn all_blocks() -> bool {
     ALL_BLOCKS.load(Ordering::Relaxed)
+}
+
+/// Sampling, without `--all-blocks`.
+#[inline(always)]
+pub(crate) fn only_sampled() -> bool {
+    ONLY_SAMPLED.load(Ordering::Relaxed)
 }
 
 /// One thread's sampler: touched only by its thread (it lives in the thread's state).
@@ -135,6 +143,19 @@ impl Sampler {
         } else {
             (gap as u64).max(1)
         }
+    }
+
+    /// The countdown alone: counts `size` bytes and returns true when the block is certainly not
+    /// sampled; false (nothing counted) when [`Self::take`] must decide (a pick, or no gap drawn
+    /// yet).
+    #[inline(always)]
+    pub(crate) fn skip(&mut self, size: u64) -> bool {
+        let size = size.max(1);
+        if size < self.left {
+            self.left -= size;
+            return true;
+        }
+        false
     }
 
     /// Counts `size` allocated bytes; true when the block holds a picked byte (sample it).
@@ -219,8 +240,13 @@ mod tests {
             "{hits} vs {}",
             n as f64 * p
         );
+        // The same draws through the countdown's fast half first, as the hot path does.
+        let mut s = Sampler::seeded(7);
+        let hits_fast = (0..n).filter(|_| !s.skip(size) && s.take(size, t)).count() as f64;
+        assert_eq!(hits_fast, hits);
         // interval 1: every block.
         let mut s = Sampler::seeded(7);
         assert!((0..1000).all(|i| s.take(i % 100, 1)));
+        assert!((0..1000).all(|i| !s.skip(i % 100)));
     }
 }

@@ -166,6 +166,12 @@ pub(crate) fn init_slow() -> Option<&'static Core> {
         stacks: DashMap::with_hasher_and_shard_amount(FxBuild::default(), 64),
         proc,
     });
+    if sample::only_sampled() {
+        // Before the first insert: the filter counts every entry from the start.
+        if let Some(core) = CORE.get() {
+            core.live.enable_filter();
+        }
+    }
     // SAFETY: registering handlers has no preconditions; they are plain extern "C" functions.
     unsafe {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));

@@ -5,28 +5,19 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{compiler_fence, AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicUsize, Ordering};
 
-/// The guard's per-thread state: whether the thread is inside the recorder, and the fatal signal
-/// that arrived meanwhile and waits for it to leave ([`defer_signal`]). Atomics only for their
-/// ordering against a signal handler on the same thread: relaxed loads and stores, plain moves.
-pub(crate) struct GuardState {
-    inside: AtomicBool,
-    deferred: AtomicI32,
-}
+use crate::tls::{tls, Tls};
 
-thread_local! {
-    // IMPORTANT: const-initialised and without a destructor. A lazily initialised thread-local, or
-    // one with a destructor, registers itself through `__cxa_thread_atexit_impl`, which allocates
-    // through the very `malloc` we are hooking, and aborts the process when touched after its
-    // destruction (glibc frees its own TLS bookkeeping through the hooked `free` at thread exit).
-    static IN_RECORDER: GuardState = const {
-        GuardState {
-            inside: AtomicBool::new(false),
-            deferred: AtomicI32::new(0),
-        }
-    };
-}
+// The guard's per-thread state (whether the thread is inside the recorder, and the fatal signal
+// that arrived meanwhile and waits for it to leave, [`defer_signal`]) is in the recorder's
+// initial-exec TLS block (`tls`): two instructions to reach, where a `thread_local!` of the
+// preload library costs a `__tls_get_addr` call. Atomics only for their ordering against a
+// signal handler on the same thread: relaxed loads and stores, plain moves. Const-initialised
+// (zero) and without a destructor: a lazily initialised thread-local, or one with a destructor,
+// registers itself through `__cxa_thread_atexit_impl`, which allocates through the very `malloc`
+// we are hooking, and aborts the process when touched after its destruction (glibc frees its own
+// TLS bookkeeping through the hooked `free` at thread exit).
 
 /// What runs a deferred fatal signal once its thread leaves the recorder (the front end's).
 static RESUME: AtomicUsize = AtomicUsize::new(0);
@@ -45,20 +36,19 @@ impl Guard {
     /// Enters the recorder, or returns `None` if this thread is already inside it.
     #[inline]
     pub fn enter() -> Option<Guard> {
-        IN_RECORDER.with(|g| {
-            if g.inside.load(Ordering::Relaxed) {
-                None
-            } else {
-                g.inside.store(true, Ordering::Relaxed);
-                compiler_fence(Ordering::SeqCst);
-                Some(Guard(()))
-            }
-        })
+        let g = tls();
+        if g.inside.load(Ordering::Relaxed) {
+            None
+        } else {
+            g.inside.store(true, Ordering::Relaxed);
+            compiler_fence(Ordering::SeqCst);
+            Some(Guard(()))
+        }
     }
 
     /// Marks this thread as inside the recorder for good (the writer thread).
     pub fn enter_forever() {
-        IN_RECORDER.with(|g| g.inside.store(true, Ordering::Relaxed));
+        tls().inside.store(true, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
     }
 
@@ -69,7 +59,7 @@ impl Guard {
 
     #[inline]
     pub fn is_held() -> bool {
-        IN_RECORDER.with(|g| g.inside.load(Ordering::Relaxed))
+        tls().inside.load(Ordering::Relaxed)
     }
 }
 
@@ -82,20 +72,19 @@ impl Drop for Guard {
 
 #[inline]
 fn leave() {
-    IN_RECORDER.with(|g| {
-        // Cleared before the check: a signal that lands after the store is handled at once by
-        // its handler, one that landed before it is seen here.
-        compiler_fence(Ordering::SeqCst);
-        g.inside.store(false, Ordering::Relaxed);
-        compiler_fence(Ordering::SeqCst);
-        if g.deferred.load(Ordering::Relaxed) != 0 {
-            run_deferred(g);
-        }
-    })
+    let g = tls();
+    // Cleared before the check: a signal that lands after the store is handled at once by its
+    // handler, one that landed before it is seen here.
+    compiler_fence(Ordering::SeqCst);
+    g.inside.store(false, Ordering::Relaxed);
+    compiler_fence(Ordering::SeqCst);
+    if g.deferred.load(Ordering::Relaxed) != 0 {
+        run_deferred(g);
+    }
 }
 
 #[cold]
-fn run_deferred(g: &GuardState) {
+fn run_deferred(g: &Tls) {
     let sig = g.deferred.swap(0, Ordering::Relaxed);
     let f = RESUME.load(Ordering::Acquire);
     if sig != 0 && f != 0 {
@@ -110,21 +99,20 @@ fn run_deferred(g: &GuardState) {
 /// true: `resume(sig)` then runs as the thread leaves the recorder, which it does within one
 /// event. Returns false when the thread is outside: the handler can go ahead. Async-signal-safe.
 pub fn defer_signal(sig: i32, resume: extern "C" fn(i32)) -> bool {
-    IN_RECORDER.with(|g| {
-        if !g.inside.load(Ordering::Relaxed) {
-            return false;
-        }
-        RESUME.store(resume as usize, Ordering::Release);
-        if g.deferred.load(Ordering::Relaxed) == 0 {
-            g.deferred.store(sig, Ordering::Relaxed);
-        }
-        true
-    })
+    let g = tls();
+    if !g.inside.load(Ordering::Relaxed) {
+        return false;
+    }
+    RESUME.store(resume as usize, Ordering::Release);
+    if g.deferred.load(Ordering::Relaxed) == 0 {
+        g.deferred.store(sig, Ordering::Relaxed);
+    }
+    true
 }
 
 /// Forgets a deferred signal: in a forked child, it was the parent's.
 pub(crate) fn forget_deferred_signal() {
-    IN_RECORDER.with(|g| g.deferred.store(0, Ordering::Relaxed));
+    tls().deferred.store(0, Ordering::Relaxed);
 }
 
 /// A test-and-set lock that yields while it waits. The recorder holds its locks for short spans

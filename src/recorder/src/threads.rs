@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize
 use crate::ring::Ring;
 use crate::sample::Sampler;
 use crate::state::Core;
+use crate::tls::tls;
 use crate::{aggregate, unwind};
 
 /// Bytes of event ring per thread. At ~25 bytes an event this holds ~10,000 events: the writer
@@ -70,9 +71,16 @@ pub(crate) fn bump(c: &AtomicU64) {
 static THREADS: AtomicPtr<ThreadState> = AtomicPtr::new(ptr::null_mut());
 static NEXT_STREAM: AtomicU32 = AtomicU32::new(0);
 
-thread_local! {
-    // Const-initialised, no destructor: see `sync`.
-    pub(crate) static CURRENT: Cell<*const ThreadState> = const { Cell::new(ptr::null()) };
+/// This thread's state, in the recorder's initial-exec TLS block (`tls`: no `__tls_get_addr`
+/// call on the hot path). `CURRENT.with(|c| ..)` as with the `thread_local!` it was.
+pub(crate) struct Current;
+pub(crate) static CURRENT: Current = Current;
+
+impl Current {
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&Cell<*const ThreadState>) -> R) -> R {
+        f(&tls().current)
+    }
 }
 
 /// Every thread state ever made.
@@ -92,17 +100,20 @@ pub(crate) fn gettid() -> u32 {
 }
 
 /// This thread's state, claimed on first use. Must be called under the guard.
+#[inline]
 pub(crate) fn current_thread(core: &Core) -> &'static ThreadState {
-    let p = CURRENT.with(|c| c.get());
+    let p = tls().current.get();
     if !p.is_null() {
         // SAFETY: states are never freed.
         return unsafe { &*p };
     }
     let state = claim_thread(core);
-    CURRENT.with(|c| c.set(state));
+    tls().current.set(state);
     state
 }
 
+#[cold]
+#[inline(never)]
 fn claim_thread(core: &Core) -> &'static ThreadState {
     let tid = gettid();
     let stack = unwind::stack_bounds();
