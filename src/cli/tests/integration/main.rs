@@ -41,6 +41,7 @@ mod sigterm;
 mod snapshots;
 mod suppressions;
 mod threads;
+mod tls;
 mod unwind;
 mod view;
 mod zmalloc;

@@ -3,12 +3,11 @@
 //! of a `cdylib` is general-dynamic, one `__tls_get_addr` call per access: four per `malloc`
 //! before, about 65 of the 142 instructions an untraced `malloc`+`free` pair costs.
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn tool(name: &str, args: &[&str], lib: &std::path::Path) -> String {
     let out = Command::new(name)
