@@ -46,15 +46,17 @@ for w in $workloads; do
         cmd=(env PYTHONMALLOC=malloc /usr/bin/python3 "$work/churn.py" $((pairs / 16))) ;;
     *) echo "unknown workload $w" >&2; exit 2 ;;
     esac
-    mkdir -p "$work/$w"
-    "$zmtrace" run -o "$work/$w" -- "${cmd[@]}" >/dev/null 2>&1 || true
-    dump=$(ls "$work/$w"/zmtrace.*.zmt | head -1)
+    # The dumps' directory is not named like the workload: "$work/pairs" is the compiled program.
+    d=$work/d-$w
+    mkdir -p "$d"
+    "$zmtrace" run -o "$d" -- "${cmd[@]}" >/dev/null 2>&1 || true
+    dump=$(ls "$d"/zmtrace.*.zmt | head -1)
     events=$("$zmtrace" report --json "$dump" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events"])')
     echo "$w: zmtrace dump $(du -h "$dump" | cut -f1), $events events"
     ht=
     if [ "$have_heaptrack" = 1 ]; then
-        heaptrack -o "$work/$w/ht" "${cmd[@]}" >/dev/null 2>&1 || true
-        ht=$(ls "$work/$w"/ht*.zst 2>/dev/null | head -1 || true)
+        heaptrack -o "$d/ht" "${cmd[@]}" >/dev/null 2>&1 || true
+        ht=$(ls "$d"/ht*.zst 2>/dev/null | head -1 || true)
         [ -n "$ht" ] && echo "$w: heaptrack data $(du -h "$ht" | cut -f1)"
     fi
     for _ in $(seq "$reps"); do
