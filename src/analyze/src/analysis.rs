@@ -1,13 +1,20 @@
 //! One replay of a dump's events, in sequence order, that computes everything the reports need:
 //! the totals, per stack what it allocated, leaked and churned, and the heap's peak. Memory is
 //! the live set plus one entry per stack: the events themselves stream past.
+//!
+//! The replay holds the rules: the live set, the two halves of a realloc, which blocks are
+//! temporary, the heap's size and its peak. What is counted from them is its observers' (see
+//! [`Observer`]): the per-site totals ([`Sites`]), and for `zmtrace view` the page's timeline
+//! ([`crate::timeline`]), asked for with [`Want::timeline`]. The replay is monomorphized per set
+//! of observers, so the reports pay nothing for the timeline.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use zmtrace_format::{Dump, Event, EventKind, KindTotal, LeakKind, LiveSite};
+use zmtrace_format::{Dump, Event, EventKind, KindTotal, LeakKind, LiveSite, Reach};
 
 use crate::leakcheck::Suppressed;
 use crate::leakcheck::{self, Check};
-use crate::livemap::{Live, LiveMap};
+pub(crate) use crate::livemap::Live;
+use crate::livemap::LiveMap;
 
 /// Sampled recording: the weights of the sampled blocks (see [`Analysis::sample_interval`]).
 #[derive(Clone, Copy, Debug)]
@@ -297,6 +304,8 @@ pub struct Analysis {
     pub all_blocks: bool,
     /// The replayed events by kind (`dump-info`'s list); empty for an aggregated dump.
     pub by_kind: EventCounts,
+    /// The page's timeline, when it was asked for ([`Want::timeline`]) and the dump has one.
+    pub timeline: Option<crate::timeline::Recorded>,
 }
 
 /// Events by kind, counted as the replay goes (the halves of reallocs and remaps, which are no
@@ -378,6 +387,31 @@ pub fn analyze_at(
     progress: &mut dyn FnMut(usize, usize),
     at: Option<&zmtrace_format::Snapshot>,
 ) -> Analysis {
+    let want = Want {
+        peak_sites,
+        timeline: None,
+    };
+    analyze_with(dump, &want, progress, at)
+}
+
+/// What a replay computes besides the totals and the per-site numbers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Want {
+    /// [`SiteStats::peak_bytes`] (see [`analyze`]).
+    pub peak_sites: bool,
+    /// The page's timeline in this many time buckets ([`Analysis::timeline`], `zmtrace view`
+    /// only): a dump's whole run, with every block in its events (not an aggregated or a
+    /// sampled dump, not as of a snapshot).
+    pub timeline: Option<usize>,
+}
+
+/// [`analyze_at`], computing what `want` asks for.
+pub fn analyze_with(
+    dump: &Dump,
+    want: &Want,
+    progress: &mut dyn FnMut(usize, usize),
+    at: Option<&zmtrace_format::Snapshot>,
+) -> Analysis {
     if dump.is_aggregated() {
         return match at {
             None => from_aggregate(dump, dump.aggregate.as_ref(), &dump.live_at_end, true),
@@ -390,7 +424,28 @@ pub fn analyze_at(
         };
     }
     let until = at.map_or(u64::MAX, |s| s.seq);
-    let mut r = start(dump, peak_sites, dump.stacks.len());
+    let stacks = dump.stacks.len();
+    let sites = Sites::new(dump, want.peak_sites, stacks);
+    // Monomorphized: without the timeline the replay has no call to make for it, and its
+    // blocks no tag to carry.
+    let timeline = want
+        .timeline
+        .filter(|_| at.is_none() && dump.sample_interval().is_none())
+        .and_then(|buckets| crate::timeline::Recorder::new(dump, buckets, stacks));
+    match timeline {
+        Some(t) => run(dump, (sites, t), until, progress, at),
+        None => run(dump, sites, until, progress, at),
+    }
+}
+
+fn run<O: Observer>(
+    dump: &Dump,
+    obs: O,
+    until: u64,
+    progress: &mut dyn FnMut(usize, usize),
+    at: Option<&zmtrace_format::Snapshot>,
+) -> Analysis {
+    let mut r = start(dump, obs);
     let mut events = dump.events();
     replay(&mut r, &mut events, until, &mut |ev| {
         let (done, total) = ev.progress();
@@ -401,87 +456,368 @@ pub fn analyze_at(
     finish(r, dump, at)
 }
 
+/// What the replay tells those who count: the per-site totals ([`Sites`]) and, for `zmtrace
+/// view`, the page's timeline ([`crate::timeline::Recorder`]). The replay keeps the live set,
+/// the halves of reallocs, which blocks are temporary, the heap's size and its peak: the rules,
+/// once. An observer only counts what it is told, so two observers of one replay cannot
+/// disagree about what happened. Every method but [`Observer::time`] and [`Observer::finish`]
+/// does nothing unless the observer counts it.
+pub(crate) trait Observer: Clone {
+    /// What the observer keeps with each live block (the timeline: the bucket it was made in).
+    type Tag: Copy + Default;
+    /// After the blocks inherited at a fork are in the heap, before any event.
+    fn begin(&mut self) {}
+    /// An event of the program's (anything but the first half of a realloc) is next. Returns
+    /// the tag of the blocks it makes.
+    fn time(&mut self, e: &Event) -> Self::Tag;
+    /// An allocation at `stack`; `w`: the blocks it stands for (sampled recording).
+    fn alloc(&mut self, _stack: u32, _size: u64, _w: f64) {}
+    /// Block `b` joins the heap, counting `bytes` there (weighted if sampled).
+    fn added(&mut self, _b: &Live, _tag: Self::Tag, _bytes: u64) {}
+    /// Block `b` leaves the heap (freed, reallocated, or replaced in a damaged dump).
+    fn removed(&mut self, _b: &Live, _tag: Self::Tag, _bytes: u64) {}
+    /// A realloc's new block took the address of block `b`, still live (a damaged dump): `b` is
+    /// out of the live set, its bytes are still in the heap's size.
+    fn dropped(&mut self, _b: &Live, _tag: Self::Tag) {}
+    /// `free` of block `b`, temporary or not (the replay's rule).
+    fn freed(&mut self, _b: &Live, _tag: Self::Tag, _w: f64, _temporary: bool) {}
+    /// `realloc(p, 0)` that freed block `b`.
+    fn realloc_freed(&mut self, _b: &Live, _w: f64) {}
+    /// A realloc at `stack` of block `old` (size 0 when it was not live) to `size` bytes,
+    /// `moved` or in place; `chain`: the reallocs the block has been through now.
+    #[allow(clippy::too_many_arguments)]
+    fn realloc(
+        &mut self,
+        _stack: u32,
+        _old: &Live,
+        _size: u64,
+        _moved: bool,
+        _chain: u32,
+        _w: f64,
+    ) {
+    }
+    /// A failed allocation or realloc at `stack`.
+    fn failed(&mut self, _stack: u32) {}
+    /// The event announced by [`Observer::time`] is replayed; `peak`: the heap is at a new
+    /// highest point.
+    fn after(&mut self, _peak: bool) {}
+    /// Block `b`, at `addr`, live at the end (or at the snapshot); `kind`: what the leak check
+    /// found it to be, `reach` that check.
+    #[allow(clippy::too_many_arguments)]
+    fn leaked(
+        &mut self,
+        _addr: u64,
+        _b: &Live,
+        _tag: Self::Tag,
+        _w: f64,
+        _kind: Option<LeakKind>,
+        _reach: Option<&Reach>,
+    ) {
+    }
+    /// The replay is over: what was counted goes into `a`.
+    fn finish(self, a: &mut Analysis, reach: Option<&Reach>);
+}
+
+/// Two observers of one replay.
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    type Tag = (A::Tag, B::Tag);
+    fn begin(&mut self) {
+        self.0.begin();
+        self.1.begin();
+    }
+    #[inline]
+    fn time(&mut self, e: &Event) -> Self::Tag {
+        (self.0.time(e), self.1.time(e))
+    }
+    #[inline]
+    fn alloc(&mut self, stack: u32, size: u64, w: f64) {
+        self.0.alloc(stack, size, w);
+        self.1.alloc(stack, size, w);
+    }
+    #[inline]
+    fn added(&mut self, b: &Live, tag: Self::Tag, bytes: u64) {
+        self.0.added(b, tag.0, bytes);
+        self.1.added(b, tag.1, bytes);
+    }
+    #[inline]
+    fn removed(&mut self, b: &Live, tag: Self::Tag, bytes: u64) {
+        self.0.removed(b, tag.0, bytes);
+        self.1.removed(b, tag.1, bytes);
+    }
+    fn dropped(&mut self, b: &Live, tag: Self::Tag) {
+        self.0.dropped(b, tag.0);
+        self.1.dropped(b, tag.1);
+    }
+    #[inline]
+    fn freed(&mut self, b: &Live, tag: Self::Tag, w: f64, temporary: bool) {
+        self.0.freed(b, tag.0, w, temporary);
+        self.1.freed(b, tag.1, w, temporary);
+    }
+    fn realloc_freed(&mut self, b: &Live, w: f64) {
+        self.0.realloc_freed(b, w);
+        self.1.realloc_freed(b, w);
+    }
+    #[inline]
+    fn realloc(&mut self, stack: u32, old: &Live, size: u64, moved: bool, chain: u32, w: f64) {
+        self.0.realloc(stack, old, size, moved, chain, w);
+        self.1.realloc(stack, old, size, moved, chain, w);
+    }
+    fn failed(&mut self, stack: u32) {
+        self.0.failed(stack);
+        self.1.failed(stack);
+    }
+    #[inline]
+    fn after(&mut self, peak: bool) {
+        self.0.after(peak);
+        self.1.after(peak);
+    }
+    fn leaked(
+        &mut self,
+        addr: u64,
+        b: &Live,
+        tag: Self::Tag,
+        w: f64,
+        kind: Option<LeakKind>,
+        reach: Option<&Reach>,
+    ) {
+        self.0.leaked(addr, b, tag.0, w, kind, reach);
+        self.1.leaked(addr, b, tag.1, w, kind, reach);
+    }
+    fn finish(self, a: &mut Analysis, reach: Option<&Reach>) {
+        self.0.finish(a, reach);
+        self.1.finish(a, reach);
+    }
+}
+
+/// The per-site totals: per stack what it allocated, freed, leaked, reallocated and failed, and
+/// (with `peak_sites`) held at the peak; for a sampled recording, the estimates that replace them.
+#[derive(Clone)]
+pub(crate) struct Sites {
+    /// Per stack, indexed by id: a hash lookup per event was a fifth of the replay.
+    sites: ById<SiteStats>,
+    /// Sampled: the estimates per stack (None: count as ever).
+    est: Option<ById<Est>>,
+    heap: Heap,
+}
+
+impl Sites {
+    /// For `dump`'s recording; stack ids up to `stacks` are counted in vectors (see
+    /// [`ById::for_stacks`]).
+    fn new(dump: &Dump, peak_sites: bool, stacks: usize) -> Sites {
+        Sites {
+            sites: ById::for_stacks(stacks),
+            est: dump.sample_interval().map(|_| ById::default()),
+            heap: Heap {
+                track: peak_sites,
+                by_stack: ById::for_stacks(stacks),
+                ..Heap::default()
+            },
+        }
+    }
+}
+
+impl Observer for Sites {
+    type Tag = ();
+
+    fn begin(&mut self) {
+        self.heap.new_peak();
+    }
+
+    #[inline]
+    fn time(&mut self, _e: &Event) {}
+
+    #[inline]
+    fn alloc(&mut self, stack: u32, size: u64, w: f64) {
+        let site = self.sites.get(stack);
+        site.allocations += 1;
+        site.bytes += size;
+        if let Some(est) = self.est.as_mut() {
+            let e = est.get(stack);
+            e.allocations += w;
+            e.bytes += w * size as f64;
+        }
+    }
+
+    #[inline]
+    fn added(&mut self, b: &Live, _tag: (), bytes: u64) {
+        self.heap.add(b.stack, bytes);
+    }
+
+    #[inline]
+    fn removed(&mut self, b: &Live, _tag: (), bytes: u64) {
+        self.heap.sub(b.stack, bytes);
+    }
+
+    #[inline]
+    fn freed(&mut self, b: &Live, _tag: (), w: f64, temporary: bool) {
+        if temporary {
+            self.sites.get(b.stack).temporary += 1;
+        }
+        if let Some(est) = self.est.as_mut() {
+            let e = est.get(b.stack);
+            e.frees += w;
+            if temporary {
+                e.temporary += w;
+            }
+        }
+    }
+
+    fn realloc_freed(&mut self, b: &Live, w: f64) {
+        if let Some(est) = self.est.as_mut() {
+            est.get(b.stack).frees += w;
+        }
+    }
+
+    #[inline]
+    fn realloc(&mut self, stack: u32, old: &Live, size: u64, moved: bool, chain: u32, w: f64) {
+        let site = self.sites.get(stack);
+        site.bytes += size;
+        site.churn.add(old.size, size, moved, chain);
+        // A sampled block stays sampled through its reallocs: it keeps the weight of the size
+        // that had it sampled.
+        if let Some(est) = self.est.as_mut() {
+            let e = est.get(stack);
+            e.reallocs += w;
+            e.bytes += w * size as f64;
+        }
+    }
+
+    fn failed(&mut self, stack: u32) {
+        self.sites.get(stack).failed += 1;
+    }
+
+    #[inline]
+    fn after(&mut self, peak: bool) {
+        if peak {
+            self.heap.new_peak();
+        }
+    }
+
+    fn leaked(
+        &mut self,
+        _addr: u64,
+        b: &Live,
+        _tag: (),
+        w: f64,
+        kind: Option<LeakKind>,
+        _reach: Option<&Reach>,
+    ) {
+        self.sites
+            .get(b.stack)
+            .add_leaked(1, b.size, u64::from(b.chain > 0), kind);
+        if let Some(est) = self.est.as_mut() {
+            est.get(b.stack).leaked(w, b.size, b.chain > 0, kind);
+        }
+    }
+
+    fn finish(self, a: &mut Analysis, reach: Option<&Reach>) {
+        let Sites {
+            mut sites,
+            est,
+            heap,
+        } = self;
+        if let Some(est) = &est {
+            // Sampled: the estimates replace what the replay counted, per site and in total.
+            let mut total = Est::default();
+            for (id, e) in est.iter() {
+                e.apply(sites.get(id));
+                total.add(e);
+            }
+            let r = |v: f64| v.round() as u64;
+            a.allocations = r(total.allocations);
+            a.bytes_allocated = r(total.bytes);
+            a.frees = r(total.frees);
+            a.reallocs = r(total.reallocs);
+            a.temporary = r(total.temporary);
+            a.leaked_blocks = r(total.leaked_blocks);
+            a.leaked_bytes = r(total.leaked_bytes);
+            for k in 0..4 {
+                a.kinds[k] = KindTotal {
+                    blocks: r(total.kinds[k].0),
+                    bytes: r(total.kinds[k].1),
+                };
+            }
+            exact_kinds(a, reach);
+        }
+        for (stack, h) in heap.by_stack.iter() {
+            if h.at_peak > 0 {
+                sites.get(stack).peak_bytes = h.at_peak;
+            }
+        }
+        a.sites = sites
+            .iter()
+            .filter(|(_, s)| **s != SiteStats::default())
+            .map(|(id, s)| (id, s.clone()))
+            .collect();
+    }
+}
+
 /// A replay between two events: what [`analyze_at`] keeps as it goes, and what [`Replay`] keeps
 /// from one piece of a dump still being written to the next.
 #[derive(Clone)]
-struct State {
+struct State<O: Observer> {
     a: Analysis,
     scale: Scale,
-    est: Option<ById<Est>>,
-    live: LiveMap,
+    live: LiveMap<O::Tag>,
     weights: Weights,
+    /// The block each thread allocated last, while it may still turn out temporary.
     last_alloc: HashMap<u32, u64>,
     tids: HashSet<u32>,
     last_tid: u32,
-    sites: ById<SiteStats>,
-    heap: Heap,
-    moving: HashMap<(u32, u64), (Live, f64)>,
+    /// The heap's size: the bytes of the live blocks (weighted, sampled).
+    cur: u64,
+    /// Blocks being reallocated: out of the live set, not yet replaced (see `ReallocOut`).
+    moving: HashMap<(u32, u64), (Live, f64, O::Tag)>,
+    obs: O,
 }
 
-/// The state before the first event: the blocks inherited at a fork are live. Stack ids up to
-/// `stacks` are counted in vectors (see [`ById::for_stacks`]).
-fn start(dump: &Dump, peak_sites: bool, stacks: usize) -> State {
+/// The state before the first event: the blocks inherited at a fork are live.
+fn start<O: Observer>(dump: &Dump, mut obs: O) -> State<O> {
     let mut a = Analysis {
         sample_interval: dump.sample_interval(),
         all_blocks: dump.all_blocks(),
         ..Analysis::default()
     };
     let scale = Scale(a.sample_interval);
-    // Sampled: the estimates per stack (None: count as ever).
-    let est: Option<ById<Est>> = scale.0.map(|_| ById::default());
     let mut live = LiveMap::default();
     let mut weights = Weights {
         sampled: scale.0.is_some(),
         ..Weights::default()
     };
-    // The block each thread allocated last, while it may still turn out temporary.
-    let last_alloc: HashMap<u32, u64> = HashMap::default();
-    let tids: HashSet<u32> = HashSet::default();
-    let last_tid = u32::MAX;
-    // Per stack, indexed by id: a hash lookup per event was a fifth of the replay.
-    let sites: ById<SiteStats> = ById::for_stacks(stacks);
-    let mut heap = Heap {
-        track: peak_sites,
-        by_stack: ById::for_stacks(stacks),
-        ..Heap::default()
-    };
+    let mut cur = 0;
     for b in dump.inherited.iter().filter(|b| b.stack != UNSAMPLED) {
         let w = scale.weight(b.size);
-        live.insert(
-            b.addr,
-            Live {
-                size: b.size,
-                stack: b.stack,
-                tid: 0,
-                chain: 0,
-            },
-        );
+        let block = Live {
+            size: b.size,
+            stack: b.stack,
+            tid: 0,
+            chain: 0,
+        };
+        live.insert(b.addr, block, O::Tag::default());
         weights.put(b.addr, w);
-        heap.add(b.stack, wb(b.size, w));
+        cur += wb(b.size, w);
+        obs.added(&block, O::Tag::default(), wb(b.size, w));
     }
     a.inherited_blocks = dump.inherited.len() as u64;
-    a.peak_bytes = heap.cur;
-    heap.new_peak();
-    // Blocks being reallocated: out of the live set, not yet replaced (see `ReallocOut`).
-    let moving: HashMap<(u32, u64), (Live, f64)> = HashMap::default();
+    a.peak_bytes = cur;
+    obs.begin();
     State {
         a,
         scale,
-        est,
         live,
         weights,
-        last_alloc,
-        tids,
-        last_tid,
-        sites,
-        heap,
-        moving,
+        last_alloc: HashMap::default(),
+        tids: HashSet::default(),
+        last_tid: u32::MAX,
+        cur,
+        moving: HashMap::default(),
+        obs,
     }
 }
 
 /// Replays `events` (those numbered before `until`) onto `r`; `tick` is called every 65,536.
-fn replay<I: Iterator<Item = Event>>(
-    r: &mut State,
+fn replay<O: Observer, I: Iterator<Item = Event>>(
+    r: &mut State<O>,
     events: &mut I,
     until: u64,
     tick: &mut dyn FnMut(&I),
@@ -489,15 +825,14 @@ fn replay<I: Iterator<Item = Event>>(
     let State {
         a,
         scale,
-        est,
         live,
         weights,
         last_alloc,
         tids,
         last_tid,
-        sites,
-        heap,
+        cur,
         moving,
+        obs,
     } = r;
     while let Some(e) = events.next() {
         if e.seq >= until {
@@ -506,18 +841,22 @@ fn replay<I: Iterator<Item = Event>>(
         if let EventKind::ReallocOut { addr } = e.kind {
             // Not an event of the program's: the first half of a realloc's numbering.
             match live.remove(addr) {
-                Some(b) => {
+                Some((b, tag)) => {
                     let w = weights.take(addr);
-                    heap.sub(b.stack, wb(b.size, w));
-                    moving.insert((e.tid, addr), (b, w));
+                    let bytes = wb(b.size, w);
+                    *cur -= bytes;
+                    obs.removed(&b, tag, bytes);
+                    moving.insert((e.tid, addr), (b, w, tag));
                 }
                 None => a.inconsistent += 1,
             }
             continue;
         }
+        let tag = obs.time(&e);
         if let EventKind::RemapOut { .. } = e.kind {
             // The first half of a remap's numbering, as `ReallocOut`.
             a.mapped.event(&e);
+            obs.after(false);
             continue;
         }
         a.events += 1;
@@ -535,50 +874,40 @@ fn replay<I: Iterator<Item = Event>>(
             } => {
                 a.allocations += 1;
                 a.bytes_allocated += size;
-                let site = sites.get(stack);
-                site.allocations += 1;
-                site.bytes += size;
                 let w = scale.weight(size);
-                if let Some(est) = est.as_mut() {
-                    let e = est.get(stack);
-                    e.allocations += w;
-                    e.bytes += w * size as f64;
-                }
+                obs.alloc(stack, size, w);
                 let old_w = weights.take(addr);
-                if let Some(old) = live.insert(
-                    addr,
-                    Live {
-                        size,
-                        stack,
-                        tid: e.tid,
-                        chain: 0,
-                    },
-                ) {
+                let b = Live {
+                    size,
+                    stack,
+                    tid: e.tid,
+                    chain: 0,
+                };
+                if let Some((old, old_tag)) = live.insert(addr, b, tag) {
                     a.inconsistent += 1;
-                    heap.sub(old.stack, wb(old.size, old_w));
+                    let bytes = wb(old.size, old_w);
+                    *cur -= bytes;
+                    obs.removed(&old, old_tag, bytes);
                 }
                 weights.put(addr, w);
-                heap.add(stack, wb(size, w));
+                let bytes = wb(size, w);
+                *cur += bytes;
+                obs.added(&b, tag, bytes);
                 last_alloc.insert(e.tid, addr);
             }
             EventKind::Free { addr } => match live.remove(addr) {
-                Some(b) => {
+                Some((b, btag)) => {
                     let bw = weights.take(addr);
                     a.frees += 1;
-                    heap.sub(b.stack, wb(b.size, bw));
+                    let bytes = wb(b.size, bw);
+                    *cur -= bytes;
+                    obs.removed(&b, btag, bytes);
                     let temporary = last_alloc.get(&b.tid) == Some(&addr);
                     if temporary {
                         last_alloc.remove(&b.tid);
                         a.temporary += 1;
-                        sites.get(b.stack).temporary += 1;
                     }
-                    if let Some(est) = est.as_mut() {
-                        let e = est.get(b.stack);
-                        e.frees += bw;
-                        if temporary {
-                            e.temporary += bw;
-                        }
-                    }
+                    obs.freed(&b, btag, bw, temporary);
                 }
                 None => a.inconsistent += 1,
             },
@@ -590,57 +919,53 @@ fn replay<I: Iterator<Item = Event>>(
                 ..
             } => {
                 let old = moving.remove(&(e.tid, old_addr)).or_else(|| {
-                    let b = live.remove(old_addr)?;
+                    let (b, t) = live.remove(old_addr)?;
                     let w = weights.take(old_addr);
-                    heap.sub(b.stack, wb(b.size, w));
-                    Some((b, w))
+                    let bytes = wb(b.size, w);
+                    *cur -= bytes;
+                    obs.removed(&b, t, bytes);
+                    Some((b, w, t))
                 });
                 if old.is_none() {
                     a.inconsistent += 1;
                 }
-                let (old, old_w) = old.unwrap_or((
-                    Live {
-                        size: 0,
-                        stack,
-                        tid: e.tid,
-                        chain: 0,
-                    },
-                    scale.weight(size),
-                ));
+                let (old, old_w) = old.map_or(
+                    (
+                        Live {
+                            size: 0,
+                            stack,
+                            tid: e.tid,
+                            chain: 0,
+                        },
+                        scale.weight(size),
+                    ),
+                    |(b, w, _)| (b, w),
+                );
                 if last_alloc.get(&old.tid) == Some(&old_addr) {
                     last_alloc.remove(&old.tid);
                 }
                 if new_addr == 0 && size == 0 {
                     // realloc(p, 0) that freed the block.
                     a.frees += 1;
-                    if let Some(est) = est.as_mut() {
-                        est.get(old.stack).frees += old_w;
-                    }
+                    obs.realloc_freed(&old, old_w);
                 } else {
                     a.reallocs += 1;
                     a.bytes_allocated += size;
                     let chain = old.chain + 1;
-                    let site = sites.get(stack);
-                    site.bytes += size;
-                    site.churn.add(old.size, size, new_addr != old_addr, chain);
-                    // A sampled block stays sampled through its reallocs: it keeps the weight
-                    // of the size that had it sampled.
-                    if let Some(est) = est.as_mut() {
-                        let e = est.get(stack);
-                        e.reallocs += old_w;
-                        e.bytes += old_w * size as f64;
+                    obs.realloc(stack, &old, size, new_addr != old_addr, chain, old_w);
+                    let b = Live {
+                        size,
+                        stack,
+                        tid: e.tid,
+                        chain,
+                    };
+                    if let Some((gone, gone_tag)) = live.insert(new_addr, b, tag) {
+                        obs.dropped(&gone, gone_tag);
                     }
-                    live.insert(
-                        new_addr,
-                        Live {
-                            size,
-                            stack,
-                            tid: e.tid,
-                            chain,
-                        },
-                    );
                     weights.put(new_addr, old_w);
-                    heap.add(stack, wb(size, old_w));
+                    let bytes = wb(size, old_w);
+                    *cur += bytes;
+                    obs.added(&b, tag, bytes);
                 }
                 // A realloc is an allocation of its thread: the block that thread made last is
                 // not temporary any more, and a reallocated block never is (it was allocated,
@@ -654,92 +979,57 @@ fn replay<I: Iterator<Item = Event>>(
             }
             EventKind::AllocFailed { stack, .. } => {
                 a.failed += 1;
-                sites.get(stack).failed += 1;
+                obs.failed(stack);
                 // A failed call is still an allocation attempt of its thread.
                 last_alloc.remove(&e.tid);
             }
         }
-        if heap.cur > a.peak_bytes {
-            a.peak_bytes = heap.cur;
+        let peak = *cur > a.peak_bytes;
+        if peak {
+            a.peak_bytes = *cur;
             a.peak_ns = e.ts_ns;
             a.peak_seq = e.seq;
-            heap.new_peak();
         }
+        obs.after(peak);
         a.duration_ns = a.duration_ns.max(e.ts_ns);
     }
 }
 
 /// What the replay found, once its events are all in.
-fn finish(r: State, dump: &Dump, at: Option<&zmtrace_format::Snapshot>) -> Analysis {
+fn finish<O: Observer>(
+    r: State<O>,
+    dump: &Dump,
+    at: Option<&zmtrace_format::Snapshot>,
+) -> Analysis {
     let State {
         mut a,
-        mut est,
         mut live,
         mut weights,
         tids,
-        mut sites,
-        heap,
         mut moving,
+        mut obs,
         ..
     } = r;
     a.mapped.finish();
     a.threads = tids.len() as u64;
     // A block between a realloc's two halves at the snapshot was live then.
-    for ((_, addr), (b, w)) in moving.drain() {
+    for ((_, addr), (b, w, tag)) in moving.drain() {
         if at.is_some() {
-            live.insert(addr, b);
+            live.insert(addr, b, tag);
             weights.put(addr, w);
         }
     }
     let reach = leakcheck::exit_check(dump).filter(|_| at.is_none());
     let mut check = reach.map(Check::new);
-    live.for_each(|addr, b| {
+    live.for_each(|addr, b, tag| {
         let kind = reach
             .zip(check.as_mut())
             .map(|(r, c)| c.kind_of(r, addr, b.size));
         a.add_leaked(1, b.size, kind);
-        sites
-            .get(b.stack)
-            .add_leaked(1, b.size, u64::from(b.chain > 0), kind);
-        if let Some(est) = est.as_mut() {
-            est.get(b.stack)
-                .leaked(weights.get(addr), b.size, b.chain > 0, kind);
-        }
+        obs.leaked(addr, &b, tag, weights.get(addr), kind, reach);
     });
     a.check = check;
-    if let Some(est) = &est {
-        // Sampled: the estimates replace what the replay counted, per site and in total.
-        let mut total = Est::default();
-        for (id, e) in est.iter() {
-            e.apply(sites.get(id));
-            total.add(e);
-        }
-        let r = |v: f64| v.round() as u64;
-        a.allocations = r(total.allocations);
-        a.bytes_allocated = r(total.bytes);
-        a.frees = r(total.frees);
-        a.reallocs = r(total.reallocs);
-        a.temporary = r(total.temporary);
-        a.leaked_blocks = r(total.leaked_blocks);
-        a.leaked_bytes = r(total.leaked_bytes);
-        for k in 0..4 {
-            a.kinds[k] = KindTotal {
-                blocks: r(total.kinds[k].0),
-                bytes: r(total.kinds[k].1),
-            };
-        }
-        exact_kinds(&mut a, reach);
-    }
-    for (stack, h) in heap.by_stack.iter() {
-        if h.at_peak > 0 {
-            sites.get(stack).peak_bytes = h.at_peak;
-        }
-    }
-    a.sites = sites
-        .iter()
-        .filter(|(_, s)| **s != SiteStats::default())
-        .map(|(id, s)| (id, s.clone()))
-        .collect();
+    obs.finish(&mut a, reach);
     a
 }
 
@@ -756,7 +1046,7 @@ fn finish(r: State, dump: &Dump, at: Option<&zmtrace_format::Snapshot>) -> Analy
 /// writer (which flushes every thread's buffer at least every 0.1 s) has written every event of
 /// their time. [`Replay::analysis`] replays the held events too, on a copy of the state.
 pub struct Replay {
-    state: State,
+    state: State<Sites>,
     /// Read but not yet replayed into `state`, in sequence order.
     held: std::collections::VecDeque<Event>,
     /// The newest timestamp read, and the highest sequence number replayed into `state`.
@@ -779,7 +1069,7 @@ impl Replay {
         // The stacks of a dump being written are not all known yet, so the ids are not bounded
         // by their count; they are the recorder's own, dense from 1.
         Replay {
-            state: start(first, peak_sites, DENSE_IDS),
+            state: start(first, Sites::new(first, peak_sites, DENSE_IDS)),
             held: Default::default(),
             newest_ns: 0,
             last_seq: None,
@@ -851,7 +1141,7 @@ impl Replay {
 /// Values by stack id: in a vector for the ids a recorder hands out (dense, from 1), in a map
 /// beyond (a damaged dump's ids must not size the vector).
 #[derive(Clone)]
-struct ById<T> {
+pub(crate) struct ById<T> {
     dense: Vec<T>,
     sparse: HashMap<u32, T>,
     /// Ids below this go to the vector.
@@ -862,7 +1152,7 @@ impl<T> ById<T> {
     /// For the ids of a dump with `stacks` stacks: the recorder numbers them from 1, so an id
     /// beyond their count (damage, or a crafted event) goes to the map, and one event cannot
     /// make the vector reserve millions of entries.
-    fn for_stacks(stacks: usize) -> Self {
+    pub(crate) fn for_stacks(stacks: usize) -> Self {
         ById {
             limit: stacks.saturating_add(1).min(DENSE_IDS),
             ..ById::default()
@@ -884,7 +1174,7 @@ const DENSE_IDS: usize = 1 << 22;
 
 impl<T: Default> ById<T> {
     #[inline]
-    fn get(&mut self, id: u32) -> &mut T {
+    pub(crate) fn get(&mut self, id: u32) -> &mut T {
         let i = id as usize;
         if i < self.limit {
             if i >= self.dense.len() {
@@ -897,7 +1187,7 @@ impl<T: Default> ById<T> {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
         self.dense
             .iter()
             .enumerate()
@@ -906,14 +1196,12 @@ impl<T: Default> ById<T> {
     }
 }
 
-/// The heap's size as the replay goes, and (with `track`) what each stack held at its highest
-/// point, found in the same pass: the changes since the last peak are kept per stack and folded
+/// With `track`, what each stack held at the heap's highest point, found in the same pass: the changes since the last peak are kept per stack and folded
 /// into the peak's picture when a new peak comes, so each change is folded at most once. (A
 /// second replay up to the peak cost as much as the first; a copy of every stack's bytes at
 /// each new peak costs far more when the heap only grows.)
 #[derive(Clone, Default)]
 struct Heap {
-    cur: u64,
     track: bool,
     by_stack: ById<StackHeap>,
     touched: Vec<u32>,
@@ -935,14 +1223,14 @@ impl Heap {
             self.touched.push(stack);
         }
     }
+    #[inline]
     fn add(&mut self, stack: u32, size: u64) {
-        self.cur += size;
         if self.track {
             self.note(stack, size as i64);
         }
     }
+    #[inline]
     fn sub(&mut self, stack: u32, size: u64) {
-        self.cur -= size;
         if self.track {
             self.note(stack, -(size as i64));
         }

@@ -14,7 +14,8 @@
 //! - [`leakcheck`]: the leak check made in the process at exit, which classes the blocks left.
 //! - [`suppressions`]: stack patterns that hide accepted leaks, and glibc's built-in set.
 //! - [`mapped`]: the program's own `mmap`/`munmap`/`mremap` calls, a metric of their own.
-//! - [`timeline`]: the time-bucketed counters of `zmtrace view`'s page.
+//! - [`timeline`]: the time-bucketed counters of `zmtrace view`'s page, recorded by the same
+//!   replay as an observer of it.
 
 pub mod analysis;
 pub mod follow;

@@ -8,6 +8,10 @@
 //! twice instead of all of it. Blocks whose fields do not fit the word (huge sizes, stack ids
 //! beyond 2^22, more than 255 threads, long realloc chains, address 0 of a damaged dump) are kept
 //! whole in a side map.
+//!
+//! Each block also carries a tag `X` for the replay's observers (`zmtrace view`'s timeline: the
+//! time bucket of the block's allocation). It is `()` for the reports, so their slots stay 16
+//! bytes and they pay nothing for it.
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -34,15 +38,16 @@ const TID_BITS: u32 = 8;
 const CHAIN_BITS: u32 = 5;
 
 #[derive(Clone, Copy, Default)]
-struct Slot {
+struct Slot<X> {
     /// 0: empty.
     addr: u64,
     meta: u64,
+    tag: X,
 }
 
 #[derive(Clone, Default)]
-struct Table {
-    slots: Vec<Slot>,
+struct Table<X> {
+    slots: Vec<Slot<X>>,
     len: usize,
     shift: u32,
     grow_at: usize,
@@ -53,7 +58,7 @@ fn hash(addr: u64) -> u64 {
     addr.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-impl Table {
+impl<X: Copy + Default> Table<X> {
     #[inline]
     fn home(&self, h: u64) -> usize {
         ((h << SHARD_BITS) >> self.shift) as usize
@@ -96,7 +101,7 @@ impl Table {
 
     /// Puts `meta` at `addr`, which is not in the table.
     #[inline]
-    fn put(&mut self, h: u64, addr: u64, meta: u64) {
+    fn put(&mut self, h: u64, addr: u64, meta: u64, tag: X) {
         if self.len >= self.grow_at {
             self.grow();
         }
@@ -105,13 +110,13 @@ impl Table {
         while self.slots[i].addr != 0 {
             i = (i + 1) & mask;
         }
-        self.slots[i] = Slot { addr, meta };
+        self.slots[i] = Slot { addr, meta, tag };
         self.len += 1;
     }
 
     /// Empties slot `i`, shifting the rest of its probe run back.
-    fn take(&mut self, mut i: usize) -> u64 {
-        let meta = self.slots[i].meta;
+    fn take(&mut self, mut i: usize) -> (u64, X) {
+        let meta = (self.slots[i].meta, self.slots[i].tag);
         let mask = self.slots.len() - 1;
         let mut j = i;
         loop {
@@ -139,17 +144,17 @@ impl Table {
 
 /// The live set of a replay (see the module's documentation).
 #[derive(Clone)]
-pub(crate) struct LiveMap {
-    shards: Vec<Table>,
+pub(crate) struct LiveMap<X = ()> {
+    shards: Vec<Table<X>>,
     /// Blocks that do not pack, whole.
-    side: HashMap<u64, Live>,
+    side: HashMap<u64, (Live, X)>,
     /// Thread ids by their index in the packed word, and back.
     tids: Vec<u32>,
     tid_index: HashMap<u32, u8>,
 }
 
-impl Default for LiveMap {
-    fn default() -> LiveMap {
+impl<X: Copy + Default> Default for LiveMap<X> {
+    fn default() -> LiveMap<X> {
         LiveMap {
             shards: (0..SHARDS).map(|_| Table::default()).collect(),
             side: HashMap::default(),
@@ -159,7 +164,7 @@ impl Default for LiveMap {
     }
 }
 
-impl LiveMap {
+impl<X: Copy + Default> LiveMap<X> {
     #[inline]
     fn shard(h: u64) -> usize {
         (h >> (64 - SHARD_BITS)) as usize
@@ -205,29 +210,29 @@ impl LiveMap {
         }
     }
 
-    /// Adds the block at `addr`; returns the one it replaces.
-    pub(crate) fn insert(&mut self, addr: u64, b: Live) -> Option<Live> {
+    /// Adds the block at `addr`, tagged `tag`; returns the one it replaces.
+    pub(crate) fn insert(&mut self, addr: u64, b: Live, tag: X) -> Option<(Live, X)> {
         let old = self.remove(addr);
         match self.pack(&b) {
             Some(meta) if addr != 0 => {
                 let h = hash(addr);
-                self.shards[Self::shard(h)].put(h, addr, meta);
+                self.shards[Self::shard(h)].put(h, addr, meta, tag);
             }
             _ => {
-                self.side.insert(addr, b);
+                self.side.insert(addr, (b, tag));
             }
         }
         old
     }
 
     /// Takes the block at `addr` out.
-    pub(crate) fn remove(&mut self, addr: u64) -> Option<Live> {
+    pub(crate) fn remove(&mut self, addr: u64) -> Option<(Live, X)> {
         let h = hash(addr);
         let t = &mut self.shards[Self::shard(h)];
         match t.find(h, addr) {
             Some(i) if addr != 0 => {
-                let meta = t.take(i);
-                Some(self.unpack(meta))
+                let (meta, tag) = t.take(i);
+                Some((self.unpack(meta), tag))
             }
             _ => {
                 if self.side.is_empty() {
@@ -240,14 +245,14 @@ impl LiveMap {
     }
 
     /// Every block, in no particular order.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, Live)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, Live, X)) {
         for t in &self.shards {
             for s in t.slots.iter().filter(|s| s.addr != 0) {
-                f(s.addr, self.unpack(s.meta));
+                f(s.addr, self.unpack(s.meta), s.tag);
             }
         }
-        for (&a, &b) in &self.side {
-            f(a, b);
+        for (&a, &(b, tag)) in &self.side {
+            f(a, b, tag);
         }
     }
 
@@ -272,22 +277,22 @@ mod tests {
 
     #[test]
     fn inserts_replaces_removes_and_iterates_exactly() {
-        let mut m = LiveMap::default();
+        let mut m: LiveMap = LiveMap::default();
         let addr = |i: u64| 0x5555_0000_0000 + i * 32;
         for i in 0..200_000 {
-            assert_eq!(m.insert(addr(i), live(i)), None);
+            assert_eq!(m.insert(addr(i), live(i), ()), None);
         }
         assert_eq!(m.len(), 200_000);
         assert!(m.side.is_empty());
         // Replacing returns the old block.
-        assert_eq!(m.insert(addr(5), live(6)), Some(live(5)));
-        assert_eq!(m.remove(addr(5)), Some(live(6)));
+        assert_eq!(m.insert(addr(5), live(6), ()), Some((live(5), ())));
+        assert_eq!(m.remove(addr(5)), Some((live(6), ())));
         for i in (0..200_000).filter(|i| i % 3 == 0) {
-            assert_eq!(m.remove(addr(i)), Some(live(i)), "{i}");
+            assert_eq!(m.remove(addr(i)), Some((live(i), ())), "{i}");
         }
         assert_eq!(m.remove(addr(3)), None);
         let mut n = 0;
-        m.for_each(|a, b| {
+        m.for_each(|a, b, ()| {
             let i = (a - 0x5555_0000_0000) / 32;
             assert!(i % 3 != 0 && i != 5);
             assert_eq!(b, live(i));
@@ -298,7 +303,7 @@ mod tests {
 
     #[test]
     fn what_does_not_pack_is_kept_whole() {
-        let mut m = LiveMap::default();
+        let mut m: LiveMap = LiveMap::default();
         let odd = [
             Live {
                 size: 1 << 40,
@@ -314,23 +319,23 @@ mod tests {
             },
         ];
         for (i, b) in odd.iter().enumerate() {
-            m.insert(0x1000 + i as u64 * 16, *b);
+            m.insert(0x1000 + i as u64 * 16, *b, ());
         }
         // A damaged dump's address 0, and a 300th thread.
-        m.insert(0, live(2));
+        m.insert(0, live(2), ());
         for t in 0..300u32 {
-            m.insert(0x10_0000 + t as u64 * 16, Live { tid: t, ..live(3) });
+            m.insert(0x10_0000 + t as u64 * 16, Live { tid: t, ..live(3) }, ());
         }
         // 256 thread indexes, one taken by live(2)'s thread: 45 of the 300 do not fit.
         assert_eq!(m.side.len(), 3 + 1 + (300 - 255));
         for (i, b) in odd.iter().enumerate() {
-            assert_eq!(m.remove(0x1000 + i as u64 * 16), Some(*b));
+            assert_eq!(m.remove(0x1000 + i as u64 * 16), Some((*b, ())));
         }
-        assert_eq!(m.remove(0), Some(live(2)));
+        assert_eq!(m.remove(0), Some((live(2), ())));
         for t in 0..300u32 {
             assert_eq!(
                 m.remove(0x10_0000 + t as u64 * 16),
-                Some(Live { tid: t, ..live(3) })
+                Some((Live { tid: t, ..live(3) }, ()))
             );
         }
         assert_eq!(m.len(), 0);

@@ -30,6 +30,9 @@ pub struct Options {
     /// Fill in each site's bytes live at the peak ([`crate::analysis::SiteStats::peak_bytes`]):
     /// `report`, the peak flamegraph, `diff` and `view` need them.
     pub peak_sites: bool,
+    /// The page's timeline in this many time buckets (`zmtrace view`; see
+    /// [`crate::analysis::Want::timeline`]): recorded by the same replay.
+    pub timeline: Option<usize>,
     /// Accepted leaks, taken out of the leaked figures (see the module docs).
     pub suppressions: Suppressions,
 }
@@ -70,7 +73,11 @@ impl<'d> Session<'d> {
         progress: &mut dyn FnMut(usize, usize),
         at: Option<&zmtrace_format::Snapshot>,
     ) -> Session<'d> {
-        let mut analysis = crate::analysis::analyze_at(dump, opts.peak_sites, progress, at);
+        let want = crate::analysis::Want {
+            peak_sites: opts.peak_sites,
+            timeline: opts.timeline,
+        };
+        let mut analysis = crate::analysis::analyze_with(dump, &want, progress, at);
         let mut sym = Symbolizer::new(dump);
         suppressions::apply(&mut analysis, &mut sym, &opts.suppressions);
         Session {

@@ -101,6 +101,7 @@ impl AnalyzeOptions {
     fn session(&self, peak_sites: bool) -> session::Options {
         session::Options {
             peak_sites,
+            timeline: None,
             suppressions: self.suppressions.clone(),
         }
     }

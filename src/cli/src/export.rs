@@ -60,6 +60,7 @@ pub fn run(o: &ExportOptions) -> Result<(), Failure> {
         &dump,
         &session::Options {
             peak_sites: false,
+            timeline: None,
             suppressions: o.suppressions.clone(),
         },
         &mut |_, _| {},

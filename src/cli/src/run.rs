@@ -467,6 +467,7 @@ fn summarize(
     // The same classes as `zmtrace leaks` shows: accepted leaks left out.
     let sopts = session::Options {
         peak_sites: false,
+        timeline: None,
         suppressions: opts.suppressions.clone(),
     };
     let mut run = RunSummary {

@@ -59,25 +59,25 @@ pub fn run(o: &ViewOptions) -> Result<(), Failure> {
         .map(|p| std::fs::File::create(p).map_err(|e| cannot_write(p, e)))
         .transpose()?;
 
+    let limits = Limits::default();
     let opts = session::Options {
         peak_sites: true,
+        timeline: None,
         suppressions: o.suppressions.clone(),
     };
-    let mut s = Session::new(&dump, &opts);
+    // Only the dump shown has a timeline; the base is compared by its totals.
+    let shown = session::Options {
+        timeline: Some(limits.buckets),
+        ..opts.clone()
+    };
+    let mut s = Session::new(&dump, &shown);
     let mut base = base.as_ref().map(|b| Session::new(b, &opts));
     let base_run = base.as_mut().map(|b| Base {
         dump: b.dump,
         analysis: &b.analysis,
         sym: &mut b.sym,
     });
-    let data = view::build(
-        &dump,
-        &s.analysis,
-        &mut s.sym,
-        &o.report,
-        Limits::default(),
-        base_run,
-    );
+    let data = view::build(&dump, &s.analysis, &mut s.sym, &o.report, limits, base_run);
     for w in &data.report.header.warnings {
         eprintln!("zmtrace: warning: {w}");
     }

@@ -310,23 +310,46 @@ pub struct Churn {
 /// Distinct growth steps kept per site.
 pub const MAX_STEPS: usize = 16;
 
+/// What one realloc from `old` to `new` bytes was, by the rules of [`Churn`]: also what the
+/// page's timeline counts per time bucket, so that the two cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReallocShape {
+    pub grew: bool,
+    pub shrank: bool,
+    pub moved: bool,
+    /// Estimated bytes copied: the smaller of the two sizes when the block moved, else 0.
+    pub bytes_copied: u64,
+}
+
+impl ReallocShape {
+    pub fn of(old: u64, new: u64, moved: bool) -> ReallocShape {
+        ReallocShape {
+            grew: new > old,
+            shrank: new < old,
+            moved,
+            bytes_copied: if moved { old.min(new) } else { 0 },
+        }
+    }
+}
+
 impl Churn {
     /// One realloc from `old` to `new` bytes; `chain`: the reallocs its block has now been
     /// through.
     pub fn add(&mut self, old: u64, new: u64, moved: bool, chain: u32) {
+        let r = ReallocShape::of(old, new, moved);
         self.reallocs += 1;
-        if new > old {
+        if r.grew {
             self.grew += 1;
             self.add_step(new - old, 1);
             if old > 0 {
                 self.ratio_sum += new as f64 / old as f64;
             }
-        } else if new < old {
+        } else if r.shrank {
             self.shrank += 1;
         }
-        if moved {
+        if r.moved {
             self.moved += 1;
-            self.bytes_copied += old.min(new);
+            self.bytes_copied += r.bytes_copied;
         } else {
             self.in_place += 1;
         }

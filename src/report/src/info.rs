@@ -79,6 +79,7 @@ fn print(o: &mut impl Write, d: &Dump, list_modules: bool) -> std::fmt::Result {
         d,
         &zmtrace_analyze::session::Options {
             peak_sites: false,
+            timeline: None,
             suppressions: Suppressions::builtin(),
         },
     );

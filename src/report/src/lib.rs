@@ -16,7 +16,8 @@
 //! - [`flame`]: collapsed stacks and SVG flamegraphs per metric.
 //! - [`export`]: pprof (`profile.proto`), speedscope JSON and collapsed stacks for other tools.
 //! - [`view`]: the pre-aggregated data of `zmtrace view`'s page (sites, tables, diff; the
-//!   timeline is computed by [`zmtrace_analyze::timeline`]).
+//!   timeline is recorded by the analysis's replay, [`zmtrace_analyze::timeline`], and added up
+//!   per site here).
 //!
 //! # JSON schema (version 1)
 //!

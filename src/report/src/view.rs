@@ -6,8 +6,9 @@
 //! - Sites are the merged sites of the reports. The page gets the top [`Limits::top`] of each
 //!   metric and every site of the tables; the others are folded under their callers into
 //!   "(N smaller sites)" entries, so totals still add up.
-//! - The run is cut into [`Limits::buckets`] equal time buckets, and one more replay counts, per
-//!   bucket and site, the [`COUNTERS`]. A block counts in the bucket of its allocation (or last
+//! - The run is cut into [`Limits::buckets`] equal time buckets, and the analysis's replay
+//!   counts, per bucket and stack, the [`COUNTERS`] ([`zmtrace_analyze::timeline`]), added up
+//!   here per site. A block counts in the bucket of its allocation (or last
 //!   realloc), its leaked and peak bytes too, so a time range ("what was allocated between t1
 //!   and t2") is answered in the page by adding buckets.
 //! - The heap over time is each bucket's highest point, with the live bytes of the
@@ -27,8 +28,7 @@ use crate::diff::{Side, METRICS};
 use zmtrace_analyze::analysis::{Analysis, GrowthPattern, SiteStats};
 use zmtrace_analyze::sites::{merged_sites, site_key, FrameKey};
 use zmtrace_analyze::timeline::{
-    timeline, Counts, Timeline, ALLOCATIONS, BYTES, BYTES_COPIED, COUNTERS, LEAKED, PEAK, REALLOCS,
-    TEMPORARY,
+    Counts, Timeline, ALLOCATIONS, BYTES, BYTES_COPIED, COUNTERS, LEAKED, PEAK, REALLOCS, TEMPORARY,
 };
 
 use crate::reports::{self, Options, Report};
@@ -41,7 +41,8 @@ pub struct Limits {
     pub top: usize,
     /// Entries the sites not kept are folded into, at most.
     pub folded: usize,
-    /// Time buckets of the timeline.
+    /// Time buckets of the timeline: what the analysis is asked to record
+    /// (`session::Options::timeline`); the page has the buckets the analysis recorded.
     pub buckets: usize,
     /// Sites drawn as their own series on the memory chart.
     pub series: usize,
@@ -376,7 +377,7 @@ pub fn build(
             ),
         )
     } else if let Some(t) = a.sample_interval {
-        // The timeline replays the events as they are: a sampled dump's would show only the
+        // The timeline counts the events as they are: a sampled dump's would show only the
         // sampled blocks, unweighted.
         (
             None,
@@ -387,7 +388,7 @@ pub fn build(
         )
     } else if a.events == 0 {
         (None, Some("this dump has no events, so no timeline".into()))
-    } else {
+    } else if let Some(rec) = &a.timeline {
         let mut site_of: FxHashMap<u32, u32> = FxHashMap::default();
         for &id in a.sites.keys() {
             if let Some(&g) = group_of.get(&site_key(&sym.stack(id))) {
@@ -400,15 +401,20 @@ pub fn build(
         by_peak.sort_by_key(|&i| Reverse(sites[i].totals[PEAK]));
         by_peak.truncate(limits.series);
         (
-            Some(timeline(
-                dump,
+            Some(zmtrace_analyze::timeline::page(
                 a,
+                rec,
                 &site_of,
                 sites.len(),
                 &by_peak,
-                limits.buckets,
             )),
             None,
+        )
+    } else {
+        // A caller's mistake, not the dump's: say so rather than show an empty chart.
+        (
+            None,
+            Some("the analysis was made without a timeline".into()),
         )
     };
 
@@ -752,7 +758,7 @@ mod tests {
     use zmtrace_format::{write, AllocKind, End, EndReason, Process};
 
     use super::*;
-    use zmtrace_analyze::analyze;
+    use zmtrace_analyze::analysis::{analyze_with, Want};
     use zmtrace_analyze::timeline::{GREW, LEAKED_BLOCKS, MOVED};
 
     #[derive(Clone, Copy)]
@@ -854,8 +860,17 @@ mod tests {
         series: 2,
     };
 
+    /// The analysis the page needs: with the peak's sites and the timeline.
+    fn analyze(d: &Dump, limits: Limits) -> Analysis {
+        let want = Want {
+            peak_sites: true,
+            timeline: Some(limits.buckets),
+        };
+        analyze_with(d, &want, &mut |_, _| {}, None)
+    }
+
     fn build_of(d: &Dump, limits: Limits) -> ViewData {
-        let a = analyze(d, true, &mut |_, _| {});
+        let a = analyze(d, limits);
         let mut sym = Symbolizer::new(d);
         build(d, &a, &mut sym, &Options::default(), limits, None)
     }
@@ -964,6 +979,44 @@ mod tests {
             vec![0, 0, 0, 2000, 2000, 2000, 0, 0, 0, 0]
         );
         assert_eq!(t.series[1].live, vec![0, 0, 50, 50, 50, 50, 50, 50, 50, 57]);
+    }
+
+    /// A thread that read the clock just before another numbered its event: an event timed in a
+    /// bucket already over counts there, and can raise that bucket's highest point (with the
+    /// series' bytes as they are at that moment), without changing the current bucket's.
+    #[test]
+    fn an_event_timed_in_a_bucket_already_over_counts_there() {
+        let d = dump(&[
+            (1, 2, 0, Ev::Alloc(0x100, 100, 1)),
+            (1, 4, 250, Ev::Alloc(0x200, 1000, 2)),
+            (2, 6, 199, Ev::Alloc(0x300, 50, 3)),
+            (1, 8, 260, Ev::Free(0x200)),
+            (1, 10, 999, Ev::Alloc(0x400, 7, 4)),
+        ]);
+        let v = build_of(&d, LIMITS);
+        let t = v.timeline.as_ref().unwrap();
+        assert_eq!((t.start_ns, t.bucket_ns), (0, 100));
+        assert_eq!(
+            t.heap,
+            vec![100, 1150, 1100, 150, 150, 150, 150, 150, 150, 157]
+        );
+        let (s1, s2, s3) = (
+            site_named(&v, "0x1000"),
+            site_named(&v, "0x2000"),
+            site_named(&v, "0x3000"),
+        );
+        // The peak (1,150 bytes at seq 6) names the series: 0x2000, then 0x1000.
+        assert_eq!(
+            t.series.iter().map(|s| s.site).collect::<Vec<_>>(),
+            vec![s2, s1]
+        );
+        assert_eq!(t.series[0].live, vec![0, 1000, 1000, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(t.series[1].live, vec![100; 10]);
+        let c = cells(t);
+        assert_eq!(c[ALLOCATIONS][1].get(&s3), Some(&1));
+        assert_eq!(c[PEAK][1].get(&s3), Some(&50));
+        assert_eq!(c[PEAK][2].get(&s2), Some(&1000));
+        assert_eq!(c[PEAK][0].get(&s1), Some(&100));
     }
 
     #[test]
@@ -1124,9 +1177,9 @@ mod tests {
             (1, 4, 10, Ev::Alloc(0x200, 500, 2)),
         ]);
         let d = sample();
-        let a = analyze(&d, true, &mut |_, _| {});
+        let a = analyze(&d, LIMITS);
         let mut sym = Symbolizer::new(&d);
-        let ba = analyze(&base, true, &mut |_, _| {});
+        let ba = analyze(&base, LIMITS);
         let mut bsym = Symbolizer::new(&base);
         let v = build(
             &d,

@@ -97,6 +97,7 @@ fn check(name: &str, actual: &str) {
 fn session_options(peak_sites: bool, suppressions: Suppressions) -> session::Options {
     session::Options {
         peak_sites,
+        timeline: None,
         suppressions,
     }
 }
