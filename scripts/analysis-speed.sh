@@ -50,7 +50,9 @@ for w in $workloads; do
     d=$work/d-$w
     mkdir -p "$d"
     "$zmtrace" run -o "$d" -- "${cmd[@]}" >/dev/null 2>&1 || true
-    dump=$(ls "$d"/zmtrace.*.zmt | head -1)
+    # The workload's own dump, the largest: `env` writes one too before it execs python3
+    # (zmtrace.env.*, first by name, a few hundred events).
+    dump=$(ls -S "$d"/zmtrace.*.zmt | head -1)
     events=$("$zmtrace" report --json "$dump" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events"])')
     echo "$w: zmtrace dump $(du -h "$dump" | cut -f1), $events events"
     ht=
