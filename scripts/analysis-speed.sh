@@ -30,6 +30,7 @@ measure() { # workload label events command...
 }
 
 for w in $workloads; do
+    envs=()
     case $w in
     pairs)
         cc -O2 -fomit-frame-pointer -pthread -o "$work/pairs" "$root/scripts/bench/pairs.c"
@@ -42,14 +43,16 @@ for w in $workloads; do
         [ -x /usr/bin/python3 ] || { echo "$w: no /usr/bin/python3, skipped"; continue; }
         python3 -c "import sys; sys.path.insert(0, '$root/scripts/bench'); import workloads; \
             open('$work/churn.py', 'w').write(workloads.PY_CHURN)"
-        # About 33 events per iteration.
-        cmd=(env PYTHONMALLOC=malloc /usr/bin/python3 "$work/churn.py" $((pairs / 16))) ;;
+        # About 33 events per iteration. The variable is set for the tracer, not through `env`
+        # in the command: heaptrack would trace env, not the python3 it execs.
+        envs=(PYTHONMALLOC=malloc)
+        cmd=(/usr/bin/python3 "$work/churn.py" $((pairs / 16))) ;;
     *) echo "unknown workload $w" >&2; exit 2 ;;
     esac
     # The dumps' directory is not named like the workload: "$work/pairs" is the compiled program.
     d=$work/d-$w
     mkdir -p "$d"
-    "$zmtrace" run -o "$d" -- "${cmd[@]}" >/dev/null 2>&1 || true
+    env "${envs[@]}" "$zmtrace" run -o "$d" -- "${cmd[@]}" >/dev/null 2>&1 || true
     # The workload's own dump, the largest: `env` writes one too before it execs python3
     # (zmtrace.env.*, first by name, a few hundred events).
     dump=$(ls -S "$d"/zmtrace.*.zmt | head -1)
@@ -57,7 +60,7 @@ for w in $workloads; do
     echo "$w: zmtrace dump $(du -h "$dump" | cut -f1), $events events"
     ht=
     if [ "$have_heaptrack" = 1 ]; then
-        heaptrack -o "$d/ht" "${cmd[@]}" >/dev/null 2>&1 || true
+        env "${envs[@]}" heaptrack -o "$d/ht" "${cmd[@]}" >/dev/null 2>&1 || true
         ht=$(ls "$d"/ht*.zst 2>/dev/null | head -1 || true)
         [ -n "$ht" ] && echo "$w: heaptrack data $(du -h "$ht" | cut -f1)"
     fi

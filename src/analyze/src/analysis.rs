@@ -760,8 +760,7 @@ struct State<O: Observer> {
     scale: Scale,
     live: LiveMap<O::Tag>,
     weights: Weights,
-    /// The block each thread allocated last, while it may still turn out temporary.
-    last_alloc: HashMap<u32, u64>,
+    last_alloc: LastAlloc,
     tids: HashSet<u32>,
     last_tid: u32,
     /// The heap's size: the bytes of the live blocks (weighted, sampled).
@@ -769,6 +768,56 @@ struct State<O: Observer> {
     /// Blocks being reallocated: out of the live set, not yet replaced (see `ReallocOut`).
     moving: HashMap<(u32, u64), (Live, f64, O::Tag)>,
     obs: O,
+}
+
+/// Per thread, the block it allocated last, while it may still turn out temporary. Threads are
+/// numbered as they come, and the number of the last one looked up is kept: a hash map by thread
+/// id cost a lookup on nearly every event, and events come in runs of one thread's.
+#[derive(Clone, Default)]
+struct LastAlloc {
+    number: HashMap<u32, u32>,
+    addr: Vec<Option<u64>>,
+    last: Option<(u32, u32)>,
+}
+
+impl LastAlloc {
+    #[inline]
+    fn slot(&mut self, tid: u32) -> &mut Option<u64> {
+        let i = match self.last {
+            Some((t, i)) if t == tid => i,
+            _ => {
+                let n = self.addr.len() as u32;
+                let i = *self.number.entry(tid).or_insert(n);
+                if i == n {
+                    self.addr.push(None);
+                }
+                self.last = Some((tid, i));
+                i
+            }
+        };
+        &mut self.addr[i as usize]
+    }
+
+    #[inline]
+    fn set(&mut self, tid: u32, addr: u64) {
+        *self.slot(tid) = Some(addr);
+    }
+
+    #[inline]
+    fn clear(&mut self, tid: u32) {
+        *self.slot(tid) = None;
+    }
+
+    /// Whether `addr` is the block `tid` allocated last; it no longer is after this.
+    #[inline]
+    fn take_if(&mut self, tid: u32, addr: u64) -> bool {
+        let s = self.slot(tid);
+        let is = *s == Some(addr);
+        if is {
+            *s = None;
+        }
+        is
+    }
 }
 
 /// The state before the first event: the blocks inherited at a fork are live.
@@ -806,7 +855,7 @@ fn start<O: Observer>(dump: &Dump, mut obs: O) -> State<O> {
         scale,
         live,
         weights,
-        last_alloc: HashMap::default(),
+        last_alloc: LastAlloc::default(),
         tids: HashSet::default(),
         last_tid: u32::MAX,
         cur,
@@ -893,7 +942,7 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
                 let bytes = wb(size, w);
                 *cur += bytes;
                 obs.added(&b, tag, bytes);
-                last_alloc.insert(e.tid, addr);
+                last_alloc.set(e.tid, addr);
             }
             EventKind::Free { addr } => match live.remove(addr) {
                 Some((b, btag)) => {
@@ -902,9 +951,8 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
                     let bytes = wb(b.size, bw);
                     *cur -= bytes;
                     obs.removed(&b, btag, bytes);
-                    let temporary = last_alloc.get(&b.tid) == Some(&addr);
+                    let temporary = last_alloc.take_if(b.tid, addr);
                     if temporary {
-                        last_alloc.remove(&b.tid);
                         a.temporary += 1;
                     }
                     obs.freed(&b, btag, bw, temporary);
@@ -941,9 +989,7 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
                     ),
                     |(b, w, _)| (b, w),
                 );
-                if last_alloc.get(&old.tid) == Some(&old_addr) {
-                    last_alloc.remove(&old.tid);
-                }
+                last_alloc.take_if(old.tid, old_addr);
                 if new_addr == 0 && size == 0 {
                     // realloc(p, 0) that freed the block.
                     a.frees += 1;
@@ -970,7 +1016,7 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
                 // A realloc is an allocation of its thread: the block that thread made last is
                 // not temporary any more, and a reallocated block never is (it was allocated,
                 // then reallocated, before it was freed).
-                last_alloc.remove(&e.tid);
+                last_alloc.clear(e.tid);
             }
             EventKind::ReallocOut { .. } | EventKind::RemapOut { .. } => {} // handled above
             EventKind::Map { .. } | EventKind::Unmap { .. } | EventKind::Remap { .. } => {
@@ -981,7 +1027,7 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
                 a.failed += 1;
                 obs.failed(stack);
                 // A failed call is still an allocation attempt of its thread.
-                last_alloc.remove(&e.tid);
+                last_alloc.clear(e.tid);
             }
         }
         let peak = *cur > a.peak_bytes;
@@ -1173,14 +1219,23 @@ impl<T> Default for ById<T> {
 const DENSE_IDS: usize = 1 << 22;
 
 impl<T: Default> ById<T> {
-    #[inline]
+    /// Once per event or two: the common case (an id seen before) is a bounds check and an
+    /// index, inlined; growing and the map are out of line.
+    #[inline(always)]
     pub(crate) fn get(&mut self, id: u32) -> &mut T {
         let i = id as usize;
+        if i < self.dense.len() {
+            return &mut self.dense[i];
+        }
+        self.get_slow(id)
+    }
+
+    #[inline(never)]
+    fn get_slow(&mut self, id: u32) -> &mut T {
+        let i = id as usize;
         if i < self.limit {
-            if i >= self.dense.len() {
-                self.dense
-                    .resize_with((i + 1).next_power_of_two().min(self.limit), T::default);
-            }
+            self.dense
+                .resize_with((i + 1).next_power_of_two().min(self.limit), T::default);
             &mut self.dense[i]
         } else {
             self.sparse.entry(id).or_default()
@@ -1215,6 +1270,7 @@ struct StackHeap {
 }
 
 impl Heap {
+    #[inline]
     fn note(&mut self, stack: u32, delta: i64) {
         let h = self.by_stack.get(stack);
         h.since_peak += delta;

@@ -125,6 +125,7 @@ impl<X: Copy + Default> Table<X> {
     }
 
     /// Empties slot `i`, shifting the rest of its probe run back.
+    #[inline]
     fn take(&mut self, mut i: usize) -> (u64, X) {
         let meta = (self.slots[i].meta, self.slots[i].tag);
         let mask = self.slots.len() - 1;
@@ -203,6 +204,7 @@ impl<X: Copy + Default> LiveMap<X> {
         Some(i as u64)
     }
 
+    #[inline]
     fn pack(&mut self, b: &Live) -> Option<u64> {
         let fits = |v: u64, bits: u32| v >> bits == 0;
         if !(fits(b.stack as u64, STACK_BITS)
@@ -220,6 +222,7 @@ impl<X: Copy + Default> LiveMap<X> {
         )
     }
 
+    #[inline]
     fn unpack(&self, w: u64) -> Live {
         let field = |shift: u32, bits: u32| (w >> shift) & ((1 << bits) - 1);
         Live {
@@ -252,6 +255,7 @@ impl<X: Copy + Default> LiveMap<X> {
     }
 
     /// Takes the block at `addr` out.
+    #[inline]
     pub(crate) fn remove(&mut self, addr: u64) -> Option<(Live, X)> {
         let h = hash(addr);
         let t = &mut self.shards[Self::shard(h)];
