@@ -883,9 +883,14 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
         moving,
         obs,
     } = r;
-    while let Some(e) = events.next() {
+    let mut next = events.next();
+    while let Some(e) = next.take() {
         if e.seq >= until {
             break;
+        }
+        next = events.next();
+        if let Some(addr) = next.as_ref().and_then(block_addr) {
+            live.prefetch(addr);
         }
         if let EventKind::ReallocOut { addr } = e.kind {
             // Not an event of the program's: the first half of a realloc's numbering.
@@ -1038,6 +1043,18 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
         }
         obs.after(peak);
         a.duration_ns = a.duration_ns.max(e.ts_ns);
+    }
+}
+
+/// The live block an event looks up first, if any.
+#[inline]
+fn block_addr(e: &Event) -> Option<u64> {
+    match e.kind {
+        EventKind::Alloc { addr, .. }
+        | EventKind::Free { addr }
+        | EventKind::ReallocOut { addr } => Some(addr),
+        EventKind::Realloc { new_addr, .. } => Some(new_addr),
+        _ => None,
     }
 }
 

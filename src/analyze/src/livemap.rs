@@ -254,6 +254,24 @@ impl<X: Copy + Default> LiveMap<X> {
         }
     }
 
+    /// Asks the CPU to bring in the slot where `addr` would be: the replay calls it one event
+    /// ahead, so that on a live set larger than the caches the miss overlaps the event before.
+    #[inline]
+    pub(crate) fn prefetch(&self, addr: u64) {
+        let h = hash(addr);
+        let t = &self.shards[Self::shard(h)];
+        if let Some(slot) = t.slots.get(t.home(h)) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint; it reads nothing and cannot fault.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>((slot as *const Slot<X>).cast::<i8>());
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = slot;
+        }
+    }
+
     /// Takes the block at `addr` out.
     #[inline]
     pub(crate) fn remove(&mut self, addr: u64) -> Option<(Live, X)> {
