@@ -507,7 +507,10 @@ impl Local {
         let (mut sp, mut bp, mut key, mut n, mut ip_n) = (c.sp, c.bp, c.key, c.n, c.ip_n);
         let mut pj = c.pj;
         let mut irregular = c.irregular;
-        let mut hi = c.bounds.hi();
+        // A copy, out of `c`: the special steps change it through a pointer, which would
+        // otherwise keep all of `c` in memory rather than in registers.
+        let mut bounds = c.bounds;
+        let mut hi = bounds.hi();
         let mut bp_loc = c.bp_loc;
         let mut cand_sp = if !LEAN && pj < self.prev.n {
             self.prev.sp[pj]
@@ -569,47 +572,61 @@ impl Local {
                 // The frames that need nothing but their rule: a tight loop of its own, so that
                 // none of the rest's state is live in it. It leaves with the rule it cannot
                 // take (`x`, `cfa` 0), or with a CFA at `lim` or above.
-                let base = n;
-                let mut i = 0;
-                let (x, cfa) = loop {
-                    let e = table::entry(t, table::home(key));
-                    // The entry with the key taken out where the entry keeps it: the rule alone
-                    // (below 2^17) when the entry is the key's, and then a common rule is one
-                    // compare. (A key of 2^47 or more, which only a return-address slot holding
-                    // garbage gives, may pass for another whose low 47 bits it shares: the
-                    // walk then goes on by a wrong rule, its reads still checked against
-                    // `lim`.)
-                    let x = e ^ key.rotate_left(table::RULE_BITS);
-                    let cfa;
-                    if x.wrapping_sub(1) < table::A_MASK as u64 {
-                        // CFA = rsp + 8a, rbp unchanged.
-                        cfa = sp.wrapping_add(x << 3);
-                    } else if LEAN && x < table::RBP_BASE as u64 && x & table::A_MASK as u64 != 0 {
-                        // CFA = rsp + 8a, rbp saved at CFA - 8b: a lean walk only notes where
-                        // (between rsp and the CFA: `Rule::rsp`).
-                        cfa = sp.wrapping_add((x & table::A_MASK as u64) << 3);
-                        bp_loc = cfa - ((x >> table::B_SHIFT) << 3);
-                    } else {
-                        break (x, 0);
-                    }
-                    if cfa >= lim {
-                        break (0, cfa);
-                    }
-                    // SAFETY: sp + 8 <= cfa < lim <= hi + 1: inside the stack.
-                    let ra = unsafe { ((cfa - 8) as *const u64).read() };
-                    debug_assert!(base + i < MAX_FRAMES);
-                    // SAFETY: base + i < MAX_FRAMES: `lim` keeps the room (see above).
-                    unsafe {
-                        *frames.add(base + i) = ra;
-                        if !LEAN {
-                            *sps.add(base + i) = cfa;
+                let (x, cfa) = if LEAN {
+                    let mut fp = unsafe { frames.add(n) };
+                    // SAFETY: `fp` is frame `n` of this walk's buffer, `lim` keeps the room; the
+                    // reads are below `lim` <= hi + 1 and at or above sp + 8: inside the stack.
+                    let r = unsafe { lean_frames(t, &mut fp, &mut key, &mut sp, &mut bp_loc, lim) };
+                    // SAFETY: `fp` moved along the same buffer.
+                    n = unsafe { fp.offset_from(frames) } as usize;
+                    r
+                } else {
+                    let base = n;
+                    let mut i = 0;
+                    let r = loop {
+                        let e = table::entry(t, table::home(key));
+                        // The entry with the key taken out where the entry keeps it: the rule alone
+                        // (below 2^17) when the entry is the key's, and then a common rule is one
+                        // compare. (A key of 2^47 or more, which only a return-address slot holding
+                        // garbage gives, may pass for another whose low 47 bits it shares: the
+                        // walk then goes on by a wrong rule, its reads still checked against
+                        // `lim`.)
+                        let x = e ^ key.rotate_left(table::RULE_BITS);
+                        let cfa;
+                        if x.wrapping_sub(1) < table::A_MASK as u64 {
+                            // CFA = rsp + 8a, rbp unchanged.
+                            cfa = sp.wrapping_add(x << 3);
+                        } else if LEAN
+                            && x < table::RBP_BASE as u64
+                            && x & table::A_MASK as u64 != 0
+                        {
+                            // CFA = rsp + 8a, rbp saved at CFA - 8b: a lean walk only notes where
+                            // (between rsp and the CFA: `Rule::rsp`).
+                            cfa = sp.wrapping_add((x & table::A_MASK as u64) << 3);
+                            bp_loc = cfa - ((x >> table::B_SHIFT) << 3);
+                        } else {
+                            break (x, 0);
                         }
-                    }
-                    i += 1;
-                    sp = cfa;
-                    key = ra;
+                        if cfa >= lim {
+                            break (0, cfa);
+                        }
+                        // SAFETY: sp + 8 <= cfa < lim <= hi + 1: inside the stack.
+                        let ra = unsafe { ((cfa - 8) as *const u64).read() };
+                        debug_assert!(base + i < MAX_FRAMES);
+                        // SAFETY: base + i < MAX_FRAMES: `lim` keeps the room (see above).
+                        unsafe {
+                            *frames.add(base + i) = ra;
+                            if !LEAN {
+                                *sps.add(base + i) = cfa;
+                            }
+                        }
+                        i += 1;
+                        sp = cfa;
+                        key = ra;
+                    };
+                    n = base + i;
+                    r
                 };
-                n = base + i;
                 let cfa = if cfa != 0 {
                     cfa
                 } else {
@@ -695,7 +712,7 @@ impl Local {
                             sp,
                             bp,
                             c.own_stack,
-                            &mut c.bounds,
+                            &mut bounds,
                         );
                         match step {
                             Special::Next {
@@ -706,10 +723,10 @@ impl Local {
                             } => {
                                 // SAFETY: as above.
                                 unsafe { (*cw).reusable = false };
-                                if c.bounds.hi() != hi {
+                                if bounds.hi() != hi {
                                     // Another stack (a signal frame's): no frame of the
                                     // previous walk is on it.
-                                    hi = c.bounds.hi();
+                                    hi = bounds.hi();
                                     cand_sp = u64::MAX;
                                 }
                                 if n == MAX_FRAMES {
@@ -800,7 +817,8 @@ impl Local {
     fn own_path(&self, sp0: u64, hi: u64) -> Option<usize> {
         // The one used last first.
         let first = self.last_path;
-        'paths: for k in (first..OWN_PATHS).chain(0..first) {
+        'paths: for j in 0..OWN_PATHS {
+            let k = (first + j) % OWN_PATHS;
             let p = &self.paths[k];
             if p.n == 0 {
                 continue;
@@ -810,7 +828,9 @@ impl Local {
             if top > hi || top < sp0 + 8 {
                 continue;
             }
-            for i in 0..last {
+            // From the outermost of the recorder's frames inwards: the front end's entry, where
+            // two paths (malloc's, calloc's...) differ, is checked first.
+            for i in (0..last).rev() {
                 // SAFETY: sp0 < sp0 + rel[i] <= top <= hi (CFAs increase along a path).
                 if unsafe { ((sp0 + p.rel[i] - 8) as *const u64).read() } != p.ra[i] {
                     continue 'paths;
@@ -1011,6 +1031,99 @@ impl Local {
         self.prev.reusable = false;
         self.prev_id = 0;
         (0, n, false)
+    }
+}
+
+/// The lean walk's frames that need nothing but their rule, in assembly: the common frame is
+/// 13 instructions (the probe and the rule's test, the check against `lim`, the return address
+/// read and stored), where the compiler, with the rest of the walk's state live around the
+/// loop, spilled some of it to memory. The same steps as the Rust loop of `run` (see there):
+/// a CFA = rsp + 8a rule with rbp unchanged, or (lean) with rbp saved at CFA - 8b, noted in
+/// `bp_loc`. Returns `(x, 0)` at a rule it does not take (`x`: the entry with the key taken
+/// out, as in `run`; `sp` unchanged), or `(cfa, cfa)` with `sp` = the CFA when the CFA is at
+/// `lim` or above (the frame is not recorded: the careful path does it).
+///
+/// # Safety
+/// `t` is a rule table's slots; `*fp` has room for every frame below `lim` (see `run`); every
+/// word in `[sp, lim - 1)` is readable.
+#[inline(always)]
+unsafe fn lean_frames(
+    t: *const AtomicU64,
+    fp: &mut *mut u64,
+    key: &mut u64,
+    sp: &mut u64,
+    bp_loc: &mut u64,
+    lim: u64,
+) -> (u64, u64) {
+    // The probe takes the key's low 16 bits as its home slot (`table::home`).
+    const _: () = assert!(table::SLOTS == 1 << 16);
+    let (mut k, mut s, mut f, mut b) = (*key, *sp, *fp, *bp_loc);
+    let (x, how): (u64, u64);
+    std::arch::asm!(
+        "movzx {i:e}, {k:x}",
+        "mov {x}, {k}",
+        "rol {x}, {bits}",
+        "xor {x}, qword ptr [{t} + {i}*8]",
+        "lea {c}, [{x} - 1]",
+        "cmp {c}, {amax}",
+        "ja 3f",
+        // CFA = rsp + 8a.
+        "4:",
+        "lea {s}, [{s} + {x}*8]",
+        "5:",
+        "cmp {s}, {lim}",
+        "jae 7f",
+        "mov {k}, qword ptr [{s} - 8]",
+        "mov qword ptr [{f}], {k}",
+        "add {f}, 8",
+        "movzx {i:e}, {k:x}",
+        "mov {x}, {k}",
+        "rol {x}, {bits}",
+        "xor {x}, qword ptr [{t} + {i}*8]",
+        "lea {c}, [{x} - 1]",
+        "cmp {c}, {amax}",
+        "jbe 4b",
+        // CFA = rsp + 8a, rbp at CFA - 8b (b >= 1: b = 0 is the case above).
+        "3:",
+        "cmp {x}, {rspmax}",
+        "ja 6f",
+        "mov {c}, {x}",
+        "and {c}, {amask}",
+        "jz 6f",
+        "lea {s}, [{s} + {c}*8]",
+        "mov {c}, {x}",
+        "shr {c}, {bshift}",
+        "shl {c}, 3",
+        "mov {b}, {s}",
+        "sub {b}, {c}",
+        "jmp 5b",
+        "6:",
+        "xor {c:e}, {c:e}",
+        "jmp 8f",
+        "7:",
+        "mov {c:e}, 1",
+        "8:",
+        k = inout(reg) k,
+        s = inout(reg) s,
+        f = inout(reg) f,
+        b = inout(reg) b,
+        t = in(reg) t,
+        lim = in(reg) lim,
+        x = out(reg) x,
+        i = out(reg) _,
+        c = out(reg) how,
+        bits = const table::RULE_BITS,
+        amax = const table::A_MASK - 1,
+        amask = const table::A_MASK,
+        rspmax = const table::RBP_BASE - 1,
+        bshift = const table::B_SHIFT,
+        options(nostack)
+    );
+    (*key, *sp, *fp, *bp_loc) = (k, s, f, b);
+    if how != 0 {
+        (s, s)
+    } else {
+        (x, 0)
     }
 }
 
