@@ -579,6 +579,10 @@ impl Local {
                     let r = unsafe { lean_frames(t, &mut fp, &mut key, &mut sp, &mut bp_loc, lim) };
                     // SAFETY: `fp` moved along the same buffer.
                     n = unsafe { fp.offset_from(frames) } as usize;
+                    // Nothing written past the buffer (too late to prevent it, but the debug
+                    // builds the tests use would say so). `n` may be MAX_FRAMES when the buffer
+                    // was full on entry: nothing was stored then, the careful path ends the walk.
+                    debug_assert!(n <= MAX_FRAMES);
                     r
                 } else {
                     let base = n;
