@@ -576,7 +576,9 @@ impl Local {
                     let mut fp = unsafe { frames.add(n) };
                     // SAFETY: `fp` is frame `n` of this walk's buffer, `lim` keeps the room; the
                     // reads are below `lim` <= hi + 1 and at or above sp + 8: inside the stack.
-                    let r = unsafe { lean_frames(t, &mut fp, &mut key, &mut sp, &mut bp_loc, lim) };
+                    let r = unsafe {
+                        lean_frames(t, &mut fp, &mut key, &mut sp, &mut bp_loc, &mut bp, lim)
+                    };
                     // SAFETY: `fp` moved along the same buffer.
                     n = unsafe { fp.offset_from(frames) } as usize;
                     // Nothing written past the buffer (too late to prevent it, but the debug
@@ -1043,7 +1045,9 @@ impl Local {
 /// read and stored), where the compiler, with the rest of the walk's state live around the
 /// loop, spilled some of it to memory. The same steps as the Rust loop of `run` (see there):
 /// a CFA = rsp + 8a rule with rbp unchanged, or (lean) with rbp saved at CFA - 8b, noted in
-/// `bp_loc`. Returns `(x, 0)` at a rule it does not take (`x`: the entry with the key taken
+/// `bp_loc`; a CFA = rbp + 8a rule, with the same checks as the Rust path (which does not
+/// note the frame as `irregular`: only a walk that records its own path needs that, never a
+/// lean one). Returns `(x, 0)` at a rule it does not take (`x`: the entry with the key taken
 /// out, as in `run`; `sp` unchanged), or `(cfa, cfa)` with `sp` = the CFA when the CFA is at
 /// `lim` or above (the frame is not recorded: the careful path does it).
 ///
@@ -1057,11 +1061,12 @@ unsafe fn lean_frames(
     key: &mut u64,
     sp: &mut u64,
     bp_loc: &mut u64,
+    bp: &mut u64,
     lim: u64,
 ) -> (u64, u64) {
     // The probe takes the key's low 16 bits as its home slot (`table::home`).
     const _: () = assert!(table::SLOTS == 1 << 16);
-    let (mut k, mut s, mut f, mut b) = (*key, *sp, *fp, *bp_loc);
+    let (mut k, mut s, mut f, mut b, mut r) = (*key, *sp, *fp, *bp_loc, *bp);
     let (x, how): (u64, u64);
     std::arch::asm!(
         "movzx {i:e}, {k:x}",
@@ -1090,7 +1095,7 @@ unsafe fn lean_frames(
         // CFA = rsp + 8a, rbp at CFA - 8b (b >= 1: b = 0 is the case above).
         "3:",
         "cmp {x}, {rspmax}",
-        "ja 6f",
+        "ja 9f",
         "mov {c}, {x}",
         "and {c}, {amask}",
         "jz 6f",
@@ -1100,6 +1105,40 @@ unsafe fn lean_frames(
         "shl {c}, 3",
         "mov {b}, {s}",
         "sub {b}, {c}",
+        "jmp 5b",
+        // CFA = rbp + 8a (a >= 1), rbp saved at CFA - 8b or unchanged. rbp may hold anything:
+        // the CFA must be an aligned word above rsp (and below `lim`, checked at 5), the slot
+        // at or above rsp. Anything else goes to the Rust path (which ends the walk there).
+        "9:",
+        "cmp {x}, {rbpmax}",
+        "ja 6f",
+        "mov {c}, {x}",
+        "and {c}, {amask}",
+        "jz 6f",
+        // The lean walk's pending saved rbp first.
+        "test {b}, {b}",
+        "jz 22f",
+        "mov {bp}, qword ptr [{b}]",
+        "xor {b:e}, {b:e}",
+        "22:",
+        "lea {c}, [{bp} + {c}*8]",
+        "test {c}, 7",
+        "jnz 6f",
+        "lea {i}, [{s} + 8]",
+        "cmp {c}, {i}",
+        "jb 6f",
+        "mov {i}, {x}",
+        "shr {i}, {bshift}",
+        "and {i}, {bmask}",
+        "jz 23f",
+        "shl {i}, 3",
+        "neg {i}",
+        "add {i}, {c}",
+        "cmp {i}, {s}",
+        "jb 6f",
+        "mov {b}, {i}",
+        "23:",
+        "mov {s}, {c}",
         "jmp 5b",
         "6:",
         "xor {c:e}, {c:e}",
@@ -1111,6 +1150,7 @@ unsafe fn lean_frames(
         s = inout(reg) s,
         f = inout(reg) f,
         b = inout(reg) b,
+        bp = inout(reg) r,
         t = in(reg) t,
         lim = in(reg) lim,
         x = out(reg) x,
@@ -1120,10 +1160,12 @@ unsafe fn lean_frames(
         amax = const table::A_MASK - 1,
         amask = const table::A_MASK,
         rspmax = const table::RBP_BASE - 1,
+        rbpmax = const 2 * table::RBP_BASE - 1,
+        bmask = const table::B_MASK,
         bshift = const table::B_SHIFT,
         options(nostack)
     );
-    (*key, *sp, *fp, *bp_loc) = (k, s, f, b);
+    (*key, *sp, *fp, *bp_loc, *bp) = (k, s, f, b, r);
     if how != 0 {
         (s, s)
     } else {
