@@ -481,3 +481,23 @@ fn walks_taken_over_equal_the_reference() {
         );
     }
 }
+
+/// Stacks deeper than the recorder's frame buffer (deepstack.c: 400 frames, interleaved with
+/// 40-frame ones): the walk stops at the buffer's end on each deep stack, counted as truncated,
+/// and never on a shallow one, both in lean walks and in walks that may take the previous one
+/// over. (The fast walk checks the buffer's room through the stack pointer, not per frame; the
+/// debug build the tests use asserts it never wrote past it.)
+#[test]
+fn stacks_deeper_than_the_frame_buffer_are_cut_at_its_end() {
+    for reuse in ["0", "always"] {
+        let run = run_traced_env(
+            &sample("deepstack"),
+            &["3", "5"],
+            &[("ZMTRACE_UNWIND_REUSE", reuse)],
+        );
+        assert_eq!(run.code, Some(0), "{}", run.describe());
+        assert_eq!(run.dumps.len(), 1, "{}", run.describe());
+        let end = run.dumps[0].end.expect("an End record");
+        assert_eq!(end.truncated_stacks, 5, "reuse {reuse}: {}", run.describe());
+    }
+}

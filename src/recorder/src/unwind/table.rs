@@ -38,7 +38,7 @@ pub(crate) const SLOTS: usize = 1 << 16;
 pub(crate) const MAX_USED: usize = SLOTS / 4 * 3;
 /// The longest probe sequence a lookup or a fill looks at.
 const MAX_PROBE: usize = 16;
-const RULE_BITS: u32 = 17;
+pub(crate) const RULE_BITS: u32 = 17;
 pub(crate) const RULE_MASK: u64 = (1 << RULE_BITS) - 1;
 /// The highest lookup address the table can hold (47 bits), exclusive.
 pub(crate) const MAX_KEY: u64 = 1 << (64 - RULE_BITS);
@@ -75,11 +75,13 @@ impl Rule {
     /// The outermost frame (the return address is undefined: `_start`, `clone3`).
     pub const END: Rule = Rule(3 << B_SHIFT);
 
+    /// rbp saved below rsp (`b > a`) does not fit: the walk reads the slot unchecked, knowing
+    /// that it lies between rsp and the CFA.
     pub fn rsp(cfa_offset: i64, bp_at: Option<i64>) -> Option<Rule> {
         let a = by8(cfa_offset, 1, A_MASK)?;
         let b = match bp_at {
             None => 0,
-            Some(o) => by8(-o, 1, B_MASK)?,
+            Some(o) => by8(-o, 1, B_MASK.min(a))?,
         };
         Some(Rule(a | b << B_SHIFT))
     }
@@ -337,6 +339,8 @@ mod tests {
             None,
             "rbp saved too far below the CFA"
         );
+        assert_eq!(Rule::rsp(16, Some(-16)), Some(Rule(2 | 2 << 12)));
+        assert_eq!(Rule::rsp(16, Some(-24)), None, "rbp saved below rsp");
         for r in [Rule::SLOW, Rule::SIGNAL, Rule::END] {
             assert_eq!(r.0 & A_MASK, 0, "{r:?} is special");
             assert_ne!(r.0, 0, "{r:?} is not an empty slot");

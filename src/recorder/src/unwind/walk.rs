@@ -489,6 +489,16 @@ impl Local {
     /// walk takes over. `LEAN`: no walk is taken over, the stack pointers of the frames are not
     /// recorded (a path gave the recorder's own), and a saved rbp is read only where a rule
     /// needs it.
+    ///
+    /// The common frame (its entry in its home slot, CFA = rsp + 8a, rbp unchanged) costs about
+    /// 14 instructions: the probe and the rule's test are one xor and one compare (see below),
+    /// and one compare against `lim` stands for three limits: the stack's top, the next frame
+    /// of the previous walk that could be taken over, and the room left in the frame buffer.
+    /// Every step moves the stack pointer up by at least a word (a rule's CFA offset is at
+    /// least 8; the other steps check it), so while the CFA is below `sp + 8 * (MAX_FRAMES - n)`
+    /// for the `sp` and `n` of the last check, fewer than `MAX_FRAMES - n` frames can have been
+    /// added since: the buffer has room, and the fast path does not count. A CFA at `lim` or
+    /// above takes the careful path, which checks each limit and sets the next `lim`.
     #[inline(always)]
     fn run<const LEAN: bool>(&mut self, c: &mut Cursor, cw: *mut Walk) -> End {
         // SAFETY: `cw` points at this thread's own walk, which nothing else touches meanwhile.
@@ -497,16 +507,26 @@ impl Local {
         let (mut sp, mut bp, mut key, mut n, mut ip_n) = (c.sp, c.bp, c.key, c.n, c.ip_n);
         let mut pj = c.pj;
         let mut irregular = c.irregular;
-        let mut hi = c.bounds.hi();
+        // A copy, out of `c`: the special steps change it through a pointer, which would
+        // otherwise keep all of `c` in memory rather than in registers.
+        let mut bounds = c.bounds;
+        let mut hi = bounds.hi();
         let mut bp_loc = c.bp_loc;
         let mut cand_sp = if !LEAN && pj < self.prev.n {
             self.prev.sp[pj]
         } else {
             u64::MAX
         };
-        // One compare a frame for both "the CFA is above the stack" and "a frame of the
-        // previous walk may be here": a CFA at `lim` or above takes the careful path.
-        let mut lim = cand_sp.min(hi.saturating_add(1));
+        let mut lim: u64;
+        // The next `lim` (see above), from the current `sp`, `n`, `hi` and `cand_sp`.
+        macro_rules! relim {
+            () => {{
+                debug_assert!(n <= MAX_FRAMES);
+                let room = sp.saturating_add(8 * (MAX_FRAMES - n) as u64);
+                lim = cand_sp.min(hi.saturating_add(1)).min(room);
+            }};
+        }
+        relim!();
 
         // Records frame `n` (return address `$ra`, CFA `$cfa`) and looks for it in the previous
         // walk; leaves `$walk` with `End::TakenOver` where it is found.
@@ -535,11 +555,11 @@ impl Local {
                         break $walk End::TakenOver(n, pj);
                     }
                     cand_sp = if pj < prev.n { prev.sp[pj] } else { u64::MAX };
-                    lim = cand_sp.min(hi.saturating_add(1));
                 }
                 n += 1;
                 sp = cfa;
                 key = ra;
+                relim!();
             }};
         }
 
@@ -549,150 +569,203 @@ impl Local {
                 arrive_careful!('walk, key, sp);
             }
             loop {
-                let e = table::entry(t, table::home(key));
-                let r = if table::key_of(e) == key {
-                    e & table::RULE_MASK
+                // The frames that need nothing but their rule: a tight loop of its own, so that
+                // none of the rest's state is live in it. It leaves with the rule it cannot
+                // take (`x`, `cfa` 0), or with a CFA at `lim` or above.
+                let (x, cfa) = if LEAN {
+                    let mut fp = unsafe { frames.add(n) };
+                    // SAFETY: `fp` is frame `n` of this walk's buffer, `lim` keeps the room; the
+                    // reads are below `lim` <= hi + 1 and at or above sp + 8: inside the stack.
+                    let r = unsafe {
+                        lean_frames(t, &mut fp, &mut key, &mut sp, &mut bp_loc, &mut bp, lim)
+                    };
+                    // SAFETY: `fp` moved along the same buffer.
+                    n = unsafe { fp.offset_from(frames) } as usize;
+                    // Nothing written past the buffer (too late to prevent it, but the debug
+                    // builds the tests use would say so). `n` may be MAX_FRAMES when the buffer
+                    // was full on entry: nothing was stored then, the careful path ends the walk.
+                    debug_assert!(n <= MAX_FRAMES);
+                    r
                 } else {
-                    self.lookup_cold(t, key).0 as u64
+                    let base = n;
+                    let mut i = 0;
+                    let r = loop {
+                        let e = table::entry(t, table::home(key));
+                        // The entry with the key taken out where the entry keeps it: the rule alone
+                        // (below 2^17) when the entry is the key's, and then a common rule is one
+                        // compare. (A key of 2^47 or more, which only a return-address slot holding
+                        // garbage gives, may pass for another whose low 47 bits it shares: the
+                        // walk then goes on by a wrong rule, its reads still checked against
+                        // `lim`.)
+                        let x = e ^ key.rotate_left(table::RULE_BITS);
+                        let cfa;
+                        if x.wrapping_sub(1) < table::A_MASK as u64 {
+                            // CFA = rsp + 8a, rbp unchanged.
+                            cfa = sp.wrapping_add(x << 3);
+                        } else if LEAN
+                            && x < table::RBP_BASE as u64
+                            && x & table::A_MASK as u64 != 0
+                        {
+                            // CFA = rsp + 8a, rbp saved at CFA - 8b: a lean walk only notes where
+                            // (between rsp and the CFA: `Rule::rsp`).
+                            cfa = sp.wrapping_add((x & table::A_MASK as u64) << 3);
+                            bp_loc = cfa - ((x >> table::B_SHIFT) << 3);
+                        } else {
+                            break (x, 0);
+                        }
+                        if cfa >= lim {
+                            break (0, cfa);
+                        }
+                        // SAFETY: sp + 8 <= cfa < lim <= hi + 1: inside the stack.
+                        let ra = unsafe { ((cfa - 8) as *const u64).read() };
+                        debug_assert!(base + i < MAX_FRAMES);
+                        // SAFETY: base + i < MAX_FRAMES: `lim` keeps the room (see above).
+                        unsafe {
+                            *frames.add(base + i) = ra;
+                            if !LEAN {
+                                *sps.add(base + i) = cfa;
+                            }
+                        }
+                        i += 1;
+                        sp = cfa;
+                        key = ra;
+                    };
+                    n = base + i;
+                    r
                 };
-                let cfa;
-                if r.wrapping_sub(1) < table::A_MASK as u64 {
-                    // The common rule: CFA = rsp + 8a, rbp unchanged.
-                    cfa = sp.wrapping_add(r << 3);
-                } else if r & table::A_MASK as u64 != 0 {
-                    let a = (r & table::A_MASK as u64) << 3;
-                    if r & table::RBP_BASE as u64 != 0 {
+                let cfa = if cfa != 0 {
+                    cfa
+                } else {
+                    let r = if x >> table::RULE_BITS == 0 {
+                        x
+                    } else {
+                        self.lookup_cold(t, key).0 as u64
+                    };
+                    if r.wrapping_sub(1) < table::A_MASK as u64 {
+                        sp.wrapping_add(r << 3)
+                    } else if r & table::A_MASK as u64 != 0 {
+                        let a = (r & table::A_MASK as u64) << 3;
+                        let cfa;
+                        if r & table::RBP_BASE as u64 != 0 {
+                            irregular = irregular.min(n);
+                            if LEAN && bp_loc != 0 {
+                                // SAFETY: a saved-rbp slot checked to be inside the stack.
+                                bp = unsafe { (bp_loc as *const u64).read() };
+                                bp_loc = 0;
+                            }
+                            let c = bp.wrapping_add(a);
+                            // (rbp may hold anything: the CFA must be an aligned word of the
+                            // stack above this frame.)
+                            if c < sp.wrapping_add(8) || c > hi || !c.is_multiple_of(8) {
+                                break 'walk End::Truncated;
+                            }
+                            cfa = c;
+                        } else {
+                            cfa = sp + a;
+                        }
+                        if cfa > hi {
+                            break 'walk End::Truncated;
+                        }
+                        let b = (r >> table::B_SHIFT) & table::B_MASK as u64;
+                        if b != 0 {
+                            let at = cfa - (b << 3);
+                            // An rsp-based rule saves rbp at or above rsp (`Rule::rsp`).
+                            if at < sp {
+                                break 'walk End::Truncated;
+                            }
+                            if LEAN {
+                                bp_loc = at;
+                            } else {
+                                // SAFETY: sp <= at <= cfa - 8 <= hi - 8: inside the stack.
+                                bp = unsafe { (at as *const u64).read() };
+                                // SAFETY: as above.
+                                let cur = unsafe { &mut *cw };
+                                let q = cur.nbp;
+                                if q < MAX_BP {
+                                    cur.bp_frame[q] = n;
+                                    cur.bp_at[q] = at;
+                                    cur.bp_val[q] = bp;
+                                    cur.nbp = q + 1;
+                                } else {
+                                    cur.reusable = false;
+                                }
+                            }
+                        }
+                        cfa
+                    } else {
                         irregular = irregular.min(n);
+                        if r == 0 {
+                            // A zero return address (recorded as frame n - 1): the outermost
+                            // frame.
+                            n -= 1;
+                            // SAFETY: as above.
+                            unsafe { (*cw).end_at = sp - 8 };
+                            break 'walk End::Outermost;
+                        }
+                        if r == Rule::END.0 as u64 {
+                            break 'walk End::Outermost;
+                        }
                         if LEAN && bp_loc != 0 {
                             // SAFETY: a saved-rbp slot checked to be inside the stack.
                             bp = unsafe { (bp_loc as *const u64).read() };
                             bp_loc = 0;
                         }
-                        let c = bp.wrapping_add(a);
-                        // (rbp may hold anything: the CFA must be an aligned word of the stack
-                        // above this frame.)
-                        if c < sp.wrapping_add(8) || c > hi || !c.is_multiple_of(8) {
-                            break 'walk End::Truncated;
-                        }
-                        cfa = c;
-                    } else {
-                        cfa = sp + a;
-                        if cfa > hi {
-                            break 'walk End::Truncated;
-                        }
-                    }
-                    let b = (r >> table::B_SHIFT) & table::B_MASK as u64;
-                    if b != 0 {
-                        let at = cfa - (b << 3);
-                        if at < sp {
-                            break 'walk End::Truncated;
-                        }
-                        if LEAN {
-                            bp_loc = at;
-                        } else {
-                            // SAFETY: sp <= at <= cfa - 8 <= hi - 8: inside the stack.
-                            bp = unsafe { (at as *const u64).read() };
-                            // SAFETY: as above.
-                            let cur = unsafe { &mut *cw };
-                            let q = cur.nbp;
-                            if q < MAX_BP {
-                                cur.bp_frame[q] = n;
-                                cur.bp_at[q] = at;
-                                cur.bp_val[q] = bp;
-                                cur.nbp = q + 1;
-                            } else {
-                                cur.reusable = false;
+                        let at_ip = n == ip_n;
+                        let step = self.special(
+                            Rule(r as u32),
+                            key,
+                            at_ip,
+                            sp,
+                            bp,
+                            c.own_stack,
+                            &mut bounds,
+                        );
+                        match step {
+                            Special::Next {
+                                ra,
+                                sp: nsp,
+                                bp: nbp,
+                                ip,
+                            } => {
+                                // SAFETY: as above.
+                                unsafe { (*cw).reusable = false };
+                                if bounds.hi() != hi {
+                                    // Another stack (a signal frame's): no frame of the
+                                    // previous walk is on it.
+                                    hi = bounds.hi();
+                                    cand_sp = u64::MAX;
+                                }
+                                if n == MAX_FRAMES {
+                                    break 'walk End::Truncated;
+                                }
+                                // SAFETY: n < MAX_FRAMES.
+                                unsafe {
+                                    *frames.add(n) = ra;
+                                    *sps.add(n) = nsp;
+                                }
+                                n += 1;
+                                (sp, bp) = (nsp, nbp);
+                                if ip {
+                                    key = ra + 1;
+                                    ip_n = n;
+                                } else {
+                                    key = ra;
+                                }
+                                // The stack pointer may have moved anywhere (another stack).
+                                relim!();
+                                continue;
                             }
+                            Special::End(e) => break 'walk e,
                         }
                     }
-                } else {
-                    irregular = irregular.min(n);
-                    if r == 0 {
-                        // A zero return address (recorded as frame n - 1): the outermost frame.
-                        n -= 1;
-                        // SAFETY: as above.
-                        unsafe { (*cw).end_at = sp - 8 };
-                        break 'walk End::Outermost;
-                    }
-                    if r == Rule::END.0 as u64 {
-                        break 'walk End::Outermost;
-                    }
-                    if LEAN && bp_loc != 0 {
-                        // SAFETY: a saved-rbp slot checked to be inside the stack.
-                        bp = unsafe { (bp_loc as *const u64).read() };
-                        bp_loc = 0;
-                    }
-                    let at_ip = n == ip_n;
-                    let step = self.special(
-                        Rule(r as u32),
-                        key,
-                        at_ip,
-                        sp,
-                        bp,
-                        c.own_stack,
-                        &mut c.bounds,
-                    );
-                    match step {
-                        Special::Next {
-                            ra,
-                            sp: nsp,
-                            bp: nbp,
-                            ip,
-                        } => {
-                            // SAFETY: as above.
-                            unsafe { (*cw).reusable = false };
-                            if c.bounds.hi() != hi {
-                                // Another stack (a signal frame's): no frame of the previous
-                                // walk is on it.
-                                hi = c.bounds.hi();
-                                cand_sp = u64::MAX;
-                                lim = hi.saturating_add(1);
-                            }
-                            if n == MAX_FRAMES {
-                                break 'walk End::Truncated;
-                            }
-                            // SAFETY: n < MAX_FRAMES.
-                            unsafe {
-                                *frames.add(n) = ra;
-                                *sps.add(n) = nsp;
-                            }
-                            n += 1;
-                            (sp, bp) = (nsp, nbp);
-                            if ip {
-                                key = ra + 1;
-                                ip_n = n;
-                            } else {
-                                key = ra;
-                            }
-                            continue;
-                        }
-                        Special::End(e) => break 'walk e,
-                    }
-                }
-                if cfa >= lim {
-                    if LEAN || cfa > hi {
-                        break 'walk End::Truncated;
-                    }
-                    // SAFETY: sp + 8 <= cfa <= hi: inside the stack.
-                    let ra = unsafe { ((cfa - 8) as *const u64).read() };
-                    arrive_careful!('walk, ra, cfa);
-                    continue;
-                }
-                // SAFETY: sp + 8 <= cfa < lim <= hi + 1: inside the stack.
-                let ra = unsafe { ((cfa - 8) as *const u64).read() };
-                if n == MAX_FRAMES {
+                };
+                // The careful arrival: at or above `lim`, or by a rule the tight loop leaves.
+                if cfa > hi {
                     break 'walk End::Truncated;
                 }
-                // SAFETY: n < MAX_FRAMES.
-                unsafe {
-                    *frames.add(n) = ra;
-                    if !LEAN {
-                        *sps.add(n) = cfa;
-                    }
-                }
-                n += 1;
-                sp = cfa;
-                key = ra;
+                // SAFETY: sp + 8 <= cfa <= hi: inside the stack.
+                let ra = unsafe { ((cfa - 8) as *const u64).read() };
+                arrive_careful!('walk, ra, cfa);
             }
         };
         c.n = n;
@@ -750,7 +823,8 @@ impl Local {
     fn own_path(&self, sp0: u64, hi: u64) -> Option<usize> {
         // The one used last first.
         let first = self.last_path;
-        'paths: for k in (first..OWN_PATHS).chain(0..first) {
+        'paths: for j in 0..OWN_PATHS {
+            let k = (first + j) % OWN_PATHS;
             let p = &self.paths[k];
             if p.n == 0 {
                 continue;
@@ -760,7 +834,9 @@ impl Local {
             if top > hi || top < sp0 + 8 {
                 continue;
             }
-            for i in 0..last {
+            // From the outermost of the recorder's frames inwards: the front end's entry, where
+            // two paths (malloc's, calloc's...) differ, is checked first.
+            for i in (0..last).rev() {
                 // SAFETY: sp0 < sp0 + rel[i] <= top <= hi (CFAs increase along a path).
                 if unsafe { ((sp0 + p.rel[i] - 8) as *const u64).read() } != p.ra[i] {
                     continue 'paths;
@@ -961,6 +1037,139 @@ impl Local {
         self.prev.reusable = false;
         self.prev_id = 0;
         (0, n, false)
+    }
+}
+
+/// The lean walk's frames that need nothing but their rule, in assembly: the common frame is
+/// 13 instructions (the probe and the rule's test, the check against `lim`, the return address
+/// read and stored), where the compiler, with the rest of the walk's state live around the
+/// loop, spilled some of it to memory. The same steps as the Rust loop of `run` (see there):
+/// a CFA = rsp + 8a rule with rbp unchanged, or (lean) with rbp saved at CFA - 8b, noted in
+/// `bp_loc`; a CFA = rbp + 8a rule, with the same checks as the Rust path (which does not
+/// note the frame as `irregular`: only a walk that records its own path needs that, never a
+/// lean one). Returns `(x, 0)` at a rule it does not take (`x`: the entry with the key taken
+/// out, as in `run`; `sp` unchanged), or `(cfa, cfa)` with `sp` = the CFA when the CFA is at
+/// `lim` or above (the frame is not recorded: the careful path does it).
+///
+/// # Safety
+/// `t` is a rule table's slots; `*fp` has room for every frame below `lim` (see `run`); every
+/// word in `[sp, lim - 1)` is readable.
+#[inline(always)]
+unsafe fn lean_frames(
+    t: *const AtomicU64,
+    fp: &mut *mut u64,
+    key: &mut u64,
+    sp: &mut u64,
+    bp_loc: &mut u64,
+    bp: &mut u64,
+    lim: u64,
+) -> (u64, u64) {
+    // The probe takes the key's low 16 bits as its home slot (`table::home`).
+    const _: () = assert!(table::SLOTS == 1 << 16);
+    let (mut k, mut s, mut f, mut b, mut r) = (*key, *sp, *fp, *bp_loc, *bp);
+    let (x, how): (u64, u64);
+    std::arch::asm!(
+        "movzx {i:e}, {k:x}",
+        "mov {x}, {k}",
+        "rol {x}, {bits}",
+        "xor {x}, qword ptr [{t} + {i}*8]",
+        "lea {c}, [{x} - 1]",
+        "cmp {c}, {amax}",
+        "ja 3f",
+        // CFA = rsp + 8a.
+        "4:",
+        "lea {s}, [{s} + {x}*8]",
+        "5:",
+        "cmp {s}, {lim}",
+        "jae 7f",
+        "mov {k}, qword ptr [{s} - 8]",
+        "mov qword ptr [{f}], {k}",
+        "add {f}, 8",
+        "movzx {i:e}, {k:x}",
+        "mov {x}, {k}",
+        "rol {x}, {bits}",
+        "xor {x}, qword ptr [{t} + {i}*8]",
+        "lea {c}, [{x} - 1]",
+        "cmp {c}, {amax}",
+        "jbe 4b",
+        // CFA = rsp + 8a, rbp at CFA - 8b (b >= 1: b = 0 is the case above).
+        "3:",
+        "cmp {x}, {rspmax}",
+        "ja 9f",
+        "mov {c}, {x}",
+        "and {c}, {amask}",
+        "jz 6f",
+        "lea {s}, [{s} + {c}*8]",
+        "mov {c}, {x}",
+        "shr {c}, {bshift}",
+        "shl {c}, 3",
+        "mov {b}, {s}",
+        "sub {b}, {c}",
+        "jmp 5b",
+        // CFA = rbp + 8a (a >= 1), rbp saved at CFA - 8b or unchanged. rbp may hold anything:
+        // the CFA must be an aligned word above rsp (and below `lim`, checked at 5), the slot
+        // at or above rsp. Anything else goes to the Rust path (which ends the walk there).
+        "9:",
+        "cmp {x}, {rbpmax}",
+        "ja 6f",
+        "mov {c}, {x}",
+        "and {c}, {amask}",
+        "jz 6f",
+        // The lean walk's pending saved rbp first.
+        "test {b}, {b}",
+        "jz 22f",
+        "mov {bp}, qword ptr [{b}]",
+        "xor {b:e}, {b:e}",
+        "22:",
+        "lea {c}, [{bp} + {c}*8]",
+        "test {c}, 7",
+        "jnz 6f",
+        "lea {i}, [{s} + 8]",
+        "cmp {c}, {i}",
+        "jb 6f",
+        "mov {i}, {x}",
+        "shr {i}, {bshift}",
+        "and {i}, {bmask}",
+        "jz 23f",
+        "shl {i}, 3",
+        "neg {i}",
+        "add {i}, {c}",
+        "cmp {i}, {s}",
+        "jb 6f",
+        "mov {b}, {i}",
+        "23:",
+        "mov {s}, {c}",
+        "jmp 5b",
+        "6:",
+        "xor {c:e}, {c:e}",
+        "jmp 8f",
+        "7:",
+        "mov {c:e}, 1",
+        "8:",
+        k = inout(reg) k,
+        s = inout(reg) s,
+        f = inout(reg) f,
+        b = inout(reg) b,
+        bp = inout(reg) r,
+        t = in(reg) t,
+        lim = in(reg) lim,
+        x = out(reg) x,
+        i = out(reg) _,
+        c = out(reg) how,
+        bits = const table::RULE_BITS,
+        amax = const table::A_MASK - 1,
+        amask = const table::A_MASK,
+        rspmax = const table::RBP_BASE - 1,
+        rbpmax = const 2 * table::RBP_BASE - 1,
+        bmask = const table::B_MASK,
+        bshift = const table::B_SHIFT,
+        options(nostack)
+    );
+    (*key, *sp, *fp, *bp_loc, *bp) = (k, s, f, b, r);
+    if how != 0 {
+        (s, s)
+    } else {
+        (x, 0)
     }
 }
 
