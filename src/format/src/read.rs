@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::event::decode_events;
+use crate::event::decode_events_of;
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::words::human_bytes;
 use crate::{
@@ -343,7 +343,7 @@ impl Dump {
             let tid = c.u32()?;
             let raw_len = c.uvarint()?;
             let raw = decompress_capped(zstd, raw_len, MAX_EVENTS_RAW_LEN, c.rest())?;
-            Ok(decode_events(&raw, tid, out)?)
+            Ok(decode_events_of(self.version, &raw, tid, out)?)
         })();
         if let Err(Damage(why)) = result {
             let line = format!(
