@@ -480,7 +480,7 @@ fn build_id_of(path: &Path) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use zmtrace_format::event::{encode_alloc, pack, EventBuf};
-    use zmtrace_format::{write, AllocKind, Origin, Process};
+    use zmtrace_format::{write, AllocKind, Process};
 
     /// Two modules at one address range, A from event 1 to 10, B from 12 on, and a stack in
     /// each (the same return address, two ids); `eras` false writes them as an older writer

@@ -1004,7 +1004,7 @@ mod tests {
     use std::path::Path;
 
     use zmtrace_format::event::{encode_alloc, encode_free, encode_realloc, EventBuf};
-    use zmtrace_format::{write, AllocKind, End, EndReason, Origin, Process};
+    use zmtrace_format::{write, AllocKind, End, EndReason, Process};
 
     use super::*;
     use crate::analyze;

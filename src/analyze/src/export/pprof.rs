@@ -556,7 +556,7 @@ mod tests {
     use std::path::Path;
 
     use zmtrace_format::event::{encode_alloc, EventBuf};
-    use zmtrace_format::{write, AllocKind, End, EndReason, Module, Origin, Process};
+    use zmtrace_format::{write, AllocKind, End, EndReason, Module, Process};
 
     use super::*;
     use crate::export::Weights;
