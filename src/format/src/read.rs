@@ -21,7 +21,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
-use crate::event::decode_events;
+use crate::event::decode_events_of;
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::words::human_bytes;
 use crate::{
@@ -616,6 +616,7 @@ impl Dump {
 /// events before it, and the line that says so is returned (for [`Dump::late_damage`]).
 fn decode_record(
     data: &[u8],
+    version: u32,
     r: EventsRef,
     zstd: &mut Option<zstd::zstd_safe::DCtx<'static>>,
     out: &mut Vec<Event>,
@@ -627,7 +628,7 @@ fn decode_record(
         let tid = c.u32()?;
         let raw_len = c.uvarint()?;
         let raw = decompress_capped(zstd, raw_len, MAX_EVENTS_RAW_LEN, c.rest())?;
-        Ok(decode_events(&raw, tid, out)?)
+        Ok(decode_events_of(version, &raw, tid, out)?)
     })();
     let Err(Damage(why)) = result else {
         return None;
@@ -665,6 +666,7 @@ impl Ahead {
         let (answer, answers) = mpsc::channel();
         let data = Arc::clone(&dump.data);
         let records = dump.event_records.clone();
+        let version = dump.version;
         let thread = std::thread::Builder::new()
             .name("zmtrace-decode".into())
             .spawn(move || {
@@ -672,8 +674,13 @@ impl Ahead {
                 // Ends when the reader is dropped (the asks' sender with it).
                 for (record, mut events) in asks {
                     events.clear();
-                    let damage =
-                        decode_record(data.bytes(), records[record], &mut zstd, &mut events);
+                    let damage = decode_record(
+                        data.bytes(),
+                        version,
+                        records[record],
+                        &mut zstd,
+                        &mut events,
+                    );
                     let done = Decoded {
                         record,
                         events,
@@ -777,7 +784,13 @@ impl Events<'_> {
                 let st = &mut self.streams[s];
                 st.buf.clear();
                 let r = self.dump.event_records[record];
-                decode_record(self.dump.data.bytes(), r, &mut self.zstd, &mut st.buf)
+                decode_record(
+                    self.dump.data.bytes(),
+                    self.dump.version,
+                    r,
+                    &mut self.zstd,
+                    &mut st.buf,
+                )
             };
             if let Some(line) = damage {
                 self.dump.late_damage(line);
@@ -851,7 +864,13 @@ impl Events<'_> {
                 // The thread died: decode this one here.
                 st.buf.clear();
                 let r = self.dump.event_records[record];
-                decode_record(self.dump.data.bytes(), r, &mut self.zstd, &mut st.buf)
+                decode_record(
+                    self.dump.data.bytes(),
+                    self.dump.version,
+                    r,
+                    &mut self.zstd,
+                    &mut st.buf,
+                )
             }
         }
     }

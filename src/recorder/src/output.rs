@@ -32,7 +32,8 @@ pub(crate) struct Output {
     finished: bool,
     zstd: Option<zstd::bulk::Compressor<'static>>,
     raw: Vec<u8>,
-    packed: Vec<u8>,
+    /// Per thread, the `Events` record being filled (see [`Pending`]).
+    pending: Vec<Pending>,
     events: Vec<u8>,
     meta: Vec<u8>,
     events_written: u64,
@@ -55,7 +56,7 @@ pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
     finished: false,
     zstd: None,
     raw: Vec::new(),
-    packed: Vec::new(),
+    pending: Vec::new(),
     events: Vec::new(),
     meta: Vec::new(),
     events_written: 0,
@@ -72,10 +73,32 @@ pub(crate) static OWNER_PID: AtomicU32 = AtomicU32::new(0);
 static WRITER_RUNNING: AtomicBool = AtomicBool::new(false);
 static WRITER_IDLE: AtomicBool = AtomicBool::new(false);
 static WAKE: AtomicU32 = AtomicU32::new(0);
-/// Packed event bytes per `Events` record (before compression: ~8 KiB after).
-const RECORD_BYTES: usize = 32 * 1024;
+/// Packed event bytes per `Events` record, at most. Large, because each record starts its
+/// address and site tables (and zstd its window) from nothing so that it decodes on its own: in
+/// 32 KiB records, as version 2 wrote them, most frees named a block of an earlier record.
+const RECORD_BYTES: usize = 1024 * 1024;
+/// zstd's level for every record. The version-3 stream is small and repetitive where programs
+/// repeat themselves, so a level that finds longer matches pays: the same records at level 1 / 5
+/// were 210 / 183 KB (Redis, 100,000 requests) and 234 / 188 KB (sqlite3), for about a fifth of a
+/// byte per event more CPU on this thread, not the program's.
+const ZSTD_LEVEL: i32 = 5;
 /// How often the writer drains the rings when nobody wakes it.
-const PERIOD_MS: i64 = 100;
+const PERIOD_MS: i64 = 50;
+/// A thread's record is written once its oldest events were packed this long ago, full or not.
+/// An event waits at most [`PERIOD_MS`] in its ring and then at most one more period in its
+/// record, so a SIGKILL loses at most about 0.1 s of events.
+const HOLD_NS: u64 = 40_000_000;
+
+/// One thread's `Events` record being filled across writer passes: the packer's tables (the
+/// addresses and sites the record has named) and the packed bytes so far.
+struct Pending {
+    stream: u32,
+    tid: u32,
+    packer: zmtrace_format::event::Packer,
+    packed: Vec<u8>,
+    /// When its first event was packed.
+    since_ns: u64,
+}
 static FLUSHES: AtomicU64 = AtomicU64::new(0);
 /// A snapshot was asked for ([`request_snapshot`]), at this event number and time.
 static SNAPSHOT_ASKED: AtomicBool = AtomicBool::new(false);
@@ -140,7 +163,7 @@ pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
                 DROPPED.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            out.flush_pass(crate::state::CORE.get());
+            out.flush_pass(crate::state::CORE.get(), false);
         }
         // SAFETY: we are the ring's owner.
         if unsafe { t.ring.push(bytes) } {
@@ -234,8 +257,10 @@ extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
             WRITER_RUNNING.store(false, Ordering::Release);
             return std::ptr::null_mut();
         }
-        out.flush_pass(crate::state::CORE.get());
-        if SNAPSHOT_ASKED.swap(false, Ordering::AcqRel) {
+        // A snapshot's events are written before its marker.
+        let snapshot = SNAPSHOT_ASKED.swap(false, Ordering::AcqRel);
+        out.flush_pass(crate::state::CORE.get(), snapshot);
+        if snapshot {
             out.write_snapshot(
                 SNAPSHOT_TS.load(Ordering::Relaxed),
                 SNAPSHOT_SEQ.load(Ordering::Relaxed),
@@ -354,7 +379,7 @@ pub(crate) fn finish(reason: EndReason, status: i32) {
     if out.finished {
         return;
     }
-    out.flush_pass(crate::state::CORE.get());
+    out.flush_pass(crate::state::CORE.get(), true);
     out.finished = true;
     CLOSED.store(true, Ordering::Release);
     let with_process = !matches!(
@@ -417,7 +442,7 @@ pub(crate) fn write_record(bytes: &[u8]) {
 
 pub(crate) fn flush_now() {
     let mut out = OUTPUT.lock();
-    out.flush_pass(crate::state::CORE.get());
+    out.flush_pass(crate::state::CORE.get(), true);
     if !out.finished {
         out.write_aggregate(true);
     }
@@ -435,7 +460,7 @@ pub(crate) fn before_exec(path: &str) {
     if out.finished {
         return;
     }
-    out.flush_pass(crate::state::CORE.get());
+    out.flush_pass(crate::state::CORE.get(), true);
     let mut buf = Vec::new();
     write::exec(&mut buf, path);
     out.write_all_or_fail(&buf);
@@ -580,6 +605,8 @@ pub(crate) fn after_fork_in_child(core: &Core) {
         // Our copy of the parent's descriptor.
         dumpfd::close();
         out.events_written = 0;
+        // The parent's events, which the parent writes.
+        out.pending.clear();
         if out.finished || out.failed {
             return;
         }
@@ -725,12 +752,13 @@ impl Output {
     fn compress(&mut self, raw: &[u8]) -> Vec<u8> {
         let z = self
             .zstd
-            .get_or_insert_with(|| zstd::bulk::Compressor::new(1).expect("zstd context"));
+            .get_or_insert_with(|| zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"));
         z.compress(raw).unwrap_or_default()
     }
 
-    /// Drains every ring and writes what it found, after the stacks and modules it refers to.
-    pub(crate) fn flush_pass(&mut self, core: Option<&Core>) {
+    /// Drains every ring and writes what it found, after the stacks and modules it refers to:
+    /// the records that are full or old enough, or (`all`) every one.
+    pub(crate) fn flush_pass(&mut self, core: Option<&Core>, all: bool) {
         let Some(core) = core else { return };
         if self.finished || self.failed {
             return;
@@ -766,25 +794,38 @@ impl Output {
             }
             // Read after draining: a new owner's tid is published before its first event.
             let tid = t.tid.load(Ordering::Acquire);
+            let i = self.pending_for(t.stream, tid);
             // Records of bounded size: a dump cut anywhere (a full disk, a kill mid-write) keeps
             // every record before the cut.
             let raw = std::mem::take(&mut self.raw);
             let mut pos = 0;
             while pos < raw.len() {
-                self.packed.clear();
-                let (n, used) =
-                    zmtrace_format::event::pack_some(&raw[pos..], &mut self.packed, RECORD_BYTES);
+                let p = &mut self.pending[i];
+                if p.packed.is_empty() {
+                    p.since_ns = now;
+                }
+                let (n, used) = p.packer.pack_some(&raw[pos..], &mut p.packed, RECORD_BYTES);
                 if used == 0 {
                     break;
                 }
                 pos += used;
                 self.events_written += n;
-                let packed = std::mem::take(&mut self.packed);
-                let z = self.compress(&packed);
-                write::events(&mut self.events, t.stream, tid, packed.len(), &z);
-                self.packed = packed;
+                let p = &self.pending[i];
+                if p.packed.len() >= RECORD_BYTES || p.packer.is_full() {
+                    self.emit(i);
+                }
             }
             self.raw = raw;
+        }
+        for i in 0..self.pending.len() {
+            let p = &self.pending[i];
+            if !p.packed.is_empty()
+                && (all
+                    || now.saturating_sub(p.since_ns) >= HOLD_NS
+                    || gone.iter().any(|t| t.stream == p.stream))
+            {
+                self.emit(i);
+            }
         }
         for t in gone {
             t.in_use.store(false, Ordering::Release);
@@ -794,6 +835,41 @@ impl Output {
         let events = std::mem::take(&mut self.events);
         self.write_all_or_fail(&events);
         self.events = events;
+    }
+
+    /// The record being filled for `stream`; one of another thread that had the stream before
+    /// (its state was reused) is finished first.
+    fn pending_for(&mut self, stream: u32, tid: u32) -> usize {
+        let Some(i) = self.pending.iter().position(|p| p.stream == stream) else {
+            self.pending.push(Pending {
+                stream,
+                tid,
+                packer: Default::default(),
+                packed: Vec::new(),
+                since_ns: 0,
+            });
+            return self.pending.len() - 1;
+        };
+        if self.pending[i].tid != tid {
+            self.emit(i);
+            self.pending[i].tid = tid;
+        }
+        i
+    }
+
+    /// Compresses the record being filled at `pending[i]` into `self.events` (written at the end
+    /// of the pass) and starts the next one.
+    fn emit(&mut self, i: usize) {
+        let packed = std::mem::take(&mut self.pending[i].packed);
+        if !packed.is_empty() {
+            let z = self.compress(&packed);
+            let p = &self.pending[i];
+            write::events(&mut self.events, p.stream, p.tid, packed.len(), &z);
+        }
+        let p = &mut self.pending[i];
+        p.packed = packed;
+        p.packed.clear();
+        p.packer.reset();
     }
 
     /// Writes the modules and stacks that appeared since the last time.

@@ -3,7 +3,6 @@
 //! of a `cdylib` is general-dynamic, one `__tls_get_addr` call per access: four per `malloc`
 //! before, about 65 of the 142 instructions an untraced `malloc`+`free` pair costs.
 
-
 use std::collections::BTreeSet;
 use std::process::Command;
 
