@@ -66,43 +66,6 @@ fn totals(l: &Value) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
-/// valgrind's LEAK SUMMARY of the last process it reports on: kind -> (blocks, bytes).
-fn memcheck(program: &Path, args: &[&str]) -> BTreeMap<String, (u64, u64)> {
-    // Not a skip: a comparison that silently does not run would pass for nothing.
-    assert!(
-        Command::new("valgrind").arg("--version").output().is_ok(),
-        "valgrind is not installed: run .ci/run, or apt-get install valgrind"
-    );
-    let out = Command::new("valgrind")
-        .args(["--leak-check=full", "--error-exitcode=0"])
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run valgrind");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "valgrind failed:\n{text}");
-    let mut found = BTreeMap::new();
-    for (label, kind) in [
-        ("definitely lost:", "definite"),
-        ("indirectly lost:", "indirect"),
-        ("possibly lost:", "possible"),
-        ("still reachable:", "reachable"),
-    ] {
-        let line = text
-            .lines()
-            .rfind(|l| l.contains(label))
-            .unwrap_or_else(|| panic!("no `{label}` in valgrind's output:\n{text}"));
-        let nums: Vec<u64> = line[line.find(label).unwrap() + label.len()..]
-            .split_whitespace()
-            .filter_map(|w| w.replace(',', "").parse().ok())
-            .collect();
-        assert_eq!(nums.len(), 2, "cannot parse `{line}`");
-        found.insert(kind.to_string(), (nums[1], nums[0]));
-    }
-    found
-}
-
 const LOST: (&str, &str, u64, u64) = ("zs_lost", "definite", 1, 333);
 
 /// Runs `roots MODE` traced; returns its (last) dump's leaks and the run.
