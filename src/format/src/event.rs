@@ -685,6 +685,12 @@ pub fn decode_events_v2(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(
 const SEQ_NEXT: u8 = 0x80;
 /// A version-3 time mark: the millisecond (since the start) of the events after it changed.
 const TAG_TIME: u8 = 8;
+/// The first byte of a version-3 record that continues its stream's previous one (its tables,
+/// see [`Packer`]); a varint follows: how many records of the group came before it.
+const TAG_CONTINUE: u8 = 9;
+/// A record group ends (the next record starts its tables afresh) once its records hold this many
+/// packed bytes: what a damaged record can take with it, besides its own events.
+pub const GROUP_BYTES: usize = 4 << 20;
 /// Nanoseconds per time mark step: events carry the millisecond of the last mark.
 pub const TIME_RESOLUTION_NS: u64 = 1_000_000;
 /// An even address reference this large cannot be a distance back (a record holds far fewer
@@ -790,10 +796,18 @@ type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefau
 /// A site: what an allocation says besides its address, interned per record.
 type Site = (u8, u64, u64, u32);
 
-/// The state of one version-3 `Events` record being written: one per thread on the writer, fed
-/// drained batches until the record is big (or old) enough, then [`Packer::reset`] for the
-/// next. Every table starts empty in each record, so a record decodes on its own (the reader
-/// decodes records in parallel, and a damaged one loses only its own events).
+/// The state of one thread's version-3 `Events` records being written: one per thread on the
+/// writer, fed drained batches until the record is big (or old) enough, then
+/// [`Packer::finish_record`] for the next.
+///
+/// Records are small (the writer bounds them, so that a dump cut short or a full disk loses at
+/// most one small record per thread), but their tables are not restarted with each: the records
+/// of a *group* share them, each one after the first starting with a continuation mark
+/// ([`TAG_CONTINUE`] and its place in the group). A group ends when its tables are full or its
+/// records hold [`GROUP_BYTES`]; the next record starts afresh ([`Packer::reset`]). The reader
+/// decodes a stream's records in order anyway (the thread that decodes ahead is handed them in
+/// order), carrying the tables from one to the next ([`Tables`]); a damaged record loses the
+/// rest of its group, no more.
 #[derive(Default)]
 pub struct Packer {
     seq: u64,
@@ -810,11 +824,44 @@ pub struct Packer {
     stack: u32,
     map_addr: u64,
     events: u64,
+    /// Records finished in the current group, and their packed bytes.
+    records: u64,
+    group_bytes: usize,
+    /// The group's bound in packed bytes, if not [`GROUP_BYTES`] (tests).
+    group_limit: Option<usize>,
+    /// An event of the current record has been packed (after its continuation mark).
+    open: bool,
 }
 
 impl Packer {
-    /// Starts a new record.
+    /// The current record is complete (`len` packed bytes): the next one continues its group,
+    /// unless the group is full.
+    pub fn finish_record(&mut self, len: usize) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        self.records += 1;
+        self.events = 0;
+        self.group_bytes += len;
+        if self.is_full() || self.group_bytes >= self.group_limit.unwrap_or(GROUP_BYTES) {
+            self.reset();
+        }
+    }
+
+    /// A packer whose groups end at `bytes` packed bytes rather than [`GROUP_BYTES`].
+    pub fn with_group_bytes(bytes: usize) -> Packer {
+        Packer {
+            group_limit: Some(bytes),
+            ..Packer::default()
+        }
+    }
+
+    /// Starts a new group: the next record decodes on its own (a new dump, another thread).
     pub fn reset(&mut self) {
+        self.records = 0;
+        self.group_bytes = 0;
+        self.open = false;
         self.seq = 0;
         self.ms = 0;
         self.addrs.clear();
@@ -836,7 +883,7 @@ impl Packer {
         }
     }
 
-    /// The record's tables are full: start the next record.
+    /// The group's tables are full: finish the record, the next one starts a new group.
     pub fn is_full(&self) -> bool {
         self.named >= MAX_NAMED - 2 || self.sites.len() >= MAX_SITES - 1
     }
@@ -932,6 +979,13 @@ impl Packer {
                 out.truncate(start);
                 break;
             };
+            if !self.open {
+                self.open = true;
+                if self.records > 0 {
+                    out.push(TAG_CONTINUE);
+                    put_uvarint(out, self.records);
+                }
+            }
             self.put(&ev, out);
             n += 1;
             consumed = plain.len() - c.remaining();
@@ -1075,8 +1129,8 @@ pub fn decode_events_of(
     }
 }
 
-/// The reader's side of a [`Packer`]: the addresses and sites named so far in the record.
-#[derive(Default)]
+/// The reader's side of a [`Packer`]: the addresses and sites named so far in the group.
+#[derive(Default, Clone)]
 struct Unpacker {
     seq: u64,
     ms: u64,
@@ -1165,11 +1219,77 @@ impl Unpacker {
     }
 }
 
+/// The tables of a stream's record group as the reader has them after one record: what the
+/// next record of the group continues from (see [`Packer`]).
+#[derive(Default, Clone)]
+pub struct Tables {
+    d: Unpacker,
+    tid: u32,
+    /// Records of the group decoded.
+    records: u64,
+}
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tables")
+            .field("tid", &self.tid)
+            .field("records", &self.records)
+            .field("addresses", &self.d.addrs.len())
+            .field("sites", &self.d.sites.len())
+            .finish()
+    }
+}
+
+/// True when a version-3 record continues an earlier record of its stream (it does not decode
+/// without that record's tables).
+pub fn is_continuation(data: &[u8]) -> bool {
+    data.first() == Some(&TAG_CONTINUE)
+}
+
 /// Decodes the packed events of one version-3 `Events` record into `out` (see the module
-/// docs). On malformed input it keeps the events before the damage and returns the error.
+/// docs): a record that starts a group (a record that continues one is malformed here). On
+/// malformed input it keeps the events before the damage and returns the error.
 pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), Malformed> {
+    decode_events_in(data, tid, &mut None, out)
+}
+
+/// [`decode_events`] for a stream's records in order: `tables` holds what the stream's previous
+/// record left (None: nothing, or it did not decode), and on return what this one leaves. A
+/// record that continues a group needs its previous record's tables, and the right ones (its
+/// place in the group and the thread are checked).
+pub fn decode_events_in(
+    data: &[u8],
+    tid: u32,
+    tables: &mut Option<Tables>,
+    out: &mut Vec<Event>,
+) -> Result<(), Malformed> {
     let mut c = Cursor::new(data);
-    let mut d = Unpacker::default();
+    let prev = tables.take();
+    let mut t = if is_continuation(data) {
+        c.u8()?;
+        let n = c.uvarint()?;
+        match prev {
+            Some(t) if t.records == n && t.tid == tid => t,
+            _ => return Err(Malformed),
+        }
+    } else {
+        Tables {
+            tid,
+            ..Tables::default()
+        }
+    };
+    decode_into(&mut c, &mut t.d, tid, out)?;
+    t.records += 1;
+    *tables = Some(t);
+    Ok(())
+}
+
+fn decode_into(
+    c: &mut Cursor,
+    d: &mut Unpacker,
+    tid: u32,
+    out: &mut Vec<Event>,
+) -> Result<(), Malformed> {
     while !c.is_empty() {
         let byte = c.u8()?;
         if byte == TAG_TIME {
@@ -1185,8 +1305,8 @@ pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), 
         let ts_ns = d.ms.wrapping_mul(TIME_RESOLUTION_NS);
         let kind = match tag {
             TAG_ALLOC => {
-                let (kind, size, usable, stack) = d.site(&mut c)?;
-                let addr = d.alloc_addr(&mut c, class_of(usable))?;
+                let (kind, size, usable, stack) = d.site(c)?;
+                let addr = d.alloc_addr(c, class_of(usable))?;
                 EventKind::Alloc {
                     kind: AllocKind::from_u8(kind).ok_or(Malformed)?,
                     addr,
@@ -1196,15 +1316,15 @@ pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), 
                 }
             }
             TAG_FREE => EventKind::Free {
-                addr: d.free_addr(&mut c)?,
+                addr: d.free_addr(c)?,
             },
             TAG_REALLOC => {
                 let v = c.uvarint()?;
-                let (old_addr, class) = d.addr_ref(&mut c, v, 0)?;
+                let (old_addr, class) = d.addr_ref(c, v, 0)?;
                 d.name(old_addr, class);
-                let (_, size, usable, stack) = d.site(&mut c)?;
+                let (_, size, usable, stack) = d.site(c)?;
                 let v = c.uvarint()?;
-                let new_addr = d.addr_ref(&mut c, v, 0)?.0;
+                let new_addr = d.addr_ref(c, v, 0)?.0;
                 d.name(new_addr, class_of(usable));
                 let kind = EventKind::Realloc {
                     old_addr,
@@ -1219,30 +1339,30 @@ pub fn decode_events(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), 
             TAG_FAILED => EventKind::AllocFailed {
                 kind: AllocKind::from_u8(c.u8()?).ok_or(Malformed)?,
                 size: c.uvarint()?,
-                stack: d.stack(&mut c)?,
+                stack: d.stack(c)?,
             },
             TAG_MAP => EventKind::Map {
-                addr: d.map_addr(&mut c)?,
+                addr: d.map_addr(c)?,
                 len: c.uvarint()?,
                 prot: u32_of(c.uvarint()?)?,
                 flags: u32_of(c.uvarint()?)?,
-                stack: d.stack(&mut c)?,
+                stack: d.stack(c)?,
             },
             TAG_UNMAP => EventKind::Unmap {
-                addr: d.map_addr(&mut c)?,
+                addr: d.map_addr(c)?,
                 len: c.uvarint()?,
             },
             TAG_REMAP => {
-                let old_addr = d.map_addr(&mut c)?;
+                let old_addr = d.map_addr(c)?;
                 let old_len = c.uvarint()?;
-                let new_addr = d.map_addr(&mut c)?;
+                let new_addr = d.map_addr(c)?;
                 let new_len = c.uvarint()?;
                 let kind = EventKind::Remap {
                     old_addr,
                     old_len,
                     new_addr,
                     new_len,
-                    stack: d.stack(&mut c)?,
+                    stack: d.stack(c)?,
                 };
                 push_out(out, d.seq, c.uvarint()?, ts_ns, tid, kind)?;
                 kind
@@ -1631,8 +1751,8 @@ mod v3_tests {
                 let (_, u) = p.pack_some(&plain[pos + used..pos + end], &mut cur, limit);
                 used += u;
                 if cur.len() >= limit || p.is_full() {
+                    p.finish_record(cur.len());
                     records.push(std::mem::take(&mut cur));
-                    p.reset();
                 }
             }
             pos += end;
@@ -1657,11 +1777,114 @@ mod v3_tests {
             decode_plain(&plain, 7, &mut want).unwrap();
             let mut got = Vec::new();
             let records = records_of(&plain, batch, limit);
+            let mut tables = None;
             for r in &records {
-                decode_events(r, 7, &mut got).unwrap();
+                decode_events_in(r, 7, &mut tables, &mut got).unwrap();
             }
             prop_assert_eq!(got, to_ms(&want));
         }
+    }
+
+    #[test]
+    fn small_records_share_their_groups_tables_and_a_lost_one_costs_the_rest_of_its_group() {
+        // A server's loop cut into small records: the tables carry over, so the records after
+        // the first name their blocks and sites by index as one big record would.
+        let mut raw = Vec::new();
+        let (mut seq, mut ts) = (0u64, 1_000_000u64);
+        for i in 0..20_000u64 {
+            let a = 0x5555_0000_1000 + (i % 512) * 0x100;
+            for (tag, size) in [(TAG_ALLOC, 24 + (i % 512) * 8), (TAG_FREE, 0)] {
+                let mut b = EventBuf::default();
+                seq += 1;
+                ts += 50_000;
+                if tag == TAG_ALLOC {
+                    encode_alloc(&mut b, seq, ts, AllocKind::Malloc, a, size, size + 8, 3);
+                } else {
+                    encode_free(&mut b, seq, ts, a);
+                }
+                raw.extend_from_slice(b.as_slice());
+            }
+        }
+        let mut want = Vec::new();
+        decode_plain(&raw, 5, &mut want).unwrap();
+        let want = to_ms(&want);
+        let cut = |p: &mut Packer| {
+            let mut records = Vec::new();
+            let mut pos = 0;
+            while pos < raw.len() {
+                let mut cur = Vec::new();
+                let (_, used) = p.pack_some(&raw[pos..], &mut cur, 2000);
+                pos += used;
+                p.finish_record(cur.len());
+                records.push(cur);
+            }
+            records
+        };
+        let grouped = cut(&mut Packer::with_group_bytes(20_000));
+        let alone = {
+            let mut p = Packer::default();
+            let mut records = Vec::new();
+            let mut pos = 0;
+            while pos < raw.len() {
+                let mut cur = Vec::new();
+                pos += p.pack_some(&raw[pos..], &mut cur, 2000).1;
+                p.reset();
+                records.push(cur);
+            }
+            records
+        };
+        let bytes = |r: &[Vec<u8>]| r.iter().map(Vec::len).sum::<usize>();
+        assert!(grouped.len() > 20, "{} records", grouped.len());
+        // Measured: 224,796 bytes restarting the tables in each record, 156,499 in groups.
+        assert!(
+            bytes(&grouped) * 10 < bytes(&alone) * 8,
+            "grouped {} vs alone {}",
+            bytes(&grouped),
+            bytes(&alone)
+        );
+        let starts: Vec<usize> = (0..grouped.len())
+            .filter(|&i| !is_continuation(&grouped[i]))
+            .collect();
+        assert!(starts.len() >= 3 && starts[0] == 0, "{starts:?}");
+        // In order, every record decodes; the whole stream comes back.
+        let mut tables = None;
+        let mut got = Vec::new();
+        for r in &grouped {
+            decode_events_in(r, 5, &mut tables, &mut got).unwrap();
+        }
+        assert_eq!(got, want);
+        // A continuation does not decode on its own, nor with another thread's tables.
+        assert!(decode_events(&grouped[1], 5, &mut Vec::new()).is_err());
+        let mut t = None;
+        decode_events_in(&grouped[0], 5, &mut t, &mut Vec::new()).unwrap();
+        assert!(decode_events_in(&grouped[1], 6, &mut t.clone(), &mut Vec::new()).is_err());
+        // Record 1 lost: the rest of its group is lost with it, the next group decodes.
+        let mut tables = None;
+        let mut got = Vec::new();
+        let mut failed = Vec::new();
+        for (i, r) in grouped.iter().enumerate() {
+            if i == 1 {
+                tables = None;
+                continue;
+            }
+            if decode_events_in(r, 5, &mut tables, &mut got).is_err() {
+                failed.push(i);
+            }
+        }
+        assert_eq!(failed, (2..starts[1]).collect::<Vec<_>>());
+        let n_lost: usize = (1..starts[1])
+            .map(|i| {
+                let mut v = Vec::new();
+                let mut t = None;
+                for r in &grouped[..=i] {
+                    v.clear();
+                    decode_events_in(r, 5, &mut t, &mut v).unwrap();
+                }
+                v.len()
+            })
+            .sum();
+        assert_eq!(got.len() + n_lost, want.len());
+        assert!(want.ends_with(&got[got.len() - 100..]));
     }
 
     #[test]

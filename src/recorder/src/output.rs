@@ -73,10 +73,11 @@ pub(crate) static OWNER_PID: AtomicU32 = AtomicU32::new(0);
 static WRITER_RUNNING: AtomicBool = AtomicBool::new(false);
 static WRITER_IDLE: AtomicBool = AtomicBool::new(false);
 static WAKE: AtomicU32 = AtomicU32::new(0);
-/// Packed event bytes per `Events` record, at most. Large, because each record starts its
-/// address and site tables (and zstd its window) from nothing so that it decodes on its own: in
-/// 32 KiB records, as version 2 wrote them, most frees named a block of an earlier record.
-const RECORD_BYTES: usize = 1024 * 1024;
+/// Packed event bytes per `Events` record, at most: a dump cut short (a full disk, a kill during
+/// a write) loses at most this much of each thread's events besides what it had not written yet.
+/// Small records cost little: the packer's tables (addresses, sites) carry over from one record
+/// of a thread to the next (a record *group*, see `Packer`); only zstd starts afresh in each.
+const RECORD_BYTES: usize = 64 * 1024;
 /// zstd's level for every record. The version-3 stream is small and repetitive where programs
 /// repeat themselves, so a level that finds longer matches pays: the same records at level 1 / 5
 /// were 210 / 183 KB (Redis, 100,000 requests) and 234 / 188 KB (sqlite3), for about a fifth of a
@@ -664,6 +665,9 @@ impl Output {
         }
         self.path = path;
         self.pid = pid;
+        // A new dump: its first records start their tables afresh (after a fork or a restart the
+        // packers still hold the old dump's).
+        self.pending.clear();
         OWNER_PID.store(pid, Ordering::Release);
         if fd < 0 {
             self.fail(&std::io::Error::last_os_error());
@@ -853,6 +857,8 @@ impl Output {
         if self.pending[i].tid != tid {
             self.emit(i);
             self.pending[i].tid = tid;
+            // Another thread's records do not continue this one's tables.
+            self.pending[i].packer.reset();
         }
         i
     }
@@ -867,9 +873,9 @@ impl Output {
             write::events(&mut self.events, p.stream, p.tid, packed.len(), &z);
         }
         let p = &mut self.pending[i];
+        p.packer.finish_record(packed.len());
         p.packed = packed;
         p.packed.clear();
-        p.packer.reset();
     }
 
     /// Writes the modules and stacks that appeared since the last time.
