@@ -888,6 +888,11 @@ impl Packer {
         self.named >= MAX_NAMED - 2 || self.sites.len() >= MAX_SITES - 1
     }
 
+    /// The record being filled continues a group (it is not its first).
+    pub fn continues(&self) -> bool {
+        self.records > 0
+    }
+
     /// Events in the current record.
     pub fn events(&self) -> u64 {
         self.events
@@ -1223,6 +1228,8 @@ impl Unpacker {
 /// next record of the group continues from (see [`Packer`]).
 #[derive(Default, Clone)]
 pub struct Tables {
+    /// The record's packed bytes: the next record's zstd prefix.
+    pub(crate) raw: Vec<u8>,
     d: Unpacker,
     tid: u32,
     /// Records of the group decoded.

@@ -663,22 +663,34 @@ fn decode_record(
         let _stream = c.u32()?;
         let tid = c.u32()?;
         let raw_len = c.uvarint()?;
-        let raw = match decompress_capped(zstd, raw_len, MAX_EVENTS_RAW_LEN, c.rest()) {
-            Ok(raw) => raw,
-            Err(e) => {
-                *tables = None;
-                return Err(e);
-            }
+        let lost = || {
+            Damage(Some(
+                "it continues an earlier record of its thread, which did not decode".into(),
+            ))
+        };
+        let prefix_len = if version >= 3 { c.uvarint()? } else { 0 };
+        let prev = tables.take();
+        let raw = if prefix_len == 0 {
+            decompress_capped(zstd, raw_len, MAX_EVENTS_RAW_LEN, c.rest())?
+        } else {
+            let prev = prev.as_ref().ok_or_else(lost)?;
+            let at = (prev.raw.len() as u64)
+                .checked_sub(prefix_len)
+                .ok_or(Malformed)?;
+            decompress_after(&prev.raw[at as usize..], raw_len, c.rest())?
         };
         if version < 3 {
             return Ok(decode_events_v2(&raw, tid, out)?);
         }
         if is_continuation(&raw) && !had_tables {
-            return Err(Damage(Some(
-                "it continues an earlier record of its thread, which did not decode".into(),
-            )));
+            return Err(lost());
         }
-        Ok(decode_events_in(&raw, tid, tables, out)?)
+        *tables = prev;
+        decode_events_in(&raw, tid, tables, out)?;
+        if let Some(t) = tables.as_mut() {
+            t.raw = raw;
+        }
+        Ok(())
     })();
     let Err(Damage(why)) = result else {
         return None;
@@ -1140,6 +1152,38 @@ fn decompress_capped(
     }
 }
 
+/// [`decompress_capped`] for an `Events` record's frame made with `prefix` (the end of its
+/// stream's previous record) as zstd's prefix. One-shot, into a buffer of the size the frame
+/// says, which must be the size the record says (the writer's frames always say it).
+fn decompress_after(prefix: &[u8], raw_len: u64, data: &[u8]) -> Result<Vec<u8>, Damage> {
+    let holds = (data.len() as u64).saturating_mul(ZSTD_MAX_EXPANSION);
+    if raw_len > MAX_EVENTS_RAW_LEN || raw_len > holds {
+        return Err(Damage(Some(format!(
+            "it claims {} decompressed, more than it can hold",
+            human(raw_len)
+        ))));
+    }
+    match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) if n == raw_len => {}
+        _ => {
+            return Err(Damage(Some(format!(
+                "its zstd frame does not say the {} it claims",
+                human(raw_len)
+            ))))
+        }
+    }
+    let mut d = zstd::zstd_safe::DCtx::try_create().ok_or(Malformed)?;
+    d.ref_prefix(prefix).map_err(|_| Malformed)?;
+    let mut out = Vec::with_capacity(raw_len as usize);
+    match d.decompress(&mut out, data) {
+        Ok(n) if n as u64 == raw_len => Ok(out),
+        _ => Err(Damage(Some(format!(
+            "its zstd data does not decompress after its thread's previous record ({} claimed)",
+            human(raw_len)
+        )))),
+    }
+}
+
 fn decompress(raw_len: u64, data: &[u8]) -> Result<Vec<u8>, Damage> {
     decompress_capped(&mut None, raw_len, MAX_RAW_LEN, data)
 }
@@ -1372,6 +1416,7 @@ mod tests {
         });
         // Records in groups of two (0-1, 2-3, 4): the second continues the first's tables.
         let mut packers: Vec<crate::event::Packer> = (0..3).map(|_| Default::default()).collect();
+        let mut prevs = vec![Vec::new(); 3];
         for r in 0..5u64 {
             for stream in 0..3u32 {
                 let p = &mut packers[stream as usize];
@@ -1390,12 +1435,20 @@ mod tests {
                 p.pack_some(&raw, &mut packed, usize::MAX);
                 p.finish_record(packed.len());
                 assert_eq!(crate::event::is_continuation(&packed), r % 2 == 1);
+                // A continuation is compressed after its previous record, as the writer does.
+                let prev = std::mem::replace(&mut prevs[stream as usize], packed.clone());
+                let prefix = if r % 2 == 1 { &prev[..] } else { &[][..] };
                 let z = if damaged && r == 2 && stream == 1 {
                     vec![0x55; 64]
                 } else {
-                    zstd::bulk::compress(&packed, 1).unwrap()
+                    let mut c = zstd::zstd_safe::CCtx::create();
+                    c.ref_prefix(prefix).unwrap();
+                    let mut z = Vec::with_capacity(zstd::zstd_safe::compress_bound(packed.len()));
+                    c.compress2(&mut z, &packed).unwrap();
+                    z
                 };
-                write::events(&mut out, stream, 100 + stream, packed.len(), &z);
+                let n = packed.len();
+                write::events_after(&mut out, stream, 100 + stream, n, prefix.len(), &z);
             }
         }
         out

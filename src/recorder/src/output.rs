@@ -97,6 +97,9 @@ struct Pending {
     tid: u32,
     packer: zmtrace_format::event::Packer,
     packed: Vec<u8>,
+    /// The previous record's packed bytes, while its group goes on: the next record's zstd
+    /// prefix.
+    prev: Vec<u8>,
     /// When its first event was packed.
     since_ns: u64,
 }
@@ -753,6 +756,32 @@ impl Output {
         self.write_all_or_fail(&buf);
     }
 
+    /// [`Output::compress`] with `prefix` as zstd's prefix (the matches may point into it);
+    /// returns the frame and the prefix's length (0 when zstd would not take it).
+    fn compress_after(&mut self, raw: &[u8], prefix: &[u8]) -> (Vec<u8>, usize) {
+        if prefix.is_empty() {
+            return (self.compress(raw), 0);
+        }
+        let z = self
+            .zstd
+            .get_or_insert_with(|| zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"));
+        // SAFETY: zstd keeps a prefix for the next frame only and drops it as that frame starts
+        // (ZSTD_CCtx_refPrefix); `compress` makes that whole frame before returning, so zstd never
+        // reads `prefix` after this borrow ends. The 'static is only what the context's type asks.
+        let prefix: &'static [u8] = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(prefix) };
+        if z.context_mut().ref_prefix(prefix).is_err() {
+            return (self.compress(raw), 0);
+        }
+        match z.compress(raw) {
+            Ok(v) => (v, prefix.len()),
+            Err(_) => {
+                // A frame that failed before it started would keep the prefix: drop it.
+                let _ = z.context_mut().ref_prefix(&[]);
+                (self.compress(raw), 0)
+            }
+        }
+    }
+
     fn compress(&mut self, raw: &[u8]) -> Vec<u8> {
         let z = self
             .zstd
@@ -850,6 +879,7 @@ impl Output {
                 tid,
                 packer: Default::default(),
                 packed: Vec::new(),
+                prev: Vec::new(),
                 since_ns: 0,
             });
             return self.pending.len() - 1;
@@ -867,15 +897,30 @@ impl Output {
     /// of the pass) and starts the next one.
     fn emit(&mut self, i: usize) {
         let packed = std::mem::take(&mut self.pending[i].packed);
+        let mut prev = std::mem::take(&mut self.pending[i].prev);
         if !packed.is_empty() {
-            let z = self.compress(&packed);
+            // A record that continues its group is compressed after the previous one, as one
+            // big record would be: zstd finds the program's repetitions across records.
+            let prefix = if self.pending[i].packer.continues() {
+                &prev[..]
+            } else {
+                &[][..]
+            };
+            let (z, used) = self.compress_after(&packed, prefix);
             let p = &self.pending[i];
-            write::events(&mut self.events, p.stream, p.tid, packed.len(), &z);
+            write::events_after(&mut self.events, p.stream, p.tid, packed.len(), used, &z);
         }
         let p = &mut self.pending[i];
         p.packer.finish_record(packed.len());
-        p.packed = packed;
-        p.packed.clear();
+        prev.clear();
+        if p.packer.continues() {
+            p.prev = packed;
+            p.packed = prev;
+        } else {
+            p.prev = prev;
+            p.packed = packed;
+            p.packed.clear();
+        }
     }
 
     /// Writes the modules and stacks that appeared since the last time.
