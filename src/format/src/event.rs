@@ -4,8 +4,10 @@
 //! On the hot path an event is a tag and varints with absolute values ([`encode_alloc`] and its
 //! siblings): no per-thread encoder state, nothing to get wrong when a ring is drained at an
 //! arbitrary point. The writer then rewrites the drained batches into the *packed* form stored in
-//! `Events` records ([`Packer`]). Each record starts from zero, so it decodes on its own and a
-//! damaged record loses only its own events.
+//! `Events` records ([`Packer`]). Version 3's records are small, in groups whose records share
+//! their tables: a record decodes given its stream's previous records of the group, and a damaged
+//! record loses the rest of its group (at most [`GROUP_BYTES`]); versions 1 and 2 start each record
+//! from zero.
 //!
 //! The plain (hot-path) form:
 //!
@@ -38,7 +40,8 @@
 //! the order across threads, realloc chains):
 //!
 //! ```text
-//! record      := item*
+//! record      := [9 n] item*                 n: the records of its group before it (none: the
+//!                                            first, its tables start empty)
 //! item        := Time | event
 //! Time        := 8 zigzag(ms - previous ms)     the events after it happened in that millisecond
 //! event       := tag' [seq - previous seq] fields
@@ -70,8 +73,8 @@
 //! up to 1 KiB, by usable size: the allocator's LIFO free lists) says 0; what the record has not seen (a block from an earlier record or another thread, one
 //! inherited at a fork) is written out, as a difference. A site is what an allocation says
 //! besides its address, `(kind, size, usable, stack)` (a realloc's kind is `Realloc`), interned
-//! per record. A record holds up to 1 MiB of packed events and [`MAX_NAMED`] addresses, so its
-//! tables stay small and it still decodes on its own. Time has millisecond resolution: an event's
+//! per group. A group holds up to [`GROUP_BYTES`] of packed events and [`MAX_NAMED`] addresses,
+//! so its tables stay bounded (the writer bounds each record to 64 KiB). Time has millisecond resolution: an event's
 //! `ts` is its millisecond since the start. `size`, `len`, `prot`, `flags` and `kind` are plain.
 //!
 //! # Packed, versions 1 and 2
