@@ -58,9 +58,10 @@
 //!                                         a multiple of 16 (as malloc's blocks are aligned)
 //!              | 4*zigzag(delta) + 3      a difference of another size
 //!              | 2*2^41, address          (a difference too large for the above)
-//! aaddr       := 0                        the newest block freed of the site's size class
-//!              | addr, its distances plus one
-//! site        := i + 1                    the record's i-th site
+//! aaddr       := 2*k                      the block freed k-th newest of the site's size
+//!                                         class (k < 8, the depth its bin keeps)
+//!              | addr, its distances plus 8
+//! site        := i + 1                    the group's i-th site
 //!              | 0 kind size zigzag(usable - glibc's usable size for size)
 //!                zigzag(stack - previous site's stack)
 //! maddr       := zigzag(difference to the previous mapping address)
@@ -758,14 +759,21 @@ impl Bins {
         b[usize::from(*n)] = a;
         *n += 1;
     }
-    fn newest(&self, class: u8) -> Option<u64> {
+    /// How far from the newest of its class `a` is (0: the newest), if the bin holds it.
+    fn depth_of(&self, class: u8, a: u64) -> Option<usize> {
         let n = usize::from(*self.len.get(usize::from(class))?);
-        n.checked_sub(1).map(|i| self.blocks[usize::from(class)][i])
+        let b = &self.blocks[usize::from(class)];
+        (0..n).rev().find(|&i| b[i] == a).map(|i| n - 1 - i)
     }
-    fn pop(&mut self, class: u8) {
-        if let Some(n) = self.len.get_mut(usize::from(class)) {
-            *n = n.saturating_sub(1);
-        }
+    /// Takes out the block `depth` places from the newest of its class.
+    fn take(&mut self, class: u8, depth: usize) -> Option<u64> {
+        let n = usize::from(*self.len.get(usize::from(class))?);
+        let i = n.checked_sub(depth + 1)?;
+        let b = &mut self.blocks[usize::from(class)];
+        let a = b[i];
+        b.copy_within(i + 1..n, i);
+        self.len[usize::from(class)] -= 1;
+        Some(a)
     }
 }
 
@@ -937,11 +945,11 @@ impl Packer {
     /// A block allocated: 0 when it is the newest freed of its class, else [`Packer::addr_ref`]
     /// shifted by one.
     fn alloc_addr(&mut self, out: &mut Vec<u8>, a: u64, class: u8) {
-        if self.bins.newest(class) == Some(a) {
-            self.bins.pop(class);
-            put_uvarint(out, 0);
+        if let Some(k) = self.bins.depth_of(class, a) {
+            self.bins.take(class, k);
+            put_uvarint(out, 2 * k as u64);
         } else {
-            self.addr_ref(out, a, 1);
+            self.addr_ref(out, a, BIN_DEPTH as u64);
         }
         self.name(a, class);
     }
@@ -1179,12 +1187,10 @@ impl Unpacker {
 
     fn alloc_addr(&mut self, c: &mut Cursor, class: u8) -> Result<u64, Malformed> {
         let v = c.uvarint()?;
-        let a = if v == 0 {
-            let a = self.bins.newest(class).ok_or(Malformed)?;
-            self.bins.pop(class);
-            a
+        let a = if v & 1 == 0 && v < 2 * BIN_DEPTH as u64 {
+            self.bins.take(class, (v / 2) as usize).ok_or(Malformed)?
         } else {
-            self.addr_ref(c, v, 1)?.0
+            self.addr_ref(c, v, BIN_DEPTH as u64)?.0
         };
         self.name(a, class);
         Ok(a)
