@@ -712,6 +712,12 @@ fn glibc_usable(size: u64) -> u64 {
     (size.saturating_add(8 + 15) & !15).max(32) - 8
 }
 
+/// Where a heap chunk after the block at `a` of `usable` bytes starts (glibc's chunk: the usable
+/// bytes and an 8-byte header): what an allocation of fresh memory most likely gets next.
+fn fresh_after(a: u64, usable: u64) -> u64 {
+    a.wrapping_add(usable).wrapping_add(8)
+}
+
 /// No size class: a block larger than [`Bins`] follow, or one whose size the record never saw.
 const NO_CLASS: u8 = 0xff;
 const BIN_DEPTH: usize = 8;
@@ -829,6 +835,8 @@ pub struct Packer {
     named: u32,
     bins: Bins,
     last_addr: u64,
+    /// Where the group's last allocation of an address it had not seen ended ([`fresh_after`]).
+    fresh: u64,
     sites: FastMap<Site, u32>,
     site_stack: u32,
     /// Delta state of the fields outside the tables (failed calls, mappings).
@@ -879,6 +887,7 @@ impl Packer {
         self.named = 0;
         self.bins = Bins::default();
         self.last_addr = 0;
+        self.fresh = 0;
         self.sites.clear();
         self.site_stack = 0;
         self.stack = 0;
@@ -944,12 +953,21 @@ impl Packer {
 
     /// A block allocated: 0 when it is the newest freed of its class, else [`Packer::addr_ref`]
     /// shifted by one.
-    fn alloc_addr(&mut self, out: &mut Vec<u8>, a: u64, class: u8) {
+    fn alloc_addr(&mut self, out: &mut Vec<u8>, a: u64, usable: u64) {
+        let class = class_of(usable);
         if let Some(k) = self.bins.depth_of(class, a) {
             self.bins.take(class, k);
             put_uvarint(out, 2 * k as u64);
         } else {
+            // A block the group has not seen is told from where the last such one ended: an
+            // allocator that carves fresh memory in order puts it there.
+            let seen = self.addrs.contains_key(&a);
+            let last = std::mem::replace(&mut self.last_addr, self.fresh);
             self.addr_ref(out, a, BIN_DEPTH as u64);
+            self.last_addr = last;
+            if !seen {
+                self.fresh = fresh_after(a, usable);
+            }
         }
         self.name(a, class);
     }
@@ -1028,7 +1046,7 @@ impl Packer {
             TAG_ALLOC => {
                 // kind addr size usable stack: the site first, which tells the class
                 self.site(out, (f[0] as u8, f[2], f[3], f[4] as u32));
-                self.alloc_addr(out, f[1], class_of(f[3]));
+                self.alloc_addr(out, f[1], f[3]);
             }
             TAG_FREE => {
                 let class = self.addr_ref(out, f[0], 0);
@@ -1152,6 +1170,7 @@ struct Unpacker {
     ms: u64,
     addrs: Vec<(u64, u8)>,
     last_addr: u64,
+    fresh: u64,
     bins: Bins,
     sites: Vec<Site>,
     site_stack: u32,
@@ -1185,12 +1204,21 @@ impl Unpacker {
         self.last_addr = a;
     }
 
-    fn alloc_addr(&mut self, c: &mut Cursor, class: u8) -> Result<u64, Malformed> {
+    fn alloc_addr(&mut self, c: &mut Cursor, usable: u64) -> Result<u64, Malformed> {
+        let class = class_of(usable);
         let v = c.uvarint()?;
         let a = if v & 1 == 0 && v < 2 * BIN_DEPTH as u64 {
             self.bins.take(class, (v / 2) as usize).ok_or(Malformed)?
         } else {
-            self.addr_ref(c, v, BIN_DEPTH as u64)?.0
+            let seen = v & 1 == 0 && v >> 1 != ADDR_ABSOLUTE;
+            let last = std::mem::replace(&mut self.last_addr, self.fresh);
+            let r = self.addr_ref(c, v, BIN_DEPTH as u64);
+            self.last_addr = last;
+            let a = r?.0;
+            if !seen {
+                self.fresh = fresh_after(a, usable);
+            }
+            a
         };
         self.name(a, class);
         Ok(a)
@@ -1322,7 +1350,7 @@ fn decode_into(
         let kind = match tag {
             TAG_ALLOC => {
                 let (kind, size, usable, stack) = d.site(c)?;
-                let addr = d.alloc_addr(c, class_of(usable))?;
+                let addr = d.alloc_addr(c, usable)?;
                 EventKind::Alloc {
                     kind: AllocKind::from_u8(kind).ok_or(Malformed)?,
                     addr,
