@@ -48,7 +48,7 @@
 //! tag'        := tag | 0x80 when seq = previous seq + 1 (no seq varint then)
 //! Alloc       := 1' site aaddr
 //! Free        := 2' addr
-//! Realloc     := 3' addr(old) site addr(new) (seq - out_seq)
+//! Realloc     := 3' addr(old) site aaddr(new) (seq - out_seq)   addr(new) if usable is 0
 //! AllocFailed := 4' kind size zigzag(stack delta)
 //! Map         := 5' maddr len prot flags zigzag(stack delta)
 //! Unmap       := 6' maddr len
@@ -1058,8 +1058,14 @@ impl Packer {
                 let class = self.addr_ref(out, f[0], 0);
                 self.name(f[0], class);
                 self.site(out, (AllocKind::Realloc as u8, f[2], f[3], f[4] as u32));
-                self.addr_ref(out, f[1], 0);
-                self.name(f[1], class_of(f[3]));
+                if f[3] == 0 {
+                    // Freed (`realloc(p, 0)`): no block.
+                    self.addr_ref(out, f[1], 0);
+                    self.name(f[1], class_of(f[3]));
+                } else {
+                    // The same address (in place) or one got as an allocation gets it.
+                    self.alloc_addr(out, f[1], f[3]);
+                }
                 put_uvarint(out, f[5]);
             }
             TAG_FAILED => {
@@ -1367,9 +1373,14 @@ fn decode_into(
                 let (old_addr, class) = d.addr_ref(c, v, 0)?;
                 d.name(old_addr, class);
                 let (_, size, usable, stack) = d.site(c)?;
-                let v = c.uvarint()?;
-                let new_addr = d.addr_ref(c, v, 0)?.0;
-                d.name(new_addr, class_of(usable));
+                let new_addr = if usable == 0 {
+                    let v = c.uvarint()?;
+                    let a = d.addr_ref(c, v, 0)?.0;
+                    d.name(a, class_of(usable));
+                    a
+                } else {
+                    d.alloc_addr(c, usable)?
+                };
                 let kind = EventKind::Realloc {
                     old_addr,
                     new_addr,
