@@ -45,7 +45,8 @@
 //! item        := Time | event
 //! Time        := 8 zigzag(ms - previous ms)     the events after it happened in that millisecond
 //! event       := tag' [seq - previous seq] fields
-//! tag'        := tag | 0x80 when seq = previous seq + 1 (no seq varint then)
+//! tag'        := tag | 0x80 when seq = previous seq + 1 (no seq varint then); for a Realloc or
+//!                Remap: seq = previous seq + 2 and seq - out_seq = 1 (neither is written then)
 //! Alloc       := 1' site aaddr
 //! Free        := 2' addr
 //! Realloc     := 3' addr(old) site aaddr(new) (seq - out_seq)   addr(new) if usable is 0
@@ -1035,7 +1036,14 @@ impl Packer {
             put_uvarint(out, zigzag(ms.wrapping_sub(self.ms) as i64));
             self.ms = ms;
         }
-        let next = e.seq == self.seq.wrapping_add(1);
+        // A realloc (remap) takes two numbers, the one before (`out_seq`) and the one after the
+        // call: the usual case within one thread is the two after the previous event's.
+        let two = matches!(e.tag, TAG_REALLOC | TAG_REMAP);
+        let next = if two {
+            e.seq == self.seq.wrapping_add(2) && e.f[5] == 1
+        } else {
+            e.seq == self.seq.wrapping_add(1)
+        };
         out.push(e.tag | if next { SEQ_NEXT } else { 0 });
         if !next {
             put_uvarint(out, e.seq.wrapping_sub(self.seq));
@@ -1066,7 +1074,9 @@ impl Packer {
                     // The same address (in place) or one got as an allocation gets it.
                     self.alloc_addr(out, f[1], f[3]);
                 }
-                put_uvarint(out, f[5]);
+                if !next {
+                    put_uvarint(out, f[5]);
+                }
             }
             TAG_FAILED => {
                 out.push(f[0] as u8);
@@ -1090,7 +1100,9 @@ impl Packer {
                 self.map_addr(out, f[2]);
                 put_uvarint(out, f[3]);
                 self.stack(out, f[4] as u32);
-                put_uvarint(out, f[5]);
+                if !next {
+                    put_uvarint(out, f[5]);
+                }
             }
             _ => unreachable!("PlainEvent::read accepts known tags only"),
         }
@@ -1347,8 +1359,10 @@ fn decode_into(
             continue;
         }
         let tag = byte & !SEQ_NEXT;
-        d.seq = d.seq.wrapping_add(if byte & SEQ_NEXT != 0 {
-            1
+        let two = tag == TAG_REALLOC || tag == TAG_REMAP;
+        let next = byte & SEQ_NEXT != 0;
+        d.seq = d.seq.wrapping_add(if next {
+            1 + u64::from(two)
         } else {
             c.uvarint()?
         });
@@ -1388,7 +1402,8 @@ fn decode_into(
                     usable,
                     stack,
                 };
-                push_out(out, d.seq, c.uvarint()?, ts_ns, tid, kind)?;
+                let back = if next { 1 } else { c.uvarint()? };
+                push_out(out, d.seq, back, ts_ns, tid, kind)?;
                 kind
             }
             TAG_FAILED => EventKind::AllocFailed {
@@ -1419,7 +1434,8 @@ fn decode_into(
                     new_len,
                     stack: d.stack(c)?,
                 };
-                push_out(out, d.seq, c.uvarint()?, ts_ns, tid, kind)?;
+                let back = if next { 1 } else { c.uvarint()? };
+                push_out(out, d.seq, back, ts_ns, tid, kind)?;
                 kind
             }
             _ => return Err(Malformed),
