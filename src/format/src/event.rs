@@ -54,7 +54,11 @@
 //! Map         := 5' maddr len prot flags zigzag(stack delta)
 //! Unmap       := 6' maddr len
 //! Remap       := 7' maddr(old) old_len maddr(new) new_len zigzag(stack delta) (seq - out_seq)
-//! addr        := 2*d                      the address named d places back in this record's list
+//! addr        := 2*d                      a block the group named before: in its list of blocks
+//!                                         gone (allocation, realloc's new) d places back; in its
+//!                                         list of live blocks (free, realloc's old) 2*d' places
+//!                                         back or (2*zigzag(its place - the place after the
+//!                                         block freed last) + 1)
 //!              | 4*zigzag(delta / 16) + 1 a new one: the difference to the last address named,
 //!                                         a multiple of 16 (as malloc's blocks are aligned)
 //!              | 4*zigzag(delta) + 3      a difference of another size
@@ -719,6 +723,14 @@ fn fresh_after(a: u64, usable: u64) -> u64 {
     a.wrapping_add(usable).wrapping_add(8)
 }
 
+/// The two lists a group names its addresses in: blocks that became live (allocated, a realloc's
+/// new block) and blocks that went (freed, a realloc's old block). A free names a live block by
+/// its place in the first, as a difference to the place after the previous one freed (programs
+/// free in allocation order or in its reverse); an allocation names a block that went by its
+/// distance back in the second.
+const LIVE: usize = 0;
+const GONE: usize = 1;
+
 /// No size class: a block larger than [`Bins`] follow, or one whose size the record never saw.
 const NO_CLASS: u8 = 0xff;
 const BIN_DEPTH: usize = 8;
@@ -832,8 +844,11 @@ pub struct Packer {
     ms: u64,
     /// Each heap address the record has named (allocated, freed, reallocated) and its
     /// position in that sequence: a later reference is the distance back from the newest.
-    addrs: FastMap<u64, (u32, u8)>,
-    named: u32,
+    addrs: FastMap<u64, (u32, u8, u8)>,
+    /// Addresses named in each list ([`LIVE`], [`GONE`]).
+    named: [u32; 2],
+    /// The place in [`LIVE`] of the block freed last.
+    freed_at: i64,
     bins: Bins,
     last_addr: u64,
     /// Where the group's last allocation of an address it had not seen ended ([`fresh_after`]).
@@ -885,7 +900,8 @@ impl Packer {
         self.seq = 0;
         self.ms = 0;
         self.addrs.clear();
-        self.named = 0;
+        self.named = [0; 2];
+        self.freed_at = 0;
         self.bins = Bins::default();
         self.last_addr = 0;
         self.fresh = 0;
@@ -906,7 +922,7 @@ impl Packer {
 
     /// The group's tables are full: finish the record, the next one starts a new group.
     pub fn is_full(&self) -> bool {
-        self.named >= MAX_NAMED - 2 || self.sites.len() >= MAX_SITES - 1
+        self.named[LIVE] + self.named[GONE] >= MAX_NAMED - 2 || self.sites.len() >= MAX_SITES - 1
     }
 
     /// The record being filled continues a group (it is not its first).
@@ -922,13 +938,27 @@ impl Packer {
     /// A heap address: the distance back to where this record named it last (even; plus
     /// `shift`, which leaves codes below it to the caller), or the difference to the last address
     /// named (odd). Returns the size class the record knows for it.
-    fn addr_ref(&mut self, out: &mut Vec<u8>, a: u64, shift: u64) -> u8 {
+    fn addr_ref(&mut self, out: &mut Vec<u8>, a: u64, shift: u64, list: usize) -> u8 {
         match self.addrs.get(&a) {
-            Some(&(p, class)) => {
-                put_uvarint(out, (u64::from(self.named - 1 - p) + shift) << 1);
+            Some(&(p, class, l)) if usize::from(l) == list => {
+                let v = if list == LIVE {
+                    // The smaller of the two: its difference to the place after the block freed
+                    // last (odd), or its distance back (even).
+                    let after = zigzag(i64::from(p) - (self.freed_at + 1));
+                    let back = u64::from(self.named[list] - 1 - p);
+                    self.freed_at = i64::from(p);
+                    if after < back {
+                        after << 1 | 1
+                    } else {
+                        back << 1
+                    }
+                } else {
+                    u64::from(self.named[list] - 1 - p)
+                };
+                put_uvarint(out, (v + shift) << 1);
                 return class;
             }
-            None => {
+            _ => {
                 let delta = a.wrapping_sub(self.last_addr) as i64;
                 let z = zigzag(delta >> 4);
                 let exact = zigzag(delta);
@@ -946,9 +976,9 @@ impl Packer {
     }
 
     /// `a` is now the newest address named, of size class `class`.
-    fn name(&mut self, a: u64, class: u8) {
-        self.addrs.insert(a, (self.named, class));
-        self.named += 1;
+    fn name(&mut self, a: u64, class: u8, list: usize) {
+        self.addrs.insert(a, (self.named[list], class, list as u8));
+        self.named[list] += 1;
         self.last_addr = a;
     }
 
@@ -962,15 +992,15 @@ impl Packer {
         } else {
             // A block the group has not seen is told from where the last such one ended: an
             // allocator that carves fresh memory in order puts it there.
-            let seen = self.addrs.contains_key(&a);
+            let seen = self.addrs.get(&a).is_some_and(|e| usize::from(e.2) == GONE);
             let last = std::mem::replace(&mut self.last_addr, self.fresh);
-            self.addr_ref(out, a, BIN_DEPTH as u64);
+            self.addr_ref(out, a, BIN_DEPTH as u64, GONE);
             self.last_addr = last;
             if !seen {
                 self.fresh = fresh_after(a, usable);
             }
         }
-        self.name(a, class);
+        self.name(a, class, LIVE);
     }
 
     /// A site: its index in this record plus one, or 0 and its definition (the next index).
@@ -1057,19 +1087,19 @@ impl Packer {
                 self.alloc_addr(out, f[1], f[3]);
             }
             TAG_FREE => {
-                let class = self.addr_ref(out, f[0], 0);
+                let class = self.addr_ref(out, f[0], 0, LIVE);
                 self.bins.push(class, f[0]);
-                self.name(f[0], class);
+                self.name(f[0], class, GONE);
             }
             TAG_REALLOC => {
                 // old_addr new_addr size usable stack back
-                let class = self.addr_ref(out, f[0], 0);
-                self.name(f[0], class);
+                let class = self.addr_ref(out, f[0], 0, LIVE);
+                self.name(f[0], class, GONE);
                 self.site(out, (AllocKind::Realloc as u8, f[2], f[3], f[4] as u32));
                 if f[3] == 0 {
                     // Freed (`realloc(p, 0)`): no block.
-                    self.addr_ref(out, f[1], 0);
-                    self.name(f[1], class_of(f[3]));
+                    self.addr_ref(out, f[1], 0, GONE);
+                    self.name(f[1], class_of(f[3]), GONE);
                 } else {
                     // The same address (in place) or one got as an allocation gets it.
                     self.alloc_addr(out, f[1], f[3]);
@@ -1186,7 +1216,8 @@ pub fn decode_events_of(
 struct Unpacker {
     seq: u64,
     ms: u64,
-    addrs: Vec<(u64, u8)>,
+    addrs: [Vec<(u64, u8)>; 2],
+    freed_at: i64,
     last_addr: u64,
     fresh: u64,
     bins: Bins,
@@ -1198,7 +1229,13 @@ struct Unpacker {
 
 impl Unpacker {
     /// [`Packer::addr_ref`]'s reading, given the code `v` already read.
-    fn addr_ref(&mut self, c: &mut Cursor, v: u64, shift: u64) -> Result<(u64, u8), Malformed> {
+    fn addr_ref(
+        &mut self,
+        c: &mut Cursor,
+        v: u64,
+        shift: u64,
+        list: usize,
+    ) -> Result<(u64, u8), Malformed> {
         Ok(if v & 3 == 1 {
             let a = self.last_addr.wrapping_add((unzigzag(v >> 2) << 4) as u64);
             (a, NO_CLASS)
@@ -1210,15 +1247,29 @@ impl Unpacker {
         } else if v >> 1 == ADDR_ABSOLUTE {
             (c.uvarint()?, NO_CLASS)
         } else {
-            let back = (v >> 1).checked_sub(shift).ok_or(Malformed)?;
-            let back = usize::try_from(back).map_err(|_| Malformed)?;
-            let i = self.addrs.len().checked_sub(back + 1).ok_or(Malformed)?;
-            self.addrs[i]
+            let v = (v >> 1).checked_sub(shift).ok_or(Malformed)?;
+            let l = &self.addrs[list];
+            let i = if list == LIVE {
+                let p = if v & 1 == 1 {
+                    (self.freed_at + 1)
+                        .checked_add(unzigzag(v >> 1))
+                        .ok_or(Malformed)?
+                } else {
+                    let back = i64::try_from(v >> 1).map_err(|_| Malformed)?;
+                    (l.len() as i64 - 1).checked_sub(back).ok_or(Malformed)?
+                };
+                self.freed_at = p;
+                usize::try_from(p).map_err(|_| Malformed)?
+            } else {
+                let back = usize::try_from(v).map_err(|_| Malformed)?;
+                l.len().checked_sub(back + 1).ok_or(Malformed)?
+            };
+            *l.get(i).ok_or(Malformed)?
         })
     }
 
-    fn name(&mut self, a: u64, class: u8) {
-        self.addrs.push((a, class));
+    fn name(&mut self, a: u64, class: u8, list: usize) {
+        self.addrs[list].push((a, class));
         self.last_addr = a;
     }
 
@@ -1230,7 +1281,7 @@ impl Unpacker {
         } else {
             let seen = v & 1 == 0 && v >> 1 != ADDR_ABSOLUTE;
             let last = std::mem::replace(&mut self.last_addr, self.fresh);
-            let r = self.addr_ref(c, v, BIN_DEPTH as u64);
+            let r = self.addr_ref(c, v, BIN_DEPTH as u64, GONE);
             self.last_addr = last;
             let a = r?.0;
             if !seen {
@@ -1238,15 +1289,15 @@ impl Unpacker {
             }
             a
         };
-        self.name(a, class);
+        self.name(a, class, LIVE);
         Ok(a)
     }
 
     fn free_addr(&mut self, c: &mut Cursor) -> Result<u64, Malformed> {
         let v = c.uvarint()?;
-        let (a, class) = self.addr_ref(c, v, 0)?;
+        let (a, class) = self.addr_ref(c, v, 0, LIVE)?;
         self.bins.push(class, a);
-        self.name(a, class);
+        self.name(a, class, GONE);
         Ok(a)
     }
 
@@ -1296,7 +1347,10 @@ impl std::fmt::Debug for Tables {
         f.debug_struct("Tables")
             .field("tid", &self.tid)
             .field("records", &self.records)
-            .field("addresses", &self.d.addrs.len())
+            .field(
+                "addresses",
+                &(self.d.addrs[LIVE].len() + self.d.addrs[GONE].len()),
+            )
             .field("sites", &self.d.sites.len())
             .finish()
     }
@@ -1384,13 +1438,13 @@ fn decode_into(
             },
             TAG_REALLOC => {
                 let v = c.uvarint()?;
-                let (old_addr, class) = d.addr_ref(c, v, 0)?;
-                d.name(old_addr, class);
+                let (old_addr, class) = d.addr_ref(c, v, 0, LIVE)?;
+                d.name(old_addr, class, GONE);
                 let (_, size, usable, stack) = d.site(c)?;
                 let new_addr = if usable == 0 {
                     let v = c.uvarint()?;
-                    let a = d.addr_ref(c, v, 0)?.0;
-                    d.name(a, class_of(usable));
+                    let a = d.addr_ref(c, v, 0, GONE)?.0;
+                    d.name(a, class_of(usable), GONE);
                     a
                 } else {
                     d.alloc_addr(c, usable)?
