@@ -847,8 +847,8 @@ pub struct Packer {
     addrs: FastMap<u64, (u32, u8, u8)>,
     /// Addresses named in each list ([`LIVE`], [`GONE`]).
     named: [u32; 2],
-    /// The place in [`LIVE`] of the block freed last.
-    freed_at: i64,
+    /// Per list, the place of the block it last named an address by (see [`Packer::addr_ref`]).
+    taken_at: [i64; 2],
     bins: Bins,
     last_addr: u64,
     /// Where the group's last allocation of an address it had not seen ended ([`fresh_after`]).
@@ -901,7 +901,7 @@ impl Packer {
         self.ms = 0;
         self.addrs.clear();
         self.named = [0; 2];
-        self.freed_at = 0;
+        self.taken_at = [0; 2];
         self.bins = Bins::default();
         self.last_addr = 0;
         self.fresh = 0;
@@ -941,19 +941,15 @@ impl Packer {
     fn addr_ref(&mut self, out: &mut Vec<u8>, a: u64, shift: u64, list: usize) -> u8 {
         match self.addrs.get(&a) {
             Some(&(p, class, l)) if usize::from(l) == list => {
-                let v = if list == LIVE {
-                    // The smaller of the two: its difference to the place after the block freed
-                    // last (odd), or its distance back (even).
-                    let after = zigzag(i64::from(p) - (self.freed_at + 1));
-                    let back = u64::from(self.named[list] - 1 - p);
-                    self.freed_at = i64::from(p);
-                    if after < back {
-                        after << 1 | 1
-                    } else {
-                        back << 1
-                    }
+                // The smaller of the two: its difference to the place after the block last named
+                // from this list (odd), or its distance back (even).
+                let after = zigzag(i64::from(p) - (self.taken_at[list] + 1));
+                let back = u64::from(self.named[list] - 1 - p);
+                self.taken_at[list] = i64::from(p);
+                let v = if after < back {
+                    after << 1 | 1
                 } else {
-                    u64::from(self.named[list] - 1 - p)
+                    back << 1
                 };
                 put_uvarint(out, (v + shift) << 1);
                 return class;
@@ -1217,7 +1213,7 @@ struct Unpacker {
     seq: u64,
     ms: u64,
     addrs: [Vec<(u64, u8)>; 2],
-    freed_at: i64,
+    taken_at: [i64; 2],
     last_addr: u64,
     fresh: u64,
     bins: Bins,
@@ -1249,21 +1245,16 @@ impl Unpacker {
         } else {
             let v = (v >> 1).checked_sub(shift).ok_or(Malformed)?;
             let l = &self.addrs[list];
-            let i = if list == LIVE {
-                let p = if v & 1 == 1 {
-                    (self.freed_at + 1)
-                        .checked_add(unzigzag(v >> 1))
-                        .ok_or(Malformed)?
-                } else {
-                    let back = i64::try_from(v >> 1).map_err(|_| Malformed)?;
-                    (l.len() as i64 - 1).checked_sub(back).ok_or(Malformed)?
-                };
-                self.freed_at = p;
-                usize::try_from(p).map_err(|_| Malformed)?
+            let p = if v & 1 == 1 {
+                (self.taken_at[list] + 1)
+                    .checked_add(unzigzag(v >> 1))
+                    .ok_or(Malformed)?
             } else {
-                let back = usize::try_from(v).map_err(|_| Malformed)?;
-                l.len().checked_sub(back + 1).ok_or(Malformed)?
+                let back = i64::try_from(v >> 1).map_err(|_| Malformed)?;
+                (l.len() as i64 - 1).checked_sub(back).ok_or(Malformed)?
             };
+            self.taken_at[list] = p;
+            let i = usize::try_from(p).map_err(|_| Malformed)?;
             *l.get(i).ok_or(Malformed)?
         })
     }
