@@ -39,6 +39,9 @@ pub struct Follow {
     header: Vec<u8>,
     /// Bytes read from the file, in all.
     bytes_read: u64,
+    /// What the last piece's events left for the next piece's (a thread's records continue the
+    /// tables of its previous one).
+    carry: zmtrace_format::read::Carry,
 }
 
 impl Follow {
@@ -52,6 +55,7 @@ impl Follow {
             offset: 0,
             header: Vec::new(),
             bytes_read: 0,
+            carry: Default::default(),
         }
     }
 
@@ -89,7 +93,7 @@ impl Follow {
         if self.offset == 0 && data.len() >= FILE_HEADER_LEN {
             self.header = data[..FILE_HEADER_LEN].to_vec();
         }
-        let piece = Dump::from_bytes(&self.path, data).map_err(|e| e.to_string())?;
+        let mut piece = Dump::from_bytes(&self.path, data).map_err(|e| e.to_string())?;
         if piece.damaged > 0 || piece.is_aggregated() {
             // A damaged span cannot be told from a cut-off end in a piece; an aggregated dump
             // is its last counters. Either is read whole from now on.
@@ -104,10 +108,12 @@ impl Follow {
         if used == 0 || (first && piece.process.is_none()) {
             return Ok(()); // not a whole record yet (or, at the start, not the process record)
         }
+        piece.continue_from(std::mem::take(&mut self.carry));
         let replay = self
             .replay
             .get_or_insert_with(|| Replay::new(&piece, false));
         replay.feed(&piece);
+        self.carry = piece.carry();
         self.offset += used;
         add(&mut self.dump, piece, self.offset);
         Ok(())

@@ -10,18 +10,20 @@
 //!
 //! # Decoding ahead
 //!
-//! Records are independent (each is compressed on its own and its deltas start afresh), so while
-//! the caller consumes one record's events a second thread decompresses and decodes the next
-//! record of the same stream: the replay and the decoding each take a core instead of taking
-//! turns on one. The decoding thread works on requests, one per stream at most, so what it holds
-//! is bounded by the number of streams, never by the dump's length.
+//! Each record is compressed on its own, and a stream's records are decoded in order (a version-3
+//! record may continue the tables of its stream's previous one: [`crate::event::Packer`]), so
+//! while the caller consumes one record's events a second thread decompresses and decodes the
+//! next record of the same stream: the replay and the decoding each take a core instead of taking
+//! turns on one. The decoding thread works on requests, one per stream at most, in each stream's
+//! order, and keeps each stream's tables; what it holds is bounded by the number of streams,
+//! never by the dump's length.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
-use crate::event::decode_events;
+use crate::event::{decode_events_in, decode_events_v2, is_continuation, Tables};
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::words::human_bytes;
 use crate::{
@@ -112,7 +114,15 @@ pub struct Dump {
     late_warnings: Mutex<Vec<String>>,
     /// Shared with the thread that decodes records ahead of the replay ([`Dump::events`]).
     data: Arc<Data>,
+    /// Each stream's tables left by the records before this dump's first (a piece of a dump
+    /// being followed: [`Dump::continue_from`]), and those its last records leave.
+    carry_in: HashMap<u32, Tables>,
+    carry_out: Mutex<HashMap<u32, Tables>>,
 }
+
+/// What a stream's records leave for its next one (see [`Dump::carry`]).
+#[derive(Default)]
+pub struct Carry(HashMap<u32, Tables>);
 
 /// An `Events` record, not yet decoded.
 #[derive(Debug, Clone, Copy)]
@@ -283,6 +293,24 @@ impl Dump {
         Ok(dump)
     }
 
+    /// This dump holds the records that follow those of another read (a piece of a dump being
+    /// followed as it grows): its first records may continue the tables those left ([`Dump::carry`]
+    /// of the reader of the piece before).
+    pub fn continue_from(&mut self, carry: Carry) {
+        self.carry_in = carry.0;
+    }
+
+    /// What each stream's last record leaves for the next one, once [`Dump::events`] has streamed
+    /// them all: for the reader of the bytes that follow ([`Dump::continue_from`]).
+    pub fn carry(&self) -> Carry {
+        Carry(
+            self.carry_out
+                .lock()
+                .map(|mut m| std::mem::take(&mut *m))
+                .unwrap_or_default(),
+        )
+    }
+
     /// Every event, in sequence order, streamed from the file. A record whose events do not
     /// decode yields the events before the damage and adds a line to [`Dump::late_warnings`].
     pub fn events(&self) -> Events<'_> {
@@ -299,7 +327,11 @@ impl Dump {
         let mut stream_of = Vec::with_capacity(self.event_records.len());
         for (i, r) in self.event_records.iter().enumerate() {
             let s = *per_stream.entry(r.stream).or_insert_with(|| {
-                streams.push(StreamCursor::default());
+                streams.push(StreamCursor {
+                    id: r.stream,
+                    tables: self.carry_in.get(&r.stream).cloned(),
+                    ..StreamCursor::default()
+                });
                 streams.len() - 1
             });
             streams[s].records.push(i);
@@ -612,22 +644,53 @@ impl Dump {
     }
 }
 
-/// Decodes the `Events` record `r` of `data` into `out` (appended). On damage `out` keeps the
-/// events before it, and the line that says so is returned (for [`Dump::late_damage`]).
+/// Decodes the `Events` record `r` of `data` into `out` (appended), after the tables its
+/// stream's previous record left (`tables`, which it then holds what this one leaves). On damage
+/// `out` keeps the events before it, and the line that says so is returned (for
+/// [`Dump::late_damage`]).
 fn decode_record(
     data: &[u8],
+    version: u32,
     r: EventsRef,
     zstd: &mut Option<zstd::zstd_safe::DCtx<'static>>,
+    tables: &mut Option<Tables>,
     out: &mut Vec<Event>,
 ) -> Option<String> {
-    let payload = data.get(r.offset..r.offset + r.len)?;
+    let had_tables = tables.is_some();
+    let payload = data.get(r.offset..r.offset + r.len);
     let result = (|| -> Result<(), Damage> {
-        let mut c = Cursor::new(payload);
+        let mut c = Cursor::new(payload.ok_or(Malformed)?);
         let _stream = c.u32()?;
         let tid = c.u32()?;
         let raw_len = c.uvarint()?;
-        let raw = decompress_capped(zstd, raw_len, MAX_EVENTS_RAW_LEN, c.rest())?;
-        Ok(decode_events(&raw, tid, out)?)
+        let lost = || {
+            Damage(Some(
+                "it continues an earlier record of its thread, which did not decode".into(),
+            ))
+        };
+        let prefix_len = if version >= 3 { c.uvarint()? } else { 0 };
+        let prev = tables.take();
+        let raw = if prefix_len == 0 {
+            decompress_capped(zstd, raw_len, MAX_EVENTS_RAW_LEN, c.rest())?
+        } else {
+            let prev = prev.as_ref().ok_or_else(lost)?;
+            let at = (prev.raw.len() as u64)
+                .checked_sub(prefix_len)
+                .ok_or(Malformed)?;
+            decompress_after(&prev.raw[at as usize..], raw_len, c.rest())?
+        };
+        if version < 3 {
+            return Ok(decode_events_v2(&raw, tid, out)?);
+        }
+        if is_continuation(&raw) && !had_tables {
+            return Err(lost());
+        }
+        *tables = prev;
+        decode_events_in(&raw, tid, tables, out)?;
+        if let Some(t) = tables.as_mut() {
+            t.raw = raw;
+        }
+        Ok(())
     })();
     let Err(Damage(why)) = result else {
         return None;
@@ -653,7 +716,8 @@ struct Decoded {
 struct Ahead {
     ask: Option<mpsc::Sender<(usize, Vec<Event>)>>,
     answers: mpsc::Receiver<Decoded>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Returns each stream's tables as its last record decoded left them.
+    thread: Option<std::thread::JoinHandle<HashMap<u32, Tables>>>,
     /// Buffers of records read to the end, for the next asks (no allocation per record).
     spare: Vec<Vec<Event>>,
 }
@@ -665,6 +729,8 @@ impl Ahead {
         let (answer, answers) = mpsc::channel();
         let data = Arc::clone(&dump.data);
         let records = dump.event_records.clone();
+        let version = dump.version;
+        let mut tables = dump.carry_in.clone();
         let thread = std::thread::Builder::new()
             .name("zmtrace-decode".into())
             .spawn(move || {
@@ -672,8 +738,14 @@ impl Ahead {
                 // Ends when the reader is dropped (the asks' sender with it).
                 for (record, mut events) in asks {
                     events.clear();
+                    let r = records[record];
+                    // A stream's records are asked for in order: its tables carry over.
+                    let mut t = tables.remove(&r.stream);
                     let damage =
-                        decode_record(data.bytes(), records[record], &mut zstd, &mut events);
+                        decode_record(data.bytes(), version, r, &mut zstd, &mut t, &mut events);
+                    if let Some(t) = t {
+                        tables.insert(r.stream, t);
+                    }
                     let done = Decoded {
                         record,
                         events,
@@ -683,6 +755,7 @@ impl Ahead {
                         break;
                     }
                 }
+                tables
             })
             .ok()?;
         Some(Ahead {
@@ -698,6 +771,10 @@ impl Ahead {
 /// decoded.
 #[derive(Default)]
 struct StreamCursor {
+    /// The stream's id in its records.
+    id: u32,
+    /// Decoding here: the tables its last record decoded left (see [`decode_record`]).
+    tables: Option<Tables>,
     records: Vec<usize>,
     next_record: usize,
     buf: Vec<Event>,
@@ -732,12 +809,29 @@ pub struct Events<'a> {
 
 impl Drop for Events<'_> {
     fn drop(&mut self) {
+        let mut carry = self.dump.carry_in.clone();
+        for st in &mut self.streams {
+            match st.tables.take() {
+                Some(t) => carry.insert(st.id, t),
+                None => carry.remove(&st.id),
+            };
+        }
         if let Some(mut a) = self.ahead.take() {
             // No more asks: the thread finishes the record at hand and ends.
             drop(a.ask.take());
-            if let Some(t) = a.thread.take() {
-                let _ = t.join();
+            if let Some(Ok(tables)) = a.thread.take().map(|t| t.join()) {
+                // It decoded every record (the thread answers in turn, it cannot stop early
+                // unless it panicked).
+                for st in &self.streams {
+                    match tables.get(&st.id) {
+                        Some(t) => carry.insert(st.id, t.clone()),
+                        None => carry.remove(&st.id),
+                    };
+                }
             }
+        }
+        if let Ok(mut c) = self.dump.carry_out.lock() {
+            *c = carry;
         }
         if self.skipped > 0 {
             if let Ok(mut w) = self.dump.late_warnings.lock() {
@@ -777,7 +871,14 @@ impl Events<'_> {
                 let st = &mut self.streams[s];
                 st.buf.clear();
                 let r = self.dump.event_records[record];
-                decode_record(self.dump.data.bytes(), r, &mut self.zstd, &mut st.buf)
+                decode_record(
+                    self.dump.data.bytes(),
+                    self.dump.version,
+                    r,
+                    &mut self.zstd,
+                    &mut st.tables,
+                    &mut st.buf,
+                )
             };
             if let Some(line) = damage {
                 self.dump.late_damage(line);
@@ -848,10 +949,18 @@ impl Events<'_> {
                 d.damage
             }
             None => {
-                // The thread died: decode this one here.
+                // The thread died: decode this one here (a record that continues one the thread
+                // decoded is lost with the thread's tables).
                 st.buf.clear();
                 let r = self.dump.event_records[record];
-                decode_record(self.dump.data.bytes(), r, &mut self.zstd, &mut st.buf)
+                decode_record(
+                    self.dump.data.bytes(),
+                    self.dump.version,
+                    r,
+                    &mut self.zstd,
+                    &mut st.tables,
+                    &mut st.buf,
+                )
             }
         }
     }
@@ -1038,6 +1147,38 @@ fn decompress_capped(
         Err(_) => Err(Damage(Some(format!(
             "its zstd data does not decompress (after {} of the {} it claims)",
             human(out.len() as u64),
+            human(raw_len)
+        )))),
+    }
+}
+
+/// [`decompress_capped`] for an `Events` record's frame made with `prefix` (the end of its
+/// stream's previous record) as zstd's prefix. One-shot, into a buffer of the size the frame
+/// says, which must be the size the record says (the writer's frames always say it).
+fn decompress_after(prefix: &[u8], raw_len: u64, data: &[u8]) -> Result<Vec<u8>, Damage> {
+    let holds = (data.len() as u64).saturating_mul(ZSTD_MAX_EXPANSION);
+    if raw_len > MAX_EVENTS_RAW_LEN || raw_len > holds {
+        return Err(Damage(Some(format!(
+            "it claims {} decompressed, more than it can hold",
+            human(raw_len)
+        ))));
+    }
+    match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) if n == raw_len => {}
+        _ => {
+            return Err(Damage(Some(format!(
+                "its zstd frame does not say the {} it claims",
+                human(raw_len)
+            ))))
+        }
+    }
+    let mut d = zstd::zstd_safe::DCtx::try_create().ok_or(Malformed)?;
+    d.ref_prefix(prefix).map_err(|_| Malformed)?;
+    let mut out = Vec::with_capacity(raw_len as usize);
+    match d.decompress(&mut out, data) {
+        Ok(n) if n as u64 == raw_len => Ok(out),
+        _ => Err(Damage(Some(format!(
+            "its zstd data does not decompress after its thread's previous record ({} claimed)",
             human(raw_len)
         )))),
     }
@@ -1273,8 +1414,15 @@ mod tests {
         write::stacks(&mut out, [(1u32, &frames[..])].into_iter(), &mut |b| {
             zstd::bulk::compress(b, 1).unwrap()
         });
+        // Records in groups of two (0-1, 2-3, 4): the second continues the first's tables.
+        let mut packers: Vec<crate::event::Packer> = (0..3).map(|_| Default::default()).collect();
+        let mut prevs = vec![Vec::new(); 3];
         for r in 0..5u64 {
             for stream in 0..3u32 {
+                let p = &mut packers[stream as usize];
+                if r % 2 == 0 {
+                    p.reset();
+                }
                 let mut raw = Vec::new();
                 for i in 0..100u64 {
                     // Sequence numbers: thread `stream` makes every third event.
@@ -1284,13 +1432,23 @@ mod tests {
                     raw.extend_from_slice(b.as_slice());
                 }
                 let mut packed = Vec::new();
-                crate::event::pack(&raw, &mut packed);
+                p.pack_some(&raw, &mut packed, usize::MAX);
+                p.finish_record(packed.len());
+                assert_eq!(crate::event::is_continuation(&packed), r % 2 == 1);
+                // A continuation is compressed after its previous record, as the writer does.
+                let prev = std::mem::replace(&mut prevs[stream as usize], packed.clone());
+                let prefix = if r % 2 == 1 { &prev[..] } else { &[][..] };
                 let z = if damaged && r == 2 && stream == 1 {
                     vec![0x55; 64]
                 } else {
-                    zstd::bulk::compress(&packed, 1).unwrap()
+                    let mut c = zstd::zstd_safe::CCtx::create();
+                    c.ref_prefix(prefix).unwrap();
+                    let mut z = Vec::with_capacity(zstd::zstd_safe::compress_bound(packed.len()));
+                    c.compress2(&mut z, &packed).unwrap();
+                    z
                 };
-                write::events(&mut out, stream, 100 + stream, packed.len(), &z);
+                let n = packed.len();
+                write::events_after(&mut out, stream, 100 + stream, n, prefix.len(), &z);
             }
         }
         out
@@ -1307,12 +1465,51 @@ mod tests {
                 "no thread decoding ahead"
             );
             let in_turn: Vec<Event> = b.events_with(false).collect();
-            assert_eq!(ahead.len(), if damaged { 1400 } else { 1500 });
+            // A damaged record takes the one that continues it along.
+            assert_eq!(ahead.len(), if damaged { 1300 } else { 1500 });
             assert_eq!(ahead, in_turn);
             assert!(ahead.windows(2).all(|w| w[0].seq < w[1].seq));
             assert_eq!(a.late_warnings(), b.late_warnings());
-            assert_eq!(a.late_warnings().len(), usize::from(damaged));
+            assert_eq!(a.late_warnings().len(), 2 * usize::from(damaged));
+            if damaged {
+                let w = a.late_warnings();
+                assert!(
+                    w[1].contains("it continues an earlier record of its thread"),
+                    "{w:?}"
+                );
+            }
             assert_eq!(a.damage().is_some(), damaged);
+        }
+    }
+
+    #[test]
+    fn a_piece_of_a_dump_continues_the_tables_the_records_before_it_left() {
+        // How a dump being followed is read: the bytes after the last whole record read, behind
+        // the file's header. Cut after record 0 of each stream: record 1 continues it.
+        let data = many_records(false);
+        let whole = Dump::from_bytes(Path::new("w"), data.clone()).unwrap();
+        let want: Vec<Event> = whole.events().collect();
+        let mut pos = FILE_HEADER_LEN;
+        let mut events_seen = 0;
+        while events_seen < 3 {
+            let (kind, payload) = record_at(&data, pos).unwrap();
+            events_seen += usize::from(kind == RecordKind::Events);
+            pos += RECORD_HEADER_LEN + payload.len();
+        }
+        for ahead in [false, true] {
+            let first = Dump::from_bytes(Path::new("1"), data[..pos].to_vec()).unwrap();
+            let mut got: Vec<Event> = first.events_with(ahead).collect();
+            let mut rest = data[..FILE_HEADER_LEN].to_vec();
+            rest.extend_from_slice(&data[pos..]);
+            let mut piece = Dump::from_bytes(Path::new("2"), rest.clone()).unwrap();
+            piece.continue_from(first.carry());
+            got.extend(piece.events_with(ahead));
+            assert_eq!(got, want);
+            assert!(piece.late_warnings().is_empty());
+            // Without what the first part left, the piece's continuations are lost.
+            let alone = Dump::from_bytes(Path::new("3"), rest).unwrap();
+            assert_eq!(alone.events_with(ahead).count(), 900);
+            assert_eq!(alone.late_warnings().len(), 3);
         }
     }
 

@@ -103,10 +103,25 @@ pub fn stacks<'a>(
 
 /// An `Events` record: `raw` is the encoded events of one thread, `compressed` its zstd frame.
 pub fn events(out: &mut Vec<u8>, stream: u32, tid: u32, raw_len: usize, compressed: &[u8]) {
+    events_after(out, stream, tid, raw_len, 0, compressed);
+}
+
+/// An `Events` record whose zstd frame was made with the last `prefix_len` bytes of its stream's
+/// previous record (decompressed) as its prefix: the record continues that one's group (see
+/// [`crate::event::Packer`]), and zstd finds its matches in it.
+pub fn events_after(
+    out: &mut Vec<u8>,
+    stream: u32,
+    tid: u32,
+    raw_len: usize,
+    prefix_len: usize,
+    compressed: &[u8],
+) {
     let mut b = Vec::with_capacity(compressed.len() + 16);
     put_uvarint(&mut b, u64::from(stream));
     put_uvarint(&mut b, u64::from(tid));
     put_uvarint(&mut b, raw_len as u64);
+    put_uvarint(&mut b, prefix_len as u64);
     b.extend_from_slice(compressed);
     record(out, RecordKind::Events, &b);
 }

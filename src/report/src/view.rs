@@ -803,7 +803,9 @@ mod tests {
         tids.dedup();
         for tid in tids {
             let mut raw = Vec::new();
-            for &(_, seq, ts, ev) in events.iter().filter(|e| e.0 == tid) {
+            for &(_, seq, ms, ev) in events.iter().filter(|e| e.0 == tid) {
+                // The fixtures' times are milliseconds: what the dump keeps of a time.
+                let ts = ms * 1_000_000;
                 let mut b = EventBuf::default();
                 match ev {
                     Ev::Alloc(addr, size, stack) => {
@@ -838,7 +840,7 @@ mod tests {
         Dump::from_bytes(Path::new("test.zmt"), out).unwrap()
     }
 
-    /// Two threads, ten buckets of 100 ns: a temporary block, a moving realloc, a peak of 2,060
+    /// Two threads, ten buckets of 100 ms: a temporary block, a moving realloc, a peak of 2,060
     /// bytes at seq 12, and 67 bytes leaked from three blocks.
     fn sample() -> Dump {
         dump(&[
@@ -908,7 +910,8 @@ mod tests {
             (Some(2060), 67, 3)
         );
         let t = v.timeline.as_ref().expect("a timeline");
-        assert_eq!((t.start_ns, t.bucket_ns, t.heap.len()), (0, 100, 10));
+        // A tenth of the 999 ms the run took, rounded up so that the last event is inside.
+        assert_eq!((t.start_ns, t.bucket_ns, t.heap.len()), (0, 99_900_001, 10));
         let c = cells(t);
         // Every site's buckets add up to its whole-run numbers, and those to the report's.
         for (i, site) in v.sites.iter().enumerate() {
@@ -963,7 +966,7 @@ mod tests {
         assert_eq!(at(LEAKED, 2), vec![(s3, 50)]);
         assert_eq!(at(LEAKED, 4), vec![(s1, 10)]);
         assert_eq!(at(LEAKED, 9), vec![(s3, 7)]);
-        // The heap's highest point per bucket (the first block is gone after 10 ns); bucket 5
+        // The heap's highest point per bucket (the first block is gone after 10 ms); bucket 5
         // starts at the peak, then the free.
         assert_eq!(
             t.heap,
