@@ -998,7 +998,8 @@ mod tests {
         ]);
         let v = build_of(&d, LIMITS);
         let t = v.timeline.as_ref().unwrap();
-        assert_eq!((t.start_ns, t.bucket_ns), (0, 100));
+        // The fixture's times are milliseconds: a tenth of the 999 ms, rounded up.
+        assert_eq!((t.start_ns, t.bucket_ns), (0, 99_900_001));
         assert_eq!(
             t.heap,
             vec![100, 1150, 1100, 150, 150, 150, 150, 150, 150, 157]
