@@ -217,7 +217,9 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
         return rec::heap::c_size(p.cast());
     }
     match ready() {
-        Some(n) if !p.is_null() => real::allocator_call(|| (n.usable_size)(p)),
+        // Not through `allocator_call`: asking a block's size maps nothing, and jemalloc
+        // programs (Redis's zmalloc) ask it on every malloc and free.
+        Some(n) if !p.is_null() => (n.usable_size)(p),
         _ => 0,
     }
 }
