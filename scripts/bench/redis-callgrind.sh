@@ -5,7 +5,8 @@
 # steady request path (the server thread, the recorder's hooks and its writer thread).
 #
 #   scripts/bench/redis-callgrind.sh LIB [REQUESTS] [MODES...]
-#       MODES: untraced event sampled allblocks (default: all four); sampling is 512 KiB.
+#       MODES: untraced event sampled allblocks (default: all four); sampling is 512 KiB with a fixed
+#       seed (RCG_SEED, default 1): which blocks are sampled changes the hooks' paths, so compare at one seed.
 # Prints, per mode, instructions per request, and keeps the callgrind files in $RCG_OUT (default /tmp/rcg).
 set -euo pipefail
 lib=$(realpath "$1"); requests=${2:-20000}; shift; shift || true
@@ -20,8 +21,8 @@ for mode in "${modes[@]}"; do
     case $mode in
         untraced) ;;
         event) envs=(LD_PRELOAD="$lib" ZMTRACE_OUT="$dir") ;;
-        sampled) envs=(LD_PRELOAD="$lib" ZMTRACE_OUT="$dir" ZMTRACE_SAMPLE=524288) ;;
-        allblocks) envs=(LD_PRELOAD="$lib" ZMTRACE_OUT="$dir" ZMTRACE_SAMPLE=524288 ZMTRACE_SAMPLE_ALL=1) ;;
+        sampled) envs=(LD_PRELOAD="$lib" ZMTRACE_OUT="$dir" ZMTRACE_SAMPLE=524288 ZMTRACE_SAMPLE_SEED="${RCG_SEED:-1}") ;;
+        allblocks) envs=(LD_PRELOAD="$lib" ZMTRACE_OUT="$dir" ZMTRACE_SAMPLE=524288 ZMTRACE_SAMPLE_ALL=1 ZMTRACE_SAMPLE_SEED="${RCG_SEED:-1}") ;;
         *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
     valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$dir/cg.%p" \
