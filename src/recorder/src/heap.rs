@@ -38,19 +38,7 @@ const MAX_CHUNKS: usize = 32;
 static CHUNK_START: [AtomicUsize; MAX_CHUNKS] = [const { AtomicUsize::new(0) }; MAX_CHUNKS];
 static CHUNK_END: [AtomicUsize; MAX_CHUNKS] = [const { AtomicUsize::new(0) }; MAX_CHUNKS];
 static CHUNKS: AtomicUsize = AtomicUsize::new(0);
-/// The address range reserved up front ([`reserve`]), `[start, start + len)`; len 0 when there is
-/// none. Chunks are carved out of it first, so that [`contains`], which the front ends run on
-/// every `free`, `realloc` and `malloc_usable_size` of the program, is one subtraction and one
-/// compare: with separate mappings, the program's heap (jemalloc's, say, in mappings of its own)
-/// lies between ours, and each of its addresses paid for a loop over the chunks (~40
-/// instructions per call on Redis).
-static RES_START: AtomicUsize = AtomicUsize::new(0);
-static RES_LEN: AtomicUsize = AtomicUsize::new(0);
-/// How much address space to reserve: only address space (`PROT_NONE`, no memory and no commit
-/// charge until a chunk is made writable). Chunks double from 4 MiB, so this holds 12 of them.
-const RESERVE: usize = 16 << 30;
-/// The bounds of the chunks mapped outside the reservation (none, unless it was refused or is
-/// full): most addresses that are not ours fail this test alone.
+/// The bounds of all chunks: most addresses that are not ours fail this test alone.
 static LOWEST: AtomicUsize = AtomicUsize::new(usize::MAX);
 static HIGHEST: AtomicUsize = AtomicUsize::new(0);
 
@@ -60,73 +48,6 @@ static HIGHEST: AtomicUsize = AtomicUsize::new(0);
 #[derive(Debug)]
 pub struct Chunks {
     next: usize,
-    /// Bytes of the reservation handed to talc so far.
-    reserved_used: usize,
-    /// The reservation was tried (once: a refusal is not retried).
-    reserve_tried: bool,
-}
-
-/// Reserves [`RESERVE`] bytes of address space for the heap's chunks, with the raw system call.
-/// Not when the process has an address-space limit (`RLIMIT_AS`): the reservation counts
-/// against it, and the program, which could map that much untraced, would then be refused.
-fn reserve() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct it is given; it does not allocate.
-    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0
-        || lim.rlim_cur != libc::RLIM_INFINITY
-    {
-        return;
-    }
-    // SAFETY: a fresh anonymous mapping with no access, no memory of ours is touched.
-    let p = unsafe {
-        libc::syscall(
-            libc::SYS_mmap,
-            0usize,
-            RESERVE,
-            libc::PROT_NONE as libc::c_long,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as libc::c_long,
-            -1 as libc::c_long,
-            0usize,
-        )
-    };
-    if p < 0 || p as usize > usize::MAX - RESERVE {
-        return;
-    }
-    // Never a root of the leak check, like every mapping of ours.
-    register(p as usize, RESERVE);
-    RES_START.store(p as usize, Ordering::Relaxed);
-    RES_LEN.store(RESERVE, Ordering::Release);
-}
-
-/// The next `size` bytes of the reservation, made writable; None when there is no reservation,
-/// not enough of it left, or the kernel refuses.
-fn from_reservation(chunks: &mut Chunks, size: usize) -> Option<NonNull<u8>> {
-    if !chunks.reserve_tried {
-        chunks.reserve_tried = true;
-        reserve();
-    }
-    let len = RES_LEN.load(Ordering::Acquire);
-    if len == 0 || len - chunks.reserved_used < size {
-        return None;
-    }
-    let p = RES_START.load(Ordering::Relaxed) + chunks.reserved_used;
-    // SAFETY: part of our own reservation, never handed out yet.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mprotect,
-            p,
-            size,
-            (libc::PROT_READ | libc::PROT_WRITE) as libc::c_long,
-        )
-    };
-    if r != 0 {
-        return None;
-    }
-    chunks.reserved_used += size;
-    NonNull::new(p as *mut u8)
 }
 
 /// Every mapping [`map_anon`] made and [`unmap`] did not take back (start, length; start 0 is
@@ -204,6 +125,10 @@ pub(crate) fn unmap(p: *mut u8, len: usize) {
 // SAFETY: `acquire` touches no allocator: it maps memory with a system call and claims it.
 unsafe impl Source for Chunks {
     fn acquire<B: Binning>(talc: &mut Talc<Self, B>, layout: Layout) -> Result<(), ()> {
+        let n = CHUNKS.load(Ordering::Relaxed);
+        if n == MAX_CHUNKS {
+            return Err(());
+        }
         let want = layout
             .size()
             .checked_add(layout.align())
@@ -214,16 +139,6 @@ unsafe impl Source for Chunks {
             .next
             .max(FIRST_CHUNK)
             .max(want.next_multiple_of(4096));
-        if let Some(p) = from_reservation(&mut talc.source, size) {
-            // SAFETY: the memory is fresh and ours for good.
-            unsafe { talc.claim(p.as_ptr(), size) }.ok_or(())?;
-            talc.source.next = size.saturating_mul(2);
-            return Ok(());
-        }
-        let n = CHUNKS.load(Ordering::Relaxed);
-        if n == MAX_CHUNKS {
-            return Err(());
-        }
         let p = map_anon(size).ok_or(())?;
         // SAFETY: the mapping is fresh and ours for good.
         unsafe { talc.claim(p.as_ptr(), size) }.ok_or(())?;
@@ -242,11 +157,7 @@ type Heap = Talc<Chunks, DefaultBinning>;
 
 /// The heap. Taken by the `fork` handlers last (everything else they do may allocate) and
 /// released first.
-pub(crate) static HEAP: SpinLock<Heap> = SpinLock::new(Talc::new(Chunks {
-    next: 0,
-    reserved_used: 0,
-    reserve_tried: false,
-}));
+pub(crate) static HEAP: SpinLock<Heap> = SpinLock::new(Talc::new(Chunks { next: 0 }));
 
 /// The thread holding [`HEAP`] (its thread pointer), 0 when free: a signal handler that
 /// allocates while its thread is inside the heap must not wait for itself.
@@ -298,10 +209,6 @@ pub fn held_here() -> bool {
 #[inline]
 pub fn contains(p: *const u8) -> bool {
     let a = p as usize;
-    // In the reservation (one compare: below its start wraps around to a huge offset).
-    if a.wrapping_sub(RES_START.load(Ordering::Relaxed)) < RES_LEN.load(Ordering::Relaxed) {
-        return true;
-    }
     if a < LOWEST.load(Ordering::Relaxed) || a >= HIGHEST.load(Ordering::Relaxed) {
         return false;
     }
@@ -449,30 +356,6 @@ mod tests {
         assert!(!contains(&on_stack as *const u64 as *const u8));
         let boxed = Box::new(1u64); // the test harness's allocator, not ours
         assert!(!contains(&*boxed as *const u64 as *const u8));
-    }
-
-    #[test]
-    fn chunks_come_from_the_reservation_so_contains_is_one_range() {
-        // The test process has no address-space limit (cargo sets none), so the heap reserved
-        // its range and carved its chunks from it: no separate chunk was mapped, and
-        // `contains` needs no loop. Without the reservation every chunk is a mapping of its own.
-        let l = Layout::from_size_align(3 << 20, 4096).unwrap();
-        // SAFETY: plain use of the allocator.
-        let p = unsafe { OwnHeap.alloc(l) };
-        assert!(!p.is_null());
-        let (start, len) = (
-            RES_START.load(Ordering::Relaxed),
-            RES_LEN.load(Ordering::Relaxed),
-        );
-        assert_eq!(len, RESERVE);
-        assert!((start..start + len).contains(&(p as usize)));
-        assert_eq!(CHUNKS.load(Ordering::Relaxed), 0);
-        assert!(contains(p) && contains((start + len - 1) as *const u8));
-        assert!(!contains((start + len) as *const u8) && !contains((start - 1) as *const u8));
-        // The reservation is one of our mappings: never a root of the leak check.
-        assert!(raw_mappings().any(|(s, e)| s == start as u64 && e == (start + len) as u64));
-        // SAFETY: allocated above with this layout.
-        unsafe { OwnHeap.dealloc(p, l) };
     }
 
     #[test]
