@@ -177,6 +177,12 @@ unsafe fn do_realloc(old: *mut c_void, size: usize, kind: AllocKind) -> *mut c_v
         rec::on_alloc(kind, p.cast(), size);
         return p;
     }
+    if rec::realloc_old_unheld(old.cast()) {
+        // Sampled recording, the old block not sampled (the usual case): no begin/end pair.
+        let p = real::allocator_call(|| (n.realloc)(old, size));
+        rec::realloc_unheld_end(old.cast(), kind, p.cast(), size);
+        return p;
+    }
     let tok = rec::realloc_begin(old.cast());
     let p = real::allocator_call(|| (n.realloc)(old, size));
     rec::realloc_end(tok, kind, p.cast(), size);
@@ -217,7 +223,9 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
         return rec::heap::c_size(p.cast());
     }
     match ready() {
-        Some(n) if !p.is_null() => real::allocator_call(|| (n.usable_size)(p)),
+        // Not through `allocator_call`: asking a block's size maps nothing, and jemalloc
+        // programs (Redis's zmalloc) ask it on every malloc and free.
+        Some(n) if !p.is_null() => (n.usable_size)(p),
         _ => 0,
     }
 }

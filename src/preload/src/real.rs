@@ -206,9 +206,11 @@ pub fn pool_alloc(size: usize, align: usize) -> *mut c_void {
     }
 }
 
+#[inline(always)]
 pub fn pool_contains(p: *mut c_void) -> bool {
-    let a = p as usize;
-    a >= pool_base() && a < pool_base() + POOL_BYTES
+    // One compare (an address below the pool wraps around to a huge offset): it runs first on
+    // every free, realloc and malloc_usable_size of the program.
+    (p as usize).wrapping_sub(pool_base()) < POOL_BYTES
 }
 
 pub fn pool_usable_size(p: *mut c_void) -> usize {

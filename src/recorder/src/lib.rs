@@ -380,6 +380,49 @@ pub unsafe fn realloc_end(tok: ReallocToken, kind: AllocKind, new: *mut u8, size
     record_realloc(tok, kind, new, size, None, Skip::OwnModule)
 }
 
+/// Sampled recording without `--all-blocks`: true when the live set certainly does not hold
+/// `old` (its filter says so), so [`realloc_begin`] has nothing to take out; the caller then
+/// calls the real `realloc` and [`realloc_unheld_end`] instead of the begin/end pair. Most
+/// reallocs are of unsampled blocks, and this costs no guard, lock or probe for them.
+#[inline(always)]
+pub fn realloc_old_unheld(old: *mut u8) -> bool {
+    sample::only_sampled() && !old.is_null() && live_surely_lacks(old)
+}
+
+/// True only when the live set exists and its filter says it does not hold `p`.
+#[inline(always)]
+fn live_surely_lacks(p: *mut u8) -> bool {
+    CORE.get()
+        .is_some_and(|core| !core.live.may_hold(p as usize))
+}
+
+/// The end of a realloc whose old block [`realloc_old_unheld`] found unheld: to the recording,
+/// an unsampled free (nothing) and an allocation of `size`, which the sampler's countdown
+/// usually skips right here; a pick (or a failure) takes the full path, as
+/// [`realloc_begin`] + [`realloc_end`] would with the old block not found.
+///
+/// # Safety
+/// `old` was the argument and `new` the result of the real `realloc(old, size)` just made.
+#[inline(always)]
+pub unsafe fn realloc_unheld_end(old: *mut u8, kind: AllocKind, new: *mut u8, size: usize) {
+    if !new.is_null() && unsampled_fast(size) {
+        return;
+    }
+    realloc_unheld_slow(old, kind, new, size)
+}
+
+#[inline(never)]
+unsafe fn realloc_unheld_slow(old: *mut u8, kind: AllocKind, new: *mut u8, size: usize) {
+    let tok = ReallocToken {
+        old,
+        block: None,
+        unsampled: None,
+        out_seq: 0,
+        recording: true,
+    };
+    record_realloc(tok, kind, new, size, None, Skip::OwnModule)
+}
+
 /// [`realloc_end`] with the usable size when the front end knows it, and the frames to drop.
 ///
 /// # Safety
