@@ -38,6 +38,21 @@ fn wb(size: u64, w: f64) -> u64 {
     }
 }
 
+/// Sampled recording: what a recorded realloc of a sampled block stands for. The recorder draws
+/// the new block afresh at its new size, as a malloc of it (a block not drawn leaves the
+/// recording with a free), so each live block is sampled with the probability of its current
+/// size. The new block, and the bytes the realloc allocated, weigh what that size weighs. But a
+/// realloc is seen as one only when the old block was sampled and the new one drawn, so the
+/// call itself weighs the product. (The realloc of an unsampled block that is drawn is recorded
+/// as an allocation of its new size.) Both are 1.0 in full recording.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReallocWeight {
+    /// The weight of the realloc call: old block's weight × new block's.
+    pub calls: f64,
+    /// The weight of the new block and of the bytes allocated: its size's.
+    pub bytes: f64,
+}
+
 /// A sampled recording's per-site estimates, summed in floating point and rounded once at the
 /// end (a per-block rounding of `1/p` would bias the sums).
 #[derive(Clone, Copy, Debug, Default)]
@@ -493,7 +508,7 @@ pub(crate) trait Observer: Clone {
         _size: u64,
         _moved: bool,
         _chain: u32,
-        _w: f64,
+        _w: ReallocWeight,
     ) {
     }
     /// A failed allocation or realloc at `stack`.
@@ -558,7 +573,15 @@ impl<A: Observer, B: Observer> Observer for (A, B) {
         self.1.realloc_freed(b, w);
     }
     #[inline]
-    fn realloc(&mut self, stack: u32, old: &Live, size: u64, moved: bool, chain: u32, w: f64) {
+    fn realloc(
+        &mut self,
+        stack: u32,
+        old: &Live,
+        size: u64,
+        moved: bool,
+        chain: u32,
+        w: ReallocWeight,
+    ) {
         self.0.realloc(stack, old, size, moved, chain, w);
         self.1.realloc(stack, old, size, moved, chain, w);
     }
@@ -669,16 +692,24 @@ impl Observer for Sites {
     }
 
     #[inline]
-    fn realloc(&mut self, stack: u32, old: &Live, size: u64, moved: bool, chain: u32, w: f64) {
+    fn realloc(
+        &mut self,
+        stack: u32,
+        old: &Live,
+        size: u64,
+        moved: bool,
+        chain: u32,
+        w: ReallocWeight,
+    ) {
         let site = self.sites.get(stack);
         site.bytes += size;
         site.churn.add(old.size, size, moved, chain);
-        // A sampled block stays sampled through its reallocs: it keeps the weight of the size
-        // that had it sampled.
+        // Sampled recording draws a reallocated block afresh at its new size (see
+        // [`ReallocWeight`]).
         if let Some(est) = self.est.as_mut() {
             let e = est.get(stack);
-            e.reallocs += w;
-            e.bytes += w * size as f64;
+            e.reallocs += w.calls;
+            e.bytes += w.bytes * size as f64;
         }
     }
 
@@ -1003,7 +1034,13 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
                     a.reallocs += 1;
                     a.bytes_allocated += size;
                     let chain = old.chain + 1;
-                    obs.realloc(stack, &old, size, new_addr != old_addr, chain, old_w);
+                    // Drawn afresh at its new size (the recorder's realloc): its new weight.
+                    let new_w = scale.weight(size);
+                    let w = ReallocWeight {
+                        calls: old_w * new_w,
+                        bytes: new_w,
+                    };
+                    obs.realloc(stack, &old, size, new_addr != old_addr, chain, w);
                     let b = Live {
                         size,
                         stack,
@@ -1013,8 +1050,8 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
                     if let Some((gone, gone_tag)) = live.insert(new_addr, b, tag) {
                         obs.dropped(&gone, gone_tag);
                     }
-                    weights.put(new_addr, old_w);
-                    let bytes = wb(size, old_w);
+                    weights.put(new_addr, new_w);
+                    let bytes = wb(size, new_w);
                     *cur += bytes;
                     obs.added(&b, tag, bytes);
                 }

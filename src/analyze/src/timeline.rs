@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use zmtrace_format::{Dump, Event, EventKind, LeakKind, Reach, ReallocShape};
 
-use crate::analysis::{Analysis, ById, Live, Observer};
+use crate::analysis::{Analysis, ById, Live, Observer, ReallocWeight};
 
 /// What the page gets per site, per time bucket and in all; `timeline.counters[i]` and
 /// `sites[_].totals[i]` are `COUNTERS[i]`. The flamegraph metrics are `allocations`, `bytes`,
@@ -370,7 +370,15 @@ impl Observer for Recorder {
     }
 
     #[inline]
-    fn realloc(&mut self, stack: u32, old: &Live, size: u64, moved: bool, _chain: u32, _w: f64) {
+    fn realloc(
+        &mut self,
+        stack: u32,
+        old: &Live,
+        size: u64,
+        moved: bool,
+        _chain: u32,
+        _w: ReallocWeight,
+    ) {
         let r = ReallocShape::of(old.size, size, moved);
         let c = &mut self.cell(self.bucket, stack).counts;
         c[REALLOCS] += 1;
