@@ -31,4 +31,4 @@ pub mod words;
 
 pub use analysis::{analyze, Analysis};
 pub use session::Session;
-pub use symbols::Symbolizer;
+pub use symbols::{FrameCache, Symbolizer};

@@ -138,6 +138,19 @@ fn symbol_table(path: &Path) -> Vec<(u64, u64, String)> {
     out
 }
 
+/// Frames found in module files, kept from one [`Symbolizer`] to the next (by
+/// [`Symbolizer::with_frames`] and [`Symbolizer::take_frames`]): a dump followed while it is
+/// written (`zmtrace run --serve`) gets a Symbolizer per scrape, since a Symbolizer borrows its
+/// dump, and without this each scrape looked every address up in the DWARF again (and loaded
+/// every module's DWARF again), however few were new. Keyed by what a lookup depends on: the
+/// module (path, build-id, load bias) and the return address.
+#[derive(Default)]
+pub struct FrameCache {
+    frames: HashMap<(String, Vec<u8>, u64, u64), Vec<Frame>>,
+    /// Lookups made in module files (cache misses), for whoever measures.
+    pub lookups: u64,
+}
+
 /// Symbolizes the stacks of one dump.
 ///
 /// # Modules by time
@@ -179,6 +192,8 @@ pub struct Symbolizer<'d> {
     /// Problems met (a module missing on disk, a build-id that no longer matches): one line
     /// each, each said once.
     pub warnings: Vec<String>,
+    /// Frames found in module files, possibly by an earlier Symbolizer.
+    found: FrameCache,
 }
 
 impl<'d> Symbolizer<'d> {
@@ -238,7 +253,21 @@ impl<'d> Symbolizer<'d> {
             group_ids: FxHashMap::default(),
             groups: FxHashMap::default(),
             warnings: Vec::new(),
+            found: FrameCache::default(),
         }
+    }
+
+    /// A Symbolizer that looks up in module files only the addresses `found` does not have.
+    pub fn with_frames(dump: &'d Dump, found: FrameCache) -> Symbolizer<'d> {
+        let mut s = Symbolizer::new(dump);
+        s.found = found;
+        s
+    }
+
+    /// The frames found so far (with the ones given to [`Symbolizer::with_frames`]), for the
+    /// next Symbolizer.
+    pub fn take_frames(&mut self) -> FrameCache {
+        std::mem::take(&mut self.found)
     }
 
     /// The module of `addr` at event sequence number `seq` (None: no time known): the one
@@ -474,6 +503,24 @@ impl<'d> Symbolizer<'d> {
                 inlined: false,
             }];
         };
+        let key = (
+            module.path.clone(),
+            module.build_id.clone(),
+            module.base,
+            ret,
+        );
+        if let Some(f) = self.found.frames.get(&key) {
+            return f.clone();
+        }
+        let out = self.lookup_file(ret, module);
+        self.found.lookups += 1;
+        self.found.frames.insert(key, out.clone());
+        out
+    }
+
+    /// [`Symbolizer::lookup`] in the module's file.
+    fn lookup_file(&mut self, ret: u64, module: &'d Module) -> Vec<Frame> {
+        let address = format!("{ret:#x}");
         // A return address points after the call: look up the call itself.
         let probe = ret.wrapping_sub(1).wrapping_sub(module.base);
         let path = PathBuf::from(&module.path);
@@ -706,6 +753,33 @@ mod tests {
 
     fn module_of_stack(sym: &mut Symbolizer<'_>, id: u32) -> String {
         sym.stack(id)[0].module.clone().unwrap()
+    }
+
+    #[test]
+    fn frames_kept_for_the_next_symbolizer_are_not_looked_up_again() {
+        let d = dump(true);
+        let mut sym = Symbolizer::new(&d);
+        assert_eq!(module_of_stack(&mut sym, 1), "/gone/a.so");
+        assert_eq!(module_of_stack(&mut sym, 2), "/gone/b.so");
+        // One address in two modules: two lookups.
+        let found = sym.take_frames();
+        assert_eq!(found.lookups, 2);
+        // A later Symbolizer (the next scrape) gives the same frames with no lookup...
+        let mut again = Symbolizer::with_frames(&d, found);
+        assert_eq!(module_of_stack(&mut again, 1), "/gone/a.so");
+        assert_eq!(module_of_stack(&mut again, 2), "/gone/b.so");
+        assert_eq!(
+            again.address(0x7000_1234)[0].module.as_deref(),
+            Some("/gone/b.so")
+        );
+        assert_eq!(again.take_frames().lookups, 2);
+        // ...and only a new address is looked up.
+        let mut sym = Symbolizer::new(&d);
+        sym.stack(1);
+        let mut next = Symbolizer::with_frames(&d, sym.take_frames());
+        next.stack(1);
+        next.stack(2);
+        assert_eq!(next.take_frames().lookups, 2);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use zmtrace_analyze::follow::Follow;
-use zmtrace_analyze::{Analysis, Symbolizer};
+use zmtrace_analyze::{Analysis, FrameCache, Symbolizer};
 use zmtrace_format::Dump;
 use zmtrace_report::export::pprof;
 use zmtrace_report::export::{Profile, SampleType};
@@ -69,6 +69,9 @@ struct Cache {
     /// The dump served, read and replayed up to where it was at the last request.
     follow: Option<Follow>,
     built: Option<Built>,
+    /// Frames looked up so far, so that a scrape looks up in module files only the new
+    /// addresses (the lookups were most of a scrape's time, every scrape again).
+    frames: FrameCache,
 }
 
 /// The `inuse_*` types first: Go's `/debug/pprof/heap`.
@@ -111,6 +114,7 @@ impl Profiles {
         if cache.follow.as_ref().is_none_or(|f| f.path() != path) {
             cache.follow = Some(Follow::new(&path));
             cache.built = None;
+            cache.frames = FrameCache::default();
         }
         let follow = cache.follow.as_mut().expect("just set");
         if let Err(e) = follow.update() {
@@ -120,15 +124,10 @@ impl Profiles {
         // What serving cost so far, for whoever wonders (and the tests): the dump's length read,
         // the bytes read from it, the events decoded. Without the kept replay, each scrape read
         // and decoded the whole dump again.
-        let cost = format!(
-            "dump={len} read={} decoded={}",
-            follow.bytes_read(),
-            follow.replay().map_or(0, |r| r.decoded)
-        );
         let fresh = cache.built.as_ref().filter(|b| b.0 == len).cloned();
         let (_, h, a) = match fresh {
             Some(b) => b,
-            None => match build(follow.dump(), &follow.analysis()) {
+            None => match build(follow.dump(), &follow.analysis(), &mut cache.frames) {
                 Ok((h, a)) => {
                     cache.built = Some((len, h.into(), a.into()));
                     cache.built.clone().expect("just built")
@@ -136,15 +135,22 @@ impl Profiles {
                 Err(e) => return Response::text(503, &format!("{e}\n")),
             },
         };
+        // `lookups`: the frames looked up in module files so far (each address once).
+        let cost = format!(
+            "dump={len} read={} decoded={} lookups={}",
+            follow.bytes_read(),
+            follow.replay().map_or(0, |r| r.decoded),
+            cache.frames.lookups
+        );
         Response::new(200, "application/octet-stream", if heap { h } else { a })
             .with_header("x-zmtrace-replay", cost)
     }
 }
 
 /// Both profiles of the dump read so far (`dump`: its records; `a`: what its events say).
-fn build(dump: &Dump, a: &Analysis) -> Result<(Vec<u8>, Vec<u8>), String> {
+fn build(dump: &Dump, a: &Analysis, frames: &mut FrameCache) -> Result<(Vec<u8>, Vec<u8>), String> {
     let profile = Profile::from_analysis(a);
-    let mut sym = Symbolizer::new(dump);
+    let mut sym = Symbolizer::with_frames(dump, std::mem::take(frames));
     let wrappers = zmtrace_report::reports::Options::default().wrappers;
     let mut one = |shown, order: &[SampleType]| {
         let mut p = pprof::build_with_types(dump, &profile, &mut sym, &wrappers, shown, order);
@@ -156,9 +162,14 @@ fn build(dump: &Dump, a: &Analysis) -> Result<(Vec<u8>, Vec<u8>), String> {
         let mut out = Vec::new();
         pprof::gzip(&p, &mut out).map(|()| out)
     };
-    let heap = one(SampleType::InuseSpace, &HEAP).map_err(|e| e.to_string())?;
-    let allocs = one(SampleType::AllocSpace, &ALLOCS).map_err(|e| e.to_string())?;
-    Ok((heap, allocs))
+    let heap = one(SampleType::InuseSpace, &HEAP);
+    let allocs = one(SampleType::AllocSpace, &ALLOCS);
+    // Kept even if a profile failed: the frames found are right either way.
+    *frames = sym.take_frames();
+    Ok((
+        heap.map_err(|e| e.to_string())?,
+        allocs.map_err(|e| e.to_string())?,
+    ))
 }
 
 /// Serving on a thread of its own until [`Scrape::stop`].

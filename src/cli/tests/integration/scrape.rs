@@ -338,8 +338,9 @@ fn go_tool_pprof_fetches_the_heap_endpoint() {
 }
 
 /// The `x-zmtrace-replay` header of a scrape of `path`: (dump length read, bytes read from it
-/// over every scrape so far, events decoded so far), and the profile.
-fn replay_cost(addr: &str, path: &str) -> ((u64, u64, u64), Vec<u8>) {
+/// over every scrape so far, events decoded so far, frames looked up in module files so far),
+/// and the profile.
+fn replay_cost(addr: &str, path: &str) -> ((u64, u64, u64, u64), Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
@@ -360,7 +361,12 @@ fn replay_cost(addr: &str, path: &str) -> ((u64, u64, u64), Vec<u8>) {
             .unwrap_or_else(|| panic!("no {k} in {value:?}"))
     };
     (
-        (field("dump"), field("read"), field("decoded")),
+        (
+            field("dump"),
+            field("read"),
+            field("decoded"),
+            field("lookups"),
+        ),
         all[end + 4..].to_vec(),
     )
 }
@@ -380,7 +386,7 @@ fn a_later_scrape_replays_only_what_was_added_since() {
     );
     let raw = pprof_raw_totals(file.to_str().unwrap());
     assert_eq!(total(&raw, "alloc_objects"), 4);
-    let ((dump1, read1, decoded1), _) = replay_cost(&live.addr, "/debug/pprof/allocs");
+    let ((dump1, read1, decoded1, lookups1), _) = replay_cost(&live.addr, "/debug/pprof/allocs");
     // Phase 1 is four mallocs, nothing else (phases.c allocates nothing more).
     assert_eq!(decoded1, 4);
     assert!(read1 >= dump1, "read {read1} of {dump1}");
@@ -397,7 +403,7 @@ fn a_later_scrape_replays_only_what_was_added_since() {
     // Exactly three more: phase 2's mallocs.
     assert_eq!(total(&raw, "alloc_objects"), 4 + 3);
     assert_eq!(total(&raw, "inuse_objects"), 4 + 3 - 2);
-    let ((dump2, read2, decoded2), body) = replay_cost(&live.addr, "/debug/pprof/heap");
+    let ((dump2, read2, decoded2, lookups2), body) = replay_cost(&live.addr, "/debug/pprof/heap");
     // Phase 2's events only: three mallocs and two frees.
     assert_eq!(decoded2 - decoded1, 3 + 2);
     assert!(dump2 > dump1);
@@ -406,6 +412,13 @@ fn a_later_scrape_replays_only_what_was_added_since() {
     assert!(
         read2 >= dump2 && read2 < dump2 + dump1,
         "read {read2} in all, dumps of {dump1} then {dump2}"
+    );
+    // Only phase 2's new return addresses were looked up: the ones below zs_phase_two (main,
+    // the C library's start code, the recorder's frames) were found for phase 1 and kept.
+    eprintln!("lookups {lookups1} then {lookups2}");
+    assert!(
+        lookups2 > lookups1 && lookups2 - lookups1 < lookups1,
+        "lookups {lookups1} then {lookups2}"
     );
     let heap = fresh_dir("scraped").join("heap.pb.gz");
     std::fs::write(&heap, body).unwrap();
