@@ -78,11 +78,11 @@ static WAKE: AtomicU32 = AtomicU32::new(0);
 /// Small records cost little: the packer's tables (addresses, sites) carry over from one record
 /// of a thread to the next (a record *group*, see `Packer`); only zstd starts afresh in each.
 const RECORD_BYTES: usize = 64 * 1024;
-/// zstd's level for every record. The version-3 stream is small and repetitive where programs
-/// repeat themselves, so a level that finds longer matches pays: the same records at level 1 / 5
-/// were 210 / 183 KB (Redis, 100,000 requests) and 234 / 188 KB (sqlite3), for about a fifth of a
-/// byte per event more CPU on this thread, not the program's.
-const ZSTD_LEVEL: i32 = 5;
+/// zstd's level for every record. Level 5 made dumps 5-10 % smaller than level 1 (sites 19.1 /
+/// 21.3 MiB, Redis 183 / 210 KB), but on a program that allocates from few stacks the writer is
+/// then the bottleneck that the hooks wait on: mix.c ran 5.79 times untraced at level 5, 3.91 at
+/// level 1 and 4.07 at 3 (scripts/bench.sh, same machine). Level 3 keeps most of the size.
+const ZSTD_LEVEL: i32 = 3;
 /// How often the writer drains the rings when nobody wakes it.
 const PERIOD_MS: i64 = 50;
 /// A thread's record is written once its oldest events were packed this long ago, full or not.
