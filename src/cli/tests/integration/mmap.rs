@@ -170,7 +170,9 @@ fn mappings_are_exact_per_function_and_apart_from_the_heap() {
         ],
         "{m}"
     );
-    assert!(m["peak_time_ns"].as_u64().unwrap() > 0, "{m}");
+    // The dump keeps times to the millisecond (format version 3), and this program maps its peak
+    // within its first few: 0 is a right answer, null (no timeline) is not.
+    assert!(m["peak_time_ns"].as_u64().is_some(), "{m}");
     assert_eq!(
         by_site(&m["top"]["bytes"]),
         map(&[
