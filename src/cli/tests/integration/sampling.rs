@@ -577,4 +577,30 @@ fn reallocs_of_unsampled_blocks_are_sampled_by_their_new_size() {
     // Only sampled blocks have events: far fewer than full recording's 602,000.
     let events = zmtrace_format::Dump::open(&dump).unwrap().count_events();
     assert!(events < 120_000, "{events} events");
+
+    // With every block tracked, a sampled block that its realloc did not draw again stays in the
+    // live set unsampled: the leak check's totals are exact, 1,000 blocks of 512 B lost.
+    let dir = fresh_dir("sampled-realloc-all");
+    let f = run_zmtrace_env(
+        &[
+            "run",
+            "-o",
+            dir.to_str().unwrap(),
+            "--sample",
+            "4096",
+            "--all-blocks",
+            "--",
+            prog.to_str().unwrap(),
+        ],
+        &[("ZMTRACE_SAMPLE_SEED", SEED)],
+    );
+    assert_eq!(f.code, Some(0), "{}", f.stderr);
+    let leaks = json("leaks", &dump_files(&dir)[0]);
+    assert_eq!(
+        (&leaks["leaked_blocks"], &leaks["leaked_bytes"]),
+        (&serde_json::json!(1000), &serde_json::json!(512_000)),
+        "{}",
+        leaks["kinds"]
+    );
+    assert_eq!(leaks["kinds"]["definite"]["bytes"], 512_000);
 }
