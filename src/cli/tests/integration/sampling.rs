@@ -83,7 +83,12 @@ fn assert_bytes_estimate(what: &str, got: u64, n: u64, size: u64, t: u64) {
 
 /// `zmtrace run` with `extra` options on samples/sampled.c; the one dump it wrote.
 fn record(stem: &str, extra: &[&str]) -> PathBuf {
-    let prog = sample("sampled");
+    record_sample("sampled", stem, extra)
+}
+
+/// [`record`] on samples/`name`.c.
+fn record_sample(name: &str, stem: &str, extra: &[&str]) -> PathBuf {
+    let prog = sample(name);
     let dir = fresh_dir(stem);
     let mut args = vec!["run", "-o", dir.to_str().unwrap()];
     args.extend(extra);
@@ -525,22 +530,7 @@ fn a_forked_child_samples_on_its_own_and_keeps_what_it_inherited() {
 #[test]
 fn reallocs_of_unsampled_blocks_are_sampled_by_their_new_size() {
     let t = 4096;
-    let prog = sample("sampledrealloc");
-    let dir = fresh_dir("sampled-realloc");
-    let f = run_zmtrace_env(
-        &[
-            "run",
-            "-o",
-            dir.to_str().unwrap(),
-            "--sample",
-            "4096",
-            "--",
-            prog.to_str().unwrap(),
-        ],
-        &[("ZMTRACE_SAMPLE_SEED", SEED)],
-    );
-    assert_eq!(f.code, Some(0), "{}", f.stderr);
-    let dump = dump_files(&dir)[0].clone();
+    let dump = record_sample("sampledrealloc", "sampled-realloc", &["--sample", "4096"]);
     let report = json("report", &dump);
     assert_estimate(
         "zs_small",
@@ -580,22 +570,12 @@ fn reallocs_of_unsampled_blocks_are_sampled_by_their_new_size() {
 
     // With every block tracked, a sampled block that its realloc did not draw again stays in the
     // live set unsampled: the leak check's totals are exact, 1,000 blocks of 512 B lost.
-    let dir = fresh_dir("sampled-realloc-all");
-    let f = run_zmtrace_env(
-        &[
-            "run",
-            "-o",
-            dir.to_str().unwrap(),
-            "--sample",
-            "4096",
-            "--all-blocks",
-            "--",
-            prog.to_str().unwrap(),
-        ],
-        &[("ZMTRACE_SAMPLE_SEED", SEED)],
+    let dump = record_sample(
+        "sampledrealloc",
+        "sampled-realloc-all",
+        &["--sample", "4096", "--all-blocks"],
     );
-    assert_eq!(f.code, Some(0), "{}", f.stderr);
-    let leaks = json("leaks", &dump_files(&dir)[0]);
+    let leaks = json("leaks", &dump);
     assert_eq!(
         (&leaks["leaked_blocks"], &leaks["leaked_bytes"]),
         (&serde_json::json!(1000), &serde_json::json!(512_000)),
