@@ -302,11 +302,18 @@ fn live_may_hold(ptr: *mut u8) -> bool {
 #[inline]
 unsafe fn free_recorded(core: &'static state::Core, ptr: *mut u8, block: &LiveBlock) {
     let t = current_thread(core);
+    left_recording(t, ptr, block, None)
+}
+
+/// Block `block` at `ptr` leaves the recording: its free, numbered `seq` when the number was
+/// taken as it left the live set (a realloc's), else now.
+#[inline]
+fn left_recording(t: &ThreadState, ptr: *mut u8, block: &LiveBlock, seq: Option<u64>) {
     if aggregate::on() {
         aggregate::free(t, ptr as usize, block);
         return;
     }
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let seq = seq.unwrap_or_else(|| SEQ.fetch_add(1, Ordering::Relaxed));
     let mut ev = EventBuf::default();
     encode_free(&mut ev, seq, timestamp(), ptr as u64);
     emit(t, &ev);
@@ -469,15 +476,8 @@ pub unsafe fn record_realloc(
         // (sampled at its malloc, or else at its realloc: a 16 B malloc grown to 512 B was
         // estimated 2.1 times), and would record every later realloc of a grown block.
         if !sampled(t, size) {
-            // Not drawn: the old block leaves the recording here (its free, numbered when it
-            // left the live set), and the new one is unsampled.
-            if aggregate::on() {
-                aggregate::free(t, tok.old as usize, &block);
-            } else {
-                let mut ev = EventBuf::default();
-                encode_free(&mut ev, tok.out_seq, timestamp(), tok.old as u64);
-                emit(t, &ev);
-            }
+            // Not drawn: the old block leaves the recording here, and the new one is unsampled.
+            left_recording(t, tok.old, &block, Some(tok.out_seq));
             if sample::all_blocks() {
                 insert_unsampled(core, t, new, size, usable);
             }
