@@ -56,8 +56,14 @@ const TOMBSTONE: u64 = u64::MAX;
 /// | 16 | the base register: 0 rsp, 1 rbp |
 ///
 /// The common case (CFA = rsp + 8a, rbp unchanged) is the rule's value itself: decoding it is a
-/// mask and a test. Special rules have `a` = 0 and their kind in bits 12-16: [`Rule::SLOW`],
-/// [`Rule::SIGNAL`], [`Rule::END`]; 0 is no rule (an empty slot).
+/// mask and a test. Special rules have `a` = 0, bit 16 set and their kind in bits 12-15:
+/// [`Rule::SLOW`], [`Rule::SIGNAL`], [`Rule::END`] (out of the rsp-based range, so that a walk
+/// takes every rule below [`RBP_BASE`] without testing `a`); 0 is no rule (an empty slot).
+///
+/// An entry keeps the rule minus one ([`stored`]): the common rules are then 0 to 0xffe, one
+/// compare with no adjustment, and the CFA is `rsp + 8 * stored + 8`, one `lea`. Slot 0, the home
+/// of key 0 (a zero return address), is never empty (see [`Table::slots`]): an empty slot there
+/// would read as a common rule for key 0.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Rule(pub(crate) u32);
 
@@ -68,12 +74,12 @@ pub(crate) const RBP_BASE: u32 = 1 << 16;
 
 impl Rule {
     /// Not expressible: framehop unwinds this frame.
-    pub const SLOW: Rule = Rule(1 << B_SHIFT);
+    pub const SLOW: Rule = Rule(RBP_BASE | 1 << B_SHIFT);
     /// The kernel's signal trampoline (`__restore_rt`): the interrupted registers are in the
     /// `ucontext` at the stack pointer.
-    pub const SIGNAL: Rule = Rule(2 << B_SHIFT);
+    pub const SIGNAL: Rule = Rule(RBP_BASE | 2 << B_SHIFT);
     /// The outermost frame (the return address is undefined: `_start`, `clone3`).
-    pub const END: Rule = Rule(3 << B_SHIFT);
+    pub const END: Rule = Rule(RBP_BASE | 3 << B_SHIFT);
 
     /// rbp saved below rsp (`b > a`) does not fit: the walk reads the slot unchecked, knowing
     /// that it lies between rsp and the CFA.
@@ -124,8 +130,13 @@ pub(crate) fn home(key: u64) -> usize {
     key as usize & (SLOTS - 1)
 }
 
-/// Read by lookups until a table is mapped (or if it cannot be): every slot empty.
-static EMPTY: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+/// Read by lookups until a table is mapped (or if it cannot be): every slot empty but slot 0,
+/// a tombstone (see [`Rule`]).
+static EMPTY: [AtomicU64; SLOTS] = {
+    let mut t = [const { AtomicU64::new(0) }; SLOTS];
+    t[0] = AtomicU64::new(TOMBSTONE);
+    t
+};
 
 /// Whether `t` is a mapped table (not [`EMPTY`]).
 fn mapped(t: *const AtomicU64) -> bool {
@@ -147,7 +158,13 @@ pub(crate) fn key_of(e: u64) -> u64 {
 }
 #[inline(always)]
 pub(crate) fn rule_of(e: u64) -> Rule {
-    Rule((e & RULE_MASK) as u32)
+    Rule((e & RULE_MASK) as u32 + 1)
+}
+
+/// What an entry keeps of `rule` (not 0: no rule is put in).
+#[inline(always)]
+pub(crate) fn stored(rule: Rule) -> u64 {
+    rule.0 as u64 - 1
 }
 
 /// The rule for `key` (below `MAX_KEY - 1`), if the slots `t` (from [`Table::get`]) have it.
@@ -200,14 +217,22 @@ impl Table {
         let bytes = SLOTS * std::mem::size_of::<AtomicU64>();
         // Mapped with a raw system call, as all the recorder's memory is: through `mmap` it would
         // reach the preload's hook and be taken for a program mapping, a root of the leak check.
-        // Zero-filled, which is "every slot empty".
+        // Zero-filled, which is "every slot empty"; slot 0 gets a tombstone before the table is
+        // published (see [`Rule`]). A fill may put an entry there, `forget` a tombstone back:
+        // it is never empty again.
         let p = crate::heap::map_anon(bytes)?;
         let p = p.as_ptr() as *mut AtomicU64;
+        // SAFETY: slot 0 of our own mapping, not yet shared.
+        unsafe { (*p).store(TOMBSTONE, Ordering::Relaxed) };
         match self
             .slots
             .compare_exchange(t, p, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => Some(p),
+            Ok(_) => {
+                // Slot 0's tombstone is a slot filled.
+                self.used.fetch_add(1, Ordering::Relaxed);
+                Some(p)
+            }
             Err(other) => {
                 // Another thread mapped them first.
                 // Our own mapping, never published.
@@ -227,9 +252,9 @@ impl Table {
     /// Puts `rule` in for `key` (below [`MAX_KEY`]). Returns false when the table is full along
     /// the key's probe sequence (the caller then uses the slow path).
     pub(crate) fn insert(&self, key: u64, rule: Rule) -> bool {
-        debug_assert!(key != 0 && key < MAX_KEY - 1 && rule.0 as u64 <= RULE_MASK);
+        debug_assert!(key != 0 && key < MAX_KEY - 1 && rule.0 != 0 && rule.0 as u64 <= RULE_MASK);
         let Some(t) = self.slots() else { return false };
-        let entry = key << RULE_BITS | rule.0 as u64;
+        let entry = key << RULE_BITS | stored(rule);
         // SAFETY (every `t.add`): an index below SLOTS; the slots are never unmapped.
         let at = |i: usize| unsafe { &*t.add(i) };
         let reuse_tombstone = |r: Option<usize>| {
@@ -394,7 +419,8 @@ mod tests {
             assert!(table.insert(key(k), Rule(1 + (k % 4000) as u32)));
             k += 1;
         }
-        assert_eq!(k - 1, MAX_USED as u64);
+        // Slot 0 holds its tombstone.
+        assert_eq!(k - 1, MAX_USED as u64 - 1);
         assert!(!table.insert(key(k), Rule(7)), "full: refused");
         assert_eq!(lookup(table.get(), key(k)), None);
         for j in (1..k).step_by(97) {
@@ -404,7 +430,7 @@ mod tests {
             );
         }
         let (filled, refused, _) = table.stats();
-        assert_eq!((filled, refused), (MAX_USED as u64, 1));
+        assert_eq!((filled, refused), (MAX_USED as u64 - 1, 1));
     }
 
     #[test]

@@ -252,6 +252,135 @@ impl Local {
         }
         add(&self.counters.captures, 1);
         let own_stack = sp0 >= self.stack_lo && sp0 < self.stack_top;
+        if own_stack && !self.trial.active && matches!(skip, Skip::OwnModule) {
+            return self.capture_lean(core, counters, ip, sp0, bp0);
+        }
+        // The walk starts from this frame (`ip`, `sp0`): it is still there while the callee
+        // walks.
+        self.capture_general(core, counters, skip, ip, sp0, bp0, own_stack)
+    }
+
+    /// The usual capture: on the thread's own stack, no walk taken over, the recorder's own
+    /// frames told by their module. Everything from `capture_fast`'s own frame is walked by the
+    /// assembly loop, the recorder's frames included (two or three: walking them costs less than
+    /// checking a remembered path, and leaves nothing to set up between them and the program's
+    /// first frame); the frames are recorded, not their stack pointers, and a saved rbp is read
+    /// only where a rule needs it. The walk ends in the loop at the outermost frame's `END` rule;
+    /// anything else the loop does not take (a signal frame, framehop's frames, a zero return
+    /// address) goes on in [`Local::run`] from where the loop stopped.
+    #[inline(always)]
+    fn capture_lean(
+        &mut self,
+        core: &Core,
+        counters: &Counters,
+        ip: u64,
+        sp0: u64,
+        bp0: u64,
+    ) -> (usize, usize, bool) {
+        let hi = self.stack_top;
+        let cw: *mut Walk = &mut *self.cur;
+        // SAFETY: `cw` points at this thread's own walk.
+        let frames = unsafe { (*cw).frames.as_mut_ptr() };
+        let t = table::SHARED.get();
+        let (mut key, mut sp, mut bp, mut bp_loc) = (ip + 1, sp0, bp0, 0u64);
+        let mut fp = frames;
+        let top = hi.saturating_add(1);
+        // SAFETY: one past the end of the buffer.
+        let ends = [unsafe { frames.add(MAX_FRAMES) } as u64, top];
+        let lim = top.min(sp0.saturating_add(8 * MAX_FRAMES as u64));
+        // SAFETY: the buffer is empty, `lim` keeps the room; reads below `lim` <= hi + 1 and at
+        // or above sp0 + 8: this thread's stack.
+        let (x, cfa) = unsafe {
+            lean_frames(
+                t,
+                &mut fp,
+                &mut key,
+                &mut sp,
+                &mut bp_loc,
+                &mut bp,
+                lim,
+                &ends,
+            )
+        };
+        // SAFETY: `fp` moved along the same buffer.
+        let mut n = unsafe { fp.offset_from(frames) } as usize;
+        debug_assert!(n <= MAX_FRAMES);
+        let truncated = if cfa == 0 && x == Rule::END.0 as u64 {
+            false
+        } else if cfa != 0 {
+            // Past the stack's top, or the buffer full: the loop sets a new limit itself
+            // otherwise.
+            true
+        } else {
+            let mut c = Cursor {
+                sp,
+                bp,
+                key,
+                n,
+                ip_n: 0,
+                pj: usize::MAX,
+                irregular: usize::MAX,
+                bounds: Bounds::new(sp0, hi),
+                own_stack: true,
+                at_path: false,
+                bp_loc,
+            };
+            let end = self.run::<true>(&mut c, cw);
+            n = c.n;
+            match end {
+                End::Outermost => false,
+                End::Truncated => true,
+                End::Foreign => return self.foreign(core, Skip::OwnModule),
+                // A lean walk takes nothing over.
+                End::TakenOver(..) => unreachable!(),
+            }
+        };
+        // SAFETY: as above.
+        let cur = unsafe { &mut *cw };
+        cur.n = n;
+        cur.truncated = truncated;
+        cur.reusable = false;
+        cur.nbp = 0;
+        cur.end_at = 0;
+        cur.bp0 = bp0;
+        let own = &core.own;
+        let mut k = 0;
+        while k < n && own.contains(&cur.frames[k]) {
+            k += 1;
+        }
+        cur.own = k;
+        std::mem::swap(&mut self.cur, &mut self.prev);
+        // One step from each frame up to the last (the first, this function's, is not a frame
+        // of the stack).
+        let walked = n as u64 + 1;
+        add(&self.counters.steps, walked);
+        if self.reuse {
+            self.trial.walked += walked;
+            self.trial.left -= 1;
+            if self.trial.left == 0 {
+                self.trial.end();
+            }
+        }
+        if truncated {
+            bump(&counters.truncated_stacks);
+        }
+        (k, n, false)
+    }
+
+    /// The capture in every other case: another stack (a signal stack), walks taken over,
+    /// or a front end whose own frames are told by their stack pointer (`Skip::Below`).
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn capture_general(
+        &mut self,
+        core: &Core,
+        counters: &Counters,
+        skip: Skip,
+        ip: u64,
+        sp0: u64,
+        bp0: u64,
+        own_stack: bool,
+    ) -> (usize, usize, bool) {
         let hi = if own_stack {
             self.stack_top
         } else {
@@ -576,8 +705,22 @@ impl Local {
                     let mut fp = unsafe { frames.add(n) };
                     // SAFETY: `fp` is frame `n` of this walk's buffer, `lim` keeps the room; the
                     // reads are below `lim` <= hi + 1 and at or above sp + 8: inside the stack.
+                    // SAFETY: one past the end of the buffer.
+                    let ends = [
+                        unsafe { frames.add(MAX_FRAMES) } as u64,
+                        hi.saturating_add(1),
+                    ];
                     let r = unsafe {
-                        lean_frames(t, &mut fp, &mut key, &mut sp, &mut bp_loc, &mut bp, lim)
+                        lean_frames(
+                            t,
+                            &mut fp,
+                            &mut key,
+                            &mut sp,
+                            &mut bp_loc,
+                            &mut bp,
+                            lim,
+                            &ends,
+                        )
                     };
                     // SAFETY: `fp` moved along the same buffer.
                     n = unsafe { fp.offset_from(frames) } as usize;
@@ -591,13 +734,13 @@ impl Local {
                     let mut i = 0;
                     let r = loop {
                         let e = table::entry(t, table::home(key));
-                        // The entry with the key taken out where the entry keeps it: the rule alone
-                        // (below 2^17) when the entry is the key's, and then a common rule is one
-                        // compare. (A key of 2^47 or more, which only a return-address slot holding
+                        // The entry with the key taken out where the entry keeps it, plus one (it
+                        // keeps the rule minus one): the rule alone (below 2^17) when the entry is
+                        // the key's, and then a common rule is one compare. (A key of 2^47 or more, which only a return-address slot holding
                         // garbage gives, may pass for another whose low 47 bits it shares: the
                         // walk then goes on by a wrong rule, its reads still checked against
                         // `lim`.)
-                        let x = e ^ key.rotate_left(table::RULE_BITS);
+                        let x = (e ^ key.rotate_left(table::RULE_BITS)).wrapping_add(1);
                         let cfa;
                         if x.wrapping_sub(1) < table::A_MASK as u64 {
                             // CFA = rsp + 8a, rbp unchanged.
@@ -1041,20 +1184,25 @@ impl Local {
 }
 
 /// The lean walk's frames that need nothing but their rule, in assembly: the common frame is
-/// 13 instructions (the probe and the rule's test, the check against `lim`, the return address
+/// 12 instructions (the probe and the rule's test, the check against `lim`, the return address
 /// read and stored), where the compiler, with the rest of the walk's state live around the
 /// loop, spilled some of it to memory. The same steps as the Rust loop of `run` (see there):
 /// a CFA = rsp + 8a rule with rbp unchanged, or (lean) with rbp saved at CFA - 8b, noted in
 /// `bp_loc`; a CFA = rbp + 8a rule, with the same checks as the Rust path (which does not
 /// note the frame as `irregular`: only a walk that records its own path needs that, never a
 /// lean one). Returns `(x, 0)` at a rule it does not take (`x`: the entry with the key taken
-/// out, as in `run`; `sp` unchanged), or `(cfa, cfa)` with `sp` = the CFA when the CFA is at
-/// `lim` or above (the frame is not recorded: the careful path does it).
+/// out, as in `run`; `sp` unchanged), or `(cfa, cfa)` with `sp` = the CFA when the CFA is
+/// above the stack (`ends[1]` = its top + 1, or more) or the buffer is full (`*fp` = `ends[0]`,
+/// its end); the frame is not recorded then. A CFA at `lim` or above but below both sets the
+/// next `lim` here, as `run`'s careful path would (`lim` is a bound on the frames the buffer
+/// must have room for, see there): about 0.5 times a capture on random depths, where leaving
+/// the loop for it cost some 45 instructions each time.
 ///
 /// # Safety
-/// `t` is a rule table's slots; `*fp` has room for every frame below `lim` (see `run`); every
-/// word in `[sp, lim - 1)` is readable.
+/// `t` is a rule table's slots; `*fp` has room for every frame below `lim` (see `run`), and
+/// `ends[0]` is the buffer's end; every word in `[sp, ends[1] - 1)` is readable.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn lean_frames(
     t: *const AtomicU64,
     fp: &mut *mut u64,
@@ -1063,25 +1211,29 @@ unsafe fn lean_frames(
     bp_loc: &mut u64,
     bp: &mut u64,
     lim: u64,
+    ends: &[u64; 2],
 ) -> (u64, u64) {
     // The probe takes the key's low 16 bits as its home slot (`table::home`).
     const _: () = assert!(table::SLOTS == 1 << 16);
     let (mut k, mut s, mut f, mut b, mut r) = (*key, *sp, *fp, *bp_loc, *bp);
     let (x, how): (u64, u64);
+    // `x` is the entry with the key taken out: the stored rule (the rule minus one, see
+    // `table::Rule`) when the entry is the key's. Every exit but the one at `lim` goes through
+    // label 9, which adds the one back.
     std::arch::asm!(
         "movzx {i:e}, {k:x}",
         "mov {x}, {k}",
         "rol {x}, {bits}",
         "xor {x}, qword ptr [{t} + {i}*8]",
-        "lea {c}, [{x} - 1]",
-        "cmp {c}, {amax}",
+        "cmp {x}, {amax}",
         "ja 3f",
         // CFA = rsp + 8a.
         "4:",
-        "lea {s}, [{s} + {x}*8]",
+        "lea {s}, [{s} + {x}*8 + 8]",
         "5:",
         "cmp {s}, {lim}",
         "jae 7f",
+        "19:",
         "mov {k}, qword ptr [{s} - 8]",
         "mov qword ptr [{f}], {k}",
         "add {f}, 8",
@@ -1089,27 +1241,26 @@ unsafe fn lean_frames(
         "mov {x}, {k}",
         "rol {x}, {bits}",
         "xor {x}, qword ptr [{t} + {i}*8]",
-        "lea {c}, [{x} - 1]",
-        "cmp {c}, {amax}",
+        "cmp {x}, {amax}",
         "jbe 4b",
-        // CFA = rsp + 8a, rbp at CFA - 8b (b >= 1: b = 0 is the case above).
+        // CFA = rsp + 8a, rbp at CFA - 8b (b >= 1: b = 0 is the case above; a >= 1: every rule
+        // below RBP_BASE but 0 has it, and 0 is none stored). Stored: (a - 1) | b << 12.
         "3:",
         "cmp {x}, {rspmax}",
         "ja 9f",
         "mov {c}, {x}",
         "and {c}, {amask}",
-        "jz 6f",
-        "lea {s}, [{s} + {c}*8]",
+        "lea {s}, [{s} + {c}*8 + 8]",
         "mov {c}, {x}",
         "shr {c}, {bshift}",
-        "shl {c}, 3",
-        "mov {b}, {s}",
-        "sub {b}, {c}",
+        "neg {c}",
+        "lea {b}, [{s} + {c}*8]",
         "jmp 5b",
         // CFA = rbp + 8a (a >= 1), rbp saved at CFA - 8b or unchanged. rbp may hold anything:
         // the CFA must be an aligned word above rsp (and below `lim`, checked at 5), the slot
         // at or above rsp. Anything else goes to the Rust path (which ends the walk there).
         "9:",
+        "add {x}, 1",
         "cmp {x}, {rbpmax}",
         "ja 6f",
         "mov {c}, {x}",
@@ -1143,7 +1294,18 @@ unsafe fn lean_frames(
         "6:",
         "xor {c:e}, {c:e}",
         "jmp 8f",
+        // At `lim`: within the stack and with room left, the next `lim` from here.
         "7:",
+        "cmp {s}, qword ptr [{e} + 8]",
+        "jae 17f",
+        "mov {c}, qword ptr [{e}]",
+        "sub {c}, {f}",
+        "jbe 17f",
+        "lea {lim}, [{s} + {c}]",
+        "cmp {lim}, qword ptr [{e} + 8]",
+        "cmova {lim}, qword ptr [{e} + 8]",
+        "jmp 19b",
+        "17:",
         "mov {c:e}, 1",
         "8:",
         k = inout(reg) k,
@@ -1152,14 +1314,15 @@ unsafe fn lean_frames(
         b = inout(reg) b,
         bp = inout(reg) r,
         t = in(reg) t,
-        lim = in(reg) lim,
+        lim = inout(reg) lim => _,
+        e = in(reg) ends,
         x = out(reg) x,
         i = out(reg) _,
         c = out(reg) how,
         bits = const table::RULE_BITS,
         amax = const table::A_MASK - 1,
         amask = const table::A_MASK,
-        rspmax = const table::RBP_BASE - 1,
+        rspmax = const table::RBP_BASE - 2,
         rbpmax = const 2 * table::RBP_BASE - 1,
         bmask = const table::B_MASK,
         bshift = const table::B_SHIFT,
