@@ -61,15 +61,39 @@ fn resolve() -> Option<&'static Next> {
         // glibc's malloc maps its memory with internal calls that never reach our `mmap`; any
         // other allocator's calls must be told apart from the program's (see `in_allocator`).
         let libc_malloc = libc::dlsym(libc::RTLD_DEFAULT, c"__libc_malloc".as_ptr());
-        FOREIGN_ALLOCATOR.store(
-            libc_malloc.is_null() || libc_malloc as usize != n.malloc as usize,
-            Ordering::Relaxed,
-        );
+        let foreign = libc_malloc.is_null() || libc_malloc as usize != n.malloc as usize;
+        FOREIGN_ALLOCATOR.store(foreign, Ordering::Relaxed);
         *NEXT.0.get() = Some(n);
         STATE.store(RESOLVED, Ordering::Release);
+        CALLS.store(if foreign { COUNTED } else { DIRECT }, Ordering::Release);
         zmtrace_recorder::set_front_end(&crate::FRONT);
         (*NEXT.0.get()).as_ref()
     }
+}
+
+/// How the hooks' fast paths call the next allocator: not yet (it is being looked up), directly
+/// (glibc's: a tail call), or counted ([`allocator_call`]: a foreign allocator). One load for
+/// both facts that a fast `free` needs.
+static CALLS: AtomicU8 = AtomicU8::new(UNRESOLVED);
+pub const DIRECT: u8 = 1;
+pub const COUNTED: u8 = 2;
+
+#[inline(always)]
+pub fn calls() -> u8 {
+    CALLS.load(Ordering::Acquire)
+}
+
+/// The next allocator, known to be resolved: [`calls`] was not `UNRESOLVED`, or this thread's
+/// sampling countdown is running (`rec::countdown_skips` said so), which only a hook that had
+/// resolved it can have started.
+///
+/// # Safety
+/// The next allocator is resolved.
+#[inline(always)]
+pub unsafe fn resolved() -> &'static Next {
+    debug_assert_eq!(STATE.load(Ordering::Relaxed), RESOLVED);
+    // SAFETY: written once before RESOLVED was published, never again.
+    (*NEXT.0.get()).as_ref().unwrap_unchecked()
 }
 
 /// True when the next allocator is not glibc's: its calls to `mmap` come through our hook, and
@@ -92,6 +116,18 @@ pub fn allocator_call<R>(f: impl FnOnce() -> R) -> R {
     if !FOREIGN_ALLOCATOR.load(Ordering::Relaxed) {
         return f();
     }
+    let c = in_allocator_calls();
+    c.set(c.get() + 1);
+    let r = f();
+    c.set(c.get() - 1);
+    r
+}
+
+/// [`allocator_call`] with the count kept whatever the allocator (glibc's is never asked for
+/// it): an increment and a decrement, cheaper than the branch on a path that keeps a frame
+/// anyway.
+#[inline(always)]
+pub fn counted_call<R>(f: impl FnOnce() -> R) -> R {
     let c = in_allocator_calls();
     c.set(c.get() + 1);
     let r = f();

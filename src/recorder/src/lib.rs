@@ -197,30 +197,55 @@ pub unsafe fn record_alloc(
 #[inline]
 fn sampled(t: &ThreadState, size: usize) -> bool {
     let interval = sample::interval();
-    // SAFETY: only the owning thread touches its sampler.
-    interval == 0 || unsafe { (*t.sampler.get()).take(size as u64, interval) }
+    if interval == 0 {
+        return true;
+    }
+    // SAFETY: only the owning thread touches its sampler (`t` is this thread's state).
+    let s = unsafe { &mut *t.sampler.get() };
+    if !sample::only_sampled() {
+        return s.take(size as u64, interval);
+    }
+    // Without `--all-blocks` the countdown lives in the thread's TLS word, where the hooks'
+    // fast path ([`countdown_skips`]) counts the blocks it lets through.
+    let word = &tls::tls().left;
+    s.set_left(word.get());
+    let picked = s.take(size as u64, interval);
+    word.set(s.left());
+    picked
 }
 
-/// Sampled recording without `--all-blocks`: the countdown of a block that is certainly not
-/// sampled, and nothing else (no guard, no recorder state). True: done. False: the full path
-/// decides (a pick, the thread's first event, a call from inside the recorder, not sampling).
+/// Sampled recording without `--all-blocks`: counts `size` bytes on this thread's countdown and
+/// returns true when the block is certainly not sampled: the caller then needs nothing else
+/// (no guard, no recorder state, no event). False, with nothing counted: the full path decides
+/// (a pick, the thread's first event, a call from inside the recorder, any other mode: there
+/// the word is always 0).
+///
+/// A front end may call it *before* the real allocation (the countdown depends on the size
+/// alone), and then go straight to the real allocator; a failed allocation must still go to
+/// the full path ([`on_alloc`] with a null pointer), which records it.
 ///
 /// Without the guard: the countdown is only the owning thread's, and a call from inside the
 /// recorder (the guard held: its own allocation, through a front end that does not keep those
-/// apart) goes on to the full path, which refuses it, so it never counts.
+/// apart) goes on to the full path, which refuses it, so it never counts. A word above 0 also
+/// tells that this thread has recorded through a front end, whose allocator is then known.
+#[inline(always)]
+pub fn countdown_skips(size: usize) -> bool {
+    let tls = tls::tls();
+    if tls.inside.load(Ordering::Relaxed) {
+        return false;
+    }
+    match sample::skip(tls.left.get(), size as u64) {
+        Some(left) => {
+            tls.left.set(left);
+            true
+        }
+        None => false,
+    }
+}
+
 #[inline(always)]
 fn unsampled_fast(size: usize) -> bool {
-    if !sample::only_sampled() {
-        return false;
-    }
-    let tls = tls::tls();
-    let t = tls.current.get();
-    if t.is_null() || tls.inside.load(Ordering::Relaxed) {
-        return false;
-    }
-    // SAFETY: states are never freed, and only the owning thread touches its sampler, never
-    // from two places at once: the full path touches it under the guard, checked just above.
-    unsafe { (*(*t).sampler.get()).skip(size as u64) }
+    countdown_skips(size)
 }
 
 /// `--all-blocks`: an unsampled block goes in the live set with no stack ([`sample::UNSAMPLED`]),
@@ -260,7 +285,7 @@ unsafe fn usable_size(ptr: *mut u8) -> u64 {
 /// `ptr` is the argument of a `free` about to happen.
 #[inline]
 pub unsafe fn on_free(ptr: *mut u8) {
-    if sample::only_sampled() && !ptr.is_null() && !live_may_hold(ptr) {
+    if free_surely_unheld(ptr) {
         // Sampled recording: most frees are of unsampled blocks, and the live set's filter says
         // so without a lock, the guard or the thread's state (see `live`).
         return;
@@ -290,12 +315,13 @@ pub unsafe fn on_free(ptr: *mut u8) {
     free_recorded(core, ptr, &block);
 }
 
-/// False when the live set certainly does not hold `ptr`: its filter (on in sampled recording
-/// without `--all-blocks`) says so. True before the recorder is set up: the full path decides.
+/// Sampled recording without `--all-blocks`: true when `ptr` is not null and the live set
+/// certainly does not hold it (its free filter says so, in one load: see `live`). A free of such
+/// a block needs nothing from the recorder, and a front end may hand it straight to the real
+/// allocator. False in every other mode, and before the recorder is set up.
 #[inline(always)]
-fn live_may_hold(ptr: *mut u8) -> bool {
-    CORE.get()
-        .is_none_or(|core| core.live.may_hold(ptr as usize))
+pub fn free_surely_unheld(ptr: *mut u8) -> bool {
+    !ptr.is_null() && live::filter_says_absent(ptr as usize)
 }
 
 /// The free of a recorded block, once it left the live set.
@@ -393,14 +419,7 @@ pub unsafe fn realloc_end(tok: ReallocToken, kind: AllocKind, new: *mut u8, size
 /// reallocs are of unsampled blocks, and this costs no guard, lock or probe for them.
 #[inline(always)]
 pub fn realloc_old_unheld(old: *mut u8) -> bool {
-    sample::only_sampled() && !old.is_null() && live_surely_lacks(old)
-}
-
-/// True only when the live set exists and its filter says it does not hold `p`.
-#[inline(always)]
-fn live_surely_lacks(p: *mut u8) -> bool {
-    CORE.get()
-        .is_some_and(|core| !core.live.may_hold(p as usize))
+    free_surely_unheld(old)
 }
 
 /// The end of a realloc whose old block [`realloc_old_unheld`] found unheld: to the recording,

@@ -426,6 +426,28 @@ fn hash(addr: u64) -> u64 {
 /// The filter's counters: 2^15 of them (128 KiB mapped, only the pages touched resident).
 const FILTER_BITS: u32 = 15;
 
+/// The recorder's live set's free filter ([`LiveSet::publish_filter`]), or null: what the hooks'
+/// fast path reads ([`filter_says_absent`]), one load with no `Core` to reach first.
+static FREE_FILTER: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The counter of hash `h` in a filter of 2^[`FILTER_BITS`] counters: the hash's bits below
+/// the shard's, so that the counters spread whatever the shard.
+#[inline(always)]
+fn filter_index(h: u64) -> usize {
+    ((h << SHARD_BITS) >> (64 - FILTER_BITS)) as usize
+}
+
+/// True when the published filter is on and says that the live set does not hold `addr`;
+/// false when no filter is published (every mode but sampled recording without
+/// `--all-blocks`, and before the recorder is set up).
+#[inline(always)]
+pub(crate) fn filter_says_absent(addr: usize) -> bool {
+    let f = FREE_FILTER.load(Ordering::Acquire);
+    // SAFETY: the index is below the filter's length; a published filter is never unmapped.
+    !f.is_null()
+        && unsafe { (*f.add(filter_index(hash(addr as u64)))).load(Ordering::Relaxed) } == 0
+}
+
 /// The live set (see the module's documentation).
 pub(crate) struct LiveSet {
     shards: [Shard; SHARDS],
@@ -458,6 +480,12 @@ impl LiveSet {
         }
     }
 
+    /// Makes this set's filter the one the hooks' fast path reads ([`filter_says_absent`]): the
+    /// recorder's own set, once, after [`Self::enable_filter`].
+    pub(crate) fn publish_filter(&self) {
+        FREE_FILTER.store(self.filter.load(Ordering::Acquire), Ordering::Release);
+    }
+
     /// The filter's counter for hash `h`, when the filter is on.
     #[inline(always)]
     fn filter_slot(&self, h: u64) -> Option<&AtomicU32> {
@@ -465,8 +493,7 @@ impl LiveSet {
         if f.is_null() {
             return None;
         }
-        // The bits below the shard's: spread over the counters whatever the shard.
-        let i = ((h << SHARD_BITS) >> (64 - FILTER_BITS)) as usize;
+        let i = filter_index(h);
         // SAFETY: i < 2^FILTER_BITS, the filter's length; it is never unmapped.
         Some(unsafe { &*f.add(i) })
     }
@@ -474,7 +501,7 @@ impl LiveSet {
     /// False when the set certainly does not hold `addr` (its filter counter is 0). The count
     /// of an insert is made before the block's address is handed to the program, so any thread
     /// that frees the block sees it (the program's own synchronisation orders the two).
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn may_hold(&self, addr: usize) -> bool {
         self.filter_slot(hash(addr as u64))
             .is_none_or(|c| c.load(Ordering::Relaxed) != 0)

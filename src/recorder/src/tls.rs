@@ -41,7 +41,11 @@ pub(crate) struct Tls {
     /// The front end's word ([`front_word`]): the preload library counts its calls into a
     /// foreign allocator here, on every `malloc` of a jemalloc program (Redis).
     pub(crate) front: Cell<u64>,
-    _pad: u64,
+    /// Sampled recording without `--all-blocks`: the thread's countdown (bytes left before the
+    /// next picked byte), here rather than in its state so that the hooks' fast path reaches it
+    /// with no load of the state and no check of the mode. 0 in every other mode, and until
+    /// the thread's first sampled event draws a gap: then the fast path always declines.
+    pub(crate) left: Cell<u64>,
 }
 
 const TLS_BYTES: usize = 32;
@@ -99,7 +103,7 @@ thread_local! {
             deferred: AtomicI32::new(0),
             current: Cell::new(std::ptr::null()),
             front: Cell::new(0),
-            _pad: 0,
+            left: Cell::new(0),
         }
     };
 }
