@@ -116,7 +116,26 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
         }
         return alloc_failed(AllocKind::Malloc, size);
     }
+    if rec::countdown_skips_all(size) {
+        return tracked(
+            real::counted_call(|| (real::resolved().malloc)(size)),
+            AllocKind::Malloc,
+            size,
+        );
+    }
     malloc_full(size)
+}
+
+/// `--all-blocks`, a block the countdown let through ([`rec::countdown_skips_all`]): tracked
+/// without a stack; a failure is recorded as ever.
+#[inline(always)]
+unsafe fn tracked(p: *mut c_void, kind: AllocKind, size: usize) -> *mut c_void {
+    if p.is_null() {
+        return alloc_failed(kind, size);
+    }
+    // SAFETY: resolved, as in `malloc`.
+    rec::track_unsampled(p.cast(), size, (real::resolved().usable_size)(p));
+    p
 }
 
 /// A failed allocation on a fast path: recorded as ever (its stack, a `Failed` event).
@@ -153,6 +172,10 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
                 return p;
             }
             return alloc_failed(AllocKind::Calloc, total);
+        }
+        if rec::countdown_skips_all(total) {
+            let p = real::counted_call(|| (real::resolved().calloc)(count, size));
+            return tracked(p, AllocKind::Calloc, total);
         }
     }
     calloc_full(count, size)
@@ -273,6 +296,12 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
             real::COUNTED => return real::counted_call(|| (real::resolved().free)(p)),
             _ => {}
         }
+    }
+    if rec::tracking_all_blocks() && !p.is_null() && programs_block(p) {
+        // `--all-blocks`: the block leaves the live set first (see `rec::on_free`).
+        rec::forget_block(p.cast());
+        // SAFETY: resolved (`programs_block`).
+        return real::allocator_call(|| (real::resolved().free)(p));
     }
     free_full(p)
 }

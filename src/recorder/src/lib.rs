@@ -202,12 +202,14 @@ fn sampled(t: &ThreadState, size: usize) -> bool {
     }
     // SAFETY: only the owning thread touches its sampler (`t` is this thread's state).
     let s = unsafe { &mut *t.sampler.get() };
-    if !sample::only_sampled() {
-        return s.take(size as u64, interval);
-    }
-    // Without `--all-blocks` the countdown lives in the thread's TLS word, where the hooks'
-    // fast path ([`countdown_skips`]) counts the blocks it lets through.
-    let word = &tls::tls().left;
+    // The countdown lives in the thread's TLS word of its mode, where the hooks' fast paths
+    // ([`countdown_skips`], [`countdown_skips_all`]) count the blocks they let through.
+    let tls = tls::tls();
+    let word = if sample::only_sampled() {
+        &tls.left
+    } else {
+        &tls.left_all
+    };
     s.set_left(word.get());
     let picked = s.take(size as u64, interval);
     word.set(s.left());
@@ -243,6 +245,64 @@ pub fn countdown_skips(size: usize) -> bool {
     }
 }
 
+/// [`countdown_skips`] for `--all-blocks`: true when the block is certainly not sampled, and
+/// counted; the caller then tracks it with [`track_unsampled`] once the real allocator returned
+/// it (no stack, no event). False, with nothing counted: the full path decides.
+#[inline(always)]
+pub fn countdown_skips_all(size: usize) -> bool {
+    let tls = tls::tls();
+    if tls.inside.load(Ordering::Relaxed) {
+        return false;
+    }
+    match sample::skip(tls.left_all.get(), size as u64) {
+        Some(left) => {
+            tls.left_all.set(left);
+            true
+        }
+        None => false,
+    }
+}
+
+/// `--all-blocks`, after [`countdown_skips_all`] said yes and the real allocator returned `ptr`
+/// (not null) for `size` bytes, `usable` usable: the block goes in the live set without a stack,
+/// for the leak check only. What the full path does for it, without the rest of that path.
+///
+/// # Safety
+/// `ptr` is a block the real allocator just returned, on this thread.
+#[inline(never)]
+pub unsafe fn track_unsampled(ptr: *mut u8, size: usize, usable: usize) {
+    let Some(_g) = Guard::enter() else { return };
+    // A running countdown means that this thread has its state and the recorder its core.
+    let (Some(core), Some(t)) = (CORE.get(), tls::tls().current.get().as_ref()) else {
+        return;
+    };
+    insert_unsampled(core, t, ptr, size, Some(usable));
+}
+
+/// `--all-blocks`: true once this thread's countdown runs (its first sampled event drew it), so
+/// that its frees may take [`forget_block`] instead of the whole of [`on_free`].
+#[inline(always)]
+pub fn tracking_all_blocks() -> bool {
+    let tls = tls::tls();
+    tls.left_all.get() != 0 && !tls.inside.load(Ordering::Relaxed)
+}
+
+/// `--all-blocks`, [`tracking_all_blocks`] true: [`on_free`] of `ptr` (not null, the program's,
+/// about to be freed) without the checks that this mode and thread make needless: the block
+/// leaves the live set, with a `Free` event if it was sampled.
+///
+/// # Safety
+/// As [`on_free`].
+#[inline(never)]
+pub unsafe fn forget_block(ptr: *mut u8) {
+    let Some(_g) = Guard::enter() else { return };
+    let Some(core) = CORE.get() else { return };
+    match core.live.remove(ptr as usize) {
+        Some(block) if block.stack != sample::UNSAMPLED => free_recorded(core, ptr, &block),
+        _ => {}
+    }
+}
+
 #[inline(always)]
 fn unsampled_fast(size: usize) -> bool {
     countdown_skips(size)
@@ -250,7 +310,7 @@ fn unsampled_fast(size: usize) -> bool {
 
 /// `--all-blocks`: an unsampled block goes in the live set with no stack ([`sample::UNSAMPLED`]),
 /// for the leak check only: it has no events.
-#[cold]
+#[inline]
 unsafe fn insert_unsampled(
     core: &state::Core,
     t: &ThreadState,

@@ -46,9 +46,13 @@ pub(crate) struct Tls {
     /// with no load of the state and no check of the mode. 0 in every other mode, and until
     /// the thread's first sampled event draws a gap: then the fast path always declines.
     pub(crate) left: Cell<u64>,
+    /// The same countdown with `--all-blocks` ([`crate::countdown_skips_all`]): a block it lets
+    /// through is still tracked, without a stack. 0 in every other mode.
+    pub(crate) left_all: Cell<u64>,
+    _pad: u64,
 }
 
-const TLS_BYTES: usize = 32;
+const TLS_BYTES: usize = 48;
 const _: () = assert!(std::mem::size_of::<Tls>() == TLS_BYTES && std::mem::align_of::<Tls>() <= 16);
 
 /// A per-thread word for the front end, zero when its thread starts, in the same initial-exec
@@ -68,9 +72,9 @@ std::arch::global_asm!(
     ".globl zmtrace_recorder_tls",
     ".hidden zmtrace_recorder_tls",
     ".type zmtrace_recorder_tls,@object",
-    ".size zmtrace_recorder_tls,32",
+    ".size zmtrace_recorder_tls,48",
     "zmtrace_recorder_tls:",
-    ".zero 32",
+    ".zero 48",
     ".popsection",
 );
 
@@ -104,6 +108,8 @@ thread_local! {
             current: Cell::new(std::ptr::null()),
             front: Cell::new(0),
             left: Cell::new(0),
+            left_all: Cell::new(0),
+            _pad: 0,
         }
     };
 }
