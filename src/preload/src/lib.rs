@@ -297,18 +297,18 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
             _ => {}
         }
     }
+    free_full(p)
+}
+
+// `extern "C"` (it cannot unwind): the hooks then reach it with a tail call, and keep no frame.
+#[inline(never)]
+unsafe extern "C" fn free_full(p: *mut c_void) {
     if rec::tracking_all_blocks() && !p.is_null() && programs_block(p) {
         // `--all-blocks`: the block leaves the live set first (see `rec::on_free`).
         rec::forget_block(p.cast());
         // SAFETY: resolved (`programs_block`).
         return real::allocator_call(|| (real::resolved().free)(p));
     }
-    free_full(p)
-}
-
-// `extern "C"` (it cannot unwind): the hooks then reach it with a tail call.
-#[inline(never)]
-unsafe extern "C" fn free_full(p: *mut c_void) {
     if pool_contains(p) {
         return;
     }

@@ -746,6 +746,45 @@ mod tests {
     }
 
     #[test]
+    fn random_inserts_replacements_and_removes_agree_with_a_reference_map() {
+        // Churn at every load up to the growth point, with wrap-around runs: every entry must
+        // stay findable after each backward shift.
+        let set = LiveSet::new(false);
+        let mut reference = std::collections::HashMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..400_000u64 {
+            // Few distinct addresses, so that inserts hit held ones (replacements) and removes
+            // find most; the live count swings between about 0 and 6,000.
+            let live_target = 3000 + (round / 50_000 % 2) * 3000;
+            let a = addr(next() % (2 * live_target));
+            if next() % 2 == 0 {
+                let b = block(round % 100, round % 100 + 8, (round % 5000) as u32);
+                assert!(set.insert(a, b));
+                reference.insert(a, b);
+            } else {
+                let got = set.remove(a);
+                let want = reference.remove(&a);
+                assert_eq!(got.is_some(), want.is_some(), "round {round}");
+                if let (Some(g), Some(w)) = (got, want) {
+                    assert!(same(g, w), "round {round}");
+                }
+            }
+        }
+        assert_eq!(set.len(), reference.len());
+        for (a, b) in &reference {
+            assert!(same(set.remove(*a).expect("held"), *b));
+        }
+        assert_eq!(set.len(), 0);
+        set.clear();
+    }
+
+    #[test]
     fn sixteen_bytes_an_entry_and_at_most_three_quarters_full() {
         let set = LiveSet::new(false);
         let n = 1_000_000u64;
