@@ -297,9 +297,10 @@ pub fn tracking_all_blocks() -> bool {
 pub unsafe fn forget_block(ptr: *mut u8) {
     let Some(_g) = Guard::enter() else { return };
     let Some(core) = CORE.get() else { return };
-    match core.live.remove(ptr as usize) {
-        Some(block) if block.stack != sample::UNSAMPLED => free_recorded(core, ptr, &block),
-        _ => {}
+    if let Some(block) = core.live.remove_sampled(ptr as usize) {
+        if block.stack != sample::UNSAMPLED {
+            free_recorded(core, ptr, &block);
+        }
     }
 }
 
@@ -355,9 +356,11 @@ pub unsafe fn on_free(ptr: *mut u8) {
     if sample::interval() > 0 && !ptr.is_null() {
         // Sampled recording: most frees are of unsampled blocks, and all such a free needs is
         // the one live-set lookup (not even the thread's state).
-        match core.live.remove(ptr as usize) {
-            Some(block) if block.stack != sample::UNSAMPLED => free_recorded(core, ptr, &block),
-            _ => {} // unsampled (`--all-blocks`: kept for the leak check only): no event
+        // Unsampled (`--all-blocks`: kept for the leak check only): no event.
+        if let Some(block) = core.live.remove_sampled(ptr as usize) {
+            if block.stack != sample::UNSAMPLED {
+                free_recorded(core, ptr, &block);
+            }
         }
         return;
     }

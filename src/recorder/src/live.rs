@@ -336,6 +336,18 @@ impl Table {
     /// Removes the entry of `addr`, shifting the rest of its probe run back.
     #[inline]
     fn remove<const AGG: bool>(&mut self, h: u64, addr: u64) -> Option<LiveBlock> {
+        self.remove_as::<AGG, false>(h, addr)
+    }
+
+    /// [`Self::remove`]; with `SAMPLED_ONLY`, an entry of an unsampled block (`--all-blocks`:
+    /// stack [`crate::sample::UNSAMPLED`]) is removed but not unpacked, and None is returned, as
+    /// for an absent one: its free needs nothing of it.
+    #[inline]
+    fn remove_as<const AGG: bool, const SAMPLED_ONLY: bool>(
+        &mut self,
+        h: u64,
+        addr: u64,
+    ) -> Option<LiveBlock> {
         if self.cap == 0 {
             return None;
         }
@@ -352,10 +364,14 @@ impl Table {
             }
             i = (i + 1) & mask;
         };
-        let b = if meta & OVERFLOW == 0 {
-            packing::<AGG>().unpack(meta)
+        let unsampled =
+            meta & ((1u64 << packing::<AGG>().stack) - 1) == u64::from(crate::sample::UNSAMPLED);
+        let b = if meta & OVERFLOW != 0 {
+            Some(self.big_take(meta))
+        } else if SAMPLED_ONLY && unsampled {
+            None
         } else {
-            self.big_take(meta)
+            Some(packing::<AGG>().unpack(meta))
         };
         // Backward shift: each later entry of the run whose home is not cyclically in
         // (i, j] moves into the hole.
@@ -382,7 +398,7 @@ impl Table {
         // SAFETY: i < cap.
         unsafe { (*self.slot(i)).addr = 0 };
         self.len -= 1;
-        Some(b)
+        b
     }
 
     fn for_each<const AGG: bool>(&self, f: &mut impl FnMut(u64, LiveBlock)) {
@@ -556,6 +572,23 @@ impl LiveSet {
             return self.remove_counted(c, h, addr);
         }
         self.remove_at(h, addr)
+    }
+
+    /// Takes the block at `addr` out of the set, and returns it if it was sampled (its stack is
+    /// not [`crate::sample::UNSAMPLED`]): the free of a block under `--all-blocks`, where the
+    /// unsampled ones, nearly all, need nothing back (not even unpacked).
+    #[inline(always)]
+    pub(crate) fn remove_sampled(&self, addr: usize) -> Option<LiveBlock> {
+        let (addr, h) = (addr as u64, hash(addr as u64));
+        if self.filter_slot(h).is_some() {
+            return self.remove(addr as usize);
+        }
+        let mut t = self.shard(h).lock();
+        if self.aggregated {
+            t.remove_as::<true, true>(h, addr)
+        } else {
+            t.remove_as::<false, true>(h, addr)
+        }
     }
 
     #[inline(always)]
@@ -743,6 +776,32 @@ mod tests {
         assert_eq!(set.len(), 0);
         set.clear();
         assert_eq!(set.mapped_bytes(), 0);
+    }
+
+    #[test]
+    fn remove_sampled_takes_every_block_and_returns_the_sampled_ones() {
+        for aggregated in [false, true] {
+            let set = LiveSet::new(aggregated);
+            for i in 0..2000u64 {
+                // Every third block sampled (stack 1 + i), the rest unsampled; one huge one of each.
+                let stack = if i % 3 == 0 { 1 + i as u32 } else { 0 };
+                let size = if i < 2 { 1 << 40 } else { 16 + i % 64 };
+                assert!(set.insert(addr(i), block(size, size, stack)));
+            }
+            for i in 0..2000u64 {
+                let got = set.remove_sampled(addr(i));
+                let size = if i < 2 { 1 << 40 } else { 16 + i % 64 };
+                match got {
+                    // A huge block is unpacked from the slab either way.
+                    Some(b) if b.stack == 0 => assert!(i < 2 && i % 3 != 0, "block {i}"),
+                    Some(b) => assert!(i % 3 == 0 && same(b, block(size, size, 1 + i as u32))),
+                    None => assert!(i % 3 != 0, "sampled block {i} not returned"),
+                }
+                assert!(set.remove(addr(i)).is_none(), "block {i} still held");
+            }
+            assert_eq!((set.len(), set.overflowed()), (0, 0));
+            set.clear();
+        }
     }
 
     #[test]
