@@ -208,7 +208,7 @@ unsafe extern "C" fn calloc_full(count: usize, size: usize) -> *mut c_void {
 /// real function may have the block (the rest of a fast path's conditions).
 #[inline(always)]
 fn programs_block(p: *mut c_void) -> bool {
-    !pool_contains(p) && rec::heap::surely_not_ours(p.cast()) && real::calls() != 0
+    !real::pool_or_unresolved(p) && rec::heap::surely_not_ours(p.cast())
 }
 
 #[no_mangle]
@@ -286,29 +286,34 @@ pub unsafe extern "C" fn reallocarray(old: *mut c_void, count: usize, size: usiz
 
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
-    if rec::free_surely_unheld(p.cast())
-        && !pool_contains(p)
-        && rec::heap::surely_not_ours(p.cast())
-    {
-        match real::calls() {
-            // SAFETY: resolved (not UNRESOLVED).
-            real::DIRECT => return (real::resolved().free)(p),
-            real::COUNTED => return real::counted_call(|| (real::resolved().free)(p)),
-            _ => {}
+    if rec::free_surely_unheld(p.cast()) && programs_block(p) {
+        // SAFETY: resolved (`programs_block`).
+        if real::direct_calls() {
+            return (real::resolved().free)(p);
         }
+        return real::counted_call(|| (real::resolved().free)(p));
+    }
+    if rec::tracking_all_blocks() {
+        return free_tracked(p);
     }
     free_full(p)
+}
+
+/// `--all-blocks`: the block leaves the live set first (see `rec::on_free`), then the real free.
+/// Out of line, as `free_full`, so that `free` itself keeps no frame.
+#[inline(never)]
+unsafe extern "C" fn free_tracked(p: *mut c_void) {
+    if p.is_null() || !programs_block(p) {
+        return free_full(p);
+    }
+    rec::forget_block(p.cast());
+    // SAFETY: resolved (`programs_block`).
+    real::allocator_call(|| (real::resolved().free)(p))
 }
 
 // `extern "C"` (it cannot unwind): the hooks then reach it with a tail call, and keep no frame.
 #[inline(never)]
 unsafe extern "C" fn free_full(p: *mut c_void) {
-    if rec::tracking_all_blocks() && !p.is_null() && programs_block(p) {
-        // `--all-blocks`: the block leaves the live set first (see `rec::on_free`).
-        rec::forget_block(p.cast());
-        // SAFETY: resolved (`programs_block`).
-        return real::allocator_call(|| (real::resolved().free)(p));
-    }
     if pool_contains(p) {
         return;
     }

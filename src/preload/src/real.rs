@@ -65,25 +65,36 @@ fn resolve() -> Option<&'static Next> {
         FOREIGN_ALLOCATOR.store(foreign, Ordering::Relaxed);
         *NEXT.0.get() = Some(n);
         STATE.store(RESOLVED, Ordering::Release);
-        CALLS.store(if foreign { COUNTED } else { DIRECT }, Ordering::Release);
+        // The start one first: a thread that sees the new length sees it too.
+        GATE_START.store(pool_base(), Ordering::Relaxed);
+        GATE_LEN.store(POOL_BYTES, Ordering::Release);
         zmtrace_recorder::set_front_end(&crate::FRONT);
         (*NEXT.0.get()).as_ref()
     }
 }
 
-/// How the hooks' fast paths call the next allocator: not yet (it is being looked up), directly
-/// (glibc's: a tail call), or counted ([`allocator_call`]: a foreign allocator). One load for
-/// both facts that a fast `free` needs.
-static CALLS: AtomicU8 = AtomicU8::new(UNRESOLVED);
-pub const DIRECT: u8 = 1;
-pub const COUNTED: u8 = 2;
+/// The range that the hooks' fast paths leave to the full hooks: the whole address space until
+/// the next allocator is known, the start-up pool after. One subtraction and one compare then
+/// answer both "is this a pool block?" and "is the allocator known?".
+static GATE_START: AtomicUsize = AtomicUsize::new(0);
+static GATE_LEN: AtomicUsize = AtomicUsize::new(usize::MAX);
 
+/// True when `p` is a start-up pool block, or the next allocator is not known yet (then for
+/// every `p`): the fast paths go to the full hook.
 #[inline(always)]
-pub fn calls() -> u8 {
-    CALLS.load(Ordering::Acquire)
+pub fn pool_or_unresolved(p: *mut c_void) -> bool {
+    let len = GATE_LEN.load(Ordering::Acquire);
+    (p as usize).wrapping_sub(GATE_START.load(Ordering::Relaxed)) < len
 }
 
-/// The next allocator, known to be resolved: [`calls`] was not `UNRESOLVED`, or this thread's
+/// True when the next allocator is glibc's: its calls need no count (see [`allocator_call`]).
+/// Meaningful once it is known.
+#[inline(always)]
+pub fn direct_calls() -> bool {
+    !FOREIGN_ALLOCATOR.load(Ordering::Relaxed)
+}
+
+/// The next allocator, known to be resolved: [`pool_or_unresolved`] said no, or this thread's
 /// sampling countdown is running (`rec::countdown_skips` said so), which only a hook that had
 /// resolved it can have started.
 ///
