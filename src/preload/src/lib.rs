@@ -98,8 +98,56 @@ static FINI: extern "C" fn() = on_unload;
 
 // ---- the allocator hooks ---------------------------------------------------------------------
 
+// Each hook of a call that sampled recording usually leaves out starts with its fast path:
+// `rec::countdown_skips` (the thread's countdown in its TLS word: the block is certainly not
+// sampled) before the allocation, `rec::free_surely_unheld` (the live set's filter: the block
+// was never sampled) before a free, then the checks that the block is not the recorder's own
+// (`heap::contains`) nor the start-up pool's, and the real function, called directly: a tail
+// call for glibc's free. Anything else (a pick, a failure, every other mode) goes to the full
+// hook, out of line, so that the fast path keeps no frame it does not need.
+
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    if rec::countdown_skips(size) {
+        // SAFETY: a running countdown means this thread recorded through a hook: resolved.
+        let p = real::counted_call(|| (real::resolved().malloc)(size));
+        if !p.is_null() {
+            return p;
+        }
+        return alloc_failed(AllocKind::Malloc, size);
+    }
+    if rec::countdown_skips_all(size) {
+        return tracked(
+            real::counted_call(|| (real::resolved().malloc)(size)),
+            AllocKind::Malloc,
+            size,
+        );
+    }
+    malloc_full(size)
+}
+
+/// `--all-blocks`, a block the countdown let through ([`rec::countdown_skips_all`]): tracked
+/// without a stack; a failure is recorded as ever.
+#[inline(always)]
+unsafe fn tracked(p: *mut c_void, kind: AllocKind, size: usize) -> *mut c_void {
+    if p.is_null() {
+        return alloc_failed(kind, size);
+    }
+    // SAFETY: resolved, as in `malloc`.
+    rec::track_unsampled(p.cast(), size, (real::resolved().usable_size)(p));
+    p
+}
+
+/// A failed allocation on a fast path: recorded as ever (its stack, a `Failed` event).
+#[cold]
+#[inline(never)]
+unsafe fn alloc_failed(kind: AllocKind, size: usize) -> *mut c_void {
+    rec::on_alloc(kind, std::ptr::null_mut(), size);
+    std::ptr::null_mut()
+}
+
+#[inline(never)]
+unsafe extern "C" fn malloc_full(size: usize) -> *mut c_void {
     let Some(n) = ready() else {
         return real::pool_alloc(size, 16);
     };
@@ -116,6 +164,25 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 
 #[no_mangle]
 pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
+    if let Some(total) = count.checked_mul(size) {
+        if rec::countdown_skips(total) {
+            // SAFETY: as in `malloc`.
+            let p = real::counted_call(|| (real::resolved().calloc)(count, size));
+            if !p.is_null() {
+                return p;
+            }
+            return alloc_failed(AllocKind::Calloc, total);
+        }
+        if rec::countdown_skips_all(total) {
+            let p = real::counted_call(|| (real::resolved().calloc)(count, size));
+            return tracked(p, AllocKind::Calloc, total);
+        }
+    }
+    calloc_full(count, size)
+}
+
+#[inline(never)]
+unsafe extern "C" fn calloc_full(count: usize, size: usize) -> *mut c_void {
     let Some(n) = ready() else {
         // dlsym asks for memory while we look the allocator up: the static pool is zeroed.
         return match count.checked_mul(size) {
@@ -137,8 +204,25 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
     p
 }
 
+/// Not the recorder's own block, nor the start-up pool's, and the next allocator known: the
+/// real function may have the block (the rest of a fast path's conditions).
+#[inline(always)]
+fn programs_block(p: *mut c_void) -> bool {
+    !real::pool_or_unresolved(p) && rec::heap::surely_not_ours(p.cast())
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn realloc(old: *mut c_void, size: usize) -> *mut c_void {
+    // The countdown last: it counts the block when it answers yes.
+    if rec::realloc_old_unheld(old.cast()) && programs_block(old) && rec::countdown_skips(size) {
+        // SAFETY: resolved (`programs_block`).
+        let p = real::counted_call(|| (real::resolved().realloc)(old, size));
+        if p.is_null() {
+            // Failed (or glibc's realloc(p, 0), a free): the full path's end of it.
+            rec::realloc_unheld_end(old.cast(), AllocKind::Realloc, p.cast(), size);
+        }
+        return p;
+    }
     do_realloc(old, size, AllocKind::Realloc)
 }
 
@@ -202,6 +286,34 @@ pub unsafe extern "C" fn reallocarray(old: *mut c_void, count: usize, size: usiz
 
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
+    if rec::free_surely_unheld(p.cast()) && programs_block(p) {
+        // SAFETY: resolved (`programs_block`).
+        if real::direct_calls() {
+            return (real::resolved().free)(p);
+        }
+        return real::counted_call(|| (real::resolved().free)(p));
+    }
+    if rec::tracking_all_blocks() {
+        return free_tracked(p);
+    }
+    free_full(p)
+}
+
+/// `--all-blocks`: the block leaves the live set first (see `rec::on_free`), then the real free.
+/// Out of line, as `free_full`, so that `free` itself keeps no frame.
+#[inline(never)]
+unsafe extern "C" fn free_tracked(p: *mut c_void) {
+    if p.is_null() || !programs_block(p) {
+        return free_full(p);
+    }
+    rec::forget_block(p.cast());
+    // SAFETY: resolved (`programs_block`).
+    real::allocator_call(|| (real::resolved().free)(p))
+}
+
+// `extern "C"` (it cannot unwind): the hooks then reach it with a tail call, and keep no frame.
+#[inline(never)]
+unsafe extern "C" fn free_full(p: *mut c_void) {
     if pool_contains(p) {
         return;
     }
@@ -216,6 +328,17 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 
 #[no_mangle]
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    // Not through `allocator_call`: asking a block's size maps nothing, and jemalloc programs
+    // (Redis's zmalloc) ask it on every malloc and free.
+    if !p.is_null() && programs_block(p) {
+        // SAFETY: resolved (`programs_block`).
+        return (real::resolved().usable_size)(p);
+    }
+    usable_size_full(p)
+}
+
+#[inline(never)]
+unsafe extern "C" fn usable_size_full(p: *mut c_void) -> usize {
     if pool_contains(p) {
         return pool_usable_size(p);
     }
@@ -223,8 +346,6 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
         return rec::heap::c_size(p.cast());
     }
     match ready() {
-        // Not through `allocator_call`: asking a block's size maps nothing, and jemalloc
-        // programs (Redis's zmalloc) ask it on every malloc and free.
         Some(n) if !p.is_null() => (n.usable_size)(p),
         _ => 0,
     }

@@ -61,15 +61,50 @@ fn resolve() -> Option<&'static Next> {
         // glibc's malloc maps its memory with internal calls that never reach our `mmap`; any
         // other allocator's calls must be told apart from the program's (see `in_allocator`).
         let libc_malloc = libc::dlsym(libc::RTLD_DEFAULT, c"__libc_malloc".as_ptr());
-        FOREIGN_ALLOCATOR.store(
-            libc_malloc.is_null() || libc_malloc as usize != n.malloc as usize,
-            Ordering::Relaxed,
-        );
+        let foreign = libc_malloc.is_null() || libc_malloc as usize != n.malloc as usize;
+        FOREIGN_ALLOCATOR.store(foreign, Ordering::Relaxed);
         *NEXT.0.get() = Some(n);
         STATE.store(RESOLVED, Ordering::Release);
+        // The start one first: a thread that sees the new length sees it too.
+        GATE_START.store(pool_base(), Ordering::Relaxed);
+        GATE_LEN.store(POOL_BYTES, Ordering::Release);
         zmtrace_recorder::set_front_end(&crate::FRONT);
         (*NEXT.0.get()).as_ref()
     }
+}
+
+/// The range that the hooks' fast paths leave to the full hooks: the whole address space until
+/// the next allocator is known, the start-up pool after. One subtraction and one compare then
+/// answer both "is this a pool block?" and "is the allocator known?".
+static GATE_START: AtomicUsize = AtomicUsize::new(0);
+static GATE_LEN: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// True when `p` is a start-up pool block, or the next allocator is not known yet (then for
+/// every `p`): the fast paths go to the full hook.
+#[inline(always)]
+pub fn pool_or_unresolved(p: *mut c_void) -> bool {
+    let len = GATE_LEN.load(Ordering::Acquire);
+    (p as usize).wrapping_sub(GATE_START.load(Ordering::Relaxed)) < len
+}
+
+/// True when the next allocator is glibc's: its calls need no count (see [`allocator_call`]).
+/// Meaningful once it is known.
+#[inline(always)]
+pub fn direct_calls() -> bool {
+    !FOREIGN_ALLOCATOR.load(Ordering::Relaxed)
+}
+
+/// The next allocator, known to be resolved: [`pool_or_unresolved`] said no, or this thread's
+/// sampling countdown is running (`rec::countdown_skips` said so), which only a hook that had
+/// resolved it can have started.
+///
+/// # Safety
+/// The next allocator is resolved.
+#[inline(always)]
+pub unsafe fn resolved() -> &'static Next {
+    debug_assert_eq!(STATE.load(Ordering::Relaxed), RESOLVED);
+    // SAFETY: written once before RESOLVED was published, never again.
+    (*NEXT.0.get()).as_ref().unwrap_unchecked()
 }
 
 /// True when the next allocator is not glibc's: its calls to `mmap` come through our hook, and
@@ -92,6 +127,18 @@ pub fn allocator_call<R>(f: impl FnOnce() -> R) -> R {
     if !FOREIGN_ALLOCATOR.load(Ordering::Relaxed) {
         return f();
     }
+    let c = in_allocator_calls();
+    c.set(c.get() + 1);
+    let r = f();
+    c.set(c.get() - 1);
+    r
+}
+
+/// [`allocator_call`] with the count kept whatever the allocator (glibc's is never asked for
+/// it): an increment and a decrement, cheaper than the branch on a path that keeps a frame
+/// anyway.
+#[inline(always)]
+pub fn counted_call<R>(f: impl FnOnce() -> R) -> R {
     let c = in_allocator_calls();
     c.set(c.get() + 1);
     let r = f();

@@ -93,6 +93,9 @@ pub(crate) extern "C" fn fork_child() {
                 s.tid.store(gettid(), Ordering::Release);
                 // SAFETY: the forking thread's own state (the only thread in the child).
                 unsafe { (*s.sampler.get()).reseed_in_child() };
+                // The hooks' countdown (TLS, copied from the parent) starts afresh too.
+                crate::tls::tls().left.set(0);
+                crate::tls::tls().left_all.set(0);
             } else {
                 // Its thread does not exist in the child.
                 s.in_use.store(false, Ordering::Release);

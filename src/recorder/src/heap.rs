@@ -38,9 +38,30 @@ const MAX_CHUNKS: usize = 32;
 static CHUNK_START: [AtomicUsize; MAX_CHUNKS] = [const { AtomicUsize::new(0) }; MAX_CHUNKS];
 static CHUNK_END: [AtomicUsize; MAX_CHUNKS] = [const { AtomicUsize::new(0) }; MAX_CHUNKS];
 static CHUNKS: AtomicUsize = AtomicUsize::new(0);
-/// The bounds of all chunks: most addresses that are not ours fail this test alone.
+/// The bounds of the chunks outside the reservation: most addresses that are not ours fail
+/// this test alone.
 static LOWEST: AtomicUsize = AtomicUsize::new(usize::MAX);
 static HIGHEST: AtomicUsize = AtomicUsize::new(0);
+
+/// One range reserved (mapped, `MAP_NORESERVE`: untouched pages cost nothing) on the first chunk,
+/// from which the chunks are cut while they fit (4 + 8 + ... + 512 MiB do): then [`contains`],
+/// which runs on every `free`, `realloc` and `malloc_usable_size` of the program, is one
+/// subtraction and one compare. Chunks that do not fit, or all of them if the reservation was
+/// refused (an address-space limit), are mapped on their own and listed ([`SPILLED`]).
+const RESERVE: usize = 1 << 30;
+/// The reservation's start and whether a chunk lies outside it ([`surely_not_ours`] reads both
+/// through one address). Until the reservation is made, a start that no user address reaches
+/// (the top of the address space, the kernel's).
+#[repr(C)]
+struct Reservation {
+    base: AtomicUsize,
+    /// Not 0 once a chunk lies outside the reservation: [`contains`] then searches the list.
+    spilled: AtomicUsize,
+}
+static RES: Reservation = Reservation {
+    base: AtomicUsize::new(usize::MAX - RESERVE + 1),
+    spilled: AtomicUsize::new(0),
+};
 
 /// Maps fresh chunks when talc runs out: a raw system call, so that it neither reaches the
 /// program's `mmap` (interposed by the preload library, which records the program's mappings)
@@ -48,6 +69,8 @@ static HIGHEST: AtomicUsize = AtomicUsize::new(0);
 #[derive(Debug)]
 pub struct Chunks {
     next: usize,
+    /// Bytes of the reservation handed to talc so far; `usize::MAX`: no reservation (refused).
+    reserved_used: usize,
 }
 
 /// Every mapping [`map_anon`] made and [`unmap`] did not take back (start, length; start 0 is
@@ -139,15 +162,33 @@ unsafe impl Source for Chunks {
             .next
             .max(FIRST_CHUNK)
             .max(want.next_multiple_of(4096));
-        let p = map_anon(size).ok_or(())?;
-        // SAFETY: the mapping is fresh and ours for good.
+        if talc.source.reserved_used == 0 {
+            match map_anon(RESERVE) {
+                // Published before any block of it exists: a thread that is handed one (through
+                // the program's synchronisation, after the heap's lock) sees the new start.
+                Some(r) => RES.base.store(r.as_ptr() as usize, Ordering::Release),
+                None => talc.source.reserved_used = usize::MAX,
+            }
+        }
+        let used = talc.source.reserved_used;
+        let p = if used != usize::MAX && size <= RESERVE - used {
+            talc.source.reserved_used = used + size;
+            // SAFETY: inside the reservation (`used + size <= RESERVE`).
+            unsafe { NonNull::new_unchecked((RES.base.load(Ordering::Relaxed) + used) as *mut u8) }
+        } else {
+            map_anon(size).ok_or(())?
+        };
+        // SAFETY: the memory is fresh and ours for good.
         unsafe { talc.claim(p.as_ptr(), size) }.ok_or(())?;
         talc.source.next = size.saturating_mul(2);
         let (s, e) = (p.as_ptr() as usize, p.as_ptr() as usize + size);
         CHUNK_START[n].store(s, Ordering::Relaxed);
         CHUNK_END[n].store(e, Ordering::Relaxed);
-        LOWEST.fetch_min(s, Ordering::Relaxed);
-        HIGHEST.fetch_max(e, Ordering::Relaxed);
+        if s.wrapping_sub(RES.base.load(Ordering::Relaxed)) >= RESERVE {
+            LOWEST.fetch_min(s, Ordering::Relaxed);
+            HIGHEST.fetch_max(e, Ordering::Relaxed);
+            RES.spilled.store(1, Ordering::Release);
+        }
         CHUNKS.store(n + 1, Ordering::Release);
         Ok(())
     }
@@ -157,7 +198,10 @@ type Heap = Talc<Chunks, DefaultBinning>;
 
 /// The heap. Taken by the `fork` handlers last (everything else they do may allocate) and
 /// released first.
-pub(crate) static HEAP: SpinLock<Heap> = SpinLock::new(Talc::new(Chunks { next: 0 }));
+pub(crate) static HEAP: SpinLock<Heap> = SpinLock::new(Talc::new(Chunks {
+    next: 0,
+    reserved_used: 0,
+}));
 
 /// The thread holding [`HEAP`] (its thread pointer), 0 when free: a signal handler that
 /// allocates while its thread is inside the heap must not wait for itself.
@@ -209,6 +253,23 @@ pub fn held_here() -> bool {
 #[inline]
 pub fn contains(p: *const u8) -> bool {
     let a = p as usize;
+    // Anything in the reservation is ours (nothing else can be mapped there), claimed or not.
+    if a.wrapping_sub(RES.base.load(Ordering::Relaxed)) < RESERVE {
+        return true;
+    }
+    RES.spilled.load(Ordering::Relaxed) != 0 && spilled_contains(a)
+}
+
+/// True when `p` is certainly not in the recorder's heap: outside the reservation, with no
+/// chunk outside it. The hooks' fast paths ask this (a false answer sends them to the full
+/// hook, which asks [`contains`]).
+#[inline(always)]
+pub fn surely_not_ours(p: *const u8) -> bool {
+    (p as usize).wrapping_sub(RES.base.load(Ordering::Relaxed)) >= RESERVE
+        && RES.spilled.load(Ordering::Relaxed) == 0
+}
+
+fn spilled_contains(a: usize) -> bool {
     if a < LOWEST.load(Ordering::Relaxed) || a >= HIGHEST.load(Ordering::Relaxed) {
         return false;
     }

@@ -197,35 +197,121 @@ pub unsafe fn record_alloc(
 #[inline]
 fn sampled(t: &ThreadState, size: usize) -> bool {
     let interval = sample::interval();
-    // SAFETY: only the owning thread touches its sampler.
-    interval == 0 || unsafe { (*t.sampler.get()).take(size as u64, interval) }
+    if interval == 0 {
+        return true;
+    }
+    // SAFETY: only the owning thread touches its sampler (`t` is this thread's state).
+    let s = unsafe { &mut *t.sampler.get() };
+    // The countdown lives in the thread's TLS word of its mode, where the hooks' fast paths
+    // ([`countdown_skips`], [`countdown_skips_all`]) count the blocks they let through.
+    let tls = tls::tls();
+    let word = if sample::only_sampled() {
+        &tls.left
+    } else {
+        &tls.left_all
+    };
+    s.set_left(word.get());
+    let picked = s.take(size as u64, interval);
+    word.set(s.left());
+    picked
 }
 
-/// Sampled recording without `--all-blocks`: the countdown of a block that is certainly not
-/// sampled, and nothing else (no guard, no recorder state). True: done. False: the full path
-/// decides (a pick, the thread's first event, a call from inside the recorder, not sampling).
+/// Sampled recording without `--all-blocks`: counts `size` bytes on this thread's countdown and
+/// returns true when the block is certainly not sampled: the caller then needs nothing else
+/// (no guard, no recorder state, no event). False, with nothing counted: the full path decides
+/// (a pick, the thread's first event, a call from inside the recorder, any other mode: there
+/// the word is always 0).
+///
+/// A front end may call it *before* the real allocation (the countdown depends on the size
+/// alone), and then go straight to the real allocator; a failed allocation must still go to
+/// the full path ([`on_alloc`] with a null pointer), which records it.
 ///
 /// Without the guard: the countdown is only the owning thread's, and a call from inside the
 /// recorder (the guard held: its own allocation, through a front end that does not keep those
-/// apart) goes on to the full path, which refuses it, so it never counts.
+/// apart) goes on to the full path, which refuses it, so it never counts. A word above 0 also
+/// tells that this thread has recorded through a front end, whose allocator is then known.
+#[inline(always)]
+pub fn countdown_skips(size: usize) -> bool {
+    let tls = tls::tls();
+    if tls.inside.load(Ordering::Relaxed) {
+        return false;
+    }
+    match sample::skip(tls.left.get(), size as u64) {
+        Some(left) => {
+            tls.left.set(left);
+            true
+        }
+        None => false,
+    }
+}
+
+/// [`countdown_skips`] for `--all-blocks`: true when the block is certainly not sampled, and
+/// counted; the caller then tracks it with [`track_unsampled`] once the real allocator returned
+/// it (no stack, no event). False, with nothing counted: the full path decides.
+#[inline(always)]
+pub fn countdown_skips_all(size: usize) -> bool {
+    let tls = tls::tls();
+    if tls.inside.load(Ordering::Relaxed) {
+        return false;
+    }
+    match sample::skip(tls.left_all.get(), size as u64) {
+        Some(left) => {
+            tls.left_all.set(left);
+            true
+        }
+        None => false,
+    }
+}
+
+/// `--all-blocks`, after [`countdown_skips_all`] said yes and the real allocator returned `ptr`
+/// (not null) for `size` bytes, `usable` usable: the block goes in the live set without a stack,
+/// for the leak check only. What the full path does for it, without the rest of that path.
+///
+/// # Safety
+/// `ptr` is a block the real allocator just returned, on this thread.
+#[inline(never)]
+pub unsafe fn track_unsampled(ptr: *mut u8, size: usize, usable: usize) {
+    let Some(_g) = Guard::enter() else { return };
+    // A running countdown means that this thread has its state and the recorder its core.
+    let (Some(core), Some(t)) = (CORE.get(), tls::tls().current.get().as_ref()) else {
+        return;
+    };
+    insert_unsampled(core, t, ptr, size, Some(usable));
+}
+
+/// `--all-blocks`: true once this thread's countdown runs (its first sampled event drew it), so
+/// that its frees may take [`forget_block`] instead of the whole of [`on_free`].
+#[inline(always)]
+pub fn tracking_all_blocks() -> bool {
+    let tls = tls::tls();
+    tls.left_all.get() != 0 && !tls.inside.load(Ordering::Relaxed)
+}
+
+/// `--all-blocks`, [`tracking_all_blocks`] true: [`on_free`] of `ptr` (not null, the program's,
+/// about to be freed) without the checks that this mode and thread make needless: the block
+/// leaves the live set, with a `Free` event if it was sampled.
+///
+/// # Safety
+/// As [`on_free`].
+#[inline(never)]
+pub unsafe fn forget_block(ptr: *mut u8) {
+    let Some(_g) = Guard::enter() else { return };
+    let Some(core) = CORE.get() else { return };
+    if let Some(block) = core.live.remove_sampled(ptr as usize) {
+        if block.stack != sample::UNSAMPLED {
+            free_recorded(core, ptr, &block);
+        }
+    }
+}
+
 #[inline(always)]
 fn unsampled_fast(size: usize) -> bool {
-    if !sample::only_sampled() {
-        return false;
-    }
-    let tls = tls::tls();
-    let t = tls.current.get();
-    if t.is_null() || tls.inside.load(Ordering::Relaxed) {
-        return false;
-    }
-    // SAFETY: states are never freed, and only the owning thread touches its sampler, never
-    // from two places at once: the full path touches it under the guard, checked just above.
-    unsafe { (*(*t).sampler.get()).skip(size as u64) }
+    countdown_skips(size)
 }
 
 /// `--all-blocks`: an unsampled block goes in the live set with no stack ([`sample::UNSAMPLED`]),
 /// for the leak check only: it has no events.
-#[cold]
+#[inline]
 unsafe fn insert_unsampled(
     core: &state::Core,
     t: &ThreadState,
@@ -260,7 +346,7 @@ unsafe fn usable_size(ptr: *mut u8) -> u64 {
 /// `ptr` is the argument of a `free` about to happen.
 #[inline]
 pub unsafe fn on_free(ptr: *mut u8) {
-    if sample::only_sampled() && !ptr.is_null() && !live_may_hold(ptr) {
+    if free_surely_unheld(ptr) {
         // Sampled recording: most frees are of unsampled blocks, and the live set's filter says
         // so without a lock, the guard or the thread's state (see `live`).
         return;
@@ -270,9 +356,11 @@ pub unsafe fn on_free(ptr: *mut u8) {
     if sample::interval() > 0 && !ptr.is_null() {
         // Sampled recording: most frees are of unsampled blocks, and all such a free needs is
         // the one live-set lookup (not even the thread's state).
-        match core.live.remove(ptr as usize) {
-            Some(block) if block.stack != sample::UNSAMPLED => free_recorded(core, ptr, &block),
-            _ => {} // unsampled (`--all-blocks`: kept for the leak check only): no event
+        // Unsampled (`--all-blocks`: kept for the leak check only): no event.
+        if let Some(block) = core.live.remove_sampled(ptr as usize) {
+            if block.stack != sample::UNSAMPLED {
+                free_recorded(core, ptr, &block);
+            }
         }
         return;
     }
@@ -290,12 +378,13 @@ pub unsafe fn on_free(ptr: *mut u8) {
     free_recorded(core, ptr, &block);
 }
 
-/// False when the live set certainly does not hold `ptr`: its filter (on in sampled recording
-/// without `--all-blocks`) says so. True before the recorder is set up: the full path decides.
+/// Sampled recording without `--all-blocks`: true when `ptr` is not null and the live set
+/// certainly does not hold it (its free filter says so, in one load: see `live`). A free of such
+/// a block needs nothing from the recorder, and a front end may hand it straight to the real
+/// allocator. False in every other mode, and before the recorder is set up.
 #[inline(always)]
-fn live_may_hold(ptr: *mut u8) -> bool {
-    CORE.get()
-        .is_none_or(|core| core.live.may_hold(ptr as usize))
+pub fn free_surely_unheld(ptr: *mut u8) -> bool {
+    !ptr.is_null() && live::filter_says_absent(ptr as usize)
 }
 
 /// The free of a recorded block, once it left the live set.
@@ -393,14 +482,7 @@ pub unsafe fn realloc_end(tok: ReallocToken, kind: AllocKind, new: *mut u8, size
 /// reallocs are of unsampled blocks, and this costs no guard, lock or probe for them.
 #[inline(always)]
 pub fn realloc_old_unheld(old: *mut u8) -> bool {
-    sample::only_sampled() && !old.is_null() && live_surely_lacks(old)
-}
-
-/// True only when the live set exists and its filter says it does not hold `p`.
-#[inline(always)]
-fn live_surely_lacks(p: *mut u8) -> bool {
-    CORE.get()
-        .is_some_and(|core| !core.live.may_hold(p as usize))
+    free_surely_unheld(old)
 }
 
 /// The end of a realloc whose old block [`realloc_old_unheld`] found unheld: to the recording,

@@ -70,6 +70,15 @@ pub(crate) fn only_sampled() -> bool {
     ONLY_SAMPLED.load(Ordering::Relaxed)
 }
 
+/// The countdown's fast half: `left` after a block of `size` bytes that is certainly not
+/// sampled, or None (nothing counted) when [`Sampler::take`] must decide (a pick, or no gap
+/// drawn yet: `left` 0).
+#[inline(always)]
+pub(crate) fn skip(left: u64, size: u64) -> Option<u64> {
+    let size = size.max(1); // malloc(0) is a block too
+    (size < left).then(|| left - size)
+}
+
 /// One thread's sampler: touched only by its thread (it lives in the thread's state).
 #[derive(Debug, Default)]
 pub(crate) struct Sampler {
@@ -145,17 +154,17 @@ impl Sampler {
         }
     }
 
-    /// The countdown alone: counts `size` bytes and returns true when the block is certainly not
-    /// sampled; false (nothing counted) when [`Self::take`] must decide (a pick, or no gap drawn
-    /// yet).
+    /// The countdown (bytes left before the next pick; 0: no gap drawn yet). Without
+    /// `--all-blocks` it lives in the thread's TLS word between events (see `countdown_skips`
+    /// in the crate root): the full path loads it here before [`Self::take`] and stores it back.
     #[inline(always)]
-    pub(crate) fn skip(&mut self, size: u64) -> bool {
-        let size = size.max(1);
-        if size < self.left {
-            self.left -= size;
-            return true;
-        }
-        false
+    pub(crate) fn left(&self) -> u64 {
+        self.left
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_left(&mut self, left: u64) {
+        self.left = left;
     }
 
     /// Counts `size` allocated bytes; true when the block holds a picked byte (sample it).
@@ -242,11 +251,18 @@ mod tests {
         );
         // The same draws through the countdown's fast half first, as the hot path does.
         let mut s = Sampler::seeded(7);
-        let hits_fast = (0..n).filter(|_| !s.skip(size) && s.take(size, t)).count() as f64;
+        let fast = |s: &mut Sampler| match skip(s.left(), size) {
+            Some(left) => {
+                s.set_left(left);
+                false
+            }
+            None => s.take(size, t),
+        };
+        let hits_fast = (0..n).filter(|_| fast(&mut s)).count() as f64;
         assert_eq!(hits_fast, hits);
         // interval 1: every block.
         let mut s = Sampler::seeded(7);
         assert!((0..1000).all(|i| s.take(i % 100, 1)));
-        assert!((0..1000).all(|i| !s.skip(i % 100)));
+        assert!((0..1000).all(|i| skip(s.left(), i % 100).is_none()));
     }
 }

@@ -170,6 +170,7 @@ pub(crate) fn init_slow() -> Option<&'static Core> {
         // Before the first insert: the filter counts every entry from the start.
         if let Some(core) = CORE.get() {
             core.live.enable_filter();
+            core.live.publish_filter();
         }
     }
     // SAFETY: registering handlers has no preconditions; they are plain extern "C" functions.

@@ -41,10 +41,18 @@ pub(crate) struct Tls {
     /// The front end's word ([`front_word`]): the preload library counts its calls into a
     /// foreign allocator here, on every `malloc` of a jemalloc program (Redis).
     pub(crate) front: Cell<u64>,
+    /// Sampled recording without `--all-blocks`: the thread's countdown (bytes left before the
+    /// next picked byte), here rather than in its state so that the hooks' fast path reaches it
+    /// with no load of the state and no check of the mode. 0 in every other mode, and until
+    /// the thread's first sampled event draws a gap: then the fast path always declines.
+    pub(crate) left: Cell<u64>,
+    /// The same countdown with `--all-blocks` ([`crate::countdown_skips_all`]): a block it lets
+    /// through is still tracked, without a stack. 0 in every other mode.
+    pub(crate) left_all: Cell<u64>,
     _pad: u64,
 }
 
-const TLS_BYTES: usize = 32;
+const TLS_BYTES: usize = 48;
 const _: () = assert!(std::mem::size_of::<Tls>() == TLS_BYTES && std::mem::align_of::<Tls>() <= 16);
 
 /// A per-thread word for the front end, zero when its thread starts, in the same initial-exec
@@ -64,9 +72,9 @@ std::arch::global_asm!(
     ".globl zmtrace_recorder_tls",
     ".hidden zmtrace_recorder_tls",
     ".type zmtrace_recorder_tls,@object",
-    ".size zmtrace_recorder_tls,32",
+    ".size zmtrace_recorder_tls,48",
     "zmtrace_recorder_tls:",
-    ".zero 32",
+    ".zero 48",
     ".popsection",
 );
 
@@ -99,6 +107,8 @@ thread_local! {
             deferred: AtomicI32::new(0),
             current: Cell::new(std::ptr::null()),
             front: Cell::new(0),
+            left: Cell::new(0),
+            left_all: Cell::new(0),
             _pad: 0,
         }
     };
