@@ -22,6 +22,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use zmtrace_analyze::follow::Follow;
 use zmtrace_analyze::{Analysis, FrameCache, Symbolizer};
@@ -105,6 +106,7 @@ impl Profiles {
     }
 
     fn get(&self, heap: bool) -> Response {
+        let started = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let Some(path) = self.dump_path(&mut cache) else {
             return Response::text(503, "the program has not opened its dump yet\n");
@@ -112,7 +114,7 @@ impl Profiles {
         let cache = &mut *cache; // its fields borrowed apart
                                  // After an exec, the dump served is another file: followed from its start.
         if cache.follow.as_ref().is_none_or(|f| f.path() != path) {
-            cache.follow = Some(Follow::new(&path));
+            cache.follow = Some(Follow::with_limit(&path, read_limit()));
             cache.built = None;
             cache.frames = FrameCache::default();
         }
@@ -120,37 +122,107 @@ impl Profiles {
         if let Err(e) = follow.update() {
             return Response::text(503, &format!("{e}\n"));
         }
+        let update = follow.last_update();
         let len = follow.len();
-        // What serving cost so far, for whoever wonders (and the tests): the dump's length read,
-        // the bytes read from it, the events decoded. Without the kept replay, each scrape read
-        // and decoded the whole dump again.
+        let mut time = Timing {
+            read: update.read,
+            replay: update.replay,
+            ..Timing::default()
+        };
         let fresh = cache.built.as_ref().filter(|b| b.0 == len).cloned();
+        time.cached = fresh.is_some();
         let (_, h, a) = match fresh {
             Some(b) => b,
-            None => match build(follow.dump(), &follow.analysis(), &mut cache.frames) {
-                Ok((h, a)) => {
-                    cache.built = Some((len, h.into(), a.into()));
-                    cache.built.clone().expect("just built")
+            None => {
+                let analysing = Instant::now();
+                let analysis = follow.analysis();
+                time.replay += analysing.elapsed();
+                match build(follow.dump(), &analysis, &mut cache.frames, &mut time) {
+                    Ok((h, a)) => {
+                        cache.built = Some((len, h.into(), a.into()));
+                        cache.built.clone().expect("just built")
+                    }
+                    Err(e) => return Response::text(503, &format!("{e}\n")),
                 }
-                Err(e) => return Response::text(503, &format!("{e}\n")),
-            },
+            }
         };
-        // `lookups`: the frames looked up in module files so far (each address once).
+        // What serving cost so far, for whoever wonders (and the tests): the dump's length read,
+        // the bytes read from it, the events decoded, the bytes of dump not read yet (an update
+        // reads at most `read_limit()`). Without the kept replay, each scrape read and decoded
+        // the whole dump again. `lookups`: the frames looked up in module files so far (each
+        // address once).
         let cost = format!(
-            "dump={len} read={} decoded={} lookups={}",
+            "dump={len} read={} decoded={} lookups={} behind={}",
             follow.bytes_read(),
             follow.replay().map_or(0, |r| r.decoded),
-            cache.frames.lookups
+            cache.frames.lookups,
+            follow.behind(),
         );
+        time.total = started.elapsed();
         Response::new(200, "application/octet-stream", if heap { h } else { a })
             .with_header("x-zmtrace-replay", cost)
+            .with_header("x-zmtrace-time", time.header())
     }
 }
 
+/// Where one scrape's time went, in the `x-zmtrace-time` header: reading the dump's new bytes
+/// (and parsing their records), replaying their events (and summing the heap up), looking the
+/// new stacks' addresses up in the module files, and encoding and gzipping the two profiles. A
+/// scrape that finds the dump as it was at the last one serves the profiles built then.
+#[derive(Default)]
+struct Timing {
+    read: Duration,
+    replay: Duration,
+    symbolize: Duration,
+    build: Duration,
+    total: Duration,
+    cached: bool,
+}
+
+impl Timing {
+    fn header(&self) -> String {
+        let us = |d: Duration| d.as_micros();
+        format!(
+            "read_us={} replay_us={} symbolize_us={} build_us={} total_us={} cached={}",
+            us(self.read),
+            us(self.replay),
+            us(self.symbolize),
+            us(self.build),
+            us(self.total),
+            u8::from(self.cached)
+        )
+    }
+}
+
+/// The most bytes of dump a scrape reads and replays: `ZMTRACE_SERVE_READ_LIMIT` (bytes), else
+/// [`zmtrace_analyze::follow::DEFAULT_LIMIT`]. A scrape of a larger backlog serves the heap as
+/// of where it stopped (`behind=` in `x-zmtrace-replay` says how far the dump is ahead), and the
+/// next goes on from there: no scrape waits for a whole long run to be replayed.
+fn read_limit() -> u64 {
+    std::env::var("ZMTRACE_SERVE_READ_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(zmtrace_analyze::follow::DEFAULT_LIMIT)
+}
+
 /// Both profiles of the dump read so far (`dump`: its records; `a`: what its events say).
-fn build(dump: &Dump, a: &Analysis, frames: &mut FrameCache) -> Result<(Vec<u8>, Vec<u8>), String> {
+fn build(
+    dump: &Dump,
+    a: &Analysis,
+    frames: &mut FrameCache,
+    time: &mut Timing,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let symbolizing = Instant::now();
     let profile = Profile::from_analysis(a);
     let mut sym = Symbolizer::with_frames(dump, std::mem::take(frames));
+    // Every stack's addresses looked up now, so that the time of the lookups is told apart from
+    // the encoding's (which then finds them in the symbolizer's cache).
+    for (id, _) in &profile.stacks {
+        let _ = sym.stack_addresses(*id);
+    }
+    time.symbolize = symbolizing.elapsed();
+    let building = Instant::now();
     let wrappers = zmtrace_report::reports::Options::default().wrappers;
     let mut one = |shown, order: &[SampleType]| {
         let mut p = pprof::build_with_types(dump, &profile, &mut sym, &wrappers, shown, order);
@@ -164,6 +236,7 @@ fn build(dump: &Dump, a: &Analysis, frames: &mut FrameCache) -> Result<(Vec<u8>,
     };
     let heap = one(SampleType::InuseSpace, &HEAP);
     let allocs = one(SampleType::AllocSpace, &ALLOCS);
+    time.build = building.elapsed();
     // Kept even if a profile failed: the frames found are right either way.
     *frames = sym.take_frames();
     Ok((
