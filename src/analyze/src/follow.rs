@@ -491,7 +491,7 @@ mod tests {
         // A limit smaller than one record still reads a record an update.
         let mut g = Follow::with_limit(&path, 10);
         g.update().unwrap();
-        assert!(g.len() > 0 && g.len() < data.len() as u64);
+        assert!(!g.is_empty() && g.len() < data.len() as u64);
         assert!(g.analysis().allocations <= 100);
         let mut n = 1;
         while g.behind() > 0 {
