@@ -20,6 +20,8 @@
 #
 #   scripts/memflat.sh [MINUTES]          (default 2.5 per mode)
 #   MODES="untraced serve" EVERY=3 WARMUP=20 SCRAPE=10 scripts/memflat.sh 5
+#   OUT=DIR keeps each mode's samples (DIR/MODE.samples: seconds, program RSS KiB, zmtrace RSS
+#   KiB, dump bytes) and scrape headers (DIR/MODE.scrapes).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 minutes=${1:-2.5}
@@ -27,6 +29,7 @@ export MEMFLAT_EVERY=${EVERY:-3}
 export MEMFLAT_WARMUP=${WARMUP:-20}
 export MEMFLAT_SCRAPE=${SCRAPE:-10}
 export MEMFLAT_MODES=${MODES:-untraced event aggregate sample sample-all serve}
+export MEMFLAT_OUT=${OUT:-}
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -133,6 +136,13 @@ results = []
 for mode in modes:
     print(f"memflat: {mode}...", file=sys.stderr)
     rows, scrapes = run(mode)
+    if os.environ["MEMFLAT_OUT"]:
+        keep = os.environ["MEMFLAT_OUT"]
+        os.makedirs(keep, exist_ok=True)
+        with open(os.path.join(keep, f"{mode}.samples"), "w") as f:
+            f.writelines(f"{t:.1f} {p} {z} {d}\n" for t, p, z, d in rows)
+        with open(os.path.join(keep, f"{mode}.scrapes"), "w") as f:
+            f.writelines(f"{s:.3f} {t} | {r}\n" for s, t, r in scrapes)
     warm = [r for r in rows if r[0] >= warmup] or rows
     mins = [r[0] / 60 for r in warm]
     a, b = fit(mins, [r[1] for r in warm])

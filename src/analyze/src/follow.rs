@@ -190,6 +190,11 @@ impl Follow {
         self.limit
     }
 
+    /// Sets [`Follow::limit`] for the next updates (at least one byte: a record is read whole).
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit.max(1);
+    }
+
     /// What the last update cost.
     pub fn last_update(&self) -> UpdateCost {
         self.last

@@ -73,6 +73,9 @@ struct Cache {
     /// Frames looked up so far, so that a scrape looks up in module files only the new
     /// addresses (the lookups were most of a scrape's time, every scrape again).
     frames: FrameCache,
+    /// Bytes of dump read and replayed per second at the last scrape that read enough to
+    /// tell: what [`read_limit`] sizes the next one's read by.
+    rate: Option<f64>,
 }
 
 /// The `inuse_*` types first: Go's `/debug/pprof/heap`.
@@ -114,15 +117,22 @@ impl Profiles {
         let cache = &mut *cache; // its fields borrowed apart
                                  // After an exec, the dump served is another file: followed from its start.
         if cache.follow.as_ref().is_none_or(|f| f.path() != path) {
-            cache.follow = Some(Follow::with_limit(&path, read_limit()));
+            cache.follow = Some(Follow::new(&path));
             cache.built = None;
             cache.frames = FrameCache::default();
+            cache.rate = None;
         }
         let follow = cache.follow.as_mut().expect("just set");
+        follow.set_limit(read_limit(cache.rate));
         if let Err(e) = follow.update() {
             return Response::text(503, &format!("{e}\n"));
         }
         let update = follow.last_update();
+        let spent = (update.read + update.replay).as_secs_f64();
+        // Too little read to time (a few records, microseconds): the rate stays as it was.
+        if update.bytes >= RATE_MIN_BYTES && spent > 0.0 {
+            cache.rate = Some(update.bytes as f64 / spent);
+        }
         let len = follow.len();
         let mut time = Timing {
             read: update.read,
@@ -194,16 +204,37 @@ impl Timing {
     }
 }
 
-/// The most bytes of dump a scrape reads and replays: `ZMTRACE_SERVE_READ_LIMIT` (bytes), else
-/// [`zmtrace_analyze::follow::DEFAULT_LIMIT`]. A scrape of a larger backlog serves the heap as
-/// of where it stopped (`behind=` in `x-zmtrace-replay` says how far the dump is ahead), and the
-/// next goes on from there: no scrape waits for a whole long run to be replayed.
-fn read_limit() -> u64 {
-    std::env::var("ZMTRACE_SERVE_READ_LIMIT")
+/// How long a scrape may spend reading and replaying the dump's backlog: inside the scrapers'
+/// timeouts (Grafana Alloy's is 10 s by default, Parca's the scrape interval, 10 s by default),
+/// with room for the symbolizing, the encoding, and the replay of the newest second held back.
+/// A program that makes more events per scrape interval than that replays (at 10 s, 40 % of the
+/// replay's rate) is served further and further behind, as `behind=` says, rather than with
+/// scrapes that time out.
+const REPLAY_BUDGET_S: f64 = 4.0;
+/// What the first scrape reads at most, before any rate is known: ~2-3 s of replay where events
+/// compress best (samples/steady.c: 1.35 bytes an event, replayed at 1.6 M events/s on a
+/// loaded 2-core machine).
+const FIRST_READ: u64 = 4 << 20;
+/// The least a scrape reads, however slow the last one was.
+const MIN_READ: u64 = 1 << 20;
+/// Below this, an update is too small to time.
+const RATE_MIN_BYTES: u64 = 256 << 10;
+
+/// The most bytes of dump a scrape reads and replays: what the last scrape's rate replays in
+/// [`REPLAY_BUDGET_S`] (bytes are a poor measure of replay time by themselves: an event takes
+/// 1.35 to 10 bytes of dump, by how well its stream compresses), at most
+/// `ZMTRACE_SERVE_READ_LIMIT` bytes (default [`zmtrace_analyze::follow::DEFAULT_LIMIT`]). A
+/// scrape of a larger backlog serves the heap as of where it stopped (`behind=` in
+/// `x-zmtrace-replay` says how far the dump is ahead), and the next goes on from there: no
+/// scrape waits for a whole long run to be replayed.
+fn read_limit(rate: Option<f64>) -> u64 {
+    let cap = std::env::var("ZMTRACE_SERVE_READ_LIMIT")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(zmtrace_analyze::follow::DEFAULT_LIMIT)
+        .unwrap_or(zmtrace_analyze::follow::DEFAULT_LIMIT);
+    let budget = rate.map_or(FIRST_READ, |r| ((r * REPLAY_BUDGET_S) as u64).max(MIN_READ));
+    budget.min(cap)
 }
 
 /// Both profiles of the dump read so far (`dump`: its records; `a`: what its events say).
@@ -300,6 +331,22 @@ impl Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scrape reads what the last one's rate replays in the budget: 4 MiB before any rate, at
+    /// least 1 MiB, at most the cap.
+    #[test]
+    fn a_scrape_reads_what_the_last_rate_replays_in_its_budget() {
+        if std::env::var_os("ZMTRACE_SERVE_READ_LIMIT").is_some() {
+            return; // the cap is the user's then
+        }
+        assert_eq!(read_limit(None), FIRST_READ);
+        assert_eq!(read_limit(Some(1e6)), (1e6 * REPLAY_BUDGET_S) as u64);
+        assert_eq!(read_limit(Some(10.0)), MIN_READ);
+        assert_eq!(
+            read_limit(Some(1e12)),
+            zmtrace_analyze::follow::DEFAULT_LIMIT
+        );
+    }
 
     #[test]
     fn addresses_default_to_loopback() {
