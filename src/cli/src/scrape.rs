@@ -131,7 +131,7 @@ impl Profiles {
         let spent = (update.read + update.replay).as_secs_f64();
         // Too little read to time (a few records, microseconds): the rate stays as it was.
         if update.bytes >= RATE_MIN_BYTES && spent > 0.0 {
-            cache.rate = Some(update.bytes as f64 / spent);
+            cache.rate = Some(next_rate(cache.rate, update.bytes as f64 / spent));
         }
         let len = follow.len();
         let mut time = Timing {
@@ -219,6 +219,13 @@ const FIRST_READ: u64 = 4 << 20;
 const MIN_READ: u64 = 1 << 20;
 /// Below this, an update is too small to time.
 const RATE_MIN_BYTES: u64 = 256 << 10;
+
+/// The rate the next scrape is sized by, after one that ran at `now`: down at once, up by half
+/// the way. On a shared machine the rate of one scrape is a poor forecast of the next one's
+/// (scrapes of 2 to 8.4 s at a budget of 4 s with the last rate alone, scripts/memflat.sh).
+fn next_rate(last: Option<f64>, now: f64) -> f64 {
+    last.map_or(now, |l| now.min((l + now) / 2.0))
+}
 
 /// The most bytes of dump a scrape reads and replays: what the last scrape's rate replays in
 /// [`REPLAY_BUDGET_S`] (bytes are a poor measure of replay time by themselves: an event takes
@@ -339,6 +346,9 @@ mod tests {
         if std::env::var_os("ZMTRACE_SERVE_READ_LIMIT").is_some() {
             return; // the cap is the user's then
         }
+        assert_eq!(next_rate(None, 8.0), 8.0);
+        assert_eq!(next_rate(Some(8.0), 2.0), 2.0);
+        assert_eq!(next_rate(Some(2.0), 8.0), 5.0);
         assert_eq!(read_limit(None), FIRST_READ);
         assert_eq!(read_limit(Some(1e6)), (1e6 * REPLAY_BUDGET_S) as u64);
         assert_eq!(read_limit(Some(10.0)), MIN_READ);
