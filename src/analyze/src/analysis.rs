@@ -107,6 +107,7 @@ impl Est {
         s.leaked_blocks = r(self.leaked_blocks);
         s.leaked_bytes = r(self.leaked_bytes);
         s.leaked_via_realloc = r(self.leaked_via_realloc);
+        s.reallocs_estimated = Some(r(self.reallocs));
         for k in 0..4 {
             s.kinds[k] = KindTotal {
                 blocks: r(self.kinds[k].0),
@@ -180,6 +181,9 @@ pub struct SiteStats {
     pub kinds: [KindTotal; 4],
     /// Of those, per kind, the blocks whose stack is a realloc's.
     pub kinds_via_realloc: [u64; 4],
+    /// Sampled recording: the reallocs made here, estimated (`churn` counts the ones recorded,
+    /// unweighted). See [`SiteStats::reallocs`].
+    pub reallocs_estimated: Option<u64>,
 }
 
 pub use zmtrace_format::{Churn, MAX_STEPS};
@@ -203,6 +207,11 @@ pub enum GrowthPattern {
 }
 
 impl SiteStats {
+    /// The reallocs made here: estimated in a sampled recording, counted otherwise.
+    pub fn reallocs(&self) -> u64 {
+        self.reallocs_estimated.unwrap_or(self.churn.reallocs)
+    }
+
     /// Blocks of this stack live at the end; `kind`: what the leak check found them to be.
     fn add_leaked(&mut self, blocks: u64, bytes: u64, via_realloc: u64, kind: Option<LeakKind>) {
         self.leaked_blocks += blocks;
@@ -226,6 +235,10 @@ impl SiteStats {
         self.leaked_via_realloc += o.leaked_via_realloc;
         self.peak_bytes += o.peak_bytes;
         self.failed += o.failed;
+        self.reallocs_estimated = match (self.reallocs_estimated, o.reallocs_estimated) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
         for (k, o) in self.kinds.iter_mut().zip(&o.kinds) {
             k.blocks += o.blocks;
             k.bytes += o.bytes;

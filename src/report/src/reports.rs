@@ -97,7 +97,7 @@ pub fn report(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -
         peak: top_by(&sites, sym, opts, |s| s.peak_bytes),
         leaked: top_by(&sites, sym, opts, |s| s.leaked_bytes),
         temporary: top_by(&sites, sym, opts, |s| s.temporary),
-        reallocs: top_by(&sites, sym, opts, |s| s.churn.reallocs),
+        reallocs: top_by(&sites, sym, opts, SiteStats::reallocs),
     };
     Report {
         header: header(dump, a, sym),

@@ -584,3 +584,117 @@ fn reallocs_of_unsampled_blocks_are_sampled_by_their_new_size() {
     );
     assert_eq!(leaks["kinds"]["definite"]["bytes"], 512_000);
 }
+
+/// The per-site reallocs list of a sampled recording (samples/sampledrealloc.c at 4 KiB) is
+/// weighted, as the total is, and marked estimated. A realloc is recorded as one only when its
+/// old block was sampled (16 B: p(16)) and the recorder drew the new one (512 B: p(512)), so the
+/// calls of a site are `K ~ Binomial(n, P)` with `P = p(16) p(512)`, estimated as `K/P`:
+/// `sd = sqrt(n (1 - P) / P)`, and the bound is 5 sd + 1 as above (zs_grow: 200,000 reallocs,
+/// ±104,400; zs_lost: 1,000, ±7,400). Unweighted, zs_grow's entry was the ~92 reallocs recorded.
+#[test]
+fn a_sampled_report_lists_reallocs_per_site_weighted_and_estimated() {
+    let t = 4096;
+    let dump = record_sample(
+        "sampledrealloc",
+        "sampled-realloc-list",
+        &["--sample", "4096"],
+    );
+    let report = json("report", &dump);
+    assert_eq!(report["estimated"], true);
+    let pr = p(16, t) * p(512, t);
+    let within = |name: &str, n: u64| {
+        let got = top(&report, "reallocs", name);
+        let b = 5.0 * (n as f64 * (1.0 - pr) / pr).sqrt() + 1.0;
+        assert!(
+            (got as f64 - n as f64).abs() <= b,
+            "{name}: estimated {got} reallocs, true {n}, 5-sigma bound ±{b:.0}"
+        );
+        got
+    };
+    let grow = within("zs_grow", 200_000);
+    let lost = within("zs_lost", 1000);
+    // The sites add up to the estimated total (each rounded once).
+    let total = report["reallocs"].as_u64().unwrap();
+    let sites: u64 = report["top"]["reallocs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value"].as_u64().unwrap())
+        .sum();
+    assert!(grow + lost <= sites, "{grow} + {lost} of {sites}");
+    assert!(sites.abs_diff(total) <= 2, "sites {sites}, total {total}");
+    let text = zmtrace_ok(&["report", dump.to_str().unwrap(), "--top", "0"]);
+    assert!(
+        text.contains("Top sites by reallocs (estimated):"),
+        "{text}"
+    );
+}
+
+/// samples/forkrealloc.c at 4 KiB: 20,000 blocks of 16 B grown to 4096 B before a fork; the
+/// child shrinks half of them to 64 B and exits with all of them live. The child weighs what it
+/// inherited by the blocks' current size (4096 B: p(4096)), not by their malloc's (16 B), both
+/// as blocks live at its exit and as the old block of its own reallocs:
+/// - zs_grow's 10,000 blocks of 4096 B live at the child's exit: within 5 sigma of
+///   p(4096) (±1.6 MB); weighed as 16-byte blocks (1/p(16) = 256) they would be ~1.6 GB;
+/// - zs_shrink's 10,000 reallocs of inherited blocks: `P = p(4096) p(64)` (the old block sampled,
+///   the new one drawn), within 5 sd of `K/P` (±5,000); with the old block weighing 256, ~16 times
+///   too many;
+/// - zs_shrink's 10,000 blocks of 64 B live: within 5 sigma of p(64).
+#[test]
+fn a_forked_child_weighs_an_inherited_reallocated_block_by_its_current_size() {
+    let t = 4096;
+    let run = run_traced_opts(
+        &sample("forkrealloc"),
+        &[],
+        &["--sample", "4096"],
+        &[("ZMTRACE_SAMPLE_SEED", SEED)],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert_eq!(run.dumps.len(), 2, "{}", run.describe());
+    let child = run
+        .dumps
+        .iter()
+        .find(|d| process(d).origin == Origin::Fork)
+        .unwrap_or_else(|| panic!("no child dump\n{}", run.describe()));
+    // The child inherits the 4096-byte blocks the parent sampled, drawn at their current size.
+    let inherited = child
+        .inherited
+        .iter()
+        .filter(|b| b.size == 4096 && b.stack != 0)
+        .count() as f64;
+    let (k, sd) = (
+        20_000.0 * p(4096, t),
+        (20_000.0 * p(4096, t) * (1.0 - p(4096, t))).sqrt(),
+    );
+    assert!(
+        (inherited - k).abs() <= 5.0 * sd,
+        "{inherited} inherited as sampled, want {k:.0} ± {:.0}",
+        5.0 * sd
+    );
+    let report = json("report", &child.path);
+    assert_eq!(report["estimated"], true);
+    assert_bytes_estimate(
+        "zs_grow, inherited and live at the child's exit",
+        top(&report, "leaked", "zs_grow"),
+        10_000,
+        4096,
+        t,
+    );
+    assert_bytes_estimate(
+        "zs_shrink, live at the child's exit",
+        top(&report, "leaked", "zs_shrink"),
+        10_000,
+        64,
+        t,
+    );
+    let pr = p(4096, t) * p(64, t);
+    let b = 5.0 * (10_000.0 * (1.0 - pr) / pr).sqrt() + 1.0;
+    let got = top(&report, "reallocs", "zs_shrink");
+    assert!(
+        (got as f64 - 10_000.0).abs() <= b,
+        "zs_shrink: estimated {got} reallocs of inherited blocks, true 10,000, 5-sigma bound \
+         ±{b:.0}"
+    );
+    let end = child.end.expect("the child's dump ends");
+    assert_eq!(end.untracked_frees, 0);
+}

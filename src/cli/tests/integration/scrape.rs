@@ -38,9 +38,15 @@ struct Live {
 
 impl Live {
     fn start(serve: &str, run_opts: &[&str]) -> Live {
+        Live::start_env(serve, run_opts, &[])
+    }
+
+    /// [`Live::start`] with more environment variables for zmtrace (and the program).
+    fn start_env(serve: &str, run_opts: &[&str], env: &[(&str, &str)]) -> Live {
         ensure_preload_built();
         let dir = fresh_dir("scrape");
         let mut cmd = Command::new(zmtrace_bin());
+        cmd.envs(env.iter().copied());
         cmd.args(["run", "-o", dir.to_str().unwrap(), "--serve", serve])
             .args(run_opts)
             .arg("--")
@@ -369,6 +375,153 @@ fn replay_cost(addr: &str, path: &str) -> ((u64, u64, u64, u64), Vec<u8>) {
         ),
         all[end + 4..].to_vec(),
     )
+}
+
+/// A scrape of `path`: its headers (names in lower case) and its body.
+fn scrape_headers(addr: &str, path: &str) -> (BTreeMap<String, String>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (headers, all[end + 4..].to_vec())
+}
+
+/// The `key=number` fields of header `name`, each required.
+fn fields(headers: &BTreeMap<String, String>, name: &str, keys: &[&str]) -> BTreeMap<String, u64> {
+    let value = headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {headers:?}"));
+    let all: BTreeMap<String, u64> = value
+        .split_whitespace()
+        .map(|w| {
+            let (k, v) = w
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{name}: {value:?}"));
+            let v = v
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: {k} in {value:?}"));
+            (k.to_owned(), v)
+        })
+        .collect();
+    for k in keys {
+        assert!(all.contains_key(*k), "no {k} in {name}: {value:?}");
+    }
+    all
+}
+
+const TIME_KEYS: [&str; 6] = [
+    "read_us",
+    "replay_us",
+    "symbolize_us",
+    "build_us",
+    "total_us",
+    "cached",
+];
+
+/// Each scrape says where its time went (`x-zmtrace-time`): reading the dump, replaying it,
+/// symbolizing, building the profiles; the parts add up to no more than the whole, and a scrape
+/// that finds the dump unchanged builds nothing (the profiles built last are served).
+#[test]
+fn a_scrape_says_where_its_time_went() {
+    let mut live = Live::start("127.0.0.1:0", &[]);
+    live.expect("phase 1");
+    scrape_until(
+        &live,
+        "/debug/pprof/heap",
+        "inuse_space",
+        &map(&PHASE_1_INUSE),
+    );
+    // Phase 2's records are new to the replay: this scrape reads, replays and builds.
+    live.next();
+    live.expect("phase 2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (built, dump) = loop {
+        let (h, _) = scrape_headers(&live.addr, "/debug/pprof/heap");
+        let t = fields(&h, "x-zmtrace-time", &TIME_KEYS);
+        let r = fields(&h, "x-zmtrace-replay", &["dump", "decoded", "behind"]);
+        if t["cached"] == 0 && r["decoded"] == 4 + 3 + 2 {
+            break (t, r["dump"]);
+        }
+        assert!(Instant::now() < deadline, "phase 2 never replayed: {h:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let parts = built["read_us"] + built["replay_us"] + built["symbolize_us"] + built["build_us"];
+    assert!(parts <= built["total_us"], "{built:?}");
+    // Phase 2's new stack was looked up, and two profiles were encoded and gzipped: neither
+    // takes under a microsecond.
+    assert!(
+        built["symbolize_us"] > 0 && built["build_us"] > 0,
+        "{built:?}"
+    );
+    assert!(built["total_us"] < 30_000_000, "{built:?}");
+    // Nothing new since: the profiles built are served as they are.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (h, body) = scrape_headers(&live.addr, "/debug/pprof/heap");
+        let t = fields(&h, "x-zmtrace-time", &TIME_KEYS);
+        let r = fields(&h, "x-zmtrace-replay", &["dump"]);
+        if r["dump"] == dump {
+            assert_eq!(t["cached"], 1, "{t:?}");
+            assert_eq!((t["symbolize_us"], t["build_us"]), (0, 0), "{t:?}");
+            let file = fresh_dir("scraped").join("cached.pb.gz");
+            std::fs::write(&file, body).unwrap();
+            assert_eq!(pprof_flat(&file, "inuse_space", &[]), map(&PHASE_2_INUSE));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dump kept growing: {r:?}");
+    }
+    live.next();
+    let (code, _, stderr, _) = live.finish();
+    assert_eq!(code, Some(3), "{stderr}");
+}
+
+/// With `ZMTRACE_SERVE_READ_LIMIT=1`, a scrape reads one record of the backlog (a record is read
+/// whole), not all of it: the first scrapes serve the heap as of where they stopped, saying how
+/// far behind they are, and each next one goes on from there until it has caught up.
+#[test]
+fn a_scrape_reads_a_bounded_part_of_the_backlog_and_the_next_goes_on() {
+    let mut live = Live::start_env("127.0.0.1:0", &[], &[("ZMTRACE_SERVE_READ_LIMIT", "1")]);
+    live.expect("phase 1");
+    // The writer flushes at least every 0.1 s: phase 1's events are in the dump by then.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = Vec::new();
+    let file = fresh_dir("scraped").join("limited.pb.gz");
+    loop {
+        let (h, body) = scrape_headers(&live.addr, "/debug/pprof/heap");
+        let r = fields(&h, "x-zmtrace-replay", &["dump", "behind", "decoded"]);
+        seen.push((r["dump"], r["behind"], r["decoded"]));
+        if r["behind"] == 0 {
+            std::fs::write(&file, body).unwrap();
+            break;
+        }
+        assert!(seen.len() < 200, "never caught up: {seen:?}");
+    }
+    // The file header and process record, then a record a scrape: several scrapes, each one
+    // further on, the first one behind.
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(seen[0].1 > 0, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    let (dump, _, decoded) = *seen.last().unwrap();
+    assert_eq!(decoded, 4, "{seen:?}");
+    assert_eq!(pprof_flat(&file, "inuse_space", &[]), map(&PHASE_1_INUSE));
+    // The whole dump was read about once, over all those scrapes.
+    let (h, _) = scrape_headers(&live.addr, "/debug/pprof/heap");
+    let r = fields(&h, "x-zmtrace-replay", &["dump", "read"]);
+    assert!(r["read"] >= dump && r["read"] < 3 * dump, "{r:?} of {dump}");
+    live.next();
+    live.next();
+    let (code, _, stderr, _) = live.finish();
+    assert_eq!(code, Some(3), "{stderr}");
 }
 
 /// A scrape after more allocations replays only the records added since the last one: it
