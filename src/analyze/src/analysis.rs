@@ -923,7 +923,14 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
     // than the memory's latency), AHEAD of them hide all of it.
     let mut ahead: VecDeque<Event> = VecDeque::with_capacity(AHEAD);
     let mut more = true;
+    let mut started = false;
     loop {
+        // The event replayed last leaves only now: it is read where it lies, not moved out
+        // first (the copy of a 64-byte event through the stack, stored and loaded back in
+        // pieces of other sizes, stalled on every event).
+        if std::mem::replace(&mut started, true) {
+            ahead.pop_front();
+        }
         while more && ahead.len() < AHEAD {
             match events.next() {
                 Some(n) => {
@@ -935,7 +942,7 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
                 None => more = false,
             }
         }
-        let Some(e) = ahead.pop_front() else { break };
+        let Some(e) = ahead.front() else { break };
         if e.seq >= until {
             break;
         }
@@ -953,10 +960,10 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
             }
             continue;
         }
-        let tag = obs.time(&e);
+        let tag = obs.time(e);
         if let EventKind::RemapOut { .. } = e.kind {
             // The first half of a remap's numbering, as `ReallocOut`.
-            a.mapped.event(&e);
+            a.mapped.event(e);
             obs.after(false);
             continue;
         }
