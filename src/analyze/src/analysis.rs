@@ -1086,7 +1086,7 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
             EventKind::ReallocOut { .. } | EventKind::RemapOut { .. } => {} // handled above
             EventKind::Map { .. } | EventKind::Unmap { .. } | EventKind::Remap { .. } => {
                 // Not heap blocks: neither in the live set nor in the temporaries.
-                a.mapped.event(&e);
+                a.mapped.event(e);
             }
             EventKind::AllocFailed { stack, .. } => {
                 a.failed += 1;
