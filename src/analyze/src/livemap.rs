@@ -53,15 +53,30 @@ struct Table<X> {
     grow_at: usize,
 }
 
+/// Addresses in one region of `1 << REGION_BITS` bytes have their homes side by side, in the
+/// same shard, at 8 bytes of address a slot (see [`Table::home`]).
+const REGION_BITS: u32 = 12;
+
+/// The hash of `addr`'s region: its top bits choose the shard, the next ones where the region's
+/// run of slots starts in the shard's table.
 #[inline]
 fn hash(addr: u64) -> u64 {
-    addr.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    (addr >> REGION_BITS).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl<X: Copy + Default> Table<X> {
+    /// The slot where `addr` (of hash `h`) is looked for first. An allocator hands out its
+    /// blocks next to each other, and a program frees them in much the same order: homes in
+    /// address order turn the replay's misses (one per event on a live set larger than the
+    /// caches, with a hash of the whole address) into runs along a few cache lines. Regions
+    /// start at random, so two dense regions' runs overlap no more than random homes would; at
+    /// 8 bytes of address a slot, a region of glibc's smallest blocks (32 bytes) fills a
+    /// quarter of its run.
     #[inline]
-    fn home(&self, h: u64) -> usize {
-        ((h << SHARD_BITS) >> self.shift) as usize
+    fn home(&self, h: u64, addr: u64) -> usize {
+        let run = ((h << SHARD_BITS) >> self.shift) as usize;
+        let within = ((addr >> 3) & ((1 << (REGION_BITS - 3)) - 1)) as usize;
+        run.wrapping_add(within) & self.slots.len().wrapping_sub(1)
     }
 
     fn grow(&mut self) {
@@ -71,7 +86,7 @@ impl<X: Copy + Default> Table<X> {
         self.grow_at = cap / 4 * 3;
         let mask = cap - 1;
         for s in old.into_iter().filter(|s| s.addr != 0) {
-            let mut i = self.home(hash(s.addr));
+            let mut i = self.home(hash(s.addr), s.addr);
             while self.slots[i].addr != 0 {
                 i = (i + 1) & mask;
             }
@@ -86,7 +101,7 @@ impl<X: Copy + Default> Table<X> {
             return None;
         }
         let mask = self.slots.len() - 1;
-        let mut i = self.home(h);
+        let mut i = self.home(h, addr);
         loop {
             let a = self.slots[i].addr;
             if a == addr {
@@ -106,7 +121,7 @@ impl<X: Copy + Default> Table<X> {
             self.grow();
         }
         let mask = self.slots.len() - 1;
-        let mut i = self.home(h);
+        let mut i = self.home(h, addr);
         loop {
             let s = &mut self.slots[i];
             if s.addr == addr {
@@ -136,7 +151,7 @@ impl<X: Copy + Default> Table<X> {
             if s.addr == 0 {
                 break;
             }
-            let k = self.home(hash(s.addr));
+            let k = self.home(hash(s.addr), s.addr);
             let stays = if i <= j {
                 i < k && k <= j
             } else {
@@ -260,7 +275,7 @@ impl<X: Copy + Default> LiveMap<X> {
     pub(crate) fn prefetch(&self, addr: u64) {
         let h = hash(addr);
         let t = &self.shards[Self::shard(h)];
-        if let Some(slot) = t.slots.get(t.home(h)) {
+        if let Some(slot) = t.slots.get(t.home(h, addr)) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a prefetch is a hint; it reads nothing and cannot fault.
             unsafe {
@@ -347,6 +362,28 @@ mod tests {
             n += 1;
         });
         assert_eq!(n, m.len());
+    }
+
+    /// Homes follow addresses: blocks 8 bytes apart (an allocator's smallest class) fill whole
+    /// runs of slots, and runs of many regions overlap. Every block is still found, once. (Such
+    /// a set is the homes' worst case: its probes are long, the map ops here about 7 times
+    /// slower than with homes at random.)
+    #[test]
+    fn dense_regions_that_overlap_are_exact() {
+        let mut m: LiveMap = LiveMap::default();
+        let addr = |i: u64| 0x7f00_0000_0000 + (i % 4096) * 8 + (i / 4096) * 0x10_0000;
+        let n = 100_000;
+        for i in 0..n {
+            assert_eq!(m.insert(addr(i), live(i), ()), None);
+        }
+        for i in (0..n).step_by(2) {
+            assert_eq!(m.remove(addr(i)), Some((live(i), ())), "{i}");
+        }
+        for i in 0..n {
+            let want = (i % 2 == 1).then_some((live(i), ()));
+            assert_eq!(m.remove(addr(i)), want, "{i}");
+        }
+        assert_eq!(m.len(), 0);
     }
 
     /// A block replaced by one that packs differently moves between the side map and a table,
