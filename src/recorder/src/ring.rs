@@ -90,6 +90,34 @@ impl Ring {
         self.push(&block[..len])
     }
 
+    /// Everything published so far, in place: up to the end of the buffer, and what wrapped
+    /// around to its start. The producer does not write there until [`Ring::consume`] lets it.
+    ///
+    /// # Safety
+    /// Only one drainer at a time (the caller holds the dump writer's lock), and the slices are
+    /// dropped before `consume`.
+    pub unsafe fn readable(&self) -> (&[u8], &[u8]) {
+        let head = self.head.load(Ordering::Relaxed);
+        let tail = self.tail.load(Ordering::Acquire);
+        let n = tail.wrapping_sub(head);
+        let start = head & self.mask;
+        let first = n.min(self.capacity() - start);
+        let base = self.buf.as_ptr() as *const u8;
+        (
+            std::slice::from_raw_parts(base.add(start), first),
+            std::slice::from_raw_parts(base, n - first),
+        )
+    }
+
+    /// Gives `n` bytes read through [`Ring::readable`] back to the producer.
+    ///
+    /// # Safety
+    /// As [`Ring::readable`]; `n` is at most what it returned.
+    pub unsafe fn consume(&self, n: usize) {
+        let head = self.head.load(Ordering::Relaxed);
+        self.head.store(head.wrapping_add(n), Ordering::Release);
+    }
+
     /// Moves everything published so far into `out`.
     ///
     /// # Safety
@@ -163,6 +191,24 @@ mod tests {
         assert!(!unsafe { r.push_padded(&block, 5) });
         assert!(unsafe { r.push_padded(&block, 4) });
         assert_eq!(r.len(), 64);
+    }
+
+    #[test]
+    fn read_in_place_then_consumed() {
+        let r = Ring::new(16);
+        unsafe {
+            assert!(r.push(&[1; 12]));
+            let (a, b) = r.readable();
+            assert_eq!((a.len(), b.len()), (12, 0));
+            r.consume(12);
+            assert!(r.push(&[2, 3, 4, 5, 6, 7]));
+            let (a, b) = r.readable();
+            assert_eq!((a, b), (&[2, 3, 4, 5][..], &[6, 7][..]));
+            r.consume(5);
+            assert_eq!(r.readable(), (&[7][..], &[][..]));
+            assert!(r.push(&[8; 15]));
+            assert!(!r.push(&[9]));
+        }
     }
 
     #[test]
