@@ -783,37 +783,147 @@ impl Bins {
     }
 }
 
-/// A small multiplicative hasher for the writer's tables (addresses and sites): SipHash's
-/// protection against chosen keys is not needed, its cost would be on every event.
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
+/// A site: what an allocation says besides its address, interned per record.
+type Site = (u8, u64, u64, u32);
 
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        // The product's low bits depend only on the key's low bits, and a heap address's low
-        // four are zero: the table's index (the low bits) takes the well-mixed high ones too.
-        self.0 ^ (self.0 >> 32)
+/// Fibonacci hashing's multiplier: the product's high bits index the tables below.
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Set in every used slot of an [`AddrTable`].
+const OCCUPIED: u64 = 1 << 63;
+
+/// The writer's table of the addresses a group named, with each one's place, size class and
+/// list: open addressing, linear probing, no deletion (a group only adds and updates, and is
+/// emptied whole at its end). One probe finds the slot for both the lookup and the update.
+#[derive(Default)]
+struct AddrTable {
+    /// (address, [`AddrTable::pack`]ed value, or 0 when free); a power of two long.
+    slots: Vec<(u64, u64)>,
+    len: usize,
+    /// 64 - log2(slots.len()).
+    shift: u32,
+}
+
+impl AddrTable {
+    fn pack((p, class, list): (u32, u8, u8)) -> u64 {
+        OCCUPIED | u64::from(list) << 40 | u64::from(class) << 32 | u64::from(p)
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
+
+    fn unpack(v: u64) -> (u32, u8, u8) {
+        if v == 0 {
+            return UNNAMED;
+        }
+        (v as u32, (v >> 32) as u8, (v >> 40) as u8)
+    }
+
+    /// The slot of `a` (its value 0 if the group never named it), for the caller to write.
+    #[inline]
+    fn slot(&mut self, a: u64) -> &mut u64 {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = (a.wrapping_mul(GOLDEN) >> self.shift) as usize;
+        loop {
+            let (k, v) = self.slots[i];
+            if v == 0 {
+                self.slots[i].0 = a;
+                self.len += 1;
+                break;
+            }
+            if k == a {
+                break;
+            }
+            i = (i + 1) & mask;
+        }
+        &mut self.slots[i].1
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let cap = (self.slots.len() * 2).max(1024);
+        let old = std::mem::replace(&mut self.slots, vec![(0, 0); cap]);
+        self.shift = 64 - cap.trailing_zeros();
+        self.len = 0;
+        for (k, v) in old {
+            if v != 0 {
+                *self.slot(k) = v;
+            }
         }
     }
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
+
+    fn capacity(&self) -> usize {
+        self.slots.len()
     }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+
+    fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = (0, 0));
+        self.len = 0;
     }
 }
 
-type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+/// The writer's table of a group's sites: the sites in order (a site's index is its place) and
+/// an open-addressing index of them.
+#[derive(Default)]
+struct SiteTable {
+    list: Vec<Site>,
+    /// A site's index plus one, or 0 when free; a power of two long.
+    index: Vec<u32>,
+    shift: u32,
+}
 
-/// A site: what an allocation says besides its address, interned per record.
-type Site = (u8, u64, u64, u32);
+impl SiteTable {
+    fn hash(s: &Site, shift: u32) -> usize {
+        let (kind, size, usable, stack) = *s;
+        let h = (size.wrapping_mul(GOLDEN) ^ usable).wrapping_mul(GOLDEN)
+            ^ (u64::from(stack) << 8 | u64::from(kind));
+        (h.wrapping_mul(GOLDEN) >> shift) as usize
+    }
+
+    /// `Ok(index)` of a site the group has, or `Err(index)` it is given now.
+    #[inline]
+    fn intern(&mut self, s: Site) -> Result<u32, u32> {
+        if (self.list.len() + 1) * 2 > self.index.len() {
+            self.grow();
+        }
+        let mask = self.index.len() - 1;
+        let mut i = Self::hash(&s, self.shift);
+        loop {
+            match self.index[i] {
+                0 => break,
+                n if self.list[n as usize - 1] == s => return Ok(n - 1),
+                _ => i = (i + 1) & mask,
+            }
+        }
+        self.list.push(s);
+        let n = self.list.len() as u32;
+        self.index[i] = n;
+        Err(n - 1)
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let cap = (self.index.len() * 2).max(256);
+        self.index = vec![0; cap];
+        self.shift = 64 - cap.trailing_zeros();
+        let mask = cap - 1;
+        for (n, s) in self.list.iter().enumerate() {
+            let mut i = Self::hash(s, self.shift);
+            while self.index[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.index[i] = n as u32 + 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn clear(&mut self) {
+        self.list.clear();
+        self.index.iter_mut().for_each(|i| *i = 0);
+    }
+}
 
 /// The state of one thread's version-3 `Events` records being written: one per thread on the
 /// writer, fed drained batches until the record is big (or old) enough, then
@@ -833,7 +943,7 @@ pub struct Packer {
     ms: u64,
     /// Each heap address the record has named (allocated, freed, reallocated) and its
     /// position in that sequence: a later reference is the distance back from the newest.
-    addrs: FastMap<u64, (u32, u8, u8)>,
+    addrs: AddrTable,
     /// Addresses named in each list ([`LIVE`], [`GONE`]).
     named: [u32; 2],
     /// Per list, the place of the block it last named an address by (see [`Packer::addr_ref`]).
@@ -842,7 +952,7 @@ pub struct Packer {
     last_addr: u64,
     /// Where the group's last allocation of an address it had not seen ended ([`fresh_after`]).
     fresh: u64,
-    sites: FastMap<Site, u32>,
+    sites: SiteTable,
     site_stack: u32,
     /// Delta state of the fields outside the tables (failed calls, mappings).
     stack: u32,
@@ -952,11 +1062,11 @@ impl Packer {
         // thread must not keep the writer's memory up for the rest of the run. A group that
         // used a good part of them (it filled up: a thread that allocates that fast goes on)
         // keeps them, or every group would grow them again from nothing, rehashing on the way.
-        if self.addrs.capacity() > 1 << 16 && used < self.addrs.capacity() / 4 {
-            self.addrs = FastMap::default();
+        if self.addrs.capacity() > 1 << 17 && used < self.addrs.capacity() / 8 {
+            self.addrs = AddrTable::default();
         }
-        if self.sites.capacity() > 1 << 12 {
-            self.sites = FastMap::default();
+        if self.sites.index.len() > 1 << 13 {
+            self.sites = SiteTable::default();
         }
     }
 
@@ -993,9 +1103,10 @@ impl Packer {
             last_addr,
             ..
         } = self;
-        let slot = addrs.entry(a).or_insert(UNNAMED);
-        let known = addr_code(out, a, *slot, 0, list, named, taken_at, *last_addr);
-        *slot = (named[into], class.unwrap_or(known), into as u8);
+        let slot = addrs.slot(a);
+        let prev = AddrTable::unpack(*slot);
+        let known = addr_code(out, a, prev, 0, list, named, taken_at, *last_addr);
+        *slot = AddrTable::pack((named[into], class.unwrap_or(known), into as u8));
         named[into] += 1;
         *last_addr = a;
         known
@@ -1005,13 +1116,13 @@ impl Packer {
     /// shifted by one; then the newest live address.
     fn alloc_addr(&mut self, out: &mut Vec<u8>, a: u64, usable: u64) {
         let class = class_of(usable);
-        let named_as = (self.named[LIVE], class, LIVE as u8);
+        let named_as = AddrTable::pack((self.named[LIVE], class, LIVE as u8));
         self.named[LIVE] += 1;
         self.last_addr = a;
         if let Some(k) = self.bins.depth_of(class, a) {
             self.bins.take(class, k);
             put_uvarint(out, 2 * k as u64);
-            self.addrs.insert(a, named_as);
+            *self.addrs.slot(a) = named_as;
             return;
         }
         let Packer {
@@ -1021,14 +1132,15 @@ impl Packer {
             fresh,
             ..
         } = self;
-        let slot = addrs.entry(a).or_insert(UNNAMED);
-        let seen = usize::from(slot.2) == GONE;
+        let slot = addrs.slot(a);
+        let prev = AddrTable::unpack(*slot);
+        let seen = usize::from(prev.2) == GONE;
         // A block the group has not seen is told from where the last such one ended: an
         // allocator that carves fresh memory in order puts it there.
         addr_code(
             out,
             a,
-            *slot,
+            prev,
             BIN_DEPTH as u64,
             GONE,
             named,
@@ -1043,7 +1155,7 @@ impl Packer {
 
     /// A site: its index in this record plus one, or 0 and its definition (the next index).
     fn site(&mut self, out: &mut Vec<u8>, s: Site) {
-        if let Some(&i) = self.sites.get(&s) {
+        if let Ok(i) = self.sites.intern(s) {
             put_uvarint(out, u64::from(i) + 1);
             return;
         }
@@ -1054,8 +1166,6 @@ impl Packer {
         put_uvarint(out, zigzag(usable.wrapping_sub(glibc_usable(size)) as i64));
         put_uvarint(out, zigzag(i64::from(stack) - i64::from(self.site_stack)));
         self.site_stack = stack;
-        let n = self.sites.len() as u32;
-        self.sites.insert(s, n);
     }
 
     fn stack(&mut self, out: &mut Vec<u8>, s: u32) {
@@ -1658,6 +1768,62 @@ mod tests {
         let mut out = Vec::new();
         assert!(decode_plain(&bad, 3, &mut out).is_err());
         assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn the_writers_tables_find_what_they_were_given_across_growth() {
+        let mut t = AddrTable::default();
+        // Heap-like keys (multiples of 16, clustered), and the edges: 0 (a realloc to 0 names
+        // it) and u64::MAX (a foreign free can name anything).
+        let keys: Vec<u64> = (0..100_000u64)
+            .map(|i| 0x5555_0000_0000 + 16 * i)
+            .chain([0, u64::MAX, 8, 24])
+            .collect();
+        for (i, &k) in keys.iter().enumerate() {
+            // One call per lookup and update, as the packer does.
+            let v = t.slot(k);
+            assert_eq!(*v, 0, "new key {k:#x}");
+            *v = AddrTable::pack((i as u32, (i % 65) as u8, (i % 2) as u8));
+        }
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(
+                AddrTable::unpack(*t.slot(k)),
+                (i as u32, (i % 65) as u8, (i % 2) as u8)
+            );
+        }
+        assert_eq!(t.len, keys.len());
+        assert!(t.capacity() >= 2 * keys.len());
+        assert_eq!(AddrTable::unpack(*t.slot(0x10)), UNNAMED);
+        t.clear();
+        assert_eq!(*t.slot(keys[7]), 0);
+
+        let mut s = SiteTable::default();
+        let sites: Vec<Site> = (0..20_000u32)
+            .map(|i| {
+                (
+                    (i % 9) as u8,
+                    u64::from(i % 700),
+                    u64::from(i % 700) + 8,
+                    i / 3,
+                )
+            })
+            .collect();
+        let mut want = Vec::new();
+        for &site in &sites {
+            let i = match s.intern(site) {
+                Ok(i) => i,
+                Err(i) => {
+                    assert_eq!(i as usize, want.len());
+                    want.push(site);
+                    i
+                }
+            };
+            assert_eq!(want[i as usize], site);
+        }
+        assert_eq!(s.len(), want.len());
+        for (i, &site) in want.iter().enumerate() {
+            assert_eq!(s.intern(site), Ok(i as u32));
+        }
     }
 
     #[test]
