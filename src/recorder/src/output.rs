@@ -86,6 +86,8 @@ const RECORD_BYTES: usize = 64 * 1024;
 const ZSTD_LEVEL: i32 = 3;
 /// Plain bytes packed before they are given back to their ring (see `flush_pass`).
 const DRAIN_CHUNK: usize = 16 * 1024;
+/// Times a thread whose ring is full yields to the writer before it packs the rings itself.
+const FULL_YIELDS: u32 = 32;
 /// How often the writer drains the rings when nobody wakes it.
 const PERIOD_MS: i64 = 50;
 /// A thread's record is written once its oldest events were packed this long ago, full or not.
@@ -163,6 +165,22 @@ fn wake_writer_now() {
 /// the recorder guard, so a fatal signal that lands while it holds the lock waits for it to
 /// finish (see the module docs): it never holds up the handler.
 pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
+    // The writer gives the ring back a chunk at a time as it packs it (see `flush_pass`): give it
+    // the processor for a moment first. Packing here instead means waiting for its lock and then
+    // a whole pass over every ring on the program's thread, the wait that made a program that
+    // allocates fast (manyblocks.c) slow on a loaded machine. Bounded: a writer that does not get
+    // to it leaves it to the pass below. No lock is held here, so yielding holds up no one.
+    if WRITER_RUNNING.load(Ordering::Acquire) && !CLOSED.load(Ordering::Acquire) {
+        wake_writer();
+        for _ in 0..FULL_YIELDS {
+            // SAFETY: no preconditions.
+            unsafe { libc::sched_yield() };
+            // SAFETY: we are the ring's owner.
+            if unsafe { t.ring.push(bytes) } {
+                return;
+            }
+        }
+    }
     loop {
         {
             let mut out = OUTPUT.lock();
