@@ -1,15 +1,17 @@
 //! Allocation events: how the recorder encodes them (into a fixed buffer, on the hot path), how
 //! its writer packs them for the dump, and how the reader decodes them.
 //!
-//! On the hot path an event is a tag and varints with absolute values ([`encode_alloc`] and its
-//! siblings): no per-thread encoder state, nothing to get wrong when a ring is drained at an
-//! arbitrary point. The writer then rewrites the drained batches into the *packed* form stored in
+//! On the hot path an event is a tag and fixed-width little-endian fields with absolute values
+//! ([`encode_alloc`] and its siblings): no per-thread encoder state, nothing to get wrong when a
+//! ring is drained at an arbitrary point, and no byte-at-a-time varint loop on either side (the
+//! writer's packing makes them small; the plain form never reaches the dump). The writer then rewrites the drained batches into the *packed* form stored in
 //! `Events` records ([`Packer`]). Version 3's records are small, in groups whose records share
 //! their tables: a record decodes given its stream's previous records of the group, and a damaged
 //! record loses the rest of its group (at most [`GROUP_BYTES`]); versions 1 and 2 start each record
 //! from zero.
 //!
-//! The plain (hot-path) form:
+//! The plain (hot-path) form: `seq`, `ts`, addresses, sizes, lengths and `seq - out_seq` are
+//! 8 bytes, `stack`, `prot` and `flags` 4, `kind` 1:
 //!
 //! ```text
 //! Alloc       := 1 seq ts kind addr size usable stack
@@ -103,8 +105,9 @@
 
 use crate::varint::{put_uvarint, unzigzag, zigzag, Cursor, FixedBuf, Malformed};
 
-/// The largest encoded event: a tag and at most seven varints.
-pub const MAX_EVENT_LEN: usize = 1 + 8 * crate::varint::MAX_VARINT_LEN;
+/// The largest encoded event (a `Realloc` or `Remap`: 61 bytes), rounded up: the ring copies
+/// this many bytes whatever the event's length, a copy of constant size (see the recorder's ring).
+pub const MAX_EVENT_LEN: usize = 64;
 
 pub type EventBuf = FixedBuf<MAX_EVENT_LEN>;
 
@@ -272,21 +275,21 @@ pub fn encode_alloc(
     stack: u32,
 ) {
     b.u8(TAG_ALLOC);
-    b.uvarint(seq);
-    b.uvarint(ts);
+    b.u64(seq);
+    b.u64(ts);
     b.u8(kind as u8);
-    b.uvarint(addr);
-    b.uvarint(size);
-    b.uvarint(usable);
-    b.uvarint(u64::from(stack));
+    b.u64(addr);
+    b.u64(size);
+    b.u64(usable);
+    b.u32(stack);
 }
 
 #[inline]
 pub fn encode_free(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
     b.u8(TAG_FREE);
-    b.uvarint(seq);
-    b.uvarint(ts);
-    b.uvarint(addr);
+    b.u64(seq);
+    b.u64(ts);
+    b.u64(addr);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -303,24 +306,24 @@ pub fn encode_realloc(
     stack: u32,
 ) {
     b.u8(TAG_REALLOC);
-    b.uvarint(seq);
-    b.uvarint(ts);
-    b.uvarint(old_addr);
-    b.uvarint(new_addr);
-    b.uvarint(size);
-    b.uvarint(usable);
-    b.uvarint(u64::from(stack));
-    b.uvarint(seq.saturating_sub(out_seq));
+    b.u64(seq);
+    b.u64(ts);
+    b.u64(old_addr);
+    b.u64(new_addr);
+    b.u64(size);
+    b.u64(usable);
+    b.u32(stack);
+    b.u64(seq.saturating_sub(out_seq));
 }
 
 #[inline]
 pub fn encode_failed(b: &mut EventBuf, seq: u64, ts: u64, kind: AllocKind, size: u64, stack: u32) {
     b.u8(TAG_FAILED);
-    b.uvarint(seq);
-    b.uvarint(ts);
+    b.u64(seq);
+    b.u64(ts);
     b.u8(kind as u8);
-    b.uvarint(size);
-    b.uvarint(u64::from(stack));
+    b.u64(size);
+    b.u32(stack);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -336,22 +339,22 @@ pub fn encode_map(
     stack: u32,
 ) {
     b.u8(TAG_MAP);
-    b.uvarint(seq);
-    b.uvarint(ts);
-    b.uvarint(addr);
-    b.uvarint(len);
-    b.uvarint(u64::from(prot));
-    b.uvarint(u64::from(flags));
-    b.uvarint(u64::from(stack));
+    b.u64(seq);
+    b.u64(ts);
+    b.u64(addr);
+    b.u64(len);
+    b.u32(prot);
+    b.u32(flags);
+    b.u32(stack);
 }
 
 #[inline]
 pub fn encode_unmap(b: &mut EventBuf, seq: u64, ts: u64, addr: u64, len: u64) {
     b.u8(TAG_UNMAP);
-    b.uvarint(seq);
-    b.uvarint(ts);
-    b.uvarint(addr);
-    b.uvarint(len);
+    b.u64(seq);
+    b.u64(ts);
+    b.u64(addr);
+    b.u64(len);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -368,14 +371,14 @@ pub fn encode_remap(
     stack: u32,
 ) {
     b.u8(TAG_REMAP);
-    b.uvarint(seq);
-    b.uvarint(ts);
-    b.uvarint(old_addr);
-    b.uvarint(old_len);
-    b.uvarint(new_addr);
-    b.uvarint(new_len);
-    b.uvarint(u64::from(stack));
-    b.uvarint(seq.saturating_sub(out_seq));
+    b.u64(seq);
+    b.u64(ts);
+    b.u64(old_addr);
+    b.u64(old_len);
+    b.u64(new_addr);
+    b.u64(new_len);
+    b.u32(stack);
+    b.u64(seq.saturating_sub(out_seq));
 }
 
 fn u32_of(v: u64) -> Result<u32, Malformed> {
@@ -424,61 +427,60 @@ fn push_out(
 pub fn decode_plain(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), Malformed> {
     let mut c = Cursor::new(data);
     while !c.is_empty() {
-        let tag = c.u8()?;
-        let seq = c.uvarint()?;
-        let ts_ns = c.uvarint()?;
+        let PlainEvent { tag, seq, ts, f } = PlainEvent::read(&mut c)?;
+        let alloc_kind = |v: u64| AllocKind::from_u8(v as u8).ok_or(Malformed);
         let kind = match tag {
             TAG_ALLOC => EventKind::Alloc {
-                kind: AllocKind::from_u8(c.u8()?).ok_or(Malformed)?,
-                addr: c.uvarint()?,
-                size: c.uvarint()?,
-                usable: c.uvarint()?,
-                stack: c.u32()?,
+                kind: alloc_kind(f[0])?,
+                addr: f[1],
+                size: f[2],
+                usable: f[3],
+                stack: f[4] as u32,
             },
-            TAG_FREE => EventKind::Free { addr: c.uvarint()? },
+            TAG_FREE => EventKind::Free { addr: f[0] },
             TAG_REALLOC => {
                 let kind = EventKind::Realloc {
-                    old_addr: c.uvarint()?,
-                    new_addr: c.uvarint()?,
-                    size: c.uvarint()?,
-                    usable: c.uvarint()?,
-                    stack: c.u32()?,
+                    old_addr: f[0],
+                    new_addr: f[1],
+                    size: f[2],
+                    usable: f[3],
+                    stack: f[4] as u32,
                 };
-                push_out(out, seq, c.uvarint()?, ts_ns, tid, kind)?;
+                push_out(out, seq, f[5], ts, tid, kind)?;
                 kind
             }
             TAG_FAILED => EventKind::AllocFailed {
-                kind: AllocKind::from_u8(c.u8()?).ok_or(Malformed)?,
-                size: c.uvarint()?,
-                stack: c.u32()?,
+                kind: alloc_kind(f[0])?,
+                size: f[1],
+                stack: f[2] as u32,
             },
             TAG_MAP => EventKind::Map {
-                addr: c.uvarint()?,
-                len: c.uvarint()?,
-                prot: u32_of(c.uvarint()?)?,
-                flags: u32_of(c.uvarint()?)?,
-                stack: c.u32()?,
+                addr: f[0],
+                len: f[1],
+                prot: f[2] as u32,
+                flags: f[3] as u32,
+                stack: f[4] as u32,
             },
             TAG_UNMAP => EventKind::Unmap {
-                addr: c.uvarint()?,
-                len: c.uvarint()?,
+                addr: f[0],
+                len: f[1],
             },
             TAG_REMAP => {
                 let kind = EventKind::Remap {
-                    old_addr: c.uvarint()?,
-                    old_len: c.uvarint()?,
-                    new_addr: c.uvarint()?,
-                    new_len: c.uvarint()?,
-                    stack: c.u32()?,
+                    old_addr: f[0],
+                    old_len: f[1],
+                    new_addr: f[2],
+                    new_len: f[3],
+                    stack: f[4] as u32,
                 };
-                push_out(out, seq, c.uvarint()?, ts_ns, tid, kind)?;
+                push_out(out, seq, f[5], ts, tid, kind)?;
                 kind
             }
             _ => return Err(Malformed),
         };
         out.push(Event {
             seq,
-            ts_ns,
+            ts_ns: ts,
             tid,
             kind,
         });
@@ -529,73 +531,58 @@ pub fn pack_some_v2(plain: &[u8], out: &mut Vec<u8>, limit: usize) -> (u64, usiz
     let mut c = Cursor::new(plain);
     let mut d = Deltas::default();
     let mut n = 0;
-    let mut one = |c: &mut Cursor, out: &mut Vec<u8>| -> Result<(), Malformed> {
-        let tag = c.u8()?;
-        let seq = c.uvarint()?;
-        let ts = c.uvarint()?;
-        let start = out.len();
+    let mut consumed = 0;
+    while !c.is_empty() && out.len() < limit {
+        let Ok(PlainEvent { tag, seq, ts, f }) = PlainEvent::read(&mut c) else {
+            break;
+        };
         out.push(tag);
         put_uvarint(out, seq.wrapping_sub(d.seq));
         put_uvarint(out, zigzag(ts.wrapping_sub(d.ts) as i64));
         d.seq = seq;
         d.ts = ts;
-        let r = (|| {
-            match tag {
-                TAG_ALLOC => {
-                    out.push(c.u8()?);
-                    d.addr(out, c.uvarint()?);
-                    let size = c.uvarint()?;
-                    put_uvarint(out, size);
-                    put_uvarint(out, zigzag(c.uvarint()?.wrapping_sub(size) as i64));
-                    d.stack(out, c.u32()?);
-                }
-                TAG_FREE => d.addr(out, c.uvarint()?),
-                TAG_REALLOC => {
-                    d.addr(out, c.uvarint()?);
-                    d.addr(out, c.uvarint()?);
-                    let size = c.uvarint()?;
-                    put_uvarint(out, size);
-                    put_uvarint(out, zigzag(c.uvarint()?.wrapping_sub(size) as i64));
-                    d.stack(out, c.u32()?);
-                    put_uvarint(out, c.uvarint()?);
-                }
-                TAG_FAILED => {
-                    out.push(c.u8()?);
-                    put_uvarint(out, c.uvarint()?);
-                    d.stack(out, c.u32()?);
-                }
-                TAG_MAP => {
-                    d.addr(out, c.uvarint()?);
-                    put_uvarint(out, c.uvarint()?);
-                    put_uvarint(out, c.uvarint()?);
-                    put_uvarint(out, c.uvarint()?);
-                    d.stack(out, c.u32()?);
-                }
-                TAG_UNMAP => {
-                    d.addr(out, c.uvarint()?);
-                    put_uvarint(out, c.uvarint()?);
-                }
-                TAG_REMAP => {
-                    d.addr(out, c.uvarint()?);
-                    put_uvarint(out, c.uvarint()?);
-                    d.addr(out, c.uvarint()?);
-                    put_uvarint(out, c.uvarint()?);
-                    d.stack(out, c.u32()?);
-                    put_uvarint(out, c.uvarint()?);
-                }
-                _ => return Err(Malformed),
+        match tag {
+            TAG_ALLOC => {
+                out.push(f[0] as u8);
+                d.addr(out, f[1]);
+                put_uvarint(out, f[2]);
+                put_uvarint(out, zigzag(f[3].wrapping_sub(f[2]) as i64));
+                d.stack(out, f[4] as u32);
             }
-            Ok(())
-        })();
-        if r.is_err() {
-            out.truncate(start);
-        }
-        r
-    };
-    let mut consumed = 0;
-    while !c.is_empty() && out.len() < limit {
-        if one(&mut c, out).is_err() {
-            break;
+            TAG_FREE => d.addr(out, f[0]),
+            TAG_REALLOC => {
+                d.addr(out, f[0]);
+                d.addr(out, f[1]);
+                put_uvarint(out, f[2]);
+                put_uvarint(out, zigzag(f[3].wrapping_sub(f[2]) as i64));
+                d.stack(out, f[4] as u32);
+                put_uvarint(out, f[5]);
+            }
+            TAG_FAILED => {
+                out.push(f[0] as u8);
+                put_uvarint(out, f[1]);
+                d.stack(out, f[2] as u32);
+            }
+            TAG_MAP => {
+                d.addr(out, f[0]);
+                put_uvarint(out, f[1]);
+                put_uvarint(out, f[2]);
+                put_uvarint(out, f[3]);
+                d.stack(out, f[4] as u32);
+            }
+            TAG_UNMAP => {
+                d.addr(out, f[0]);
+                put_uvarint(out, f[1]);
+            }
+            TAG_REMAP => {
+                d.addr(out, f[0]);
+                put_uvarint(out, f[1]);
+                d.addr(out, f[2]);
+                put_uvarint(out, f[3]);
+                d.stack(out, f[4] as u32);
+                put_uvarint(out, f[5]);
+            }
+            _ => unreachable!("PlainEvent::read accepts known tags only"),
         }
         n += 1;
         consumed = plain.len() - c.remaining();
@@ -796,35 +783,147 @@ impl Bins {
     }
 }
 
-/// A small multiplicative hasher for the writer's tables (addresses and sites): SipHash's
-/// protection against chosen keys is not needed, its cost would be on every event.
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
+/// A site: what an allocation says besides its address, interned per record.
+type Site = (u8, u64, u64, u32);
 
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
+/// Fibonacci hashing's multiplier: the product's high bits index the tables below.
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Set in every used slot of an [`AddrTable`].
+const OCCUPIED: u64 = 1 << 63;
+
+/// The writer's table of the addresses a group named, with each one's place, size class and
+/// list: open addressing, linear probing, no deletion (a group only adds and updates, and is
+/// emptied whole at its end). One probe finds the slot for both the lookup and the update.
+#[derive(Default)]
+struct AddrTable {
+    /// (address, [`AddrTable::pack`]ed value, or 0 when free); a power of two long.
+    slots: Vec<(u64, u64)>,
+    len: usize,
+    /// 64 - log2(slots.len()).
+    shift: u32,
+}
+
+impl AddrTable {
+    fn pack((p, class, list): (u32, u8, u8)) -> u64 {
+        OCCUPIED | u64::from(list) << 40 | u64::from(class) << 32 | u64::from(p)
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
+
+    fn unpack(v: u64) -> (u32, u8, u8) {
+        if v == 0 {
+            return UNNAMED;
+        }
+        (v as u32, (v >> 32) as u8, (v >> 40) as u8)
+    }
+
+    /// The slot of `a` (its value 0 if the group never named it), for the caller to write.
+    #[inline]
+    fn slot(&mut self, a: u64) -> &mut u64 {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = (a.wrapping_mul(GOLDEN) >> self.shift) as usize;
+        loop {
+            let (k, v) = self.slots[i];
+            if v == 0 {
+                self.slots[i].0 = a;
+                self.len += 1;
+                break;
+            }
+            if k == a {
+                break;
+            }
+            i = (i + 1) & mask;
+        }
+        &mut self.slots[i].1
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let cap = (self.slots.len() * 2).max(1024);
+        let old = std::mem::replace(&mut self.slots, vec![(0, 0); cap]);
+        self.shift = 64 - cap.trailing_zeros();
+        self.len = 0;
+        for (k, v) in old {
+            if v != 0 {
+                *self.slot(k) = v;
+            }
         }
     }
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
+
+    fn capacity(&self) -> usize {
+        self.slots.len()
     }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+
+    fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = (0, 0));
+        self.len = 0;
     }
 }
 
-type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+/// The writer's table of a group's sites: the sites in order (a site's index is its place) and
+/// an open-addressing index of them.
+#[derive(Default)]
+struct SiteTable {
+    list: Vec<Site>,
+    /// A site's index plus one, or 0 when free; a power of two long.
+    index: Vec<u32>,
+    shift: u32,
+}
 
-/// A site: what an allocation says besides its address, interned per record.
-type Site = (u8, u64, u64, u32);
+impl SiteTable {
+    fn hash(s: &Site, shift: u32) -> usize {
+        let (kind, size, usable, stack) = *s;
+        let h = (size.wrapping_mul(GOLDEN) ^ usable).wrapping_mul(GOLDEN)
+            ^ (u64::from(stack) << 8 | u64::from(kind));
+        (h.wrapping_mul(GOLDEN) >> shift) as usize
+    }
+
+    /// `Ok(index)` of a site the group has, or `Err(index)` it is given now.
+    #[inline]
+    fn intern(&mut self, s: Site) -> Result<u32, u32> {
+        if (self.list.len() + 1) * 2 > self.index.len() {
+            self.grow();
+        }
+        let mask = self.index.len() - 1;
+        let mut i = Self::hash(&s, self.shift);
+        loop {
+            match self.index[i] {
+                0 => break,
+                n if self.list[n as usize - 1] == s => return Ok(n - 1),
+                _ => i = (i + 1) & mask,
+            }
+        }
+        self.list.push(s);
+        let n = self.list.len() as u32;
+        self.index[i] = n;
+        Err(n - 1)
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let cap = (self.index.len() * 2).max(256);
+        self.index = vec![0; cap];
+        self.shift = 64 - cap.trailing_zeros();
+        let mask = cap - 1;
+        for (n, s) in self.list.iter().enumerate() {
+            let mut i = Self::hash(s, self.shift);
+            while self.index[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.index[i] = n as u32 + 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn clear(&mut self) {
+        self.list.clear();
+        self.index.iter_mut().for_each(|i| *i = 0);
+    }
+}
 
 /// The state of one thread's version-3 `Events` records being written: one per thread on the
 /// writer, fed drained batches until the record is big (or old) enough, then
@@ -844,7 +943,7 @@ pub struct Packer {
     ms: u64,
     /// Each heap address the record has named (allocated, freed, reallocated) and its
     /// position in that sequence: a later reference is the distance back from the newest.
-    addrs: FastMap<u64, (u32, u8, u8)>,
+    addrs: AddrTable,
     /// Addresses named in each list ([`LIVE`], [`GONE`]).
     named: [u32; 2],
     /// Per list, the place of the block it last named an address by (see [`Packer::addr_ref`]).
@@ -853,7 +952,7 @@ pub struct Packer {
     last_addr: u64,
     /// Where the group's last allocation of an address it had not seen ended ([`fresh_after`]).
     fresh: u64,
-    sites: FastMap<Site, u32>,
+    sites: SiteTable,
     site_stack: u32,
     /// Delta state of the fields outside the tables (failed calls, mappings).
     stack: u32,
@@ -866,6 +965,54 @@ pub struct Packer {
     group_limit: Option<usize>,
     /// An event of the current record has been packed (after its continuation mark).
     open: bool,
+}
+
+/// A table slot of an address the group has not named (its list matches neither).
+const UNNAMED: (u32, u8, u8) = (0, NO_CLASS, u8::MAX);
+
+/// A heap address, `prev` its slot in the group's table: the distance back to where the group
+/// named it last in `list` (even; plus `shift`, which leaves codes below it to the caller), or
+/// the difference to `last_addr` (odd). Returns the size class the group knows for it. `named`
+/// is read before the caller names `a` again.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn addr_code(
+    out: &mut Vec<u8>,
+    a: u64,
+    prev: (u32, u8, u8),
+    shift: u64,
+    list: usize,
+    named: &[u32; 2],
+    taken_at: &mut [i64; 2],
+    last_addr: u64,
+) -> u8 {
+    let (p, class, l) = prev;
+    if usize::from(l) == list {
+        // The smaller of the two: its difference to the place after the block last named
+        // from this list (odd), or its distance back (even).
+        let after = zigzag(i64::from(p) - (taken_at[list] + 1));
+        let back = u64::from(named[list] - 1 - p);
+        taken_at[list] = i64::from(p);
+        let v = if after < back {
+            after << 1 | 1
+        } else {
+            back << 1
+        };
+        put_uvarint(out, (v + shift) << 1);
+        return class;
+    }
+    let delta = a.wrapping_sub(last_addr) as i64;
+    let z = zigzag(delta >> 4);
+    let exact = zigzag(delta);
+    if delta & 15 == 0 && z >> 62 == 0 {
+        put_uvarint(out, z << 2 | 1);
+    } else if exact >> 62 == 0 {
+        put_uvarint(out, exact << 2 | 3);
+    } else {
+        put_uvarint(out, ADDR_ABSOLUTE << 1);
+        put_uvarint(out, a);
+    }
+    NO_CLASS
 }
 
 impl Packer {
@@ -894,6 +1041,7 @@ impl Packer {
 
     /// Starts a new group: the next record decodes on its own (a new dump, another thread).
     pub fn reset(&mut self) {
+        let used = (self.named[LIVE] + self.named[GONE]) as usize;
         self.records = 0;
         self.group_bytes = 0;
         self.open = false;
@@ -911,12 +1059,14 @@ impl Packer {
         self.map_addr = 0;
         self.events = 0;
         // A record's tables are dropped when they grew far beyond the usual: a burst of one
-        // thread must not keep the writer's memory up for the rest of the run.
-        if self.addrs.capacity() > 1 << 16 {
-            self.addrs = FastMap::default();
+        // thread must not keep the writer's memory up for the rest of the run. A group that
+        // used a good part of them (it filled up: a thread that allocates that fast goes on)
+        // keeps them, or every group would grow them again from nothing, rehashing on the way.
+        if self.addrs.capacity() > 1 << 17 && used < self.addrs.capacity() / 8 {
+            self.addrs = AddrTable::default();
         }
-        if self.sites.capacity() > 1 << 12 {
-            self.sites = FastMap::default();
+        if self.sites.index.len() > 1 << 13 {
+            self.sites = SiteTable::default();
         }
     }
 
@@ -935,73 +1085,77 @@ impl Packer {
         self.events
     }
 
-    /// A heap address: the distance back to where this record named it last (even; plus
-    /// `shift`, which leaves codes below it to the caller), or the difference to the last address
-    /// named (odd). Returns the size class the record knows for it.
-    fn addr_ref(&mut self, out: &mut Vec<u8>, a: u64, shift: u64, list: usize) -> u8 {
-        match self.addrs.get(&a) {
-            Some(&(p, class, l)) if usize::from(l) == list => {
-                // The smaller of the two: its difference to the place after the block last named
-                // from this list (odd), or its distance back (even).
-                let after = zigzag(i64::from(p) - (self.taken_at[list] + 1));
-                let back = u64::from(self.named[list] - 1 - p);
-                self.taken_at[list] = i64::from(p);
-                let v = if after < back {
-                    after << 1 | 1
-                } else {
-                    back << 1
-                };
-                put_uvarint(out, (v + shift) << 1);
-                return class;
-            }
-            _ => {
-                let delta = a.wrapping_sub(self.last_addr) as i64;
-                let z = zigzag(delta >> 4);
-                let exact = zigzag(delta);
-                if delta & 15 == 0 && z >> 62 == 0 {
-                    put_uvarint(out, z << 2 | 1);
-                } else if exact >> 62 == 0 {
-                    put_uvarint(out, exact << 2 | 3);
-                } else {
-                    put_uvarint(out, ADDR_ABSOLUTE << 1);
-                    put_uvarint(out, a);
-                }
-            }
-        }
-        NO_CLASS
+    /// A heap address referred to (see [`addr_code`]) and then named anew: the newest address
+    /// of list `into`, of size class `class` (`None`: the class the group knew for it). One probe
+    /// of the table does the lookup and the update. Returns the class the group knew.
+    fn rename(
+        &mut self,
+        out: &mut Vec<u8>,
+        a: u64,
+        list: usize,
+        into: usize,
+        class: Option<u8>,
+    ) -> u8 {
+        let Packer {
+            addrs,
+            named,
+            taken_at,
+            last_addr,
+            ..
+        } = self;
+        let slot = addrs.slot(a);
+        let prev = AddrTable::unpack(*slot);
+        let known = addr_code(out, a, prev, 0, list, named, taken_at, *last_addr);
+        *slot = AddrTable::pack((named[into], class.unwrap_or(known), into as u8));
+        named[into] += 1;
+        *last_addr = a;
+        known
     }
 
-    /// `a` is now the newest address named, of size class `class`.
-    fn name(&mut self, a: u64, class: u8, list: usize) {
-        self.addrs.insert(a, (self.named[list], class, list as u8));
-        self.named[list] += 1;
-        self.last_addr = a;
-    }
-
-    /// A block allocated: 0 when it is the newest freed of its class, else [`Packer::addr_ref`]
-    /// shifted by one.
+    /// A block allocated: 0 when it is the newest freed of its class, else [`addr_code`]
+    /// shifted by one; then the newest live address.
     fn alloc_addr(&mut self, out: &mut Vec<u8>, a: u64, usable: u64) {
         let class = class_of(usable);
+        let named_as = AddrTable::pack((self.named[LIVE], class, LIVE as u8));
+        self.named[LIVE] += 1;
+        self.last_addr = a;
         if let Some(k) = self.bins.depth_of(class, a) {
             self.bins.take(class, k);
             put_uvarint(out, 2 * k as u64);
-        } else {
-            // A block the group has not seen is told from where the last such one ended: an
-            // allocator that carves fresh memory in order puts it there.
-            let seen = self.addrs.get(&a).is_some_and(|e| usize::from(e.2) == GONE);
-            let last = std::mem::replace(&mut self.last_addr, self.fresh);
-            self.addr_ref(out, a, BIN_DEPTH as u64, GONE);
-            self.last_addr = last;
-            if !seen {
-                self.fresh = fresh_after(a, usable);
-            }
+            *self.addrs.slot(a) = named_as;
+            return;
         }
-        self.name(a, class, LIVE);
+        let Packer {
+            addrs,
+            named,
+            taken_at,
+            fresh,
+            ..
+        } = self;
+        let slot = addrs.slot(a);
+        let prev = AddrTable::unpack(*slot);
+        let seen = usize::from(prev.2) == GONE;
+        // A block the group has not seen is told from where the last such one ended: an
+        // allocator that carves fresh memory in order puts it there.
+        addr_code(
+            out,
+            a,
+            prev,
+            BIN_DEPTH as u64,
+            GONE,
+            named,
+            taken_at,
+            *fresh,
+        );
+        if !seen {
+            *fresh = fresh_after(a, usable);
+        }
+        *slot = named_as;
     }
 
     /// A site: its index in this record plus one, or 0 and its definition (the next index).
     fn site(&mut self, out: &mut Vec<u8>, s: Site) {
-        if let Some(&i) = self.sites.get(&s) {
+        if let Ok(i) = self.sites.intern(s) {
             put_uvarint(out, u64::from(i) + 1);
             return;
         }
@@ -1012,8 +1166,6 @@ impl Packer {
         put_uvarint(out, zigzag(usable.wrapping_sub(glibc_usable(size)) as i64));
         put_uvarint(out, zigzag(i64::from(stack) - i64::from(self.site_stack)));
         self.site_stack = stack;
-        let n = self.sites.len() as u32;
-        self.sites.insert(s, n);
     }
 
     fn stack(&mut self, out: &mut Vec<u8>, s: u32) {
@@ -1083,19 +1235,16 @@ impl Packer {
                 self.alloc_addr(out, f[1], f[3]);
             }
             TAG_FREE => {
-                let class = self.addr_ref(out, f[0], 0, LIVE);
+                let class = self.rename(out, f[0], LIVE, GONE, None);
                 self.bins.push(class, f[0]);
-                self.name(f[0], class, GONE);
             }
             TAG_REALLOC => {
                 // old_addr new_addr size usable stack back
-                let class = self.addr_ref(out, f[0], 0, LIVE);
-                self.name(f[0], class, GONE);
+                self.rename(out, f[0], LIVE, GONE, None);
                 self.site(out, (AllocKind::Realloc as u8, f[2], f[3], f[4] as u32));
                 if f[3] == 0 {
                     // Freed (`realloc(p, 0)`): no block.
-                    self.addr_ref(out, f[1], 0, GONE);
-                    self.name(f[1], class_of(f[3]), GONE);
+                    self.rename(out, f[1], GONE, GONE, Some(class_of(f[3])));
                 } else {
                     // The same address (in place) or one got as an allocation gets it.
                     self.alloc_addr(out, f[1], f[3]);
@@ -1136,47 +1285,65 @@ impl Packer {
 }
 
 /// One hot-path event, its fields in wire order (kind bytes as numbers).
-struct PlainEvent {
+pub(crate) struct PlainEvent {
     tag: u8,
     seq: u64,
     ts: u64,
     f: [u64; 6],
 }
 
+/// Reads the fields of one hot-path event after its tag, of the widths in bytes `W` (after `seq`
+/// and `ts`, 8 bytes each), all at once: one bounds check, constant offsets.
+#[inline(always)]
+fn plain_fields<const N: usize>(
+    c: &mut Cursor,
+    tag: u8,
+    widths: [usize; N],
+) -> Result<PlainEvent, Malformed> {
+    let len = 16 + widths.iter().sum::<usize>();
+    let b = c.take(len)?;
+    let mut f = [0u64; 6];
+    let mut at = 16;
+    for (i, w) in widths.into_iter().enumerate() {
+        f[i] = le(b, at, w);
+        at += w;
+    }
+    Ok(PlainEvent {
+        tag,
+        seq: le(b, 0, 8),
+        ts: le(b, 8, 8),
+        f,
+    })
+}
+
+#[inline(always)]
+fn le(b: &[u8], at: usize, width: usize) -> u64 {
+    match width {
+        1 => u64::from(b[at]),
+        4 => u64::from(u32::from_le_bytes(b[at..at + 4].try_into().unwrap())),
+        _ => u64::from_le_bytes(b[at..at + 8].try_into().unwrap()),
+    }
+}
+
 impl PlainEvent {
+    /// Reads one event whole, or nothing (a cut event leaves the cursor where it was).
+    #[inline]
     fn read(c: &mut Cursor) -> Result<PlainEvent, Malformed> {
-        let tag = c.u8()?;
-        let seq = c.uvarint()?;
-        let ts = c.uvarint()?;
-        let mut f = [0u64; 6];
-        let (bytes, fields): (usize, usize) = match tag {
-            TAG_ALLOC => (1, 5),
-            TAG_FREE => (0, 1),
-            TAG_REALLOC => (0, 6),
-            TAG_FAILED => (1, 3),
-            TAG_MAP => (0, 5),
-            TAG_UNMAP => (0, 2),
-            TAG_REMAP => (0, 6),
-            _ => return Err(Malformed),
-        };
-        for (i, v) in f.iter_mut().enumerate().take(fields) {
-            *v = if i < bytes {
-                u64::from(c.u8()?)
-            } else {
-                c.uvarint()?
-            };
-        }
-        // Stack ids are u32 on the wire.
-        let stack_at = match tag {
-            TAG_ALLOC | TAG_REALLOC | TAG_MAP => Some(4),
-            TAG_FAILED => Some(2),
-            TAG_REMAP => Some(4),
-            _ => None,
-        };
-        if stack_at.is_some_and(|i| f[i] > u64::from(u32::MAX)) {
-            return Err(Malformed);
-        }
-        Ok(PlainEvent { tag, seq, ts, f })
+        let rest = c.rest_peek();
+        let mut peek = Cursor::new(rest);
+        let tag = peek.u8()?;
+        let e = match tag {
+            TAG_ALLOC => plain_fields(&mut peek, tag, [1, 8, 8, 8, 4]),
+            TAG_FREE => plain_fields(&mut peek, tag, [8]),
+            TAG_REALLOC => plain_fields(&mut peek, tag, [8, 8, 8, 8, 4, 8]),
+            TAG_FAILED => plain_fields(&mut peek, tag, [1, 8, 4]),
+            TAG_MAP => plain_fields(&mut peek, tag, [8, 8, 4, 4, 4]),
+            TAG_UNMAP => plain_fields(&mut peek, tag, [8, 8]),
+            TAG_REMAP => plain_fields(&mut peek, tag, [8, 8, 8, 8, 4, 8]),
+            _ => Err(Malformed),
+        }?;
+        c.take(rest.len() - peek.remaining())?;
+        Ok(e)
     }
 }
 
@@ -1601,6 +1768,62 @@ mod tests {
         let mut out = Vec::new();
         assert!(decode_plain(&bad, 3, &mut out).is_err());
         assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn the_writers_tables_find_what_they_were_given_across_growth() {
+        let mut t = AddrTable::default();
+        // Heap-like keys (multiples of 16, clustered), and the edges: 0 (a realloc to 0 names
+        // it) and u64::MAX (a foreign free can name anything).
+        let keys: Vec<u64> = (0..100_000u64)
+            .map(|i| 0x5555_0000_0000 + 16 * i)
+            .chain([0, u64::MAX, 8, 24])
+            .collect();
+        for (i, &k) in keys.iter().enumerate() {
+            // One call per lookup and update, as the packer does.
+            let v = t.slot(k);
+            assert_eq!(*v, 0, "new key {k:#x}");
+            *v = AddrTable::pack((i as u32, (i % 65) as u8, (i % 2) as u8));
+        }
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(
+                AddrTable::unpack(*t.slot(k)),
+                (i as u32, (i % 65) as u8, (i % 2) as u8)
+            );
+        }
+        assert_eq!(t.len, keys.len());
+        assert!(t.capacity() >= 2 * keys.len());
+        assert_eq!(AddrTable::unpack(*t.slot(0x10)), UNNAMED);
+        t.clear();
+        assert_eq!(*t.slot(keys[7]), 0);
+
+        let mut s = SiteTable::default();
+        let sites: Vec<Site> = (0..20_000u32)
+            .map(|i| {
+                (
+                    (i % 9) as u8,
+                    u64::from(i % 700),
+                    u64::from(i % 700) + 8,
+                    i / 3,
+                )
+            })
+            .collect();
+        let mut want = Vec::new();
+        for &site in &sites {
+            let i = match s.intern(site) {
+                Ok(i) => i,
+                Err(i) => {
+                    assert_eq!(i as usize, want.len());
+                    want.push(site);
+                    i
+                }
+            };
+            assert_eq!(want[i as usize], site);
+        }
+        assert_eq!(s.len(), want.len());
+        for (i, &site) in want.iter().enumerate() {
+            assert_eq!(s.intern(site), Ok(i as u32));
+        }
     }
 
     #[test]

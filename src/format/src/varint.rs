@@ -58,6 +58,18 @@ impl<const N: usize> FixedBuf<N> {
         self.buf[self.len] = v as u8;
         self.len += 1;
     }
+    /// A fixed-width little-endian field: the hot path's events are not varints, whose
+    /// byte-at-a-time loops cost more than the ring bytes they save (the writer packs anyway).
+    #[inline]
+    pub fn u32(&mut self, v: u32) {
+        self.buf[self.len..self.len + 4].copy_from_slice(&v.to_le_bytes());
+        self.len += 4;
+    }
+    #[inline]
+    pub fn u64(&mut self, v: u64) {
+        self.buf[self.len..self.len + 8].copy_from_slice(&v.to_le_bytes());
+        self.len += 8;
+    }
     pub fn as_slice(&self) -> &[u8] {
         &self.buf[..self.len]
     }
@@ -103,6 +115,14 @@ impl<'a> Cursor<'a> {
         }
         Err(Malformed)
     }
+    /// The next `n` bytes, whole or not at all.
+    #[inline]
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        let end = self.pos.checked_add(n).ok_or(Malformed)?;
+        let b = self.data.get(self.pos..end).ok_or(Malformed)?;
+        self.pos = end;
+        Ok(b)
+    }
     pub fn u32(&mut self) -> Result<u32, Malformed> {
         u32::try_from(self.uvarint()?).map_err(|_| Malformed)
     }
@@ -115,6 +135,10 @@ impl<'a> Cursor<'a> {
     }
     pub fn string(&mut self) -> Result<String, Malformed> {
         Ok(String::from_utf8_lossy(self.bytes()?).into_owned())
+    }
+    /// What is left, without reading it.
+    pub fn rest_peek(&self) -> &'a [u8] {
+        &self.data[self.pos.min(self.data.len())..]
     }
     pub fn rest(&mut self) -> &'a [u8] {
         let r = &self.data[self.pos.min(self.data.len())..];

@@ -101,7 +101,7 @@ pub fn set_front_end(front: &'static FrontEnd) {
 #[inline]
 fn emit(t: &ThreadState, ev: &EventBuf) {
     // SAFETY: only the owning thread pushes to its ring.
-    if unsafe { t.ring.push(ev.as_slice()) } {
+    if unsafe { t.ring.push_padded(&ev.buf, ev.len) } {
         if t.ring.len() > RING_BYTES / 2 {
             output::wake_writer();
         }

@@ -15,6 +15,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use zmtrace_format::event::MAX_EVENT_LEN;
 use zmtrace_format::{write, Block, End, EndReason, LiveSite, Origin, Process, RecordKind};
 
 use crate::dumpfd;
@@ -83,6 +84,10 @@ const RECORD_BYTES: usize = 64 * 1024;
 /// then the bottleneck that the hooks wait on: mix.c ran 5.79 times untraced at level 5, 3.91 at
 /// level 1 and 4.07 at 3 (scripts/bench.sh, same machine). Level 3 keeps most of the size.
 const ZSTD_LEVEL: i32 = 3;
+/// Plain bytes packed before they are given back to their ring (see `flush_pass`).
+const DRAIN_CHUNK: usize = 16 * 1024;
+/// Times a thread whose ring is full yields to the writer before it packs the rings itself.
+const FULL_YIELDS: u32 = 32;
 /// How often the writer drains the rings when nobody wakes it.
 const PERIOD_MS: i64 = 50;
 /// A thread's record is written once its oldest events were packed this long ago, full or not.
@@ -160,6 +165,22 @@ fn wake_writer_now() {
 /// the recorder guard, so a fatal signal that lands while it holds the lock waits for it to
 /// finish (see the module docs): it never holds up the handler.
 pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
+    // The writer gives the ring back a chunk at a time as it packs it (see `flush_pass`): give it
+    // the processor for a moment first. Packing here instead means waiting for its lock and then
+    // a whole pass over every ring on the program's thread, the wait that made a program that
+    // allocates fast (manyblocks.c) slow on a loaded machine. Bounded: a writer that does not get
+    // to it leaves it to the pass below. No lock is held here, so yielding holds up no one.
+    if WRITER_RUNNING.load(Ordering::Acquire) && !CLOSED.load(Ordering::Acquire) {
+        wake_writer();
+        for _ in 0..FULL_YIELDS {
+            // SAFETY: no preconditions.
+            unsafe { libc::sched_yield() };
+            // SAFETY: we are the ring's owner.
+            if unsafe { t.ring.push(bytes) } {
+                return;
+            }
+        }
+    }
     loop {
         {
             let mut out = OUTPUT.lock();
@@ -820,35 +841,43 @@ impl Output {
         // 1. The events, first, so that every stack they name is already pending below.
         self.events.clear();
         for t in all_threads() {
-            self.raw.clear();
-            // SAFETY: we hold OUTPUT, so we are the only drainer.
-            if unsafe { t.ring.drain_into(&mut self.raw) } == 0 {
+            // SAFETY (every ring call here): we hold OUTPUT, so we are the only drainer, and
+            // each pair of slices is dropped before the `consume` that follows it.
+            let (first, second) = unsafe { t.ring.readable() };
+            // What was there when we looked, no more: a thread that never stops allocating
+            // must not keep the writer on its ring.
+            let mut budget = first.len() + second.len();
+            if budget == 0 {
                 continue;
             }
-            // Read after draining: a new owner's tid is published before its first event.
+            // Read after looking: a new owner's tid is published before its first event.
             let tid = t.tid.load(Ordering::Acquire);
             let i = self.pending_for(t.stream, tid);
-            // Records of bounded size: a dump cut anywhere (a full disk, a kill mid-write) keeps
-            // every record before the cut.
-            let raw = std::mem::take(&mut self.raw);
-            let mut pos = 0;
-            while pos < raw.len() {
-                let p = &mut self.pending[i];
-                if p.packed.is_empty() {
-                    p.since_ns = now;
+            // Packed in place, straight from the ring, and given back a chunk at a time so that
+            // its thread has room again while the rest is packed. Only an event cut by the end
+            // of the buffer is copied (with the start of the rest), once per turn of the ring.
+            while budget > 0 {
+                let (first, second) = unsafe { t.ring.readable() };
+                let chunk = &first[..first.len().min(budget).min(DRAIN_CHUNK)];
+                let mut used = self.pack_from(i, now, chunk);
+                if used == 0 && chunk.len() == first.len() && !second.is_empty() {
+                    let mut raw = std::mem::take(&mut self.raw);
+                    raw.clear();
+                    raw.extend_from_slice(first);
+                    raw.extend_from_slice(&second[..second.len().min(MAX_EVENT_LEN)]);
+                    used = self.pack_from(i, now, &raw);
+                    self.raw = raw;
                 }
-                let (n, used) = p.packer.pack_some(&raw[pos..], &mut p.packed, RECORD_BYTES);
                 if used == 0 {
+                    // Not an event (the hooks write none such): what is left is dropped, as a
+                    // damaged record's rest is.
+                    unsafe { t.ring.consume(budget) };
                     break;
                 }
-                pos += used;
-                self.events_written += n;
-                let p = &self.pending[i];
-                if p.packed.len() >= RECORD_BYTES || p.packer.is_full() {
-                    self.emit(i);
-                }
+                unsafe { t.ring.consume(used) };
+                // An event packed across the end of the buffer may take the budget past 0.
+                budget = budget.saturating_sub(used);
             }
-            self.raw = raw;
         }
         for i in 0..self.pending.len() {
             let p = &self.pending[i];
@@ -868,6 +897,31 @@ impl Output {
         let events = std::mem::take(&mut self.events);
         self.write_all_or_fail(&events);
         self.events = events;
+    }
+
+    /// Packs the whole events at the start of `plain` into `pending[i]`, writing the records that
+    /// fill up; returns the bytes used (a cut event at the end stays).
+    fn pack_from(&mut self, i: usize, now: u64, plain: &[u8]) -> usize {
+        let mut pos = 0;
+        while pos < plain.len() {
+            let p = &mut self.pending[i];
+            if p.packed.is_empty() {
+                p.since_ns = now;
+            }
+            let (n, used) = p
+                .packer
+                .pack_some(&plain[pos..], &mut p.packed, RECORD_BYTES);
+            if used == 0 {
+                break;
+            }
+            pos += used;
+            self.events_written += n;
+            let p = &self.pending[i];
+            if p.packed.len() >= RECORD_BYTES || p.packer.is_full() {
+                self.emit(i);
+            }
+        }
+        pos
     }
 
     /// The record being filled for `stream`; one of another thread that had the stream before

@@ -69,6 +69,55 @@ impl Ring {
         true
     }
 
+    /// Appends the first `len` bytes of `block`, or returns false if they do not fit. Copies the
+    /// whole block when the ring has room for it there (a copy of constant size, a few stores,
+    /// not a call to `memcpy`): the bytes past `len` land beyond the published tail, in space
+    /// the drainer does not read, and the next push overwrites them.
+    ///
+    /// # Safety
+    /// Only the owning thread may push.
+    #[inline]
+    pub unsafe fn push_padded<const N: usize>(&self, block: &[u8; N], len: usize) -> bool {
+        let tail = self.tail.load(Ordering::Relaxed);
+        let head = self.head.load(Ordering::Acquire);
+        let start = tail & self.mask;
+        if self.capacity() - tail.wrapping_sub(head) >= N && self.capacity() - start >= N {
+            let base = self.buf.as_ptr() as *mut u8;
+            std::ptr::copy_nonoverlapping(block.as_ptr(), base.add(start), N);
+            self.tail.store(tail.wrapping_add(len), Ordering::Release);
+            return true;
+        }
+        self.push(&block[..len])
+    }
+
+    /// Everything published so far, in place: up to the end of the buffer, and what wrapped
+    /// around to its start. The producer does not write there until [`Ring::consume`] lets it.
+    ///
+    /// # Safety
+    /// Only one drainer at a time (the caller holds the dump writer's lock), and the slices are
+    /// dropped before `consume`.
+    pub unsafe fn readable(&self) -> (&[u8], &[u8]) {
+        let head = self.head.load(Ordering::Relaxed);
+        let tail = self.tail.load(Ordering::Acquire);
+        let n = tail.wrapping_sub(head);
+        let start = head & self.mask;
+        let first = n.min(self.capacity() - start);
+        let base = self.buf.as_ptr() as *const u8;
+        (
+            std::slice::from_raw_parts(base.add(start), first),
+            std::slice::from_raw_parts(base, n - first),
+        )
+    }
+
+    /// Gives `n` bytes read through [`Ring::readable`] back to the producer.
+    ///
+    /// # Safety
+    /// As [`Ring::readable`]; `n` is at most what it returned.
+    pub unsafe fn consume(&self, n: usize) {
+        let head = self.head.load(Ordering::Relaxed);
+        self.head.store(head.wrapping_add(n), Ordering::Release);
+    }
+
     /// Moves everything published so far into `out`.
     ///
     /// # Safety
@@ -114,6 +163,52 @@ mod tests {
         }
         assert_eq!(out, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn padded_pushes_publish_their_length_only_and_wrap() {
+        let r = Ring::new(64);
+        let mut out = Vec::new();
+        let mut block = [0u8; 16];
+        for round in 0..20u8 {
+            block
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = round + i as u8);
+            // 5 of 16 bytes: near the end of the buffer the padded copy would not fit, and the
+            // exact one wraps.
+            assert!(unsafe { r.push_padded(&block, 5) });
+            assert!(unsafe { r.push_padded(&block, 7) });
+            out.clear();
+            assert_eq!(unsafe { r.drain_into(&mut out) }, 12);
+            let want: Vec<u8> = (0..5).chain(0..7).map(|i| round + i).collect();
+            assert_eq!(out, want);
+        }
+        // Full: 60 of 64 bytes taken, 5 do not fit, 4 do (exactly, not padded).
+        for _ in 0..12 {
+            assert!(unsafe { r.push_padded(&block, 5) });
+        }
+        assert!(!unsafe { r.push_padded(&block, 5) });
+        assert!(unsafe { r.push_padded(&block, 4) });
+        assert_eq!(r.len(), 64);
+    }
+
+    #[test]
+    fn read_in_place_then_consumed() {
+        let r = Ring::new(16);
+        unsafe {
+            assert!(r.push(&[1; 12]));
+            let (a, b) = r.readable();
+            assert_eq!((a.len(), b.len()), (12, 0));
+            r.consume(12);
+            assert!(r.push(&[2, 3, 4, 5, 6, 7]));
+            let (a, b) = r.readable();
+            assert_eq!((a, b), (&[2, 3, 4, 5][..], &[6, 7][..]));
+            r.consume(5);
+            assert_eq!(r.readable(), (&[7][..], &[][..]));
+            assert!(r.push(&[8; 15]));
+            assert!(!r.push(&[9]));
+        }
     }
 
     #[test]
