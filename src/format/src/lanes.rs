@@ -5,25 +5,29 @@
 //! Packed events interleave fields of very different kinds: tag bytes (a near-periodic pattern),
 //! site numbers, allocation and free addresses. Interleaved, a repetition in one kind (the same
 //! alloc/free pattern, the same sites in the same order) is broken up by the others, and zstd
-//! finds few long matches. Measured on dumps of the benchmark suite (records and groups as the
-//! recorder writes them, zstd level 3, each record after its previous one), the lanes made the
-//! events 37 % smaller on `sites`, 16 % on gawk, 8 % on `stl` and 6 % on python3.
+//! finds few long matches. Measured on v3 dumps of the benchmark suite, the same records
+//! re-compressed as the recorder does (zstd level 3, each record after its previous one,
+//! `examples/recompress.rs`): the events took 23 % less room on `sites`, 10 % less on gawk and
+//! 2 % less on `stl`, and 3 % more on python3, whose interleaved events repeat in long runs that
+//! zstd matches whole.
 //!
 //! ```text
-//! record := 0x40 len(lane 0) … len(lane 5) lane 0 … lane 6       (lengths are varints)
-//!         | packed events as in version 3                        (what split would not take)
-//! lane 0 := the continuation header [9 n], then every item's tag byte
-//! lane 1 := time deltas, sequence differences, realloc/remap back distances
-//! lane 2 := site numbers (0 for a new site)
-//! lane 3 := a new site's definition: kind byte, size, usable, stack
-//! lane 4 := allocation addresses (an allocation's, a realloc's new one)
-//! lane 5 := freed addresses (a free's, a realloc's old one)
-//! lane 6 := the fields of failed calls and mappings
+//! record   := 0x40 len(lane 0) … len(lane 9) lane 0 … lane 10   (lengths are varints)
+//!           | packed events as in version 3                     (what split would not take)
+//! lane 0   := the continuation header [9 n], then every item's tag byte, an allocation's or
+//!             free's with its address's class in bits 4-5 (see `class`)
+//! lane 1   := time deltas, sequence differences, realloc/remap back distances
+//! lane 2   := site numbers (0 for a new site)
+//! lane 3   := a new site's definition: kind byte, size, usable, stack
+//! lane 4-6 := allocation addresses, by class: the bin's newest, a block named before, new
+//! lane 7-9 := freed addresses (a free's, a realloc's old one), by class: a distance back, a
+//!             place, new
+//! lane 10  := a realloc's new address, the fields of failed calls and mappings
 //! ```
 //!
-//! The split is a pure regrouping that reads only the bytes (no tables): which field comes next
-//! follows from the bytes already read, so [`merge`] undoes any [`split`] exactly, whatever the
-//! bytes mean. A packed record that the split does not parse (a kind of event added to the
+//! The split reads only the bytes (no tables): which field comes next, and from which lane,
+//! follows from the bytes already read (and the class its tag carries), so [`merge`] undoes any
+//! [`split`] exactly, whatever the bytes mean. A packed record that the split does not parse (a kind of event added to the
 //! packer later) is stored as it is: the marker byte is none of the bytes a packed record can
 //! start with (an event tag, a time item or the continuation header).
 
@@ -75,6 +79,7 @@ trait Lanes {
 /// An address code's class, which picks its lane: for an allocation the bin's newest (0), a
 /// block named before (1), or a new address (2); for a free the distance back (0), the place
 /// (1), or a new address (2). Codes of one class look alike, so apart they compress better.
+#[inline(always)]
 fn class(v: u64, free: bool) -> u8 {
     let absolute = v & 1 == 0 && v >> 1 == ADDR_ABSOLUTE;
     if v & 1 == 1 || absolute {
@@ -87,18 +92,36 @@ fn class(v: u64, free: bool) -> u8 {
 }
 
 /// Walks one record's items, moving each field through `l`.
+#[inline(always)]
 fn walk(l: &mut impl Lanes) -> Result<(), Malformed> {
-    let mut first = true;
-    while !l.done() {
-        let b = l.tag()?;
-        if std::mem::take(&mut first) && b == TAG_CONTINUE {
-            l.varint(TAGS)?;
-            continue;
+    if l.done() {
+        return Ok(());
+    }
+    let mut b = l.tag()?;
+    if b == TAG_CONTINUE {
+        l.varint(TAGS)?;
+        if l.done() {
+            return Ok(());
         }
+        b = l.tag()?;
+    }
+    loop {
         if b == TAG_TIME {
             l.varint(MISC)?;
-            continue;
+        } else {
+            event(l, b)?;
         }
+        if l.done() {
+            return Ok(());
+        }
+        b = l.tag()?;
+    }
+}
+
+/// One event's fields after its tag byte `b`.
+#[inline(always)]
+fn event(l: &mut impl Lanes, b: u8) -> Result<(), Malformed> {
+    {
         let tag = b & !SEQ_NEXT;
         let next = b & SEQ_NEXT != 0;
         if !(TAG_ALLOC..=TAG_REMAP).contains(&tag) {
@@ -149,6 +172,7 @@ fn walk(l: &mut impl Lanes) -> Result<(), Malformed> {
     Ok(())
 }
 
+#[inline(always)]
 fn site(l: &mut impl Lanes) -> Result<(), Malformed> {
     if l.varint(SITE)? == 0 {
         l.byte(SITE_DEF)?;
@@ -161,6 +185,7 @@ fn site(l: &mut impl Lanes) -> Result<(), Malformed> {
 
 /// Any address code (a block's, an allocation's): one varint, and the address after the code
 /// that says so.
+#[inline(always)]
 fn addr(l: &mut impl Lanes, lane: usize) -> Result<(), Malformed> {
     let v = l.varint(lane)?;
     if v & 1 == 0 && v >> 1 == ADDR_ABSOLUTE {
@@ -171,7 +196,7 @@ fn addr(l: &mut impl Lanes, lane: usize) -> Result<(), Malformed> {
 
 /// The varint at `data[pos..]`: its value and the position after it. One byte is the usual
 /// case (the packer's codes are small), so it goes first.
-#[inline]
+#[inline(always)]
 fn varint_at(data: &[u8], pos: usize) -> Result<(u64, usize), Malformed> {
     let b = *data.get(pos).ok_or(Malformed)?;
     if b < 0x80 {
@@ -194,7 +219,7 @@ fn varint_at(data: &[u8], pos: usize) -> Result<(u64, usize), Malformed> {
 }
 
 /// Appends a varint's bytes: mostly one, where `extend_from_slice` would call `memmove`.
-#[inline]
+#[inline(always)]
 fn push(to: &mut Vec<u8>, bytes: &[u8]) {
     if let [b] = bytes {
         to.push(*b);
@@ -210,32 +235,38 @@ struct Split<'a> {
 }
 
 impl Lanes for Split<'_> {
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self, lane: usize) -> Result<u64, Malformed> {
+        let b = *self.data.get(self.pos).ok_or(Malformed)?;
+        if b < 0x80 {
+            self.lanes[lane].push(b);
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
         let (v, end) = varint_at(self.data, self.pos)?;
-        push(&mut self.lanes[lane], &self.data[self.pos..end]);
+        self.lanes[lane].extend_from_slice(&self.data[self.pos..end]);
         self.pos = end;
         Ok(v)
     }
-    #[inline]
+    #[inline(always)]
     fn byte(&mut self, lane: usize) -> Result<u8, Malformed> {
         let b = *self.data.get(self.pos).ok_or(Malformed)?;
         self.lanes[lane].push(b);
         self.pos += 1;
         Ok(b)
     }
-    #[inline]
+    #[inline(always)]
     fn tag(&mut self) -> Result<u8, Malformed> {
         self.byte(TAGS)
     }
-    #[inline]
+    #[inline(always)]
     fn classed_addr(&mut self, free: bool) -> Result<(), Malformed> {
         let c = class(varint_at(self.data, self.pos)?.0, free);
         // The tag just written (a valid one has no class bits: the walk checked it).
         *self.lanes[TAGS].last_mut().ok_or(Malformed)? |= c << CLASS_SHIFT;
         addr(self, if free { FREED } else { ALLOC } + usize::from(c))
     }
-    #[inline]
+    #[inline(always)]
     fn done(&self) -> bool {
         self.pos >= self.data.len()
     }
@@ -296,7 +327,7 @@ struct Merger<'a> {
 }
 
 impl Lanes for Merger<'_> {
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self, lane: usize) -> Result<u64, Malformed> {
         let l = self.lanes[lane];
         let (v, n) = varint_at(l, 0)?;
@@ -304,12 +335,14 @@ impl Lanes for Merger<'_> {
         self.lanes[lane] = &l[n..];
         Ok(v)
     }
+    #[inline(always)]
     fn byte(&mut self, lane: usize) -> Result<u8, Malformed> {
         let (&b, rest) = self.lanes[lane].split_first().ok_or(Malformed)?;
         self.out.push(b);
         self.lanes[lane] = rest;
         Ok(b)
     }
+    #[inline(always)]
     fn tag(&mut self) -> Result<u8, Malformed> {
         let (&b, rest) = self.lanes[TAGS].split_first().ok_or(Malformed)?;
         self.lanes[TAGS] = rest;
@@ -321,6 +354,7 @@ impl Lanes for Merger<'_> {
         self.out.push(b);
         Ok(b)
     }
+    #[inline(always)]
     fn classed_addr(&mut self, free: bool) -> Result<(), Malformed> {
         let c = std::mem::replace(&mut self.class, 0);
         let lane = if free { FREED } else { ALLOC } + usize::from(c);
@@ -331,6 +365,7 @@ impl Lanes for Merger<'_> {
         }
         addr(self, lane)
     }
+    #[inline(always)]
     fn done(&self) -> bool {
         self.lanes[TAGS].is_empty()
     }
