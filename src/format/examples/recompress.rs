@@ -1,11 +1,15 @@
 //! Measures how a dump's `Events` records would compress under other framings (the figures
 //! behind format version 4): `cargo run --release -p zmtrace-format --example recompress -- DUMP...`
 //!
-//! For each dump: bytes per record kind, then the events' compressed size as written, as one
-//! zstd frame per record with the previous record as prefix (version 3, re-made here), and as one
-//! streaming frame per group flushed at every record (version 4) at several levels and windows.
+//! Give it version-3 dumps (a version-4 one is measured as it is, in lanes). For each dump: bytes
+//! per record kind, then the events' compressed size as written, as one
+//! zstd frame per record with the previous record as prefix (version 3, re-made here) at several
+//! levels, in lanes (version 4, see `zmtrace_format::lanes`; the split's and merge's cost), and as
+//! one streaming frame per group flushed at every record (not built) at several levels and
+//! windows. The ms/MiB figures are wall time of this process on whatever else the machine runs.
 //! `--dict FILE` adds records compressed alone and streamed with that dictionary; `--samples DIR`
-//! writes every record's packed bytes there (for `zstd --train`).
+//! writes every record's packed bytes there (for `zstd --train`). `SPLIT_ONLY=1`: the split's
+//! and merge's cost only (for callgrind).
 
 use std::collections::HashMap;
 
