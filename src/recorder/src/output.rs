@@ -33,6 +33,10 @@ pub(crate) struct Output {
     finished: bool,
     zstd: Option<zstd::bulk::Compressor<'static>>,
     raw: Vec<u8>,
+    /// The record being compressed, in lanes (kept for its capacity), and the splitter's
+    /// buffers.
+    lanes: Vec<u8>,
+    splitter: zmtrace_format::lanes::Splitter,
     /// Per thread, the `Events` record being filled (see [`Pending`]).
     pending: Vec<Pending>,
     events: Vec<u8>,
@@ -57,6 +61,8 @@ pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
     finished: false,
     zstd: None,
     raw: Vec::new(),
+    lanes: Vec::new(),
+    splitter: zmtrace_format::lanes::Splitter::new(),
     pending: Vec::new(),
     events: Vec::new(),
     meta: Vec::new(),
@@ -102,8 +108,8 @@ struct Pending {
     tid: u32,
     packer: zmtrace_format::event::Packer,
     packed: Vec<u8>,
-    /// The previous record's packed bytes, while its group goes on: the next record's zstd
-    /// prefix.
+    /// The previous record's bytes as compressed (in lanes), while its group goes on: the next
+    /// record's zstd prefix.
     prev: Vec<u8>,
     /// When its first event was packed.
     since_ns: u64,
@@ -950,9 +956,16 @@ impl Output {
     /// Compresses the record being filled at `pending[i]` into `self.events` (written at the end
     /// of the pass) and starts the next one.
     fn emit(&mut self, i: usize) {
-        let packed = std::mem::take(&mut self.pending[i].packed);
+        let mut packed = std::mem::take(&mut self.pending[i].packed);
         let mut prev = std::mem::take(&mut self.pending[i].prev);
+        // What zstd gets: the packed events regrouped by field (version 4's lanes), or as they
+        // are when the split does not take them.
+        let mut body = std::mem::take(&mut self.lanes);
         if !packed.is_empty() {
+            if !self.splitter.split(&packed, &mut body) {
+                body.clear();
+                body.extend_from_slice(&packed);
+            }
             // A record that continues its group is compressed after the previous one, as one
             // big record would be: zstd finds the program's repetitions across records.
             let prefix = if self.pending[i].packer.continues() {
@@ -960,20 +973,23 @@ impl Output {
             } else {
                 &[][..]
             };
-            let (z, used) = self.compress_after(&packed, prefix);
+            let (z, used) = self.compress_after(&body, prefix);
             let p = &self.pending[i];
-            write::events_after(&mut self.events, p.stream, p.tid, packed.len(), used, &z);
+            write::events_after(&mut self.events, p.stream, p.tid, body.len(), used, &z);
         }
         let p = &mut self.pending[i];
         p.packer.finish_record(packed.len());
+        packed.clear();
+        p.packed = packed;
         prev.clear();
         if p.packer.continues() {
-            p.prev = packed;
-            p.packed = prev;
+            // The next record's prefix: this one as compressed.
+            p.prev = body;
+            self.lanes = prev;
         } else {
             p.prev = prev;
-            p.packed = packed;
-            p.packed.clear();
+            body.clear();
+            self.lanes = body;
         }
     }
 
