@@ -993,18 +993,27 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
                 obs.added(&b, tag, bytes);
                 last_alloc.set(e.tid, addr);
             }
-            EventKind::Free { addr } => match live.remove(addr) {
+            EventKind::Free { addr, at_realloc } => match live.remove(addr) {
                 Some((b, btag)) => {
                     let bw = weights.take(addr);
-                    a.frees += 1;
                     let bytes = wb(b.size, bw);
                     *cur -= bytes;
                     obs.removed(&b, btag, bytes);
                     let temporary = last_alloc.take_if(b.tid, addr);
-                    if temporary {
-                        a.temporary += 1;
+                    if at_realloc {
+                        // Sampled: the block left the recording at a realloc whose new block
+                        // was not drawn. The program freed nothing (its free of the new block
+                        // is counted if that block is drawn later, by its own weight), the
+                        // realloc is estimated from the ones recorded whole, and, as at any
+                        // realloc, the thread's last block is not a temporary.
+                        last_alloc.clear(e.tid);
+                    } else {
+                        a.frees += 1;
+                        if temporary {
+                            a.temporary += 1;
+                        }
+                        obs.freed(&b, btag, bw, temporary);
                     }
-                    obs.freed(&b, btag, bw, temporary);
                 }
                 None => a.inconsistent += 1,
             },
@@ -1101,7 +1110,7 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
 fn block_addr(e: &Event) -> Option<u64> {
     match e.kind {
         EventKind::Alloc { addr, .. }
-        | EventKind::Free { addr }
+        | EventKind::Free { addr, .. }
         | EventKind::ReallocOut { addr } => Some(addr),
         EventKind::Realloc { new_addr, .. } => Some(new_addr),
         _ => None,

@@ -19,7 +19,15 @@
 //! Map         := 5 seq ts addr len prot flags stack
 //! Unmap       := 6 seq ts addr len
 //! Remap       := 7 seq ts old_addr old_len new_addr new_len stack (seq - out_seq)
+//! Left        := 10 seq ts addr
 //! ```
+//!
+//! `Left` is a `Free` that the program did not make: in a sampled recording, a realloc of a
+//! sampled block whose new block was not drawn takes the old block out of the recording (its
+//! `seq` is the realloc's `out_seq`), and an estimate of frees must not count it as one. The
+//! reader yields it as an [`EventKind::Free`] with `at_realloc` set; dumps from before it have
+//! no `Left`, and their such exits read as frees. A reader older than this kind takes a record
+//! that holds one for damage, as with `Map` below.
 //!
 //! `Map`, `Unmap` and `Remap` are the program's own `mmap`/`mmap64`, `munmap` and `mremap`
 //! calls (not the allocator's: glibc's malloc maps its chunks with internal calls, and another
@@ -49,6 +57,7 @@
 //!                Remap: seq = previous seq + 2 and seq - out_seq = 1 (neither is written then)
 //! Alloc       := 1' site aaddr
 //! Free        := 2' addr
+//! Left        := 10' addr                 packed as a Free is
 //! Realloc     := 3' addr(old) site aaddr(new) (seq - out_seq)   addr(new) if usable is 0
 //! AllocFailed := 4' kind size zigzag(stack delta)
 //! Map         := 5' maddr len prot flags zigzag(stack delta)
@@ -115,6 +124,8 @@ const TAG_FAILED: u8 = 4;
 const TAG_MAP: u8 = 5;
 const TAG_UNMAP: u8 = 6;
 const TAG_REMAP: u8 = 7;
+/// After 8 and 9, which version 3 takes (time marks, record continuation).
+const TAG_LEFT: u8 = 10;
 
 /// [`EventKind::Map`] flags: an anonymous mapping (else a file's).
 pub const MAP_ANONYMOUS: u32 = 1;
@@ -192,13 +203,14 @@ pub enum EventKind {
     },
     Free {
         addr: u64,
+        /// Not the program's free: a sampled block left the recording at a realloc whose new
+        /// block was not drawn (the realloc's `out_seq`). Gone from the recording all the same.
+        at_realloc: bool,
     },
     /// The block at `addr` is being reallocated: from here on (in sequence order) its address
     /// may belong to another block. The matching [`EventKind::Realloc`] of the same thread
     /// follows.
-    ReallocOut {
-        addr: u64,
-    },
+    ReallocOut { addr: u64 },
     Realloc {
         old_addr: u64,
         new_addr: u64,
@@ -220,16 +232,10 @@ pub enum EventKind {
         stack: u32,
     },
     /// The program unmapped `[addr, addr + len)` (`munmap`): any part of any mapping.
-    Unmap {
-        addr: u64,
-        len: u64,
-    },
+    Unmap { addr: u64, len: u64 },
     /// The range `[addr, addr + len)` is being remapped: from here on (in sequence order) it may
     /// belong to another mapping. The matching [`EventKind::Remap`] of the same thread follows.
-    RemapOut {
-        addr: u64,
-        len: u64,
-    },
+    RemapOut { addr: u64, len: u64 },
     /// The program moved or resized a mapping (`mremap`): the old range is gone (at its
     /// [`EventKind::RemapOut`]), the new one mapped from this stack.
     Remap {
@@ -284,6 +290,16 @@ pub fn encode_alloc(
 #[inline]
 pub fn encode_free(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
     b.u8(TAG_FREE);
+    b.uvarint(seq);
+    b.uvarint(ts);
+    b.uvarint(addr);
+}
+
+/// A sampled block leaves the recording at a realloc whose new block was not drawn (`Left`):
+/// `seq` is the realloc's `out_seq`.
+#[inline]
+pub fn encode_left(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
+    b.u8(TAG_LEFT);
     b.uvarint(seq);
     b.uvarint(ts);
     b.uvarint(addr);
@@ -435,7 +451,10 @@ pub fn decode_plain(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), M
                 usable: c.uvarint()?,
                 stack: c.u32()?,
             },
-            TAG_FREE => EventKind::Free { addr: c.uvarint()? },
+            TAG_FREE | TAG_LEFT => EventKind::Free {
+                addr: c.uvarint()?,
+                at_realloc: tag == TAG_LEFT,
+            },
             TAG_REALLOC => {
                 let kind = EventKind::Realloc {
                     old_addr: c.uvarint()?,
@@ -549,7 +568,7 @@ pub fn pack_some_v2(plain: &[u8], out: &mut Vec<u8>, limit: usize) -> (u64, usiz
                     put_uvarint(out, zigzag(c.uvarint()?.wrapping_sub(size) as i64));
                     d.stack(out, c.u32()?);
                 }
-                TAG_FREE => d.addr(out, c.uvarint()?),
+                TAG_FREE | TAG_LEFT => d.addr(out, c.uvarint()?),
                 TAG_REALLOC => {
                     d.addr(out, c.uvarint()?);
                     d.addr(out, c.uvarint()?);
@@ -626,8 +645,9 @@ pub fn decode_events_v2(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(
                     stack: d.read_stack(&mut c)?,
                 }
             }
-            TAG_FREE => EventKind::Free {
+            TAG_FREE | TAG_LEFT => EventKind::Free {
                 addr: d.read_addr(&mut c)?,
+                at_realloc: tag == TAG_LEFT,
             },
             TAG_REALLOC => {
                 let old_addr = d.read_addr(&mut c)?;
@@ -1082,7 +1102,7 @@ impl Packer {
                 self.site(out, (f[0] as u8, f[2], f[3], f[4] as u32));
                 self.alloc_addr(out, f[1], f[3]);
             }
-            TAG_FREE => {
+            TAG_FREE | TAG_LEFT => {
                 let class = self.addr_ref(out, f[0], 0, LIVE);
                 self.bins.push(class, f[0]);
                 self.name(f[0], class, GONE);
@@ -1151,7 +1171,7 @@ impl PlainEvent {
         let mut f = [0u64; 6];
         let (bytes, fields): (usize, usize) = match tag {
             TAG_ALLOC => (1, 5),
-            TAG_FREE => (0, 1),
+            TAG_FREE | TAG_LEFT => (0, 1),
             TAG_REALLOC => (0, 6),
             TAG_FAILED => (1, 3),
             TAG_MAP => (0, 5),
@@ -1424,8 +1444,9 @@ fn decode_into(
                     stack,
                 }
             }
-            TAG_FREE => EventKind::Free {
+            TAG_FREE | TAG_LEFT => EventKind::Free {
                 addr: d.free_addr(c)?,
+                at_realloc: tag == TAG_LEFT,
             },
             TAG_REALLOC => {
                 let v = c.uvarint()?;
@@ -1688,7 +1709,13 @@ mod tests {
                 stack: 9
             }
         );
-        assert_eq!(out[3].kind, EventKind::Free { addr: u64::MAX });
+        assert_eq!(
+            out[3].kind,
+            EventKind::Free {
+                addr: u64::MAX,
+                at_realloc: false
+            }
+        );
         assert!(out.iter().all(|e| e.tid == 42));
 
         // A cut in the middle keeps the whole events before it.
@@ -1740,6 +1767,8 @@ mod v3_tests {
         },
         /// Frees a block this thread never allocated (another thread's, or inherited at fork).
         ForeignFree(u64),
+        /// A live block leaves the recording at a realloc whose new block was not drawn.
+        Left(usize),
         Failed {
             size: u64,
             stack: u32,
@@ -1759,6 +1788,7 @@ mod v3_tests {
         prop_oneof![
             6 => (0u64..5000, 0u32..40, 0u8..9).prop_map(|(size, stack, kind)| Op::Alloc { size, stack, kind }),
             5 => any::<usize>().prop_map(Op::Free),
+            1 => any::<usize>().prop_map(Op::Left),
             3 => (any::<usize>(), 0u64..70_000, 0u32..40, any::<bool>(), prop::bool::weighted(0.05))
                 .prop_map(|(pick, size, stack, moved, zero)| Op::Realloc { pick, size, stack, moved, zero }),
             1 => prop_oneof![0x7f00_0000_0000u64..0x7f00_0100_0000, Just(u64::MAX), Just(0x10)].prop_map(Op::ForeignFree),
@@ -1817,6 +1847,11 @@ mod v3_tests {
                     }
                 }
                 Op::ForeignFree(a) => encode_free(&mut b, seq, ts, a),
+                Op::Left(pick) if !live.is_empty() => {
+                    let a = live.swap_remove(pick % live.len());
+                    freed.push(a);
+                    encode_left(&mut b, seq, ts, a);
+                }
                 Op::Failed { size, stack } => {
                     encode_failed(&mut b, seq, ts, AllocKind::Malloc, size, stack)
                 }

@@ -698,3 +698,63 @@ fn a_forked_child_weighs_an_inherited_reallocated_block_by_its_current_size() {
     let end = child.end.expect("the child's dump ends");
     assert_eq!(end.untracked_frees, 0);
 }
+
+/// A realloc of a sampled block that does not draw its new block takes the old one out of the
+/// recording (a `Left` event), and that is no free: the estimated frees count the program's
+/// frees only, each weighed by its block's current size.
+/// - samples/sampledrealloc.c at 4 KiB: main frees the 200,000 blocks zs_grow made 512 B, within
+///   5 sigma of p(512) (±6,100); counting the exits at zs_grow (200,000 p(16) (1 - p(512)) of
+///   them, each of weight 1/p(16) = 256) as frees made it ~375,000;
+/// - samples/forkrealloc.c: the parent frees its 20,000 blocks of 4096 B (±540; its zs_grow's
+///   exits added ~7,500), and the child frees none, where the exits at its zs_shrink were
+///   counted as ~9,800 frees of 4096-byte blocks.
+#[test]
+fn a_realloc_that_does_not_draw_its_new_block_is_not_a_free() {
+    let t = 4096;
+    let dump = record_sample(
+        "sampledrealloc",
+        "sampled-realloc-frees",
+        &["--sample", "4096"],
+    );
+    // The exits are in the dump, as frees at a realloc.
+    let left = zmtrace_format::Dump::open(&dump)
+        .unwrap()
+        .events()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                zmtrace_format::EventKind::Free {
+                    at_realloc: true,
+                    ..
+                }
+            )
+        })
+        .count() as f64;
+    let n = 201_000.0 * p(16, t) * (1.0 - p(512, t));
+    let sd =
+        (201_000.0 * p(16, t) * (1.0 - p(512, t)) * (1.0 - p(16, t) * (1.0 - p(512, t)))).sqrt();
+    assert!(
+        (left - n).abs() <= 5.0 * sd,
+        "{left} exits at a realloc, want {n:.0} ± {:.0}",
+        5.0 * sd
+    );
+    let report = json("report", &dump);
+    assert_estimate("frees", report["frees"].as_u64().unwrap(), 200_000, 512, t);
+
+    let run = run_traced_opts(
+        &sample("forkrealloc"),
+        &[],
+        &["--sample", "4096"],
+        &[("ZMTRACE_SAMPLE_SEED", SEED)],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert_eq!(run.dumps.len(), 2, "{}", run.describe());
+    for d in &run.dumps {
+        let frees = json("report", &d.path)["frees"].as_u64().unwrap();
+        if process(d).origin == Origin::Fork {
+            assert_eq!(frees, 0, "the child's estimated frees");
+        } else {
+            assert_estimate("the parent's frees", frees, 20_000, 4096, t);
+        }
+    }
+}
