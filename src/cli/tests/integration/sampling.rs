@@ -758,3 +758,61 @@ fn a_realloc_that_does_not_draw_its_new_block_is_not_a_free() {
         }
     }
 }
+
+/// `zmtrace churn` on a sampled recording (samples/sampledrealloc.c at 4 KiB) weighs each site's
+/// counts as the total is, and says they are estimates. Every realloc there grows a block, so a
+/// site's reallocs and grows are both `K/P` of its `K` recorded reallocs, `P = p(16) p(512)`,
+/// within 5 sd (zs_grow: 200,000, ±104,400). Unweighted, they were the ~90 recorded.
+#[test]
+fn a_sampled_churn_report_weighs_its_sites() {
+    let t = 4096;
+    let dump = record_sample(
+        "sampledrealloc",
+        "sampled-realloc-churn",
+        &["--sample", "4096"],
+    );
+    let churn = json("churn", &dump);
+    assert_eq!(churn["estimated"], true);
+    let pr = p(16, t) * p(512, t);
+    let sites = churn["sites"].as_array().unwrap();
+    let named = |name: &str| {
+        sites
+            .iter()
+            .find(|s| s["site"] == name)
+            .unwrap_or_else(|| panic!("no churn site {name}: {churn}"))
+    };
+    for (name, n) in [("zs_grow", 200_000u64), ("zs_lost", 1000)] {
+        let s = named(name);
+        let b = 5.0 * (n as f64 * (1.0 - pr) / pr).sqrt() + 1.0;
+        for what in ["reallocs", "grew"] {
+            let got = s[what].as_u64().unwrap();
+            assert!(
+                (got as f64 - n as f64).abs() <= b,
+                "{name}: estimated {got} {what}, true {n}, 5-sigma bound ±{b:.0}"
+            );
+        }
+        assert_eq!(s["shrank"], 0, "{s}");
+        let (moved, in_place) = (
+            s["moved"].as_u64().unwrap(),
+            s["in_place"].as_u64().unwrap(),
+        );
+        assert!(
+            (moved + in_place).abs_diff(s["reallocs"].as_u64().unwrap()) <= 1,
+            "{s}"
+        );
+    }
+    // The sites add up to the estimated total (each count rounded once).
+    let total = churn["reallocs"].as_u64().unwrap();
+    let sum: u64 = sites.iter().map(|s| s["reallocs"].as_u64().unwrap()).sum();
+    assert!(sum.abs_diff(total) <= 2, "sites {sum}, total {total}");
+    let copied: u64 = sites
+        .iter()
+        .map(|s| s["bytes_copied"].as_u64().unwrap())
+        .sum();
+    assert_eq!(copied, churn["bytes_copied"].as_u64().unwrap());
+    let text = zmtrace_ok(&["churn", dump.to_str().unwrap(), "--top", "0"]);
+    assert!(
+        text.contains("zs_grow: ") && text.contains(" reallocs (estimated) (grew "),
+        "{text}"
+    );
+}
