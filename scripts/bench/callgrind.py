@@ -25,13 +25,16 @@ divided by the difference of the frames, so that start-up (loading the modules' 
 the caches' first misses) is left out. The frames are the program's known stack depths (randdepth
 prints them, and is deterministic: the same seed makes the same stacks traced or not), not
 counted by the recorder:
-  - "walked": per capture, the depth of the stack up to the frame that shifted the stack pointer
-    (depth + 3: the op function, bottom, the path's frames, root). The frames above it (run,
-    start_thread, clone3) sit where they sat in the previous walk and are taken over from it by
-    today's recorder; the recorder's own frames (3 to 4, from malloc to the capture) are walked too
-    and not counted: the figure is per program frame;
-  - "recorded": per capture, the whole stack recorded (depth + 6), the denominator for an
-    unwinder that walks every frame.
+  - "recorded": per capture, the whole stack recorded (depth + 6);
+  - "walked": the frames the unwinder walked. By default the recorder takes no walk over from the
+    previous one (src/recorder/src/unwind/mod.rs, `reuse`), so it walks every frame: walked =
+    recorded. With ZMTRACE_UNWIND_REUSE=1 or =always in the environment, walks may be taken over:
+    walked is then the depth up to the frame that shifted the stack pointer (depth + 3: the op
+    function, bottom, the path's frames, root), the frames above it (run, start_thread, clone3)
+    sitting where they sat in the previous walk (with =1 the trials may walk them all the same,
+    so this is the least the unwinder walked).
+  In both, the recorder's own frames (3 to 4, from malloc to the capture) are walked too and not
+  counted: the figure is per program frame.
 The target is <= 25 instructions per frame walked.
 """
 import os
@@ -141,12 +144,20 @@ def dump_counts(ctx, out):
     return d["events"], d["allocations"] + d["reallocs"] + d["failed"]
 
 
+def walk_reuse(w):
+    """Whether the traced run may take walks over (the recorder's ZMTRACE_UNWIND_REUSE knob)."""
+    return dict(os.environ, **w.env).get("ZMTRACE_UNWIND_REUSE") in ("1", "always")
+
+
 def printed_frames(w, argv):
+    """(captures, frames recorded, frames walked) of argv's run, from the frames: line it
+    prints; walked is the recorded frames unless walks may be taken over."""
     p = subprocess.run(argv, capture_output=True, text=True, check=True,
                        env=dict(os.environ, **w.env))
     line = next(l for l in p.stdout.splitlines() if l.startswith("frames:"))
     f = line.split()
-    return int(f[2]), int(f[4]), int(f[6])  # captures, recorded, walked
+    captures, recorded, shifted = int(f[2]), int(f[4]), int(f[6])
+    return captures, recorded, shifted if walk_reuse(w) else recorded
 
 
 def run(ctx, chosen):
@@ -156,6 +167,7 @@ def run(ctx, chosen):
     lib = os.path.join(os.path.dirname(ctx.zmtrace), "libzmtrace.so")
     ctx.callgrind = True
     rows, steady = [], []
+    reuse = False
     for name in chosen:
         for w in workloads.prepare(ctx, name):
             if not isinstance(w, Workload):
@@ -186,6 +198,7 @@ def run(ctx, chosen):
                     steady.append(f"| {w.name} | FAILED ({e}) | | | |")
                     continue
                 unw2, _ = unwinder_cost(incl2, pattern)
+                reuse = reuse or walk_reuse(w)
                 c1, rec1, walk1 = printed_frames(w, w.argv)
                 c2, rec2, walk2 = printed_frames(w, argv2)
                 du = unw2 - unw
@@ -200,8 +213,10 @@ def run(ctx, chosen):
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if steady:
+        walked = ("up to the shifted root (ZMTRACE_UNWIND_REUSE on)" if reuse
+                  else "the whole stack (walk reuse off, the default)")
         print("\nSteady path, random depth (the difference between N and 2N operations; frames from "
-              "the program's known depths: walked = up to the shifted root, recorded = the whole "
+              f"the program's known depths: walked = {walked}, recorded = the whole "
               "stack; target <= 25 per frame walked):\n")
         print("| workload | unwinder Ir/capture | unwinder Ir/frame walked | unwinder Ir/frame "
               "recorded | frames per capture, walked / recorded | traced Ir/call |")

@@ -63,6 +63,9 @@ struct Est {
     temporary: f64,
     frees: f64,
     reallocs: f64,
+    /// The reallocs' shapes, as [`Churn`] counts them: grew, shrank, moved, in place, and the
+    /// bytes copied.
+    churn: [f64; 5],
     leaked_blocks: f64,
     leaked_bytes: f64,
     leaked_via_realloc: f64,
@@ -89,6 +92,9 @@ impl Est {
         self.temporary += o.temporary;
         self.frees += o.frees;
         self.reallocs += o.reallocs;
+        for (c, o) in self.churn.iter_mut().zip(&o.churn) {
+            *c += o;
+        }
         self.leaked_blocks += o.leaked_blocks;
         self.leaked_bytes += o.leaked_bytes;
         self.leaked_via_realloc += o.leaked_via_realloc;
@@ -109,6 +115,16 @@ impl Est {
         s.leaked_bytes = r(self.leaked_bytes);
         s.leaked_via_realloc = r(self.leaked_via_realloc);
         s.reallocs_estimated = Some(r(self.reallocs));
+        let [grew, shrank, moved, in_place, copied] = self.churn.map(r);
+        s.churn_estimated = Some(Churn {
+            reallocs: r(self.reallocs),
+            grew,
+            shrank,
+            moved,
+            in_place,
+            bytes_copied: copied,
+            ..s.churn.clone()
+        });
         for k in 0..4 {
             s.kinds[k] = KindTotal {
                 blocks: r(self.kinds[k].0),
@@ -185,6 +201,10 @@ pub struct SiteStats {
     /// Sampled recording: the reallocs made here, estimated (`churn` counts the ones recorded,
     /// unweighted). See [`SiteStats::reallocs`].
     pub reallocs_estimated: Option<u64>,
+    /// Sampled recording: `churn` with its counts (reallocs, grew, shrank, moved, in place,
+    /// bytes copied) estimated; its growth steps, ratios and longest chain are the recorded
+    /// reallocs' (a shape, not a count). See [`SiteStats::churn`].
+    pub churn_estimated: Option<Churn>,
 }
 
 pub use zmtrace_format::{Churn, MAX_STEPS};
@@ -211,6 +231,12 @@ impl SiteStats {
     /// The reallocs made here: estimated in a sampled recording, counted otherwise.
     pub fn reallocs(&self) -> u64 {
         self.reallocs_estimated.unwrap_or(self.churn.reallocs)
+    }
+
+    /// The reallocs made here by shape: estimated in a sampled recording (see
+    /// [`SiteStats::churn_estimated`]), counted otherwise.
+    pub fn churn(&self) -> &Churn {
+        self.churn_estimated.as_ref().unwrap_or(&self.churn)
     }
 
     /// Blocks of this stack live at the end; `kind`: what the leak check found them to be.
@@ -248,6 +274,14 @@ impl SiteStats {
             *k += o;
         }
         self.churn.merge(&o.churn);
+        self.churn_estimated = match (self.churn_estimated.take(), &o.churn_estimated) {
+            (None, None) => None,
+            (a, b) => {
+                let mut a = a.unwrap_or_default();
+                a.merge(b.as_ref().unwrap_or(&Churn::default()));
+                Some(a)
+            }
+        };
     }
 }
 
@@ -724,6 +758,12 @@ impl Observer for Sites {
             let e = est.get(stack);
             e.reallocs += w.calls;
             e.bytes += w.bytes * size as f64;
+            let r = zmtrace_format::ReallocShape::of(old.size, size, moved);
+            let c = &mut e.churn;
+            c[0] += w.calls * f64::from(u8::from(r.grew));
+            c[1] += w.calls * f64::from(u8::from(r.shrank));
+            c[2 + usize::from(!moved)] += w.calls;
+            c[4] += w.calls * r.bytes_copied as f64;
         }
     }
 
@@ -1016,18 +1056,27 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
                 obs.added(&b, tag, bytes);
                 last_alloc.set(e.tid, addr);
             }
-            EventKind::Free { addr } => match live.remove(addr) {
+            EventKind::Free { addr, at_realloc } => match live.remove(addr) {
                 Some((b, btag)) => {
                     let bw = weights.take(addr);
-                    a.frees += 1;
                     let bytes = wb(b.size, bw);
                     *cur -= bytes;
                     obs.removed(&b, btag, bytes);
                     let temporary = last_alloc.take_if(b.tid, addr);
-                    if temporary {
-                        a.temporary += 1;
+                    if at_realloc {
+                        // Sampled: the block left the recording at a realloc whose new block
+                        // was not drawn. The program freed nothing (its free of the new block
+                        // is counted if that block is drawn later, by its own weight), the
+                        // realloc is estimated from the ones recorded whole, and, as at any
+                        // realloc, the thread's last block is not a temporary.
+                        last_alloc.clear(e.tid);
+                    } else {
+                        a.frees += 1;
+                        if temporary {
+                            a.temporary += 1;
+                        }
+                        obs.freed(&b, btag, bw, temporary);
                     }
-                    obs.freed(&b, btag, bw, temporary);
                 }
                 None => a.inconsistent += 1,
             },
@@ -1124,7 +1173,7 @@ fn replay<O: Observer, I: Iterator<Item = Event>>(
 fn block_addr(e: &Event) -> Option<u64> {
     match e.kind {
         EventKind::Alloc { addr, .. }
-        | EventKind::Free { addr }
+        | EventKind::Free { addr, .. }
         | EventKind::ReallocOut { addr } => Some(addr),
         EventKind::Realloc { new_addr, .. } => Some(new_addr),
         _ => None,

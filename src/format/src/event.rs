@@ -21,7 +21,15 @@
 //! Map         := 5 seq ts addr len prot flags stack
 //! Unmap       := 6 seq ts addr len
 //! Remap       := 7 seq ts old_addr old_len new_addr new_len stack (seq - out_seq)
+//! Left        := 10 seq ts addr
 //! ```
+//!
+//! `Left` is a `Free` that the program did not make: in a sampled recording, a realloc of a
+//! sampled block whose new block was not drawn takes the old block out of the recording (its
+//! `seq` is the realloc's `out_seq`), and an estimate of frees must not count it as one. The
+//! reader yields it as an [`EventKind::Free`] with `at_realloc` set; dumps from before it have
+//! no `Left`, and their such exits read as frees. A reader older than this kind takes a record
+//! that holds one for damage, as with `Map` below.
 //!
 //! `Map`, `Unmap` and `Remap` are the program's own `mmap`/`mmap64`, `munmap` and `mremap`
 //! calls (not the allocator's: glibc's malloc maps its chunks with internal calls, and another
@@ -51,6 +59,7 @@
 //!                Remap: seq = previous seq + 2 and seq - out_seq = 1 (neither is written then)
 //! Alloc       := 1' site aaddr
 //! Free        := 2' addr
+//! Left        := 10' addr                 packed as a Free is
 //! Realloc     := 3' addr(old) site aaddr(new) (seq - out_seq)   addr(new) if usable is 0
 //! AllocFailed := 4' kind size zigzag(stack delta)
 //! Map         := 5' maddr len prot flags zigzag(stack delta)
@@ -118,6 +127,8 @@ const TAG_FAILED: u8 = 4;
 const TAG_MAP: u8 = 5;
 const TAG_UNMAP: u8 = 6;
 const TAG_REMAP: u8 = 7;
+/// After 8 and 9, which version 3 takes (time marks, record continuation).
+const TAG_LEFT: u8 = 10;
 
 /// [`EventKind::Map`] flags: an anonymous mapping (else a file's).
 pub const MAP_ANONYMOUS: u32 = 1;
@@ -195,13 +206,14 @@ pub enum EventKind {
     },
     Free {
         addr: u64,
+        /// Not the program's free: a sampled block left the recording at a realloc whose new
+        /// block was not drawn (the realloc's `out_seq`). Gone from the recording all the same.
+        at_realloc: bool,
     },
     /// The block at `addr` is being reallocated: from here on (in sequence order) its address
     /// may belong to another block. The matching [`EventKind::Realloc`] of the same thread
     /// follows.
-    ReallocOut {
-        addr: u64,
-    },
+    ReallocOut { addr: u64 },
     Realloc {
         old_addr: u64,
         new_addr: u64,
@@ -223,16 +235,10 @@ pub enum EventKind {
         stack: u32,
     },
     /// The program unmapped `[addr, addr + len)` (`munmap`): any part of any mapping.
-    Unmap {
-        addr: u64,
-        len: u64,
-    },
+    Unmap { addr: u64, len: u64 },
     /// The range `[addr, addr + len)` is being remapped: from here on (in sequence order) it may
     /// belong to another mapping. The matching [`EventKind::Remap`] of the same thread follows.
-    RemapOut {
-        addr: u64,
-        len: u64,
-    },
+    RemapOut { addr: u64, len: u64 },
     /// The program moved or resized a mapping (`mremap`): the old range is gone (at its
     /// [`EventKind::RemapOut`]), the new one mapped from this stack.
     Remap {
@@ -287,6 +293,16 @@ pub fn encode_alloc(
 #[inline]
 pub fn encode_free(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
     b.u8(TAG_FREE);
+    b.u64(seq);
+    b.u64(ts);
+    b.u64(addr);
+}
+
+/// A sampled block leaves the recording at a realloc whose new block was not drawn (`Left`):
+/// `seq` is the realloc's `out_seq`.
+#[inline]
+pub fn encode_left(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
+    b.u8(TAG_LEFT);
     b.u64(seq);
     b.u64(ts);
     b.u64(addr);
@@ -437,7 +453,10 @@ pub fn decode_plain(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(), M
                 usable: f[3],
                 stack: f[4] as u32,
             },
-            TAG_FREE => EventKind::Free { addr: f[0] },
+            TAG_FREE | TAG_LEFT => EventKind::Free {
+                addr: f[0],
+                at_realloc: tag == TAG_LEFT,
+            },
             TAG_REALLOC => {
                 let kind = EventKind::Realloc {
                     old_addr: f[0],
@@ -549,7 +568,7 @@ pub fn pack_some_v2(plain: &[u8], out: &mut Vec<u8>, limit: usize) -> (u64, usiz
                 put_uvarint(out, zigzag(f[3].wrapping_sub(f[2]) as i64));
                 d.stack(out, f[4] as u32);
             }
-            TAG_FREE => d.addr(out, f[0]),
+            TAG_FREE | TAG_LEFT => d.addr(out, f[0]),
             TAG_REALLOC => {
                 d.addr(out, f[0]);
                 d.addr(out, f[1]);
@@ -613,8 +632,9 @@ pub fn decode_events_v2(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(
                     stack: d.read_stack(&mut c)?,
                 }
             }
-            TAG_FREE => EventKind::Free {
+            TAG_FREE | TAG_LEFT => EventKind::Free {
                 addr: d.read_addr(&mut c)?,
+                at_realloc: tag == TAG_LEFT,
             },
             TAG_REALLOC => {
                 let old_addr = d.read_addr(&mut c)?;
@@ -1234,7 +1254,7 @@ impl Packer {
                 self.site(out, (f[0] as u8, f[2], f[3], f[4] as u32));
                 self.alloc_addr(out, f[1], f[3]);
             }
-            TAG_FREE => {
+            TAG_FREE | TAG_LEFT => {
                 let class = self.rename(out, f[0], LIVE, GONE, None);
                 self.bins.push(class, f[0]);
             }
@@ -1334,7 +1354,7 @@ impl PlainEvent {
         let tag = peek.u8()?;
         let e = match tag {
             TAG_ALLOC => plain_fields(&mut peek, tag, [1, 8, 8, 8, 4]),
-            TAG_FREE => plain_fields(&mut peek, tag, [8]),
+            TAG_FREE | TAG_LEFT => plain_fields(&mut peek, tag, [8]),
             TAG_REALLOC => plain_fields(&mut peek, tag, [8, 8, 8, 8, 4, 8]),
             TAG_FAILED => plain_fields(&mut peek, tag, [1, 8, 4]),
             TAG_MAP => plain_fields(&mut peek, tag, [8, 8, 4, 4, 4]),
@@ -1591,8 +1611,9 @@ fn decode_into(
                     stack,
                 }
             }
-            TAG_FREE => EventKind::Free {
+            TAG_FREE | TAG_LEFT => EventKind::Free {
                 addr: d.free_addr(c)?,
+                at_realloc: tag == TAG_LEFT,
             },
             TAG_REALLOC => {
                 let v = c.uvarint()?;
@@ -1911,7 +1932,13 @@ mod tests {
                 stack: 9
             }
         );
-        assert_eq!(out[3].kind, EventKind::Free { addr: u64::MAX });
+        assert_eq!(
+            out[3].kind,
+            EventKind::Free {
+                addr: u64::MAX,
+                at_realloc: false
+            }
+        );
         assert!(out.iter().all(|e| e.tid == 42));
 
         // A cut in the middle keeps the whole events before it.
@@ -1963,6 +1990,8 @@ mod v3_tests {
         },
         /// Frees a block this thread never allocated (another thread's, or inherited at fork).
         ForeignFree(u64),
+        /// A live block leaves the recording at a realloc whose new block was not drawn.
+        Left(usize),
         Failed {
             size: u64,
             stack: u32,
@@ -1982,6 +2011,7 @@ mod v3_tests {
         prop_oneof![
             6 => (0u64..5000, 0u32..40, 0u8..9).prop_map(|(size, stack, kind)| Op::Alloc { size, stack, kind }),
             5 => any::<usize>().prop_map(Op::Free),
+            1 => any::<usize>().prop_map(Op::Left),
             3 => (any::<usize>(), 0u64..70_000, 0u32..40, any::<bool>(), prop::bool::weighted(0.05))
                 .prop_map(|(pick, size, stack, moved, zero)| Op::Realloc { pick, size, stack, moved, zero }),
             1 => prop_oneof![0x7f00_0000_0000u64..0x7f00_0100_0000, Just(u64::MAX), Just(0x10)].prop_map(Op::ForeignFree),
@@ -2040,6 +2070,11 @@ mod v3_tests {
                     }
                 }
                 Op::ForeignFree(a) => encode_free(&mut b, seq, ts, a),
+                Op::Left(pick) if !live.is_empty() => {
+                    let a = live.swap_remove(pick % live.len());
+                    freed.push(a);
+                    encode_left(&mut b, seq, ts, a);
+                }
                 Op::Failed { size, stack } => {
                     encode_failed(&mut b, seq, ts, AllocKind::Malloc, size, stack)
                 }

@@ -60,6 +60,7 @@ const TAG_UNMAP: u8 = 6;
 const TAG_REMAP: u8 = 7;
 const TAG_TIME: u8 = 8;
 const TAG_CONTINUE: u8 = 9;
+const TAG_LEFT: u8 = 10;
 /// An address code that is followed by the address itself.
 const ADDR_ABSOLUTE: u64 = 1 << 41;
 
@@ -124,7 +125,7 @@ fn event(l: &mut impl Lanes, b: u8) -> Result<(), Malformed> {
     {
         let tag = b & !SEQ_NEXT;
         let next = b & SEQ_NEXT != 0;
-        if !(TAG_ALLOC..=TAG_REMAP).contains(&tag) {
+        if !(TAG_ALLOC..=TAG_REMAP).contains(&tag) && tag != TAG_LEFT {
             return Err(Malformed);
         }
         if !next {
@@ -135,7 +136,7 @@ fn event(l: &mut impl Lanes, b: u8) -> Result<(), Malformed> {
                 site(l)?;
                 l.classed_addr(false)?;
             }
-            TAG_FREE => l.classed_addr(true)?,
+            TAG_FREE | TAG_LEFT => l.classed_addr(true)?,
             TAG_REALLOC => {
                 // The tag holds one class: the old address's.
                 l.classed_addr(true)?;
@@ -572,8 +573,14 @@ mod tests {
     #[test]
     fn what_split_does_not_parse_is_refused_and_merge_refuses_what_does_not_add_up() {
         let mut out = Vec::new();
-        // Tag 10 is no event.
-        assert!(!split(&[10, 1, 2], &mut out));
+        // Tag 11 is no event.
+        assert!(!split(&[11, 1, 2], &mut out));
+        // Tag 10 (Left) is split as a Free is, and merges back.
+        assert!(split(&[TAG_LEFT | SEQ_NEXT, 4], &mut out));
+        let mut back = Vec::new();
+        merge(&out, &mut back).unwrap();
+        assert_eq!(back, [TAG_LEFT | SEQ_NEXT, 4]);
+        out.clear();
         // A varint cut short.
         assert!(!split(&[TAG_FREE, 0x80], &mut out));
         assert!(split(

@@ -75,7 +75,9 @@ mod unwind;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use zmtrace_format::event::{encode_alloc, encode_failed, encode_free, encode_realloc, EventBuf};
+use zmtrace_format::event::{
+    encode_alloc, encode_failed, encode_free, encode_left, encode_realloc, EventBuf,
+};
 pub use zmtrace_format::{AllocKind, EndReason, KindTotal, LeakKind, ReachTrigger};
 
 pub use crate::stacks::{stack_pointer, Skip, UnwindMode, MAX_FRAMES};
@@ -402,9 +404,16 @@ fn left_recording(t: &ThreadState, ptr: *mut u8, block: &LiveBlock, seq: Option<
         aggregate::free(t, ptr as usize, block);
         return;
     }
-    let seq = seq.unwrap_or_else(|| SEQ.fetch_add(1, Ordering::Relaxed));
     let mut ev = EventBuf::default();
-    encode_free(&mut ev, seq, timestamp(), ptr as u64);
+    match seq {
+        // A realloc's: the program did not free the block, and an estimate of frees must be
+        // able to tell (it would count every such exit as a free of the block's weight).
+        Some(seq) => encode_left(&mut ev, seq, timestamp(), ptr as u64),
+        None => {
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            encode_free(&mut ev, seq, timestamp(), ptr as u64)
+        }
+    }
     emit(t, &ev);
 }
 

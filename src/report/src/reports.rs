@@ -153,16 +153,18 @@ pub struct ChurnReport {
 
 pub fn churn(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) -> ChurnReport {
     let merged = merged_sites(a, sym);
+    // Sampled: each site's counts weighted (SiteStats::churn), as the total reallocs are; a
+    // site is listed if it recorded a realloc.
     let mut v: Vec<(u32, &SiteStats)> = merged
         .iter()
         .filter(|(_, s)| s.churn.reallocs > 0)
         .map(|(id, s)| (*id, s))
         .collect();
-    let bytes_copied = v.iter().map(|(_, s)| s.churn.bytes_copied).sum();
+    let bytes_copied = v.iter().map(|(_, s)| s.churn().bytes_copied).sum();
     v.sort_by_key(|&(id, s)| {
         (
-            std::cmp::Reverse(s.churn.bytes_copied),
-            std::cmp::Reverse(s.churn.reallocs),
+            std::cmp::Reverse(s.churn().bytes_copied),
+            std::cmp::Reverse(s.churn().reallocs),
             id,
         )
     });
@@ -172,8 +174,9 @@ pub fn churn(dump: &Dump, a: &Analysis, sym: &mut Symbolizer, opts: &Options) ->
     let sites = v
         .into_iter()
         .map(|(id, s)| {
-            let c = &s.churn;
-            let pattern = zmtrace_analyze::analysis::pattern(c);
+            // The pattern is the recorded reallocs' shape (shares of steps, ratios).
+            let pattern = zmtrace_analyze::analysis::pattern(&s.churn);
+            let c = s.churn();
             let hint = match pattern {
                 GrowthPattern::FixedStep { step, .. } if c.grew >= 4 => Some(format!(
                     "grows by a fixed {step} bytes per realloc ({} times): reserve the capacity up front, or grow geometrically",
@@ -317,10 +320,12 @@ pub fn churn_text(c: &ChurnReport, opts: &Options) -> String {
     write_header(&mut o, "churn", &c.header);
     let _ = writeln!(
         o,
-        "{} reallocs, {} copied by moving reallocs; sites by bytes copied",
+        "{} reallocs, {} copied by moving reallocs{}; sites by bytes copied",
         thousands(c.reallocs),
-        human_bytes(c.bytes_copied)
+        human_bytes(c.bytes_copied),
+        est(&c.header)
     );
+    let e = est(&c.header);
     for (i, s) in c.sites.iter().enumerate() {
         let pattern = match s.pattern {
             GrowthPattern::None => "no growth".to_string(),
@@ -335,7 +340,7 @@ pub fn churn_text(c: &ChurnReport, opts: &Options) -> String {
         };
         let _ = writeln!(
             o,
-            "\n#{} {}: {} reallocs (grew {}, shrank {}; moved {}, in place {}), {} copied, longest chain {}, {pattern}",
+            "\n#{} {}: {} reallocs{e} (grew {}, shrank {}; moved {}, in place {}), {} copied, longest chain {}, {pattern}",
             i + 1,
             s.site.site,
             thousands(s.reallocs),

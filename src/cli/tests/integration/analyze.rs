@@ -114,7 +114,7 @@ fn churn_report_counts_every_realloc_pattern_exactly() {
             zmtrace_format::EventKind::Alloc { addr, size, .. } => {
                 live.insert(addr, size);
             }
-            zmtrace_format::EventKind::Free { addr } => {
+            zmtrace_format::EventKind::Free { addr, .. } => {
                 live.remove(&addr);
             }
             zmtrace_format::EventKind::Realloc {

@@ -166,7 +166,7 @@ fn fork_child_inherits_the_parents_blocks_and_frees_one() {
         let frees: Vec<u64> = r
             .events()
             .filter_map(|e| match e.event.kind {
-                EventKind::Free { addr } => Some(addr),
+                EventKind::Free { addr, .. } => Some(addr),
                 _ => None,
             })
             .collect();

@@ -698,3 +698,121 @@ fn a_forked_child_weighs_an_inherited_reallocated_block_by_its_current_size() {
     let end = child.end.expect("the child's dump ends");
     assert_eq!(end.untracked_frees, 0);
 }
+
+/// A realloc of a sampled block that does not draw its new block takes the old one out of the
+/// recording (a `Left` event), and that is no free: the estimated frees count the program's
+/// frees only, each weighed by its block's current size.
+/// - samples/sampledrealloc.c at 4 KiB: main frees the 200,000 blocks zs_grow made 512 B, within
+///   5 sigma of p(512) (±6,100); counting the exits at zs_grow (200,000 p(16) (1 - p(512)) of
+///   them, each of weight 1/p(16) = 256) as frees made it ~375,000;
+/// - samples/forkrealloc.c: the parent frees its 20,000 blocks of 4096 B (±540; its zs_grow's
+///   exits added ~7,500), and the child frees none, where the exits at its zs_shrink were
+///   counted as ~9,800 frees of 4096-byte blocks.
+#[test]
+fn a_realloc_that_does_not_draw_its_new_block_is_not_a_free() {
+    let t = 4096;
+    let dump = record_sample(
+        "sampledrealloc",
+        "sampled-realloc-frees",
+        &["--sample", "4096"],
+    );
+    // The exits are in the dump, as frees at a realloc.
+    let left = zmtrace_format::Dump::open(&dump)
+        .unwrap()
+        .events()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                zmtrace_format::EventKind::Free {
+                    at_realloc: true,
+                    ..
+                }
+            )
+        })
+        .count() as f64;
+    let n = 201_000.0 * p(16, t) * (1.0 - p(512, t));
+    let sd =
+        (201_000.0 * p(16, t) * (1.0 - p(512, t)) * (1.0 - p(16, t) * (1.0 - p(512, t)))).sqrt();
+    assert!(
+        (left - n).abs() <= 5.0 * sd,
+        "{left} exits at a realloc, want {n:.0} ± {:.0}",
+        5.0 * sd
+    );
+    let report = json("report", &dump);
+    assert_estimate("frees", report["frees"].as_u64().unwrap(), 200_000, 512, t);
+
+    let run = run_traced_opts(
+        &sample("forkrealloc"),
+        &[],
+        &["--sample", "4096"],
+        &[("ZMTRACE_SAMPLE_SEED", SEED)],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert_eq!(run.dumps.len(), 2, "{}", run.describe());
+    for d in &run.dumps {
+        let frees = json("report", &d.path)["frees"].as_u64().unwrap();
+        if process(d).origin == Origin::Fork {
+            assert_eq!(frees, 0, "the child's estimated frees");
+        } else {
+            assert_estimate("the parent's frees", frees, 20_000, 4096, t);
+        }
+    }
+}
+
+/// `zmtrace churn` on a sampled recording (samples/sampledrealloc.c at 4 KiB) weighs each site's
+/// counts as the total is, and says they are estimates. Every realloc there grows a block, so a
+/// site's reallocs and grows are both `K/P` of its `K` recorded reallocs, `P = p(16) p(512)`,
+/// within 5 sd (zs_grow: 200,000, ±104,400). Unweighted, they were the ~90 recorded.
+#[test]
+fn a_sampled_churn_report_weighs_its_sites() {
+    let t = 4096;
+    let dump = record_sample(
+        "sampledrealloc",
+        "sampled-realloc-churn",
+        &["--sample", "4096"],
+    );
+    let churn = json("churn", &dump);
+    assert_eq!(churn["estimated"], true);
+    let pr = p(16, t) * p(512, t);
+    let sites = churn["sites"].as_array().unwrap();
+    let named = |name: &str| {
+        sites
+            .iter()
+            .find(|s| s["site"] == name)
+            .unwrap_or_else(|| panic!("no churn site {name}: {churn}"))
+    };
+    for (name, n) in [("zs_grow", 200_000u64), ("zs_lost", 1000)] {
+        let s = named(name);
+        let b = 5.0 * (n as f64 * (1.0 - pr) / pr).sqrt() + 1.0;
+        for what in ["reallocs", "grew"] {
+            let got = s[what].as_u64().unwrap();
+            assert!(
+                (got as f64 - n as f64).abs() <= b,
+                "{name}: estimated {got} {what}, true {n}, 5-sigma bound ±{b:.0}"
+            );
+        }
+        assert_eq!(s["shrank"], 0, "{s}");
+        let (moved, in_place) = (
+            s["moved"].as_u64().unwrap(),
+            s["in_place"].as_u64().unwrap(),
+        );
+        assert!(
+            (moved + in_place).abs_diff(s["reallocs"].as_u64().unwrap()) <= 1,
+            "{s}"
+        );
+    }
+    // The sites add up to the estimated total (each count rounded once).
+    let total = churn["reallocs"].as_u64().unwrap();
+    let sum: u64 = sites.iter().map(|s| s["reallocs"].as_u64().unwrap()).sum();
+    assert!(sum.abs_diff(total) <= 2, "sites {sum}, total {total}");
+    let copied: u64 = sites
+        .iter()
+        .map(|s| s["bytes_copied"].as_u64().unwrap())
+        .sum();
+    assert_eq!(copied, churn["bytes_copied"].as_u64().unwrap());
+    let text = zmtrace_ok(&["churn", dump.to_str().unwrap(), "--top", "0"]);
+    assert!(
+        text.contains("zs_grow: ") && text.contains(" reallocs (estimated) (grew "),
+        "{text}"
+    );
+}

@@ -897,7 +897,7 @@ fn replay_impl(
                     },
                 );
             }
-            EventKind::Free { addr } => match live.remove(&addr) {
+            EventKind::Free { addr, .. } => match live.remove(&addr) {
                 Some(b) if b.sample => {
                     r.counts.frees += 1;
                     r.tids.insert(e.tid);
