@@ -93,7 +93,7 @@ impl Changes {
             leaked_blocks: Delta::new(b.leaked_blocks, n.leaked_blocks),
             leaked_bytes: Delta::new(b.leaked_bytes, n.leaked_bytes),
             lost_bytes: Delta::new(lost(b), lost(n)),
-            reallocs: Delta::new(b.churn.reallocs, n.churn.reallocs),
+            reallocs: Delta::new(b.reallocs(), n.reallocs()),
             temporary: Delta::new(b.temporary, n.temporary),
         }
     }

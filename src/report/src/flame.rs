@@ -71,7 +71,8 @@ impl Metric {
             Metric::Leaked => s.leaked_bytes,
             Metric::Peak => s.peak_bytes,
             Metric::Temporary => s.temporary,
-            Metric::Reallocs => s.churn.reallocs,
+            // Weighted in a sampled recording, as the other metrics are.
+            Metric::Reallocs => s.reallocs(),
             Metric::Lost => {
                 s.kinds[LeakKind::Definite as usize].bytes
                     + s.kinds[LeakKind::Indirect as usize].bytes

@@ -815,4 +815,53 @@ fn a_sampled_churn_report_weighs_its_sites() {
         text.contains("zs_grow: ") && text.contains(" reallocs (estimated) (grew "),
         "{text}"
     );
+    // The reallocs flamegraph and the diff weigh them too (they showed the recorded ~100).
+    let folded = zmtrace_ok(&[
+        "flamegraph",
+        dump.to_str().unwrap(),
+        "--metric",
+        "reallocs",
+        "--folded",
+    ]);
+    let grow: u64 = folded
+        .lines()
+        .filter(|l| l.contains("zs_grow"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    let b = 5.0 * (200_000.0 * (1.0 - pr) / pr).sqrt() + 1.0;
+    assert!(
+        (grow as f64 - 200_000.0).abs() <= b,
+        "flamegraph: zs_grow {grow} reallocs, true 200000, 5-sigma bound ±{b:.0}\n{folded}"
+    );
+    // A recording at another interval draws other blocks: its sites differ, and the diff lists
+    // both sides weighted.
+    let other = record_sample(
+        "sampledrealloc",
+        "sampled-realloc-churn-2",
+        &["--sample", "8192"],
+    );
+    let pr2 = p(16, 8192) * p(512, 8192);
+    let b2 = 5.0 * (200_000.0 * (1.0 - pr2) / pr2).sqrt() + 1.0;
+    let diff: Value = serde_json::from_str(&zmtrace_ok(&[
+        "diff",
+        dump.to_str().unwrap(),
+        other.to_str().unwrap(),
+        "--json",
+        "--top",
+        "0",
+    ]))
+    .unwrap();
+    let row = diff["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == "zs_grow")
+        .unwrap_or_else(|| panic!("no zs_grow in the diff: {diff}"));
+    for (side, b) in [("base", b), ("new", b2)] {
+        let got = row["reallocs"][side].as_u64().unwrap();
+        assert!(
+            (got as f64 - 200_000.0).abs() <= b,
+            "diff {side}: zs_grow {got} reallocs, true 200000, 5-sigma bound ±{b:.0}: {row}"
+        );
+    }
 }
