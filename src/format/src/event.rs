@@ -120,15 +120,15 @@ pub const MAX_EVENT_LEN: usize = 64;
 
 pub type EventBuf = FixedBuf<MAX_EVENT_LEN>;
 
-const TAG_ALLOC: u8 = 1;
-const TAG_FREE: u8 = 2;
-const TAG_REALLOC: u8 = 3;
-const TAG_FAILED: u8 = 4;
-const TAG_MAP: u8 = 5;
-const TAG_UNMAP: u8 = 6;
-const TAG_REMAP: u8 = 7;
+pub(crate) const TAG_ALLOC: u8 = 1;
+pub(crate) const TAG_FREE: u8 = 2;
+pub(crate) const TAG_REALLOC: u8 = 3;
+pub(crate) const TAG_FAILED: u8 = 4;
+pub(crate) const TAG_MAP: u8 = 5;
+pub(crate) const TAG_UNMAP: u8 = 6;
+pub(crate) const TAG_REMAP: u8 = 7;
 /// After 8 and 9, which version 3 takes (time marks, record continuation).
-const TAG_LEFT: u8 = 10;
+pub(crate) const TAG_LEFT: u8 = 10;
 
 /// [`EventKind::Map`] flags: an anonymous mapping (else a file's).
 pub const MAP_ANONYMOUS: u32 = 1;
@@ -698,12 +698,12 @@ pub fn decode_events_v2(data: &[u8], tid: u32, out: &mut Vec<Event>) -> Result<(
 
 /// Set in a version-3 tag byte when the event's sequence number is the previous event's plus
 /// one (the usual case within one thread): no sequence varint follows.
-const SEQ_NEXT: u8 = 0x80;
+pub(crate) const SEQ_NEXT: u8 = 0x80;
 /// A version-3 time mark: the millisecond (since the start) of the events after it changed.
-const TAG_TIME: u8 = 8;
+pub(crate) const TAG_TIME: u8 = 8;
 /// The first byte of a version-3 record that continues its stream's previous one (its tables,
 /// see [`Packer`]); a varint follows: how many records of the group came before it.
-const TAG_CONTINUE: u8 = 9;
+pub(crate) const TAG_CONTINUE: u8 = 9;
 /// A record group ends (the next record starts its tables afresh) once its records hold this many
 /// packed bytes: what a damaged record can take with it, besides its own events.
 pub const GROUP_BYTES: usize = 4 << 20;
@@ -711,7 +711,7 @@ pub const GROUP_BYTES: usize = 4 << 20;
 pub const TIME_RESOLUTION_NS: u64 = 1_000_000;
 /// An even address reference this large cannot be a distance back (a record holds far fewer
 /// addresses): the absolute address follows. For deltas too large to shift left by two.
-const ADDR_ABSOLUTE: u64 = 1 << 41;
+pub(crate) const ADDR_ABSOLUTE: u64 = 1 << 41;
 /// A record is full once it has named this many addresses (or [`MAX_SITES`] sites): it bounds
 /// the writer's tables per thread (a few MiB) whatever the record's size in bytes.
 pub const MAX_NAMED: u32 = 1 << 18;

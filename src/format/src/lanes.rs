@@ -31,6 +31,11 @@
 //! packer later) is stored as it is: the marker byte is none of the bytes a packed record can
 //! start with (an event tag, a time item or the continuation header).
 
+// The packed grammar's bytes (event.rs, "Packed, version 3").
+use crate::event::{
+    ADDR_ABSOLUTE, SEQ_NEXT, TAG_ALLOC, TAG_CONTINUE, TAG_FAILED, TAG_FREE, TAG_LEFT, TAG_MAP,
+    TAG_REALLOC, TAG_REMAP, TAG_TIME, TAG_UNMAP,
+};
 use crate::varint::{put_uvarint, Cursor, Malformed};
 
 /// The first byte of a record in lanes.
@@ -48,21 +53,6 @@ const OTHER: usize = 10;
 /// Where a tag byte keeps its address's class in lanes (bits no tag uses).
 const CLASS_SHIFT: u32 = 4;
 const CLASS_BITS: u8 = 3 << CLASS_SHIFT;
-
-// The packed grammar's bytes (event.rs, "Packed, version 3").
-const SEQ_NEXT: u8 = 0x80;
-const TAG_ALLOC: u8 = 1;
-const TAG_FREE: u8 = 2;
-const TAG_REALLOC: u8 = 3;
-const TAG_FAILED: u8 = 4;
-const TAG_MAP: u8 = 5;
-const TAG_UNMAP: u8 = 6;
-const TAG_REMAP: u8 = 7;
-const TAG_TIME: u8 = 8;
-const TAG_CONTINUE: u8 = 9;
-const TAG_LEFT: u8 = 10;
-/// An address code that is followed by the address itself.
-const ADDR_ABSOLUTE: u64 = 1 << 41;
 
 /// Where the fields go ([`split`]) or come from ([`merge`]): the one grammar walk both share.
 trait Lanes {
