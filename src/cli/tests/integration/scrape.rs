@@ -347,34 +347,10 @@ fn go_tool_pprof_fetches_the_heap_endpoint() {
 /// over every scrape so far, events decoded so far, frames looked up in module files so far),
 /// and the profile.
 fn replay_cost(addr: &str, path: &str) -> ((u64, u64, u64, u64), Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&all[..end]).into_owned();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let value = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-zmtrace-replay: "))
-        .unwrap_or_else(|| panic!("no x-zmtrace-replay in {head}"));
-    let field = |k: &str| -> u64 {
-        value
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {k} in {value:?}"))
-    };
-    (
-        (
-            field("dump"),
-            field("read"),
-            field("decoded"),
-            field("lookups"),
-        ),
-        all[end + 4..].to_vec(),
-    )
+    let (h, body) = scrape_headers(addr, path);
+    let keys = ["dump", "read", "decoded", "lookups"];
+    let r = fields(&h, "x-zmtrace-replay", &keys);
+    ((r["dump"], r["read"], r["decoded"], r["lookups"]), body)
 }
 
 /// A scrape of `path`: its headers (names in lower case) and its body.
