@@ -60,7 +60,12 @@ fn p(size: u64, t: u64) -> f64 {
 
 /// The 5-sigma bound on the estimated count of `n` blocks of `size` bytes.
 fn bound(n: u64, size: u64, t: u64) -> f64 {
-    let p = p(size, t);
+    bound_p(n, p(size, t))
+}
+
+/// The 5-sigma bound (plus 1, for rounding) on `K/p` as an estimate of `n`, where
+/// `K ~ Binomial(n, p)`: `sd = sqrt(n (1 - p) / p)`.
+fn bound_p(n: u64, p: f64) -> f64 {
     5.0 * (n as f64 * (1.0 - p) / p).sqrt() + 1.0
 }
 
@@ -604,7 +609,7 @@ fn a_sampled_report_lists_reallocs_per_site_weighted_and_estimated() {
     let pr = p(16, t) * p(512, t);
     let within = |name: &str, n: u64| {
         let got = top(&report, "reallocs", name);
-        let b = 5.0 * (n as f64 * (1.0 - pr) / pr).sqrt() + 1.0;
+        let b = bound_p(n, pr);
         assert!(
             (got as f64 - n as f64).abs() <= b,
             "{name}: estimated {got} reallocs, true {n}, 5-sigma bound ±{b:.0}"
@@ -688,7 +693,7 @@ fn a_forked_child_weighs_an_inherited_reallocated_block_by_its_current_size() {
         t,
     );
     let pr = p(4096, t) * p(64, t);
-    let b = 5.0 * (10_000.0 * (1.0 - pr) / pr).sqrt() + 1.0;
+    let b = bound_p(10_000, pr);
     let got = top(&report, "reallocs", "zs_shrink");
     assert!(
         (got as f64 - 10_000.0).abs() <= b,
@@ -783,7 +788,7 @@ fn a_sampled_churn_report_weighs_its_sites() {
     };
     for (name, n) in [("zs_grow", 200_000u64), ("zs_lost", 1000)] {
         let s = named(name);
-        let b = 5.0 * (n as f64 * (1.0 - pr) / pr).sqrt() + 1.0;
+        let b = bound_p(n, pr);
         for what in ["reallocs", "grew"] {
             let got = s[what].as_u64().unwrap();
             assert!(
@@ -828,7 +833,7 @@ fn a_sampled_churn_report_weighs_its_sites() {
         .filter(|l| l.contains("zs_grow"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
-    let b = 5.0 * (200_000.0 * (1.0 - pr) / pr).sqrt() + 1.0;
+    let b = bound_p(200_000, pr);
     assert!(
         (grow as f64 - 200_000.0).abs() <= b,
         "flamegraph: zs_grow {grow} reallocs, true 200000, 5-sigma bound ±{b:.0}\n{folded}"
@@ -841,7 +846,7 @@ fn a_sampled_churn_report_weighs_its_sites() {
         &["--sample", "8192"],
     );
     let pr2 = p(16, 8192) * p(512, 8192);
-    let b2 = 5.0 * (200_000.0 * (1.0 - pr2) / pr2).sqrt() + 1.0;
+    let b2 = bound_p(200_000, pr2);
     let diff: Value = serde_json::from_str(&zmtrace_ok(&[
         "diff",
         dump.to_str().unwrap(),
