@@ -235,16 +235,7 @@ fn sampled(t: &ThreadState, size: usize) -> bool {
 #[inline(always)]
 pub fn countdown_skips(size: usize) -> bool {
     let tls = tls::tls();
-    if tls.inside.load(Ordering::Relaxed) {
-        return false;
-    }
-    match sample::skip(tls.left.get(), size as u64) {
-        Some(left) => {
-            tls.left.set(left);
-            true
-        }
-        None => false,
-    }
+    skips_on(tls, &tls.left, size)
 }
 
 /// [`countdown_skips`] for `--all-blocks`: true when the block is certainly not sampled, and
@@ -253,12 +244,18 @@ pub fn countdown_skips(size: usize) -> bool {
 #[inline(always)]
 pub fn countdown_skips_all(size: usize) -> bool {
     let tls = tls::tls();
+    skips_on(tls, &tls.left_all, size)
+}
+
+/// Both countdowns' step: `word` is the mode's countdown in this thread's `tls`.
+#[inline(always)]
+fn skips_on(tls: &tls::Tls, word: &std::cell::Cell<u64>, size: usize) -> bool {
     if tls.inside.load(Ordering::Relaxed) {
         return false;
     }
-    match sample::skip(tls.left_all.get(), size as u64) {
+    match sample::skip(word.get(), size as u64) {
         Some(left) => {
-            tls.left_all.set(left);
+            word.set(left);
             true
         }
         None => false,
