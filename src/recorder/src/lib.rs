@@ -93,7 +93,7 @@ use crate::state::{
     core, init_slow, CORE, DISABLED, FRONT_END, READY, SEQ, START_REQUESTED, STATE, UNINIT,
 };
 use crate::sync::{Guard, SpinLock};
-use crate::threads::{all_threads, bump, current_thread, RING_BYTES};
+use crate::threads::{all_threads, bump, current_thread};
 
 /// Registers the front end. Call once, before the first event.
 pub fn set_front_end(front: &'static FrontEnd) {
@@ -104,7 +104,8 @@ pub fn set_front_end(front: &'static FrontEnd) {
 fn emit(t: &ThreadState, ev: &EventBuf) {
     // SAFETY: only the owning thread pushes to its ring.
     if unsafe { t.ring.push_padded(&ev.buf, ev.len) } {
-        if t.ring.len() > RING_BYTES / 2 {
+        // SAFETY: as above, the owning thread.
+        if unsafe { t.ring.over_half() } {
             output::wake_writer();
         }
         return;

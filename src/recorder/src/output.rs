@@ -39,6 +39,9 @@ pub(crate) struct Output {
     splitter: zmtrace_format::lanes::Splitter,
     /// Per thread, the `Events` record being filled (see [`Pending`]).
     pending: Vec<Pending>,
+    /// A pass's rings to pack: (ring's thread, its `pending` index, bytes left to pack this
+    /// pass). Kept for its capacity.
+    work: Vec<(&'static ThreadState, usize, usize)>,
     events: Vec<u8>,
     meta: Vec<u8>,
     events_written: u64,
@@ -64,6 +67,7 @@ pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
     lanes: Vec::new(),
     splitter: zmtrace_format::lanes::Splitter::new(),
     pending: Vec::new(),
+    work: Vec::new(),
     events: Vec::new(),
     meta: Vec::new(),
     events_written: 0,
@@ -92,8 +96,6 @@ const RECORD_BYTES: usize = 64 * 1024;
 const ZSTD_LEVEL: i32 = 3;
 /// Plain bytes packed before they are given back to their ring (see `flush_pass`).
 const DRAIN_CHUNK: usize = 16 * 1024;
-/// Times a thread whose ring is full yields to the writer before it packs the rings itself.
-const FULL_YIELDS: u32 = 32;
 /// How often the writer drains the rings when nobody wakes it.
 const PERIOD_MS: i64 = 50;
 /// A thread's record is written once its oldest events were packed this long ago, full or not.
@@ -166,25 +168,40 @@ fn wake_writer_now() {
     }
 }
 
-/// The slow path of an event: the thread's ring is full. Drain it ourselves (waiting for the
-/// writer's lock), or count the event as dropped once the dump is closed. This thread is inside
-/// the recorder guard, so a fatal signal that lands while it holds the lock waits for it to
-/// finish (see the module docs): it never holds up the handler.
+/// The slow path of an event: the thread's ring is full. Wait for the writer to give room back,
+/// or drain it ourselves (waiting for the writer's lock), or count the event as dropped once the
+/// dump is closed. This thread is inside the recorder guard, so a fatal signal that lands while
+/// it holds the lock waits for it to finish (see the module docs): it never holds up the handler.
 pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
-    // The writer gives the ring back a chunk at a time as it packs it (see `flush_pass`): give it
-    // the processor for a moment first. Packing here instead means waiting for its lock and then
-    // a whole pass over every ring on the program's thread, the wait that made a program that
-    // allocates fast (manyblocks.c) slow on a loaded machine. Bounded: a writer that does not get
-    // to it leaves it to the pass below. No lock is held here, so yielding holds up no one.
+    // The writer gives the ring back a chunk at a time as it packs it (see `flush_pass`): sleep
+    // until it has given one back. Packing here instead means waiting for its lock and then a
+    // whole pass over every ring on the program's thread, the wait that made a program that
+    // allocates fast (manyblocks.c) slow on a loaded machine. Sleeping, not yielding: yields
+    // hand the processor to whatever else is runnable (another program, on a loaded machine)
+    // and come straight back when nothing is, so they neither wait for the writer nor leave
+    // the core to it. Bounded: a writer that gives nothing back for [`FULL_WAIT_MS`] (stopped,
+    // or stuck on the disk) leaves it to the pass below. No lock is held here.
     if WRITER_RUNNING.load(Ordering::Acquire) && !CLOSED.load(Ordering::Acquire) {
-        wake_writer();
-        for _ in 0..FULL_YIELDS {
-            // SAFETY: no preconditions.
-            unsafe { libc::sched_yield() };
+        ROOM_WAITERS.fetch_add(1, Ordering::SeqCst);
+        // Pairs with `room_given_back`'s fence.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let mut pushed = false;
+        for _ in 0..FULL_WAIT_MS {
+            let seen = ROOM.load(Ordering::SeqCst);
             // SAFETY: we are the ring's owner.
             if unsafe { t.ring.push(bytes) } {
-                return;
+                pushed = true;
+                break;
             }
+            if CLOSED.load(Ordering::Acquire) || !WRITER_RUNNING.load(Ordering::Acquire) {
+                break;
+            }
+            wake_writer();
+            futex_wait(&ROOM, seen, 1_000_000);
+        }
+        ROOM_WAITERS.fetch_sub(1, Ordering::SeqCst);
+        if pushed {
+            return;
         }
     }
     loop {
@@ -200,6 +217,25 @@ pub(crate) fn push_when_full(t: &ThreadState, bytes: &[u8]) {
         if unsafe { t.ring.push(bytes) } {
             return;
         }
+    }
+}
+
+/// Room was given back in a ring (a futex word, bumped only while someone waits for it).
+static ROOM: AtomicU32 = AtomicU32::new(0);
+/// Threads waiting in [`push_when_full`] for room.
+static ROOM_WAITERS: AtomicU32 = AtomicU32::new(0);
+/// Milliseconds a thread whose ring is full waits for the writer at most, one futex wait each.
+const FULL_WAIT_MS: u32 = 20;
+
+/// After a drainer gave bytes back: wakes the threads that wait for room, if any (no system call
+/// when none does, the usual case). The fence pairs with the waiter's: either it sees the
+/// consumer's new position, or this sees it waiting.
+#[inline]
+fn room_given_back() {
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if ROOM_WAITERS.load(Ordering::Relaxed) != 0 {
+        ROOM.fetch_add(1, Ordering::SeqCst);
+        futex_wake_all(&ROOM);
     }
 }
 
@@ -267,6 +303,9 @@ extern "C" fn writer_main(_: *mut libc::c_void) -> *mut libc::c_void {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
         WRITER_TID.store(libc::syscall(libc::SYS_gettid) as u32, Ordering::Release);
+        // Named, so that its CPU time can be told from the program's threads' (top -H,
+        // /proc/PID/task/*/comm, perf --sort comm). The name says nothing about the program.
+        libc::prctl(libc::PR_SET_NAME, c"zmtrace-writer".as_ptr());
     }
     loop {
         WRITER_IDLE.store(true, Ordering::Release);
@@ -846,45 +885,62 @@ impl Output {
         }
         // 1. The events, first, so that every stack they name is already pending below.
         self.events.clear();
+        let mut work = std::mem::take(&mut self.work);
+        work.clear();
         for t in all_threads() {
             // SAFETY (every ring call here): we hold OUTPUT, so we are the only drainer, and
             // each pair of slices is dropped before the `consume` that follows it.
             let (first, second) = unsafe { t.ring.readable() };
             // What was there when we looked, no more: a thread that never stops allocating
             // must not keep the writer on its ring.
-            let mut budget = first.len() + second.len();
+            let budget = first.len() + second.len();
             if budget == 0 {
                 continue;
             }
             // Read after looking: a new owner's tid is published before its first event.
             let tid = t.tid.load(Ordering::Acquire);
             let i = self.pending_for(t.stream, tid);
-            // Packed in place, straight from the ring, and given back a chunk at a time so that
-            // its thread has room again while the rest is packed. Only an event cut by the end
-            // of the buffer is copied (with the start of the rest), once per turn of the ring.
-            while budget > 0 {
+            work.push((t, i, budget));
+        }
+        // Packed in place, straight from the ring, and given back a chunk at a time so that its
+        // thread has room again while the rest is packed; the rings take turns, a chunk each, so
+        // that a thread whose ring is full waits for one chunk of each other ring, not for all
+        // of them. Only an event cut by the end of the buffer is copied (with the start of the
+        // rest), once per turn of the ring.
+        let mut left = work.len();
+        while left > 0 {
+            left = 0;
+            for (t, i, budget) in work.iter_mut() {
+                if *budget == 0 {
+                    continue;
+                }
                 let (first, second) = unsafe { t.ring.readable() };
-                let chunk = &first[..first.len().min(budget).min(DRAIN_CHUNK)];
-                let mut used = self.pack_from(i, now, chunk);
+                let chunk = &first[..first.len().min(*budget).min(DRAIN_CHUNK)];
+                let mut used = self.pack_from(*i, now, chunk);
                 if used == 0 && chunk.len() == first.len() && !second.is_empty() {
                     let mut raw = std::mem::take(&mut self.raw);
                     raw.clear();
                     raw.extend_from_slice(first);
                     raw.extend_from_slice(&second[..second.len().min(MAX_EVENT_LEN)]);
-                    used = self.pack_from(i, now, &raw);
+                    used = self.pack_from(*i, now, &raw);
                     self.raw = raw;
                 }
                 if used == 0 {
                     // Not an event (the hooks write none such): what is left is dropped, as a
                     // damaged record's rest is.
-                    unsafe { t.ring.consume(budget) };
-                    break;
+                    unsafe { t.ring.consume(*budget) };
+                    room_given_back();
+                    *budget = 0;
+                    continue;
                 }
                 unsafe { t.ring.consume(used) };
+                room_given_back();
                 // An event packed across the end of the buffer may take the budget past 0.
-                budget = budget.saturating_sub(used);
+                *budget = budget.saturating_sub(used);
+                left += usize::from(*budget > 0);
             }
         }
+        self.work = work;
         for i in 0..self.pending.len() {
             let p = &self.pending[i];
             if !p.packed.is_empty()

@@ -1,32 +1,66 @@
 //! A single-producer, single-consumer byte ring: one per thread. The owning thread appends whole
-//! encoded events with two plain stores and one release store; whoever holds the dump writer's
-//! lock drains it. No lock is taken on the hot path, and a thread never waits for the disk unless
+//! encoded events with plain stores and one release store, on cache lines the drainer does not
+//! write; whoever holds the dump writer's lock drains it. No lock is taken on the hot path, and a thread never waits for the disk unless
 //! its ring is full.
 
-use std::cell::UnsafeCell;
+use std::alloc::{alloc, dealloc, Layout};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub struct Ring {
-    buf: Box<[UnsafeCell<u8>]>,
-    mask: usize,
-    /// Consumer position (monotonic). Written only by the drainer.
-    head: AtomicUsize,
+/// Keeps what it holds on cache lines of its own (two of them: the adjacent-line prefetcher
+/// pulls lines in pairs), so that a store by one side does not take the other side's line away.
+#[repr(align(128))]
+struct Own<T>(T);
+
+/// The producer's side: written by the owning thread on every push.
+struct Producer {
     /// Producer position (monotonic). Written only by the owning thread.
     tail: AtomicUsize,
+    /// The consumer position as the producer last read it: never ahead of `head`, so the room
+    /// it gives is never more than there is. Read again only when that room does not suffice,
+    /// so a push does not load the line the drainer writes.
+    head_seen: Cell<usize>,
 }
 
+#[repr(C)]
+pub struct Ring {
+    /// Read-only after `new`: shared by both sides without traffic.
+    buf: *mut u8,
+    mask: usize,
+    producer: Own<Producer>,
+    /// Consumer position (monotonic). Written only by the drainer, once per chunk it packs.
+    head: Own<AtomicUsize>,
+}
+
+// SAFETY: the producer's fields are touched by the owning thread only, the drainer's by the
+// holder of the writer's lock; they meet through `tail` and `head` (release/acquire).
 unsafe impl Sync for Ring {}
+unsafe impl Send for Ring {}
 
 impl Ring {
     /// `capacity` must be a power of two.
     pub fn new(capacity: usize) -> Ring {
         assert!(capacity.is_power_of_two());
-        Ring {
-            buf: (0..capacity).map(|_| UnsafeCell::new(0)).collect(),
-            mask: capacity - 1,
-            head: AtomicUsize::new(0),
-            tail: AtomicUsize::new(0),
+        // Not zeroed: only published bytes are ever read, and pages the thread never fills are
+        // never touched (a thread that records little does not pay for the whole ring).
+        // SAFETY: a non-zero size.
+        let buf = unsafe { alloc(Self::layout(capacity)) };
+        if buf.is_null() {
+            std::alloc::handle_alloc_error(Self::layout(capacity));
         }
+        Ring {
+            buf,
+            mask: capacity - 1,
+            producer: Own(Producer {
+                tail: AtomicUsize::new(0),
+                head_seen: Cell::new(0),
+            }),
+            head: Own(AtomicUsize::new(0)),
+        }
+    }
+
+    fn layout(capacity: usize) -> Layout {
+        Layout::from_size_align(capacity, 64).expect("ring layout")
     }
 
     pub fn capacity(&self) -> usize {
@@ -34,9 +68,11 @@ impl Ring {
     }
 
     pub fn len(&self) -> usize {
-        self.tail
+        self.producer
+            .0
+            .tail
             .load(Ordering::Acquire)
-            .wrapping_sub(self.head.load(Ordering::Acquire))
+            .wrapping_sub(self.head.0.load(Ordering::Acquire))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -45,7 +81,29 @@ impl Ring {
 
     /// Bytes pushed since the ring was made (wrapping): moves on whenever its thread records.
     pub fn pushed(&self) -> usize {
-        self.tail.load(Ordering::Acquire)
+        self.producer.0.tail.load(Ordering::Acquire)
+    }
+
+    /// Room for `n` more bytes, as far as the producer knows: the drainer's position is read
+    /// again only when the one seen last does not leave enough.
+    #[inline(always)]
+    fn has_room(&self, tail: usize, n: usize) -> bool {
+        let p = &self.producer.0;
+        if self.capacity() - tail.wrapping_sub(p.head_seen.get()) >= n {
+            return true;
+        }
+        p.head_seen.set(self.head.0.load(Ordering::Acquire));
+        self.capacity() - tail.wrapping_sub(p.head_seen.get()) >= n
+    }
+
+    /// More than half the ring is waiting for the drainer (the writer should be woken).
+    ///
+    /// # Safety
+    /// Only the owning thread may ask (it reads the producer's own copy of the drainer's place).
+    #[inline]
+    pub unsafe fn over_half(&self) -> bool {
+        let tail = self.producer.0.tail.load(Ordering::Relaxed);
+        !self.has_room(tail, self.capacity() / 2)
     }
 
     /// Appends `bytes` whole, or returns false if they do not fit.
@@ -54,17 +112,18 @@ impl Ring {
     /// Only the owning thread may push.
     #[inline]
     pub unsafe fn push(&self, bytes: &[u8]) -> bool {
-        let tail = self.tail.load(Ordering::Relaxed);
-        let head = self.head.load(Ordering::Acquire);
-        if self.capacity() - tail.wrapping_sub(head) < bytes.len() {
+        let tail = self.producer.0.tail.load(Ordering::Relaxed);
+        if !self.has_room(tail, bytes.len()) {
             return false;
         }
         let start = tail & self.mask;
         let first = bytes.len().min(self.capacity() - start);
-        let base = self.buf.as_ptr() as *mut u8;
+        let base = self.buf;
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(start), first);
         std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), base, bytes.len() - first);
-        self.tail
+        self.producer
+            .0
+            .tail
             .store(tail.wrapping_add(bytes.len()), Ordering::Release);
         true
     }
@@ -78,13 +137,14 @@ impl Ring {
     /// Only the owning thread may push.
     #[inline]
     pub unsafe fn push_padded<const N: usize>(&self, block: &[u8; N], len: usize) -> bool {
-        let tail = self.tail.load(Ordering::Relaxed);
-        let head = self.head.load(Ordering::Acquire);
+        let tail = self.producer.0.tail.load(Ordering::Relaxed);
         let start = tail & self.mask;
-        if self.capacity() - tail.wrapping_sub(head) >= N && self.capacity() - start >= N {
-            let base = self.buf.as_ptr() as *mut u8;
-            std::ptr::copy_nonoverlapping(block.as_ptr(), base.add(start), N);
-            self.tail.store(tail.wrapping_add(len), Ordering::Release);
+        if self.capacity() - start >= N && self.has_room(tail, N) {
+            std::ptr::copy_nonoverlapping(block.as_ptr(), self.buf.add(start), N);
+            self.producer
+                .0
+                .tail
+                .store(tail.wrapping_add(len), Ordering::Release);
             return true;
         }
         self.push(&block[..len])
@@ -97,12 +157,12 @@ impl Ring {
     /// Only one drainer at a time (the caller holds the dump writer's lock), and the slices are
     /// dropped before `consume`.
     pub unsafe fn readable(&self) -> (&[u8], &[u8]) {
-        let head = self.head.load(Ordering::Relaxed);
-        let tail = self.tail.load(Ordering::Acquire);
+        let head = self.head.0.load(Ordering::Relaxed);
+        let tail = self.producer.0.tail.load(Ordering::Acquire);
         let n = tail.wrapping_sub(head);
         let start = head & self.mask;
         let first = n.min(self.capacity() - start);
-        let base = self.buf.as_ptr() as *const u8;
+        let base = self.buf as *const u8;
         (
             std::slice::from_raw_parts(base.add(start), first),
             std::slice::from_raw_parts(base, n - first),
@@ -114,8 +174,8 @@ impl Ring {
     /// # Safety
     /// As [`Ring::readable`]; `n` is at most what it returned.
     pub unsafe fn consume(&self, n: usize) {
-        let head = self.head.load(Ordering::Relaxed);
-        self.head.store(head.wrapping_add(n), Ordering::Release);
+        let head = self.head.0.load(Ordering::Relaxed);
+        self.head.0.store(head.wrapping_add(n), Ordering::Release);
     }
 
     /// Moves everything published so far into `out`. The writer reads in place
@@ -125,25 +185,34 @@ impl Ring {
     /// Only one drainer at a time (the caller holds the dump writer's lock).
     #[cfg(test)]
     pub unsafe fn drain_into(&self, out: &mut Vec<u8>) -> usize {
-        let head = self.head.load(Ordering::Relaxed);
-        let tail = self.tail.load(Ordering::Acquire);
+        let head = self.head.0.load(Ordering::Relaxed);
+        let tail = self.producer.0.tail.load(Ordering::Acquire);
         let n = tail.wrapping_sub(head);
         if n == 0 {
             return 0;
         }
         let start = head & self.mask;
         let first = n.min(self.capacity() - start);
-        let base = self.buf.as_ptr() as *const u8;
+        let base = self.buf as *const u8;
         out.extend_from_slice(std::slice::from_raw_parts(base.add(start), first));
         out.extend_from_slice(std::slice::from_raw_parts(base, n - first));
-        self.head.store(tail, Ordering::Release);
+        self.head.0.store(tail, Ordering::Release);
         n
     }
 
     /// Forgets the unread bytes: in a forked child they belong to the parent's dump.
     pub fn discard(&self) {
-        self.head
-            .store(self.tail.load(Ordering::Acquire), Ordering::Release);
+        self.head.0.store(
+            self.producer.0.tail.load(Ordering::Acquire),
+            Ordering::Release,
+        );
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.buf, Self::layout(self.capacity())) };
     }
 }
 
@@ -193,6 +262,24 @@ mod tests {
         assert!(!unsafe { r.push_padded(&block, 5) });
         assert!(unsafe { r.push_padded(&block, 4) });
         assert_eq!(r.len(), 64);
+    }
+
+    #[test]
+    fn over_half_and_room_follow_the_drainer() {
+        let r = Ring::new(64);
+        unsafe {
+            assert!(r.push(&[1; 32]));
+            assert!(!r.over_half());
+            assert!(r.push(&[2; 1]));
+            assert!(r.over_half());
+            assert!(r.push(&[3; 31]));
+            // Full: the producer's copy of the drainer's place is stale until it is read again.
+            assert!(!r.push(&[4]));
+            assert_eq!(r.drain_into(&mut Vec::new()), 64);
+            assert!(!r.over_half());
+            assert!(r.push(&[5; 64]));
+            assert!(!r.push(&[6]));
+        }
     }
 
     #[test]
