@@ -138,6 +138,31 @@ pub(crate) fn map_anon(len: usize) -> Option<NonNull<u8>> {
     NonNull::new(p as *mut u8)
 }
 
+/// Below this a table gets no huge pages: one 2 MiB page is the smallest there is.
+const HUGE_TABLE: usize = 2 << 20;
+
+/// [`map_anon`] for a table that is touched all over (a hash table: the live set's shards):
+/// from 2 MiB on, asks for transparent huge pages (`MADV_HUGEPAGE`; systems in THP's default
+/// `madvise` mode give them only to who asks). A program with millions of live blocks then
+/// takes one page fault per 2 MiB of table instead of 512, and its random probes miss the TLB
+/// far less often: manyblocks.c (5 M live blocks) spent most of its traced time in those
+/// misses. Not for the heap's reservation, most of which is never touched.
+pub(crate) fn map_table(len: usize) -> Option<NonNull<u8>> {
+    let p = map_anon(len)?;
+    if len >= HUGE_TABLE {
+        // SAFETY: advice on our own fresh mapping; refused advice changes nothing.
+        unsafe {
+            libc::syscall(
+                libc::SYS_madvise,
+                p.as_ptr() as usize,
+                len,
+                libc::MADV_HUGEPAGE as libc::c_long,
+            )
+        };
+    }
+    Some(p)
+}
+
 /// Unmaps what [`map_anon`] mapped (all of it).
 pub(crate) fn unmap(p: *mut u8, len: usize) {
     unregister(p as usize);

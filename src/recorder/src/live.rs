@@ -27,7 +27,7 @@
 
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
-use crate::heap::{map_anon, unmap};
+use crate::heap::{map_anon, map_table, unmap};
 use crate::sync::SpinLock;
 use crate::LiveBlock;
 
@@ -206,7 +206,7 @@ impl Table {
     #[cold]
     fn grow(&mut self) -> bool {
         let cap = (self.cap * 2).max(MIN_CAP);
-        let Some(p) = map_anon(cap * std::mem::size_of::<Slot>()) else {
+        let Some(p) = map_table(cap * std::mem::size_of::<Slot>()) else {
             return false;
         };
         let old = (self.slots, self.cap);
