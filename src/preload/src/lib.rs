@@ -20,7 +20,7 @@ mod signals;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-use real::{next, pool_contains, pool_usable_size, Next};
+use real::{next, Next};
 use zmtrace_recorder::{self as rec, AllocKind, EndReason, FrontEnd};
 
 // ---- the library's own heap ------------------------------------------------------------------
@@ -101,8 +101,8 @@ static FINI: extern "C" fn() = on_unload;
 // Each hook of a call that sampled recording usually leaves out starts with its fast path:
 // `rec::countdown_skips` (the thread's countdown in its TLS word: the block is certainly not
 // sampled) before the allocation, `rec::free_surely_unheld` (the live set's filter: the block
-// was never sampled) before a free, then the checks that the block is not the recorder's own
-// (`heap::contains`) nor the start-up pool's, and the real function, called directly: a tail
+// was never sampled) before a free, then the check that the block is not the recorder's own
+// (`heap::surely_not_ours`), and the real function, called directly: a tail
 // call for glibc's free. Anything else (a pick, a failure, every other mode) goes to the full
 // hook, out of line, so that the fast path keeps no frame it does not need.
 
@@ -133,8 +133,10 @@ unsafe fn tracked(p: *mut c_void, kind: AllocKind, size: usize) -> *mut c_void {
     if p.is_null() {
         return alloc_failed(kind, size);
     }
-    // SAFETY: resolved, as in `malloc`.
-    rec::track_unsampled(p.cast(), size, (real::resolved().usable_size)(p));
+    // The usable size is the requested one here, not the allocator's: an unsampled block's is
+    // never read (the leak check scans `size` bytes, the reports leave unsampled blocks out of
+    // every per-site figure), and asking jemalloc for it cost ~40 instructions a `malloc`.
+    rec::track_unsampled(p.cast(), size, size);
     p
 }
 
@@ -149,7 +151,7 @@ unsafe fn alloc_failed(kind: AllocKind, size: usize) -> *mut c_void {
 #[inline(never)]
 unsafe extern "C" fn malloc_full(size: usize) -> *mut c_void {
     let Some(n) = ready() else {
-        return real::pool_alloc(size, 16);
+        return real::bootstrap_alloc(size, 16);
     };
     if recorder_inside() {
         let p = own_c_malloc(size, 16);
@@ -184,9 +186,9 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
 #[inline(never)]
 unsafe extern "C" fn calloc_full(count: usize, size: usize) -> *mut c_void {
     let Some(n) = ready() else {
-        // dlsym asks for memory while we look the allocator up: the static pool is zeroed.
+        // dlsym asks for memory while we look the allocator up: zeroed.
         return match count.checked_mul(size) {
-            Some(total) => real::pool_alloc(total, 16),
+            Some(total) => real::bootstrap_alloc(total, 16),
             None => std::ptr::null_mut(),
         };
     };
@@ -204,11 +206,12 @@ unsafe extern "C" fn calloc_full(count: usize, size: usize) -> *mut c_void {
     p
 }
 
-/// Not the recorder's own block, nor the start-up pool's, and the next allocator known: the
-/// real function may have the block (the rest of a fast path's conditions).
+/// Not the recorder's own block (start-up blocks are, see `real::bootstrap_alloc`), and the next
+/// allocator known: the real function may have the block (the rest of a fast path's
+/// conditions). One compare (see `heap::surely_not_ours`); null passes.
 #[inline(always)]
 fn programs_block(p: *mut c_void) -> bool {
-    !real::pool_or_unresolved(p) && rec::heap::surely_not_ours(p.cast())
+    rec::heap::surely_not_ours(p.cast())
 }
 
 #[no_mangle]
@@ -235,20 +238,8 @@ unsafe fn do_realloc(old: *mut c_void, size: usize, kind: AllocKind) -> *mut c_v
         }
         return rec::heap::c_realloc(old.cast(), size).cast();
     }
-    if pool_contains(old) {
-        // A start-up block: move it to the real heap, never free it (it is not the heap's).
-        let new = malloc(size);
-        if !new.is_null() {
-            std::ptr::copy_nonoverlapping(
-                old.cast::<u8>(),
-                new.cast::<u8>(),
-                pool_usable_size(old).min(size),
-            );
-        }
-        return new;
-    }
     let Some(n) = ready() else {
-        return real::pool_alloc(size, 16);
+        return real::bootstrap_alloc(size, 16);
     };
     if old.is_null() {
         if recorder_inside() {
@@ -314,9 +305,6 @@ unsafe extern "C" fn free_tracked(p: *mut c_void) {
 // `extern "C"` (it cannot unwind): the hooks then reach it with a tail call, and keep no frame.
 #[inline(never)]
 unsafe extern "C" fn free_full(p: *mut c_void) {
-    if pool_contains(p) {
-        return;
-    }
     if rec::heap::contains(p.cast()) {
         rec::heap::c_free(p.cast());
         return;
@@ -330,7 +318,8 @@ unsafe extern "C" fn free_full(p: *mut c_void) {
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     // Not through `allocator_call`: asking a block's size maps nothing, and jemalloc programs
     // (Redis's zmalloc) ask it on every malloc and free.
-    if !p.is_null() && programs_block(p) {
+    // Null too: the real function answers 0 for it.
+    if programs_block(p) {
         // SAFETY: resolved (`programs_block`).
         return (real::resolved().usable_size)(p);
     }
@@ -339,9 +328,6 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 
 #[inline(never)]
 unsafe extern "C" fn usable_size_full(p: *mut c_void) -> usize {
-    if pool_contains(p) {
-        return pool_usable_size(p);
-    }
     if rec::heap::contains(p.cast()) {
         return rec::heap::c_size(p.cast());
     }
@@ -353,7 +339,7 @@ unsafe extern "C" fn usable_size_full(p: *mut c_void) -> usize {
 
 unsafe fn aligned(kind: AllocKind, align: usize, size: usize) -> *mut c_void {
     let Some(n) = ready() else {
-        return real::pool_alloc(size, align);
+        return real::bootstrap_alloc(size, align);
     };
     if recorder_inside() && align.is_power_of_two() {
         let p = own_c_malloc(size, align);
@@ -374,7 +360,7 @@ pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
     let Some(n) = ready() else {
-        return real::pool_alloc(size, align);
+        return real::bootstrap_alloc(size, align);
     };
     if recorder_inside() && align.is_power_of_two() {
         let p = own_c_malloc(size, align);
@@ -404,7 +390,7 @@ pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
     let Some(n) = ready() else {
-        *out = real::pool_alloc(size, align);
+        *out = real::bootstrap_alloc(size, align);
         return 0;
     };
     if recorder_inside() && align.is_power_of_two() && align >= std::mem::size_of::<usize>() {

@@ -1,5 +1,6 @@
-//! Finding the next allocator in the chain, and the static pool that serves the allocations made
-//! while we look it up (`dlsym` may call `calloc`, which is us).
+//! Finding the next allocator in the chain, and the start-up blocks (from the recorder's own
+//! heap) that serve the allocations made while we look it up (`dlsym` may call `calloc`, which
+//! is us).
 
 use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -24,7 +25,7 @@ const RESOLVING: u8 = 1;
 const RESOLVED: u8 = 2;
 static STATE: AtomicU8 = AtomicU8::new(UNRESOLVED);
 
-/// The next allocator, or `None` while it is being looked up (use the pool then).
+/// The next allocator, or `None` while it is being looked up (use `bootstrap_alloc` then).
 #[inline(always)]
 pub fn next() -> Option<&'static Next> {
     if STATE.load(Ordering::Acquire) == RESOLVED {
@@ -40,7 +41,7 @@ fn resolve() -> Option<&'static Next> {
         .compare_exchange(UNRESOLVED, RESOLVING, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
     {
-        // Looked up right now by this thread (dlsym allocating) or another one: use the pool.
+        // Looked up right now by this thread (dlsym allocating) or another one: `bootstrap_alloc`.
         return None;
     }
     // Before anything else of ours runs: the mappings there now are the loader's and the
@@ -65,26 +66,11 @@ fn resolve() -> Option<&'static Next> {
         FOREIGN_ALLOCATOR.store(foreign, Ordering::Relaxed);
         *NEXT.0.get() = Some(n);
         STATE.store(RESOLVED, Ordering::Release);
-        // The start one first: a thread that sees the new length sees it too.
-        GATE_START.store(pool_base(), Ordering::Relaxed);
-        GATE_LEN.store(POOL_BYTES, Ordering::Release);
         zmtrace_recorder::set_front_end(&crate::FRONT);
+        // From now on the fast paths may hand a block to the real allocator.
+        zmtrace_recorder::heap::open_fast_paths();
         (*NEXT.0.get()).as_ref()
     }
-}
-
-/// The range that the hooks' fast paths leave to the full hooks: the whole address space until
-/// the next allocator is known, the start-up pool after. One subtraction and one compare then
-/// answer both "is this a pool block?" and "is the allocator known?".
-static GATE_START: AtomicUsize = AtomicUsize::new(0);
-static GATE_LEN: AtomicUsize = AtomicUsize::new(usize::MAX);
-
-/// True when `p` is a start-up pool block, or the next allocator is not known yet (then for
-/// every `p`): the fast paths go to the full hook.
-#[inline(always)]
-pub fn pool_or_unresolved(p: *mut c_void) -> bool {
-    let len = GATE_LEN.load(Ordering::Acquire);
-    (p as usize).wrapping_sub(GATE_START.load(Ordering::Relaxed)) < len
 }
 
 /// True when the next allocator is glibc's: its calls need no count (see [`allocator_call`]).
@@ -94,7 +80,8 @@ pub fn direct_calls() -> bool {
     !FOREIGN_ALLOCATOR.load(Ordering::Relaxed)
 }
 
-/// The next allocator, known to be resolved: [`pool_or_unresolved`] said no, or this thread's
+/// The next allocator, known to be resolved: `heap::surely_not_ours` said yes (the fast paths
+/// open once it is), or this thread's
 /// sampling countdown is running (`rec::countdown_skips` said so), which only a hook that had
 /// resolved it can have started.
 ///
@@ -214,55 +201,25 @@ pub fn page_size() -> usize {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
-// ---- the start-up pool -----------------------------------------------------------------------
+// ---- start-up blocks -------------------------------------------------------------------------
 
-const POOL_BYTES: usize = 256 * 1024;
-/// Each pool block starts with a 16-byte header holding its size.
-const HEADER: usize = 16;
-
-#[repr(C, align(4096))]
-struct Pool(UnsafeCell<[u8; POOL_BYTES]>);
-unsafe impl Sync for Pool {}
-static POOL: Pool = Pool(UnsafeCell::new([0; POOL_BYTES]));
-static POOL_USED: AtomicUsize = AtomicUsize::new(0);
-
-fn pool_base() -> usize {
-    POOL.0.get() as usize
-}
-
-/// Never reused and never freed: it only serves the handful of allocations made before the real
-/// allocator is known, so its memory is still zero (as `calloc` needs).
-pub fn pool_alloc(size: usize, align: usize) -> *mut c_void {
-    let align = align.max(16);
-    let mut used = POOL_USED.load(Ordering::Relaxed);
-    loop {
-        let start = (pool_base() + used + HEADER).next_multiple_of(align) - pool_base();
-        let end = match start.checked_add(size) {
-            Some(e) if e <= POOL_BYTES => e,
-            _ => return std::ptr::null_mut(),
-        };
-        match POOL_USED.compare_exchange_weak(used, end, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => {
-                let p = (pool_base() + start) as *mut u8;
-                // SAFETY: the header lies inside the range we just reserved.
-                unsafe { (p.sub(HEADER) as *mut usize).write(size) };
-                return p.cast();
-            }
-            Err(u) => used = u,
-        }
+/// An allocation made while the next allocator is looked up (`dlsym` may ask for memory, through
+/// us): served by the recorder's own heap, zeroed (`calloc` may be the caller). Its free, realloc
+/// and size go to the full hooks, which find it there (`heap::contains`), as every block of the
+/// recorder's own: the fast paths need no separate test for these blocks. Null when that heap
+/// cannot serve it (no memory; an alignment that is not a power of two).
+pub fn bootstrap_alloc(size: usize, align: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        return std::ptr::null_mut();
     }
-}
-
-#[inline(always)]
-pub fn pool_contains(p: *mut c_void) -> bool {
-    // One compare (an address below the pool wraps around to a huge offset): it runs first on
-    // every free, realloc and malloc_usable_size of the program.
-    (p as usize).wrapping_sub(pool_base()) < POOL_BYTES
-}
-
-pub fn pool_usable_size(p: *mut c_void) -> usize {
-    // SAFETY: `p` is a pool block (checked by the caller), whose header precedes it.
-    unsafe { ((p as *const u8).sub(HEADER) as *const usize).read() }
+    // SAFETY: `align` is a power of two; the block is `size` bytes (at least 1) of our own.
+    unsafe {
+        let p = zmtrace_recorder::heap::c_malloc(size, align);
+        if !p.is_null() {
+            p.write_bytes(0, size);
+        }
+        p.cast()
+    }
 }
 
 // ---- exec ------------------------------------------------------------------------------------

@@ -49,19 +49,55 @@ static HIGHEST: AtomicUsize = AtomicUsize::new(0);
 /// subtraction and one compare. Chunks that do not fit, or all of them if the reservation was
 /// refused (an address-space limit), are mapped on their own and listed ([`SPILLED`]).
 const RESERVE: usize = 1 << 30;
-/// The reservation's start and whether a chunk lies outside it ([`surely_not_ours`] reads both
-/// through one address). Until the reservation is made, a start that no user address reaches
-/// (the top of the address space, the kernel's).
+/// The reservation's start, the fast paths' bound and whether a chunk lies outside it
+/// ([`surely_not_ours`] reads the first two through one address).
 #[repr(C)]
 struct Reservation {
     base: AtomicUsize,
+    /// What [`surely_not_ours`] compares an address's offset from `base` with: `usize::MAX`
+    /// (no address passes, every hook takes its full path) until a front end opens its fast
+    /// paths ([`open_fast_paths`]) and again once a chunk lies outside the reservation, else
+    /// [`RESERVE`]. One compare then answers "not ours", "no chunk elsewhere" and "the front end
+    /// is ready" at once.
+    fast_len: AtomicUsize,
     /// Not 0 once a chunk lies outside the reservation: [`contains`] then searches the list.
     spilled: AtomicUsize,
 }
 static RES: Reservation = Reservation {
-    base: AtomicUsize::new(usize::MAX - RESERVE + 1),
+    base: AtomicUsize::new(NO_BASE),
+    fast_len: AtomicUsize::new(usize::MAX),
     spilled: AtomicUsize::new(0),
 };
+
+/// The reservation's start until it is made: one that no user address reaches (the top of the
+/// address space, the kernel's).
+const NO_BASE: usize = usize::MAX - RESERVE + 1;
+
+/// Maps the reservation, once (`reserved_used` `usize::MAX`: refused). Under the heap's lock.
+fn reserve(src: &mut Chunks) {
+    if src.reserved_used == 0 && RES.base.load(Ordering::Relaxed) == NO_BASE {
+        match map_anon(RESERVE) {
+            // Published before any block of it exists: a thread that is handed one (through
+            // the program's synchronisation, after the heap's lock) sees the new start.
+            Some(r) => RES.base.store(r.as_ptr() as usize, Ordering::Release),
+            None => src.reserved_used = usize::MAX,
+        }
+    }
+}
+
+/// Lets [`surely_not_ours`] say yes from now on: the front end calls it once it can serve the
+/// fast paths (its next allocator known). Makes the reservation now, so that every block the
+/// recorder's heap ever hands out (the front end's start-up blocks included) is in it, or, if
+/// it is refused, leaves the fast paths shut (the full paths ask [`contains`]).
+pub fn open_fast_paths() {
+    let mut h = lock();
+    reserve(&mut h.source);
+    // Under the heap's lock, as a spill is: a spill cannot slip in between the test and the
+    // store.
+    if h.source.reserved_used != usize::MAX && RES.spilled.load(Ordering::Relaxed) == 0 {
+        RES.fast_len.store(RESERVE, Ordering::Release);
+    }
+}
 
 /// Maps fresh chunks when talc runs out: a raw system call, so that it neither reaches the
 /// program's `mmap` (interposed by the preload library, which records the program's mappings)
@@ -187,14 +223,7 @@ unsafe impl Source for Chunks {
             .next
             .max(FIRST_CHUNK)
             .max(want.next_multiple_of(4096));
-        if talc.source.reserved_used == 0 {
-            match map_anon(RESERVE) {
-                // Published before any block of it exists: a thread that is handed one (through
-                // the program's synchronisation, after the heap's lock) sees the new start.
-                Some(r) => RES.base.store(r.as_ptr() as usize, Ordering::Release),
-                None => talc.source.reserved_used = usize::MAX,
-            }
-        }
+        reserve(&mut talc.source);
         let used = talc.source.reserved_used;
         let p = if used != usize::MAX && size <= RESERVE - used {
             talc.source.reserved_used = used + size;
@@ -213,6 +242,7 @@ unsafe impl Source for Chunks {
             LOWEST.fetch_min(s, Ordering::Relaxed);
             HIGHEST.fetch_max(e, Ordering::Relaxed);
             RES.spilled.store(1, Ordering::Release);
+            RES.fast_len.store(usize::MAX, Ordering::Release);
         }
         CHUNKS.store(n + 1, Ordering::Release);
         Ok(())
@@ -285,13 +315,14 @@ pub fn contains(p: *const u8) -> bool {
     RES.spilled.load(Ordering::Relaxed) != 0 && spilled_contains(a)
 }
 
-/// True when `p` is certainly not in the recorder's heap: outside the reservation, with no
-/// chunk outside it. The hooks' fast paths ask this (a false answer sends them to the full
-/// hook, which asks [`contains`]).
+/// True when `p` is certainly not in the recorder's heap (outside the reservation, with no
+/// chunk outside it) and the front end has opened its fast paths ([`open_fast_paths`]). The
+/// hooks' fast paths ask this (a false answer sends them to the full hook, which asks
+/// [`contains`]). Null passes: the real allocator's `free` and `malloc_usable_size` take it.
 #[inline(always)]
 pub fn surely_not_ours(p: *const u8) -> bool {
-    (p as usize).wrapping_sub(RES.base.load(Ordering::Relaxed)) >= RESERVE
-        && RES.spilled.load(Ordering::Relaxed) == 0
+    let len = RES.fast_len.load(Ordering::Acquire);
+    (p as usize).wrapping_sub(RES.base.load(Ordering::Relaxed)) >= len
 }
 
 fn spilled_contains(a: usize) -> bool {
