@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
-use crate::event::{decode_events_in, decode_events_v2, is_continuation, Tables};
+use crate::event::{decode_events_in_version, decode_events_v2, is_continuation, Tables};
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::words::human_bytes;
 use crate::{
@@ -698,7 +698,7 @@ fn decode_record(
             return Err(lost());
         }
         *tables = prev;
-        decode_events_in(packed, tid, tables, out)?;
+        decode_events_in_version(version, packed, tid, tables, out)?;
         if let Some(t) = tables.as_mut() {
             t.raw = raw;
         }
@@ -1563,7 +1563,7 @@ mod tests {
         for damaged in [false, true] {
             let lanes = Dump::from_bytes(Path::new("a"), many_records_in(damaged, true)).unwrap();
             let plain = Dump::from_bytes(Path::new("b"), many_records_in(damaged, false)).unwrap();
-            assert_eq!(lanes.version, 4);
+            assert_eq!(lanes.version, 5);
             let a: Vec<Event> = lanes.events().collect();
             // Damage ends its group only: stream 1 loses records 2 and 3, and reads record 4.
             assert_eq!(a.len(), if damaged { 1300 } else { 1500 });
@@ -2129,7 +2129,7 @@ mod tests {
         let e = Dump::from_bytes(Path::new("next.zmt"), next).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "next.zmt is a version 5 dump; this zmtrace reads versions up to 4: upgrade zmtrace"
+            "next.zmt is a version 6 dump; this zmtrace reads versions up to 5: upgrade zmtrace"
         );
         assert!(matches!(
             Dump::from_bytes(Path::new("t"), b"hello world, not a dump".to_vec()),
