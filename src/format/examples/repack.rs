@@ -18,9 +18,12 @@ use zmtrace_format::read::Dump;
 const RECORD_BYTES: usize = 64 * 1024;
 const HOLD_NS: u64 = 40_000_000;
 
+/// One thread's plain events, and where each starts with its time.
+type Stream = (Vec<u8>, Vec<(usize, u64)>);
+
 /// Each thread's events as the recorder's rings hold them, with each event's time.
-fn plain_streams(dump: &Dump) -> (Vec<(Vec<u8>, Vec<(usize, u64)>)>, u64) {
-    let mut streams: HashMap<u32, (Vec<u8>, Vec<(usize, u64)>)> = HashMap::new();
+fn plain_streams(dump: &Dump) -> (Vec<Stream>, u64) {
+    let mut streams: HashMap<u32, Stream> = HashMap::new();
     let mut out_seq: HashMap<u32, u64> = HashMap::new();
     let mut n = 0;
     for e in dump.events() {
@@ -92,7 +95,7 @@ fn plain_streams(dump: &Dump) -> (Vec<(Vec<u8>, Vec<(usize, u64)>)>, u64) {
 }
 
 /// (packed bytes, compressed bytes) of all streams in `version`'s grammar (4 or 5).
-fn repack(streams: &[(Vec<u8>, Vec<(usize, u64)>)], version: u32, zstd: bool) -> (usize, usize) {
+fn repack(streams: &[Stream], version: u32, zstd: bool) -> (usize, usize) {
     let mut packed_total = 0;
     let mut z_total = 0;
     let mut splitter = zmtrace_format::lanes::Splitter::default();
