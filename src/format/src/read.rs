@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
-use crate::event::{decode_events_in, decode_events_v2, is_continuation, Tables};
+use crate::event::{decode_events_in_version, decode_events_v2, is_continuation, Tables};
 use crate::varint::{unzigzag, Cursor, Malformed};
 use crate::words::human_bytes;
 use crate::{
@@ -698,7 +698,7 @@ fn decode_record(
             return Err(lost());
         }
         *tables = prev;
-        decode_events_in(packed, tid, tables, out)?;
+        decode_events_in_version(version, packed, tid, tables, out)?;
         if let Some(t) = tables.as_mut() {
             t.raw = raw;
         }
@@ -1563,7 +1563,7 @@ mod tests {
         for damaged in [false, true] {
             let lanes = Dump::from_bytes(Path::new("a"), many_records_in(damaged, true)).unwrap();
             let plain = Dump::from_bytes(Path::new("b"), many_records_in(damaged, false)).unwrap();
-            assert_eq!(lanes.version, 4);
+            assert_eq!(lanes.version, 5);
             let a: Vec<Event> = lanes.events().collect();
             // Damage ends its group only: stream 1 loses records 2 and 3, and reads record 4.
             assert_eq!(a.len(), if damaged { 1300 } else { 1500 });
@@ -1639,6 +1639,117 @@ mod tests {
             .filter(|e| matches!(e.kind, EventKind::Free { .. }))
             .count();
         assert_eq!(frees, 1126);
+    }
+
+    /// A dump of `version` (4 or 5): one thread's events in records of groups of two, the
+    /// second group freeing (in address order, between allocations of its own) blocks the first
+    /// allocated, and a realloc chain through both.
+    fn dump_freeing_earlier_groups_blocks(version: u32) -> (Vec<u8>, Vec<Event>) {
+        let mut out = write::file_header().to_vec();
+        out[8..12].copy_from_slice(&version.to_le_bytes());
+        write::process(&mut out, &Process::default());
+        let frames = [0x1000u64];
+        write::stacks(&mut out, [(1u32, &frames[..])].into_iter(), &mut |b| {
+            zstd::bulk::compress(b, 1).unwrap()
+        });
+        let mut p = if version >= 5 {
+            crate::event::Packer::default()
+        } else {
+            crate::event::Packer::version3()
+        };
+        let mut want = Vec::new();
+        let mut prev = Vec::new();
+        let mut seq = 0u64;
+        let long = |i: u64| 0x4000_0000 + 0x30 * i;
+        for r in 0..4u64 {
+            if r == 2 {
+                p.reset();
+            }
+            let mut raw = Vec::new();
+            let mut ev = |raw: &mut Vec<u8>, f: &dyn Fn(&mut EventBuf, u64)| {
+                let mut b = EventBuf::default();
+                seq += 2;
+                f(&mut b, seq);
+                raw.extend_from_slice(b.as_slice());
+            };
+            for i in 0..200u64 {
+                let k = (r % 2) * 200 + i;
+                if r < 2 {
+                    ev(&mut raw, &|b, s| {
+                        encode_alloc(b, s, s, AllocKind::Malloc, long(k), 40, 40, 1)
+                    });
+                } else {
+                    let t = 0x9000_0000 + 0x20 * (i % 3);
+                    ev(&mut raw, &|b, s| {
+                        encode_alloc(b, s, s, AllocKind::Malloc, t, 16, 24, 1)
+                    });
+                    ev(&mut raw, &|b, s| encode_free(b, s, s, long(k)));
+                    ev(&mut raw, &|b, s| encode_free(b, s, s, t));
+                }
+            }
+            // A realloc chain of one block: allocated in the first group, moved in each record.
+            ev(&mut raw, &|b, s| {
+                crate::event::encode_realloc(
+                    b,
+                    s,
+                    s - 1,
+                    s,
+                    0x7000_0000 + 0x100 * r,
+                    0x7000_0100 + 0x100 * r,
+                    64,
+                    72,
+                    1,
+                )
+            });
+            if r == 0 {
+                raw.splice(0..0, {
+                    let mut b = EventBuf::default();
+                    encode_alloc(&mut b, 1, 1, AllocKind::Malloc, 0x7000_0000, 8, 24, 1);
+                    b.as_slice().to_vec()
+                });
+            }
+            crate::event::decode_plain(&raw, 100, &mut want).unwrap();
+            let mut packed = Vec::new();
+            let continues = p.continues();
+            p.pack_some(&raw, &mut packed, usize::MAX);
+            p.finish_record(packed.len());
+            let mut body = Vec::new();
+            assert!(crate::lanes::split(&packed, &mut body));
+            let prefix = if continues { prev.clone() } else { Vec::new() };
+            let mut c = zstd::zstd_safe::CCtx::create();
+            c.ref_prefix(&prefix[..]).unwrap();
+            let mut z = Vec::with_capacity(zstd::zstd_safe::compress_bound(body.len()));
+            c.compress2(&mut z, &body).unwrap();
+            write::events_after(&mut out, 0, 100, body.len(), prefix.len(), &z);
+            prev = body;
+        }
+        want.sort_by_key(|e| e.seq);
+        (out, want)
+    }
+
+    #[test]
+    fn a_version_4_dump_reads_as_its_version_5_twin_does() {
+        let mut read = Vec::new();
+        for version in [4, 5] {
+            let (data, want) = dump_freeing_earlier_groups_blocks(version);
+            let d = Dump::from_bytes(Path::new("v"), data).unwrap();
+            assert_eq!(d.version, version);
+            let got: Vec<Event> = d.events().collect();
+            assert!(d.late_warnings().is_empty(), "{:?}", d.late_warnings());
+            // 1 + 400 + 400 allocations, 400 + 400 frees, 4 reallocs and their ReallocOut.
+            assert_eq!(got.len(), 1 + 800 + 800 + 8);
+            let ms = crate::event::TIME_RESOLUTION_NS;
+            let want: Vec<Event> = want
+                .iter()
+                .map(|e| Event {
+                    ts_ns: e.ts_ns / ms * ms,
+                    ..*e
+                })
+                .collect();
+            assert_eq!(got, want, "version {version}");
+            read.push(got);
+        }
+        assert_eq!(read[0], read[1]);
     }
 
     #[test]
@@ -2129,7 +2240,7 @@ mod tests {
         let e = Dump::from_bytes(Path::new("next.zmt"), next).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "next.zmt is a version 5 dump; this zmtrace reads versions up to 4: upgrade zmtrace"
+            "next.zmt is a version 6 dump; this zmtrace reads versions up to 5: upgrade zmtrace"
         );
         assert!(matches!(
             Dump::from_bytes(Path::new("t"), b"hello world, not a dump".to_vec()),
