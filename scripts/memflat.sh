@@ -20,6 +20,8 @@
 #
 #   scripts/memflat.sh [MINUTES]          (default 2.5 per mode)
 #   MODES="untraced serve" EVERY=3 WARMUP=20 SCRAPE=10 scripts/memflat.sh 5
+#   ZMTRACE=PATH runs that zmtrace (with the libzmtrace.so beside it) instead of this tree's,
+#   e.g. a build of another commit, for a before/after.
 #   OUT=DIR keeps each mode's samples (DIR/MODE.samples: seconds, program RSS KiB, zmtrace RSS
 #   KiB, dump bytes) and scrape headers (DIR/MODE.scrapes).
 set -euo pipefail
@@ -30,6 +32,7 @@ export MEMFLAT_WARMUP=${WARMUP:-20}
 export MEMFLAT_SCRAPE=${SCRAPE:-10}
 export MEMFLAT_MODES=${MODES:-untraced event aggregate sample sample-all serve}
 export MEMFLAT_OUT=${OUT:-}
+export MEMFLAT_ZM=${ZMTRACE:-}
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -38,7 +41,7 @@ cc -O2 -g -fomit-frame-pointer -Wall -o "$work/steady" "$root/samples/steady.c"
 python3 - "$root/target/release/zmtrace" "$work" "$minutes" <<'PY'
 import os, signal, socket, subprocess, sys, time, urllib.request
 
-zm, work, minutes = sys.argv[1], sys.argv[2], float(sys.argv[3])
+zm, work, minutes = os.environ["MEMFLAT_ZM"] or sys.argv[1], sys.argv[2], float(sys.argv[3])
 every = float(os.environ["MEMFLAT_EVERY"])
 warmup = float(os.environ["MEMFLAT_WARMUP"])
 scrape_every = float(os.environ["MEMFLAT_SCRAPE"])
@@ -175,10 +178,19 @@ for l in results:
     ds = f"{mib_h(l['dump_slope']):11.1f}" if "dump_slope" in l else f"{'-':>11}"
     print(f"{l['mode']:11} {prog:>17} {tr:>16} {ts} {zr:>17} {zs} {ds}")
 print("(tracer MiB/h: the fitted slope of RSS minus the untraced line; for untraced, the program's own)")
+def behind(replay):
+    for w in replay.split():
+        if w.startswith("behind="):
+            return int(w[7:])
+    return None
+
 for l in results:
     if l["scrapes"]:
         s = l["scrapes"]
-        took = [x[0] for x in s]
-        print(f"{l['mode']}: {len(s)} scrapes, {min(took):.3f}..{max(took):.3f} s; last "
-              f"x-zmtrace-time: {s[-1][1]}; x-zmtrace-replay: {s[-1][2]}")
+        took = sorted(x[0] for x in s)
+        bs = [b for b in (behind(x[2]) for x in s) if b is not None]
+        print(f"{l['mode']}: {len(s)} scrapes, {took[0]:.3f}..{took[-1]:.3f} s, median "
+              f"{took[len(took) // 2]:.3f} s; behind= max {max(bs, default=0) / 2**20:.1f} MiB, last "
+              f"{(bs or [0])[-1] / 2**20:.1f} MiB; last x-zmtrace-time: {s[-1][1]}; "
+              f"x-zmtrace-replay: {s[-1][2]}")
 PY

@@ -1266,9 +1266,18 @@ impl Replay {
     /// Replays the events of `piece` (records added to the dump since the last piece), but the
     /// newest, held back (see [`Replay`]).
     pub fn feed(&mut self, piece: &Dump) {
-        let mut old = std::mem::take(&mut self.held).into_iter().peekable();
         let mut new = piece.events().peekable();
-        let mut held = std::collections::VecDeque::new();
+        // The held events numbered before the piece's first (in sequence order, as the piece's
+        // are) stay where they are: only the ones after it are merged with the piece's. Merging
+        // all of them again cost a second's worth of events a piece, whatever its size: fed
+        // small pieces often (`zmtrace run --serve`'s follower), the replay ran at ~85 k
+        // events/s instead of ~1.6 M.
+        let cut = match new.peek() {
+            Some(first) => self.held.partition_point(|e| e.seq <= first.seq),
+            None => self.held.len(),
+        };
+        let mut old = self.held.split_off(cut).into_iter().peekable();
+        let mut held = std::mem::take(&mut self.held);
         loop {
             let older_first = match (old.peek(), new.peek()) {
                 (Some(a), Some(b)) => a.seq <= b.seq,

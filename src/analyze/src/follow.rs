@@ -1,6 +1,7 @@
 //! A dump still being written, followed as it grows: `zmtrace run --serve` answers each scrape
-//! with the heap as of now, and replaying the whole dump for each one costs as much as a
-//! `zmtrace report` of it (6.3 s a scrape at a 446 MB dump). [`Follow::update`] reads only the
+//! with the heap as of now (its follower thread calls [`Follow::update`] continuously, a bounded
+//! batch at a time), and replaying the whole dump for each one costs as much as a `zmtrace
+//! report` of it (6.3 s a scrape at a 446 MB dump). [`Follow::update`] reads only the
 //! bytes appended since the last update and hands their events to a [`Replay`] kept from one
 //! update to the next; [`Follow::analysis`] is then what [`crate::analyze`] finds on the dump
 //! read so far.
@@ -13,10 +14,9 @@
 //! written when the piece is read is left for the next update (the reader counts it as a cut-off
 //! end).
 //!
-//! One update reads at most [`Follow::limit`] bytes (64 MiB unless set): a scrape that finds a
-//! large backlog (the first scrape of a long run, a scraper that came late) replays that much of
-//! it and answers, rather than replaying hundreds of MB first; the next update goes on from
-//! there ([`Follow::behind`] says how far the dump is ahead). A record larger than the limit
+//! One update reads at most [`Follow::limit`] bytes (64 MiB unless set): a large backlog is
+//! replayed a bounded batch at a time (the state can be looked at between two, and memory does
+//! not grow with the backlog); the next update goes on from there ([`Follow::behind`] says how far the dump is ahead). A record larger than the limit
 //! (none the writer makes: it bounds them) is read whole all the same.
 //!
 //! Two kinds of dump are read whole at each update, as before: an aggregated one (no events: it

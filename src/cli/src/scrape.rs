@@ -8,11 +8,20 @@
 //! Both are gzipped `profile.proto`, written by the export's encoder
 //! ([`zmtrace_report::export::pprof`]). They are built here, in the `zmtrace` process, never in
 //! the traced program: the recorder's writer thread appends whole records to the dump at least
-//! every 0.1 s, and the reader takes every intact record of a dump still being written, so a
-//! replay of the dump as it is now is the heap of ~0.1 s ago. The replay is kept from one request
-//! to the next ([`zmtrace_analyze::follow`]): each request reads and replays only the records
-//! added since the last one, and the profiles are cached by the dump's length. (Replaying the
-//! whole dump for each one cost what `zmtrace report` costs on it: 6.3 s at 446 MB.)
+//! every 0.1 s, and the reader takes every intact record of a dump still being written.
+//!
+//! A follower thread ([`Profiles::follow`]) replays the dump as it grows, whether or not anyone
+//! scrapes ([`zmtrace_analyze::follow`] reads only the records added since its last batch): a
+//! scrape only sums up the state it has reached and encodes it, so the heap served is that of a
+//! fraction of a second ago whenever the replay is faster than the recording. (Replaying on
+//! request, bounded to 4 s of replay a scrape, a program making ~1 M events/s left the scrapes
+//! of every 10 s further behind each time: 353 MB behind after 2.5 min, scrapes of 4-9 s.) The
+//! state is one mutex, held by the follower for one batch (~0.1 s of replay) at a time and by a
+//! scrape while it builds; a waiting scrape gets it at the end of the batch in progress. The
+//! backlog of a program faster than the replay stays in the file (a batch reads a bounded
+//! part of it), so memory does not grow with it; the program is never held up by it (it only
+//! writes its dump); `behind=` and one line on stderr say so. The profiles are cached by the
+//! dump's length.
 //!
 //! The dump served is the main process's: the process `run` started (after an `exec`, its newest
 //! dump). Forked children have dumps of their own, not served (`zmtrace export` reads them after).
@@ -21,7 +30,8 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use zmtrace_analyze::follow::Follow;
@@ -53,29 +63,60 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, Failure> {
     s.parse().map_err(|_| bad())
 }
 
-/// The routes, and the profiles last built.
+/// What the follower thread and the requests share.
 struct Profiles {
     dir: PathBuf,
     session: String,
     pid: u32,
-    cache: Mutex<Cache>,
+    state: Mutex<State>,
+    /// Requests waiting for `state`: the follower lets them have it between two batches (a
+    /// `Mutex` is not fair, and the follower would take it again at once).
+    waiting: AtomicUsize,
+    /// Set by [`Scrape::stop`]; `wake` ends the follower's sleep.
+    stop: Mutex<bool>,
+    wake: Condvar,
+    /// Bytes of dump the follower replays per second at most (`ZMTRACE_SERVE_REPLAY_RATE`).
+    max_rate: Option<f64>,
+    /// The most bytes one batch reads (`ZMTRACE_SERVE_READ_LIMIT`).
+    cap: u64,
 }
 
 /// The dump's length when the profiles were built, and the two gzipped profiles (heap, allocs).
 type Built = (u64, Arc<[u8]>, Arc<[u8]>);
 
 #[derive(Default)]
-struct Cache {
+struct State {
     dump: Option<PathBuf>,
-    /// The dump served, read and replayed up to where it was at the last request.
+    /// When the session's dumps were last looked for (after an `exec` the dump served changes).
+    looked: Option<Instant>,
+    /// The dump served, read and replayed as far as the follower has gone.
     follow: Option<Follow>,
     built: Option<Built>,
     /// Frames looked up so far, so that a scrape looks up in module files only the new
     /// addresses (the lookups were most of a scrape's time, every scrape again).
     frames: FrameCache,
-    /// Bytes of dump read and replayed per second at the last scrape that read enough to
-    /// tell: what [`read_limit`] sizes the next one's read by.
+    /// Bytes of dump read and replayed per second by the last batch that read enough to tell:
+    /// what [`batch_limit`] sizes the next batch by.
     rate: Option<f64>,
+    /// The last batch's error (one line), until a batch succeeds.
+    error: Option<String>,
+    /// When a batch last ended within [`CAUGHT_UP_S`] of replay of the dump's end.
+    caught_up: Option<Instant>,
+    /// The follower's work so far: reading and parsing, replaying, and batches.
+    follow_read: Duration,
+    follow_replay: Duration,
+    batches: u64,
+    /// The one-line warning that the replay cannot keep up has been printed.
+    warned: bool,
+}
+
+/// What one batch of the follower found.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// No dump yet, or nothing new in it: sleep.
+    Idle,
+    /// Read something, more may be there: go on.
+    Busy { bytes: u64, spent: Duration },
 }
 
 /// The `inuse_*` types first: Go's `/debug/pprof/heap`.
@@ -95,79 +136,216 @@ const ALLOCS: [SampleType; 5] = [
     SampleType::LostSpace,
 ];
 
+/// How long one batch of the follower replays, about: the longest a request waits for the
+/// follower to let go of the state, and how far behind the dump's end "in use now" is at most
+/// while the follower keeps up.
+const BATCH_S: f64 = 0.1;
+/// What the first batch reads at most, before any rate is known.
+const FIRST_BATCH: u64 = 1 << 20;
+/// The least a batch reads (a record larger is read whole all the same).
+const MIN_BATCH: u64 = 64 << 10;
+/// Below this, a batch is too small to time.
+const RATE_MIN_BYTES: u64 = 64 << 10;
+/// How often the follower looks at a dump that has not grown: the recorder's writer flushes
+/// every 0.1 s, so a scrape finds the state at most this much plus that behind the program.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+/// An aggregated (or damaged) dump is read whole at each update: not more often than this.
+const WHOLE_POLL: Duration = Duration::from_secs(1);
+/// How often the session's dumps are looked for again (a new one after an `exec`).
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Behind the dump's end by no more than this much replay: caught up. (A program that writes
+/// all the time leaves the follower a batch or so behind at any moment, never at the very end.)
+const CAUGHT_UP_S: f64 = 1.0;
+/// Not caught up for this long: the replay cannot keep up (one warning).
+const BEHIND_WARN: Duration = Duration::from_secs(5);
+
 impl Profiles {
     /// The main process's dump: the newest of the session's dumps of the pid `run` started (a
     /// second one is its dump after an `exec`).
-    fn dump_path(&self, cache: &mut Cache) -> Option<PathBuf> {
-        let newest = crate::run::session_dumps(&self.dir, &self.session)
-            .into_iter()
-            .rfind(|p| Dump::peek_process(p).is_some_and(|proc| proc.pid == self.pid));
-        if newest.is_some() {
-            cache.dump = newest;
+    fn dump_path(&self, st: &mut State) -> Option<PathBuf> {
+        if st.dump.is_none() || st.looked.is_none_or(|t| t.elapsed() >= LOOK_EVERY) {
+            st.looked = Some(Instant::now());
+            let newest = crate::run::session_dumps(&self.dir, &self.session)
+                .into_iter()
+                .rfind(|p| Dump::peek_process(p).is_some_and(|proc| proc.pid == self.pid));
+            if newest.is_some() {
+                st.dump = newest;
+            }
         }
-        cache.dump.clone()
+        st.dump.clone()
+    }
+
+    /// One batch: reads and replays what the dump has added since the last one, about
+    /// [`BATCH_S`] of replay of it.
+    fn step(&self, st: &mut State) -> Step {
+        let Some(path) = self.dump_path(st) else {
+            return Step::Idle;
+        };
+        // After an exec, the dump served is another file: followed from its start.
+        if st.follow.as_ref().is_none_or(|f| f.path() != path) {
+            st.follow = Some(Follow::new(&path));
+            st.built = None;
+            st.frames = FrameCache::default();
+            st.rate = None;
+            // Counted from here: a long first batch is not "behind" yet.
+            st.caught_up = Some(Instant::now());
+        }
+        let follow = st.follow.as_mut().expect("just set");
+        // Throttled, a batch is what the rate allows in [`BATCH_S`], so that the follower looks
+        // at the dump (and tells how far behind it is) as often as unthrottled.
+        let cap = self
+            .max_rate
+            .map_or(self.cap, |r| self.cap.min((r * BATCH_S) as u64));
+        follow.set_limit(batch_limit(st.rate, cap));
+        let before = follow.len();
+        if let Err(e) = follow.update() {
+            st.error = Some(one_line(&e));
+            return Step::Idle;
+        }
+        st.error = None;
+        let cost = follow.last_update();
+        let spent = cost.read + cost.replay;
+        st.follow_read += cost.read;
+        st.follow_replay += cost.replay;
+        st.batches += 1;
+        if cost.bytes >= RATE_MIN_BYTES && !spent.is_zero() {
+            st.rate = Some(next_rate(st.rate, cost.bytes as f64 / spent.as_secs_f64()));
+        }
+        let near = st.rate.map_or(FIRST_BATCH, |r| (r * CAUGHT_UP_S) as u64);
+        let near = self
+            .max_rate
+            .map_or(near, |r| near.min((r * CAUGHT_UP_S) as u64));
+        if follow.behind() <= near {
+            st.caught_up = Some(Instant::now());
+        } else if !st.warned && st.caught_up.is_some_and(|t| t.elapsed() >= BEHIND_WARN) {
+            st.warned = true;
+            eprintln!(
+                "zmtrace: --serve cannot keep up: the program writes its dump faster than it is \
+                 replayed ({} MiB behind); scrapes serve the heap as far as the replay is \
+                 (behind= in x-zmtrace-replay)",
+                follow.behind() >> 20
+            );
+        }
+        // No whole record more (a record half-written stays for the next batch, after a sleep).
+        if follow.len() == before {
+            Step::Idle
+        } else {
+            Step::Busy {
+                bytes: cost.bytes,
+                spent,
+            }
+        }
+    }
+
+    /// The follower thread: replays the dump as it grows, whether or not anyone scrapes, until
+    /// [`Scrape::stop`]. It holds the state for one batch at a time, and lets a waiting request
+    /// have it between two.
+    fn follow(&self) {
+        loop {
+            while self.waiting.load(Ordering::Acquire) > 0 && !self.stopped() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let (step, whole) = {
+                let mut st = self.lock();
+                let step = self.step(&mut st);
+                let whole = st.follow.as_ref().is_some_and(|f| f.replay().is_none());
+                (step, whole)
+            };
+            let pause = match step {
+                Step::Idle if whole => WHOLE_POLL,
+                Step::Idle => IDLE_POLL,
+                Step::Busy { bytes, spent } => match self.max_rate {
+                    // Throttled: the batch's bytes take this long at the rate allowed.
+                    Some(r) => Duration::from_secs_f64(bytes as f64 / r).saturating_sub(spent),
+                    None => Duration::ZERO,
+                },
+            };
+            if self.sleep(pause) {
+                return;
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleeps `d`, or less if stopped; whether stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let stop = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+        if d.is_zero() {
+            return *stop;
+        }
+        let (stop, _) = self
+            .wake
+            .wait_timeout_while(stop, d, |s| !*s)
+            .unwrap_or_else(|e| e.into_inner());
+        *stop
     }
 
     fn get(&self, heap: bool) -> Response {
         let started = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(path) = self.dump_path(&mut cache) else {
-            return Response::text(503, "the program has not opened its dump yet\n");
-        };
-        let cache = &mut *cache; // its fields borrowed apart
-                                 // After an exec, the dump served is another file: followed from its start.
-        if cache.follow.as_ref().is_none_or(|f| f.path() != path) {
-            cache.follow = Some(Follow::new(&path));
-            cache.built = None;
-            cache.frames = FrameCache::default();
-            cache.rate = None;
-        }
-        let follow = cache.follow.as_mut().expect("just set");
-        follow.set_limit(read_limit(cache.rate));
-        if let Err(e) = follow.update() {
-            return Response::text(503, &format!("{e}\n"));
-        }
-        let update = follow.last_update();
-        let spent = (update.read + update.replay).as_secs_f64();
-        // Too little read to time (a few records, microseconds): the rate stays as it was.
-        if update.bytes >= RATE_MIN_BYTES && spent > 0.0 {
-            cache.rate = Some(next_rate(cache.rate, update.bytes as f64 / spent));
-        }
-        let len = follow.len();
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let mut st = self.lock();
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
         let mut time = Timing {
-            read: update.read,
-            replay: update.replay,
+            wait: started.elapsed(),
             ..Timing::default()
         };
-        let fresh = cache.built.as_ref().filter(|b| b.0 == len).cloned();
+        if st.follow.is_none() {
+            // The follower has not found the dump yet (or this came first): a batch now.
+            let t = Instant::now();
+            self.step(&mut st);
+            time.read = t.elapsed();
+        }
+        let st = &mut *st; // its fields borrowed apart
+        if let Some(e) = &st.error {
+            return Response::text(503, &format!("{e}\n"));
+        }
+        let Some(follow) = st.follow.as_ref().filter(|f| !f.is_empty()) else {
+            return Response::text(503, "the program has not opened its dump yet\n");
+        };
+        let len = follow.len();
+        // How old the state served may be: since the follower was last within a second of
+        // replay of the dump's end.
+        let age = st.caught_up.map_or(0, |t| t.elapsed().as_millis());
+        let fresh = st.built.as_ref().filter(|b| b.0 == len).cloned();
         time.cached = fresh.is_some();
         let (_, h, a) = match fresh {
             Some(b) => b,
             None => {
                 let analysing = Instant::now();
                 let analysis = follow.analysis();
-                time.replay += analysing.elapsed();
-                match build(follow.dump(), &analysis, &mut cache.frames, &mut time) {
+                time.replay = analysing.elapsed();
+                match build(follow.dump(), &analysis, &mut st.frames, &mut time) {
                     Ok((h, a)) => {
-                        cache.built = Some((len, h.into(), a.into()));
-                        cache.built.clone().expect("just built")
+                        st.built = Some((len, h.into(), a.into()));
+                        st.built.clone().expect("just built")
                     }
-                    Err(e) => return Response::text(503, &format!("{e}\n")),
+                    Err(e) => return Response::text(503, &format!("{}\n", one_line(&e))),
                 }
             }
         };
-        // What serving cost so far, for whoever wonders (and the tests): the dump's length read,
-        // the bytes read from it, the events decoded, the bytes of dump not read yet (an update
-        // reads at most `read_limit()`). Without the kept replay, each scrape read and decoded
-        // the whole dump again. `lookups`: the frames looked up in module files so far (each
-        // address once).
+        // Behind the dump as it is now, not as the follower last saw it.
+        let file_len = std::fs::metadata(follow.path()).map_or(0, |m| m.len());
+        // What serving cost so far, for whoever wonders (and the tests): the dump's length
+        // replayed, the bytes read from it, the events decoded, the frames looked up in module
+        // files (each address once), the bytes of dump not replayed yet, how long ago the
+        // follower was last within a second of the dump's end, and its batches.
         let cost = format!(
-            "dump={len} read={} decoded={} lookups={} behind={}",
+            "dump={len} read={} decoded={} lookups={} behind={} age_ms={age} batches={}",
             follow.bytes_read(),
             follow.replay().map_or(0, |r| r.decoded),
-            cache.frames.lookups,
-            follow.behind(),
+            st.frames.lookups,
+            file_len.saturating_sub(len),
+            st.batches,
         );
+        time.follow_read = st.follow_read;
+        time.follow_replay = st.follow_replay;
         time.total = started.elapsed();
         Response::new(200, "application/octet-stream", if heap { h } else { a })
             .with_header("x-zmtrace-replay", cost)
@@ -175,73 +353,76 @@ impl Profiles {
     }
 }
 
-/// Where one scrape's time went, in the `x-zmtrace-time` header: reading the dump's new bytes
-/// (and parsing their records), replaying their events (and summing the heap up), looking the
-/// new stacks' addresses up in the module files, and encoding and gzipping the two profiles. A
-/// scrape that finds the dump as it was at the last one serves the profiles built then.
+/// An error as one line (a header, or one line of a 503's body).
+fn one_line(e: &str) -> String {
+    e.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Where one scrape's time went, in the `x-zmtrace-time` header. The dump is read and replayed
+/// by the follower thread, in the background; this scrape's own parts are waiting for the
+/// follower's batch in progress to end, reading (only when the follower had not opened the dump
+/// yet), replaying (the newest second of events, held back from the kept replay, on a copy, and
+/// the sum of the heap), looking the new stacks' addresses up in the module files, and encoding
+/// and gzipping the two profiles. A scrape that finds the dump as it was at the last one serves
+/// the profiles built then. `follow_read_us`/`follow_replay_us` are the follower's totals since
+/// the start, not this scrape's.
 #[derive(Default)]
 struct Timing {
+    wait: Duration,
     read: Duration,
     replay: Duration,
     symbolize: Duration,
     build: Duration,
     total: Duration,
     cached: bool,
+    follow_read: Duration,
+    follow_replay: Duration,
 }
 
 impl Timing {
     fn header(&self) -> String {
         let us = |d: Duration| d.as_micros();
         format!(
-            "read_us={} replay_us={} symbolize_us={} build_us={} total_us={} cached={}",
+            "wait_us={} read_us={} replay_us={} symbolize_us={} build_us={} total_us={} \
+             cached={} follow_read_us={} follow_replay_us={}",
+            us(self.wait),
             us(self.read),
             us(self.replay),
             us(self.symbolize),
             us(self.build),
             us(self.total),
-            u8::from(self.cached)
+            u8::from(self.cached),
+            us(self.follow_read),
+            us(self.follow_replay),
         )
     }
 }
 
-/// How long a scrape may spend reading and replaying the dump's backlog: inside the scrapers'
-/// timeouts (Grafana Alloy's is 10 s by default, Parca's the scrape interval, 10 s by default),
-/// with room for the symbolizing, the encoding, and the replay of the newest second held back.
-/// A program that makes more events per scrape interval than that replays (at 10 s, 40 % of the
-/// replay's rate) is served further and further behind, as `behind=` says, rather than with
-/// scrapes that time out.
-const REPLAY_BUDGET_S: f64 = 4.0;
-/// What the first scrape reads at most, before any rate is known: ~2-3 s of replay where events
-/// compress best (samples/steady.c: 1.35 bytes an event, replayed at 1.6 M events/s on a
-/// loaded 2-core machine).
-const FIRST_READ: u64 = 4 << 20;
-/// The least a scrape reads, however slow the last one was.
-const MIN_READ: u64 = 1 << 20;
-/// Below this, an update is too small to time.
-const RATE_MIN_BYTES: u64 = 256 << 10;
-
-/// The rate the next scrape is sized by, after one that ran at `now`: down at once, up by half
-/// the way. On a shared machine the rate of one scrape is a poor forecast of the next one's
-/// (scrapes of 2 to 8.4 s at a budget of 4 s with the last rate alone, scripts/memflat.sh).
+/// The rate the next batch is sized by, after one that ran at `now`: down at once, up by half
+/// the way (on a shared machine one batch's rate is a poor forecast of the next one's).
 fn next_rate(last: Option<f64>, now: f64) -> f64 {
     last.map_or(now, |l| now.min((l + now) / 2.0))
 }
 
-/// The most bytes of dump a scrape reads and replays: what the last scrape's rate replays in
-/// [`REPLAY_BUDGET_S`] (bytes are a poor measure of replay time by themselves: an event takes
-/// 1.35 to 10 bytes of dump, by how well its stream compresses), at most
-/// `ZMTRACE_SERVE_READ_LIMIT` bytes (default [`zmtrace_analyze::follow::DEFAULT_LIMIT`]). A
-/// scrape of a larger backlog serves the heap as of where it stopped (`behind=` in
-/// `x-zmtrace-replay` says how far the dump is ahead), and the next goes on from there: no
-/// scrape waits for a whole long run to be replayed.
-fn read_limit(rate: Option<f64>) -> u64 {
-    let cap = std::env::var("ZMTRACE_SERVE_READ_LIMIT")
+/// The most bytes of dump one batch reads and replays: what the last batch's rate replays in
+/// [`BATCH_S`] (bytes are a poor measure of replay time by themselves: an event takes 1.35 to 10
+/// bytes of dump, by how well its stream compresses), at least [`MIN_BATCH`], at most `cap`.
+fn batch_limit(rate: Option<f64>, cap: u64) -> u64 {
+    let budget = rate.map_or(FIRST_BATCH, |r| ((r * BATCH_S) as u64).max(MIN_BATCH));
+    budget.min(cap)
+}
+
+/// `ZMTRACE_SERVE_READ_LIMIT`: the most bytes a batch reads (default
+/// [`zmtrace_analyze::follow::DEFAULT_LIMIT`]).
+fn read_cap() -> u64 {
+    env_number("ZMTRACE_SERVE_READ_LIMIT").unwrap_or(zmtrace_analyze::follow::DEFAULT_LIMIT)
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(zmtrace_analyze::follow::DEFAULT_LIMIT);
-    let budget = rate.map_or(FIRST_READ, |r| ((r * REPLAY_BUDGET_S) as u64).max(MIN_READ));
-    budget.min(cap)
 }
 
 /// Both profiles of the dump read so far (`dump`: its records; `a`: what its events say).
@@ -283,10 +464,12 @@ fn build(
     ))
 }
 
-/// Serving on a thread of its own until [`Scrape::stop`].
+/// Serving on a thread of its own, and following the dump on another, until [`Scrape::stop`].
 pub struct Scrape {
     shutdown: Shutdown,
     thread: std::thread::JoinHandle<()>,
+    profiles: Arc<Profiles>,
+    follower: std::thread::JoinHandle<()>,
 }
 
 /// Binds `addr` (before the program starts: a taken port fails `run` at once).
@@ -301,8 +484,16 @@ pub fn start(server: Server, dir: PathBuf, session: String, pid: u32) -> Scrape 
         dir,
         session,
         pid,
-        cache: Mutex::default(),
+        state: Mutex::default(),
+        waiting: AtomicUsize::new(0),
+        stop: Mutex::new(false),
+        wake: Condvar::new(),
+        max_rate: env_number("ZMTRACE_SERVE_REPLAY_RATE").map(|r| r as f64),
+        cap: read_cap(),
     });
+    let p = profiles.clone();
+    let follower = std::thread::spawn(move || p.follow());
+    let p = profiles.clone();
     let thread = std::thread::spawn(move || {
         let _ = server
             .allow_post()
@@ -315,8 +506,8 @@ pub fn start(server: Server, dir: PathBuf, session: String, pid: u32) -> Scrape 
                     Response::text(200, "num_symbols: 1\n")
                 }
                 ("POST", _) => Response::text(405, "only GET and HEAD here\n"),
-                (_, "/debug/pprof/heap") => profiles.get(true),
-                (_, "/debug/pprof/allocs") => profiles.get(false),
+                (_, "/debug/pprof/heap") => p.get(true),
+                (_, "/debug/pprof/allocs") => p.get(false),
                 _ => Response::text(
                     404,
                     "not found: /debug/pprof/heap (in use now) and /debug/pprof/allocs (since the \
@@ -324,14 +515,23 @@ pub fn start(server: Server, dir: PathBuf, session: String, pid: u32) -> Scrape 
                 ),
             });
     });
-    Scrape { shutdown, thread }
+    Scrape {
+        shutdown,
+        thread,
+        profiles,
+        follower,
+    }
 }
 
 impl Scrape {
-    /// Stops serving (after the requests in flight) once the program has ended.
+    /// Stops serving once the program has ended: the requests in flight are answered, then the
+    /// follower stops where it is (a backlog it had not replayed yet is not replayed for no one).
     pub fn stop(self) {
         self.shutdown.stop();
         let _ = self.thread.join();
+        *self.profiles.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.profiles.wake.notify_all();
+        let _ = self.follower.join();
     }
 }
 
@@ -339,23 +539,24 @@ impl Scrape {
 mod tests {
     use super::*;
 
-    /// A scrape reads what the last one's rate replays in the budget: 4 MiB before any rate, at
-    /// least 1 MiB, at most the cap.
+    /// A batch reads what the last one's rate replays in [`BATCH_S`]: 1 MiB before any rate, at
+    /// least 64 KiB, at most the cap.
     #[test]
-    fn a_scrape_reads_what_the_last_rate_replays_in_its_budget() {
-        if std::env::var_os("ZMTRACE_SERVE_READ_LIMIT").is_some() {
-            return; // the cap is the user's then
-        }
+    fn a_batch_reads_what_the_last_rate_replays_in_its_budget() {
         assert_eq!(next_rate(None, 8.0), 8.0);
         assert_eq!(next_rate(Some(8.0), 2.0), 2.0);
         assert_eq!(next_rate(Some(2.0), 8.0), 5.0);
-        assert_eq!(read_limit(None), FIRST_READ);
-        assert_eq!(read_limit(Some(1e6)), (1e6 * REPLAY_BUDGET_S) as u64);
-        assert_eq!(read_limit(Some(10.0)), MIN_READ);
-        assert_eq!(
-            read_limit(Some(1e12)),
-            zmtrace_analyze::follow::DEFAULT_LIMIT
-        );
+        let cap = 64 << 20;
+        assert_eq!(batch_limit(None, cap), FIRST_BATCH);
+        assert_eq!(batch_limit(Some(1e7), cap), (1e7 * BATCH_S) as u64);
+        assert_eq!(batch_limit(Some(10.0), cap), MIN_BATCH);
+        assert_eq!(batch_limit(Some(1e12), cap), cap);
+        assert_eq!(batch_limit(None, 1), 1);
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        assert_eq!(one_line("a: b\n  c\n"), "a: b c");
     }
 
     #[test]

@@ -152,6 +152,17 @@ pub(crate) fn free(t: &ThreadState, addr: usize, b: &LiveBlock) {
     }
 }
 
+/// Sampled recording: `old` (at `old_addr`), sampled, was reallocated into a block not drawn, so
+/// it leaves the recording here. The program freed nothing: counted as a free, each such exit
+/// would be estimated as a free of the whole block's weight (the event stream's `Left`). To its
+/// thread it is a realloc all the same: the block is not temporary, and the thread's last
+/// allocation is no longer its newest.
+pub(crate) fn left(t: &ThreadState, old_addr: usize, old: &LiveBlock) {
+    seen(t);
+    took_last(t, old, old_addr);
+    t.last_alloc.store(0, Ordering::Relaxed);
+}
+
 /// A successful realloc of `old` (at `old_addr`) into `new_size` bytes at `new_addr`, made from
 /// `stack`; or, with `new_addr == 0`, a `realloc(p, 0)` that freed it.
 pub(crate) fn realloc(

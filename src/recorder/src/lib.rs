@@ -399,7 +399,11 @@ unsafe fn free_recorded(core: &'static state::Core, ptr: *mut u8, block: &LiveBl
 #[inline]
 fn left_recording(t: &ThreadState, ptr: *mut u8, block: &LiveBlock, seq: Option<u64>) {
     if aggregate::on() {
-        aggregate::free(t, ptr as usize, block);
+        match seq {
+            // A realloc's exit (sampled, the new block not drawn): no free of the program's.
+            Some(_) => aggregate::left(t, ptr as usize, block),
+            None => aggregate::free(t, ptr as usize, block),
+        }
         return;
     }
     let mut ev = EventBuf::default();

@@ -702,6 +702,10 @@ pub struct Counts {
     pub failed: BTreeMap<&'static str, u64>,
     /// Free events of the sample's blocks.
     pub frees: u64,
+    /// Sampled recording: the sample's blocks that left the recording at a realloc whose new
+    /// block was not drawn (`Left` events, read as a `Free` at a realloc). The program freed
+    /// nothing there, so they are not frees.
+    pub left: u64,
     /// The sample's blocks live at the end of the dump.
     pub leaked_blocks: u64,
     pub leaked_bytes: u64,
@@ -897,6 +901,14 @@ fn replay_impl(
                     },
                 );
             }
+            EventKind::Free {
+                addr,
+                at_realloc: true,
+            } => match live.remove(&addr) {
+                Some(b) if b.sample => r.counts.left += 1,
+                Some(_) => {}
+                None => r.unknown_frees += 1,
+            },
             EventKind::Free { addr, .. } => match live.remove(&addr) {
                 Some(b) if b.sample => {
                     r.counts.frees += 1;
