@@ -55,6 +55,10 @@ pub(crate) struct Output {
     activity_ns: u64,
     /// Tracing was stopped and started again: the new dump needs every module and stack.
     restarted: bool,
+    /// The file header and `Process` record this dump starts with: when even its first write
+    /// finds the disk full, they go before the `End`, so the dump still says whose it is and why
+    /// it is empty (an `End` alone would not read as a dump at all).
+    head: Vec<u8>,
 }
 
 pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
@@ -77,6 +81,7 @@ pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
     activity_new: Vec::new(),
     activity_ns: 0,
     restarted: false,
+    head: Vec::new(),
 });
 
 /// The pid that owns the dump: a `vfork` child shares our memory but must not touch the dump.
@@ -782,6 +787,8 @@ impl Output {
                 },
             },
         );
+        self.head.clear();
+        self.head.extend_from_slice(&buf);
         if origin == Origin::Fork || std::mem::take(&mut self.restarted) {
             // Everything known so far: modules and every stack (and, after a fork, the blocks
             // live at the fork).
@@ -1089,6 +1096,11 @@ impl Output {
                 // an `End` that says why the dump stops here.
                 let end = self.end_record(EndReason::WriteError, e.raw_os_error().unwrap_or(0));
                 let mut last = Vec::new();
+                if dumpfd::is_empty() {
+                    // No reserve yet either: a disk with less free than the reserve may still
+                    // take these few hundred bytes.
+                    last.extend_from_slice(&self.head);
+                }
                 write::end(&mut last, &end);
                 let _ = dumpfd::write_reserved(&last);
                 self.fail(&e);

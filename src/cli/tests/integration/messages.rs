@@ -46,9 +46,10 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_disk_stops_the_recording_with_the_reason_and_a_readable_dump() {
-    // Smaller than the dump: 1,010,001 allocations take about 70 KB in version 3 (they took
-    // megabytes before it), and the first flush (modules, stacks, the first 10,000 blocks) fits.
-    let disk = SmallDisk::new(32);
+    // Smaller than the dump and the 16 KiB the recorder keeps in reserve after it: 1,010,001
+    // allocations take about 14 KB in version 5 (70 KB in version 3, megabytes before it), and the
+    // first flushes (modules, stacks, the first blocks) fit with the reserve.
+    let disk = SmallDisk::new(24);
     let log = fresh_dir("full-disk-log").join("log");
     let f = run_zmtrace(&[
         "run".as_ref(),
@@ -105,6 +106,44 @@ fn a_full_disk_stops_the_recording_with_the_reason_and_a_readable_dump() {
             "ending:    recording stopped: could not write the dump (No space left on device)"
         ),
         "{info}"
+    );
+}
+
+#[test]
+fn a_disk_too_full_for_the_first_write_still_leaves_a_dump_that_says_why() {
+    // Less free than the reserve: the first write (header, process, modules) finds no room, and
+    // the dump is its header, its process and an `End`, not an `End` alone that reads as no dump.
+    let disk = SmallDisk::new(8);
+    let log = fresh_dir("fuller-disk-log").join("log");
+    let f = run_zmtrace(&[
+        "run".as_ref(),
+        "-o".as_ref(),
+        disk.path().as_os_str(),
+        "--".as_ref(),
+        sample("fds").as_os_str(),
+        "closeall".as_ref(),
+        log.as_os_str(),
+    ]);
+    assert_eq!(f.code, Some(0), "{}", f.stderr);
+    assert!(f.stdout.contains("allocations 1000000"), "{}", f.stdout);
+    assert!(!f.stderr.contains("no dump was written"), "{}", f.stderr);
+    assert!(!f.stderr.contains("damaged"), "{}", f.stderr);
+    assert!(
+        f.stderr.contains(
+            "zmtrace:   recording stopped: could not write the dump (No space left on device)"
+        ),
+        "{}",
+        f.stderr
+    );
+    let paths = dump_files(disk.path());
+    assert_eq!(paths.len(), 1, "{}", f.stderr);
+    let dump = Dump::open(&paths[0]).unwrap();
+    assert!(dump.warnings.is_empty(), "{:?}", dump.warnings);
+    assert_eq!(dump.count_events(), 0);
+    let end = dump.end.expect("an End record");
+    assert_eq!(
+        (end.reason, end.status),
+        (EndReason::WriteError, libc::ENOSPC)
     );
 }
 
