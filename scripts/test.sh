@@ -17,6 +17,7 @@ needs=(
     "redis-tools:redis-benchmark"
     "chromium:chromium"                        # the viewer's page, driven in headless Chromium
     "valgrind:valgrind"                        # leak classes compared with memcheck's
+    "gawk:gawk"                                # a Debian program's leaks against memcheck's
     "golang-go:go"                             # go tool pprof reads the pprof exports
 )
 missing=()
