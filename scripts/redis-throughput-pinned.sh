@@ -73,9 +73,10 @@ run_one() { # mode rep
         *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
     local pid=$! up=""
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && { up=1; break; }; sleep 0.1; done
+    # 30 s: a traced server on a loaded machine took more than 10 to answer.
+    for _ in $(seq 300); do redis-cli -p "$port" ping >/dev/null 2>&1 && { up=1; break; }; sleep 0.1; done
     if [ -z "$up" ]; then
-        echo "redis-throughput-pinned: $mode repetition $rep: no answer on port $port in 10 s:" >&2
+        echo "redis-throughput-pinned: $mode repetition $rep: no answer on port $port in 30 s:" >&2
         tail -5 "$out/log" >&2
         exit 1
     fi
