@@ -34,6 +34,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "zs_common.h"
 
@@ -285,6 +286,9 @@ ZS_FN void zs_finish(void)
 int main(void)
 {
     zs_run();
+    /* A pause, so that the threads' allocations come a few of the dump's 1 ms time steps after
+     * zs_run's (the viewer's test selects a time range that holds some but not all of them). */
+    usleep(5000);
 
     /* Thread creation allocates inside libc (the DTV): not under a zs_ function. */
     pthread_t t[WORKERS];

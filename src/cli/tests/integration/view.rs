@@ -172,7 +172,9 @@ fn the_page_shows_the_report_opens_leaks_and_follows_a_time_range() {
     assert_eq!(whole, report["allocations"].as_u64().unwrap());
 
     // Dragging across the second half of the chart selects that time: the flamegraph then counts
-    // the allocations made in it, as the dump's own events say.
+    // the allocations made in it, as the dump's own events say. (The sample pauses 5 ms between
+    // its first allocations and its threads': times are of 1 ms resolution, and a run over in
+    // 3 ms had all of them in the first half one time in five.)
     let (left, top, width, height) = page.rect("#chart");
     let plot_left = left + 74.0; // the chart's left margin (axis labels)
     let plot_width = width - 74.0 - 12.0;
@@ -193,9 +195,9 @@ fn the_page_shows_the_report_opens_leaks_and_follows_a_time_range() {
         .count() as u64;
     let selected = total(&mut page);
     assert_eq!(selected, in_range, "allocations in {start}..{end} ns");
-    assert_ne!(
-        selected, whole,
-        "the range {start}..{end} ns changes the flamegraph"
+    assert!(
+        selected > 0 && selected < whole,
+        "the range {start}..{end} ns holds {selected} of the {whole} allocations"
     );
     let flame_note = page.eval("document.getElementById('flame-range').textContent");
     assert_eq!(flame_note, " in the selected range");
