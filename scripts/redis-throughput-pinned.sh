@@ -56,9 +56,12 @@ cpu_ns() {
 
 run_one() { # mode rep
     local mode=$1 rep=$2 out="$work/$1.$2"
-    local port=$((20000 + RANDOM % 20000))
-    # Another helper's server may hold a random port: take one nobody listens on.
-    while ss -ltnH "sport = :$port" 2>/dev/null | grep -q .; do port=$((20000 + RANDOM % 20000)); done
+    # Below 32768, the kernel's ephemeral range (ip_local_port_range): a port there may be a
+    # client connection's (redis-benchmark opens 50), which `ss -l` does not show, and the server
+    # then failed to listen. Another helper's server may hold a random port: take one nobody
+    # listens on.
+    local port=$((20000 + RANDOM % 12000))
+    while ss -ltnH "sport = :$port" 2>/dev/null | grep -q .; do port=$((20000 + RANDOM % 12000)); done
     mkdir -p "$out"
     local server=(redis-server --port "$port" --save "" --appendonly no --dir "$out")
     local pin=(taskset -c "$scpu") zmtrace=$zmtrace

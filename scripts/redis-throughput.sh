@@ -20,7 +20,7 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 zmtrace=$root/target/release/zmtrace
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-port=$((20000 + RANDOM % 20000))
+port=$((20000 + RANDOM % 12000))
 
 for p in redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools heaptrack:heaptrack; do
     command -v "${p%%:*}" >/dev/null || { echo "${p%%:*} is missing: apt-get install ${p#*:}" >&2; exit 1; }

@@ -31,7 +31,7 @@ peak() {
 }
 
 redis_peak() { # mode
-    local mode=$1 out=$work/redis.$RANDOM port=$((20000 + RANDOM % 20000))
+    local mode=$1 out=$work/redis.$RANDOM port=$((20000 + RANDOM % 12000))
     mkdir -p "$out"
     local server=(redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no
         --dir "$out" --daemonize no)

@@ -11,7 +11,7 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 zmtrace=$root/target/release/zmtrace
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-port=$((20000 + RANDOM % 20000))
+port=$((20000 + RANDOM % 12000))
 "$zmtrace" run -o "$work" -- redis-server --port "$port" --save "" --appendonly no --dir "$work" >"$work/log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done

@@ -16,7 +16,7 @@ out=${RCG_OUT:-/tmp/rcg}; mkdir -p "$out"
 tools=${CALLGRIND_TOOLS:-/work/shared/tools}
 senv="$out/static_env"; [ -x "$senv" ] || cc -O2 -static -o "$senv" "$tools/static_env.c"
 for mode in "${modes[@]}"; do
-    port=$((20000 + RANDOM % 20000)); dir="$out/$mode"; rm -rf "$dir"; mkdir -p "$dir"
+    port=$((20000 + RANDOM % 12000)); dir="$out/$mode"; rm -rf "$dir"; mkdir -p "$dir"
     envs=()
     case $mode in
         untraced) ;;
