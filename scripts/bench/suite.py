@@ -37,6 +37,10 @@ heaptrack 1.4's interpreter dies of std::bad_alloc, or grows past 16 GiB, on sev
 traced run whose output differs from the untraced run's, or that exits otherwise, is FAILED too:
 that is a bug of the tracer.
 
+ZMTRACE_SAMPLE=BYTES adds the configuration "sampled" (`zmtrace run --sample BYTES`);
+ZMTRACE_FLOOR=1 adds "forward", the program with scripts/bench/forward.c preloaded: a library whose
+allocator functions only call glibc's, the floor that no preload tracer goes under.
+
 --callgrind: instruction counts instead of times (scripts/bench/callgrind.py).
 """
 import argparse
@@ -57,8 +61,13 @@ sys.path.insert(0, HERE)
 # ZMTRACE_SAMPLE=BYTES adds a column "sampled": `zmtrace run --sample BYTES` (e.g. 524288).
 # Taken out of the environment so no traced child inherits it (the recorder reads it too).
 SAMPLE = os.environ.pop("ZMTRACE_SAMPLE", None)
-MODES = ["untraced", "zmtrace", "aggregate"] + (["sampled"] if SAMPLE else []) + ["heaptrack"]
-TRACED = MODES[1:]
+# ZMTRACE_FLOOR=1 adds a column "forward": the program with scripts/bench/forward.c preloaded, a
+# library whose malloc, calloc, realloc and free only call glibc's (the floor of any preload tracer).
+FLOOR = os.environ.pop("ZMTRACE_FLOOR", None) == "1"
+MODES = (["untraced"] + (["forward"] if FLOOR else []) + ["zmtrace", "aggregate"]
+         + (["sampled"] if SAMPLE else []) + ["heaptrack"])
+# The configurations that leave a dump.
+TRACED = [m for m in MODES[1:] if m != "forward"]
 HEAPTRACK_CAP = 4 << 30
 TIME = "/usr/bin/time"
 TRACER_PROCS = {"zmtrace", "bash", "sh", "heaptrack", "heaptrack_inter", "zstd", "timeout"}
@@ -156,6 +165,9 @@ def cap_memory():
 def command(ctx, mode, argv, out):
     if mode == "untraced":
         return list(argv)
+    if mode == "forward":
+        # env(1) sets it for the program only: env itself starts before the preload applies.
+        return ["env", f"LD_PRELOAD={ctx.forward}"] + argv
     if mode == "zmtrace":
         return [ctx.zmtrace, "run", "-o", out, "--"] + argv
     if mode == "aggregate":
@@ -453,7 +465,7 @@ def table(results, reps):
     hdr = ("| workload | configuration | median (min–max) | × untraced | overhead / heaptrack's "
            "| wall × untraced | dump | analysis: time, peak RSS | peak RSS MiB: program, whole run |")
     lines = [hdr, "|" + "|".join(["---"] * 9) + "|"]
-    geo = {"zmtrace": [], "aggregate": [], "sampled": []}
+    geo = {m: [] for m in MODES if m not in ("untraced", "heaptrack")}
     for m in results:
         for mode in m.w.modes:
             name = f"**{m.w.name}**" if mode == "untraced" else ""
@@ -549,6 +561,10 @@ def main():
     need(TIME, "time")
     ctx.heaptrack = need("heaptrack", "heaptrack")
     ctx.heaptrack_print = need("heaptrack_print", "heaptrack")
+    if FLOOR:
+        ctx.forward = os.path.join(ctx.work, "forward.so")
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", ctx.forward,
+                        os.path.join(HERE, "forward.c")], check=True)
     try:
         if args.callgrind:
             import callgrind
