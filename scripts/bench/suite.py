@@ -39,7 +39,9 @@ that is a bug of the tracer.
 
 ZMTRACE_SAMPLE=BYTES adds the configuration "sampled" (`zmtrace run --sample BYTES`);
 ZMTRACE_FLOOR=1 adds "forward", the program with scripts/bench/forward.c preloaded: a library whose
-allocator functions only call glibc's, the floor that no preload tracer goes under.
+allocator functions only call glibc's, the floor that no preload tracer goes under; and
+"forward+thread", the same with one idle thread (the floor of a tracer with a writer thread:
+glibc's malloc then locks its arena on each call its per-thread cache does not serve).
 
 --callgrind: instruction counts instead of times (scripts/bench/callgrind.py).
 """
@@ -61,13 +63,15 @@ sys.path.insert(0, HERE)
 # ZMTRACE_SAMPLE=BYTES adds a column "sampled": `zmtrace run --sample BYTES` (e.g. 524288).
 # Taken out of the environment so no traced child inherits it (the recorder reads it too).
 SAMPLE = os.environ.pop("ZMTRACE_SAMPLE", None)
-# ZMTRACE_FLOOR=1 adds a column "forward": the program with scripts/bench/forward.c preloaded, a
-# library whose malloc, calloc, realloc and free only call glibc's (the floor of any preload tracer).
+# ZMTRACE_FLOOR=1 adds the columns "forward" and "forward+thread": the program with
+# scripts/bench/forward.c preloaded, a library whose malloc, calloc, realloc and free only call
+# glibc's (the floor of any preload tracer), and the same library with an idle thread started.
 FLOOR = os.environ.pop("ZMTRACE_FLOOR", None) == "1"
-MODES = (["untraced"] + (["forward"] if FLOOR else []) + ["zmtrace", "aggregate"]
-         + (["sampled"] if SAMPLE else []) + ["heaptrack"])
+FLOORS = ["forward", "forward+thread"] if FLOOR else []
+MODES = (["untraced"] + FLOORS + ["zmtrace", "aggregate"] + (["sampled"] if SAMPLE else [])
+         + ["heaptrack"])
 # The configurations that leave a dump.
-TRACED = [m for m in MODES[1:] if m != "forward"]
+TRACED = [m for m in MODES[1:] if m not in FLOORS]
 HEAPTRACK_CAP = 4 << 30
 TIME = "/usr/bin/time"
 TRACER_PROCS = {"zmtrace", "bash", "sh", "heaptrack", "heaptrack_inter", "zstd", "timeout"}
@@ -165,9 +169,9 @@ def cap_memory():
 def command(ctx, mode, argv, out):
     if mode == "untraced":
         return list(argv)
-    if mode == "forward":
+    if mode in FLOORS:
         # env(1) sets it for the program only: env itself starts before the preload applies.
-        return ["env", f"LD_PRELOAD={ctx.forward}"] + argv
+        return ["env", f"LD_PRELOAD={ctx.floors[mode]}"] + argv
     if mode == "zmtrace":
         return [ctx.zmtrace, "run", "-o", out, "--"] + argv
     if mode == "aggregate":
@@ -561,10 +565,12 @@ def main():
     need(TIME, "time")
     ctx.heaptrack = need("heaptrack", "heaptrack")
     ctx.heaptrack_print = need("heaptrack_print", "heaptrack")
-    if FLOOR:
-        ctx.forward = os.path.join(ctx.work, "forward.so")
-        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", ctx.forward,
-                        os.path.join(HERE, "forward.c")], check=True)
+    ctx.floors = {}
+    for mode, flags in zip(FLOORS, [[], ["-DIDLE_THREAD", "-pthread"]]):
+        so = os.path.join(ctx.work, mode.replace("+", "-") + ".so")
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC"] + flags
+                       + ["-o", so, os.path.join(HERE, "forward.c")], check=True)
+        ctx.floors[mode] = so
     try:
         if args.callgrind:
             import callgrind
