@@ -44,12 +44,9 @@ impl Drop for SmallDisk {
     }
 }
 
-#[test]
-fn a_full_disk_stops_the_recording_with_the_reason_and_a_readable_dump() {
-    // Smaller than the dump and the 16 KiB the recorder keeps in reserve after it: 1,010,001
-    // allocations take about 14 KB in version 5 (70 KB in version 3, megabytes before it), and the
-    // first flushes (modules, stacks, the first blocks) fit with the reserve.
-    let disk = SmallDisk::new(24);
+/// `fds closeall` (1,010,001 allocations, a 38,000-byte log) traced onto `disk`; checks that
+/// the program ran on unharmed.
+fn fds_closeall_onto(disk: &SmallDisk) -> Finished {
     let log = fresh_dir("full-disk-log").join("log");
     let f = run_zmtrace(&[
         "run".as_ref(),
@@ -60,10 +57,19 @@ fn a_full_disk_stops_the_recording_with_the_reason_and_a_readable_dump() {
         "closeall".as_ref(),
         log.as_os_str(),
     ]);
-    // The program runs on unharmed.
     assert_eq!(f.code, Some(0), "{}", f.stderr);
     assert_eq!(std::fs::read(&log).unwrap().len(), 38_000);
     assert!(f.stdout.contains("allocations 1000000"), "{}", f.stdout);
+    f
+}
+
+#[test]
+fn a_full_disk_stops_the_recording_with_the_reason_and_a_readable_dump() {
+    // Smaller than the dump and the 16 KiB the recorder keeps in reserve after it: 1,010,001
+    // allocations take about 14 KB in version 5 (70 KB in version 3, megabytes before it), and the
+    // first flushes (modules, stacks, the first blocks) fit with the reserve.
+    let disk = SmallDisk::new(24);
+    let f = fds_closeall_onto(&disk);
     // One line from the recorder, the reason again in the summary.
     assert_eq!(
         f.stderr
@@ -114,18 +120,7 @@ fn a_disk_too_full_for_the_first_write_still_leaves_a_dump_that_says_why() {
     // Less free than the reserve: the first write (header, process, modules) finds no room, and
     // the dump is its header, its process and an `End`, not an `End` alone that reads as no dump.
     let disk = SmallDisk::new(8);
-    let log = fresh_dir("fuller-disk-log").join("log");
-    let f = run_zmtrace(&[
-        "run".as_ref(),
-        "-o".as_ref(),
-        disk.path().as_os_str(),
-        "--".as_ref(),
-        sample("fds").as_os_str(),
-        "closeall".as_ref(),
-        log.as_os_str(),
-    ]);
-    assert_eq!(f.code, Some(0), "{}", f.stderr);
-    assert!(f.stdout.contains("allocations 1000000"), "{}", f.stdout);
+    let f = fds_closeall_onto(&disk);
     assert!(!f.stderr.contains("no dump was written"), "{}", f.stderr);
     assert!(!f.stderr.contains("damaged"), "{}", f.stderr);
     assert!(
