@@ -63,9 +63,7 @@ sys.path.insert(0, HERE)
 # ZMTRACE_SAMPLE=BYTES adds a column "sampled": `zmtrace run --sample BYTES` (e.g. 524288).
 # Taken out of the environment so no traced child inherits it (the recorder reads it too).
 SAMPLE = os.environ.pop("ZMTRACE_SAMPLE", None)
-# ZMTRACE_FLOOR=1 adds the columns "forward" and "forward+thread": the program with
-# scripts/bench/forward.c preloaded, a library whose malloc, calloc, realloc and free only call
-# glibc's (the floor of any preload tracer), and the same library with an idle thread started.
+# ZMTRACE_FLOOR=1 adds the floors "forward" and "forward+thread" (see the docstring).
 FLOOR = os.environ.pop("ZMTRACE_FLOOR", None) == "1"
 FLOORS = ["forward", "forward+thread"] if FLOOR else []
 MODES = (["untraced"] + FLOORS + ["zmtrace", "aggregate"] + (["sampled"] if SAMPLE else [])
