@@ -245,12 +245,6 @@ pub(crate) fn write(buf: &[u8]) -> Result<(), WriteError> {
     write_inner(buf, true)
 }
 
-/// Nothing has been written to the dump yet (its first write found no room).
-pub(crate) fn is_empty() -> bool {
-    let _s = NoSignals::new();
-    LOCK.lock().size == 0
-}
-
 /// Appends `buf` without reserving: for the last record, which goes into the reserve.
 pub(crate) fn write_reserved(buf: &[u8]) -> Result<(), WriteError> {
     write_inner(buf, false)

@@ -55,10 +55,6 @@ pub(crate) struct Output {
     activity_ns: u64,
     /// Tracing was stopped and started again: the new dump needs every module and stack.
     restarted: bool,
-    /// The file header and `Process` record this dump starts with: when even its first write
-    /// finds the disk full, they go before the `End`, so the dump still says whose it is and why
-    /// it is empty (an `End` alone would not read as a dump at all).
-    head: Vec<u8>,
 }
 
 pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
@@ -81,7 +77,6 @@ pub(crate) static OUTPUT: SpinLock<Output> = SpinLock::new(Output {
     activity_new: Vec::new(),
     activity_ns: 0,
     restarted: false,
-    head: Vec::new(),
 });
 
 /// The pid that owns the dump: a `vfork` child shares our memory but must not touch the dump.
@@ -787,8 +782,9 @@ impl Output {
                 },
             },
         );
-        self.head.clear();
-        self.head.extend_from_slice(&buf);
+        // The file header and `Process` record: what the dump still says (whose it is, why it
+        // is empty) if even this first write finds the disk full.
+        let head_len = buf.len();
         if origin == Origin::Fork || std::mem::take(&mut self.restarted) {
             // Everything known so far: modules and every stack (and, after a fork, the blocks
             // live at the fork).
@@ -826,7 +822,7 @@ impl Output {
                 write::inherited(&mut buf, raw.len(), &z);
             }
         }
-        self.write_all_or_fail(&buf);
+        self.write_or_fail(&buf, &buf[..head_len]);
     }
 
     /// [`Output::compress`] with `prefix` as zstd's prefix (the matches may point into it);
@@ -1086,6 +1082,13 @@ impl Output {
     }
 
     fn write_all_or_fail(&mut self, buf: &[u8]) {
+        self.write_or_fail(buf, &[]);
+    }
+
+    /// [`Self::write_all_or_fail`]; `head` is what must precede an `End` written instead of
+    /// `buf`: the dump's header and `Process` record for its first write (no reserve behind it
+    /// yet, and an `End` alone would not read as a dump), nothing for the later ones.
+    fn write_or_fail(&mut self, buf: &[u8], head: &[u8]) {
         if self.failed {
             return;
         }
@@ -1095,12 +1098,9 @@ impl Output {
                 // Nothing of `buf` was written, and the space reserved by the last write takes
                 // an `End` that says why the dump stops here.
                 let end = self.end_record(EndReason::WriteError, e.raw_os_error().unwrap_or(0));
-                let mut last = Vec::new();
-                if dumpfd::is_empty() {
-                    // No reserve yet either: a disk with less free than the reserve may still
-                    // take these few hundred bytes.
-                    last.extend_from_slice(&self.head);
-                }
+                // In place of a first write there is no reserve either: a disk with less free than
+                // the reserve may still take these few hundred bytes.
+                let mut last = head.to_vec();
                 write::end(&mut last, &end);
                 let _ = dumpfd::write_reserved(&last);
                 self.fail(&e);
