@@ -15,6 +15,7 @@ needs=(
     "redis-server:redis-server"                # the Redis end-to-end tests
     "redis-tools:redis-cli"
     "redis-tools:redis-benchmark"
+    "libjemalloc2:/usr/lib/x86_64-linux-gnu/libjemalloc.so.2" # a program linked with jemalloc
     "chromium:chromium"                        # the viewer's page, driven in headless Chromium
     "valgrind:valgrind"                        # leak classes compared with memcheck's
     "gawk:gawk"                                # a Debian program's leaks against memcheck's

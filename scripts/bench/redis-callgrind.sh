@@ -11,7 +11,7 @@
 set -euo pipefail
 lib=$(realpath "$1"); requests=${2:-20000}; shift; shift || true
 modes=("$@"); [ ${#modes[@]} -gt 0 ] || modes=(untraced event sampled allblocks)
-tests=set,get,lpush,lpop
+tests=${RCG_TESTS:-set,get,lpush,lpop}
 out=${RCG_OUT:-/tmp/rcg}; mkdir -p "$out"
 tools=${CALLGRIND_TOOLS:-/work/shared/tools}
 senv="$out/static_env"; [ -x "$senv" ] || cc -O2 -static -o "$senv" "$tools/static_env.c"
@@ -38,6 +38,6 @@ for mode in "${modes[@]}"; do
     cg=$(ls -t "$dir"/cg.*.1 2>/dev/null | head -n 1 || true)
     [ -n "$cg" ] || cg=$(ls -S "$dir"/cg.* | head -n 1)
     total=$(callgrind_annotate "$cg" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
-    nreq=$((requests * 4))
+    nreq=$((requests * $(tr , "\n" <<<"$tests" | wc -l)))
     echo "$mode $total Ir, $((total / nreq)) per request ($cg)"
 done

@@ -4,6 +4,11 @@ fn main() {
         .file("src/exec_variadic.c")
         .warnings(true)
         .compile("zmtrace_exec_variadic");
+    println!("cargo:rerun-if-changed=src/maps.c");
+    cc::Build::new()
+        .file("src/maps.c")
+        .warnings(true)
+        .compile("zmtrace_maps");
     println!("cargo:rerun-if-changed=src/entry.S");
     cc::Build::new()
         .file("src/entry.S")
@@ -18,6 +23,10 @@ fn main() {
         "exit",
         "_exit",
         "_Exit",
+        "mmap",
+        "mmap64",
+        "munmap",
+        "mremap",
         "zmtrace_leak_check",
     ] {
         println!("cargo:rustc-cdylib-link-arg=-Wl,--undefined={sym}");

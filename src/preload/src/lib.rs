@@ -103,25 +103,22 @@ static FINI: extern "C" fn() = on_unload;
 // sampled) before the allocation, `rec::free_surely_unheld` (the live set's filter: the block
 // was never sampled) before a free, then the check that the block is not the recorder's own
 // (`heap::surely_not_ours`), and the real function, called directly: a tail
-// call for glibc's free. Anything else (a pick, a failure, every other mode) goes to the full
+// call for free, whatever the allocator (its mappings are told from the program's by their
+// caller, in maps.c, not by marking the calls into it). Anything else (a pick, a failure, every other mode) goes to the full
 // hook, out of line, so that the fast path keeps no frame it does not need.
 
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     if rec::countdown_skips(size) {
         // SAFETY: a running countdown means this thread recorded through a hook: resolved.
-        let p = real::counted_call(|| (real::resolved().malloc)(size));
+        let p = (real::resolved().malloc)(size);
         if !p.is_null() {
             return p;
         }
         return alloc_failed(AllocKind::Malloc, size);
     }
     if rec::countdown_skips_all(size) {
-        return tracked(
-            real::counted_call(|| (real::resolved().malloc)(size)),
-            AllocKind::Malloc,
-            size,
-        );
+        return tracked((real::resolved().malloc)(size), AllocKind::Malloc, size);
     }
     malloc_full(size)
 }
@@ -159,7 +156,7 @@ unsafe extern "C" fn malloc_full(size: usize) -> *mut c_void {
             return p;
         }
     }
-    let p = real::allocator_call(|| (n.malloc)(size));
+    let p = (n.malloc)(size);
     rec::on_alloc(AllocKind::Malloc, p.cast(), size);
     p
 }
@@ -169,14 +166,14 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
     if let Some(total) = count.checked_mul(size) {
         if rec::countdown_skips(total) {
             // SAFETY: as in `malloc`.
-            let p = real::counted_call(|| (real::resolved().calloc)(count, size));
+            let p = (real::resolved().calloc)(count, size);
             if !p.is_null() {
                 return p;
             }
             return alloc_failed(AllocKind::Calloc, total);
         }
         if rec::countdown_skips_all(total) {
-            let p = real::counted_call(|| (real::resolved().calloc)(count, size));
+            let p = (real::resolved().calloc)(count, size);
             return tracked(p, AllocKind::Calloc, total);
         }
     }
@@ -201,7 +198,7 @@ unsafe extern "C" fn calloc_full(count: usize, size: usize) -> *mut c_void {
             }
         }
     }
-    let p = real::allocator_call(|| (n.calloc)(count, size));
+    let p = (n.calloc)(count, size);
     rec::on_alloc(AllocKind::Calloc, p.cast(), count.saturating_mul(size));
     p
 }
@@ -219,7 +216,7 @@ pub unsafe extern "C" fn realloc(old: *mut c_void, size: usize) -> *mut c_void {
     // The countdown last: it counts the block when it answers yes.
     if rec::realloc_old_unheld(old.cast()) && programs_block(old) && rec::countdown_skips(size) {
         // SAFETY: resolved (`programs_block`).
-        let p = real::counted_call(|| (real::resolved().realloc)(old, size));
+        let p = (real::resolved().realloc)(old, size);
         if p.is_null() {
             // Failed (or glibc's realloc(p, 0), a free): the full path's end of it.
             rec::realloc_unheld_end(old.cast(), AllocKind::Realloc, p.cast(), size);
@@ -248,18 +245,18 @@ unsafe fn do_realloc(old: *mut c_void, size: usize, kind: AllocKind) -> *mut c_v
                 return p;
             }
         }
-        let p = real::allocator_call(|| (n.realloc)(old, size));
+        let p = (n.realloc)(old, size);
         rec::on_alloc(kind, p.cast(), size);
         return p;
     }
     if rec::realloc_old_unheld(old.cast()) {
         // Sampled recording, the old block not sampled (the usual case): no begin/end pair.
-        let p = real::allocator_call(|| (n.realloc)(old, size));
+        let p = (n.realloc)(old, size);
         rec::realloc_unheld_end(old.cast(), kind, p.cast(), size);
         return p;
     }
     let tok = rec::realloc_begin(old.cast());
-    let p = real::allocator_call(|| (n.realloc)(old, size));
+    let p = (n.realloc)(old, size);
     rec::realloc_end(tok, kind, p.cast(), size);
     p
 }
@@ -279,10 +276,7 @@ pub unsafe extern "C" fn reallocarray(old: *mut c_void, count: usize, size: usiz
 pub unsafe extern "C" fn free(p: *mut c_void) {
     if rec::free_surely_unheld(p.cast()) && programs_block(p) {
         // SAFETY: resolved (`programs_block`).
-        if real::direct_calls() {
-            return (real::resolved().free)(p);
-        }
-        return real::counted_call(|| (real::resolved().free)(p));
+        return (real::resolved().free)(p);
     }
     if rec::tracking_all_blocks() {
         return free_tracked(p);
@@ -299,7 +293,7 @@ unsafe extern "C" fn free_tracked(p: *mut c_void) {
     }
     rec::forget_block(p.cast());
     // SAFETY: resolved (`programs_block`).
-    real::allocator_call(|| (real::resolved().free)(p))
+    (real::resolved().free)(p)
 }
 
 // `extern "C"` (it cannot unwind): the hooks then reach it with a tail call, and keep no frame.
@@ -311,14 +305,13 @@ unsafe extern "C" fn free_full(p: *mut c_void) {
     }
     let Some(n) = ready() else { return };
     rec::on_free(p.cast());
-    real::allocator_call(|| (n.free)(p));
+    (n.free)(p);
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
-    // Not through `allocator_call`: asking a block's size maps nothing, and jemalloc programs
-    // (Redis's zmalloc) ask it on every malloc and free.
-    // Null too: the real function answers 0 for it.
+    // jemalloc programs (Redis's zmalloc) ask it on every malloc and free: one compare and a
+    // tail call. Null too: the real function answers 0 for it.
     if programs_block(p) {
         // SAFETY: resolved (`programs_block`).
         return (real::resolved().usable_size)(p);
@@ -347,7 +340,7 @@ unsafe fn aligned(kind: AllocKind, align: usize, size: usize) -> *mut c_void {
             return p;
         }
     }
-    let p = real::allocator_call(|| (n.memalign)(align, size));
+    let p = (n.memalign)(align, size);
     rec::on_alloc(kind, p.cast(), size);
     p
 }
@@ -368,7 +361,7 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
             return p;
         }
     }
-    let p = real::allocator_call(|| (n.aligned_alloc)(align, size));
+    let p = (n.aligned_alloc)(align, size);
     rec::on_alloc(AllocKind::AlignedAlloc, p.cast(), size);
     p
 }
@@ -400,7 +393,7 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
             return 0;
         }
     }
-    let rc = real::allocator_call(|| (n.posix_memalign)(out, align, size));
+    let rc = (n.posix_memalign)(out, align, size);
     let p = if rc == 0 { *out } else { std::ptr::null_mut() };
     rec::on_alloc(AllocKind::PosixMemalign, p.cast(), size);
     rc
@@ -429,38 +422,62 @@ unsafe fn sys_mmap(
     ) as *mut c_void
 }
 
+// The C entry points (maps.c) call these with their caller's address: an allocator's own
+// mappings (its heap) are told from the program's by it (`real::in_allocator`).
+
+extern "C" {
+    // maps.c: the exported hooks, named here for `deepbind`.
+    pub fn mmap(
+        addr: *mut c_void,
+        len: usize,
+        prot: c_int,
+        flags: c_int,
+        fd: c_int,
+        off: libc::off_t,
+    ) -> *mut c_void;
+    pub fn mmap64(
+        addr: *mut c_void,
+        len: usize,
+        prot: c_int,
+        flags: c_int,
+        fd: c_int,
+        off: libc::off_t,
+    ) -> *mut c_void;
+    pub fn munmap(addr: *mut c_void, len: usize) -> c_int;
+    pub fn mremap(
+        old: *mut c_void,
+        old_len: usize,
+        new_len: usize,
+        flags: c_int,
+        ...
+    ) -> *mut c_void;
+}
+
 #[no_mangle]
-pub unsafe extern "C" fn mmap(
+pub unsafe extern "C" fn zmtrace_mmap(
     addr: *mut c_void,
     len: usize,
     prot: c_int,
     flags: c_int,
     fd: c_int,
     off: libc::off_t,
+    caller: *const c_void,
 ) -> *mut c_void {
     let p = sys_mmap(addr, len, prot, flags, fd, off);
     if p != libc::MAP_FAILED {
-        rec::on_mmap(p.cast(), len, prot, flags, real::in_allocator());
+        rec::on_mmap(p.cast(), len, prot, flags, real::in_allocator(caller));
     }
     p
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn mmap64(
+pub unsafe extern "C" fn zmtrace_munmap(
     addr: *mut c_void,
     len: usize,
-    prot: c_int,
-    flags: c_int,
-    fd: c_int,
-    off: libc::off_t,
-) -> *mut c_void {
-    mmap(addr, len, prot, flags, fd, off)
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
+    caller: *const c_void,
+) -> c_int {
     // Numbered before the call: once the range is gone, another thread may map it.
-    let seq = rec::unmap_begin(real::in_allocator());
+    let seq = rec::unmap_begin(real::in_allocator(caller));
     let rc = libc::syscall(libc::SYS_munmap, addr, len) as c_int;
     if rc == 0 {
         rec::on_munmap(addr.cast(), len, seq);
@@ -469,23 +486,19 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
 }
 
 /// `void *mremap(void *old, size_t old_len, size_t new_len, int flags, ... /* void *new */)`:
-/// the variadic fifth argument is read as a plain one (x86-64 passes both in the same register),
-/// and only with `MREMAP_FIXED`, as the kernel does.
+/// maps.c reads the variadic fifth argument only with `MREMAP_FIXED`, as the kernel does, and
+/// passes null otherwise.
 #[no_mangle]
-pub unsafe extern "C" fn mremap(
+pub unsafe extern "C" fn zmtrace_mremap(
     old: *mut c_void,
     old_len: usize,
     new_len: usize,
     flags: c_int,
-    new_addr: *mut c_void,
+    fixed: *mut c_void,
+    caller: *const c_void,
 ) -> *mut c_void {
-    let fixed = if flags & libc::MREMAP_FIXED != 0 {
-        new_addr
-    } else {
-        std::ptr::null_mut()
-    };
-    let allocator = real::in_allocator();
-    // The old range leaves before the call (see `munmap`).
+    let allocator = real::in_allocator(caller);
+    // The old range leaves before the call (see `zmtrace_munmap`).
     let out_seq = rec::unmap_begin(allocator);
     let p = libc::syscall(
         libc::SYS_mremap,

@@ -63,7 +63,13 @@ fn resolve() -> Option<&'static Next> {
         // other allocator's calls must be told apart from the program's (see `in_allocator`).
         let libc_malloc = libc::dlsym(libc::RTLD_DEFAULT, c"__libc_malloc".as_ptr());
         let foreign = libc_malloc.is_null() || libc_malloc as usize != n.malloc as usize;
-        FOREIGN_ALLOCATOR.store(foreign, Ordering::Relaxed);
+        if foreign {
+            if let Some((lo, hi)) = code_span_of(n.malloc as usize) {
+                ALLOCATOR_CODE[0].store(lo, Ordering::Relaxed);
+                ALLOCATOR_CODE[1].store(hi, Ordering::Relaxed);
+            }
+        }
+        FOREIGN_ALLOCATOR.store(foreign, Ordering::Release);
         *NEXT.0.get() = Some(n);
         STATE.store(RESOLVED, Ordering::Release);
         zmtrace_recorder::set_front_end(&crate::FRONT);
@@ -71,13 +77,6 @@ fn resolve() -> Option<&'static Next> {
         zmtrace_recorder::heap::open_fast_paths();
         (*NEXT.0.get()).as_ref()
     }
-}
-
-/// True when the next allocator is glibc's: its calls need no count (see [`allocator_call`]).
-/// Meaningful once it is known.
-#[inline(always)]
-pub fn direct_calls() -> bool {
-    !FOREIGN_ALLOCATOR.load(Ordering::Relaxed)
 }
 
 /// The next allocator, known to be resolved: `heap::surely_not_ours` said yes (the fast paths
@@ -95,47 +94,65 @@ pub unsafe fn resolved() -> &'static Next {
 }
 
 /// True when the next allocator is not glibc's: its calls to `mmap` come through our hook, and
-/// are flagged by [`allocator_call`].
+/// are told apart by their caller ([`in_allocator`]).
 static FOREIGN_ALLOCATOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Calls into the next allocator under way on this thread: the recorder's front-end word, in its
-/// initial-exec TLS block (a `thread_local!` here would cost a `__tls_get_addr` call each time,
-/// twice per `malloc` of a jemalloc program).
-#[inline(always)]
-fn in_allocator_calls() -> &'static std::cell::Cell<u64> {
-    zmtrace_recorder::front_word()
+/// The code of the module that defines the next `malloc` (a foreign allocator's library):
+/// the start of its lowest executable segment and the end of its highest.
+static ALLOCATOR_CODE: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// True when a mapping call made from `caller` (its return address) is the foreign
+/// allocator's: its heap, not one of the program's mappings (a root of the leak check). glibc's
+/// malloc maps with internal calls, which never reach our hooks. A call made from anywhere
+/// else (the program, another library) is the program's, even while a `malloc` is under way on
+/// its thread, and a call from the allocator is the allocator's on any thread (jemalloc's
+/// background threads purge with `munmap` too).
+pub fn in_allocator(caller: *const c_void) -> bool {
+    let c = caller as usize;
+    FOREIGN_ALLOCATOR.load(Ordering::Acquire)
+        && ALLOCATOR_CODE[0].load(Ordering::Relaxed) <= c
+        && c < ALLOCATOR_CODE[1].load(Ordering::Relaxed)
 }
 
-/// Runs a call into the next allocator; for an allocator that is not glibc's, marks the thread
-/// meanwhile, so that the mappings it makes are known to be the allocator's (its heap), not the
-/// program's (roots of the leak check). glibc's costs one load.
-#[inline(always)]
-pub fn allocator_call<R>(f: impl FnOnce() -> R) -> R {
-    if !FOREIGN_ALLOCATOR.load(Ordering::Relaxed) {
-        return f();
+/// The executable segments' span of the loaded module whose segments hold `addr`, or None.
+/// Through `dl_iterate_phdr`, which neither allocates nor asks for anything the hooks could be
+/// holding: called once, from [`resolve`], on the first allocation (before the program has
+/// threads of its own that could hold the loader's locks).
+fn code_span_of(addr: usize) -> Option<(usize, usize)> {
+    struct Find {
+        addr: usize,
+        span: Option<(usize, usize)>,
     }
-    let c = in_allocator_calls();
-    c.set(c.get() + 1);
-    let r = f();
-    c.set(c.get() - 1);
-    r
-}
-
-/// [`allocator_call`] with the count kept whatever the allocator (glibc's is never asked for
-/// it): an increment and a decrement, cheaper than the branch on a path that keeps a frame
-/// anyway.
-#[inline(always)]
-pub fn counted_call<R>(f: impl FnOnce() -> R) -> R {
-    let c = in_allocator_calls();
-    c.set(c.get() + 1);
-    let r = f();
-    c.set(c.get() - 1);
-    r
-}
-
-/// True inside [`allocator_call`] of a foreign allocator.
-pub fn in_allocator() -> bool {
-    FOREIGN_ALLOCATOR.load(Ordering::Relaxed) && in_allocator_calls().get() > 0
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: the loader passes a valid info with `dlpi_phnum` headers; `data` is our Find.
+        let (info, find) = unsafe { (&*info, &mut *data.cast::<Find>()) };
+        let base = info.dlpi_addr as usize;
+        let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum.into()) };
+        let mut holds = false;
+        let (mut lo, mut hi) = (usize::MAX, 0);
+        for h in headers.iter().filter(|h| h.p_type == libc::PT_LOAD) {
+            let start = base.wrapping_add(h.p_vaddr as usize);
+            let end = start.wrapping_add(h.p_memsz as usize);
+            holds |= start <= find.addr && find.addr < end;
+            if h.p_flags & libc::PF_X != 0 {
+                lo = lo.min(start);
+                hi = hi.max(end);
+            }
+        }
+        if holds && lo < hi {
+            find.span = Some((lo, hi));
+            return 1;
+        }
+        0
+    }
+    let mut find = Find { addr, span: None };
+    // SAFETY: `each` matches the callback's signature and only reads what it is given.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut find as *mut Find).cast()) };
+    find.span
 }
 
 /// The next definition of `name` after this library.

@@ -70,7 +70,6 @@ mod state;
 pub mod sync;
 mod threads;
 mod tls;
-pub use crate::tls::front_word;
 mod unwind;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -684,8 +683,8 @@ pub unsafe fn record_realloc(
 //
 // Two uses: the leak check's roots (`reach::regions`, always, even before the recorder is ready)
 // and the `Map`/`Unmap`/`Remap` events, a metric of their own. Neither for the allocator's
-// mappings (`allocator`: a foreign allocator mapping its heap from inside a front end's allocator
-// hook; glibc's malloc maps with internal calls that never reach a hook), nor for the recorder's
+// mappings (`allocator`: a call from a foreign allocator's code, which the front end tells by the
+// caller's address; glibc's malloc maps with internal calls that never reach a hook), nor for the recorder's
 // (raw system calls, or calls made under the guard, which `Guard::enter` refuses).
 
 /// The format's mapping flags of `mmap` flags.
@@ -707,7 +706,7 @@ fn map_flags(flags: i32) -> u32 {
 
 /// The program mapped memory (`mmap`, `mmap64`) at `addr`, with `mmap`'s `prot` and `flags`: a
 /// root of the leak check and a `Map` event with its stack, unless `allocator` says that the
-/// allocator made the call (from inside the front end's allocator hook). See `reach::regions`.
+/// allocator made the call (from its own code, in any call of its API). See `reach::regions`.
 /// Safe to call before the recorder is ready.
 pub fn on_mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, allocator: bool) {
     reach::regions::mapped(addr as u64, len as u64, allocator);

@@ -38,9 +38,6 @@ pub(crate) struct Tls {
     pub(crate) deferred: AtomicI32,
     /// The thread's state (`threads::current_thread`), null until its first event.
     pub(crate) current: Cell<*const ThreadState>,
-    /// The front end's word ([`front_word`]): the preload library counts its calls into a
-    /// foreign allocator here, on every `malloc` of a jemalloc program (Redis).
-    pub(crate) front: Cell<u64>,
     /// Sampled recording without `--all-blocks`: the thread's countdown (bytes left before the
     /// next picked byte), here rather than in its state so that the hooks' fast path reaches it
     /// with no load of the state and no check of the mode. 0 in every other mode, and until
@@ -49,19 +46,11 @@ pub(crate) struct Tls {
     /// The same countdown with `--all-blocks` ([`crate::countdown_skips_all`]): a block it lets
     /// through is still tracked, without a stack. 0 in every other mode.
     pub(crate) left_all: Cell<u64>,
-    _pad: u64,
+    _pad: [u64; 2],
 }
 
 const TLS_BYTES: usize = 48;
 const _: () = assert!(std::mem::size_of::<Tls>() == TLS_BYTES && std::mem::align_of::<Tls>() <= 16);
-
-/// A per-thread word for the front end, zero when its thread starts, in the same initial-exec
-/// block (a `thread_local!` of a `cdylib` front end costs a `__tls_get_addr` call per access).
-/// Not touched by the recorder.
-#[inline(always)]
-pub fn front_word() -> &'static Cell<u64> {
-    &tls().front
-}
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 std::arch::global_asm!(
@@ -106,10 +95,9 @@ thread_local! {
             inside: AtomicBool::new(false),
             deferred: AtomicI32::new(0),
             current: Cell::new(std::ptr::null()),
-            front: Cell::new(0),
             left: Cell::new(0),
             left_all: Cell::new(0),
-            _pad: 0,
+            _pad: [0; 2],
         }
     };
 }
@@ -133,13 +121,11 @@ mod tests {
         let here = tls() as *const Tls as usize;
         tls().inside.store(true, Ordering::Relaxed);
         tls().deferred.store(7, Ordering::Relaxed);
-        front_word().set(3);
         let there = std::thread::spawn(|| {
             let t = tls();
             assert!(!t.inside.load(Ordering::Relaxed));
             assert_eq!(t.deferred.load(Ordering::Relaxed), 0);
             assert!(t.current.get().is_null());
-            assert_eq!(front_word().get(), 0);
             t as *const Tls as usize
         })
         .join()
@@ -148,8 +134,6 @@ mod tests {
         assert!(tls().inside.load(Ordering::Relaxed));
         assert_eq!(tls().deferred.load(Ordering::Relaxed), 7);
         tls().inside.store(false, Ordering::Relaxed);
-        assert_eq!(front_word().get(), 3);
         tls().deferred.store(0, Ordering::Relaxed);
-        front_word().set(0);
     }
 }

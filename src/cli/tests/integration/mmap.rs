@@ -327,6 +327,44 @@ fn jemallocs_mappings_are_not_program_mappings() {
 }
 
 #[test]
+fn jemallocs_mappings_outside_malloc_are_not_program_mappings() {
+    // `samples/jemctl.c` makes jemalloc map outside any `malloc`: arenas made with `mallctl`,
+    // extents of theirs with `mallocx` (neither is one of our hooks), 16 MiB in 8 mappings. They
+    // are the allocator's by where the `mmap` comes from, whatever call is under way on the
+    // thread; the program's own mapping is the one exact figure left.
+    const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+    require(JEMALLOC, "libjemalloc2");
+    let exe = scratch_dir().join("samples").join("jemctl");
+    let mut flags = SAMPLE_CFLAGS.to_vec();
+    flags.push("-l:libjemalloc.so.2");
+    compile_c(&workspace_root().join("samples/jemctl.c"), &exe, &flags);
+    let run = run_traced(&exe, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert_eq!(run.stdout, "ok\n");
+    let r = report(&run.only_dump().path);
+    let m = &r["mapped"];
+    let expected = [
+        ("maps", 1),
+        ("unmaps", 1),
+        ("remaps", 0),
+        ("bytes_mapped", 3 * PAGE),
+        ("bytes_unmapped", PAGE),
+        ("peak_bytes", 3 * PAGE),
+        ("at_exit_bytes", 2 * PAGE),
+        ("at_exit_ranges", 1),
+    ];
+    for (k, v) in expected {
+        assert_eq!(m[k], v, "{k}: {m}\n{}", run.describe());
+    }
+    assert_eq!(
+        by_site(&m["top"]["bytes"]),
+        map(&[("zs_map_own", 3 * PAGE)])
+    );
+    // The heap: the four blocks of `zs_keep` (jemalloc's own `mallocx` is not recorded).
+    assert_eq!(by_site(&r["top"]["bytes"]), map(&[("zs_keep", 4000)]));
+}
+
+#[test]
 fn the_page_shows_the_mappings_apart_from_the_heap() {
     let run = mmaps_run(&[]);
     let dump = &run.only_dump().path;

@@ -130,7 +130,8 @@ pub fn require(program: &str, package: &str) {
     );
 }
 
-/// Compiles C (or, for a `.cpp` file, C++) source with `cc` (`c++`) plus `flags` into `out`;
+/// Compiles C (or, for a `.cpp` file, C++) source with `cc` (`c++`) plus `flags` into `out`
+/// (the `-l` ones after the source);
 /// panics with the compiler's output on failure. Warnings are printed, not fatal.
 pub fn compile_c(src: &Path, out: &Path, flags: &[&str]) {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
@@ -141,11 +142,14 @@ pub fn compile_c(src: &Path, out: &Path, flags: &[&str]) {
         ("cc", "gcc")
     };
     require(compiler, package);
+    // Libraries (`-l…`) after the source, whose undefined symbols they resolve.
+    let (libs, flags): (Vec<&str>, Vec<&str>) = flags.iter().partition(|f| f.starts_with("-l"));
     let res = Command::new(compiler)
-        .args(flags)
+        .args(&flags)
         .arg("-o")
         .arg(&tmp)
         .arg(src)
+        .args(&libs)
         .stdin(Stdio::null())
         .output()
         .expect("cannot run cc");
