@@ -94,8 +94,12 @@ pub(crate) extern "C" fn fork_child() {
                 // SAFETY: the forking thread's own state (the only thread in the child).
                 unsafe { (*s.sampler.get()).reseed_in_child() };
                 // The hooks' countdown (TLS, copied from the parent) starts afresh too.
-                crate::tls::tls().left.set(0);
-                crate::tls::tls().left_all.set(0);
+                // The guard is held across the fork: it holds the countdowns too.
+                let tls = crate::tls::tls();
+                tls.left.set(0);
+                tls.left_all.set(0);
+                tls.held[0].set(0);
+                tls.held[1].set(0);
             } else {
                 // Its thread does not exist in the child.
                 s.in_use.store(false, Ordering::Release);

@@ -206,12 +206,7 @@ fn sampled(t: &ThreadState, size: usize) -> bool {
     let s = unsafe { &mut *t.sampler.get() };
     // The countdown lives in the thread's TLS word of its mode, where the hooks' fast paths
     // ([`countdown_skips`], [`countdown_skips_all`]) count the blocks they let through.
-    let tls = tls::tls();
-    let word = if sample::only_sampled() {
-        &tls.left
-    } else {
-        &tls.left_all
-    };
+    let word = countdown_word();
     s.set_left(word.get());
     let picked = s.take(size as u64, interval);
     word.set(s.left());
@@ -222,7 +217,7 @@ fn sampled(t: &ThreadState, size: usize) -> bool {
 /// returns true when the block is certainly not sampled: the caller then needs nothing else
 /// (no guard, no recorder state, no event). False, with nothing counted: the full path decides
 /// (a pick, the thread's first event, a call from inside the recorder, any other mode: there
-/// the word is always 0).
+/// the word is always 0; inside the recorder the guard holds the countdown, and the word is 0).
 ///
 /// A front end may call it *before* the real allocation (the countdown depends on the size
 /// alone), and then go straight to the real allocator; a failed allocation must still go to
@@ -230,12 +225,12 @@ fn sampled(t: &ThreadState, size: usize) -> bool {
 ///
 /// Without the guard: the countdown is only the owning thread's, and a call from inside the
 /// recorder (the guard held: its own allocation, through a front end that does not keep those
-/// apart) goes on to the full path, which refuses it, so it never counts. A word above 0 also
+/// apart) finds it 0 and goes on to the full path, which refuses it, so it never counts. One
+/// compare: the guard is not asked. A word above 0 also
 /// tells that this thread has recorded through a front end, whose allocator is then known.
 #[inline(always)]
 pub fn countdown_skips(size: usize) -> bool {
-    let tls = tls::tls();
-    skips_on(tls, &tls.left, size)
+    skips_on(&tls::tls().left, size)
 }
 
 /// [`countdown_skips`] for `--all-blocks`: true when the block is certainly not sampled, and
@@ -243,16 +238,23 @@ pub fn countdown_skips(size: usize) -> bool {
 /// it (no stack, no event). False, with nothing counted: the full path decides.
 #[inline(always)]
 pub fn countdown_skips_all(size: usize) -> bool {
-    let tls = tls::tls();
-    skips_on(tls, &tls.left_all, size)
+    skips_on(&tls::tls().left_all, size)
 }
 
-/// Both countdowns' step: `word` is the mode's countdown in this thread's `tls`.
+/// This thread's countdown of its mode, as the recorder sees it: inside the guard (where the
+/// recorder always is when it counts), the word that the guard holds it in (`Tls::held`).
+#[inline]
+pub(crate) fn countdown_word() -> &'static std::cell::Cell<u64> {
+    let tls = tls::tls();
+    let i = if sample::only_sampled() { 0 } else { 1 };
+    debug_assert!(tls.inside.load(Ordering::Relaxed));
+    &tls.held[i]
+}
+
+/// Both countdowns' step: `word` is the mode's countdown in this thread's `tls`, 0 while the
+/// thread is inside the recorder (`sync::Guard` holds it meanwhile): no check of the guard here.
 #[inline(always)]
-fn skips_on(tls: &tls::Tls, word: &std::cell::Cell<u64>, size: usize) -> bool {
-    if tls.inside.load(Ordering::Relaxed) {
-        return false;
-    }
+fn skips_on(word: &std::cell::Cell<u64>, size: usize) -> bool {
     match sample::skip(word.get(), size as u64) {
         Some(left) => {
             word.set(left);
@@ -282,8 +284,8 @@ pub unsafe fn track_unsampled(ptr: *mut u8, size: usize, usable: usize) {
 /// that its frees may take [`forget_block`] instead of the whole of [`on_free`].
 #[inline(always)]
 pub fn tracking_all_blocks() -> bool {
-    let tls = tls::tls();
-    tls.left_all.get() != 0 && !tls.inside.load(Ordering::Relaxed)
+    // 0 inside the recorder too (the guard holds it).
+    tls::tls().left_all.get() != 0
 }
 
 /// `--all-blocks`, [`tracking_all_blocks`] true: [`on_free`] of `ptr` (not null, the program's,

@@ -40,16 +40,14 @@ impl Guard {
         if g.inside.load(Ordering::Relaxed) {
             None
         } else {
-            g.inside.store(true, Ordering::Relaxed);
-            compiler_fence(Ordering::SeqCst);
+            enter_on(g);
             Some(Guard(()))
         }
     }
 
     /// Marks this thread as inside the recorder for good (the writer thread).
     pub fn enter_forever() {
-        tls().inside.store(true, Ordering::Relaxed);
-        compiler_fence(Ordering::SeqCst);
+        enter_on(tls());
     }
 
     /// Ends [`Self::enter_forever`] (the `fork` handlers hold the guard across `fork`).
@@ -70,12 +68,30 @@ impl Drop for Guard {
     }
 }
 
+/// Marks the thread inside, and holds its sampling countdowns (`Tls::held`): a countdown of 0
+/// sends every hook's fast path to the full hook, which sees the guard and refuses to record.
+/// A signal handler's `malloc` that lands before the countdowns are zeroed takes the fast path
+/// to the real allocator, as it would outside: the recorder holds no lock yet.
+#[inline]
+fn enter_on(g: &Tls) {
+    g.inside.store(true, Ordering::Relaxed);
+    compiler_fence(Ordering::SeqCst);
+    g.held[0].set(g.left.replace(0));
+    g.held[1].set(g.left_all.replace(0));
+    compiler_fence(Ordering::SeqCst);
+}
+
 #[inline]
 fn leave() {
     let g = tls();
+    // The countdowns back first: a signal handler's `malloc` that lands between these stores
+    // and the guard's release takes the fast path, which is what it would do a moment later.
+    compiler_fence(Ordering::SeqCst);
+    g.left.set(g.held[0].get());
+    g.left_all.set(g.held[1].get());
+    compiler_fence(Ordering::SeqCst);
     // Cleared before the check: a signal that lands after the store is handled at once by its
     // handler, one that landed before it is seen here.
-    compiler_fence(Ordering::SeqCst);
     g.inside.store(false, Ordering::Relaxed);
     compiler_fence(Ordering::SeqCst);
     if g.deferred.load(Ordering::Relaxed) != 0 {

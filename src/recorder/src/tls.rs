@@ -46,7 +46,11 @@ pub(crate) struct Tls {
     /// The same countdown with `--all-blocks` ([`crate::countdown_skips_all`]): a block it lets
     /// through is still tracked, without a stack. 0 in every other mode.
     pub(crate) left_all: Cell<u64>,
-    _pad: [u64; 2],
+    /// The two countdowns while the thread is inside the recorder (`sync::Guard`), which sets
+    /// `left` and `left_all` to 0 meanwhile and puts these back when it leaves: a hook's fast
+    /// path then needs no check of `inside` (a countdown of 0 declines), and the recorder counts
+    /// on these ([`crate::countdown_word`]).
+    pub(crate) held: [Cell<u64>; 2],
 }
 
 const TLS_BYTES: usize = 48;
@@ -97,7 +101,7 @@ thread_local! {
             current: Cell::new(std::ptr::null()),
             left: Cell::new(0),
             left_all: Cell::new(0),
-            _pad: [0; 2],
+            held: [Cell::new(0), Cell::new(0)],
         }
     };
 }
