@@ -10,6 +10,8 @@
 #   scripts/bench.sh --only randdepth # the workloads whose name starts so
 #   scripts/bench.sh --callgrind      # instruction counts per operation and per frame walked
 # ZMTRACE_SAMPLE=BYTES (e.g. 524288) adds a configuration `sampled`: zmtrace run --sample BYTES.
+# ZMTRACE_FLOOR=1 adds the floors forward and forward+thread; ZMTRACE_BENCH_MODES=untraced,sampled,...
+# keeps only the configurations named.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"

@@ -68,6 +68,16 @@ FLOOR = os.environ.pop("ZMTRACE_FLOOR", None) == "1"
 FLOORS = ["forward", "forward+thread"] if FLOOR else []
 MODES = (["untraced"] + FLOORS + ["zmtrace", "aggregate"] + (["sampled"] if SAMPLE else [])
          + ["heaptrack"])
+# ZMTRACE_BENCH_MODES=untraced,sampled,... keeps only those configurations (untraced is always
+# kept: every ratio is to it), for a shorter run on one question.
+_ONLY_MODES = os.environ.pop("ZMTRACE_BENCH_MODES", None)
+if _ONLY_MODES:
+    _keep = set(_ONLY_MODES.split(",")) | {"untraced"}
+    _unknown = _keep - set(MODES)
+    if _unknown:
+        sys.exit(f"ZMTRACE_BENCH_MODES: no configuration {', '.join(sorted(_unknown))} "
+                 f"(there are: {', '.join(MODES)})")
+    MODES = [m for m in MODES if m in _keep]
 # The configurations that leave a dump.
 TRACED = [m for m in MODES[1:] if m not in FLOORS]
 HEAPTRACK_CAP = 4 << 30
@@ -451,7 +461,7 @@ def ratios(m, mode, key="values"):
 def overhead_ratios(m, mode):
     """(mode - untraced) / (heaptrack - untraced) per repetition, in time per operation."""
     v = m.values
-    if "heaptrack" in m.failed or not v["heaptrack"]:
+    if "heaptrack" in m.failed or not v.get("heaptrack"):
         return []
     t = (lambda x: 1 / x) if m.unit == "req/s" else (lambda x: x)
     out = []
