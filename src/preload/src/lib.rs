@@ -76,6 +76,7 @@ extern "C" fn on_load() {
     ready();
     // SAFETY: dlsym lookups of libc functions with their C signatures; sigaction calls.
     unsafe {
+        next_getattr();
         real::resolve_exits();
         signals::install();
     }
@@ -519,6 +520,38 @@ pub unsafe extern "C" fn zmtrace_mremap(
         rec::on_mremap(old.cast(), gone, p.cast(), new_len, allocator, out_seq);
     }
     p
+}
+
+// ---- threads --------------------------------------------------------------------------------
+
+type GetattrFn = unsafe extern "C" fn(libc::pthread_t, *mut libc::pthread_attr_t) -> c_int;
+
+/// The next `pthread_getattr_np`, looked up by [`on_load`] (not inside a hook: `dlsym` takes
+/// the loader's lock), or 0.
+static NEXT_GETATTR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe fn next_getattr() -> GetattrFn {
+    let mut f = NEXT_GETATTR.load(std::sync::atomic::Ordering::Acquire);
+    if f == 0 {
+        f = real::sym::<GetattrFn>(c"pthread_getattr_np") as usize;
+        NEXT_GETATTR.store(f, std::sync::atomic::Ordering::Release);
+    }
+    // SAFETY: the address of the next `pthread_getattr_np`, of this signature.
+    std::mem::transmute::<usize, GetattrFn>(f)
+}
+
+/// Interposed so that a thread asking for its own attributes is claimed by the recorder first
+/// (see `rec::claim_current_thread`): glibc's holds the thread's lock while it allocates, and a
+/// first event there would deadlock on it (the recorder asks the same function for the stack).
+#[no_mangle]
+pub unsafe extern "C" fn pthread_getattr_np(
+    thread: libc::pthread_t,
+    attr: *mut libc::pthread_attr_t,
+) -> c_int {
+    if libc::pthread_equal(thread, libc::pthread_self()) != 0 {
+        rec::claim_current_thread();
+    }
+    next_getattr()(thread, attr)
 }
 
 // ---- process events: exit, abort, exec, dlopen ------------------------------------------------

@@ -280,6 +280,18 @@ pub unsafe fn track_unsampled(ptr: *mut u8, size: usize, usable: usize) {
     insert_unsampled(core, t, ptr, size, Some(usable));
 }
 
+/// Claims this thread's recorder state now, if the recorder runs (as its first event would).
+/// A front end calls it before a call that holds a lock of the thread's own which claiming
+/// takes: glibc's `pthread_getattr_np` on the calling thread holds the thread's descriptor lock
+/// while it allocates (the main thread's `/proc/self/maps`, any thread's CPU set), and a first
+/// event there would ask `pthread_getattr_np` for the thread's stack, and wait for itself.
+/// Rust's runtime makes that call on every thread it starts, before the thread allocates.
+pub fn claim_current_thread() {
+    let Some(_g) = Guard::enter() else { return };
+    let Some(core) = core() else { return };
+    current_thread(core);
+}
+
 /// `--all-blocks`: true once this thread's countdown runs (its first sampled event drew it), so
 /// that its frees may take [`forget_block`] instead of the whole of [`on_free`].
 #[inline(always)]

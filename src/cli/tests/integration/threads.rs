@@ -176,3 +176,40 @@ fn threads_that_exit_leave_no_untracked_frees() {
         assert_eq!(tids.len(), THREADS + 1, "{}", run.describe());
     }
 }
+
+/// `samples/getattr.c`: the main thread and four threads ask glibc for their own attributes
+/// (`pthread_getattr_np`) before they allocate anything, as Rust's runtime does on every thread
+/// it starts. glibc holds the thread's lock while it allocates there, and a thread whose first
+/// event came in that allocation hung for ever: the recorder asked `pthread_getattr_np` for
+/// the new thread's stack and waited for the lock the thread itself held (`zmtrace run` of any
+/// Rust program whose main thread had not allocated before its runtime's start). Now the run
+/// ends, and each thread's blocks have their whole stacks.
+#[test]
+fn threads_that_ask_for_their_own_attributes_first_do_not_hang() {
+    let run = run_traced(&sample("getattr"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let expected: String = (0..4)
+        .map(|i| format!("thread {i}: 1024 KiB\n"))
+        .chain(["main: known\n".to_string()])
+        .collect();
+    assert_eq!(run.stdout, expected);
+    let dump = run.only_dump();
+    let tids: std::collections::BTreeSet<u32> = dump.events().map(|e| e.tid).collect();
+    assert_eq!(tids.len(), 5, "{}", run.describe());
+    assert_eq!(
+        leaks_by_function(&dump.path),
+        BTreeMap::from([("zs_keep".to_string(), (4, 256))])
+    );
+    // The stacks reach the thread's start: the body and glibc's start_thread below it.
+    let f = run_zmtrace(&["leaks", dump.path.to_str().unwrap(), "--json", "--top", "0"]);
+    let v: Value = serde_json::from_str(&f.stdout).expect("valid JSON");
+    let stack = &v["sites"][0]["stack"];
+    let functions: Vec<&str> = stack
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|fr| fr["function"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(&functions[..2], ["zs_keep", "body"], "{stack}");
+    assert!(functions.len() >= 4, "{stack}");
+}
