@@ -105,8 +105,8 @@ static ALLOCATOR_CODE: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new
 /// allocator's: its heap, not one of the program's mappings (a root of the leak check). glibc's
 /// malloc maps with internal calls, which never reach our hooks. A call made from anywhere
 /// else (the program, another library) is the program's, even while a `malloc` is under way on
-/// its thread, and a call from the allocator is the allocator's on any thread (jemalloc's
-/// background threads purge with `munmap` too).
+/// its thread, and a call from the allocator is the allocator's in any of its functions and on
+/// any thread (jemalloc's `mallctl` and `mallocx` map memory too, outside every hook of ours).
 pub fn in_allocator(caller: *const c_void) -> bool {
     let c = caller as usize;
     FOREIGN_ALLOCATOR.load(Ordering::Acquire)
