@@ -24,8 +24,8 @@ fn hook_for(name: &[u8]) -> Option<usize> {
         b"valloc" => crate::valloc as *const () as usize,
         b"pvalloc" => crate::pvalloc as *const () as usize,
         b"posix_memalign" => crate::posix_memalign as *const () as usize,
-        b"mmap" => crate::mmap as *const () as usize,
-        b"mmap64" => crate::mmap64 as *const () as usize,
+        // One function under both names (maps.c).
+        b"mmap" | b"mmap64" => crate::mmap as *const () as usize,
         b"munmap" => crate::munmap as *const () as usize,
         b"mremap" => crate::mremap as *const () as usize,
         _ => return None,

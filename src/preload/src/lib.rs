@@ -427,16 +427,8 @@ unsafe fn sys_mmap(
 // mappings (its heap) are told from the program's by it (`real::in_allocator`).
 
 extern "C" {
-    // maps.c: the exported hooks, named here for `deepbind`.
+    // maps.c: the exported hooks, named here for `deepbind` (`mmap64` is an alias of `mmap`).
     pub fn mmap(
-        addr: *mut c_void,
-        len: usize,
-        prot: c_int,
-        flags: c_int,
-        fd: c_int,
-        off: libc::off_t,
-    ) -> *mut c_void;
-    pub fn mmap64(
         addr: *mut c_void,
         len: usize,
         prot: c_int,

@@ -24,9 +24,9 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
     return zmtrace_mmap(addr, len, prot, flags, fd, off, __builtin_return_address(0));
 }
 
-void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-    return zmtrace_mmap(addr, len, prot, flags, fd, off, __builtin_return_address(0));
-}
+/* The same function under its other name (off_t is 64 bits on x86-64). */
+void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+    __attribute__((alias("mmap")));
 
 int munmap(void *addr, size_t len) {
     return zmtrace_munmap(addr, len, __builtin_return_address(0));
