@@ -83,27 +83,6 @@ fn bounded(cmd: &mut Command, input: &str, limit: Duration) -> (ExitStatus, Stri
     )
 }
 
-/// Pids of the processes whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        if rest.split_whitespace().nth(1) == Some(&pid.to_string()) {
-            v.push(child);
-        }
-    }
-    v
-}
-
 // ------------------------------------------------------------------------------------------------
 // The traced server
 // ------------------------------------------------------------------------------------------------

@@ -302,31 +302,25 @@ pub fn pipe_lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc:
     rx
 }
 
-/// SIGKILL to the process group of every child of `parent` (from `/proc`).
-fn kill_child_groups(parent: i32) {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+/// Pids of the processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
             continue;
         };
-        // After the command's closing parenthesis: state, ppid, pgrp.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
             continue;
         };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|f| f.parse::<i32>().ok()) == Some(parent) {
-            if let Some(pgrp) = fields.get(2).and_then(|f| f.parse::<i32>().ok()) {
-                unsafe {
-                    libc::kill(-pgrp, libc::SIGKILL);
-                }
-            }
+        if rest.split_whitespace().nth(1) == Some(&pid.to_string()) {
+            v.push(child);
         }
     }
+    v
 }
 
 /// [`run_zmtrace`] with extra environment variables (e.g. `ZMTRACE_UNWIND`).
@@ -374,10 +368,15 @@ pub fn run_zmtrace_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Fin
         std::thread::sleep(Duration::from_millis(10));
     };
     if status.is_none() {
-        // `zmtrace run` puts the program in a process group of its own: a program that hangs
-        // would outlive the kill below, hold the pipes open, and hang the test instead of
-        // failing it. Its children's groups go first, while they are still its children.
-        kill_child_groups(pgid);
+        // `zmtrace run` puts the program in a process group of its own (the program's pid): a
+        // program that hangs would outlive the kill below, hold the pipes open, and hang the
+        // test instead of failing it. Its children's groups go first, while they are still its
+        // children.
+        for c in children_of(pgid as u32) {
+            unsafe {
+                libc::kill(-(c as i32), libc::SIGKILL);
+            }
+        }
     }
     // Whatever is left of the process group (nothing, normally) goes, so the pipes close.
     unsafe {
