@@ -8,7 +8,17 @@
 //! as heaptrack does; a slot in the RELRO part is made writable for the write and read-only
 //! again. Resolved slots are overwritten; lazily bound ones never reach the resolver.
 
-use std::ffi::{c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+extern "C" {
+    // entry.S and exec_variadic.c: hooks that are not Rust functions.
+    fn exit(status: c_int) -> !;
+    fn _exit(status: c_int) -> !;
+    fn _Exit(status: c_int) -> !;
+    fn execl(path: *const c_char, arg: *const c_char, ...) -> c_int;
+    fn execlp(file: *const c_char, arg: *const c_char, ...) -> c_int;
+    fn execle(path: *const c_char, arg: *const c_char, ...) -> c_int;
+}
 
 /// The symbols we interpose that a library's allocator calls may name.
 fn hook_for(name: &[u8]) -> Option<usize> {
@@ -28,6 +38,34 @@ fn hook_for(name: &[u8]) -> Option<usize> {
         b"mmap" | b"mmap64" => crate::mmap as *const () as usize,
         b"munmap" => crate::munmap as *const () as usize,
         b"mremap" => crate::mremap as *const () as usize,
+        // The rest of what we interpose: a library bound past them would deadlock a thread that
+        // asks for its own attributes first (see `crate::pthread_getattr_np`), end the process
+        // without the check knowing its caller's frame, exec a program without its dump, load
+        // or unload modules unseen, or close or replace the dump's descriptor and the
+        // recorder's signal handlers.
+        b"pthread_getattr_np" => crate::pthread_getattr_np as *const () as usize,
+        b"exit" => exit as *const () as usize,
+        b"_exit" => _exit as *const () as usize,
+        b"_Exit" => _Exit as *const () as usize,
+        b"abort" => crate::abort as *const () as usize,
+        b"execve" => crate::execve as *const () as usize,
+        b"execv" => crate::execv as *const () as usize,
+        b"execvp" => crate::execvp as *const () as usize,
+        b"execvpe" => crate::execvpe as *const () as usize,
+        b"fexecve" => crate::fexecve as *const () as usize,
+        b"execl" => execl as *const () as usize,
+        b"execlp" => execlp as *const () as usize,
+        b"execle" => execle as *const () as usize,
+        b"dlopen" => crate::dlopen as *const () as usize,
+        b"dlclose" => crate::dlclose as *const () as usize,
+        b"close" => crate::fds::close as *const () as usize,
+        b"dup" => crate::fds::dup as *const () as usize,
+        b"dup2" => crate::fds::dup2 as *const () as usize,
+        b"dup3" => crate::fds::dup3 as *const () as usize,
+        b"close_range" => crate::fds::close_range as *const () as usize,
+        b"closefrom" => crate::fds::closefrom as *const () as usize,
+        b"sigaction" => crate::signals::sigaction as *const () as usize,
+        b"signal" => crate::signals::signal as *const () as usize,
         _ => return None,
     };
     Some(f)

@@ -390,6 +390,12 @@ fn freeres_at_exit_frees_what_libstdcxx_keeps_as_memcheck_does_and_can_be_turned
     );
 }
 
+/// `samples/deepbind.c`: a library loaded with `RTLD_DEEPBIND` binds its calls to libc's, past the
+/// hooks, unless they are rebound. Its allocations and frees must be in the dump, and a thread it
+/// starts that asks for its own attributes before allocating (`pthread_getattr_np`, bound past the
+/// hook that claims the thread first) must not hang: that run was killed at the harness's timeout.
+/// Every other run ends with the library's `_exit`, which must end the dump with its check (bound
+/// past the hook, the process left without an `End` record and lost every event not flushed).
 #[test]
 fn a_library_loaded_with_rtld_deepbind_is_traced_every_run() {
     let lib = scratch_dir().join("samples").join("libdeeplib.so");
@@ -406,18 +412,31 @@ fn a_library_loaded_with_rtld_deepbind_is_traced_every_run() {
     ]);
     let lib_arg = lib.to_str().unwrap();
     for i in 0..20 {
-        let run = run_traced(&program, &[lib_arg]);
+        let lib_exit = i % 2 == 1;
+        let args: &[&str] = if lib_exit {
+            &[lib_arg, "_exit"]
+        } else {
+            &[lib_arg]
+        };
+        let run = run_traced(&program, args);
         assert_eq!(run.code, Some(0), "{}", run.describe());
         let dump = run.only_dump();
         let l = leaks_json(&dump.path);
         // The block the library freed for the program (zs_main_block) is not live: no phantom.
-        assert_eq!(
-            classes(&l),
-            want,
-            "run {i} of 20\n{l:#}\n{}",
-            run.describe()
-        );
+        // The library thread's TLS (glibc's, named by the library function that started the
+        // thread, suppressed by default) is left out: gone at `exit`, it is still live at
+        // `_exit`, pointed to only from glibc's cache of exited threads' stacks, which the check
+        // does not scan (definitely lost; memcheck, scanning every mapping, says possibly).
+        let mut got = classes(&l);
+        got.retain(|(site, _), _| site != "zs_lib_thread_stack");
+        assert_eq!(got, want, "run {i} of 20\n{l:#}\n{}", run.describe());
         let f = run_zmtrace(&["dump-info", dump.path.to_str().unwrap()]);
         assert!(f.stdout.contains(" 0 untracked frees"), "{}", f.stdout);
+        let ending = if lib_exit {
+            "ended normally (_exit(0))"
+        } else {
+            "ended normally (exit)"
+        };
+        assert!(f.stdout.contains(ending), "run {i}: {}", f.stdout);
     }
 }
