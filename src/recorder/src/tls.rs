@@ -125,11 +125,17 @@ mod tests {
         let here = tls() as *const Tls as usize;
         tls().inside.store(true, Ordering::Relaxed);
         tls().deferred.store(7, Ordering::Relaxed);
+        tls().held[0].set(5);
         let there = std::thread::spawn(|| {
             let t = tls();
             assert!(!t.inside.load(Ordering::Relaxed));
             assert_eq!(t.deferred.load(Ordering::Relaxed), 0);
             assert!(t.current.get().is_null());
+            // A new thread's countdowns are 0 (its first call takes the hooks' full path, which
+            // claims the thread), held ones too: a guard leaving puts them back as they are.
+            assert_eq!(t.left.get(), 0);
+            assert_eq!(t.left_all.get(), 0);
+            assert_eq!([t.held[0].get(), t.held[1].get()], [0, 0]);
             t as *const Tls as usize
         })
         .join()
@@ -139,5 +145,6 @@ mod tests {
         assert_eq!(tls().deferred.load(Ordering::Relaxed), 7);
         tls().inside.store(false, Ordering::Relaxed);
         tls().deferred.store(0, Ordering::Relaxed);
+        assert_eq!(tls().held[0].replace(0), 5);
     }
 }
