@@ -188,19 +188,36 @@ pub fn est(h: &Header) -> &'static str {
     }
 }
 
+/// A site's stack in text, from the site's own frame: the allocator wrappers' frames above it
+/// (a Rust `Vec`'s growth is ten inlined frames of `alloc::` and `core::` before the code that
+/// asked) are one line when there are several, so that `--depth` frames show the program's code,
+/// not the allocator's. `--json` keeps every frame.
 pub fn write_stack(o: &mut String, s: &Site, opts: &Options) {
-    let shown = if opts.depth == 0 {
-        s.stack.len()
+    let start = site_start(&s.stack, &opts.wrappers);
+    let start = if start >= 2 {
+        let _ = writeln!(
+            o,
+            "      ({} in allocator wrappers, innermost {})",
+            plural(start as u64, "frame"),
+            s.stack[0].label()
+        );
+        start
     } else {
-        opts.depth.min(s.stack.len())
+        0
     };
-    for f in &s.stack[..shown] {
+    let frames = &s.stack[start..];
+    let shown = if opts.depth == 0 {
+        frames.len()
+    } else {
+        opts.depth.min(frames.len())
+    };
+    for f in &frames[..shown] {
         let loc = f.location().map(|l| format!("  {l}")).unwrap_or_default();
         let inl = if f.inlined { " (inlined)" } else { "" };
         let _ = writeln!(o, "      {}{inl}{loc}", f.label());
     }
-    if shown < s.stack.len() {
-        let more = (s.stack.len() - shown) as u64;
+    if shown < frames.len() {
+        let more = (frames.len() - shown) as u64;
         let _ = writeln!(o, "      … {}", plural(more, "more frame"));
     }
 }

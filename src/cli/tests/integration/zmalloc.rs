@@ -336,6 +336,23 @@ fn rust_sample_reports_its_leaks_and_reallocs_by_function() {
         map(&[("zs_leak_boxes", 3000)])
     );
     assert_eq!(l["leaked_blocks"], 3, "nothing else leaks while tracing");
+    // In text, the stack starts at the site: the frames of `vec!`'s allocation above it (the
+    // global allocator's, `alloc::`'s) are one line, and the next line is the sample's function.
+    let text = run_zmtrace(&["leaks", dump.to_str().unwrap()]).stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("#1 2.9 KiB in 3 blocks: zmtrace_sample_rust::zs_leak_boxes"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        lines[at + 1].starts_with("      (")
+            && lines[at + 1].contains(" frames in allocator wrappers, innermost "),
+        "{text}"
+    );
+    assert!(
+        lines[at + 2].starts_with("      zmtrace_sample_rust::zs_leak_boxes"),
+        "{text}"
+    );
     let c = report_json("churn", &dump);
     assert_eq!(
         by_site(&c["sites"], prefix, "reallocs"),
