@@ -67,6 +67,20 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     true
 }
 
+/// How many frames a stack starts with that are wrappers by name (a glob of `wrappers`), not
+/// only by being in the C library: the run that text reports fold into one line. The C
+/// library's own frames (`strdup`, `fopen`'s buffer) say what the program asked for, and stay.
+pub fn named_wrapper_frames(frames: &[Frame], wrappers: &[String]) -> usize {
+    frames
+        .iter()
+        .take_while(|f| {
+            f.function
+                .as_deref()
+                .is_some_and(|n| wrappers.iter().any(|w| glob_match(w, n)))
+        })
+        .count()
+}
+
 fn is_wrapper(f: &Frame, wrappers: &[String]) -> bool {
     let in_libc = f.module.as_deref().is_some_and(|m| {
         let name = m.rsplit('/').next().unwrap_or(m);

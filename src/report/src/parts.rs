@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use zmtrace_analyze::analysis::Analysis;
-use zmtrace_analyze::sites::{site_start, DEFAULT_WRAPPERS};
+use zmtrace_analyze::sites::{named_wrapper_frames, site_start, DEFAULT_WRAPPERS};
 use zmtrace_analyze::symbols::{Frame, Symbolizer};
 use zmtrace_format::Dump;
 
@@ -188,12 +188,13 @@ pub fn est(h: &Header) -> &'static str {
     }
 }
 
-/// A site's stack in text, from the site's own frame: the allocator wrappers' frames above it
-/// (a Rust `Vec`'s growth is ten inlined frames of `alloc::` and `core::` before the code that
-/// asked) are one line when there are several, so that `--depth` frames show the program's code,
-/// not the allocator's. `--json` keeps every frame.
+/// A site's stack in text. Two or more allocator-wrapper frames at its top, by name (a Rust
+/// `Vec`'s growth is ten inlined frames of `alloc::` and `core::` before the code that asked),
+/// are one line, so that `--depth` frames show the program's code, not the allocator's. The C
+/// library's frames stay (`strdup`, `fopen`: what the program called). `--json` keeps every
+/// frame.
 pub fn write_stack(o: &mut String, s: &Site, opts: &Options) {
-    let start = site_start(&s.stack, &opts.wrappers);
+    let start = named_wrapper_frames(&s.stack, &opts.wrappers);
     let start = if start >= 2 {
         let _ = writeln!(
             o,
