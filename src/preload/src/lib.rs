@@ -84,12 +84,39 @@ extern "C" fn on_load() {
 }
 
 extern "C" fn on_unload() {
+    if LAST_AT_EXIT.load(std::sync::atomic::Ordering::Acquire) {
+        // `last_at_exit` ends the dump, after every other library's destructor.
+        return;
+    }
+    end_at_exit();
+}
+
+fn end_at_exit() {
     // An `exit` through our hook has noted its caller; a return from main has not.
     rec::finish_from(EndReason::Exit, -1, main_returned());
 }
 
-// The constructor starts the writer thread once the C runtime is up; the destructor runs after
-// the program's own atexit handlers and destructors, so their frees are in the dump.
+/// Set once `last_at_exit` is registered: the dump then ends there, not in our destructor.
+static LAST_AT_EXIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The end of the dump at `exit`: the leak check and the `End` record. Registered with
+/// `__cxa_atexit` before glibc's `__libc_start_main` registers the loader's `_dl_fini`, so it
+/// runs after it, once every module's destructors have run. Our own destructor runs inside
+/// `_dl_fini`, in the reverse order of the constructors, and a library initialised before ours
+/// (tar's libselinux, any library the program links) is finalised after it: what its
+/// destructor freed stayed live in the dump, and its frees made the dump say that another
+/// thread was still allocating when the process ended.
+extern "C" fn last_at_exit(_: *mut c_void) {
+    end_at_exit();
+}
+
+extern "C" {
+    fn __cxa_atexit(f: extern "C" fn(*mut c_void), arg: *mut c_void, dso: *mut c_void) -> c_int;
+}
+
+// The constructor starts the writer thread once the C runtime is up; the dump ends after the
+// program's own atexit handlers and every module's destructors (`last_at_exit`), so their frees
+// are in the dump.
 #[used]
 #[link_section = ".init_array"]
 static INIT: extern "C" fn() = on_load;
@@ -628,6 +655,11 @@ pub unsafe extern "C" fn __libc_start_main(
 ) -> c_int {
     let real: StartMainFn = real::sym(c"__libc_start_main");
     std::ptr::addr_of_mut!(zmtrace_real_main).write(main as usize);
+    // No module handle: a handler of ours would be run by our own destructor's
+    // `__cxa_finalize`, before the other modules' destructors.
+    if __cxa_atexit(last_at_exit, std::ptr::null_mut(), std::ptr::null_mut()) == 0 {
+        LAST_AT_EXIT.store(true, std::sync::atomic::Ordering::Release);
+    }
     real(
         zmtrace_main_trampoline,
         argc,

@@ -461,6 +461,9 @@ pub(crate) fn finish(reason: EndReason, status: i32) {
     }
     out.write_end(reason, status);
     if with_process {
+        // This thread ends the process: what it does from here on (the C library's own
+        // teardown) is not another thread caught mid-run, and the dump did end normally.
+        LATE_NOTED.with(|n| n.set(true));
         ENDED_WITH_PROCESS.store(true, Ordering::Release);
     }
     // Threads still running after this cannot be written any more: stop recording them rather
