@@ -7,7 +7,7 @@
 # bytes the default suppressions take out.
 #
 # Usage: scripts/memcheck-compare.sh [ZMTRACE]    (default: target/release/zmtrace, built)
-# Needs: valgrind, jq, gawk, sqlite3, python3 (Debian's), git, gcc.
+# Needs: valgrind, jq, gawk, sqlite3, python3 (Debian's), git, gcc, tar.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 zmtrace=${1:-}
@@ -15,7 +15,7 @@ if [ -z "$zmtrace" ]; then
     (cd "$root" && cargo build --release --quiet)
     zmtrace=$root/target/release/zmtrace
 fi
-for p in valgrind jq gawk sqlite3 /usr/bin/python3 git gcc; do
+for p in valgrind jq gawk sqlite3 /usr/bin/python3 git gcc tar; do
     command -v "$p" >/dev/null || { echo "memcheck-compare: $p is missing" >&2; exit 2; }
 done
 work=$(mktemp -d /tmp/zmtrace-memcheck.XXXXXX)
@@ -62,6 +62,8 @@ progs=(
     "git -C repo log --stat"
     "/usr/bin/python3 -c import json,re,collections,argparse,textwrap;print(json.dumps([1]))"
     "gcc -O2 -o prog prog.c"
+    # libselinux, which tar links, frees in a destructor that runs after libzmtrace.so's.
+    "tar cf repo.tar repo"
 )
 
 classes_zm() { # dump [flags] -> blocks and bytes of each class, then the bytes suppressed
