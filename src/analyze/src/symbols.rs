@@ -592,10 +592,14 @@ impl<'d> Symbolizer<'d> {
         if !module.build_id.is_empty() {
             if let Some(on_disk) = build_id_of(path) {
                 if on_disk != module.build_id {
+                    // Other code at the same offsets: its names and lines would be confidently
+                    // wrong (every frame of a rebuilt program named after some other function).
                     self.warnings.push(format!(
-                        "{} was rebuilt since the run (its build-id differs): its symbols may be wrong",
+                        "{} was rebuilt since the run (its build-id differs): its frames are \
+                         shown as module+offset",
                         module.path
                     ));
+                    return ModuleFile::NONE;
                 }
             }
         }

@@ -423,7 +423,7 @@ fn cxx_names_are_demangled_and_inlined_frames_named() {
 }
 
 #[test]
-fn a_rebuilt_module_is_warned_about() {
+fn a_rebuilt_module_is_warned_about_and_not_symbolized_from_the_new_file() {
     let dir = fresh_dir("rebuilt");
     let exe = dir.join("churn");
     compile_c(
@@ -453,6 +453,10 @@ fn a_rebuilt_module_is_warned_about() {
         after.contains("was rebuilt since the run (its build-id differs)"),
         "{after}"
     );
+    // Its frames are not named from the new file's code, which is not what ran.
+    assert!(before.contains("zs_"), "{before}");
+    assert!(!after.contains("zs_"), "{after}");
+    assert!(after.contains("churn+0x"), "{after}");
 }
 
 /// The progress bar is for people at a terminal: a report whose stderr is a pipe (as here, and
