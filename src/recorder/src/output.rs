@@ -610,7 +610,7 @@ impl Output {
                 .iter()
                 .find(|&&(s, _)| s == t.stream)
                 .map_or(0, |&(_, p)| p);
-            if t.ring.pushed() != before && !thread_sleeps(tid) {
+            if t.ring.pushed() != before {
                 write::late(&mut buf, tid);
             }
         }
@@ -1125,23 +1125,6 @@ impl Output {
         // SAFETY: raw write to stderr: Rust's stderr may be unusable at exit.
         unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
     }
-}
-
-/// True when thread `tid` is asleep now (state `S`: waiting on a condition, a socket, a timer):
-/// a pool's idle worker that allocated at start-up, a tenth of a second before a short run
-/// ended, is not caught mid-allocation, and if it wakes and allocates it says so itself
-/// ([`note_late`]). Missed: a thread asleep on a lock inside the allocator, mid-call, that the
-/// process ends before it gets it.
-fn thread_sleeps(tid: u32) -> bool {
-    let path = format!("/proc/self/task/{tid}/stat\0");
-    let Ok(path) = std::ffi::CStr::from_bytes_with_nul(path.as_bytes()) else {
-        return false;
-    };
-    let stat = crate::procinfo::read_file(path);
-    // "TID (COMM) STATE ...": COMM may hold spaces and parentheses, the state follows the last ')'.
-    stat.iter()
-        .rposition(|&c| c == b')')
-        .is_some_and(|i| stat.get(i + 2) == Some(&b'S'))
 }
 
 fn thread_is_gone(tid: u32) -> bool {
