@@ -73,12 +73,14 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 pub fn named_wrapper_frames(frames: &[Frame], wrappers: &[String]) -> usize {
     frames
         .iter()
-        .take_while(|f| {
-            f.function
-                .as_deref()
-                .is_some_and(|n| wrappers.iter().any(|w| glob_match(w, n)))
-        })
+        .take_while(|f| wrapper_by_name(f, wrappers))
         .count()
+}
+
+fn wrapper_by_name(f: &Frame, wrappers: &[String]) -> bool {
+    f.function
+        .as_deref()
+        .is_some_and(|n| wrappers.iter().any(|w| glob_match(w, n)))
 }
 
 fn is_wrapper(f: &Frame, wrappers: &[String]) -> bool {
@@ -86,10 +88,7 @@ fn is_wrapper(f: &Frame, wrappers: &[String]) -> bool {
         let name = m.rsplit('/').next().unwrap_or(m);
         name.starts_with("libc.so") || name.starts_with("ld-linux")
     });
-    in_libc
-        || f.function
-            .as_deref()
-            .is_some_and(|n| wrappers.iter().any(|w| glob_match(w, n)))
+    in_libc || wrapper_by_name(f, wrappers)
 }
 
 /// Where a stack's site is: the index of its first frame outside the wrappers (0 when every

@@ -398,13 +398,7 @@ fn freeres_at_exit_frees_what_libstdcxx_keeps_as_memcheck_does_and_can_be_turned
 /// past the hook, the process left without an `End` record and lost every event not flushed).
 #[test]
 fn a_library_loaded_with_rtld_deepbind_is_traced_every_run() {
-    let lib = scratch_dir().join("samples").join("libdeeplib.so");
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let mut flags = SAMPLE_CFLAGS.to_vec();
-        flags.extend(["-shared", "-fPIC"]);
-        compile_c(&workspace_root().join("samples/deeplib.c"), &lib, &flags);
-    });
+    let lib = sample_library("deeplib");
     let program = sample("deepbind");
     let want = expect(&[
         ("zs_lib_alloc", "definite", 1, 600),
@@ -449,16 +443,10 @@ fn a_library_loaded_with_rtld_deepbind_is_traced_every_run() {
 /// as on Debian's `tar` (libselinux's destructor).
 #[test]
 fn a_librarys_destructor_that_runs_after_ours_is_in_the_dump() {
-    let dir = scratch_dir().join("samples");
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     let program = BUILT.get_or_init(|| {
-        let mut flags = SAMPLE_CFLAGS.to_vec();
-        flags.extend(["-shared", "-fPIC"]);
-        compile_c(
-            &workspace_root().join("samples/finilib.c"),
-            &dir.join("libfinilib.so"),
-            &flags,
-        );
+        let lib = sample_library("finilib");
+        let dir = lib.parent().unwrap();
         let l = format!("-L{}", dir.display());
         let rpath = format!("-Wl,-rpath,{}", dir.display());
         let mut flags = SAMPLE_CFLAGS.to_vec();
@@ -484,14 +472,14 @@ fn a_librarys_destructor_that_runs_after_ours_is_in_the_dump() {
         expect(&[("zs_lost", "definite", 1, 300)])
     );
     // The destructor's own allocation is an event of the dump.
-    let temp = run_zmtrace(&[
+    let report = zmtrace_ok(&[
         "report",
         dump.path.to_str().unwrap(),
         "--json",
         "--top",
         "0",
     ]);
-    let v: Value = serde_json::from_str(&temp.stdout).expect("valid JSON");
+    let v: Value = serde_json::from_str(&report).expect("valid JSON");
     let sites: Vec<&str> = v["top"]["allocations"]
         .as_array()
         .unwrap()

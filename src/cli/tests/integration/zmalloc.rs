@@ -338,7 +338,7 @@ fn rust_sample_reports_its_leaks_and_reallocs_by_function() {
     assert_eq!(l["leaked_blocks"], 3, "nothing else leaks while tracing");
     // In text, the stack starts at the site: the frames of `vec!`'s allocation above it (the
     // global allocator's, `alloc::`'s) are one line, and the next line is the sample's function.
-    let text = run_zmtrace(&["leaks", dump.to_str().unwrap()]).stdout;
+    let text = zmtrace_ok(&["leaks", dump.to_str().unwrap()]);
     let lines: Vec<&str> = text.lines().collect();
     let at = lines
         .iter()

@@ -190,6 +190,24 @@ pub fn sample(name: &str) -> PathBuf {
     out
 }
 
+/// `samples/<name>.c` compiled as the shared library `lib<name>.so` beside the samples (once per
+/// test binary); returns its absolute path.
+pub fn sample_library(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let src = workspace_root().join("samples").join(format!("{name}.c"));
+    let out = scratch_dir().join("samples").join(format!("lib{name}.so"));
+    let mut flags = SAMPLE_CFLAGS.to_vec();
+    flags.extend(["-shared", "-fPIC"]);
+    compile_c(&src, &out, &flags);
+    built.insert(name.to_owned(), out.clone());
+    out
+}
+
 /// What a command printed and how it ended.
 #[derive(Debug)]
 pub struct Finished {
