@@ -595,8 +595,13 @@ impl Output {
 
     /// The process ends (`exit`, `_exit`, `abort`) while other threads may still allocate: each
     /// one alive that recorded in the last tenth of a second or so gets a `Late` record (what it
-    /// does from now on is not in the dump). Counted here, not by the threads themselves: the
-    /// process may be gone before they run again.
+    /// does from now on is not in the dump), unless it is idle now. Counted here, not by the
+    /// threads themselves: the process may be gone before they run again.
+    ///
+    /// Idle means asleep (state `S`: a pool's worker waiting for work, as gdb's are, a few
+    /// milliseconds after it allocated at start-up) and not inside the recorder. Sleep alone
+    /// does not tell: a thread mid-event sleeps too when it waits for the output lock that this
+    /// thread holds while it writes the end. The guard tells that one apart.
     fn write_still_allocating(&mut self) {
         let me = crate::threads::gettid();
         let mut buf = Vec::new();
@@ -610,7 +615,7 @@ impl Output {
                 .iter()
                 .find(|&&(s, _)| s == t.stream)
                 .map_or(0, |&(_, p)| p);
-            if t.ring.pushed() != before {
+            if t.ring.pushed() != before && !(t.inside_now() == Some(false) && thread_sleeps(tid)) {
                 write::late(&mut buf, tid);
             }
         }
@@ -1125,6 +1130,22 @@ impl Output {
         // SAFETY: raw write to stderr: Rust's stderr may be unusable at exit.
         unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
     }
+}
+
+/// True when thread `tid` is asleep now (state `S`: waiting on a condition, a socket, a timer).
+/// Missed by [`Output::write_still_allocating`]: a thread asleep on an arena's lock inside the
+/// allocator itself (our hook's guard is not held there), whose allocation the end comes before;
+/// the thread holding that lock runs, and is named.
+fn thread_sleeps(tid: u32) -> bool {
+    let path = format!("/proc/self/task/{tid}/stat\0");
+    let Ok(path) = std::ffi::CStr::from_bytes_with_nul(path.as_bytes()) else {
+        return false;
+    };
+    let stat = crate::procinfo::read_file(path);
+    // "TID (COMM) STATE ...": COMM may hold spaces and parentheses, the state follows the last ')'.
+    stat.iter()
+        .rposition(|&c| c == b')')
+        .is_some_and(|i| stat.get(i + 2) == Some(&b'S'))
 }
 
 fn thread_is_gone(tid: u32) -> bool {

@@ -26,6 +26,11 @@ pub struct ThreadState {
     /// Fixed index of this state, written in each `Events` record.
     pub stream: u32,
     pub tid: AtomicU32,
+    /// Where the owning thread's re-entrancy guard (`tls().inside`) is: how the thread that
+    /// ends the process tells a thread caught inside the recorder from an idle one
+    /// ([`ThreadState::inside_now`]). In the owner's TLS, so it may be unmapped once the owner
+    /// is gone: read only with a read that cannot fault.
+    inside: AtomicPtr<AtomicBool>,
     pub ring: Ring,
     pub counters: Counters,
     /// Aggregated mode: the block this thread allocated last, while it may still be temporary
@@ -51,6 +56,27 @@ impl ThreadState {
         // leak check reads it from the owning thread or while that thread is stopped.
         unsafe { (*self.local.get()).stack_top() }
     }
+}
+
+impl ThreadState {
+    /// Whether the owning thread is inside the recorder at this moment (mid-event, or waiting
+    /// for a lock of the recorder's), read from another thread; None when its guard could not
+    /// be read (the thread is gone, or the kernel refuses the read). A snapshot: the owner may
+    /// enter or leave the moment after.
+    pub(crate) fn inside_now(&self) -> Option<bool> {
+        let p = self.inside.load(Ordering::Relaxed);
+        if p.is_null() {
+            return None;
+        }
+        let mut word = [0u64; 1];
+        // The guard is the first byte of the owner's `Tls` block (48 bytes, 16-aligned), so the
+        // 8 bytes from it are all in the block.
+        (crate::reach::read_own(p as u64, &mut word, 8) == 8).then_some(word[0] & 0xff != 0)
+    }
+}
+
+fn inside_word() -> *mut AtomicBool {
+    &tls().inside as *const AtomicBool as *mut AtomicBool
 }
 
 /// Per-thread tallies, written only by the owner (relaxed load + store, no atomic RMW).
@@ -129,6 +155,7 @@ fn claim_thread(core: &Core) -> &'static ThreadState {
             s.agg_seen.store(false, Ordering::Relaxed);
             // SAFETY: as above, the state is ours.
             unsafe { *s.sampler.get() = Sampler::new(s.stream, tid) };
+            s.inside.store(inside_word(), Ordering::Relaxed);
             s.tid.store(tid, Ordering::Release);
             return s;
         }
@@ -139,6 +166,7 @@ fn claim_thread(core: &Core) -> &'static ThreadState {
         in_use: AtomicBool::new(true),
         stream,
         tid: AtomicU32::new(tid),
+        inside: AtomicPtr::new(inside_word()),
         ring: Ring::new(RING_BYTES),
         counters: Counters::default(),
         last_alloc: AtomicUsize::new(0),

@@ -55,6 +55,8 @@ pub(crate) struct Tls {
 
 const TLS_BYTES: usize = 48;
 const _: () = assert!(std::mem::size_of::<Tls>() == TLS_BYTES && std::mem::align_of::<Tls>() <= 16);
+// Another thread reads the guard as the first byte of the block (`ThreadState::inside_now`).
+const _: () = assert!(std::mem::offset_of!(Tls, inside) == 0);
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 std::arch::global_asm!(

@@ -163,3 +163,17 @@ fn abort_ends_the_dump_completely_and_exits_134() {
     let ops: Vec<Op> = r.events().map(|e| e.op.clone()).collect();
     assert_eq!(ops, truth(), "{}", run.describe());
 }
+
+/// `samples/idlepool.c`: a worker that allocated a few milliseconds before `exit`, and sleeps in
+/// a condition wait since, is not a thread caught allocating: the dump ends normally (as gdb's
+/// idle workers made every `gdb -batch` dump say "exit while 2 other threads still allocated").
+#[test]
+fn an_idle_thread_that_allocated_just_before_exit_is_not_late() {
+    for i in 0..5 {
+        let run = run_traced(&sample("idlepool"), &[]);
+        assert_eq!(run.code, Some(0), "{}", run.describe());
+        let dump = run.only_dump();
+        assert!(dump.late_threads.is_empty(), "run {i}: {}", run.describe());
+        assert!(dump.is_complete(), "run {i}: {}", run.describe());
+    }
+}

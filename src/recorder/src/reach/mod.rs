@@ -59,10 +59,10 @@ use self::roots::{
 };
 pub use self::stop::stop_signal;
 use self::stop::{install_handler, resume_threads, stop_threads, Slot, PARKED};
-pub(crate) use self::sys::Buf;
 use self::sys::{
     blocks_signal, gettid, list_threads, mapping_of, read_maps, syscall_sp, thread_pointer, MapKind,
 };
+pub(crate) use self::sys::{read_own, Buf};
 use crate::clock::now_mono;
 use crate::state::{Core, SEQ};
 use crate::sync::SpinLock;

@@ -374,7 +374,7 @@ pub(super) fn thread_pointer() -> u64 {
 }
 
 /// Reads `len` bytes of our own memory at `addr` without faulting; returns the bytes read.
-pub(super) fn read_own(addr: u64, buf: &mut [u64], len: usize) -> usize {
+pub(crate) fn read_own(addr: u64, buf: &mut [u64], len: usize) -> usize {
     let local = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: len.min(buf.len() * 8),
