@@ -152,6 +152,11 @@ pub unsafe fn record_alloc(
         }
         return;
     }
+    if !ptr.is_null() {
+        // The unwind takes about as long as a miss to memory: the live set's slot arrives
+        // meanwhile.
+        core.live.prefetch(ptr as usize);
+    }
     let stack = stack_id(core, t, skip);
     if ptr.is_null() {
         if aggregate::on() {
@@ -377,6 +382,8 @@ pub unsafe fn on_free(ptr: *mut u8) {
         }
         return;
     }
+    // A head start on the live set's slot (see `LiveSet::prefetch`); null frees are rare.
+    core.live.prefetch(ptr as usize);
     let t = current_thread(core);
     if ptr.is_null() {
         bump(&t.counters.free_null);

@@ -25,7 +25,7 @@
 //! unmaps with system calls only). The `fork` handlers take all 64 in shard order
 //! ([`LiveSet::lock_all`]) at their fixed place in the recorder's lock order (see `fork`).
 
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use crate::heap::{map_anon, map_table, unmap};
 use crate::sync::SpinLock;
@@ -434,8 +434,24 @@ impl Table {
 }
 
 /// A shard on cache lines of its own: threads working on two shards never share a line.
+///
+/// The second field is a hint for [`LiveSet::prefetch`]: the table's slots and shift as last
+/// set under the lock (the pointer in the low 56 bits, the shift above), read without the
+/// lock. A stale hint only prefetches the wrong line: a prefetch never faults, even on memory
+/// that a growth has since unmapped.
 #[repr(align(64))]
-struct Shard(SpinLock<Table>);
+struct Shard(SpinLock<Table>, AtomicU64);
+
+impl Shard {
+    /// Publishes the table's layout for [`LiveSet::prefetch`]; under the lock, after any change.
+    #[inline(always)]
+    fn publish(&self, t: &Table) {
+        let hint = t.slots as u64 | u64::from(t.shift) << 56;
+        if self.1.load(Ordering::Relaxed) != hint {
+            self.1.store(hint, Ordering::Relaxed);
+        }
+    }
+}
 
 /// The multiplicative (Fibonacci) hash of an address: its top 6 bits choose the shard, the
 /// next ones the slot. Addresses differ in their middle bits; the product's high bits depend
@@ -443,6 +459,19 @@ struct Shard(SpinLock<Table>);
 #[inline(always)]
 fn hash(addr: u64) -> u64 {
     addr.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Starts loading the cache line of `p`, whatever `p` is: a prefetch is only a hint, and never
+/// faults (not on an unmapped address, not on a guard page).
+#[inline(always)]
+fn prefetch(p: u64) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as above: no access is made, so no address is wrong.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// The filter's counters: 2^15 of them (128 KiB mapped, only the pages touched resident).
@@ -484,7 +513,7 @@ impl LiveSet {
     /// An empty set; `aggregated`: keep each block's realloc chain and stream too.
     pub(crate) const fn new(aggregated: bool) -> LiveSet {
         LiveSet {
-            shards: [const { Shard(SpinLock::new(Table::new())) }; SHARDS],
+            shards: [const { Shard(SpinLock::new(Table::new()), AtomicU64::new(0)) }; SHARDS],
             aggregated,
             filter: AtomicPtr::new(std::ptr::null_mut()),
         }
@@ -534,6 +563,33 @@ impl LiveSet {
         &self.shards[(h >> (64 - SHARD_BITS)) as usize].0
     }
 
+    /// Starts loading the slot where `addr`'s probe will begin, so that the insert or removal
+    /// that follows (after the unwind, or the free's bookkeeping) finds it in cache. With
+    /// millions of live blocks the tables are far larger than the caches and every probe is a
+    /// miss to memory: on manyblocks.c (5 M blocks) the one load of the probe took 80 % of
+    /// `record_alloc`'s samples. No lock, no store: only the shard's published hint is read.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, addr: usize) {
+        if let Some(p) = self.hinted_home(addr) {
+            prefetch(p);
+        }
+    }
+
+    /// Where the shard's hint says `addr`'s probe begins; None before the shard has a table.
+    #[inline(always)]
+    fn hinted_home(&self, addr: usize) -> Option<u64> {
+        let h = hash(addr as u64);
+        let hint = self.shards[(h >> (64 - SHARD_BITS)) as usize]
+            .1
+            .load(Ordering::Relaxed);
+        let (slots, shift) = (hint & ((1 << 56) - 1), (hint >> 56) as u32);
+        if slots == 0 {
+            return None;
+        }
+        let home = (h << SHARD_BITS) >> shift;
+        Some(slots.wrapping_add(home * std::mem::size_of::<Slot>() as u64))
+    }
+
     /// Adds (or replaces) the block at `addr`. Returns false when no memory could be had for it:
     /// the block is then not tracked (its free will count as untracked).
     #[inline(always)]
@@ -547,12 +603,15 @@ impl LiveSet {
 
     #[inline(always)]
     fn insert_at(&self, h: u64, addr: u64, b: &LiveBlock) -> bool {
-        let mut t = self.shard(h).lock();
-        if self.aggregated {
+        let shard = &self.shards[(h >> (64 - SHARD_BITS)) as usize];
+        let mut t = shard.0.lock();
+        let done = if self.aggregated {
             t.insert::<true>(h, addr, b)
         } else {
             t.insert::<false>(h, addr, b)
-        }
+        };
+        shard.publish(&t);
+        done
     }
 
     /// [`Self::insert`] with the filter on (sampled recording: a sampled block, rare), out of
@@ -682,7 +741,9 @@ impl LiveSet {
     /// Forgets every entry and gives the tables back.
     pub(crate) fn clear(&self) {
         for s in &self.shards {
-            s.0.lock().clear();
+            let mut t = s.0.lock();
+            t.clear();
+            s.publish(&t);
         }
         let f = self.filter.load(Ordering::Acquire);
         if !f.is_null() {
@@ -748,6 +809,34 @@ mod tests {
     /// Spread-out, 16-aligned addresses, as an allocator's.
     fn addr(i: u64) -> usize {
         (0x5555_0000_0000 + i * 48) as usize
+    }
+
+    /// The slot that the probe of `addr` starts at, read under the shard's lock.
+    fn true_home(set: &LiveSet, addr: usize) -> Option<u64> {
+        let h = hash(addr as u64);
+        let t = set.shard(h).lock();
+        (t.cap > 0).then(|| t.slot(t.home(h)) as u64)
+    }
+
+    #[test]
+    fn the_prefetch_hint_names_the_probes_first_slot_through_growth_and_clear() {
+        let set = LiveSet::new(false);
+        assert_eq!(set.hinted_home(addr(7)), None);
+        let n = 100_000u64;
+        for i in 0..n {
+            assert!(set.insert(addr(i), block(32, 40, 1)));
+            // Every few inserts, and always right after the first (each shard's first table).
+            if i % 97 == 0 || i < 64 {
+                let probe = addr(i * 31 % (i + 1));
+                assert_eq!(set.hinted_home(probe), true_home(&set, probe), "after {i}");
+            }
+        }
+        for i in (0..n).step_by(1009) {
+            assert_eq!(set.hinted_home(addr(i)), true_home(&set, addr(i)));
+        }
+        set.clear();
+        assert_eq!(set.hinted_home(addr(7)), None);
+        assert_eq!(true_home(&set, addr(7)), None);
     }
 
     #[test]
