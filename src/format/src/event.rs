@@ -132,7 +132,7 @@
 //! sequence order an address is never live twice. A `realloc` that failed leaves its block alone and is recorded as `AllocFailed` of kind
 //! [`AllocKind::Realloc`]; `realloc(NULL, n)` is an `Alloc` of that kind.
 
-use crate::varint::{put_uvarint, unzigzag, zigzag, Cursor, FixedBuf, Malformed};
+use crate::varint::{put_uvarint, unzigzag, zigzag, Cursor, FixedBuf, Malformed, Sink};
 
 /// The largest encoded event (a `Realloc` or `Remap`: 61 bytes), rounded up: the ring copies
 /// this many bytes whatever the event's length, a copy of constant size (see the recorder's ring).
@@ -291,7 +291,7 @@ impl EventKind {
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn encode_alloc(
-    b: &mut EventBuf,
+    b: &mut impl Sink,
     seq: u64,
     ts: u64,
     kind: AllocKind,
@@ -311,7 +311,7 @@ pub fn encode_alloc(
 }
 
 #[inline]
-pub fn encode_free(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
+pub fn encode_free(b: &mut impl Sink, seq: u64, ts: u64, addr: u64) {
     b.u8(TAG_FREE);
     b.u64(seq);
     b.u64(ts);
@@ -321,7 +321,7 @@ pub fn encode_free(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
 /// A sampled block leaves the recording at a realloc whose new block was not drawn (`Left`):
 /// `seq` is the realloc's `out_seq`.
 #[inline]
-pub fn encode_left(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
+pub fn encode_left(b: &mut impl Sink, seq: u64, ts: u64, addr: u64) {
     b.u8(TAG_LEFT);
     b.u64(seq);
     b.u64(ts);
@@ -331,7 +331,7 @@ pub fn encode_left(b: &mut EventBuf, seq: u64, ts: u64, addr: u64) {
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn encode_realloc(
-    b: &mut EventBuf,
+    b: &mut impl Sink,
     seq: u64,
     out_seq: u64,
     ts: u64,
@@ -353,7 +353,7 @@ pub fn encode_realloc(
 }
 
 #[inline]
-pub fn encode_failed(b: &mut EventBuf, seq: u64, ts: u64, kind: AllocKind, size: u64, stack: u32) {
+pub fn encode_failed(b: &mut impl Sink, seq: u64, ts: u64, kind: AllocKind, size: u64, stack: u32) {
     b.u8(TAG_FAILED);
     b.u64(seq);
     b.u64(ts);
@@ -365,7 +365,7 @@ pub fn encode_failed(b: &mut EventBuf, seq: u64, ts: u64, kind: AllocKind, size:
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn encode_map(
-    b: &mut EventBuf,
+    b: &mut impl Sink,
     seq: u64,
     ts: u64,
     addr: u64,
@@ -385,7 +385,7 @@ pub fn encode_map(
 }
 
 #[inline]
-pub fn encode_unmap(b: &mut EventBuf, seq: u64, ts: u64, addr: u64, len: u64) {
+pub fn encode_unmap(b: &mut impl Sink, seq: u64, ts: u64, addr: u64, len: u64) {
     b.u8(TAG_UNMAP);
     b.u64(seq);
     b.u64(ts);
@@ -396,7 +396,7 @@ pub fn encode_unmap(b: &mut EventBuf, seq: u64, ts: u64, addr: u64, len: u64) {
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn encode_remap(
-    b: &mut EventBuf,
+    b: &mut impl Sink,
     seq: u64,
     out_seq: u64,
     ts: u64,

@@ -75,6 +75,29 @@ impl<const N: usize> FixedBuf<N> {
     }
 }
 
+/// Where an event is encoded: a [`FixedBuf`], or (the recorder's hot path) the ring's free
+/// space itself, so that the event is stored once and never loaded back for a copy.
+pub trait Sink {
+    fn u8(&mut self, b: u8);
+    fn u32(&mut self, v: u32);
+    fn u64(&mut self, v: u64);
+}
+
+impl<const N: usize> Sink for FixedBuf<N> {
+    #[inline]
+    fn u8(&mut self, b: u8) {
+        FixedBuf::u8(self, b)
+    }
+    #[inline]
+    fn u32(&mut self, v: u32) {
+        FixedBuf::u32(self, v)
+    }
+    #[inline]
+    fn u64(&mut self, v: u64) {
+        FixedBuf::u64(self, v)
+    }
+}
+
 /// The input ended or held a malformed value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Malformed;

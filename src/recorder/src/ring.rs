@@ -150,6 +150,31 @@ impl Ring {
         self.push(&block[..len])
     }
 
+    /// Room for `n` bytes in one piece at the tail (not wrapping around), for the owner to
+    /// write an event into in place and then [`Ring::publish`]; None when there is none there.
+    ///
+    /// # Safety
+    /// Only the owning thread may ask, and nothing else may push before its `publish`.
+    #[inline]
+    pub unsafe fn slot(&self, n: usize) -> Option<*mut u8> {
+        let tail = self.producer.0.tail.load(Ordering::Relaxed);
+        let start = tail & self.mask;
+        (self.capacity() - start >= n && self.has_room(tail, n)).then(|| self.buf.add(start))
+    }
+
+    /// Publishes the first `len` bytes of the [`Ring::slot`] just taken.
+    ///
+    /// # Safety
+    /// As [`Ring::slot`], whose `n` was at least `len`; the bytes are written.
+    #[inline]
+    pub unsafe fn publish(&self, len: usize) {
+        let tail = self.producer.0.tail.load(Ordering::Relaxed);
+        self.producer
+            .0
+            .tail
+            .store(tail.wrapping_add(len), Ordering::Release);
+    }
+
     /// Everything published so far, in place: up to the end of the buffer, and what wrapped
     /// around to its start. The producer does not write there until [`Ring::consume`] lets it.
     ///
@@ -262,6 +287,30 @@ mod tests {
         assert!(!unsafe { r.push_padded(&block, 5) });
         assert!(unsafe { r.push_padded(&block, 4) });
         assert_eq!(r.len(), 64);
+    }
+
+    #[test]
+    fn a_slot_is_written_in_place_and_only_its_published_bytes_are_read() {
+        let r = Ring::new(64);
+        unsafe {
+            for k in 0..3u8 {
+                let p = r.slot(16).expect("room");
+                std::ptr::write_bytes(p, k + 1, 16);
+                r.publish(10);
+            }
+            assert_eq!(r.len(), 30);
+            // 34 bytes left at the tail: a slot of 40 is refused there, one of 34 is not.
+            assert!(r.slot(40).is_none());
+            let mut out = Vec::new();
+            assert_eq!(r.drain_into(&mut out), 30);
+            let want: Vec<u8> = (1..=3).flat_map(|k| [k; 10]).collect();
+            assert_eq!(out, want);
+            // Drained, but the tail's piece is still 34 bytes: no slot of 40 wraps around.
+            assert!(r.slot(40).is_none());
+            assert!(r.slot(34).is_some());
+            r.publish(0);
+            assert_eq!(r.len(), 0);
+        }
     }
 
     #[test]
