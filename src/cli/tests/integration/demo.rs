@@ -202,7 +202,7 @@ fn the_readme_commands_work_in_a_fresh_clone() {
     traces_the_demo(&root_dir.join("usr/bin/zmtrace"), &demo_program);
     // The binary alone cannot trace, and says why.
     let alone = fresh_dir("fresh-clone-alone").join("zmtrace");
-    std::fs::copy(prefix.join("bin/zmtrace"), &alone).unwrap();
+    copy_executable(&prefix.join("bin/zmtrace"), &alone);
     let out = Command::new(&alone)
         .args(["run", "--"])
         .arg(&demo_program)

@@ -302,7 +302,7 @@ fn pprof_symbolizes_what_zmtrace_could_not_through_the_mappings() {
     // frames, so their locations carry no lines; back in place, pprof symbolizes them.
     let dir = fresh_dir("export-moved");
     let exe = dir.join("profile");
-    std::fs::copy(sample("profile"), &exe).unwrap();
+    copy_executable(&sample("profile"), &exe);
     let run = run_traced(&exe, &[]);
     let dump = dump_of(&run);
     let away = dir.join("profile.away");

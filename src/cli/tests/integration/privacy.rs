@@ -126,7 +126,7 @@ fn no_argv_keeps_the_arguments_out_of_the_dump() {
 /// A copy of `program` owned by nobody, set-user-ID, in a directory of its own.
 fn setuid_copy(program: &Path, stem: &str) -> PathBuf {
     let copy = fresh_dir(stem).join(program.file_name().unwrap());
-    std::fs::copy(program, &copy).unwrap();
+    copy_executable(program, &copy);
     chown(&copy, NOBODY, NOBODY);
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).unwrap();
     copy

@@ -113,6 +113,20 @@ pub fn fresh_dir(stem: &str) -> PathBuf {
     dir
 }
 
+/// Copies an executable that a test then runs. Not `std::fs::copy`: while this (many-threaded)
+/// process holds the copy open for writing, another test's `Command` may fork, and its child
+/// keeps the descriptor until it execs; running the copy then fails with ETXTBSY ("Text file
+/// busy": demo.rs failed so once in CI). `cp` holds it in a process of its own, and is gone
+/// before this returns.
+pub fn copy_executable(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap_or_else(|e| panic!("cp: {e}"));
+    assert!(st.success(), "cp {} {}: {st}", from.display(), to.display());
+}
+
 /// Fails the test (never skips it: a check that does not run would pass for nothing) when
 /// `program` (a command on PATH, or an absolute path) is missing, naming the Debian package that
 /// has it and the command that installs everything the tests need.
