@@ -44,11 +44,6 @@ impl<const N: usize> Default for FixedBuf<N> {
 
 impl<const N: usize> FixedBuf<N> {
     #[inline]
-    pub fn u8(&mut self, b: u8) {
-        self.buf[self.len] = b;
-        self.len += 1;
-    }
-    #[inline]
     pub fn uvarint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.buf[self.len] = (v as u8) | 0x80;
@@ -58,18 +53,6 @@ impl<const N: usize> FixedBuf<N> {
         self.buf[self.len] = v as u8;
         self.len += 1;
     }
-    /// A fixed-width little-endian field: the hot path's events are not varints, whose
-    /// byte-at-a-time loops cost more than the ring bytes they save (the writer packs anyway).
-    #[inline]
-    pub fn u32(&mut self, v: u32) {
-        self.buf[self.len..self.len + 4].copy_from_slice(&v.to_le_bytes());
-        self.len += 4;
-    }
-    #[inline]
-    pub fn u64(&mut self, v: u64) {
-        self.buf[self.len..self.len + 8].copy_from_slice(&v.to_le_bytes());
-        self.len += 8;
-    }
     pub fn as_slice(&self) -> &[u8] {
         &self.buf[..self.len]
     }
@@ -77,24 +60,32 @@ impl<const N: usize> FixedBuf<N> {
 
 /// Where an event is encoded: a [`FixedBuf`], or (the recorder's hot path) the ring's free
 /// space itself, so that the event is stored once and never loaded back for a copy.
+///
+/// Fields are fixed-width little-endian: the hot path's events are not varints, whose
+/// byte-at-a-time loops cost more than the ring bytes they save (the writer packs anyway).
 pub trait Sink {
-    fn u8(&mut self, b: u8);
-    fn u32(&mut self, v: u32);
-    fn u64(&mut self, v: u64);
+    /// Appends `bytes`.
+    fn put<const N: usize>(&mut self, bytes: [u8; N]);
+
+    #[inline(always)]
+    fn u8(&mut self, b: u8) {
+        self.put([b])
+    }
+    #[inline(always)]
+    fn u32(&mut self, v: u32) {
+        self.put(v.to_le_bytes())
+    }
+    #[inline(always)]
+    fn u64(&mut self, v: u64) {
+        self.put(v.to_le_bytes())
+    }
 }
 
-impl<const N: usize> Sink for FixedBuf<N> {
+impl<const M: usize> Sink for FixedBuf<M> {
     #[inline]
-    fn u8(&mut self, b: u8) {
-        FixedBuf::u8(self, b)
-    }
-    #[inline]
-    fn u32(&mut self, v: u32) {
-        FixedBuf::u32(self, v)
-    }
-    #[inline]
-    fn u64(&mut self, v: u64) {
-        FixedBuf::u64(self, v)
+    fn put<const N: usize>(&mut self, bytes: [u8; N]) {
+        self.buf[self.len..self.len + N].copy_from_slice(&bytes);
+        self.len += N;
     }
 }
 

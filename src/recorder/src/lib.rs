@@ -139,35 +139,12 @@ struct RingSink {
 
 impl Sink for RingSink {
     #[inline(always)]
-    fn u8(&mut self, b: u8) {
-        debug_assert!(self.len < MAX_EVENT_LEN);
-        // SAFETY: within the slot (no event is longer than MAX_EVENT_LEN).
-        unsafe { self.p.add(self.len).write(b) };
-        self.len += 1;
-    }
-    #[inline(always)]
-    fn u32(&mut self, v: u32) {
-        debug_assert!(self.len + 4 <= MAX_EVENT_LEN);
-        // SAFETY: as above.
-        unsafe {
-            self.p
-                .add(self.len)
-                .cast::<[u8; 4]>()
-                .write(v.to_le_bytes())
-        };
-        self.len += 4;
-    }
-    #[inline(always)]
-    fn u64(&mut self, v: u64) {
-        debug_assert!(self.len + 8 <= MAX_EVENT_LEN);
-        // SAFETY: as above.
-        unsafe {
-            self.p
-                .add(self.len)
-                .cast::<[u8; 8]>()
-                .write(v.to_le_bytes())
-        };
-        self.len += 8;
+    fn put<const N: usize>(&mut self, bytes: [u8; N]) {
+        debug_assert!(self.len + N <= MAX_EVENT_LEN);
+        // SAFETY: within the slot (no event is longer than MAX_EVENT_LEN); `[u8; N]` has no
+        // alignment to keep.
+        unsafe { self.p.add(self.len).cast::<[u8; N]>().write(bytes) };
+        self.len += N;
     }
 }
 
