@@ -134,8 +134,8 @@
 
 use crate::varint::{put_uvarint, unzigzag, zigzag, Cursor, FixedBuf, Malformed, Sink};
 
-/// The largest encoded event (a `Realloc` or `Remap`: 61 bytes), rounded up: the ring copies
-/// this many bytes whatever the event's length, a copy of constant size (see the recorder's ring).
+/// The largest encoded event (a `Realloc` or `Remap`: 61 bytes), rounded up: the room the
+/// recorder asks of its ring to encode one event in place, whatever its length.
 pub const MAX_EVENT_LEN: usize = 64;
 
 pub type EventBuf = FixedBuf<MAX_EVENT_LEN>;

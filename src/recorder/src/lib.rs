@@ -75,7 +75,7 @@ mod unwind;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use zmtrace_format::event::{
-    encode_alloc, encode_failed, encode_free, encode_left, encode_realloc, EventBuf, MAX_EVENT_LEN,
+    encode_alloc, encode_failed, encode_free, encode_left, encode_realloc, MAX_EVENT_LEN,
 };
 use zmtrace_format::varint::Sink;
 pub use zmtrace_format::{AllocKind, EndReason, KindTotal, LeakKind, ReachTrigger};
@@ -101,10 +101,10 @@ pub fn set_front_end(front: &'static FrontEnd) {
 }
 
 /// Encodes an event with `encode` straight into the thread's ring, and publishes it. Encoding
-/// into a buffer on the stack and copying it in (as [`emit`] does) loads the event back in
-/// 16-byte pieces right after it was stored field by field at odd offsets: no load could be
-/// forwarded from one store, and each waited for the stores to reach the cache (on Redis,
-/// `emit` was 5 % of the server's samples, most of them on those loads).
+/// into a buffer on the stack and copying it in loads the event back in 16-byte pieces right
+/// after it was stored field by field at odd offsets: no load could be forwarded from one
+/// store, and each waited for the stores to reach the cache (on Redis, that copy was 5 % of
+/// the server's samples, most of them on those loads).
 #[inline(always)]
 fn emit_with(t: &ThreadState, encode: impl FnOnce(&mut RingSink)) {
     // SAFETY: only the owning thread pushes to its ring; nothing else is pushed before the
@@ -114,13 +114,12 @@ fn emit_with(t: &ThreadState, encode: impl FnOnce(&mut RingSink)) {
             let mut sink = RingSink { p, len: 0 };
             encode(&mut sink);
             t.ring.publish(sink.len);
-            if t.ring.over_half() {
-                output::wake_writer();
-            }
+            wake_if_over_half(t);
             return;
         }
     }
-    // No room in one piece at the tail: the slow path, with its copy.
+    // No room in one piece at the tail (the ring wraps there, or is full): encoded aside, then
+    // copied in.
     let mut buf = [0u8; MAX_EVENT_LEN];
     let mut sink = RingSink {
         p: buf.as_mut_ptr(),
@@ -128,7 +127,20 @@ fn emit_with(t: &ThreadState, encode: impl FnOnce(&mut RingSink)) {
     };
     encode(&mut sink);
     let len = sink.len;
+    // SAFETY: only the owning thread pushes to its ring.
+    if unsafe { t.ring.push(&buf[..len]) } {
+        wake_if_over_half(t);
+        return;
+    }
     output::push_when_full(t, &buf[..len]);
+}
+
+#[inline(always)]
+fn wake_if_over_half(t: &ThreadState) {
+    // SAFETY: only the owning thread asks (`t` is this thread's state).
+    if unsafe { t.ring.over_half() } {
+        output::wake_writer();
+    }
 }
 
 /// [`emit_with`]'s encoder: writes at `p`, which has room for [`MAX_EVENT_LEN`] bytes.
@@ -146,19 +158,6 @@ impl Sink for RingSink {
         unsafe { self.p.add(self.len).cast::<[u8; N]>().write(bytes) };
         self.len += N;
     }
-}
-
-#[inline]
-fn emit(t: &ThreadState, ev: &EventBuf) {
-    // SAFETY: only the owning thread pushes to its ring.
-    if unsafe { t.ring.push_padded(&ev.buf, ev.len) } {
-        // SAFETY: as above, the owning thread.
-        if unsafe { t.ring.over_half() } {
-            output::wake_writer();
-        }
-        return;
-    }
-    output::push_when_full(t, ev.as_slice());
 }
 
 /// Records an allocation that returned `ptr` (NULL: a failed allocation) for `size` bytes; the
@@ -212,10 +211,9 @@ pub unsafe fn record_alloc(
             aggregate::failed(t, stack);
             return;
         }
-        let mut ev = EventBuf::default();
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        encode_failed(&mut ev, seq, timestamp(), kind, size as u64, stack);
-        emit(t, &ev);
+        let ts = timestamp();
+        emit_with(t, |b| encode_failed(b, seq, ts, kind, size as u64, stack));
         return;
     }
     let usable = usable.map_or_else(|| usable_size(ptr), |u| u as u64);
@@ -762,19 +760,12 @@ pub fn on_mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, allocator: bool
     }
     let t = current_thread(core);
     let stack = stack_id(core, t, Skip::OwnModule);
-    let mut ev = EventBuf::default();
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    zmtrace_format::event::encode_map(
-        &mut ev,
-        seq,
-        timestamp(),
-        addr as u64,
-        len as u64,
-        (prot & 7) as u32,
-        map_flags(flags),
-        stack,
-    );
-    emit(t, &ev);
+    let ts = timestamp();
+    let (prot, flags) = ((prot & 7) as u32, map_flags(flags));
+    emit_with(t, |b| {
+        zmtrace_format::event::encode_map(b, seq, ts, addr as u64, len as u64, prot, flags, stack)
+    });
 }
 
 /// Call before the program's `munmap` (or `mremap`) system call: the number of its event, taken
@@ -800,9 +791,10 @@ pub fn on_munmap(addr: *mut u8, len: usize, seq: u64) {
     let Some(_g) = Guard::enter() else { return };
     let Some(core) = core() else { return };
     let t = current_thread(core);
-    let mut ev = EventBuf::default();
-    zmtrace_format::event::encode_unmap(&mut ev, seq, timestamp(), addr as u64, len as u64);
-    emit(t, &ev);
+    let ts = timestamp();
+    emit_with(t, |b| {
+        zmtrace_format::event::encode_unmap(b, seq, ts, addr as u64, len as u64)
+    });
 }
 
 /// The program moved or resized a mapping (`mremap`) from `old` to `new`; `out_seq` from
@@ -829,20 +821,12 @@ pub fn on_mremap(
     let Some(core) = core() else { return };
     let t = current_thread(core);
     let stack = stack_id(core, t, Skip::OwnModule);
-    let mut ev = EventBuf::default();
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    zmtrace_format::event::encode_remap(
-        &mut ev,
-        seq,
-        out_seq,
-        timestamp(),
-        old as u64,
-        old_len as u64,
-        new as u64,
-        new_len as u64,
-        stack,
-    );
-    emit(t, &ev);
+    let ts = timestamp();
+    let (old, old_len, new, new_len) = (old as u64, old_len as u64, new as u64, new_len as u64);
+    emit_with(t, |b| {
+        zmtrace_format::event::encode_remap(b, seq, out_seq, ts, old, old_len, new, new_len, stack)
+    });
 }
 
 /// Notes the writable anonymous mappings that exist now, before the recorder's first event (the

@@ -128,28 +128,6 @@ impl Ring {
         true
     }
 
-    /// Appends the first `len` bytes of `block`, or returns false if they do not fit. Copies the
-    /// whole block when the ring has room for it there (a copy of constant size, a few stores,
-    /// not a call to `memcpy`): the bytes past `len` land beyond the published tail, in space
-    /// the drainer does not read, and the next push overwrites them.
-    ///
-    /// # Safety
-    /// Only the owning thread may push.
-    #[inline]
-    pub unsafe fn push_padded<const N: usize>(&self, block: &[u8; N], len: usize) -> bool {
-        let tail = self.producer.0.tail.load(Ordering::Relaxed);
-        let start = tail & self.mask;
-        if self.capacity() - start >= N && self.has_room(tail, N) {
-            std::ptr::copy_nonoverlapping(block.as_ptr(), self.buf.add(start), N);
-            self.producer
-                .0
-                .tail
-                .store(tail.wrapping_add(len), Ordering::Release);
-            return true;
-        }
-        self.push(&block[..len])
-    }
-
     /// Room for `n` bytes in one piece at the tail (not wrapping around), for the owner to
     /// write an event into in place and then [`Ring::publish`]; None when there is none there.
     ///
@@ -259,34 +237,6 @@ mod tests {
         }
         assert_eq!(out, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
         assert!(r.is_empty());
-    }
-
-    #[test]
-    fn padded_pushes_publish_their_length_only_and_wrap() {
-        let r = Ring::new(64);
-        let mut out = Vec::new();
-        let mut block = [0u8; 16];
-        for round in 0..20u8 {
-            block
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b = round + i as u8);
-            // 5 of 16 bytes: near the end of the buffer the padded copy would not fit, and the
-            // exact one wraps.
-            assert!(unsafe { r.push_padded(&block, 5) });
-            assert!(unsafe { r.push_padded(&block, 7) });
-            out.clear();
-            assert_eq!(unsafe { r.drain_into(&mut out) }, 12);
-            let want: Vec<u8> = (0..5).chain(0..7).map(|i| round + i).collect();
-            assert_eq!(out, want);
-        }
-        // Full: 60 of 64 bytes taken, 5 do not fit, 4 do (exactly, not padded).
-        for _ in 0..12 {
-            assert!(unsafe { r.push_padded(&block, 5) });
-        }
-        assert!(!unsafe { r.push_padded(&block, 5) });
-        assert!(unsafe { r.push_padded(&block, 4) });
-        assert_eq!(r.len(), 64);
     }
 
     #[test]
