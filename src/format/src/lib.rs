@@ -1,7 +1,7 @@
 //! The zmtrace dump format, defined once for the writer (the recorder inside the traced process) and
 //! the reader (the offline analyzer).
 //!
-//! # Layout (version 5)
+//! # Layout (version 6)
 //!
 //! ```text
 //! file    := MAGIC (8 bytes "ZMTRACE\0") VERSION (u32 LE) record*
@@ -46,8 +46,11 @@
 //! stored as it is), for dumps 10-25 % smaller. Version 5 changed one thing in the packed
 //! events: a free (a realloc's old block) of a block its group did not see allocated is written
 //! as its difference to the last such block, not to the last address named (see [`event`],
-//! "Version 5"); its groups also name up to twice as many addresses. Dumps 3-8 % smaller. This
-//! crate reads versions 1 to 5;
+//! "Version 5"); its groups also name up to twice as many addresses. Dumps 3-8 % smaller.
+//! Version 6 changed only the lanes again: the varints of the address lanes are cut in two,
+//! their first bytes in one lane and the rest in another ([`lanes`], "Version 6"), and the
+//! writer ends a zstd block at each lane of some size (which any zstd reader reads as before).
+//! Events 1-30 % smaller. This crate reads versions 1 to 6;
 //! an older reader refuses a newer dump with "upgrade zmtrace" rather than take its records for
 //! damage. An intact
 //! record of a kind this reader does not know (from a newer writer) is skipped with a warning that
@@ -77,7 +80,7 @@ pub use read::{Dump, ReadError};
 /// The first eight bytes of every dump.
 pub const MAGIC: &[u8; 8] = b"ZMTRACE\0";
 /// The format version this crate writes and the newest it reads.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// Bytes before the first record: magic and version.
 pub const FILE_HEADER_LEN: usize = 12;
 /// Bytes of a record header: kind, length, crc32.

@@ -682,10 +682,11 @@ fn decode_record(
         if version < 3 {
             return Ok(decode_events_v2(&raw, tid, out)?);
         }
-        // Version 4 regroups the packed events by field (see `lanes`); the next record's prefix
-        // is this one's bytes as compressed, in lanes.
+        // Version 4 regroups the packed events by field (see `lanes`), version 6 cuts some
+        // fields' varints in two; the next record's prefix is this one's bytes as compressed,
+        // in lanes.
         let merged;
-        let packed = if version >= 4 && crate::lanes::is_split(&raw) {
+        let packed = if crate::lanes::layout_of(version, &raw).is_some() {
             let mut m = Vec::with_capacity(raw.len());
             crate::lanes::merge(&raw, &mut m)
                 .map_err(|_| Damage(Some("its field lanes do not add up".into())))?;
@@ -1563,7 +1564,7 @@ mod tests {
         for damaged in [false, true] {
             let lanes = Dump::from_bytes(Path::new("a"), many_records_in(damaged, true)).unwrap();
             let plain = Dump::from_bytes(Path::new("b"), many_records_in(damaged, false)).unwrap();
-            assert_eq!(lanes.version, 5);
+            assert_eq!(lanes.version, VERSION);
             let a: Vec<Event> = lanes.events().collect();
             // Damage ends its group only: stream 1 loses records 2 and 3, and reads record 4.
             assert_eq!(a.len(), if damaged { 1300 } else { 1500 });
@@ -1714,7 +1715,12 @@ mod tests {
             p.pack_some(&raw, &mut packed, usize::MAX);
             p.finish_record(packed.len());
             let mut body = Vec::new();
-            assert!(crate::lanes::split(&packed, &mut body));
+            let layout = if version >= 6 {
+                crate::lanes::Layout::FieldsCut
+            } else {
+                crate::lanes::Layout::Fields
+            };
+            assert!(crate::lanes::Splitter::default().split_as(layout, &packed, &mut body));
             let prefix = if continues { prev.clone() } else { Vec::new() };
             let mut c = zstd::zstd_safe::CCtx::create();
             c.ref_prefix(&prefix[..]).unwrap();
@@ -1728,9 +1734,9 @@ mod tests {
     }
 
     #[test]
-    fn a_version_4_dump_reads_as_its_version_5_twin_does() {
+    fn a_version_4_dump_reads_as_its_version_5_and_6_twins_do() {
         let mut read = Vec::new();
-        for version in [4, 5] {
+        for version in [4, 5, 6] {
             let (data, want) = dump_freeing_earlier_groups_blocks(version);
             let d = Dump::from_bytes(Path::new("v"), data).unwrap();
             assert_eq!(d.version, version);
@@ -1750,6 +1756,7 @@ mod tests {
             read.push(got);
         }
         assert_eq!(read[0], read[1]);
+        assert_eq!(read[1], read[2]);
     }
 
     #[test]
@@ -2240,7 +2247,7 @@ mod tests {
         let e = Dump::from_bytes(Path::new("next.zmt"), next).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "next.zmt is a version 6 dump; this zmtrace reads versions up to 5: upgrade zmtrace"
+            "next.zmt is a version 7 dump; this zmtrace reads versions up to 6: upgrade zmtrace"
         );
         assert!(matches!(
             Dump::from_bytes(Path::new("t"), b"hello world, not a dump".to_vec()),

@@ -94,6 +94,62 @@ const RECORD_BYTES: usize = 64 * 1024;
 /// then the bottleneck that the hooks wait on: mix.c ran 5.79 times untraced at level 5, 3.91 at
 /// level 1 and 4.07 at 3 (scripts/bench.sh, same machine). Level 3 keeps most of the size.
 const ZSTD_LEVEL: i32 = 3;
+/// The least a zstd block of a record in lanes holds (see [`Output::compress_after`]): below it,
+/// a block header and a Huffman table cost more than a table of its own saves (measured on the
+/// suite's dumps: 128 to 512 B made no difference, 2 KiB lost 1 %).
+const BLOCK_MIN: usize = 256;
+
+/// `raw` as one zstd frame after `prefix` (none if empty), with its content size, a block ending
+/// at each of `ends` at least [`BLOCK_MIN`] past the previous one; None on any zstd error.
+fn blocks(
+    c: &mut zstd::zstd_safe::CCtx<'static>,
+    raw: &[u8],
+    ends: &[usize],
+    prefix: &'static [u8],
+) -> Option<Vec<u8>> {
+    use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::{ZSTD_e_end, ZSTD_e_flush};
+    use zstd::zstd_safe::{InBuffer, OutBuffer, ResetDirective};
+    c.reset(ResetDirective::SessionOnly).ok()?;
+    if !prefix.is_empty() {
+        c.ref_prefix(prefix).ok()?;
+    }
+    c.set_pledged_src_size(Some(raw.len() as u64)).ok()?;
+    // A flushed block costs its 3-byte header at worst beyond compress_bound.
+    let mut out =
+        Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()) + 4 * ends.len() + 32);
+    let mut start = 0;
+    let cuts = ends
+        .iter()
+        .copied()
+        .filter(|&e| e < raw.len())
+        .chain(std::iter::once(raw.len()));
+    for end in cuts {
+        if end < start + BLOCK_MIN && end != raw.len() {
+            continue;
+        }
+        let last = end == raw.len();
+        let mut input = InBuffer::around(&raw[start..end]);
+        loop {
+            if out.capacity() - out.len() < 64 {
+                out.reserve(raw.len() / 4 + 64);
+            }
+            let pos = out.len();
+            let mut o = OutBuffer::around_pos(&mut out, pos);
+            let left = c
+                .compress_stream2(
+                    &mut o,
+                    &mut input,
+                    if last { ZSTD_e_end } else { ZSTD_e_flush },
+                )
+                .ok()?;
+            if left == 0 && input.pos() == input.src.len() {
+                break;
+            }
+        }
+        start = end;
+    }
+    Some(out)
+}
 /// Plain bytes packed before they are given back to their ring (see `flush_pass`).
 const DRAIN_CHUNK: usize = 16 * 1024;
 /// How often the writer drains the rings when nobody wakes it.
@@ -833,27 +889,32 @@ impl Output {
         self.write_or_fail(&buf, &buf[..head_len]);
     }
 
-    /// [`Output::compress`] with `prefix` as zstd's prefix (the matches may point into it);
-    /// returns the frame and the prefix's length (0 when zstd would not take it).
-    fn compress_after(&mut self, raw: &[u8], prefix: &[u8]) -> (Vec<u8>, usize) {
-        if prefix.is_empty() {
-            return (self.compress(raw), 0);
-        }
+    /// [`Output::compress`] with `prefix` as zstd's prefix (the matches may point into it), a
+    /// zstd block ending at each of `ends` that closes a long enough run; returns the frame and
+    /// the prefix's length (0 when zstd would not take it).
+    ///
+    /// Why the blocks: zstd codes the literals of a block with one Huffman table, and a record
+    /// in lanes puts fields of very different statistics one after the other (tags, sites, the
+    /// cut address varints' random low bytes and their sparse high ones). A block per lane
+    /// gives each its own table, and the LZ window still spans the whole record and its prefix;
+    /// a reader needs nothing new, since a frame's blocks are its own business. A lane shorter
+    /// than [`BLOCK_MIN`] goes into the next lane's block.
+    fn compress_after(&mut self, raw: &[u8], ends: &[usize], prefix: &[u8]) -> (Vec<u8>, usize) {
         let z = self
             .zstd
             .get_or_insert_with(|| zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"));
         // SAFETY: zstd keeps a prefix for the next frame only and drops it as that frame starts
-        // (ZSTD_CCtx_refPrefix); `compress` makes that whole frame before returning, so zstd never
-        // reads `prefix` after this borrow ends. The 'static is only what the context's type asks.
+        // (ZSTD_CCtx_refPrefix); the frame is made whole before this function returns, so zstd
+        // never reads `prefix` after this borrow ends. The 'static is only what the context's
+        // type asks.
         let prefix: &'static [u8] = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(prefix) };
-        if z.context_mut().ref_prefix(prefix).is_err() {
-            return (self.compress(raw), 0);
-        }
-        match z.compress(raw) {
-            Ok(v) => (v, prefix.len()),
-            Err(_) => {
-                // A frame that failed before it started would keep the prefix: drop it.
-                let _ = z.context_mut().ref_prefix(&[]);
+        match blocks(z.context_mut(), raw, ends, prefix) {
+            Some(v) => (v, prefix.len()),
+            None => {
+                // A frame that failed part-way keeps its session and prefix: drop both.
+                let c = z.context_mut();
+                let _ = c.reset(zstd::zstd_safe::ResetDirective::SessionOnly);
+                let _ = c.ref_prefix(&[]);
                 (self.compress(raw), 0)
             }
         }
@@ -1040,7 +1101,16 @@ impl Output {
             } else {
                 &[][..]
             };
-            let (z, used) = self.compress_after(&body, prefix);
+            // Taken out for the call (no allocation: its buffers move), put back after.
+            let splitter = std::mem::take(&mut self.splitter);
+            let ends = if zmtrace_format::lanes::layout_of(zmtrace_format::VERSION, &body).is_some()
+            {
+                splitter.lane_ends()
+            } else {
+                &[][..]
+            };
+            let (z, used) = self.compress_after(&body, ends, prefix);
+            self.splitter = splitter;
             let p = &self.pending[i];
             write::events_after(&mut self.events, p.stream, p.tid, body.len(), used, &z);
         }
@@ -1152,4 +1222,83 @@ fn thread_is_gone(tid: u32) -> bool {
     // SAFETY: signal 0 only checks that the thread exists.
     let rc = unsafe { libc::syscall(libc::SYS_tgkill, getpid(), tid, 0) };
     rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocks of a zstd frame: (last, type, size) of each, from its block headers.
+    fn frame_blocks(z: &[u8]) -> Vec<(bool, u8, usize)> {
+        assert_eq!(&z[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+        let fhd = z[4];
+        let single = fhd & 0x20 != 0;
+        let fcs = match fhd >> 6 {
+            0 => usize::from(single),
+            1 => 2,
+            2 => 4,
+            _ => 8,
+        };
+        let dict = [0, 1, 2, 4][usize::from(fhd & 3)];
+        let mut p = 5 + usize::from(!single) + dict + fcs;
+        let mut blocks = Vec::new();
+        loop {
+            let h = u32::from(z[p]) | u32::from(z[p + 1]) << 8 | u32::from(z[p + 2]) << 16;
+            let (last, kind, size) = (h & 1 == 1, ((h >> 1) & 3) as u8, (h >> 3) as usize);
+            blocks.push((last, kind, size));
+            p += 3 + if kind == 1 { 1 } else { size };
+            if last {
+                break;
+            }
+        }
+        assert_eq!(p + if fhd & 4 != 0 { 4 } else { 0 }, z.len());
+        blocks
+    }
+
+    #[test]
+    fn a_record_in_lanes_is_one_frame_with_a_block_per_long_enough_lane() {
+        // Lanes of different statistics: small codes, random bytes, a repeated pattern.
+        let mut raw = Vec::new();
+        let mut x = 0x1234_5678_u32;
+        let mut rand = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        };
+        raw.extend((0..300).map(|i| (i % 5) as u8));
+        raw.extend((0..10).map(|_| 0xee));
+        raw.extend((0..1690).map(|_| rand() & 0x7f));
+        raw.extend((0..3000).map(|i| [1u8, 2, 3, 250][i % 4]));
+        raw.extend((0..700).map(|_| rand()));
+        let ends = [300, 310, 2000, 5000, raw.len()];
+        let prefix: Vec<u8> = (0..4000).map(|i| (i % 5) as u8).collect();
+        let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).unwrap();
+        // SAFETY: `prefix` outlives the frame, which `blocks` makes whole before it returns.
+        let p: &'static [u8] = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(&prefix) };
+        let z = blocks(c.context_mut(), &raw, &ends, p).unwrap();
+        // The 10-byte lane shares the next one's block: four blocks, the last one marked.
+        let b = frame_blocks(&z);
+        assert_eq!(b.len(), 4, "{b:?}");
+        assert!(b[..3].iter().all(|x| !x.0) && b[3].0, "{b:?}");
+        // The frame says its content size (the reader checks it) and reads back after its
+        // prefix, with nothing new on the reader's side.
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&z).ok(),
+            Some(Some(raw.len() as u64))
+        );
+        let mut d = zstd::zstd_safe::DCtx::create();
+        d.ref_prefix(&prefix[..]).unwrap();
+        let mut back = Vec::with_capacity(raw.len());
+        d.decompress(&mut back, &z).unwrap();
+        assert_eq!(back, raw);
+        // The context serves the next frame as it did: a whole frame of its own, no prefix.
+        let again = c.compress(&raw).unwrap();
+        assert_eq!(frame_blocks(&again).len(), 1);
+        assert_eq!(zstd::bulk::decompress(&again, raw.len()).unwrap(), raw);
+        // With no lanes, one block.
+        let one = blocks(c.context_mut(), &raw, &[], &[]).unwrap();
+        assert_eq!(frame_blocks(&one).len(), 1);
+        assert_eq!(zstd::bulk::decompress(&one, raw.len()).unwrap(), raw);
+    }
 }
