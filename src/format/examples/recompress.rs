@@ -1,10 +1,11 @@
 //! Measures how a dump's `Events` records would compress under other framings (the figures
-//! behind format version 4): `cargo run --release -p zmtrace-format --example recompress -- DUMP...`
+//! behind format versions 4 and 6): `cargo run --release -p zmtrace-format --example recompress -- DUMP...`
 //!
-//! Give it version-3 dumps (a version-4 one is measured as it is, in lanes). For each dump: bytes
-//! per record kind, then the events' compressed size as written, as one
+//! Give it any dump from version 3 on (a record in lanes is merged back to its packed events
+//! first). For each dump: bytes per record kind, then the events' compressed size as written, as one
 //! zstd frame per record with the previous record as prefix (version 3, re-made here) at several
-//! levels, in lanes (version 4, see `zmtrace_format::lanes`; the split's and merge's cost), and as
+//! levels, in lanes (version 4, see `zmtrace_format::lanes`; the split's and merge's cost), in
+//! version 6's cut lanes with a zstd block per lane (as the recorder writes them), and as
 //! one streaming frame per group flushed at every record (not built) at several levels and
 //! windows. The ms/MiB figures are wall time of this process on whatever else the machine runs.
 //! `--dict FILE` adds records compressed alone and streamed with that dictionary; `--samples DIR`
@@ -12,6 +13,8 @@
 //! and merge's cost only (for callgrind).
 
 use std::collections::HashMap;
+
+use zmtrace_format::lanes::Layout;
 
 use zstd::zstd_safe::{CCtx, CParameter, DCtx, InBuffer, OutBuffer};
 
@@ -102,6 +105,15 @@ fn read(path: &str) -> (Vec<Rec>, Vec<(u8, usize, usize)>, u32) {
             let prefix = &prev[prev.len() - prefix_len..];
             let raw = decompress(prefix, &pl[q..], raw_len);
             *prev = raw.clone();
+            // A record in lanes (version 4 on) is measured from its packed events, as version
+            // 3 wrote them: every framing below starts from those.
+            let raw = if version >= 4 && matches!(raw.first(), Some(&(0x40 | 0x41))) {
+                let mut packed = Vec::new();
+                zmtrace_format::lanes::merge(&raw, &mut packed).expect("lanes");
+                packed
+            } else {
+                raw
+            };
             recs.push(Rec {
                 stream,
                 raw,
@@ -117,7 +129,61 @@ fn read(path: &str) -> (Vec<Rec>, Vec<(u8, usize, usize)>, u32) {
 }
 
 fn continues(r: &Rec) -> bool {
-    r.raw.first() == Some(&9) || (r.raw.first() == Some(&0x40) && is_cont_lanes(&r.raw))
+    r.raw.first() == Some(&9)
+        || (matches!(r.raw.first(), Some(&(0x40 | 0x41))) && is_cont_lanes(&r.raw))
+}
+
+/// Version 6 as the recorder writes it: each record in the cut lanes, one zstd frame after the
+/// previous record of its group, a block ending at each lane of 256 B or more.
+fn per_record_blocks(recs: &[Rec], level: i32) -> usize {
+    use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::{ZSTD_e_end, ZSTD_e_flush};
+    let mut sp = zmtrace_format::lanes::Splitter::default();
+    let cut: Vec<(Vec<u8>, Vec<usize>)> = recs
+        .iter()
+        .map(|r| {
+            let mut raw = Vec::new();
+            if sp.split_as(Layout::FieldsCut, &r.raw, &mut raw) {
+                (raw, sp.lane_ends().to_vec())
+            } else {
+                (r.raw.clone(), Vec::new())
+            }
+        })
+        .collect();
+    let mut c = cctx(level, 0, false, None);
+    let mut last: HashMap<u32, &[u8]> = HashMap::new();
+    let mut total = 0;
+    let mut out = vec![0u8; 1 << 21];
+    for (r, (raw, ends)) in recs.iter().zip(&cut) {
+        let prev = last.get(&r.stream).copied().unwrap_or(&[]);
+        c.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .unwrap();
+        if continues(r) && !prev.is_empty() {
+            c.ref_prefix(prev).unwrap();
+        }
+        let mut o = OutBuffer::around(&mut out[..]);
+        let mut start = 0;
+        for end in ends
+            .iter()
+            .copied()
+            .filter(|&e| e < raw.len())
+            .chain([raw.len()])
+        {
+            if end < start + 256 && end != raw.len() {
+                continue;
+            }
+            let mut i = InBuffer::around(&raw[start..end]);
+            let op = if end == raw.len() {
+                ZSTD_e_end
+            } else {
+                ZSTD_e_flush
+            };
+            while c.compress_stream2(&mut o, &mut i, op).unwrap() != 0 || i.pos() < i.src.len() {}
+            start = end;
+        }
+        total += o.pos() + r.overhead;
+        last.insert(r.stream, raw);
+    }
+    total
 }
 
 fn cctx<'a>(level: i32, wlog: u32, ldm: bool, dict: Option<&[u8]>) -> CCtx<'a> {
@@ -204,7 +270,9 @@ fn streamed(recs: &[Rec], level: i32, wlog: u32, ldm: bool, dict: Option<&[u8]>)
 /// A record in lanes continues its group when its tags lane starts with the continuation tag.
 fn is_cont_lanes(raw: &[u8]) -> bool {
     let mut p = 1;
-    for _ in 0..10 {
+    // Version 6's lanes (0x41) have 16 lanes, version 4's 11: one length fewer each.
+    let lengths = if raw[0] == 0x41 { 15 } else { 10 };
+    for _ in 0..lengths {
         uvarint(raw, &mut p);
     }
     raw.get(p) == Some(&9)
@@ -281,12 +349,12 @@ fn main() {
         let mut back = Vec::new();
         let mut sp = zmtrace_format::lanes::Splitter::default();
         for r in &recs {
-            sp.split(&r.raw, &mut body);
+            sp.split_as(Layout::Fields, &r.raw, &mut body);
         }
         let split_ms = t.elapsed().as_secs_f64() * 1000.0;
         let t = std::time::Instant::now();
         for r in &recs {
-            sp.split(&r.raw, &mut body);
+            sp.split_as(Layout::Fields, &r.raw, &mut body);
             back.clear();
             let _ = zmtrace_format::lanes::merge(&body, &mut back);
         }
@@ -303,7 +371,11 @@ fn main() {
             .iter()
             .map(|r| {
                 let mut raw = Vec::new();
-                if !zmtrace_format::lanes::split(&r.raw, &mut raw) {
+                if !zmtrace_format::lanes::Splitter::default().split_as(
+                    Layout::Fields,
+                    &r.raw,
+                    &mut raw,
+                ) {
                     raw = r.raw.clone();
                 }
                 Rec { raw, ..r.clone() }
@@ -314,6 +386,10 @@ fn main() {
             per_record(&laned, 3),
         );
         show("v4 lanes, level 1", per_record(&laned, 1));
+        show(
+            "v6 lanes (cut), a block per lane, prefix, l3",
+            per_record_blocks(&recs, 3),
+        );
         show("v4 lanes, level 5", per_record(&laned, 5));
         show(
             "v4 lanes, stream/group, flush/record, l3",

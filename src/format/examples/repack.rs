@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use zmtrace_format::event::{self, EventBuf, EventKind, Packer};
+use zmtrace_format::lanes::Layout;
 use zmtrace_format::read::Dump;
 
 const RECORD_BYTES: usize = 64 * 1024;
@@ -132,7 +133,8 @@ fn repack(streams: &[Stream], version: u32, zstd: bool) -> (usize, usize) {
             if !zstd {
                 continue;
             }
-            let raw = if splitter.split(&packed, &mut body) {
+            // Version 4's lanes (versions 4 and 5), compressed as one block, as they were written.
+            let raw = if splitter.split_as(Layout::Fields, &packed, &mut body) {
                 &body[..]
             } else {
                 &packed[..]

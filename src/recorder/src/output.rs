@@ -1086,11 +1086,12 @@ impl Output {
     fn emit(&mut self, i: usize) {
         let mut packed = std::mem::take(&mut self.pending[i].packed);
         let mut prev = std::mem::take(&mut self.pending[i].prev);
-        // What zstd gets: the packed events regrouped by field (version 4's lanes), or as they
+        // What zstd gets: the packed events regrouped by field (version 6's lanes), or as they
         // are when the split does not take them.
         let mut body = std::mem::take(&mut self.lanes);
         if !packed.is_empty() {
-            if !self.splitter.split(&packed, &mut body) {
+            let in_lanes = self.splitter.split(&packed, &mut body);
+            if !in_lanes {
                 body.clear();
                 body.extend_from_slice(&packed);
             }
@@ -1103,8 +1104,7 @@ impl Output {
             };
             // Taken out for the call (no allocation: its buffers move), put back after.
             let splitter = std::mem::take(&mut self.splitter);
-            let ends = if zmtrace_format::lanes::layout_of(zmtrace_format::VERSION, &body).is_some()
-            {
+            let ends = if in_lanes {
                 splitter.lane_ends()
             } else {
                 &[][..]
