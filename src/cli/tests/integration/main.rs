@@ -21,6 +21,7 @@ mod export;
 mod fds;
 mod fork;
 mod forks;
+mod format;
 mod gate;
 mod hostile;
 mod hygiene;
