@@ -1090,8 +1090,7 @@ impl Output {
         // are when the split does not take them.
         let mut body = std::mem::take(&mut self.lanes);
         if !packed.is_empty() {
-            let in_lanes = self.splitter.split(&packed, &mut body);
-            if !in_lanes {
+            if !self.splitter.split(&packed, &mut body) {
                 body.clear();
                 body.extend_from_slice(&packed);
             }
@@ -1102,13 +1101,10 @@ impl Output {
             } else {
                 &[][..]
             };
-            // Taken out for the call (no allocation: its buffers move), put back after.
+            // Taken out for the call (no allocation: its buffers move), put back after. Its lane
+            // ends are none when the split did not take the record: one block then.
             let splitter = std::mem::take(&mut self.splitter);
-            let ends = if in_lanes {
-                splitter.lane_ends()
-            } else {
-                &[][..]
-            };
+            let ends = splitter.lane_ends();
             let (z, used) = self.compress_after(&body, ends, prefix);
             self.splitter = splitter;
             let p = &self.pending[i];
