@@ -133,13 +133,48 @@ fn continues(r: &Rec) -> bool {
         || (matches!(r.raw.first(), Some(&(0x40 | 0x41))) && is_cont_lanes(&r.raw))
 }
 
-/// Version 6 as the recorder writes it: each record in the cut lanes, one zstd frame after the
-/// previous record of its group, a block ending at each lane of 256 B or more.
-fn per_record_blocks(recs: &[Rec], level: i32) -> usize {
+/// One record's zstd frame after `prefix` (none if empty), a block ending at each of `ends` at
+/// least 256 B past the previous one, as the recorder makes it; its size.
+fn frame<'a>(
+    c: &mut CCtx<'a>,
+    raw: &[u8],
+    ends: &[usize],
+    prefix: &'a [u8],
+    out: &mut [u8],
+) -> usize {
     use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::{ZSTD_e_end, ZSTD_e_flush};
-    let mut sp = zmtrace_format::lanes::Splitter::default();
-    let cut: Vec<(Vec<u8>, Vec<usize>)> = recs
+    c.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+        .unwrap();
+    if !prefix.is_empty() {
+        c.ref_prefix(prefix).unwrap();
+    }
+    let mut o = OutBuffer::around(out);
+    let mut start = 0;
+    for end in ends
         .iter()
+        .copied()
+        .filter(|&e| e < raw.len())
+        .chain([raw.len()])
+    {
+        if end < start + 256 && end != raw.len() {
+            continue;
+        }
+        let mut i = InBuffer::around(&raw[start..end]);
+        let op = if end == raw.len() {
+            ZSTD_e_end
+        } else {
+            ZSTD_e_flush
+        };
+        while c.compress_stream2(&mut o, &mut i, op).unwrap() != 0 || i.pos() < i.src.len() {}
+        start = end;
+    }
+    o.pos()
+}
+
+/// Each record (packed) in version 6's cut lanes, with its lane ends.
+fn cut_lanes(recs: &[Rec]) -> Vec<(Vec<u8>, Vec<usize>)> {
+    let mut sp = zmtrace_format::lanes::Splitter::default();
+    recs.iter()
         .map(|r| {
             let mut raw = Vec::new();
             if sp.split_as(Layout::FieldsCut, &r.raw, &mut raw) {
@@ -148,40 +183,54 @@ fn per_record_blocks(recs: &[Rec], level: i32) -> usize {
                 (r.raw.clone(), Vec::new())
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Version 6 as the recorder writes it: each record in the cut lanes, one zstd frame after the
+/// previous record of its group, a block ending at each lane of 256 B or more.
+fn per_record_blocks(recs: &[Rec], level: i32) -> usize {
+    let cut = cut_lanes(recs);
     let mut c = cctx(level, 0, false, None);
     let mut last: HashMap<u32, &[u8]> = HashMap::new();
     let mut total = 0;
     let mut out = vec![0u8; 1 << 21];
     for (r, (raw, ends)) in recs.iter().zip(&cut) {
-        let prev = last.get(&r.stream).copied().unwrap_or(&[]);
-        c.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
-            .unwrap();
-        if continues(r) && !prev.is_empty() {
-            c.ref_prefix(prev).unwrap();
-        }
-        let mut o = OutBuffer::around(&mut out[..]);
-        let mut start = 0;
-        for end in ends
-            .iter()
-            .copied()
-            .filter(|&e| e < raw.len())
-            .chain([raw.len()])
-        {
-            if end < start + 256 && end != raw.len() {
-                continue;
-            }
-            let mut i = InBuffer::around(&raw[start..end]);
-            let op = if end == raw.len() {
-                ZSTD_e_end
-            } else {
-                ZSTD_e_flush
-            };
-            while c.compress_stream2(&mut o, &mut i, op).unwrap() != 0 || i.pos() < i.src.len() {}
-            start = end;
-        }
-        total += o.pos() + r.overhead;
+        let prev = match last.get(&r.stream) {
+            Some(p) if continues(r) => *p,
+            _ => &[],
+        };
+        total += frame(&mut c, raw, ends, prev, &mut out) + r.overhead;
         last.insert(r.stream, raw);
+    }
+    total
+}
+
+/// Each record in version 6's cut lanes or as packed events, whichever is the smaller, tried
+/// both ways at every `every`-th record of a stream and kept until the next try; a record's
+/// prefix is its predecessor as it was stored.
+fn lanes_or_packed(recs: &[Rec], level: i32, every: usize) -> usize {
+    let cut = cut_lanes(recs);
+    let mut c = cctx(level, 0, false, None);
+    let mut last: HashMap<u32, &[u8]> = HashMap::new();
+    let mut state: HashMap<u32, (usize, bool)> = HashMap::new();
+    let mut total = 0;
+    let mut out = vec![0u8; 1 << 21];
+    for (r, (raw, ends)) in recs.iter().zip(&cut) {
+        let prev = match last.get(&r.stream) {
+            Some(p) if continues(r) => *p,
+            _ => &[],
+        };
+        let (n, in_lanes) = state.entry(r.stream).or_insert((0, true));
+        if *n % every == 0 {
+            let a = frame(&mut c, raw, ends, prev, &mut out);
+            let b = frame(&mut c, &r.raw, &[], prev, &mut out);
+            *in_lanes = a <= b;
+        }
+        *n += 1;
+        let stored: &[u8] = if *in_lanes { raw } else { &r.raw };
+        let e: &[usize] = if *in_lanes { ends } else { &[] };
+        total += frame(&mut c, stored, e, prev, &mut out) + r.overhead;
+        last.insert(r.stream, stored);
     }
     total
 }
@@ -390,6 +439,12 @@ fn main() {
             "v6 lanes (cut), a block per lane, prefix, l3",
             per_record_blocks(&recs, 3),
         );
+        for every in [1, 8, 64] {
+            show(
+                &format!("v6 lanes or packed, tried every {every}, l3"),
+                lanes_or_packed(&recs, 3, every),
+            );
+        }
         show("v4 lanes, level 5", per_record(&laned, 5));
         show(
             "v4 lanes, stream/group, flush/record, l3",

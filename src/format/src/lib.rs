@@ -49,8 +49,11 @@
 //! "Version 5"); its groups also name up to twice as many addresses. Dumps 3-8 % smaller.
 //! Version 6 changed only the lanes again: the varints of the address lanes are cut in two,
 //! their first bytes in one lane and the rest in another ([`lanes`], "Version 6"), and the
-//! writer ends a zstd block at each lane of some size (which any zstd reader reads as before).
-//! Events 1-30 % smaller. This crate reads versions 1 to 6;
+//! writer ends a zstd block at each lane of some size (which any zstd reader reads as before);
+//! every 8th record of a stream it also compresses as packed events, and keeps those records
+//! packed until the next try when that is smaller (a record that is not in lanes has always
+//! read as packed events, so the reader is the same). Events 1-30 % smaller, Redis's 19 %.
+//! This crate reads versions 1 to 6;
 //! an older reader refuses a newer dump with "upgrade zmtrace" rather than take its records for
 //! damage. An intact
 //! record of a kind this reader does not know (from a newer writer) is skipped with a warning that
