@@ -9,14 +9,15 @@
 # Besides requests/s it reports the server's CPU time per request (the sum of every thread's run
 # time, /proc/PID/task/*/schedstat, in ns, of the server and of the `zmtrace run` parent): less
 # sensitive to the other load on the machine than requests/s, and it shows whether the server was
-# the bottleneck (busy = CPU time / wall time, near 1.00 when it was).
+# the bottleneck (busy = CPU time / wall time, near 1.00 when it was), and of that CPU time, the
+# recorder's writer thread's (`writer`: what is not the hooks on the server's own thread).
 #
 #   scripts/redis-throughput-pinned.sh [REPS] [REQUESTS] [PIPELINE]
 #       defaults 9 repetitions, 1,000,000 requests per command, pipeline 16
 #       MODES="untraced untraced2 sampled allblocks" (also: zmtrace aggregate heaptrack)
 #       SAMPLE=524288 (the sampled modes' mean interval), TESTS=set,get,incr,lpush
 #       SERVER_CPU=1 CLIENT_CPU=0, ZMTRACE=path (default: this worktree's release build)
-#       RAW=FILE keeps every measurement (mode rep test rps cpu_ns wall_ns)
+#       RAW=FILE keeps every measurement (mode rep test rps cpu_ns wall_ns writer_ns)
 #       BASE=DIR (a `zmtrace` with its libzmtrace.so beside it, e.g. a copy of main's build) adds
 #       the modes base-sampled, base-allblocks: before and after in one run
 set -euo pipefail
@@ -48,6 +49,19 @@ cpu_ns() {
     for pid in "$@"; do
         for f in /proc/"$pid"/task/*/schedstat; do
             read -r v _ <"$f" 2>/dev/null || continue
+            t=$((t + v))
+        done
+    done
+    echo "$t"
+}
+
+# Run time in ns of the recorder's writer threads (named zmtrace-writer) of the given processes.
+writer_ns() {
+    local t=0 d v
+    for pid in "$@"; do
+        for d in /proc/"$pid"/task/*; do
+            [ "$(cat "$d/comm" 2>/dev/null)" = zmtrace-writer ] || continue
+            read -r v _ <"$d/schedstat" 2>/dev/null || continue
             t=$((t + v))
         done
     done
@@ -89,12 +103,12 @@ run_one() { # mode rep
     local bench=(taskset -c "$ccpu" redis-benchmark -p "$port" -P "$pipeline" -q)
     # Warm-up: the server's allocator, the tracer's tables and caches, the keys.
     "${bench[@]}" -n $((requests / 5)) -t "$tests" >/dev/null 2>&1
-    local t c0 c1 w0 w1 rps
+    local t c0 c1 w0 w1 k0 k1 rps
     for t in ${tests//,/ }; do
-        c0=$(cpu_ns "${pids[@]}"); w0=$(date +%s%N)
+        k0=$(writer_ns "${pids[@]}"); c0=$(cpu_ns "${pids[@]}"); w0=$(date +%s%N)
         rps=$("${bench[@]}" -n "$requests" -t "$t" --csv 2>/dev/null | awk -F'"' 'NR == 2 {print $4}')
-        w1=$(date +%s%N); c1=$(cpu_ns "${pids[@]}")
-        echo "$mode $rep $t $rps $((c1 - c0)) $((w1 - w0))" >>"$work/results"
+        w1=$(date +%s%N); c1=$(cpu_ns "${pids[@]}"); k1=$(writer_ns "${pids[@]}")
+        echo "$mode $rep $t $rps $((c1 - c0)) $((w1 - w0)) $((k1 - k0))" >>"$work/results"
     done
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
     wait "$pid" 2>/dev/null || true
@@ -115,11 +129,12 @@ python3 - "$work/results" "$requests" "${modes[@]}" <<'PY'
 import sys, statistics as st, collections
 path, nreq, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 rows = [l.split() for l in open(path)]
-rps, cpu, busy = (collections.defaultdict(dict) for _ in range(3))
-for mode, rep, test, v, c, w in rows:
+rps, cpu, busy, writer = (collections.defaultdict(dict) for _ in range(4))
+for mode, rep, test, v, c, w, k in rows:
     rps[(test, mode)][rep] = float(v)
     cpu[(test, mode)][rep] = int(c) / nreq
     busy[(test, mode)][rep] = int(c) / int(w)
+    writer[(test, mode)][rep] = int(k) / nreq
 def q(v):
     v = sorted(v)
     if len(v) < 4:
@@ -149,5 +164,8 @@ for t in tests:
         if m != "untraced":
             r = q([1 / x for x in ratios(cpu, t, m)])
             line += f"   ratio {r[0]:.3f} ({r[1]:.3f}-{r[2]:.3f})"
+        k = st.median(writer[(t, m)].values())
+        if k > 0:
+            line += f"   writer {k:.1f}"
         print(line)
 PY
