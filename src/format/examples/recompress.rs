@@ -187,28 +187,11 @@ fn cut_lanes(recs: &[Rec]) -> Vec<(Vec<u8>, Vec<usize>)> {
 }
 
 /// Version 6 as the recorder writes it: each record in the cut lanes, one zstd frame after the
-/// previous record of its group, a block ending at each lane of 256 B or more.
-fn per_record_blocks(recs: &[Rec], level: i32) -> usize {
-    let cut = cut_lanes(recs);
-    let mut c = cctx(level, 0, false, None);
-    let mut last: HashMap<u32, &[u8]> = HashMap::new();
-    let mut total = 0;
-    let mut out = vec![0u8; 1 << 21];
-    for (r, (raw, ends)) in recs.iter().zip(&cut) {
-        let prev = match last.get(&r.stream) {
-            Some(p) if continues(r) => *p,
-            _ => &[],
-        };
-        total += frame(&mut c, raw, ends, prev, &mut out) + r.overhead;
-        last.insert(r.stream, raw);
-    }
-    total
-}
-
-/// Each record in version 6's cut lanes or as packed events, whichever is the smaller, tried
-/// both ways at every `every`-th record of a stream and kept until the next try; a record's
-/// prefix is its predecessor as it was stored.
-fn lanes_or_packed(recs: &[Rec], level: i32, every: usize) -> usize {
+/// previous record of its group, a block ending at each lane of 256 B or more; with `every`,
+/// each record in the cut lanes or as packed events, whichever is the smaller, tried both ways
+/// at every `every`-th record of a stream and kept until the next try (a record's prefix is its
+/// predecessor as it was stored).
+fn lanes_or_packed(recs: &[Rec], level: i32, every: Option<usize>) -> usize {
     let cut = cut_lanes(recs);
     let mut c = cctx(level, 0, false, None);
     let mut last: HashMap<u32, &[u8]> = HashMap::new();
@@ -221,7 +204,7 @@ fn lanes_or_packed(recs: &[Rec], level: i32, every: usize) -> usize {
             _ => &[],
         };
         let (n, in_lanes) = state.entry(r.stream).or_insert((0, true));
-        if *n % every == 0 {
+        if every.is_some_and(|every| *n % every == 0) {
             let a = frame(&mut c, raw, ends, prev, &mut out);
             let b = frame(&mut c, &r.raw, &[], prev, &mut out);
             *in_lanes = a <= b;
@@ -437,12 +420,12 @@ fn main() {
         show("v4 lanes, level 1", per_record(&laned, 1));
         show(
             "v6 lanes (cut), a block per lane, prefix, l3",
-            per_record_blocks(&recs, 3),
+            lanes_or_packed(&recs, 3, None),
         );
         for every in [1, 8, 64] {
             show(
                 &format!("v6 lanes or packed, tried every {every}, l3"),
-                lanes_or_packed(&recs, 3, every),
+                lanes_or_packed(&recs, 3, Some(every)),
             );
         }
         show("v4 lanes, level 5", per_record(&laned, 5));

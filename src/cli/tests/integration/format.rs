@@ -73,15 +73,21 @@ fn events_records(path: &std::path::Path) -> Vec<Written> {
     records
 }
 
+/// `samples/NAME ARGS` traced: its `Events` records as written, and its dump as read.
+fn traced_records(name: &str, args: &[&str]) -> (Run, Vec<Written>, Dump) {
+    let run = run_traced(&sample(name), args);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let path = run.only_dump().path.clone();
+    let records = events_records(&path);
+    assert!(records.len() > 8, "{}", records.len());
+    (run, records, Dump::open(&path).unwrap())
+}
+
 #[test]
 fn events_records_are_in_cut_lanes_with_a_zstd_block_per_lane() {
     // 200,000 mallocs from three sites; 199,000 frees of blocks 1,000 steps old, then the
     // last 1,000 (the first 1,000 frees are of NULL, which are no events).
-    let run = run_traced(&sample("burst"), &["200000"]);
-    assert_eq!(run.code, Some(0), "{}", run.describe());
-    let path = &run.only_dump().path;
-    let records = events_records(path);
-    assert!(records.len() > 8, "{}", records.len());
+    let (run, records, dump) = traced_records("burst", &["200000"]);
     // Random sizes and distances: lanes win every try, so every record is in lanes.
     assert!(records
         .iter()
@@ -91,7 +97,6 @@ fn events_records_are_in_cut_lanes_with_a_zstd_block_per_lane() {
     let most = records.iter().map(|r| r.blocks).max().unwrap();
     assert!(most >= 4, "{most}");
     // And the dump reads back whole: every malloc and free.
-    let dump = Dump::open(path).unwrap();
     assert_eq!(
         alloc_and_free_counts(&dump),
         (200_000, 200_000),
@@ -105,11 +110,7 @@ fn a_request_loops_events_are_stored_packed_where_that_is_smaller() {
     // 200,000 requests of 5 to 7 mallocs, 2 reallocs and as many frees, in three patterns that
     // repeat at the same addresses: packed, one record takes a few hundred bytes; in lanes,
     // two and a half times that (examples/recompress.rs on this dump: 11.5 against 28.5 KiB).
-    let run = run_traced(&sample("requests"), &["200000"]);
-    assert_eq!(run.code, Some(0), "{}", run.describe());
-    let path = &run.only_dump().path;
-    let records = events_records(path);
-    assert!(records.len() > 8, "{}", records.len());
+    let (run, records, dump) = traced_records("requests", &["200000"]);
     // Every record is packed events (a tag, a time mark or a continuation first, no lanes
     // marker), in a frame of one block.
     for r in &records {
@@ -119,7 +120,6 @@ fn a_request_loops_events_are_stored_packed_where_that_is_smaller() {
         );
         assert_eq!(r.blocks, 1);
     }
-    let dump = Dump::open(path).unwrap();
     // 200,000 × (1 argv + 2-4 args + 1 reply) + 40,000 kept values; the reply's first realloc
     // is of NULL, an allocation; its second a realloc.
     let (allocs, frees) = alloc_and_free_counts(&dump);
