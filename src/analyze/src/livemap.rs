@@ -4,8 +4,8 @@
 //! of 7/16 to 7/8, and doubled in one piece: while it grew, the old and the new table were both
 //! there, and the analyzer's peak was 86–99 bytes per live block. Here the value is packed into
 //! one word next to the address, and the set is 64 tables of open addressing (linear probing,
-//! backward-shift deletion), each growing by half on its own, so that a growth holds a 64th of the set
-//! twice instead of all of it. Blocks whose fields do not fit the word (huge sizes, stack ids
+//! backward-shift deletion), each growing by half on its own, so that a growth holds a 64th of
+//! the set twice instead of all of it. Blocks whose fields do not fit the word (huge sizes, stack ids
 //! beyond 2^22, more than 255 threads, long realloc chains, address 0 of a damaged dump) are kept
 //! whole in a side map.
 //!
@@ -69,6 +69,11 @@ const REGION_BITS: u32 = 12;
 
 /// The hash of `addr`'s region: its top bits choose the shard, the next ones where the region's
 /// run of slots starts in the shard's table.
+#[inline]
+fn hash(addr: u64) -> u64 {
+    (addr >> REGION_BITS).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// `x`'s place in `0..cap`, by its top bits (Lemire's multiply-shift): tables grow by half, so
 /// their sizes are not powers of two.
 #[inline]
@@ -84,11 +89,6 @@ fn next(i: usize, cap: usize) -> usize {
     } else {
         i + 1
     }
-}
-
-#[inline]
-fn hash(addr: u64) -> u64 {
-    (addr >> REGION_BITS).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl<X: Copy + Default> Table<X> {

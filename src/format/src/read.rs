@@ -798,10 +798,10 @@ fn keep_freed_memory() {
         // buffers. Freed, they go back whole, and a growing one is moved by `mremap`, not
         // copied. A record's bytes (64 KiB at most from the recorder) stay in the arena, where
         // the faults were. At 32 MiB (glibc's largest), a group's lists, dropped and grown again
-        // beside the other buffers, left holes the arena did not reuse: the peak RSS of
-        // `report` was 10-30 % above its peak heap (jq's dump 58.6 MiB, now 47.3; STL's 46.6,
-        // now 33.2; python3's 69.6, now 52.4). On the dump of 5 M live blocks the live set's
-        // tables, now mapped, fault in afresh as they grow: 40 K page faults there, now 69 K.
+        // beside the other buffers, left holes the arena did not reuse: sites.c's report peaked
+        // at 55.6 MiB of RSS for 19 MiB of heap, 45.7 at 1 MiB. The cost is on a dump of 5 M
+        // live blocks, whose live set's tables, now mapped, fault in afresh as they grow: 43 K
+        // page faults there before, 70 K now.
         // SAFETY: mallopt only sets malloc's parameters; it may be called at any time.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);

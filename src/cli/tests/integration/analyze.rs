@@ -480,7 +480,7 @@ fn no_progress_bar_goes_to_a_pipe() {
 /// by zmtrace, the peak of its heap read from its own dump. Each block costs the replay a
 /// 16-byte slot in tables grown by half (at least half full), and each address a group of
 /// events names costs the decoder 8 or 9 bytes: 38.8 bytes a live block in all. Tables that
-/// doubled and addresses kept with their class in 16 bytes took 48.1, and either alone 43.2.
+/// doubled and addresses kept with their class in 16 bytes took 48.1; the addresses alone, 43.2.
 #[test]
 fn the_reports_heap_peaks_under_40_bytes_a_live_block() {
     const BLOCKS: u64 = 1_000_000;
