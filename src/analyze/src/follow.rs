@@ -55,6 +55,12 @@ pub struct Follow {
     file_len: u64,
     /// What the last update cost.
     last: UpdateCost,
+    /// How long the replay holds the newest events back ([`Replay::with_hold`]).
+    hold_ns: u64,
+    /// A piece said something that the records kept here do not (a record of an unknown kind,
+    /// events that did not decode, inherited blocks after the replay began), or events came in
+    /// late: [`Follow::same_as_read`] is false.
+    diverged: bool,
 }
 
 /// The bytes a [`Follow::update`] reads at most unless [`Follow::with_limit`] says otherwise:
@@ -92,7 +98,16 @@ impl Follow {
             limit: limit.max(1),
             file_len: 0,
             last: UpdateCost::default(),
+            hold_ns: crate::analysis::HOLD_NS,
+            diverged: false,
         }
+    }
+
+    /// Has the replay hold the newest events back `ns` (see [`Replay::with_hold`]); before the
+    /// first update.
+    pub fn with_hold(mut self, ns: u64) -> Follow {
+        self.hold_ns = ns;
+        self
     }
 
     /// Reads what was appended since the last update (at most [`Follow::limit`] bytes of it),
@@ -123,8 +138,8 @@ impl Follow {
         }
         if len < self.offset {
             // Not the file we read: replaced under the same name. Start again.
-            let limit = self.limit;
-            *self = Follow::with_limit(&path, limit);
+            let (limit, hold) = (self.limit, self.hold_ns);
+            *self = Follow::with_limit(&path, limit).with_hold(hold);
             self.file_len = len;
         }
         if len == self.offset || len == 0 {
@@ -174,15 +189,34 @@ impl Follow {
         self.last.read = started.elapsed();
         let replaying = Instant::now();
         piece.continue_from(std::mem::take(&mut self.carry));
+        let hold = self.hold_ns;
         let replay = self
             .replay
-            .get_or_insert_with(|| Replay::new(&piece, false));
+            .get_or_insert_with(|| Replay::new(&piece, false).with_hold(hold));
         replay.feed(&piece);
+        // A piece's own warnings beyond these two are records the reader skipped (of an unknown
+        // kind), which `add` does not keep.
+        let expected =
+            usize::from(!first && piece.process.is_none()) + usize::from(piece.bytes_lost > 0);
+        // A forked child's inherited blocks come before its first event; the replay started
+        // from the first piece, so any that a later piece brings are not in its heap.
+        self.diverged |= replay.late > 0
+            || piece.damage().is_some()
+            || piece.warnings.len() > expected
+            || (!first && !piece.inherited.is_empty());
         self.carry = piece.carry();
         self.offset += used;
         add(&mut self.dump, piece, self.offset);
         self.last.replay = replaying.elapsed();
         Ok(())
+    }
+
+    /// [`Follow::with_hold`] from the next update on (see [`Replay::set_hold`]).
+    pub fn set_hold(&mut self, ns: u64) {
+        self.hold_ns = ns;
+        if let Some(r) = &mut self.replay {
+            r.set_hold(ns);
+        }
     }
 
     /// The most bytes an update reads.
@@ -225,6 +259,25 @@ impl Follow {
         }
     }
 
+    /// What the dump read so far says, once no more is to be read: [`Follow::analysis`] without
+    /// the copy of the replay's state.
+    pub fn finish(self) -> (Dump, Analysis) {
+        let a = match self.replay {
+            Some(r) => r.into_analysis(&self.dump),
+            None => analyze(&self.dump, false, &mut |_, _| {}),
+        };
+        (self.dump, a)
+    }
+
+    /// True when [`Follow::dump`] and [`Follow::analysis`] are what [`Dump::open`] and
+    /// [`analyze`] make of the file as long as it was at the last update, which has to have read
+    /// all of it. Not when the file ends in a record cut off (the reader's warning about it is
+    /// not kept here), when a piece had records the reader skipped or events that did not
+    /// decode, or when events came in late (replayed out of order, see [`Replay`]).
+    pub fn same_as_read(&self) -> bool {
+        !self.diverged && self.behind() == 0 && self.dump.bytes_lost == 0
+    }
+
     /// Bytes read from the file so far, over every update.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
@@ -259,6 +312,10 @@ fn add(to: &mut Dump, mut piece: Dump, len: u64) {
         to.process = piece.process.take();
         // Only the first piece's warnings: a later one lacks the process record by design.
         to.warnings = std::mem::take(&mut piece.warnings);
+        if piece.bytes_lost > 0 {
+            // The last one says the piece ends in a record cut off: the next piece reads it.
+            to.warnings.pop();
+        }
     }
     to.file_len = len;
     to.modules.append(&mut piece.modules);
@@ -505,5 +562,134 @@ mod tests {
             assert!(n <= 21, "no progress at {}", g.len());
         }
         assert_eq!(g.analysis().allocations, 2000);
+    }
+
+    /// Two threads: thread 1 allocates at one of 500 addresses, thread 2 frees each block 499
+    /// steps later, and thread 1's next allocation takes that address back (`steps` of each).
+    /// Each thread's events come in records of `chunk`, and thread 2's records are written a
+    /// record late: replayed in the order read, each free would come after the allocation that
+    /// reuses its address.
+    fn two_threads(steps: u64, chunk: usize) -> Vec<Vec<u8>> {
+        let addr = |i: u64| 0x40_0000 + (i % 500) * 0x100;
+        // 0.2 ms apart: a record of 400 events of each thread spans 160 ms, within the hold.
+        let ts = |seq: u64| seq * 200_000;
+        let (mut t1, mut t2) = (Vec::new(), Vec::new());
+        for i in 0..steps {
+            let seq = 2 * i + 1;
+            t1.push((1, seq, ts(seq), 16 + i % 50, addr(i), 1 + (i % 2) as u32));
+            if i >= 499 {
+                t2.push((2, seq + 1, ts(seq + 1), 0, addr(i + 1), 0));
+            }
+        }
+        let (c1, c2): (Vec<&[Ev]>, Vec<&[Ev]>) =
+            (t1.chunks(chunk).collect(), t2.chunks(chunk).collect());
+        let mut records = Vec::new();
+        for k in 0..c1.len().max(c2.len() + 1) {
+            let mut r = Vec::new();
+            if let Some(c) = c1.get(k) {
+                events_record(&mut r, 1, c);
+            }
+            if let Some(c) = k.checked_sub(1).and_then(|k| c2.get(k)) {
+                events_record(&mut r, 2, c);
+            }
+            records.push(r);
+        }
+        records
+    }
+
+    fn figures(a: &Analysis) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
+        (
+            a.allocations,
+            a.frees,
+            a.bytes_allocated,
+            a.peak_bytes,
+            a.peak_seq,
+            a.leaked_blocks,
+            a.leaked_bytes,
+            a.inconsistent,
+        )
+    }
+
+    /// What `zmtrace run` does with a dump it followed while the program ran: pieces of a few
+    /// records, events held back a quarter of a second, then, once the program is over, the
+    /// rest read with nothing held. The result is the whole dump's, exactly.
+    #[test]
+    fn a_dump_followed_to_its_end_replays_as_the_whole_dump_does() {
+        let path = dir().join("two-threads.zmt");
+        let records = two_threads(3000, 400);
+        std::fs::write(&path, start_dump()).unwrap();
+        let mut f = Follow::with_limit(&path, 4096).with_hold(250_000_000);
+        for r in &records[..records.len() - 2] {
+            append(&path, r);
+            f.update().unwrap();
+            while f.behind() > 0 {
+                f.update().unwrap();
+            }
+        }
+        assert!(f.replay().unwrap().replayed() > 0);
+        assert!(f.replay().unwrap().held() > 0);
+        for r in &records[records.len() - 2..] {
+            append(&path, r);
+        }
+        f.set_limit(u64::MAX);
+        f.set_hold(0);
+        while f.behind() > 0 || f.replay().unwrap().held() > 0 {
+            let before = f.len();
+            f.update().unwrap();
+            if f.len() == before {
+                break;
+            }
+        }
+        assert_eq!(f.replay().unwrap().late, 0);
+        assert!(f.same_as_read());
+        let whole = analyze(&Dump::open(&path).unwrap(), false, &mut |_, _| {});
+        let (dump, a) = f.finish();
+        assert_eq!(figures(&a), figures(&whole));
+        // 3000 blocks, 2501 of them freed, none replayed out of order.
+        assert_eq!((a.allocations, a.frees, a.inconsistent), (3000, 2501, 0));
+        assert_eq!(a.leaked_blocks, 499);
+        assert_eq!(a.sites, whole.sites);
+        assert_eq!(dump.warnings, Dump::open(&path).unwrap().warnings);
+    }
+
+    /// A dump that ends in a record cut off, or whose events came in too late for the hold, is
+    /// not taken for what `Dump::open` reads.
+    #[test]
+    fn a_record_cut_off_at_the_end_or_late_events_are_not_what_a_read_gives() {
+        let records = two_threads(1000, 200);
+        let path = dir().join("cut-at-end.zmt");
+        std::fs::write(&path, start_dump()).unwrap();
+        let mut f = Follow::new(&path).with_hold(250_000_000);
+        for r in &records {
+            append(&path, r);
+            f.update().unwrap();
+        }
+        f.set_hold(0);
+        f.update().unwrap();
+        assert!(f.same_as_read());
+        let mut more = Vec::new();
+        events_record(
+            &mut more,
+            1,
+            &allocs(10, 10_000, 1_000_000_000, 8, 0x90_0000),
+        );
+        append(&path, &more[..more.len() - 4]);
+        f.update().unwrap();
+        assert!(!f.same_as_read(), "a record cut off at the end");
+        append(&path, &more[more.len() - 4..]);
+        f.update().unwrap();
+        assert!(f.same_as_read(), "the record whole");
+
+        // Held back for a nanosecond only: thread 2's frees, a record late, are replayed after
+        // the allocations that took their addresses back.
+        let path = dir().join("late.zmt");
+        std::fs::write(&path, start_dump()).unwrap();
+        let mut f = Follow::new(&path).with_hold(1);
+        for r in &records {
+            append(&path, r);
+            f.update().unwrap();
+        }
+        assert!(f.replay().unwrap().late > 0);
+        assert!(!f.same_as_read());
     }
 }

@@ -77,7 +77,13 @@ impl<'d> Session<'d> {
             peak_sites: opts.peak_sites,
             timeline: opts.timeline,
         };
-        let mut analysis = crate::analysis::analyze_with(dump, &want, progress, at);
+        let analysis = crate::analysis::analyze_with(dump, &want, progress, at);
+        Session::of(dump, analysis, opts)
+    }
+
+    /// The session of `dump` whose replay is done already (`zmtrace run` follows its dumps while
+    /// the program runs: [`crate::follow::Follow::finish`]); `opts`' suppressions are applied.
+    pub fn of(dump: &'d Dump, mut analysis: Analysis, opts: &Options) -> Session<'d> {
         let mut sym = Symbolizer::new(dump);
         suppressions::apply(&mut analysis, &mut sym, &opts.suppressions);
         Session {
