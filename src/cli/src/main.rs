@@ -9,6 +9,7 @@
 //! 127 when it does not exist.
 
 mod analyze;
+mod early;
 mod export;
 mod info;
 mod run;

@@ -408,6 +408,12 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, Failure> {
     let terminal = Terminal::hand_to(pid);
     install_forwarding();
 
+    // With --serve the scrape's follower replays the dump already (at normal priority, for the
+    // scrapes): a second replay beside it would only take the program's CPU.
+    let early = match server {
+        None => crate::early::start(&out_dir, &session),
+        Some(_) => None,
+    };
     let scrape = server.map(|s| crate::scrape::start(s, out_dir.clone(), session.clone(), pid));
     let snapshots = Snapshots::start(opts, pid);
     if let Some(s) = snapshots {
@@ -435,7 +441,15 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, Failure> {
         code: status.code(),
         signal: status.signal(),
     };
-    let (text, gate) = summarize(&out_dir, &session, &started, opts, &unreadable);
+    let mut replayed = early.map(crate::early::Early::finish);
+    let (text, gate) = summarize(
+        &out_dir,
+        &session,
+        &started,
+        opts,
+        &unreadable,
+        replayed.as_mut(),
+    );
     let mut err = std::io::stderr().lock();
     let _ = err.write_all(text.as_bytes());
     for p in &unreadable {
@@ -454,15 +468,16 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, Failure> {
 }
 
 /// The run's summary and, with `--fail-on-leak`, the gate's verdict: each dump of the run is
-/// opened and replayed once, for both. The dumps whose first records cannot be read (not the
-/// run's by their header, but written during it) are the gate's only: they fail it, as what
-/// they held is unknown.
+/// opened and replayed once, for both (or was replayed while the program ran: `replayed`). The
+/// dumps whose first records cannot be read (not the run's by their header, but written during
+/// it) are the gate's only: they fail it, as what they held is unknown.
 fn summarize(
     dir: &Path,
     session_id: &str,
     started: &Started,
     opts: &RunOptions,
     unreadable: &[PathBuf],
+    mut replayed: Option<&mut crate::early::Finished>,
 ) -> (String, Gate) {
     // The same classes as `zmtrace leaks` shows: accepted leaks left out.
     let sopts = session::Options {
@@ -481,20 +496,29 @@ fn summarize(
         gate.text.push_str(&g.text);
     };
     for path in session_dumps(dir, session_id) {
-        match session::open(&path) {
-            Ok(dump) => {
-                let mut s = Session::new(&dump, &sopts);
-                run.dumps.push(summary::read(&s, started));
-                if let Some(level) = opts.gate {
-                    judge(summary::gate(&mut s, level));
-                }
+        let (followed, opened);
+        let mut s = match replayed.as_mut().and_then(|r| r.take(&path)) {
+            Some(d) => {
+                followed = d;
+                Session::of(&followed.dump, followed.analysis, &sopts)
             }
-            Err(e) => {
-                if opts.gate.is_some() {
-                    judge(summary::gate_unreadable(&e));
+            None => match session::open(&path) {
+                Ok(dump) => {
+                    opened = dump;
+                    Session::new(&opened, &sopts)
                 }
-                run.dumps.push(summary::unreadable(&path, e));
-            }
+                Err(e) => {
+                    if opts.gate.is_some() {
+                        judge(summary::gate_unreadable(&e));
+                    }
+                    run.dumps.push(summary::unreadable(&path, e));
+                    continue;
+                }
+            },
+        };
+        run.dumps.push(summary::read(&s, started));
+        if let Some(level) = opts.gate {
+            judge(summary::gate(&mut s, level));
         }
     }
     if let Some(level) = opts.gate {
@@ -851,7 +875,7 @@ fn wait(pid: u32) -> std::process::ExitStatus {
 
 /// The dumps this run left, the first process first.
 /// The files of `dir` named as dumps (`zmtrace.*.zmt`), whatever is in them.
-fn dump_files(dir: &Path) -> std::collections::HashSet<PathBuf> {
+pub(crate) fn dump_files(dir: &Path) -> std::collections::HashSet<PathBuf> {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -34,6 +34,7 @@ mod privacy;
 mod reach;
 mod redis;
 mod roots;
+mod run_follow;
 mod sampling;
 mod scrape;
 mod serve;

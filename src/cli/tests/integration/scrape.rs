@@ -526,38 +526,6 @@ fn a_scrape_while_the_follower_is_behind_says_so_and_the_next_is_further_on() {
     assert_eq!(code, Some(3), "{stderr}");
 }
 
-/// User and system CPU time of process `pid` so far, in clock ticks (/proc/PID/stat).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // After the command's name (in parentheses, which may hold spaces): state is field 3, utime
-    // and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn ticks_per_s() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as u64
-}
-
-/// Waits until zmtrace's CPU time has not grown for `quiet` (its follower is idle), at most
-/// `within`; how long that took.
-fn wait_idle(pid: u32, quiet: Duration, within: Duration) -> Duration {
-    let started = Instant::now();
-    let (mut last, mut since) = (cpu_ticks(pid), Instant::now());
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = cpu_ticks(pid);
-        if now != last {
-            (last, since) = (now, Instant::now());
-        } else if since.elapsed() >= quiet {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < within, "zmtrace never went idle");
-    }
-}
-
 const BURST: u64 = 300_000;
 
 /// The program makes 300,000 allocations (and as many frees, but the last 1,000) with no

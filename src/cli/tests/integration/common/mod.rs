@@ -1192,3 +1192,35 @@ pub fn memcheck(program: &Path, args: &[&str]) -> BTreeMap<String, (u64, u64)> {
     }
     found
 }
+
+/// User and system CPU time of process `pid` so far, in clock ticks (/proc/PID/stat).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command's name (in parentheses, which may hold spaces): state is field 3, utime
+    // and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+pub fn ticks_per_s() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as u64
+}
+
+/// Waits until zmtrace's CPU time has not grown for `quiet` (its follower is idle), at most
+/// `within`; how long that took.
+pub fn wait_idle(pid: u32, quiet: Duration, within: Duration) -> Duration {
+    let started = Instant::now();
+    let (mut last, mut since) = (cpu_ticks(pid), Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = cpu_ticks(pid);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= quiet {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "zmtrace never went idle");
+    }
+}
