@@ -1249,12 +1249,14 @@ pub struct Replay {
     pub late: u64,
     /// How long the newest events are held back ([`HOLD_NS`] unless [`Replay::with_hold`]).
     hold_ns: u64,
+    /// The most events held back, however new ([`Replay::with_hold`]).
+    max_held: usize,
 }
 
 /// Events released from the hold are replayed this many at a time: one `replay` call an event
 /// set up its look-ahead queue for a single event, and ran the follower at ~1.6 M events/s where
 /// `report` replays ~10 M.
-const RELEASE_BATCH: usize = 4096;
+pub const RELEASE_BATCH: usize = 4096;
 
 /// How long [`Replay`] holds the newest events back.
 pub const HOLD_NS: u64 = 1_000_000_000;
@@ -1273,18 +1275,22 @@ impl Replay {
             decoded: 0,
             late: 0,
             hold_ns: HOLD_NS,
+            max_held: usize::MAX,
         }
     }
 
-    /// Holds the newest events back `ns` instead of [`HOLD_NS`]: less memory (a second of a busy
-    /// program's events is ~70 MB of them), more risk of events coming in [`Replay::late`].
-    pub fn with_hold(mut self, ns: u64) -> Replay {
+    /// Holds the newest events back `ns` instead of [`HOLD_NS`], and `max` of them at most (the
+    /// oldest beyond are replayed then): less memory (64 bytes an event; a second of a busy
+    /// program's events is 100 MB and more), more risk of events coming in [`Replay::late`].
+    pub fn with_hold(mut self, ns: u64, max: usize) -> Replay {
         self.hold_ns = ns;
+        self.max_held = max;
         self
     }
 
-    /// [`Replay::with_hold`] from the next piece on: 0 once no event can come in late any more
-    /// (the dump is complete), so that the last piece is replayed as it is read, not held.
+    /// The hold of [`Replay::with_hold`] from the next piece on: 0 once no event can come in
+    /// late any more (the dump is complete), so that the last piece is replayed as it is read,
+    /// not held.
     pub fn set_hold(&mut self, ns: u64) {
         self.hold_ns = ns;
     }
@@ -1339,15 +1345,16 @@ impl Replay {
         self.held = held;
     }
 
-    /// Replays the events at the front of `held` that are old enough. The newest timestamp only
-    /// grows, so releasing now and then a batch lets go of the same events, in the same order,
-    /// as releasing after each event read.
+    /// Replays the events at the front of `held` that are old enough, or beyond the most held.
+    /// The newest timestamp only grows, so releasing now and then a batch lets go of the same
+    /// events, in the same order, as releasing after each event read.
     fn release(&mut self, held: &mut std::collections::VecDeque<Event>) {
         let (hold, newest) = (self.hold_ns, self.newest_ns);
         let n = held
             .iter()
             .position(|f| f.ts_ns.saturating_add(hold) >= newest)
-            .unwrap_or(held.len());
+            .unwrap_or(held.len())
+            .max(held.len().saturating_sub(self.max_held));
         for f in held.range(..n) {
             self.late += u64::from(self.last_seq.is_some_and(|s| f.seq < s));
             self.last_seq = Some(self.last_seq.map_or(f.seq, |s| s.max(f.seq)));

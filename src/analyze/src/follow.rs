@@ -55,8 +55,10 @@ pub struct Follow {
     file_len: u64,
     /// What the last update cost.
     last: UpdateCost,
-    /// How long the replay holds the newest events back ([`Replay::with_hold`]).
+    /// How long the replay holds the newest events back, and how many at most
+    /// ([`Replay::with_hold`]).
     hold_ns: u64,
+    max_held: usize,
     /// A piece said something that the records kept here do not (a record of an unknown kind,
     /// events that did not decode, inherited blocks after the replay began), or events came in
     /// late: [`Follow::same_as_read`] is false.
@@ -99,14 +101,16 @@ impl Follow {
             file_len: 0,
             last: UpdateCost::default(),
             hold_ns: crate::analysis::HOLD_NS,
+            max_held: usize::MAX,
             diverged: false,
         }
     }
 
-    /// Has the replay hold the newest events back `ns` (see [`Replay::with_hold`]); before the
-    /// first update.
-    pub fn with_hold(mut self, ns: u64) -> Follow {
+    /// Has the replay hold the newest events back `ns`, `max` of them at most (see
+    /// [`Replay::with_hold`]); before the first update.
+    pub fn with_hold(mut self, ns: u64, max: usize) -> Follow {
         self.hold_ns = ns;
+        self.max_held = max;
         self
     }
 
@@ -138,8 +142,8 @@ impl Follow {
         }
         if len < self.offset {
             // Not the file we read: replaced under the same name. Start again.
-            let (limit, hold) = (self.limit, self.hold_ns);
-            *self = Follow::with_limit(&path, limit).with_hold(hold);
+            let (limit, hold, max) = (self.limit, self.hold_ns, self.max_held);
+            *self = Follow::with_limit(&path, limit).with_hold(hold, max);
             self.file_len = len;
         }
         if len == self.offset || len == 0 {
@@ -189,10 +193,10 @@ impl Follow {
         self.last.read = started.elapsed();
         let replaying = Instant::now();
         piece.continue_from(std::mem::take(&mut self.carry));
-        let hold = self.hold_ns;
+        let (hold, max) = (self.hold_ns, self.max_held);
         let replay = self
             .replay
-            .get_or_insert_with(|| Replay::new(&piece, false).with_hold(hold));
+            .get_or_insert_with(|| Replay::new(&piece, false).with_hold(hold, max));
         replay.feed(&piece);
         // A piece's own warnings beyond these two are records the reader skipped (of an unknown
         // kind), which `add` does not keep.
@@ -276,6 +280,12 @@ impl Follow {
     /// decode, or when events came in late (replayed out of order, see [`Replay`]).
     pub fn same_as_read(&self) -> bool {
         !self.diverged && self.behind() == 0 && self.dump.bytes_lost == 0
+    }
+
+    /// True once [`Follow::same_as_read`] cannot come true any more, however much is read: a
+    /// piece said what the records kept here do not, or events came in late.
+    pub fn diverged(&self) -> bool {
+        self.diverged
     }
 
     /// Bytes read from the file so far, over every update.
@@ -618,7 +628,7 @@ mod tests {
         let path = dir().join("two-threads.zmt");
         let records = two_threads(3000, 400);
         std::fs::write(&path, start_dump()).unwrap();
-        let mut f = Follow::with_limit(&path, 4096).with_hold(250_000_000);
+        let mut f = Follow::with_limit(&path, 4096).with_hold(250_000_000, usize::MAX);
         for r in &records[..records.len() - 2] {
             append(&path, r);
             f.update().unwrap();
@@ -659,7 +669,7 @@ mod tests {
         let records = two_threads(1000, 200);
         let path = dir().join("cut-at-end.zmt");
         std::fs::write(&path, start_dump()).unwrap();
-        let mut f = Follow::new(&path).with_hold(250_000_000);
+        let mut f = Follow::new(&path).with_hold(250_000_000, usize::MAX);
         for r in &records {
             append(&path, r);
             f.update().unwrap();
@@ -684,12 +694,52 @@ mod tests {
         // the allocations that took their addresses back.
         let path = dir().join("late.zmt");
         std::fs::write(&path, start_dump()).unwrap();
-        let mut f = Follow::new(&path).with_hold(1);
+        let mut f = Follow::new(&path).with_hold(1, usize::MAX);
         for r in &records {
             append(&path, r);
             f.update().unwrap();
         }
         assert!(f.replay().unwrap().late > 0);
         assert!(!f.same_as_read());
+        assert!(f.diverged());
+    }
+
+    /// At most so many events are held back, however new: one thread's events, which come in
+    /// order, replay as the whole dump's all the same; two threads' a record apart come in late.
+    #[test]
+    fn the_most_events_held_is_a_bound_and_only_threads_apart_come_in_late() {
+        let path = dir().join("held-one.zmt");
+        std::fs::write(&path, start_dump()).unwrap();
+        let mut f = Follow::new(&path).with_hold(10_000_000_000, 1000);
+        for r in 0..10u64 {
+            let mut rec = Vec::new();
+            let (seq, ts) = (1 + r * 2000, r * 2_000_000);
+            events_record(
+                &mut rec,
+                1,
+                &allocs(2000, seq, ts, 24, 0x10_0000 + r * 0x10_0000),
+            );
+            append(&path, &rec);
+            f.update().unwrap();
+            let held = f.replay().unwrap().held();
+            assert!(held <= 1000, "{held} held");
+        }
+        assert_eq!(f.replay().unwrap().replayed(), 19_000);
+        f.set_hold(0);
+        f.update().unwrap();
+        assert!(f.same_as_read());
+        let whole = analyze(&Dump::open(&path).unwrap(), false, &mut |_, _| {});
+        let (_, a) = f.finish();
+        assert_eq!(figures(&a), figures(&whole));
+        assert_eq!(a.allocations, 20_000);
+
+        let path = dir().join("held-two.zmt");
+        std::fs::write(&path, start_dump()).unwrap();
+        let mut f = Follow::new(&path).with_hold(10_000_000_000, 100);
+        for r in &two_threads(1000, 200) {
+            append(&path, r);
+            f.update().unwrap();
+        }
+        assert!(f.diverged());
     }
 }

@@ -1,12 +1,13 @@
 //! `zmtrace run`'s summary made while the program runs: a thread follows the run's dumps as they
-//! grow ([`Follow`]) and replays their events, so that once the program has ended only the last
-//! tenth of a second of its events, and the leak check's record, are left to read before the
-//! summary is printed. Replayed after the end instead, a dump kept `run` busy as long as a
+//! grow ([`Follow`]) and replays their events, so that once the program has ended only its last
+//! events (those held back, [`HOLD_NS`] and [`MAX_HELD`], and what the writer wrote last) and
+//! the leak check's record are left to replay before the summary is printed. Replayed after the end instead, a dump kept `run` busy as long as a
 //! `zmtrace report` of it: 0.35 s after gawk's 1.4 s (3.3 M events), 0.8 s after python3's 1.2 s.
 //!
 //! - **Only spare CPU.** The thread runs under `SCHED_IDLE`: it gets a core only when nothing
-//!   else wants one, so a program that keeps both cores busy (and the recorder's writer) is not
-//!   slowed by it. What it has not done by the end, `run` does then, as before.
+//!   else wants one. A program that keeps both cores busy with the recorder's writer leaves it
+//!   next to nothing (mix.c with 2 threads: 2.6 % slower in 16 interleaved runs, within this
+//!   machine's noise), and what it has not done by the end, `run` does then, as before.
 //! - **The same summary.** A dump followed is used only when its [`Follow`] says it read exactly
 //!   what [`Dump::open`] would ([`Follow::same_as_read`]: no events replayed out of order, no
 //!   record cut off or skipped) and the file has not grown since; any other dump is read whole
@@ -25,16 +26,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zmtrace_analyze::analysis::Analysis;
+use zmtrace_analyze::analysis::{Analysis, RELEASE_BATCH};
 use zmtrace_analyze::follow::Follow;
 use zmtrace_format::Dump;
 
 /// Dumps followed at once.
 const FOLLOWED: usize = 4;
 /// How long the replay holds the newest events back: the writer writes a thread's events within
-/// ~0.1 s of the call; a dump whose events came later than this is read again after the end.
-/// A second (the scrape's hold) of a busy program's events is ~70 MB of them.
-const HOLD_NS: u64 = 250_000_000;
+/// ~0.1 s of the call (`PERIOD_MS` and `HOLD_NS` of the recorder's `output.rs`); a dump whose
+/// events came later than this is read again after the end.
+const HOLD_NS: u64 = 150_000_000;
+/// The most events held back (64 bytes each, 4 MiB in all): sites.c makes 3 M events in 0.25 s,
+/// and a hold of that long took `run` from 25 to 96 MB. Beyond it the oldest are replayed at
+/// once: a thread's events come in order, so only a dump of several threads writing faster than
+/// this can then have events come in late, and it is read again after the end.
+/// (The queue holds up to a release batch more, and grows by doubling.)
+const MAX_HELD: usize = (64 << 10) - RELEASE_BATCH;
+/// Bytes an update reads at most once the program has ended: the rest of a dump is read into
+/// memory a piece at a time (`report` maps the file instead).
+const END_LIMIT: u64 = 8 << 20;
 /// Bytes one update reads at most: the thread goes round its dumps, and once the program has
 /// ended `run` waits for the update under way (~25 ms of replay at most; 2 MiB made it wait
 /// 115-145 ms) before reading the rest itself.
@@ -103,7 +113,7 @@ impl Early {
         let mut found = self.thread.join().unwrap_or_default();
         for mut f in std::mem::take(&mut found.following) {
             let during = f.len();
-            f.set_limit(u64::MAX);
+            f.set_limit(END_LIMIT);
             // The program is over, so its events are all written: none can come in late, and
             // the rest is replayed as it is decoded instead of held for `into_analysis`.
             f.set_hold(0);
@@ -223,7 +233,7 @@ fn follow(dir: &Path, session: &str, stop: &AtomicBool, stats: bool) -> Found {
             }
             found
                 .following
-                .push(Follow::with_limit(p, LIMIT).with_hold(HOLD_NS));
+                .push(Follow::with_limit(p, LIMIT).with_hold(HOLD_NS, MAX_HELD));
         }
         let mut busy = false;
         let mut i = 0;
@@ -235,7 +245,9 @@ fn follow(dir: &Path, session: &str, stop: &AtomicBool, stats: bool) -> Found {
             // Read whole at each update (aggregated, or damaged): nothing gained by following.
             let whole = !f.is_empty() && f.replay().is_none();
             let ended = f.dump().end.is_some() && f.behind() == 0;
-            if !ok || whole || ended {
+            // Its replay will not be used: its memory and the CPU to go on are freed now.
+            let diverged = f.diverged();
+            if !ok || whole || ended || diverged {
                 let f = found.following.swap_remove(i);
                 let path = f.path().to_owned();
                 over.insert(path.clone());
