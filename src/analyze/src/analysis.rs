@@ -1251,6 +1251,12 @@ pub struct Replay {
     hold_ns: u64,
     /// The most events held back, however new ([`Replay::with_hold`]).
     max_held: usize,
+    /// The thread of the first event read, and whether another thread's came in since.
+    first_tid: Option<u32>,
+    several_threads: bool,
+    /// Events of a dump of several threads were let go of before their hold was over, for
+    /// [`Replay::with_hold`]'s bound: a later piece may bring events numbered before them.
+    pub overflowed: bool,
 }
 
 /// Events released from the hold are replayed this many at a time: one `replay` call an event
@@ -1276,6 +1282,9 @@ impl Replay {
             late: 0,
             hold_ns: HOLD_NS,
             max_held: usize::MAX,
+            first_tid: None,
+            several_threads: false,
+            overflowed: false,
         }
     }
 
@@ -1336,6 +1345,7 @@ impl Replay {
         for (e, read) in merged(old, new) {
             self.decoded += u64::from(read);
             self.newest_ns = self.newest_ns.max(e.ts_ns);
+            self.several_threads |= *self.first_tid.get_or_insert(e.tid) != e.tid;
             held.push_back(e);
             if held.len() >= RELEASE_BATCH {
                 self.release(&mut held);
@@ -1350,11 +1360,14 @@ impl Replay {
     /// events, in the same order, as releasing after each event read.
     fn release(&mut self, held: &mut std::collections::VecDeque<Event>) {
         let (hold, newest) = (self.hold_ns, self.newest_ns);
-        let n = held
+        let old = held
             .iter()
             .position(|f| f.ts_ns.saturating_add(hold) >= newest)
-            .unwrap_or(held.len())
-            .max(held.len().saturating_sub(self.max_held));
+            .unwrap_or(held.len());
+        let over = held.len().saturating_sub(self.max_held);
+        // One thread's events come in order: only another thread's can come in before them.
+        self.overflowed |= over > old && self.several_threads;
+        let n = old.max(over);
         for f in held.range(..n) {
             self.late += u64::from(self.last_seq.is_some_and(|s| f.seq < s));
             self.last_seq = Some(self.last_seq.map_or(f.seq, |s| s.max(f.seq)));

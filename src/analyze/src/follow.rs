@@ -61,7 +61,7 @@ pub struct Follow {
     max_held: usize,
     /// A piece said something that the records kept here do not (a record of an unknown kind,
     /// events that did not decode, inherited blocks after the replay began), or events came in
-    /// late: [`Follow::same_as_read`] is false.
+    /// late, or could have ([`Replay::overflowed`]): [`Follow::same_as_read`] is false.
     diverged: bool,
 }
 
@@ -205,6 +205,7 @@ impl Follow {
         // A forked child's inherited blocks come before its first event; the replay started
         // from the first piece, so any that a later piece brings are not in its heap.
         self.diverged |= replay.late > 0
+            || replay.overflowed
             || piece.damage().is_some()
             || piece.warnings.len() > expected
             || (!first && !piece.inherited.is_empty());
@@ -705,7 +706,8 @@ mod tests {
     }
 
     /// At most so many events are held back, however new: one thread's events, which come in
-    /// order, replay as the whole dump's all the same; two threads' a record apart come in late.
+    /// order, replay as the whole dump's all the same; two threads' overflow the bound, and could
+    /// come in late.
     #[test]
     fn the_most_events_held_is_a_bound_and_only_threads_apart_come_in_late() {
         let path = dir().join("held-one.zmt");
@@ -740,6 +742,7 @@ mod tests {
             append(&path, r);
             f.update().unwrap();
         }
+        assert!(f.replay().unwrap().overflowed);
         assert!(f.diverged());
     }
 }

@@ -38,8 +38,8 @@ const FOLLOWED: usize = 4;
 const HOLD_NS: u64 = 150_000_000;
 /// The most events held back (64 bytes each, 4 MiB in all): sites.c makes 3 M events in 0.25 s,
 /// and a hold of that long took `run` from 25 to 96 MB. Beyond it the oldest are replayed at
-/// once: a thread's events come in order, so only a dump of several threads writing faster than
-/// this can then have events come in late, and it is read again after the end.
+/// once: a thread's events come in order, so a dump of several threads that overflows the bound
+/// ([`zmtrace_analyze::analysis::Replay::overflowed`]) is given up on, and read after the end.
 /// (The queue holds up to a release batch more, and grows by doubling.)
 const MAX_HELD: usize = (64 << 10) - RELEASE_BATCH;
 /// Bytes an update reads at most once the program has ended: the rest of a dump is read into
@@ -125,7 +125,8 @@ impl Early {
                 if f.update().is_err() {
                     break true;
                 }
-                if f.len() == before {
+                // A replay that will not be used is not taken further.
+                if f.len() == before || f.diverged() {
                     break false;
                 }
             };
@@ -184,7 +185,7 @@ fn done(f: Follow, during: u64) -> Outcome {
         return Err("it is read whole (aggregated, or damaged)");
     }
     if !f.same_as_read() {
-        return Err("it was read otherwise than whole (events late, a record cut off or skipped)");
+        return Err("its replay could differ from one of the whole file (events out of order, or a record cut off or skipped)");
     }
     let len = f.len();
     let (dump, analysis) = f.finish();
