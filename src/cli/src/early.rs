@@ -185,7 +185,7 @@ fn done(f: Follow, during: u64) -> Outcome {
         return Err("it is read whole (aggregated, or damaged)");
     }
     if !f.same_as_read() {
-        return Err("its replay could differ from one of the whole file (events out of order, or a record cut off or skipped)");
+        return Err("its replay could differ from the whole file's (events out of order, cut off)");
     }
     let len = f.len();
     let (dump, analysis) = f.finish();
