@@ -1260,8 +1260,7 @@ pub struct Replay {
 }
 
 /// Events released from the hold are replayed this many at a time: one `replay` call an event
-/// set up its look-ahead queue for a single event, and ran the follower at ~1.6 M events/s where
-/// `report` replays ~10 M.
+/// allocated its look-ahead queue for that one event, and could not look ahead.
 pub const RELEASE_BATCH: usize = 4096;
 
 /// How long [`Replay`] holds the newest events back.
@@ -1310,8 +1309,7 @@ impl Replay {
         let mut new = piece.events().peekable();
         if self.hold_ns == 0 {
             // Nothing held back: the held events and the piece's go straight into the replay as
-            // they are decoded (through the queue below, the end of a dump replayed a third
-            // slower than `report` replays it).
+            // they are decoded, not through the queue below.
             let old = std::mem::take(&mut self.held).into_iter();
             let Replay {
                 state,
