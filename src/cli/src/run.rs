@@ -873,7 +873,6 @@ fn wait(pid: u32) -> std::process::ExitStatus {
 
 // ---- the report ----------------------------------------------------------------------------
 
-/// The dumps this run left, the first process first.
 /// The files of `dir` named as dumps (`zmtrace.*.zmt`), whatever is in them.
 pub(crate) fn dump_files(dir: &Path) -> std::collections::HashSet<PathBuf> {
     std::fs::read_dir(dir)
@@ -889,6 +888,8 @@ pub(crate) fn dump_files(dir: &Path) -> std::collections::HashSet<PathBuf> {
         .collect()
 }
 
+/// The dumps of the run `session` in `dir`, the first process first (`early::look` keeps the
+/// same order as the dumps appear, without looking at a file twice).
 pub fn session_dumps(dir: &Path, session: &str) -> Vec<PathBuf> {
     let mut found: Vec<(u64, PathBuf)> = dump_files(dir)
         .into_iter()
